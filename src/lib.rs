@@ -1,0 +1,21 @@
+//! ferry: fast, safe file-transfer servers and clients over one shared catalog.
+//!
+//! Layers, from the bottom up:
+//! - [`catalog`]: the served folder, scanned, hashed once (xxHash64 and SHA-256, kept in a
+//!   persistent index under `.ferry/`) and memory-mapped; immutable snapshots swapped on rescan.
+//! - [`ingest`]: the one way bytes from the network become a file in a folder: preallocated
+//!   temporary file, positional writes, persisted block bitmap, verification, atomic rename.
+//! - [`names`]: turning names from the wire into safe basenames.
+//! - [`transport`]: TCP, TLS (rustls), Unix and UDP sockets behind one small interface.
+//! - [`server`]: blocking listeners, a bounded worker pool, timeouts and one shutdown path.
+//! - [`proto`]: the protocols as pure codecs and state machines (no I/O), plus their drivers.
+//!
+//! Out of scope for the library: argument parsing and exit codes, which live in `bin/ferry.rs`.
+
+pub mod catalog;
+pub mod config;
+pub mod ingest;
+pub mod names;
+pub mod proto;
+pub mod server;
+pub mod transport;
