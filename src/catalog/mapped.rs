@@ -1,0 +1,419 @@
+//! The one `unsafe` module of ferry: a read-only memory mapping of a served file whose bytes
+//! only the kernel ever reads.
+//!
+//! A [`MappedFile`] owns an open [`File`], the [`FileStamp`] taken by `fstat` on that descriptor
+//! when it was opened, and (for non-empty files) a `PROT_READ`, `MAP_SHARED` mapping of the
+//! whole file. The mapping lets a driver hand any byte range of the file to `send(2)` without
+//! copying it through userspace, which is what makes serving from the catalog cheap.
+//!
+//! Out of scope: hashing (the catalog reads files with `read`, never through a mapping) and
+//! deciding *what* to send (the protocol machines do that).
+//!
+//! There is deliberately no `Deref` and no `&[u8]` view of the mapping: see the `SAFETY`
+//! comment on [`MappedFile::open`] for why that is the whole soundness argument.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// What identifies one version of a file on disk: if any field differs, the bytes may differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    /// Device id of the file system holding the inode.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Last status change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// Takes the stamp fields from `stat` metadata (follow symlinks before calling this if the
+    /// stamp must describe the target).
+    pub fn from_metadata(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+/// An open file plus a read-only mapping of it that userspace never dereferences.
+pub struct MappedFile {
+    file: File,
+    /// Start of the mapping; `None` for a zero-length file (mmap refuses length 0).
+    map: Option<NonNull<u8>>,
+    /// Length of the mapping in bytes, equal to `stamp.size`.
+    len: u64,
+    stamp: FileStamp,
+}
+
+// SAFETY: the mapping is a plain address range owned by this value; it is never dereferenced in
+// userspace (only passed to send(2)/write(2)), never written, and unmapped only in Drop, which
+// needs `&mut self`. Sharing or moving the address between threads therefore cannot race.
+unsafe impl Send for MappedFile {}
+// SAFETY: see the `Send` impl; every `&self` method is either a syscall on the fd or a syscall
+// that reads the mapping from kernel space, both of which are thread-safe.
+unsafe impl Sync for MappedFile {}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("fd", &self.file.as_raw_fd())
+            .field("len", &self.len)
+            .field("stamp", &self.stamp)
+            .finish()
+    }
+}
+
+impl MappedFile {
+    /// Opens `path` read-only, takes its stamp with `fstat` on the new descriptor and maps the
+    /// whole file (no mapping for an empty file).
+    pub fn open(path: &Path) -> io::Result<MappedFile> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let stamp = FileStamp::from_metadata(&meta);
+        let len = stamp.size;
+        if len == 0 {
+            return Ok(MappedFile {
+                file,
+                map: None,
+                len,
+                stamp,
+            });
+        }
+        let map_len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
+        // SAFETY: the contract that makes this mapping sound is that userspace code NEVER
+        // dereferences the mapped bytes. Another process may truncate or rewrite the file at any
+        // time; touching a page past the new end of file would raise SIGBUS and kill the server,
+        // and reading rewritten pages would be a data race on memory we do not control. Nothing
+        // in this module hands out a pointer, slice or `Deref` to the mapping, and the catalog
+        // hashes files with read(2), not through a mapping. The only consumer is the kernel, via
+        // send(2)/write(2) from the mapped address in `send_to`; a fault there returns EFAULT
+        // (an io::Error) or a short count instead of a signal. The arguments themselves are
+        // valid: a fresh address chosen by the kernel, a non-zero length equal to the file size
+        // at open, PROT_READ on a descriptor opened read-only, offset 0.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(MappedFile {
+            file,
+            map: Some(map),
+            len,
+            stamp,
+        })
+    }
+
+    /// Size of the file when it was opened (and of the mapping).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for a zero-length file, which has no mapping.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `fstat` stamp taken on the descriptor at open.
+    pub fn stamp(&self) -> FileStamp {
+        self.stamp
+    }
+
+    /// Writes up to `len` bytes at `offset` of the mapping to the socket/file descriptor `fd` with
+    /// one send(2) (MSG_NOSIGNAL; fall back to write(2) on ENOTSOCK). Returns bytes written.
+    /// Err(EFAULT) if the pages are gone. Honors the fd's SO_SNDTIMEO (EAGAIN -> WouldBlock/TimedOut error).
+    ///
+    /// The range is clipped to the size at open; `offset` past the end is `InvalidInput`, and a
+    /// request for 0 bytes (or at the end) returns `Ok(0)` without a syscall. EINTR is retried.
+    pub fn send_to(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+        if offset > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past the end of the mapped file",
+            ));
+        }
+        let avail = self.len - offset;
+        let n = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
+        let Some(map) = self.map else {
+            return Ok(0);
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        // `offset < self.len`, which fits in usize because the mapping exists.
+        let start = offset as usize;
+        // SAFETY: `start + n <= self.len`, so the address stays inside the mapping (no
+        // out-of-bounds pointer arithmetic). The pointer is only handed to the kernel; see the
+        // contract on `open`.
+        let addr = unsafe { map.as_ptr().add(start) }
+            .cast::<libc::c_void>()
+            .cast_const();
+        let mut use_write = false;
+        loop {
+            // SAFETY: `addr..addr+n` lies inside our live mapping; the kernel copies from it and
+            // reports a vanished page as EFAULT, never touching memory outside the range.
+            let rc = unsafe {
+                if use_write {
+                    libc::write(fd, addr, n)
+                } else {
+                    libc::send(fd, addr, n, libc::MSG_NOSIGNAL)
+                }
+            };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOTSOCK) if !use_write => use_write = true,
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// pread(2) from the file into buf (short read at EOF possible; a truncated file gives 0).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// fstat on the open fd now equals the stamp taken at open (size, mtime, ctime, ino).
+    /// A failing fstat counts as changed.
+    ///
+    /// One exception: unlinking moves an inode's ctime but not its bytes, so an inode with no
+    /// names left (`nlink == 0`, e.g. replaced by rename) whose dev, ino, size and mtime still
+    /// match counts as unchanged. That is what lets a replaced file keep serving its old bytes
+    /// until the next rescan; nobody can open it by name to rewrite it any more.
+    pub fn is_unchanged(&self) -> bool {
+        match self.file.metadata() {
+            Ok(m) => {
+                let now = FileStamp::from_metadata(&m);
+                now == self.stamp
+                    || (m.nlink() == 0
+                        && FileStamp {
+                            ctime_ns: self.stamp.ctime_ns,
+                            ..now
+                        } == self.stamp)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.take() {
+            // SAFETY: `map` and `len` are exactly what mmap returned and was given in `open`,
+            // and no reference into the mapping can outlive `self` (none is ever created).
+            unsafe {
+                libc::munmap(map.as_ptr().cast(), self.len as usize);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use std::path::PathBuf;
+
+    fn temp_file(tag: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-mapped-{}-{}-{:?}",
+            tag,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn cleanup(path: &Path) {
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A connected pair of Unix stream sockets as Files (closed on drop).
+    fn socketpair() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn sends_ranges_over_a_socket() {
+        let path = temp_file("send", b"hello, mapped world");
+        let m = MappedFile::open(&path).unwrap();
+        assert_eq!(m.len(), 19);
+        assert!(!m.is_empty());
+        let (a, mut b) = socketpair();
+        assert_eq!(m.send_to(a.as_raw_fd(), 7, 6).unwrap(), 6);
+        // Clipped at the end of the file.
+        assert_eq!(m.send_to(a.as_raw_fd(), 14, 100).unwrap(), 5);
+        assert_eq!(m.send_to(a.as_raw_fd(), 19, 100).unwrap(), 0);
+        assert_eq!(
+            m.send_to(a.as_raw_fd(), 20, 1).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"mappedworld");
+        cleanup(&path);
+    }
+
+    #[test]
+    fn falls_back_to_write_on_a_pipe() {
+        let path = temp_file("pipe", b"abcdef");
+        let m = MappedFile::open(&path).unwrap();
+        let (mut r, w) = pipe();
+        assert_eq!(m.send_to(w.as_raw_fd(), 1, 3).unwrap(), 3);
+        drop(w);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bcd");
+        cleanup(&path);
+    }
+
+    #[test]
+    fn truncated_file_gives_efault_not_sigbus() {
+        let data = vec![0x5a; 3 * 4096 + 17];
+        let path = temp_file("trunc", &data);
+        let m = MappedFile::open(&path).unwrap();
+        assert!(m.is_unchanged());
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(!m.is_unchanged());
+        let (a, _b) = socketpair();
+        let err = m.send_to(a.as_raw_fd(), 0, data.len()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT), "{err}");
+        let (_r, w) = pipe();
+        let err = m.send_to(w.as_raw_fd(), 4096, 100).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT), "{err}");
+        let mut buf = [0u8; 8];
+        assert_eq!(m.read_at(0, &mut buf).unwrap(), 0);
+        cleanup(&path);
+    }
+
+    #[test]
+    fn in_place_rewrite_is_detected() {
+        let path = temp_file("rewrite", b"first version");
+        let m = MappedFile::open(&path).unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(m.read_at(6, &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"versi");
+        // Same size, new bytes. File times use the kernel's coarse clock, so wait for it to
+        // tick before writing or the stamp could legitimately stay equal.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mut f = File::options().write(true).open(&path).unwrap();
+        f.write_all(b"FIRST").unwrap();
+        drop(f);
+        assert!(!m.is_unchanged());
+        cleanup(&path);
+    }
+
+    #[test]
+    fn replaced_by_rename_stays_unchanged() {
+        let path = temp_file("rename", b"old bytes");
+        let m = MappedFile::open(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, b"new bytes!").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(m.is_unchanged());
+        let mut buf = [0u8; 16];
+        let n = m.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"old bytes");
+        let (a, mut b) = socketpair();
+        assert_eq!(m.send_to(a.as_raw_fd(), 0, 100).unwrap(), 9);
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"old bytes");
+        cleanup(&path);
+    }
+
+    #[test]
+    fn empty_file_has_no_mapping() {
+        let path = temp_file("empty", b"");
+        let m = MappedFile::open(&path).unwrap();
+        assert!(m.is_empty());
+        assert_eq!(m.len(), 0);
+        assert_eq!(m.stamp().size, 0);
+        let (a, _b) = socketpair();
+        assert_eq!(m.send_to(a.as_raw_fd(), 0, 10).unwrap(), 0);
+        assert!(m.is_unchanged());
+        cleanup(&path);
+    }
+
+    #[test]
+    fn stamp_matches_metadata() {
+        let path = temp_file("stamp", b"xyz");
+        let m = MappedFile::open(&path).unwrap();
+        let s = FileStamp::from_metadata(&std::fs::metadata(&path).unwrap());
+        assert_eq!(m.stamp(), s);
+        assert_eq!(s.size, 3);
+        cleanup(&path);
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<MappedFile>();
+    }
+}
