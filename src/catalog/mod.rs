@@ -517,16 +517,20 @@ impl CatalogHandle {
 
     /// Blocks until the generation differs from `seen` or `timeout` passes; returns the current snapshot.
     pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> Arc<Catalog> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large to add to now (Duration::MAX) means "no deadline".
+        let deadline = Instant::now().checked_add(timeout);
         let mut generation = lock(&self.generation);
         while *generation == seen {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+                None => Duration::from_secs(3600),
+            };
             generation = self
                 .generation_changed
-                .wait_timeout(generation, deadline - now)
+                .wait_timeout(generation, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
