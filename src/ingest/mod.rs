@@ -88,8 +88,21 @@ pub enum Outcome {
     /// An identical file was already there (requested or tagged name): the temporary was dropped.
     AlreadyPresent,
     /// The name was taken by different content: saved as `with_tag(name, first 8 hex of the id)`,
-    /// with `-1`, `-2`, ... appended to the tag if that was taken too.
+    /// with `-1`, `-2`, ... appended to the tag if that was taken too (or under the next
+    /// [`Collision::Numbered`] candidate when the caller asked for that policy).
     Renamed,
+}
+
+/// How a final name already taken by *different* content is resolved. Identical content is
+/// always reused ([`Outcome::AlreadyPresent`]); a file is never replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Collision {
+    /// jtp.md 5.2 rule 4: `with_tag(name, first 8 hex of the id)`, then the tag with `-1`, `-2`,
+    /// ... `-999` appended. The id is the xxh64 for `Expect::Xxh64`, the SHA-256 otherwise.
+    #[default]
+    Tagged,
+    /// tej.md section 5: `stem-1.ext` ... `stem-999.ext`, then `<sha256 hex>.ext`.
+    Numbered,
 }
 
 /// Errors of the ingest layer.

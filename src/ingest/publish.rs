@@ -1,7 +1,8 @@
 //! Publishing a verified, fsynced temporary under a final name without ever replacing a file
 //! (jtp.md 5.2 rules 3-4, tej.md 4.1): `renameat2(RENAME_NOREPLACE)`, falling back to
 //! `link` + `unlink` on kernels or file systems without it. A name taken by identical content is
-//! reused; one taken by different content is kept and a tagged name is tried instead.
+//! reused; one taken by different content is kept and the next candidate of the caller's
+//! [`Collision`] policy is tried instead.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -12,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{IngestError, Outcome};
-use crate::names::with_tag;
+use super::{hex, Collision, IngestError, Outcome};
+use crate::names::{with_number, with_tag};
 
-/// How many `-N` suffixes are tried after the tagged name before giving up.
+/// How many `-N` suffixes are tried (after the tagged name, or as `stem-N`) before giving up.
 const MAX_SUFFIX: u32 = 999;
 /// Read size when comparing with an existing file.
 pub(super) const HASH_CHUNK: usize = 1 << 20;
@@ -26,9 +27,35 @@ pub(super) struct Published {
     pub outcome: Outcome,
 }
 
-/// Moves `src` (a file in the same file system) to `dest/<candidate>` where candidate is `name`,
-/// then `with_tag(name, tag)`, then `with_tag(name, tag-1)`, ... On `AlreadyPresent`, `src` is
-/// removed. On error, `src` is left where it was.
+/// The name to try at `attempt` (0 is the requested name), or None when all are used up.
+fn candidate(
+    policy: Collision,
+    name: &str,
+    tag: &str,
+    sha256: &[u8; 32],
+    attempt: u32,
+) -> Option<String> {
+    match (policy, attempt) {
+        (_, 0) => Some(name.to_owned()),
+        (Collision::Tagged, 1) => Some(with_tag(name, tag)),
+        (Collision::Tagged, n) if n <= MAX_SUFFIX + 1 => {
+            Some(with_tag(name, &format!("{tag}-{}", n - 1)))
+        }
+        (Collision::Numbered, n) if n <= MAX_SUFFIX => Some(with_number(name, n)),
+        (Collision::Numbered, n) if n == MAX_SUFFIX + 1 => {
+            // Content-addressed last resort, keeping the extension.
+            let ext = match name.rfind('.') {
+                Some(i) if i > 0 => &name[i..],
+                _ => "",
+            };
+            Some(format!("{}{ext}", hex(sha256)))
+        }
+        _ => None,
+    }
+}
+
+/// Moves `src` (a file in the same file system) to `dest/<candidate>`, trying the names `policy`
+/// gives in order. On `AlreadyPresent`, `src` is removed. On error, `src` is left where it was.
 pub(super) fn publish(
     dest: &Path,
     src: &Path,
@@ -36,15 +63,17 @@ pub(super) fn publish(
     size: u64,
     sha256: &[u8; 32],
     tag: &str,
+    policy: Collision,
 ) -> Result<Published, IngestError> {
     let mut attempt: u32 = 0;
     // Each candidate may be retried a few times if it vanishes while we compare it.
     let mut races = 0;
     loop {
-        let candidate = match attempt {
-            0 => name.to_owned(),
-            1 => with_tag(name, tag),
-            n => with_tag(name, &format!("{tag}-{}", n - 1)),
+        let Some(candidate) = candidate(policy, name, tag, sha256, attempt) else {
+            return Err(IngestError::Io(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("every candidate name for {name:?} is taken"),
+            )));
         };
         let dst = dest.join(&candidate);
         match rename_noreplace(src, &dst) {
@@ -77,12 +106,6 @@ pub(super) fn publish(
             // Removed between our rename and our look: try the same name again.
             Err(e) if e.kind() == io::ErrorKind::NotFound && races < 8 => races += 1,
             Err(e) => return Err(e.into()),
-        }
-        if attempt > MAX_SUFFIX + 1 {
-            return Err(IngestError::Io(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("every candidate name for {name:?} is taken"),
-            )));
         }
     }
 }
@@ -186,7 +209,16 @@ mod tests {
         fs::write(t.0.join("x.abcd0123-1.png"), b"three").unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"four").unwrap();
-        let p = publish(&t.0, &src, "x.png", 4, &sha(b"four"), "abcd0123").unwrap();
+        let p = publish(
+            &t.0,
+            &src,
+            "x.png",
+            4,
+            &sha(b"four"),
+            "abcd0123",
+            Collision::Tagged,
+        )
+        .unwrap();
         assert_eq!(p.name, "x.abcd0123-2.png");
         assert_eq!(p.outcome, Outcome::Renamed);
         assert_eq!(fs::read(&p.path).unwrap(), b"four");
@@ -200,7 +232,16 @@ mod tests {
         fs::write(t.0.join("x.abcd0123.png"), b"four").unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"four").unwrap();
-        let p = publish(&t.0, &src, "x.png", 4, &sha(b"four"), "abcd0123").unwrap();
+        let p = publish(
+            &t.0,
+            &src,
+            "x.png",
+            4,
+            &sha(b"four"),
+            "abcd0123",
+            Collision::Tagged,
+        )
+        .unwrap();
         assert_eq!(p.name, "x.abcd0123.png");
         assert_eq!(p.outcome, Outcome::AlreadyPresent);
         assert_eq!(list(&t.0), ["x.abcd0123.png", "x.png"]);
@@ -213,8 +254,61 @@ mod tests {
         std::os::unix::fs::symlink(t.0.join("real"), t.0.join("x.bin")).unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"data").unwrap();
-        let p = publish(&t.0, &src, "x.bin", 4, &sha(b"data"), "0000ffff").unwrap();
+        let p = publish(
+            &t.0,
+            &src,
+            "x.bin",
+            4,
+            &sha(b"data"),
+            "0000ffff",
+            Collision::Tagged,
+        )
+        .unwrap();
         assert_eq!(p.outcome, Outcome::Renamed);
         assert_eq!(p.name, "x.0000ffff.bin");
+    }
+
+    #[test]
+    fn candidates_per_policy() {
+        let h = [0x5a; 32];
+        let c = |p, n| candidate(p, "a.png", "01234567", &h, n);
+        assert_eq!(c(Collision::Tagged, 0).unwrap(), "a.png");
+        assert_eq!(c(Collision::Tagged, 1).unwrap(), "a.01234567.png");
+        assert_eq!(c(Collision::Tagged, 2).unwrap(), "a.01234567-1.png");
+        assert_eq!(c(Collision::Tagged, 1000).unwrap(), "a.01234567-999.png");
+        assert_eq!(c(Collision::Tagged, 1001), None);
+        assert_eq!(c(Collision::Numbered, 0).unwrap(), "a.png");
+        assert_eq!(c(Collision::Numbered, 1).unwrap(), "a-1.png");
+        assert_eq!(c(Collision::Numbered, 999).unwrap(), "a-999.png");
+        assert_eq!(
+            c(Collision::Numbered, 1000).unwrap(),
+            "5a".repeat(32) + ".png"
+        );
+        assert_eq!(c(Collision::Numbered, 1001), None);
+        assert_eq!(
+            candidate(Collision::Numbered, "README", "", &h, 1000).unwrap(),
+            "5a".repeat(32)
+        );
+    }
+
+    #[test]
+    fn numbered_policy_publishes_stem_n() {
+        let t = TempDir::new("numbered");
+        fs::write(t.0.join("r.txt"), b"one").unwrap();
+        fs::write(t.0.join("r-1.txt"), b"two").unwrap();
+        let src = t.0.join(".tmp");
+        fs::write(&src, b"three").unwrap();
+        let p = publish(
+            &t.0,
+            &src,
+            "r.txt",
+            5,
+            &sha(b"three"),
+            "x",
+            Collision::Numbered,
+        )
+        .unwrap();
+        assert_eq!(p.name, "r-2.txt");
+        assert_eq!(p.outcome, Outcome::Renamed);
     }
 }

@@ -19,7 +19,7 @@ use twox_hash::XxHash64;
 
 use super::publish::{publish, sync_dir, HASH_CHUNK};
 use super::{check, is_plain_name, tag_for, MAX_KEY_BYTES, PART_SUFFIX};
-use super::{Committed, Expect, IngestDir, IngestError};
+use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// First bytes of a bitmap file.
 const MAGIC: &[u8; 8] = b"FERRYBM\0";
@@ -206,10 +206,17 @@ impl Resumable {
     // The transfer comes back by value so a caller can clear() and retry without reopening;
     // boxing it would only move the same bytes to the heap on a rare path.
     #[allow(clippy::result_large_err)]
-    pub fn commit(
+    pub fn commit(self, name: &str, expect: Expect) -> Result<Committed, (Resumable, IngestError)> {
+        self.commit_with(name, expect, Collision::Tagged)
+    }
+
+    /// [`commit`](Self::commit) with an explicit policy for names taken by different content.
+    #[allow(clippy::result_large_err)] // as for commit
+    pub fn commit_with(
         mut self,
         name: &str,
         expect: Expect,
+        policy: Collision,
     ) -> Result<Committed, (Resumable, IngestError)> {
         if !is_plain_name(name) {
             return Err((self, IngestError::BadName));
@@ -240,6 +247,7 @@ impl Resumable {
             self.size,
             &sha256,
             &tag,
+            policy,
         ) {
             Ok(p) => p,
             Err(e) => return Err((self, e)),

@@ -13,7 +13,7 @@ use twox_hash::XxHash64;
 
 use super::publish::publish;
 use super::{check, is_plain_name, next_temp_name, tag_for};
-use super::{Committed, Expect, IngestDir, IngestError};
+use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// Size of the write buffer: large enough that small network reads become large writes.
 const BUFFER_BYTES: usize = 256 * 1024;
@@ -31,6 +31,8 @@ pub struct StreamSink {
     written: u64,
     /// File length set by fallocate; trimmed back to `written` at commit.
     allocated: u64,
+    /// A write failed: the file no longer matches the hashes, so it can only be aborted.
+    failed: bool,
 }
 
 impl StreamSink {
@@ -60,6 +62,7 @@ impl StreamSink {
             xxh: XxHash64::with_seed(0),
             written: 0,
             allocated: 0,
+            failed: false,
         };
         if let Some(len) = size_hint.filter(|&n| n > 0) {
             // On error the sink is dropped, which removes the temporary.
@@ -69,8 +72,20 @@ impl StreamSink {
         Ok(sink)
     }
 
-    /// Appends `data` (buffered; hashes are updated at once).
+    /// Appends `data` (buffered; hashes are updated at once). After an error the sink can only
+    /// be aborted: `commit` refuses it.
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let r = self.append(data);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("ingest: an earlier write failed"));
+        }
         self.sha.update(data);
         self.xxh.write(data);
         self.written += data.len() as u64;
@@ -106,7 +121,23 @@ impl StreamSink {
     /// under `name` (already sanitised) with the rules below. Returns where it landed.
     ///
     /// Any error removes the temporary: a stream cannot be resumed.
-    pub fn commit(mut self, name: &str, expect: Expect) -> Result<Committed, IngestError> {
+    pub fn commit(self, name: &str, expect: Expect) -> Result<Committed, IngestError> {
+        self.commit_with(name, expect, Collision::Tagged)
+    }
+
+    /// [`commit`](Self::commit) with an explicit policy for names taken by different content
+    /// (TEJ uses [`Collision::Numbered`]).
+    pub fn commit_with(
+        mut self,
+        name: &str,
+        expect: Expect,
+        policy: Collision,
+    ) -> Result<Committed, IngestError> {
+        if self.failed {
+            return Err(IngestError::Io(io::Error::other(
+                "ingest: an earlier write failed",
+            )));
+        }
         if !is_plain_name(name) {
             return Err(IngestError::BadName);
         }
@@ -129,6 +160,7 @@ impl StreamSink {
             self.written,
             &sha256,
             &tag,
+            policy,
         )?;
         // Published or dropped: either way the temporary is no longer ours to remove.
         self.file = None;
