@@ -67,7 +67,7 @@ pub fn accept_exact(raw: &[u8], max_bytes: usize) -> Option<&str> {
     Some(name)
 }
 
-/// "<stem>.<tag>.<ext>" (or "<name>.<tag>" without an extension) for the no-clobber rule.
+/// `"<stem>.<tag>.<ext>"` (or `"<name>.<tag>"` without an extension) for the no-clobber rule.
 ///
 /// The extension is the text after the last '.', unless that dot is the first character. The stem
 /// is cut at a UTF-8 boundary so the result stays within [`MAX_NAME_BYTES`] when it can.
@@ -76,7 +76,7 @@ pub fn with_tag(name: &str, tag: &str) -> String {
     join_fitting(stem, &format!(".{tag}"), ext)
 }
 
-/// "<stem>-<n>.<ext>" (or "<name>-<n>" without an extension): TEJ's collision candidates.
+/// `"<stem>-<n>.<ext>"` (or `"<name>-<n>"` without an extension): TEJ's collision candidates.
 /// Same extension and length rules as [`with_tag`].
 pub fn with_number(name: &str, n: u32) -> String {
     let (stem, ext) = split_ext(name);
