@@ -220,6 +220,24 @@ impl IngestDir {
         &self.inner.work
     }
 
+    /// Bytes an unprivileged process may still write on the work folder's file system
+    /// (`statvfs`: `f_bavail * f_frsize`), for callers that keep a reserve free (TEJ's
+    /// `disk_reserve`).
+    pub fn available_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.work().as_os_str().as_bytes())?;
+        // SAFETY: statvfs is plain old data; all-zero is a valid value to be overwritten.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The fields are u32 on some 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+        Ok(avail.saturating_mul(frsize))
+    }
+
     /// Removes stale streaming temporaries (not resumable partials) left by a dead process of ours.
     ///
     /// A temporary is stale when its pid is not running, or is our own pid under a different
@@ -450,6 +468,13 @@ mod tests {
         assert!(left.contains(&".ferry-abcd-1-3.part".to_owned()));
         live.abort();
         assert_eq!(list(&t.0).len(), 3);
+    }
+
+    #[test]
+    fn reports_free_space() {
+        let t = TempDir::new("space");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        assert!(dir.available_bytes().unwrap() > 0);
     }
 
     #[test]

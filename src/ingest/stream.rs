@@ -118,7 +118,8 @@ impl StreamSink {
     }
 
     /// Verify against `expect` (mismatch -> IngestError::Mismatch, temp removed), fsync, then publish
-    /// under `name` (already sanitised) with the rules below. Returns where it landed.
+    /// under `name` (already sanitised), never replacing a file (module doc). Returns where it
+    /// landed.
     ///
     /// Any error removes the temporary: a stream cannot be resumed.
     pub fn commit(self, name: &str, expect: Expect) -> Result<Committed, IngestError> {
@@ -148,7 +149,7 @@ impl StreamSink {
         }
         self.flush_buf()?;
         let file = self.file.as_ref().ok_or_else(gone)?;
-        if self.allocated != self.written {
+        if self.allocated > self.written {
             file.set_len(self.written)?;
         }
         file.sync_all()?;
