@@ -144,8 +144,10 @@ impl Stream {
     /// The socket's fd, whatever runs over it.
     fn socket_fd(&self) -> RawFd {
         match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
-            _ => self.tcp().map(|t| t.as_raw_fd()).unwrap_or(-1),
+            Stream::TlsServer(s) => s.sock.as_raw_fd(),
+            Stream::TlsClient(s) => s.sock.as_raw_fd(),
         }
     }
 
@@ -643,6 +645,27 @@ pub(crate) mod tests {
                 err,
                 TransportError::Handshake {
                     error: rustls::Error::InvalidCertificate(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mozilla_roots_reject_self_signed_server() {
+        let (server, _, dir) = self_signed("mozilla-roots");
+        let client = TlsClient::new(None, ALPN).unwrap();
+        let (_, c) = tls_pair(&server, &client, "localhost");
+        let err = c.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Handshake {
+                    error: rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::UnknownIssuer
+                    ),
                     ..
                 }
             ),
