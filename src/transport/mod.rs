@@ -167,7 +167,7 @@ impl Stream {
         }
     }
 
-    /// The peer for log lines: "127.0.0.1:5555", "[::1]:5", "unix" (or "unknown" once the
+    /// The peer for log lines: `127.0.0.1:5555`, `[::1]:5`, `unix` (or "unknown" once the
     /// socket is no longer connected).
     pub fn peer(&self) -> String {
         match self {
