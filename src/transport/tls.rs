@@ -24,7 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig,
+    ServerConnection, SideData,
+};
 use rustls_pki_types::ServerName;
 
 use super::certs;
@@ -90,16 +93,12 @@ impl TlsServer {
     /// On failure the alert rustls chose (e.g. protocol_version, no_application_protocol) is
     /// sent before the error is returned.
     pub fn accept(&self, tcp: TcpStream, timeout: Duration) -> Result<Stream, TransportError> {
-        let conn = ServerConnection::new(self.config.clone()).map_err(TransportError::Tls)?;
-        let mut conn = rustls::Connection::Server(conn);
+        let mut conn = ServerConnection::new(self.config.clone()).map_err(TransportError::Tls)?;
         let mut tcp = tcp;
         handshake(&mut conn, &mut tcp, timeout)?;
-        match conn {
-            rustls::Connection::Server(c) => Ok(Stream::TlsServer(Box::new(
-                rustls::StreamOwned::new(c, tcp),
-            ))),
-            rustls::Connection::Client(_) => unreachable!("built as a server connection above"),
-        }
+        Ok(Stream::TlsServer(Box::new(rustls::StreamOwned::new(
+            conn, tcp,
+        ))))
     }
 }
 
@@ -159,23 +158,20 @@ impl TlsClient {
             .unwrap_or(server_name);
         let name = ServerName::try_from(bare.to_string())
             .map_err(|_| TransportError::ServerName(server_name.to_string()))?;
-        let conn = ClientConnection::new(self.config.clone(), name).map_err(TransportError::Tls)?;
-        let mut conn = rustls::Connection::Client(conn);
+        let mut conn =
+            ClientConnection::new(self.config.clone(), name).map_err(TransportError::Tls)?;
         let mut tcp = tcp;
         handshake(&mut conn, &mut tcp, timeout)?;
-        match conn {
-            rustls::Connection::Client(c) => Ok(Stream::TlsClient(Box::new(
-                rustls::StreamOwned::new(c, tcp),
-            ))),
-            rustls::Connection::Server(_) => unreachable!("built as a client connection above"),
-        }
+        Ok(Stream::TlsClient(Box::new(rustls::StreamOwned::new(
+            conn, tcp,
+        ))))
     }
 }
 
 /// Drives a handshake to completion (including flushing our last flight) within `timeout`.
 /// The socket's own timeouts are tightened to the remaining time for each call and restored after.
-fn handshake(
-    conn: &mut rustls::Connection,
+fn handshake<D: SideData>(
+    conn: &mut ConnectionCommon<D>,
     tcp: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(), TransportError> {
@@ -193,8 +189,8 @@ fn handshake(
     result
 }
 
-fn drive(
-    conn: &mut rustls::Connection,
+fn drive<D: SideData>(
+    conn: &mut ConnectionCommon<D>,
     tcp: &mut TcpStream,
     timeout: Duration,
     peer: &str,
