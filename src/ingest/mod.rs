@@ -1,1 +1,520 @@
-//! (stub)
+//! Ingest: the one way bytes from the network become a visible file in a folder.
+//!
+//! Every download and upload path (JTP's client, TEJ/FastDP/filestorage uploads, CJP2P downloads)
+//! goes through here, so the safety rules live in one place:
+//! - data lands in a temporary file that no one mistakes for a finished file (a dot-name
+//!   `.ferry-<tag>-<pid>-<counter>.part` created with `O_EXCL`, or `<key>.part` in the hidden
+//!   working folder);
+//! - it is verified (SHA-256 or xxHash64) and fsynced before it gets a final name;
+//! - publishing never replaces a file: `renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where
+//!   that is unsupported; identical content already there is reused, different content keeps its
+//!   name and the new file gets a tagged one ([`crate::names::with_tag`]); the folder is fsynced.
+//!
+//! Two shapes of transfer:
+//!
+//! ```text
+//! streaming (TEJ, JTP client)          resumable (CJP2P, FastDP, filestorage)
+//!
+//! begin_stream --write_all*--> commit   begin_resumable --write_block*/flush*--> complete
+//!      |                         |           ^  (reopen after a crash: missing() = the rest)  |
+//!      +--abort / drop--> gone   |           +------------- clear() <-- Mismatch <-- commit --+
+//!                                v                                                  |
+//!                        Created | AlreadyPresent | Renamed  <-----------------------+
+//! ```
+//!
+//! The resumable bitmap file (`<key>.bitmap`) is a 32-byte header followed by one bit per block,
+//! least significant bit first:
+//!
+//! ```text
+//! 0      8        12           16        24        32
+//! | magic | version | block size | size    | blocks  | bits...
+//!  "FERRYBM\0" u32 LE=1  u32 LE     u64 LE    u64 LE
+//! ```
+//!
+//! Out of scope: choosing names from the wire (see [`crate::names`]), registering published files
+//! with the catalog, and deciding *which* blocks to fetch (the protocol machines do that).
+
+mod publish;
+mod resumable;
+mod stream;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+pub use resumable::Resumable;
+pub use stream::StreamSink;
+
+/// Prefix of streaming temporaries; a served folder's scanner must skip dot-files anyway.
+const TEMP_PREFIX: &str = ".ferry-";
+/// Suffix of streaming temporaries and resumable partials.
+const PART_SUFFIX: &str = ".part";
+/// Longest resumable key accepted (keeps `<key>.bitmap.new` far below `NAME_MAX`).
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// What the data must hash to before it may become visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// SHA-256 of the whole file (TEJ, CJP2P, filestorage).
+    Sha256([u8; 32]),
+    /// xxHash64 (seed 0) of the whole file (JTP's image ids, FastDP).
+    Xxh64(u64),
+    /// No expectation: hashes are still computed and reported.
+    Nothing,
+}
+
+/// Where a committed file ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Full path of the final file (`dest/name`).
+    pub path: PathBuf,
+    /// The final name, which differs from the requested one when `outcome` is `Renamed`.
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub xxh64: u64,
+    pub size: u64,
+    pub outcome: Outcome,
+}
+
+/// How the no-clobber rule resolved the final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file was published under the requested name.
+    Created,
+    /// An identical file was already there (requested or tagged name): the temporary was dropped.
+    AlreadyPresent,
+    /// The name was taken by different content: saved as `with_tag(name, first 8 hex of the id)`,
+    /// with `-1`, `-2`, ... appended to the tag if that was taken too (or under the next
+    /// [`Collision::Numbered`] candidate when the caller asked for that policy).
+    Renamed,
+}
+
+/// How a final name already taken by *different* content is resolved. Identical content is
+/// always reused ([`Outcome::AlreadyPresent`]); a file is never replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Collision {
+    /// jtp.md 5.2 rule 4: `with_tag(name, first 8 hex of the id)`, then the tag with `-1`, `-2`,
+    /// ... `-999` appended. The id is the xxh64 for `Expect::Xxh64`, the SHA-256 otherwise.
+    #[default]
+    Tagged,
+    /// tej.md section 5: `stem-1.ext` ... `stem-999.ext`, then `<sha256 hex>.ext`.
+    Numbered,
+}
+
+/// Errors of the ingest layer.
+#[derive(Debug)]
+pub enum IngestError {
+    /// A file-system operation failed.
+    Io(io::Error),
+    /// The data does not hash to what was expected (lowercase hex of both).
+    Mismatch { expected: String, actual: String },
+    /// The file system is full (`ENOSPC`, `EDQUOT`).
+    NoSpace,
+    /// The final name is not a plain basename (empty, ".", "..", contains '/' or NUL, too long).
+    BadName,
+    /// A resumable transfer was committed with blocks still missing.
+    Incomplete { missing: u64 },
+}
+
+impl fmt::Display for IngestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IngestError::Io(e) => write!(f, "ingest: {e}"),
+            IngestError::Mismatch { expected, actual } => {
+                write!(
+                    f,
+                    "ingest: hash mismatch: expected {expected}, got {actual}"
+                )
+            }
+            IngestError::NoSpace => f.write_str("ingest: no space left on device"),
+            IngestError::BadName => f.write_str("ingest: unsafe file name"),
+            IngestError::Incomplete { missing } => {
+                write!(f, "ingest: {missing} blocks still missing")
+            }
+        }
+    }
+}
+
+impl std::error::Error for IngestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            IngestError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for IngestError {
+    fn from(e: io::Error) -> Self {
+        if is_no_space(&e) {
+            IngestError::NoSpace
+        } else {
+            IngestError::Io(e)
+        }
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// A destination folder plus its working folder for temporaries. Cheap to clone; share freely.
+#[derive(Debug, Clone)]
+pub struct IngestDir {
+    inner: Arc<Paths>,
+}
+
+#[derive(Debug)]
+struct Paths {
+    dest: PathBuf,
+    work: PathBuf,
+}
+
+impl IngestDir {
+    /// `dest`: the folder final files land in. `work`: the folder for temporaries/partials, on the
+    /// same file system (created if missing, mode 0700). Callers pass `<root>/.ferry/ingest` for
+    /// the served folder, and `dest` itself for a client output folder (then temporaries are
+    /// dot-files there: `.ferry-<hex tag>-<pid>-<counter>.part`, created with O_EXCL).
+    ///
+    /// A missing `dest` is created with the default mode. Fails if the two folders are on
+    /// different file systems, since publishing is a rename.
+    pub fn new(dest: &Path, work: &Path) -> io::Result<IngestDir> {
+        fs::DirBuilder::new().recursive(true).create(dest)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(work)?;
+        let (d, w) = (fs::metadata(dest)?, fs::metadata(work)?);
+        if !d.is_dir() || !w.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ingest: dest and work must be folders",
+            ));
+        }
+        if d.dev() != w.dev() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ingest: dest and work are on different file systems",
+            ));
+        }
+        Ok(IngestDir {
+            inner: Arc::new(Paths {
+                dest: dest.to_path_buf(),
+                work: work.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The folder final files land in.
+    pub fn dest(&self) -> &Path {
+        &self.inner.dest
+    }
+
+    /// The folder temporaries and partials live in.
+    pub fn work(&self) -> &Path {
+        &self.inner.work
+    }
+
+    /// Bytes an unprivileged process may still write on the work folder's file system
+    /// (`statvfs`: `f_bavail * f_frsize`), for callers that keep a reserve free (TEJ's
+    /// `disk_reserve`).
+    pub fn available_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.work().as_os_str().as_bytes())?;
+        // SAFETY: statvfs is plain old data; all-zero is a valid value to be overwritten.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The fields are u32 on some 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+        Ok(avail.saturating_mul(frsize))
+    }
+
+    /// Removes stale streaming temporaries (not resumable partials) left by a dead process of ours.
+    ///
+    /// A temporary is stale when its pid is not running, or is our own pid under a different
+    /// process tag (a restarted process that got the same pid, as pid 1 in a container does).
+    /// Returns how many files were removed.
+    pub fn clean_stale(&self) -> io::Result<usize> {
+        let me = std::process::id();
+        let tag = process_tag();
+        let mut removed = 0;
+        for entry in fs::read_dir(self.work())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some((t, pid)) = name.to_str().and_then(parse_temp_name) else {
+                continue;
+            };
+            let stale = if pid == me {
+                t != tag
+            } else {
+                !is_pid_alive(pid)
+            };
+            if stale && entry.file_type()?.is_file() {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Streaming ingest (TEJ, JTP client): a fresh exclusive temp file, preallocated with
+    /// fallocate(2) to `size_hint` when given (ENOSPC -> error before any byte is written), written
+    /// sequentially with a running SHA-256 and xxHash64.
+    pub fn begin_stream(&self, size_hint: Option<u64>) -> io::Result<StreamSink> {
+        StreamSink::create(self.clone(), size_hint)
+    }
+
+    /// Resumable ingest (CJP2P, FastDP, filestorage): `key` names the transfer (e.g. hex sha256);
+    /// creates or reopens `<work>/<key>.part` sized (sparse, set_len) to `size` and
+    /// `<work>/<key>.bitmap` (header: magic, format version, size, block size; then one bit per
+    /// block, LSB first). Reopening with a header that does not match restarts from zero.
+    ///
+    /// `key` must be 1 to [`MAX_KEY_BYTES`] of `[A-Za-z0-9_-]`; `block_size` must not be 0. The
+    /// part file is locked (`flock`) while the returned value lives: a second `begin_resumable`
+    /// of the same key, from any process, fails with `WouldBlock`.
+    pub fn begin_resumable(&self, key: &str, size: u64, block_size: u32) -> io::Result<Resumable> {
+        Resumable::open(self.clone(), key, size, block_size)
+    }
+}
+
+/// A random-enough tag for this process, fixed for its lifetime: tells our temporaries from
+/// those of an earlier process that had the same pid.
+fn process_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let local = 0u8;
+        let mut seed = Vec::with_capacity(40);
+        seed.extend_from_slice(&now.as_nanos().to_le_bytes());
+        seed.extend_from_slice(&std::process::id().to_le_bytes());
+        seed.extend_from_slice(&(&local as *const u8 as usize).to_le_bytes());
+        let mut urandom = [0u8; 8];
+        if let Ok(mut f) = fs::File::open("/dev/urandom") {
+            let _ = io::Read::read_exact(&mut f, &mut urandom);
+        }
+        seed.extend_from_slice(&urandom);
+        format!("{:08x}", twox_hash::XxHash64::oneshot(0, &seed) as u32)
+    })
+}
+
+/// The next streaming temporary name; unique within the process (one counter for all dirs).
+fn next_temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{TEMP_PREFIX}{}-{}-{n}{PART_SUFFIX}",
+        process_tag(),
+        std::process::id()
+    )
+}
+
+/// Parses `.ferry-<hex tag>-<pid>-<counter>.part` into (tag, pid).
+fn parse_temp_name(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(PART_SUFFIX)?;
+    let mut parts = rest.split('-');
+    let (tag, pid, counter) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || tag.is_empty()
+        || !tag.bytes().all(|b| b.is_ascii_hexdigit())
+        || counter.is_empty()
+        || !counter.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((tag, pid.parse().ok()?))
+}
+
+fn is_pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The expected and actual ids as lowercase hex, or None when they agree.
+fn check(expect: Expect, sha256: &[u8; 32], xxh64: u64) -> Option<IngestError> {
+    match expect {
+        Expect::Sha256(want) if &want != sha256 => Some(IngestError::Mismatch {
+            expected: hex(&want),
+            actual: hex(sha256),
+        }),
+        Expect::Xxh64(want) if want != xxh64 => Some(IngestError::Mismatch {
+            expected: format!("{want:016x}"),
+            actual: format!("{xxh64:016x}"),
+        }),
+        _ => None,
+    }
+}
+
+/// First 8 hex digits of the id the caller expects: xxh64 for `Xxh64`, SHA-256 otherwise.
+fn tag_for(expect: Expect, sha256: &[u8; 32], xxh64: u64) -> String {
+    match expect {
+        Expect::Xxh64(_) => format!("{xxh64:016x}")[..8].to_owned(),
+        _ => hex(&sha256[..4]),
+    }
+}
+
+/// A final name must be one plain path component; callers sanitise, this is the last guard.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= crate::names::MAX_NAME_BYTES
+        && !name.contains(['/', '\0'])
+}
+
+#[cfg(test)]
+pub(crate) mod test_dir {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(what: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "ferry-test-ingest-{what}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Names in a folder, sorted.
+    pub fn list(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_dir::{list, TempDir};
+    use super::*;
+
+    #[test]
+    fn temp_names_parse_back() {
+        let n = next_temp_name();
+        let (tag, pid) = parse_temp_name(&n).unwrap();
+        assert_eq!(tag, process_tag());
+        assert_eq!(pid, std::process::id());
+        assert_eq!(parse_temp_name(".ferry-zz-1-2.part"), None);
+        assert_eq!(parse_temp_name(".ferry-ab-1-2-3.part"), None);
+        assert_eq!(parse_temp_name("0123abcd.part"), None);
+        assert_eq!(parse_temp_name(".ferry-ab-12-7.part"), Some(("ab", 12)));
+    }
+
+    #[test]
+    fn clean_stale_removes_only_dead_temporaries() {
+        let t = TempDir::new("stale");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let me = std::process::id();
+        // Ours under another tag (a previous process with our pid): stale.
+        fs::write(t.0.join(format!(".ferry-00000000-{me}-0.part")), b"x").unwrap();
+        // A pid that cannot exist: stale.
+        fs::write(t.0.join(".ferry-abcd-2147483647-3.part"), b"x").unwrap();
+        // A live process (pid 1 always exists): kept.
+        fs::write(t.0.join(".ferry-abcd-1-3.part"), b"x").unwrap();
+        // Resumable partials and user files: kept.
+        fs::write(t.0.join("0123.part"), b"x").unwrap();
+        fs::write(t.0.join("photo.png"), b"x").unwrap();
+        let live = dir.begin_stream(None).unwrap();
+        assert_eq!(dir.clean_stale().unwrap(), 2);
+        let left = list(&t.0);
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.contains(&".ferry-abcd-1-3.part".to_owned()));
+        live.abort();
+        assert_eq!(list(&t.0).len(), 3);
+    }
+
+    #[test]
+    fn reports_free_space() {
+        let t = TempDir::new("space");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        assert!(dir.available_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn work_dir_is_private_and_created() {
+        let t = TempDir::new("mkwork");
+        let work = t.0.join(".ferry").join("ingest");
+        let dir = IngestDir::new(&t.0, &work).unwrap();
+        assert_eq!(dir.work(), work);
+        let mode = fs::metadata(&work).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn error_display_is_lowercase_and_prefixed() {
+        let errs = [
+            IngestError::Io(io::Error::other("boom")),
+            IngestError::Mismatch {
+                expected: "00".into(),
+                actual: "11".into(),
+            },
+            IngestError::NoSpace,
+            IngestError::BadName,
+            IngestError::Incomplete { missing: 3 },
+        ];
+        for e in errs {
+            let s = e.to_string();
+            assert!(s.starts_with("ingest: "), "{s}");
+        }
+        let e: IngestError = io::Error::from_raw_os_error(libc::ENOSPC).into();
+        assert!(matches!(e, IngestError::NoSpace));
+    }
+
+    #[test]
+    fn tags_follow_the_expected_id_kind() {
+        let sha = [0xab; 32];
+        assert_eq!(
+            tag_for(Expect::Xxh64(1), &sha, 0x84fe30f5845a521f),
+            "84fe30f5"
+        );
+        assert_eq!(tag_for(Expect::Sha256(sha), &sha, 1), "abababab");
+        assert_eq!(tag_for(Expect::Nothing, &sha, 1), "abababab");
+    }
+}

@@ -1,1 +1,1033 @@
-//! (stub)
+//! Transports: TCP, TLS 1.3 (rustls), Unix stream sockets and UDP behind one small interface.
+//!
+//! Every protocol driver talks to a [`Stream`]: read into a buffer, write all, timeouts, peer
+//! address, a non-blocking [`Stream::try_read`] for "has the peer said anything?" checks while
+//! sending, an orderly [`Stream::close_gracefully`], and [`Stream::plain_fd`] so a driver can move
+//! file bytes from a mapping straight onto a plain socket with `send(2)`. TLS configuration
+//! ([`TlsServer`], [`TlsClient`]) and certificate files (`certs`) live here too, as does the UDP
+//! socket setup CJP2P needs ([`bind_udp`]).
+//!
+//! All sockets are blocking `std::net`/`std::os::unix::net` sockets; there is no async runtime.
+//! Out of scope: listening and accepting (the `server` module), protocol framing (the `proto`
+//! modules), and anything that interprets the bytes.
+//!
+//! End of stream: a TLS peer that closes TCP without close_notify reads as an ordinary end of
+//! stream (`Ok(0)`, [`TryRead::Eof`]). The JTP spec (3.9) requires accepting a bare FIN after a
+//! complete frame, so truncation is detected by the framing layer, not here.
+
+mod certs;
+mod tls;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rustls::{ConnectionCommon, SideData};
+
+pub use certs::{fingerprint, load_certs, load_key, write_test_certs};
+pub use tls::{TlsClient, TlsServer};
+
+/// Most bytes [`Stream::close_gracefully`] reads and discards while lingering.
+pub const MAX_LINGER_DISCARD: usize = 64 * 1024;
+
+/// A connected byte stream of any kind.
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// A Unix stream socket.
+    Unix(UnixStream),
+    /// The server side of a TLS 1.3 connection whose handshake is complete.
+    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    /// The client side of a TLS 1.3 connection whose handshake is complete.
+    TlsClient(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// Outcome of [`Stream::try_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRead {
+    /// This many bytes were copied into the buffer.
+    Data(usize),
+    /// Nothing has arrived yet; the connection is still open.
+    Empty,
+    /// The peer closed its sending side (close_notify or FIN).
+    Eof,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Stream::Tcp(_) => "tcp",
+            Stream::Unix(_) => "unix",
+            Stream::TlsServer(_) => "tls-server",
+            Stream::TlsClient(_) => "tls-client",
+        };
+        write!(f, "Stream({kind} {})", self.peer())
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Stream {
+        Stream::Tcp(s)
+    }
+}
+
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Stream {
+        Stream::Unix(s)
+    }
+}
+
+/// rustls reports a TCP FIN without close_notify as `UnexpectedEof`; ferry treats it as an
+/// ordinary end of stream (see the module docs).
+fn tls_eof_is_eof(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+            Stream::TlsServer(s) => tls_eof_is_eof(s.read(buf)),
+            Stream::TlsClient(s) => tls_eof_is_eof(s.read(buf)),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+            Stream::TlsServer(s) => s.write(buf),
+            Stream::TlsClient(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::TlsServer(s) => s.write_vectored(bufs),
+            Stream::TlsClient(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+            Stream::TlsServer(s) => s.flush(),
+            Stream::TlsClient(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    /// The TCP socket under a plain or TLS stream.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            Stream::TlsServer(s) => Some(&s.sock),
+            Stream::TlsClient(s) => Some(&s.sock),
+        }
+    }
+
+    /// The socket's fd, whatever runs over it.
+    fn socket_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::TlsServer(s) => s.sock.as_raw_fd(),
+            Stream::TlsClient(s) => s.sock.as_raw_fd(),
+        }
+    }
+
+    /// Sets the socket's read timeout (`None`: block forever).
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(d),
+            _ => self.tcp().map_or(Ok(()), |t| t.set_read_timeout(d)),
+        }
+    }
+
+    /// Sets the socket's write timeout (`None`: block forever).
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(d),
+            _ => self.tcp().map_or(Ok(()), |t| t.set_write_timeout(d)),
+        }
+    }
+
+    /// The peer for log lines: `127.0.0.1:5555`, `[::1]:5`, `unix` (or "unknown" once the
+    /// socket is no longer connected).
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Unix(_) => "unix".to_string(),
+            _ => self
+                .tcp()
+                .and_then(|t| t.peer_addr().ok())
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+        }
+    }
+
+    /// Whether this stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
+    }
+
+    /// The raw fd when bytes written to it go straight onto the wire (plain TCP and Unix): the
+    /// caller may then send file bytes from a mapping with `send(2)`, interleaved with ordinary
+    /// writes through this `Stream` (nothing is buffered here). `None` for TLS.
+    pub fn plain_fd(&self) -> Option<RawFd> {
+        match self {
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
+            Stream::Unix(s) => Some(s.as_raw_fd()),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => None,
+        }
+    }
+
+    /// Non-blocking read of whatever has already arrived; never waits. On TLS, records already
+    /// in the socket buffer are decrypted; a partial record reads as [`TryRead::Empty`]. An empty
+    /// `buf` gives `Data(0)`. A TLS protocol error (bad record, fatal alert) is `InvalidData`.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<TryRead> {
+        if buf.is_empty() {
+            return Ok(TryRead::Data(0));
+        }
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => {
+                let mut raw = DontWait(self.socket_fd());
+                match raw.read(buf) {
+                    Ok(0) => Ok(TryRead::Eof),
+                    Ok(n) => Ok(TryRead::Data(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(TryRead::Empty),
+                    Err(e) => Err(e),
+                }
+            }
+            Stream::TlsServer(s) => {
+                let fd = s.sock.as_raw_fd();
+                tls_try_read(&mut s.conn, fd, buf)
+            }
+            Stream::TlsClient(s) => {
+                let fd = s.sock.as_raw_fd();
+                tls_try_read(&mut s.conn, fd, buf)
+            }
+        }
+    }
+
+    /// Orderly close: flush; on TLS send close_notify; shut down our sending side; then read and
+    /// discard input for up to `linger` (at most [`MAX_LINGER_DISCARD`] bytes) so that unread
+    /// input cannot turn the close into an RST that destroys our last bytes in flight. Errors are
+    /// ignored: the connection is over either way. Each step is bounded by the write timeout.
+    pub fn close_gracefully(mut self, linger: Duration) {
+        let _ = self.flush();
+        match &mut self {
+            Stream::TlsServer(s) => {
+                s.conn.send_close_notify();
+                flush_tls(&mut s.conn, &mut s.sock);
+            }
+            Stream::TlsClient(s) => {
+                s.conn.send_close_notify();
+                flush_tls(&mut s.conn, &mut s.sock);
+            }
+            Stream::Tcp(_) | Stream::Unix(_) => {}
+        }
+        match &self {
+            Stream::Unix(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            _ => {
+                if let Some(t) = self.tcp() {
+                    let _ = t.shutdown(Shutdown::Write);
+                }
+            }
+        }
+        if linger.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + linger;
+        let mut discarded = 0usize;
+        let mut scratch = [0u8; 8192];
+        while discarded < MAX_LINGER_DISCARD {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || self.set_read_timeout(Some(remaining)).is_err() {
+                break;
+            }
+            let want = scratch.len().min(MAX_LINGER_DISCARD - discarded);
+            // Read the raw socket, not the TLS layer: the bytes are thrown away anyway.
+            let n = match &self {
+                Stream::Unix(s) => (&*s).read(&mut scratch[..want]),
+                _ => match self.tcp() {
+                    Some(mut t) => t.read(&mut scratch[..want]),
+                    None => break,
+                },
+            };
+            match n {
+                Ok(0) => break,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sets TCP_NODELAY; a no-op for Unix sockets.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp().map_or(Ok(()), |t| t.set_nodelay(on))
+    }
+
+    /// The ALPN protocol negotiated on a TLS stream (`None` if none was, or for plain streams).
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        match self {
+            Stream::TlsServer(s) => s.conn.alpn_protocol().map(|p| p.to_vec()),
+            Stream::TlsClient(s) => s.conn.alpn_protocol().map(|p| p.to_vec()),
+            Stream::Tcp(_) | Stream::Unix(_) => None,
+        }
+    }
+}
+
+/// A reader over a socket fd that never blocks: `recv(MSG_DONTWAIT)`.
+struct DontWait(RawFd);
+
+impl Read for DontWait {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the duration of
+            // the call; `self.0` is a socket fd owned by the `Stream` that created this reader
+            // and outlives it.
+            let n = unsafe {
+                libc::recv(
+                    self.0,
+                    buf.as_mut_ptr().cast::<libc::c_void>(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// [`Stream::try_read`] for TLS: plaintext already decrypted first, then whatever records the
+/// socket already holds, never waiting.
+fn tls_try_read<D: SideData>(
+    conn: &mut ConnectionCommon<D>,
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<TryRead> {
+    loop {
+        match conn.reader().read(buf) {
+            Ok(0) => return Ok(TryRead::Eof),
+            Ok(n) => return Ok(TryRead::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(TryRead::Eof),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        match conn.read_tls(&mut DontWait(fd)) {
+            // Ok(0) is a FIN: rustls records it, and the reader above then reports the end.
+            Ok(_) => {
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRead::Empty),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes out whatever TLS records are queued (close_notify), bounded by the write timeout.
+fn flush_tls<D: SideData>(conn: &mut ConnectionCommon<D>, sock: &mut TcpStream) {
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Errors of the transport layer: sockets, TLS and certificate files.
+#[derive(Debug)]
+pub enum TransportError {
+    /// A socket or file operation failed; `what` says which ("tcp: connect to 1.2.3.4:5").
+    Io { what: String, source: io::Error },
+    /// rustls refused a configuration.
+    Tls(rustls::Error),
+    /// The TLS handshake with `peer` failed (bad certificate, alert received, no common
+    /// protocol version or ALPN, ...). The alert we chose, if any, was sent.
+    Handshake { peer: String, error: rustls::Error },
+    /// A PEM file could be read but holds nothing usable.
+    Pem { path: PathBuf, detail: String },
+    /// A certificate could not be generated, or a certificate and key do not work together.
+    Cert(String),
+    /// One file of the self-signed pair exists without the other; ferry will not overwrite it.
+    PartialKeyPair { present: PathBuf, missing: PathBuf },
+    /// The name to verify the server certificate against is neither a DNS name nor an IP.
+    ServerName(String),
+    /// A "host:port" did not resolve to any address.
+    Resolve { addr: String, detail: String },
+    /// An operation ran past its deadline; names the operation ("tls handshake").
+    Timeout(&'static str),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Io { what, source } => write!(f, "{what}: {source}"),
+            TransportError::Tls(e) => write!(f, "tls: {e}"),
+            TransportError::Handshake { peer, error } => {
+                write!(f, "tls: handshake with {peer}: {error}")
+            }
+            TransportError::Pem { path, detail } => {
+                write!(f, "pem: {}: {detail}", path.display())
+            }
+            TransportError::Cert(detail) => write!(f, "certificate: {detail}"),
+            TransportError::PartialKeyPair { present, missing } => write!(
+                f,
+                "tls: {} exists but {} is missing; restore it, or remove both to generate a new pair",
+                present.display(),
+                missing.display()
+            ),
+            TransportError::ServerName(name) => {
+                write!(f, "tls: invalid server name {name:?} (want a dns name or ip address)")
+            }
+            TransportError::Resolve { addr, detail } => write!(f, "tcp: resolve {addr}: {detail}"),
+            TransportError::Timeout(what) => write!(f, "timeout: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Io { source, .. } => Some(source),
+            TransportError::Tls(e) | TransportError::Handshake { error: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for TransportError {
+    fn from(source: io::Error) -> TransportError {
+        TransportError::Io {
+            what: "io".to_string(),
+            source,
+        }
+    }
+}
+
+/// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
+/// order), returning a socket whose read and write timeouts are set to `timeout`.
+pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| TransportError::Resolve {
+            addr: addr.to_string(),
+            detail: e.to_string().to_lowercase(),
+        })?;
+    let mut last = None;
+    for sa in addrs {
+        match TcpStream::connect_timeout(&sa, timeout) {
+            Ok(s) => {
+                let io_err = |source| TransportError::Io {
+                    what: format!("tcp: configure {sa}"),
+                    source,
+                };
+                s.set_read_timeout(Some(timeout)).map_err(io_err)?;
+                s.set_write_timeout(Some(timeout)).map_err(io_err)?;
+                return Ok(s);
+            }
+            Err(e) => last = Some((sa, e)),
+        }
+    }
+    match last {
+        Some((sa, source)) => Err(TransportError::Io {
+            what: format!("tcp: connect to {sa}"),
+            source,
+        }),
+        None => Err(TransportError::Resolve {
+            addr: addr.to_string(),
+            detail: "no addresses".to_string(),
+        }),
+    }
+}
+
+/// UDP socket bound to `addr` with SO_RCVBUF and SO_SNDBUF raised to `buf_bytes`. Tries the
+/// privileged `*BUFFORCE` options first (they exceed `net.core.{r,w}mem_max` when allowed) and
+/// falls back to the plain ones. Returns the smaller of the two sizes the kernel then reports;
+/// note that Linux reports twice the usable size (it counts its bookkeeping).
+pub fn bind_udp(addr: &str, buf_bytes: usize) -> Result<(UdpSocket, usize), TransportError> {
+    let sock = UdpSocket::bind(addr).map_err(|source| TransportError::Io {
+        what: format!("udp: bind {addr}"),
+        source,
+    })?;
+    let fd = sock.as_raw_fd();
+    let want = buf_bytes.min(libc::c_int::MAX as usize / 2) as libc::c_int;
+    let mut granted = usize::MAX;
+    for (force, plain, name) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"),
+    ] {
+        if setsockopt_int(fd, force, want).is_err() {
+            setsockopt_int(fd, plain, want).map_err(|source| TransportError::Io {
+                what: format!("udp: set {name} on {addr}"),
+                source,
+            })?;
+        }
+        let got = getsockopt_int(fd, plain).map_err(|source| TransportError::Io {
+            what: format!("udp: get {name} on {addr}"),
+            source,
+        })?;
+        granted = granted.min(got.max(0) as usize);
+    }
+    Ok((sock, granted))
+}
+
+fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket owned by the caller; the option value points to a live
+    // c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn getsockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket owned by the caller; `value` and `len` are live locals
+    // and `len` holds the size of `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+
+    const ALPN: &[&[u8]] = &[b"jtp/1"];
+    const T: Duration = Duration::from_secs(5);
+
+    /// A fresh directory under the system temp dir, unique per process and call.
+    pub(crate) fn temp_dir(name: &str) -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ferry-transport-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn listener() -> (TcpListener, String) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        (l, a)
+    }
+
+    fn accept_timed(l: &TcpListener) -> TcpStream {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.set_write_timeout(Some(T)).unwrap();
+        s
+    }
+
+    /// Handshakes a server and a client over loopback; returns both results.
+    fn tls_pair(
+        server: &TlsServer,
+        client: &TlsClient,
+        name: &str,
+    ) -> (
+        Result<Stream, TransportError>,
+        Result<Stream, TransportError>,
+    ) {
+        let (l, addr) = listener();
+        let server = server.clone();
+        let h = thread::spawn(move || server.accept(accept_timed(&l), T));
+        let c = client.connect(connect_tcp(&addr, T).unwrap(), name, T);
+        (h.join().unwrap(), c)
+    }
+
+    fn self_signed(name: &str) -> (TlsServer, PathBuf, PathBuf) {
+        let dir = temp_dir(name);
+        let (server, _, generated) = TlsServer::self_signed(&dir, ALPN).unwrap();
+        assert!(generated);
+        let cert = dir.join("tls").join("cert.pem");
+        (server, cert, dir)
+    }
+
+    fn wait_for_data(s: &mut Stream, buf: &mut [u8]) -> TryRead {
+        let end = Instant::now() + T;
+        loop {
+            match s.try_read(buf).unwrap() {
+                TryRead::Empty if Instant::now() < end => thread::sleep(Duration::from_millis(5)),
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn tls_round_trip_with_pinned_self_signed_cert() {
+        let (server, cert, dir) = self_signed("round-trip");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        for name in ["localhost", "127.0.0.1"] {
+            let (s, c) = tls_pair(&server, &client, name);
+            let (mut s, mut c) = (s.unwrap(), c.unwrap());
+            assert!(s.is_tls() && c.is_tls());
+            assert_eq!(s.plain_fd(), None);
+            assert_eq!(s.alpn().as_deref(), Some(&b"jtp/1"[..]));
+            assert_eq!(c.alpn().as_deref(), Some(&b"jtp/1"[..]));
+            assert!(c.peer().starts_with("127.0.0.1:"), "{}", c.peer());
+            c.write_all(b"ping").unwrap();
+            c.flush().unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping");
+            s.write_all(b"pong").unwrap();
+            s.flush().unwrap();
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"pong");
+            s.set_nodelay(true).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_wrong_server_name_fails_verification() {
+        let (server, cert, dir) = self_signed("wrong-name");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (_, c) = tls_pair(&server, &client, "example.com");
+        let err = c.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Handshake {
+                    error: rustls::Error::InvalidCertificate(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mozilla_roots_reject_self_signed_server() {
+        let (server, _, dir) = self_signed("mozilla-roots");
+        let client = TlsClient::new(None, ALPN).unwrap();
+        let (_, c) = tls_pair(&server, &client, "localhost");
+        let err = c.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Handshake {
+                    error: rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::UnknownIssuer
+                    ),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alpn_none_offered_is_accepted() {
+        let (server, cert, dir) = self_signed("alpn-none");
+        let client = TlsClient::new(Some(&cert), &[]).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        assert_eq!(s.unwrap().alpn(), None);
+        assert_eq!(c.unwrap().alpn(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alpn_only_h2_gets_no_application_protocol() {
+        let (server, cert, dir) = self_signed("alpn-h2");
+        let client = TlsClient::new(Some(&cert), &[b"h2"]).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        let serr = s.unwrap_err();
+        assert!(matches!(serr, TransportError::Handshake { .. }), "{serr}");
+        let cerr = c.unwrap_err();
+        assert!(
+            matches!(
+                cerr,
+                TransportError::Handshake {
+                    error: rustls::Error::AlertReceived(
+                        rustls::AlertDescription::NoApplicationProtocol
+                    ),
+                    ..
+                }
+            ),
+            "{cerr}"
+        );
+        let shown = cerr.to_string();
+        assert!(
+            shown.starts_with("tls: handshake with 127.0.0.1:"),
+            "{shown}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A minimal ClientHello offering only TLS 1.2 (no supported_versions extension).
+    fn tls12_client_hello() -> Vec<u8> {
+        let mut body = vec![0x03, 0x03]; // client_version TLS 1.2
+        body.extend_from_slice(&[0x11; 32]); // random
+        body.push(0); // session id
+        body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]); // ECDHE-ECDSA/RSA-AES128-GCM
+        body.extend_from_slice(&[0x01, 0x00]); // compression: null
+        let exts: &[u8] = &[
+            0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17, // supported_groups: secp256r1
+            0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // ec_point_formats: uncompressed
+            0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04,
+            0x03, // signature_algorithms: ecdsa_p256
+        ];
+        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        body.extend_from_slice(exts);
+        let mut hs = vec![0x01, 0x00];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 0x03, 0x01];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn tls12_only_client_gets_protocol_version_alert() {
+        let (server, _, dir) = self_signed("tls12");
+        let (l, addr) = listener();
+        let h = thread::spawn(move || server.accept(accept_timed(&l), T));
+        let mut c = connect_tcp(&addr, T).unwrap();
+        c.write_all(&tls12_client_hello()).unwrap();
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply); // bounded: the server closes right after the alert
+        assert_eq!(
+            reply.first(),
+            Some(&0x15),
+            "not an alert record: {reply:02x?}"
+        );
+        assert_eq!(reply.get(5..7), Some(&[2u8, 70][..]), "{reply:02x?}");
+        let err = h.join().unwrap().unwrap_err();
+        assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn handshake_deadline_bounds_a_silent_client() {
+        let (server, _, dir) = self_signed("deadline");
+        let (l, addr) = listener();
+        let h = thread::spawn(move || {
+            let start = Instant::now();
+            let r = server.accept(accept_timed(&l), Duration::from_millis(300));
+            (r, start.elapsed())
+        });
+        let _c = connect_tcp(&addr, T).unwrap();
+        let (r, took) = h.join().unwrap();
+        assert!(matches!(r, Err(TransportError::Timeout(_))), "{r:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn check_try_read(mut a: Stream, mut b: Stream) {
+        let mut buf = [0u8; 64];
+        assert_eq!(a.try_read(&mut buf).unwrap(), TryRead::Empty);
+        b.write_all(b"hello").unwrap();
+        b.flush().unwrap();
+        assert_eq!(wait_for_data(&mut a, &mut buf), TryRead::Data(5));
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(a.try_read(&mut buf).unwrap(), TryRead::Empty);
+        b.close_gracefully(Duration::from_millis(100));
+        assert_eq!(wait_for_data(&mut a, &mut buf), TryRead::Eof);
+    }
+
+    #[test]
+    fn try_read_on_plain_tcp() {
+        let (l, addr) = listener();
+        let c = connect_tcp(&addr, T).unwrap();
+        let s = accept_timed(&l);
+        check_try_read(Stream::Tcp(s), Stream::Tcp(c));
+    }
+
+    #[test]
+    fn try_read_on_unix() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::from(a), Stream::from(b));
+        assert_eq!(a.peer(), "unix");
+        assert!(a.plain_fd().is_some() && !a.is_tls());
+        a.set_nodelay(true).unwrap();
+        check_try_read(a, b);
+    }
+
+    #[test]
+    fn try_read_on_tls_both_directions() {
+        let (server, cert, dir) = self_signed("try-read-tls");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        check_try_read(s.unwrap(), c.unwrap());
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        check_try_read(c.unwrap(), s.unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_fin_without_close_notify_reads_as_eof() {
+        let (server, cert, dir) = self_signed("bare-fin");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        if let Stream::TlsClient(inner) = &c {
+            inner.sock.shutdown(Shutdown::Both).unwrap();
+        }
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).unwrap(), 0);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The closing side writes its last bytes while the peer has sent data it never reads:
+    /// without the linger that unread input turns close() into an RST.
+    fn check_close_delivers(mut closer: Stream, mut peer: Stream) -> Stream {
+        peer.write_all(&[7u8; 32 * 1024]).unwrap();
+        peer.flush().unwrap();
+        let last: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let expect = last.clone();
+        let h = thread::spawn(move || {
+            closer.write_all(&last).unwrap();
+            closer.close_gracefully(Duration::from_secs(1));
+        });
+        // Let the closer finish writing and close before we read anything.
+        thread::sleep(Duration::from_millis(200));
+        let mut got = vec![0u8; expect.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert!(got == expect);
+        h.join().unwrap();
+        peer
+    }
+
+    #[test]
+    fn close_gracefully_delivers_last_bytes_on_plain_tcp() {
+        let (l, addr) = listener();
+        let c = connect_tcp(&addr, T).unwrap();
+        let s = accept_timed(&l);
+        let mut peer = check_close_delivers(Stream::Tcp(s), Stream::Tcp(c));
+        assert_eq!(peer.read(&mut [0u8; 8]).unwrap(), 0);
+    }
+
+    #[test]
+    fn close_gracefully_sends_close_notify_on_tls() {
+        let (server, cert, dir) = self_signed("close-notify");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        let peer = check_close_delivers(s.unwrap(), c.unwrap());
+        let Stream::TlsClient(mut inner) = peer else {
+            panic!("client stream expected")
+        };
+        // rustls itself returns Ok(0) only after close_notify (a bare FIN is UnexpectedEof).
+        assert_eq!(inner.read(&mut [0u8; 8]).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn self_signed_reloads_with_same_fingerprint() {
+        let dir = temp_dir("reload");
+        let (_, fp1, gen1) = TlsServer::self_signed(&dir, ALPN).unwrap();
+        let (_, fp2, gen2) = TlsServer::self_signed(&dir, ALPN).unwrap();
+        assert!(gen1 && !gen2);
+        assert_eq!(fp1, fp2);
+        assert_eq!(fp1.len(), 95);
+        assert!(fp1
+            .chars()
+            .all(|c| c == ':' || c.is_ascii_digit() || ('A'..='F').contains(&c)));
+        let der = load_certs(&dir.join("tls/cert.pem")).unwrap();
+        assert_eq!(fingerprint(&der[0]), fp1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn from_pem_files_missing_file_is_an_error() {
+        let dir = temp_dir("missing-files");
+        let err =
+            TlsServer::from_pem_files(&dir.join("c.pem"), &dir.join("k.pem"), ALPN).unwrap_err();
+        assert!(err.to_string().contains("c.pem"), "{err}");
+        assert!(!dir.join("c.pem").exists() && !dir.join("k.pem").exists());
+        let err = TlsClient::new(Some(&dir.join("ca.pem")), ALPN).unwrap_err();
+        assert!(matches!(err, TransportError::Io { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mismatched_key_is_a_cert_error() {
+        let dir = temp_dir("mismatch");
+        write_test_certs(&dir).unwrap();
+        let err = TlsServer::from_pem_files(&dir.join("cert.pem"), &dir.join("ca-key.pem"), ALPN)
+            .unwrap_err();
+        assert!(matches!(err, TransportError::Cert(_)), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_certs_verify_leaf_against_ca_in_rustls() {
+        let dir = temp_dir("test-ca");
+        write_test_certs(&dir).unwrap();
+        let server =
+            TlsServer::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem"), ALPN).unwrap();
+        let client = TlsClient::new(Some(&dir.join("ca.pem")), ALPN).unwrap();
+        for name in ["localhost", "127.0.0.1"] {
+            let (s, c) = tls_pair(&server, &client, name);
+            s.unwrap();
+            c.unwrap();
+        }
+        // Over IPv6 loopback with an IP name in brackets, when the host has ::1.
+        if let Ok(l) = TcpListener::bind("[::1]:0") {
+            let addr = l.local_addr().unwrap().to_string();
+            let srv = server.clone();
+            let h = thread::spawn(move || srv.accept(accept_timed(&l), T));
+            let c = client.connect(connect_tcp(&addr, T).unwrap(), "[::1]", T);
+            let s = h.join().unwrap().unwrap();
+            assert!(s.peer().starts_with("[::1]:"), "{}", s.peer());
+            c.unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn python_default_context_accepts_pinned_self_signed() {
+        if std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import ssl")
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("python3 with ssl not available: skipped");
+            return;
+        }
+        let (server, cert, dir) = self_signed("python");
+        let (l, addr) = listener();
+        let port = addr.rsplit(':').next().unwrap().to_string();
+        let h = thread::spawn(move || {
+            let mut s = server.accept(accept_timed(&l), T)?;
+            let mut buf = [0u8; 2];
+            s.read_exact(&mut buf)?;
+            s.write_all(b"ok")?;
+            s.close_gracefully(Duration::from_secs(1));
+            Ok::<_, TransportError>(buf)
+        });
+        let script = "import socket, ssl, sys\n\
+            ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+            with socket.create_connection(('127.0.0.1', int(sys.argv[2])), timeout=5) as raw:\n\
+            \x20   with ctx.wrap_socket(raw, server_hostname='localhost') as s:\n\
+            \x20       s.sendall(b'hi')\n\
+            \x20       print(s.version(), s.recv(2).decode())\n";
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&cert)
+            .arg(&port)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "python: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), "TLSv1.3 ok");
+        assert_eq!(&h.join().unwrap().unwrap(), b"hi");
+        let _ = std::fs::remove_dir_all(Path::new(&dir));
+    }
+
+    #[test]
+    fn connect_tcp_errors_name_the_address() {
+        let err = connect_tcp("no-port-here", T).unwrap_err();
+        assert!(matches!(err, TransportError::Resolve { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("tcp: resolve no-port-here: "),
+            "{err}"
+        );
+        let (l, addr) = listener();
+        drop(l);
+        let err = connect_tcp(&addr, T).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("tcp: connect to {addr}: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn connect_tcp_sets_timeouts() {
+        let (_l, addr) = listener();
+        let c = connect_tcp(&addr, T).unwrap();
+        assert_eq!(c.read_timeout().unwrap(), Some(T));
+        assert_eq!(c.write_timeout().unwrap(), Some(T));
+    }
+
+    #[test]
+    fn bind_udp_reports_granted_buffers() {
+        let (sock, granted) = bind_udp("127.0.0.1:0", 1 << 20).unwrap();
+        assert!(granted > 0);
+        sock.send_to(b"x", sock.local_addr().unwrap()).unwrap();
+        let err = bind_udp("not an address", 1024).unwrap_err();
+        assert!(
+            err.to_string().starts_with("udp: bind not an address: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn error_display_is_lowercase_topic_detail() {
+        let e = TransportError::Timeout("tls handshake");
+        assert_eq!(e.to_string(), "timeout: tls handshake");
+        let e = TransportError::from(io::Error::other("boom"));
+        assert_eq!(e.to_string(), "io: boom");
+        let e = TransportError::ServerName("a b".into());
+        assert!(e.to_string().starts_with("tls: invalid server name"));
+        let e = TransportError::Cert("x".into());
+        assert_eq!(e.to_string(), "certificate: x");
+    }
+}

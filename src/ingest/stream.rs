@@ -1,0 +1,459 @@
+//! Streaming ingest: one exclusive temporary, written front to back through a fixed buffer with
+//! running SHA-256 and xxHash64, verified and published at the end, removed on any other end.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::Hasher;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use twox_hash::XxHash64;
+
+use super::publish::publish;
+use super::{check, is_plain_name, next_temp_name, tag_for};
+use super::{Collision, Committed, Expect, IngestDir, IngestError};
+
+/// Size of the write buffer: large enough that small network reads become large writes.
+const BUFFER_BYTES: usize = 256 * 1024;
+
+/// A file being received front to back. Dropping it without [`commit`](Self::commit) removes the
+/// temporary.
+pub struct StreamSink {
+    dir: IngestDir,
+    path: PathBuf,
+    /// None once committed or aborted (the temporary is then gone or published).
+    file: Option<File>,
+    buf: Vec<u8>,
+    sha: Sha256,
+    xxh: XxHash64,
+    written: u64,
+    /// File length set by fallocate; trimmed back to `written` at commit.
+    allocated: u64,
+    /// A write failed: the file no longer matches the hashes, so it can only be aborted.
+    failed: bool,
+}
+
+impl StreamSink {
+    pub(super) fn create(dir: IngestDir, size_hint: Option<u64>) -> io::Result<StreamSink> {
+        // O_EXCL on a name unique within the process; another process (or a stale leftover)
+        // holding the same name only costs a retry.
+        let mut tries = 0;
+        let (path, file) = loop {
+            let path = dir.work().join(next_temp_name());
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+            {
+                Ok(f) => break (path, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut sink = StreamSink {
+            dir,
+            path,
+            file: Some(file),
+            buf: Vec::new(),
+            sha: Sha256::new(),
+            xxh: XxHash64::with_seed(0),
+            written: 0,
+            allocated: 0,
+            failed: false,
+        };
+        if let Some(len) = size_hint.filter(|&n| n > 0) {
+            // On error the sink is dropped, which removes the temporary.
+            sink.allocated = preallocate(sink.file.as_ref().expect("just opened"), len)?;
+        }
+        sink.buf = Vec::with_capacity(BUFFER_BYTES);
+        Ok(sink)
+    }
+
+    /// Appends `data` (buffered; hashes are updated at once). After an error the sink can only
+    /// be aborted: `commit` refuses it.
+    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let r = self.append(data);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("ingest: an earlier write failed"));
+        }
+        self.sha.update(data);
+        self.xxh.write(data);
+        self.written += data.len() as u64;
+        if self.buf.len() + data.len() <= BUFFER_BYTES {
+            self.buf.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush_buf()?;
+        if data.len() >= BUFFER_BYTES {
+            self.file_mut()?.write_all(data)
+        } else {
+            self.buf.extend_from_slice(data);
+            Ok(())
+        }
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// SHA-256 of the bytes so far.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha.clone().finalize().into()
+    }
+
+    /// xxHash64 (seed 0) of the bytes so far.
+    pub fn xxh64(&self) -> u64 {
+        self.xxh.finish()
+    }
+
+    /// Verify against `expect` (mismatch -> IngestError::Mismatch, temp removed), fsync, then publish
+    /// under `name` (already sanitised), never replacing a file (module doc). Returns where it
+    /// landed.
+    ///
+    /// Any error removes the temporary: a stream cannot be resumed.
+    pub fn commit(self, name: &str, expect: Expect) -> Result<Committed, IngestError> {
+        self.commit_with(name, expect, Collision::Tagged)
+    }
+
+    /// [`commit`](Self::commit) with an explicit policy for names taken by different content
+    /// (TEJ uses [`Collision::Numbered`]).
+    pub fn commit_with(
+        mut self,
+        name: &str,
+        expect: Expect,
+        policy: Collision,
+    ) -> Result<Committed, IngestError> {
+        if self.failed {
+            return Err(IngestError::Io(io::Error::other(
+                "ingest: an earlier write failed",
+            )));
+        }
+        if !is_plain_name(name) {
+            return Err(IngestError::BadName);
+        }
+        let sha256 = self.sha256();
+        let xxh64 = self.xxh64();
+        if let Some(e) = check(expect, &sha256, xxh64) {
+            return Err(e);
+        }
+        self.flush_buf()?;
+        let file = self.file.as_ref().ok_or_else(gone)?;
+        if self.allocated > self.written {
+            file.set_len(self.written)?;
+        }
+        file.sync_all()?;
+        let tag = tag_for(expect, &sha256, xxh64);
+        let p = publish(
+            self.dir.dest(),
+            &self.path,
+            name,
+            self.written,
+            &sha256,
+            &tag,
+            policy,
+        )?;
+        // Published or dropped: either way the temporary is no longer ours to remove.
+        self.file = None;
+        Ok(Committed {
+            path: p.path,
+            name: p.name,
+            sha256,
+            xxh64,
+            size: self.written,
+            outcome: p.outcome,
+        })
+    }
+
+    /// Removes the temporary. Dropping without commit does the same.
+    pub fn abort(self) {}
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_mut().ok_or_else(gone)?;
+        let r = file.write_all(&self.buf);
+        self.buf.clear();
+        r
+    }
+
+    fn file_mut(&mut self) -> io::Result<&mut File> {
+        self.file.as_mut().ok_or_else(gone)
+    }
+}
+
+impl std::fmt::Debug for StreamSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSink")
+            .field("path", &self.path)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("ingest: stream already finished")
+}
+
+/// Reserves `len` bytes for `file` (its length becomes `len`). Returns the new length, or 0 where
+/// the file system cannot preallocate; `ENOSPC` and other errors are returned.
+fn preallocate(file: &File, len: u64) -> io::Result<u64> {
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    loop {
+        // SAFETY: fallocate only acts on the descriptor, which `file` keeps open for the call.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        if r == 0 {
+            return Ok(len);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_dir::{list, TempDir};
+    use super::super::Outcome;
+    use super::*;
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn commit_success() {
+        let t = TempDir::new("stream-ok");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let mut s = dir.begin_stream(Some(11)).unwrap();
+        s.write_all(b"hello ").unwrap();
+        s.write_all(b"world").unwrap();
+        assert_eq!(s.written(), 11);
+        assert_eq!(s.xxh64(), XxHash64::oneshot(0, b"hello world"));
+        let c = s
+            .commit("hi.txt", Expect::Sha256(sha(b"hello world")))
+            .unwrap();
+        assert_eq!(c.outcome, Outcome::Created);
+        assert_eq!(c.name, "hi.txt");
+        assert_eq!(c.path, t.0.join("hi.txt"));
+        assert_eq!(c.size, 11);
+        assert_eq!(c.sha256, sha(b"hello world"));
+        assert_eq!(fs::read(&c.path).unwrap(), b"hello world");
+        assert_eq!(list(&t.0), ["hi.txt"]);
+    }
+
+    #[test]
+    fn commit_with_xxh64_and_separate_work_dir() {
+        let t = TempDir::new("stream-work");
+        let work = t.0.join(".ferry/ingest");
+        let dir = IngestDir::new(&t.0, &work).unwrap();
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(b"abc").unwrap();
+        assert_eq!(list(&work).len(), 1);
+        let c = s
+            .commit("a.bin", Expect::Xxh64(XxHash64::oneshot(0, b"abc")))
+            .unwrap();
+        assert_eq!(c.outcome, Outcome::Created);
+        assert_eq!(list(&work), Vec::<String>::new());
+        assert_eq!(fs::read(t.0.join("a.bin")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn mismatch_leaves_nothing() {
+        let t = TempDir::new("stream-bad");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let mut s = dir.begin_stream(Some(3)).unwrap();
+        s.write_all(b"abc").unwrap();
+        let e = s.commit("a.bin", Expect::Xxh64(0x1234)).unwrap_err();
+        match e {
+            IngestError::Mismatch { expected, actual } => {
+                assert_eq!(expected, "0000000000001234");
+                assert_eq!(actual, format!("{:016x}", XxHash64::oneshot(0, b"abc")));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(list(&t.0), Vec::<String>::new());
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(b"abc").unwrap();
+        let e = s.commit("a.bin", Expect::Sha256([0; 32])).unwrap_err();
+        assert!(matches!(e, IngestError::Mismatch { .. }));
+        assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn drop_and_abort_leave_nothing() {
+        let t = TempDir::new("stream-drop");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let mut s = dir.begin_stream(Some(1 << 20)).unwrap();
+        s.write_all(&[7; 1000]).unwrap();
+        assert_eq!(list(&t.0).len(), 1);
+        assert!(list(&t.0)[0].starts_with(".ferry-"));
+        drop(s);
+        assert_eq!(list(&t.0), Vec::<String>::new());
+        let s = dir.begin_stream(None).unwrap();
+        s.abort();
+        assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bad_name_removes_temp() {
+        let t = TempDir::new("stream-name");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        for name in ["", ".", "..", "a/b", "a\0b"] {
+            let s = dir.begin_stream(None).unwrap();
+            assert!(matches!(
+                s.commit(name, Expect::Nothing),
+                Err(IngestError::BadName)
+            ));
+        }
+        assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_clobber() {
+        let t = TempDir::new("stream-clobber");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        fs::write(t.0.join("x.png"), b"same").unwrap();
+
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(b"same").unwrap();
+        let c = s.commit("x.png", Expect::Nothing).unwrap();
+        assert_eq!(c.outcome, Outcome::AlreadyPresent);
+        assert_eq!(c.path, t.0.join("x.png"));
+        assert_eq!(list(&t.0), ["x.png"]);
+
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(b"different").unwrap();
+        let id = XxHash64::oneshot(0, b"different");
+        let c = s.commit("x.png", Expect::Xxh64(id)).unwrap();
+        assert_eq!(c.outcome, Outcome::Renamed);
+        let want = format!("x.{}.png", &format!("{id:016x}")[..8]);
+        assert_eq!(c.name, want);
+        assert_eq!(fs::read(t.0.join("x.png")).unwrap(), b"same");
+        assert_eq!(fs::read(t.0.join(&want)).unwrap(), b"different");
+
+        // Sha256 expectations tag with the SHA-256.
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(b"third").unwrap();
+        let c = s.commit("x.png", Expect::Sha256(sha(b"third"))).unwrap();
+        let h = sha(b"third");
+        let want = format!("x.{:02x}{:02x}{:02x}{:02x}.png", h[0], h[1], h[2], h[3]);
+        assert_eq!(c.name, want);
+        assert_eq!(list(&t.0).len(), 3);
+    }
+
+    #[test]
+    fn large_writes_and_short_hint() {
+        let t = TempDir::new("stream-large");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        // Hint larger than the data: the file is trimmed back at commit.
+        let mut s = dir.begin_stream(Some(4_000_000)).unwrap();
+        for piece in data.chunks(100_000).chain(std::iter::once(&data[..0])) {
+            s.write_all(piece).unwrap();
+        }
+        s.write_all(&[]).unwrap();
+        let c = s.commit("big.bin", Expect::Sha256(sha(&data))).unwrap();
+        assert_eq!(fs::read(&c.path).unwrap(), data);
+        // Mixed sizes, including writes bigger than the buffer.
+        let mut s = dir.begin_stream(Some(10)).unwrap();
+        let mut off = 0;
+        for (i, len) in [1usize, 300_000, 5, 1_000_000, 262_144].iter().enumerate() {
+            s.write_all(&data[off..off + len]).unwrap();
+            off += len;
+            assert_eq!(s.written(), off as u64, "step {i}");
+        }
+        let c = s
+            .commit("mixed.bin", Expect::Sha256(sha(&data[..off])))
+            .unwrap();
+        assert_eq!(fs::read(&c.path).unwrap(), &data[..off]);
+    }
+
+    #[test]
+    fn impossible_preallocation_fails_before_writing() {
+        let t = TempDir::new("stream-nospace");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        // 2^62 bytes fits no disk; the error comes from begin_stream and nothing is left.
+        let e = match dir.begin_stream(Some(1 << 62)) {
+            Err(e) => e,
+            // A file system without fallocate reserves nothing and so cannot refuse.
+            Ok(_) => return,
+        };
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+            ),
+            "{e}"
+        );
+        assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn temp_names_never_collide() {
+        let t = TempDir::new("stream-names");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let other = dir.clone();
+        let mut a = dir.begin_stream(None).unwrap();
+        let mut b = other.begin_stream(None).unwrap();
+        assert_ne!(a.path, b.path);
+        a.write_all(b"a").unwrap();
+        b.write_all(b"b").unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let d = dir.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|_| d.begin_stream(None).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let sinks: Vec<StreamSink> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(list(&t.0).len(), 202);
+        drop(sinks);
+        let ca = a.commit("f", Expect::Nothing).unwrap();
+        let cb = b.commit("f", Expect::Nothing).unwrap();
+        assert_eq!(ca.outcome, Outcome::Created);
+        assert_eq!(cb.outcome, Outcome::Renamed);
+        assert_eq!(fs::read(&ca.path).unwrap(), b"a");
+        assert_eq!(fs::read(&cb.path).unwrap(), b"b");
+    }
+
+    #[test]
+    fn empty_stream() {
+        let t = TempDir::new("stream-empty");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let s = dir.begin_stream(Some(0)).unwrap();
+        let c = s.commit("empty", Expect::Sha256(sha(b""))).unwrap();
+        assert_eq!(c.size, 0);
+        assert_eq!(fs::read(&c.path).unwrap(), b"");
+    }
+}
