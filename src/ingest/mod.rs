@@ -167,6 +167,9 @@ fn is_no_space(e: &io::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct IngestDir {
     inner: Arc<Paths>,
+    /// fsync files and the folder before and after publishing (default). A client filling an
+    /// output folder may turn it off: the rename stays atomic, only a power cut can lose files.
+    durable: bool,
 }
 
 #[derive(Debug)]
@@ -207,7 +210,17 @@ impl IngestDir {
                 dest: dest.to_path_buf(),
                 work: work.to_path_buf(),
             }),
+            durable: true,
         })
+    }
+
+    /// Whether commits fsync the file and the folder (default true).
+    pub fn set_durable(&mut self, on: bool) {
+        self.durable = on;
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     /// The folder final files land in.

@@ -56,6 +56,7 @@ fn candidate(
 
 /// Moves `src` (a file in the same file system) to `dest/<candidate>`, trying the names `policy`
 /// gives in order. On `AlreadyPresent`, `src` is removed. On error, `src` is left where it was.
+/// The caller makes the rename durable ([`sync_dir`]) when its [`IngestDir`](super::IngestDir) is.
 pub(super) fn publish(
     dest: &Path,
     src: &Path,
@@ -78,7 +79,6 @@ pub(super) fn publish(
         let dst = dest.join(&candidate);
         match rename_noreplace(src, &dst) {
             Ok(()) => {
-                sync_dir(dest)?;
                 let outcome = if attempt == 0 {
                     Outcome::Created
                 } else {

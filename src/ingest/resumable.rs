@@ -252,6 +252,7 @@ impl Resumable {
             Ok(p) => p,
             Err(e) => return Err((self, e)),
         };
+        let _ = sync_dir(self.dir.dest());
         // The part is gone (published or dropped as a duplicate); the bitmap is now meaningless.
         // A bitmap that survives a crash here restarts from zero: its part is missing.
         self.part = None;

@@ -1,0 +1,51 @@
+# ferry: the two commands that matter are `make run` and `make test`.
+CARGO ?= cargo
+SHARE ?= share
+VENV := target/venv
+PY := $(VENV)/bin/python
+
+.PHONY: build release run test unit fmt fmt-check lint certs bench venv clean
+
+build:
+	$(CARGO) build --release
+
+release: build
+
+# Serve ./share on every implemented protocol, on loopback (Ctrl-C stops it).
+run: build
+	./target/release/ferry serve $(SHARE)
+
+# Everything CI checks: formatting, lints, unit, doc and integration tests.
+test: fmt-check lint certs venv
+	$(CARGO) test --release -- --test-threads=4
+
+fmt:
+	$(CARGO) fmt
+
+fmt-check:
+	$(CARGO) fmt --check
+
+lint:
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# A test CA and a localhost/127.0.0.1/::1 certificate for the tests.
+certs: certs/ca.pem
+
+certs/ca.pem:
+	$(CARGO) run --release --quiet -- certs --out certs
+
+# Python virtual environment for interop tests (pinned packages from PyPI).
+venv: $(VENV)/.done
+
+$(VENV)/.done: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+# Benchmarks: ferry against its peers on this machine, printed as one table.
+bench: build
+	bash benches/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf certs/*.pem
