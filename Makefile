@@ -17,7 +17,7 @@ run: build
 
 # Everything CI checks: formatting, lints, unit, doc and integration tests.
 test: fmt-check lint certs venv
-	$(CARGO) test --release -- --test-threads=4
+	$(CARGO) test -- --test-threads=4
 
 fmt:
 	$(CARGO) fmt
@@ -26,13 +26,13 @@ fmt-check:
 	$(CARGO) fmt --check
 
 lint:
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets -- -D warnings
 
 # A test CA and a localhost/127.0.0.1/::1 certificate for the tests.
 certs: certs/ca.pem
 
 certs/ca.pem:
-	$(CARGO) run --release --quiet -- certs --out certs
+	$(CARGO) run --quiet -- certs --out certs
 
 # Python virtual environment for interop tests (pinned packages from PyPI).
 venv: $(VENV)/.done

@@ -1,0 +1,5 @@
+//! ferry's integration tests: the real `ferry` binary on loopback, real files, SHA-256 compared
+//! with the source. One test binary; every test gets a fresh temporary folder and kills its
+//! children on drop.
+
+mod harness;
