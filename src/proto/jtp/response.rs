@@ -8,6 +8,11 @@
 //! never buffers packet data ([`Event::Data`] borrows the caller's input) and copies at most one
 //! header frame (at most [`MAX_HEADER_FRAME`] bytes) when a frame is split across reads.
 //!
+//! `JTPE` is recognised wherever a frame starts with a magic: between responses (also before any
+//! request), instead of an expected response, between packets and during WATCH. Between catalog
+//! entries it cannot be told apart from an entry whose id starts with `4a545045`, so there it is
+//! read as an entry; jtp.md's servers never send one there.
+//!
 //! ```text
 //!             JTPL n                   (n entries)
 //!   Ready ──────────────> Entries ───────────────────────────────> End ──ResponseEnd──> Ready

@@ -228,6 +228,26 @@ mod tests {
     }
 
     #[test]
+    fn j13_window_is_at_most_8_mib() {
+        let data = vec![7u8; 10 << 20];
+        let frame = compress(&data, 3).unwrap();
+        let fhd = frame[4];
+        assert_eq!(
+            fhd & 0x20,
+            0,
+            "not single-segment: a window descriptor follows"
+        );
+        let wd = frame[5];
+        let base = 1u64 << (10 + (wd >> 3));
+        let window = base + (base / 8) * u64::from(wd & 7);
+        assert!(window <= 8 << 20, "window {window}");
+        assert_eq!(
+            inflate_all(&frame, data.len() as u64, 1 << 16).unwrap(),
+            data
+        );
+    }
+
+    #[test]
     fn j43_frame_without_content_size_decodes() {
         let data = sample(300_000);
         let frame = frame_without_content_size(&data);
