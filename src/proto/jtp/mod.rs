@@ -61,7 +61,11 @@
 //! assert!(client.is_idle());
 //! ```
 
+pub mod client;
 pub mod request;
 pub mod response;
+pub mod server;
+pub mod service;
+pub mod view;
 pub mod wire;
 pub mod zstd_frame;
