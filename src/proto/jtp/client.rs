@@ -29,7 +29,7 @@ pub const MAX_IDS_PER_GET: usize = 255;
 /// Above this many local files, `--batch` compares with the LIST and GETs the rest instead.
 const MAX_BATCH_HAVE: usize = 1_000_000;
 /// Read buffer per connection; also bounds how much of a packet is held at once.
-const READ_BUF: usize = 256 * 1024;
+const READ_BUF: usize = 1024 * 1024;
 /// Default JTP port when `--addr` names none.
 pub const DEFAULT_PORT: u16 = 8443;
 
@@ -830,7 +830,7 @@ impl Incoming {
             Some(len as u64)
         };
         let (sink, local_error) = if corrupt.is_none() {
-            match ingest.begin_stream(hint) {
+            match ingest.begin_stream_xxh64(hint) {
                 Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(e.to_string())),
             }
