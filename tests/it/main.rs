@@ -3,3 +3,4 @@
 //! children on drop.
 
 mod harness;
+mod jtp_server;

@@ -1,0 +1,1774 @@
+//! End-to-end tests of `ferry jtp serve`: the real binary on loopback, spoken to in raw JTP bytes
+//! over `std::net::TcpStream` (and rustls for J31). Each test is named after the checklist items
+//! of `shared/specs/jtp.md` section 8 (or the section 4 row) it covers. Expected replies are built
+//! from the files the test wrote, with ids from `twox_hash::XxHash64::oneshot(0, bytes)`, and
+//! compared byte for byte. Every socket has read and write timeouts, so no test can hang.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::harness::{pseudo_random, Server, TempDir};
+
+/// Read/write timeout on every test socket: far above any server timeout used here.
+const T: Duration = Duration::from_secs(15);
+/// Most bytes a test reads from one connection (bounds memory if the server misbehaves).
+const MAX_READ: usize = 256 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Wire model
+
+fn xid(b: &[u8]) -> u64 {
+    twox_hash::XxHash64::oneshot(0, b)
+}
+
+fn varint(mut v: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn jtpe(code: u8, msg: &str) -> Vec<u8> {
+    let mut v = b"JTPE".to_vec();
+    v.push(code);
+    v.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    v.extend_from_slice(msg.as_bytes());
+    v
+}
+
+/// Type bits for a file name, `None` if JTP does not serve it.
+fn type_of(name: &str) -> Option<u8> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => 0,
+        "jpg" | "jpeg" => 1,
+        "webp" => 2,
+        "bmp" => 3,
+        "gif" => 4,
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Debug)]
+struct Img {
+    name: String,
+    id: u64,
+    flags: u8,
+    /// Original size (the length of `data`, except for sparse test files).
+    size: u64,
+    data: Vec<u8>,
+}
+
+/// The catalog ferry should build from `files` (name as written, content): image extensions
+/// only, NFC names, NFC byte order with ties by id, one entry per id (first by name).
+fn model(files: &[(&str, &[u8])]) -> Vec<Img> {
+    let mut v: Vec<Img> = files
+        .iter()
+        .filter(|(n, _)| !n.starts_with('.'))
+        .filter_map(|(n, d)| {
+            let name: String = n.nfc().collect();
+            Some(Img {
+                flags: type_of(&name)?,
+                id: xid(d),
+                size: d.len() as u64,
+                name,
+                data: d.to_vec(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        a.name
+            .as_bytes()
+            .cmp(b.name.as_bytes())
+            .then(a.id.cmp(&b.id))
+    });
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|i| seen.insert(i.id));
+    v
+}
+
+fn entry_bytes(i: &Img) -> Vec<u8> {
+    let mut v = i.id.to_be_bytes().to_vec();
+    v.push(i.flags);
+    v.extend_from_slice(&(i.name.len() as u16).to_be_bytes());
+    v.extend_from_slice(i.name.as_bytes());
+    v.extend_from_slice(&varint(i.size as u32));
+    v
+}
+
+fn raw_packet(i: &Img) -> Vec<u8> {
+    let mut v = vec![i.flags];
+    v.extend_from_slice(&varint(i.data.len() as u32));
+    v.extend_from_slice(&i.id.to_be_bytes());
+    v.extend_from_slice(&i.data);
+    v
+}
+
+fn list_bytes(cat: &[Img]) -> Vec<u8> {
+    let mut v = b"JTPL".to_vec();
+    v.extend_from_slice(&varint(cat.len() as u32));
+    for i in cat {
+        v.extend_from_slice(&entry_bytes(i));
+    }
+    v
+}
+
+fn get_bytes(imgs: &[&Img]) -> Vec<u8> {
+    let mut v = b"JTPD".to_vec();
+    v.push(imgs.len() as u8);
+    for i in imgs {
+        v.extend_from_slice(&raw_packet(i));
+    }
+    v
+}
+
+fn packets_frame(magic: &[u8; 4], imgs: &[&Img]) -> Vec<u8> {
+    let mut v = magic.to_vec();
+    v.extend_from_slice(&varint(imgs.len() as u32));
+    for i in imgs {
+        v.extend_from_slice(&raw_packet(i));
+    }
+    v
+}
+
+fn get_request(keep_alive: bool, ids: &[u64]) -> Vec<u8> {
+    let mut v = vec![0, keep_alive as u8, ids.len() as u8];
+    for id in ids {
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    v
+}
+
+fn batch_request(keep_alive: bool, have: &[u64]) -> Vec<u8> {
+    let mut v = vec![2, keep_alive as u8];
+    v.extend_from_slice(&varint(have.len() as u32));
+    for id in have {
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    v
+}
+
+fn watch_event(name_as_written: &str, data: &[u8]) -> Vec<u8> {
+    let i = &model(&[(name_as_written, data)])[0];
+    let mut v = b"JTPW".to_vec();
+    v.extend_from_slice(&entry_bytes(i));
+    v
+}
+
+/// A decoded packet.
+struct Pkt {
+    flags: u8,
+    id: u64,
+    data: Vec<u8>,
+}
+
+fn read_varint(b: &[u8], pos: &mut usize) -> u32 {
+    let mut v: u64 = 0;
+    for k in 0..5 {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << (7 * k);
+        if byte & 0x80 == 0 {
+            return u32::try_from(v).expect("varint above u32");
+        }
+    }
+    panic!("over-long varint at {}", *pos - 5);
+}
+
+fn parse_packet(b: &[u8], pos: &mut usize) -> Pkt {
+    let flags = b[*pos];
+    *pos += 1;
+    let len = read_varint(b, pos) as usize;
+    let id = u64::from_be_bytes(b[*pos..*pos + 8].try_into().unwrap());
+    *pos += 8;
+    assert!(
+        *pos + len <= b.len(),
+        "packet {id:016x} cut: {len} bytes announced"
+    );
+    let data = b[*pos..*pos + len].to_vec();
+    *pos += len;
+    Pkt { flags, id, data }
+}
+
+/// Decodes one zstd frame with output capped at `cap` bytes and checks nothing follows it.
+fn unzstd(frame: &[u8], cap: usize) -> Vec<u8> {
+    let size = zstd::zstd_safe::find_frame_compressed_size(frame).expect("a zstd frame");
+    assert_eq!(size, frame.len(), "bytes after the zstd frame");
+    let mut d = zstd::stream::read::Decoder::new(frame)
+        .unwrap()
+        .single_frame();
+    let mut out = Vec::new();
+    (&mut d).take(cap as u64 + 1).read_to_end(&mut out).unwrap();
+    assert!(out.len() <= cap, "zstd frame inflates beyond {cap} bytes");
+    out
+}
+
+/// The packet's original bytes (decompressed when bit 3 is set), checked against its id.
+fn packet_plain(p: &Pkt, cap: usize) -> Vec<u8> {
+    assert_eq!(
+        p.flags & 0xf0,
+        0,
+        "reserved packet flag bits set: {:02x}",
+        p.flags
+    );
+    let plain = if p.flags & 0x08 != 0 {
+        unzstd(&p.data, cap)
+    } else {
+        p.data.clone()
+    };
+    assert_eq!(xid(&plain), p.id, "packet bytes do not hash to its id");
+    plain
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[track_caller]
+fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let lo = at.saturating_sub(16);
+    panic!(
+        "{what}: {} bytes received, {} expected; first difference at offset {at}\n got: {}\nwant: {}",
+        got.len(),
+        want.len(),
+        hex(&got[lo..got.len().min(at + 48)]),
+        hex(&want[lo..want.len().min(at + 48)]),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files, server, sockets
+
+fn put(dir: &Path, name: &str, data: &[u8]) {
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+/// Writes every file of `files` into `dir`.
+fn put_all(dir: &Path, files: &[(&str, &[u8])]) {
+    for (n, d) in files {
+        put(dir, n, d);
+    }
+}
+
+/// Replaces `name` atomically (temporary dot-name, then rename), as an editor would.
+fn replace(dir: &Path, name: &str, data: &[u8]) {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// `ferry jtp serve --no-tls --bind 127.0.0.1:0 --images DIR` with short timeouts (2 s) unless
+/// `extra` sets them.
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let d = dir.to_str().unwrap();
+    let mut args = vec!["jtp", "serve", "--bind", "127.0.0.1:0", "--images", d];
+    if !extra.contains(&"--tls") {
+        args.push("--no-tls");
+    }
+    if !extra.contains(&"--io-timeout") {
+        args.extend_from_slice(&["--io-timeout", "2"]);
+    }
+    if !extra.contains(&"--keep-alive-timeout") {
+        args.extend_from_slice(&["--keep-alive-timeout", "2"]);
+    }
+    args.extend(extra.iter().filter(|a| **a != "--tls"));
+    Server::start(&args, 1)
+}
+
+fn connect(s: &Server) -> TcpStream {
+    let c = TcpStream::connect(s.addr("jtp")).expect("connect");
+    c.set_read_timeout(Some(T)).unwrap();
+    c.set_write_timeout(Some(T)).unwrap();
+    c
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Orderly close (FIN).
+    Eof,
+    /// Connection reset or another error.
+    Reset(ErrorKind),
+    /// Nothing arrived for the socket's read timeout.
+    Timeout,
+    /// `MAX_READ` reached.
+    Full,
+}
+
+/// Reads until the peer closes, the read timeout fires or `MAX_READ` bytes arrived.
+fn read_until_end(c: &mut TcpStream) -> (Vec<u8>, End) {
+    let mut v = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        if v.len() >= MAX_READ {
+            return (v, End::Full);
+        }
+        match c.read(&mut buf) {
+            Ok(0) => return (v, End::Eof),
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (v, End::Timeout)
+            }
+            Err(e) => return (v, End::Reset(e.kind())),
+        }
+    }
+}
+
+/// Reads to an orderly close and returns everything received.
+#[track_caller]
+fn read_to_close(c: &mut TcpStream) -> Vec<u8> {
+    let (v, end) = read_until_end(c);
+    assert_eq!(
+        end,
+        End::Eof,
+        "connection did not end in an orderly close after {} bytes: {}",
+        v.len(),
+        hex(&v[..v.len().min(64)])
+    );
+    v
+}
+
+#[track_caller]
+fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    c.read_exact(&mut v)
+        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    v
+}
+
+/// Asserts that nothing arrives on `c` for `wait` (the connection stays open and silent).
+#[track_caller]
+fn assert_silent(c: &mut TcpStream, wait: Duration) {
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    match c.read(&mut b) {
+        Ok(0) => panic!("connection closed, expected it to stay open"),
+        Ok(n) => panic!("unexpected bytes: {}", hex(&b[..n])),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "unexpected error {e}"
+        ),
+    }
+    c.set_read_timeout(Some(T)).unwrap();
+}
+
+/// One connection: write `req` in one write, read to the close.
+#[track_caller]
+fn exchange(s: &Server, req: &[u8]) -> Vec<u8> {
+    let mut c = connect(s);
+    c.write_all(req).unwrap();
+    read_to_close(&mut c)
+}
+
+#[track_caller]
+fn expect_reply(s: &Server, req: &[u8], want: &[u8]) {
+    let got = exchange(s, req);
+    assert_bytes(
+        &got,
+        want,
+        &format!("reply to {}", hex(&req[..req.len().min(32)])),
+    );
+}
+
+/// The server process's resident set size in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A small catalog of three PNGs with incompressible content.
+fn small_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("alpha.png".into(), pseudo_random(1, 9332)),
+        ("beta.png".into(), pseudo_random(2, 90243)),
+        ("gamma.jpg".into(), pseudo_random(3, 1000)),
+    ]
+}
+
+fn as_refs(f: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    f.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect()
+}
+
+/// A folder holding `small_files()`, its model and a running server.
+fn small_server(tag: &str, extra: &[&str]) -> (TempDir, Vec<Img>, Server) {
+    let dir = TempDir::new(tag);
+    let files = small_files();
+    put_all(dir.path(), &as_refs(&files));
+    let cat = model(&as_refs(&files));
+    let s = serve(dir.path(), extra);
+    (dir, cat, s)
+}
+
+/// `n` files of `size` pseudo-random bytes named `f0000.png`...
+fn many_files(dir: &Path, n: usize, size: usize) -> Vec<Img> {
+    let files: Vec<(String, Vec<u8>)> = (0..n)
+        // pseudo_random ignores bit 0 of the seed: odd seeds only.
+        .map(|k| {
+            (
+                format!("f{k:04}.png"),
+                pseudo_random(2001 + 2 * k as u64, size),
+            )
+        })
+        .collect();
+    put_all(dir, &as_refs(&files));
+    model(&as_refs(&files))
+}
+
+/// A sparse file of `len` zero bytes (served raw with `--compression-threshold 0`).
+fn sparse(dir: &Path, name: &str, len: u64) -> Img {
+    let f = std::fs::File::create(dir.join(name)).unwrap();
+    f.set_len(len).unwrap();
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        std::hash::Hasher::write(&mut h, &zeros[..n]);
+        left -= n as u64;
+    }
+    Img {
+        name: name.into(),
+        id: std::hash::Hasher::finish(&h),
+        flags: type_of(name).unwrap(),
+        size: len,
+        data: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 2 and 4: bad requests
+
+#[test]
+fn j2_malformed_varints_get_jtpe2_malformed_varint() {
+    let (_d, _cat, s) = small_server("j2", &[]);
+    for req in [
+        &b"\x02\x00\xff\xff\xff\xff\xff\x7f"[..], // 6 bytes
+        &b"\x02\x00\x80\x80\x80\x80\x10"[..],     // above u32
+        &b"\x02\x00\x80\x00"[..],                 // non-minimal
+        &b"\x02\x01\x80\x80\x80\x80\x80"[..],     // 5th byte with 0x80
+    ] {
+        expect_reply(&s, req, &jtpe(2, "malformed varint"));
+    }
+}
+
+#[test]
+fn j4_reserved_request_flags_get_jtpe2_before_the_type() {
+    let (_d, _cat, s) = small_server("j4", &[]);
+    for req in [
+        &[0x01, 0x02][..],
+        &[0x00, 0xff],
+        &[0xff, 0x02],
+        &[0x07, 0x80],
+        &[0x03, 0x02],
+    ] {
+        expect_reply(&s, req, &jtpe(2, "reserved flags set"));
+    }
+}
+
+#[test]
+fn table_tls_client_hello_on_plain_port_gets_reserved_flags_set() {
+    let (_d, _cat, s) = small_server("hello", &[]);
+    // The start of a real TLS record carrying a ClientHello.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0, 0x03, 0x03,
+    ];
+    hello.extend_from_slice(&pseudo_random(7, 32));
+    expect_reply(&s, &hello, &jtpe(2, "reserved flags set"));
+}
+
+#[test]
+fn j5_reserved_request_types_get_jtpe4_unknown_request_type() {
+    let (_d, _cat, s) = small_server("j5", &[]);
+    for t in [0x06u8, 0x07, 0x10, 0x7f, 0x80, 0xfe, 0xff] {
+        expect_reply(&s, &[t, 0x00], &jtpe(4, "unknown request type"));
+        expect_reply(&s, &[t, 0x01], &jtpe(4, "unknown request type"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 3.2: what each request returns
+
+#[test]
+fn j6_list_entries_in_catalog_order_with_nfc_names_types_and_sizes() {
+    let dir = TempDir::new("j6");
+    let a = pseudo_random(1, 9332);
+    let b = pseudo_random(2, 90243);
+    let c = pseudo_random(3, 200);
+    let d = pseudo_random(4, 0x1_0000);
+    let e = pseudo_random(5, 17);
+    let files: Vec<(&str, &[u8])> = vec![
+        ("beta.png", &b),
+        ("alpha.png", &a),
+        ("cafe\u{301}.webp", &c),
+        ("Zebra.GIF", &d),
+        ("pic.jpeg", &e),
+    ];
+    put_all(dir.path(), &files);
+    let cat = model(&files);
+    assert_eq!(cat[0].name, "Zebra.GIF");
+    let s = serve(dir.path(), &[]);
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    // The spec's own example entries.
+    let l = exchange(&s, &[0x01, 0x00]);
+    assert!(l.windows(9).any(|w| w == b"alpha.png"));
+    let alpha = &cat.iter().find(|i| i.name == "alpha.png").unwrap();
+    assert!(hex(&entry_bytes(alpha)).ends_with("0009616c7068612e706e67f448"));
+}
+
+#[test]
+fn j6_empty_catalog_lists_exactly_4a54504c00() {
+    let dir = TempDir::new("j6e");
+    let s = serve(dir.path(), &[]);
+    expect_reply(&s, &[0x01, 0x00], &[0x4a, 0x54, 0x50, 0x4c, 0x00]);
+    expect_reply(&s, &[0x05, 0x00], b"JTPG\x00");
+    expect_reply(&s, &[0x02, 0x00, 0x00], b"JTPB\x00");
+}
+
+#[test]
+fn j6_list_count_above_127_is_a_two_byte_varint() {
+    let dir = TempDir::new("j6n");
+    let cat = many_files(dir.path(), 200, 100);
+    let s = serve(dir.path(), &[]);
+    let l = exchange(&s, &[0x01, 0x00]);
+    assert_eq!(&l[..6], b"JTPL\xc8\x01");
+    assert_bytes(&l, &list_bytes(&cat), "LIST of 200");
+}
+
+#[test]
+fn j7_get_by_id_request_order_skips_unknown_repeats_duplicates() {
+    let (_d, cat, s) = small_server("j7", &[]);
+    let (a, b, g) = (&cat[0], &cat[1], &cat[2]);
+    let unknown = 0x0123_4567_89ab_cdefu64;
+    expect_reply(
+        &s,
+        &get_request(false, &[g.id, unknown, a.id, g.id, b.id]),
+        &get_bytes(&[g, a, g, b]),
+    );
+    expect_reply(&s, &[0x00, 0x00, 0x00], &[0x4a, 0x54, 0x50, 0x44, 0x00]);
+    expect_reply(&s, &get_request(false, &[unknown]), b"JTPD\x00");
+}
+
+#[test]
+fn j7_get_of_255_ids_is_served() {
+    let (_d, cat, s) = small_server("j7m", &[]);
+    let ids: Vec<u64> = (0..255).map(|k| cat[k % 3].id).collect();
+    let want: Vec<&Img> = (0..255).map(|k| &cat[k % 3]).collect();
+    expect_reply(&s, &get_request(false, &ids), &get_bytes(&want));
+}
+
+#[test]
+fn j8_batch_sends_missing_images_in_catalog_order() {
+    let (_d, cat, s) = small_server("j8", &[]);
+    let (a, b, g) = (&cat[0], &cat[1], &cat[2]);
+    let unknown = 0xfeed_0000_0000_0001u64;
+    expect_reply(
+        &s,
+        &batch_request(false, &[b.id, unknown, b.id]),
+        &packets_frame(b"JTPB", &[a, g]),
+    );
+    expect_reply(
+        &s,
+        &batch_request(false, &[]),
+        &packets_frame(b"JTPB", &[a, b, g]),
+    );
+    expect_reply(
+        &s,
+        &batch_request(false, &[g.id, b.id, a.id]),
+        &[0x4a, 0x54, 0x50, 0x42, 0x00],
+    );
+}
+
+#[test]
+fn j9_have_count_above_a_million_is_refused_before_any_id() {
+    let (_d, _cat, s) = small_server("j9", &[]);
+    // No id is sent: the reply must come from the count alone.
+    expect_reply(
+        &s,
+        &[0x02, 0x00, 0xc1, 0x84, 0x3d],
+        &jtpe(2, "have_count too large"),
+    );
+    expect_reply(
+        &s,
+        &[0x02, 0x00, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        &jtpe(2, "have_count too large"),
+    );
+}
+
+#[test]
+fn j9_have_count_of_exactly_a_million_is_accepted() {
+    let (_d, cat, s) = small_server("j9ok", &["--io-timeout", "10"]);
+    let mut req = vec![0x02, 0x00, 0xc0, 0x84, 0x3d];
+    req.reserve(8_000_000);
+    for k in 0..1_000_000u64 {
+        let id = if k == 500_000 {
+            cat[1].id
+        } else {
+            k.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        req.extend_from_slice(&id.to_be_bytes());
+    }
+    let mut c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&req));
+    let got = read_to_close(&mut c);
+    writer.join().unwrap().unwrap();
+    assert_bytes(
+        &got,
+        &packets_frame(b"JTPB", &[&cat[0], &cat[2]]),
+        "BATCH of 1,000,000 ids",
+    );
+}
+
+#[test]
+fn j10_batch_announcing_a_million_ids_sending_none_is_bounded_and_timed_out() {
+    let (_d, _cat, s) = small_server("j10", &[]);
+    let pid = s.child.id();
+    let before = rss_kib(pid);
+    let start = Instant::now();
+    let mut conns: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = connect(&s);
+            c.write_all(&[0x02, 0x00, 0xc0, 0x84, 0x3d]).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = rss_kib(pid);
+    for c in &mut conns {
+        let got = read_to_close(c);
+        assert_bytes(&got, &jtpe(2, "request timed out"), "stalled BATCH body");
+    }
+    let took = start.elapsed();
+    let after = rss_kib(pid);
+    eprintln!(
+        "VmRSS before {before} KiB, during {during} KiB, after {after} KiB; closed after {took:?}"
+    );
+    // The reference would reserve 8 MB per connection (64 MB here).
+    assert!(
+        during < before + 16 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "body timeout took {took:?} with --io-timeout 2"
+    );
+}
+
+#[test]
+fn j11_list_and_get_sends_every_image_in_catalog_order() {
+    let (_d, cat, s) = small_server("j11", &[]);
+    let all: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &all));
+}
+
+#[test]
+fn j11_list_and_get_of_300_images() {
+    let dir = TempDir::new("j11m");
+    let cat = many_files(dir.path(), 300, 1000);
+    let s = serve(dir.path(), &[]);
+    let all: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &all));
+}
+
+#[test]
+fn j12_packets_carry_type_of_extension_and_clear_reserved_bits() {
+    let dir = TempDir::new("j12");
+    let names = [
+        "a.png", "b.jpg", "c.jpeg", "d.webp", "e.bmp", "f.gif", "G.PNG", "h.JpG", "i.BMP",
+    ];
+    let datas: Vec<Vec<u8>> = (0..names.len())
+        .map(|k| pseudo_random(50 + k as u64, 3000 + k))
+        .collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .copied()
+        .zip(datas.iter().map(|d| d.as_slice()))
+        .collect();
+    put_all(dir.path(), &files);
+    let cat = model(&files);
+    let s = serve(dir.path(), &[]);
+    let got = exchange(&s, &[0x05, 0x00]);
+    assert_eq!(&got[..4], b"JTPG");
+    let mut pos = 4;
+    assert_eq!(read_varint(&got, &mut pos) as usize, cat.len());
+    for want in &cat {
+        let p = parse_packet(&got, &mut pos);
+        assert_eq!(p.id, want.id, "catalog order");
+        assert_eq!(p.flags & 0x07, want.flags, "type bits of {}", want.name);
+        assert_eq!(packet_plain(&p, want.data.len()), want.data);
+    }
+    assert_eq!(pos, got.len(), "bytes after the last packet");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression
+
+fn bmp_like(len: usize) -> Vec<u8> {
+    // A BMP-ish header and a repetitive body: compresses well.
+    let mut v = b"BM".to_vec();
+    let mut k = 0u32;
+    while v.len() < len {
+        v.extend_from_slice(&[(k % 7) as u8, 0x40, 0x80, (k / 512 % 256) as u8]);
+        k += 1;
+    }
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn j13_compressible_bmp_is_one_zstd_frame_hashing_to_its_id() {
+    let dir = TempDir::new("j13");
+    let bmp = bmp_like(360_054);
+    let noise = pseudo_random(9, 50_000);
+    put(dir.path(), "pic.bmp", &bmp);
+    put(dir.path(), "noise.bmp", &noise);
+    let cat = model(&[("pic.bmp", &bmp), ("noise.bmp", &noise)]);
+    let s = serve(dir.path(), &[]);
+    // LIST Size is the original size, flags type-only.
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    let pic = cat.iter().find(|i| i.name == "pic.bmp").unwrap();
+    let noise_img = cat.iter().find(|i| i.name == "noise.bmp").unwrap();
+    // The compressed form may still be building on the first requests.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = exchange(&s, &get_request(false, &[pic.id, noise_img.id]));
+        assert_eq!(&got[..5], b"JTPD\x02");
+        let mut pos = 5;
+        let p = parse_packet(&got, &mut pos);
+        assert_eq!(p.id, pic.id);
+        assert_eq!(packet_plain(&p, bmp.len()), bmp);
+        // Incompressible data is never sent compressed (ratio above the threshold).
+        let q = parse_packet(&got, &mut pos);
+        assert_bytes(
+            &got[pos - raw_packet(noise_img).len()..pos],
+            &raw_packet(noise_img),
+            "noise.bmp packet",
+        );
+        assert_eq!(q.flags, 0x03);
+        assert_eq!(pos, got.len());
+        if p.flags == 0x0b {
+            assert!(p.data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "zstd magic");
+            assert!(p.data.len() < bmp.len() * 95 / 100);
+            break;
+        }
+        assert_eq!(p.flags, 0x03, "raw BMP packet flags");
+        assert!(
+            Instant::now() < deadline,
+            "pic.bmp was never sent compressed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The same frame inside BATCH and LIST_AND_GET.
+    let got = exchange(&s, &[0x05, 0x00]);
+    let mut pos = 5;
+    let mut seen = 0;
+    while pos < got.len() {
+        let p = parse_packet(&got, &mut pos);
+        let want = cat.iter().find(|i| i.id == p.id).unwrap();
+        assert_eq!(packet_plain(&p, want.data.len()), want.data);
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn j14_compression_threshold_0_sends_everything_raw() {
+    let dir = TempDir::new("j14");
+    let bmp = bmp_like(360_054);
+    let zeros = vec![0u8; 100_000];
+    put(dir.path(), "pic.bmp", &bmp);
+    put(dir.path(), "zeros.png", &zeros);
+    let cat = model(&[("pic.bmp", &bmp), ("zeros.png", &zeros)]);
+    let s = serve(dir.path(), &["--compression-threshold", "0"]);
+    let all: Vec<&Img> = cat.iter().collect();
+    // Several rounds: no background compressor may change the answer.
+    for _ in 0..5 {
+        expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &all));
+        expect_reply(
+            &s,
+            &get_request(false, &[cat[0].id, cat[1].id]),
+            &get_bytes(&all),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection life, pipelining, timeouts
+
+#[test]
+fn j15_keep_alive_bit_decides_per_request() {
+    let (_d, cat, s) = small_server("j15", &[]);
+    let list = list_bytes(&cat);
+    expect_reply(&s, &[0x01, 0x00], &list);
+    let mut c = connect(&s);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, list.len()), &list, "first LIST");
+    c.write_all(&get_request(true, &[cat[1].id])).unwrap();
+    let g = get_bytes(&[&cat[1]]);
+    assert_bytes(&read_n(&mut c, g.len()), &g, "keep-alive GET");
+    c.write_all(&[0x01, 0x00]).unwrap();
+    assert_bytes(&read_to_close(&mut c), &list, "last LIST, then close");
+}
+
+#[test]
+fn j16_two_pipelined_lists_in_one_write_then_close() {
+    let (_d, cat, s) = small_server("j16", &[]);
+    let list = list_bytes(&cat);
+    expect_reply(
+        &s,
+        &[0x01, 0x01, 0x01, 0x00],
+        &[list.clone(), list].concat(),
+    );
+}
+
+#[test]
+fn table_extra_bytes_after_a_non_keep_alive_request_get_the_full_response() {
+    let (_d, cat, s) = small_server("extra", &[]);
+    let all: Vec<&Img> = cat.iter().collect();
+    let mut req = vec![0x05, 0x00];
+    req.extend_from_slice(&[0x01, 0x00, 0xff, 0xff, 0x42]);
+    req.extend_from_slice(&pseudo_random(3, 4000));
+    expect_reply(&s, &req, &packets_frame(b"JTPG", &all));
+}
+
+#[test]
+fn j17_idle_past_keep_alive_timeout_closes_silently() {
+    let (_d, cat, s) = small_server("j17", &[]);
+    let list = list_bytes(&cat);
+    let mut c = connect(&s);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, list.len()), &list, "LIST");
+    let t = Instant::now();
+    let rest = read_to_close(&mut c);
+    assert_bytes(&rest, b"", "bytes after idling");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, keep-alive 2 s",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn j17_silence_before_the_first_request_closes_silently() {
+    // The first-request timeout is 60 s and has no flag, so this test takes a minute.
+    let (_d, cat, s) = small_server("j17f", &[]);
+    let mut c = connect(&s);
+    c.set_read_timeout(Some(Duration::from_secs(80))).unwrap();
+    let t = Instant::now();
+    let (got, end) = read_until_end(&mut c);
+    assert_eq!(end, End::Eof, "after {:?}", t.elapsed());
+    assert_bytes(&got, b"", "bytes before any request");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "closed after {:?}",
+        t.elapsed()
+    );
+    // The server is fine.
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+}
+
+#[test]
+fn j18_stalled_body_times_out_while_others_are_served() {
+    let (_d, cat, s) = small_server("j18", &[]);
+    let mut stalled = connect(&s);
+    let t = Instant::now();
+    stalled.write_all(&[0x00, 0x00, 0x05]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client meanwhile.
+    let t2 = Instant::now();
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    expect_reply(
+        &s,
+        &get_request(false, &[cat[0].id]),
+        &get_bytes(&[&cat[0]]),
+    );
+    assert!(
+        t2.elapsed() < Duration::from_secs(2),
+        "other client waited {:?}",
+        t2.elapsed()
+    );
+    let got = read_to_close(&mut stalled);
+    let took = t.elapsed();
+    assert_bytes(&got, &jtpe(2, "request timed out"), "stalled GET body");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "timed out after {took:?}, io-timeout 2 s"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "timed out after {took:?}, io-timeout 2 s"
+    );
+}
+
+#[test]
+fn table_one_header_byte_then_eof_and_body_cut_by_eof_close_silently() {
+    let (_d, cat, s) = small_server("eof", &[]);
+    for req in [&[0x01][..], &[0x00, 0x00, 0x03, 1, 2, 3, 4, 5, 6, 7, 8][..]] {
+        let mut c = connect(&s);
+        c.write_all(req).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let (got, end) = read_until_end(&mut c);
+        assert_bytes(&got, b"", "reply to a cut request");
+        assert_ne!(end, End::Timeout);
+    }
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+}
+
+#[test]
+fn j19_client_that_stops_reading_is_dropped_others_served() {
+    let dir = TempDir::new("j19");
+    let big = sparse(dir.path(), "big.png", 64 << 20);
+    let small = pseudo_random(4, 5000);
+    put(dir.path(), "small.png", &small);
+    let s = serve(dir.path(), &["--compression-threshold", "0"]);
+    let mut c = connect(&s);
+    c.write_all(&get_request(false, &[big.id])).unwrap();
+    let head = read_n(&mut c, 4096);
+    assert_eq!(&head[..5], b"JTPD\x01");
+    // Stop reading. Meanwhile others are served.
+    let small_img = &model(&[("small.png", &small)])[0];
+    for _ in 0..3 {
+        expect_reply(
+            &s,
+            &get_request(false, &[small_img.id]),
+            &get_bytes(&[small_img]),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (rest, end) = read_until_end(&mut c);
+    let total = 4096 + rest.len();
+    let full = 5 + 1 + varint(64 << 20).len() + 8 + (64 << 20);
+    assert!(
+        total < full,
+        "the stalled client got the whole response ({total} bytes)"
+    );
+    assert_ne!(
+        end,
+        End::Timeout,
+        "connection still open after {total} bytes"
+    );
+    assert!(s.stderr_text().len() < 1 << 20);
+    // The server still answers LIST (big.png listed with its original size).
+    let mut want = b"JTPL\x02".to_vec();
+    want.extend_from_slice(&entry_bytes(&big));
+    want.extend_from_slice(&entry_bytes(small_img));
+    expect_reply(&s, &[0x01, 0x00], &want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CANCEL, pipelining during responses
+
+#[test]
+fn j20_cancel_after_a_keep_alive_request_gets_jtpc_then_list_is_served() {
+    let (_d, cat, s) = small_server("j20", &[]);
+    let mut c = connect(&s);
+    c.write_all(&get_request(true, &[cat[0].id])).unwrap();
+    let g = get_bytes(&[&cat[0]]);
+    assert_bytes(&read_n(&mut c, g.len()), &g, "GET");
+    c.write_all(&[0x03, 0x00]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "CANCEL ack");
+    c.write_all(&[0x01, 0x00]).unwrap();
+    assert_bytes(
+        &read_to_close(&mut c),
+        &list_bytes(&cat),
+        "LIST after CANCEL",
+    );
+}
+
+#[test]
+fn j21_cancel_as_first_request_gets_jtpe2() {
+    let (_d, _cat, s) = small_server("j21", &[]);
+    let want = jtpe(2, "CANCEL requires an active keep-alive connection");
+    expect_reply(&s, &[0x03, 0x00], &want);
+    // The keep-alive bit does not sneak it past the rule (reference bug 7.5).
+    expect_reply(&s, &[0x03, 0x01], &want);
+    // Nor does a pipelined request behind it.
+    expect_reply(&s, &[0x03, 0x00, 0x01, 0x00], &want);
+}
+
+#[test]
+fn j22_cancel_with_keep_alive_bit_is_accepted_as_cancel() {
+    let (_d, cat, s) = small_server("j22", &[]);
+    let list = list_bytes(&cat);
+    let mut c = connect(&s);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, list.len()), &list, "LIST");
+    c.write_all(&[0x03, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "ack of 03 01");
+    c.write_all(&[0x01, 0x00]).unwrap();
+    assert_bytes(&read_to_close(&mut c), &list, "LIST after 03 01");
+}
+
+#[test]
+fn j22_watch_with_keep_alive_bit_is_accepted_as_watch() {
+    let (_d, cat, s) = small_server("j22w", &["--watch-interval", "1"]);
+    let mut c = connect(&s);
+    c.write_all(&[0x04, 0x01]).unwrap();
+    assert_silent(&mut c, Duration::from_millis(2500));
+    c.write_all(&[0x03, 0x00]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "ack of CANCEL during WATCH");
+    c.write_all(&[0x01, 0x00]).unwrap();
+    assert_bytes(
+        &read_to_close(&mut c),
+        &list_bytes(&cat),
+        "LIST after WATCH",
+    );
+}
+
+/// A catalog of 300 images of 64 KiB: long responses for the mid-stream tests.
+fn long_server(tag: &str) -> (TempDir, Vec<Img>, Server) {
+    let dir = TempDir::new(tag);
+    let cat = many_files(dir.path(), 300, 64 << 10);
+    let s = serve(dir.path(), &[]);
+    (dir, cat, s)
+}
+
+/// Checks `MAGIC count packet* JTPC` at the start of `got` (packets must follow `order`, at most
+/// the count) and returns (count, packets seen, bytes after the JTPC).
+#[track_caller]
+fn split_cancelled<'a>(got: &'a [u8], magic: &[u8; 4], order: &[&Img]) -> (usize, usize, &'a [u8]) {
+    assert_eq!(&got[..4], magic, "magic");
+    let mut pos = 4;
+    let m = if magic == b"JTPD" {
+        pos += 1;
+        got[4] as usize
+    } else {
+        read_varint(got, &mut pos) as usize
+    };
+    assert_eq!(m, order.len(), "count");
+    let mut k = 0;
+    while got.get(pos) != Some(&b'J') {
+        assert!(
+            pos < got.len(),
+            "response ended without JTPC after {k} packets"
+        );
+        assert!(k < m, "more packets than counted");
+        let p = parse_packet(got, &mut pos);
+        assert_eq!(p.id, order[k].id, "packet {k} out of order");
+        assert_eq!(packet_plain(&p, order[k].data.len()), order[k].data);
+        k += 1;
+    }
+    assert_bytes(&got[pos..pos + 4], b"JTPC", "frame after the packets");
+    (m, k, &got[pos + 4..])
+}
+
+#[test]
+fn j23_cancel_mid_get_batch_list_and_get_in_one_write() {
+    let (_d, cat, s) = long_server("j23");
+    let list = list_bytes(&cat);
+    let ids: Vec<u64> = cat.iter().rev().take(255).map(|i| i.id).collect();
+    let get_order: Vec<&Img> = cat.iter().rev().take(255).collect();
+    let all: Vec<&Img> = cat.iter().collect();
+    let cases: Vec<(Vec<u8>, &[u8; 4], &[&Img])> = vec![
+        (get_request(true, &ids), b"JTPD", &get_order),
+        (batch_request(true, &[]), b"JTPB", &all),
+        (vec![0x05, 0x01], b"JTPG", &all),
+    ];
+    for (req, magic, order) in cases {
+        let mut c = connect(&s);
+        let mut w = req.clone();
+        w.extend_from_slice(&[0x03, 0x00, 0x01, 0x00]);
+        c.write_all(&w).unwrap();
+        let got = read_to_close(&mut c);
+        let (m, k, rest) = split_cancelled(&got, magic, order);
+        eprintln!(
+            "{}: {k} of {m} packets before JTPC",
+            String::from_utf8_lossy(magic)
+        );
+        assert_bytes(rest, &list, "LIST after the cancelled response");
+    }
+}
+
+#[test]
+fn j23_cancel_arriving_mid_stream_stops_between_packets() {
+    let (_d, cat, s) = long_server("j23s");
+    let list = list_bytes(&cat);
+    let ids: Vec<u64> = cat.iter().take(255).map(|i| i.id).collect();
+    let get_order: Vec<&Img> = cat.iter().take(255).collect();
+    let all: Vec<&Img> = cat.iter().collect();
+    let cases: Vec<(Vec<u8>, &[u8; 4], &[&Img])> = vec![
+        (get_request(true, &ids), b"JTPD", &get_order),
+        (batch_request(true, &[]), b"JTPB", &all),
+        (vec![0x05, 0x01], b"JTPG", &all),
+    ];
+    for (req, magic, order) in cases {
+        let mut c = connect(&s);
+        c.write_all(&req).unwrap();
+        let mut got = read_n(&mut c, 1 << 20);
+        c.write_all(&[0x03, 0x00, 0x01, 0x00]).unwrap();
+        got.extend_from_slice(&read_to_close(&mut c));
+        let (m, k, rest) = split_cancelled(&got, magic, order);
+        eprintln!(
+            "{}: {k} of {m} packets before JTPC",
+            String::from_utf8_lossy(magic)
+        );
+        assert!(
+            k < m,
+            "CANCEL after 1 MiB of 19 MiB did not stop the response"
+        );
+        assert_bytes(rest, &list, "LIST after the cancelled response");
+    }
+}
+
+#[test]
+fn j24_pipelined_request_during_a_response_is_answered_after_it() {
+    let (_d, cat, s) = long_server("j24");
+    let list = list_bytes(&cat);
+    let all: Vec<&Img> = cat.iter().collect();
+    let lag = packets_frame(b"JTPG", &all);
+    // In the same write.
+    expect_reply(
+        &s,
+        &[0x05, 0x01, 0x01, 0x00],
+        &[lag.clone(), list.clone()].concat(),
+    );
+    // Arriving while the response streams.
+    let mut c = connect(&s);
+    c.write_all(&[0x05, 0x01]).unwrap();
+    let mut got = read_n(&mut c, 1 << 20);
+    c.write_all(&[0x01, 0x00]).unwrap();
+    got.extend_from_slice(&read_to_close(&mut c));
+    assert_bytes(
+        &got,
+        &[lag.clone(), list.clone()].concat(),
+        "JTPG then JTPL",
+    );
+    // A lone 03 (its 00 still in flight) is not eaten either.
+    let mut c = connect(&s);
+    c.write_all(&[0x05, 0x01, 0x03]).unwrap();
+    let mut got = read_n(&mut c, lag.len());
+    assert_bytes(&got, &lag, "JTPG with a lone 03 behind it");
+    c.write_all(&[0x00, 0x01, 0x00]).unwrap();
+    got = read_to_close(&mut c);
+    assert_bytes(&got, &[b"JTPC".to_vec(), list].concat(), "JTPC then JTPL");
+}
+
+#[test]
+fn j25_every_cancel_on_keep_alive_gets_exactly_one_jtpc() {
+    let (_d, cat, s) = small_server("j25", &[]);
+    let list = list_bytes(&cat);
+    let mut c = connect(&s);
+    c.write_all(&[0x01, 0x01, 0x03, 0x00]).unwrap();
+    let want = [list.clone(), b"JTPC".to_vec()].concat();
+    assert_bytes(&read_n(&mut c, want.len()), &want, "LIST, then JTPC");
+    c.write_all(&[0x03, 0x00]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "second CANCEL");
+    assert_silent(&mut c, Duration::from_millis(500));
+    c.write_all(&[0x03, 0x00, 0x03, 0x00, 0x01, 0x00]).unwrap();
+    let want = [b"JTPCJTPC".to_vec(), list].concat();
+    assert_bytes(&read_to_close(&mut c), &want, "two CANCELs, then LIST");
+}
+
+#[test]
+fn j25_two_cancels_mid_get_give_two_jtpc() {
+    let (_d, cat, s) = long_server("j25m");
+    let list = list_bytes(&cat);
+    let ids: Vec<u64> = cat.iter().take(255).map(|i| i.id).collect();
+    let order: Vec<&Img> = cat.iter().take(255).collect();
+    let mut c = connect(&s);
+    let mut w = get_request(true, &ids);
+    w.extend_from_slice(&[0x03, 0x00, 0x03, 0x00, 0x01, 0x00]);
+    c.write_all(&w).unwrap();
+    let got = read_to_close(&mut c);
+    let (_m, _k, rest) = split_cancelled(&got, b"JTPD", &order);
+    assert_bytes(
+        rest,
+        &[b"JTPC".to_vec(), list].concat(),
+        "second JTPC, then LIST",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// WATCH
+
+#[test]
+fn j26_watch_without_rescans_gets_jtpe4() {
+    let (_d, cat, s) = small_server("j26", &[]);
+    let want = jtpe(4, "WATCH not enabled; start server with --watch");
+    expect_reply(&s, &[0x04, 0x00], &want);
+    expect_reply(
+        &s,
+        &[0x01, 0x01, 0x04, 0x00],
+        &[list_bytes(&cat), want].concat(),
+    );
+}
+
+#[test]
+fn j27_j28_j29_watch_events_for_added_and_modified_files() {
+    let dir = TempDir::new("j27");
+    let mut files = small_files();
+    put_all(dir.path(), &as_refs(&files));
+    let old = model(&as_refs(&files));
+    let s = serve(dir.path(), &["--watch-interval", "1"]);
+    let mut c = connect(&s);
+    c.write_all(&[0x04, 0x00]).unwrap();
+    // Files present at subscribe time yield nothing, across several rescans.
+    assert_silent(&mut c, Duration::from_millis(2500));
+
+    // J27: an empty GIF with an NFD name appears.
+    put(dir.path(), "cafe\u{301}.gif", b"");
+    let want = [
+        &b"JTPW"[..],
+        &[
+            0xef, 0x46, 0xdb, 0x37, 0x51, 0xd8, 0xe9, 0x99, 0x04, 0x00, 0x09,
+        ],
+        b"caf\xc3\xa9.gif",
+        &[0x00],
+    ]
+    .concat();
+    assert_eq!(want, watch_event("cafe\u{301}.gif", b""));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_bytes(&read_n(&mut c, want.len()), &want, "JTPW for café.gif");
+    assert_silent(&mut c, Duration::from_millis(2500));
+
+    // J28: alpha.png is rewritten (new size, new id).
+    let old_alpha = old.iter().find(|i| i.name == "alpha.png").unwrap().clone();
+    let new_alpha = pseudo_random(77, 9400);
+    replace(dir.path(), "alpha.png", &new_alpha);
+    let ev = watch_event("alpha.png", &new_alpha);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_bytes(
+        &read_n(&mut c, ev.len()),
+        &ev,
+        "JTPW for the modified alpha.png",
+    );
+    assert_silent(&mut c, Duration::from_millis(1500));
+
+    // J29: CANCEL ends the subscription and the connection serves requests again.
+    c.write_all(&[0x03, 0x00]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "CANCEL during WATCH");
+    files[0].1 = new_alpha.clone();
+    files.push(("cafe\u{301}.gif".into(), Vec::new()));
+    let cat = model(&as_refs(&files));
+    let list = list_bytes(&cat);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, list.len()), &list, "LIST after the changes");
+    assert!(!cat.iter().any(|i| i.id == old_alpha.id));
+    c.write_all(&get_request(true, &[old_alpha.id])).unwrap();
+    assert_bytes(&read_n(&mut c, 5), b"JTPD\x00", "GET of the retired id");
+    let new_img = cat.iter().find(|i| i.name == "alpha.png").unwrap();
+    c.write_all(&get_request(false, &[old_alpha.id, new_img.id]))
+        .unwrap();
+    assert_bytes(
+        &read_to_close(&mut c),
+        &get_bytes(&[new_img]),
+        "GET old and new id",
+    );
+    let all: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x02, 0x00, 0x00], &packets_frame(b"JTPB", &all));
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &all));
+}
+
+#[test]
+fn j29_anything_but_cancel_during_watch_gets_jtpe2() {
+    let (_d, _cat, s) = small_server("j29", &["--watch-interval", "1"]);
+    for bytes in [
+        &[0x01, 0x00][..],
+        &[0x04, 0x00],
+        &[0x00, 0x00, 0x00],
+        &[0xff],
+    ] {
+        let mut c = connect(&s);
+        c.write_all(&[0x04, 0x00]).unwrap();
+        assert_silent(&mut c, Duration::from_millis(300));
+        c.write_all(bytes).unwrap();
+        assert_bytes(
+            &read_to_close(&mut c),
+            &jtpe(2, "only CANCEL is allowed during WATCH"),
+            &format!("{} during WATCH", hex(bytes)),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiting, connection cap
+
+#[test]
+fn j30_rate_limit_refuses_the_third_connection_unprompted() {
+    let (_d, cat, s) = small_server("j30", &["--rate-limit", "2", "--rate-limit-window", "4"]);
+    let list = list_bytes(&cat);
+    let refusal = [&b"\x4a\x54\x50\x45\x05\x00\x11"[..], b"too many requests"].concat();
+    assert_eq!(refusal, jtpe(5, "too many requests"));
+    let t0 = Instant::now();
+    expect_reply(&s, &[0x01, 0x00], &list);
+    std::thread::sleep(Duration::from_millis(2000));
+    expect_reply(&s, &[0x01, 0x00], &list);
+    // Third and fourth: refused before any request is sent.
+    for _ in 0..2 {
+        let mut c = connect(&s);
+        assert_bytes(&read_to_close(&mut c), &refusal, "refused connection");
+    }
+    // At t0 + 5 s the first connection has left the 4 s window; the refusals (t0 + 2 s) would
+    // still be inside it if they counted.
+    let wait = Duration::from_millis(5000).saturating_sub(t0.elapsed());
+    std::thread::sleep(wait);
+    expect_reply(&s, &[0x01, 0x00], &list);
+    let mut c = connect(&s);
+    assert_bytes(&read_to_close(&mut c), &refusal, "over the limit again");
+}
+
+#[test]
+fn j30_keep_alive_requests_over_the_rate_limit_get_jtpe5() {
+    let (_d, cat, s) = small_server("j30k", &["--rate-limit", "2"]);
+    let list = list_bytes(&cat);
+    let mut c = connect(&s);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(
+        &read_n(&mut c, list.len()),
+        &list,
+        "request 1 (the connection)",
+    );
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(&read_n(&mut c, list.len()), &list, "request 2");
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(
+        &read_to_close(&mut c),
+        &jtpe(5, "too many requests"),
+        "request 3",
+    );
+}
+
+#[test]
+fn table_max_connections_2_third_gets_server_busy() {
+    let (_d, cat, s) = small_server(
+        "busy",
+        &["--max-connections", "2", "--keep-alive-timeout", "20"],
+    );
+    let list = list_bytes(&cat);
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&s);
+        c.write_all(&[0x01, 0x01]).unwrap();
+        assert_bytes(
+            &read_n(&mut c, list.len()),
+            &list,
+            "LIST on an idle-to-be connection",
+        );
+        idle.push(c);
+    }
+    let mut c = connect(&s);
+    assert_bytes(
+        &read_to_close(&mut c),
+        &jtpe(3, "server busy"),
+        "third connection",
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    expect_reply(&s, &[0x01, 0x00], &list);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+fn tls_client(cert: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(
+    s: &Server,
+    cfg: Arc<rustls::ClientConfig>,
+    name: &'static str,
+) -> Result<TlsStream, String> {
+    let mut tcp = connect(s);
+    let sn = rustls::pki_types::ServerName::try_from(name).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, sn).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+#[test]
+fn j31_tls_alpn_jtp1_selected_none_accepted_h2_refused() {
+    let (dir, cat, s) = small_server("j31", &["--tls"]);
+    let cert = dir.join(".ferry/tls/cert.pem");
+    assert!(
+        cert.exists(),
+        "no generated certificate at {}",
+        cert.display()
+    );
+    let list = list_bytes(&cat);
+
+    let mut t =
+        tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost").expect("handshake with jtp/1");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"jtp/1"[..]));
+    assert_eq!(
+        t.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    t.write_all(&[0x01, 0x00]).unwrap();
+    let mut got = Vec::new();
+    // read_to_end fails with UnexpectedEof unless the server sends close_notify.
+    t.read_to_end(&mut got)
+        .expect("LIST over TLS ending in close_notify");
+    assert_bytes(&got, &list, "LIST over TLS");
+
+    let mut t =
+        tls_connect(&s, tls_client(&cert, &[]), "127.0.0.1").expect("handshake without ALPN");
+    assert_eq!(t.conn.alpn_protocol(), None);
+    t.write_all(&get_request(false, &[cat[2].id])).unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got)
+        .expect("GET over TLS ending in close_notify");
+    assert_bytes(&got, &get_bytes(&[&cat[2]]), "GET over TLS");
+
+    let err = tls_connect(&s, tls_client(&cert, &[b"h2"]), "localhost")
+        .expect_err("a handshake offering only h2 must fail");
+    assert!(err.contains("NoApplicationProtocol"), "h2 only: {err}");
+
+    // Still serving.
+    let mut t =
+        tls_connect(&s, tls_client(&cert, &[b"h2", b"jtp/1"]), "localhost").expect("handshake");
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"jtp/1"[..]));
+    t.write_all(&[0x01, 0x00]).unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).unwrap();
+    assert_bytes(&got, &list, "LIST over TLS");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalog construction
+
+#[test]
+fn j33_only_image_extensions_no_dotfiles_no_outside_symlinks() {
+    let dir = TempDir::new("j33");
+    let outside = TempDir::new("j33out");
+    let d = |k: u64| pseudo_random(300 + k, 500 + k as usize);
+    let names = [
+        "a.png",
+        "B.JPG",
+        "c.Jpeg",
+        "d.webp",
+        "e.BMP",
+        "f.gif",
+        "g.txt",
+        "h.png.bak",
+        "noext",
+        ".hidden.png",
+        "png",
+        "i.pngx",
+        "j.tiff",
+    ];
+    let datas: Vec<Vec<u8>> = (0..names.len() as u64).map(d).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .copied()
+        .zip(datas.iter().map(|x| x.as_slice()))
+        .collect();
+    put_all(dir.path(), &files);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    put(&dir.join("sub"), "x.png", &d(99));
+    std::fs::create_dir_all(dir.join(".ferry")).unwrap();
+    put(&dir.join(".ferry"), "y.png", &d(98));
+    put(outside.path(), "secret.png", &d(97));
+    std::os::unix::fs::symlink(outside.join("secret.png"), dir.join("link.png")).unwrap();
+    let cat = model(&files);
+    assert_eq!(cat.len(), 6);
+    let s = serve(dir.path(), &[]);
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    expect_reply(
+        &s,
+        &get_request(false, &[xid(&d(97)), xid(&d(99)), xid(&d(9))]),
+        b"JTPD\x00",
+    );
+}
+
+#[test]
+fn j33_only_filter_is_ascii_case_insensitive() {
+    let dir = TempDir::new("j33o");
+    let a = pseudo_random(11, 100);
+    let b = pseudo_random(13, 100);
+    let c = pseudo_random(15, 100);
+    let files: Vec<(&str, &[u8])> = vec![("cat1.png", &a), ("Cat2.PNG", &b), ("dog.png", &c)];
+    put_all(dir.path(), &files);
+    let s = serve(dir.path(), &["--only", "cAT"]);
+    let cat = model(&files[..2]);
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    // dog.png is not part of this server's catalog for any request.
+    expect_reply(&s, &get_request(false, &[xid(&c)]), b"JTPD\x00");
+    let kept: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &kept));
+    expect_reply(&s, &[0x02, 0x00, 0x00], &packets_frame(b"JTPB", &kept));
+}
+
+#[test]
+fn j34_nfc_names_order_ties_by_id_and_duplicate_content_once() {
+    let dir = TempDir::new("j34");
+    let x = pseudo_random(1, 700);
+    let y = pseudo_random(2, 800);
+    let z = pseudo_random(3, 900);
+    let w = pseudo_random(4, 1000);
+    let dup = pseudo_random(5, 1100);
+    let files: Vec<(&str, &[u8])> = vec![
+        ("\u{e9}.png", &x),   // NFC é
+        ("e\u{301}.png", &y), // NFD é: same NFC name, tie broken by id
+        ("cafe\u{301}.jpg", &z),
+        ("B.png", &w),
+        ("x1.png", &dup),
+        ("x0.png", &dup),
+    ];
+    put_all(dir.path(), &files);
+    let cat = model(&files);
+    assert_eq!(cat.len(), 5);
+    assert!(cat.iter().any(|i| i.name == "x0.png") && !cat.iter().any(|i| i.name == "x1.png"));
+    let s = serve(dir.path(), &[]);
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    let all: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &all));
+}
+
+#[test]
+fn j35_empty_image_served_huge_and_non_utf8_files_excluded() {
+    let dir = TempDir::new("j35");
+    let ok = pseudo_random(1, 321);
+    put(dir.path(), "empty.png", b"");
+    put(dir.path(), "ok.gif", &ok);
+    std::fs::File::create(dir.join("big.png"))
+        .unwrap()
+        .set_len((4u64 << 30) + 1)
+        .unwrap();
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"\xffbad.png");
+        std::fs::write(dir.path().join(name), pseudo_random(2, 50)).unwrap();
+    }
+    let cat = model(&[("empty.png", b""), ("ok.gif", &ok)]);
+    assert_eq!(hex(&cat[0].id.to_be_bytes()), "ef46db3751d8e999");
+    let s = serve(dir.path(), &[]);
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    expect_reply(
+        &s,
+        &get_request(false, &[0xef46_db37_51d8_e999]),
+        &[
+            &b"JTPD\x01\x00\x00"[..],
+            &[0xef, 0x46, 0xdb, 0x37, 0x51, 0xd8, 0xe9, 0x99],
+        ]
+        .concat(),
+    );
+    let all: Vec<&Img> = cat.iter().collect();
+    expect_reply(&s, &[0x02, 0x00, 0x00], &packets_frame(b"JTPB", &all));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files changing under the server
+
+#[test]
+fn j36_truncated_while_streamed_closes_without_completing_the_packet() {
+    let dir = TempDir::new("j36t");
+    let big = sparse(dir.path(), "big.png", 64 << 20);
+    let small = pseudo_random(4, 5000);
+    put(dir.path(), "small.png", &small);
+    let small_img = model(&[("small.png", &small)]).remove(0);
+    let s = serve(dir.path(), &["--compression-threshold", "0"]);
+    let mut c = connect(&s);
+    c.write_all(&get_request(false, &[big.id])).unwrap();
+    let head = read_n(&mut c, 1 << 20);
+    assert_eq!(&head[..5], b"JTPD\x01");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("big.png"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let (rest, end) = read_until_end(&mut c);
+    let total = head.len() + rest.len();
+    let full = 5 + 1 + varint(64 << 20).len() + 8 + (64 << 20);
+    eprintln!("received {total} of {full} bytes, then {end:?}");
+    assert!(total < full, "the packet of a truncated file was completed");
+    assert_ne!(end, End::Timeout, "connection neither completed nor closed");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = s;
+    assert!(s.is_alive(), "server died: {}", s.stderr_text());
+    expect_reply(
+        &s,
+        &get_request(false, &[small_img.id]),
+        &get_bytes(&[&small_img]),
+    );
+    // The truncated file no longer matches its snapshot: left out of every count.
+    expect_reply(
+        &s,
+        &get_request(false, &[big.id, small_img.id]),
+        &get_bytes(&[&small_img]),
+    );
+}
+
+#[test]
+fn j36_deleted_before_get_is_left_out_of_the_count() {
+    let (dir, cat, s) = small_server("j36d", &[]);
+    let (a, b, g) = (&cat[0], &cat[1], &cat[2]);
+    std::fs::remove_file(dir.join(&b.name)).unwrap();
+    expect_reply(
+        &s,
+        &get_request(false, &[a.id, b.id, g.id]),
+        &get_bytes(&[a, g]),
+    );
+    expect_reply(&s, &[0x05, 0x00], &packets_frame(b"JTPG", &[a, g]));
+    expect_reply(&s, &[0x02, 0x00, 0x00], &packets_frame(b"JTPB", &[a, g]));
+    // LIST reads snapshot metadata only (3.2), so it may still name the deleted file, but its
+    // count must match its entries.
+    let l = exchange(&s, &[0x01, 0x00]);
+    let mut pos = 4;
+    let n = read_varint(&l, &mut pos);
+    for _ in 0..n {
+        pos += 8 + 1;
+        let len = u16::from_be_bytes([l[pos], l[pos + 1]]) as usize;
+        pos += 2 + len;
+        read_varint(&l, &mut pos);
+    }
+    assert_eq!(pos, l.len(), "LIST count and entries disagree");
+}
+
+#[test]
+fn j36_rewritten_in_place_never_serves_new_bytes_under_the_old_id() {
+    let (dir, cat, s) = small_server("j36r", &[]);
+    let g = &cat[2];
+    // Same size, new content, same inode.
+    std::fs::write(dir.join(&g.name), pseudo_random(555, g.data.len())).unwrap();
+    let got = exchange(&s, &get_request(false, &[g.id]));
+    assert_eq!(&got[..4], b"JTPD");
+    let mut pos = 5;
+    for _ in 0..got[4] {
+        let p = parse_packet(&got, &mut pos);
+        assert_eq!(p.id, g.id);
+        packet_plain(&p, g.data.len());
+    }
+    assert_eq!(pos, got.len());
+    let mut s = s;
+    assert!(s.is_alive());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load and faults
+
+#[test]
+fn load_200_concurrent_clients_list_and_get_all() {
+    let (_d, cat, s) = small_server("load200", &[]);
+    let list = list_bytes(&cat);
+    let ids: Vec<u64> = cat.iter().map(|i| i.id).collect();
+    let get = get_bytes(&cat.iter().collect::<Vec<_>>());
+    let addr = s.addr("jtp");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..200)
+            .map(|_| {
+                let (list, get, ids, addr) = (&list, &get, &ids, &addr);
+                sc.spawn(move || {
+                    for (req, want) in [(vec![0x01, 0x00], list), (get_request(false, ids), get)] {
+                        let mut c = TcpStream::connect(addr).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+                        c.write_all(&req).unwrap();
+                        let got = read_to_close(&mut c);
+                        assert_bytes(&got, want, "concurrent client");
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn load_150_idle_connections_do_not_delay_a_new_client() {
+    let (_d, cat, s) = small_server("idle150", &[]);
+    let idle: Vec<TcpStream> = (0..150).map(|_| connect(&s)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    expect_reply(&s, &[0x01, 0x00], &list_bytes(&cat));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "new client served after {took:?}"
+    );
+    drop(idle);
+}
+
+#[test]
+fn sigterm_during_a_large_transfer_exits_0_with_a_clean_close() {
+    let dir = TempDir::new("term");
+    let big = sparse(dir.path(), "big.png", 64 << 20);
+    let mut s = serve(dir.path(), &["--compression-threshold", "0"]);
+    let mut c = connect(&s);
+    c.write_all(&get_request(false, &[big.id])).unwrap();
+    let mut got = read_n(&mut c, 1 << 20);
+    s.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let (rest, end) = read_until_end(&mut c);
+    got.extend_from_slice(&rest);
+    let head = [
+        &b"JTPD\x01\x00"[..],
+        &varint(64 << 20),
+        &big.id.to_be_bytes(),
+    ]
+    .concat();
+    let full = head.len() + (64 << 20);
+    eprintln!("received {} of {full} bytes, then {end:?}", got.len());
+    assert_eq!(end, End::Eof, "not a clean close");
+    assert_bytes(&got[..head.len()], &head, "packet header");
+    if got.len() == full {
+        assert!(
+            got[head.len()..].iter().all(|&b| b == 0),
+            "transferred bytes differ"
+        );
+    } else {
+        assert!(got.len() < full);
+    }
+    let status = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("server still running 20 s after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        s.stderr_text()
+    );
+}
