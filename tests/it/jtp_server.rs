@@ -1772,3 +1772,195 @@ fn sigterm_during_a_large_transfer_exits_0_with_a_clean_close() {
         s.stderr_text()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Later additions
+
+/// A ClientHello offering TLS 1.2 only (no supported_versions extension).
+fn tls12_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&pseudo_random(21, 32));
+    body.push(0x00); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]); // ECDHE-ECDSA/RSA-AES128-GCM
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let ext: Vec<u8> = [
+        &[0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04][..], // signature_algorithms
+        &[0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17],                 // supported_groups
+        &[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00],                             // ec_point_formats
+    ]
+    .concat();
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01, 0x00];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn j31_tls12_only_client_hello_gets_alert_protocol_version() {
+    let (_dir, cat, s) = small_server("j31v", &["--tls"]);
+    let mut c = connect(&s);
+    c.write_all(&tls12_client_hello()).unwrap();
+    let (got, end) = read_until_end(&mut c);
+    assert_ne!(end, End::Timeout, "no close after a TLS 1.2 ClientHello");
+    // alert record: 15 03 0x 00 02, level fatal (02), protocol_version (70 = 0x46)
+    assert!(got.len() >= 7, "no alert: {}", hex(&got));
+    assert_eq!(got[0], 0x15, "not an alert record: {}", hex(&got));
+    assert_eq!(
+        &got[3..7],
+        &[0x00, 0x02, 0x02, 0x46],
+        "alert: {}",
+        hex(&got)
+    );
+    // Still serving TLS 1.3.
+    let cert = _dir.join(".ferry/tls/cert.pem");
+    let mut t = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost").expect("handshake");
+    t.write_all(&[0x01, 0x00]).unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).unwrap();
+    assert_bytes(&got, &list_bytes(&cat), "LIST over TLS");
+}
+
+#[test]
+fn j32_named_but_missing_cert_stops_startup_and_writes_nothing() {
+    let dir = TempDir::new("j32");
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    put(&images, "a.png", &pseudo_random(1, 100));
+    let key = dir.join("key.pem");
+    std::fs::write(&key, b"keep me").unwrap();
+    let missing = dir.join("missing.pem");
+    let out = crate::harness::ferry(
+        &[
+            "jtp",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--images",
+            images.to_str().unwrap(),
+            "--cert",
+            missing.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    assert!(!missing.exists(), "the missing certificate was created");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        b"keep me",
+        "the key was overwritten"
+    );
+    assert!(
+        !images.join(".ferry/tls/cert.pem").exists(),
+        "a certificate was generated anyway"
+    );
+}
+
+#[test]
+fn j35_excluded_files_are_logged() {
+    let dir = TempDir::new("j35log");
+    put(dir.path(), "ok.png", &pseudo_random(1, 10));
+    std::fs::File::create(dir.join("big.png"))
+        .unwrap()
+        .set_len((4u64 << 30) + 1)
+        .unwrap();
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"\xffbad.png");
+        std::fs::write(dir.path().join(name), pseudo_random(2, 50)).unwrap();
+    }
+    let s = serve(dir.path(), &["-v"]);
+    // Give the log a moment after the listening line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(s.stderr_text().contains("big.png") && s.stderr_text().contains("bad.png"))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = s.stderr_text();
+    assert!(log.contains("bad.png"), "non-UTF-8 name not logged:\n{log}");
+    assert!(
+        log.contains("big.png"),
+        "file over 4 GiB - 1 not logged:\n{log}"
+    );
+}
+
+#[test]
+fn watch_burst_of_300_files_is_never_dropped_silently() {
+    let dir = TempDir::new("burst");
+    put(dir.path(), "seed.png", &pseudo_random(1, 100));
+    let s = serve(dir.path(), &["--watch-interval", "1"]);
+    let mut c = connect(&s);
+    c.write_all(&[0x04, 0x00]).unwrap();
+    assert_silent(&mut c, Duration::from_millis(1200));
+    let mut want = std::collections::HashMap::new();
+    for k in 0..300u64 {
+        let data = pseudo_random(5001 + 2 * k, 64);
+        let name = format!("w{k:03}.gif");
+        want.insert(xid(&data), (name.clone(), data.clone()));
+        replace(dir.path(), &name, &data);
+    }
+    // Read events until all 300 arrived or the server said it lost some.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut seen = std::collections::HashSet::new();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let lost = jtpe(3, "watch events lost; LIST again");
+    loop {
+        let mut pos = 0;
+        let mut events = 0;
+        let mut lost_at = None;
+        while pos < got.len() {
+            if got[pos..].starts_with(b"JTPE") {
+                lost_at = Some(pos);
+                break;
+            }
+            let ev_len = {
+                if got.len() < pos + 15 {
+                    break;
+                }
+                let nl = u16::from_be_bytes([got[pos + 13], got[pos + 14]]) as usize;
+                15 + nl + 1
+            };
+            if got.len() < pos + ev_len {
+                break;
+            }
+            assert_eq!(&got[pos..pos + 4], b"JTPW", "event at {pos}");
+            let id = u64::from_be_bytes(got[pos + 4..pos + 12].try_into().unwrap());
+            let (name, data) = want.get(&id).expect("event for an unknown id");
+            assert_bytes(&got[pos..pos + ev_len], &watch_event(name, data), "JTPW");
+            if events >= seen.len() {
+                assert!(seen.insert(id), "event repeated for {id:016x}");
+            }
+            events += 1;
+            pos += ev_len;
+        }
+        if let Some(at) = lost_at {
+            if got.len() >= at + lost.len() {
+                assert_bytes(&got[at..], &lost, "overflow frame");
+                let rest = read_to_close(&mut c);
+                assert_bytes(&rest, b"", "bytes after the overflow frame");
+                eprintln!("{events} events, then JTPE 3");
+                break;
+            }
+        } else if events == 300 {
+            assert_silent(&mut c, Duration::from_millis(1500));
+            break;
+        }
+        let n = c.read(&mut buf).expect("waiting for events");
+        assert!(n > 0, "closed after {events} events without JTPE 3");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
