@@ -1964,3 +1964,58 @@ fn watch_burst_of_300_files_is_never_dropped_silently() {
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+#[test]
+fn table_tls_over_max_connections_closes_before_the_handshake() {
+    let (dir, cat, s) = small_server(
+        "busytls",
+        &[
+            "--tls",
+            "--max-connections",
+            "1",
+            "--keep-alive-timeout",
+            "20",
+        ],
+    );
+    let cert = dir.join(".ferry/tls/cert.pem");
+    let list = list_bytes(&cat);
+    let mut held = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost").expect("handshake");
+    held.write_all(&[0x01, 0x01]).unwrap();
+    let mut got = vec![0u8; list.len()];
+    held.read_exact(&mut got).unwrap();
+    assert_bytes(&got, &list, "LIST on the held connection");
+    // A second TCP connection: closed without a ServerHello.
+    let mut c = connect(&s);
+    c.write_all(&tls12_client_hello()).unwrap();
+    let (got, end) = read_until_end(&mut c);
+    assert_ne!(end, End::Timeout);
+    assert!(
+        got.is_empty(),
+        "bytes sent to a connection over the cap: {}",
+        hex(&got)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut t = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost").expect("handshake");
+    t.write_all(&[0x01, 0x00]).unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).unwrap();
+    assert_bytes(&got, &list, "LIST after the cap freed up");
+}
+
+#[test]
+fn j30_tls_refusal_frame_comes_inside_tls_after_the_handshake() {
+    let (dir, cat, s) = small_server("ratetls", &["--tls", "--rate-limit", "1"]);
+    let cert = dir.join(".ferry/tls/cert.pem");
+    let mut t = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost").expect("handshake");
+    t.write_all(&[0x01, 0x00]).unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).unwrap();
+    assert_bytes(&got, &list_bytes(&cat), "first connection");
+    let mut t = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), "localhost")
+        .expect("handshake of the refused connection");
+    let mut got = Vec::new();
+    let r = t.read_to_end(&mut got);
+    assert_bytes(&got, &jtpe(5, "too many requests"), "refusal inside TLS");
+    r.expect("refusal ending in close_notify");
+}
