@@ -2019,3 +2019,59 @@ fn j30_tls_refusal_frame_comes_inside_tls_after_the_handshake() {
     assert_bytes(&got, &jtpe(5, "too many requests"), "refusal inside TLS");
     r.expect("refusal ending in close_notify");
 }
+
+#[test]
+fn j23_mid_stream_cancel_with_keep_alive_bit_03_01() {
+    let (_d, cat, s) = long_server("j23b");
+    let ids: Vec<u64> = cat.iter().take(200).map(|i| i.id).collect();
+    let order: Vec<&Img> = cat.iter().take(200).collect();
+    let mut c = connect(&s);
+    c.write_all(&get_request(true, &ids)).unwrap();
+    let mut got = read_n(&mut c, 1 << 20);
+    c.write_all(&[0x03, 0x01, 0x01, 0x00]).unwrap();
+    got.extend_from_slice(&read_to_close(&mut c));
+    let (m, k, rest) = split_cancelled(&got, b"JTPD", &order);
+    assert!(k < m);
+    assert_bytes(rest, &list_bytes(&cat), "LIST after 03 01");
+}
+
+#[test]
+fn j24_pipelined_input_beyond_64_kib_is_neither_lost_nor_reordered() {
+    let (_d, cat, s) = small_server("pipe", &[]);
+    let list = list_bytes(&cat);
+    let n = 40_000;
+    let mut req = [0x01, 0x01].repeat(n);
+    req.extend_from_slice(&[0x01, 0x00]);
+    let mut c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&req));
+    let got = read_to_close(&mut c);
+    writer.join().unwrap().unwrap();
+    assert_eq!(
+        got.len(),
+        list.len() * (n + 1),
+        "{} LIST frames expected",
+        n + 1
+    );
+    for (k, frame) in got.chunks(list.len()).enumerate() {
+        assert_bytes(frame, &list, &format!("LIST {k}"));
+    }
+}
+
+#[test]
+fn j18_slow_but_progressing_body_is_served() {
+    let (_d, cat, s) = small_server("slow", &[]);
+    // 19 bytes, one every 170 ms: 3.2 s in all, above --io-timeout 2 but always progressing.
+    let req = batch_request(false, &[cat[0].id, cat[2].id]);
+    let mut c = connect(&s);
+    c.set_nodelay(true).unwrap();
+    for b in &req {
+        c.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(170));
+    }
+    assert_bytes(
+        &read_to_close(&mut c),
+        &packets_frame(b"JTPB", &[&cat[1]]),
+        "slow BATCH",
+    );
+}
