@@ -2075,3 +2075,55 @@ fn j18_slow_but_progressing_body_is_served() {
         "slow BATCH",
     );
 }
+
+#[test]
+fn j36_rewritten_in_place_while_streamed_never_completes_the_packet() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("j36w");
+    let big = sparse(dir.path(), "big.png", 64 << 20);
+    let small = pseudo_random(4, 5000);
+    put(dir.path(), "small.png", &small);
+    let small_img = model(&[("small.png", &small)]).remove(0);
+    let s = serve(dir.path(), &["--compression-threshold", "0"]);
+    let mut c = connect(&s);
+    c.write_all(&get_request(false, &[big.id])).unwrap();
+    let head = read_n(&mut c, 1 << 20);
+    assert_eq!(&head[..5], b"JTPD\x01");
+    // Same size, new bytes near the end, same inode.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("big.png"))
+        .unwrap();
+    f.write_all_at(&[0xff; 4096], (64 << 20) - 8192).unwrap();
+    drop(f);
+    let (rest, end) = read_until_end(&mut c);
+    let total = head.len() + rest.len();
+    let full = 5 + 1 + varint(64 << 20).len() + 8 + (64 << 20);
+    eprintln!("received {total} of {full} bytes, then {end:?}");
+    assert_ne!(end, End::Timeout);
+    assert!(
+        total < full,
+        "a packet whose file changed mid-stream was completed"
+    );
+    let mut s = s;
+    assert!(s.is_alive());
+    expect_reply(
+        &s,
+        &get_request(false, &[small_img.id]),
+        &get_bytes(&[&small_img]),
+    );
+}
+
+#[test]
+fn j28_replaced_by_rename_without_rescan_serves_old_bytes_or_nothing() {
+    let (dir, cat, s) = small_server("j28r", &[]);
+    let g = cat[2].clone();
+    replace(dir.path(), &g.name, &pseudo_random(999, 1234));
+    let got = exchange(&s, &get_request(false, &[g.id]));
+    assert_eq!(&got[..4], b"JTPD");
+    if got[4] == 1 {
+        assert_bytes(&got, &get_bytes(&[&g]), "old bytes under the old id");
+    } else {
+        assert_bytes(&got, b"JTPD\x00", "left out");
+    }
+}
