@@ -97,6 +97,13 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::Connect(e @ TransportError::Handshake {
+                error: rustls::Error::InvalidMessage(_),
+                ..
+            }) => write!(
+                f,
+                "connect: {e} (the server may speak plain TCP: try --no-tls)"
+            ),
             ClientError::Connect(e) => write!(f, "connect: {e}"),
             ClientError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 write!(f, "connection closed inside a frame")
@@ -294,6 +301,9 @@ impl Conn {
                 Ok(n) => n,
                 // A peer without close_notify (the reference) ends with a bare FIN.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                // A signal (Ctrl-C) interrupted a read that has a timeout, which the kernel does
+                // not restart; callers look at their stop flag between requests.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
             if n == 0 {
