@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{self, ferry, Server, TempDir, FERRY};
 use crate::jtp_peers::{
     bmp, entry, hex, jtpe, mixed_images, packet, ref_server, rnd, varint, write_images, xxh,
-    zstd_no_size, Flow, Image, Peer, Req,
+    zstd_no_size, zstd_zero_bomb, Flow, Image, Peer, Req,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -70,6 +70,11 @@ fn json(o: &Output) -> serde_json::Value {
     j
 }
 
+/// `--json` output of a run that may have failed (then stdout is empty).
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 fn ids_of(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -99,13 +104,13 @@ fn assert_no_temporaries(dir: &Path) {
     }
 }
 
-/// Runs `ferry ARGS...` under a 2 GiB address-space limit, so an allocation sized from the
+/// Runs `ferry ARGS...` under a 1 GiB address-space limit, so an allocation sized from the
 /// wire aborts instead of passing unnoticed; panics past `timeout`.
 fn ferry_bounded(args: &[&str], timeout: Duration) -> (Output, Duration) {
     let started = Instant::now();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg("ulimit -v 2097152 && exec \"$@\"")
+        .arg("ulimit -v 1048576 && exec \"$@\"")
         .arg("sh")
         .arg(FERRY)
         .args(args)
@@ -159,6 +164,7 @@ fn get_bounded(addr: &str, out: &Path) -> (Output, Duration) {
             "--no-tls",
             "--io-timeout",
             "5",
+            "--json",
             "--addr",
             addr,
             "--out",
@@ -841,10 +847,10 @@ fn j43_zstd_frame_without_content_size_decodes() {
 
 #[test]
 fn j43_frame_inflating_beyond_list_size_is_rejected_bounded() {
-    // 64 MiB of zeros in a tiny frame, listed as 1000 bytes; then a good packet.
-    let bomb = vec![0u8; 64 << 20];
-    let bomb_id = xxh(&bomb);
-    let z = zstd_no_size(&bomb);
+    // 2 GiB of zeros in a tiny frame, listed as 1000 bytes, under a 1 GiB address-space limit;
+    // then a good packet, which must still arrive.
+    let z = zstd_zero_bomb(2 << 30);
+    let bomb_id = 0x0123_4567_89ab_cdef;
     let b = Image::new("b.png", rnd(431, 700));
     let peer = canned(
         listing(&[entry(bomb_id, 3, b"bomb.bmp", 1000), listed(&b)]),
@@ -855,7 +861,27 @@ fn j43_frame_inflating_beyond_list_size_is_rejected_bounded() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(names(out.path()), vec!["b.png".to_string()]);
-    assert!(stderr(&o).contains(&hex(bomb_id)), "{}", stderr(&o));
+    assert_eq!(ids_of(&json_of(&o)["corrupt"]), vec![hex(bomb_id)]);
+}
+
+#[test]
+fn j43_second_frame_or_trailing_bytes_make_the_packet_corrupt() {
+    let a = Image::new("a.bmp", bmp(432, 20_000));
+    let b = Image::new("b.png", rnd(433, 700));
+    let mut two = zstd_no_size(&a.data[..10_000]);
+    two.extend(zstd_no_size(&a.data[10_000..]));
+    let mut trailing = zstd_no_size(&a.data);
+    trailing.extend_from_slice(b"junk");
+    for data in [two, trailing] {
+        let peer = canned(
+            listing(&[entry(a.id(), 3, b"a.bmp", 20_000), listed(&b)]),
+            jtpd(&[packet(0x0b, a.id(), &data), packet(0, b.id(), &b.data)]),
+        );
+        let out = TempDir::new("j43two");
+        let (o, _) = get_bounded(&peer.addr, out.path());
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_eq!(names(out.path()), vec!["b.png".to_string()]);
+    }
 }
 
 #[test]
@@ -891,4 +917,414 @@ fn j44_jtpe_at_every_boundary_reports_code_and_message() {
         );
         assert_no_temporaries(out.path());
     }
+}
+
+#[test]
+fn j44_jtpe_instead_of_jtpd_or_jtpb() {
+    let a = Image::new("a.png", rnd(442, 300));
+    for batch in [false, true] {
+        let peer = canned(listing(&[listed(&a)]), jtpe(2, "reserved flags set"));
+        let out = TempDir::new("j44get");
+        let mut extra = vec!["--no-tls"];
+        if batch {
+            extra.push("--batch");
+        }
+        let o = get(&peer.addr, out.path(), &extra);
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("error 2: reserved flags set"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(harness::tree(out.path()).is_empty());
+    }
+}
+
+#[test]
+fn j42_framing_errors_end_cleanly_and_completed_files_stay() {
+    let a = Image::new("a.png", rnd(450, 3000));
+    let b = Image::new("b.png", rnd(451, 3000));
+    let list = listing(&[listed(&a), listed(&b)]);
+    let good_a = packet(0, a.id(), &a.data);
+    let mut cut = jtpd(&[good_a.clone(), packet(0, b.id(), &b.data)]);
+    cut.truncate(cut.len() - 1000); // EOF inside b's packet
+    let mut bits = jtpd(&[good_a.clone(), packet(0, b.id(), &b.data)]);
+    bits[5 + good_a.len()] = 0x10; // "encrypted" bit on b's packet
+    let stranger = rnd(452, 100);
+    let not_asked = jtpd(&[good_a.clone(), packet(0, xxh(&stranger), &stranger)]);
+    let mut magic = b"XXXX\x02".to_vec();
+    magic.extend_from_slice(&good_a);
+    let mut older = good_a.clone(); // the older generation: bare packets, no JTPD
+    older.extend(packet(0, b.id(), &b.data));
+    let cases: [(&str, Vec<u8>, &[i32]); 5] = [
+        ("eof inside a packet", cut, &[3, 4]),
+        ("flag bit 4", bits, &[4]),
+        ("id not requested", not_asked, &[4]),
+        ("unknown magic", magic, &[4]),
+        ("older server", older, &[4]),
+    ];
+    for (what, reply, codes) in cases {
+        let peer = canned(list.clone(), reply);
+        let out = TempDir::new("j42frame");
+        let (o, took) = get_bounded(&peer.addr, out.path());
+        let code = o.status.code().unwrap_or(-1);
+        assert!(codes.contains(&code), "{what}: exit {code}: {}", stderr(&o));
+        assert!(took < Duration::from_secs(10), "{what}: {took:?}");
+        assert!(!out.join("b.png").exists(), "{what}");
+        assert_no_temporaries(out.path());
+        let names = names(out.path());
+        assert!(names.iter().all(|n| n == "a.png"), "{what}: {names:?}");
+        if what == "eof inside a packet" {
+            // The packet completed before the failure stays.
+            assert_eq!(std::fs::read(out.join("a.png")).unwrap(), a.data);
+        }
+        if what == "older server" {
+            assert!(stderr(&o).contains("older"), "{what}: {}", stderr(&o));
+        }
+    }
+}
+
+#[test]
+fn j40_more_hostile_names_whitespace_long_noext_control_nfd() {
+    let long = format!("{}.png", "n".repeat(300));
+    let hostile: Vec<&[u8]> = vec![
+        b"  spaced.png  ",
+        long.as_bytes(),
+        b"noext",
+        b"bell\x07.png",
+        "cafe\u{301}.png".as_bytes(),
+        b"dir\\..\\..\\up.png",
+    ];
+    let imgs: Vec<(Vec<u8>, Vec<u8>)> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_vec(), rnd(460 + i as u64, 50 + i)))
+        .collect();
+    let list = listing(
+        &imgs
+            .iter()
+            .map(|(n, d)| entry(xxh(d), 0, n, d.len() as u32))
+            .collect::<Vec<_>>(),
+    );
+    let reply = jtpd(
+        &imgs
+            .iter()
+            .map(|(_, d)| packet(0, xxh(d), d))
+            .collect::<Vec<_>>(),
+    );
+    let peer = canned(list, reply);
+    let root = TempDir::new("j40b");
+    let out = root.join("out");
+    let o = get(&peer.addr, &out, &["--no-tls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(names(root.path()), vec!["out".to_string()]);
+    let fallback = |i: usize| format!("output_{}.png", hex(xxh(&imgs[i].1)));
+    let mut want = vec![
+        "spaced.png".to_string(),
+        fallback(1),
+        "noext.png".into(),
+        fallback(3),
+        "caf\u{e9}.png".into(),
+        "up.png".into(),
+    ];
+    want.sort();
+    let got: Vec<String> = names(&out)
+        .into_iter()
+        .filter(|n| !(n.starts_with('.') && out.join(n).is_dir()))
+        .collect();
+    assert_eq!(got, want);
+    for (i, (_, d)) in imgs.iter().enumerate() {
+        let found = want
+            .iter()
+            .any(|n| std::fs::read(out.join(n)).ok().as_ref() == Some(d));
+        assert!(found, "image {i} not saved intact");
+    }
+}
+
+#[test]
+fn j47_reference_rate_limit_jtpe5_inside_tls() {
+    let certs = TempDir::new("j47rlcerts");
+    assert!(ferry(&["certs", "--out", s(certs.path())], T)
+        .status
+        .success());
+    let peer = Peer::tls(
+        &certs.join("cert.pem"),
+        &certs.join("key.pem"),
+        &[],
+        ref_server(mixed_images(), Some(1)),
+    );
+    let out = TempDir::new("j47rltls");
+    let o = get(
+        &peer.addr,
+        out.path(),
+        &[
+            "--cert",
+            s(&certs.join("ca.pem")),
+            "--server-name",
+            "localhost",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("error 5: too many requests"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(harness::tree(out.path()).is_empty());
+}
+
+#[test]
+fn j37_ferry_serve_all_protocols_entry_point() {
+    let src = TempDir::new("j37serve");
+    write_images(src.path(), &mixed_images());
+    let server = Server::start(
+        &[
+            "serve",
+            s(src.path()),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+        1,
+    );
+    let out = TempDir::new("j37serveout");
+    let o = get(&server.addr("jtp"), out.path(), &["--no-tls", "-k"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(harness::tree(out.path()), harness::tree(src.path()));
+}
+
+/// Sends `sig` to a child process we started.
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn j45_watch_prints_events_and_cancels_with_03_00_on_ctrl_c() {
+    // An emulated server: answers WATCH with one event for an empty `café.gif`, then waits for
+    // the client's CANCEL and acknowledges it.
+    let cancel = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let c2 = cancel.clone();
+    let peer = Peer::plain(Arc::new(move |_, req, rw| {
+        match req {
+            Req::Connect => return Ok(Flow::Next),
+            Req::Watch => {
+                let mut ev = b"JTPW".to_vec();
+                ev.extend_from_slice(&0xef46db3751d8e999u64.to_be_bytes());
+                ev.push(4);
+                ev.extend_from_slice(&[0, 9]);
+                ev.extend_from_slice("caf\u{e9}.gif".as_bytes());
+                ev.push(0);
+                rw.write_all(&ev)?;
+                rw.flush()?;
+                let mut two = [0u8; 2];
+                rw.read_exact(&mut two)?;
+                c2.lock().unwrap().extend_from_slice(&two);
+                rw.write_all(b"JTPC")?;
+            }
+            _ => {}
+        }
+        Ok(Flow::Close)
+    }));
+    let mut child = Command::new(FERRY)
+        .args(["jtp", "get", "--no-tls", "-w", "--addr", &peer.addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15));
+    // Let the client block in its next read: Ctrl-C must not turn into an i/o error.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry jtp get -w did not stop after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(
+        line.unwrap(),
+        "NEW  id=ef46db3751d8e999 type=4 size=0 name=caf\u{e9}.gif"
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(peer.requests(), vec![(0, Req::Watch)]);
+    assert_eq!(*cancel.lock().unwrap(), vec![3, 0]);
+}
+
+#[test]
+fn j45_watch_against_ferry_server_sees_new_file() {
+    let src = TempDir::new("j45watch");
+    write_images(src.path(), &mixed_images()[..1]);
+    let server = serve(src.path(), &["--no-tls", "--watch-interval", "1"]);
+    let mut child = Command::new(FERRY)
+        .args([
+            "jtp",
+            "get",
+            "--no-tls",
+            "-w",
+            "--json",
+            "--addr",
+            &server.addr("jtp"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let data = rnd(470, 4321);
+    std::fs::write(src.join("new.webp"), &data).unwrap();
+    let line = rx.recv_timeout(Duration::from_secs(15));
+    // Let the client block in its next read: Ctrl-C must not turn into an i/o error.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry jtp get -w did not stop after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let ev: serde_json::Value = serde_json::from_str(&line.expect("no WATCH event")).unwrap();
+    assert_eq!(ev["id"], hex(xxh(&data)).as_str());
+    assert_eq!(ev["name"], "new.webp");
+    assert_eq!(ev["size"], 4321);
+    assert_eq!(ev["type"], 2);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn j41_double_ctrl_c_mid_transfer_exits_130_without_partial_file() {
+    let data = rnd(480, 4 << 20);
+    let id = xxh(&data);
+    let list = listing(&[entry(id, 0, b"big.png", data.len() as u32)]);
+    let mut head = b"JTPD\x01".to_vec();
+    head.extend(packet(0, id, &data)[..(1 << 20) + 20].to_vec());
+    let peer = Peer::plain(Arc::new(move |_, req, w| match req {
+        Req::Connect => Ok(Flow::Next),
+        Req::List { .. } => {
+            w.write_all(&list)?;
+            Ok(Flow::Next)
+        }
+        _ => {
+            w.write_all(&head)?;
+            Ok(Flow::Stall(Duration::from_secs(15)))
+        }
+    }));
+    let out = TempDir::new("j41int");
+    let mut child = Command::new(FERRY)
+        .args([
+            "jtp",
+            "get",
+            "--no-tls",
+            "--addr",
+            &peer.addr,
+            "--out",
+            s(out.path()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while peer.requests().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry jtp get did not stop after two Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!out.join("big.png").exists());
+    for n in names(out.path()) {
+        assert!(n.starts_with('.'), "{n:?}");
+    }
+}
+
+#[test]
+fn j45_ctrl_c_during_keep_alive_repeats_exits_130_cleanly() {
+    let src = TempDir::new("j45int");
+    write_images(src.path(), &mixed_images());
+    let server = serve(src.path(), &["--no-tls"]);
+    let out = TempDir::new("j45intout");
+    let mut child = Command::new(FERRY)
+        .args([
+            "jtp", "get", "--no-tls", "-k", "--repeat", "1000000", "--json",
+        ])
+        .args(["--addr", &server.addr("jtp"), "--out", s(out.path())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry jtp get did not stop after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let mut stdout = Vec::new();
+    let _ = child.stdout.take().unwrap().read_to_end(&mut stdout);
+    assert_eq!(status.code(), Some(130), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(j["cancelled"], true);
+    assert_eq!(harness::tree(out.path()), harness::tree(src.path()));
+    assert_no_temporaries(out.path());
 }

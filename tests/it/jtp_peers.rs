@@ -111,6 +111,21 @@ pub fn zstd_no_size(data: &[u8]) -> Vec<u8> {
     f
 }
 
+/// One zstd frame without content size inflating to `len` zero bytes, built in 1 MiB steps.
+pub fn zstd_zero_bomb(len: usize) -> Vec<u8> {
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    e.include_contentsize(false).unwrap();
+    e.include_checksum(false).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        e.write_all(&zeros[..n]).unwrap();
+        left -= n;
+    }
+    e.finish().unwrap()
+}
+
 /// A compressible BMP-like file.
 pub fn bmp(seed: u64, len: usize) -> Vec<u8> {
     let mut v = b"BM".to_vec();
@@ -225,8 +240,9 @@ pub enum Flow {
     Stall(Duration),
 }
 
-/// `(connection number, request, writer)`: writes the reply.
-pub type Handler = Arc<dyn Fn(usize, &Req, &mut dyn Write) -> io::Result<Flow> + Send + Sync>;
+/// `(connection number, request, stream)`: writes the reply.
+/// The handler may also read from the connection (WATCH waits for `03 00`).
+pub type Handler = Arc<dyn Fn(usize, &Req, &mut dyn ReadWrite) -> io::Result<Flow> + Send + Sync>;
 
 /// A server on 127.0.0.1:0 run by a handler, plain or TLS; stops on drop.
 pub struct Peer {
@@ -345,7 +361,7 @@ fn serve_conn(
         if req != Req::Connect {
             log.lock().unwrap().push((n, req.clone()));
         }
-        let flow = handler(n, &req, &mut stream)?;
+        let flow = handler(n, &req, &mut *stream)?;
         stream.flush()?;
         match flow {
             Flow::Close => return Ok(()),
@@ -364,7 +380,8 @@ fn serve_conn(
     // Dropping the stream drops the socket: no close_notify, as the reference.
 }
 
-trait ReadWrite: Read + Write + Send {}
+/// A connection as handlers see it.
+pub trait ReadWrite: Read + Write + Send {}
 impl<T: Read + Write + Send> ReadWrite for T {}
 
 // ---------------------------------------------------------------------------------------------
