@@ -1187,7 +1187,7 @@ fn j45_watch_against_ferry_server_sees_new_file() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -1305,6 +1305,13 @@ fn j45_ctrl_c_during_keep_alive_repeats_exits_130_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read stdout while the child runs: its JSON grows with every repeat.
+    let mut child_out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = child_out.read_to_end(&mut v);
+        v
+    });
     std::thread::sleep(Duration::from_millis(1500));
     signal(&child, libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1320,11 +1327,103 @@ fn j45_ctrl_c_during_keep_alive_repeats_exits_130_cleanly() {
     };
     let mut err = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    let mut stdout = Vec::new();
-    let _ = child.stdout.take().unwrap().read_to_end(&mut stdout);
+    let stdout = reader.join().unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     let j: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(j["cancelled"], true);
     assert_eq!(harness::tree(out.path()), harness::tree(src.path()));
     assert_no_temporaries(out.path());
+}
+
+#[test]
+fn j40_list_and_get_id_absent_from_list_gets_fallback_name() {
+    let a = Image::new("a.png", rnd(490, 400));
+    let b = Image::new("b.gif", rnd(491, 500));
+    let mut jtpg = b"JTPG".to_vec();
+    jtpg.extend(varint(2));
+    jtpg.extend(packet(0, a.id(), &a.data));
+    jtpg.extend(packet(4, b.id(), &b.data));
+    let peer = canned(listing(&[listed(&a)]), jtpg);
+    let out = TempDir::new("j40lag");
+    let o = get(&peer.addr, out.path(), &["--no-tls", "--list-and-get"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let fallback = format!("output_{}.gif", hex(b.id()));
+    let mut want = vec!["a.png".to_string(), fallback.clone()];
+    want.sort();
+    assert_eq!(names(out.path()), want);
+    assert_eq!(std::fs::read(out.join(&fallback)).unwrap(), b.data);
+}
+
+#[test]
+fn j38_batch_sends_the_ids_of_local_non_dot_files() {
+    let imgs = mixed_images();
+    let peer = Peer::plain(ref_server(imgs.clone(), None));
+    let out = TempDir::new("j38have");
+    std::fs::write(out.join("held.png"), &imgs[0].data).unwrap();
+    std::fs::write(out.join("other.txt"), b"local only").unwrap();
+    std::fs::write(out.join(".hidden.png"), &imgs[1].data).unwrap();
+    let o = get(&peer.addr, out.path(), &["--no-tls", "--batch"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let have: Vec<Vec<u64>> = peer
+        .requests()
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Req::Batch { have, .. } => Some(have),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(have.len(), 1, "{:?}", peer.requests());
+    let mut got = have[0].clone();
+    got.sort();
+    let mut want = vec![imgs[0].id(), xxh(b"local only")];
+    want.sort();
+    assert_eq!(got, want, "have-set: every regular non-dot file");
+    // Only the images missing locally were saved (the hidden one counts as missing).
+    let j = json(&o);
+    assert_eq!(j["saved"].as_array().unwrap().len(), imgs.len() - 1);
+}
+
+#[test]
+fn j44_jtpe_message_is_read_lossily() {
+    let mut frame = b"JTPE\x07\x00\x04".to_vec();
+    frame.extend_from_slice(b"a\xff\xfeb");
+    let peer = canned(frame, Vec::new());
+    let out = TempDir::new("j44lossy");
+    let (o, _) = get_bounded(&peer.addr, out.path());
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("error 7: a\u{fffd}\u{fffd}b"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A TLS client meeting a plain server: `jtp get` without `--no-tls`.
+fn tls_get_from_plain_server() -> Output {
+    let src = TempDir::new("j45plain");
+    write_images(src.path(), &mixed_images()[..1]);
+    let server = serve(src.path(), &["--no-tls"]);
+    let out = TempDir::new("j45plainout");
+    let started = Instant::now();
+    let o = get(
+        &server.addr("jtp"),
+        out.path(),
+        &["--server-name", "localhost"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(harness::tree(out.path()).is_empty());
+    o
+}
+
+#[test]
+fn j45_tls_client_against_plain_server_fails_fast_with_exit_3() {
+    let o = tls_get_from_plain_server();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+/// Spec 5.1: "a record-layer error on the first TLS read SHOULD suggest `--no-tls`".
+#[test]
+fn j45_tls_client_against_plain_server_suggests_no_tls() {
+    let o = tls_get_from_plain_server();
+    assert!(stderr(&o).contains("--no-tls"), "{}", stderr(&o));
 }
