@@ -620,6 +620,24 @@ fn j45_keep_alive_one_connection_parallel_contiguous_ranges() {
     assert_eq!(ranges.concat(), order);
     assert_eq!(harness::tree(out.path()).len(), 300);
 
+    // -p 4 without -k: LIST on its own connection, then one connection per GET.
+    let peer = Peer::plain(ref_server(imgs.clone(), None));
+    let out = TempDir::new("j45p4nok");
+    let o = get(&peer.addr, out.path(), &["--no-tls", "-p", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reqs = peer.requests();
+    let gets: Vec<&(usize, Req)> = reqs
+        .iter()
+        .filter(|(_, r)| matches!(r, Req::Get { .. }))
+        .collect();
+    assert_eq!(
+        gets.len(),
+        4,
+        "75 ids per worker fit one GET each: {reqs:?}"
+    );
+    assert_eq!(peer.conns.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(harness::tree(out.path()).len(), 300);
+
     // --list-and-get: LIST then LIST_AND_GET on one connection.
     let peer = Peer::plain(ref_server(imgs.clone(), None));
     let out = TempDir::new("j45lag");

@@ -550,7 +550,8 @@ impl RefClient {
     }
 
     fn connect(&self) -> RefConn {
-        let sock = TcpStream::connect(&self.addr).unwrap();
+        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
+        let sock = TcpStream::connect_timeout(&addr, SOCKET_TIMEOUT).unwrap();
         sock.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
         sock.set_write_timeout(Some(SOCKET_TIMEOUT)).unwrap();
         let name = ServerName::try_from(self.server_name.clone()).unwrap();
@@ -831,6 +832,25 @@ fn j47_ferry_client_from_reference_server_plain_all_modes() {
         );
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(j["corrupt"].as_array().unwrap().len(), 0);
+    }
+    // `ferry jtp list` shows the reference's catalog with original sizes.
+    let o = ferry(
+        &["jtp", "list", "--no-tls", "--json", "--addr", &peer.addr],
+        T,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let l = l.as_array().unwrap();
+    assert_eq!(l.len(), mixed_images().len());
+    for (got, want) in l.iter().zip(mixed_images()) {
+        assert_eq!(got["name"], want.name.as_str());
+        assert_eq!(got["size"], want.data.len() as u64);
+        assert_eq!(got["id"], hex(want.id()).as_str());
     }
 }
 
