@@ -221,8 +221,9 @@ fn j37_j45_plain_whole_catalog_byte_identical_in_every_mode() {
     write_images(src.path(), &mixed_images());
     let server = serve(src.path(), &["--no-tls"]);
     let addr = server.addr("jtp");
-    let modes: [&[&str]; 6] = [
+    let modes: [&[&str]; 7] = [
         &[],
+        &["--fsync"],
         &["-k"],
         &["-p", "4"],
         &["--list-and-get"],
@@ -1444,4 +1445,54 @@ fn j45_tls_client_against_plain_server_fails_fast_with_exit_3() {
 fn j45_tls_client_against_plain_server_suggests_no_tls() {
     let o = tls_get_from_plain_server();
     assert!(stderr(&o).contains("--no-tls"), "{}", stderr(&o));
+}
+
+#[test]
+fn j45_aliases_and_jtp_url_positional_address() {
+    let src = TempDir::new("j45alias");
+    write_images(src.path(), &mixed_images());
+    let server = serve(src.path(), &["--plain"]);
+    let url = format!("jtp://{}", server.addr("jtp"));
+    let out = TempDir::new("j45aliasout");
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            &url,
+            "--plain",
+            "--output",
+            s(out.path()),
+            "--verbose",
+            "--delta",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(harness::tree(out.path()), harness::tree(src.path()));
+    // `--addr` also takes the jtp:// prefix.
+    let out = TempDir::new("j45aliasout2");
+    let o = get(
+        &url,
+        out.path(),
+        &["--plain", "--parallel", "2", "--keep-alive"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(harness::tree(out.path()), harness::tree(src.path()));
+    // `jtp list` of an empty catalog: nothing to do, exit 1.
+    let empty = TempDir::new("j45empty");
+    let server = serve(empty.path(), &["--no-tls"]);
+    let o = ferry(
+        &[
+            "jtp",
+            "list",
+            "--no-tls",
+            "--addr",
+            &server.addr("jtp"),
+            "--json",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(l, serde_json::json!([]));
 }
