@@ -3,3 +3,5 @@
 //! children on drop.
 
 mod harness;
+mod jtp_client;
+mod jtp_peers;
