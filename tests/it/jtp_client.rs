@@ -1119,7 +1119,6 @@ fn signal(child: &std::process::Child, sig: i32) {
 }
 
 #[test]
-#[ignore = "client bug: Conn::pump returns EINTR from a socket read as an i/o error (exit 3) on Ctrl-C"]
 fn j45_watch_prints_events_and_cancels_with_03_00_on_ctrl_c() {
     // An emulated server: answers WATCH with one event for an empty `café.gif`, then waits for
     // the client's CANCEL and acknowledges it.
@@ -1191,7 +1190,6 @@ fn j45_watch_prints_events_and_cancels_with_03_00_on_ctrl_c() {
 }
 
 #[test]
-#[ignore = "client bug: Conn::pump returns EINTR from a socket read as an i/o error (exit 3) on Ctrl-C"]
 fn j45_watch_against_ferry_server_sees_new_file() {
     let src = TempDir::new("j45watch");
     write_images(src.path(), &mixed_images()[..1]);
@@ -1311,7 +1309,6 @@ fn j41_double_ctrl_c_mid_transfer_exits_130_without_partial_file() {
 }
 
 #[test]
-#[ignore = "client bug: Conn::pump returns EINTR from a socket read as an i/o error (exit 3) on Ctrl-C"]
 fn j45_ctrl_c_during_keep_alive_repeats_exits_130_cleanly() {
     let src = TempDir::new("j45int");
     write_images(src.path(), &mixed_images());
@@ -1445,7 +1442,6 @@ fn j45_tls_client_against_plain_server_fails_fast_with_exit_3() {
 
 /// Spec 5.1: "a record-layer error on the first TLS read SHOULD suggest `--no-tls`".
 #[test]
-#[ignore = "client: no --no-tls hint on a TLS record-layer error (spec 5.1 SHOULD)"]
 fn j45_tls_client_against_plain_server_suggests_no_tls() {
     let o = tls_get_from_plain_server();
     assert!(stderr(&o).contains("--no-tls"), "{}", stderr(&o));

@@ -97,10 +97,12 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Connect(e @ TransportError::Handshake {
-                error: rustls::Error::InvalidMessage(_),
-                ..
-            }) => write!(
+            ClientError::Connect(
+                e @ TransportError::Handshake {
+                    error: rustls::Error::InvalidMessage(_),
+                    ..
+                },
+            ) => write!(
                 f,
                 "connect: {e} (the server may speak plain TCP: try --no-tls)"
             ),
