@@ -34,7 +34,16 @@ use super::certs;
 use super::{Stream, TransportError};
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    // AES-128-GCM first: on hardware with AES-NI it moves bulk data about a third faster than
+    // AES-256-GCM, and TLS 1.3 peers honour the client's order. The others stay for peers
+    // that lack it.
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    Arc::new(p)
 }
 
 const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];

@@ -3,4 +3,6 @@
 //! children on drop.
 
 mod harness;
+mod jtp_client;
+mod jtp_peers;
 mod jtp_server;
