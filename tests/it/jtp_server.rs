@@ -2127,3 +2127,92 @@ fn j28_replaced_by_rename_without_rescan_serves_old_bytes_or_nothing() {
         assert_bytes(&got, b"JTPD\x00", "left out");
     }
 }
+
+#[test]
+fn j28_deleted_file_under_watch_is_retired_without_an_event() {
+    let dir = TempDir::new("j28d");
+    let files = small_files();
+    put_all(dir.path(), &as_refs(&files));
+    let cat = model(&as_refs(&files));
+    let s = serve(dir.path(), &["--watch-interval", "1"]);
+    let mut c = connect(&s);
+    c.write_all(&[0x04, 0x00]).unwrap();
+    assert_silent(&mut c, Duration::from_millis(1200));
+    let gone = cat.iter().find(|i| i.name == "beta.png").unwrap();
+    std::fs::remove_file(dir.join("beta.png")).unwrap();
+    assert_silent(&mut c, Duration::from_millis(3000));
+    c.write_all(&[0x03, 0x00]).unwrap();
+    assert_bytes(&read_n(&mut c, 4), b"JTPC", "CANCEL during WATCH");
+    let left: Vec<Img> = cat.iter().filter(|i| i.id != gone.id).cloned().collect();
+    let list = list_bytes(&left);
+    c.write_all(&[0x01, 0x01]).unwrap();
+    assert_bytes(
+        &read_n(&mut c, list.len()),
+        &list,
+        "LIST without the deleted file",
+    );
+    c.write_all(&get_request(false, &[gone.id])).unwrap();
+    assert_bytes(
+        &read_to_close(&mut c),
+        b"JTPD\x00",
+        "GET of the deleted file's id",
+    );
+}
+
+#[test]
+fn table_silent_tls_handshake_is_closed_within_io_timeout() {
+    let (_dir, _cat, s) = small_server("tlsto", &["--tls"]);
+    let mut c = connect(&s);
+    let t = Instant::now();
+    let (got, end) = read_until_end(&mut c);
+    let took = t.elapsed();
+    assert_ne!(
+        end,
+        End::Timeout,
+        "TLS handshake wait not bounded (still open after {took:?})"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "closed after {took:?}, io-timeout 2 s"
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "closed after {took:?}, io-timeout 2 s"
+    );
+    eprintln!("{} bytes before the close: {}", got.len(), hex(&got));
+}
+
+#[test]
+fn j32_generated_certificate_is_kept_across_restarts() {
+    let dir = TempDir::new("j32k");
+    put(dir.path(), "a.png", &pseudo_random(1, 100));
+    let cert = dir.join(".ferry/tls/cert.pem");
+    let key = dir.join(".ferry/tls/key.pem");
+    let first = {
+        let _s = serve(dir.path(), &["--tls"]);
+        (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap())
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "key mode {mode:o}");
+    }
+    let s = serve(dir.path(), &["--tls"]);
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        first.0,
+        "certificate rewritten on restart"
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        first.1,
+        "key rewritten on restart"
+    );
+    for name in ["localhost", "127.0.0.1"] {
+        let mut t = tls_connect(&s, tls_client(&cert, &[b"jtp/1"]), name).expect("handshake");
+        t.write_all(&[0x00, 0x00, 0x00]).unwrap();
+        let mut got = Vec::new();
+        t.read_to_end(&mut got).unwrap();
+        assert_bytes(&got, b"JTPD\x00", name);
+    }
+}
