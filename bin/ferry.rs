@@ -1,1 +1,745 @@
-fn main(){}
+//! The `ferry` command line: argument structs (argh), their translation into library
+//! configuration, and the one place outcomes become exit codes.
+//!
+//! Exit codes (also in the README):
+//! - 0: done;
+//! - 1: nothing to do, or partial (something asked for is missing or failed verification);
+//! - 2: usage or local error (bad flags, unreadable folder or certificate, cannot bind);
+//! - 3: network error (connect, TLS handshake, connection lost);
+//! - 4: the peer refused or broke the protocol (an error frame, bad framing);
+//! - 130: interrupted by Ctrl-C before the work was done.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use ferry::catalog::{CatalogHandle, CatalogOptions};
+use ferry::config::{JtpConfig, Limits, TlsSource};
+use ferry::proto::jtp::client::{Client, ClientError, ClientOptions, Mode};
+use ferry::proto::jtp::service::{JtpService, ALPN_JTP};
+use ferry::proto::jtp::wire;
+use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+use ferry::transport::{self, TlsServer};
+
+const EXIT_OK: u8 = 0;
+const EXIT_PARTIAL: u8 = 1;
+const EXIT_LOCAL: u8 = 2;
+const EXIT_NETWORK: u8 = 3;
+const EXIT_PROTOCOL: u8 = 4;
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn local(message: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: EXIT_LOCAL,
+        message: message.to_string(),
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Connect(_) | ClientError::Io(_) => EXIT_NETWORK,
+            ClientError::Protocol(_) | ClientError::Server { .. } => EXIT_PROTOCOL,
+            ClientError::Local(_) => EXIT_LOCAL,
+        };
+        Failure {
+            code,
+            message: format!("jtp: {e}"),
+        }
+    }
+}
+
+#[derive(FromArgs)]
+/// ferry: fast, safe file transfer (JTP, and more protocols to come) over one shared catalog.
+struct Cli {
+    #[argh(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Cmd {
+    Serve(ServeArgs),
+    Jtp(JtpArgs),
+    Index(IndexArgs),
+    Certs(CertsArgs),
+}
+
+#[derive(FromArgs)]
+/// Serve a folder on every implemented protocol (loopback by default), one shared catalog.
+#[argh(subcommand, name = "serve")]
+struct ServeArgs {
+    /// folder to serve (default ./share, created if missing)
+    #[argh(positional)]
+    dir: Option<PathBuf>,
+    /// JTP listen address (default 127.0.0.1:8443)
+    #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
+    jtp_bind: String,
+    /// plain TCP instead of TLS for JTP
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// TLS certificate chain (PEM); default: generated into DIR/.ferry/tls/
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// rescan the folder every SECONDS (also enables JTP WATCH); SIGHUP rescans at once
+    #[argh(option)]
+    watch: Option<u64>,
+    /// most concurrent connections per server (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// seconds without read/write progress before a connection is dropped (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// log connections and errors on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print listening lines and the startup report as JSON objects
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// JTP: binary image-catalog protocol over TCP/TLS (LIST, GET, BATCH delta sync, WATCH).
+#[argh(subcommand, name = "jtp")]
+struct JtpArgs {
+    #[argh(subcommand)]
+    cmd: JtpCmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum JtpCmd {
+    Serve(JtpServeArgs),
+    Get(JtpGetArgs),
+    List(JtpListArgs),
+}
+
+#[derive(FromArgs)]
+/// Serve an image folder over JTP (flags of the reference server, plus ferry's).
+#[argh(subcommand, name = "serve")]
+struct JtpServeArgs {
+    /// listen address (default 127.0.0.1:8443)
+    #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
+    bind: String,
+    /// images folder (default ./images, created if missing)
+    #[argh(option)]
+    images: Option<PathBuf>,
+    /// alias of --images
+    #[argh(option)]
+    images_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --key; default: generated into DIR/.ferry/tls/
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// serve only names containing SUBSTR (ASCII case-insensitive)
+    #[argh(option)]
+    only: Option<String>,
+    /// alias of --only
+    #[argh(option)]
+    name_contains: Option<String>,
+    /// send zstd only when compressed/original is below R (default 0.95; 0 = never)
+    #[argh(option)]
+    compression_threshold: Option<f64>,
+    /// alias of --compression-threshold
+    #[argh(option)]
+    compress_threshold: Option<f64>,
+    /// seconds a keep-alive connection may idle between requests (default 30)
+    #[argh(option, default = "30")]
+    keep_alive_timeout: u64,
+    /// connections plus keep-alive requests allowed per IP per window (default: off)
+    #[argh(option)]
+    rate_limit: Option<u32>,
+    /// rate-limit window in seconds (default 60)
+    #[argh(option, default = "60")]
+    rate_limit_window: u64,
+    /// plain TCP (no TLS)
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// do not set TCP_NODELAY
+    #[argh(switch)]
+    no_tcp_nodelay: bool,
+    /// rescan the folder every 5 s and enable WATCH
+    #[argh(switch)]
+    watch: bool,
+    /// rescan interval in seconds (implies --watch; minimum 1)
+    #[argh(option)]
+    watch_interval: Option<u64>,
+    /// seconds without progress on a read or write (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// most concurrent connections (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// log on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// alias of -v
+    #[argh(switch)]
+    verbose_long: bool,
+    /// print the listening line as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Download images from a JTP server into a folder, verified, atomically, never clobbering.
+#[argh(subcommand, name = "get")]
+struct JtpGetArgs {
+    /// ids (16 hex digits) to fetch; default the whole catalog. A `jtp://` argument is the address.
+    #[argh(positional)]
+    ids: Vec<String>,
+    /// server address HOST:PORT (default 127.0.0.1:8443)
+    #[argh(option)]
+    addr: Option<String>,
+    /// output folder (default ./output, created if missing)
+    #[argh(option)]
+    out: Option<PathBuf>,
+    /// alias of --out
+    #[argh(option)]
+    output: Option<PathBuf>,
+    /// TLS (the default)
+    #[argh(switch)]
+    tls: bool,
+    /// alias of --tls
+    #[argh(switch)]
+    secure: bool,
+    /// plain TCP
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// trust anchors (PEM) for the server certificate; default: Mozilla roots
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify and send (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// delta sync: only images missing from the output folder
+    #[argh(switch)]
+    batch: bool,
+    /// alias of --batch
+    #[argh(switch)]
+    delta: bool,
+    /// LIST then LIST_AND_GET on one connection
+    #[argh(switch)]
+    list_and_get: bool,
+    /// subscribe to new images and print them until Ctrl-C
+    #[argh(switch, short = 'w')]
+    watch: bool,
+    /// reuse one connection per worker across requests and repeats
+    #[argh(switch, short = 'k')]
+    keep_alive: bool,
+    /// parallel connections for GET (1..32, default 1)
+    #[argh(option, short = 'p', default = "1")]
+    parallel: usize,
+    /// repeat the transfer N times (default 1)
+    #[argh(option, default = "1")]
+    repeat: usize,
+    /// do not set TCP_NODELAY
+    #[argh(switch)]
+    no_tcp_nodelay: bool,
+    /// seconds without progress on connect, read or write (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// fsync every file before renaming it into place
+    #[argh(switch)]
+    fsync: bool,
+    /// log each image on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// alias of -v
+    #[argh(switch)]
+    verbose_long: bool,
+    /// print the result as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// List a JTP server's catalog.
+#[argh(subcommand, name = "list")]
+struct JtpListArgs {
+    /// server address HOST:PORT (default 127.0.0.1:8443)
+    #[argh(option)]
+    addr: Option<String>,
+    /// a jtp:// address, as a positional alternative to --addr
+    #[argh(positional)]
+    target: Option<String>,
+    /// TLS (the default)
+    #[argh(switch)]
+    tls: bool,
+    /// plain TCP
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify and send (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Build or refresh a folder's catalog index (.ferry/index) and report what was hashed.
+#[argh(subcommand, name = "index")]
+struct IndexArgs {
+    /// folder (default ./share)
+    #[argh(positional)]
+    dir: Option<PathBuf>,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Write a test CA and a localhost/127.0.0.1/::1 certificate (for tests; `make certs`).
+#[argh(subcommand, name = "certs")]
+struct CertsArgs {
+    /// output folder (default ./certs)
+    #[argh(option, default = "PathBuf::from(\"certs\")")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let cli = match Cli::from_args(&strs[..1], &strs[1..]) {
+        Ok(c) => c,
+        Err(early) => {
+            return if early.status.is_ok() {
+                println!("{}", early.output);
+                ExitCode::from(EXIT_OK)
+            } else {
+                eprintln!("{}", early.output);
+                eprintln!("Run ferry --help for usage.");
+                ExitCode::from(EXIT_LOCAL)
+            };
+        }
+    };
+    let r = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Jtp(j) => match j.cmd {
+            JtpCmd::Serve(a) => jtp_serve(a),
+            JtpCmd::Get(a) => jtp_get(a),
+            JtpCmd::List(a) => jtp_list(a),
+        },
+        Cmd::Index(a) => index(a),
+        Cmd::Certs(a) => transport::write_test_certs(&a.out)
+            .map(|_| {
+                eprintln!("wrote a test CA and certificate into {}", a.out.display());
+                EXIT_OK
+            })
+            .map_err(local),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("ferry: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn either<T>(a: Option<T>, b: Option<T>) -> Option<T> {
+    a.or(b)
+}
+
+fn tls_source(
+    plain: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<TlsSource, Failure> {
+    if plain {
+        return Ok(TlsSource::Off);
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(TlsSource::Files { cert, key }),
+        (None, None) => Ok(TlsSource::SelfSigned),
+        _ => Err(local("--cert and --key go together")),
+    }
+}
+
+fn open_catalog(dir: &Path, verbose: bool) -> Result<Arc<CatalogHandle>, Failure> {
+    let cat = CatalogHandle::open(dir, CatalogOptions { verbose }).map_err(local)?;
+    let r = cat.last_report();
+    eprintln!(
+        "ferry: catalog {}: {} files ({} hashed, {} from the index) in {:.2} s",
+        dir.display(),
+        r.files,
+        r.hashed,
+        r.reused,
+        r.elapsed.as_secs_f64()
+    );
+    Ok(cat)
+}
+
+fn load_tls(src: &TlsSource, cat: &CatalogHandle) -> Result<Option<TlsServer>, Failure> {
+    match src {
+        TlsSource::Off => Ok(None),
+        TlsSource::Files { cert, key } => Ok(Some(
+            TlsServer::from_pem_files(cert, key, &[ALPN_JTP]).map_err(local)?,
+        )),
+        TlsSource::SelfSigned => {
+            let (tls, fp, generated) =
+                TlsServer::self_signed(&cat.state_dir(), &[ALPN_JTP]).map_err(local)?;
+            eprintln!(
+                "ferry: tls certificate {} sha256 {fp}{}",
+                cat.state_dir().join("tls/cert.pem").display(),
+                if generated { " (generated)" } else { "" }
+            );
+            Ok(Some(tls))
+        }
+    }
+}
+
+/// Rescans on the interval (if any) and on SIGHUP, until shutdown.
+fn spawn_rescanner(
+    cat: Arc<CatalogHandle>,
+    every: Option<Duration>,
+    shutdown: Shutdown,
+    verbose: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = std::time::Instant::now();
+        while !shutdown.is_triggered() {
+            std::thread::sleep(Duration::from_millis(100));
+            let due = every.is_some_and(|e| last.elapsed() >= e);
+            if due || server::take_rescan_request() {
+                last = std::time::Instant::now();
+                match cat.rescan() {
+                    Ok(r) if verbose && r.changed => eprintln!(
+                        "ferry: rescan: {} files, {} hashed, {} reused",
+                        r.files, r.hashed, r.reused
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("ferry: rescan: {e}"),
+                }
+            }
+        }
+    })
+}
+
+fn print_listening(proto: &str, addr: &str, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": "listening", "proto": proto, "addr": addr})
+        );
+    } else {
+        let _ = writeln!(out, "listening {proto} {addr}");
+    }
+    let _ = out.flush();
+}
+
+/// Runs listeners until Ctrl-C/SIGTERM.
+fn run_servers(
+    builder: ServerBuilder,
+    shutdown: Shutdown,
+    cat: Arc<CatalogHandle>,
+    watch: Option<Duration>,
+    verbose: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let handle = builder.start().map_err(local)?;
+    for (proto, addr) in handle.addrs() {
+        print_listening(proto, addr, json);
+    }
+    let rescanner = spawn_rescanner(cat, watch, shutdown.clone(), verbose);
+    handle.wait();
+    let _ = rescanner.join();
+    Ok(EXIT_OK)
+}
+
+fn limits(max_connections: usize, io_timeout: u64) -> Limits {
+    Limits {
+        max_connections,
+        io_timeout: Duration::from_secs(io_timeout.max(1)),
+        ..Limits::default()
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<u8, Failure> {
+    let dir = a.dir.unwrap_or_else(|| PathBuf::from("share"));
+    let shutdown = Shutdown::new();
+    server::install_signal_handlers(&shutdown).map_err(local)?;
+    let cat = open_catalog(&dir, a.verbose)?;
+    let watch = a.watch.map(|s| Duration::from_secs(s.max(1)));
+    let cfg = JtpConfig {
+        bind: a.jtp_bind.clone(),
+        tls: tls_source(a.no_tls || a.plain, a.cert, a.key)?,
+        watch_interval: watch,
+        verbose: a.verbose,
+        ..JtpConfig::default()
+    };
+    let limits = limits(a.max_connections, a.io_timeout);
+    let tls = load_tls(&cfg.tls, &cat)?;
+    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
+    let l = Listener::bind_tcp(&a.jtp_bind)
+        .map_err(|e| local(format!("jtp: bind {}: {e}", a.jtp_bind)))?;
+    let builder = ServerBuilder::new(
+        limits.max_connections,
+        limits.shutdown_grace,
+        shutdown.clone(),
+    )
+    .listener(l, jtp);
+    run_servers(builder, shutdown, cat, watch, a.verbose, a.json)
+}
+
+fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
+    let dir = either(a.images, a.images_dir).unwrap_or_else(|| PathBuf::from("images"));
+    let threshold = either(a.compression_threshold, a.compress_threshold).unwrap_or(0.95);
+    if !threshold.is_finite() {
+        return Err(local("--compression-threshold must be a number"));
+    }
+    let watch = match (a.watch_interval, a.watch) {
+        (Some(s), _) => Some(Duration::from_secs(s.max(1))),
+        (None, true) => Some(Duration::from_secs(5)),
+        _ => None,
+    };
+    let verbose = a.verbose || a.verbose_long;
+    let shutdown = Shutdown::new();
+    server::install_signal_handlers(&shutdown).map_err(local)?;
+    let cat = open_catalog(&dir, verbose)?;
+    let cfg = JtpConfig {
+        bind: a.bind.clone(),
+        tls: tls_source(a.no_tls || a.plain, a.cert, a.key)?,
+        only: either(a.only, a.name_contains),
+        compression_threshold: threshold.clamp(0.0, 1.0),
+        rate_limit: a.rate_limit.filter(|n| *n > 0),
+        rate_limit_window: Duration::from_secs(a.rate_limit_window.max(1)),
+        watch_interval: watch,
+        nodelay: !a.no_tcp_nodelay,
+        verbose,
+    };
+    let mut limits = limits(a.max_connections, a.io_timeout);
+    limits.keep_alive_timeout = Duration::from_secs(a.keep_alive_timeout);
+    let tls = load_tls(&cfg.tls, &cat)?;
+    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
+    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("jtp: bind {}: {e}", a.bind)))?;
+    let builder = ServerBuilder::new(
+        limits.max_connections,
+        limits.shutdown_grace,
+        shutdown.clone(),
+    )
+    .listener(l, jtp);
+    run_servers(builder, shutdown, cat, watch, verbose, a.json)
+}
+
+fn client_options(
+    addr: Option<String>,
+    positional_addr: Option<String>,
+    plain: bool,
+    cert: Option<PathBuf>,
+    server_name: Option<String>,
+    io_timeout: u64,
+) -> ClientOptions {
+    ClientOptions {
+        addr: addr
+            .or(positional_addr)
+            .unwrap_or_else(|| "127.0.0.1:8443".into()),
+        tls: !plain,
+        cert,
+        server_name,
+        io_timeout: Duration::from_secs(io_timeout.max(1)),
+        ..ClientOptions::default()
+    }
+}
+
+fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
+    let _ = a.tls;
+    let target = match a.target {
+        Some(t) if t.starts_with("jtp://") => Some(t),
+        Some(t) => return Err(local(format!("unexpected argument {t:?}"))),
+        None => None,
+    };
+    let opts = client_options(
+        a.addr,
+        target,
+        a.no_tls || a.plain,
+        a.cert,
+        a.server_name,
+        a.io_timeout,
+    );
+    let list = Client::new(opts)?.list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default());
+    } else {
+        for l in &list {
+            let _ = writeln!(
+                out,
+                "{}  {}  {:>10}  {}",
+                wire::id_hex(l.id),
+                l.ftype,
+                l.size,
+                l.name
+            );
+        }
+    }
+    Ok(if list.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
+    let _ = (a.tls, a.secure);
+    let mut positional_addr = None;
+    let mut ids = Vec::new();
+    for s in &a.ids {
+        if s.starts_with("jtp://") {
+            positional_addr = Some(s.clone());
+        } else {
+            ids.push(
+                wire::parse_id_hex(s)
+                    .ok_or_else(|| local(format!("not an image id (16 hex digits): {s:?}")))?,
+            );
+        }
+    }
+    let mut opts = client_options(
+        a.addr,
+        positional_addr,
+        a.no_tls || a.plain,
+        a.cert,
+        a.server_name,
+        a.io_timeout,
+    );
+    opts.keep_alive = a.keep_alive;
+    opts.parallel = a.parallel.clamp(1, 32);
+    opts.repeat = a.repeat.max(1);
+    opts.nodelay = !a.no_tcp_nodelay;
+    opts.verbose = a.verbose || a.verbose_long;
+    opts.durable = a.fsync;
+    opts.progress = !a.json && std::io::stderr().is_terminal();
+    let client = Client::new(opts)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if s.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED as i32);
+            }
+        });
+    }
+    if a.watch {
+        let json = a.json;
+        client.watch(&stop, &mut |l| {
+            let mut out = std::io::stdout().lock();
+            if json {
+                let _ = writeln!(out, "{}", serde_json::to_string(l).unwrap_or_default());
+            } else {
+                let _ = writeln!(
+                    out,
+                    "NEW  id={} type={} size={} name={}",
+                    wire::id_hex(l.id),
+                    l.ftype,
+                    l.size,
+                    l.name
+                );
+            }
+            let _ = out.flush();
+        })?;
+        return Ok(EXIT_OK);
+    }
+    let out = either(a.out, a.output).unwrap_or_else(|| PathBuf::from("output"));
+    let mode = if a.batch || a.delta {
+        Mode::Batch
+    } else if a.list_and_get {
+        Mode::ListAndGet
+    } else {
+        Mode::Get
+    };
+    let wanted = (!ids.is_empty()).then_some(ids);
+    let s = client.get(&out, wanted, mode, &stop)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        let mb = s.bytes as f64 / 1e6;
+        eprintln!(
+            "jtp: {} images ({} new), {:.1} MB in {:.2} s ({:.1} MB/s, {:.0} images/s){}{}",
+            s.images,
+            s.created(),
+            mb,
+            s.seconds,
+            mb / s.seconds.max(1e-9),
+            s.images as f64 / s.seconds.max(1e-9),
+            if s.corrupt.is_empty() {
+                String::new()
+            } else {
+                format!(", {} corrupt", s.corrupt.len())
+            },
+            if s.missing.is_empty() {
+                String::new()
+            } else {
+                format!(", {} missing", s.missing.len())
+            },
+        );
+    }
+    Ok(if s.cancelled {
+        EXIT_INTERRUPTED
+    } else if s.is_partial() || s.images == 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn index(a: IndexArgs) -> Result<u8, Failure> {
+    let dir = a.dir.unwrap_or_else(|| PathBuf::from("share"));
+    let cat = CatalogHandle::open(&dir, CatalogOptions::default()).map_err(local)?;
+    let r = cat.last_report();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "files": r.files, "hashed": r.hashed, "reused": r.reused,
+                "skipped": r.skipped, "seconds": r.elapsed.as_secs_f64()
+            })
+        );
+    } else {
+        println!(
+            "{} files: {} hashed, {} from the index, {} skipped, {:.3} s",
+            r.files,
+            r.hashed,
+            r.reused,
+            r.skipped,
+            r.elapsed.as_secs_f64()
+        );
+    }
+    Ok(EXIT_OK)
+}

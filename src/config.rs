@@ -1,1 +1,96 @@
-//! (stub)
+//! Plain-data configuration shared by the servers: one [`Config`] per listener set, with the
+//! numeric bounds gathered in [`Limits`]. The command line (`bin/ferry.rs`) fills these in one
+//! place; the library never reads arguments or the environment itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Bounds on what a peer can make ferry spend. Every length or count read from the wire is
+/// compared with one of these before it is acted on.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Worker threads, and so concurrent connections, per server. Default 1024. A connection
+    /// beyond it gets the protocol's busy reply (or a close) at once.
+    pub max_connections: usize,
+    /// No read or write progress for this long ends a connection. Default 30 s.
+    pub io_timeout: Duration,
+    /// Time allowed for a request body once its header arrived. Default 60 s.
+    pub body_timeout: Duration,
+    /// Silence allowed before the first request. Default 60 s.
+    pub first_request_timeout: Duration,
+    /// Idle time allowed between requests on a keep-alive connection. Default 30 s.
+    pub keep_alive_timeout: Duration,
+    /// Unread pipelined input kept per connection before ferry stops reading. Default 64 KiB.
+    pub max_buffered_input: usize,
+    /// JTP BATCH: most ids a client may say it holds. Default 1,000,000.
+    pub max_have: u32,
+    /// How long shutdown waits for running transfers. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// How long a closing connection reads and discards input so the close is not an RST. 1 s.
+    pub close_linger: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            io_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            first_request_timeout: Duration::from_secs(60),
+            keep_alive_timeout: Duration::from_secs(30),
+            max_buffered_input: 64 * 1024,
+            max_have: 1_000_000,
+            shutdown_grace: Duration::from_secs(10),
+            close_linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where TLS material comes from.
+#[derive(Clone, Debug, Default)]
+pub enum TlsSource {
+    /// Plain TCP.
+    #[default]
+    Off,
+    /// `.ferry/tls/{cert,key}.pem` in the served folder, generated on first start.
+    SelfSigned,
+    /// PEM files named by the user; never written to.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// JTP server settings (the reference server's flags, `ferry jtp serve --help`).
+#[derive(Clone, Debug)]
+pub struct JtpConfig {
+    /// Listen address. Default `127.0.0.1:8443`.
+    pub bind: String,
+    pub tls: TlsSource,
+    /// Serve only names containing this, ASCII case-insensitive.
+    pub only: Option<String>,
+    /// Send a compressed form only when compressed/original is below this. Default 0.95; 0 = never.
+    pub compression_threshold: f64,
+    /// Rate limit: accepted connections plus further keep-alive requests per IP per window.
+    pub rate_limit: Option<u32>,
+    /// Sliding window of the rate limit. Default 60 s.
+    pub rate_limit_window: Duration,
+    /// Rescan interval; enables WATCH. None = no rescans.
+    pub watch_interval: Option<Duration>,
+    /// TCP_NODELAY on accepted sockets. Default on.
+    pub nodelay: bool,
+    pub verbose: bool,
+}
+
+impl Default for JtpConfig {
+    fn default() -> Self {
+        JtpConfig {
+            bind: "127.0.0.1:8443".into(),
+            tls: TlsSource::SelfSigned,
+            only: None,
+            compression_threshold: 0.95,
+            rate_limit: None,
+            rate_limit_window: Duration::from_secs(60),
+            watch_interval: None,
+            nodelay: true,
+            verbose: false,
+        }
+    }
+}

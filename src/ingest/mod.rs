@@ -74,7 +74,8 @@ pub struct Committed {
     pub path: PathBuf,
     /// The final name, which differs from the requested one when `outcome` is `Renamed`.
     pub name: String,
-    pub sha256: [u8; 32],
+    /// None when the sink computed only xxHash64.
+    pub sha256: Option<[u8; 32]>,
     pub xxh64: u64,
     pub size: u64,
     pub outcome: Outcome,
@@ -286,7 +287,14 @@ impl IngestDir {
     /// fallocate(2) to `size_hint` when given (ENOSPC -> error before any byte is written), written
     /// sequentially with a running SHA-256 and xxHash64.
     pub fn begin_stream(&self, size_hint: Option<u64>) -> io::Result<StreamSink> {
-        StreamSink::create(self.clone(), size_hint)
+        StreamSink::create(self.clone(), size_hint, true)
+    }
+
+    /// [`begin_stream`](Self::begin_stream) computing only xxHash64 (JTP's ids): SHA-256 costs
+    /// more than the rest of a loopback transfer, so a client that verifies by xxHash64 skips it.
+    /// [`Committed::sha256`] is then None.
+    pub fn begin_stream_xxh64(&self, size_hint: Option<u64>) -> io::Result<StreamSink> {
+        StreamSink::create(self.clone(), size_hint, false)
     }
 
     /// Resumable ingest (CJP2P, FastDP, filestorage): `key` names the transfer (e.g. hex sha256);
@@ -373,11 +381,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The expected and actual ids as lowercase hex, or None when they agree.
-fn check(expect: Expect, sha256: &[u8; 32], xxh64: u64) -> Option<IngestError> {
+fn check(expect: Expect, sha256: Option<&[u8; 32]>, xxh64: u64) -> Option<IngestError> {
     match expect {
-        Expect::Sha256(want) if &want != sha256 => Some(IngestError::Mismatch {
+        Expect::Sha256(want) if sha256 != Some(&want) => Some(IngestError::Mismatch {
             expected: hex(&want),
-            actual: hex(sha256),
+            actual: sha256.map_or_else(|| "not computed".into(), |s| hex(s)),
         }),
         Expect::Xxh64(want) if want != xxh64 => Some(IngestError::Mismatch {
             expected: format!("{want:016x}"),
@@ -388,10 +396,10 @@ fn check(expect: Expect, sha256: &[u8; 32], xxh64: u64) -> Option<IngestError> {
 }
 
 /// First 8 hex digits of the id the caller expects: xxh64 for `Xxh64`, SHA-256 otherwise.
-fn tag_for(expect: Expect, sha256: &[u8; 32], xxh64: u64) -> String {
-    match expect {
-        Expect::Xxh64(_) => format!("{xxh64:016x}")[..8].to_owned(),
-        _ => hex(&sha256[..4]),
+fn tag_for(expect: Expect, sha256: Option<&[u8; 32]>, xxh64: u64) -> String {
+    match (expect, sha256) {
+        (Expect::Xxh64(_), _) | (_, None) => format!("{xxh64:016x}")[..8].to_owned(),
+        (_, Some(sha)) => hex(&sha[..4]),
     }
 }
 
@@ -524,10 +532,10 @@ mod tests {
     fn tags_follow_the_expected_id_kind() {
         let sha = [0xab; 32];
         assert_eq!(
-            tag_for(Expect::Xxh64(1), &sha, 0x84fe30f5845a521f),
+            tag_for(Expect::Xxh64(1), Some(&sha), 0x84fe30f5845a521f),
             "84fe30f5"
         );
-        assert_eq!(tag_for(Expect::Sha256(sha), &sha, 1), "abababab");
-        assert_eq!(tag_for(Expect::Nothing, &sha, 1), "abababab");
+        assert_eq!(tag_for(Expect::Sha256(sha), Some(&sha), 1), "abababab");
+        assert_eq!(tag_for(Expect::Nothing, Some(&sha), 1), "abababab");
     }
 }

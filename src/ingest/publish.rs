@@ -11,8 +11,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::{hex, Collision, IngestError, Outcome};
 use crate::names::{with_number, with_tag};
 
@@ -32,7 +30,7 @@ fn candidate(
     policy: Collision,
     name: &str,
     tag: &str,
-    sha256: &[u8; 32],
+    sha256: Option<&[u8; 32]>,
     attempt: u32,
 ) -> Option<String> {
     match (policy, attempt) {
@@ -48,7 +46,10 @@ fn candidate(
                 Some(i) if i > 0 => &name[i..],
                 _ => "",
             };
-            Some(format!("{}{ext}", hex(sha256)))
+            Some(format!(
+                "{}{ext}",
+                sha256.map_or_else(|| tag.to_owned(), |s| hex(s))
+            ))
         }
         _ => None,
     }
@@ -62,7 +63,7 @@ pub(super) fn publish(
     src: &Path,
     name: &str,
     size: u64,
-    sha256: &[u8; 32],
+    sha256: Option<&[u8; 32]>,
     tag: &str,
     policy: Collision,
 ) -> Result<Published, IngestError> {
@@ -93,7 +94,7 @@ pub(super) fn publish(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        match has_content(&dst, size, sha256) {
+        match has_content(&dst, src, size) {
             Ok(true) => {
                 fs::remove_file(src)?;
                 return Ok(Published {
@@ -146,34 +147,50 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// True if `path` is a regular file (not followed through a symlink) of `size` bytes whose
-/// SHA-256 is `sha256`.
-fn has_content(path: &Path, size: u64, sha256: &[u8; 32]) -> io::Result<bool> {
+/// True if `path` is a regular file (not followed through a symlink) of `size` bytes with the
+/// same bytes as `ours` (compared directly, so no hash of ours is needed).
+fn has_content(path: &Path, ours: &Path, size: u64) -> io::Result<bool> {
     let meta = fs::symlink_metadata(path)?;
     if !meta.is_file() || meta.len() != size {
         return Ok(false);
     }
-    let mut f = OpenOptions::new()
+    let mut theirs = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK.min(size as usize).max(1)];
+    let mut ours = File::open(ours)?;
+    let chunk = HASH_CHUNK.min(size as usize).max(1);
+    let (mut a, mut b) = (vec![0u8; chunk], vec![0u8; chunk]);
     let mut total = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = read_full(&mut theirs, &mut a)?;
+        let m = read_full(&mut ours, &mut b[..n.max(1)])?;
+        if n != m || a[..n] != b[..n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            break;
+        }
         total += n as u64;
         if total > size {
             return Ok(false);
         }
-        hasher.update(&buf[..n]);
     }
-    Ok(total == size && hasher.finalize().as_slice() == sha256)
+    Ok(total == size)
+}
+
+/// Reads until `buf` is full or end of file.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
@@ -182,7 +199,7 @@ mod tests {
     use super::*;
 
     fn sha(data: &[u8]) -> [u8; 32] {
-        Sha256::digest(data).into()
+        <sha2::Sha256 as sha2::Digest>::digest(data).into()
     }
 
     #[test]
@@ -214,7 +231,7 @@ mod tests {
             &src,
             "x.png",
             4,
-            &sha(b"four"),
+            Some(&sha(b"four")),
             "abcd0123",
             Collision::Tagged,
         )
@@ -237,7 +254,7 @@ mod tests {
             &src,
             "x.png",
             4,
-            &sha(b"four"),
+            Some(&sha(b"four")),
             "abcd0123",
             Collision::Tagged,
         )
@@ -259,7 +276,7 @@ mod tests {
             &src,
             "x.bin",
             4,
-            &sha(b"data"),
+            Some(&sha(b"data")),
             "0000ffff",
             Collision::Tagged,
         )
@@ -271,7 +288,7 @@ mod tests {
     #[test]
     fn candidates_per_policy() {
         let h = [0x5a; 32];
-        let c = |p, n| candidate(p, "a.png", "01234567", &h, n);
+        let c = |p, n| candidate(p, "a.png", "01234567", Some(&h), n);
         assert_eq!(c(Collision::Tagged, 0).unwrap(), "a.png");
         assert_eq!(c(Collision::Tagged, 1).unwrap(), "a.01234567.png");
         assert_eq!(c(Collision::Tagged, 2).unwrap(), "a.01234567-1.png");
@@ -286,7 +303,7 @@ mod tests {
         );
         assert_eq!(c(Collision::Numbered, 1001), None);
         assert_eq!(
-            candidate(Collision::Numbered, "README", "", &h, 1000).unwrap(),
+            candidate(Collision::Numbered, "README", "", Some(&h), 1000).unwrap(),
             "5a".repeat(32)
         );
     }
@@ -303,7 +320,7 @@ mod tests {
             &src,
             "r.txt",
             5,
-            &sha(b"three"),
+            Some(&sha(b"three")),
             "x",
             Collision::Numbered,
         )

@@ -229,7 +229,7 @@ impl Resumable {
             Ok(h) => h,
             Err(e) => return Err((self, e.into())),
         };
-        if let Some(e) = check(expect, &sha256, xxh64) {
+        if let Some(e) = check(expect, Some(&sha256), xxh64) {
             return Err((self, e));
         }
         let synced = match self.part.as_ref() {
@@ -239,13 +239,13 @@ impl Resumable {
         if let Err(e) = synced {
             return Err((self, e.into()));
         }
-        let tag = tag_for(expect, &sha256, xxh64);
+        let tag = tag_for(expect, Some(&sha256), xxh64);
         let published = match publish(
             self.dir.dest(),
             &self.part_path,
             name,
             self.size,
-            &sha256,
+            Some(&sha256),
             &tag,
             policy,
         ) {
@@ -261,7 +261,7 @@ impl Resumable {
         Ok(Committed {
             path: published.path,
             name: published.name,
-            sha256,
+            sha256: Some(sha256),
             xxh64,
             size: self.size,
             outcome: published.outcome,
@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(r.blocks(), 1);
         r.write_block(0, b"hello").unwrap();
         let c = r.commit("b", Expect::Nothing).unwrap();
-        assert_eq!(c.sha256, sha(b"hello"));
+        assert_eq!(c.sha256, Some(sha(b"hello")));
         assert_eq!(fs::read(t.0.join("a")).unwrap(), data);
     }
 

@@ -17,6 +17,8 @@ use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// Size of the write buffer: large enough that small network reads become large writes.
 const BUFFER_BYTES: usize = 256 * 1024;
+/// Pieces at least this large skip the buffer.
+const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 
 /// A file being received front to back. Dropping it without [`commit`](Self::commit) removes the
 /// temporary.
@@ -26,7 +28,8 @@ pub struct StreamSink {
     /// None once committed or aborted (the temporary is then gone or published).
     file: Option<File>,
     buf: Vec<u8>,
-    sha: Sha256,
+    /// None for sinks that compute only xxHash64 ([`IngestDir::begin_stream_xxh64`]).
+    sha: Option<Sha256>,
     xxh: XxHash64,
     written: u64,
     /// File length set by fallocate; trimmed back to `written` at commit.
@@ -36,7 +39,11 @@ pub struct StreamSink {
 }
 
 impl StreamSink {
-    pub(super) fn create(dir: IngestDir, size_hint: Option<u64>) -> io::Result<StreamSink> {
+    pub(super) fn create(
+        dir: IngestDir,
+        size_hint: Option<u64>,
+        with_sha256: bool,
+    ) -> io::Result<StreamSink> {
         // O_EXCL on a name unique within the process; another process (or a stale leftover)
         // holding the same name only costs a retry.
         let mut tries = 0;
@@ -58,7 +65,7 @@ impl StreamSink {
             path,
             file: Some(file),
             buf: Vec::new(),
-            sha: Sha256::new(),
+            sha: with_sha256.then(Sha256::new),
             xxh: XxHash64::with_seed(0),
             written: 0,
             allocated: 0,
@@ -86,15 +93,19 @@ impl StreamSink {
         if self.failed {
             return Err(io::Error::other("ingest: an earlier write failed"));
         }
-        self.sha.update(data);
+        if let Some(sha) = self.sha.as_mut() {
+            sha.update(data);
+        }
         self.xxh.write(data);
         self.written += data.len() as u64;
-        if self.buf.len() + data.len() <= BUFFER_BYTES {
+        // Large pieces go straight to the file: copying them into the buffer first would cost
+        // a memcpy per byte for nothing.
+        if data.len() < DIRECT_WRITE_BYTES && self.buf.len() + data.len() <= BUFFER_BYTES {
             self.buf.extend_from_slice(data);
             return Ok(());
         }
         self.flush_buf()?;
-        if data.len() >= BUFFER_BYTES {
+        if data.len() >= DIRECT_WRITE_BYTES {
             self.file_mut()?.write_all(data)
         } else {
             self.buf.extend_from_slice(data);
@@ -107,9 +118,9 @@ impl StreamSink {
         self.written
     }
 
-    /// SHA-256 of the bytes so far.
-    pub fn sha256(&self) -> [u8; 32] {
-        self.sha.clone().finalize().into()
+    /// SHA-256 of the bytes so far; None for an xxHash64-only sink.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.sha.as_ref().map(|s| s.clone().finalize().into())
     }
 
     /// xxHash64 (seed 0) of the bytes so far.
@@ -144,7 +155,7 @@ impl StreamSink {
         }
         let sha256 = self.sha256();
         let xxh64 = self.xxh64();
-        if let Some(e) = check(expect, &sha256, xxh64) {
+        if let Some(e) = check(expect, sha256.as_ref(), xxh64) {
             return Err(e);
         }
         self.flush_buf()?;
@@ -155,13 +166,13 @@ impl StreamSink {
         if self.dir.is_durable() {
             file.sync_all()?;
         }
-        let tag = tag_for(expect, &sha256, xxh64);
+        let tag = tag_for(expect, sha256.as_ref(), xxh64);
         let p = publish(
             self.dir.dest(),
             &self.path,
             name,
             self.written,
-            &sha256,
+            sha256.as_ref(),
             &tag,
             policy,
         )?;
@@ -266,7 +277,7 @@ mod tests {
         assert_eq!(c.name, "hi.txt");
         assert_eq!(c.path, t.0.join("hi.txt"));
         assert_eq!(c.size, 11);
-        assert_eq!(c.sha256, sha(b"hello world"));
+        assert_eq!(c.sha256, Some(sha(b"hello world")));
         assert_eq!(fs::read(&c.path).unwrap(), b"hello world");
         assert_eq!(list(&t.0), ["hi.txt"]);
     }

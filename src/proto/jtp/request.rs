@@ -1,0 +1,757 @@
+//! JTP requests (jtp.md 2.4): the client's encoder and the server's incremental decoder.
+//!
+//! The decoder takes the connection's unread input and consumes exactly one request's bytes,
+//! never more, so pipelined requests stay with the caller (jtp.md 3.3, J16, J24). It keeps
+//! partial state between calls: a BATCH of 1,000,000 ids may arrive in any number of pieces
+//! while memory grows only with the ids received (J9, J10). Checks run in the order the spec
+//! fixes: RequestFlags bits 1-7 first, then the type, then the body (J4).
+//!
+//! ```text
+//! Header ──type──> Flags ──GET──> GetCount ──> GetIds ──> (Request)
+//!                    │ └─BATCH──> HaveCount ─> HaveIds ─> (Request)
+//!                    └──LIST / CANCEL / WATCH / LIST_AND_GET ──> (Request)
+//! ```
+
+use std::fmt;
+
+use super::response::error_frame;
+use super::wire::{get_varint, put_varint, Varint, WireError, MAX_VARINT_LEN};
+
+/// Request types (the first header byte).
+pub const TYPE_GET_BY_ID: u8 = 0x00;
+pub const TYPE_LIST: u8 = 0x01;
+pub const TYPE_BATCH: u8 = 0x02;
+pub const TYPE_CANCEL: u8 = 0x03;
+pub const TYPE_WATCH: u8 = 0x04;
+pub const TYPE_LIST_AND_GET: u8 = 0x05;
+
+/// RequestFlags bit 0.
+pub const FLAG_KEEP_ALIVE: u8 = 0x01;
+
+/// Ids preallocated at most, whatever count the wire announces (jtp.md 5.2 rule 5).
+const MAX_PREALLOC_IDS: usize = 4096;
+
+/// What kind of request, without its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    GetById,
+    List,
+    Batch,
+    Cancel,
+    Watch,
+    ListAndGet,
+}
+
+/// One decoded (or to be encoded) request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `00`: at most 255 ids, answered in request order.
+    GetById { keep_alive: bool, ids: Vec<u64> },
+    /// `01`.
+    List { keep_alive: bool },
+    /// `02`: the ids the client already holds.
+    Batch { keep_alive: bool, have: Vec<u64> },
+    /// `03 00` (`03 01` is accepted too: the bit is ignored).
+    Cancel,
+    /// `04 00` (`04 01` is accepted too; keep-alive is implied).
+    Watch,
+    /// `05`.
+    ListAndGet { keep_alive: bool },
+}
+
+impl Request {
+    /// Appends the request's bytes. ferry sends CANCEL and WATCH as `03 00` and `04 00` (J22).
+    ///
+    /// # Panics
+    /// If a `GetById` holds more than 255 ids (Count is a u8; callers chunk by 255).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let flags = |keep_alive: bool| if keep_alive { FLAG_KEEP_ALIVE } else { 0 };
+        match self {
+            Request::GetById { keep_alive, ids } => {
+                let n = u8::try_from(ids.len()).expect("GET_BY_ID carries at most 255 ids");
+                out.extend_from_slice(&[TYPE_GET_BY_ID, flags(*keep_alive), n]);
+                for id in ids {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+            Request::List { keep_alive } => out.extend_from_slice(&[TYPE_LIST, flags(*keep_alive)]),
+            Request::Batch { keep_alive, have } => {
+                out.extend_from_slice(&[TYPE_BATCH, flags(*keep_alive)]);
+                // More than u32::MAX ids cannot be expressed; the server caps far lower anyway.
+                let n = u32::try_from(have.len()).expect("BATCH carries at most u32::MAX ids");
+                put_varint(n, out);
+                for id in have {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+            Request::Cancel => out.extend_from_slice(&[TYPE_CANCEL, 0]),
+            Request::Watch => out.extend_from_slice(&[TYPE_WATCH, 0]),
+            Request::ListAndGet { keep_alive } => {
+                out.extend_from_slice(&[TYPE_LIST_AND_GET, flags(*keep_alive)])
+            }
+        }
+    }
+
+    /// The request's keep-alive bit; CANCEL and WATCH count as keep-alive.
+    pub fn keep_alive(&self) -> bool {
+        match self {
+            Request::GetById { keep_alive, .. }
+            | Request::List { keep_alive }
+            | Request::Batch { keep_alive, .. }
+            | Request::ListAndGet { keep_alive } => *keep_alive,
+            Request::Cancel | Request::Watch => true,
+        }
+    }
+
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::GetById { .. } => RequestKind::GetById,
+            Request::List { .. } => RequestKind::List,
+            Request::Batch { .. } => RequestKind::Batch,
+            Request::Cancel => RequestKind::Cancel,
+            Request::Watch => RequestKind::Watch,
+            Request::ListAndGet { .. } => RequestKind::ListAndGet,
+        }
+    }
+}
+
+/// Bounds on what a request may announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest BATCH HaveCount accepted (default 1,000,000); above it: JTPE 2, no id read.
+    pub max_have: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_have: 1_000_000,
+        }
+    }
+}
+
+/// Result of one [`RequestDecoder::decode`] call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Every byte offered was taken into the decoder's state; more are needed.
+    Partial,
+    Request(Request),
+}
+
+/// What a client did wrong in a request; each maps to the JTPE the server answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    ReservedFlags,
+    UnknownType(u8),
+    MalformedVarint,
+    HaveCountTooLarge(u32),
+}
+
+impl RequestError {
+    /// JTPE ErrorCode (jtp.md 2.9).
+    pub fn code(&self) -> u8 {
+        match self {
+            RequestError::UnknownType(_) => 4,
+            RequestError::ReservedFlags
+            | RequestError::MalformedVarint
+            | RequestError::HaveCountTooLarge(_) => 2,
+        }
+    }
+
+    /// JTPE message, byte for byte as the reference sends it where it has one.
+    pub fn message(&self) -> &'static str {
+        match self {
+            RequestError::ReservedFlags => "reserved flags set",
+            RequestError::UnknownType(_) => "unknown request type",
+            RequestError::MalformedVarint => "malformed varint",
+            RequestError::HaveCountTooLarge(_) => "have_count too large",
+        }
+    }
+
+    /// The whole JTPE frame to send before closing.
+    pub fn frame(&self) -> Vec<u8> {
+        error_frame(self.code(), self.message())
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::UnknownType(t) => write!(f, "jtp request: unknown request type {t:#04x}"),
+            RequestError::HaveCountTooLarge(n) => {
+                write!(f, "jtp request: have_count {n} too large")
+            }
+            other => write!(f, "jtp request: {}", other.message()),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+impl From<WireError> for RequestError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::MalformedVarint => RequestError::MalformedVarint,
+            WireError::ReservedFlags => RequestError::ReservedFlags,
+            WireError::UnknownRequestType(t) => RequestError::UnknownType(t),
+            WireError::HaveCountTooLarge(n) => RequestError::HaveCountTooLarge(n),
+        }
+    }
+}
+
+/// Partial state of a request whose first bytes were consumed.
+#[derive(Debug)]
+enum State {
+    /// Nothing consumed.
+    Header,
+    /// The type byte was consumed; the flags byte decides first.
+    Flags {
+        req_type: u8,
+    },
+    GetCount {
+        keep_alive: bool,
+    },
+    /// Collecting ids; `part` holds the first `part_len` bytes of the next one.
+    Ids {
+        batch: bool,
+        keep_alive: bool,
+        left: u32,
+        ids: Vec<u64>,
+        part: [u8; 8],
+        part_len: u8,
+    },
+    /// HaveCount varint bytes seen so far (all with the continuation bit).
+    HaveCount {
+        keep_alive: bool,
+        bytes: [u8; MAX_VARINT_LEN],
+        len: u8,
+    },
+}
+
+/// Incremental server-side request decoder (see the module doc).
+#[derive(Debug)]
+pub struct RequestDecoder {
+    limits: RequestLimits,
+    state: State,
+}
+
+impl RequestDecoder {
+    pub fn new(limits: RequestLimits) -> Self {
+        RequestDecoder {
+            limits,
+            state: State::Header,
+        }
+    }
+
+    /// True once any byte of the current request has been consumed: the caller then applies the
+    /// body timeout instead of the idle timeout.
+    pub fn is_mid_request(&self) -> bool {
+        !matches!(self.state, State::Header)
+    }
+
+    /// Decodes from the start of `buf`. Returns the bytes consumed (never past the end of the
+    /// request) and the outcome. On `Err` the connection answers with the error's JTPE and closes;
+    /// the decoder is reset.
+    pub fn decode(&mut self, buf: &[u8]) -> (usize, Result<Decoded, RequestError>) {
+        let mut pos = 0;
+        let out = self.step(buf, &mut pos);
+        if !matches!(out, Ok(Decoded::Partial)) {
+            self.state = State::Header;
+        }
+        (pos, out)
+    }
+
+    fn step(&mut self, buf: &[u8], pos: &mut usize) -> Result<Decoded, RequestError> {
+        loop {
+            let rest = &buf[*pos..];
+            match &mut self.state {
+                State::Header => {
+                    let Some(&t) = rest.first() else {
+                        return Ok(Decoded::Partial);
+                    };
+                    *pos += 1;
+                    self.state = State::Flags { req_type: t };
+                }
+                State::Flags { req_type } => {
+                    let Some(&flags) = rest.first() else {
+                        return Ok(Decoded::Partial);
+                    };
+                    *pos += 1;
+                    if flags & !FLAG_KEEP_ALIVE != 0 {
+                        return Err(RequestError::ReservedFlags);
+                    }
+                    let keep_alive = flags & FLAG_KEEP_ALIVE != 0;
+                    let req = match *req_type {
+                        TYPE_GET_BY_ID => {
+                            self.state = State::GetCount { keep_alive };
+                            continue;
+                        }
+                        TYPE_BATCH => {
+                            self.state = State::HaveCount {
+                                keep_alive,
+                                bytes: [0; MAX_VARINT_LEN],
+                                len: 0,
+                            };
+                            continue;
+                        }
+                        TYPE_LIST => Request::List { keep_alive },
+                        TYPE_CANCEL => Request::Cancel,
+                        TYPE_WATCH => Request::Watch,
+                        TYPE_LIST_AND_GET => Request::ListAndGet { keep_alive },
+                        t => return Err(RequestError::UnknownType(t)),
+                    };
+                    return Ok(Decoded::Request(req));
+                }
+                State::GetCount { keep_alive } => {
+                    let Some(&n) = rest.first() else {
+                        return Ok(Decoded::Partial);
+                    };
+                    *pos += 1;
+                    self.state = State::Ids {
+                        batch: false,
+                        keep_alive: *keep_alive,
+                        left: u32::from(n),
+                        ids: Vec::with_capacity(usize::from(n)),
+                        part: [0; 8],
+                        part_len: 0,
+                    };
+                }
+                State::HaveCount {
+                    keep_alive,
+                    bytes,
+                    len,
+                } => {
+                    let have = usize::from(*len);
+                    let take = rest.len().min(MAX_VARINT_LEN - have);
+                    bytes[have..have + take].copy_from_slice(&rest[..take]);
+                    match get_varint(&bytes[..have + take])? {
+                        Varint::Partial => {
+                            // Every byte taken carries the continuation bit and fewer than 5
+                            // were seen (a 5th would have decided), so all belong to the varint.
+                            *pos += take;
+                            *len += take as u8;
+                            return Ok(Decoded::Partial);
+                        }
+                        Varint::Complete(n, used) => {
+                            *pos += used - have;
+                            if n > self.limits.max_have {
+                                return Err(RequestError::HaveCountTooLarge(n));
+                            }
+                            self.state = State::Ids {
+                                batch: true,
+                                keep_alive: *keep_alive,
+                                left: n,
+                                ids: Vec::with_capacity((n as usize).min(MAX_PREALLOC_IDS)),
+                                part: [0; 8],
+                                part_len: 0,
+                            };
+                        }
+                    }
+                }
+                State::Ids {
+                    batch,
+                    keep_alive,
+                    left,
+                    ids,
+                    part,
+                    part_len,
+                } => {
+                    let mut rest = rest;
+                    while *left > 0 {
+                        let have = usize::from(*part_len);
+                        if have == 0 && rest.len() >= 8 {
+                            let (id, tail) = rest.split_at(8);
+                            ids.push(u64::from_be_bytes(id.try_into().expect("8 bytes")));
+                            rest = tail;
+                            *pos += 8;
+                            *left -= 1;
+                            continue;
+                        }
+                        let take = rest.len().min(8 - have);
+                        part[have..have + take].copy_from_slice(&rest[..take]);
+                        rest = &rest[take..];
+                        *pos += take;
+                        *part_len += take as u8;
+                        if *part_len < 8 {
+                            return Ok(Decoded::Partial);
+                        }
+                        ids.push(u64::from_be_bytes(*part));
+                        *part_len = 0;
+                        *left -= 1;
+                    }
+                    let ids = std::mem::take(ids);
+                    let req = if *batch {
+                        Request::Batch {
+                            keep_alive: *keep_alive,
+                            have: ids,
+                        }
+                    } else {
+                        Request::GetById {
+                            keep_alive: *keep_alive,
+                            ids,
+                        }
+                    };
+                    return Ok(Decoded::Request(req));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec() -> RequestDecoder {
+        RequestDecoder::new(RequestLimits::default())
+    }
+
+    /// Decodes one whole request from `bytes`.
+    fn one(bytes: &[u8]) -> (usize, Result<Decoded, RequestError>) {
+        dec().decode(bytes)
+    }
+
+    /// Feeds `chunks` in order, collecting every request (or the first error).
+    fn feed_chunks(chunks: &[&[u8]]) -> Result<Vec<Request>, RequestError> {
+        let mut d = dec();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut off = 0;
+            while off < chunk.len() {
+                let (n, r) = d.decode(&chunk[off..]);
+                off += n;
+                match r? {
+                    Decoded::Partial => assert_eq!(off, chunk.len(), "partial leaves no bytes"),
+                    Decoded::Request(req) => out.push(req),
+                }
+            }
+        }
+        assert!(!d.is_mid_request(), "transcript ends on a request boundary");
+        Ok(out)
+    }
+
+    fn transcript() -> (Vec<u8>, Vec<Request>) {
+        let reqs = vec![
+            Request::List { keep_alive: true },
+            Request::GetById {
+                keep_alive: true,
+                ids: vec![0x84fe30f5845a521f, 7, 7],
+            },
+            Request::Batch {
+                keep_alive: true,
+                have: (0..300u64).map(|i| i * 0x0101).collect(),
+            },
+            Request::Cancel,
+            Request::GetById {
+                keep_alive: true,
+                ids: vec![],
+            },
+            Request::Batch {
+                keep_alive: true,
+                have: vec![],
+            },
+            Request::ListAndGet { keep_alive: true },
+            Request::Watch,
+            Request::Cancel,
+            Request::List { keep_alive: false },
+        ];
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            r.encode(&mut bytes);
+        }
+        (bytes, reqs)
+    }
+
+    #[test]
+    fn split_anywhere_gives_the_same_requests() {
+        let (bytes, reqs) = transcript();
+        assert_eq!(feed_chunks(&[&bytes]).unwrap(), reqs);
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(feed_chunks(&singles).unwrap(), reqs);
+        for cut in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(feed_chunks(&[a, b]).unwrap(), reqs, "cut at {cut}");
+        }
+        for size in [3, 7, 9, 13] {
+            let pieces: Vec<&[u8]> = bytes.chunks(size).collect();
+            assert_eq!(feed_chunks(&pieces).unwrap(), reqs, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn j16_pipelined_lists_consume_one_request_each() {
+        let buf = [0x01, 0x01, 0x01, 0x00];
+        let mut d = dec();
+        let (n, r) = d.decode(&buf);
+        assert_eq!(
+            (n, r),
+            (2, Ok(Decoded::Request(Request::List { keep_alive: true })))
+        );
+        let (n, r) = d.decode(&buf[2..]);
+        assert_eq!(
+            (n, r),
+            (2, Ok(Decoded::Request(Request::List { keep_alive: false })))
+        );
+        // With a third request behind them, it is left for later: each call consumes one.
+        let buf = [0x01, 0x01, 0x01, 0x00, 0x01, 0x00];
+        let mut d = dec();
+        assert_eq!(d.decode(&buf).0, 2);
+        assert_eq!(d.decode(&buf[2..]).0, 2);
+        assert!(!d.is_mid_request());
+        assert_eq!(&buf[4..], [0x01, 0x00]);
+        assert_eq!(
+            d.decode(&buf[4..]),
+            (2, Ok(Decoded::Request(Request::List { keep_alive: false })))
+        );
+    }
+
+    #[test]
+    fn request_byte_literals() {
+        let cases: &[(&[u8], Request)] = &[
+            (&[0x01, 0x00], Request::List { keep_alive: false }),
+            (&[0x05, 0x01], Request::ListAndGet { keep_alive: true }),
+            (
+                &[0x02, 0x00, 0x00],
+                Request::Batch {
+                    keep_alive: false,
+                    have: vec![],
+                },
+            ),
+            (
+                &[0x00, 0x00, 0x00],
+                Request::GetById {
+                    keep_alive: false,
+                    ids: vec![],
+                },
+            ),
+            (&[0x03, 0x00], Request::Cancel),
+            (&[0x04, 0x00], Request::Watch),
+            (
+                &[
+                    0x00, 0x01, 0x01, 0x84, 0xfe, 0x30, 0xf5, 0x84, 0x5a, 0x52, 0x1f,
+                ],
+                Request::GetById {
+                    keep_alive: true,
+                    ids: vec![0x84fe30f5845a521f],
+                },
+            ),
+        ];
+        for (bytes, req) in cases {
+            let mut enc = Vec::new();
+            req.encode(&mut enc);
+            assert_eq!(&enc[..], *bytes);
+            assert_eq!(one(bytes), (bytes.len(), Ok(Decoded::Request(req.clone()))));
+        }
+        assert!(Request::Cancel.keep_alive() && Request::Watch.keep_alive());
+        assert!(!Request::List { keep_alive: false }.keep_alive());
+    }
+
+    #[test]
+    fn j22_cancel_and_watch_ignore_the_keep_alive_bit() {
+        assert_eq!(
+            one(&[0x03, 0x01]),
+            (2, Ok(Decoded::Request(Request::Cancel)))
+        );
+        assert_eq!(
+            one(&[0x04, 0x01]),
+            (2, Ok(Decoded::Request(Request::Watch)))
+        );
+        let mut enc = Vec::new();
+        Request::Cancel.encode(&mut enc);
+        Request::Watch.encode(&mut enc);
+        assert_eq!(enc, [0x03, 0x00, 0x04, 0x00]);
+    }
+
+    #[test]
+    fn j4_reserved_flags_checked_before_the_type() {
+        for bytes in [
+            [0x01, 0x02],
+            [0x00, 0xff],
+            [0xff, 0x02],
+            [0x03, 0x02],
+            [0x16, 0x03],
+        ] {
+            let (n, r) = one(&bytes);
+            assert_eq!(
+                (n, r),
+                (2, Err(RequestError::ReservedFlags)),
+                "{bytes:02x?}"
+            );
+        }
+        assert_eq!(RequestError::ReservedFlags.code(), 2);
+        assert_eq!(
+            RequestError::ReservedFlags.frame(),
+            b"JTPE\x02\x00\x12reserved flags set".to_vec()
+        );
+    }
+
+    #[test]
+    fn j5_unknown_request_types() {
+        for t in [0x06, 0x07, 0xfe, 0xff] {
+            assert_eq!(one(&[t, 0x00]), (2, Err(RequestError::UnknownType(t))));
+        }
+        let e = RequestError::UnknownType(0xfe);
+        assert_eq!((e.code(), e.message()), (4, "unknown request type"));
+        assert_eq!(e.frame(), b"JTPE\x04\x00\x14unknown request type".to_vec());
+    }
+
+    #[test]
+    fn j2_malformed_have_count() {
+        for body in [
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
+            &[0x80, 0x80, 0x80, 0x80, 0x10],
+            &[0x80, 0x00],
+        ] {
+            let mut bytes = vec![0x02, 0x00];
+            bytes.extend_from_slice(body);
+            assert_eq!(
+                one(&bytes).1,
+                Err(RequestError::MalformedVarint),
+                "{bytes:02x?}"
+            );
+            // Byte by byte, the error comes on the deciding byte.
+            let mut d = dec();
+            let mut got = None;
+            for b in &bytes {
+                match d.decode(std::slice::from_ref(b)) {
+                    (1, Ok(Decoded::Partial)) => {}
+                    (_, r) => {
+                        got = Some(r);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, Some(Err(RequestError::MalformedVarint)));
+        }
+        let e = RequestError::MalformedVarint;
+        assert_eq!((e.code(), e.message()), (2, "malformed varint"));
+    }
+
+    #[test]
+    fn j9_have_count_limit() {
+        // 1,000,001 is refused before any id is read.
+        let (n, r) = one(&[0x02, 0x00, 0xc1, 0x84, 0x3d, 0xaa, 0xbb]);
+        assert_eq!((n, r), (5, Err(RequestError::HaveCountTooLarge(1_000_001))));
+        let e = RequestError::HaveCountTooLarge(1_000_001);
+        assert_eq!((e.code(), e.message()), (2, "have_count too large"));
+        // 1,000,000 is accepted and waits for its ids.
+        let mut d = dec();
+        assert_eq!(
+            d.decode(&[0x02, 0x00, 0xc0, 0x84, 0x3d]),
+            (5, Ok(Decoded::Partial))
+        );
+        assert!(d.is_mid_request());
+    }
+
+    #[test]
+    fn j10_million_ids_in_pieces_grow_with_input() {
+        let mut d = dec();
+        assert_eq!(
+            d.decode(&[0x02, 0x01, 0xc0, 0x84, 0x3d]),
+            (5, Ok(Decoded::Partial))
+        );
+        match &d.state {
+            State::Ids { ids, .. } => assert!(ids.capacity() <= MAX_PREALLOC_IDS),
+            s => panic!("unexpected state {s:?}"),
+        }
+        // 8,000,000 bytes in 64 KiB reads, the piece boundaries cutting ids.
+        let id_bytes: Vec<u8> = (0..1_000_000u64).flat_map(|i| i.to_be_bytes()).collect();
+        let mut last = None;
+        for piece in id_bytes.chunks(65_531) {
+            let (n, r) = d.decode(piece);
+            assert_eq!(n, piece.len());
+            last = Some(r);
+        }
+        match last {
+            Some(Ok(Decoded::Request(Request::Batch {
+                keep_alive: true,
+                have,
+            }))) => {
+                assert_eq!(have.len(), 1_000_000);
+                assert_eq!(have[999_999], 999_999);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!d.is_mid_request());
+    }
+
+    #[test]
+    fn mid_request_tracks_the_header() {
+        let mut d = dec();
+        assert!(!d.is_mid_request());
+        assert_eq!(d.decode(&[]), (0, Ok(Decoded::Partial)));
+        assert!(!d.is_mid_request());
+        assert_eq!(d.decode(&[0x00]), (1, Ok(Decoded::Partial)));
+        assert!(d.is_mid_request());
+        assert_eq!(d.decode(&[0x00, 0x05, 1, 2, 3]), (5, Ok(Decoded::Partial)));
+        assert!(d.is_mid_request());
+    }
+
+    #[test]
+    fn display_is_lowercase() {
+        assert_eq!(
+            RequestError::ReservedFlags.to_string(),
+            "jtp request: reserved flags set"
+        );
+        assert_eq!(
+            RequestError::HaveCountTooLarge(5).to_string(),
+            "jtp request: have_count 5 too large"
+        );
+        assert_eq!(
+            RequestError::from(WireError::MalformedVarint),
+            RequestError::MalformedVarint
+        );
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn never_panics_on_truncations_and_random_input() {
+        let (bytes, _) = transcript();
+        for cut in 0..=bytes.len() {
+            let mut d = dec();
+            let mut off = 0;
+            while off < cut {
+                let (n, r) = d.decode(&bytes[off..cut]);
+                assert!(n <= cut - off);
+                off += n;
+                if r.is_err() || n == 0 {
+                    break;
+                }
+            }
+        }
+        let mut rng = XorShift(0x9e3779b97f4a7c15);
+        for _ in 0..10_000 {
+            let len = (rng.next() % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    // Bias towards small bytes so that valid headers and varints appear.
+                    let r = rng.next();
+                    if r & 1 == 0 {
+                        (r >> 8) as u8 & 0x07
+                    } else {
+                        (r >> 8) as u8
+                    }
+                })
+                .collect();
+            let mut d = dec();
+            let mut off = 0;
+            while off < input.len() {
+                let (n, r) = d.decode(&input[off..]);
+                assert!(n <= input.len() - off);
+                off += n;
+                if r.is_err() || n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}

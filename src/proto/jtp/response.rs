@@ -1,0 +1,1398 @@
+//! JTP responses (jtp.md 2.5-2.9): the server's encoders and the client's incremental decoder.
+//!
+//! Encoders append to a `Vec<u8>`; packet data is never passed through them (the driver sends it
+//! straight from the mapped file after [`put_packet_header`]).
+//!
+//! The decoder checks the framing a client must check (jtp.md 5.2 rule 7): magics, counts against
+//! [`ResponseLimits`], packet flag bits, and that `JTPD` ids are a subsequence of the request. It
+//! never buffers packet data ([`Event::Data`] borrows the caller's input) and copies at most one
+//! header frame (at most [`MAX_HEADER_FRAME`] bytes) when a frame is split across reads.
+//!
+//! `JTPE` is recognised wherever a frame starts with a magic: between responses (also before any
+//! request), instead of an expected response, between packets and during WATCH. Between catalog
+//! entries it cannot be told apart from an entry whose id starts with `4a545045`, so there it is
+//! read as an entry; jtp.md's servers never send one there.
+//!
+//! ```text
+//!             JTPL n                   (n entries)
+//!   Ready ──────────────> Entries ───────────────────────────────> End ──ResponseEnd──> Ready
+//!     │   JTPD/B/G n       header       (Length bytes)               ^
+//!     ├─────────────> Packets ──────> Data ──────> PacketEnd ──(last)┘
+//!     │                ^  │ JTPC          └───(more)──> Packets
+//!     │                │  └──────────────────────────────────────────────Cancelled──> Ready
+//!     │ expect(Watch)  └── (Length 0 goes straight to PacketEnd)
+//!     └──────────────> Watching ──JTPW──> Watching ──JTPC──> Ready
+//!   JTPE at any frame boundary: Closed.  Framing error: Failed.
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use super::wire::{
+    get_varint, put_varint, Varint, WireError, FLAGS_RESERVED, MAGIC_BATCH, MAGIC_CANCEL,
+    MAGIC_ERROR, MAGIC_GET, MAGIC_LIST, MAGIC_LIST_AND_GET, MAGIC_WATCH,
+};
+
+/// The longest frame the decoder ever has to hold whole: a `JTPW` event with a 65,535-byte
+/// name (magic 4, id 8, flags 1, NameLen 2, name, Size varint 5). Entries and `JTPE` are shorter.
+pub const MAX_HEADER_FRAME: usize = 4 + 8 + 1 + 2 + u16::MAX as usize + 5;
+
+/// Appends `JTPL` and its count.
+pub fn put_list_header(count: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC_LIST);
+    put_varint(count, out);
+}
+
+/// Appends `id | flags | NameLen | name | Size` (the body of a catalog entry or a `JTPW`).
+///
+/// The catalog never holds names over 65,535 bytes (jtp.md 3.10); should one reach this
+/// function anyway it is cut at a char boundary rather than breaking the framing.
+pub fn put_entry(id: u64, flags: u8, name: &str, size: u32, out: &mut Vec<u8>) {
+    debug_assert!(
+        name.len() <= usize::from(u16::MAX),
+        "names over 65,535 bytes are not served"
+    );
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(flags);
+    put_str16(name, out);
+    put_varint(size, out);
+}
+
+/// Appends a packets header: `JTPD` with a one-byte M, or `JTPB`/`JTPG` with a varint count.
+///
+/// # Panics
+/// On `JTPD` with `count` above 255, or a magic that does not start a run of packets.
+pub fn put_packets_header(magic: [u8; 4], count: u32, out: &mut Vec<u8>) {
+    if magic == MAGIC_GET {
+        put_get_header(
+            u8::try_from(count).expect("JTPD carries at most 255 packets"),
+            out,
+        );
+    } else {
+        assert!(
+            magic == MAGIC_BATCH || magic == MAGIC_LIST_AND_GET,
+            "not a packets magic"
+        );
+        out.extend_from_slice(&magic);
+        put_varint(count, out);
+    }
+}
+
+/// Appends `JTPD` and M.
+pub fn put_get_header(m: u8, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC_GET);
+    out.push(m);
+}
+
+/// Appends `flags | Length | id`; `len` bytes of data must follow.
+pub fn put_packet_header(flags: u8, len: u32, id: u64, out: &mut Vec<u8>) {
+    out.push(flags);
+    put_varint(len, out);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// Appends `JTPC`.
+pub fn put_cancel(out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC_CANCEL);
+}
+
+/// Appends one `JTPW` event.
+pub fn put_watch_event(id: u64, flags: u8, name: &str, size: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC_WATCH);
+    put_entry(id, flags, name, size, out);
+}
+
+/// Appends a `JTPE` frame; a message over 65,535 bytes is cut at a char boundary.
+pub fn put_error(code: u8, msg: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC_ERROR);
+    out.push(code);
+    put_str16(msg, out);
+}
+
+/// A whole `JTPE` frame.
+pub fn error_frame(code: u8, msg: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(7 + msg.len().min(usize::from(u16::MAX)));
+    put_error(code, msg, &mut out);
+    out
+}
+
+fn put_str16(s: &str, out: &mut Vec<u8>) {
+    let mut end = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Bounds on what a server may announce to ferry's client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseLimits {
+    /// Largest `JTPL` count accepted (default 10,000,000).
+    pub max_list_entries: u32,
+    /// Largest `JTPB`/`JTPG` count accepted (default 10,000,000).
+    pub max_packets: u32,
+}
+
+impl Default for ResponseLimits {
+    fn default() -> Self {
+        ResponseLimits {
+            max_list_entries: 10_000_000,
+            max_packets: 10_000_000,
+        }
+    }
+}
+
+/// What the client expects next, given what it sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    List,
+    /// GET_BY_ID of these ids, in request order.
+    Get {
+        requested: Vec<u64>,
+    },
+    Batch,
+    ListAndGet,
+    /// WATCH: `JTPW` events until `JTPC`.
+    Watch,
+    /// Nothing: only `JTPC` and `JTPE` are valid.
+    Idle,
+}
+
+/// One step of a response, as the client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    ListStart {
+        count: u32,
+    },
+    Entry {
+        id: u64,
+        flags: u8,
+        name: &'a [u8],
+        size: u32,
+    },
+    PacketsStart {
+        magic: [u8; 4],
+        count: u32,
+    },
+    PacketHeader {
+        flags: u8,
+        len: u32,
+        id: u64,
+    },
+    /// The first `n` bytes of the buffer passed to this decode call are data of the current
+    /// packet (the decoder consumed them; copy them out before the next call). Emitted until
+    /// `len` bytes have been delivered; then `PacketEnd`.
+    Data(&'a [u8]),
+    PacketEnd,
+    /// The count was reached (also right after `ListStart{0}`/`PacketsStart{0}`).
+    ResponseEnd,
+    /// `JTPC`: a cancelled response ends here, or a CANCEL sent between responses was answered.
+    Cancelled,
+    Watch {
+        id: u64,
+        flags: u8,
+        name: &'a [u8],
+        size: u32,
+    },
+    /// `JTPE` at a frame boundary; the decoder is closed afterwards.
+    ServerError {
+        code: u8,
+        message: String,
+    },
+}
+
+/// A framing error by the server; the client stops at the first one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseError {
+    UnknownMagic([u8; 4]),
+    /// `JTPL` count above `max_list_entries`.
+    TooManyEntries(u32),
+    /// `JTPB`/`JTPG` count above `max_packets`.
+    TooManyPackets(u32),
+    /// Packet flags with any of bits 4-7 set.
+    ReservedPacketFlags(u8),
+    /// `JTPD` with M above the N ids requested.
+    MoreThanRequested {
+        m: u8,
+        n: usize,
+    },
+    /// A `JTPD` packet id out of request order or never requested.
+    NotASubsequence(u64),
+    MalformedVarint,
+    /// A well-formed frame where it does not belong.
+    Unexpected(&'static str),
+    /// A packet flags byte where `JTPD` was expected: the server may speak an older JTP.
+    MaybeOlderServer,
+}
+
+impl fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResponseError::UnknownMagic(m) => {
+                write!(
+                    f,
+                    "jtp response: unknown magic {:02x}{:02x}{:02x}{:02x}",
+                    m[0], m[1], m[2], m[3]
+                )
+            }
+            ResponseError::TooManyEntries(n) => write!(f, "jtp response: list count {n} too large"),
+            ResponseError::TooManyPackets(n) => {
+                write!(f, "jtp response: packet count {n} too large")
+            }
+            ResponseError::ReservedPacketFlags(b) => {
+                write!(f, "jtp response: reserved packet flags set ({b:#04x})")
+            }
+            ResponseError::MoreThanRequested { m, n } => {
+                write!(f, "jtp response: {m} packets for {n} requested ids")
+            }
+            ResponseError::NotASubsequence(id) => {
+                write!(
+                    f,
+                    "jtp response: packet {id:016x} was not requested at this point"
+                )
+            }
+            ResponseError::MalformedVarint => f.write_str("jtp response: malformed varint"),
+            ResponseError::Unexpected(what) => write!(f, "jtp response: unexpected {what}"),
+            ResponseError::MaybeOlderServer => f.write_str(
+                "jtp response: packet where JTPD was expected; the server may speak an older jtp",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+impl From<WireError> for ResponseError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::MalformedVarint => ResponseError::MalformedVarint,
+            _ => ResponseError::Unexpected("request error in a response"),
+        }
+    }
+}
+
+/// Progress through a `JTPD` request list.
+#[derive(Debug)]
+struct GetCheck {
+    requested: Vec<u64>,
+    next: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Between responses; the next expectation (if any) is the queue's front.
+    Ready,
+    Entries {
+        left: u32,
+    },
+    /// At a packet boundary with `left` packets to go.
+    Packets {
+        left: u32,
+        get: Option<GetCheck>,
+    },
+    Data {
+        bytes_left: u32,
+        left: u32,
+        get: Option<GetCheck>,
+    },
+    PacketEnd {
+        left: u32,
+        get: Option<GetCheck>,
+    },
+    /// `ResponseEnd` is due.
+    End,
+    Watching,
+    /// After `JTPE`: the server closes; EOF is expected.
+    Closed,
+    /// After a framing error: nothing more is decoded.
+    Failed,
+}
+
+/// Which frames are valid where the decoder stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ctx {
+    /// A frame starting with a magic (between responses, while watching).
+    Magic { expect_get: bool },
+    /// A packet header, `JTPC` or `JTPE`.
+    Packet,
+    /// A catalog entry body.
+    Entry,
+}
+
+/// A parsed frame; names and messages borrow the bytes it was parsed from.
+#[derive(Debug)]
+enum Frame<'b> {
+    Counted([u8; 4], u32),
+    Cancel,
+    Error(u8, &'b [u8]),
+    Entry {
+        id: u64,
+        flags: u8,
+        name: &'b [u8],
+        size: u32,
+    },
+    Watch {
+        id: u64,
+        flags: u8,
+        name: &'b [u8],
+        size: u32,
+    },
+    Packet {
+        flags: u8,
+        len: u32,
+        id: u64,
+    },
+}
+
+/// The fields shared by a catalog entry and a `JTPW` event.
+#[derive(Debug)]
+struct EntryRef<'b> {
+    id: u64,
+    flags: u8,
+    name: &'b [u8],
+    size: u32,
+}
+
+/// Bounds-checked reads over one frame; `None` is "need more bytes".
+struct Cursor<'b> {
+    b: &'b [u8],
+    pos: usize,
+}
+
+impl<'b> Cursor<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
+    }
+    fn varint(&mut self) -> Result<Option<u32>, ResponseError> {
+        match get_varint(&self.b[self.pos..])? {
+            Varint::Complete(v, n) => {
+                self.pos += n;
+                Ok(Some(v))
+            }
+            Varint::Partial => Ok(None),
+        }
+    }
+    /// `id | flags | NameLen | name | Size`.
+    fn entry(&mut self) -> Result<Option<EntryRef<'b>>, ResponseError> {
+        let (Some(id), Some(flags), Some(len)) = (self.u64(), self.u8(), self.u16()) else {
+            return Ok(None);
+        };
+        let Some(name) = self.take(usize::from(len)) else {
+            return Ok(None);
+        };
+        Ok(self.varint()?.map(|size| EntryRef {
+            id,
+            flags,
+            name,
+            size,
+        }))
+    }
+}
+
+/// Parses one frame from the start of `b`: `Ok(None)` if `b` is a proper prefix of one.
+fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, ResponseError> {
+    let Some(&first) = b.first() else {
+        return Ok(None);
+    };
+    let mut c = Cursor { b, pos: 0 };
+    let frame = match ctx {
+        Ctx::Entry => match c.entry()? {
+            Some(EntryRef {
+                id,
+                flags,
+                name,
+                size,
+            }) => Frame::Entry {
+                id,
+                flags,
+                name,
+                size,
+            },
+            None => return Ok(None),
+        },
+        Ctx::Packet if first != b'J' => {
+            if first & FLAGS_RESERVED != 0 {
+                return Err(ResponseError::ReservedPacketFlags(first));
+            }
+            c.pos = 1;
+            let Some(len) = c.varint()? else {
+                return Ok(None);
+            };
+            let Some(id) = c.u64() else { return Ok(None) };
+            Frame::Packet {
+                flags: first,
+                len,
+                id,
+            }
+        }
+        Ctx::Magic { expect_get: true } if first & FLAGS_RESERVED == 0 => {
+            return Err(ResponseError::MaybeOlderServer)
+        }
+        Ctx::Packet | Ctx::Magic { .. } => {
+            let Some(m) = c.take(4) else { return Ok(None) };
+            let magic: [u8; 4] = m.try_into().expect("4 bytes");
+            match magic {
+                MAGIC_CANCEL => Frame::Cancel,
+                MAGIC_ERROR => {
+                    let (Some(code), Some(len)) = (c.u8(), c.u16()) else {
+                        return Ok(None);
+                    };
+                    let Some(msg) = c.take(usize::from(len)) else {
+                        return Ok(None);
+                    };
+                    Frame::Error(code, msg)
+                }
+                MAGIC_WATCH => match c.entry()? {
+                    Some(EntryRef {
+                        id,
+                        flags,
+                        name,
+                        size,
+                    }) => Frame::Watch {
+                        id,
+                        flags,
+                        name,
+                        size,
+                    },
+                    None => return Ok(None),
+                },
+                MAGIC_GET => match c.u8() {
+                    Some(m) => Frame::Counted(magic, u32::from(m)),
+                    None => return Ok(None),
+                },
+                MAGIC_LIST | MAGIC_BATCH | MAGIC_LIST_AND_GET => match c.varint()? {
+                    Some(n) => Frame::Counted(magic, n),
+                    None => return Ok(None),
+                },
+                _ => return Err(ResponseError::UnknownMagic(magic)),
+            }
+        }
+    };
+    Ok(Some((frame, c.pos)))
+}
+
+/// Incremental client-side response decoder (see the module doc).
+#[derive(Debug)]
+pub struct ResponseDecoder {
+    limits: ResponseLimits,
+    state: State,
+    pending: VecDeque<Expect>,
+    /// The start of a frame split across calls (at most [`MAX_HEADER_FRAME`] bytes).
+    stash: Vec<u8>,
+    /// The stash holds a frame already returned; clear it on the next call.
+    stash_spent: bool,
+}
+
+impl ResponseDecoder {
+    pub fn new(limits: ResponseLimits) -> Self {
+        ResponseDecoder {
+            limits,
+            state: State::Ready,
+            pending: VecDeque::new(),
+            stash: Vec::new(),
+            stash_spent: false,
+        }
+    }
+
+    /// Call before each request is sent: queues what the server will answer. Requests may be
+    /// pipelined; expectations are met in order. `Expect::Idle` queues nothing (only `JTPC` and
+    /// `JTPE` are valid while nothing is expected). CANCEL needs no expectation: its `JTPC` is
+    /// accepted between packets and between responses.
+    pub fn expect(&mut self, e: Expect) {
+        if e != Expect::Idle {
+            self.pending.push_back(e);
+        }
+    }
+
+    /// True at a frame boundary with no response in progress or expected (also after `JTPE`):
+    /// EOF here is a clean end. False after a framing error.
+    pub fn is_idle(&self) -> bool {
+        let between = matches!(self.state, State::Ready) && self.pending.is_empty();
+        let partial = !self.stash.is_empty() && !self.stash_spent;
+        (between || matches!(self.state, State::Closed)) && !partial
+    }
+
+    /// Decodes from `buf`; returns (bytes consumed, event).
+    ///
+    /// `Ok(None)` means every byte offered was taken (a split frame is kept inside the decoder)
+    /// and more input is needed; with an empty `buf` it is (0, `Ok(None)`). Events that need no
+    /// input (`PacketEnd`, `ResponseEnd`) come with 0 bytes consumed, so call again until
+    /// `Ok(None)`. After an error every further call fails.
+    pub fn decode<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
+        if self.stash_spent {
+            self.stash.clear();
+            self.stash_spent = false;
+        }
+        // Every error path of `step` leaves the state `Failed` (the borrow of the returned
+        // event prevents fixing it up here).
+        self.step(buf)
+    }
+
+    fn step<'a>(&'a mut self, buf: &'a [u8]) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
+        // States that emit without input.
+        let ctx = loop {
+            match std::mem::replace(&mut self.state, State::Closed) {
+                State::Ready => {
+                    if self.pending.front() == Some(&Expect::Watch) {
+                        self.pending.pop_front();
+                        self.state = State::Watching;
+                        continue;
+                    }
+                    let expect_get = matches!(self.pending.front(), Some(Expect::Get { .. }));
+                    self.state = State::Ready;
+                    break Ctx::Magic { expect_get };
+                }
+                State::Watching => {
+                    self.state = State::Watching;
+                    break Ctx::Magic { expect_get: false };
+                }
+                State::Entries { left } => {
+                    self.state = State::Entries { left };
+                    break Ctx::Entry;
+                }
+                State::Packets { left, get } => {
+                    self.state = State::Packets { left, get };
+                    break Ctx::Packet;
+                }
+                State::PacketEnd { left, get } => {
+                    self.state = if left == 0 {
+                        State::End
+                    } else {
+                        State::Packets { left, get }
+                    };
+                    return (0, Ok(Some(Event::PacketEnd)));
+                }
+                State::End => {
+                    self.state = State::Ready;
+                    return (0, Ok(Some(Event::ResponseEnd)));
+                }
+                State::Data {
+                    bytes_left,
+                    left,
+                    get,
+                } => {
+                    if buf.is_empty() {
+                        self.state = State::Data {
+                            bytes_left,
+                            left,
+                            get,
+                        };
+                        return (0, Ok(None));
+                    }
+                    let n = buf.len().min(bytes_left as usize);
+                    let bytes_left = bytes_left - n as u32;
+                    self.state = if bytes_left == 0 {
+                        State::PacketEnd { left, get }
+                    } else {
+                        State::Data {
+                            bytes_left,
+                            left,
+                            get,
+                        }
+                    };
+                    return (n, Ok(Some(Event::Data(&buf[..n]))));
+                }
+                State::Failed => {
+                    self.state = State::Failed;
+                    return (
+                        0,
+                        Err(ResponseError::Unexpected("input after a framing error")),
+                    );
+                }
+                State::Closed => {
+                    if buf.is_empty() {
+                        return (0, Ok(None));
+                    }
+                    return (
+                        0,
+                        Err(ResponseError::Unexpected("bytes after the last frame")),
+                    );
+                }
+            }
+        };
+
+        // Split borrows: the frame may borrow the stash while the state changes.
+        let Self {
+            limits,
+            state,
+            pending,
+            stash,
+            stash_spent,
+        } = self;
+
+        let (frame, consumed) = if stash.is_empty() {
+            match parse_frame(ctx, buf) {
+                Err(e) => return fail(state, pending, e),
+                Ok(Some((f, n))) => (f, n),
+                Ok(None) => {
+                    // A proper prefix of a frame, hence shorter than MAX_HEADER_FRAME.
+                    stash.extend_from_slice(buf);
+                    return (buf.len(), Ok(None));
+                }
+            }
+        } else {
+            let old = stash.len();
+            let take = buf.len().min(MAX_HEADER_FRAME.saturating_sub(old));
+            stash.extend_from_slice(&buf[..take]);
+            let stash: &'a Vec<u8> = stash;
+            match parse_frame(ctx, stash) {
+                Err(e) => return fail(state, pending, e),
+                Ok(Some((f, n))) => {
+                    *stash_spent = true;
+                    (f, n - old)
+                }
+                Ok(None) if stash.len() >= MAX_HEADER_FRAME => {
+                    return fail(
+                        state,
+                        pending,
+                        ResponseError::Unexpected("frame longer than any jtp frame"),
+                    )
+                }
+                Ok(None) => {
+                    // `stash` still holds the partial frame; `take` is all of `buf` here.
+                    return (take, Ok(None));
+                }
+            }
+        };
+
+        let event = match apply(limits, state, pending, frame) {
+            Ok(ev) => ev,
+            Err(e) => return fail(state, pending, e),
+        };
+        (consumed, Ok(Some(event)))
+    }
+}
+
+/// Stops decoding at the first framing error (jtp.md 5.2 rule 7).
+fn fail<'a>(
+    state: &mut State,
+    pending: &mut VecDeque<Expect>,
+    e: ResponseError,
+) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
+    *state = State::Failed;
+    pending.clear();
+    (0, Err(e))
+}
+
+/// Moves the state machine over one parsed frame.
+fn apply<'a>(
+    limits: &ResponseLimits,
+    state: &mut State,
+    pending: &mut VecDeque<Expect>,
+    frame: Frame<'a>,
+) -> Result<Event<'a>, ResponseError> {
+    let cur = std::mem::replace(state, State::Closed);
+    let (next, event) = match (cur, frame) {
+        (_, Frame::Error(code, msg)) => {
+            pending.clear();
+            let message = String::from_utf8_lossy(msg).into_owned();
+            (State::Closed, Event::ServerError { code, message })
+        }
+        // Answers a CANCEL sent between responses (or during WATCH, or between packets).
+        (State::Ready | State::Watching | State::Packets { .. }, Frame::Cancel) => {
+            (State::Ready, Event::Cancelled)
+        }
+        (State::Ready, Frame::Counted(magic, count)) => {
+            let Some(exp) = pending.pop_front() else {
+                return Err(ResponseError::Unexpected(
+                    "response while nothing was requested",
+                ));
+            };
+            match (exp, magic) {
+                (Expect::List, MAGIC_LIST) => {
+                    if count > limits.max_list_entries {
+                        return Err(ResponseError::TooManyEntries(count));
+                    }
+                    let next = if count == 0 {
+                        State::End
+                    } else {
+                        State::Entries { left: count }
+                    };
+                    (next, Event::ListStart { count })
+                }
+                (Expect::Get { requested }, MAGIC_GET) => {
+                    if count as usize > requested.len() {
+                        let m = count as u8; // JTPD's count is one byte.
+                        return Err(ResponseError::MoreThanRequested {
+                            m,
+                            n: requested.len(),
+                        });
+                    }
+                    let get = Some(GetCheck { requested, next: 0 });
+                    (packets(count, get), Event::PacketsStart { magic, count })
+                }
+                (Expect::Batch, MAGIC_BATCH) | (Expect::ListAndGet, MAGIC_LIST_AND_GET) => {
+                    if count > limits.max_packets {
+                        return Err(ResponseError::TooManyPackets(count));
+                    }
+                    (packets(count, None), Event::PacketsStart { magic, count })
+                }
+                _ => {
+                    return Err(ResponseError::Unexpected(
+                        "response of another request type",
+                    ))
+                }
+            }
+        }
+        (
+            State::Entries { left },
+            Frame::Entry {
+                id,
+                flags,
+                name,
+                size,
+            },
+        ) => {
+            let left = left - 1;
+            let next = if left == 0 {
+                State::End
+            } else {
+                State::Entries { left }
+            };
+            (
+                next,
+                Event::Entry {
+                    id,
+                    flags,
+                    name,
+                    size,
+                },
+            )
+        }
+        (State::Packets { left, mut get }, Frame::Packet { flags, len, id }) => {
+            if let Some(g) = &mut get {
+                match g.requested[g.next..].iter().position(|&r| r == id) {
+                    Some(i) => g.next += i + 1,
+                    None => return Err(ResponseError::NotASubsequence(id)),
+                }
+            }
+            let left = left - 1;
+            let next = if len == 0 {
+                State::PacketEnd { left, get }
+            } else {
+                State::Data {
+                    bytes_left: len,
+                    left,
+                    get,
+                }
+            };
+            (next, Event::PacketHeader { flags, len, id })
+        }
+        (
+            State::Watching,
+            Frame::Watch {
+                id,
+                flags,
+                name,
+                size,
+            },
+        ) => (
+            State::Watching,
+            Event::Watch {
+                id,
+                flags,
+                name,
+                size,
+            },
+        ),
+        (State::Packets { .. }, _) => {
+            return Err(ResponseError::Unexpected("frame between packets"))
+        }
+        (State::Watching, _) => return Err(ResponseError::Unexpected("frame during watch")),
+        (State::Ready, _) => return Err(ResponseError::Unexpected("frame between responses")),
+        // parse_frame only yields entries in Entries and nothing in the other states.
+        _ => return Err(ResponseError::Unexpected("frame")),
+    };
+    *state = next;
+    Ok(event)
+}
+
+fn packets(count: u32, get: Option<GetCheck>) -> State {
+    if count == 0 {
+        State::End
+    } else {
+        State::Packets { left: count, get }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::jtp::wire::image_id;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    const ALPHA: u64 = 0x84fe30f5845a521f;
+    const BETA: u64 = 0x6532b96544f38db1;
+
+    #[test]
+    fn j6_list_example_encodes_byte_for_byte() {
+        let mut out = Vec::new();
+        put_list_header(8, &mut out);
+        put_entry(ALPHA, 0, "alpha.png", 9332, &mut out);
+        put_entry(BETA, 0, "beta.png", 90243, &mut out);
+        assert_eq!(
+            out,
+            hex("4a54504c 08
+                 84fe30f5845a521f 00 0009 616c7068612e706e67 f448
+                 6532b96544f38db1 00 0008 626574612e706e67 83c105")
+        );
+        let mut empty = Vec::new();
+        put_list_header(0, &mut empty);
+        assert_eq!(empty, hex("4a54504c 00"));
+    }
+
+    #[test]
+    fn j12_packet_examples_encode_byte_for_byte() {
+        let mut out = Vec::new();
+        put_packet_header(0x00, 9332, ALPHA, &mut out);
+        assert_eq!(out, hex("00 f448 84fe30f5845a521f"));
+        out.clear();
+        put_packet_header(0x0b, 3385, 0x13e6ede93d09b0c3, &mut out);
+        assert_eq!(out, hex("0b b91a 13e6ede93d09b0c3"));
+        out.clear();
+        put_packets_header(MAGIC_GET, 0, &mut out);
+        put_packets_header(MAGIC_BATCH, 0, &mut out);
+        put_packets_header(MAGIC_LIST_AND_GET, 300, &mut out);
+        put_cancel(&mut out);
+        assert_eq!(out, hex("4a545044 00 4a545042 00 4a545047 ac02 4a545043"));
+    }
+
+    #[test]
+    fn j27_watch_example_encodes_byte_for_byte() {
+        let mut out = Vec::new();
+        put_watch_event(image_id(b""), 4, "caf\u{e9}.gif", 0, &mut out);
+        assert_eq!(
+            out,
+            hex("4a545057 ef46db3751d8e999 04 0009 636166c3a92e676966 00")
+        );
+    }
+
+    #[test]
+    fn error_examples_encode_byte_for_byte() {
+        assert_eq!(
+            error_frame(2, "reserved flags set"),
+            hex("4a545045 02 0012 726573657276656420666c61677320736574")
+        );
+        assert_eq!(
+            error_frame(4, "unknown request type"),
+            hex("4a545045 04 0014 756e6b6e6f776e20726571756573742074797065")
+        );
+        assert_eq!(
+            error_frame(5, "too many requests"),
+            hex("4a545045 05 0011 746f6f206d616e79207265717565737473")
+        );
+    }
+
+    #[test]
+    fn long_error_message_is_cut_at_a_char_boundary() {
+        let msg = "é".repeat(40_000); // 80,000 bytes
+        let f = error_frame(3, &msg);
+        assert_eq!(&f[5..7], &65_534u16.to_be_bytes());
+        assert_eq!(f.len(), 7 + 65_534);
+        assert!(std::str::from_utf8(&f[7..]).is_ok());
+    }
+
+    /// Owned events, with consecutive `Data` merged, for comparing transcripts.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Ev {
+        ListStart(u32),
+        Entry(u64, u8, Vec<u8>, u32),
+        PacketsStart([u8; 4], u32),
+        PacketHeader(u8, u32, u64),
+        Data(Vec<u8>),
+        PacketEnd,
+        ResponseEnd,
+        Cancelled,
+        Watch(u64, u8, Vec<u8>, u32),
+        ServerError(u8, String),
+    }
+
+    fn own(e: Event<'_>, out: &mut Vec<Ev>) {
+        let ev = match e {
+            Event::ListStart { count } => Ev::ListStart(count),
+            Event::Entry {
+                id,
+                flags,
+                name,
+                size,
+            } => Ev::Entry(id, flags, name.to_vec(), size),
+            Event::PacketsStart { magic, count } => Ev::PacketsStart(magic, count),
+            Event::PacketHeader { flags, len, id } => Ev::PacketHeader(flags, len, id),
+            Event::Data(d) => {
+                if let Some(Ev::Data(prev)) = out.last_mut() {
+                    prev.extend_from_slice(d);
+                    return;
+                }
+                Ev::Data(d.to_vec())
+            }
+            Event::PacketEnd => Ev::PacketEnd,
+            Event::ResponseEnd => Ev::ResponseEnd,
+            Event::Cancelled => Ev::Cancelled,
+            Event::Watch {
+                id,
+                flags,
+                name,
+                size,
+            } => Ev::Watch(id, flags, name.to_vec(), size),
+            Event::ServerError { code, message } => Ev::ServerError(code, message),
+        };
+        out.push(ev);
+    }
+
+    /// Feeds `chunks` to `d`, returning the events and the first error.
+    fn run(d: &mut ResponseDecoder, chunks: &[&[u8]]) -> (Vec<Ev>, Option<ResponseError>) {
+        let mut evs = Vec::new();
+        for chunk in chunks {
+            let mut off = 0;
+            loop {
+                let (n, r) = d.decode(&chunk[off..]);
+                assert!(n <= chunk.len() - off);
+                off += n;
+                match r {
+                    Err(e) => return (evs, Some(e)),
+                    Ok(Some(e)) => own(e, &mut evs),
+                    Ok(None) => {
+                        assert_eq!(off, chunk.len(), "Ok(None) takes every byte");
+                        break;
+                    }
+                }
+            }
+        }
+        (evs, None)
+    }
+
+    fn transcript() -> Vec<u8> {
+        let mut t = Vec::new();
+        put_list_header(2, &mut t);
+        put_entry(ALPHA, 0, "alpha.png", 5, &mut t);
+        put_entry(BETA, 3, "beta.bmp", 0, &mut t);
+        put_get_header(2, &mut t);
+        put_packet_header(0, 5, ALPHA, &mut t);
+        t.extend_from_slice(b"JTPE!"); // data that looks like a frame
+        put_packet_header(3, 0, BETA, &mut t);
+        put_cancel(&mut t);
+        put_error(99, "caf\u{e9} closed", &mut t);
+        t
+    }
+
+    fn transcript_decoder() -> ResponseDecoder {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Idle);
+        d.expect(Expect::List);
+        d.expect(Expect::Get {
+            requested: vec![7, ALPHA, 9, BETA],
+        });
+        d
+    }
+
+    fn transcript_events() -> Vec<Ev> {
+        vec![
+            Ev::ListStart(2),
+            Ev::Entry(ALPHA, 0, b"alpha.png".to_vec(), 5),
+            Ev::Entry(BETA, 3, b"beta.bmp".to_vec(), 0),
+            Ev::ResponseEnd,
+            Ev::PacketsStart(*b"JTPD", 2),
+            Ev::PacketHeader(0, 5, ALPHA),
+            Ev::Data(b"JTPE!".to_vec()),
+            Ev::PacketEnd,
+            Ev::PacketHeader(3, 0, BETA),
+            Ev::PacketEnd,
+            Ev::ResponseEnd,
+            Ev::Cancelled,
+            Ev::ServerError(99, "caf\u{e9} closed".to_string()),
+        ]
+    }
+
+    #[test]
+    fn split_anywhere_gives_the_same_events() {
+        let t = transcript();
+        let want = transcript_events();
+        let mut d = transcript_decoder();
+        assert!(!d.is_idle());
+        assert_eq!(run(&mut d, &[&t]), (want.clone(), None));
+        assert!(d.is_idle());
+        let singles: Vec<&[u8]> = t.chunks(1).collect();
+        assert_eq!(
+            run(&mut transcript_decoder(), &singles),
+            (want.clone(), None)
+        );
+        for cut in 0..=t.len() {
+            let (a, b) = t.split_at(cut);
+            assert_eq!(
+                run(&mut transcript_decoder(), &[a, b]),
+                (want.clone(), None),
+                "{cut}"
+            );
+        }
+        for cut1 in 0..t.len() {
+            let cut2 = (cut1 * 7 + 3) % t.len();
+            let (lo, hi) = (cut1.min(cut2), cut1.max(cut2));
+            let pieces = [&t[..lo], &t[lo..hi], &t[hi..]];
+            assert_eq!(
+                run(&mut transcript_decoder(), &pieces),
+                (want.clone(), None)
+            );
+        }
+    }
+
+    #[test]
+    fn is_idle_only_between_responses() {
+        let t = transcript();
+        let mut d = transcript_decoder();
+        // Mid-frame (inside the JTPL header's first entry) is not idle.
+        let (evs, err) = run(&mut d, &[&t[..7]]);
+        assert_eq!((evs, err), (vec![Ev::ListStart(2)], None));
+        assert!(!d.is_idle());
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::List);
+        let (_, err) = run(&mut d, &[&hex("4a54504c 00")]);
+        assert_eq!(err, None);
+        assert!(d.is_idle());
+        // A split JTPC is not idle until complete.
+        assert_eq!(run(&mut d, &[b"JTP"]), (vec![], None));
+        assert!(!d.is_idle());
+        assert_eq!(run(&mut d, &[b"C"]), (vec![Ev::Cancelled], None));
+        assert!(d.is_idle());
+    }
+
+    #[test]
+    fn j23_cancel_between_packets_ends_the_response() {
+        let mut t = Vec::new();
+        put_packets_header(MAGIC_BATCH, 3, &mut t);
+        put_packet_header(1, 2, 5, &mut t);
+        t.extend_from_slice(b"ab");
+        put_cancel(&mut t);
+        put_list_header(0, &mut t);
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Batch);
+        d.expect(Expect::List);
+        let (evs, err) = run(&mut d, &[&t]);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs,
+            vec![
+                Ev::PacketsStart(*b"JTPB", 3),
+                Ev::PacketHeader(1, 2, 5),
+                Ev::Data(b"ab".to_vec()),
+                Ev::PacketEnd,
+                Ev::Cancelled,
+                Ev::ListStart(0),
+                Ev::ResponseEnd,
+            ]
+        );
+        assert!(d.is_idle());
+    }
+
+    #[test]
+    fn j20_cancel_after_a_response_and_when_idle() {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::ListAndGet);
+        let t = hex("4a545043 4a545047 00 4a545043");
+        let (evs, err) = run(&mut d, &[&t]);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs,
+            vec![
+                Ev::Cancelled,
+                Ev::PacketsStart(*b"JTPG", 0),
+                Ev::ResponseEnd,
+                Ev::Cancelled
+            ]
+        );
+    }
+
+    #[test]
+    fn j27_watch_events_until_cancel() {
+        let mut t = Vec::new();
+        put_watch_event(image_id(b""), 4, "caf\u{e9}.gif", 0, &mut t);
+        put_watch_event(1, 0, "a.png", 300, &mut t);
+        put_cancel(&mut t);
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Watch);
+        assert!(!d.is_idle());
+        let (evs, err) = run(&mut d, &[&t]);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs,
+            vec![
+                Ev::Watch(
+                    0xef46db3751d8e999,
+                    4,
+                    "caf\u{e9}.gif".as_bytes().to_vec(),
+                    0
+                ),
+                Ev::Watch(1, 0, b"a.png".to_vec(), 300),
+                Ev::Cancelled,
+            ]
+        );
+        assert!(d.is_idle());
+    }
+
+    fn first_error(expect: Expect, bytes: &[u8]) -> (Vec<Ev>, Option<ResponseError>) {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(expect);
+        run(&mut d, &[bytes])
+    }
+
+    #[test]
+    fn j42_huge_list_count_is_refused_or_partial() {
+        let (evs, err) = first_error(Expect::List, &hex("4a54504c ffffffff0f"));
+        assert_eq!(
+            (evs, err),
+            (vec![], Some(ResponseError::TooManyEntries(u32::MAX)))
+        );
+        // Within the limit it just waits for entries, holding nothing.
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::List);
+        let (evs, err) = run(&mut d, &[&hex("4a54504c 80ade204")]);
+        assert_eq!((evs, err), (vec![Ev::ListStart(10_000_000)], None));
+        assert!(!d.is_idle() && d.stash.capacity() == 0);
+        let (evs, err) = first_error(Expect::Batch, &hex("4a545042 81ade204"));
+        assert_eq!(
+            (evs, err),
+            (vec![], Some(ResponseError::TooManyPackets(10_000_001)))
+        );
+    }
+
+    #[test]
+    fn j42_huge_packet_length_just_streams() {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Batch);
+        let (evs, err) = run(
+            &mut d,
+            &[&hex("4a545042 01 00 ffffffff0f 0000000000000001 aabb")],
+        );
+        assert_eq!(err, None);
+        assert_eq!(
+            evs,
+            vec![
+                Ev::PacketsStart(*b"JTPB", 1),
+                Ev::PacketHeader(0, u32::MAX, 1),
+                Ev::Data(vec![0xaa, 0xbb]),
+            ]
+        );
+        let chunk = vec![0x55; 1 << 16];
+        for _ in 0..16 {
+            let (n, r) = d.decode(&chunk);
+            assert_eq!(n, chunk.len());
+            assert!(matches!(r, Ok(Some(Event::Data(b))) if b.len() == chunk.len()));
+        }
+        assert!(!d.is_idle() && d.stash.capacity() == 0);
+    }
+
+    #[test]
+    fn j42_jtpd_more_than_requested() {
+        let (_, err) = first_error(Expect::Get { requested: vec![1] }, &hex("4a545044 02"));
+        assert_eq!(err, Some(ResponseError::MoreThanRequested { m: 2, n: 1 }));
+    }
+
+    #[test]
+    fn jtpd_ids_must_be_a_subsequence() {
+        let req = vec![1, 2, 2, 3];
+        let mut t = hex("4a545044 03");
+        for id in [2u64, 2, 3] {
+            put_packet_header(0, 0, id, &mut t);
+        }
+        let (evs, err) = first_error(
+            Expect::Get {
+                requested: req.clone(),
+            },
+            &t,
+        );
+        assert_eq!(err, None);
+        assert_eq!(evs.last(), Some(&Ev::ResponseEnd));
+        let mut t = hex("4a545044 02");
+        put_packet_header(0, 0, 3, &mut t);
+        put_packet_header(0, 0, 1, &mut t);
+        let (_, err) = first_error(Expect::Get { requested: req }, &t);
+        assert_eq!(err, Some(ResponseError::NotASubsequence(1)));
+    }
+
+    #[test]
+    fn j44_server_error_anywhere_on_a_frame_boundary() {
+        let e = hex("4a545045 05 0011 746f6f206d616e79207265717565737473");
+        let want = Ev::ServerError(5, "too many requests".to_string());
+        // Before any request.
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Idle);
+        assert_eq!(run(&mut d, &[&e]), (vec![want.clone()], None));
+        assert!(d.is_idle());
+        // Instead of the expected JTPD.
+        let (evs, err) = first_error(Expect::Get { requested: vec![1] }, &e);
+        assert_eq!((evs, err), (vec![want.clone()], None));
+        // Between packets, with an unknown code and a non-UTF-8 message.
+        let mut t = hex("4a545047 02 00 01 0000000000000001 ff");
+        t.extend_from_slice(&hex("4a545045 63 0002 ff41"));
+        let (evs, err) = first_error(Expect::ListAndGet, &t);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs.last(),
+            Some(&Ev::ServerError(99, "\u{fffd}A".to_string()))
+        );
+        // During WATCH.
+        let (evs, _) = first_error(Expect::Watch, &e);
+        assert_eq!(evs, vec![want]);
+    }
+
+    #[test]
+    fn errors_per_variant() {
+        let cases: &[(Expect, &str, ResponseError)] = &[
+            (
+                Expect::List,
+                "4a545058 00",
+                ResponseError::UnknownMagic(*b"JTPX"),
+            ),
+            (
+                Expect::Batch,
+                "4a545042 01 10 00 0000000000000001",
+                ResponseError::ReservedPacketFlags(0x10),
+            ),
+            (
+                Expect::Batch,
+                "4a545042 01 80 00 0000000000000001",
+                ResponseError::ReservedPacketFlags(0x80),
+            ),
+            (
+                Expect::Batch,
+                "4a545042 8000",
+                ResponseError::MalformedVarint,
+            ),
+            (
+                Expect::List,
+                "4a545042 00",
+                ResponseError::Unexpected("response of another request type"),
+            ),
+            (
+                Expect::Idle,
+                "4a54504c 00",
+                ResponseError::Unexpected("response while nothing was requested"),
+            ),
+            (
+                Expect::Batch,
+                "4a545042 01 4a54504c 00",
+                ResponseError::Unexpected("frame between packets"),
+            ),
+            (
+                Expect::Get { requested: vec![1] },
+                "00 01 0000000000000001",
+                ResponseError::MaybeOlderServer,
+            ),
+            (
+                Expect::Watch,
+                "4a54504c 00",
+                ResponseError::Unexpected("frame during watch"),
+            ),
+        ];
+        for (exp, bytes, want) in cases {
+            let (_, err) = first_error(exp.clone(), &hex(bytes));
+            assert_eq!(err, Some(*want), "{bytes}");
+            assert!(want.to_string().starts_with("jtp response: "));
+        }
+        // After an error the decoder stays failed, even without input.
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        assert!(run(&mut d, &[&hex("00000000")]).1.is_some());
+        assert!(!d.is_idle());
+        assert!(d.decode(&[]).1.is_err());
+        assert!(run(&mut d, &[&hex("4a545043")]).1.is_some());
+        // After JTPE, bytes are an error but EOF is clean.
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        let (evs, err) = run(&mut d, &[&error_frame(3, "server busy")]);
+        assert_eq!(
+            (evs, err),
+            (vec![Ev::ServerError(3, "server busy".into())], None)
+        );
+        assert!(d.is_idle());
+        assert_eq!(d.decode(&[]), (0, Ok(None)));
+        assert!(d.decode(b"x").1.is_err());
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn all_expects() -> Vec<Expect> {
+        vec![
+            Expect::List,
+            Expect::Get {
+                requested: vec![ALPHA, BETA, 1],
+            },
+            Expect::Batch,
+            Expect::ListAndGet,
+            Expect::Watch,
+            Expect::Idle,
+        ]
+    }
+
+    #[test]
+    fn never_panics_on_truncations_and_random_input() {
+        let t = transcript();
+        for cut in 0..=t.len() {
+            for chunk in [1, 3, t.len().max(1)] {
+                let pieces: Vec<&[u8]> = t[..cut].chunks(chunk).collect();
+                let (_, err) = run(&mut transcript_decoder(), &pieces);
+                assert_eq!(err, None);
+            }
+        }
+        let mut rng = XorShift(0x2545f4914f6cdd1d);
+        let magics = [
+            MAGIC_LIST,
+            MAGIC_GET,
+            MAGIC_BATCH,
+            MAGIC_LIST_AND_GET,
+            MAGIC_CANCEL,
+            MAGIC_WATCH,
+            MAGIC_ERROR,
+        ];
+        let expects = all_expects();
+        for i in 0..10_000 {
+            let mut input = Vec::new();
+            while input.len() < 48 {
+                let r = rng.next();
+                match r % 4 {
+                    0 => input.extend_from_slice(&magics[(r >> 8) as usize % magics.len()]),
+                    1 => input.push((r >> 8) as u8 & 0x0f),
+                    _ => input.push((r >> 8) as u8),
+                }
+            }
+            let mut d = ResponseDecoder::new(ResponseLimits {
+                max_list_entries: 50,
+                max_packets: 50,
+            });
+            d.expect(expects[i % expects.len()].clone());
+            d.expect(expects[(i / 6) % expects.len()].clone());
+            let chunk = 1 + (rng.next() % 17) as usize;
+            let pieces: Vec<&[u8]> = input.chunks(chunk).collect();
+            let _ = run(&mut d, &pieces);
+            let _ = d.is_idle();
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The JTP server connection as a pure state machine: bytes in, requests and decisions out.
+//!
+//! ```text
+//!            (first header)            (response sent)
+//!  AwaitFirst ───────────► Responding ────────────────┬─ keep-alive bit clear / JTPE ─► Closed
+//!      │                     ▲    │ 03 00 mid-stream: │
+//!      │                     │    └── JTPC, stop ─────┤
+//!      │     (next header)   │                        └─ keep-alive bit set ─► AwaitNext
+//!      └──── CANCEL first: JTPE 2 ─► Closed              AwaitNext ──(header)──► Responding
+//!                                                         AwaitNext ──04 00──► Watching
+//!                                      Watching ──03 00──► JTPC ─► AwaitNext
+//!                                      Watching ──other byte──► JTPE 2 ─► Closed
+//! ```
+//!
+//! The machine owns the connection's unread input (bounded by `max_buffered_input`: past it the
+//! driver stops reading and TCP pushes back) and decides what every request means under the
+//! CANCEL and WATCH rules of jtp.md 3.5 and 3.6. What to stream and from where is the driver's
+//! job; the machine never touches a socket, a file or a clock. Which timeout applies is told by
+//! [`Connection::phase`].
+
+use super::request::{Decoded, Request, RequestDecoder, RequestLimits};
+
+/// Reply texts ferry adds to the reference's (jtp.md 2.9).
+pub const MSG_CANCEL_FIRST: &str = "CANCEL requires an active keep-alive connection";
+pub const MSG_WATCH_DISABLED: &str = "WATCH not enabled; start server with --watch";
+pub const MSG_ONLY_CANCEL: &str = "only CANCEL is allowed during WATCH";
+pub const MSG_TIMED_OUT: &str = "request timed out";
+pub const MSG_BUSY: &str = "server busy";
+pub const MSG_RATE_LIMITED: &str = "too many requests";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitFirst,
+    AwaitNext,
+    Responding,
+    Watching,
+    Closed,
+}
+
+/// Which deadline the driver applies while it waits for input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing received yet: the first-request timeout.
+    First,
+    /// Between requests on a keep-alive connection: the keep-alive timeout.
+    Idle,
+    /// Part of a request received: per-read I/O timeout and the body deadline.
+    Body,
+    /// A response is being sent; input is only peeked at for CANCEL.
+    Responding,
+    /// Subscribed to WATCH: silence is normal.
+    Watching,
+    Closed,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Answer this request, then call [`Connection::response_done`].
+    Request(Request),
+    /// Write `JTPC`; the connection stays open.
+    Cancelled,
+    /// Start sending `JTPW` events for ids entering the catalog from now on.
+    StartWatch,
+    /// Write this error frame, then close.
+    Fail { code: u8, message: &'static str },
+}
+
+/// What arrived while subscribed to WATCH.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchInput {
+    /// Nothing decisive yet (no input, or a lone `03`).
+    None,
+    /// `03 00`: write `JTPC` and return to serving requests.
+    Cancel,
+    /// Anything else: JTPE 2 `only CANCEL is allowed during WATCH`, close.
+    Violation,
+}
+
+pub struct Connection {
+    state: State,
+    input: Vec<u8>,
+    max_input: usize,
+    decoder: RequestDecoder,
+    requests: u64,
+    watch_enabled: bool,
+    peer_eof: bool,
+}
+
+impl Connection {
+    pub fn new(limits: RequestLimits, max_input: usize, watch_enabled: bool) -> Connection {
+        Connection {
+            state: State::AwaitFirst,
+            input: Vec::new(),
+            max_input,
+            decoder: RequestDecoder::new(limits),
+            requests: 0,
+            watch_enabled,
+            peer_eof: false,
+        }
+    }
+
+    /// Bytes the driver may read and feed now.
+    pub fn input_room(&self) -> usize {
+        self.max_input.saturating_sub(self.input.len())
+    }
+
+    /// Feeds bytes read from the peer (at most [`input_room`](Self::input_room) of them).
+    pub fn handle_input(&mut self, data: &[u8]) {
+        self.input.extend_from_slice(data);
+    }
+
+    /// The peer closed its sending side. Buffered requests are still served.
+    pub fn handle_eof(&mut self) {
+        self.peer_eof = true;
+    }
+
+    pub fn has_peer_eof(&self) -> bool {
+        self.peer_eof
+    }
+
+    /// Requests received so far (CANCEL included).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::AwaitFirst if self.decoder.is_mid_request() => Phase::Body,
+            State::AwaitNext if self.decoder.is_mid_request() => Phase::Body,
+            State::AwaitFirst => Phase::First,
+            State::AwaitNext => Phase::Idle,
+            State::Responding => Phase::Responding,
+            State::Watching => Phase::Watching,
+            State::Closed => Phase::Closed,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Closes the machine (timeouts, transport errors, shutdown).
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+    }
+
+    /// Decodes the next request from buffered input, if one is complete.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if !matches!(self.state, State::AwaitFirst | State::AwaitNext) {
+            return None;
+        }
+        let (used, result) = self.decoder.decode(&self.input);
+        self.input.drain(..used);
+        let req = match result {
+            Ok(Decoded::Partial) => return None,
+            Ok(Decoded::Request(r)) => r,
+            Err(e) => {
+                self.state = State::Closed;
+                return Some(Event::Fail {
+                    code: e.code(),
+                    message: e.message(),
+                });
+            }
+        };
+        let first = self.requests == 0;
+        self.requests += 1;
+        match req {
+            Request::Cancel if first => {
+                self.state = State::Closed;
+                Some(Event::Fail {
+                    code: 2,
+                    message: MSG_CANCEL_FIRST,
+                })
+            }
+            Request::Cancel => {
+                self.state = State::AwaitNext;
+                Some(Event::Cancelled)
+            }
+            Request::Watch if !self.watch_enabled => {
+                self.state = State::Closed;
+                Some(Event::Fail {
+                    code: 4,
+                    message: MSG_WATCH_DISABLED,
+                })
+            }
+            Request::Watch => {
+                self.state = State::Watching;
+                Some(Event::StartWatch)
+            }
+            other => {
+                self.state = State::Responding;
+                Some(Event::Request(other))
+            }
+        }
+    }
+
+    /// Called before each packet of a streamed response: true when the unread input begins
+    /// with CANCEL (`03 00` or `03 01`), whose two bytes are then consumed. Anything else stays
+    /// for later, untouched.
+    pub fn poll_cancel(&mut self) -> bool {
+        if self.state == State::Responding && is_cancel(&self.input) {
+            self.input.drain(..2);
+            return true;
+        }
+        false
+    }
+
+    /// The response to the current request is complete (or was cancelled); `keep_alive` is the
+    /// request's own bit 0.
+    pub fn response_done(&mut self, keep_alive: bool) {
+        if self.state == State::Responding {
+            self.state = if keep_alive {
+                State::AwaitNext
+            } else {
+                State::Closed
+            };
+        }
+    }
+
+    /// Judges input received while subscribed to WATCH.
+    pub fn poll_watch_input(&mut self) -> WatchInput {
+        if self.state != State::Watching || self.input.is_empty() {
+            return WatchInput::None;
+        }
+        if is_cancel(&self.input) {
+            self.input.drain(..2);
+            self.state = State::AwaitNext;
+            return WatchInput::Cancel;
+        }
+        if self.input == [3] {
+            return WatchInput::None;
+        }
+        self.state = State::Closed;
+        WatchInput::Violation
+    }
+}
+
+fn is_cancel(input: &[u8]) -> bool {
+    input.len() >= 2 && input[0] == 3 && input[1] <= 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(watch: bool) -> Connection {
+        Connection::new(
+            RequestLimits {
+                max_have: 1_000_000,
+            },
+            64 * 1024,
+            watch,
+        )
+    }
+
+    #[test]
+    fn j16_pipelined_lists_then_close() {
+        let mut c = conn(false);
+        c.handle_input(&[1, 1, 1, 0]);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: true }))
+        );
+        assert_eq!(c.poll_event(), None, "nothing new while responding");
+        c.response_done(true);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: false }))
+        );
+        c.response_done(false);
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn j21_cancel_first_is_refused() {
+        let mut c = conn(false);
+        c.handle_input(&[3, 0]);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Fail {
+                code: 2,
+                message: MSG_CANCEL_FIRST
+            })
+        );
+        assert!(c.is_finished());
+        // `03 01` first is refused too (reference bug 5).
+        let mut c = conn(false);
+        c.handle_input(&[3, 1]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+    }
+
+    #[test]
+    fn j20_j25_cancel_after_keep_alive_request_gets_jtpc() {
+        let mut c = conn(false);
+        c.handle_input(&[1, 1]);
+        assert!(matches!(c.poll_event(), Some(Event::Request(_))));
+        c.response_done(true);
+        c.handle_input(&[3, 0, 3, 1, 1, 0]);
+        assert_eq!(c.poll_event(), Some(Event::Cancelled));
+        assert_eq!(c.poll_event(), Some(Event::Cancelled));
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: false }))
+        );
+    }
+
+    #[test]
+    fn j23_j24_cancel_mid_stream_leaves_other_input() {
+        let mut c = conn(false);
+        c.handle_input(&[5, 1]);
+        assert!(matches!(c.poll_event(), Some(Event::Request(_))));
+        // A pipelined LIST is not a CANCEL and stays.
+        c.handle_input(&[1, 1]);
+        assert!(!c.poll_cancel());
+        c.response_done(true);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: true }))
+        );
+        // A lone 03 whose second byte is in flight is left untouched.
+        c.handle_input(&[3]);
+        assert!(!c.poll_cancel());
+        c.handle_input(&[0, 1, 0]);
+        assert!(c.poll_cancel());
+        c.response_done(true);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: false }))
+        );
+    }
+
+    #[test]
+    fn j26_watch_without_rescans() {
+        let mut c = conn(false);
+        c.handle_input(&[1, 1]);
+        c.poll_event();
+        c.response_done(true);
+        c.handle_input(&[4, 0]);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Fail {
+                code: 4,
+                message: MSG_WATCH_DISABLED
+            })
+        );
+    }
+
+    #[test]
+    fn j22_j29_watch_then_cancel_or_violation() {
+        let mut c = conn(true);
+        c.handle_input(&[4, 1]);
+        assert_eq!(c.poll_event(), Some(Event::StartWatch));
+        assert_eq!(c.phase(), Phase::Watching);
+        c.handle_input(&[3]);
+        assert_eq!(c.poll_watch_input(), WatchInput::None);
+        c.handle_input(&[0]);
+        assert_eq!(c.poll_watch_input(), WatchInput::Cancel);
+        assert_eq!(c.phase(), Phase::Idle);
+        c.handle_input(&[4, 0]);
+        assert_eq!(c.poll_event(), Some(Event::StartWatch));
+        c.handle_input(&[1, 0]);
+        assert_eq!(c.poll_watch_input(), WatchInput::Violation);
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn j4_j5_errors_close() {
+        for input in [[1u8, 2], [0, 0xff], [0xff, 2]] {
+            let mut c = conn(false);
+            c.handle_input(&input);
+            assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+            assert!(c.is_finished());
+        }
+        let mut c = conn(false);
+        c.handle_input(&[0xfe, 0]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 4, .. })));
+    }
+
+    #[test]
+    fn phases_follow_the_request() {
+        let mut c = conn(false);
+        assert_eq!(c.phase(), Phase::First);
+        c.handle_input(&[0, 0, 5]);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.phase(), Phase::Body);
+    }
+}
