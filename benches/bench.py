@@ -548,7 +548,17 @@ def environment():
         "cpu": cpu,
         "cores": os.cpu_count(),
         "commit": commit,
+        "loadavg_start": _loadavg(),
     }
+
+
+def _loadavg():
+    """1-minute load average: on a shared 2-core machine it says how disturbed a run was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def render(env, res):
@@ -559,6 +569,8 @@ def render(env, res):
         f"- kernel (uname -r): {env['kernel']}",
         f"- CPU: {env['cpu']}, {env['cores']} cores",
         f"- git commit: {env['commit']}",
+        f"- 1-minute load average at start / end: {env['loadavg_start']} / {env['loadavg_end']} "
+        f"(other work on the machine lowers every number)",
         "",
         "| benchmark | ferry | peer (name: value) | target | pass/fail |",
         "| --- | --- | --- | --- | --- |",
@@ -609,10 +621,14 @@ def main():
         return 2
     os.makedirs(LOGS, exist_ok=True)
     os.makedirs(SHM, exist_ok=True)
+    # Run a private copy: a rebuild into the (possibly shared) target dir mid-run changes nothing.
+    copy = os.path.join(SHM, "ferry")
+    shutil.copy2(ferry, copy)
+    ferry_src, ferry = ferry, copy
     env = environment()
     res = Results()
     res.raw["env"] = env
-    res.raw["ferry"] = ferry
+    res.raw["ferry"] = ferry_src
 
     say("preparing data under " + DATA)
     big, small, cat, made = ensure_data()
@@ -719,6 +735,7 @@ def main():
                        for r in res.rows]
     res.raw["errors"] = res.errors
     res.raw["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    env["loadavg_end"] = _loadavg()
     md = render(env, res)
     with open(os.path.join(BENCH, "results.md"), "w") as f:
         f.write(md)
