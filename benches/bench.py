@@ -90,6 +90,16 @@ def _cleanup():
     shutil.rmtree(SHM, ignore_errors=True)
 
 
+def _remove_stale_shm():
+    """Output folders of earlier runs that were killed outright (SIGKILL skips the cleanup)."""
+    for name in os.listdir("/dev/shm"):
+        if not name.startswith("ferry-bench-"):
+            continue
+        pid = name[len("ferry-bench-"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join("/dev/shm", name), ignore_errors=True)
+
+
 def _on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -620,6 +630,7 @@ def main():
               file=sys.stderr)
         return 2
     os.makedirs(LOGS, exist_ok=True)
+    _remove_stale_shm()
     os.makedirs(SHM, exist_ok=True)
     # Run a private copy: a rebuild into the (possibly shared) target dir mid-run changes nothing.
     copy = os.path.join(SHM, "ferry")
