@@ -195,9 +195,6 @@ struct JtpServeArgs {
     /// log on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// alias of -v
-    #[argh(switch)]
-    verbose_long: bool,
     /// print the listening line as JSON
     #[argh(switch)]
     json: bool,
@@ -270,9 +267,6 @@ struct JtpGetArgs {
     /// log each image on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// alias of -v
-    #[argh(switch)]
-    verbose_long: bool,
     /// print the result as JSON on stdout
     #[argh(switch)]
     json: bool,
@@ -530,7 +524,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         (None, true) => Some(Duration::from_secs(5)),
         _ => None,
     };
-    let verbose = a.verbose || a.verbose_long;
+    let verbose = a.verbose;
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
     let cat = open_catalog(&dir, verbose)?;
@@ -643,7 +637,7 @@ fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     opts.parallel = a.parallel.clamp(1, 32);
     opts.repeat = a.repeat.max(1);
     opts.nodelay = !a.no_tcp_nodelay;
-    opts.verbose = a.verbose || a.verbose_long;
+    opts.verbose = a.verbose;
     opts.durable = a.fsync;
     opts.progress = !a.json && std::io::stderr().is_terminal();
     let client = Client::new(opts)?;

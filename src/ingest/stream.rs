@@ -17,6 +17,8 @@ use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// Size of the write buffer: large enough that small network reads become large writes.
 const BUFFER_BYTES: usize = 256 * 1024;
+/// Files smaller than this are not preallocated.
+const MIN_PREALLOCATE: u64 = 1024 * 1024;
 /// Pieces at least this large skip the buffer.
 const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 
@@ -71,7 +73,8 @@ impl StreamSink {
             allocated: 0,
             failed: false,
         };
-        if let Some(len) = size_hint.filter(|&n| n > 0) {
+        // Small files are not worth a fallocate(2): it costs as much as their write.
+        if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
             // On error the sink is dropped, which removes the temporary.
             sink.allocated = preallocate(sink.file.as_ref().expect("just opened"), len)?;
         }

@@ -30,6 +30,8 @@ pub const MAX_IDS_PER_GET: usize = 255;
 const MAX_BATCH_HAVE: usize = 1_000_000;
 /// Read buffer per connection; also bounds how much of a packet is held at once.
 const READ_BUF: usize = 1024 * 1024;
+/// GET requests a keep-alive worker keeps in flight.
+const PIPELINE_DEPTH: usize = 4;
 /// Default JTP port when `--addr` names none.
 pub const DEFAULT_PORT: u16 = 8443;
 
@@ -522,18 +524,52 @@ impl Client {
     ) -> Result<Summary, ClientError> {
         let ka = self.opts.keep_alive;
         let mut summary = Summary::default();
+        if ka {
+            // One connection, up to PIPELINE_DEPTH requests in flight: the server prepares the
+            // next response while this side is still writing files from the last one.
+            let chunks: Vec<&[u64]> = ids.chunks(MAX_IDS_PER_GET).collect();
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => self.connect()?,
+            };
+            let (mut sent, mut done) = (0, 0);
+            while done < chunks.len() {
+                while sent < chunks.len()
+                    && sent - done < PIPELINE_DEPTH
+                    && !stop.load(Ordering::SeqCst)
+                {
+                    c.send(
+                        &Request::GetById {
+                            keep_alive: true,
+                            ids: chunks[sent].to_vec(),
+                        },
+                        Expect::Get {
+                            requested: chunks[sent].to_vec(),
+                        },
+                    )?;
+                    sent += 1;
+                }
+                if stop.load(Ordering::SeqCst) {
+                    // Requests may still be in flight: this connection cannot be reused.
+                    summary.cancelled = true;
+                    return Ok(summary);
+                }
+                let got = self.receive_packets(&mut c, ingest, names, &mut summary, progress)?;
+                note_missing(&mut summary, chunks[done], got);
+                done += 1;
+            }
+            *conn = Some(c);
+            return Ok(summary);
+        }
         for chunk in ids.chunks(MAX_IDS_PER_GET) {
             if stop.load(Ordering::SeqCst) {
                 summary.cancelled = true;
                 break;
             }
-            let mut c = match conn.take() {
-                Some(c) => c,
-                None => self.connect()?,
-            };
+            let mut c = self.connect()?;
             c.send(
                 &Request::GetById {
-                    keep_alive: ka,
+                    keep_alive: false,
                     ids: chunk.to_vec(),
                 },
                 Expect::Get {
@@ -541,15 +577,8 @@ impl Client {
                 },
             )?;
             let got = self.receive_packets(&mut c, ingest, names, &mut summary, progress)?;
-            let got: std::collections::HashSet<u64> = got.into_iter().collect();
-            summary
-                .missing
-                .extend(chunk.iter().filter(|id| !got.contains(id)));
-            if ka {
-                *conn = Some(c);
-            } else {
-                c.stream.close_gracefully(Duration::from_millis(200));
-            }
+            note_missing(&mut summary, chunk, got);
+            c.stream.close_gracefully(Duration::from_millis(200));
         }
         Ok(summary)
     }
@@ -736,6 +765,14 @@ impl Client {
             }
         }
     }
+}
+
+/// Records the ids of `asked` that did not arrive.
+fn note_missing(summary: &mut Summary, asked: &[u64], got: Vec<u64>) {
+    let got: std::collections::HashSet<u64> = got.into_iter().collect();
+    summary
+        .missing
+        .extend(asked.iter().filter(|id| !got.contains(id)));
 }
 
 fn merge(total: &mut Summary, s: Summary) {
