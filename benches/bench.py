@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import resource
 import select
 import shutil
 import signal
@@ -102,6 +103,22 @@ def _remove_stale_shm():
 
 def _on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def children_cpu():
+    """CPU seconds (user + system) used by every child this script has waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu(pid):
+    """CPU seconds (user + system) a running process has used so far (0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def run(cmd, timeout=CMD_TIMEOUT, ok=(0,)):
@@ -302,6 +319,7 @@ class Results:
         self.rows = []  # (benchmark, ferry, peer, target, verdict)
         self.raw = {}
         self.errors = []
+        self.diagnostics = []
 
     def row(self, bench, ferry, peer, target, verdict):
         self.rows.append((bench, ferry, peer, target, verdict))
@@ -350,15 +368,19 @@ def bench_big_jtp(res, ferry, big, tls):
         cert = os.path.join(big, ".ferry", "tls", "cert.pem")
         for i in range(RUNS):
             out = fresh_out(f"big-{label}")
+            c0, s0 = children_cpu(), process_cpu(s.pid)
             wall, stdout = run(jtp_get_cmd(ferry, addr, out, tls, cert))
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
             size = os.path.getsize(os.path.join(out, BIG_NAME))
             if size != GIB:
                 raise CommandFailed(f"jtp get wrote {size} bytes, expected {GIB}")
             shutil.rmtree(out)
             summary = json.loads(stdout)
-            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "summary_seconds":
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_cpu": client_cpu,
+                         "server_cpu": server_cpu, "summary_seconds":
                          summary.get("seconds"), "wire_bytes": summary.get("wire_bytes")})
-            say(f"jtp {label} 1 GiB run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s)")
+            say(f"jtp {label} 1 GiB run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s; "
+                f"cpu s: client {client_cpu:.2f}, server {server_cpu:.2f})")
     finally:
         rss_mib = rss.stop()
         s.stop()
@@ -602,6 +624,8 @@ def render(env, res):
         f"samples every 50 ms of the server process during all its 1 GiB transfers (nginx: master "
         f"+ worker).",
     ]
+    if res.diagnostics:
+        lines += ["", "Diagnostics (not judged):"] + [f"- {d}" for d in res.diagnostics]
     if res.errors:
         lines += ["", "Errors:"] + [f"- {e}" for e in res.errors]
     return "\n".join(lines) + "\n"
@@ -697,6 +721,15 @@ def main():
     if ceiling:
         res.row("1 GiB, loopback TCP ceiling, 1 connection (best / median)", "(reference)",
                 f"tcp_ceiling: {fmt(cb, 'GB/s')} / {fmt(cm, 'GB/s')}", "-", "-")
+
+    for label in ("plain", "tls"):
+        runs = res.raw.get(f"big_jtp_{label}", {}).get("runs")
+        if runs:
+            b = max(runs, key=lambda r: r["gbps"])
+            res.diagnostics.append(
+                f"JTP {label} 1 GiB, best run: {b['wall']:.3f} s wall; CPU seconds: client "
+                f"{b['client_cpu']:.2f}, server {b['server_cpu']:.2f} (a side near its wall time "
+                f"is the bottleneck)")
 
     # 2. 1000 small images ----------------------------------------------------------------
     curl_small = None
