@@ -339,8 +339,15 @@ fn next_temp_name() -> String {
     format!(
         "{TEMP_PREFIX}{}-{}-{n}{PART_SUFFIX}",
         process_tag(),
-        std::process::id()
+        process_id()
     )
+}
+
+/// This process's id, asked of the kernel once (getpid(2) is a real system call per file
+/// otherwise; ferry never forks).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Parses `.ferry-<hex tag>-<pid>-<counter>.part` into (tag, pid).

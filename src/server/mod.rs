@@ -440,3 +440,132 @@ impl Drop for SlotGuard<'_> {
         self.pool.registry.remove(self.slot);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Echoes one line-less chunk back, then waits for EOF; counts busy refusals.
+    struct Echo {
+        busy: AtomicUsize,
+    }
+
+    impl Service for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn serve(&self, conn: Accepted, ctx: &ConnCtx) {
+            let mut buf = [0u8; 64];
+            match conn {
+                Accepted::Tcp(mut s, _) => {
+                    ctx.set_idle(true);
+                    if let Ok(n) = s.read(&mut buf) {
+                        ctx.set_idle(false);
+                        let _ = s.write_all(&buf[..n]);
+                        ctx.set_idle(true);
+                        let _ = s.read(&mut buf);
+                    }
+                }
+                Accepted::Unix(mut s) => {
+                    if let Ok(n) = s.read(&mut buf) {
+                        let _ = s.write_all(&buf[..n]);
+                    }
+                }
+            }
+        }
+        fn busy(&self, conn: Accepted) {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            if let Accepted::Tcp(mut s, _) = conn {
+                let _ = s.write_all(b"busy");
+            }
+        }
+    }
+
+    fn start(max: usize) -> (ServerHandle, Arc<Echo>, String) {
+        let echo = Arc::new(Echo {
+            busy: AtomicUsize::new(0),
+        });
+        let l = Listener::bind_tcp("127.0.0.1:0").unwrap();
+        let h = ServerBuilder::new(max, Duration::from_secs(2), Shutdown::new())
+            .listener(l, echo.clone())
+            .start()
+            .unwrap();
+        let addr = h.addrs()[0].1.clone();
+        (h, echo, addr)
+    }
+
+    fn echo_once(addr: &str, msg: &[u8]) -> (std::net::TcpStream, Vec<u8>) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(msg).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        (s, buf[..n].to_vec())
+    }
+
+    #[test]
+    fn serves_then_refuses_beyond_max_connections_at_once() {
+        let (h, echo, addr) = start(2);
+        assert_eq!(h.addrs()[0].0, "echo");
+        let (a, r) = echo_once(&addr, b"one");
+        assert_eq!(r, b"one");
+        let (b, r) = echo_once(&addr, b"two");
+        assert_eq!(r, b"two");
+        // Both workers are held by idle peers: the third connection is refused at once.
+        let (_c, r) = echo_once(&addr, b"three");
+        assert_eq!(r, b"busy");
+        assert_eq!(echo.busy.load(Ordering::SeqCst), 1);
+        drop(a);
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.active() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let (_d, r) = echo_once(&addr, b"four");
+        assert_eq!(r, b"four", "a freed slot serves again");
+    }
+
+    #[test]
+    fn stop_wakes_idle_connections_and_joins_every_thread() {
+        let (mut h, _echo, addr) = start(8);
+        let (mut idle, r) = echo_once(&addr, b"x");
+        assert_eq!(r, b"x");
+        let t0 = Instant::now();
+        h.stop();
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "idle peers are woken, not waited for"
+        );
+        // The server side closed: the idle peer reads end-of-file.
+        let mut buf = [0u8; 8];
+        assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+        // The listener is gone with its accept thread.
+        assert!(std::net::TcpStream::connect(&addr).is_err());
+    }
+
+    #[test]
+    fn unix_listener_serves() {
+        let dir = std::env::temp_dir().join(format!("ferry-server-unix-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let echo = Arc::new(Echo {
+            busy: AtomicUsize::new(0),
+        });
+        let l = Listener::Unix(UnixListener::bind(&path).unwrap());
+        let h = ServerBuilder::new(4, Duration::from_secs(1), Shutdown::new())
+            .listener(l, echo)
+            .start()
+            .unwrap();
+        assert!(h.addrs()[0].1.starts_with("unix:"));
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 8];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        drop(h);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,18 +1,11 @@
 //! The JTP server driver: the only JTP code that knows both the [`Connection`] machine and a
 //! socket. It applies the timeouts the machine's phase calls for, resolves catalog entries,
-//! and moves image bytes from the mapped files to the socket.
-//!
-//! Byte paths, by transport:
-//! - plain TCP, packet bodies above [`ZERO_COPY_MIN`]: `send(2)` straight from the file mapping
-//!   (the kernel copies; userspace never touches the mapped pages), except the packet's last
-//!   [`TAIL`] bytes, see below;
-//! - TLS, small bodies and packet tails: `pread(2)` into the connection's output buffer.
+//! and moves image bytes from the mapped files to the socket through [`bulk`].
 //!
 //! Consistency (jtp.md 3.11): every counted image is opened and checked against its snapshot
-//! stamp before the count goes out. While a packet streams, its tail is read with `pread`, then
-//! the open file is checked again (size, mtime, ctime, inode); only if it is unchanged are the
-//! final bytes written. Otherwise the connection is closed, so a peer never receives the final
-//! byte of a packet whose bytes may differ from its id.
+//! stamp before the count goes out; while a packet streams, [`bulk::send_file`] checks the file
+//! again before its final bytes. A file that changed ends the connection, so a peer never
+//! receives the final byte of a packet whose bytes may differ from its id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -28,17 +21,12 @@ use super::wire::{self, FileType, FLAG_ZSTD, MAGIC_BATCH, MAGIC_LIST_AND_GET};
 use super::zstd_frame;
 use crate::catalog::{CatalogHandle, MappedFile};
 use crate::config::{JtpConfig, Limits};
+use crate::proto::bulk::{self, OUT_FLUSH};
 use crate::server::{Accepted, ConnCtx, Service};
 use crate::transport::{Stream, TlsServer, TryRead};
 
 /// ALPN protocol id JTP offers.
 pub const ALPN_JTP: &[u8] = b"jtp/1";
-/// Packet bodies at least this large go zero-copy on plain TCP.
-const ZERO_COPY_MIN: u64 = 256 * 1024;
-/// Bytes at the end of each packet read and checked before they are written.
-const TAIL: u64 = 64 * 1024;
-/// Output buffer flushed when it grows past this.
-const OUT_FLUSH: usize = 256 * 1024;
 /// Largest file compressed on demand (larger BMPs go raw; their compression would hold the
 /// request for too long and its cache too much memory).
 const MAX_COMPRESS: u64 = 8 * 1024 * 1024;
@@ -453,57 +441,11 @@ impl ConnDriver<'_> {
             self.out.extend_from_slice(&frame);
             return self.maybe_flush();
         }
-        let len = file.len();
-        response::put_packet_header(item.flags(), len as u32, item.id, &mut self.out);
-        let tail_start = len.saturating_sub(TAIL);
-        let mut off = 0u64;
-        if len >= ZERO_COPY_MIN {
-            if let Some(fd) = self.stream.plain_fd() {
-                self.flush()?;
-                while off < tail_start {
-                    let want = (tail_start - off).min(8 << 20) as usize;
-                    let n = file.send_to(fd, off, want).map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EFAULT) {
-                            ConnError::FileChanged(item.entry.name.clone())
-                        } else {
-                            ConnError::Io(e)
-                        }
-                    })?;
-                    if n == 0 {
-                        return Err(ConnError::FileChanged(item.entry.name.clone()));
-                    }
-                    off += n as u64;
-                }
-            }
-        }
-        // The rest through the buffer: pread, and check the file before its final bytes.
-        while off < len {
-            let chunk = (len - off).min(OUT_FLUSH as u64) as usize;
-            let start = self.out.len();
-            self.out.resize(start + chunk, 0);
-            let mut got = 0;
-            while got < chunk {
-                match file.read_at(off + got as u64, &mut self.out[start + got..]) {
-                    Ok(0) => return Err(ConnError::FileChanged(item.entry.name.clone())),
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            off += chunk as u64;
-            if off == len {
-                if !file.is_unchanged() {
-                    self.out.truncate(start);
-                    return Err(ConnError::FileChanged(item.entry.name.clone()));
-                }
-            } else {
-                self.flush()?;
-            }
-        }
-        if len == 0 && !file.is_unchanged() {
-            return Err(ConnError::FileChanged(item.entry.name.clone()));
-        }
-        self.maybe_flush()
+        response::put_packet_header(item.flags(), file.len() as u32, item.id, &mut self.out);
+        bulk::send_file(&mut self.stream, &mut self.out, file).map_err(|e| match e {
+            bulk::SendError::FileChanged => ConnError::FileChanged(item.entry.name.clone()),
+            bulk::SendError::Io(e) => ConnError::Io(e),
+        })
     }
 
     fn maybe_flush(&mut self) -> Result<(), ConnError> {
@@ -514,12 +456,7 @@ impl ConnDriver<'_> {
     }
 
     fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
-            self.out.clear();
-        }
-        self.stream.flush()?;
-        Ok(())
+        Ok(bulk::flush(&mut self.stream, &mut self.out)?)
     }
 
     /// WATCH (jtp.md 3.6): one `JTPW` per id entering the JTP view after the subscription,

@@ -1,0 +1,798 @@
+#!/usr/bin/env python3
+"""`make bench`: ferry next to its peers on this machine, measured in one run, printed as one table.
+
+Rows (see the table's notes for how each number is made):
+  1. one 1 GiB file: JTP plain and TLS (ferry jtp serve + ferry jtp get), nginx + curl over
+     HTTP (into /dev/shm and into /dev/null), and the loopback TCP ceiling (benches/tcp_ceiling.rs);
+  2. 1000 small images: images/s by LIST_AND_GET and by GET_BY_ID (chunks of 255, keep-alive),
+     next to curl fetching the same files from nginx over one keep-alive connection;
+  3. a 10,000-file catalog: cold index time (no index) and warm restart time (hashed must be 0);
+  4. the server's RssAnon while it serves the 1 GiB file (plain and TLS), next to nginx's.
+
+Python 3 standard library only. Data is generated once under target/bench/data (kept between
+runs, never committed); transfers write into /dev/shm so the disk is not what is measured.
+Every server this script starts is stopped on exit (normal, error, Ctrl-C, SIGTERM, and by
+PR_SET_PDEATHSIG if this process is killed outright). Missed targets do not fail the run;
+a command that fails does (exit 1, after the table is printed with the rows that ran).
+
+Environment: FERRY_BIN (default <cargo target dir>/release/ferry), BENCH_DIR (default
+target/bench), BENCH_RUNS (default 3), CARGO (default cargo).
+"""
+
+import atexit
+import ctypes
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.abspath(os.environ.get("BENCH_DIR", os.path.join(ROOT, "target", "bench")))
+DATA = os.path.join(BENCH, "data")
+LOGS = os.path.join(BENCH, "logs")
+SHM = f"/dev/shm/ferry-bench-{os.getpid()}"
+RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
+CARGO = os.environ.get("CARGO", "cargo")
+
+GIB = 1 << 30
+BIG_NAME = "big.png"
+SMALL_COUNT, SMALL_MIN, SMALL_MAX = 1000, 1_000, 100_000
+CAT_COUNT, CAT_MIN, CAT_MAX = 10_000, 1_024, 64 * 1024
+REPEAT = 5
+CMD_TIMEOUT = 180  # seconds; no single command of this benchmark should come near it
+LISTEN_TIMEOUT = 120  # the first start of a server hashes its folder
+
+# --------------------------------------------------------------------------- processes
+
+
+class CommandFailed(Exception):
+    """A command exited non-zero, timed out, or produced something unusable."""
+
+
+_children = []  # Popen objects of every server started, stopped on exit
+
+
+def _pdeathsig():
+    """In the child before exec: get SIGTERM if this script dies, so no server is left behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(p, grace=5.0):
+    if p.poll() is not None:
+        return
+    try:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _cleanup():
+    while _children:
+        _stop(_children.pop())
+    shutil.rmtree(SHM, ignore_errors=True)
+
+
+def _remove_stale_shm():
+    """Output folders of earlier runs that were killed outright (SIGKILL skips the cleanup)."""
+    for name in os.listdir("/dev/shm"):
+        if not name.startswith("ferry-bench-"):
+            continue
+        pid = name[len("ferry-bench-"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join("/dev/shm", name), ignore_errors=True)
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def children_cpu():
+    """CPU seconds (user + system) used by every child this script has waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu(pid):
+    """CPU seconds (user + system) a running process has used so far (0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run(cmd, timeout=CMD_TIMEOUT, ok=(0,)):
+    """Runs a command to completion; returns (wall seconds, stdout). Raises CommandFailed."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                           text=True, preexec_fn=_pdeathsig)
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"timed out after {timeout} s: {' '.join(cmd)}")
+    except OSError as e:
+        raise CommandFailed(f"cannot run {cmd[0]}: {e}")
+    wall = time.perf_counter() - t0
+    if p.returncode not in ok:
+        err = (p.stderr or "").strip().splitlines()[-3:]
+        raise CommandFailed(f"exit {p.returncode}: {' '.join(cmd)}: {' | '.join(err)}")
+    return wall, p.stdout
+
+
+class Server:
+    """A server process whose stdout announces readiness with `listening <proto> <addr>`."""
+
+    def __init__(self, name, cmd):
+        self.name = name
+        os.makedirs(LOGS, exist_ok=True)
+        self.log_path = os.path.join(LOGS, f"{name}.log")
+        self.log = open(self.log_path, "wb")
+        self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=self.log, preexec_fn=_pdeathsig)
+        _children.append(self.p)
+        self.pid = self.p.pid
+
+    def wait_listening(self, proto="jtp", timeout=LISTEN_TIMEOUT):
+        """Reads stdout until the listening line; returns its address."""
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = self.p.stdout.fileno()
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                for line in buf.decode(errors="replace").splitlines():
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0] == "listening" and parts[1] == proto:
+                        return parts[2]
+            elif self.p.poll() is not None:
+                break
+        self.stop()
+        raise CommandFailed(f"{self.name}: no 'listening {proto}' line "
+                            f"(exit {self.p.poll()}); see {self.log_path}")
+
+    def stop(self):
+        _stop(self.p)
+        if self.p in _children:
+            _children.remove(self.p)
+        self.log.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_connectable(port, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _rss_anon_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _descendants(pid):
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+class RssSampler:
+    """Max over samples (every 50 ms) of RssAnon of a process, plus its children if asked."""
+
+    def __init__(self, pid, tree=False):
+        self.pid, self.tree = pid, tree
+        self.max_kib, self.samples = 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            pids = [self.pid] + (_descendants(self.pid) if self.tree else [])
+            self.max_kib = max(self.max_kib, sum(_rss_anon_kib(p) for p in pids))
+            self.samples += 1
+            self._stop.wait(0.05)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        return self.max_kib / 1024.0  # MiB
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _write_random_files(folder, count, lo, hi, seed):
+    rng = random.Random(seed)
+    for i in range(count):
+        with open(os.path.join(folder, f"img{i:05d}.png"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(lo, hi)))
+
+
+def ensure_data():
+    """Makes the data sets once; a `<set>.done` marker beside each says it is complete."""
+    os.makedirs(DATA, exist_ok=True)
+    made = {}
+
+    def dataset(name, spec, make):
+        folder = os.path.join(DATA, name)
+        marker = os.path.join(DATA, f"{name}.done")
+        try:
+            with open(marker) as f:
+                if f.read() == spec and os.path.isdir(folder):
+                    return folder
+        except OSError:
+            pass
+        t0 = time.perf_counter()
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        make(folder)
+        with open(marker, "w") as f:
+            f.write(spec)
+        made[name] = round(time.perf_counter() - t0, 2)
+        return folder
+
+    def make_big(folder):
+        chunk = 1 << 20
+        with open(os.path.join(folder, BIG_NAME), "wb") as f:
+            for _ in range(GIB // chunk):
+                f.write(os.urandom(chunk))
+
+    big = dataset("big", f"{BIG_NAME} {GIB}", make_big)
+    small = dataset("small", f"{SMALL_COUNT} {SMALL_MIN} {SMALL_MAX} seed 1",
+                    lambda d: _write_random_files(d, SMALL_COUNT, SMALL_MIN, SMALL_MAX, 1))
+    cat = dataset("catalog", f"{CAT_COUNT} {CAT_MIN} {CAT_MAX} seed 2",
+                  lambda d: _write_random_files(d, CAT_COUNT, CAT_MIN, CAT_MAX, 2))
+    return big, small, cat, made
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fresh_out(name):
+    d = os.path.join(SHM, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    return d
+
+
+def best_median(values, higher_is_better=True):
+    if not values:
+        return None, None
+    return (max(values) if higher_is_better else min(values)), statistics.median(values)
+
+
+def fmt(x, unit, digits=2):
+    return "n/a" if x is None else f"{x:,.{digits}f} {unit}"
+
+
+class Results:
+    def __init__(self):
+        self.rows = []  # (benchmark, ferry, peer, target, verdict)
+        self.raw = {}
+        self.errors = []
+        self.diagnostics = []
+
+    def row(self, bench, ferry, peer, target, verdict):
+        self.rows.append((bench, ferry, peer, target, verdict))
+
+    def error(self, where, e):
+        msg = f"{where}: {e}"
+        self.errors.append(msg)
+        print(f"bench: error: {msg}", file=sys.stderr, flush=True)
+        self.row(where, "error", "", "", "error")
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("pass" if ok else "FAIL")
+
+
+def say(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def jtp_server(ferry, folder, tls, name):
+    cmd = [ferry, "jtp", "serve", "--images", folder, "--bind", "127.0.0.1:0"]
+    if not tls:
+        cmd.append("--no-tls")
+    s = Server(name, cmd)
+    return s, s.wait_listening("jtp")
+
+
+def jtp_get_cmd(ferry, addr, out, tls, cert, extra=()):
+    cmd = [ferry, "jtp", "get", "-k", "--addr", addr, "--out", out, "--json", *extra]
+    if tls:
+        cmd += ["--cert", cert]
+    else:
+        cmd.append("--no-tls")
+    return cmd
+
+
+def bench_big_jtp(res, ferry, big, tls):
+    label = "tls" if tls else "plain"
+    s, addr = jtp_server(ferry, big, tls, f"jtp-big-{label}")
+    rss = RssSampler(s.pid)
+    runs = []
+    try:
+        cert = os.path.join(big, ".ferry", "tls", "cert.pem")
+        for i in range(RUNS):
+            out = fresh_out(f"big-{label}")
+            c0, s0 = children_cpu(), process_cpu(s.pid)
+            wall, stdout = run(jtp_get_cmd(ferry, addr, out, tls, cert))
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
+            size = os.path.getsize(os.path.join(out, BIG_NAME))
+            if size != GIB:
+                raise CommandFailed(f"jtp get wrote {size} bytes, expected {GIB}")
+            shutil.rmtree(out)
+            summary = json.loads(stdout)
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_cpu": client_cpu,
+                         "server_cpu": server_cpu, "summary_seconds":
+                         summary.get("seconds"), "wire_bytes": summary.get("wire_bytes")})
+            say(f"jtp {label} 1 GiB run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s; "
+                f"cpu s: client {client_cpu:.2f}, server {server_cpu:.2f})")
+    finally:
+        rss_mib = rss.stop()
+        s.stop()
+    res.raw[f"big_jtp_{label}"] = {"runs": runs, "rss_anon_max_mib": rss_mib,
+                                   "rss_samples": rss.samples}
+    return [r["gbps"] for r in runs], rss_mib
+
+
+def nginx_conf(port, root):
+    ndir = os.path.join(BENCH, "nginx")
+    tmp = os.path.join(ndir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    temps = "\n".join(f"    {k}_temp_path {tmp}/{k};" for k in
+                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = f"""# written by benches/bench.py for one run
+{user}daemon off;
+worker_processes 1;
+pid {ndir}/nginx.pid;
+error_log {ndir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+{temps}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+    path = os.path.join(ndir, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path, ndir
+
+
+def find_nginx():
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+
+
+def start_nginx(root):
+    nginx = find_nginx()
+    if not nginx:
+        raise CommandFailed("nginx is not installed (benches/bench.sh installs nginx-light as root)")
+    for _ in range(3):  # a port picked by port 0 can be taken before nginx binds it
+        port = free_port()
+        conf, ndir = nginx_conf(port, root)
+        p = subprocess.Popen([nginx, "-p", ndir, "-c", conf, "-e", os.path.join(ndir, "error.log")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(LOGS, "nginx.log"), "wb"),
+                             preexec_fn=_pdeathsig)
+        _children.append(p)
+        if wait_connectable(port, p):
+            return p, port
+        _stop(p)
+        _children.remove(p)
+    raise CommandFailed(f"nginx did not start; see {LOGS}/nginx.log and {BENCH}/nginx/error.log")
+
+
+def bench_big_nginx(res, port, pid):
+    url = f"http://127.0.0.1:{port}/big/{BIG_NAME}"
+    rss = RssSampler(pid, tree=True)
+    shm, null = [], []
+    try:
+        for i in range(RUNS):
+            out = os.path.join(fresh_out("curl"), "x")
+            wall, _ = run(["curl", "-s", "-f", "-o", out, url])
+            if os.path.getsize(out) != GIB:
+                raise CommandFailed(f"curl wrote {os.path.getsize(out)} bytes, expected {GIB}")
+            os.remove(out)
+            shm.append(GIB / wall / 1e9)
+            wall, _ = run(["curl", "-s", "-f", "-o", "/dev/null", url])
+            null.append(GIB / wall / 1e9)
+            say(f"nginx+curl 1 GiB run {i + 1}: {shm[-1]:.2f} GB/s to /dev/shm, "
+                f"{null[-1]:.2f} GB/s to /dev/null")
+    finally:
+        rss_mib = rss.stop()
+    res.raw["big_nginx_curl"] = {"shm_gbps": shm, "null_gbps": null, "rss_anon_max_mib": rss_mib}
+    return shm, null, rss_mib
+
+
+def build_tcp_ceiling():
+    """Builds benches/tcp_ceiling.rs (bench profile = release) and returns the executable."""
+    cmd = [CARGO, "bench", "--bench", "tcp_ceiling", "--no-run", "--message-format=json", "-q"]
+    _, out = run(cmd, timeout=600)
+    for line in out.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tcp_ceiling" \
+                and m.get("executable"):
+            return m["executable"]
+    raise CommandFailed("cargo bench --no-run did not report the tcp_ceiling executable")
+
+
+def bench_tcp_ceiling(res):
+    exe = build_tcp_ceiling()
+    vals = []
+    for _ in range(RUNS):
+        _, out = run([exe, str(GIB)])
+        vals.append(json.loads(out)["gbps"])
+    say(f"tcp ceiling: {', '.join(f'{v:.2f}' for v in vals)} GB/s")
+    res.raw["tcp_ceiling_gbps"] = vals
+    return vals
+
+
+def bench_small_jtp(res, ferry, small, mode):
+    s, addr = jtp_server(ferry, small, False, f"jtp-small-{mode}")
+    extra = ["--repeat", str(REPEAT)] + (["--list-and-get"] if mode == "list-and-get" else [])
+    runs = []
+    try:
+        for i in range(RUNS):
+            out = fresh_out(f"small-{mode}")
+            wall, stdout = run(jtp_get_cmd(ferry, addr, out, False, None, extra))
+            summary = json.loads(stdout)
+            n, secs = summary.get("images", 0), summary.get("seconds", 0.0)
+            written = len([e for e in os.listdir(out) if not e.startswith(".")])
+            if n < SMALL_COUNT or written != SMALL_COUNT:
+                raise CommandFailed(f"jtp get {mode}: {n} images reported, {written} files "
+                                    f"written, expected {SMALL_COUNT}")
+            shutil.rmtree(out)
+            runs.append({"images": n, "seconds": secs, "wall": wall,
+                         "ips": n / secs if secs > 0 else None, "wall_ips": n / wall})
+            say(f"jtp {mode} run {i + 1}: {n} images in {secs:.3f} s "
+                f"({runs[-1]['ips'] or 0:,.0f}/s; wall {wall:.3f} s)")
+    finally:
+        s.stop()
+    res.raw[f"small_jtp_{mode}"] = runs
+    return [r["ips"] for r in runs if r["ips"]]
+
+
+def bench_small_nginx(res, port, small):
+    names = sorted(e for e in os.listdir(small) if e.endswith(".png"))
+    vals = []
+    for i in range(RUNS):
+        out = fresh_out("curl-small")
+        cfg = os.path.join(SHM, "curl-small.cfg")
+        with open(cfg, "w") as f:
+            for _ in range(REPEAT):
+                for n in names:
+                    f.write(f'url = "http://127.0.0.1:{port}/small/{n}"\n'
+                            f'output = "{out}/{n}"\n')
+        wall, _ = run(["curl", "-s", "-f", "-K", cfg])
+        if len(os.listdir(out)) != len(names):
+            raise CommandFailed("curl did not write every small image")
+        shutil.rmtree(out)
+        vals.append(len(names) * REPEAT / wall)
+        say(f"nginx+curl small run {i + 1}: {vals[-1]:,.0f} images/s")
+    res.raw["small_nginx_curl_ips"] = vals
+    return vals
+
+
+def bench_index(res, ferry, cat):
+    shutil.rmtree(os.path.join(cat, ".ferry"), ignore_errors=True)
+    cold_wall, out = run([ferry, "index", cat, "--json"])
+    cold = json.loads(out)
+    warm_wall, out = run([ferry, "index", cat, "--json"])
+    warm = json.loads(out)
+    res.raw["index"] = {"cold": cold, "cold_wall": cold_wall, "warm": warm, "warm_wall": warm_wall}
+    say(f"index cold: {cold}; warm: {warm}")
+    return cold, cold_wall, warm, warm_wall
+
+
+# --------------------------------------------------------------------------- report
+
+
+def environment():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "commit": commit,
+        "loadavg_start": _loadavg(),
+    }
+
+
+def _loadavg():
+    """1-minute load average: on a shared 2-core machine it says how disturbed a run was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def render(env, res):
+    lines = [
+        "# ferry benchmarks",
+        "",
+        f"- date: {env['date']}",
+        f"- kernel (uname -r): {env['kernel']}",
+        f"- CPU: {env['cpu']}, {env['cores']} cores",
+        f"- git commit: {env['commit']}",
+        f"- 1-minute load average at start / end: {env['loadavg_start']} / {env['loadavg_end']} "
+        f"(other work on the machine lowers every number)",
+        "",
+        "| benchmark | ferry | peer (name: value) | target | pass/fail |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in res.rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |")
+    lines += [
+        "",
+        f"Notes: GB/s = 10^9 bytes per wall second of the client command (process start to exit, "
+        f"connect and verification included); 1 GiB = {GIB} bytes of pseudo-random data. "
+        f"\"best / median\" are over {RUNS} runs; pass/fail judges the best run (the machine is "
+        f"shared, so the best is the least disturbed one). Transfers write into /dev/shm and each "
+        f"output is deleted before the next run. Small images: {SMALL_COUNT} files of "
+        f"{SMALL_MIN // 1000}-{SMALL_MAX // 1000} KB, `--repeat {REPEAT}` (repeats 2-{REPEAT} find "
+        f"the files present and verify them, not rewrite them), images/s = `images` / `seconds` "
+        f"of the --json output; the curl peer fetches the same {SMALL_COUNT} files {REPEAT} times "
+        f"over one keep-alive connection (wall time). Index: {CAT_COUNT} files of 1-64 KB, \"cold\" "
+        f"means no .ferry/index (the files themselves are in the page cache). RssAnon: max over "
+        f"samples every 50 ms of the server process during all its 1 GiB transfers (nginx: master "
+        f"+ worker).",
+    ]
+    if res.diagnostics:
+        lines += ["", "Diagnostics (not judged):"] + [f"- {d}" for d in res.diagnostics]
+    if res.errors:
+        lines += ["", "Errors:"] + [f"- {e}" for e in res.errors]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def cargo_target_dir():
+    try:
+        out = subprocess.run([CARGO, "metadata", "--format-version", "1", "--no-deps"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+        return json.loads(out)["target_directory"]
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        return os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+
+
+def main():
+    signal.signal(signal.SIGTERM, _on_signal)
+    atexit.register(_cleanup)
+    os.chdir(ROOT)
+    t_start = time.perf_counter()
+    ferry = os.environ.get("FERRY_BIN") or os.path.join(cargo_target_dir(), "release", "ferry")
+    if not os.access(ferry, os.X_OK):
+        print(f"bench: no ferry binary at {ferry}; run `cargo build --release` first",
+              file=sys.stderr)
+        return 2
+    os.makedirs(LOGS, exist_ok=True)
+    _remove_stale_shm()
+    os.makedirs(SHM, exist_ok=True)
+    # Run a private copy: a rebuild into the (possibly shared) target dir mid-run changes nothing.
+    copy = os.path.join(SHM, "ferry")
+    shutil.copy2(ferry, copy)
+    ferry_src, ferry = ferry, copy
+    env = environment()
+    res = Results()
+    res.raw["env"] = env
+    res.raw["ferry"] = ferry_src
+
+    say("preparing data under " + DATA)
+    big, small, cat, made = ensure_data()
+    res.raw["data_generated_seconds"] = made
+    if made:
+        say(f"generated: {made}")
+
+    # 1. one 1 GiB file -------------------------------------------------------------------
+    plain = tls = shm = null = ceiling = None
+    rss_plain = rss_tls = rss_nginx = None
+    try:
+        plain, rss_plain = bench_big_jtp(res, ferry, big, tls=False)
+    except CommandFailed as e:
+        res.error("1 GiB, JTP plain", e)
+    try:
+        tls, rss_tls = bench_big_jtp(res, ferry, big, tls=True)
+    except CommandFailed as e:
+        res.error("1 GiB, JTP TLS", e)
+    nginx = None
+    try:
+        nginx, nport = start_nginx(DATA)
+        shm, null, rss_nginx = bench_big_nginx(res, nport, nginx.pid)
+    except CommandFailed as e:
+        res.error("1 GiB, nginx + curl", e)
+    try:
+        ceiling = bench_tcp_ceiling(res)
+    except CommandFailed as e:
+        res.error("loopback TCP ceiling", e)
+
+    def bm(v):
+        b, m = best_median(v or [])
+        return b, m
+
+    pb, pm = bm(plain)
+    tb, tm = bm(tls)
+    sb, sm = bm(shm)
+    nb, nm = bm(null)
+    cb, cm = bm(ceiling)
+    peer_shm = f"nginx+curl -o /dev/shm: {fmt(sb, 'GB/s')} / {fmt(sm, 'GB/s')}"
+    if plain:
+        ok = pb >= 2.5 and (sb is None or pb >= sb)
+        res.row("1 GiB file, JTP plain (best / median)",
+                f"{fmt(pb, 'GB/s')} / {fmt(pm, 'GB/s')}", peer_shm,
+                ">= 2.5 GB/s and >= nginx+curl", verdict(ok))
+    if tls:
+        res.row("1 GiB file, JTP TLS 1.3 (best / median)",
+                f"{fmt(tb, 'GB/s')} / {fmt(tm, 'GB/s')}", peer_shm, ">= 1.3 GB/s",
+                verdict(tb >= 1.3))
+    if shm:
+        res.row("1 GiB file, nginx + curl -o /dev/shm (best / median)", "(peer row)",
+                f"nginx+curl: {fmt(sb, 'GB/s')} / {fmt(sm, 'GB/s')}", "-", "-")
+    if null:
+        res.row("1 GiB file, nginx + curl -o /dev/null (best / median)", "(peer row)",
+                f"nginx+curl: {fmt(nb, 'GB/s')} / {fmt(nm, 'GB/s')}", "-", "-")
+    if ceiling:
+        res.row("1 GiB, loopback TCP ceiling, 1 connection (best / median)", "(reference)",
+                f"tcp_ceiling: {fmt(cb, 'GB/s')} / {fmt(cm, 'GB/s')}", "-", "-")
+
+    for label in ("plain", "tls"):
+        runs = res.raw.get(f"big_jtp_{label}", {}).get("runs")
+        if runs:
+            b = max(runs, key=lambda r: r["gbps"])
+            res.diagnostics.append(
+                f"JTP {label} 1 GiB, best run: {b['wall']:.3f} s wall; CPU seconds: client "
+                f"{b['client_cpu']:.2f}, server {b['server_cpu']:.2f} (a side near its wall time "
+                f"is the bottleneck)")
+
+    # 2. 1000 small images ----------------------------------------------------------------
+    curl_small = None
+    if nginx is not None:
+        try:
+            curl_small = bench_small_nginx(res, nport, small)
+        except CommandFailed as e:
+            res.error("small images, nginx + curl", e)
+        _stop(nginx)
+        _children.remove(nginx)
+    kb, km = bm(curl_small)
+    peer_small = f"nginx+curl keep-alive: {fmt(kb, 'img/s', 0)} / {fmt(km, 'img/s', 0)}"
+    for mode, label in (("list-and-get", "LIST_AND_GET"), ("get", "GET_BY_ID x255, keep-alive")):
+        try:
+            v = bench_small_jtp(res, ferry, small, mode)
+            b, m = bm(v)
+            res.row(f"{SMALL_COUNT} small images, {label} (best / median)",
+                    f"{fmt(b, 'img/s', 0)} / {fmt(m, 'img/s', 0)}", peer_small,
+                    ">= 20,000 img/s", verdict(b is not None and b >= 20_000))
+        except CommandFailed as e:
+            res.error(f"small images, {label}", e)
+
+    # 3. catalog of 10,000 files ----------------------------------------------------------
+    try:
+        cold, cold_wall, warm, warm_wall = bench_index(res, ferry, cat)
+        res.row(f"index {CAT_COUNT} files, cold (no index)",
+                f"{cold.get('seconds', 0):.3f} s ({cold.get('hashed')} hashed; "
+                f"wall {cold_wall:.3f} s)", "-", "-", "-")
+        warm_ok = warm.get("seconds", 99) < 1.0 and warm.get("hashed") == 0
+        res.row(f"index {CAT_COUNT} files, warm restart",
+                f"{warm.get('seconds', 0):.3f} s ({warm.get('hashed')} hashed, "
+                f"{warm.get('reused')} reused; wall {warm_wall:.3f} s)", "-",
+                "< 1 s, 0 re-hashed", verdict(warm_ok))
+    except (CommandFailed, ValueError) as e:
+        res.error("index", e)
+
+    # 4. server memory --------------------------------------------------------------------
+    peer_rss = f"nginx: {fmt(rss_nginx, 'MiB', 1)}"
+    if rss_plain is not None:
+        res.row("server RssAnon max, 1 GiB JTP plain", fmt(rss_plain, "MiB", 1), peer_rss,
+                "< 64 MiB", verdict(rss_plain < 64))
+    if rss_tls is not None:
+        res.row("server RssAnon max, 1 GiB JTP TLS", fmt(rss_tls, "MiB", 1), peer_rss,
+                "< 64 MiB", verdict(rss_tls < 64))
+
+    res.raw["rows"] = [dict(zip(("benchmark", "ferry", "peer", "target", "verdict"), r))
+                       for r in res.rows]
+    res.raw["errors"] = res.errors
+    res.raw["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    env["loadavg_end"] = _loadavg()
+    md = render(env, res)
+    with open(os.path.join(BENCH, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(BENCH, "results.json"), "w") as f:
+        json.dump(res.raw, f, indent=2)
+    print(md, end="")
+    say(f"done in {res.raw['total_seconds']} s; wrote {BENCH}/results.md and results.json")
+    return 1 if res.errors else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
