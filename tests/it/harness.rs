@@ -214,7 +214,8 @@ pub fn sha256_file(p: &Path) -> [u8; 32] {
 
 /// Deterministic pseudo-random bytes (xorshift), for test files.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Spread the seed first: `seed | 1` alone would give seeds 2k and 2k+1 the same bytes.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
         x ^= x << 13;

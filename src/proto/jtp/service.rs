@@ -68,6 +68,8 @@ pub struct JtpService {
     limits: Limits,
     tls: Option<TlsServer>,
     view: Mutex<Option<Arc<View>>>,
+    /// Names already reported as too large or odd for JTP (each is logged once).
+    excluded_logged: Mutex<HashSet<String>>,
     compressed: Mutex<CompressCache>,
     rate: Option<RateLimiter>,
 }
@@ -89,15 +91,19 @@ impl JtpService {
         let rate = cfg
             .rate_limit
             .map(|n| RateLimiter::new(n, cfg.rate_limit_window));
-        JtpService {
+        let svc = JtpService {
             catalog,
             cfg,
             limits,
             tls,
             view: Mutex::new(None),
+            excluded_logged: Mutex::new(HashSet::new()),
             compressed: Mutex::new(CompressCache::default()),
             rate,
-        }
+        };
+        // Build the view now, so files JTP cannot serve are reported at startup.
+        svc.view();
+        svc
     }
 
     /// The JTP view of the current catalog snapshot, rebuilt only when the snapshot changed.
@@ -111,6 +117,12 @@ impl JtpService {
         }
         let v = Arc::new(View::build(&snap, self.cfg.only.as_deref()));
         *cached = Some(v.clone());
+        let mut logged = self.excluded_logged.lock().unwrap();
+        for (name, why) in View::excluded(&snap) {
+            if logged.insert(name.clone()) {
+                eprintln!("jtp: not serving {name}: {why}");
+            }
+        }
         v
     }
 

@@ -78,7 +78,7 @@ impl View {
         self.by_id.contains_key(&id)
     }
 
-    /// Items files too large or odd for JTP, for the startup log.
+    /// Image files JTP cannot serve (4 GiB or larger, names over 65,535 bytes), for the log.
     pub fn excluded(cat: &Catalog) -> Vec<(String, &'static str)> {
         cat.entries()
             .iter()
