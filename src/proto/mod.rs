@@ -2,3 +2,4 @@
 //! bytes in and give bytes and events out; only the `driver` submodules touch sockets and files.
 
 pub mod jtp;
+pub mod tej;

@@ -1,0 +1,396 @@
+//! Ferry's JSON conventions on top of TEJ (tej.md section 3): the messages of acknowledgement
+//! (status 1), error (3), request (4), request answer (0), list request (5) and listing (6), and
+//! the error codes of 3.3. No I/O.
+//!
+//! Messages are compact UTF-8 JSON objects with keys in the order of the spec (the field order
+//! below); readers accept any key order and ignore unknown keys. Every parser takes a bounded
+//! slice (the decoder already capped the message at `max_message`).
+//!
+//! ```text
+//! ack      {"files":[{"name":..,"size":N,"sha256":..,"stored_as":..|null[,"error":..][,"name_hex":..]}],"message_bytes":M}
+//! error    {"error":"<code>","detail":"<text>"[,"files":[..]][,"missing":[..]]}
+//! request  {"get":["<name or sha256>",...]}
+//! answer   {"files":[{"name":..,"size":N,"sha256":..}]}
+//! list     empty, or {"after":"<path>","limit":N}
+//! listing  {"files":[{"name":..,"size":N,"sha256":..}],"next":"<path>"|null}
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::frame::{frame, status};
+
+/// Error codes of tej.md 3.3 (and `bad-name` for acknowledgement entries, section 5).
+pub mod code {
+    pub const BAD_FRAME: &str = "bad-frame";
+    pub const TOO_MANY_FILES: &str = "too-many-files";
+    pub const TOO_LARGE: &str = "too-large";
+    pub const NO_SPACE: &str = "no-space";
+    pub const TIMEOUT: &str = "timeout";
+    pub const TRUNCATED: &str = "truncated";
+    pub const BUSY: &str = "busy";
+    pub const BAD_REQUEST: &str = "bad-request";
+    pub const NOT_FOUND: &str = "not-found";
+    pub const AMBIGUOUS: &str = "ambiguous";
+    pub const INTERNAL: &str = "internal";
+    /// Not an error frame code: the `error` of an acknowledgement entry whose name was refused.
+    pub const BAD_NAME: &str = "bad-name";
+
+    /// Every code an error frame may carry.
+    pub const ALL: [&str; 11] = [
+        BAD_FRAME,
+        TOO_MANY_FILES,
+        TOO_LARGE,
+        NO_SPACE,
+        TIMEOUT,
+        TRUNCATED,
+        BUSY,
+        BAD_REQUEST,
+        NOT_FOUND,
+        AMBIGUOUS,
+        INTERNAL,
+    ];
+}
+
+/// Default and largest page of a listing (tej.md 3.4).
+pub const MAX_LIST_LIMIT: u64 = 10_000;
+
+/// A status 4 or 5 message that is not the JSON described; answered with `bad-request`, the
+/// connection stays open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRequest {
+    /// Free text for the error frame's `detail`.
+    pub detail: String,
+}
+
+impl BadRequest {
+    fn from_json_error(what: &str, e: serde_json::Error) -> BadRequest {
+        BadRequest {
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    /// The status-3 frame answering it.
+    pub fn to_frame(&self) -> Vec<u8> {
+        error_frame(code::BAD_REQUEST, &self.detail)
+    }
+}
+
+impl fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tej message: {}", self.detail)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain structs of strings and integers: serialisation cannot fail.
+    serde_json::to_vec(v).expect("tej messages serialise")
+}
+
+/// Lowercase hex of bytes (`name_hex`).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One file of an acknowledgement (tej.md 3.1), in frame order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckEntry {
+    /// The name as received (U+FFFD replacements if it was not UTF-8; see `name_hex`).
+    #[serde(default)]
+    pub name: String,
+    /// F.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes received.
+    pub sha256: String,
+    /// Catalog path now serving the file, or `null` if it was not stored.
+    #[serde(default)]
+    pub stored_as: Option<String>,
+    /// Why it was not stored (`bad-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The raw name bytes in hex, only for a name that was not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+}
+
+impl AckEntry {
+    /// An entry for a received file: `name` and `name_hex` are derived from the raw name bytes.
+    pub fn new(
+        raw_name: &[u8],
+        size: u64,
+        sha256: String,
+        stored_as: Option<String>,
+        error: Option<&str>,
+    ) -> AckEntry {
+        let (name, name_hex) = match std::str::from_utf8(raw_name) {
+            Ok(s) => (s.to_owned(), None),
+            Err(_) => (
+                String::from_utf8_lossy(raw_name).into_owned(),
+                Some(hex(raw_name)),
+            ),
+        };
+        AckEntry {
+            name,
+            size,
+            sha256,
+            stored_as,
+            error: error.map(str::to_owned),
+            name_hex,
+        }
+    }
+}
+
+/// The acknowledgement of a deliver frame (status 1, tej.md 3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub files: Vec<AckEntry>,
+    /// M of the acknowledged frame.
+    #[serde(default)]
+    pub message_bytes: u64,
+}
+
+impl Ack {
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    /// Lenient: any key order, unknown keys ignored, `name`, `stored_as` and `message_bytes`
+    /// optional (a missing `stored_as` reads as `None`; use [`check_ack`] to tell it from
+    /// `null`). `None` if the message is not an object with a `files` array of entries with
+    /// `size` and `sha256`.
+    pub fn from_json(message: &[u8]) -> Option<Ack> {
+        serde_json::from_slice(message).ok()
+    }
+
+    /// The whole status-1 frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame(status::ACK, &[], &self.to_json())
+    }
+}
+
+/// How a sender reads a reply to its deliver frame (tej.md 3.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckVerdict {
+    /// Not an acknowledgement of the frame sent (a greeting, another application's message):
+    /// hand it to the application and keep waiting.
+    NotAnAck,
+    /// Every entry matches the size and SHA-256 sent, and none has `"stored_as":null`.
+    Confirmed,
+    /// An acknowledgement that does not confirm: a mismatch or a file not stored (the text says
+    /// which). The transfer failed.
+    Rejected(String),
+}
+
+/// Judges a reply message (of any status but 2 and 3) against the files sent, as
+/// `(size, lowercase hex sha256)` in frame order (tej.md 3.2).
+///
+/// It is an acknowledgement when it is a JSON object whose `files` array has one object per file
+/// sent, each with an integer `size` and a string `sha256`. Plain TEJ applications may answer
+/// with such a summary without `stored_as`: a missing `stored_as` does not count as `null`.
+pub fn check_ack(message: &[u8], sent: &[(u64, &str)]) -> AckVerdict {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(message) else {
+        return AckVerdict::NotAnAck;
+    };
+    let Some(Value::Array(files)) = obj.get("files") else {
+        return AckVerdict::NotAnAck;
+    };
+    if files.len() != sent.len() {
+        return AckVerdict::NotAnAck;
+    }
+    let mut entries = Vec::with_capacity(files.len());
+    for f in files {
+        let (Some(size), Some(sha)) = (
+            f.get("size").and_then(Value::as_u64),
+            f.get("sha256").and_then(Value::as_str),
+        ) else {
+            return AckVerdict::NotAnAck;
+        };
+        entries.push((size, sha, f.get("stored_as")));
+    }
+    for (i, ((size, sha, stored_as), (sent_size, sent_sha))) in entries.iter().zip(sent).enumerate()
+    {
+        let n = i + 1;
+        if size != sent_size {
+            return AckVerdict::Rejected(format!("file {n}: size {size}, sent {sent_size}"));
+        }
+        if !sha.eq_ignore_ascii_case(sent_sha) {
+            return AckVerdict::Rejected(format!("file {n}: sha256 {sha}, sent {sent_sha}"));
+        }
+        if let Some(Value::Null) = stored_as {
+            let why = files[i]
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            return AckVerdict::Rejected(format!("file {n}: not stored ({why})"));
+        }
+    }
+    AckVerdict::Confirmed
+}
+
+/// The message of an error frame (status 3, tej.md 3.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// One of [`code::ALL`].
+    pub error: String,
+    #[serde(default)]
+    pub detail: String,
+    /// Entries for files stored before the error, as in an acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<AckEntry>>,
+    /// The items of a request that were not found (`not-found`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
+}
+
+impl ErrorMsg {
+    pub fn new(code: &str, detail: &str) -> ErrorMsg {
+        ErrorMsg {
+            error: code.to_owned(),
+            detail: detail.to_owned(),
+            files: None,
+            missing: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    /// Lenient (any key order, unknown keys ignored); `None` without a string `error`.
+    pub fn from_json(message: &[u8]) -> Option<ErrorMsg> {
+        serde_json::from_slice(message).ok()
+    }
+
+    /// The whole status-3 frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame(status::ERROR, &[], &self.to_json())
+    }
+}
+
+/// A status-3 frame with message `{"error":code,"detail":detail}`.
+pub fn error_frame(code: &str, detail: &str) -> Vec<u8> {
+    ErrorMsg::new(code, detail).to_frame()
+}
+
+/// A request for catalog files (status 4): each item a SHA-256, a catalog path or a base name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRequest {
+    pub get: Vec<String>,
+}
+
+impl GetRequest {
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    /// Any key order, unknown keys ignored; anything but an object with a `get` array of strings
+    /// (`{"get":"a"}`, invalid JSON) is a [`BadRequest`].
+    pub fn from_json(message: &[u8]) -> Result<GetRequest, BadRequest> {
+        serde_json::from_slice(message).map_err(|e| BadRequest::from_json_error("request", e))
+    }
+
+    /// The whole status-4 frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame(status::REQUEST, &[], &self.to_json())
+    }
+}
+
+/// A list request (status 5); an empty message means the first page with the default limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Start after this catalog path (byte order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Page size; see [`ListRequest::page_limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+impl ListRequest {
+    /// Empty for the defaults (as `ferry_list_request`), else the compact object.
+    pub fn to_json(&self) -> Vec<u8> {
+        if self.after.is_none() && self.limit.is_none() {
+            return Vec::new();
+        }
+        to_json(self)
+    }
+
+    /// An empty message (or only whitespace) gives the defaults; otherwise an object whose
+    /// `after` is a string or null and `limit` a non-negative integer or null.
+    pub fn from_json(message: &[u8]) -> Result<ListRequest, BadRequest> {
+        if message.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ListRequest::default());
+        }
+        serde_json::from_slice(message).map_err(|e| BadRequest::from_json_error("list request", e))
+    }
+
+    /// The page size to serve: `limit` capped at [`MAX_LIST_LIMIT`], at least 1 (a page of 0
+    /// entries would send a client paging for ever), [`MAX_LIST_LIMIT`] when absent.
+    pub fn page_limit(&self) -> u64 {
+        self.limit
+            .unwrap_or(MAX_LIST_LIMIT)
+            .clamp(1, MAX_LIST_LIMIT)
+    }
+
+    /// The whole status-5 frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame(status::LIST, &[], &self.to_json())
+    }
+}
+
+/// One catalog file in a request answer's manifest or a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 (the catalog's id).
+    pub sha256: String,
+}
+
+/// The message of a request answer (status 0 answering status 4): one entry per file, in
+/// request order, under the names the files are sent with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    /// Lenient (any key order, unknown keys ignored).
+    pub fn from_json(message: &[u8]) -> Option<Manifest> {
+        serde_json::from_slice(message).ok()
+    }
+}
+
+/// One page of the catalog (status 6): entries in byte order of path; `next` is the last path
+/// of a full page (ask again with `after: next`), else `null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub files: Vec<ManifestEntry>,
+    /// Always serialised, as `null` on the last page.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+impl Listing {
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+
+    /// Lenient (any key order, unknown keys ignored, missing `next` reads as `null`).
+    pub fn from_json(message: &[u8]) -> Option<Listing> {
+        serde_json::from_slice(message).ok()
+    }
+
+    /// The whole status-6 frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame(status::LISTING, &[], &self.to_json())
+    }
+}
