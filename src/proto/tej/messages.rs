@@ -394,3 +394,362 @@ impl Listing {
         frame(status::LISTING, &[], &self.to_json())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::vectors::{bytes, VECTORS};
+    use super::super::frame::{
+        frame, put_frame_header_with_version, put_message, Decoder, Event, Limits,
+    };
+    use super::*;
+
+    const SHA_AAAA: &str = "63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201";
+
+    fn a_txt() -> ManifestEntry {
+        ManifestEntry {
+            name: "a.txt".into(),
+            size: 4,
+            sha256: SHA_AAAA.into(),
+        }
+    }
+
+    fn ack_file_only() -> Ack {
+        Ack {
+            files: vec![AckEntry::new(
+                b"a.txt",
+                4,
+                SHA_AAAA.into(),
+                Some("a.txt".into()),
+                None,
+            )],
+            message_bytes: 0,
+        }
+    }
+
+    /// Message bytes of a single frame with no files.
+    fn message_of(f: &[u8]) -> Vec<u8> {
+        let mut dec = Decoder::new(Limits::default());
+        let mut pos = 0;
+        loop {
+            let (n, ev) = dec.decode(&f[pos..]);
+            pos += n;
+            match ev.unwrap().unwrap() {
+                Event::Message(m) => {
+                    let m = m.to_vec();
+                    assert_eq!(dec.decode(&f[pos..]), (0, Ok(Some(Event::FrameEnd))));
+                    assert_eq!(pos, f.len());
+                    return m;
+                }
+                Event::FileStart { .. } | Event::FileData(_) => panic!("files in a reply"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Every vector but `BUGGY_nonascii_name`, built from ferry's encoders.
+    fn encode(name: &str) -> Vec<u8> {
+        match name {
+            "empty" => frame(0, &[], b""),
+            "ping" => frame(status::PING, &[], b""),
+            "message_hello" => frame(0, &[], b"hello"),
+            "file_only" => frame(0, &[("a.txt", b"AAAA")], b""),
+            "two_files_and_message" => frame(
+                5,
+                &[("small.txt", b"hello tej\n"), ("empty.bin", b"")],
+                b"msg",
+            ),
+            "status_127_version_0" => {
+                let mut out = Vec::new();
+                put_frame_header_with_version(127, 0, 0, &mut out);
+                put_message(b"x", &mut out);
+                out
+            }
+            "empty_name" => frame(0, &[("", b"data")], b""),
+            "concat_file_ping_message" => {
+                [encode("file_only"), encode("ping"), encode("message_hello")].concat()
+            }
+            "ferry_ack_file_only" => ack_file_only().to_frame(),
+            "ferry_error_too_large" => error_frame(
+                code::TOO_LARGE,
+                "file 1: length 8358680908399640576 exceeds max_file_size 68719476736",
+            ),
+            "ferry_request_get" => GetRequest {
+                get: vec!["a.txt".into()],
+            }
+            .to_frame(),
+            "ferry_request_answer" => {
+                let manifest = Manifest {
+                    files: vec![a_txt()],
+                };
+                frame(status::DELIVER, &[("a.txt", b"AAAA")], &manifest.to_json())
+            }
+            "ferry_list_request" => ListRequest::default().to_frame(),
+            "ferry_listing" => Listing {
+                files: vec![a_txt()],
+                next: None,
+            }
+            .to_frame(),
+            other => panic!("no encoding for vector {other}"),
+        }
+    }
+
+    #[test]
+    fn t1_every_vector_reencodes_byte_for_byte() {
+        for v in VECTORS {
+            if v.name == "BUGGY_nonascii_name" {
+                continue;
+            }
+            let want = bytes(v.name);
+            let got = encode(v.name);
+            if v.name == "ferry_error_too_large" {
+                // `detail` is free text: compare the status, the code and the key order.
+                assert_eq!(got[..2], want[..2]);
+                let (g, w) = (message_of(&got), message_of(&want));
+                let (g, w) = (
+                    ErrorMsg::from_json(&g).unwrap(),
+                    ErrorMsg::from_json(&w).unwrap(),
+                );
+                assert_eq!(g.error, w.error);
+                assert_eq!((g.files, g.missing), (None, None));
+                assert!(ErrorMsg::new("too-large", "x")
+                    .to_json()
+                    .starts_with(br#"{"error":"too-large","detail":"#));
+                // ferry's own wording happens to be the vector's.
+                assert_eq!(got, want);
+                continue;
+            }
+            assert_eq!(got, want, "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn t1_messages_parse_back() {
+        let ack = message_of(&bytes("ferry_ack_file_only"));
+        assert_eq!(Ack::from_json(&ack), Some(ack_file_only()));
+        let get = message_of(&bytes("ferry_request_get"));
+        assert_eq!(GetRequest::from_json(&get).unwrap().get, ["a.txt"]);
+        let list = message_of(&bytes("ferry_list_request"));
+        assert_eq!(ListRequest::from_json(&list), Ok(ListRequest::default()));
+        let listing = message_of(&bytes("ferry_listing"));
+        assert_eq!(
+            Listing::from_json(&listing),
+            Some(Listing {
+                files: vec![a_txt()],
+                next: None
+            })
+        );
+    }
+
+    #[test]
+    fn ack_entries_for_refused_and_non_utf8_names() {
+        let e = AckEntry::new(b"\xff\xfe", 3, "ab".into(), None, Some(code::BAD_NAME));
+        assert_eq!(e.name, "\u{fffd}\u{fffd}");
+        let ack = Ack {
+            files: vec![e],
+            message_bytes: 5,
+        };
+        assert_eq!(
+            ack.to_json(),
+            r#"{"files":[{"name":"��","size":3,"sha256":"ab","stored_as":null,"error":"bad-name","name_hex":"fffe"}],"message_bytes":5}"#
+                .as_bytes()
+        );
+        assert_eq!(Ack::from_json(&ack.to_json()), Some(ack));
+    }
+
+    #[test]
+    fn readers_accept_any_key_order_and_ignore_unknown_keys() {
+        let ack = br#"{"x":1,"message_bytes":0,"files":[{"stored_as":"a.txt","sha256":"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201","extra":[1],"size":4,"name":"a.txt"}]}"#;
+        assert_eq!(Ack::from_json(ack), Some(ack_file_only()));
+        // A plain TEJ application's summary: no name, stored_as or message_bytes.
+        let summary = br#"{"files":[{"size":4,"sha256":"aa"}]}"#;
+        let a = Ack::from_json(summary).unwrap();
+        assert_eq!((a.files[0].size, a.files[0].stored_as.clone()), (4, None));
+        assert_eq!(Ack::from_json(b"Test 123"), None);
+        assert_eq!(Ack::from_json(br#"{"files":"x"}"#), None);
+
+        let err =
+            ErrorMsg::from_json(br#"{"missing":["b"],"detail":"d","error":"not-found","z":0}"#)
+                .unwrap();
+        assert_eq!(err.error, code::NOT_FOUND);
+        assert_eq!(err.missing, Some(vec!["b".to_string()]));
+        assert_eq!(ErrorMsg::from_json(br#"{"detail":"d"}"#), None);
+
+        let get = GetRequest::from_json(br#"{"v":2,"get":["a","b"]}"#).unwrap();
+        assert_eq!(get.get, ["a", "b"]);
+        let m = Manifest::from_json(br#"{"files":[{"sha256":"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201","size":4,"name":"a.txt"}]}"#);
+        assert_eq!(
+            m,
+            Some(Manifest {
+                files: vec![a_txt()]
+            })
+        );
+        assert_eq!(
+            Listing::from_json(br#"{"next":"a.txt","files":[]}"#)
+                .unwrap()
+                .next
+                .as_deref(),
+            Some("a.txt")
+        );
+        assert_eq!(Listing::from_json(br#"{"files":[]}"#).unwrap().next, None);
+    }
+
+    #[test]
+    fn bad_request_for_malformed_requests() {
+        for bad in [
+            &br#"{"get":"a"}"#[..],
+            b"{",
+            b"",
+            b"[]",
+            br#"{"get":[1]}"#,
+            br#"{"got":["a"]}"#,
+            b"\xff",
+        ] {
+            let e = GetRequest::from_json(bad).unwrap_err();
+            assert!(e.to_string().starts_with("tej message: request: "), "{e}");
+            let f = e.to_frame();
+            assert_eq!(f[0], 0x83);
+            let msg = ErrorMsg::from_json(&message_of(&f)).unwrap();
+            assert_eq!(msg.error, code::BAD_REQUEST);
+        }
+        for bad in [
+            &br#"{"after":5}"#[..],
+            br#"{"limit":-1}"#,
+            br#"{"limit":"x"}"#,
+            b"nope",
+        ] {
+            assert!(ListRequest::from_json(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn list_requests_and_page_limits() {
+        assert_eq!(ListRequest::from_json(b""), Ok(ListRequest::default()));
+        assert_eq!(ListRequest::from_json(b" \n"), Ok(ListRequest::default()));
+        let r = ListRequest {
+            after: Some("a/b.txt".into()),
+            limit: Some(5),
+        };
+        assert_eq!(r.to_json(), br#"{"after":"a/b.txt","limit":5}"#.to_vec());
+        assert_eq!(ListRequest::from_json(&r.to_json()), Ok(r.clone()));
+        assert_eq!(
+            ListRequest::from_json(br#"{"limit":7,"after":null}"#),
+            Ok(ListRequest {
+                after: None,
+                limit: Some(7)
+            })
+        );
+        assert_eq!(r.page_limit(), 5);
+        assert_eq!(ListRequest::default().page_limit(), MAX_LIST_LIMIT);
+        let big = ListRequest {
+            limit: Some(u64::MAX),
+            ..ListRequest::default()
+        };
+        assert_eq!(big.page_limit(), MAX_LIST_LIMIT);
+        let zero = ListRequest {
+            limit: Some(0),
+            ..ListRequest::default()
+        };
+        assert_eq!(zero.page_limit(), 1);
+        let listing = Listing {
+            files: vec![],
+            next: Some("z".into()),
+        };
+        assert_eq!(listing.to_json(), br#"{"files":[],"next":"z"}"#.to_vec());
+    }
+
+    #[test]
+    fn t30_error_frames_are_status_3_with_a_known_code() {
+        for c in code::ALL {
+            let f = error_frame(c, "why");
+            assert_eq!(&f[..2], [0x83, 0x01]);
+            let msg = ErrorMsg::from_json(&message_of(&f)).unwrap();
+            assert_eq!(msg.error, c);
+            assert_eq!(msg.detail, "why");
+        }
+        let not_found = ErrorMsg {
+            missing: Some(vec!["b.txt".into()]),
+            ..ErrorMsg::new(code::NOT_FOUND, "1 item not found")
+        };
+        assert_eq!(
+            not_found.to_json(),
+            br#"{"error":"not-found","detail":"1 item not found","missing":["b.txt"]}"#.to_vec()
+        );
+        let partial = ErrorMsg {
+            files: Some(ack_file_only().files),
+            ..ErrorMsg::new(code::TRUNCATED, "eof in file 2")
+        };
+        let json = partial.to_json();
+        assert!(json.starts_with(
+            br#"{"error":"truncated","detail":"eof in file 2","files":[{"name":"a.txt""#
+        ));
+        assert_eq!(ErrorMsg::from_json(&json), Some(partial));
+        // Decoder errors map onto codes of the list.
+        use super::super::frame::FrameError;
+        for e in [
+            FrameError::BadFrame(0),
+            FrameError::BadVersion(0),
+            FrameError::TooManyFiles(1),
+            FrameError::FileTooLarge {
+                index: 0,
+                size: 1,
+                max: 0,
+            },
+            FrameError::MessageTooLarge { size: 1, max: 0 },
+        ] {
+            assert!(code::ALL.contains(&e.code()), "{e}");
+        }
+    }
+
+    #[test]
+    fn t11_check_ack_confirms_only_exact_matches() {
+        let sent = [(4, SHA_AAAA)];
+        let ack = ack_file_only().to_json();
+        assert_eq!(check_ack(&ack, &sent), AckVerdict::Confirmed);
+        // Upper-case hex and a summary without stored_as (plain TEJ application) confirm.
+        let summary = format!(
+            r#"{{"files":[{{"size":4,"sha256":"{}"}}]}}"#,
+            SHA_AAAA.to_uppercase()
+        );
+        assert_eq!(check_ack(summary.as_bytes(), &sent), AckVerdict::Confirmed);
+        // Mismatches and refusals are failures.
+        let wrong_size = br#"{"files":[{"size":5,"sha256":"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201"}]}"#;
+        assert!(matches!(
+            check_ack(wrong_size, &sent),
+            AckVerdict::Rejected(_)
+        ));
+        let wrong_sha = br#"{"files":[{"size":4,"sha256":"00"}]}"#;
+        assert!(matches!(
+            check_ack(wrong_sha, &sent),
+            AckVerdict::Rejected(_)
+        ));
+        let refused = Ack {
+            files: vec![AckEntry::new(
+                b"a.txt",
+                4,
+                SHA_AAAA.into(),
+                None,
+                Some(code::BAD_NAME),
+            )],
+            message_bytes: 0,
+        };
+        assert_eq!(
+            check_ack(&refused.to_json(), &sent),
+            AckVerdict::Rejected("file 1: not stored (bad-name)".into())
+        );
+        // Anything else goes to the application and waiting goes on.
+        for other in [
+            &b"Test 123"[..],
+            b"",
+            b"{}",
+            br#"{"files":[]}"#,
+            br#"{"files":[{"size":4}]}"#,
+            br#"{"files":[{"size":"4","sha256":"x"}]}"#,
+            br#"[1,2]"#,
+        ] {
+            assert_eq!(check_ack(other, &sent), AckVerdict::NotAnAck, "{other:?}");
+        }
+        // Two files: the count must match, then each entry by position.
+        let two = [(4, SHA_AAAA), (0, "e3b0")];
+        assert_eq!(check_ack(&ack, &two), AckVerdict::NotAnAck);
+    }
+}
