@@ -13,15 +13,15 @@
 //! split across reads.
 //!
 //! ```text
-//!          10-byte header           L, name, F          F bytes
-//!  Header ───FrameStart───> Entry ───FileStart───> Data ───FileData*──> FileEnd ─┐
-//!    ^            │ N = 0     ^                     (F = 0 skips Data)         │
-//!    │            │           └───────────── more files ───────────────────────┤
-//!    │            v                                                            │
-//!    │         Message <───────────────────── last file ───────────────────────┘
-//!    │            │ M and M bytes
-//!    │            v
-//!    └─FrameEnd── End                 any limit or status error: Failed (for good)
+//!            FrameStart            FileStart               FileData*
+//!  Header ──(10 bytes)──> Entry ──(L, name, F)──> Data ──(F bytes)──> FileEnd ──┐
+//!   ^  │                   ^                      (F = 0: straight to FileEnd)  │
+//!   │  │ N = 0             └───────────────── more files ────────────────────────┤
+//!   │  v                                                                         │
+//!   │ Message <───────────────────────────── last file ──────────────────────────┘
+//!   │  │ Message (M, then M bytes)
+//!   │  v
+//!   └─ End: FrameEnd               a limit or status error: Failed, for good
 //! ```
 
 use std::fmt;
@@ -253,9 +253,10 @@ enum Gather<'a> {
     Partial(usize),
 }
 
-/// Collects a field whose total length `need` computes from its prefix (the prefix is never
-/// shorter than the last answer unless the answer is final). Borrows from `buf` when the field
-/// is whole there, else copies exactly the missing bytes into `stash`.
+/// Collects a field whose total length `need` computes from the field's first bytes (it must be
+/// final once the prefix is at least as long as the answer, and may refuse a length it reads).
+/// Borrows from `buf` when the field is whole there, else copies exactly the missing bytes into
+/// `stash`, so the stash never holds more than the field.
 fn gather<'a>(
     stash: &'a mut Vec<u8>,
     spent: &mut bool,
@@ -297,11 +298,11 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 /// Length of an entry header (L, name, F) given its first bytes.
-fn entry_need(p: &[u8]) -> Result<usize, FrameError> {
-    Ok(match p {
+fn entry_need(p: &[u8]) -> usize {
+    match p {
         [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])) + 8,
         _ => 2,
-    })
+    }
 }
 
 /// Incremental decoder over a byte stream of back-to-back frames (see the module doc).
@@ -358,7 +359,7 @@ impl Decoder {
             State::Failed(_) => return None,
             State::Header => (HEADER_LEN as u64 - held) + MESSAGE_LEN_LEN as u64,
             State::Entry { index, files } => {
-                let need = entry_need(self.held()).unwrap_or(2) as u64;
+                let need = entry_need(self.held()) as u64;
                 need.saturating_sub(held).saturating_add(tail(index, files))
             }
             State::Data { index, files, left } => left.saturating_add(tail(index, files)),
@@ -368,7 +369,9 @@ impl Decoder {
                 if h.len() < MESSAGE_LEN_LEN {
                     MESSAGE_LEN_LEN as u64 - held
                 } else {
-                    be_u64(h).saturating_add(MESSAGE_LEN_LEN as u64) - held
+                    be_u64(h)
+                        .saturating_add(MESSAGE_LEN_LEN as u64)
+                        .saturating_sub(held)
                 }
             }
             State::End => 0,
@@ -415,7 +418,10 @@ impl Decoder {
             State::Header => {
                 // The status byte and (in strict mode) the version are checked the moment they
                 // arrive: a frame without the top bit cannot be resynchronised from.
-                let peek = |i: usize| stash.get(i).or_else(|| buf.get(i - stash.len().min(i)));
+                let peek = |i: usize| match i.checked_sub(stash.len()) {
+                    None => stash.get(i),
+                    Some(j) => buf.get(j),
+                };
                 if let Some(&b) = peek(0) {
                     if b & STATUS_TOP_BIT == 0 {
                         return fail(state, FrameError::BadFrame(b));
@@ -448,7 +454,7 @@ impl Decoder {
                 (taken, Ok(Some(ev)))
             }
             State::Entry { index, files } => {
-                let (taken, e) = match gather(stash, stash_spent, buf, entry_need) {
+                let (taken, e) = match gather(stash, stash_spent, buf, |p| Ok(entry_need(p))) {
                     Ok(Gather::Done { taken, field }) => (taken, field),
                     Ok(Gather::Partial(n)) => return (n, Ok(None)),
                     Err(e) => return fail(state, e),

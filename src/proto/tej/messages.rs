@@ -7,7 +7,8 @@
 //! slice (the decoder already capped the message at `max_message`).
 //!
 //! ```text
-//! ack      {"files":[{"name":..,"size":N,"sha256":..,"stored_as":..|null[,"error":..][,"name_hex":..]}],"message_bytes":M}
+//! ack      {"files":[entry,...],"message_bytes":M}
+//!   entry  {"name":..,"size":N,"sha256":..,"stored_as":..|null[,"error":..][,"name_hex":..]}
 //! error    {"error":"<code>","detail":"<text>"[,"files":[..]][,"missing":[..]]}
 //! request  {"get":["<name or sha256>",...]}
 //! answer   {"files":[{"name":..,"size":N,"sha256":..}]}
