@@ -291,6 +291,7 @@ fn gather<'a>(
     }
 }
 
+/// The u64 at the start of `b`; every caller has checked that 8 bytes are there.
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
