@@ -357,7 +357,8 @@ impl Node {
         self.rng
     }
 
-    /// A peer configured by the user (`--peer`): kept for good and contacted at once.
+    /// A peer configured by the user (`--peer`): kept for good and probed from the next
+    /// maintenance tick on, which is due at once (`poll_timeout`), within the 4-per-second cap.
     pub fn add_peer(&mut self, now: Instant, addr: SocketAddr) {
         let addr = normalize(addr);
         if self.is_forbidden(addr) {
@@ -365,10 +366,11 @@ impl Node {
         }
         if let Some(p) = self.peers.get_mut(&addr) {
             p.configured = true;
+            p.last_probe = None;
         } else if !self.insert_peer(now, addr, true) {
             return;
         }
-        self.send_probe(now, addr);
+        self.next_tick = self.next_tick.min(now);
     }
 
     /// Insert a peer, evicting the learnt peer silent longest when the table is full.
@@ -805,7 +807,8 @@ impl Node {
             }
             _ => p.confirmed = true,
         }
-        if let Some(max) = hello {
+        // A ferry peer is asked for whole 4096-byte blocks; a smaller limit is not usable.
+        if let Some(max) = hello.filter(|m| *m >= 4096) {
             let max = max.min(MAX_CONTENT_LEN) as u32;
             if p.ferry_max != Some(max) {
                 p.ferry_max = Some(max);
@@ -1950,6 +1953,9 @@ mod tests {
         // Own probe: decimal seconds since start.
         let later = now + Duration::from_millis(12_345);
         n.add_peer(later, sa(A));
+        assert!(drain(&mut n).is_empty());
+        assert_eq!(n.poll_timeout(), Some(now));
+        n.handle_timeout(later);
         let out = drain(&mut n);
         let probe = msgs(&out[0].1)
             .into_iter()
@@ -2427,9 +2433,8 @@ mod tests {
         // One round trip: request, then a teaser that verifies b for a (and a for b).
         assert_eq!(log.len(), 2);
         assert!(sides[0].node.is_verified(b));
-        assert!(
-            sides[1].node.is_verified(sides[0].addr) || !sides[1].node.is_verified(sides[0].addr)
-        );
+        // b has seen only a's offer so far; a's next datagram echoes b's cookie.
+        assert!(!sides[1].node.is_verified(sides[0].addr));
         assert_eq!(sides[0].node.ferry_max_length(b), Some(40960));
         let ev = events(&mut sides[0].node);
         assert!(ev.contains(&NodeEvent::FerryPeer {
@@ -2616,6 +2621,59 @@ mod tests {
             }
         }
         assert_eq!(sizes, vec![32, 4096, 1]);
+    }
+
+    #[test]
+    fn stale_cookie_after_rotation_reverified_in_one_round_trip() {
+        let now = Instant::now();
+        let (id, data) = file(10_000, 1);
+        let store = Store(vec![(id, data)]);
+        let cfg = NodeConfig {
+            cookie_rotate: Duration::from_secs(10),
+            ..NodeConfig::default()
+        };
+        let mut n = Node::new(cfg, [1; 32], now);
+        let old = cookie_dg(&n, "192.0.2.1", &send_content_el(&id, 0, 4096));
+        n.handle_timeout(now + Duration::from_secs(10));
+        n.handle_datagram(now, sa(A), old.as_bytes(), &store);
+        assert_eq!(
+            contents(&drain(&mut n)[0].1)[0].1.len(),
+            4096,
+            "previous secret valid"
+        );
+        n.handle_timeout(now + Duration::from_secs(20));
+        drain(&mut n); // the tick's probe of the new peer
+        n.handle_datagram(now, sa(A), old.as_bytes(), &store);
+        let out = drain(&mut n);
+        assert_eq!(contents(&out[0].1)[0].1.len(), 32, "stale: a teaser");
+        let fresh = n.cookie_for(sa(A).ip());
+        assert!(text(&out[0].1).contains(&fresh), "with the new offer");
+        let d = cookie_dg(&n, "192.0.2.1", &send_content_el(&id, 0, 4096));
+        n.handle_datagram(now, sa(A), d.as_bytes(), &store);
+        assert_eq!(contents(&drain(&mut n)[0].1)[0].1.len(), 4096);
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_and_ipv6_control_max() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        let d = br#"[{"PleaseReturnThisMessage":{"cookie":"1"}}]"#;
+        n.handle_datagram(now, sa("[::ffff:192.0.2.1]:24254"), d, &Store::default());
+        let out = drain(&mut n);
+        assert_eq!(out[0].0, sa(A), "stored and answered as IPv4");
+        // A verified IPv6 requester: every datagram within 1452 bytes.
+        let (mut n, store) = rich_node(now);
+        let v6 = sa("[2001:db8::5]:1");
+        let pad = format!(
+            r#"{{"PleaseReturnThisMessage":{{"pad":"{}"}}}}"#,
+            "p".repeat(1380)
+        );
+        let req = format!(r#"{{"PleaseSendPeers":{{}}}},{{"PleaseListContent":{{}}}},{pad}"#);
+        let d = cookie_dg(&n, "2001:db8::5", &req);
+        n.handle_datagram(now, v6, d.as_bytes(), &store);
+        let out = drain(&mut n);
+        assert!(out.len() >= 2);
+        assert!(out.iter().all(|(_, d)| d.len() <= 1452));
     }
 
     #[test]
