@@ -669,9 +669,9 @@ impl DatagramBuilder {
         true
     }
 
-    /// Append a message if it fits.
+    /// Append a message if it fits. [`Message::Unknown`] has no encoding and is refused.
     pub fn try_push(&mut self, msg: &Message) -> bool {
-        if msg.encoded_len() > self.room() {
+        if matches!(msg, Message::Unknown) || msg.encoded_len() > self.room() {
             return false;
         }
         let mut el = Vec::new();
@@ -930,6 +930,7 @@ mod tests {
     #[test]
     fn builder_limits_and_lists() {
         let mut b = DatagramBuilder::new(30);
+        assert!(!b.try_push(&Message::Unknown));
         assert!(b.try_push(&Message::PleaseSendPeers));
         assert!(!b.try_push(&Message::PleaseSendPeers));
         assert_eq!(b.finish(), br#"[{"PleaseSendPeers":{}}]"#.to_vec());
