@@ -79,6 +79,9 @@ pub const EMPTY_ID: [u8; 32] = [
 pub const MAX_TEASER: usize = 32;
 /// Most requests a source may be sent back to back (the pacing bucket's depth).
 const MAX_BURST: f64 = 4.0;
+/// Slack for float rounding in the pacing bucket, so a slot reported by `poll_timeout` is
+/// always usable at that instant.
+const TOKEN_SLACK: f64 = 1e-6;
 /// Slow-start threshold before the first loss.
 const INITIAL_SSTHRESH: u32 = 64;
 /// Initial congestion window, in requests.
@@ -576,7 +579,7 @@ impl Download {
             if !active {
                 continue;
             }
-            if s.tokens < 1.0 {
+            if s.tokens + TOKEN_SLACK < 1.0 {
                 let wait = (1.0 - s.tokens) / s.rate(self.cfg.initial_rto);
                 let slot = s.refilled + Duration::from_secs_f64(wait.min(3600.0));
                 if slot > last {
@@ -879,7 +882,7 @@ impl Download {
 
     fn may_send(&self, si: usize, now: Instant) -> bool {
         let s = &self.sources[si];
-        if s.tokens < 1.0 {
+        if s.tokens + TOKEN_SLACK < 1.0 {
             return false;
         }
         let suspended = s.is_suspended(now);
@@ -1079,6 +1082,8 @@ impl Download {
                 ranges.push((off, r.len));
             }
         }
+        // Pushed to the front highest first, so the lowest offset is asked first.
+        ranges.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         for (off, len) in ranges {
             // `si` no longer names anything; usize::MAX matches no source.
             self.release(usize::MAX, off, len);
@@ -1094,5 +1099,942 @@ impl Download {
         } else {
             self.rr = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn id() -> [u8; 32] {
+        [0x42; 32]
+    }
+
+    fn one_source(eof: Option<u64>) -> (Download, Instant, SocketAddr) {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), eof);
+        dl.add_source(t0, addr(1), None);
+        (dl, t0, addr(1))
+    }
+
+    fn drain(dl: &mut Download, now: Instant) -> Vec<Request> {
+        std::iter::from_fn(|| dl.poll_request(now)).collect()
+    }
+
+    /// Answers every request in `reqs` fully, as a reference seeder with file length `eof` would.
+    fn answer_all(dl: &mut Download, now: Instant, reqs: &[Request], eof: u64) {
+        for r in reqs {
+            let n = u64::from(r.length)
+                .min(40960)
+                .min(eof.saturating_sub(r.offset)) as usize;
+            if let Accept::Store { offset, len } = dl.on_content(now, r.to, r.offset, n, Some(eof))
+            {
+                dl.mark_stored(offset, len);
+            }
+        }
+    }
+
+    // ---- request sizes (6.1, C26) ----
+
+    #[test]
+    fn c26_ref_source_gets_4096_aligned_4096_byte_requests() {
+        let (mut dl, t0, a) = one_source(Some(100_000));
+        let mut now = t0;
+        let mut seen = Vec::new();
+        while !dl.is_complete() {
+            let reqs = drain(&mut dl, now);
+            for r in &reqs {
+                assert_eq!(r.offset % 4096, 0);
+                assert_eq!(
+                    r.length, 4096,
+                    "ref sources get ref_block even for the last block"
+                );
+                assert_eq!(r.to, a);
+                seen.push(r.offset);
+            }
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, 100_000);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..25).map(|i| i * 4096).collect::<Vec<_>>());
+        assert_eq!(dl.received_bytes(), 100_000);
+    }
+
+    #[test]
+    fn ferry_source_gets_aligned_ferry_blocks_cut_at_eof() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(100_000));
+        dl.add_source(t0, addr(1), Some(40960));
+        let reqs = drain(&mut dl, t0);
+        let got: Vec<_> = reqs.iter().map(|r| (r.offset, r.length)).collect();
+        assert_eq!(
+            got,
+            vec![(0, 32768), (32768, 32768), (65536, 32768), (98304, 1696)]
+        );
+    }
+
+    #[test]
+    fn ferry_block_capped_at_the_peers_max_length() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), Some(10000));
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!((r.offset, r.length), (0, 8192));
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!((r.offset, r.length), (8192, 8192));
+    }
+
+    #[test]
+    fn until_eof_is_known_one_offset_0_request_per_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), None);
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), Some(40960));
+        let got: Vec<_> = drain(&mut dl, t0)
+            .iter()
+            .map(|r| (r.to, r.offset, r.length))
+            .collect();
+        assert_eq!(got, vec![(addr(1), 0, 4096), (addr(2), 0, 32768)]);
+        assert!(dl.poll_request(t0 + 100 * MS).is_none());
+        // The reply of the ferry source fixes eof; its 8 blocks are not asked again of addr(1).
+        let t1 = t0 + 20 * MS;
+        assert_eq!(
+            dl.on_content(t1, addr(2), 0, 32768, Some(1 << 20)),
+            Accept::Store {
+                offset: 0,
+                len: 32768
+            }
+        );
+        assert_eq!(dl.eof(), Some(1 << 20));
+        let next = drain(&mut dl, t1);
+        assert!(next.iter().all(|r| r.offset >= 32768), "{next:?}");
+        // addr(1)'s late answer for block 0 is a duplicate, not a second store.
+        assert!(matches!(
+            dl.on_content(t1, addr(1), 0, 4096, Some(1 << 20)),
+            Accept::Drop(_)
+        ));
+        assert_eq!(dl.stats().dup_replies, 1);
+    }
+
+    // ---- window and pacing (6.2, C27) ----
+
+    #[test]
+    fn c27_cwnd_grows_on_success_and_never_exceeds_max_window() {
+        let t0 = Instant::now();
+        let cfg = DownloadConfig {
+            max_window: 16,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), cfg, Some(4 << 20));
+        dl.add_source(t0, addr(1), None);
+        let mut now = t0;
+        let mut max_cwnd = 0;
+        let mut grew = false;
+        while !dl.is_complete() {
+            let before = dl.stats().sources[0].cwnd;
+            let reqs = drain(&mut dl, now);
+            assert!(reqs.len() <= 16);
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, 4 << 20);
+            let after = dl.stats().sources[0].cwnd;
+            grew |= after > before;
+            max_cwnd = max_cwnd.max(after);
+            assert!(after <= 16);
+        }
+        assert!(grew);
+        assert_eq!(max_cwnd, 16);
+    }
+
+    #[test]
+    fn c27_pacing_releases_at_most_4_back_to_back() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(64 << 20));
+        dl.add_source(t0, addr(1), None);
+        let mut now = t0;
+        // Grow the window with prompt replies.
+        for _ in 0..40 {
+            let reqs = drain(&mut dl, now);
+            assert!(reqs.len() <= 4, "burst of {}", reqs.len());
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, 64 << 20);
+        }
+        let st = dl.stats();
+        assert!(st.sources[0].cwnd > 40, "cwnd {}", st.sources[0].cwnd);
+        // A long stall refills the bucket to 4 only.
+        now += Duration::from_millis(100);
+        assert_eq!(drain(&mut dl, now).len(), 4);
+        // The next slot is srtt / cwnd away and is what poll_timeout reports.
+        let slot = dl.poll_timeout().unwrap();
+        assert!(slot > now && slot < now + 2 * MS, "{:?}", slot - now);
+        assert!(dl.poll_request(now).is_none());
+        assert!(dl.poll_request(slot).is_some());
+    }
+
+    #[test]
+    fn c27_loss_halves_cwnd_at_most_once_per_rtt() {
+        let (mut dl, t0, _) = one_source(Some(64 << 20));
+        let mut now = t0;
+        for _ in 0..6 {
+            let reqs = drain(&mut dl, now);
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, 64 << 20);
+        }
+        let cwnd = dl.stats().sources[0].cwnd;
+        assert!(cwnd >= 20, "cwnd {cwnd}");
+        // Send a window and lose all of it: the timers fire together; one decrease.
+        let mut sent = 0;
+        for _ in 0..20 {
+            sent += drain(&mut dl, now).len();
+            now += MS;
+        }
+        assert!(sent >= 8);
+        let due = dl.poll_timeout().unwrap();
+        now = now.max(due) + 20 * MS;
+        dl.handle_timeout(now);
+        let st = dl.stats();
+        assert!(st.losses >= 8, "losses {}", st.losses);
+        assert_eq!(st.sources[0].cwnd, (cwnd / 2).max(2));
+        assert_eq!(st.sources[0].ssthresh, (cwnd / 2).max(2));
+    }
+
+    // ---- retransmission (6.3, C28) ----
+
+    #[test]
+    fn c28_every_request_has_its_own_timer_and_no_sweep() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let r1 = dl.poll_request(t0).unwrap();
+        let t1 = t0 + 7 * MS;
+        let r2 = dl.poll_request(t1).unwrap();
+        // Exactly the first request's deadline, initial RTO 250 ms; nothing periodic before it.
+        assert_eq!(dl.poll_timeout(), Some(t0 + 250 * MS));
+        dl.handle_timeout(t0 + 249 * MS);
+        assert_eq!(dl.stats().losses, 0);
+        dl.handle_timeout(t0 + 250 * MS);
+        assert_eq!(dl.stats().losses, 1);
+        // The next timer is r2's.
+        assert_eq!(dl.poll_timeout(), Some(t1 + 250 * MS));
+        // r1's range goes back to the FRONT: it is the next request, a retransmission.
+        let again = dl.poll_request(t0 + 250 * MS).unwrap();
+        assert_eq!(
+            (again.offset, again.length, again.to),
+            (r1.offset, r1.length, a)
+        );
+        assert_ne!(r2.offset, r1.offset);
+        assert_eq!(dl.stats().retransmits, 1);
+    }
+
+    #[test]
+    fn c28_rto_doubles_on_consecutive_timeouts_and_karn_skips_retransmitted_samples() {
+        let (mut dl, t0, a) = one_source(None);
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..4 {
+            let r = dl.poll_request(now).unwrap();
+            assert_eq!(r.offset, 0);
+            let due = dl.poll_timeout().unwrap();
+            gaps.push(due - now);
+            now = due;
+            dl.handle_timeout(now);
+        }
+        assert_eq!(gaps, vec![250 * MS, 500 * MS, 1000 * MS, 2000 * MS]);
+        // A reply to the retransmitted request gives no RTT sample (Karn), but resets backoff.
+        dl.poll_request(now).unwrap();
+        now += 30 * MS;
+        assert!(matches!(
+            dl.on_content(now, a, 0, 4096, Some(1 << 20)),
+            Accept::Store { .. }
+        ));
+        let st = dl.stats();
+        assert_eq!(st.sources[0].srtt, None);
+        assert_eq!(st.sources[0].rto, 250 * MS);
+    }
+
+    #[test]
+    fn rto_follows_srtt_within_20ms_and_2s() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let r = dl.poll_request(t0).unwrap();
+        dl.on_content(t0 + MS, a, r.offset, 4096, Some(1 << 20));
+        let st = dl.stats();
+        assert_eq!(st.sources[0].srtt, Some(MS));
+        assert_eq!(st.sources[0].rto, 20 * MS, "3 ms clamped up to 20 ms");
+        let r = dl.poll_request(t0 + MS).unwrap();
+        dl.on_content(
+            t0 + Duration::from_secs(20),
+            a,
+            r.offset,
+            4096,
+            Some(1 << 20),
+        );
+        assert_eq!(dl.stats().sources[0].rto, 2000 * MS);
+    }
+
+    #[test]
+    fn late_reply_accepted_within_2s_of_expiry_then_dropped() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let r1 = dl.poll_request(t0).unwrap();
+        let r2 = dl.poll_request(t0).unwrap();
+        let t1 = t0 + 250 * MS;
+        dl.handle_timeout(t1);
+        assert_eq!(dl.stats().losses, 2);
+        let late = t1 + 1999 * MS;
+        assert_eq!(
+            dl.on_content(late, a, r1.offset, 4096, Some(1 << 20)),
+            Accept::Store {
+                offset: r1.offset,
+                len: 4096
+            }
+        );
+        dl.handle_timeout(t1 + 2000 * MS);
+        assert!(matches!(
+            dl.on_content(t1 + 2000 * MS, a, r2.offset, 4096, Some(1 << 20)),
+            Accept::Drop(_)
+        ));
+    }
+
+    // ---- sources (6.3, 6.4) ----
+
+    #[test]
+    fn silent_source_is_suspended_after_8s_and_dropped_after_30s() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let mut now = t0;
+        let mut sends = Vec::new();
+        while now < t0 + Duration::from_secs(40) {
+            while let Some(r) = dl.poll_request(now) {
+                sends.push((now, r));
+            }
+            let Some(due) = dl.poll_timeout() else { break };
+            assert!(due > now, "poll_timeout must not spin");
+            now = due;
+            dl.handle_timeout(now);
+        }
+        assert!(dl.sources().is_empty(), "dropped");
+        assert_eq!(dl.stats().sources_dropped, 1);
+        let last = sends.last().unwrap().0;
+        assert!(last < t0 + Duration::from_secs(30));
+        // After 8 s of silence: at most one request per 2 s.
+        let late: Vec<_> = sends.iter().filter(|(t, _)| *t >= t0 + 8500 * MS).collect();
+        assert!(!late.is_empty());
+        for w in late.windows(2) {
+            assert!(
+                w[1].0 - w[0].0 >= SUSPENDED_INTERVAL,
+                "{:?}",
+                w[1].0 - w[0].0
+            );
+        }
+        assert!(sends.iter().all(|(_, r)| r.to == a));
+    }
+
+    #[test]
+    fn removed_source_ranges_go_to_another_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        let first = drain(&mut dl, t0);
+        assert_eq!(first.len(), 4);
+        dl.add_source(t0, addr(2), None);
+        dl.remove_source(addr(1));
+        let second = drain(&mut dl, t0);
+        let offs: Vec<_> = second.iter().map(|r| (r.to, r.offset)).collect();
+        let want: Vec<_> = first.iter().map(|r| (addr(2), r.offset)).collect();
+        assert_eq!(offs, want);
+    }
+
+    #[test]
+    fn sources_are_capped_and_ipv4_mapped_addresses_normalised() {
+        let t0 = Instant::now();
+        let cfg = DownloadConfig {
+            max_sources: 2,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), cfg, None);
+        dl.add_source(t0, "[::ffff:127.0.0.1]:1".parse().unwrap(), None);
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        dl.add_source(t0, addr(3), None);
+        assert_eq!(dl.sources(), vec![addr(1), addr(2)]);
+    }
+
+    // ---- acceptance (6.7, C33-C36, section 9) ----
+
+    #[test]
+    fn c33_eof_above_max_eof_drops_the_source_and_allocates_nothing() {
+        let (mut dl, t0, a) = one_source(None);
+        dl.poll_request(t0).unwrap();
+        let got = dl.on_content(t0 + MS, a, 0, 4096, Some(1 << 50));
+        assert!(matches!(got, Accept::DropSource(_)));
+        assert!(dl.blocks.is_none());
+        assert_eq!(dl.eof(), None);
+        assert!(dl.sources().is_empty());
+    }
+
+    #[test]
+    fn reference_crash_eof_2_pow_50_refused_without_a_bitmap() {
+        // Section 9: the reference created a 32 GiB sparse bitmap for this first reply.
+        let (mut dl, t0, a) = one_source(None);
+        dl.poll_request(t0).unwrap();
+        let got = dl.on_content(t0 + MS, a, 0, 4096, Some(1_125_899_906_842_624));
+        assert_eq!(got, Accept::DropSource("eof above max_eof"));
+        assert!(dl.blocks.is_none());
+        assert_eq!(dl.received_bytes(), 0);
+    }
+
+    #[test]
+    fn reference_crash_unaligned_offset_9999_near_eof_10000_dropped() {
+        // Section 9: 4096 bytes at offset 9999 of a 10000-byte download; the reference wrote
+        // past its mapping.
+        let (mut dl, t0, a) = one_source(Some(10000));
+        drain(&mut dl, t0);
+        let got = dl.on_content(t0 + MS, a, 9999, 4096, Some(10000));
+        assert!(matches!(got, Accept::Drop(_)));
+        assert_eq!(dl.received_bytes(), 0);
+        assert!(!dl.has_block(2));
+    }
+
+    #[test]
+    fn c34_unaligned_longer_past_eof_bad_length_and_conflicting_eof_are_dropped() {
+        let (mut dl, t0, a) = one_source(Some(10000));
+        let reqs = drain(&mut dl, t0);
+        assert_eq!(
+            reqs.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![0, 4096, 8192]
+        );
+        let t = t0 + MS;
+        assert!(matches!(
+            dl.on_content(t, a, 100, 4096, Some(10000)),
+            Accept::Drop(_)
+        ));
+        assert_eq!(
+            dl.on_content(t, a, 0, 8192, Some(10000)),
+            Accept::Drop("content longer than requested")
+        );
+        assert_eq!(
+            dl.on_content(t, a, 4096, 4096, Some(10000)),
+            Accept::Store {
+                offset: 4096,
+                len: 4096
+            }
+        );
+        assert_eq!(dl.stats().dropped, 2);
+        // Conflicting eof: the source is dropped and its request goes back to the missing set.
+        assert!(matches!(
+            dl.on_content(t, a, 0, 4096, Some(20000)),
+            Accept::DropSource(_)
+        ));
+        assert!(dl.sources().is_empty());
+        assert_eq!(dl.eof(), Some(10000));
+
+        let (mut dl, t0, a) = one_source(Some(10000));
+        drain(&mut dl, t0);
+        assert_eq!(
+            dl.on_content(t0, a, 8192, 4096, Some(10000)),
+            Accept::DropSource("content past eof")
+        );
+        let (mut dl, t0, a) = one_source(Some(10000));
+        drain(&mut dl, t0);
+        assert!(matches!(
+            dl.on_content(t0, a, 0, 1000, Some(10000)),
+            Accept::DropSource(_)
+        ));
+        let (mut dl, t0, a) = one_source(Some(10000));
+        drain(&mut dl, t0);
+        assert!(matches!(
+            dl.on_content(t0, a, 0, 4096, None),
+            Accept::Drop(_)
+        ));
+    }
+
+    #[test]
+    fn c35_content_for_an_offset_never_requested_or_from_another_source_is_dropped() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!(r.to, addr(1));
+        let other = if r.to == addr(1) { addr(2) } else { addr(1) };
+        assert!(matches!(
+            dl.on_content(t0, other, r.offset, 4096, Some(1 << 20)),
+            Accept::Drop(_)
+        ));
+        assert!(matches!(
+            dl.on_content(t0, addr(9), r.offset, 4096, Some(1 << 20)),
+            Accept::Drop(_)
+        ));
+        assert!(matches!(
+            dl.on_content(t0, r.to, 512 << 10, 4096, Some(1 << 20)),
+            Accept::Drop(_)
+        ));
+        assert_eq!(dl.received_bytes(), 0);
+        assert_eq!(dl.sources().len(), 2);
+    }
+
+    #[test]
+    fn c36_teasers_are_neither_data_nor_loss_and_are_requested_again() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let reqs = drain(&mut dl, t0);
+        let cwnd = dl.stats().sources[0].cwnd;
+        let t1 = t0 + 10 * MS;
+        assert_eq!(
+            dl.on_content(t1, a, reqs[0].offset, 32, Some(1 << 20)),
+            Accept::Teaser
+        );
+        assert_eq!(
+            dl.on_content(t1, a, reqs[1].offset, 0, Some(1 << 20)),
+            Accept::Teaser
+        );
+        let st = dl.stats();
+        assert_eq!((st.losses, st.teasers, st.sources[0].cwnd), (0, 2, cwnd));
+        assert_eq!(dl.received_bytes(), 0);
+        // Both teased ranges are asked again before anything new.
+        let again: Vec<_> = drain(&mut dl, t1 + 200 * MS)
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(&again[..2], &[reqs[1].offset, reqs[0].offset]);
+    }
+
+    #[test]
+    fn c36_a_32_byte_reply_reaching_eof_is_data() {
+        let (mut dl, t0, a) = one_source(Some(4096 + 32));
+        drain(&mut dl, t0);
+        assert_eq!(
+            dl.on_content(t0, a, 4096, 32, Some(4128)),
+            Accept::Store {
+                offset: 4096,
+                len: 32
+            }
+        );
+        let (mut dl, t0, a) = one_source(None);
+        drain(&mut dl, t0);
+        assert_eq!(
+            dl.on_content(t0, a, 0, 5, Some(5)),
+            Accept::Store { offset: 0, len: 5 }
+        );
+        dl.mark_stored(0, 5);
+        assert!(dl.is_complete());
+        assert_eq!(dl.received_bytes(), 5);
+    }
+
+    #[test]
+    fn eof_0_only_for_the_empty_file_id() {
+        let (mut dl, t0, a) = one_source(None);
+        drain(&mut dl, t0);
+        assert!(matches!(
+            dl.on_content(t0, a, 0, 0, Some(0)),
+            Accept::DropSource(_)
+        ));
+        let t0 = Instant::now();
+        let mut dl = Download::new(EMPTY_ID, DownloadConfig::default(), None);
+        dl.add_source(t0, a, None);
+        drain(&mut dl, t0);
+        assert_eq!(
+            dl.on_content(t0, a, 0, 0, Some(0)),
+            Accept::Store { offset: 0, len: 0 }
+        );
+        assert!(dl.is_complete());
+        assert_eq!(dl.poll_request(t0), None);
+    }
+
+    #[test]
+    fn short_multiple_of_4096_reply_kept_rest_requeued_and_block_size_lowered() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), Some(40960));
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!((r.offset, r.length), (0, 32768));
+        let got = dl.on_content(t0 + MS, addr(1), 0, 8192, Some(1 << 20));
+        assert_eq!(
+            got,
+            Accept::Store {
+                offset: 0,
+                len: 8192
+            }
+        );
+        assert_eq!(dl.stats().sources[0].block_size, 8192);
+        let next: Vec<_> = drain(&mut dl, t0 + MS)
+            .iter()
+            .map(|r| (r.offset, r.length))
+            .collect();
+        assert_eq!(&next[..3], &[(8192, 8192), (16384, 8192), (24576, 8192)]);
+    }
+
+    // ---- resume and restart ----
+
+    #[test]
+    fn c31_resume_with_half_the_blocks_requests_only_the_others() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), None);
+        let eof = 64 * 4096 + 100;
+        dl.resume(eof, &|i| i % 2 == 0);
+        assert_eq!(dl.received_bytes(), 33 * 4096 - 4096 + 100);
+        dl.add_source(t0, addr(1), None);
+        let mut now = t0;
+        let mut asked = Vec::new();
+        while !dl.is_complete() {
+            let reqs = drain(&mut dl, now);
+            asked.extend(reqs.iter().map(|r| r.offset / 4096));
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, eof);
+        }
+        asked.sort();
+        assert_eq!(asked, (0..32).map(|i| 2 * i + 1).collect::<Vec<_>>());
+        assert_eq!(dl.received_bytes(), eof);
+    }
+
+    #[test]
+    fn restart_after_mismatch_forgets_blocks_eof_and_the_eof_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), None);
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        let eof = 3 * 4096;
+        let mut now = t0;
+        while !dl.is_complete() {
+            let reqs = drain(&mut dl, now);
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, eof);
+        }
+        let setter = dl.eof_source.unwrap();
+        dl.restart_after_mismatch();
+        assert_eq!(dl.eof(), None);
+        assert_eq!(dl.received_bytes(), 0);
+        assert!(!dl.has_block(0));
+        assert!(!dl.sources().contains(&setter));
+        assert_eq!(dl.sources().len(), 1);
+        assert_eq!(dl.poll_timeout(), None, "no stale timers");
+        let r = dl.poll_request(now).unwrap();
+        assert_eq!((r.offset, r.length), (0, 4096));
+        assert_eq!(dl.stats().restarts, 1);
+        // A preset eof (block list) survives a restart.
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
+        dl.restart_after_mismatch();
+        assert_eq!(dl.eof(), Some(eof));
+    }
+
+    // ---- a simulated lossy network ----
+
+    /// xorshift64*: reproducible pseudo-random numbers.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+        fn range(&mut self, lo: u64, hi: u64) -> u64 {
+            lo + self.next() % (hi - lo)
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Packet {
+        ToServer {
+            server: usize,
+            offset: u64,
+            length: u32,
+        },
+        ToClient {
+            from: SocketAddr,
+            offset: u64,
+            len: usize,
+            eof: u64,
+        },
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        ferry: Option<u32>,
+        /// From this time on, requests are ignored.
+        silent_from: Option<Instant>,
+        /// The first `teases` requests get 32-byte teasers, like an unverified reference.
+        teases: u32,
+    }
+
+    struct Net {
+        rng: Rng,
+        loss: u64,
+        dup: u64,
+        /// One-way delay range in ms (reordering comes from the spread).
+        delay: (u64, u64),
+        queue: BTreeMap<(Instant, u64), Packet>,
+        seq: u64,
+    }
+
+    impl Net {
+        fn send(&mut self, now: Instant, p: Packet) {
+            if self.rng.chance(self.loss) {
+                return;
+            }
+            let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
+            for _ in 0..copies {
+                let at = now
+                    + Duration::from_micros(
+                        self.rng.range(self.delay.0 * 1000, self.delay.1 * 1000),
+                    );
+                self.seq += 1;
+                self.queue.insert((at, self.seq), p);
+            }
+        }
+    }
+
+    #[derive(Default, Debug)]
+    struct Outcome {
+        stores: Vec<u32>,
+        requests_per_block: Vec<u32>,
+        suspended_seen: Vec<SocketAddr>,
+        elapsed: Duration,
+    }
+
+    /// Runs `dl` against `servers` over `net` until complete (or 10 simulated minutes), checking
+    /// window, burst and timer invariants on the way.
+    fn simulate(dl: &mut Download, servers: &mut [Server], net: &mut Net, eof: u64) -> Outcome {
+        let t0 = Instant::now();
+        let mut now = t0;
+        for s in servers.iter() {
+            dl.add_source(now, s.addr, s.ferry);
+        }
+        let nblocks = eof.div_ceil(4096) as usize;
+        let mut out = Outcome {
+            stores: vec![0; nblocks],
+            requests_per_block: vec![0; nblocks],
+            ..Outcome::default()
+        };
+        let max_window = dl.cfg.max_window;
+        let mut burst: HashMap<SocketAddr, (Instant, u32)> = HashMap::new();
+        let mut steps = 0u64;
+        while !dl.is_complete() {
+            steps += 1;
+            assert!(steps < 2_000_000, "no progress");
+            assert!(now < t0 + Duration::from_secs(600), "did not finish");
+            while let Some(r) = dl.poll_request(now) {
+                let st = dl.stats();
+                let s = st.sources.iter().find(|s| s.addr == r.to).unwrap();
+                let window = if s.is_suspended { 1 } else { s.cwnd as usize };
+                assert!(s.in_flight <= window, "{s:?}");
+                let e = burst.entry(r.to).or_insert((now, 0));
+                if e.0 != now {
+                    *e = (now, 0);
+                }
+                e.1 += 1;
+                assert!(e.1 <= 4, "more than 4 requests back to back to {}", r.to);
+                let b = (r.offset / 4096) as usize;
+                for i in b..(b + (r.length as usize).div_ceil(4096)).min(nblocks) {
+                    out.requests_per_block[i] += 1;
+                }
+                let server = servers.iter().position(|s| s.addr == r.to).unwrap();
+                net.send(
+                    now,
+                    Packet::ToServer {
+                        server,
+                        offset: r.offset,
+                        length: r.length,
+                    },
+                );
+            }
+            for s in dl.stats().sources {
+                assert!(s.cwnd <= max_window && s.cwnd >= 1);
+                if s.is_suspended && !out.suspended_seen.contains(&s.addr) {
+                    out.suspended_seen.push(s.addr);
+                }
+            }
+            let next_net = net.queue.keys().next().map(|k| k.0);
+            let next = match (dl.poll_timeout(), next_net) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).expect("something must be pending"),
+            };
+            now = now.max(next);
+            while let Some((&(at, seq), &p)) = net.queue.iter().next() {
+                if at > now {
+                    break;
+                }
+                net.queue.remove(&(at, seq));
+                match p {
+                    Packet::ToServer {
+                        server,
+                        offset,
+                        length,
+                    } => {
+                        let s = &mut servers[server];
+                        if s.silent_from.is_some_and(|t| now >= t) {
+                            continue;
+                        }
+                        let mut n = u64::from(length).min(40960).min(eof.saturating_sub(offset));
+                        if s.teases > 0 {
+                            s.teases -= 1;
+                            n = n.min(32);
+                        }
+                        let from = s.addr;
+                        net.send(
+                            now,
+                            Packet::ToClient {
+                                from,
+                                offset,
+                                len: n as usize,
+                                eof,
+                            },
+                        );
+                    }
+                    Packet::ToClient {
+                        from,
+                        offset,
+                        len,
+                        eof,
+                    } => match dl.on_content(now, from, offset, len, Some(eof)) {
+                        Accept::Store { offset: o, len: l } => {
+                            assert!(o >= offset && o + l as u64 <= offset + len as u64);
+                            assert_eq!(o % 4096, 0);
+                            let first = (o / 4096) as usize;
+                            for i in first..first + l.div_ceil(4096) {
+                                out.stores[i] += 1;
+                            }
+                            dl.mark_stored(o, l);
+                        }
+                        Accept::DropSource(why) => panic!("honest source dropped: {why}"),
+                        Accept::Teaser | Accept::Drop(_) => {}
+                    },
+                }
+            }
+            if dl.poll_timeout().is_some_and(|t| t <= now) {
+                dl.handle_timeout(now);
+            }
+        }
+        out.elapsed = now - t0;
+        out
+    }
+
+    fn lossy(seed: u64) -> Net {
+        Net {
+            rng: Rng(seed),
+            loss: 5,
+            dup: 3,
+            delay: (5, 40),
+            queue: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn clean() -> Net {
+        Net {
+            rng: Rng(1),
+            loss: 0,
+            dup: 0,
+            delay: (10, 11),
+            queue: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn server(port: u16, ferry: Option<u32>) -> Server {
+        Server {
+            addr: addr(port),
+            ferry,
+            silent_from: None,
+            teases: 0,
+        }
+    }
+
+    #[test]
+    fn c27_c28_c29_lossy_reordering_duplicating_network_gives_complete_file() {
+        // "5% loss, reordering, duplication must still give a complete file".
+        for seed in [1, 0x5eed, 0xdead_beef] {
+            let eof = (1 << 20) + 12345;
+            let mut dl = Download::new(id(), DownloadConfig::default(), None);
+            let mut servers = [server(1, None)];
+            let out = simulate(&mut dl, &mut servers, &mut lossy(seed), eof);
+            assert!(
+                out.stores.iter().all(|&n| n == 1),
+                "seed {seed}: a block stored twice"
+            );
+            assert_eq!(dl.received_bytes(), eof);
+            let st = dl.stats();
+            assert!(st.losses > 0 && st.retransmits > 0, "seed {seed}: {st:?}");
+        }
+    }
+
+    #[test]
+    fn c29_several_lossy_sources_mixed_ferry_and_reference() {
+        for seed in [7, 99] {
+            let eof = 3 << 20;
+            let mut dl = Download::new(id(), DownloadConfig::default(), None);
+            let mut servers = [server(1, None), server(2, Some(40960)), server(3, None)];
+            let out = simulate(&mut dl, &mut servers, &mut lossy(seed), eof);
+            assert!(out.stores.iter().all(|&n| n == 1));
+            assert_eq!(dl.received_bytes(), eof);
+            assert_eq!(dl.sources().len(), 3);
+        }
+    }
+
+    #[test]
+    fn c29_several_sources_fetch_each_block_once_outside_the_endgame() {
+        let eof = 2 << 20;
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
+        let mut servers = [server(1, None), server(2, None), server(3, Some(40960))];
+        let out = simulate(&mut dl, &mut servers, &mut clean(), eof);
+        let st = dl.stats();
+        assert_eq!(st.losses, 0);
+        assert_eq!(st.retransmits, st.endgame_copies);
+        let twice: u32 = out
+            .requests_per_block
+            .iter()
+            .map(|&n| n.saturating_sub(1))
+            .sum();
+        assert!(
+            u64::from(twice) <= st.endgame_copies * 8,
+            "{twice} vs {st:?}"
+        );
+        assert!(out.requests_per_block.iter().all(|&n| (1..=2).contains(&n)));
+        assert!(out.stores.iter().all(|&n| n == 1));
+        // Every source did a share of the work.
+        assert!(st.sources.iter().all(|s| s.srtt.is_some()));
+    }
+
+    #[test]
+    fn c29_a_source_going_silent_is_suspended_dropped_and_its_ranges_reassigned() {
+        let eof = 8 << 20;
+        let cfg = DownloadConfig {
+            max_window: 8,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), cfg, None);
+        let mut servers = [server(1, None), server(2, None), server(3, None)];
+        // Slow enough links that the transfer outlasts 30 s of silence.
+        let mut net = Net {
+            delay: (100, 140),
+            ..lossy(3)
+        };
+        servers[1].silent_from = Some(Instant::now() + Duration::from_secs(1));
+        let out = simulate(&mut dl, &mut servers, &mut net, eof);
+        assert!(out.elapsed > Duration::from_secs(31), "{:?}", out.elapsed);
+        assert!(out.stores.iter().all(|&n| n == 1));
+        assert_eq!(dl.received_bytes(), eof);
+        assert_eq!(out.suspended_seen, vec![addr(2)]);
+        assert_eq!(dl.sources(), vec![addr(1), addr(3)]);
+        assert_eq!(dl.stats().sources_dropped, 1);
+    }
+
+    #[test]
+    fn teasing_reference_then_full_replies_completes() {
+        let eof = 300_000;
+        let mut dl = Download::new(id(), DownloadConfig::default(), None);
+        let mut servers = [Server {
+            teases: 3,
+            ..server(1, None)
+        }];
+        let out = simulate(&mut dl, &mut servers, &mut clean(), eof);
+        assert!(out.stores.iter().all(|&n| n == 1));
+        let st = dl.stats();
+        assert_eq!((st.teasers, st.losses), (3, 0));
     }
 }
