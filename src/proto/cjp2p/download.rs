@@ -1083,7 +1083,7 @@ impl Download {
             }
         }
         // Pushed to the front highest first, so the lowest offset is asked first.
-        ranges.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
         for (off, len) in ranges {
             // `si` no longer names anything; usize::MAX matches no source.
             self.release(usize::MAX, off, len);
