@@ -77,6 +77,8 @@ pub const EMPTY_ID: [u8; 32] = [
 
 /// Replies of at most this many bytes that do not reach `eof` are teasers (spec 4.5).
 pub const MAX_TEASER: usize = 32;
+/// Largest reply a CJP2P server sends (the reference's cap, spec 5), so the largest request.
+const MAX_REQUEST: u32 = 40960;
 /// Most requests a source may be sent back to back (the pacing bucket's depth).
 const MAX_BURST: f64 = 4.0;
 /// Slack for float rounding in the pacing bucket, so a slot reported by `poll_timeout` is
@@ -399,9 +401,9 @@ fn normalise(addr: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Rounds a request length down to a multiple of 4096, at least 4096.
+/// Rounds a request length down to a multiple of 4096, within 4096..=40960.
 fn block_len(len: u32) -> u32 {
-    (len / BLOCK as u32).max(1) * BLOCK as u32
+    (len.min(MAX_REQUEST) / BLOCK as u32).max(1) * BLOCK as u32
 }
 
 /// One content download: sources, their windows and timers, and the block bitmaps.
@@ -432,7 +434,8 @@ pub struct Download {
 impl Download {
     /// A download of `id`; `known_eof` when the length is known in advance (ignored above
     /// `max_eof`).
-    pub fn new(id: [u8; 32], cfg: DownloadConfig, known_eof: Option<u64>) -> Download {
+    pub fn new(id: [u8; 32], mut cfg: DownloadConfig, known_eof: Option<u64>) -> Download {
+        cfg.max_window = cfg.max_window.max(1);
         let preset_eof = known_eof.filter(|&e| e <= cfg.max_eof && (e > 0 || id == EMPTY_ID));
         Download {
             id,
@@ -1665,6 +1668,37 @@ mod tests {
         assert_eq!(&next[..3], &[(8192, 8192), (16384, 8192), (24576, 8192)]);
     }
 
+    #[test]
+    fn late_reply_overlapping_an_accepted_block_stores_only_the_new_blocks() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), Some(40960));
+        dl.add_source(t0, addr(2), None);
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!((r.to, r.offset, r.length), (addr(1), 0, 32768));
+        // addr(1)'s request expires; its range 0..8 goes to addr(2), 4096 at a time.
+        let t1 = t0 + 250 * MS;
+        dl.handle_timeout(t1);
+        let r2 = dl.poll_request(t1).unwrap();
+        assert_eq!((r2.to, r2.offset, r2.length), (addr(2), 0, 4096));
+        let t2 = t1 + MS;
+        assert_eq!(
+            dl.on_content(t2, addr(2), 0, 4096, Some(1 << 20)),
+            Accept::Store {
+                offset: 0,
+                len: 4096
+            }
+        );
+        // The late 32 KiB reply of addr(1) stores only blocks 1..8, not block 0 again.
+        assert_eq!(
+            dl.on_content(t2, addr(1), 0, 32768, Some(1 << 20)),
+            Accept::Store {
+                offset: 4096,
+                len: 28672
+            }
+        );
+    }
+
     // ---- resume and restart ----
 
     #[test]
@@ -1823,6 +1857,8 @@ mod tests {
                 let s = st.sources.iter().find(|s| s.addr == r.to).unwrap();
                 let window = if s.is_suspended { 1 } else { s.cwnd as usize };
                 assert!(s.in_flight <= window, "{s:?}");
+                // (Offset 0 is asked of every source while eof is unknown, spec 6.1.)
+                assert!(r.offset == 0 || dl.live_copies(r.offset) <= MAX_COPIES);
                 let e = burst.entry(r.to).or_insert((now, 0));
                 if e.0 != now {
                     *e = (now, 0);
@@ -1843,6 +1879,10 @@ mod tests {
                     },
                 );
             }
+            assert!(
+                dl.poll_timeout().is_none_or(|t| t > now),
+                "poll_timeout would spin"
+            );
             for s in dl.stats().sources {
                 assert!(s.cwnd <= max_window && s.cwnd >= 1);
                 if s.is_suspended && !out.suspended_seen.contains(&s.addr) {
@@ -2036,5 +2076,29 @@ mod tests {
         assert!(out.stores.iter().all(|&n| n == 1));
         let st = dl.stats();
         assert_eq!((st.teasers, st.losses), (3, 0));
+    }
+
+    #[test]
+    fn c29_many_seeds_mixed_sources_teasers_loss_and_a_silent_source() {
+        for seed in 1..100u64 {
+            let eof = 200_000 + seed * 4099;
+            let mut dl = Download::new(id(), DownloadConfig::default(), None);
+            let mut servers = [
+                server(1, None),
+                server(2, Some(40960)),
+                server(3, Some(16384)),
+            ];
+            servers[2].teases = (seed % 4) as u32;
+            if seed % 3 == 0 {
+                servers[0].silent_from = Some(Instant::now() + Duration::from_millis(seed * 3));
+            }
+            let mut net = Net {
+                loss: 5 + seed % 10,
+                dup: 5,
+                ..lossy(seed)
+            };
+            let out = simulate(&mut dl, &mut servers, &mut net, eof);
+            assert!(out.stores.iter().all(|&n| n == 1), "seed {seed}");
+        }
     }
 }
