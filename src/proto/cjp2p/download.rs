@@ -120,6 +120,9 @@ pub struct DownloadConfig {
     pub initial_rto: Duration,
     /// Most sources per download. Default 32.
     pub max_sources: usize,
+    /// Most bytes requested and not yet answered over all sources, to stay within the socket's
+    /// receive buffer (spec 6.2; set it to the SO_RCVBUF granted). Default 8 MiB.
+    pub max_bytes_in_flight: u64,
 }
 
 impl Default for DownloadConfig {
@@ -131,6 +134,7 @@ impl Default for DownloadConfig {
             max_eof: 64 << 30,
             initial_rto: Duration::from_millis(250),
             max_sources: 32,
+            max_bytes_in_flight: 8 << 20,
         }
     }
 }
@@ -307,7 +311,9 @@ struct Source {
     /// Time of the oldest request sent since the source last answered.
     silent_since: Option<Instant>,
     reqs: HashMap<u64, Req>,
+    /// Live requests and the bytes they ask for.
     live: usize,
+    live_bytes: u64,
 }
 
 impl Source {
@@ -457,7 +463,8 @@ impl Download {
     /// Resume: blocks of 4096 bytes already on disk (bit i = bytes i*4096..). Sets `eof`; ignored
     /// when `eof` exceeds `max_eof` or contradicts an `eof` already known.
     pub fn resume(&mut self, eof: u64, have: &dyn Fn(u64) -> bool) {
-        if eof > self.cfg.max_eof || self.eof().is_some_and(|e| e != eof) {
+        let bad = eof > self.cfg.max_eof || (eof == 0 && self.id != EMPTY_ID);
+        if bad || self.eof().is_some_and(|e| e != eof) {
             return;
         }
         if self.blocks.is_none() {
@@ -509,6 +516,7 @@ impl Download {
             silent_since: None,
             reqs: HashMap::new(),
             live: 0,
+            live_bytes: 0,
         });
     }
 
@@ -571,17 +579,17 @@ impl Download {
 
     /// Earliest time something is due (retransmission timer, pacing slot, source suspension).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_complete() {
+            // Leftover timers only tidy up requests nobody needs any more.
+            return None;
+        }
         let mut due = self.timers.first().map(|t| t.0);
         let mut consider = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
-        let active = !self.is_complete();
         for s in &self.sources {
             if let Some(t) = s.silent_since {
                 consider(t + DROP_AFTER);
             }
             let Some(last) = self.last_poll else { continue };
-            if !active {
-                continue;
-            }
             if s.tokens + TOKEN_SLACK < 1.0 {
                 let wait = (1.0 - s.tokens) / s.rate(self.cfg.initial_rto);
                 let slot = s.refilled + Duration::from_secs_f64(wait.min(3600.0));
@@ -698,6 +706,7 @@ impl Download {
         let was_live = req.expired_at.is_none();
         if was_live {
             src.live -= 1;
+            src.live_bytes -= u64::from(req.len);
             self.timers.remove(&(req.deadline, src.id, offset));
         }
         if !req.is_retransmitted {
@@ -804,6 +813,7 @@ impl Download {
         for s in &mut self.sources {
             s.reqs.clear();
             s.live = 0;
+            s.live_bytes = 0;
             s.silent_since = None;
         }
         self.rr = 0;
@@ -856,6 +866,7 @@ impl Download {
         src.reqs.remove(&offset);
         if req.expired_at.is_none() {
             src.live -= 1;
+            src.live_bytes -= u64::from(req.len);
             self.timers.remove(&(req.deadline, src.id, offset));
             if self.blocks.is_some() {
                 self.release(si, offset, req.len);
@@ -886,6 +897,10 @@ impl Download {
     fn may_send(&self, si: usize, now: Instant) -> bool {
         let s = &self.sources[si];
         if s.tokens + TOKEN_SLACK < 1.0 {
+            return false;
+        }
+        let in_flight: u64 = self.sources.iter().map(|s| s.live_bytes).sum();
+        if in_flight + u64::from(s.block) > self.cfg.max_bytes_in_flight && in_flight > 0 {
             return false;
         }
         let suspended = s.is_suspended(now);
@@ -997,6 +1012,7 @@ impl Download {
                 self.timers.remove(&(old.deadline, s.id, offset));
                 if old.expired_at.is_none() {
                     s.live -= 1;
+                    s.live_bytes -= u64::from(old.len);
                 }
                 true
             }
@@ -1014,6 +1030,7 @@ impl Download {
             },
         );
         s.live += 1;
+        s.live_bytes += u64::from(len);
         s.tokens -= 1.0;
         s.last_sent = Some(now);
         s.silent_since.get_or_insert(now);
@@ -1028,6 +1045,7 @@ impl Download {
         let (initial, max_window) = (self.cfg.initial_rto, self.cfg.max_window);
         let s = &mut self.sources[si];
         s.live -= 1;
+        s.live_bytes -= u64::from(req.len);
         if let Some(b) = self.blocks.as_ref() {
             let (f, e) = b.span(offset, u64::from(req.len));
             if (f..e).all(|i| b.accepted.get(i)) {
@@ -1305,6 +1323,26 @@ mod tests {
         assert!(st.losses >= 8, "losses {}", st.losses);
         assert_eq!(st.sources[0].cwnd, (cwnd / 2).max(2));
         assert_eq!(st.sources[0].ssthresh, (cwnd / 2).max(2));
+    }
+
+    #[test]
+    fn bytes_in_flight_stay_within_max_bytes_in_flight() {
+        let t0 = Instant::now();
+        let cfg = DownloadConfig {
+            max_bytes_in_flight: 3 * 4096,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), cfg, Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        assert_eq!(drain(&mut dl, t0).len(), 3);
+        let t1 = t0 + 250 * MS;
+        dl.handle_timeout(t1);
+        assert_eq!(
+            drain(&mut dl, t1).len(),
+            3,
+            "expired requests no longer count"
+        );
     }
 
     // ---- retransmission (6.3, C28) ----
@@ -1735,6 +1773,7 @@ mod tests {
             now += 10 * MS;
             answer_all(&mut dl, now, &reqs, eof);
         }
+        assert_eq!(dl.poll_timeout(), None, "complete: nothing due");
         let setter = dl.eof_source.unwrap();
         dl.restart_after_mismatch();
         assert_eq!(dl.eof(), None);
@@ -1857,6 +1896,19 @@ mod tests {
                 let s = st.sources.iter().find(|s| s.addr == r.to).unwrap();
                 let window = if s.is_suspended { 1 } else { s.cwnd as usize };
                 assert!(s.in_flight <= window, "{s:?}");
+                for src in &dl.sources {
+                    let sum: u64 = src
+                        .reqs
+                        .values()
+                        .filter(|r| r.expired_at.is_none())
+                        .map(|r| u64::from(r.len))
+                        .sum();
+                    assert_eq!(src.live_bytes, sum);
+                    assert_eq!(
+                        src.live,
+                        src.reqs.values().filter(|r| r.expired_at.is_none()).count()
+                    );
+                }
                 // (Offset 0 is asked of every source while eof is unknown, spec 6.1.)
                 assert!(r.offset == 0 || dl.live_copies(r.offset) <= MAX_COPIES);
                 let e = burst.entry(r.to).or_insert((now, 0));
