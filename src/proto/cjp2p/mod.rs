@@ -31,5 +31,6 @@
 //! ```
 
 pub mod cookie;
+pub mod download;
 pub mod node;
 pub mod wire;
