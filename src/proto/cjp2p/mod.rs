@@ -32,5 +32,6 @@
 
 pub mod cookie;
 pub mod download;
+pub mod driver;
 pub mod node;
 pub mod wire;
