@@ -544,6 +544,10 @@ struct Cjp2pGetArgs {
     /// give up after this many seconds without progress (default 60)
     #[argh(option, default = "60")]
     timeout: u64,
+    /// request size toward ferry peers, a multiple of 4096 up to 40960 (default 32768; 4096
+    /// requests as the reference node does)
+    #[argh(option, default = "32768")]
+    block_size: u32,
     /// log on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -825,6 +829,7 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         peers,
         true,
         a.verbose,
+        32768,
         cat.clone(),
         shutdown.clone(),
     )?;
@@ -1210,6 +1215,7 @@ fn start_node(
     peers: Vec<std::net::SocketAddr>,
     discovery: bool,
     verbose: bool,
+    block_size: u32,
     cat: Arc<CatalogHandle>,
     shutdown: Shutdown,
 ) -> Result<NodeHandle, Failure> {
@@ -1221,6 +1227,7 @@ fn start_node(
         verbose,
     };
     cfg.node.discovery = discovery;
+    cfg.download.ferry_block = block_size;
     match NodeHandle::start(cfg.clone(), cat.clone(), shutdown.clone()) {
         Ok(h) => Ok(h),
         Err(e) if bind.starts_with("[::]") => {
@@ -1250,6 +1257,7 @@ fn cjp2p_node(a: Cjp2pNodeArgs) -> Result<u8, Failure> {
         peers,
         !a.no_discovery,
         a.verbose,
+        32768,
         cat.clone(),
         shutdown.clone(),
     )?;
@@ -1269,11 +1277,20 @@ fn client_node(
     bind: Option<String>,
     peers: Vec<std::net::SocketAddr>,
     verbose: bool,
+    block_size: u32,
 ) -> Result<(NodeHandle, Shutdown), Failure> {
     let cat = CatalogHandle::open(dir, CatalogOptions { verbose }).map_err(local)?;
     let shutdown = Shutdown::new();
     let bind = bind.unwrap_or_else(|| "[::]:0".to_string());
-    let node = start_node(&bind, peers, false, verbose, cat, shutdown.clone())?;
+    let node = start_node(
+        &bind,
+        peers,
+        false,
+        verbose,
+        block_size,
+        cat,
+        shutdown.clone(),
+    )?;
     Ok((node, shutdown))
 }
 
@@ -1302,7 +1319,12 @@ fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
             }
         });
     }
-    let (node, _shutdown) = client_node(&a.out, a.bind, peers.clone(), a.verbose)?;
+    if a.block_size == 0 || a.block_size % 4096 != 0 || a.block_size > 40960 {
+        return Err(local(
+            "--block-size must be a multiple of 4096 from 4096 to 40960",
+        ));
+    }
+    let (node, _shutdown) = client_node(&a.out, a.bind, peers.clone(), a.verbose, a.block_size)?;
     let started = std::time::Instant::now();
     let done = node.download(id, peers, name);
     let progress = !a.json && std::io::stderr().is_terminal();
@@ -1384,7 +1406,7 @@ fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
 fn cjp2p_peers(a: Cjp2pPeersArgs) -> Result<u8, Failure> {
     let peer = parse_peers(std::slice::from_ref(&a.peer))?[0];
     let tmp = std::env::temp_dir().join(format!("ferry-cjp2p-{}", std::process::id()));
-    let (node, _sd) = client_node(&tmp, None, vec![peer], false)?;
+    let (node, _sd) = client_node(&tmp, None, vec![peer], false, 32768)?;
     let peers = node
         .peers_of(peer)
         .recv_timeout(Duration::from_secs(6))
@@ -1412,7 +1434,7 @@ fn cjp2p_peers(a: Cjp2pPeersArgs) -> Result<u8, Failure> {
 fn cjp2p_list(a: Cjp2pListArgs) -> Result<u8, Failure> {
     let peer = parse_peers(std::slice::from_ref(&a.peer))?[0];
     let tmp = std::env::temp_dir().join(format!("ferry-cjp2p-{}", std::process::id()));
-    let (node, _sd) = client_node(&tmp, None, vec![peer], false)?;
+    let (node, _sd) = client_node(&tmp, None, vec![peer], false, 32768)?;
     let list = node
         .list_of(peer)
         .recv_timeout(Duration::from_secs(6))
