@@ -176,24 +176,35 @@ impl Resumable {
     /// pwrite data at block i (exact length: block_size, or the tail for the last block) then set
     /// the bit in memory. Wrong length/index -> error, nothing written.
     pub fn write_block(&mut self, i: u64, data: &[u8]) -> io::Result<()> {
-        if i >= self.blocks {
+        self.write_blocks(i, data)
+    }
+
+    /// Writes consecutive blocks starting at block `first` with one `pwrite`: `data` holds whole
+    /// blocks, the last of which may be the file's short tail. Wrong length or range: error,
+    /// nothing written.
+    pub fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
+        let bs = u64::from(self.block_size);
+        let n = (data.len() as u64).div_ceil(bs).max(1);
+        if first >= self.blocks || n > self.blocks - first {
             return Err(invalid("ingest: block index out of range"));
         }
-        let offset = i * u64::from(self.block_size);
-        let want = (self.size - offset).min(u64::from(self.block_size));
+        let offset = first * bs;
+        let want = (self.size - offset).min(n * bs);
         if data.len() as u64 != want {
             return Err(invalid("ingest: block has the wrong length"));
         }
         let part = self.part.as_ref().ok_or_else(finished)?;
         part.write_all_at(data, offset)?;
-        let (byte, mask) = ((i / 8) as usize, 1u8 << (i % 8));
-        if self.bits[byte] & mask == 0 {
-            self.bits[byte] |= mask;
-            self.received += 1;
-            self.dirty = Some(match self.dirty {
-                None => (byte, byte + 1),
-                Some((lo, hi)) => (lo.min(byte), hi.max(byte + 1)),
-            });
+        for i in first..first + n {
+            let (byte, mask) = ((i / 8) as usize, 1u8 << (i % 8));
+            if self.bits[byte] & mask == 0 {
+                self.bits[byte] |= mask;
+                self.received += 1;
+                self.dirty = Some(match self.dirty {
+                    None => (byte, byte + 1),
+                    Some((lo, hi)) => (lo.min(byte), hi.max(byte + 1)),
+                });
+            }
         }
         Ok(())
     }

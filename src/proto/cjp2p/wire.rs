@@ -146,20 +146,28 @@ pub fn parse_datagram(data: &[u8]) -> Result<Datagram, DatagramError> {
 /// Reject nesting deeper than [`MAX_DEPTH`] before any allocation-heavy parsing. Brackets
 /// inside strings do not count; malformed JSON is left for `serde_json` to refuse.
 fn check_depth(bytes: &[u8]) -> Result<(), DatagramError> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            // Skip a whole string in one scan: a Content datagram is almost all base64 text,
+            // and a byte-at-a-time state machine over it cost more than decoding it.
+            b'"' => {
+                i += 1;
+                loop {
+                    match bytes[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                        Some(k) if bytes[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k;
+                            break;
+                        }
+                        None => return Ok(()),
+                    }
+                    if i >= bytes.len() {
+                        return Ok(());
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -169,6 +177,7 @@ fn check_depth(bytes: &[u8]) -> Result<(), DatagramError> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }
