@@ -3,3 +3,4 @@
 
 pub mod bulk;
 pub mod jtp;
+pub mod tej;

@@ -1,0 +1,1289 @@
+//! TEJ frames (tej.md 1.2-1.4, 4.2, 5): encoders for each piece of a frame and an incremental
+//! decoder over a byte stream of back-to-back frames. No I/O.
+//!
+//! Encoders append to a `Vec<u8>`; file data never passes through them: the driver writes
+//! [`put_frame_header`], then per file [`put_file_header`] followed by the file's bytes straight
+//! from the mapping or the disk, then [`put_message`]. [`frame`] builds a whole small frame.
+//!
+//! The decoder checks every length against [`Limits`] *before* the bytes it guards are taken:
+//! the status byte as soon as it arrives, N right after the 10-byte header, F right after the
+//! name and size fields, M right after its 8 bytes. File data is never buffered
+//! ([`Event::FileData`] borrows the caller's input); only a file entry header (at most
+//! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied when it is
+//! split across reads.
+//!
+//! ```text
+//!            FrameStart            FileStart               FileData*
+//!  Header ──(10 bytes)──> Entry ──(L, name, F)──> Data ──(F bytes)──> FileEnd ──┐
+//!   ^  │                   ^                      (F = 0: straight to FileEnd)  │
+//!   │  │ N = 0             └───────────────── more files ────────────────────────┤
+//!   │  v                                                                         │
+//!   │ Message <───────────────────────────── last file ──────────────────────────┘
+//!   │  │ Message (M, then M bytes)
+//!   │  v
+//!   └─ End: FrameEnd               a limit or status error: Failed, for good
+//! ```
+
+use std::fmt;
+
+use crate::names::accept_exact;
+
+/// Highest custom status ferry's API accepts (bits 6..0 of the status byte).
+pub const MAX_STATUS: u8 = 127;
+/// The protocol version ferry writes.
+pub const VERSION: u8 = 1;
+/// Status byte, version and N.
+pub const HEADER_LEN: usize = 10;
+/// Bit 7 of the status byte, set on every valid frame.
+pub const STATUS_TOP_BIT: u8 = 0x80;
+/// Longest file entry header the decoder may have to hold whole: L, a 65,535-byte name, F.
+pub const MAX_ENTRY_HEADER: usize = 2 + u16::MAX as usize + 8;
+/// Length of the message length field.
+const MESSAGE_LEN_LEN: usize = 8;
+
+/// Custom statuses with a meaning in ferry's conventions (tej.md section 3).
+pub mod status {
+    /// Files to store, from either side (also the answer to a request).
+    pub const DELIVER: u8 = 0;
+    /// Acknowledgement of a deliver frame.
+    pub const ACK: u8 = 1;
+    /// Keep-alive; never answered.
+    pub const PING: u8 = 2;
+    /// Error, message `{"error":..,"detail":..}`.
+    pub const ERROR: u8 = 3;
+    /// Request for catalog files, message `{"get":[..]}`.
+    pub const REQUEST: u8 = 4;
+    /// List request, message empty or `{"after":..,"limit":..}`.
+    pub const LIST: u8 = 5;
+    /// One page of the catalog listing.
+    pub const LISTING: u8 = 6;
+}
+
+/// Appends the 10-byte frame header: status byte (top bit set), version 1, N.
+///
+/// # Panics
+/// If `status` is over [`MAX_STATUS`] (a caller bug: tej-protoc would OR it into the byte).
+pub fn put_frame_header(status: u8, files: u64, out: &mut Vec<u8>) {
+    put_frame_header_with_version(status, VERSION, files, out);
+}
+
+/// Like [`put_frame_header`] with any version byte. Ferry's own frames always use
+/// [`put_frame_header`]; this exists for tests and interop checks (tej.md 1.3).
+///
+/// # Panics
+/// If `status` is over [`MAX_STATUS`].
+pub fn put_frame_header_with_version(status: u8, version: u8, files: u64, out: &mut Vec<u8>) {
+    assert!(
+        status <= MAX_STATUS,
+        "tej custom status {status} is over 127"
+    );
+    out.push(STATUS_TOP_BIT | status);
+    out.push(version);
+    out.extend_from_slice(&files.to_be_bytes());
+}
+
+/// Appends L (the name's length in UTF-8 bytes), the name and F; `size` bytes of data must
+/// follow.
+///
+/// # Panics
+/// If the name is longer than 65,535 bytes (ferry never sends such names: it checks first).
+pub fn put_file_header(name: &str, size: u64, out: &mut Vec<u8>) {
+    let len = u16::try_from(name.len()).expect("tej file names are at most 65,535 bytes");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&size.to_be_bytes());
+}
+
+/// Appends M and the message (M = 0 for no message; the field is always present).
+pub fn put_message(message: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(message.len() as u64).to_be_bytes());
+    out.extend_from_slice(message);
+}
+
+/// A whole frame held in memory: for replies and small frames, not for file transfers.
+///
+/// # Panics
+/// As [`put_frame_header`] and [`put_file_header`].
+pub fn frame(status: u8, files: &[(&str, &[u8])], message: &[u8]) -> Vec<u8> {
+    let len = HEADER_LEN
+        + files
+            .iter()
+            .map(|(n, d)| 10 + n.len() + d.len())
+            .sum::<usize>()
+        + MESSAGE_LEN_LEN
+        + message.len();
+    let mut out = Vec::with_capacity(len);
+    put_frame_header(status, files.len() as u64, &mut out);
+    for (name, data) in files {
+        put_file_header(name, data.len() as u64, &mut out);
+        out.extend_from_slice(data);
+    }
+    put_message(message, &mut out);
+    out
+}
+
+/// Bounds on what a peer may announce (tej.md 4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most files per frame (default 10,000); more is `too-many-files`.
+    pub max_files: u64,
+    /// Longest acceptable name in bytes (default 255); longer names are still read whole (at
+    /// most 65,535 bytes) but reported with `name_ok: false`.
+    pub max_name: usize,
+    /// Largest file (default 64 GiB); larger is `too-large`.
+    pub max_file_size: u64,
+    /// Largest message, held in memory (default 16 MiB); larger is `too-large`.
+    pub max_message: u64,
+    /// Reject any version byte but 1 as `bad-frame` (default false: upstream never checks it).
+    pub strict_version: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: 10_000,
+            max_name: 255,
+            max_file_size: 64 << 30,
+            max_message: 16 << 20,
+            strict_version: false,
+        }
+    }
+}
+
+/// One step through a frame, as the receiver sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The header: custom status 0..=127, the version byte as sent, N.
+    FrameStart { status: u8, version: u8, files: u64 },
+    /// A file entry begins. `name` is the raw name bytes (up to 65,535, always read whole even
+    /// when over `max_name`); `name_ok` tells whether it passes tej.md section 5 (and
+    /// `max_name`): the driver stores the data only then, else it hashes and discards it
+    /// (`bad-name`). `index` counts from 0.
+    FileStart {
+        index: u64,
+        name: &'a [u8],
+        name_ok: bool,
+        size: u64,
+    },
+    /// Bytes of the current file: the first `data.len()` bytes of the buffer given to this call
+    /// (consumed by the decoder). Emitted until `size` bytes were delivered; never empty.
+    FileData(&'a [u8]),
+    /// The current file's last byte was delivered (also right after a `FileStart` of size 0).
+    FileEnd,
+    /// The whole message (held in memory, at most `max_message` bytes); empty when M = 0.
+    /// Emitted once per frame, after the last file.
+    Message(&'a [u8]),
+    /// The frame is complete; the next byte starts a new frame.
+    FrameEnd,
+}
+
+/// What the peer did wrong; the connection ends with the error frame of [`FrameError::code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// A status byte without the top bit (the byte as received).
+    BadFrame(u8),
+    /// A version byte other than 1 in strict mode.
+    BadVersion(u8),
+    /// N over `max_files`.
+    TooManyFiles(u64),
+    /// F over `max_file_size` for the file at `index` (from 0).
+    FileTooLarge { index: u64, size: u64, max: u64 },
+    /// M over `max_message`.
+    MessageTooLarge { size: u64, max: u64 },
+}
+
+impl FrameError {
+    /// The error code of tej.md 3.3 to send back before closing.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FrameError::BadFrame(_) | FrameError::BadVersion(_) => "bad-frame",
+            FrameError::TooManyFiles(_) => "too-many-files",
+            FrameError::FileTooLarge { .. } | FrameError::MessageTooLarge { .. } => "too-large",
+        }
+    }
+
+    /// Free text for the error frame's `detail` (files are numbered from 1 there).
+    pub fn detail(&self) -> String {
+        match *self {
+            FrameError::BadFrame(b) => format!("status byte {b:#04x} lacks the top bit"),
+            FrameError::BadVersion(v) => format!("version {v} is not 1"),
+            FrameError::TooManyFiles(n) => format!("{n} files exceed max_files"),
+            FrameError::FileTooLarge { index, size, max } => format!(
+                "file {}: length {size} exceeds max_file_size {max}",
+                index.saturating_add(1)
+            ),
+            FrameError::MessageTooLarge { size, max } => {
+                format!("message length {size} exceeds max_message {max}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tej frame: {}", self.detail())
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Between frames, or inside the 10-byte header (the stash holds its start).
+    Header,
+    /// Expecting the entry header of file `index` of `files`.
+    Entry { index: u64, files: u64 },
+    /// `left` bytes of file `index` still to deliver.
+    Data { index: u64, files: u64, left: u64 },
+    /// `FileEnd` of file `index` is due.
+    FileEnd { index: u64, files: u64 },
+    /// Expecting M and the message.
+    Message,
+    /// `FrameEnd` is due.
+    End,
+    /// After an error: every call repeats it.
+    Failed(FrameError),
+}
+
+/// Outcome of gathering one field that may be split across calls.
+enum Gather<'a> {
+    /// The whole field, and how many bytes of this call's input it took.
+    Done { taken: usize, field: &'a [u8] },
+    /// All of this call's input went into the stash (this many bytes); more is needed.
+    Partial(usize),
+}
+
+/// Collects a field whose total length `need` computes from the field's first bytes (it must be
+/// final once the prefix is at least as long as the answer, and may refuse a length it reads).
+/// Borrows from `buf` when the field is whole there, else copies exactly the missing bytes into
+/// `stash`, so the stash never holds more than the field.
+fn gather<'a>(
+    stash: &'a mut Vec<u8>,
+    spent: &mut bool,
+    buf: &'a [u8],
+    need: impl Fn(&[u8]) -> Result<usize, FrameError>,
+) -> Result<Gather<'a>, FrameError> {
+    if stash.is_empty() {
+        let n = need(buf)?;
+        if buf.len() >= n {
+            return Ok(Gather::Done {
+                taken: n,
+                field: &buf[..n],
+            });
+        }
+    }
+    let mut taken = 0;
+    loop {
+        let n = need(stash)?;
+        if stash.len() >= n {
+            *spent = true;
+            return Ok(Gather::Done {
+                taken,
+                field: &stash[..n],
+            });
+        }
+        if taken == buf.len() {
+            return Ok(Gather::Partial(taken));
+        }
+        let k = (n - stash.len()).min(buf.len() - taken);
+        stash.extend_from_slice(&buf[taken..taken + k]);
+        taken += k;
+    }
+}
+
+/// The u64 at the start of `b`; every caller has checked that 8 bytes are there.
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Length of an entry header (L, name, F) given its first bytes.
+fn entry_need(p: &[u8]) -> usize {
+    match p {
+        [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])) + 8,
+        _ => 2,
+    }
+}
+
+/// Incremental decoder over a byte stream of back-to-back frames (see the module doc).
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    state: State,
+    /// The start of a field split across calls: at most [`MAX_ENTRY_HEADER`] bytes, or 8 plus
+    /// `max_message` for the message.
+    stash: Vec<u8>,
+    /// The stash holds a field already returned in an event; clear it on the next call.
+    stash_spent: bool,
+}
+
+impl Decoder {
+    pub fn new(limits: Limits) -> Decoder {
+        Decoder {
+            limits,
+            state: State::Header,
+            stash: Vec::new(),
+            stash_spent: false,
+        }
+    }
+
+    /// The limits this decoder checks.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// True between frames (EOF here is a clean close; elsewhere it truncates a frame).
+    pub fn is_between_frames(&self) -> bool {
+        self.state == State::Header && self.held().is_empty()
+    }
+
+    /// True while a frame is partly read (the stall rule applies), false between frames and
+    /// after an error.
+    pub fn in_frame(&self) -> bool {
+        !self.is_between_frames() && !matches!(self.state, State::Failed(_))
+    }
+
+    /// The fewest bytes that can complete the current frame, for the stall rule ("64 KiB or
+    /// the rest of the frame"): exact once the message is reached, a lower bound before (file
+    /// sizes not yet announced count as 0). `None` between frames and after an error.
+    pub fn min_bytes_to_frame_end(&self) -> Option<u64> {
+        let held = self.held().len() as u64;
+        let tail = |index: u64, files: u64| {
+            files
+                .saturating_sub(index.saturating_add(1))
+                .saturating_mul(10)
+                .saturating_add(MESSAGE_LEN_LEN as u64)
+        };
+        let n = match self.state {
+            State::Header if held == 0 => return None,
+            State::Failed(_) => return None,
+            State::Header => (HEADER_LEN as u64 - held) + MESSAGE_LEN_LEN as u64,
+            State::Entry { index, files } => {
+                let need = entry_need(self.held()) as u64;
+                need.saturating_sub(held).saturating_add(tail(index, files))
+            }
+            State::Data { index, files, left } => left.saturating_add(tail(index, files)),
+            State::FileEnd { index, files } => tail(index, files),
+            State::Message => {
+                let h = self.held();
+                if h.len() < MESSAGE_LEN_LEN {
+                    MESSAGE_LEN_LEN as u64 - held
+                } else {
+                    be_u64(h)
+                        .saturating_add(MESSAGE_LEN_LEN as u64)
+                        .saturating_sub(held)
+                }
+            }
+            State::End => 0,
+        };
+        Some(n)
+    }
+
+    fn held(&self) -> &[u8] {
+        if self.stash_spent {
+            &[]
+        } else {
+            &self.stash
+        }
+    }
+
+    /// Decodes from `buf`; returns (bytes consumed, event).
+    ///
+    /// `Ok(None)` means every byte offered was taken (a split field is kept inside the decoder)
+    /// and more input is needed; with an empty `buf` it is (0, `Ok(None)`) unless an event
+    /// needing no input is due. `FileEnd` and `FrameEnd` come with 0 bytes consumed, so call
+    /// again until `Ok(None)`. On an error the count is 0 and every further call repeats the
+    /// error: answer with its code and close.
+    pub fn decode<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> (usize, Result<Option<Event<'a>>, FrameError>) {
+        if self.stash_spent {
+            self.stash.clear();
+            self.stash_spent = false;
+            // A big message may have grown the stash; do not keep it for the connection's life.
+            if self.stash.capacity() > MAX_ENTRY_HEADER {
+                self.stash = Vec::new();
+            }
+        }
+        let Self {
+            limits,
+            state,
+            stash,
+            stash_spent,
+        } = self;
+        let limits = *limits;
+        match *state {
+            State::Failed(e) => (0, Err(e)),
+            State::Header => {
+                // The status byte and (in strict mode) the version are checked the moment they
+                // arrive: a frame without the top bit cannot be resynchronised from.
+                let peek = |i: usize| match i.checked_sub(stash.len()) {
+                    None => stash.get(i),
+                    Some(j) => buf.get(j),
+                };
+                if let Some(&b) = peek(0) {
+                    if b & STATUS_TOP_BIT == 0 {
+                        return fail(state, FrameError::BadFrame(b));
+                    }
+                }
+                if let Some(&v) = peek(1) {
+                    if limits.strict_version && v != VERSION {
+                        return fail(state, FrameError::BadVersion(v));
+                    }
+                }
+                let (taken, h) = match gather(stash, stash_spent, buf, |_| Ok(HEADER_LEN)) {
+                    Ok(Gather::Done { taken, field }) => (taken, field),
+                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                    Err(e) => return fail(state, e),
+                };
+                let files = be_u64(&h[2..]);
+                if files > limits.max_files {
+                    return fail(state, FrameError::TooManyFiles(files));
+                }
+                *state = if files == 0 {
+                    State::Message
+                } else {
+                    State::Entry { index: 0, files }
+                };
+                let ev = Event::FrameStart {
+                    status: h[0] & !STATUS_TOP_BIT,
+                    version: h[1],
+                    files,
+                };
+                (taken, Ok(Some(ev)))
+            }
+            State::Entry { index, files } => {
+                let (taken, e) = match gather(stash, stash_spent, buf, |p| Ok(entry_need(p))) {
+                    Ok(Gather::Done { taken, field }) => (taken, field),
+                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                    Err(e) => return fail(state, e),
+                };
+                let name = &e[2..e.len() - 8];
+                let size = be_u64(&e[e.len() - 8..]);
+                if size > limits.max_file_size {
+                    let max = limits.max_file_size;
+                    return fail(state, FrameError::FileTooLarge { index, size, max });
+                }
+                *state = if size == 0 {
+                    State::FileEnd { index, files }
+                } else {
+                    State::Data {
+                        index,
+                        files,
+                        left: size,
+                    }
+                };
+                let name_ok = accept_exact(name, limits.max_name).is_some();
+                let ev = Event::FileStart {
+                    index,
+                    name,
+                    name_ok,
+                    size,
+                };
+                (taken, Ok(Some(ev)))
+            }
+            State::Data { index, files, left } => {
+                if buf.is_empty() {
+                    return (0, Ok(None));
+                }
+                // `left` may exceed usize on 32-bit targets; the min is taken in u64.
+                let n = (buf.len() as u64).min(left) as usize;
+                let left = left - n as u64;
+                *state = if left == 0 {
+                    State::FileEnd { index, files }
+                } else {
+                    State::Data { index, files, left }
+                };
+                (n, Ok(Some(Event::FileData(&buf[..n]))))
+            }
+            State::FileEnd { index, files } => {
+                let next = index + 1;
+                *state = if next < files {
+                    State::Entry { index: next, files }
+                } else {
+                    State::Message
+                };
+                (0, Ok(Some(Event::FileEnd)))
+            }
+            State::Message => {
+                let max = limits.max_message;
+                let need = |p: &[u8]| {
+                    if p.len() < MESSAGE_LEN_LEN {
+                        return Ok(MESSAGE_LEN_LEN);
+                    }
+                    let size = be_u64(p);
+                    match usize::try_from(size) {
+                        Ok(m) if size <= max => Ok(MESSAGE_LEN_LEN + m),
+                        _ => Err(FrameError::MessageTooLarge { size, max }),
+                    }
+                };
+                let (taken, m) = match gather(stash, stash_spent, buf, need) {
+                    Ok(Gather::Done { taken, field }) => (taken, field),
+                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                    Err(e) => return fail(state, e),
+                };
+                *state = State::End;
+                (taken, Ok(Some(Event::Message(&m[MESSAGE_LEN_LEN..]))))
+            }
+            State::End => {
+                *state = State::Header;
+                (0, Ok(Some(Event::FrameEnd)))
+            }
+        }
+    }
+}
+
+/// Stops decoding for good.
+fn fail<'a>(state: &mut State, e: FrameError) -> (usize, Result<Option<Event<'a>>, FrameError>) {
+    *state = State::Failed(e);
+    (0, Err(e))
+}
+
+/// The byte vectors of `specs/vectors/tej/` (manifest.json and ferry_manifest.json), embedded so
+/// the tests need nothing outside the crate. Names are the raw bytes; data is known by SHA-256.
+#[cfg(test)]
+pub(crate) mod vectors {
+    pub struct VFile {
+        pub name: &'static [u8],
+        pub size: u64,
+        pub sha256: &'static str,
+    }
+    pub struct VFrame {
+        pub offset: usize,
+        pub length: usize,
+        pub status: u8,
+        pub version: u8,
+        pub files: &'static [VFile],
+        pub message: &'static [u8],
+    }
+    pub struct Vector {
+        pub name: &'static str,
+        pub hex: &'static str,
+        /// Empty for `BUGGY_nonascii_name` (unparseable).
+        pub frames: &'static [VFrame],
+    }
+
+    #[rustfmt::skip]
+    pub const VECTORS: &[Vector] = &[
+        Vector { name: "empty", hex: "800100000000000000000000000000000000", frames: &[VFrame { offset: 0, length: 18, status: 0, version: 1, files: &[], message: b"" }] },
+        Vector { name: "ping", hex: "820100000000000000000000000000000000", frames: &[VFrame { offset: 0, length: 18, status: 2, version: 1, files: &[], message: b"" }] },
+        Vector { name: "message_hello", hex: "80010000000000000000000000000000000568656c6c6f", frames: &[VFrame { offset: 0, length: 23, status: 0, version: 1, files: &[], message: b"hello" }] },
+        Vector { name: "file_only", hex: "800100000000000000010005612e7478740000000000000004414141410000000000000000", frames: &[VFrame { offset: 0, length: 37, status: 0, version: 1, files: &[VFile { name: b"a.txt", size: 4, sha256: "63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201" }], message: b"" }] },
+        Vector { name: "two_files_and_message", hex: "850100000000000000020009736d616c6c2e747874000000000000000a68656c6c6f2074656a0a0009656d7074792e62696e000000000000000000000000000000036d7367", frames: &[VFrame { offset: 0, length: 69, status: 5, version: 1, files: &[VFile { name: b"small.txt", size: 10, sha256: "e2b55c8ad85869458179570355abea2234dd3596aacae4e4063eec27139b99c9" }, VFile { name: b"empty.bin", size: 0, sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" }], message: b"msg" }] },
+        Vector { name: "status_127_version_0", hex: "ff000000000000000000000000000000000178", frames: &[VFrame { offset: 0, length: 19, status: 127, version: 0, files: &[], message: b"x" }] },
+        Vector { name: "empty_name", hex: "8001000000000000000100000000000000000004646174610000000000000000", frames: &[VFrame { offset: 0, length: 32, status: 0, version: 1, files: &[VFile { name: b"", size: 4, sha256: "3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7" }], message: b"" }] },
+        Vector { name: "BUGGY_nonascii_name", hex: "800100000000000000010005c3a92e747874000000000000000258590000000000000000", frames: &[] },
+        Vector { name: "ferry_ack_file_only", hex: "8101000000000000000000000000000000977b2266696c6573223a5b7b226e616d65223a22612e747874222c2273697a65223a342c22736861323536223a2236336331646439353166666564663666376664393638616434656661333962386564353834663136326634366537313531313465653138346638646539323031222c2273746f7265645f6173223a22612e747874227d5d2c226d6573736167655f6279746573223a307d", frames: &[VFrame { offset: 0, length: 169, status: 1, version: 1, files: &[], message: b"{\"files\":[{\"name\":\"a.txt\",\"size\":4,\"sha256\":\"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201\",\"stored_as\":\"a.txt\"}],\"message_bytes\":0}" }] },
+        Vector { name: "ferry_error_too_large", hex: "8301000000000000000000000000000000657b226572726f72223a22746f6f2d6c61726765222c2264657461696c223a2266696c6520313a206c656e67746820383335383638303930383339393634303537362065786365656473206d61785f66696c655f73697a65203638373139343736373336227d", frames: &[VFrame { offset: 0, length: 119, status: 3, version: 1, files: &[], message: b"{\"error\":\"too-large\",\"detail\":\"file 1: length 8358680908399640576 exceeds max_file_size 68719476736\"}" }] },
+        Vector { name: "ferry_request_get", hex: "8401000000000000000000000000000000117b22676574223a5b22612e747874225d7d", frames: &[VFrame { offset: 0, length: 35, status: 4, version: 1, files: &[], message: b"{\"get\":[\"a.txt\"]}" }] },
+        Vector { name: "ferry_request_answer", hex: "800100000000000000010005612e74787400000000000000044141414100000000000000717b2266696c6573223a5b7b226e616d65223a22612e747874222c2273697a65223a342c22736861323536223a2236336331646439353166666564663666376664393638616434656661333962386564353834663136326634366537313531313465653138346638646539323031227d5d7d", frames: &[VFrame { offset: 0, length: 150, status: 0, version: 1, files: &[VFile { name: b"a.txt", size: 4, sha256: "63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201" }], message: b"{\"files\":[{\"name\":\"a.txt\",\"size\":4,\"sha256\":\"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201\"}]}" }] },
+        Vector { name: "ferry_list_request", hex: "850100000000000000000000000000000000", frames: &[VFrame { offset: 0, length: 18, status: 5, version: 1, files: &[], message: b"" }] },
+        Vector { name: "ferry_listing", hex: "86010000000000000000000000000000007d7b2266696c6573223a5b7b226e616d65223a22612e747874222c2273697a65223a342c22736861323536223a2236336331646439353166666564663666376664393638616434656661333962386564353834663136326634366537313531313465653138346638646539323031227d5d2c226e657874223a6e756c6c7d", frames: &[VFrame { offset: 0, length: 143, status: 6, version: 1, files: &[], message: b"{\"files\":[{\"name\":\"a.txt\",\"size\":4,\"sha256\":\"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201\"}],\"next\":null}" }] },
+        Vector { name: "concat_file_ping_message", hex: "800100000000000000010005612e747874000000000000000441414141000000000000000082010000000000000000000000000000000080010000000000000000000000000000000568656c6c6f", frames: &[VFrame { offset: 0, length: 37, status: 0, version: 1, files: &[VFile { name: b"a.txt", size: 4, sha256: "63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201" }], message: b"" }, VFrame { offset: 37, length: 18, status: 2, version: 1, files: &[], message: b"" }, VFrame { offset: 55, length: 23, status: 0, version: 1, files: &[], message: b"hello" }] },
+    ];
+
+    pub fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    pub fn get(name: &str) -> &'static Vector {
+        VECTORS.iter().find(|v| v.name == name).unwrap()
+    }
+
+    pub fn bytes(name: &str) -> Vec<u8> {
+        unhex(get(name).hex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vectors::{bytes, VECTORS};
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// An owned event; consecutive `FileData` are merged, `FrameEnd` records the input offset.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Ev {
+        Start {
+            status: u8,
+            version: u8,
+            files: u64,
+        },
+        File {
+            index: u64,
+            name: Vec<u8>,
+            name_ok: bool,
+            size: u64,
+        },
+        Data(Vec<u8>),
+        FileEnd,
+        Message(Vec<u8>),
+        End {
+            at: usize,
+        },
+        Err(FrameError),
+    }
+
+    /// Feeds `chunks` in order; stops at the first error. Checks the decode contract on the way:
+    /// never more consumed than offered, `Ok(None)` only once everything offered was taken.
+    fn feed<'c>(dec: &mut Decoder, chunks: impl IntoIterator<Item = &'c [u8]>) -> Vec<Ev> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        for chunk in chunks {
+            let mut pos = 0;
+            loop {
+                let (n, r) = dec.decode(&chunk[pos..]);
+                assert!(n <= chunk.len() - pos, "consumed more than offered");
+                pos += n;
+                total += n;
+                let ev = match r {
+                    Ok(None) => {
+                        assert_eq!(pos, chunk.len(), "need more bytes with input left");
+                        break;
+                    }
+                    Err(e) => {
+                        assert_eq!(n, 0);
+                        out.push(Ev::Err(e));
+                        return out;
+                    }
+                    Ok(Some(ev)) => ev,
+                };
+                match ev {
+                    Event::FrameStart {
+                        status,
+                        version,
+                        files,
+                    } => out.push(Ev::Start {
+                        status,
+                        version,
+                        files,
+                    }),
+                    Event::FileStart {
+                        index,
+                        name,
+                        name_ok,
+                        size,
+                    } => out.push(Ev::File {
+                        index,
+                        name: name.to_vec(),
+                        name_ok,
+                        size,
+                    }),
+                    Event::FileData(d) => {
+                        assert!(!d.is_empty());
+                        assert_eq!(d.as_ptr(), chunk[pos - n..].as_ptr(), "data is the input");
+                        assert_eq!(d.len(), n);
+                        if let Some(Ev::Data(prev)) = out.last_mut() {
+                            prev.extend_from_slice(d);
+                        } else {
+                            out.push(Ev::Data(d.to_vec()));
+                        }
+                    }
+                    Event::FileEnd => out.push(Ev::FileEnd),
+                    Event::Message(m) => out.push(Ev::Message(m.to_vec())),
+                    Event::FrameEnd => out.push(Ev::End { at: total }),
+                }
+            }
+        }
+        out
+    }
+
+    fn whole(input: &[u8], limits: Limits) -> Vec<Ev> {
+        feed(&mut Decoder::new(limits), [input])
+    }
+
+    /// Whole, byte by byte and split at every offset must agree; returns the common result.
+    fn all_splits(input: &[u8], limits: Limits) -> Vec<Ev> {
+        let reference = whole(input, limits);
+        let bytewise = feed(&mut Decoder::new(limits), input.chunks(1));
+        assert_eq!(bytewise, reference, "byte by byte");
+        for k in 0..=input.len() {
+            let (a, b) = input.split_at(k);
+            let split = feed(&mut Decoder::new(limits), [a, b]);
+            assert_eq!(split, reference, "split at {k}");
+        }
+        reference
+    }
+
+    fn sha_hex(d: &[u8]) -> String {
+        Sha256::digest(d)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn header(status: u8, n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_frame_header(status, n, &mut out);
+        out
+    }
+
+    #[test]
+    fn t2_every_vector_decodes_alike_split_anywhere_and_matches_the_manifest() {
+        for v in VECTORS.iter().filter(|v| !v.frames.is_empty()) {
+            let input = bytes(v.name);
+            let evs = all_splits(&input, Limits::default());
+            let mut it = evs.into_iter();
+            let mut offset = 0;
+            for (fi, f) in v.frames.iter().enumerate() {
+                let ctx = format!("{} frame {fi}", v.name);
+                assert_eq!(f.offset, offset, "{ctx}");
+                assert_eq!(
+                    it.next(),
+                    Some(Ev::Start {
+                        status: f.status,
+                        version: f.version,
+                        files: f.files.len() as u64
+                    }),
+                    "{ctx}"
+                );
+                for (i, file) in f.files.iter().enumerate() {
+                    let name_ok = !file.name.is_empty();
+                    let start = Ev::File {
+                        index: i as u64,
+                        name: file.name.to_vec(),
+                        name_ok,
+                        size: file.size,
+                    };
+                    assert_eq!(it.next(), Some(start), "{ctx}");
+                    let mut data = Vec::new();
+                    let mut next = it.next();
+                    if let Some(Ev::Data(d)) = next {
+                        data = d;
+                        next = it.next();
+                    }
+                    assert_eq!(next, Some(Ev::FileEnd), "{ctx}");
+                    assert_eq!(data.len() as u64, file.size, "{ctx}");
+                    assert_eq!(sha_hex(&data), file.sha256, "{ctx}");
+                }
+                assert_eq!(it.next(), Some(Ev::Message(f.message.to_vec())), "{ctx}");
+                offset += f.length;
+                assert_eq!(it.next(), Some(Ev::End { at: offset }), "{ctx}");
+            }
+            assert_eq!(it.next(), None, "{}", v.name);
+            assert_eq!(offset, input.len(), "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn t3_frames_ferry_writes_have_top_bit_version_1_and_byte_lengths() {
+        for s in 0..=MAX_STATUS {
+            let f = frame(s, &[], b"");
+            assert_eq!(f[0], 0x80 | s);
+            assert_eq!(f[1], VERSION);
+            assert_eq!(f.len(), 18);
+        }
+        // A non-ASCII name goes out with its UTF-8 byte length (tej-protoc counts code points).
+        let f = frame(0, &[("é.txt", b"XY")], b"m");
+        assert_eq!(
+            f,
+            b"\x80\x01\0\0\0\0\0\0\0\x01\0\x06\xc3\xa9.txt\0\0\0\0\0\0\0\x02XY\0\0\0\0\0\0\0\x01m"
+        );
+        let evs = all_splits(&f, Limits::default());
+        assert_eq!(
+            evs[1],
+            Ev::File {
+                index: 0,
+                name: "é.txt".as_bytes().to_vec(),
+                name_ok: true,
+                size: 2
+            }
+        );
+        // The streaming pieces give the same bytes as `frame`.
+        let mut out = Vec::new();
+        put_frame_header(0, 1, &mut out);
+        put_file_header("é.txt", 2, &mut out);
+        out.extend_from_slice(b"XY");
+        put_message(b"m", &mut out);
+        assert_eq!(out, f);
+    }
+
+    #[test]
+    #[should_panic(expected = "over 127")]
+    fn t3_status_over_127_is_a_caller_bug() {
+        header(128, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "65,535")]
+    fn t3_name_over_65535_bytes_is_a_caller_bug() {
+        put_file_header(&"a".repeat(65_536), 0, &mut Vec::new());
+    }
+
+    #[test]
+    fn t4_status_byte_without_top_bit_is_bad_frame_before_anything_else() {
+        let mut bad = bytes("empty");
+        bad[0] = 0x00;
+        assert_eq!(
+            whole(&bad, Limits::default()),
+            [Ev::Err(FrameError::BadFrame(0x00))]
+        );
+        // Reported on the very first byte, even with N and the rest missing.
+        let mut dec = Decoder::new(Limits::default());
+        assert_eq!(dec.decode(&[0x7f]), (0, Err(FrameError::BadFrame(0x7f))));
+        // And every later call repeats it.
+        assert_eq!(
+            dec.decode(&bytes("empty")),
+            (0, Err(FrameError::BadFrame(0x7f)))
+        );
+        assert!(!dec.in_frame());
+        assert_eq!(FrameError::BadFrame(0).code(), "bad-frame");
+        // After a good frame, on the next frame's first byte.
+        let mut input = bytes("file_only");
+        input.extend_from_slice(&[0x05, 0x01]);
+        let evs = all_splits(&input, Limits::default());
+        assert_eq!(evs.last(), Some(&Ev::Err(FrameError::BadFrame(0x05))));
+        assert_eq!(evs[evs.len() - 2], Ev::End { at: 37 });
+    }
+
+    #[test]
+    fn t5_any_version_is_accepted_and_reported_unless_strict() {
+        let v0 = bytes("status_127_version_0");
+        assert_eq!(
+            all_splits(&v0, Limits::default()),
+            [
+                Ev::Start {
+                    status: 127,
+                    version: 0,
+                    files: 0
+                },
+                Ev::Message(b"x".to_vec()),
+                Ev::End { at: 19 },
+            ]
+        );
+        let mut v2 = Vec::new();
+        put_frame_header_with_version(3, 2, 0, &mut v2);
+        put_message(b"", &mut v2);
+        assert_eq!(
+            whole(&v2, Limits::default())[0],
+            Ev::Start {
+                status: 3,
+                version: 2,
+                files: 0
+            }
+        );
+        let strict = Limits {
+            strict_version: true,
+            ..Limits::default()
+        };
+        assert_eq!(
+            all_splits(&v0, strict),
+            [Ev::Err(FrameError::BadVersion(0))]
+        );
+        assert_eq!(
+            all_splits(&v2, strict),
+            [Ev::Err(FrameError::BadVersion(2))]
+        );
+        assert_eq!(FrameError::BadVersion(2).code(), "bad-frame");
+        assert_eq!(all_splits(&bytes("empty"), strict).len(), 3);
+    }
+
+    #[test]
+    fn t6_concat_file_ping_message_is_exactly_three_frames() {
+        let input = bytes("concat_file_ping_message");
+        let evs = all_splits(&input, Limits::default());
+        let ends: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Ev::End { at } => Some(*at),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, [37, 55, 78]);
+        let starts: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Start { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, [status::DELIVER, status::PING, status::DELIVER]);
+        assert_eq!(evs[evs.len() - 2], Ev::Message(b"hello".to_vec()));
+    }
+
+    #[test]
+    fn t13_buggy_nonascii_name_is_too_large_at_the_garbage_length() {
+        let input = bytes("BUGGY_nonascii_name");
+        let err = FrameError::FileTooLarge {
+            index: 0,
+            size: 0x7400_0000_0000_0000,
+            max: 64 << 30,
+        };
+        assert_eq!(
+            all_splits(&input, Limits::default()),
+            [
+                Ev::Start {
+                    status: 0,
+                    version: 1,
+                    files: 1
+                },
+                Ev::Err(err)
+            ]
+        );
+        // Reported as soon as the 26 bytes through F are in, without the 10 that follow.
+        assert_eq!(whole(&input[..26], Limits::default())[1], Ev::Err(err));
+        assert_eq!(err.code(), "too-large");
+        // The wording of vectors/tej/ferry_error_too_large.
+        assert_eq!(
+            err.detail(),
+            "file 1: length 8358680908399640576 exceeds max_file_size 68719476736"
+        );
+    }
+
+    #[test]
+    fn t19_one_tib_claim_is_refused_right_after_the_size_field() {
+        let mut input = header(0, 1);
+        put_file_header("big.bin", 1 << 40, &mut input);
+        let err = FrameError::FileTooLarge {
+            index: 0,
+            size: 1 << 40,
+            max: 64 << 30,
+        };
+        let mut dec = Decoder::new(Limits::default());
+        let evs = feed(&mut dec, input.chunks(1));
+        assert_eq!(evs.last(), Some(&Ev::Err(err)));
+        // Nothing proportional to the claim was allocated.
+        assert!(dec.stash.capacity() < 1024, "{}", dec.stash.capacity());
+        // The second file of a frame is refused the same way, with its index.
+        let mut input = header(0, 2);
+        put_file_header("a", 1, &mut input);
+        input.push(b'x');
+        put_file_header("b", u64::MAX, &mut input);
+        let evs = all_splits(&input, Limits::default());
+        assert_eq!(
+            evs.last(),
+            Some(&Ev::Err(FrameError::FileTooLarge {
+                index: 1,
+                size: u64::MAX,
+                max: 64 << 30
+            }))
+        );
+        // Exactly at the limit is fine.
+        let mut ok = header(0, 1);
+        put_file_header("a", 64 << 30, &mut ok);
+        assert!(matches!(
+            whole(&ok, Limits::default())[1],
+            Ev::File { size, .. } if size == 64 << 30
+        ));
+    }
+
+    #[test]
+    fn t20_too_many_files_right_after_the_header() {
+        for n in [10_001, u64::MAX] {
+            // Only the header is given: the check cannot wait for any entry.
+            assert_eq!(
+                all_splits(&header(0, n), Limits::default()),
+                [Ev::Err(FrameError::TooManyFiles(n))]
+            );
+        }
+        assert_eq!(
+            whole(&header(0, 10_000), Limits::default()),
+            [Ev::Start {
+                status: 0,
+                version: 1,
+                files: 10_000
+            }]
+        );
+        assert_eq!(FrameError::TooManyFiles(1).code(), "too-many-files");
+    }
+
+    #[test]
+    fn t20_message_over_max_before_any_message_byte() {
+        let max = 16u64 << 20;
+        for m in [max + 1, u64::MAX] {
+            let mut input = header(0, 0);
+            input.extend_from_slice(&m.to_be_bytes());
+            let evs = all_splits(&input, Limits::default());
+            assert_eq!(
+                evs,
+                [
+                    Ev::Start {
+                        status: 0,
+                        version: 1,
+                        files: 0
+                    },
+                    Ev::Err(FrameError::MessageTooLarge { size: m, max })
+                ]
+            );
+        }
+        // At the limit it waits for the bytes.
+        let mut input = header(0, 0);
+        input.extend_from_slice(&max.to_be_bytes());
+        let mut dec = Decoder::new(Limits::default());
+        assert_eq!(feed(&mut dec, [&input[..]]).len(), 1);
+        assert!(dec.in_frame());
+        assert_eq!(dec.min_bytes_to_frame_end(), Some(max));
+        assert_eq!(
+            FrameError::MessageTooLarge { size: 1, max: 0 }.code(),
+            "too-large"
+        );
+        // A message split across reads is reassembled whole.
+        let msg = vec![7u8; 100_000];
+        let f = frame(9, &[], &msg);
+        let evs = feed(&mut Decoder::new(Limits::default()), f.chunks(4096));
+        assert_eq!(evs[1], Ev::Message(msg));
+    }
+
+    #[test]
+    fn t22_bad_names_are_flagged_and_their_data_still_delivered() {
+        let bad: &[&[u8]] = &[
+            b"\xff\xfe",
+            b"",
+            b"../../x",
+            b"/x",
+            b"a/b",
+            b"..\\x",
+            b"a\0b",
+            b".FERRY",
+            b".ferry",
+            b".",
+            b"..",
+            b"a\xc2\x85b",
+            b"a\x1fb",
+            b"a\x7fb",
+            &[b'a'; 256],
+            &[b'a'; 65_535],
+        ];
+        for name in bad {
+            let mut input = header(0, 2);
+            input.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            input.extend_from_slice(name);
+            input.extend_from_slice(&3u64.to_be_bytes());
+            input.extend_from_slice(b"bad");
+            put_file_header("ok.txt", 2, &mut input);
+            input.extend_from_slice(b"ok");
+            put_message(b"", &mut input);
+            let evs = if name.len() > 300 {
+                // Split anywhere is quadratic; whole and byte by byte suffice for the long one.
+                let evs = whole(&input, Limits::default());
+                let bytewise = feed(&mut Decoder::new(Limits::default()), input.chunks(1));
+                assert_eq!(evs, bytewise);
+                evs
+            } else {
+                all_splits(&input, Limits::default())
+            };
+            let ctx = format!("{name:02x?}");
+            assert_eq!(
+                evs[1],
+                Ev::File {
+                    index: 0,
+                    name: name.to_vec(),
+                    name_ok: false,
+                    size: 3
+                },
+                "{ctx}"
+            );
+            assert_eq!(evs[2], Ev::Data(b"bad".to_vec()), "{ctx}");
+            assert_eq!(
+                evs[4],
+                Ev::File {
+                    index: 1,
+                    name: b"ok.txt".to_vec(),
+                    name_ok: true,
+                    size: 2
+                },
+                "{ctx}"
+            );
+            assert_eq!(evs[5], Ev::Data(b"ok".to_vec()), "{ctx}");
+            assert!(matches!(evs.last(), Some(Ev::End { .. })), "{ctx}");
+        }
+        for good in [
+            "a.txt",
+            " a.txt ",
+            ".profile",
+            "é.txt",
+            "x".repeat(255).as_str(),
+        ] {
+            let f = frame(0, &[(good, b"")], b"");
+            assert!(
+                matches!(
+                    whole(&f, Limits::default())[1],
+                    Ev::File { name_ok: true, .. }
+                ),
+                "{good}"
+            );
+        }
+        // max_name is configurable.
+        let f = frame(0, &[("abcd", b"")], b"");
+        let short = Limits {
+            max_name: 3,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            whole(&f, short)[1],
+            Ev::File { name_ok: false, .. }
+        ));
+    }
+
+    #[test]
+    fn empty_files_and_frames_do_not_swallow_what_follows() {
+        // The upstream Rust crate loses bytes after a zero-length field (tej.md 2.2).
+        let mut input = frame(0, &[("", b""), ("e", b"")], b"");
+        input.extend_from_slice(&bytes("ping"));
+        input.extend_from_slice(&frame(7, &[("z", b"Z")], b""));
+        let evs = all_splits(&input, Limits::default());
+        let frames = evs.iter().filter(|e| matches!(e, Ev::End { .. })).count();
+        assert_eq!(frames, 3);
+        assert!(evs.contains(&Ev::Data(b"Z".to_vec())));
+    }
+
+    #[test]
+    fn between_frames_and_min_bytes_track_the_position() {
+        for v in VECTORS.iter().filter(|v| !v.frames.is_empty()) {
+            let input = bytes(v.name);
+            let boundaries: Vec<usize> = v.frames.iter().map(|f| f.offset).collect();
+            let frame_end = |pos: usize| {
+                v.frames
+                    .iter()
+                    .map(|f| f.offset + f.length)
+                    .find(|&e| e >= pos)
+                    .unwrap()
+            };
+            let mut dec = Decoder::new(Limits::default());
+            assert!(dec.is_between_frames());
+            assert_eq!(dec.min_bytes_to_frame_end(), None);
+            let mut pos = 0;
+            while pos < input.len() {
+                let (n, r) = dec.decode(&input[pos..pos + 1]);
+                assert!(r.is_ok());
+                pos += n;
+                let at_boundary = boundaries.contains(&pos) || pos == input.len();
+                if dec.is_between_frames() {
+                    assert!(at_boundary, "{} at {pos}", v.name);
+                    assert!(!dec.in_frame());
+                } else {
+                    assert!(dec.in_frame());
+                    let min = dec.min_bytes_to_frame_end().unwrap();
+                    assert!(
+                        min <= (frame_end(pos) - pos) as u64,
+                        "{} at {pos}: {min}",
+                        v.name
+                    );
+                }
+            }
+            // Drain FileEnd/FrameEnd due at the very end.
+            while let (0, Ok(Some(_))) = dec.decode(&[]) {}
+            assert!(dec.is_between_frames(), "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn no_panic_on_any_truncation() {
+        for v in VECTORS {
+            let input = bytes(v.name);
+            for cut in 0..=input.len() {
+                let part = &input[..cut];
+                let a = whole(part, Limits::default());
+                let b = feed(&mut Decoder::new(Limits::default()), part.chunks(1));
+                assert_eq!(a, b, "{} cut at {cut}", v.name);
+                let mut dec = Decoder::new(Limits::default());
+                feed(&mut dec, [part]);
+                let clean = cut == 0 || v.frames.iter().any(|f| f.offset + f.length == cut);
+                if !v.frames.is_empty() {
+                    assert_eq!(dec.is_between_frames(), clean, "{} cut at {cut}", v.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_panic_on_seeded_random_input() {
+        // xorshift64*: deterministic, no extra crate.
+        let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let small = Limits {
+            max_files: 3,
+            max_name: 4,
+            max_file_size: 40,
+            max_message: 30,
+            strict_version: false,
+        };
+        let (mut frames, mut files, mut errors) = (0, 0, 0);
+        for i in 0..10_000 {
+            // Back-to-back random frames, then some bytes overwritten with random values: valid
+            // structure with damage, so every state and every error is reached.
+            let mut input = Vec::new();
+            for _ in 0..next() % 3 + 1 {
+                let nfiles = (next() % 4) as usize;
+                let names: Vec<String> = (0..nfiles)
+                    .map(|_| "n".repeat((next() % 6) as usize))
+                    .collect();
+                let datas: Vec<Vec<u8>> = (0..nfiles)
+                    .map(|_| vec![next() as u8; (next() % 50) as usize])
+                    .collect();
+                let files: Vec<(&str, &[u8])> = names
+                    .iter()
+                    .zip(&datas)
+                    .map(|(n, d)| (n.as_str(), d.as_slice()))
+                    .collect();
+                let msg = vec![b'm'; (next() % 40) as usize];
+                input.extend_from_slice(&frame((next() % 128) as u8, &files, &msg));
+            }
+            if i % 3 != 0 {
+                for _ in 0..next() % 3 + 1 {
+                    let at = (next() as usize) % input.len();
+                    input[at] = next() as u8;
+                }
+            }
+            if i % 5 == 0 {
+                input.truncate((next() as usize) % (input.len() + 1));
+            }
+            if i % 10 == 0 {
+                input = (0..next() % 64).map(|_| next() as u8).collect();
+            }
+            let limits = if i % 2 == 0 { small } else { Limits::default() };
+            let reference = whole(&input, limits);
+            for ev in &reference {
+                match ev {
+                    Ev::End { .. } => frames += 1,
+                    Ev::Data(_) => files += 1,
+                    Ev::Err(_) => errors += 1,
+                    _ => {}
+                }
+            }
+            let cut = if input.is_empty() {
+                0
+            } else {
+                (next() as usize) % input.len()
+            };
+            let (a, b) = input.split_at(cut);
+            assert_eq!(feed(&mut Decoder::new(limits), [a, b]), reference, "{i}");
+            assert_eq!(
+                feed(&mut Decoder::new(limits), input.chunks(1)),
+                reference,
+                "{i}"
+            );
+        }
+        // The inputs reach every part of the decoder, not just the status check.
+        assert!(
+            frames > 500 && files > 500 && errors > 500,
+            "{frames} {files} {errors}"
+        );
+    }
+
+    #[test]
+    fn display_is_lowercase_with_topic() {
+        assert_eq!(
+            FrameError::BadFrame(0x05).to_string(),
+            "tej frame: status byte 0x05 lacks the top bit"
+        );
+        assert_eq!(
+            FrameError::TooManyFiles(10_001).to_string(),
+            "tej frame: 10001 files exceed max_files"
+        );
+        assert_eq!(
+            FrameError::MessageTooLarge { size: 9, max: 8 }.to_string(),
+            "tej frame: message length 9 exceeds max_message 8"
+        );
+    }
+}
