@@ -1466,7 +1466,6 @@ fn t11_ferry_send_waits_past_greetings_for_the_summary_and_checks_it() {
             "{{\"files\":[{{\"name\":\"g.bin\",\"size\":4000,\"sha256\":\"{}\",\"stored_as\":null,\"error\":\"bad-name\"}}],\"message_bytes\":0}}",
             sha(&data)
         ),
-        "{\"files\":[]}".to_string(),
     ] {
         let r = reply.clone();
         let (addr, h) = fake_peer(move |c, _| {
@@ -1488,6 +1487,29 @@ fn t11_ferry_send_waits_past_greetings_for_the_summary_and_checks_it() {
         assert_eq!(code(&o), Some(4), "reply {reply}: {}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(stdout_json(&o)["outcome"], "mismatch", "reply {reply}");
     }
+
+    // `{"files":[]}` does not give an entry per file sent: not an acknowledgement, so waiting
+    // goes on until `--ack-timeout`.
+    let (addr, h) = fake_peer(move |c, _| {
+        c.write_all(&frame(1, &[], b"{\"files\":[]}")).unwrap();
+        let _ = read_frame(c);
+    });
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &addr,
+            "--ack-timeout",
+            "2",
+            src.join("g.bin").to_str().unwrap(),
+            "--json",
+        ],
+        S,
+    );
+    h.join().unwrap();
+    assert_eq!(code(&o), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout_json(&o)["outcome"], "unconfirmed");
 }
 
 /// A fake server that answers a status-4 request with `answer` bytes, then closes.
