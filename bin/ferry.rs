@@ -23,6 +23,9 @@ use ferry::config::{JtpConfig, Limits, TlsSource};
 use ferry::proto::jtp::client::{Client, ClientError, ClientOptions, Mode};
 use ferry::proto::jtp::service::{JtpService, ALPN_JTP};
 use ferry::proto::jtp::wire;
+use ferry::proto::tej::client as tej_client;
+use ferry::proto::tej::frame::Limits as TejLimits;
+use ferry::proto::tej::service::{TejConfig, TejService, ALPN_TEJ};
 use ferry::server::{self, Listener, ServerBuilder, Shutdown};
 use ferry::transport::{self, TlsServer};
 
@@ -72,6 +75,7 @@ struct Cli {
 enum Cmd {
     Serve(ServeArgs),
     Jtp(JtpArgs),
+    Tej(TejArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -86,6 +90,9 @@ struct ServeArgs {
     /// JTP listen address (default 127.0.0.1:8443)
     #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
     jtp_bind: String,
+    /// TEJ listen address (default 127.0.0.1:8000, plain TCP as tej-protoc speaks it)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    tej_bind: String,
     /// plain TCP instead of TLS for JTP
     #[argh(switch)]
     no_tls: bool,
@@ -306,6 +313,167 @@ struct JtpListArgs {
 }
 
 #[derive(FromArgs)]
+/// TEJ: full-duplex frames of files plus a message over TCP (tej-protoc compatible).
+#[argh(subcommand, name = "tej")]
+struct TejArgs {
+    #[argh(subcommand)]
+    cmd: TejCmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum TejCmd {
+    Serve(TejServeArgs),
+    Send(TejSendArgs),
+    Get(TejGetArgs),
+    List(TejListArgs),
+}
+
+#[derive(FromArgs)]
+/// Receive TEJ frames into a folder and answer ferry's requests from its catalog.
+#[argh(subcommand, name = "serve")]
+struct TejServeArgs {
+    /// listen address (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    bind: String,
+    /// folder served and filled (default ./share, created if missing)
+    #[argh(option)]
+    root: Option<PathBuf>,
+    /// TLS (ferry to ferry); certificate from --cert/--key or generated into ROOT/.ferry/tls/
+    #[argh(switch)]
+    tls: bool,
+    /// TLS certificate chain (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// most files in one frame (default 10000)
+    #[argh(option, default = "10_000")]
+    max_files: u64,
+    /// largest file accepted, in bytes (default 64 GiB)
+    #[argh(option, default = "64 << 30")]
+    max_file_size: u64,
+    /// largest message accepted, in bytes (default 16 MiB)
+    #[argh(option, default = "16 << 20")]
+    max_message: u64,
+    /// bytes kept free on the folder's file system (default 64 MiB)
+    #[argh(option, default = "64 << 20")]
+    disk_reserve: u64,
+    /// seconds a connection may stay silent between frames (default 120)
+    #[argh(option, default = "120")]
+    idle_timeout: u64,
+    /// seconds in which a frame must advance by 64 KiB (default 30)
+    #[argh(option, default = "30")]
+    frame_timeout: u64,
+    /// refuse frames whose version byte is not 1
+    #[argh(switch)]
+    strict_version: bool,
+    /// most concurrent connections (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// log frames, messages and stored files on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the listening line as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Send files and a message in one frame; exit 0 only when the acknowledgement matches.
+#[argh(subcommand, name = "send")]
+struct TejSendArgs {
+    /// files to send
+    #[argh(positional)]
+    files: Vec<PathBuf>,
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// message sent with the files
+    #[argh(option)]
+    message: Option<String>,
+    /// custom status 0..127 (default 0, deliver: acknowledged)
+    #[argh(option, default = "0")]
+    status: u8,
+    /// seconds to wait for the acknowledgement (default 60)
+    #[argh(option, default = "60")]
+    ack_timeout: u64,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// log frames received while waiting
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the report (with the acknowledgement) as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Fetch catalog files by name or SHA-256 into a folder, verified against the manifest.
+#[argh(subcommand, name = "get")]
+struct TejGetArgs {
+    /// names or SHA-256 ids (64 hex digits)
+    #[argh(positional)]
+    items: Vec<String>,
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// output folder (default ./output)
+    #[argh(option, default = "PathBuf::from(\"output\")")]
+    out: PathBuf,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// List a ferry TEJ server's catalog (name, size, SHA-256).
+#[argh(subcommand, name = "list")]
+struct TejListArgs {
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
 /// Build or refresh a folder's catalog index (.ferry/index) and report what was hashed.
 #[argh(subcommand, name = "index")]
 struct IndexArgs {
@@ -348,6 +516,12 @@ fn main() -> ExitCode {
             JtpCmd::Serve(a) => jtp_serve(a),
             JtpCmd::Get(a) => jtp_get(a),
             JtpCmd::List(a) => jtp_list(a),
+        },
+        Cmd::Tej(t) => match t.cmd {
+            TejCmd::Serve(a) => tej_serve(a),
+            TejCmd::Send(a) => tej_send(a),
+            TejCmd::Get(a) => tej_get(a),
+            TejCmd::List(a) => tej_list(a),
         },
         Cmd::Index(a) => index(a),
         Cmd::Certs(a) => transport::write_test_certs(&a.out)
@@ -399,15 +573,19 @@ fn open_catalog(dir: &Path, verbose: bool) -> Result<Arc<CatalogHandle>, Failure
     Ok(cat)
 }
 
-fn load_tls(src: &TlsSource, cat: &CatalogHandle) -> Result<Option<TlsServer>, Failure> {
+fn load_tls(
+    src: &TlsSource,
+    cat: &CatalogHandle,
+    alpn: &[u8],
+) -> Result<Option<TlsServer>, Failure> {
     match src {
         TlsSource::Off => Ok(None),
         TlsSource::Files { cert, key } => Ok(Some(
-            TlsServer::from_pem_files(cert, key, &[ALPN_JTP]).map_err(local)?,
+            TlsServer::from_pem_files(cert, key, &[alpn]).map_err(local)?,
         )),
         TlsSource::SelfSigned => {
             let (tls, fp, generated) =
-                TlsServer::self_signed(&cat.state_dir(), &[ALPN_JTP]).map_err(local)?;
+                TlsServer::self_signed(&cat.state_dir(), &[alpn]).map_err(local)?;
             eprintln!(
                 "ferry: tls certificate {} sha256 {fp}{}",
                 cat.state_dir().join("tls/cert.pem").display(),
@@ -500,16 +678,25 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         ..JtpConfig::default()
     };
     let limits = limits(a.max_connections, a.io_timeout);
-    let tls = load_tls(&cfg.tls, &cat)?;
+    let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
     let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
     let l = Listener::bind_tcp(&a.jtp_bind)
         .map_err(|e| local(format!("jtp: bind {}: {e}", a.jtp_bind)))?;
+    let tej_cfg = TejConfig {
+        bind: a.tej_bind.clone(),
+        verbose: a.verbose,
+        ..TejConfig::default()
+    };
+    let tej = Arc::new(TejService::new(cat.clone(), tej_cfg, None).map_err(local)?);
+    let tl = Listener::bind_tcp(&a.tej_bind)
+        .map_err(|e| local(format!("tej: bind {}: {e}", a.tej_bind)))?;
     let builder = ServerBuilder::new(
         limits.max_connections,
         limits.shutdown_grace,
         shutdown.clone(),
     )
-    .listener(l, jtp);
+    .listener(l, jtp)
+    .listener(tl, tej);
     run_servers(builder, shutdown, cat, watch, a.verbose, a.json)
 }
 
@@ -541,7 +728,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
     };
     let mut limits = limits(a.max_connections, a.io_timeout);
     limits.keep_alive_timeout = Duration::from_secs(a.keep_alive_timeout);
-    let tls = load_tls(&cfg.tls, &cat)?;
+    let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
     let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
     let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("jtp: bind {}: {e}", a.bind)))?;
     let builder = ServerBuilder::new(
@@ -736,4 +923,137 @@ fn index(a: IndexArgs) -> Result<u8, Failure> {
         );
     }
     Ok(EXIT_OK)
+}
+
+fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
+    let dir = a.root.unwrap_or_else(|| PathBuf::from("share"));
+    let shutdown = Shutdown::new();
+    server::install_signal_handlers(&shutdown).map_err(local)?;
+    let cat = open_catalog(&dir, a.verbose)?;
+    let tls_src = tls_source(!a.tls, a.cert, a.key)?;
+    let tls = load_tls(&tls_src, &cat, ALPN_TEJ)?;
+    let cfg = TejConfig {
+        bind: a.bind.clone(),
+        tls: tls_src,
+        frame: TejLimits {
+            max_files: a.max_files,
+            max_file_size: a.max_file_size,
+            max_message: a.max_message,
+            strict_version: a.strict_version,
+            ..TejLimits::default()
+        },
+        disk_reserve: a.disk_reserve,
+        idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        stall_window: Duration::from_secs(a.frame_timeout.max(1)),
+        verbose: a.verbose,
+        ..TejConfig::default()
+    };
+    let grace = Limits::default().shutdown_grace;
+    let tej = Arc::new(TejService::new(cat.clone(), cfg, tls).map_err(local)?);
+    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("tej: bind {}: {e}", a.bind)))?;
+    let builder = ServerBuilder::new(a.max_connections, grace, shutdown.clone()).listener(l, tej);
+    run_servers(builder, shutdown, cat, None, a.verbose, a.json)
+}
+
+impl From<tej_client::ClientError> for Failure {
+    fn from(e: tej_client::ClientError) -> Self {
+        use tej_client::ClientError as E;
+        let code = match &e {
+            E::Connect(_) | E::Io(_) => EXIT_NETWORK,
+            E::Frame(_) | E::Peer(_) | E::Mismatch(_) => EXIT_PROTOCOL,
+            E::Local(_) => EXIT_LOCAL,
+        };
+        Failure {
+            code,
+            message: format!("tej: {e}"),
+        }
+    }
+}
+
+fn tej_options(
+    addr: String,
+    tls: bool,
+    cert: Option<PathBuf>,
+    server_name: Option<String>,
+    io_timeout: u64,
+) -> tej_client::ClientOptions {
+    tej_client::ClientOptions {
+        addr,
+        tls,
+        cert,
+        server_name,
+        io_timeout: Duration::from_secs(io_timeout.max(1)),
+        ..tej_client::ClientOptions::default()
+    }
+}
+
+fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
+    if a.status > 127 {
+        return Err(local(
+            "--status must be 0..127 (the top bit is the frame marker)",
+        ));
+    }
+    let mut opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    opts.ack_timeout = Duration::from_secs(a.ack_timeout);
+    opts.verbose = a.verbose;
+    let client = tej_client::Client::new(opts)?;
+    let message = a.message.unwrap_or_default();
+    let r = client.send(&a.files, message.as_bytes(), a.status)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        eprintln!(
+            "tej: {} files, {:.1} MB in {:.2} s ({:.1} MB/s): {}",
+            r.files.len(),
+            r.bytes as f64 / 1e6,
+            r.seconds,
+            r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
+            r.outcome
+        );
+        if r.outcome == "refused" || r.outcome == "mismatch" {
+            if let Some(reply) = &r.reply {
+                eprintln!("tej: reply: {reply}");
+            }
+        }
+    }
+    Ok(match r.outcome {
+        "confirmed" => EXIT_OK,
+        "unconfirmed" if a.status != 0 => EXIT_OK,
+        "unconfirmed" => EXIT_PARTIAL,
+        _ => EXIT_PROTOCOL,
+    })
+}
+
+fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
+    if a.items.is_empty() {
+        return Err(local("name at least one file (name or SHA-256)"));
+    }
+    let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    let stored = tej_client::Client::new(opts)?.get(&a.out, &a.items)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&stored).unwrap_or_default());
+    } else {
+        for s in &stored {
+            eprintln!("tej: {} ({} bytes, sha256 {})", s.name, s.size, s.sha256);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
+    let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    let all = tej_client::Client::new(opts)?.list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&all).unwrap_or_default());
+    } else {
+        for e in &all {
+            let _ = writeln!(out, "{}  {:>12}  {}", e.sha256, e.size, e.name);
+        }
+    }
+    Ok(if all.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
 }

@@ -30,6 +30,30 @@ const HEADER_LEN: usize = 32;
 /// Largest bitmap held in memory (bits part): 1 GiB of blocks... at 4 KiB blocks is 32 TiB.
 const MAX_BITMAP_BYTES: u64 = 1 << 30;
 
+impl IngestDir {
+    /// The size and block size recorded by an earlier resumable transfer of `key`, if its
+    /// bitmap is there and well-formed: a downloader that learns the size only from the network
+    /// can reopen the transfer before the first reply ([`IngestDir::begin_resumable`] checks
+    /// the rest).
+    pub fn peek_resumable(&self, key: &str) -> Option<(u64, u32)> {
+        use std::io::Read;
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains(['/', '.']) {
+            return None;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        File::open(self.work().join(format!("{key}.bitmap")))
+            .ok()?
+            .read_exact(&mut header)
+            .ok()?;
+        if &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
+            return None;
+        }
+        let block = u32::from_le_bytes(header[12..16].try_into().ok()?);
+        let size = u64::from_le_bytes(header[16..24].try_into().ok()?);
+        (block > 0).then_some((size, block))
+    }
+}
+
 /// A transfer whose blocks may arrive in any order and survive a restart.
 #[derive(Debug)]
 pub struct Resumable {
@@ -415,6 +439,17 @@ mod tests {
         let t = TempDir::new(what);
         let dir = IngestDir::new(&t.0, &t.0.join(".ferry/ingest")).unwrap();
         (t, dir)
+    }
+
+    #[test]
+    fn peek_reports_an_earlier_transfer() {
+        let t = TempDir::new("peek");
+        let dir = IngestDir::new(&t.0.join("dest"), &t.0.join("work")).unwrap();
+        assert_eq!(dir.peek_resumable("abc"), None);
+        let r = dir.begin_resumable("abc", 10_000, 4096).unwrap();
+        drop(r);
+        assert_eq!(dir.peek_resumable("abc"), Some((10_000, 4096)));
+        assert_eq!(dir.peek_resumable("../abc"), None);
     }
 
     #[test]

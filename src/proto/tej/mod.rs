@@ -62,5 +62,7 @@
 //! assert_eq!(dec.decode(&[]), (0, Ok(None)));
 //! ```
 
+pub mod client;
 pub mod frame;
 pub mod messages;
+pub mod service;
