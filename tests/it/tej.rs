@@ -2043,3 +2043,166 @@ fn t12_ferry_sends_a_nonascii_name_that_tej_protoc_receives_intact() {
     assert_eq!(seen["files"], json!([["é.txt", 777]]));
     assert_eq!(visible(out.path()), vec![("é.txt".to_string(), sha(&data))]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// More rows of tej.md section 6 and 4.1
+
+#[test]
+fn t21_leftover_temporaries_of_a_killed_server_are_deleted_at_start() {
+    let dir = TempDir::new("tej-t21k");
+    let mut s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    let mut req = file_header(b"crash.bin", 10 << 20);
+    req.extend_from_slice(&pseudo_random(2111, 1 << 20));
+    c.write_all(&req).unwrap();
+    let ing = ingest_dir(dir.path());
+    let has_temp = || {
+        std::fs::read_dir(&ing)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), has_temp),
+        "no temporary with data in {ing:?}"
+    );
+    s.signal(libc::SIGKILL);
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(c);
+    assert!(
+        has_temp(),
+        "the killed server's temporary should still be there"
+    );
+    // A new server on the same folder removes it before serving.
+    let s2 = serve(dir.path(), &[]);
+    assert_no_temporaries(dir.path());
+    assert!(visible(dir.path()).is_empty());
+    let mut c = connect(&s2);
+    c.write_all(&unhex(FILE_ONLY)).unwrap();
+    expect_ack(&mut c, &ack_json(&[("a.txt", b"AAAA", Some("a.txt"))], 0));
+}
+
+#[test]
+fn t21_eof_inside_the_message_keeps_the_completed_files_and_sends_no_ack() {
+    let dir = TempDir::new("tej-t21m");
+    let s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    let mut f = frame(0, &[(b"done.txt", b"complete")], b"0123456789");
+    f.truncate(f.len() - 7);
+    c.write_all(&f).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    match read_frame(&mut c) {
+        Ok(f) => {
+            let j = assert_error(&f, "truncated");
+            if let Some(files) = j.get("files") {
+                assert_eq!(files[0]["stored_as"], "done.txt", "{j}");
+            }
+            expect_closed(&mut c);
+        }
+        Err(End::Eof) | Err(End::Reset(_)) => {}
+        Err(e) => panic!("expected truncated or a close, got {e:?}"),
+    }
+    assert!(wait_for(Duration::from_secs(5), || visible(dir.path())
+        == vec![("done.txt".to_string(), sha(b"complete"))]));
+    assert_no_temporaries(dir.path());
+}
+
+#[test]
+fn t25_silence_inside_a_frame_header_gets_timeout_by_the_stall_rule_not_the_idle_rule() {
+    let dir = TempDir::new("tej-t25h");
+    let s = serve(
+        dir.path(),
+        &["--frame-timeout", "2", "--idle-timeout", "30"],
+    );
+    let mut c = connect(&s);
+    // Five bytes of a header, then nothing.
+    c.write_all(&[0x80, 0x01, 0x00, 0x00, 0x00]).unwrap();
+    let t0 = Instant::now();
+    expect_error_and_close(&mut c, "timeout");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "stall rule (2 s) fired after {:?}",
+        t0.elapsed()
+    );
+    // Inside the message part too.
+    let mut c = connect(&s);
+    let mut f = frame(0, &[], b"0123456789");
+    f.truncate(f.len() - 4);
+    c.write_all(&f).unwrap();
+    let t0 = Instant::now();
+    expect_error_and_close(&mut c, "timeout");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+}
+
+#[test]
+fn t7_t25_a_silent_peer_gets_timeout_after_the_idle_timeout() {
+    let dir = TempDir::new("tej-t7s");
+    let s = serve(
+        dir.path(),
+        &["--idle-timeout", "2", "--frame-timeout", "30"],
+    );
+    let mut c = connect(&s);
+    let t0 = Instant::now();
+    expect_error_and_close(&mut c, "timeout");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "idle timeout of 2 s fired after {took:?}"
+    );
+}
+
+#[test]
+fn t24_after_999_dash_names_the_file_is_stored_under_its_sha256() {
+    let dir = TempDir::new("tej-t24x");
+    std::fs::write(dir.join("full.txt"), b"taken").unwrap();
+    for k in 1..=999 {
+        std::fs::write(dir.join(&format!("full-{k}.txt")), format!("taken {k}")).unwrap();
+    }
+    let s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    let data = b"a new full.txt";
+    let stored = format!("{}.txt", sha(data));
+    c.write_all(&frame(0, &[(b"full.txt", data)], b"")).unwrap();
+    expect_ack(
+        &mut c,
+        &ack_json(&[("full.txt", data, Some(stored.as_str()))], 0),
+    );
+    assert_eq!(
+        std::fs::read(dir.join(&stored)).unwrap(),
+        data,
+        "content-addressed name"
+    );
+    assert_eq!(std::fs::read(dir.join("full.txt")).unwrap(), b"taken");
+    assert_eq!(visible(dir.path()).len(), 1001);
+}
+
+#[test]
+fn t17_files_carried_by_a_request_are_not_stored_and_the_request_is_answered() {
+    let dir = TempDir::new("tej-t17r");
+    std::fs::write(dir.join("a.txt"), b"AAAA").unwrap();
+    let s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    c.write_all(&frame(
+        4,
+        &[(b"smuggled.txt", b"should not be stored")],
+        b"{\"get\":[\"a.txt\"]}",
+    ))
+    .unwrap();
+    let f = next_frame(&mut c);
+    let mut raw = frame(
+        f.status & 0x7f,
+        &f.files
+            .iter()
+            .map(|(n, d)| (n.as_slice(), d.as_slice()))
+            .collect::<Vec<_>>(),
+        &f.msg,
+    );
+    raw[1] = f.version;
+    assert_eq!(spaced(&raw), FERRY_REQUEST_ANSWER);
+    c.write_all(&frame(5, &[(b"smuggled2.txt", b"no")], b""))
+        .unwrap();
+    assert_eq!(next_frame(&mut c).status, 0x86);
+    assert_eq!(visible(dir.path()), vec![("a.txt".into(), sha(b"AAAA"))]);
+}
