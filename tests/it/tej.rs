@@ -2206,3 +2206,127 @@ fn t17_files_carried_by_a_request_are_not_stored_and_the_request_is_answered() {
     assert_eq!(next_frame(&mut c).status, 0x86);
     assert_eq!(visible(dir.path()), vec![("a.txt".into(), sha(b"AAAA"))]);
 }
+
+#[test]
+fn t2_frames_fed_one_byte_at_a_time_give_the_same_replies() {
+    let dir = TempDir::new("tej-t2");
+    let s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    c.set_nodelay(true).unwrap();
+    for b in unhex(CONCAT_FILE_PING_MESSAGE) {
+        c.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    expect_ack(&mut c, &ack_json(&[("a.txt", b"AAAA", Some("a.txt"))], 0));
+    expect_ack(&mut c, &ack_json(&[], 5));
+    assert_silent(&mut c, Duration::from_millis(500));
+}
+
+#[test]
+fn t22_a_65535_byte_name_is_read_whole_and_is_a_bad_name() {
+    let dir = TempDir::new("tej-t22l");
+    let s = serve(dir.path(), &[]);
+    let mut c = connect(&s);
+    let name = vec![b'a'; 65535];
+    c.write_all(&frame(0, &[(&name, b"long"), (b"after.txt", b"ok")], b""))
+        .unwrap();
+    let f = next_frame(&mut c);
+    assert_eq!(f.status, 0x81);
+    let j = f.json();
+    assert_eq!(j["files"][0]["stored_as"], Value::Null);
+    assert_eq!(j["files"][0]["error"], "bad-name");
+    assert_eq!(j["files"][0]["sha256"], sha(b"long"));
+    assert_eq!(j["files"][1]["stored_as"], "after.txt");
+    assert_eq!(visible(dir.path()), vec![("after.txt".into(), sha(b"ok"))]);
+}
+
+#[test]
+fn t23_t24_names_of_a_folder_and_of_a_symlink_are_not_replaced_or_written_through() {
+    let root = TempDir::new("tej-t23s");
+    let dir = root.join("share");
+    let outside = root.join("outside");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("target.txt"), b"outside").unwrap();
+    std::os::unix::fs::symlink(outside.join("target.txt"), dir.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("outlink")).unwrap();
+    let s = serve(&dir, &[]);
+    let mut c = connect(&s);
+    c.write_all(&frame(
+        0,
+        &[
+            (b"sub", b"a file named like a folder"),
+            (b"link.txt", b"through?"),
+            (b"outlink", b"x"),
+        ],
+        b"",
+    ))
+    .unwrap();
+    let f = next_frame(&mut c);
+    assert_eq!(f.status, 0x81, "{:?}", String::from_utf8_lossy(&f.msg));
+    let j = f.json();
+    for (k, taken) in ["sub", "link.txt", "outlink"].iter().enumerate() {
+        let e = &j["files"][k];
+        assert_ne!(e["stored_as"], json!(taken), "{e}");
+        if let Some(p) = e["stored_as"].as_str() {
+            assert!(dir.join(p).is_file() && !dir.join(p).is_symlink(), "{e}");
+        }
+    }
+    assert!(dir.join("sub").is_dir());
+    assert_eq!(
+        std::fs::read(outside.join("target.txt")).unwrap(),
+        b"outside"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "nothing new outside the served folder"
+    );
+}
+
+#[test]
+fn t24_concurrent_senders_of_one_name_never_overwrite_and_identical_content_is_stored_once() {
+    let dir = TempDir::new("tej-t24c");
+    let s = serve(dir.path(), &[]);
+    let addr = s.addr("tej");
+    let go = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let threads: Vec<_> = (0..20u64)
+        .map(|k| {
+            let addr = addr.clone();
+            let go = go.clone();
+            std::thread::spawn(move || {
+                // 10 different contents, 10 copies of one content.
+                let data = if k < 10 {
+                    pseudo_random(2401 + 2 * k, 50_000)
+                } else {
+                    pseudo_random(2499, 50_000)
+                };
+                let mut c = connect_to(&addr);
+                let f = frame(0, &[(b"same.bin", &data)], b"");
+                go.wait();
+                c.write_all(&f).unwrap();
+                let r = next_frame(&mut c);
+                assert_eq!(r.status, 0x81);
+                let j = r.json();
+                assert_eq!(j["files"][0]["sha256"], sha(&data));
+                (
+                    j["files"][0]["stored_as"].as_str().unwrap().to_string(),
+                    sha(&data),
+                )
+            })
+        })
+        .collect();
+    let got: Vec<(String, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let on_disk = visible(dir.path());
+    assert_eq!(
+        on_disk.len(),
+        11,
+        "10 different + 1 shared content: {on_disk:?}"
+    );
+    for (stored, sum) in &got {
+        assert!(
+            on_disk.contains(&(stored.clone(), sum.clone())),
+            "ack says {stored} holds {sum}, disk has {on_disk:?}"
+        );
+    }
+}
