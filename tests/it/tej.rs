@@ -2433,3 +2433,150 @@ fn t8_stored_as_of_a_decomposed_name_is_served() {
     // Stored byte-exact (section 5); the catalog names entries in NFC.
     assert_stored_as_is_served("e\u{301}.txt".as_bytes(), b"decomposed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The requester against hostile servers (T23, T31 on the client side)
+
+/// Runs `ferry tej get --addr A --out OUT ITEMS...` against a fake server answering `answer`.
+fn get_from_fake(answer: Vec<u8>, out: &Path, items: &[&str]) -> std::process::Output {
+    let (addr, h) = fake_request_server(answer);
+    let mut args = vec![
+        "tej",
+        "get",
+        "--addr",
+        &addr,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(items);
+    let o = ferry(&args, S);
+    h.join().unwrap();
+    o
+}
+
+#[test]
+fn t23_get_never_writes_outside_out_whatever_names_the_server_sends() {
+    let root = TempDir::new("tej-t23g");
+    let out = root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    for name in [
+        "../escaped.txt",
+        "/tmp/ferry-it-escaped-abs.txt",
+        "sub/inner.txt",
+        "..",
+        ".ferry",
+        "",
+    ] {
+        let data = b"hostile";
+        let manifest = json!({"files": [{"name": name, "size": 7, "sha256": sha(data)}]});
+        let answer = frame(
+            0,
+            &[(name.as_bytes(), data)],
+            manifest.to_string().as_bytes(),
+        );
+        let o = get_from_fake(answer, &out, &["wanted.txt"]);
+        let outside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            outside,
+            vec![std::ffi::OsString::from("out")],
+            "name {name:?}: exit {:?}",
+            code(&o)
+        );
+        assert!(!Path::new("/tmp/ferry-it-escaped-abs.txt").exists());
+        assert!(!out.join("sub").exists(), "name {name:?}");
+        // Whatever happened, anything committed is a plain file directly in OUT.
+        for e in std::fs::read_dir(&out).unwrap().filter_map(Result::ok) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') {
+                continue;
+            }
+            assert!(e.file_type().unwrap().is_file(), "{n}");
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn t19_get_refuses_a_one_tib_file_claim_with_bounded_memory_and_nothing_committed() {
+    let out = TempDir::new("tej-t19g");
+    let mut answer = file_header(b"wanted.txt", 1 << 40);
+    answer.extend_from_slice(&[0u8; 65536]);
+    let (addr, h) = fake_request_server(answer);
+    let mut p = Proc::spawn(
+        FERRY,
+        &[
+            "tej",
+            "get",
+            "--addr",
+            &addr,
+            "--out",
+            out.path().to_str().unwrap(),
+            "wanted.txt",
+        ],
+    );
+    let pid = p.child.id();
+    let mut max = 0;
+    let t0 = Instant::now();
+    let st = loop {
+        max = max.max(proc_kib(pid, "RssAnon"));
+        if let Ok(Some(st)) = p.child.try_wait() {
+            break st;
+        }
+        assert!(t0.elapsed() < S, "ferry tej get did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    h.join().unwrap();
+    assert!(!st.success());
+    assert!(max < 64 * 1024, "RssAnon {max} KiB");
+    assert!(visible(out.path()).is_empty());
+}
+
+/// A fake listing server answering every list request with a one-entry page whose `next` is
+/// `nexts[k % nexts.len()]`; panics if the client is still paging after 10 s.
+fn endless_lister(nexts: &'static [&'static str]) -> (String, std::thread::JoinHandle<()>) {
+    fake_peer(move |c, mut f| {
+        let t0 = Instant::now();
+        let mut k = 0;
+        loop {
+            assert_eq!(f.status, 0x85);
+            let n = nexts[k % nexts.len()];
+            k += 1;
+            let m = json!({"files": [{"name": n, "size": 1, "sha256": sha(b"x")}], "next": n});
+            if c.write_all(&frame(6, &[], m.to_string().as_bytes()))
+                .is_err()
+            {
+                return;
+            }
+            match read_frame(c) {
+                Ok(next) => f = next,
+                Err(_) => return,
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "client still paging after {k} pages with next cycling through {nexts:?}"
+            );
+        }
+    })
+}
+
+#[test]
+fn t15_list_ends_when_a_server_repeats_the_same_next() {
+    let (addr, h) = endless_lister(&["loop.txt"]);
+    let mut p = Proc::spawn(FERRY, &["tej", "list", "--addr", &addr, "--json"]);
+    p.wait(Duration::from_secs(30));
+    h.join().unwrap();
+}
+
+#[test]
+fn t15_list_ends_when_a_server_sends_next_backwards() {
+    // Pages are in byte order of path and start after `after`: a `next` that does not move
+    // forward can only come from a broken or hostile server.
+    let (addr, h) = endless_lister(&["b.txt", "a.txt"]);
+    let mut p = Proc::spawn(FERRY, &["tej", "list", "--addr", &addr, "--json"]);
+    p.wait(Duration::from_secs(30));
+    h.join().unwrap();
+}
