@@ -2580,3 +2580,64 @@ fn t15_list_ends_when_a_server_sends_next_backwards() {
     p.wait(Duration::from_secs(30));
     h.join().unwrap();
 }
+
+#[test]
+fn t19_send_stays_bounded_when_the_peer_answers_with_huge_claims() {
+    let src = TempDir::new("tej-t19s");
+    std::fs::write(src.join("s.txt"), b"small").unwrap();
+    for (what, claim) in [
+        ("1 TiB message", {
+            let mut v = vec![0x87, 1];
+            v.extend_from_slice(&0u64.to_be_bytes());
+            v.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            v
+        }),
+        ("1 TiB file", file_header(b"flood.bin", 1 << 40)),
+        ("2^64-1 files", {
+            let mut v = vec![0x87, 1];
+            v.extend_from_slice(&u64::MAX.to_be_bytes());
+            v
+        }),
+    ] {
+        let (addr, h) = fake_peer(move |c, _| {
+            let _ = c.write_all(&claim);
+            // Then keep feeding zeros for a while, as a flooding peer would.
+            let zeros = vec![0u8; 1 << 16];
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(8) {
+                if c.write_all(&zeros).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut p = Proc::spawn(
+            FERRY,
+            &[
+                "tej",
+                "send",
+                "--addr",
+                &addr,
+                "--ack-timeout",
+                "3",
+                src.join("s.txt").to_str().unwrap(),
+            ],
+        );
+        let pid = p.child.id();
+        let mut max = 0;
+        let t0 = Instant::now();
+        let st = loop {
+            max = max.max(proc_kib(pid, "RssAnon"));
+            if let Ok(Some(st)) = p.child.try_wait() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}: sender did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        h.join().unwrap();
+        assert!(!st.success(), "{what}: no acknowledgement came, yet exit 0");
+        assert!(max < 64 * 1024, "{what}: sender RssAnon {max} KiB");
+    }
+}
