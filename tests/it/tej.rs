@@ -2641,3 +2641,138 @@ fn t19_send_stays_bounded_when_the_peer_answers_with_huge_claims() {
         assert!(max < 64 * 1024, "{what}: sender RssAnon {max} KiB");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Catalog files changing under a request (tej.md 3.4, 4.1) and peers that do not read
+
+/// Requests `name`, reads `first` bytes of the answer, runs `change`, then reads on to the end
+/// of the frame or of the stream. Returns the frame if it completed.
+fn request_and_change(
+    s: &Server,
+    name: &str,
+    first: usize,
+    change: impl FnOnce(),
+) -> Result<Frame, End> {
+    let mut c = connect(s);
+    let req = json!({ "get": [name] }).to_string();
+    c.write_all(&frame(4, &[], req.as_bytes())).unwrap();
+    let mut head = vec![0u8; first];
+    c.read_exact(&mut head).unwrap();
+    change();
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+        if head.len() + rest.len() > MAX_READ as usize {
+            break;
+        }
+        // A complete frame followed by silence: stop once it parses.
+        if let Ok(f) = read_frame(&mut &[head.as_slice(), rest.as_slice()].concat()[..]) {
+            return Ok(f);
+        }
+    }
+    head.extend_from_slice(&rest);
+    read_frame(&mut &head[..])
+}
+
+#[test]
+fn t31_a_catalog_file_that_shrinks_while_sent_ends_the_frame_and_the_server_survives() {
+    let dir = TempDir::new("tej-shrink");
+    let data = pseudo_random(3101, 64 << 20);
+    std::fs::write(dir.join("big.bin"), &data).unwrap();
+    std::fs::write(dir.join("small.txt"), b"small").unwrap();
+    let mut s = serve(dir.path(), &[]);
+    let path = dir.join("big.bin");
+    let got = request_and_change(&s, "big.bin", 1 << 20, || {
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(1 << 20).unwrap();
+    });
+    match got {
+        Ok(f) => panic!(
+            "a complete frame came for a file cut to 1 MiB while 64 MiB were announced: {} files, message {:?}",
+            f.files.len(),
+            String::from_utf8_lossy(&f.msg)
+        ),
+        Err(End::Truncated(_)) | Err(End::Eof) | Err(End::Reset(_)) | Err(End::Timeout) => {}
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.is_alive(), "server died: {}", s.stderr_text());
+    let mut c = connect(&s);
+    c.write_all(&frame(4, &[], b"{\"get\":[\"small.txt\"]}"))
+        .unwrap();
+    let f = next_frame(&mut c);
+    assert_eq!(f.files[0].1, b"small");
+}
+
+#[test]
+fn t31_a_catalog_file_changed_in_place_while_sent_never_completes_with_wrong_bytes() {
+    let dir = TempDir::new("tej-change");
+    let data = pseudo_random(3103, 64 << 20);
+    std::fs::write(dir.join("big.bin"), &data).unwrap();
+    let s = serve(dir.path(), &[]);
+    let path = dir.join("big.bin");
+    let got = request_and_change(&s, "big.bin", 1 << 20, || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xAA; 4096], 48 << 20).unwrap();
+        f.sync_all().unwrap();
+    });
+    if let Ok(f) = got {
+        // Completed: then bytes and manifest must agree (the requester would commit it).
+        let j = f.json();
+        assert_eq!(
+            j["files"][0]["sha256"],
+            sha(&f.files[0].1),
+            "a complete answer whose bytes do not match its own manifest"
+        );
+    }
+}
+
+#[test]
+fn table_a_peer_that_never_reads_does_not_hold_up_others_and_is_closed_by_the_write_timeout() {
+    let dir = TempDir::new("tej-noread");
+    std::fs::write(dir.join("big.bin"), pseudo_random(3105, 64 << 20)).unwrap();
+    let s = serve(dir.path(), &[]);
+    let mut lazy = connect(&s);
+    lazy.write_all(&frame(4, &[], b"{\"get\":[\"big.bin\"]}"))
+        .unwrap();
+    // Meanwhile other connections are served at once.
+    let t0 = Instant::now();
+    for k in 0..5u8 {
+        let mut c = connect(&s);
+        let name = format!("other{k}.txt");
+        c.write_all(&frame(0, &[(name.as_bytes(), &[k; 10])], b""))
+            .unwrap();
+        expect_ack(&mut c, &ack_json(&[(&name, &[k; 10], Some(&name))], 0));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The write timeout (30 s without write progress) closes the lazy one.
+    std::thread::sleep(Duration::from_secs(36));
+    lazy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    let ended = loop {
+        match lazy.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        ended,
+        "connection still open 36 s after the peer stopped reading ({total} bytes were read after the pause)"
+    );
+    assert!(
+        total < 64 << 20,
+        "the whole answer was read ({total} bytes)"
+    );
+}
