@@ -2776,3 +2776,67 @@ fn table_a_peer_that_never_reads_does_not_hold_up_others_and_is_closed_by_the_wr
         "the whole answer was read ({total} bytes)"
     );
 }
+
+#[test]
+fn table_a_local_file_that_shrinks_while_sent_gives_a_truncated_frame_and_a_failure() {
+    let src = TempDir::new("tej-sshrink");
+    let path = src.join("shrinking.bin");
+    big_file(&path, 3201, 256 << 20);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut p = Proc::spawn(
+        FERRY,
+        &["tej", "send", "--addr", &addr, path.to_str().unwrap()],
+    );
+    let (mut c, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    c.read_exact(&mut head).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break End::Eof,
+            Ok(n) => {
+                rest.extend_from_slice(&buf[..n]);
+                assert!(rest.len() < 300 << 20);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break classify(e),
+        }
+    };
+    let total = head.len() + rest.len();
+    assert!(
+        total < (256 << 20) + 18 + 10 + 14,
+        "the whole frame ({total} bytes) went out although the file shrank ({end:?})"
+    );
+    let st = p.wait(Duration::from_secs(30));
+    assert!(!st.success(), "sender reported success for a cut frame");
+}
+
+#[test]
+fn t14_t30_a_request_for_more_than_max_files_items_gets_an_error_frame() {
+    let dir = TempDir::new("tej-t14m");
+    std::fs::write(dir.join("a.txt"), b"AAAA").unwrap();
+    let s = serve(dir.path(), &["--max-files", "3"]);
+    let mut c = connect(&s);
+    c.write_all(&frame(4, &[], b"{\"get\":[\"a.txt\",\"a.txt\",\"a.txt\"]}"))
+        .unwrap();
+    assert_eq!(next_frame(&mut c).files.len(), 3);
+    c.write_all(&frame(
+        4,
+        &[],
+        b"{\"get\":[\"a.txt\",\"a.txt\",\"a.txt\",\"a.txt\"]}",
+    ))
+    .unwrap();
+    let f = next_frame(&mut c);
+    assert_eq!(f.status, 0x83, "{} files answered", f.files.len());
+    let code = f.json()["error"].as_str().unwrap().to_string();
+    assert_error(&f, &code);
+}
