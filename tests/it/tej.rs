@@ -2840,3 +2840,21 @@ fn t14_t30_a_request_for_more_than_max_files_items_gets_an_error_frame() {
     let code = f.json()["error"].as_str().unwrap().to_string();
     assert_error(&f, &code);
 }
+
+#[test]
+fn t26_t27_idle_connections_under_the_limit_do_not_starve_a_new_one() {
+    let dir = TempDir::new("tej-starve");
+    let s = serve(
+        dir.path(),
+        &["--idle-timeout", "60", "--max-connections", "300"],
+    );
+    let idle: Vec<TcpStream> = (0..200).map(|_| connect(&s)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let mut c = connect(&s);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&unhex(FILE_ONLY)).unwrap();
+    expect_ack(&mut c, &ack_json(&[("a.txt", b"AAAA", Some("a.txt"))], 0));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}
