@@ -2858,3 +2858,73 @@ fn t26_t27_idle_connections_under_the_limit_do_not_starve_a_new_one() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     drop(idle);
 }
+
+#[test]
+fn tls_generated_certificate_is_trusted_by_ferry_send_with_cert() {
+    let dir = TempDir::new("tej-tlsgen");
+    let s = serve(dir.path(), &["--tls"]);
+    let tls = dir.join(".ferry/tls");
+    let cert = tls.join("cert.pem");
+    assert!(
+        cert.exists(),
+        "no generated certificate at {cert:?}: {:?}",
+        std::fs::read_dir(&tls).map(|r| r
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>())
+    );
+    let src = TempDir::new("tej-tlsgensrc");
+    std::fs::write(src.join("g.txt"), b"over tls").unwrap();
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &s.addr("tej"),
+            "--tls",
+            "--cert",
+            cert.to_str().unwrap(),
+            src.join("g.txt").to_str().unwrap(),
+            "--json",
+        ],
+        S,
+    );
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout_json(&o)["outcome"], "confirmed");
+    // Without trusting it, the handshake fails: a network error, nothing stored twice.
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &s.addr("tej"),
+            "--tls",
+            src.join("g.txt").to_str().unwrap(),
+        ],
+        S,
+    );
+    assert_eq!(code(&o), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        visible(dir.path()),
+        vec![("g.txt".to_string(), sha(b"over tls"))]
+    );
+}
+
+#[test]
+fn t29_ferry_serve_with_a_busy_tej_port_fails_with_exit_2() {
+    let dir = TempDir::new("tej-t29s");
+    let s = serve(dir.path(), &[]);
+    let o = ferry(
+        &[
+            "serve",
+            dir.path().to_str().unwrap(),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            &s.addr("tej"),
+            "--no-tls",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code(&o), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+}
