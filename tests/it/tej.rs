@@ -2928,3 +2928,48 @@ fn t29_ferry_serve_with_a_busy_tej_port_fails_with_exit_2() {
     );
     assert_eq!(code(&o), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn t18_large_catalog_file_ferry_get_keeps_rss_anon_small_on_both_sides() {
+    let dir = TempDir::new("tej-t18g");
+    let out = TempDir::new("tej-t18gout");
+    let sum = big_file(&dir.join("large.bin"), 183, T18_SIZE);
+    let s = serve(dir.path(), &[]);
+    let server_pid = s.child.id();
+    let mut getter = Proc::spawn(
+        FERRY,
+        &[
+            "tej",
+            "get",
+            "--addr",
+            &s.addr("tej"),
+            "--out",
+            out.path().to_str().unwrap(),
+            "large.bin",
+        ],
+    );
+    let pid = getter.child.id();
+    let (mut max_server, mut max_getter) = (0u64, 0u64);
+    let t0 = Instant::now();
+    let status = loop {
+        max_server = max_server.max(proc_kib(server_pid, "RssAnon"));
+        max_getter = max_getter.max(proc_kib(pid, "RssAnon"));
+        if let Ok(Some(st)) = getter.child.try_wait() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "get took over 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "t18 get: {} MiB in {:?}, RssAnon max server {max_server} KiB, getter {max_getter} KiB",
+        T18_SIZE >> 20,
+        t0.elapsed()
+    );
+    assert!(status.success(), "getter: {status:?}");
+    assert_eq!(hex(&sha256_file(&out.join("large.bin"))), sum);
+    assert!(max_server < 64 * 1024, "server RssAnon {max_server} KiB");
+    assert!(max_getter < 64 * 1024, "getter RssAnon {max_getter} KiB");
+}
