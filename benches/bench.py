@@ -7,7 +7,10 @@ Rows (see the table's notes for how each number is made):
   2. 1000 small images: images/s by LIST_AND_GET and by GET_BY_ID (chunks of 255, keep-alive),
      next to curl fetching the same files from nginx over one keep-alive connection;
   3. a 10,000-file catalog: cold index time (no index) and warm restart time (hashed must be 0);
-  4. the server's RssAnon while it serves the 1 GiB file (plain and TLS), next to nginx's.
+  4. the server's RssAnon while it serves the 1 GiB file (plain and TLS), next to nginx's;
+  5. TEJ: the 1 GiB file pushed by `ferry tej send` to `ferry tej serve` (plain and TLS), next
+     to a tej-protoc 0.2.4 client -> server pair (benches/tej_py_pair.py, run with the venv of
+     `make venv`), and the RssAnon of both ferry processes during those transfers.
 
 Python 3 standard library only. Data is generated once under target/bench/data (kept between
 runs, never committed); transfers write into /dev/shm so the disk is not what is measured.
@@ -16,7 +19,8 @@ PR_SET_PDEATHSIG if this process is killed outright). Missed targets do not fail
 a command that fails does (exit 1, after the table is printed with the rows that ran).
 
 Environment: FERRY_BIN (default <cargo target dir>/release/ferry), BENCH_DIR (default
-target/bench), BENCH_RUNS (default 3), CARGO (default cargo).
+target/bench), BENCH_RUNS (default 3), CARGO (default cargo), TEJ_PYTHON (default
+target/venv/bin/python, the interpreter with tej-protoc).
 """
 
 import atexit
@@ -493,6 +497,120 @@ def bench_tcp_ceiling(res):
     return vals
 
 
+def run_sampled(cmd, timeout=CMD_TIMEOUT):
+    """Like run(), sampling the process's RssAnon; returns (wall seconds, stdout, RssAnon MiB)."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_pdeathsig)
+    except OSError as e:
+        raise CommandFailed(f"cannot run {cmd[0]}: {e}")
+    rss = RssSampler(p.pid)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise CommandFailed(f"timed out after {timeout} s: {' '.join(cmd)}")
+    finally:
+        rss_mib = rss.stop()
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        tail = (err or "").strip().splitlines()[-3:]
+        raise CommandFailed(f"exit {p.returncode}: {' '.join(cmd)}: {' | '.join(tail)}")
+    return wall, out, rss_mib
+
+
+def bench_big_tej(res, ferry, big, tls):
+    """ferry tej send -> ferry tej serve (root in /dev/shm), 1 GiB; RssAnon of both processes."""
+    label = "tls" if tls else "plain"
+    root = fresh_out(f"tej-root-{label}")
+    cmd = [ferry, "tej", "serve", "--bind", "127.0.0.1:0", "--root", root]
+    s = Server(f"tej-serve-{label}", cmd + (["--tls"] if tls else []))
+    addr = s.wait_listening("tej")
+    rss = RssSampler(s.pid)
+    src = os.path.join(big, BIG_NAME)
+    received = os.path.join(root, BIG_NAME)
+    runs, client_rss = [], 0.0
+    try:
+        send = [ferry, "tej", "send", "--addr", addr, src, "--json"]
+        if tls:
+            send += ["--tls", "--cert", os.path.join(root, ".ferry", "tls", "cert.pem")]
+        for i in range(RUNS):
+            c0, s0 = children_cpu(), process_cpu(s.pid)
+            wall, stdout, c_rss = run_sampled(send)
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
+            client_rss = max(client_rss, c_rss)
+            try:
+                summary = json.loads(stdout)
+            except ValueError:
+                raise CommandFailed(f"tej send --json printed no JSON: {stdout[:200]!r}")
+            if summary.get("outcome") != "confirmed" or summary.get("bytes") != GIB:
+                raise CommandFailed(f"tej send: outcome {summary.get('outcome')!r}, "
+                                    f"{summary.get('bytes')} bytes (expected confirmed, {GIB})")
+            size = os.path.getsize(received) if os.path.exists(received) else None
+            if size != GIB:
+                raise CommandFailed(f"tej serve stored {size} bytes at {received}, expected {GIB}")
+            os.remove(received)
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_cpu": client_cpu,
+                         "server_cpu": server_cpu, "summary_seconds": summary.get("seconds"),
+                         "client_rss_anon_mib": c_rss})
+            say(f"tej {label} 1 GiB run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s; "
+                f"cpu s: client {client_cpu:.2f}, server {server_cpu:.2f}; "
+                f"client RssAnon {c_rss:.1f} MiB)")
+    finally:
+        server_rss = rss.stop()
+        s.stop()
+    res.raw[f"big_tej_{label}"] = {"runs": runs, "server_rss_anon_max_mib": server_rss,
+                                   "client_rss_anon_max_mib": client_rss,
+                                   "server_rss_samples": rss.samples}
+    return [r["gbps"] for r in runs], server_rss, client_rss
+
+
+def tej_python():
+    """The venv interpreter that has tej-protoc (benches/bench.sh makes it with `make venv`)."""
+    py = os.environ.get("TEJ_PYTHON") or os.path.join(ROOT, "target", "venv", "bin", "python")
+    if not os.access(py, os.X_OK):
+        raise CommandFailed(f"no Python venv at {py}; run `make venv`")
+    return py
+
+
+def bench_big_tej_py(res, big):
+    """tej-protoc 0.2.4 client -> tej-protoc 0.2.4 server (benches/tej_py_pair.py), 1 GiB."""
+    py = tej_python()
+    pair = os.path.join(ROOT, "benches", "tej_py_pair.py")
+    out = fresh_out("tej-py")
+    s = Server("tej-py-serve", [py, pair, "serve", "--out", out])
+    addr = s.wait_listening("tej")
+    rss = RssSampler(s.pid)
+    src = os.path.join(big, BIG_NAME)
+    received = os.path.join(out, BIG_NAME)
+    runs, client_rss = [], 0.0
+    try:
+        for i in range(RUNS):
+            wall, stdout, c_rss = run_sampled([py, pair, "send", "--addr", addr, src])
+            client_rss = max(client_rss, c_rss)
+            summary = json.loads(stdout)
+            if summary.get("outcome") != "confirmed" or summary.get("bytes") != GIB:
+                raise CommandFailed(f"tej_py_pair send: outcome {summary.get('outcome')!r}, "
+                                    f"{summary.get('bytes')} bytes")
+            size = os.path.getsize(received) if os.path.exists(received) else None
+            if size != GIB:
+                raise CommandFailed(f"tej_py_pair serve stored {size} bytes, expected {GIB}")
+            os.remove(received)
+            secs = summary["seconds"]
+            runs.append({"seconds": secs, "gbps": GIB / secs / 1e9, "wall": wall,
+                         "client_rss_anon_mib": c_rss})
+            say(f"tej-protoc pair 1 GiB run {i + 1}: {GIB / secs / 1e9:.2f} GB/s ({secs:.3f} s "
+                f"send to reply; {wall:.2f} s wall with reading and building the frame)")
+    finally:
+        server_rss = rss.stop()
+        s.stop()
+    res.raw["big_tej_py_pair"] = {"runs": runs, "server_rss_anon_max_mib": server_rss,
+                                  "client_rss_anon_max_mib": client_rss}
+    return [r["gbps"] for r in runs], server_rss, client_rss
+
+
 def bench_small_jtp(res, ferry, small, mode):
     s, addr = jtp_server(ferry, small, False, f"jtp-small-{mode}")
     extra = ["--repeat", str(REPEAT)] + (["--list-and-get"] if mode == "list-and-get" else [])
@@ -622,7 +740,16 @@ def render(env, res):
         f"over one keep-alive connection (wall time). Index: {CAT_COUNT} files of 1-64 KB, \"cold\" "
         f"means no .ferry/index (the files themselves are in the page cache). RssAnon: max over "
         f"samples every 50 ms of the server process during all its 1 GiB transfers (nginx: master "
-        f"+ worker).",
+        f"+ worker). TEJ: `ferry tej send --json` pushes the 1 GiB file to `ferry tej serve --root "
+        f"/dev/shm/...` (plain TCP, or `--tls` with the certificate the server generates); "
+        f"GB/s = bytes / wall seconds of the send command, outcome must be \"confirmed\" (the "
+        f"server's acknowledgement matches size and SHA-256) and the stored file is deleted "
+        f"after each run. The tej-protoc pair (benches/tej_py_pair.py, two Python processes): "
+        f"a TPServer whose received() writes the file to /dev/shm, hashes it (SHA-256) and "
+        f"answers with a status-0 frame; a client that builds the frame with BytesBuilder (not "
+        f"timed), then times from the first sock.sendall byte to the reply frame. TEJ RssAnon: "
+        f"max over 50 ms samples of the server during all its transfers, and of each send "
+        f"process (max over runs).",
     ]
     if res.diagnostics:
         lines += ["", "Diagnostics (not judged):"] + [f"- {d}" for d in res.diagnostics]
@@ -731,6 +858,44 @@ def main():
                 f"{b['client_cpu']:.2f}, server {b['server_cpu']:.2f} (a side near its wall time "
                 f"is the bottleneck)")
 
+    # 1b. TEJ: one 1 GiB file pushed ferry -> ferry, next to tej-protoc -> tej-protoc -------
+    tej = {}
+    for tls_on, label in ((False, "plain"), (True, "TLS")):
+        try:
+            tej[label] = bench_big_tej(res, ferry, big, tls_on)
+        except CommandFailed as e:
+            res.error(f"1 GiB, TEJ {label}", e)
+    py_pair = None
+    try:
+        py_pair = bench_big_tej_py(res, big)
+    except (CommandFailed, ValueError, KeyError) as e:
+        res.error("1 GiB, TEJ tej-protoc pair", e)
+    yb, ym = bm(py_pair[0] if py_pair else None)
+    peer_py = f"tej-protoc pair: {fmt(yb, 'GB/s')} / {fmt(ym, 'GB/s')}"
+    if "plain" in tej:
+        b, m = bm(tej["plain"][0])
+        ratio = f" ({b / yb:.1f}x the pair)" if yb else ""
+        ok = b >= 1.5 and (yb is None or b >= 5 * yb)
+        res.row("1 GiB file, TEJ plain, ferry tej send -> ferry tej serve (best / median)",
+                f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')}{ratio}", peer_py,
+                ">= 1.5 GB/s and >= 5x tej-protoc pair", verdict(ok))
+    if "TLS" in tej:
+        b, m = bm(tej["TLS"][0])
+        ratio = f" ({b / yb:.1f}x the pair)" if yb else ""
+        res.row("1 GiB file, TEJ TLS 1.3, ferry tej send -> ferry tej serve (best / median)",
+                f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')}{ratio}", peer_py, "-", "-")
+    if py_pair:
+        res.row("1 GiB file, TEJ, tej-protoc 0.2.4 client -> server, Python (best / median)",
+                "(peer row)", peer_py, "-", "-")
+    for label in ("plain", "tls"):
+        runs = res.raw.get(f"big_tej_{label}", {}).get("runs")
+        if runs:
+            b = max(runs, key=lambda r: r["gbps"])
+            res.diagnostics.append(
+                f"TEJ {label} 1 GiB, best run: {b['wall']:.3f} s wall ({b['summary_seconds']:.3f} "
+                f"s by send's own clock); CPU seconds: client {b['client_cpu']:.2f}, server "
+                f"{b['server_cpu']:.2f} (a side near its wall time is the bottleneck)")
+
     # 2. 1000 small images ----------------------------------------------------------------
     curl_small = None
     if nginx is not None:
@@ -774,6 +939,15 @@ def main():
     if rss_tls is not None:
         res.row("server RssAnon max, 1 GiB JTP TLS", fmt(rss_tls, "MiB", 1), peer_rss,
                 "< 64 MiB", verdict(rss_tls < 64))
+
+    peer_py_rss = (f"tej-protoc pair (server / client): {fmt(py_pair[1], 'MiB', 1)} / "
+                   f"{fmt(py_pair[2], 'MiB', 1)}" if py_pair else "tej-protoc pair: n/a")
+    for label in ("plain", "TLS"):
+        if label in tej:
+            _, srv, cli = tej[label]
+            res.row(f"RssAnon max, 1 GiB TEJ {label} (ferry tej serve / ferry tej send)",
+                    f"{fmt(srv, 'MiB', 1)} / {fmt(cli, 'MiB', 1)}", peer_py_rss,
+                    "< 64 MiB each", verdict(srv < 64 and cli < 64))
 
     res.raw["rows"] = [dict(zip(("benchmark", "ferry", "peer", "target", "verdict"), r))
                        for r in res.rows]

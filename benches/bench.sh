@@ -22,5 +22,19 @@ if ! command -v curl >/dev/null 2>&1; then
     exit 2
 fi
 
+# The Python venv with tej-protoc (the TEJ peer pair): `make venv`, or the same two commands.
+if [ ! -e target/venv/.done ]; then
+    echo "bench: making the Python venv (target/venv) for the tej-protoc pair" >&2
+    if command -v make >/dev/null 2>&1; then
+        make -s venv >&2 || echo "bench: make venv failed; the tej-protoc row will be an error" >&2
+    else
+        { python3 -m venv target/venv \
+            && target/venv/bin/pip install --quiet --disable-pip-version-check \
+                -r tests/requirements.txt \
+            && touch target/venv/.done; } >&2 \
+            || echo "bench: venv failed; the tej-protoc row will be an error" >&2
+    fi
+fi
+
 # exec, not a child: bench.py stops every server it started (atexit, signals, PR_SET_PDEATHSIG).
 exec python3 benches/bench.py "$@"

@@ -545,6 +545,27 @@ impl CatalogHandle {
     /// `path` must name a file directly in the root (its folder is compared after
     /// canonicalisation); excluded names give [`CatalogError::Excluded`].
     pub fn add_file(&self, path: &Path) -> Result<Arc<Entry>, CatalogError> {
+        self.add_file_inner(path, None)
+    }
+
+    /// [`add_file`](Self::add_file) for a file whose hashes the caller computed from the very
+    /// bytes it wrote (ingest does, while receiving them): reading the file back to hash it
+    /// again would double the CPU cost of every upload. The stamp is taken now, after the
+    /// rename that published the file.
+    pub fn add_ingested_file(
+        &self,
+        path: &Path,
+        xxh64: u64,
+        sha256: [u8; 32],
+    ) -> Result<Arc<Entry>, CatalogError> {
+        self.add_file_inner(path, Some((xxh64, sha256)))
+    }
+
+    fn add_file_inner(
+        &self,
+        path: &Path,
+        known: Option<(u64, [u8; 32])>,
+    ) -> Result<Arc<Entry>, CatalogError> {
         let not_in_root = || CatalogError::NotInRoot {
             path: path.to_owned(),
         };
@@ -572,14 +593,21 @@ impl CatalogHandle {
         {
             return Ok(Arc::clone(e));
         }
-        let h: Hashes = match scan::hash_file(&c.path, &mut vec![0u8; 1 << 20]) {
-            Ok(h) => h,
-            Err(HashError::Changed) => {
-                return Err(CatalogError::Changed {
-                    path: path.to_owned(),
-                })
-            }
-            Err(HashError::Io(e)) => return Err(io_err(path)(e)),
+        let h: Hashes = match known {
+            Some((xxh64, sha256)) => Hashes {
+                stamp: c.stamp,
+                xxh64,
+                sha256,
+            },
+            None => match scan::hash_file(&c.path, &mut vec![0u8; 1 << 20]) {
+                Ok(h) => h,
+                Err(HashError::Changed) => {
+                    return Err(CatalogError::Changed {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(HashError::Io(e)) => return Err(io_err(path)(e)),
+            },
         };
         let entry = Arc::new(Entry::new(c, h.stamp, h.xxh64, h.sha256));
         let mut entries: Vec<Arc<Entry>> = old

@@ -423,7 +423,11 @@ impl Conn<'_> {
                 let c = sink
                     .commit_with(&store_as, Expect::Nothing, Collision::Numbered)
                     .map_err(internal)?;
-                if let Err(e) = self.svc.catalog.add_file(&c.path) {
+                let added = match c.sha256 {
+                    Some(sha) => self.svc.catalog.add_ingested_file(&c.path, c.xxh64, sha),
+                    None => self.svc.catalog.add_file(&c.path),
+                };
+                if let Err(e) = added {
                     // Stored, but not a catalog file (a dotfile name, say): say so in the log.
                     self.svc.log(&self.peer, format_args!("{e}"));
                 }
