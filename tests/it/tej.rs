@@ -2978,3 +2978,35 @@ fn t18_large_catalog_file_ferry_get_keeps_rss_anon_small_on_both_sides() {
     assert!(max_server < 64 * 1024, "server RssAnon {max_server} KiB");
     assert!(max_getter < 64 * 1024, "getter RssAnon {max_getter} KiB");
 }
+
+#[test]
+fn t7_t9_tej_protoc_pings_keep_the_connection_open_and_are_not_answered() {
+    let py = python();
+    let dir = TempDir::new("tej-t7py");
+    let src = TempDir::new("tej-t7pysrc");
+    std::fs::write(src.join("after-pings.txt"), b"pinged").unwrap();
+    let s = serve(dir.path(), &["--idle-timeout", "2"]);
+    let addr = s.addr("tej");
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut p = Proc::spawn(
+        py,
+        &[
+            &interop("tej_client.py"),
+            "--ping-seconds",
+            "4",
+            host,
+            port,
+            "after pings",
+            src.join("after-pings.txt").to_str().unwrap(),
+        ],
+    );
+    // The first frame received() gets must be the acknowledgement: no ping was answered.
+    let line = p.line(Duration::from_secs(60));
+    let st = p.wait(Duration::from_secs(10));
+    assert!(st.success(), "tej_client.py: {st:?} {line}");
+    let got: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(got["custom_status"], 1, "{got}");
+    let ack: Value = serde_json::from_str(got["message"].as_str().unwrap()).unwrap();
+    assert_eq!(ack["files"][0]["stored_as"], "after-pings.txt");
+    assert_eq!(ack["message_bytes"], 11);
+}
