@@ -2,5 +2,6 @@
 //! bytes in and give bytes and events out; only the `driver` submodules touch sockets and files.
 
 pub mod bulk;
+pub mod cjp2p;
 pub mod jtp;
 pub mod tej;
