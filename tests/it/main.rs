@@ -6,3 +6,4 @@ mod harness;
 mod jtp_client;
 mod jtp_peers;
 mod jtp_server;
+mod tej;
