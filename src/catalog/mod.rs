@@ -100,6 +100,14 @@ impl Entry {
         self.path.file_name().unwrap_or_default()
     }
 
+    /// The on-disk name, byte-exact (`name` is its NFC form). Unique within a snapshot, unlike
+    /// `name`: two spellings of one NFC name are two files. Protocols that address files by an
+    /// exact path (TEJ) use this.
+    pub fn file_name(&self) -> &str {
+        // The catalog keeps only UTF-8 names.
+        self.disk_name().to_str().unwrap_or_default()
+    }
+
     /// Opens and maps the file once per Entry and caches it (so repeated GETs cost nothing);
     /// Err(io::ErrorKind::Other "changed") if the file now on disk no longer matches `stamp`
     /// (then the entry must not be served). The cached mapping keeps the inode it opened, so a file

@@ -21,6 +21,8 @@ use crate::transport::Stream;
 pub const ZERO_COPY_MIN: u64 = 256 * 1024;
 /// Bytes at the end of each file read and checked before they are written.
 pub const TAIL: u64 = 64 * 1024;
+/// Most bytes handed to one send(2) from a mapping.
+const SEND_CHUNK: u64 = 4 << 20;
 /// The output buffer is written out when it grows past this.
 pub const OUT_FLUSH: usize = 256 * 1024;
 
@@ -71,8 +73,10 @@ pub fn send_file(
     if len >= ZERO_COPY_MIN {
         if let Some(fd) = stream.plain_fd() {
             flush(stream, out)?;
+            let timeout = stream.write_timeout();
             while off < tail_start {
-                let want = (tail_start - off).min(8 << 20) as usize;
+                let want = (tail_start - off).min(SEND_CHUNK) as usize;
+                let started = std::time::Instant::now();
                 let n = file.send_to(fd, off, want).map_err(|e| {
                     if e.raw_os_error() == Some(libc::EFAULT) {
                         SendError::FileChanged
@@ -82,6 +86,12 @@ pub fn send_file(
                 })?;
                 if n == 0 {
                     return Err(SendError::FileChanged);
+                }
+                // A blocking send(2) returns short only when SO_SNDTIMEO expired mid-call: the
+                // peer stopped reading. Stop now rather than wait a second timeout in the next
+                // call (no write progress for the timeout ends the connection).
+                if n < want && timeout.is_some_and(|t| started.elapsed() >= t) {
+                    return Err(SendError::Io(io::ErrorKind::TimedOut.into()));
                 }
                 off += n as u64;
             }

@@ -167,6 +167,14 @@ impl Stream {
         }
     }
 
+    /// The write timeout in force (SO_SNDTIMEO), if any.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        match self {
+            Stream::Unix(s) => s.write_timeout().ok().flatten(),
+            _ => self.tcp().and_then(|t| t.write_timeout().ok().flatten()),
+        }
+    }
+
     /// The peer for log lines: `127.0.0.1:5555`, `[::1]:5`, `unix` (or "unknown" once the
     /// socket is no longer connected).
     pub fn peer(&self) -> String {

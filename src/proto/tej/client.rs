@@ -18,6 +18,8 @@ use crate::ingest::{Collision, Expect, IngestDir, StreamSink};
 use crate::names;
 use crate::transport::{self, Stream, TlsClient, TransportError};
 
+/// Most catalog entries `list` accepts in all.
+const MAX_LISTED: usize = 10_000_000;
 /// Pieces files are read and sent in.
 const CHUNK: usize = 256 * 1024;
 
@@ -511,9 +513,22 @@ impl Client {
                 }
             };
             all.extend(page.files);
+            if all.len() > MAX_LISTED {
+                return Err(ClientError::Mismatch(format!(
+                    "listing goes past {MAX_LISTED} entries"
+                )));
+            }
+            // `next` must move forward in byte order, or a broken server could page for ever.
             match page.next {
-                Some(n) if Some(&n) != after.as_ref() => after = Some(n),
-                _ => break,
+                Some(n) if after.as_ref().is_none_or(|a| n.as_bytes() > a.as_bytes()) => {
+                    after = Some(n)
+                }
+                Some(n) => {
+                    return Err(ClientError::Mismatch(format!(
+                        "listing page {n:?} does not move past {after:?}"
+                    )))
+                }
+                None => break,
             }
         }
         c.stream.close_gracefully(Duration::from_millis(200));

@@ -335,6 +335,10 @@ impl Conn<'_> {
                     .as_mut()
                     .ok_or_else(|| internal("file outside a frame"))?;
                 let stores = fr.status == status::DELIVER || fr.status > status::LISTING;
+                // Names starting with '.' pass tej.md 5 but the catalog never serves them (they
+                // are ferry's own temporaries and state); storing one would acknowledge a file
+                // nobody can fetch, so it is a bad name here.
+                let name_ok = name_ok && name.first() != Some(&b'.');
                 let store_as = if stores && name_ok {
                     std::str::from_utf8(name).ok().map(str::to_owned)
                 } else {
@@ -523,7 +527,7 @@ impl Conn<'_> {
         for e in &found {
             match e.open() {
                 Ok(f) => files.push((e.clone(), f)),
-                Err(_) => missing.push(e.name.clone()),
+                Err(_) => missing.push(e.file_name().to_string()),
             }
         }
         if !missing.is_empty() {
@@ -535,14 +539,14 @@ impl Conn<'_> {
         }
         frame::put_frame_header(status::DELIVER, files.len() as u64, &mut self.out);
         for (e, f) in &files {
-            frame::put_file_header(&e.name, f.len(), &mut self.out);
+            frame::put_file_header(e.file_name(), f.len(), &mut self.out);
             bulk::send_file(&mut self.stream, &mut self.out, f)?;
         }
         let manifest = Manifest {
             files: files
                 .iter()
                 .map(|(e, f)| ManifestEntry {
-                    name: e.name.clone(),
+                    name: e.file_name().to_string(),
                     size: f.len(),
                     sha256: e.sha256_hex(),
                 })
@@ -561,13 +565,19 @@ impl Conn<'_> {
         let limit = req.page_limit() as usize;
         let snap = self.svc.catalog.snapshot();
         let after = req.after.unwrap_or_default();
-        let page: Vec<ManifestEntry> = snap
+        // Paths are the exact on-disk names, so paging by `after` visits each file once even
+        // when two names have one NFC form.
+        let mut names: Vec<&Arc<Entry>> = snap
             .entries()
             .iter()
-            .filter(|e| e.name.as_bytes() > after.as_bytes())
+            .filter(|e| e.file_name().as_bytes() > after.as_bytes())
+            .collect();
+        names.sort_unstable_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        let page: Vec<ManifestEntry> = names
+            .into_iter()
             .take(limit)
             .map(|e| ManifestEntry {
-                name: e.name.clone(),
+                name: e.file_name().to_string(),
                 size: e.size,
                 sha256: e.sha256_hex(),
             })
@@ -591,9 +601,17 @@ fn resolve<'c>(snap: &'c crate::catalog::Catalog, item: &str) -> Option<&'c Arc<
             return Some(e);
         }
     }
+    // The exact path first, then the NFC spelling of a name.
     use unicode_normalization::UnicodeNormalization;
     let nfc: String = item.nfc().collect();
-    snap.by_name(&nfc)
+    match snap.by_name(&nfc) {
+        Some(e) if e.file_name() == item => Some(e),
+        other => snap
+            .entries()
+            .iter()
+            .find(|e| e.file_name() == item)
+            .or(other),
+    }
 }
 
 fn timeout(between: bool) -> Fatal {
