@@ -20,6 +20,7 @@ use argh::FromArgs;
 
 use ferry::catalog::{CatalogHandle, CatalogOptions};
 use ferry::config::{JtpConfig, Limits, TlsSource};
+use ferry::proto::cjp2p::blocklist;
 use ferry::proto::cjp2p::driver::{self as cjp2p, DriverConfig, NodeHandle, Outcome};
 use ferry::proto::jtp::client::{Client, ClientError, ClientOptions, Mode};
 use ferry::proto::jtp::service::{JtpService, ALPN_JTP};
@@ -544,6 +545,12 @@ struct Cjp2pGetArgs {
     /// give up after this many seconds without progress (default 60)
     #[argh(option, default = "60")]
     timeout: u64,
+    /// the id is a 256 KiB block list (cjp2p.md 7.1): fetch its blocks and assemble the file
+    #[argh(switch)]
+    block_list: bool,
+    /// with --block-list: the SHA-256 the assembled file must have
+    #[argh(option)]
+    file_id: Option<String>,
     /// request size toward ferry peers, a multiple of 4096 up to 40960 (default 32768; 4096
     /// requests as the reference node does)
     #[argh(option, default = "32768")]
@@ -1326,6 +1333,46 @@ fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
     }
     let (node, _shutdown) = client_node(&a.out, a.bind, peers.clone(), a.verbose, a.block_size)?;
     let started = std::time::Instant::now();
+    if a.block_list {
+        let file_id = match &a.file_id {
+            Some(f) => Some(
+                cjp2p::parse_id(f)
+                    .ok_or_else(|| local(format!("--file-id {f:?} is not a SHA-256 id")))?,
+            ),
+            None => None,
+        };
+        let r = blocklist::fetch(&node, id, file_id, &peers, &a.out, a.name.clone(), &stop);
+        let secs = started.elapsed().as_secs_f64();
+        drop(node);
+        return match r {
+            Ok(f) => {
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": cjp2p::hex(&f.sha256), "list": a.id, "blocks": f.blocks, "path": f.path, "size": f.size, "seconds": secs, "verified": true})
+                    );
+                } else {
+                    eprintln!(
+                        "cjp2p: {} blocks assembled and verified, {:.1} MB in {:.2} s: {} (sha256 {})",
+                        f.blocks,
+                        f.size as f64 / 1e6,
+                        secs,
+                        f.path.display(),
+                        cjp2p::hex(&f.sha256)
+                    );
+                }
+                Ok(EXIT_OK)
+            }
+            Err(why) if stop.load(Ordering::SeqCst) => {
+                eprintln!("cjp2p: {why}; rerun the same command to resume");
+                Ok(EXIT_INTERRUPTED)
+            }
+            Err(why) => Err(Failure {
+                code: EXIT_PARTIAL,
+                message: format!("cjp2p: block list {}: {why}", a.id),
+            }),
+        };
+    }
     let done = node.download(id, peers, name);
     let progress = !a.json && std::io::stderr().is_terminal();
     let mut last_bytes = 0u64;

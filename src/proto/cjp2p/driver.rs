@@ -114,6 +114,8 @@ enum Command {
         id: [u8; 32],
         sources: Vec<SocketAddr>,
         name: String,
+        /// Where the verified file goes when not into the catalog folder.
+        dest: Option<PathBuf>,
         done: mpsc::Sender<Outcome>,
     },
     Peers(SocketAddr, mpsc::Sender<Vec<SocketAddr>>),
@@ -200,11 +202,24 @@ impl NodeHandle {
         sources: Vec<SocketAddr>,
         name: String,
     ) -> mpsc::Receiver<Outcome> {
+        self.download_into(id, sources, name, None)
+    }
+
+    /// [`download`](Self::download) into `dest` (same file system as the catalog) instead of
+    /// the catalog folder: block-list blocks are kept apart until the file is assembled.
+    pub fn download_into(
+        &self,
+        id: [u8; 32],
+        sources: Vec<SocketAddr>,
+        name: String,
+        dest: Option<PathBuf>,
+    ) -> mpsc::Receiver<Outcome> {
         let (tx, rx) = mpsc::channel();
         let _ = self.commands.send(Command::Download {
             id,
             sources,
             name,
+            dest,
             done: tx,
         });
         rx
@@ -244,6 +259,9 @@ impl Drop for NodeHandle {
 struct Active {
     dl: Download,
     part: Option<Resumable>,
+    /// Where the file is published; `into_catalog` when that is the catalog folder.
+    ingest: IngestDir,
+    into_catalog: bool,
     name: String,
     tries: u32,
     last_flush: Instant,
@@ -330,9 +348,30 @@ impl Loop {
                 id,
                 sources,
                 name,
+                dest,
                 done,
             } => {
-                if let Some(e) = self.catalog.snapshot().by_sha256(&id) {
+                let into_catalog = dest.is_none();
+                let ingest = match dest {
+                    None => self.ingest.clone(),
+                    Some(d) => match IngestDir::new(&d, self.ingest.work()) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            let _ = done.send(Outcome::Failed(format!("{}: {e}", d.display())));
+                            return;
+                        }
+                    },
+                };
+                if self.downloads.contains_key(&id) {
+                    let _ = done.send(Outcome::Failed("already being downloaded".into()));
+                    return;
+                }
+                if let Some(e) = self
+                    .catalog
+                    .snapshot()
+                    .by_sha256(&id)
+                    .filter(|_| into_catalog)
+                {
                     let _ = done.send(Outcome::Done {
                         path: e.path.clone(),
                         size: e.size,
@@ -340,11 +379,11 @@ impl Loop {
                     return;
                 }
                 let key = hex(&id);
-                let known = self.ingest.peek_resumable(&key).filter(|(_, b)| *b == 4096);
+                let known = ingest.peek_resumable(&key).filter(|(_, b)| *b == 4096);
                 let mut dl = Download::new(id, self.cfg.download.clone(), known.map(|(s, _)| s));
                 let mut part = None;
                 if let Some((size, _)) = known {
-                    match self.ingest.begin_resumable(&key, size, 4096) {
+                    match ingest.begin_resumable(&key, size, 4096) {
                         Ok(p) => {
                             dl.resume(size, &|i| p.has_block(i));
                             if self.cfg.verbose {
@@ -371,6 +410,8 @@ impl Loop {
                     Active {
                         dl,
                         part,
+                        ingest,
+                        into_catalog,
                         name,
                         tries: 0,
                         last_flush: now,
@@ -517,7 +558,7 @@ impl Loop {
             } => {
                 let total = a.dl.eof().unwrap_or(0);
                 if a.part.is_none() {
-                    match self.ingest.begin_resumable(&hex(&id), total, 4096) {
+                    match a.ingest.begin_resumable(&hex(&id), total, 4096) {
                         Ok(p) => a.part = Some(p),
                         Err(e) => {
                             let _ = a.done.send(Outcome::Failed(format!("partial file: {e}")));
@@ -586,7 +627,15 @@ impl Loop {
             match r {
                 Ok(c) => {
                     self.node.set_downloading(id, false);
-                    if let Err(e) = self.catalog.add_file(&c.path) {
+                    let added = match (a.into_catalog, c.sha256) {
+                        (false, _) => Ok(()),
+                        (true, Some(sha)) => self
+                            .catalog
+                            .add_ingested_file(&c.path, c.xxh64, sha)
+                            .map(|_| ()),
+                        (true, None) => self.catalog.add_file(&c.path).map(|_| ()),
+                    };
+                    if let Err(e) = added {
                         eprintln!("cjp2p: {e}");
                     }
                     let _ = a.done.send(Outcome::Done {

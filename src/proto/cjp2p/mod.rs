@@ -30,6 +30,7 @@
 //! assert_eq!(dg.messages, vec![Message::Content { id, offset: 0, data: b"hi".to_vec(), eof: Some(2) }]);
 //! ```
 
+pub mod blocklist;
 pub mod cookie;
 pub mod download;
 pub mod driver;
