@@ -986,8 +986,8 @@ def main():
         res.error("256 MiB, CJP2P", e)
     peer_ref = ("reference node <-> reference node: 60-110 MB/s (from the spec, cjp2p.md "
                 "section 10; not measured here)")
-    for block, label, target in ((32768, "32 KiB requests (ferry's default)", 400),
-                                 (4096, "4096-byte requests (as the reference node asks)", 150)):
+    for block, label, target in ((32768, "32 KiB requests, ferry's default", 400),
+                                 (4096, "4096-byte requests as the reference node asks", 150)):
         runs = cjp.get(block)
         if not runs:
             continue
@@ -1010,7 +1010,7 @@ def main():
             f"CJP2P {label} requests, 256 MiB, best run: {best['wall']:.3f} s wall "
             f"({best['summary_seconds']:.3f} s by get's own clock, which excludes process start "
             f"and catalog open); CPU seconds: client {best['client_cpu']:.2f}, server "
-            f"{best['server_cpu']:.2f} (2 cores: both sides busy near wall time means CPU-bound)")
+            f"{best['server_cpu']:.2f} (a side near its wall time is the bottleneck)")
 
     # 2. 1000 small images ----------------------------------------------------------------
     curl_small = None
