@@ -10,7 +10,11 @@ Rows (see the table's notes for how each number is made):
   4. the server's RssAnon while it serves the 1 GiB file (plain and TLS), next to nginx's;
   5. TEJ: the 1 GiB file pushed by `ferry tej send` to `ferry tej serve` (plain and TLS), next
      to a tej-protoc 0.2.4 client -> server pair (benches/tej_py_pair.py, run with the venv of
-     `make venv`), and the RssAnon of both ferry processes during those transfers.
+     `make venv`), and the RssAnon of both ferry processes during those transfers;
+  6. CJP2P: one 256 MiB file from `ferry cjp2p node` to `ferry cjp2p get` over UDP loopback,
+     with ferry's 32 KiB requests and with 4096-byte requests (the reference node's unit), and
+     the CPU seconds per GiB of both sides. The reference node is not run here: its 60-110 MB/s
+     comes from docs (spec cjp2p.md section 10), and the peer column says so.
 
 Python 3 standard library only. Data is generated once under target/bench/data (kept between
 runs, never committed); transfers write into /dev/shm so the disk is not what is measured.
@@ -26,6 +30,7 @@ target/venv/bin/python, the interpreter with tej-protoc).
 import atexit
 import ctypes
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -50,7 +55,9 @@ RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
 CARGO = os.environ.get("CARGO", "cargo")
 
 GIB = 1 << 30
+MIB = 1 << 20
 BIG_NAME = "big.png"
+CJ_NAME, CJ_SIZE = "cjp2p-256m.bin", 256 * MIB
 SMALL_COUNT, SMALL_MIN, SMALL_MAX = 1000, 1_000, 100_000
 CAT_COUNT, CAT_MIN, CAT_MAX = 10_000, 1_024, 64 * 1024
 REPEAT = 5
@@ -290,12 +297,18 @@ def ensure_data():
             for _ in range(GIB // chunk):
                 f.write(os.urandom(chunk))
 
+    def make_cj(folder):
+        with open(os.path.join(folder, CJ_NAME), "wb") as f:
+            for _ in range(CJ_SIZE // MIB):
+                f.write(os.urandom(MIB))
+
     big = dataset("big", f"{BIG_NAME} {GIB}", make_big)
+    cj = dataset("cjp2p", f"{CJ_NAME} {CJ_SIZE}", make_cj)
     small = dataset("small", f"{SMALL_COUNT} {SMALL_MIN} {SMALL_MAX} seed 1",
                     lambda d: _write_random_files(d, SMALL_COUNT, SMALL_MIN, SMALL_MAX, 1))
     cat = dataset("catalog", f"{CAT_COUNT} {CAT_MIN} {CAT_MAX} seed 2",
                   lambda d: _write_random_files(d, CAT_COUNT, CAT_MIN, CAT_MAX, 2))
-    return big, small, cat, made
+    return big, small, cat, cj, made
 
 
 # --------------------------------------------------------------------------- helpers
@@ -611,6 +624,67 @@ def bench_big_tej_py(res, big):
     return [r["gbps"] for r in runs], server_rss, client_rss
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bench_cjp2p(res, ferry, seed):
+    """`ferry cjp2p get` fetching 256 MiB from `ferry cjp2p node --root SEED` on UDP loopback,
+    with the default requests (32 KiB toward ferry) and with 4096-byte ones. Returns
+    {block size: [run dicts]}; a block size whose runs failed is recorded in res.errors."""
+    path = os.path.join(seed, CJ_NAME)
+    cid = sha256_file(path)
+    s = Server("cjp2p-node", [ferry, "cjp2p", "node", "--bind", "127.0.0.1:0", "--root", seed])
+    addr = s.wait_listening("cjp2p")
+    rss = RssSampler(s.pid)
+    out_all = {}
+    try:
+        for block in (32768, 4096):
+            runs = []
+            try:
+                for i in range(RUNS):
+                    out = fresh_out(f"cjp2p-{block}")  # a new folder: no .ferry, no partials
+                    cmd = [ferry, "cjp2p", "get", cid, "--peer", addr, "--out", out, "--json",
+                           "--block-size", str(block)]
+                    c0, s0 = children_cpu(), process_cpu(s.pid)
+                    wall, stdout = run(cmd)
+                    client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
+                    try:
+                        summary = json.loads(stdout)
+                    except ValueError:
+                        raise CommandFailed(f"cjp2p get --json printed no JSON: {stdout[:200]!r}")
+                    got = os.path.join(out, cid)
+                    size = os.path.getsize(got) if os.path.exists(got) else None
+                    if summary.get("verified") is not True or summary.get("size") != CJ_SIZE \
+                            or size != CJ_SIZE:
+                        raise CommandFailed(f"cjp2p get: verified {summary.get('verified')!r}, "
+                                            f"{summary.get('size')} bytes reported, {size} on "
+                                            f"disk (expected {CJ_SIZE})")
+                    shutil.rmtree(out)  # the file and out/.ferry (index, ingest)
+                    gib = CJ_SIZE / GIB
+                    runs.append({"wall": wall, "mbps": CJ_SIZE / wall / 1e6,
+                                 "summary_seconds": summary.get("seconds"),
+                                 "client_cpu": client_cpu, "server_cpu": server_cpu,
+                                 "client_cpu_per_gib": client_cpu / gib,
+                                 "server_cpu_per_gib": server_cpu / gib})
+                    say(f"cjp2p {block}-byte requests, 256 MiB run {i + 1}: "
+                        f"{runs[-1]['mbps']:.0f} MB/s ({wall:.3f} s; cpu s: client "
+                        f"{client_cpu:.2f}, server {server_cpu:.2f})")
+                out_all[block] = runs
+            except CommandFailed as e:
+                res.error(f"256 MiB, CJP2P {block}-byte requests", e)
+            res.raw[f"cjp2p_{block}"] = {"runs": runs}
+    finally:
+        rss_mib = rss.stop()
+        s.stop()
+    res.raw["cjp2p_node"] = {"id": cid, "addr": addr, "rss_anon_max_mib": rss_mib}
+    return out_all
+
+
 def bench_small_jtp(res, ferry, small, mode):
     s, addr = jtp_server(ferry, small, False, f"jtp-small-{mode}")
     extra = ["--repeat", str(REPEAT)] + (["--list-and-get"] if mode == "list-and-get" else [])
@@ -749,7 +823,15 @@ def render(env, res):
         f"answers with a status-0 frame; a client that builds the frame with BytesBuilder (not "
         f"timed), then times from the first sock.sendall byte to the reply frame. TEJ RssAnon: "
         f"max over 50 ms samples of the server during all its transfers, and of each send "
-        f"process (max over runs).",
+        f"process (max over runs). CJP2P: MB/s = 10^6 bytes per wall second of `ferry cjp2p "
+        f"get ID --peer ADDR --out /dev/shm/... --json` (SHA-256 verification included; the "
+        f"output folder with its .ferry is deleted after each run) from one `ferry cjp2p node "
+        f"--bind 127.0.0.1:0` serving a folder with one {CJ_SIZE // MIB} MiB pseudo-random "
+        f"file, over UDP loopback; `--block-size 4096` makes the get request 4096-byte blocks "
+        f"as the reference node does. CPU s per GiB: the get's user+system time from "
+        f"getrusage(RUSAGE_CHILDREN) deltas, the node's from /proc/PID/stat utime+stime "
+        f"deltas, scaled from {CJ_SIZE // MIB} MiB to 1 GiB. The reference node's numbers are "
+        f"quoted from the spec (a 2-core loopback VM), not measured by this run.",
     ]
     if res.diagnostics:
         lines += ["", "Diagnostics (not judged):"] + [f"- {d}" for d in res.diagnostics]
@@ -793,7 +875,7 @@ def main():
     res.raw["ferry"] = ferry_src
 
     say("preparing data under " + DATA)
-    big, small, cat, made = ensure_data()
+    big, small, cat, cj, made = ensure_data()
     res.raw["data_generated_seconds"] = made
     if made:
         say(f"generated: {made}")
@@ -895,6 +977,40 @@ def main():
                 f"TEJ {label} 1 GiB, best run: {b['wall']:.3f} s wall ({b['summary_seconds']:.3f} "
                 f"s by send's own clock); CPU seconds: client {b['client_cpu']:.2f}, server "
                 f"{b['server_cpu']:.2f} (a side near its wall time is the bottleneck)")
+
+    # 1c. CJP2P: 256 MiB ferry node -> ferry get over UDP loopback ---------------------------
+    cjp = {}
+    try:
+        cjp = bench_cjp2p(res, ferry, cj)
+    except CommandFailed as e:
+        res.error("256 MiB, CJP2P", e)
+    peer_ref = ("reference node <-> reference node: 60-110 MB/s (from the spec, cjp2p.md "
+                "section 10; not measured here)")
+    for block, label, target in ((32768, "32 KiB requests, ferry's default", 400),
+                                 (4096, "4096-byte requests as the reference node asks", 150)):
+        runs = cjp.get(block)
+        if not runs:
+            continue
+        b, m = bm([r["mbps"] for r in runs])
+        res.row(f"256 MiB file, CJP2P ferry cjp2p node -> ferry cjp2p get, {label} "
+                f"(best / median)", f"{fmt(b, 'MB/s', 0)} / {fmt(m, 'MB/s', 0)}", peer_ref,
+                f">= {target} MB/s", verdict(b >= target))
+    for block, label in ((32768, "32 KiB"), (4096, "4096-byte")):
+        runs = cjp.get(block)
+        if not runs:
+            continue
+        cli = statistics.median(r["client_cpu_per_gib"] for r in runs)
+        srv = statistics.median(r["server_cpu_per_gib"] for r in runs)
+        res.row(f"CPU s per GiB, CJP2P {label} requests (get / node, median)",
+                f"{cli:.2f} s / {srv:.2f} s",
+                "reference node: about 1.7-2.0 s per node for 256 MiB, i.e. 6.8-8 s/GiB (from "
+                "the spec; not measured here)", "-", "-")
+        best = max(runs, key=lambda r: r["mbps"])
+        res.diagnostics.append(
+            f"CJP2P {label} requests, 256 MiB, best run: {best['wall']:.3f} s wall "
+            f"({best['summary_seconds']:.3f} s by get's own clock, which excludes process start "
+            f"and catalog open); CPU seconds: client {best['client_cpu']:.2f}, server "
+            f"{best['server_cpu']:.2f} (a side near its wall time is the bottleneck)")
 
     # 2. 1000 small images ----------------------------------------------------------------
     curl_small = None
