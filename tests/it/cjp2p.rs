@@ -323,9 +323,9 @@ impl ContentStore for TestStore {
 }
 
 /// Builds hostile datagrams toward the downloader, given the cookie the downloader offered
-/// (its `AlwaysReturned` makes them verified). Called for every datagram the seeder receives
-/// while it returns something.
-type Injector = Box<dyn FnMut(&str) -> Vec<Vec<u8>> + Send>;
+/// (its `AlwaysReturned` makes them verified) and the datagram just received from it. Called
+/// for every datagram the seeder receives, before the seeder's [`Node`] answers it.
+type Injector = Box<dyn FnMut(&str, &[u8]) -> Vec<Vec<u8>> + Send>;
 
 /// A [`Node`] with a [`TestStore`] on a UDP socket, in a thread.
 struct LibSeeder {
@@ -366,7 +366,7 @@ impl LibSeeder {
                         their_cookie = Some(c);
                     }
                     if let (Some(f), Some(c)) = (inject.as_mut(), their_cookie.as_deref()) {
-                        for d in f(c) {
+                        for d in f(c, &buf[..n]) {
                             let _ = sock.send_to(&d, from);
                             injected2.fetch_add(1, Ordering::SeqCst);
                         }
@@ -758,6 +758,7 @@ fn c30_c31_sigkill_then_resume() {
     assert!(have > 0 && have < blocks, "{line}");
     let missing = (blocks - have) * 4096;
     let second = proxy.content_bytes() - before;
+    eprintln!("resume: {have} of {blocks} blocks on disk; the rerun fetched {second} bytes for {missing} missing");
     assert!(
         second < size,
         "second run fetched {second} bytes: the whole file again"
@@ -787,6 +788,7 @@ fn c32_corrupt_seeder_publishes_nothing() {
     );
     let out = TempDir::new("cj-out");
     let o = get(&hex(&id), &[&bad.addr], out.path(), &["--timeout", "5"]);
+    eprintln!("corrupt seeder: get said:\n{}", stderr(&o));
     assert_eq!(code(&o), 1, "stderr:\n{}", stderr(&o));
     assert!(
         visible_files(out.path()).is_empty(),
@@ -1069,10 +1071,24 @@ fn c14_c15_unverified_reply_budget() {
     );
 }
 
-/// Section 9 crashes 2 and 3 aimed at the downloader: while `get` runs, a seeder injects, with
-/// the downloader's own cookie, unaligned `Content` near `eof`, an `eof` of 2^50, content past
-/// `eof`, bad base64 and unsolicited ids. The download finishes from an honest seeder, nothing
-/// huge is allocated, and nothing unverified is published.
+/// Offsets of the `PleaseSendContent` elements of a datagram.
+fn requested_offsets(d: &[u8]) -> Vec<u64> {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_slice::<serde_json::Value>(d) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|m| m.get("PleaseSendContent")?.get("offset")?.as_u64())
+        .collect()
+}
+
+/// Section 9 crash 2 (and friends) aimed at the downloader: during a 10000-byte download, once
+/// `eof` is known (the downloader asks for a block past offset 0), a seeder injects with the
+/// downloader's own cookie (and without it) 4096 bytes at offset 9999 with `eof` 10000, data
+/// past `eof`, a short non-final block, bad base64, unsolicited ids and a non-numeric
+/// `ReturnedMessage`, then answers honestly. Then crash 3 with a second source: a first
+/// `Content` with `eof` 2^50. Both downloads end with the verified file; nothing large is
+/// allocated; nothing else is published.
 #[test]
 fn c42_c33_c34_hostile_content_to_downloader() {
     let data = pseudo_random(71, 10000);
@@ -1083,30 +1099,33 @@ fn c42_c33_c34_hostile_content_to_downloader() {
     let honest = node(share.path(), &[]);
     let block = pseudo_random(72, 4096);
     let other = hex(&sha(b"other"));
-    let mut left = 40;
+
+    // Crash 2: while the download runs with eof known.
     let ids2 = ids.clone();
-    let inject: Injector = Box::new(move |cookie| {
-        if left == 0 {
+    let block2 = block.clone();
+    let crash2: Injector = Box::new(move |cookie, got| {
+        if requested_offsets(got).iter().all(|&o| o == 0) {
             return Vec::new();
         }
-        left -= 1;
         let ar = format!(r#"{{"AlwaysReturned":{{"cookie":"{cookie}"}}}}"#);
         let elems = [
-            content_elem(&ids2, 9999, &block, 10000),
-            content_elem(&ids2, 0, &block, 1 << 50),
-            content_elem(&ids2, 8192, &block, 10000),
-            content_elem(&ids2, 4096, &block[..100], 4196),
-            content_elem(&ids2, 0, &block, u64::MAX),
-            content_elem(&other, 0, &block, 4096),
-            format!(r#"{{"Content":{{"id":"{ids2}","offset":0,"base64":"%%%","eof":10000}}}}"#),
+            content_elem(&ids2, 9999, &block2, 10000),
+            content_elem(&ids2, 9999, &block2[..1], 10000),
+            content_elem(&ids2, 8192, &block2, 10000),
+            content_elem(&ids2, 4096, &block2[..100], 10000),
+            content_elem(&ids2, 4097, &block2, 10000),
+            content_elem(&other, 0, &block2, 4096),
+            format!(r#"{{"Content":{{"id":"{ids2}","offset":4096,"base64":"%%%","eof":10000}}}}"#),
+            format!(r#"{{"Content":{{"id":"{ids2}","offset":4096,"eof":10000}}}}"#),
             r#"{"ReturnedMessage":{"cookie":"not-a-number"}}"#.to_string(),
+            r#"{"ReturnedMessage":{"cookie":"NaN"}}"#.to_string(),
             r#"{"Peers":{"peers":["127.0.0.1:1"]}}"#.to_string(),
             format!(r#"{{"MaybeTheyHaveSome":{{"id":"{ids2}","peers":["127.0.0.1:1"]}}}}"#),
         ];
         let mut v = Vec::new();
         for e in &elems {
-            v.push(format!("[{ar},{e}]").into_bytes());
             v.push(format!("[{e}]").into_bytes());
+            v.push(format!("[{ar},{e}]").into_bytes());
         }
         v
     });
@@ -1116,7 +1135,44 @@ fn c42_c33_c34_hostile_content_to_downloader() {
             data: data.clone(),
             corrupt: false,
         },
-        Some(inject),
+        Some(crash2),
+    );
+    let out = TempDir::new("cj-out");
+    let o = get(
+        &ids,
+        &[&hostile.addr, &honest.addr("cjp2p")],
+        out.path(),
+        &["--timeout", "20", "--block-size", "4096"],
+    );
+    assert!(
+        hostile.injected.load(Ordering::SeqCst) > 0,
+        "the downloader never asked the hostile seeder for a block past 0 with a cookie offer"
+    );
+    assert_got(&o, out.path(), &ids, &id);
+    assert_eq!(visible_files(out.path()), vec![ids.clone()]);
+    drop(hostile);
+
+    // Crash 3: a first Content claiming eof = 2^50 (and u64::MAX), before any honest answer.
+    let ids3 = ids.clone();
+    let mut left = 5;
+    let crash3: Injector = Box::new(move |cookie, _| {
+        if left == 0 {
+            return Vec::new();
+        }
+        left -= 1;
+        let ar = format!(r#"{{"AlwaysReturned":{{"cookie":"{cookie}"}}}}"#);
+        [1u64 << 50, u64::MAX, (1 << 36) + 4096]
+            .iter()
+            .map(|&eof| format!("[{ar},{}]", content_elem(&ids3, 0, &block, eof)).into_bytes())
+            .collect()
+    });
+    let hostile = LibSeeder::start(
+        TestStore {
+            id,
+            data: data.clone(),
+            corrupt: false,
+        },
+        Some(crash3),
     );
     let out = TempDir::new("cj-out");
     let o = get(
@@ -1125,10 +1181,7 @@ fn c42_c33_c34_hostile_content_to_downloader() {
         out.path(),
         &["--timeout", "20"],
     );
-    assert!(
-        hostile.injected.load(Ordering::SeqCst) > 0,
-        "the downloader never offered a cookie to the hostile seeder"
-    );
+    assert!(hostile.injected.load(Ordering::SeqCst) > 0);
     assert_got(&o, out.path(), &ids, &id);
     assert_eq!(visible_files(out.path()), vec![ids.clone()]);
     // Nothing sized from a hostile eof.
