@@ -809,10 +809,6 @@ fn c32_corrupt_seeder_publishes_nothing() {
 
 /// C32: with a corrupt and an honest seeder, the download ends with a verified file.
 #[test]
-#[ignore = "bug: after a hash mismatch Download::restart_after_mismatch drops only the source \
-            that set eof (often the honest one) and keeps the corrupt one, so the retry fails \
-            too and the download stalls with no source (spec 6.6: prefer sources that did not \
-            deliver the bad copy)"]
 fn c32_corrupt_and_honest_seeder_succeeds() {
     let data = pseudo_random(42, 300_000);
     let id = sha(&data);

@@ -264,6 +264,12 @@ struct Active {
     into_catalog: bool,
     name: String,
     tries: u32,
+    /// Bytes stored per source in this attempt: after a failed whole-file check the next
+    /// attempt asks one of them alone, in turn (cjp2p.md 6.6), so an honest source can finish
+    /// a file that a corrupt one spoiled.
+    delivered: HashMap<SocketAddr, u64>,
+    /// The sources that delivered the first failed attempt, tried alone one by one.
+    suspects: Vec<SocketAddr>,
     last_flush: Instant,
     done: mpsc::Sender<Outcome>,
 }
@@ -414,6 +420,8 @@ impl Loop {
                         into_catalog,
                         name,
                         tries: 0,
+                        delivered: HashMap::new(),
+                        suspects: Vec::new(),
                         last_flush: now,
                         done,
                     },
@@ -578,6 +586,7 @@ impl Loop {
                 // Downloads hand out ranges of blocks not yet stored, so one write covers them.
                 if part.write_blocks(store_at / 4096, data).is_ok() {
                     a.dl.mark_stored(store_at, data.len());
+                    *a.delivered.entry(from).or_default() += data.len() as u64;
                 }
                 if a.dl.is_complete() {
                     self.verify(id);
@@ -657,6 +666,19 @@ impl Loop {
                     let _ = part.clear();
                     a.part = Some(part);
                     a.dl.restart_after_mismatch();
+                    if a.suspects.is_empty() {
+                        a.suspects = a.delivered.keys().copied().collect();
+                        a.suspects.sort();
+                    }
+                    if !a.suspects.is_empty() {
+                        let pick = a.suspects[(a.tries as usize - 1) % a.suspects.len()];
+                        for s in a.dl.sources() {
+                            a.dl.remove_source(s);
+                        }
+                        a.dl.add_source(Instant::now(), pick, self.node.ferry_max_length(pick));
+                        eprintln!("cjp2p: {}: trying {pick} alone", hex(&id));
+                    }
+                    a.delivered.clear();
                     self.downloads.insert(id, a);
                 }
             }
