@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod hex;
 pub mod ingest;
 pub mod names;
 pub mod proto;

@@ -200,35 +200,6 @@ impl MappedFile {
         }
     }
 
-    /// Sends up to `len` bytes at `offset` of the file to the socket `fd` with sendfile(2): the
-    /// kernel hands page-cache pages to the socket without copying them through this process.
-    /// A truncated file gives a short count or 0, never a signal. Returns bytes sent.
-    ///
-    /// Unlike [`send_to`](Self::send_to), the bytes are taken from the page cache when the
-    /// socket transmits them, so a concurrent in-place rewrite can still reach the wire; callers
-    /// send each packet's final bytes from a checked copy (see the JTP driver).
-    pub fn sendfile_to(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<usize> {
-        let avail = self.len.saturating_sub(offset);
-        let n = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-        loop {
-            // SAFETY: both fds are open for the duration of the call; `off` is a valid,
-            // writable off_t the kernel updates.
-            let rc = unsafe { libc::sendfile(fd, self.file.as_raw_fd(), &mut off, n) };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                return Err(err);
-            }
-        }
-    }
-
     /// pread(2) from the file into buf (short read at EOF possible; a truncated file gives 0).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         loop {

@@ -361,20 +361,7 @@ pub fn cookie_payload(cookie: &str) -> String {
 
 /// Parse an id: exactly 64 characters of `[0-9a-f]` (spec 5). Anything else is not an id.
 pub fn parse_id(s: &str) -> Option<Id> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut id = [0u8; 32];
-    for (i, out) in id.iter_mut().enumerate() {
-        *out = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-    }
-    Some(id)
+    crate::hex::parse_sha256(s)
 }
 
 /// An id as 64 lowercase hex characters.

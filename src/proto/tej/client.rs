@@ -455,10 +455,7 @@ impl Client {
                     let mut stored = Vec::new();
                     for ((name, _, sink, _), m) in pending.into_iter().zip(manifest.files) {
                         let name = name.unwrap_or_default();
-                        let mut want = [0u8; 32];
-                        for (i, b) in want.iter_mut().enumerate() {
-                            *b = u8::from_str_radix(&m.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
-                        }
+                        let want = crate::hex::parse_sha256(&m.sha256).unwrap_or_default();
                         let c = sink
                             .commit_with(&name, Expect::Sha256(want), Collision::Numbered)
                             .map_err(|e| ClientError::Local(e.to_string()))?;
@@ -536,6 +533,4 @@ impl Client {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::hex::encode as hex;

@@ -592,11 +592,7 @@ impl Conn<'_> {
 
 /// A request item: 64 lowercase hex digits (SHA-256) or a catalog name.
 fn resolve<'c>(snap: &'c crate::catalog::Catalog, item: &str) -> Option<&'c Arc<Entry>> {
-    if item.len() == 64 && item.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        let mut id = [0u8; 32];
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&item[2 * i..2 * i + 2], 16).ok()?;
-        }
+    if let Some(id) = crate::hex::parse_sha256(item) {
         if let Some(e) = snap.by_sha256(&id) {
             return Some(e);
         }
@@ -632,6 +628,4 @@ fn frame_error(e: &FrameError) -> Fatal {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::hex::encode as hex;
