@@ -185,19 +185,6 @@ impl Listener {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes. True when readable.
-fn wait_readable(fd: i32, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `p` is a valid pollfd for the duration of the call; nfds is 1.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n > 0
-}
-
 struct Job {
     conn: Accepted,
     svc: Arc<dyn Service>,
@@ -329,7 +316,7 @@ impl ServerBuilder {
 fn accept_loop(l: Listener, svc: Arc<dyn Service>, pool: Arc<Pool>, shutdown: Shutdown) {
     let fd = l.raw_fd();
     while !shutdown.is_triggered() {
-        if !wait_readable(fd, ACCEPT_POLL) {
+        if !crate::transport::wait_readable(fd, ACCEPT_POLL) {
             continue;
         }
         let conn = match l.accept() {

@@ -442,6 +442,20 @@ impl From<io::Error> for TransportError {
 
 /// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
 /// order), returning a socket whose read and write timeouts are set to `timeout`.
+/// Waits until `fd` is readable (or has an error or hang-up to report) or `timeout` passes.
+/// True when readable. For loops that must also look at a flag or a clock while waiting.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `p` is a valid pollfd for the duration of the call; nfds is 1.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0
+}
+
 pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
     let addrs = addr
         .to_socket_addrs()

@@ -333,7 +333,10 @@ impl Loop {
                     wait = wait.min(t.saturating_duration_since(now));
                 }
             }
-            wait_readable(&self.sock, wait.max(Duration::from_millis(1)));
+            transport::wait_readable(
+                std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+                wait.max(Duration::from_millis(1)),
+            );
             // Drain everything that has arrived before doing the bookkeeping again.
             while let Ok((n, from)) = self.sock.recv_from(&mut buf) {
                 let from = normalize(from);
@@ -696,19 +699,6 @@ impl Loop {
             }
         }
     }
-}
-
-/// Waits until the socket is readable or `timeout` passes.
-fn wait_readable(sock: &UdpSocket, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `p` is a valid pollfd for the duration of the call; nfds is 1.
-    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
 /// IPv4-mapped IPv6 sources become IPv4 (cjp2p.md 2).
