@@ -4,6 +4,8 @@
 Rows (see the table's notes for how each number is made):
   1. one 1 GiB file: JTP plain and TLS (ferry jtp serve + ferry jtp get), nginx + curl over
      HTTP (into /dev/shm and into /dev/null), and the loopback TCP ceiling (benches/tcp_ceiling.rs);
+     then the same JTP plain, JTP TLS and nginx + curl transfers writing into a folder on the
+     disk file system (target/bench/out-disk: page cache, no fsync), after one `sync`;
   2. 1000 small images: images/s by LIST_AND_GET and by GET_BY_ID (chunks of 255, keep-alive),
      next to curl fetching the same files from nginx over one keep-alive connection;
   3. a 10,000-file catalog: cold index time (no index) and warm restart time (hashed must be 0);
@@ -17,7 +19,9 @@ Rows (see the table's notes for how each number is made):
      comes from docs (spec cjp2p.md section 10), and the peer column says so.
 
 Python 3 standard library only. Data is generated once under target/bench/data (kept between
-runs, never committed); transfers write into /dev/shm so the disk is not what is measured.
+runs, never committed); transfers write into /dev/shm so the disk is not what is measured,
+except the 1 GiB "into disk folder" rows, which write into BENCH_DIR/out-disk (tmpfs writes are
+slow on some kernels, so those rows show the client with an ordinary page-cache file system).
 Every server this script starts is stopped on exit (normal, error, Ctrl-C, SIGTERM, and by
 PR_SET_PDEATHSIG if this process is killed outright). Missed targets do not fail the run;
 a command that fails does (exit 1, after the table is printed with the rows that ran).
@@ -51,6 +55,7 @@ BENCH = os.path.abspath(os.environ.get("BENCH_DIR", os.path.join(ROOT, "target",
 DATA = os.path.join(BENCH, "data")
 LOGS = os.path.join(BENCH, "logs")
 SHM = f"/dev/shm/ferry-bench-{os.getpid()}"
+DISK = os.path.join(BENCH, "out-disk")  # the 1 GiB "into disk folder" rows write here
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
 CARGO = os.environ.get("CARGO", "cargo")
 
@@ -100,6 +105,7 @@ def _cleanup():
     while _children:
         _stop(_children.pop())
     shutil.rmtree(SHM, ignore_errors=True)
+    shutil.rmtree(DISK, ignore_errors=True)
 
 
 def _remove_stale_shm():
@@ -314,8 +320,8 @@ def ensure_data():
 # --------------------------------------------------------------------------- helpers
 
 
-def fresh_out(name):
-    d = os.path.join(SHM, name)
+def fresh_out(name, base=SHM):
+    d = os.path.join(base, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     return d
@@ -376,15 +382,16 @@ def jtp_get_cmd(ferry, addr, out, tls, cert, extra=()):
     return cmd
 
 
-def bench_big_jtp(res, ferry, big, tls):
-    label = "tls" if tls else "plain"
+def bench_big_jtp(res, ferry, big, tls, base=SHM):
+    """1 GiB by `ferry jtp get` into a fresh folder under `base` (SHM, or DISK: label `_disk`)."""
+    label = ("tls" if tls else "plain") + ("_disk" if base == DISK else "")
     s, addr = jtp_server(ferry, big, tls, f"jtp-big-{label}")
     rss = RssSampler(s.pid)
     runs = []
     try:
         cert = os.path.join(big, ".ferry", "tls", "cert.pem")
         for i in range(RUNS):
-            out = fresh_out(f"big-{label}")
+            out = fresh_out(f"big-{label}", base)
             c0, s0 = children_cpu(), process_cpu(s.pid)
             wall, stdout = run(jtp_get_cmd(ferry, addr, out, tls, cert))
             client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
@@ -396,8 +403,8 @@ def bench_big_jtp(res, ferry, big, tls):
             runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_cpu": client_cpu,
                          "server_cpu": server_cpu, "summary_seconds":
                          summary.get("seconds"), "wire_bytes": summary.get("wire_bytes")})
-            say(f"jtp {label} 1 GiB run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s; "
-                f"cpu s: client {client_cpu:.2f}, server {server_cpu:.2f})")
+            say(f"jtp {label} 1 GiB run {i + 1} into {base}: {GIB / wall / 1e9:.2f} GB/s "
+                f"({wall:.3f} s; cpu s: client {client_cpu:.2f}, server {server_cpu:.2f})")
     finally:
         rss_mib = rss.stop()
         s.stop()
@@ -482,6 +489,41 @@ def bench_big_nginx(res, port, pid):
         rss_mib = rss.stop()
     res.raw["big_nginx_curl"] = {"shm_gbps": shm, "null_gbps": null, "rss_anon_max_mib": rss_mib}
     return shm, null, rss_mib
+
+
+def bench_big_nginx_disk(res, port):
+    """curl -o a fresh file in the disk folder (DISK), deleted right after each run."""
+    url = f"http://127.0.0.1:{port}/big/{BIG_NAME}"
+    vals = []
+    for i in range(RUNS):
+        out = os.path.join(fresh_out("curl", DISK), "x")
+        wall, _ = run(["curl", "-s", "-f", "-o", out, url])
+        if os.path.getsize(out) != GIB:
+            raise CommandFailed(f"curl wrote {os.path.getsize(out)} bytes, expected {GIB}")
+        os.remove(out)
+        vals.append(GIB / wall / 1e9)
+        say(f"nginx+curl 1 GiB run {i + 1}: {vals[-1]:.2f} GB/s to {DISK}")
+    res.raw["big_nginx_curl_disk"] = {"gbps": vals}
+    return vals
+
+
+def fs_type(path):
+    """File system type of the mount holding `path` (longest mount point prefix in /proc/mounts)."""
+    path = os.path.realpath(path)
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
 
 
 def build_tcp_ceiling():
@@ -787,6 +829,11 @@ def _loadavg():
         return None
 
 
+def _shown(path):
+    """A path as the notes print it: relative to the repository when inside it."""
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
 def render(env, res):
     lines = [
         "# ferry benchmarks",
@@ -808,10 +855,16 @@ def render(env, res):
         f"Notes: GB/s = 10^9 bytes per wall second of the client command (process start to exit, "
         f"connect and verification included); 1 GiB = {GIB} bytes of pseudo-random data. "
         f"\"best / median\" are over {RUNS} runs; pass/fail judges the best run (the machine is "
-        f"shared, so the best is the least disturbed one). Transfers write into /dev/shm and each "
-        f"output is deleted before the next run. Small images: {SMALL_COUNT} files of "
-        f"{SMALL_MIN // 1000}-{SMALL_MAX // 1000} KB, `--repeat {REPEAT}` (repeats 2-{REPEAT} find "
-        f"the files present and verify them, not rewrite them), images/s = `images` / `seconds` "
+        f"shared, so the best is the least disturbed one). Transfers write into /dev/shm "
+        f"(tmpfs) and each output is deleted before the next run, except the three 1 GiB rows "
+        f"named \"into disk folder ({res.raw.get('disk_out', {}).get('fs', '?')})\": they write "
+        f"into {_shown(DISK)}/ on that file system (page cache, no fsync; `sync` "
+        f"runs once before them; each output is deleted right after its run) and are judged "
+        f"against nginx+curl writing into the same folder, while the JTP plain/TLS rows without "
+        f"that suffix and the \"-o /dev/shm\" peer write into /dev/shm. Small images: "
+        f"{SMALL_COUNT} files of {SMALL_MIN // 1000}-{SMALL_MAX // 1000} KB, `--repeat "
+        f"{REPEAT}` (repeats 2-{REPEAT} find the files present and verify them, not rewrite "
+        f"them), images/s = `images` / `seconds` "
         f"of the --json output; the curl peer fetches the same {SMALL_COUNT} files {REPEAT} times "
         f"over one keep-alive connection (wall time). Index: {CAT_COUNT} files of 1-64 KB, \"cold\" "
         f"means no .ferry/index (the files themselves are in the page cache). RssAnon: max over "
@@ -904,6 +957,31 @@ def main():
     except CommandFailed as e:
         res.error("loopback TCP ceiling", e)
 
+    # 1a. the same three transfers into a folder on the disk file system ------------------
+    disk_fs = fs_type(BENCH)
+    res.raw["disk_out"] = {"folder": DISK, "fs": disk_fs}
+    dplain = dtls = dcurl = None
+    shutil.rmtree(DISK, ignore_errors=True)
+    os.makedirs(DISK)
+    try:
+        run(["sync"])  # so dirty data of earlier steps is not written back during these rows
+    except CommandFailed as e:
+        say(f"sync failed ({e}); the disk rows run anyway")
+    try:
+        dplain, _ = bench_big_jtp(res, ferry, big, tls=False, base=DISK)
+    except CommandFailed as e:
+        res.error(f"1 GiB, JTP plain into disk folder ({disk_fs})", e)
+    try:
+        dtls, _ = bench_big_jtp(res, ferry, big, tls=True, base=DISK)
+    except CommandFailed as e:
+        res.error(f"1 GiB, JTP TLS into disk folder ({disk_fs})", e)
+    if nginx is not None:
+        try:
+            dcurl = bench_big_nginx_disk(res, nport)
+        except CommandFailed as e:
+            res.error(f"1 GiB, nginx + curl into disk folder ({disk_fs})", e)
+    shutil.rmtree(DISK, ignore_errors=True)
+
     def bm(v):
         b, m = best_median(v or [])
         return b, m
@@ -933,14 +1011,33 @@ def main():
         res.row("1 GiB, loopback TCP ceiling, 1 connection (best / median)", "(reference)",
                 f"tcp_ceiling: {fmt(cb, 'GB/s')} / {fmt(cm, 'GB/s')}", "-", "-")
 
-    for label in ("plain", "tls"):
+    # The disk rows are judged like the /dev/shm ones, against curl writing to the same place.
+    where = f"into disk folder ({disk_fs})"
+    db, dm = bm(dplain)
+    eb, em = bm(dtls)
+    fb, fm = bm(dcurl)
+    peer_disk = f"nginx+curl -o disk folder: {fmt(fb, 'GB/s')} / {fmt(fm, 'GB/s')}"
+    if dplain:
+        ok = db >= 2.5 and (fb is None or db >= fb)
+        res.row(f"1 GiB file, JTP plain, {where} (best / median)",
+                f"{fmt(db, 'GB/s')} / {fmt(dm, 'GB/s')}", peer_disk,
+                ">= 2.5 GB/s and >= nginx+curl", verdict(ok))
+    if dtls:
+        res.row(f"1 GiB file, JTP TLS 1.3, {where} (best / median)",
+                f"{fmt(eb, 'GB/s')} / {fmt(em, 'GB/s')}", peer_disk, ">= 1.3 GB/s",
+                verdict(eb >= 1.3))
+    if dcurl:
+        res.row(f"1 GiB file, nginx + curl, {where} (best / median)", "(peer row)",
+                f"nginx+curl: {fmt(fb, 'GB/s')} / {fmt(fm, 'GB/s')}", "-", "-")
+
+    for label in ("plain", "tls", "plain_disk", "tls_disk"):
         runs = res.raw.get(f"big_jtp_{label}", {}).get("runs")
         if runs:
             b = max(runs, key=lambda r: r["gbps"])
             res.diagnostics.append(
-                f"JTP {label} 1 GiB, best run: {b['wall']:.3f} s wall; CPU seconds: client "
-                f"{b['client_cpu']:.2f}, server {b['server_cpu']:.2f} (a side near its wall time "
-                f"is the bottleneck)")
+                f"JTP {label.replace('_', ' ')} 1 GiB, best run: {b['wall']:.3f} s wall; CPU "
+                f"seconds: client {b['client_cpu']:.2f}, server {b['server_cpu']:.2f} (a side "
+                f"near its wall time is the bottleneck)")
 
     # 1b. TEJ: one 1 GiB file pushed ferry -> ferry, next to tej-protoc -> tej-protoc -------
     tej = {}
