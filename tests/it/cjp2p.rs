@@ -617,10 +617,10 @@ fn cjp2p_get_usage_errors() {
 fn c29_two_seeders_both_serve() {
     let size = 8 << 20;
     let data = pseudo_random(21, size);
-    let (s1, s2) = (TempDir::new("cj-s1"), TempDir::new("cj-s2"));
-    let id = put(s1.path(), "f", &data);
-    put(s2.path(), "g", &data);
-    let (n1, n2) = (node(s1.path(), &[]), node(s2.path(), &[]));
+    let (s_a, s_b) = (TempDir::new("cj-s_a"), TempDir::new("cj-s_b"));
+    let id = put(s_a.path(), "f", &data);
+    put(s_b.path(), "g", &data);
+    let (n1, n2) = (node(s_a.path(), &[]), node(s_b.path(), &[]));
     let (p1, p2) = (
         Proxy::start(&n1.addr("cjp2p")),
         Proxy::start(&n2.addr("cjp2p")),
@@ -647,10 +647,10 @@ fn c29_two_seeders_both_serve() {
 fn c29_seeder_killed_mid_transfer() {
     let size = 32 << 20;
     let data = pseudo_random(22, size);
-    let (s1, s2) = (TempDir::new("cj-s1"), TempDir::new("cj-s2"));
-    let id = put(s1.path(), "f", &data);
-    put(s2.path(), "f", &data);
-    let (mut n1, n2) = (node(s1.path(), &[]), node(s2.path(), &[]));
+    let (s_a, s_b) = (TempDir::new("cj-s_a"), TempDir::new("cj-s_b"));
+    let id = put(s_a.path(), "f", &data);
+    put(s_b.path(), "f", &data);
+    let (mut n1, n2) = (node(s_a.path(), &[]), node(s_b.path(), &[]));
     let (p1, p2) = (
         Proxy::start(&n1.addr("cjp2p")),
         Proxy::start(&n2.addr("cjp2p")),

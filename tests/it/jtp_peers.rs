@@ -290,9 +290,9 @@ impl Peer {
         let conns = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
         let alpn = Arc::new(Mutex::new(Vec::new()));
-        let (s2, c2, l2, a2) = (stop.clone(), conns.clone(), log.clone(), alpn.clone());
+        let (s_b, c2, l2, a2) = (stop.clone(), conns.clone(), log.clone(), alpn.clone());
         let thread = std::thread::spawn(move || {
-            while !s2.load(Ordering::SeqCst) {
+            while !s_b.load(Ordering::SeqCst) {
                 match l.accept() {
                     Ok((sock, _)) => {
                         let n = c2.fetch_add(1, Ordering::SeqCst);

@@ -598,18 +598,19 @@ fn t17_acks_errors_listings_and_pings_are_not_answered_and_their_files_not_store
     c.write_all(&ack).unwrap();
     c.write_all(&listing).unwrap();
     c.write_all(&unhex(PING)).unwrap();
-    c.write_all(&frame(1, &[(b"s1.txt", b"one")], b"{\"files\":[]}"))
+    c.write_all(&frame(1, &[(b"s_a.txt", b"one")], b"{\"files\":[]}"))
         .unwrap();
-    c.write_all(&frame(2, &[(b"s2.txt", b"two")], b"")).unwrap();
+    c.write_all(&frame(2, &[(b"s_b.txt", b"two")], b""))
+        .unwrap();
     c.write_all(&frame(
         3,
-        &[(b"s3.txt", b"three")],
+        &[(b"s_c.txt", b"three")],
         b"{\"error\":\"internal\",\"detail\":\"x\"}",
     ))
     .unwrap();
     c.write_all(&frame(
         6,
-        &[(b"s6.txt", b"six")],
+        &[(b"s_f.txt", b"six")],
         b"{\"files\":[],\"next\":null}",
     ))
     .unwrap();
@@ -2076,10 +2077,10 @@ fn t21_leftover_temporaries_of_a_killed_server_are_deleted_at_start() {
         "the killed server's temporary should still be there"
     );
     // A new server on the same folder removes it before serving.
-    let s2 = serve(dir.path(), &[]);
+    let s_b = serve(dir.path(), &[]);
     assert_no_temporaries(dir.path());
     assert!(visible(dir.path()).is_empty());
-    let mut c = connect(&s2);
+    let mut c = connect(&s_b);
     c.write_all(&unhex(FILE_ONLY)).unwrap();
     expect_ack(&mut c, &ack_json(&[("a.txt", b"AAAA", Some("a.txt"))], 0));
 }
