@@ -352,6 +352,30 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A memory field (`RssAnon`, `VmRSS`) of `/proc/PID/status` in KiB; 0 once the process is gone.
+/// Waits (at most 300 s) for `child` to exit while sampling the RssAnon of the server and of the
+/// child every 20 ms; returns the exit status and both maxima in KiB (T18).
+fn wait_sampling_rss(
+    child: &mut Child,
+    server_pid: u32,
+    what: &str,
+) -> (std::process::ExitStatus, u64, u64) {
+    let pid = child.id();
+    let (mut max_server, mut max_child) = (0u64, 0u64);
+    let t0 = Instant::now();
+    loop {
+        max_server = max_server.max(proc_kib(server_pid, "RssAnon"));
+        max_child = max_child.max(proc_kib(pid, "RssAnon"));
+        if let Ok(Some(st)) = child.try_wait() {
+            return (st, max_server, max_child);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "{what} took over 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn proc_kib(pid: u32, field: &str) -> u64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
@@ -1721,21 +1745,8 @@ fn t18_large_file_ferry_to_ferry_keeps_rss_anon_small_on_both_sides() {
             "--json",
         ],
     );
-    let sender_pid = sender.child.id();
-    let (mut max_server, mut max_sender) = (0u64, 0u64);
     let t0 = Instant::now();
-    let status = loop {
-        max_server = max_server.max(proc_kib(server_pid, "RssAnon"));
-        max_sender = max_sender.max(proc_kib(sender_pid, "RssAnon"));
-        if let Ok(Some(st)) = sender.child.try_wait() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "send took over 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, max_server, max_sender) = wait_sampling_rss(&mut sender.child, server_pid, "send");
     eprintln!(
         "t18: {} MiB in {:?}, RssAnon max server {max_server} KiB, sender {max_sender} KiB",
         T18_SIZE >> 20,
@@ -2963,21 +2974,8 @@ fn t18_large_catalog_file_ferry_get_keeps_rss_anon_small_on_both_sides() {
             "large.bin",
         ],
     );
-    let pid = getter.child.id();
-    let (mut max_server, mut max_getter) = (0u64, 0u64);
     let t0 = Instant::now();
-    let status = loop {
-        max_server = max_server.max(proc_kib(server_pid, "RssAnon"));
-        max_getter = max_getter.max(proc_kib(pid, "RssAnon"));
-        if let Ok(Some(st)) = getter.child.try_wait() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "get took over 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, max_server, max_getter) = wait_sampling_rss(&mut getter.child, server_pid, "get");
     eprintln!(
         "t18 get: {} MiB in {:?}, RssAnon max server {max_server} KiB, getter {max_getter} KiB",
         T18_SIZE >> 20,
