@@ -967,10 +967,14 @@ impl Download {
     }
 
     /// Endgame: the oldest range in flight at another source for longer than that source's srtt,
-    /// with fewer than 2 copies, that this source can ask for with the same length.
+    /// with fewer than 2 copies and a block still not accepted, that this source can ask for
+    /// with the same length. (A range whose blocks all arrived must not be copied again: the
+    /// other copy is still in flight, and copying it back and forth would carry the same bytes
+    /// until the download ends.)
     fn endgame_copy(&self, si: usize, now: Instant) -> Option<(u64, u32)> {
         let me = &self.sources[si];
         let initial = self.cfg.initial_rto;
+        let b = self.blocks.as_ref()?;
         let mut best: Option<(Instant, u64, u32)> = None;
         for (ti, t) in self.sources.iter().enumerate() {
             if ti == si {
@@ -988,6 +992,10 @@ impl Download {
                     continue;
                 }
                 if self.live_copies(off) >= MAX_COPIES {
+                    continue;
+                }
+                let (f, e) = b.span(off, u64::from(r.len));
+                if (f..e).all(|i| b.accepted.get(i)) {
                     continue;
                 }
                 best = Some((r.sent, off, r.len));
@@ -2090,6 +2098,46 @@ mod tests {
         assert!(out.stores.iter().all(|&n| n == 1));
         // Every source did a share of the work.
         assert!(st.sources.iter().all(|s| s.srtt.is_some()));
+    }
+
+    /// C29: in the endgame a range that has arrived is never copied again, although another
+    /// source still has it in flight (a copy going back and forth between two sources would
+    /// carry the same bytes until the end of the download).
+    #[test]
+    fn c29_endgame_never_copies_a_range_that_already_arrived() {
+        let eof = 8 * BLOCK;
+        let t0 = Instant::now();
+        let (a, b) = (addr(1), addr(2));
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
+        dl.add_source(t0, a, None);
+        dl.add_source(t0, b, None);
+        let first = drain(&mut dl, t0);
+        assert_eq!(first.len(), 8, "{first:?}");
+        let (to_a, to_b): (Vec<Request>, Vec<Request>) = first.iter().partition(|r| r.to == a);
+        // b answers one (an RTT sample of 1 ms), a answers all of its own at 5 ms.
+        answer_all(&mut dl, t0 + MS, &to_b[..1], eof);
+        answer_all(&mut dl, t0 + 5 * MS, &to_a, eof);
+        // a now copies b's ranges still in flight, older than b's srtt.
+        let copies = drain(&mut dl, t0 + 5 * MS);
+        assert!(
+            !copies.is_empty() && copies.iter().all(|r| r.to == a),
+            "{copies:?}"
+        );
+        // All copies but the last arrive first; b's originals are still in flight.
+        assert!(copies.len() >= 2, "{copies:?}");
+        let (arrived, _) = copies.split_at(copies.len() - 1);
+        answer_all(&mut dl, t0 + 6 * MS, arrived, eof);
+        for t in [8, 20, 100] {
+            let again = drain(&mut dl, t0 + t * MS);
+            assert!(
+                again
+                    .iter()
+                    .all(|r| !arrived.iter().any(|c| c.offset == r.offset)),
+                "copied again at {t} ms: {again:?}"
+            );
+        }
+        assert!(!dl.is_complete());
+        assert_eq!(dl.stats().endgame_copies, copies.len() as u64);
     }
 
     #[test]
