@@ -34,6 +34,7 @@
 //! Out of scope: choosing names from the wire (see [`crate::names`]), registering published files
 //! with the catalog, and deciding *which* blocks to fetch (the protocol machines do that).
 
+mod prefix_hash;
 mod publish;
 mod resumable;
 mod stream;

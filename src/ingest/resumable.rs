@@ -14,10 +14,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
-use twox_hash::XxHash64;
+use sha2::Digest;
 
-use super::publish::{publish, sync_dir, HASH_CHUNK};
+use super::prefix_hash::{HashState, PrefixHasher};
+use super::publish::{publish, sync_dir};
 use super::{check, is_plain_name, tag_for, MAX_KEY_BYTES, PART_SUFFIX};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
@@ -69,6 +69,10 @@ pub struct Resumable {
     received: u64,
     /// Byte range of `bits` changed since the last flush.
     dirty: Option<(usize, usize)>,
+    /// Leading blocks that are all written (the stored prefix).
+    prefix_blocks: u64,
+    /// Hashes the stored prefix while the part fills ([`Resumable::hash_in_background`]).
+    hasher: Option<PrefixHasher>,
 }
 
 impl Resumable {
@@ -117,12 +121,15 @@ impl Resumable {
             bits: vec![0; nbytes as usize],
             received: 0,
             dirty: None,
+            prefix_blocks: 0,
+            hasher: None,
         };
         let _ = fs::remove_file(r.new_bitmap_path());
         match r.load()? {
             Some(bits) => {
                 r.bits = bits;
                 r.received = r.bits.iter().map(|b| u64::from(b.count_ones())).sum();
+                r.advance_prefix();
             }
             None => r.reset()?,
         }
@@ -193,6 +200,13 @@ impl Resumable {
         if data.len() as u64 != want {
             return Err(invalid("ingest: block has the wrong length"));
         }
+        if let Some(h) = &self.hasher {
+            if offset < h.frozen() {
+                return Err(invalid(
+                    "ingest: block already stored and being hashed; it cannot be written again",
+                ));
+            }
+        }
         let part = self.part.as_ref().ok_or_else(finished)?;
         part.write_all_at(data, offset)?;
         for i in first..first + n {
@@ -206,7 +220,48 @@ impl Resumable {
                 });
             }
         }
+        if first <= self.prefix_blocks {
+            self.advance_prefix();
+        }
         Ok(())
+    }
+
+    /// Hash the part's stored prefix on a background thread while blocks arrive, so that
+    /// [`commit`](Self::commit) only reads what the prefix has not reached. Once on, blocks of
+    /// that prefix can no longer be rewritten (`write_blocks` refuses them). Idempotent; also
+    /// kept across [`clear`](Self::clear).
+    pub fn hash_in_background(&mut self) -> io::Result<()> {
+        if self.hasher.is_some() {
+            return Ok(());
+        }
+        let file = self.part.as_ref().ok_or_else(finished)?.try_clone()?;
+        self.hasher = Some(PrefixHasher::start(file, self.size, self.prefix_bytes())?);
+        Ok(())
+    }
+
+    fn prefix_bytes(&self) -> u64 {
+        (self.prefix_blocks * u64::from(self.block_size)).min(self.size)
+    }
+
+    /// Moves the stored prefix over every set bit after it and tells the hasher.
+    fn advance_prefix(&mut self) {
+        let mut i = self.prefix_blocks;
+        while i < self.blocks {
+            let byte = (i / 8) as usize;
+            if i % 8 == 0 && self.bits[byte] == 0xff && i + 8 <= self.blocks {
+                i += 8;
+                continue;
+            }
+            if self.bits[byte] & (1u8 << (i % 8)) == 0 {
+                break;
+            }
+            i += 1;
+        }
+        self.prefix_blocks = i;
+        let bytes = self.prefix_bytes();
+        if let Some(h) = self.hasher.as_mut() {
+            h.advance(bytes);
+        }
     }
 
     /// Persist the bitmap (write temp + rename, or pwrite in place + fdatasync of the part first:
@@ -303,20 +358,17 @@ impl Resumable {
         })
     }
 
-    fn hash(&self) -> io::Result<([u8; 32], u64)> {
+    /// SHA-256 and xxHash64 of the whole part: what the background hasher did (if it ran and
+    /// did not fail), then the rest read here.
+    fn hash(&mut self) -> io::Result<([u8; 32], u64)> {
+        let mut st = self
+            .hasher
+            .take()
+            .and_then(PrefixHasher::finish)
+            .unwrap_or_else(HashState::new);
         let part = self.part.as_ref().ok_or_else(finished)?;
-        let mut sha = Sha256::new();
-        let mut xxh = XxHash64::with_seed(0);
-        let mut buf = vec![0u8; (self.size.min(HASH_CHUNK as u64) as usize).max(1)];
-        let mut off = 0u64;
-        while off < self.size {
-            let n = (self.size - off).min(buf.len() as u64) as usize;
-            part.read_exact_at(&mut buf[..n], off)?;
-            sha.update(&buf[..n]);
-            std::hash::Hasher::write(&mut xxh, &buf[..n]);
-            off += n as u64;
-        }
-        Ok((sha.finalize().into(), std::hash::Hasher::finish(&xxh)))
+        st.hash_to(part, self.size, &mut Vec::new())?;
+        Ok((st.sha.finalize().into(), std::hash::Hasher::finish(&st.xxh)))
     }
 
     /// Reads the bitmap if it exists and matches this transfer and the part has the right size.
@@ -365,9 +417,12 @@ impl Resumable {
     /// Empty bitmap first (atomically), then empty the part: a crash in between leaves a bitmap
     /// that claims nothing, never one that claims discarded data.
     fn reset(&mut self) -> io::Result<()> {
+        // The hasher read data that is about to be discarded: start it again from zero.
+        let rehash = self.hasher.take().is_some();
         self.bits.iter_mut().for_each(|b| *b = 0);
         self.received = 0;
         self.dirty = None;
+        self.prefix_blocks = 0;
         let tmp = self.new_bitmap_path();
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -389,7 +444,11 @@ impl Resumable {
         let part = self.part.as_ref().ok_or_else(finished)?;
         part.set_len(0)?;
         part.set_len(self.size)?;
-        part.sync_all()
+        part.sync_all()?;
+        if rehash {
+            self.hash_in_background()?;
+        }
+        Ok(())
     }
 }
 
@@ -437,6 +496,8 @@ mod tests {
     use super::super::test_dir::{list, TempDir};
     use super::super::Outcome;
     use super::*;
+    use sha2::Sha256;
+    use twox_hash::XxHash64;
 
     fn sha(data: &[u8]) -> [u8; 32] {
         Sha256::digest(data).into()
@@ -461,6 +522,94 @@ mod tests {
         drop(r);
         assert_eq!(dir.peek_resumable("abc"), Some((10_000, 4096)));
         assert_eq!(dir.peek_resumable("../abc"), None);
+    }
+
+    /// Writes blocks `order` of `data` (4096-byte blocks) with one `write_blocks` each.
+    fn write_in(r: &mut Resumable, data: &[u8], order: impl IntoIterator<Item = u64>) {
+        for i in order {
+            let s = (i * 4096) as usize;
+            r.write_blocks(i, &data[s..(s + 4096).min(data.len())])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn background_hash_in_order_and_out_of_order_gives_the_right_digest() {
+        let (t, dir) = setup("res-bghash");
+        // Over three hashing chunks, with a short tail block.
+        let data = content(3 * (1 << 20) + 5000);
+        let blocks = (data.len() as u64).div_ceil(4096);
+        for (n, order) in [
+            (0..blocks).collect::<Vec<_>>(),
+            (0..blocks).rev().collect(),
+            (0..blocks)
+                .filter(|i| i % 2 == 1)
+                .chain((0..blocks).filter(|i| i % 2 == 0))
+                .collect(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = dir
+                .begin_resumable(&format!("bg{n}"), data.len() as u64, 4096)
+                .unwrap();
+            r.hash_in_background().unwrap();
+            r.hash_in_background().unwrap(); // idempotent
+            write_in(&mut r, &data, order);
+            let c = r
+                .commit(&format!("f{n}.bin"), Expect::Sha256(sha(&data)))
+                .unwrap();
+            assert_eq!(c.sha256, Some(sha(&data)));
+            assert_eq!(std::fs::read(t.0.join(format!("f{n}.bin"))).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn background_hash_refuses_rewrites_of_the_hashed_prefix_and_restarts_after_clear() {
+        let (_t, dir) = setup("res-bgfrozen");
+        let data = content(40_000);
+        let mut r = dir
+            .begin_resumable("frozen", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        write_in(&mut r, &data, [0, 1, 2]);
+        let e = r.write_blocks(1, &data[4096..8192]).unwrap_err();
+        assert!(e.to_string().contains("being hashed"), "{e}");
+        r.write_blocks(5, &data[5 * 4096..6 * 4096]).unwrap(); // past the prefix: fine
+        r.write_blocks(5, &data[5 * 4096..6 * 4096]).unwrap();
+        // Other bytes after a clear: the digest is of the new bytes, not of the old prefix.
+        let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+        r.clear().unwrap();
+        write_in(&mut r, &other, 0..10);
+        let c = r.commit("other.bin", Expect::Sha256(sha(&other))).unwrap();
+        assert_eq!(c.sha256, Some(sha(&other)));
+    }
+
+    #[test]
+    fn background_hash_after_resume_covers_blocks_written_before() {
+        let (_t, dir) = setup("res-bgresume");
+        let data = content(2 * (1 << 20) + 100);
+        let blocks = (data.len() as u64).div_ceil(4096);
+        let mut r = dir
+            .begin_resumable("again", data.len() as u64, 4096)
+            .unwrap();
+        write_in(&mut r, &data, 0..blocks / 2);
+        drop(r);
+        let mut r = dir
+            .begin_resumable("again", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        write_in(&mut r, &data, blocks / 2..blocks);
+        let c = r.commit("again.bin", Expect::Sha256(sha(&data))).unwrap();
+        assert_eq!(c.sha256, Some(sha(&data)));
+        // A wrong expectation is still caught with the hash made in the background.
+        let mut r = dir
+            .begin_resumable("wrong", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        write_in(&mut r, &data, 0..blocks);
+        let (_r, e) = r.commit("wrong.bin", Expect::Sha256([0; 32])).unwrap_err();
+        assert!(matches!(e, IngestError::Mismatch { .. }), "{e}");
     }
 
     #[test]
