@@ -173,6 +173,7 @@ impl NodeHandle {
                 node.set_local_addrs(vec![local_addr]);
                 let mut lp = Loop {
                     sock,
+                    dual_stack: local_addr.is_ipv6(),
                     node,
                     store: CatalogStore::new(catalog.clone()),
                     catalog,
@@ -286,6 +287,8 @@ pub type Listing = Vec<([u8; 32], u64)>;
 
 struct Loop {
     sock: UdpSocket,
+    /// The socket is IPv6 (dual stack): IPv4 destinations are sent as IPv4-mapped addresses.
+    dual_stack: bool,
     node: Node,
     store: CatalogStore,
     catalog: Arc<CatalogHandle>,
@@ -343,6 +346,9 @@ impl Loop {
                 let now = Instant::now();
                 self.node.handle_datagram(now, from, &buf[..n], &self.store);
                 self.drain_events(now);
+                // Every reply may free window and pacing tokens: ask again at once, so the
+                // sources never wait for this loop to finish draining the socket.
+                self.pump_requests(now);
                 self.send_all();
             }
             self.flush_bitmaps(false);
@@ -392,7 +398,7 @@ impl Loop {
                 let mut dl = Download::new(id, self.cfg.download.clone(), known.map(|(s, _)| s));
                 let mut part = None;
                 if let Some((size, _)) = known {
-                    match ingest.begin_resumable(&key, size, 4096) {
+                    match open_part(&ingest, &key, size) {
                         Ok(p) => {
                             dl.resume(size, &|i| p.has_block(i));
                             if self.cfg.verbose {
@@ -501,7 +507,7 @@ impl Loop {
 
     fn send_all(&mut self) {
         while let Some((to, bytes)) = self.node.poll_transmit() {
-            let _ = self.sock.send_to(&bytes, denormalize(to, &self.sock));
+            let _ = self.sock.send_to(&bytes, denormalize(to, self.dual_stack));
         }
     }
 
@@ -569,7 +575,7 @@ impl Loop {
             } => {
                 let total = a.dl.eof().unwrap_or(0);
                 if a.part.is_none() {
-                    match a.ingest.begin_resumable(&hex(&id), total, 4096) {
+                    match open_part(&a.ingest, &hex(&id), total) {
                         Ok(p) => a.part = Some(p),
                         Err(e) => {
                             let _ = a.done.send(Outcome::Failed(format!("partial file: {e}")));
@@ -613,6 +619,24 @@ impl Loop {
         let Some(mut part) = a.part.take() else {
             return;
         };
+        if self.cfg.verbose {
+            let st = a.dl.stats();
+            eprintln!(
+                "cjp2p: {} all blocks stored: {} requests, {} retransmits, {} losses, {} duplicate replies, {} endgame copies",
+                hex(&id),
+                st.requests_sent,
+                st.retransmits,
+                st.losses,
+                st.dup_replies,
+                st.endgame_copies
+            );
+            for s in &st.sources {
+                eprintln!(
+                    "cjp2p:   source {}: block {} cwnd {} ssthresh {} srtt {:?} rto {:?}",
+                    s.addr, s.block_size, s.cwnd, s.ssthresh, s.srtt, s.rto
+                );
+            }
+        }
         let _ = part.flush();
         let name = a.name.clone();
         let (tx, rx) = mpsc::channel();
@@ -701,6 +725,17 @@ impl Loop {
     }
 }
 
+/// Opens (or reopens) the partial file of a download, 4096-byte blocks (cjp2p.md 6.5).
+fn open_part(ingest: &IngestDir, key: &str, size: u64) -> io::Result<Resumable> {
+    let mut p = ingest.begin_resumable(key, size, 4096)?;
+    // Blocks mostly arrive in order: hash them as they come, on another core, instead of
+    // reading the whole file once the last block is in.
+    if let Err(e) = p.hash_in_background() {
+        eprintln!("cjp2p: {key}: hashing at the end instead: {e}");
+    }
+    Ok(p)
+}
+
 /// IPv4-mapped IPv6 sources become IPv4 (cjp2p.md 2).
 fn normalize(a: SocketAddr) -> SocketAddr {
     if let SocketAddr::V6(v6) = a {
@@ -712,9 +747,9 @@ fn normalize(a: SocketAddr) -> SocketAddr {
 }
 
 /// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6.
-fn denormalize(a: SocketAddr, sock: &UdpSocket) -> SocketAddr {
-    match (a, sock.local_addr()) {
-        (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+fn denormalize(a: SocketAddr, dual_stack: bool) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) if dual_stack => {
             SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
         }
         _ => a,
