@@ -483,7 +483,8 @@ mod tests {
         // Resumable partials and user files: kept.
         fs::write(t.0.join("0123.part"), b"x").unwrap();
         fs::write(t.0.join("photo.png"), b"x").unwrap();
-        let live = dir.begin_stream(None).unwrap();
+        // Preallocated, so its temporary exists at once.
+        let live = dir.begin_stream(Some(1 << 20)).unwrap();
         assert_eq!(dir.clean_stale().unwrap(), 2);
         let left = list(&t.0);
         assert_eq!(left.len(), 4, "{left:?}");

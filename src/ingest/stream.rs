@@ -1,5 +1,11 @@
 //! Streaming ingest: one exclusive temporary, written front to back through a fixed buffer with
 //! running SHA-256 and xxHash64, verified and published at the end, removed on any other end.
+//!
+//! A file that fits the buffer and was not preallocated never needs its temporary if the same
+//! bytes are already under its final name: the temporary is created at the first flush, and
+//! `commit` first compares the buffer with the existing file. Receiving files that are already
+//! there (a repeated `jtp get`) then costs one open and read of each instead of a temporary
+//! written, renamed, compared and removed.
 
 use std::fs::{self, File, OpenOptions};
 use std::hash::Hasher;
@@ -11,7 +17,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use twox_hash::XxHash64;
 
-use super::publish::publish;
+use super::publish::{holds_bytes, publish};
 use super::{check, is_plain_name, next_temp_name, tag_for, Outcome};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
@@ -26,8 +32,9 @@ const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 /// temporary.
 pub struct StreamSink {
     dir: IngestDir,
-    path: PathBuf,
-    /// None once committed or aborted (the temporary is then gone or published).
+    /// The temporary, once created (at the first flush, or at once when preallocated).
+    path: Option<PathBuf>,
+    /// None before the temporary exists and once committed (then it is published or gone).
     file: Option<File>,
     buf: Vec<u8>,
     /// None for sinks that compute only xxHash64 ([`IngestDir::begin_stream_xxh64`]).
@@ -46,26 +53,10 @@ impl StreamSink {
         size_hint: Option<u64>,
         with_sha256: bool,
     ) -> io::Result<StreamSink> {
-        // O_EXCL on a name unique within the process; another process (or a stale leftover)
-        // holding the same name only costs a retry.
-        let mut tries = 0;
-        let (path, file) = loop {
-            let path = dir.work().join(next_temp_name());
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-            {
-                Ok(f) => break (path, f),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
-                Err(e) => return Err(e),
-            }
-        };
         let mut sink = StreamSink {
             dir,
-            path,
-            file: Some(file),
+            path: None,
+            file: None,
             buf: Vec::new(),
             sha: with_sha256.then(Sha256::new),
             xxh: XxHash64::with_seed(0),
@@ -73,13 +64,40 @@ impl StreamSink {
             allocated: 0,
             failed: false,
         };
-        // Small files are not worth a fallocate(2): it costs as much as their write.
+        // Small files are not worth a fallocate(2): it costs as much as their write. Large
+        // ones get their temporary and their space now, so ENOSPC comes before any byte.
         if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
             // On error the sink is dropped, which removes the temporary.
-            sink.allocated = preallocate(sink.file.as_ref().expect("just opened"), len)?;
+            let file = sink.create_temp()?;
+            sink.allocated = preallocate(file, len)?;
         }
-        sink.buf = Vec::with_capacity(BUFFER_BYTES);
+        let cap = size_hint.map_or(BUFFER_BYTES, |n| n.min(BUFFER_BYTES as u64) as usize);
+        sink.buf = Vec::with_capacity(cap);
         Ok(sink)
+    }
+
+    /// Creates the exclusive temporary. O_EXCL on a name unique within the process; another
+    /// process (or a stale leftover) holding the same name only costs a retry.
+    fn create_temp(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let mut tries = 0;
+            let (path, file) = loop {
+                let path = self.dir.work().join(next_temp_name());
+                match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&path)
+                {
+                    Ok(f) => break (path, f),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.path = Some(path);
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("just created"))
     }
 
     /// Appends `data` (buffered; hashes are updated at once). After an error the sink can only
@@ -102,8 +120,10 @@ impl StreamSink {
         self.xxh.write(data);
         self.written += data.len() as u64;
         // Large pieces go straight to the file: copying them into the buffer first would cost
-        // a memcpy per byte for nothing.
-        if data.len() < DIRECT_WRITE_BYTES && self.buf.len() + data.len() <= BUFFER_BYTES {
+        // a memcpy per byte for nothing. Until the temporary exists, whatever fits is kept, so
+        // a file already present under its final name never needs one.
+        let fits = self.buf.len() + data.len() <= BUFFER_BYTES;
+        if fits && (data.len() < DIRECT_WRITE_BYTES || self.file.is_none()) {
             self.buf.extend_from_slice(data);
             return Ok(());
         }
@@ -161,6 +181,22 @@ impl StreamSink {
         if let Some(e) = check(expect, sha256.as_ref(), xxh64) {
             return Err(e);
         }
+        // Everything is still in the buffer: the same bytes under the final name need no
+        // temporary at all.
+        if self.file.is_none() && holds_bytes(&self.dir.dest().join(name), &self.buf)? {
+            return Ok(Committed {
+                path: self.dir.dest().join(name),
+                name: name.to_owned(),
+                sha256,
+                xxh64,
+                size: self.written,
+                outcome: Outcome::AlreadyPresent,
+            });
+        }
+        if self.file.is_none() {
+            // An empty file has nothing to flush: create its temporary here.
+            self.create_temp()?;
+        }
         self.flush_buf()?;
         let file = self.file.as_ref().ok_or_else(gone)?;
         if self.allocated > self.written {
@@ -170,9 +206,10 @@ impl StreamSink {
             file.sync_all()?;
         }
         let tag = tag_for(expect, sha256.as_ref(), xxh64);
+        let path = self.path.clone().ok_or_else(gone)?;
         let p = publish(
             self.dir.dest(),
-            &self.path,
+            &path,
             name,
             self.written,
             sha256.as_ref(),
@@ -201,6 +238,7 @@ impl StreamSink {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.create_temp()?;
         let file = self.file.as_mut().ok_or_else(gone)?;
         let r = file.write_all(&self.buf);
         self.buf.clear();
@@ -208,7 +246,7 @@ impl StreamSink {
     }
 
     fn file_mut(&mut self) -> io::Result<&mut File> {
-        self.file.as_mut().ok_or_else(gone)
+        self.create_temp()
     }
 }
 
@@ -224,7 +262,9 @@ impl std::fmt::Debug for StreamSink {
 impl Drop for StreamSink {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.path);
+            if let Some(p) = &self.path {
+                let _ = fs::remove_file(p);
+            }
         }
     }
 }
@@ -292,7 +332,8 @@ mod tests {
         let dir = IngestDir::new(&t.0, &work).unwrap();
         let mut s = dir.begin_stream(None).unwrap();
         s.write_all(b"abc").unwrap();
-        assert_eq!(list(&work).len(), 1);
+        // A small file stays in the buffer: its temporary is made at commit.
+        assert_eq!(list(&work), Vec::<String>::new());
         let c = s
             .commit("a.bin", Expect::Xxh64(XxHash64::oneshot(0, b"abc")))
             .unwrap();
@@ -433,23 +474,104 @@ mod tests {
     }
 
     #[test]
+    fn same_bytes_already_there_need_no_temporary() {
+        let t = TempDir::new("stream-present");
+        let work = t.0.join(".ferry/ingest");
+        let dir = IngestDir::new(&t.0, &work).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        fs::write(t.0.join("img.png"), &data).unwrap();
+        // One piece over DIRECT_WRITE_BYTES, as a network read gives it.
+        let mut s = dir.begin_stream_xxh64(Some(data.len() as u64)).unwrap();
+        s.write_all(&data).unwrap();
+        assert_eq!(list(&work), Vec::<String>::new());
+        let c = s
+            .commit("img.png", Expect::Xxh64(XxHash64::oneshot(0, &data)))
+            .unwrap();
+        assert_eq!(c.outcome, Outcome::AlreadyPresent);
+        assert_eq!((c.name.as_str(), c.size), ("img.png", data.len() as u64));
+        assert_eq!(list(&work), Vec::<String>::new());
+        // The check still comes first: wrong bytes are refused even if the name holds them.
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(&data).unwrap();
+        assert!(matches!(
+            s.commit("img.png", Expect::Xxh64(1)),
+            Err(IngestError::Mismatch { .. })
+        ));
+        // Same name, other bytes (one byte differs, or one more byte): tagged copy.
+        for other in [
+            {
+                let mut o = data.clone();
+                o[99_999] ^= 1;
+                o
+            },
+            [&data[..], b"!"].concat(),
+        ] {
+            let mut s = dir.begin_stream(None).unwrap();
+            s.write_all(&other).unwrap();
+            let c = s.commit("img.png", Expect::Nothing).unwrap();
+            assert_eq!(c.outcome, Outcome::Renamed, "{}", c.name);
+            assert_eq!(fs::read(&c.path).unwrap(), other);
+        }
+        assert_eq!(fs::read(t.0.join("img.png")).unwrap(), data);
+        // A symlink under the name is never taken for the file.
+        std::os::unix::fs::symlink(t.0.join("img.png"), t.0.join("link.png")).unwrap();
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(&data).unwrap();
+        let c = s.commit("link.png", Expect::Nothing).unwrap();
+        assert_eq!(c.outcome, Outcome::Renamed);
+        // Files larger than the buffer take the temporary path and are still found equal.
+        let big: Vec<u8> = (0..BUFFER_BYTES as u32 * 3)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        fs::write(t.0.join("big.bin"), &big).unwrap();
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(&big).unwrap();
+        let c = s.commit("big.bin", Expect::Nothing).unwrap();
+        assert_eq!(c.outcome, Outcome::AlreadyPresent);
+        assert_eq!(list(&work), Vec::<String>::new());
+    }
+
+    #[test]
+    fn holds_bytes_compares_exactly() {
+        let t = TempDir::new("stream-holds");
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 249) as u8).collect();
+        let p = t.0.join("f");
+        for (on_disk, want) in [
+            (&data[..], true),
+            (&data[..699_999], false),
+            (&[&data[..], b"x"].concat()[..], false),
+            (&[], false),
+        ] {
+            fs::write(&p, on_disk).unwrap();
+            assert_eq!(holds_bytes(&p, &data).unwrap(), want, "{}", on_disk.len());
+        }
+        fs::write(&p, b"").unwrap();
+        assert!(holds_bytes(&p, b"").unwrap());
+        assert!(!holds_bytes(&t.0.join("missing"), b"").unwrap());
+        assert!(!holds_bytes(&t.0, b"").unwrap());
+    }
+
+    #[test]
     fn temp_names_never_collide() {
         let t = TempDir::new("stream-names");
         let dir = IngestDir::new(&t.0, &t.0).unwrap();
         let other = dir.clone();
-        let mut a = dir.begin_stream(None).unwrap();
-        let mut b = other.begin_stream(None).unwrap();
+        // Temporaries are made lazily; make them now.
+        let made = |d: &IngestDir| {
+            let mut s = d.begin_stream(None).unwrap();
+            s.create_temp().unwrap();
+            s
+        };
+        let mut a = made(&dir);
+        let mut b = made(&other);
+        assert!(a.path.is_some());
         assert_ne!(a.path, b.path);
         a.write_all(b"a").unwrap();
         b.write_all(b"b").unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let d = dir.clone();
-                std::thread::spawn(move || {
-                    (0..50)
-                        .map(|_| d.begin_stream(None).unwrap())
-                        .collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..50).map(|_| made(&d)).collect::<Vec<_>>())
             })
             .collect();
         let sinks: Vec<StreamSink> = threads
