@@ -65,11 +65,19 @@ impl StreamSink {
             failed: false,
         };
         // Small files are not worth a fallocate(2): it costs as much as their write. Large
-        // ones get their temporary and their space now, so ENOSPC comes before any byte.
+        // ones get their temporary and their space now, so ENOSPC comes before any byte; on
+        // tmpfs the free space is only checked (preallocating there clears RAM pages that the
+        // writes overwrite anyway).
         if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
-            // On error the sink is dropped, which removes the temporary.
-            let file = sink.create_temp()?;
-            sink.allocated = preallocate(file, len)?;
+            if sink.dir.work_on_tmpfs() {
+                if sink.dir.available_bytes().is_ok_and(|free| free < len) {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+            } else {
+                // On error the sink is dropped, which removes the temporary.
+                let file = sink.create_temp()?;
+                sink.allocated = preallocate(file, len)?;
+            }
         }
         let cap = size_hint.map_or(BUFFER_BYTES, |n| n.min(BUFFER_BYTES as u64) as usize);
         sink.buf = Vec::with_capacity(cap);
@@ -471,6 +479,27 @@ mod tests {
             "{e}"
         );
         assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn on_tmpfs_space_is_checked_not_preallocated() {
+        let shm = std::path::Path::new("/dev/shm");
+        if super::super::statfs_type(shm) != Some(super::super::TMPFS_MAGIC) {
+            return; // no tmpfs here
+        }
+        let t = TempDir(shm.join(format!("ferry-test-ingest-tmpfs-{}", std::process::id())));
+        fs::create_dir_all(&t.0).unwrap();
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        assert!(dir.work_on_tmpfs());
+        let e = dir.begin_stream(Some(1 << 62)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        // A large file that fits: no temporary (nor RAM) taken before the first bytes.
+        let mut s = dir.begin_stream(Some(MIN_PREALLOCATE * 4)).unwrap();
+        assert_eq!(list(&t.0), Vec::<String>::new());
+        let data = vec![7u8; (MIN_PREALLOCATE * 4) as usize];
+        s.write_all(&data).unwrap();
+        let c = s.commit("big", Expect::Nothing).unwrap();
+        assert_eq!(fs::read(c.path).unwrap(), data);
     }
 
     #[test]
