@@ -182,6 +182,11 @@ fn has_content(path: &Path, ours: &Path, size: u64) -> io::Result<bool> {
 /// True if `path` is a regular file (not followed through a symlink) holding exactly `data`.
 /// A missing file is `Ok(false)`.
 pub(super) fn holds_bytes(path: &Path, data: &[u8]) -> io::Result<bool> {
+    // Look before opening: a FIFO or device under the name is never opened.
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() && m.len() == data.len() as u64 => {}
+        _ => return Ok(false),
+    }
     let mut theirs = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)

@@ -578,6 +578,12 @@ mod tests {
         assert!(holds_bytes(&p, b"").unwrap());
         assert!(!holds_bytes(&t.0.join("missing"), b"").unwrap());
         assert!(!holds_bytes(&t.0, b"").unwrap());
+        // A FIFO is not opened (opening it for reading could block or take a writer's data).
+        let fifo = t.0.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert!(!holds_bytes(&fifo, b"").unwrap());
+        }
     }
 
     #[test]
