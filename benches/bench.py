@@ -3,7 +3,9 @@
 
 Rows (see the table's notes for how each number is made):
   1. one 1 GiB file: JTP plain and TLS (ferry jtp serve + ferry jtp get), nginx + curl over
-     HTTP (into /dev/shm and into /dev/null), and the loopback TCP ceiling (benches/tcp_ceiling.rs);
+     HTTP (into /dev/shm and into /dev/null), the loopback TCP ceiling (benches/tcp_ceiling.rs),
+     and the machine's ceilings for the other steps of a transfer (benches/machine_ceiling.rs:
+     SHA-256 and xxHash64 on one core, 1 GiB written into /dev/shm and into the disk folder);
      then the same JTP plain, JTP TLS and nginx + curl transfers writing into a folder on the
      disk file system (target/bench/out-disk: page cache, no fsync), after one `sync`;
   2. 1000 small images: images/s by LIST_AND_GET and by GET_BY_ID (chunks of 255, keep-alive),
@@ -526,23 +528,33 @@ def fs_type(path):
     return kind
 
 
-def build_tcp_ceiling():
-    """Builds benches/tcp_ceiling.rs (bench profile = release) and returns the executable."""
-    cmd = [CARGO, "bench", "--bench", "tcp_ceiling", "--no-run", "--message-format=json", "-q"]
+def build_bench(name):
+    """Builds benches/NAME.rs (bench profile = release) and returns the executable."""
+    cmd = [CARGO, "bench", "--bench", name, "--no-run", "--message-format=json", "-q"]
     _, out = run(cmd, timeout=600)
     for line in out.splitlines():
         try:
             m = json.loads(line)
         except ValueError:
             continue
-        if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tcp_ceiling" \
+        if m.get("reason") == "compiler-artifact" and m["target"]["name"] == name \
                 and m.get("executable"):
             return m["executable"]
-    raise CommandFailed("cargo bench --no-run did not report the tcp_ceiling executable")
+    raise CommandFailed(f"cargo bench --no-run did not report the {name} executable")
+
+
+def bench_machine_ceiling(res, dirs):
+    """SHA-256 and xxHash64 on one core, and 1 GiB written into each folder (best of 3)."""
+    exe = build_bench("machine_ceiling")
+    _, out = run([exe, str(GIB), *dirs])
+    m = json.loads(out)
+    say(f"machine ceilings: {out.strip()}")
+    res.raw["machine_ceiling"] = m
+    return m
 
 
 def bench_tcp_ceiling(res):
-    exe = build_tcp_ceiling()
+    exe = build_bench("tcp_ceiling")
     vals = []
     for _ in range(RUNS):
         _, out = run([exe, str(GIB)])
@@ -975,6 +987,11 @@ def main():
         ceiling = bench_tcp_ceiling(res)
     except CommandFailed as e:
         res.error("loopback TCP ceiling", e)
+    machine = None
+    try:
+        machine = bench_machine_ceiling(res, [SHM, BENCH])
+    except (CommandFailed, ValueError) as e:
+        res.error("machine ceilings", e)
 
     # 1a. the same three transfers into a folder on the disk file system ------------------
     disk_fs = fs_type(BENCH)
@@ -1029,6 +1046,15 @@ def main():
     if ceiling:
         res.row("1 GiB, loopback TCP ceiling, 1 connection (best / median)", "(reference)",
                 f"tcp_ceiling: {fmt(cb, 'GB/s')} / {fmt(cm, 'GB/s')}", "-", "-")
+    if machine:
+        w = machine.get("write_gbps", {})
+        res.row("machine: SHA-256 / xxHash64, one core, in memory (best of 3)", "(reference)",
+                f"machine_ceiling: {fmt(machine.get('sha256_gbps'), 'GB/s')} / "
+                f"{fmt(machine.get('xxh64_gbps'), 'GB/s')}", "-", "-")
+        res.row("machine: 1 GiB written into /dev/shm / into the disk folder, 1 MiB write(2), "
+                "no network (best of 3)", "(reference)",
+                f"machine_ceiling: {fmt(w.get(SHM), 'GB/s')} / {fmt(w.get(BENCH), 'GB/s')}",
+                "-", "-")
 
     # The disk rows are judged like the /dev/shm ones, against curl writing to the same place.
     where = f"into disk folder ({disk_fs})"
@@ -1087,6 +1113,12 @@ def main():
     if py_pair:
         res.row("1 GiB file, TEJ, tej-protoc 0.2.4 client -> server, Python (best / median)",
                 "(peer row)", peer_py, "-", "-")
+    if machine and machine.get("sha256_gbps"):
+        sha_rate = machine["sha256_gbps"]
+        res.diagnostics.append(
+            f"TEJ bound: sender and server each SHA-256 every byte; at {sha_rate:.2f} GB/s per "
+            f"core ({os.cpu_count()} cores, shared by both processes) the two hashes alone allow "
+            f"at most {sha_rate * (os.cpu_count() or 1) / 2:.2f} GB/s, before any copying")
     for label in ("plain", "tls"):
         runs = res.raw.get(f"big_tej_{label}", {}).get("runs")
         if runs:
