@@ -257,7 +257,10 @@ fn j37_j45_plain_whole_catalog_byte_identical_in_every_mode() {
 #[test]
 fn j37_tls_generated_certificate_pinned() {
     let src = TempDir::new("j37tls");
-    write_images(src.path(), &mixed_images());
+    // Over TLS a file goes out through pread: several whole 256 KiB chunks, then the checked tail.
+    let mut images = mixed_images();
+    images.push(Image::new("huge.png", rnd(8, 1_500_001)));
+    write_images(src.path(), &images);
     let server = serve(src.path(), &[]);
     let addr = server.addr("jtp");
     let cert = src.join(".ferry/tls/cert.pem");
