@@ -37,7 +37,11 @@ fn main() {
         }
     }
     let data: Vec<u8> = (0..HASH_BUF)
-        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) as u8)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(17) as u8
+        })
         .collect();
     let sha = rate(total, || {
         let mut h = Sha256::new();
