@@ -1605,6 +1605,40 @@ mod tests {
         assert_eq!(n.stats().dropped_datagrams, 4);
     }
 
+    /// C2: a node given no peers sends nothing, however long it runs (no built-in peers, no
+    /// gateways, no multicast); given one peer, every datagram over ten simulated minutes goes
+    /// to that peer; a sender it answers gets the answer and nobody else does.
+    #[test]
+    fn c2_sends_only_to_given_peers_and_senders_it_answers() {
+        let t0 = Instant::now();
+        let mut alone = node(t0, 1);
+        let mut given = node(t0, 2);
+        let peer = sa("192.0.2.7:24254");
+        given.add_peer(t0, peer);
+        let mut probes = 0;
+        for s in 0..600 {
+            let now = t0 + Duration::from_secs(s);
+            alone.handle_timeout(now);
+            given.handle_timeout(now);
+            assert!(
+                drain(&mut alone).is_empty(),
+                "a node without peers sent at {s} s"
+            );
+            for (to, _) in drain(&mut given) {
+                assert_eq!(to, peer, "at {s} s");
+                probes += 1;
+            }
+        }
+        assert!(probes > 0, "the configured peer was never contacted");
+        let d = br#"[{"PleaseReturnThisMessage":{"cookie":"1"}}]"#;
+        alone.handle_datagram(t0, sa(A), d, &Store::default());
+        let out = drain(&mut alone);
+        assert!(
+            !out.is_empty() && out.iter().all(|(to, _)| *to == sa(A)),
+            "{out:?}"
+        );
+    }
+
     #[test]
     fn port_zero_own_and_forbidden_sources_dropped() {
         let now = Instant::now();
