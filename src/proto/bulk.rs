@@ -119,20 +119,9 @@ pub fn send_file(
         let chunk = (len - off).min(OUT_FLUSH as u64) as usize;
         let start = out.len();
         out.resize(start + chunk, 0);
-        let mut got = 0;
-        while got < chunk {
-            match file.read_at(off + got as u64, &mut out[start + got..]) {
-                Ok(0) => {
-                    out.truncate(start);
-                    return Err(SendError::FileChanged);
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e.into());
-                }
-            }
+        if let Err(e) = read_full_at(file, off, &mut out[start..]) {
+            out.truncate(start);
+            return Err(e);
         }
         off += chunk as u64;
         if off == len {
@@ -153,15 +142,14 @@ pub fn send_file(
     Ok(())
 }
 
-/// Fills `buf` from `file` at `off`; a file that ends early has changed.
+/// Fills `buf` from `file` at `off` (`read_at` already retries EINTR); a file that ends early
+/// has changed.
 fn read_full_at(file: &MappedFile, off: u64, buf: &mut [u8]) -> Result<(), SendError> {
     let mut got = 0;
     while got < buf.len() {
-        match file.read_at(off + got as u64, &mut buf[got..]) {
-            Ok(0) => return Err(SendError::FileChanged),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+        match file.read_at(off + got as u64, &mut buf[got..])? {
+            0 => return Err(SendError::FileChanged),
+            n => got += n,
         }
     }
     Ok(())
