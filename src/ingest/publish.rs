@@ -196,34 +196,22 @@ pub(super) fn holds_bytes(path: &Path, data: &[u8]) -> io::Result<bool> {
         // Missing, a symlink (ELOOP), a folder we cannot open: not our bytes.
         Err(_) => return Ok(false),
     };
+    // The same checks on what was opened: the name may have been replaced since the lstat.
     let meta = theirs.metadata()?;
     if !meta.is_file() || meta.len() != data.len() as u64 {
         return Ok(false);
     }
-    // Compared piece by piece through one reused buffer (no allocation per file), then one
-    // more read must find the end: a file that grew meanwhile does not match.
+    // One byte more than expected is asked for: a file that grew meanwhile does not match.
+    // The buffer is reused by the thread (callers pass at most a stream's 256 KiB buffer).
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUF.with_borrow_mut(|buf| {
-        buf.resize(data.len().clamp(1, HOLDS_CHUNK) + 1, 0);
-        let mut at = 0;
-        loop {
-            let want = (data.len() - at).min(HOLDS_CHUNK) + 1;
-            let n = read_full(&mut theirs, &mut buf[..want])?;
-            if n > data.len() - at || buf[..n] != data[at..at + n] {
-                return Ok(false);
-            }
-            at += n;
-            if n < want {
-                return Ok(at == data.len());
-            }
-        }
+        buf.resize(data.len() + 1, 0);
+        let n = read_full(&mut theirs, buf)?;
+        Ok(n == data.len() && buf[..n] == *data)
     })
 }
-
-/// Piece size of [`holds_bytes`].
-const HOLDS_CHUNK: usize = 256 * 1024;
 
 /// Reads until `buf` is full or end of file.
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
