@@ -20,14 +20,16 @@ use argh::FromArgs;
 
 use ferry::catalog::{CatalogHandle, CatalogOptions};
 use ferry::config::{JtpConfig, Limits, TlsSource};
-use ferry::proto::cjp2p::blocklist;
-use ferry::proto::cjp2p::driver::{self as cjp2p, DriverConfig, NodeHandle, Outcome};
-use ferry::proto::jtp::client::{Client, ClientError, ClientOptions, Mode};
-use ferry::proto::jtp::service::{JtpService, ALPN_JTP};
+use ferry::driver::cjp2p::blocklist;
+use ferry::driver::cjp2p::node::{self as cjp2p, DriverConfig, NodeHandle, Outcome};
+use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode};
+use ferry::driver::jtp::server::JtpService;
+use ferry::driver::tej::client as tej_client;
+use ferry::driver::tej::server::{TejConfig, TejService};
 use ferry::proto::jtp::wire;
-use ferry::proto::tej::client as tej_client;
+use ferry::proto::jtp::ALPN as ALPN_JTP;
 use ferry::proto::tej::frame::Limits as TejLimits;
-use ferry::proto::tej::service::{TejConfig, TejService, ALPN_TEJ};
+use ferry::proto::tej::ALPN as ALPN_TEJ;
 use ferry::server::{self, Listener, ServerBuilder, Shutdown};
 use ferry::transport::{self, TlsServer};
 

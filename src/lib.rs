@@ -8,12 +8,14 @@
 //! - [`names`]: turning names from the wire into safe basenames.
 //! - [`transport`]: TCP, TLS (rustls), Unix and UDP sockets behind one small interface.
 //! - [`server`]: blocking listeners, a bounded worker pool, timeouts and one shutdown path.
-//! - [`proto`]: the protocols as pure codecs and state machines (no I/O), plus their drivers.
+//! - [`proto`]: the protocols as pure codecs and state machines (no I/O).
+//! - [`driver`]: the code that runs those machines over sockets and files.
 //!
 //! Out of scope for the library: argument parsing and exit codes, which live in `bin/ferry.rs`.
 
 pub mod catalog;
 pub mod config;
+pub mod driver;
 pub mod hex;
 pub mod ingest;
 pub mod names;

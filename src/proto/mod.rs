@@ -1,7 +1,7 @@
-//! The protocols ferry speaks. Each lives in its own module as codecs and state machines that take
-//! bytes in and give bytes and events out; only the `driver` submodules touch sockets and files.
+//! The protocols ferry speaks, as pure codecs and state machines: bytes (and the current time)
+//! in, bytes, events and timeouts out. Nothing under `proto` touches a socket, a file, a thread
+//! or a clock; the matching drivers in [`crate::driver`] do that.
 
-pub mod bulk;
 pub mod cjp2p;
 pub mod jtp;
 pub mod tej;

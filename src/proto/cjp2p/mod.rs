@@ -30,9 +30,10 @@
 //! assert_eq!(dg.messages, vec![Message::Content { id, offset: 0, data: b"hi".to_vec(), eof: Some(2) }]);
 //! ```
 
-pub mod blocklist;
+/// Default UDP port (cjp2p.md 1.4).
+pub const DEFAULT_PORT: u16 = 24254;
+
 pub mod cookie;
 pub mod download;
-pub mod driver;
 pub mod node;
 pub mod wire;

@@ -61,11 +61,14 @@
 //! assert!(client.is_idle());
 //! ```
 
-pub mod client;
+/// ALPN protocol id JTP offers and asks for over TLS (jtp.md 3.9).
+pub const ALPN: &[u8] = b"jtp/1";
+/// JTP's default TCP port, used when an address names none.
+pub const DEFAULT_PORT: u16 = 8443;
+
 pub mod request;
 pub mod response;
 pub mod server;
-pub mod service;
 pub mod view;
 pub mod wire;
 pub mod zstd_frame;

@@ -62,7 +62,8 @@
 //! assert_eq!(dec.decode(&[]), (0, Ok(None)));
 //! ```
 
-pub mod client;
+/// ALPN id for ferry-to-ferry TEJ over TLS.
+pub const ALPN: &[u8] = b"tej/1";
+
 pub mod frame;
 pub mod messages;
-pub mod service;

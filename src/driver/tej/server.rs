@@ -17,19 +17,17 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::frame::{self, status, Decoder, Event, FrameError, Limits as FrameLimits};
-use super::messages::{
-    self, code, Ack, AckEntry, GetRequest, ListRequest, Listing, Manifest, ManifestEntry,
-};
 use crate::catalog::{CatalogHandle, Entry};
 use crate::config::TlsSource;
+use crate::driver::bulk;
 use crate::ingest::{Collision, Expect, IngestDir, StreamSink};
-use crate::proto::bulk;
+use crate::proto::tej::frame::{self, status, Decoder, Event, FrameError, Limits as FrameLimits};
+use crate::proto::tej::messages::{
+    self, code, Ack, AckEntry, GetRequest, ListRequest, Listing, Manifest, ManifestEntry,
+};
 use crate::server::{Accepted, ConnCtx, Service};
 use crate::transport::{Stream, TlsServer};
 
-/// ALPN id for ferry-to-ferry TEJ over TLS.
-pub const ALPN_TEJ: &[u8] = b"tej/1";
 /// Bytes of a deliver frame's message shown in the log.
 const LOG_MESSAGE_BYTES: usize = 200;
 /// Read buffer per connection.

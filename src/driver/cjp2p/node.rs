@@ -22,15 +22,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::download::{Accept, Download, DownloadConfig};
-use super::node::{ContentStore, Node, NodeConfig, NodeEvent};
 use crate::catalog::CatalogHandle;
 use crate::ingest::{Expect, IngestDir, IngestError, Resumable};
+use crate::proto::cjp2p::download::{Accept, Download, DownloadConfig};
+use crate::proto::cjp2p::node::{ContentStore, Node, NodeConfig, NodeEvent};
+pub use crate::proto::cjp2p::DEFAULT_PORT;
 use crate::server::Shutdown;
 use crate::transport;
 
-/// Default UDP port (cjp2p.md 1.4).
-pub const DEFAULT_PORT: u16 = 24254;
 /// Requested SO_RCVBUF and SO_SNDBUF.
 pub const SOCKBUF: usize = 8 << 20;
 /// Receive buffer: nothing is truncated (C6).
@@ -762,5 +761,5 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-pub use super::wire::parse_id;
 pub use crate::hex::encode as hex;
+pub use crate::proto::cjp2p::wire::parse_id;

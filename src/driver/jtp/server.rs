@@ -13,20 +13,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::request::{Request, RequestLimits};
-use super::response;
-use super::server::{self, Connection, Event, Phase, WatchInput};
-use super::view::{Item, View};
-use super::wire::{self, FileType, FLAG_ZSTD, MAGIC_BATCH, MAGIC_LIST_AND_GET};
-use super::zstd_frame;
 use crate::catalog::{CatalogHandle, MappedFile};
 use crate::config::{JtpConfig, Limits};
-use crate::proto::bulk::{self, OUT_FLUSH};
+use crate::driver::bulk::{self, OUT_FLUSH};
+use crate::proto::jtp::request::{Request, RequestLimits};
+use crate::proto::jtp::response;
+use crate::proto::jtp::server::{self, Connection, Event, Phase, WatchInput};
+use crate::proto::jtp::view::{Item, View};
+use crate::proto::jtp::wire::{self, FileType, FLAG_ZSTD, MAGIC_BATCH, MAGIC_LIST_AND_GET};
+use crate::proto::jtp::zstd_frame;
 use crate::server::{Accepted, ConnCtx, Service};
 use crate::transport::{Stream, TlsServer, TryRead};
 
-/// ALPN protocol id JTP offers.
-pub const ALPN_JTP: &[u8] = b"jtp/1";
 /// Largest file compressed on demand (larger BMPs go raw; their compression would hold the
 /// request for too long and its cache too much memory).
 const MAX_COMPRESS: u64 = 8 * 1024 * 1024;

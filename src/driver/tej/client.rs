@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::frame::{self, status, Decoder, Event, FrameError, Limits as FrameLimits};
-use super::messages::{
-    check_ack, AckVerdict, GetRequest, ListRequest, Listing, Manifest, ManifestEntry,
-};
-use super::service::ALPN_TEJ;
 use crate::ingest::{Collision, Expect, IngestDir, StreamSink};
 use crate::names;
+use crate::proto::tej::frame::{self, status, Decoder, Event, FrameError, Limits as FrameLimits};
+use crate::proto::tej::messages::{
+    check_ack, AckVerdict, GetRequest, ListRequest, Listing, Manifest, ManifestEntry,
+};
+use crate::proto::tej::ALPN as ALPN_TEJ;
 use crate::transport::{self, Stream, TlsClient, TransportError};
 
 /// Most catalog entries `list` accepts in all.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::driver::{hex, parse_id, NodeHandle, Outcome};
+use super::node::{hex, parse_id, NodeHandle, Outcome};
 use crate::ingest::{Expect, IngestDir};
 
 /// Most ids a list may hold.

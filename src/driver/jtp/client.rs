@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::request::Request;
-use super::response::{Event, Expect, ResponseDecoder, ResponseError, ResponseLimits};
-use super::service::ALPN_JTP;
-use super::wire::{self, FileType, FLAG_ZSTD};
-use super::zstd_frame::Inflater;
 use crate::ingest::{Expect as IngestExpect, IngestDir, IngestError, Outcome, StreamSink};
 use crate::names;
+use crate::proto::jtp::request::Request;
+use crate::proto::jtp::response::{Event, Expect, ResponseDecoder, ResponseError, ResponseLimits};
+use crate::proto::jtp::wire::{self, FileType, FLAG_ZSTD};
+use crate::proto::jtp::zstd_frame::Inflater;
+use crate::proto::jtp::{ALPN as ALPN_JTP, DEFAULT_PORT};
 use crate::transport::{self, Stream, TlsClient, TransportError};
 
 /// Most ids in one GET_BY_ID (its count is one byte).
@@ -32,8 +32,6 @@ const MAX_BATCH_HAVE: usize = 1_000_000;
 const READ_BUF: usize = 1024 * 1024;
 /// GET requests a keep-alive worker keeps in flight.
 const PIPELINE_DEPTH: usize = 4;
-/// Default JTP port when `--addr` names none.
-pub const DEFAULT_PORT: u16 = 8443;
 
 /// Client settings (the reference client's flags, plus ferry's).
 #[derive(Clone, Debug)]
