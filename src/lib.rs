@@ -5,6 +5,8 @@
 //!   persistent index under `.ferry/`) and memory-mapped; immutable snapshots swapped on rescan.
 //! - [`ingest`]: the one way bytes from the network become a file in a folder: preallocated
 //!   temporary file, positional writes, persisted block bitmap, verification, atomic rename.
+//! - [`wire`]: the byte-level pieces every codec shares: a bounded cursor, a length-prefixed
+//!   frame accumulator, hex.
 //! - [`names`]: turning names from the wire into safe basenames.
 //! - [`transport`]: TCP, TLS (rustls), Unix and UDP sockets behind one small interface.
 //! - [`server`]: blocking listeners, a bounded worker pool, timeouts and one shutdown path.
@@ -16,9 +18,9 @@
 pub mod catalog;
 pub mod config;
 pub mod driver;
-pub mod hex;
 pub mod ingest;
 pub mod names;
 pub mod proto;
 pub mod server;
 pub mod transport;
+pub mod wire;

@@ -407,7 +407,7 @@ fn is_pid_alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-use crate::hex::encode as hex;
+use crate::wire::hex::encode as hex;
 
 /// The expected and actual ids as lowercase hex, or None when they agree.
 fn check(expect: Expect, sha256: Option<&[u8; 32]>, xxh64: u64) -> Option<IngestError> {

@@ -761,5 +761,5 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-pub use crate::hex::encode as hex;
 pub use crate::proto::cjp2p::wire::parse_id;
+pub use crate::wire::hex::encode as hex;

@@ -455,7 +455,7 @@ impl Client {
                     let mut stored = Vec::new();
                     for ((name, _, sink, _), m) in pending.into_iter().zip(manifest.files) {
                         let name = name.unwrap_or_default();
-                        let want = crate::hex::parse_sha256(&m.sha256).unwrap_or_default();
+                        let want = crate::wire::hex::parse_sha256(&m.sha256).unwrap_or_default();
                         let c = sink
                             .commit_with(&name, Expect::Sha256(want), Collision::Numbered)
                             .map_err(|e| ClientError::Local(e.to_string()))?;
@@ -533,4 +533,4 @@ impl Client {
     }
 }
 
-use crate::hex::encode as hex;
+use crate::wire::hex::encode as hex;

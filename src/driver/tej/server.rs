@@ -590,7 +590,7 @@ impl Conn<'_> {
 
 /// A request item: 64 lowercase hex digits (SHA-256) or a catalog name.
 fn resolve<'c>(snap: &'c crate::catalog::Catalog, item: &str) -> Option<&'c Arc<Entry>> {
-    if let Some(id) = crate::hex::parse_sha256(item) {
+    if let Some(id) = crate::wire::hex::parse_sha256(item) {
         if let Some(e) = snap.by_sha256(&id) {
             return Some(e);
         }
@@ -626,4 +626,4 @@ fn frame_error(e: &FrameError) -> Fatal {
     }
 }
 
-use crate::hex::encode as hex;
+use crate::wire::hex::encode as hex;

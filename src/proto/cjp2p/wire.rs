@@ -353,7 +353,7 @@ pub fn cookie_payload(cookie: &str) -> String {
 
 /// Parse an id: exactly 64 characters of `[0-9a-f]` (spec 5). Anything else is not an id.
 pub fn parse_id(s: &str) -> Option<Id> {
-    crate::hex::parse_sha256(s)
+    crate::wire::hex::parse_sha256(s)
 }
 
 /// An id as 64 lowercase hex characters.

@@ -92,7 +92,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("tej messages serialise")
 }
 
-use crate::hex::encode as hex;
+use crate::wire::hex::encode as hex;
 
 /// One file of an acknowledgement (tej.md 3.1), in frame order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
