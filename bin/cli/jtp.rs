@@ -1,0 +1,430 @@
+//! `ferry jtp serve | get | list`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use ferry::config::JtpConfig;
+use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode};
+use ferry::driver::jtp::server::JtpService;
+use ferry::proto::jtp::wire;
+use ferry::proto::jtp::ALPN as ALPN_JTP;
+use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+
+use super::*;
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Connect(_) | ClientError::Io(_) => EXIT_NETWORK,
+            ClientError::Protocol(_) | ClientError::Server { .. } => EXIT_PROTOCOL,
+            ClientError::Local(_) => EXIT_LOCAL,
+        };
+        Failure {
+            code,
+            message: format!("jtp: {e}"),
+        }
+    }
+}
+
+#[derive(FromArgs)]
+/// JTP: binary image-catalog protocol over TCP/TLS (LIST, GET, BATCH delta sync, WATCH).
+#[argh(subcommand, name = "jtp")]
+pub(crate) struct JtpArgs {
+    #[argh(subcommand)]
+    cmd: JtpCmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+pub(crate) enum JtpCmd {
+    Serve(JtpServeArgs),
+    Get(JtpGetArgs),
+    List(JtpListArgs),
+}
+
+#[derive(FromArgs)]
+/// Serve an image folder over JTP (flags of the reference server, plus ferry's).
+#[argh(subcommand, name = "serve")]
+pub(crate) struct JtpServeArgs {
+    /// listen address (default 127.0.0.1:8443)
+    #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
+    bind: String,
+    /// images folder (default ./images, created if missing)
+    #[argh(option)]
+    images: Option<PathBuf>,
+    /// alias of --images
+    #[argh(option)]
+    images_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --key; default: generated into DIR/.ferry/tls/
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// serve only names containing SUBSTR (ASCII case-insensitive)
+    #[argh(option)]
+    only: Option<String>,
+    /// alias of --only
+    #[argh(option)]
+    name_contains: Option<String>,
+    /// send zstd only when compressed/original is below R (default 0.95; 0 = never)
+    #[argh(option)]
+    compression_threshold: Option<f64>,
+    /// alias of --compression-threshold
+    #[argh(option)]
+    compress_threshold: Option<f64>,
+    /// seconds a keep-alive connection may idle between requests (default 30)
+    #[argh(option, default = "30")]
+    keep_alive_timeout: u64,
+    /// connections plus keep-alive requests allowed per IP per window (default: off)
+    #[argh(option)]
+    rate_limit: Option<u32>,
+    /// rate-limit window in seconds (default 60)
+    #[argh(option, default = "60")]
+    rate_limit_window: u64,
+    /// plain TCP (no TLS)
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// do not set TCP_NODELAY
+    #[argh(switch)]
+    no_tcp_nodelay: bool,
+    /// rescan the folder every 5 s and enable WATCH
+    #[argh(switch)]
+    watch: bool,
+    /// rescan interval in seconds (implies --watch; minimum 1)
+    #[argh(option)]
+    watch_interval: Option<u64>,
+    /// seconds without progress on a read or write (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// most concurrent connections (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// log on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the listening line as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Download images from a JTP server into a folder, verified, atomically, never clobbering.
+#[argh(subcommand, name = "get")]
+pub(crate) struct JtpGetArgs {
+    /// ids (16 hex digits) to fetch; default the whole catalog. A `jtp://` argument is the address.
+    #[argh(positional)]
+    ids: Vec<String>,
+    /// server address HOST:PORT (default 127.0.0.1:8443)
+    #[argh(option)]
+    addr: Option<String>,
+    /// output folder (default ./output, created if missing)
+    #[argh(option)]
+    out: Option<PathBuf>,
+    /// alias of --out
+    #[argh(option)]
+    output: Option<PathBuf>,
+    /// TLS (the default)
+    #[argh(switch)]
+    tls: bool,
+    /// alias of --tls
+    #[argh(switch)]
+    secure: bool,
+    /// plain TCP
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// trust anchors (PEM) for the server certificate; default: Mozilla roots
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify and send (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// delta sync: only images missing from the output folder
+    #[argh(switch)]
+    batch: bool,
+    /// alias of --batch
+    #[argh(switch)]
+    delta: bool,
+    /// LIST then LIST_AND_GET on one connection
+    #[argh(switch)]
+    list_and_get: bool,
+    /// subscribe to new images and print them until Ctrl-C
+    #[argh(switch, short = 'w')]
+    watch: bool,
+    /// reuse one connection per worker across requests and repeats
+    #[argh(switch, short = 'k')]
+    keep_alive: bool,
+    /// parallel connections for GET (1..32, default 1)
+    #[argh(option, short = 'p', default = "1")]
+    parallel: usize,
+    /// repeat the transfer N times (default 1)
+    #[argh(option, default = "1")]
+    repeat: usize,
+    /// do not set TCP_NODELAY
+    #[argh(switch)]
+    no_tcp_nodelay: bool,
+    /// seconds without progress on connect, read or write (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// fsync every file before renaming it into place
+    #[argh(switch)]
+    fsync: bool,
+    /// log each image on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the result as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// List a JTP server's catalog.
+#[argh(subcommand, name = "list")]
+pub(crate) struct JtpListArgs {
+    /// server address HOST:PORT (default 127.0.0.1:8443)
+    #[argh(option)]
+    addr: Option<String>,
+    /// a jtp:// address, as a positional alternative to --addr
+    #[argh(positional)]
+    target: Option<String>,
+    /// TLS (the default)
+    #[argh(switch)]
+    tls: bool,
+    /// plain TCP
+    #[argh(switch)]
+    no_tls: bool,
+    /// alias of --no-tls
+    #[argh(switch)]
+    plain: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify and send (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+pub(crate) fn run(args: JtpArgs) -> Result<u8, Failure> {
+    match args.cmd {
+        JtpCmd::Serve(a) => jtp_serve(a),
+        JtpCmd::Get(a) => jtp_get(a),
+        JtpCmd::List(a) => jtp_list(a),
+    }
+}
+
+fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
+    let dir = either(a.images, a.images_dir).unwrap_or_else(|| PathBuf::from("images"));
+    let threshold = either(a.compression_threshold, a.compress_threshold).unwrap_or(0.95);
+    if !threshold.is_finite() {
+        return Err(local("--compression-threshold must be a number"));
+    }
+    let watch = match (a.watch_interval, a.watch) {
+        (Some(s), _) => Some(Duration::from_secs(s.max(1))),
+        (None, true) => Some(Duration::from_secs(5)),
+        _ => None,
+    };
+    let verbose = a.verbose;
+    let shutdown = Shutdown::new();
+    server::install_signal_handlers(&shutdown).map_err(local)?;
+    let cat = open_catalog(&dir, verbose)?;
+    let cfg = JtpConfig {
+        bind: a.bind.clone(),
+        tls: tls_source(a.no_tls || a.plain, a.cert, a.key)?,
+        only: either(a.only, a.name_contains),
+        compression_threshold: threshold.clamp(0.0, 1.0),
+        rate_limit: a.rate_limit.filter(|n| *n > 0),
+        rate_limit_window: Duration::from_secs(a.rate_limit_window.max(1)),
+        watch_interval: watch,
+        nodelay: !a.no_tcp_nodelay,
+        verbose,
+    };
+    let mut limits = limits(a.max_connections, a.io_timeout);
+    limits.keep_alive_timeout = Duration::from_secs(a.keep_alive_timeout);
+    let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
+    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
+    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("jtp: bind {}: {e}", a.bind)))?;
+    let builder = ServerBuilder::new(
+        limits.max_connections,
+        limits.shutdown_grace,
+        shutdown.clone(),
+    )
+    .listener(l, jtp);
+    run_servers(builder, shutdown, cat, watch, verbose, a.json)
+}
+
+pub(crate) fn client_options(
+    addr: Option<String>,
+    positional_addr: Option<String>,
+    plain: bool,
+    cert: Option<PathBuf>,
+    server_name: Option<String>,
+    io_timeout: u64,
+) -> ClientOptions {
+    ClientOptions {
+        addr: addr
+            .or(positional_addr)
+            .unwrap_or_else(|| "127.0.0.1:8443".into()),
+        tls: !plain,
+        cert,
+        server_name,
+        io_timeout: Duration::from_secs(io_timeout.max(1)),
+        ..ClientOptions::default()
+    }
+}
+
+pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
+    let _ = a.tls;
+    let target = match a.target {
+        Some(t) if t.starts_with("jtp://") => Some(t),
+        Some(t) => return Err(local(format!("unexpected argument {t:?}"))),
+        None => None,
+    };
+    let opts = client_options(
+        a.addr,
+        target,
+        a.no_tls || a.plain,
+        a.cert,
+        a.server_name,
+        a.io_timeout,
+    );
+    let list = Client::new(opts)?.list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default());
+    } else {
+        for l in &list {
+            let _ = writeln!(
+                out,
+                "{}  {}  {:>10}  {}",
+                wire::id_hex(l.id),
+                l.ftype,
+                l.size,
+                l.name
+            );
+        }
+    }
+    Ok(if list.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
+    let _ = (a.tls, a.secure);
+    let mut positional_addr = None;
+    let mut ids = Vec::new();
+    for s in &a.ids {
+        if s.starts_with("jtp://") {
+            positional_addr = Some(s.clone());
+        } else {
+            ids.push(
+                wire::parse_id_hex(s)
+                    .ok_or_else(|| local(format!("not an image id (16 hex digits): {s:?}")))?,
+            );
+        }
+    }
+    let mut opts = client_options(
+        a.addr,
+        positional_addr,
+        a.no_tls || a.plain,
+        a.cert,
+        a.server_name,
+        a.io_timeout,
+    );
+    opts.keep_alive = a.keep_alive;
+    opts.parallel = a.parallel.clamp(1, 32);
+    opts.repeat = a.repeat.max(1);
+    opts.nodelay = !a.no_tcp_nodelay;
+    opts.verbose = a.verbose;
+    opts.durable = a.fsync;
+    opts.progress = !a.json && std::io::stderr().is_terminal();
+    let client = Client::new(opts)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if s.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED as i32);
+            }
+        });
+    }
+    if a.watch {
+        let json = a.json;
+        client.watch(&stop, &mut |l| {
+            let mut out = std::io::stdout().lock();
+            if json {
+                let _ = writeln!(out, "{}", serde_json::to_string(l).unwrap_or_default());
+            } else {
+                let _ = writeln!(
+                    out,
+                    "NEW  id={} type={} size={} name={}",
+                    wire::id_hex(l.id),
+                    l.ftype,
+                    l.size,
+                    l.name
+                );
+            }
+            let _ = out.flush();
+        })?;
+        return Ok(EXIT_OK);
+    }
+    let out = either(a.out, a.output).unwrap_or_else(|| PathBuf::from("output"));
+    let mode = if a.batch || a.delta {
+        Mode::Batch
+    } else if a.list_and_get {
+        Mode::ListAndGet
+    } else {
+        Mode::Get
+    };
+    let wanted = (!ids.is_empty()).then_some(ids);
+    let s = client.get(&out, wanted, mode, &stop)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        let mb = s.bytes as f64 / 1e6;
+        eprintln!(
+            "jtp: {} images ({} new), {:.1} MB in {:.2} s ({:.1} MB/s, {:.0} images/s){}{}",
+            s.images,
+            s.created(),
+            mb,
+            s.seconds,
+            mb / s.seconds.max(1e-9),
+            s.images as f64 / s.seconds.max(1e-9),
+            if s.corrupt.is_empty() {
+                String::new()
+            } else {
+                format!(", {} corrupt", s.corrupt.len())
+            },
+            if s.missing.is_empty() {
+                String::new()
+            } else {
+                format!(", {} missing", s.missing.len())
+            },
+        );
+    }
+    Ok(if s.cancelled {
+        EXIT_INTERRUPTED
+    } else if s.is_partial() || s.images == 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}

@@ -1,0 +1,320 @@
+//! `ferry tej serve | send | get | list`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use ferry::config::Limits;
+use ferry::driver::tej::client as tej_client;
+use ferry::driver::tej::server::{TejConfig, TejService};
+use ferry::proto::tej::frame::Limits as TejLimits;
+use ferry::proto::tej::ALPN as ALPN_TEJ;
+use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+
+use super::*;
+
+#[derive(FromArgs)]
+/// TEJ: full-duplex frames of files plus a message over TCP (tej-protoc compatible).
+#[argh(subcommand, name = "tej")]
+pub(crate) struct TejArgs {
+    #[argh(subcommand)]
+    cmd: TejCmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+pub(crate) enum TejCmd {
+    Serve(TejServeArgs),
+    Send(TejSendArgs),
+    Get(TejGetArgs),
+    List(TejListArgs),
+}
+
+#[derive(FromArgs)]
+/// Receive TEJ frames into a folder and answer ferry's requests from its catalog.
+#[argh(subcommand, name = "serve")]
+pub(crate) struct TejServeArgs {
+    /// listen address (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    bind: String,
+    /// folder served and filled (default ./share, created if missing)
+    #[argh(option)]
+    root: Option<PathBuf>,
+    /// TLS (ferry to ferry); certificate from --cert/--key or generated into ROOT/.ferry/tls/
+    #[argh(switch)]
+    tls: bool,
+    /// TLS certificate chain (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// most files in one frame (default 10000)
+    #[argh(option, default = "10_000")]
+    max_files: u64,
+    /// largest file accepted, in bytes (default 64 GiB)
+    #[argh(option, default = "64 << 30")]
+    max_file_size: u64,
+    /// largest message accepted, in bytes (default 16 MiB)
+    #[argh(option, default = "16 << 20")]
+    max_message: u64,
+    /// bytes kept free on the folder's file system (default 64 MiB)
+    #[argh(option, default = "64 << 20")]
+    disk_reserve: u64,
+    /// seconds a connection may stay silent between frames (default 120)
+    #[argh(option, default = "120")]
+    idle_timeout: u64,
+    /// seconds in which a frame must advance by 64 KiB (default 30)
+    #[argh(option, default = "30")]
+    frame_timeout: u64,
+    /// refuse frames whose version byte is not 1
+    #[argh(switch)]
+    strict_version: bool,
+    /// most concurrent connections (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// log frames, messages and stored files on stderr
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the listening line as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Send files and a message in one frame; exit 0 only when the acknowledgement matches.
+#[argh(subcommand, name = "send")]
+pub(crate) struct TejSendArgs {
+    /// files to send
+    #[argh(positional)]
+    files: Vec<PathBuf>,
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// message sent with the files
+    #[argh(option)]
+    message: Option<String>,
+    /// custom status 0..127 (default 0, deliver: acknowledged)
+    #[argh(option, default = "0")]
+    status: u8,
+    /// seconds to wait for the acknowledgement (default 60)
+    #[argh(option, default = "60")]
+    ack_timeout: u64,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// log frames received while waiting
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// print the report (with the acknowledgement) as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Fetch catalog files by name or SHA-256 into a folder, verified against the manifest.
+#[argh(subcommand, name = "get")]
+pub(crate) struct TejGetArgs {
+    /// names or SHA-256 ids (64 hex digits)
+    #[argh(positional)]
+    items: Vec<String>,
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// output folder (default ./output)
+    #[argh(option, default = "PathBuf::from(\"output\")")]
+    out: PathBuf,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// List a ferry TEJ server's catalog (name, size, SHA-256).
+#[argh(subcommand, name = "list")]
+pub(crate) struct TejListArgs {
+    /// server address HOST:PORT (default 127.0.0.1:8000)
+    #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
+    addr: String,
+    /// TLS (ferry to ferry)
+    #[argh(switch)]
+    tls: bool,
+    /// trust anchors (PEM)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// TLS name to verify (default: host of --addr)
+    #[argh(option)]
+    server_name: Option<String>,
+    /// seconds without progress (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+pub(crate) fn run(args: TejArgs) -> Result<u8, Failure> {
+    match args.cmd {
+        TejCmd::Serve(a) => tej_serve(a),
+        TejCmd::Send(a) => tej_send(a),
+        TejCmd::Get(a) => tej_get(a),
+        TejCmd::List(a) => tej_list(a),
+    }
+}
+
+fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
+    let dir = a.root.unwrap_or_else(|| PathBuf::from("share"));
+    let shutdown = Shutdown::new();
+    server::install_signal_handlers(&shutdown).map_err(local)?;
+    let cat = open_catalog(&dir, a.verbose)?;
+    let tls_src = tls_source(!a.tls, a.cert, a.key)?;
+    let tls = load_tls(&tls_src, &cat, ALPN_TEJ)?;
+    let cfg = TejConfig {
+        bind: a.bind.clone(),
+        tls: tls_src,
+        frame: TejLimits {
+            max_files: a.max_files,
+            max_file_size: a.max_file_size,
+            max_message: a.max_message,
+            strict_version: a.strict_version,
+            ..TejLimits::default()
+        },
+        disk_reserve: a.disk_reserve,
+        idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        stall_window: Duration::from_secs(a.frame_timeout.max(1)),
+        verbose: a.verbose,
+        ..TejConfig::default()
+    };
+    let grace = Limits::default().shutdown_grace;
+    let tej = Arc::new(TejService::new(cat.clone(), cfg, tls).map_err(local)?);
+    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("tej: bind {}: {e}", a.bind)))?;
+    let builder = ServerBuilder::new(a.max_connections, grace, shutdown.clone()).listener(l, tej);
+    run_servers(builder, shutdown, cat, None, a.verbose, a.json)
+}
+
+impl From<tej_client::ClientError> for Failure {
+    fn from(e: tej_client::ClientError) -> Self {
+        use tej_client::ClientError as E;
+        let code = match &e {
+            E::Connect(_) | E::Io(_) => EXIT_NETWORK,
+            E::Frame(_) | E::Peer(_) | E::Mismatch(_) => EXIT_PROTOCOL,
+            E::Local(_) => EXIT_LOCAL,
+        };
+        Failure {
+            code,
+            message: format!("tej: {e}"),
+        }
+    }
+}
+
+pub(crate) fn tej_options(
+    addr: String,
+    tls: bool,
+    cert: Option<PathBuf>,
+    server_name: Option<String>,
+    io_timeout: u64,
+) -> tej_client::ClientOptions {
+    tej_client::ClientOptions {
+        addr,
+        tls,
+        cert,
+        server_name,
+        io_timeout: Duration::from_secs(io_timeout.max(1)),
+        ..tej_client::ClientOptions::default()
+    }
+}
+
+pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
+    if a.status > 127 {
+        return Err(local(
+            "--status must be 0..127 (the top bit is the frame marker)",
+        ));
+    }
+    let mut opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    opts.ack_timeout = Duration::from_secs(a.ack_timeout);
+    opts.verbose = a.verbose;
+    let client = tej_client::Client::new(opts)?;
+    let message = a.message.unwrap_or_default();
+    let r = client.send(&a.files, message.as_bytes(), a.status)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        eprintln!(
+            "tej: {} files, {:.1} MB in {:.2} s ({:.1} MB/s): {}",
+            r.files.len(),
+            r.bytes as f64 / 1e6,
+            r.seconds,
+            r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
+            r.outcome
+        );
+        if r.outcome == "refused" || r.outcome == "mismatch" {
+            if let Some(reply) = &r.reply {
+                eprintln!("tej: reply: {reply}");
+            }
+        }
+    }
+    Ok(match r.outcome {
+        "confirmed" => EXIT_OK,
+        "unconfirmed" if a.status != 0 => EXIT_OK,
+        "unconfirmed" => EXIT_PARTIAL,
+        _ => EXIT_PROTOCOL,
+    })
+}
+
+pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
+    if a.items.is_empty() {
+        return Err(local("name at least one file (name or SHA-256)"));
+    }
+    let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    let stored = tej_client::Client::new(opts)?.get(&a.out, &a.items)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&stored).unwrap_or_default());
+    } else {
+        for s in &stored {
+            eprintln!("tej: {} ({} bytes, sha256 {})", s.name, s.size, s.sha256);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
+    let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
+    let all = tej_client::Client::new(opts)?.list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&all).unwrap_or_default());
+    } else {
+        for e in &all {
+            let _ = writeln!(out, "{}  {:>12}  {}", e.sha256, e.size, e.name);
+        }
+    }
+    Ok(if all.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
