@@ -20,7 +20,7 @@ mod tls;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -440,8 +440,13 @@ impl From<io::Error> for TransportError {
     }
 }
 
-/// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
-/// order), returning a socket whose read and write timeouts are set to `timeout`.
+/// The one spelling of a peer address: an IPv4-mapped IPv6 address (`[::ffff:1.2.3.4]:5`, what a
+/// dual-stack socket reports for an IPv4 peer) becomes the IPv4 address it carries, so tables
+/// keyed by peer, rate limits and log lines see one peer, not two.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Waits until `fd` is readable (or has an error or hang-up to report) or `timeout` passes.
 /// True when readable. For loops that must also look at a flag or a clock while waiting.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
@@ -456,6 +461,8 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     n > 0
 }
 
+/// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
+/// order), returning a socket whose read and write timeouts are set to `timeout`.
 pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
     let addrs = addr
         .to_socket_addrs()
@@ -1039,6 +1046,16 @@ pub(crate) mod tests {
             err.to_string().starts_with("udp: bind not an address: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn canonical_addr_unmaps_ipv4_only() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5".parse().unwrap();
+        assert_eq!(canonical_addr(mapped).to_string(), "127.0.0.1:5");
+        let v6: SocketAddr = "[::1]:7".parse().unwrap();
+        assert_eq!(canonical_addr(v6), v6);
+        let v4: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(canonical_addr(v4), v4);
     }
 
     #[test]
