@@ -52,12 +52,8 @@ impl Drawer {
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             let mut drawn = false;
-            loop {
-                match rx.recv_timeout(REDRAW) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // Finished (or the sender is gone): erase the line.
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                }
+            // Until finished (a message, or the sender gone): redraw on every timeout.
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(REDRAW) {
                 let line = format_line(&progress.snapshot(), unit, started.elapsed());
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r\x1b[K{line}");

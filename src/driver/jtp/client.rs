@@ -287,6 +287,9 @@ enum Stopped {
     Interrupted,
 }
 
+/// What [`Conn::run`] hands each event to, with the input the event's ranges index.
+type OnEvent<'a> = dyn FnMut(Event, &[u8]) -> Result<(), ClientError> + 'a;
+
 /// One connection: its socket, its machine and its read buffer.
 struct Conn {
     stream: Stream,
@@ -339,7 +342,7 @@ impl Conn {
     fn run(
         &mut self,
         stop: &AtomicBool,
-        on_event: &mut dyn FnMut(Event, &[u8]) -> Result<(), ClientError>,
+        on_event: &mut OnEvent<'_>,
     ) -> Result<Stopped, ClientError> {
         let (mut start, mut end) = (0usize, 0usize);
         loop {

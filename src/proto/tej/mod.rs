@@ -1,6 +1,8 @@
 //! TEJ protocol v1 (tej.md): pure codecs, no I/O.
 //!
 //! - [`frame`]: the frame encoders, [`frame::Limits`] and the incremental [`frame::Decoder`].
+//! - [`client`]: the client machines (send and its acknowledgement, get and its manifest check,
+//!   list paging).
 //! - [`messages`]: ferry's JSON conventions carried in the message of statuses 1 and 3-6
 //!   (acknowledgement, error, request, manifest, list request, listing) and the error codes.
 //!
@@ -65,5 +67,6 @@
 /// ALPN id for ferry-to-ferry TEJ over TLS.
 pub const ALPN: &[u8] = b"tej/1";
 
+pub mod client;
 pub mod frame;
 pub mod messages;
