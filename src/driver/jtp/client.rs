@@ -374,9 +374,13 @@ impl Conn {
             }
             if !self.machine.is_awaiting() {
                 // A request is held back by the quiet period after a GET_BY_ID answer.
-                if let Some(t) = self.machine.poll_timeout() {
-                    std::thread::sleep(t.saturating_duration_since(Instant::now()));
-                }
+                let Some(t) = self.machine.poll_timeout() else {
+                    // Work queued on a connection that can carry no more (a driver bug).
+                    return Err(ClientError::Local(
+                        "jtp: request queued on a finished connection".into(),
+                    ));
+                };
+                std::thread::sleep(t.saturating_duration_since(Instant::now()));
                 continue;
             }
             // Everything offered was taken (the machine keeps split frames): read afresh.
@@ -699,7 +703,7 @@ impl Client {
         let mut c = self.take_conn(pool)?;
         c.machine.push(Job::List);
         c.machine.push(Job::Batch(have.into_iter().collect()));
-        self.run_packets(ingest, c, pool, stop)
+        self.run_packets(ingest, c, false, pool, stop)
     }
 
     fn run_list_and_get(
@@ -711,22 +715,32 @@ impl Client {
         let mut c = self.take_conn(pool)?;
         c.machine.push(Job::List);
         c.machine.push(Job::ListAndGet);
-        self.run_packets(ingest, c, pool, stop)
+        self.run_packets(ingest, c, true, pool, stop)
     }
 
-    /// Runs a queued LIST and packet response on `c`, saving every packet.
+    /// Runs a queued LIST and packet response on `c`, saving every packet. The progress total
+    /// is the answer's packet count, and with `whole_catalog` (LIST_AND_GET) the listed bytes.
     fn run_packets(
         &self,
         ingest: &IngestDir,
         mut c: Conn,
+        whole_catalog: bool,
         pool: &mut Vec<Conn>,
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
         let mut rx = self.receiver(ingest);
         let progress = &self.progress;
+        let mut listed_bytes = 0;
         let r = c.run(stop, &mut |ev, input| {
-            if let Event::Listing(l) = &ev {
-                progress.add_total_bytes(l.entries().iter().map(|e| u64::from(e.size)).sum());
+            match &ev {
+                Event::Listing(l) if whole_catalog => {
+                    listed_bytes = l.entries().iter().map(|e| u64::from(e.size)).sum();
+                }
+                Event::Packets { count } => {
+                    progress.add_total_items(u64::from(*count));
+                    progress.add_total_bytes(listed_bytes);
+                }
+                _ => {}
             }
             rx.on_event(ev, input)
         })?;
@@ -833,13 +847,11 @@ impl Receiver<'_> {
             Event::Done(Done::Get { missing } | Done::ListAndGet { missing }) => {
                 self.summary.missing.extend(missing);
             }
-            Event::Packets { count } => {
-                // BATCH alone learns here how many images come.
-                if self.summary.images == 0 && self.progress.snapshot().total_items.is_none() {
-                    self.progress.add_total_items(u64::from(count));
-                }
-            }
-            Event::Done(Done::Batch) | Event::Listing(_) | Event::Cancelled | Event::Watch(_) => {}
+            Event::Packets { .. }
+            | Event::Done(Done::Batch)
+            | Event::Listing(_)
+            | Event::Cancelled
+            | Event::Watch(_) => {}
         }
         Ok(())
     }
