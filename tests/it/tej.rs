@@ -3125,3 +3125,34 @@ fn get_shows_bytes_as_they_arrive_on_a_terminal_only_and_times_out_in_words() {
     assert!(err.contains("timed out after 2 s"), "{err}");
     assert!(!err.contains('\x1b') && !err.contains("MB/s"), "{err:?}");
 }
+
+/// Issue: a file the server refuses while it is still being written ended in "i/o: Broken pipe"
+/// (exit 3): the error frame the server sent was never read. It is read after the failed write.
+#[test]
+fn t11_send_refused_mid_write_reports_the_error_frame_with_exit_4() {
+    let dir = TempDir::new("tej-t11mid");
+    let src = TempDir::new("tej-t11midsrc");
+    let big = src.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let s = serve(dir.path(), &["--max-file-size", "1000"]);
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &s.addr("tej"),
+            big.to_str().unwrap(),
+            "--json",
+        ],
+        S,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), Some(4), "{err}");
+    let j = stdout_json(&o);
+    assert_eq!(j["outcome"], "refused", "{j}");
+    assert_eq!(j["reply"]["error"], "too-large", "{j}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+}

@@ -34,6 +34,8 @@ use crate::wire::hex;
 const CHUNK: usize = 256 * 1024;
 /// How long a connection lingers on close, discarding input.
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
+/// How long `send` looks for the peer's error frame after a write failed.
+const WRITE_FAILED_WAIT: Duration = Duration::from_secs(2);
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -321,6 +323,14 @@ impl Conn {
     }
 }
 
+/// The peer closed or reset the connection (as it does after an error frame).
+fn is_reset(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io(e) if matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    ))
+}
+
 /// A read or write timeout reads as "timed out after N s", not as EAGAIN.
 fn io_error(e: io::Error, timeout: Duration) -> ClientError {
     match e.kind() {
@@ -420,25 +430,20 @@ impl Client {
             .add_total_bytes(files.iter().map(|(_, s)| *s).sum());
         let mut c = self.connect()?;
         let mut m = Sender::new(status, files, message, self.opts.ack_timeout);
-        // Headers are gathered and go out with the first piece of the file that follows them.
-        let mut out: Vec<u8> = Vec::with_capacity(CHUNK + 64);
-        let mut buf = vec![0u8; CHUNK];
         let mut bytes = 0u64;
-        while let Some(t) = m.poll_transmit() {
-            match t {
-                Transmit::Bytes(b) => out.extend_from_slice(b),
-                Transmit::File { index, len } => {
-                    let sha =
-                        self.stream_file(&mut c, &mut opened[index], len, &mut out, &mut buf)?;
-                    bytes += len;
-                    m.file_sent(index, &sha);
-                    self.progress.add_items(1);
-                }
+        if let Err(e) = self.write_frame(&mut c, &mut m, &mut opened, &mut bytes) {
+            if !is_reset(&e) {
+                return Err(e);
             }
+            // The peer closed while the frame was going out: its error frame says why.
+            m.handle_write_failed(Instant::now(), WRITE_FAILED_WAIT);
+            let _ = c.run(&mut m, &mut |_, _, _| Ok(()));
+            if !matches!(m.outcome(), Some(SendOutcome::Refused { .. })) {
+                return Err(e);
+            }
+        } else {
+            m.handle_written(Instant::now());
         }
-        c.write(&out)?;
-        c.flush()?;
-        m.handle_written(Instant::now());
         let verbose = self.opts.verbose;
         c.run(&mut m, &mut |_, ev, _| {
             if let SendEvent::Ignored { status, message } = ev {
@@ -471,6 +476,32 @@ impl Client {
             bytes,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Writes the whole frame the sender hands out; files stream from `opened`.
+    fn write_frame(
+        &self,
+        c: &mut Conn,
+        m: &mut Sender,
+        opened: &mut [File],
+        bytes: &mut u64,
+    ) -> Result<(), ClientError> {
+        // Headers are gathered and go out with the first piece of the file that follows them.
+        let mut out: Vec<u8> = Vec::with_capacity(CHUNK + 64);
+        let mut buf = vec![0u8; CHUNK];
+        while let Some(t) = m.poll_transmit() {
+            match t {
+                Transmit::Bytes(b) => out.extend_from_slice(b),
+                Transmit::File { index, len } => {
+                    let sha = self.stream_file(c, &mut opened[index], len, &mut out, &mut buf)?;
+                    *bytes += len;
+                    m.file_sent(index, &sha);
+                    self.progress.add_items(1);
+                }
+            }
+        }
+        c.write(&out)?;
+        c.flush()
     }
 
     /// Streams `len` bytes of `f` to the socket through `buf`, `out` (pending headers) first;

@@ -16,6 +16,7 @@
 //!                     ├─ack differs─► Mismatch   ├─status 3─► Refused
 //!                     ├─ping / other frames─► (keep waiting)
 //!                     └─ack_timeout or EOF─► Unconfirmed
+//!          a write fails: AwaitAck (briefly) for the error frame that explains it
 //! Getter:  Request ─► Awaiting ─status 0─► files ─FrameEnd─► manifest checked ─► Verified
 //!                        │ (pings, other statuses: skipped)   └─ mismatch ─► Err(Mismatch)
 //!                        └─status 3─► Err(Peer)
@@ -379,6 +380,17 @@ impl Sender {
             };
         } else {
             self.finish(SendOutcome::Unconfirmed);
+        }
+    }
+
+    /// Writing the frame failed (the peer closed or reset the connection): a peer that refuses
+    /// a frame sends its error frame first, so replies are judged for `wait` before giving up.
+    /// Only an error frame or an acknowledgement decides anything then.
+    pub fn handle_write_failed(&mut self, now: Instant, wait: Duration) {
+        if self.is_sending() {
+            self.state = SendState::AwaitAck {
+                deadline: now + wait,
+            };
         }
     }
 
@@ -1006,6 +1018,32 @@ mod tests {
         s.handle_written(now);
         assert_eq!(s.outcome(), Some(&SendOutcome::Unconfirmed));
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_failed_write_still_reads_the_error_frame_that_explains_it() {
+        let now = Instant::now();
+        let mut s = Sender::new(
+            0,
+            vec![("big.bin".into(), 1 << 30)],
+            b"",
+            Duration::from_secs(60),
+        );
+        assert!(matches!(s.poll_transmit(), Some(Transmit::Bytes(_))));
+        assert!(matches!(s.poll_transmit(), Some(Transmit::File { .. })));
+        // The peer refused the file and closed while its bytes were still going out.
+        s.handle_write_failed(now, Duration::from_secs(2));
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(2)));
+        assert_eq!(s.poll_transmit(), None);
+        feed_sender(&mut s, &bytes("ferry_error_too_large"), 0);
+        assert_eq!(s.outcome().unwrap().word(), "refused");
+        assert_eq!(s.sent().count(), 0, "the file never went out whole");
+        // Nothing came: the write error stands (the driver reports it).
+        let mut s = Sender::new(0, vec![("big.bin".into(), 9)], b"", Duration::from_secs(60));
+        s.poll_transmit();
+        s.handle_write_failed(now, Duration::from_secs(2));
+        s.handle_timeout(now + Duration::from_secs(2));
+        assert_eq!(s.outcome(), Some(&SendOutcome::Unconfirmed));
     }
 
     #[test]
