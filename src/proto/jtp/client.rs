@@ -13,18 +13,19 @@
 //! size checks of each packet (jtp.md 5.2) and the reuse rules below.
 //!
 //! ```text
-//!                 push(job)             poll_transmit: request written
-//!   Open ───────────────────────────────────────────────────┐  (up to the policy's depth
-//!    ▲  ▲ response end (keep-alive bit set)                  │   in flight; Sequential: one,
-//!    │  └────────────────────────────────────────────────────┤   and not before the quiet
-//!    │                                                       │   period after a GET answer)
-//!    │            request with keep-alive bit clear          ▼
-//!    │   Last ◄──────────────────────────────────────── (in flight) ──WATCH──► Watching
-//!    │    │ its response ends                                                   │ cancel():
-//!    │    ▼                                                                     │ 03 00 out
-//!    │   Closed (the server closes; so do we)                                   │
-//!    └───────────────────────────── JTPC ◄──────────────────────────────────────┘
-//!   JTPE at any frame boundary, a framing error, EOF inside a frame:  Failed
+//!              poll_transmit: a request with bit 0 set (-k, or another queued behind it)
+//!     ┌─────────── Open ◄──────────────────────────────────────────────┐
+//!     │             │  │  its answer ends (Pipelined: up to `depth` in  │
+//!     │             │  └─ flight; Sequential: one, and none before the ─┘
+//!     │             │     quiet period after a GET_BY_ID answer ends)
+//!     │             │ poll_transmit: the last request, bit 0 clear
+//!     │             ▼
+//!     │           Last ──its answer ends──► Closed (the server closes)
+//!     │ poll_transmit: WATCH
+//!     ▼
+//!   Watching ──JTPW──► Watching ──cancel(): 03 00 out ... JTPC──► Open
+//!
+//!   JTPE at any frame boundary, a framing error, EOF inside a frame: Failed
 //! ```
 //!
 //! ## Pipelining and the reference server's habit
