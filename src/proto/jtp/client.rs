@@ -42,12 +42,15 @@
 //!   flight, so the server prepares the next answer while this side writes files.
 //! - [`Policy::Sequential`] (every other peer, plain TCP included): one request at a time, and
 //!   after a GET_BY_ID answer with packets the next request on the connection waits for a quiet
-//!   period that outlasts the server's last check. The machine measures it from the answer
+//!   period that outlasts the server's last check. The machine judges it from the answer
 //!   itself: a server that waits `w` after each packet took at least `(M - 1) w` between the
-//!   request and the end of an `M`-packet answer, so the pause is [`QUIET_PACE_FACTOR`] times
-//!   that per-packet pace, capped at [`MAX_QUIET`]; a one-packet answer shows no pace and gets
-//!   [`QUIET_AFTER_ONE_PACKET`]. Against ferry's own server the pace is tens of microseconds
-//!   per image, so the pause costs little; LIST, BATCH and LIST_AND_GET answers need none (the
+//!   request and the end of an `M`-packet answer. An answer paced at [`WAITING_PACE`] or slower
+//!   per packet while moving less than [`WAITING_RATE`] bytes per second comes from such a
+//!   waiting server; after it, and after any one-packet answer (no pace to judge), the next
+//!   request waits [`QUIET_AFTER_WAITING_SERVER`], which also covers a busy machine that runs
+//!   the server's check late. Any other answer gets [`QUIET_PACE_FACTOR`] times its per-packet pace
+//!   (at most [`MAX_QUIET`]): against ferry's own server that is tens of microseconds per
+//!   image, so the pause costs little. LIST, BATCH and LIST_AND_GET answers need none (the
 //!   reference checks only during GET_BY_ID).
 //!
 //! Out of scope: sockets, timeouts on reads and writes, files, hashing and decompression (the
@@ -93,11 +96,18 @@ pub const MAX_IDS_PER_GET: usize = 255;
 pub const PIPELINE_DEPTH: usize = 4;
 /// The quiet period is this many times the per-packet pace of the last GET_BY_ID answer.
 pub const QUIET_PACE_FACTOR: u32 = 4;
-/// The longest quiet period after a GET_BY_ID answer.
-pub const MAX_QUIET: Duration = Duration::from_millis(50);
-/// The quiet period after a one-packet GET_BY_ID answer (no pace to measure); the reference
-/// checks for about a millisecond.
-pub const QUIET_AFTER_ONE_PACKET: Duration = Duration::from_millis(5);
+/// The quiet period after the answer of a server that waits between packets (and after a
+/// one-packet answer, which shows no pace): long enough that the reference server's check,
+/// about a millisecond after its last packet, has run even on a busy machine.
+pub const QUIET_AFTER_WAITING_SERVER: Duration = Duration::from_millis(50);
+/// The longest quiet period.
+pub const MAX_QUIET: Duration = QUIET_AFTER_WAITING_SERVER;
+/// An answer paced at least this slowly per packet...
+pub const WAITING_PACE: Duration = Duration::from_micros(500);
+/// ...while moving fewer bytes per second than this comes from a server that waits between
+/// packets (the reference waits about 1 ms after each, whatever its size), not from one that is
+/// busy sending large ones.
+pub const WAITING_RATE: u64 = 100_000_000;
 /// Entries preallocated at most for a LIST, whatever count the wire announces (jtp.md 5.2).
 const MAX_PREALLOC_ENTRIES: usize = 4096;
 /// Longest local name (bytes) before the fallback name is used.
@@ -371,6 +381,8 @@ enum InFlight {
         next: usize,
         missing: Vec<u64>,
         packets: u32,
+        /// Bytes of packet data announced.
+        bytes: u64,
         sent_at: Instant,
     },
     Batch,
@@ -506,6 +518,7 @@ impl Connection {
                     next: 0,
                     missing: Vec::new(),
                     packets: 0,
+                    bytes: 0,
                     sent_at: now,
                 },
             ),
@@ -662,6 +675,7 @@ impl Connection {
                 next,
                 missing,
                 packets,
+                bytes,
                 ..
             }) => {
                 // The decoder has checked that `id` comes later in the request.
@@ -669,6 +683,7 @@ impl Connection {
                 missing.extend_from_slice(&ids[*next..*next + skip]);
                 *next = (*next + skip + 1).min(ids.len());
                 *packets += 1;
+                *bytes += u64::from(len);
             }
             Some(InFlight::ListAndGet { seen }) => {
                 if let Some(l) = listing {
@@ -719,12 +734,13 @@ impl Connection {
                 next,
                 mut missing,
                 packets,
+                bytes,
                 sent_at,
             } => {
                 missing.extend_from_slice(&ids[next.min(ids.len())..]);
                 if self.policy == Policy::Sequential {
                     self.quiet_until =
-                        quiet_period(packets, now.saturating_duration_since(sent_at))
+                        quiet_period(packets, bytes, now.saturating_duration_since(sent_at))
                             .map(|q| now + q);
                 }
                 Event::Done(Done::Get { missing })
@@ -776,14 +792,18 @@ impl Connection {
     }
 }
 
-/// The pause after an `M`-packet GET_BY_ID answer that took `took` from request to last byte,
-/// from a peer not known to be safe (module doc).
-fn quiet_period(packets: u32, took: Duration) -> Option<Duration> {
+/// The pause after an `M`-packet GET_BY_ID answer of `bytes` bytes that took `took` from the
+/// request to its last byte, from a peer not known to be safe (module doc).
+fn quiet_period(packets: u32, bytes: u64, took: Duration) -> Option<Duration> {
     match packets {
         0 => None,
-        1 => Some(QUIET_AFTER_ONE_PACKET),
+        1 => Some(QUIET_AFTER_WAITING_SERVER),
         m => {
             let pace = took / (m - 1);
+            let rate = (bytes as f64 / took.as_secs_f64().max(1e-9)) as u64;
+            if pace >= WAITING_PACE && rate < WAITING_RATE {
+                return Some(QUIET_AFTER_WAITING_SERVER);
+            }
             Some(pace.saturating_mul(QUIET_PACE_FACTOR).min(MAX_QUIET))
         }
     }
@@ -990,22 +1010,21 @@ mod tests {
         c.push(Job::Get(vec![C]));
         c.push(Job::List);
         assert!(c.poll_transmit(t).is_some());
-        // Three packets over 20 ms: a pace of 10 ms per packet, a quiet period of 40 ms.
+        // Three 1-byte packets over 20 ms: a waiting server (10 ms per packet, 150 bytes/s).
         let reply = get_reply(&[(0, A, b"a"), (0, B, b"b"), (0, C, b"c")]);
         feed(&mut c, &reply, 0, t + ms(20));
         assert_eq!(c.poll_transmit(t + ms(20)), None);
-        assert_eq!(c.poll_timeout(), Some(t + ms(60)));
-        assert_eq!(c.poll_transmit(t + ms(59)), None);
-        assert!(c.poll_transmit(t + ms(60)).is_some());
+        assert_eq!(c.poll_timeout(), Some(t + ms(70)));
+        assert_eq!(c.poll_transmit(t + ms(69)), None);
+        assert!(c.poll_transmit(t + ms(70)).is_some());
         assert_eq!(c.poll_timeout(), None, "awaiting an answer");
-        // One packet: no pace to measure, the fixed pause.
-        feed(&mut c, &get_reply(&[(0, D, b"d")]), 0, t + ms(61));
-        assert_eq!(c.poll_timeout(), Some(t + ms(61) + QUIET_AFTER_ONE_PACKET));
-        assert!(c
-            .poll_transmit(t + ms(61) + QUIET_AFTER_ONE_PACKET)
-            .is_some());
+        // One packet: no pace to judge, the same pause.
+        feed(&mut c, &get_reply(&[(0, D, b"d")]), 0, t + ms(71));
+        let after = t + ms(71) + QUIET_AFTER_WAITING_SERVER;
+        assert_eq!(c.poll_timeout(), Some(after));
+        assert!(c.poll_transmit(after).is_some());
         // No packet: no CANCEL check ran, no pause.
-        let seen = feed(&mut c, &get_reply(&[]), 0, t + ms(100));
+        let seen = feed(&mut c, &get_reply(&[]), 0, after + ms(1));
         assert_eq!(
             seen,
             vec![
@@ -1013,10 +1032,23 @@ mod tests {
                 Seen::Ev(Event::Done(Done::Get { missing: vec![C] }))
             ]
         );
-        assert_eq!(c.poll_transmit(t + ms(100)), Some(&[0x01, 0x01][..]));
-        // A slow answer is capped.
-        assert_eq!(quiet_period(2, Duration::from_secs(5)), Some(MAX_QUIET));
-        assert_eq!(quiet_period(255, ms(254)), Some(ms(4)));
+        assert_eq!(c.poll_transmit(after + ms(1)), Some(&[0x01, 0x01][..]));
+        // A fast server (ferry's: 255 small images in 8 ms) costs four times its pace.
+        let q = quiet_period(255, 255 * 50_000, ms(8)).unwrap();
+        assert!(q < Duration::from_micros(130), "{q:?}");
+        // Large images sent slowly per packet but fast in bytes: not a waiting server.
+        let q = quiet_period(255, 255 << 20, ms(254)).unwrap();
+        assert_eq!(q, ms(4));
+        // The reference: about 1 ms per small packet.
+        assert_eq!(
+            quiet_period(45, 45 * 60, ms(50)),
+            Some(QUIET_AFTER_WAITING_SERVER)
+        );
+        assert_eq!(
+            quiet_period(2, 1 << 30, Duration::from_secs(5)),
+            Some(MAX_QUIET)
+        );
+        assert_eq!(quiet_period(0, 0, ms(5)), None);
     }
 
     #[test]
