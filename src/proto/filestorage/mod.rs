@@ -1,0 +1,4 @@
+//! filestorage (filestorage.md): pure codecs and machines, no I/O.
+
+pub mod base64;
+pub mod ids;
