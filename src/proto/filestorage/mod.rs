@@ -2,3 +2,5 @@
 
 pub mod base64;
 pub mod ids;
+pub mod json;
+pub mod reason;
