@@ -4,3 +4,4 @@ pub mod base64;
 pub mod ids;
 pub mod json;
 pub mod reason;
+pub mod token;
