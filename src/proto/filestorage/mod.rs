@@ -1,7 +1,10 @@
 //! filestorage (filestorage.md): pure codecs and machines, no I/O.
 
 pub mod base64;
+pub mod frame;
 pub mod ids;
 pub mod json;
 pub mod reason;
+#[cfg(test)]
+mod testdata;
 pub mod token;
