@@ -251,7 +251,7 @@ impl fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
-type Shape<T> = Result<T, &'static str>;
+pub(crate) type Shape<T> = Result<T, &'static str>;
 
 impl<'a> Object<'a> {
     /// The value of `key`, if present.
@@ -272,27 +272,27 @@ impl<'a> Object<'a> {
         self.entries.iter().map(|(k, _)| k.as_ref())
     }
 
-    fn req(&self, key: &'static str) -> Shape<&Value<'a>> {
+    pub(crate) fn req(&self, key: &'static str) -> Shape<&Value<'a>> {
         self.get(key).ok_or(key)
     }
 
-    fn str(&self, key: &'static str) -> Shape<&Cow<'a, str>> {
+    pub(crate) fn str(&self, key: &'static str) -> Shape<&Cow<'a, str>> {
         as_str(self.req(key)?).ok_or(key)
     }
 
-    fn opt_str(&self, key: &'static str) -> Shape<Option<&Cow<'a, str>>> {
+    pub(crate) fn opt_str(&self, key: &'static str) -> Shape<Option<&Cow<'a, str>>> {
         self.get(key).map(|v| as_str(v).ok_or(key)).transpose()
     }
 
-    fn int(&self, key: &'static str, max: u64) -> Shape<u64> {
+    pub(crate) fn int(&self, key: &'static str, max: u64) -> Shape<u64> {
         as_int(self.req(key)?, max).ok_or(key)
     }
 
-    fn opt_int(&self, key: &'static str, max: u64) -> Shape<Option<u64>> {
+    pub(crate) fn opt_int(&self, key: &'static str, max: u64) -> Shape<Option<u64>> {
         self.get(key).map(|v| as_int(v, max).ok_or(key)).transpose()
     }
 
-    fn opt_bool(&self, key: &'static str) -> Shape<Option<bool>> {
+    pub(crate) fn opt_bool(&self, key: &'static str) -> Shape<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -300,22 +300,22 @@ impl<'a> Object<'a> {
         }
     }
 
-    fn uuid(&self, key: &'static str) -> Shape<Uuid> {
+    pub(crate) fn uuid(&self, key: &'static str) -> Shape<Uuid> {
         as_uuid(self.req(key)?).ok_or(key)
     }
 
-    fn opt_uuid(&self, key: &'static str) -> Shape<Option<Uuid>> {
+    pub(crate) fn opt_uuid(&self, key: &'static str) -> Shape<Option<Uuid>> {
         self.get(key).map(|v| as_uuid(v).ok_or(key)).transpose()
     }
 
-    fn array(&self, key: &'static str) -> Shape<&[Value<'a>]> {
+    pub(crate) fn array(&self, key: &'static str) -> Shape<&[Value<'a>]> {
         match self.req(key)? {
             Value::Array(a) => Ok(a),
             _ => Err(key),
         }
     }
 
-    fn strings(&self, key: &'static str) -> Shape<Vec<String>> {
+    pub(crate) fn strings(&self, key: &'static str) -> Shape<Vec<String>> {
         self.array(key)?
             .iter()
             .map(|v| as_str(v).map(|s| s.to_string()).ok_or(key))
@@ -331,14 +331,14 @@ impl<'a> Object<'a> {
     }
 }
 
-fn as_str<'v, 'a>(v: &'v Value<'a>) -> Option<&'v Cow<'a, str>> {
+pub(crate) fn as_str<'v, 'a>(v: &'v Value<'a>) -> Option<&'v Cow<'a, str>> {
     match v {
         Value::Str(s) => Some(s),
         _ => None,
     }
 }
 
-fn as_int(v: &Value<'_>, max: u64) -> Option<u64> {
+pub(crate) fn as_int(v: &Value<'_>, max: u64) -> Option<u64> {
     match *v {
         Value::Int(i) if i <= max => Some(i),
         _ => None,
@@ -353,7 +353,7 @@ fn as_uuid(v: &Value<'_>) -> Option<Uuid> {
     }
 }
 
-fn sha256_text(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn sha256_text(s: &str) -> Option<[u8; 32]> {
     crate::wire::hex::parse_sha256(s)
 }
 
@@ -568,23 +568,7 @@ fn auth_shape<'a>(
     if list.is_empty() || list.len() > max_files {
         return Err("files count");
     }
-    let files = list
-        .iter()
-        .map(|v| {
-            let Value::Object(f) = v else {
-                return Err("files[]");
-            };
-            let sha256 = match f.opt_str("sha256")? {
-                None => None,
-                Some(s) => Some(sha256_text(s).ok_or("sha256")?),
-            };
-            Ok(FileSpec {
-                name: f.str("name")?.to_string(),
-                size: f.int("size", MAX_INT)?,
-                sha256,
-            })
-        })
-        .collect::<Shape<Vec<_>>>()?;
+    let files = file_specs(list)?;
     let fid = obj.uuid("fid")?;
     if fid.is_nil() {
         return Err("fid");
@@ -605,6 +589,26 @@ fn auth_shape<'a>(
         tags,
         chunk_size,
     })
+}
+
+/// The `files` of an AUTHENTICATION (or of `state.json`): `{name, size, sha256?}` objects.
+pub(crate) fn file_specs(list: &[Value<'_>]) -> Shape<Vec<FileSpec>> {
+    list.iter()
+        .map(|v| {
+            let Value::Object(f) = v else {
+                return Err("files[]");
+            };
+            let sha256 = match f.opt_str("sha256")? {
+                None => None,
+                Some(s) => Some(sha256_text(s).ok_or("sha256")?),
+            };
+            Ok(FileSpec {
+                name: f.str("name")?.to_string(),
+                size: f.int("size", MAX_INT)?,
+                sha256,
+            })
+        })
+        .collect()
 }
 
 fn transfer_shape<'a>(obj: &Object<'a>, message_id: MessageId) -> Shape<Transfer<'a>> {
@@ -774,13 +778,13 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn put_uuid(out: &mut Vec<u8>, id: &Uuid) {
+pub(crate) fn put_uuid(out: &mut Vec<u8>, id: &Uuid) {
     out.push(b'"');
     out.extend_from_slice(&id.to_text());
     out.push(b'"');
 }
 
-fn put_uint(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn put_uint(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     let mut n = v;
@@ -801,7 +805,7 @@ fn put_head(out: &mut Vec<u8>, mid: &MessageId) {
     out.push(b'"');
 }
 
-fn put_tags<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S]) {
+pub(crate) fn put_tags<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S]) {
     out.push(b'[');
     for (i, t) in tags.iter().enumerate() {
         if i > 0 {
@@ -826,7 +830,22 @@ pub fn encode_authentication(
     put_head(out, mid);
     out.extend_from_slice(b",\"token\":");
     put_str(out, token);
-    out.extend_from_slice(b",\"files\":[");
+    out.extend_from_slice(b",\"files\":");
+    put_files(out, files);
+    out.extend_from_slice(b",\"fid\":");
+    put_uuid(out, fid);
+    out.extend_from_slice(b",\"tags\":");
+    put_tags(out, tags);
+    if let Some(c) = chunk_size {
+        out.extend_from_slice(b",\"chunk-size\":");
+        put_uint(out, u64::from(c));
+    }
+    out.push(b'}');
+}
+
+/// `[{"name":…,"size":…,"sha256":…?},…]`.
+pub(crate) fn put_files(out: &mut Vec<u8>, files: &[FileSpec]) {
+    out.push(b'[');
     for (i, f) in files.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -842,15 +861,7 @@ pub fn encode_authentication(
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"],\"fid\":");
-    put_uuid(out, fid);
-    out.extend_from_slice(b",\"tags\":");
-    put_tags(out, tags);
-    if let Some(c) = chunk_size {
-        out.extend_from_slice(b",\"chunk-size\":");
-        put_uint(out, u64::from(c));
-    }
-    out.push(b'}');
+    out.push(b']');
 }
 
 /// JSON bytes of a TRANSFER carrying `data_len` bytes, without building it.

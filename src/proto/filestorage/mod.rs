@@ -5,6 +5,7 @@ pub mod frame;
 pub mod ids;
 pub mod json;
 pub mod reason;
+pub mod store;
 #[cfg(test)]
 mod testdata;
 pub mod token;
