@@ -480,18 +480,18 @@ pub const MIN_CHUNK_SIZE: u32 = 1000;
 pub const MAX_CHUNK_SIZE: u32 = 65_536;
 
 /// The readable `message-id` of a JSON body, if any: for the reply to a request that is
-/// otherwise refused (unknown type, malformed). JSON that is well-formed but refused for a
-/// duplicate key or its depth still has a readable id when its top level holds exactly one
-/// literal `message-id`.
+/// otherwise refused (unknown type, malformed). A body refused for a duplicate key, its depth
+/// or bytes after the object still has a readable id when it starts with a whole object whose
+/// top level holds exactly one literal `message-id`.
 pub fn read_message_id(json: &[u8]) -> Option<MessageId> {
     match parse_object(json) {
         Ok(obj) => obj.message_id().ok(),
-        Err(JsonError::DuplicateKey | JsonError::TooDeep) => lenient_message_id(json),
-        Err(_) => None,
+        Err(JsonError::NotObject) => None,
+        Err(_) => lenient_message_id(json),
     }
 }
 
-/// The top-level `message-id` of syntactically valid JSON whose other keys are not looked at;
+/// The top-level `message-id` of the object at the start of `json`, other keys not looked at;
 /// serde's derive refuses a second `message-id`.
 fn lenient_message_id(json: &[u8]) -> Option<MessageId> {
     #[derive(serde::Deserialize)]
@@ -499,7 +499,8 @@ fn lenient_message_id(json: &[u8]) -> Option<MessageId> {
         #[serde(rename = "message-id", borrow)]
         message_id: Option<&'a str>,
     }
-    let only: OnlyId<'_> = serde_json::from_slice(json).ok()?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let only = <OnlyId<'_> as serde::Deserialize>::deserialize(&mut de).ok()?;
     MessageId::parse(only.message_id?.as_bytes())
 }
 
