@@ -1,6 +1,7 @@
 //! filestorage (filestorage.md): pure codecs and machines, no I/O.
 
 pub mod base64;
+pub mod client;
 pub mod frame;
 pub mod ids;
 pub mod json;

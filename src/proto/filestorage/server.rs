@@ -806,4 +806,16 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests;
+impl ServerConfig {
+    /// A copy to change limits in tests.
+    pub(crate) fn clone_for_test(&self) -> ServerConfig {
+        ServerConfig {
+            key: self.key.clone(),
+            legacy_ipc: self.legacy_ipc,
+            limits: self.limits,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
