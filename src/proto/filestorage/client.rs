@@ -22,7 +22,7 @@ use super::frame::{finish_frame, start_frame, Decoded, FrameDecoder, Framing};
 use super::ids::{chunk_id, store_id, MessageIds, Uuid};
 use super::json::{
     encode_authentication, encode_fetch, encode_query, encode_transfer, parse_response, utype,
-    ChunkRange, FileSpec, MessageId, OkFields, QueryResult, ResponseBody,
+    ChunkRange, FileSpec, MessageId, OkFields, QueryResult, ResponseBody, MIN_CHUNK_SIZE,
 };
 use super::store::missing::{chunk_count, chunk_len};
 use std::collections::VecDeque;
@@ -271,7 +271,10 @@ impl Put {
         let (Some(missing), Some(cs), Some(window)) = (f.missing, f.chunk_size, f.window) else {
             return Err(ClientError::Protocol("authentication reply keys"));
         };
-        if self.config.chunk_size.is_some_and(|want| want != cs) || cs == 0 || window == 0 {
+        if self.config.chunk_size.is_some_and(|want| want != cs)
+            || cs < MIN_CHUNK_SIZE
+            || window == 0
+        {
             return Err(ClientError::Protocol("chunk-size or window"));
         }
         let files = &self.config.files;
@@ -285,9 +288,13 @@ impl Put {
         if !valid {
             return Err(ClientError::Protocol("missing ranges"));
         }
+        self.more = f.more.unwrap_or(false);
+        if self.more && missing.is_empty() {
+            // Asking again would get the same answer forever.
+            return Err(ClientError::Protocol("more without ranges"));
+        }
         self.chunk_size = cs;
         self.window = window.min(self.config.window).max(1);
-        self.more = f.more.unwrap_or(false);
         if !self.more {
             // Every file without a missing range is stored.
             for i in 0..files.len() {

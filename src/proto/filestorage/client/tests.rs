@@ -341,6 +341,29 @@ fn s39_resume_after_a_cut_sends_only_what_is_missing() {
 }
 
 #[test]
+fn s24_two_connections_uploading_one_fid_give_one_file() {
+    let sources = big_sources();
+    let mut store = MemStore::new();
+    let mut a = big_put(&sources, MessageIds::random([6; 16]));
+    let mut b = big_put(&sources, MessageIds::random([7; 16]));
+    let (mut link_a, mut link_b) = (Link::new(), Link::new());
+    let (mut done_a, mut done_b) = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        if a.is_finished() && b.is_finished() {
+            break;
+        }
+        done_a.extend(run_put(&mut a, &mut link_a, &mut store, &sources, 300_000));
+        done_b.extend(run_put(&mut b, &mut link_b, &mut store, &sources, 200_000));
+    }
+    assert_eq!(done_a.last(), Some(&PutEvent::Done));
+    assert_eq!(done_b.last(), Some(&PutEvent::Done));
+    assert_eq!(store.records.len(), 4, "one record per file");
+    assert_stored(&store, &sources);
+    assert_eq!(store.ledgers[&1002].used_files, 4, "charged once");
+    assert_eq!(store.ledgers[&1002].reserved_bytes, 0);
+}
+
+#[test]
 fn s15_more_ranges_are_fetched_by_asking_again() {
     let sources = vec![vec![9u8; 40 * 1000]];
     let mut store = MemStore::new();
@@ -420,6 +443,14 @@ fn put_fails_on_refusal_and_on_protocol_errors() {
         testdata::frame(
             2,
             r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","response":"Ok","missing":[]}"#,
+        ),
+        testdata::frame(
+            2,
+            r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","response":"Ok","missing":[],"more":true,"chunk-size":1000,"window":1}"#,
+        ),
+        testdata::frame(
+            2,
+            r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","response":"Ok","missing":[],"chunk-size":999,"window":1}"#,
         ),
     ] {
         let mut put = notes_put(first_id());

@@ -415,6 +415,31 @@ mod tests {
     }
 
     #[test]
+    fn s32_retention_frees_what_the_transfer_still_reserved() {
+        let mut l = UidLedger::default();
+        let r = l.try_reserve(&small(), &[100, 60], true, FREE).unwrap();
+        l.complete_file(60);
+        // The sweep deletes the partial transfer: the incomplete file's reservation goes.
+        l.release(Reservation {
+            bytes: r.bytes - 60,
+            files: r.files - 1,
+            transfer: true,
+        });
+        assert_eq!(
+            l,
+            UidLedger {
+                used_bytes: 60,
+                used_files: 1,
+                ..UidLedger::default()
+            }
+        );
+        // Its fid then starts afresh: quotas are checked again.
+        assert!(l.try_reserve(&small(), &[100], true, FREE).is_ok());
+        let e = l.try_reserve(&small(), &[100], true, FREE).unwrap_err();
+        assert_eq!(e.to_string(), "quota-exceeded: bytes");
+    }
+
+    #[test]
     fn quota_file() {
         let c = QuotaConfig::parse(
             br#"{"default":{"max_bytes":5000},"uids":{"1002":{"max_files":7}}}"#,
