@@ -1057,20 +1057,13 @@ pub fn encode_ok_fetch(out: &mut Vec<u8>, mid: &MessageId, data: &[u8], eof: boo
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::proto::filestorage::reason::Code;
+    use crate::proto::filestorage::testdata::{notes, FID, NOTES_SHA, TOKEN_A};
 
-    pub const TOKEN_A: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJsb2dpbiI6ImthcmNobnUiLCJ1aWQiOjEwMDJ9.GnkyHuzPedHnropirz_AgZxD7DCUjou1uaiRujhBpCo";
-    pub const FID: &str = "0b6e3c1e-2f4d-4a7b-8c9d-112233445566";
-    pub const NOTES_SHA: &str = "ed40853ee78d1ad8c3df77e385ac07c7e258ce34fdbb8c9b5b05a6326e79ec29";
-
-    pub fn mid(n: u8) -> MessageId {
+    fn mid(n: u8) -> MessageId {
         MessageId::parse(format!("1a2b3c4d-0000-4000-8000-00000000000{n}").as_bytes()).unwrap()
-    }
-
-    pub fn notes() -> Vec<u8> {
-        (0..2500u32).map(|i| i as u8).collect()
     }
 
     fn text(out: &[u8]) -> &str {
@@ -1085,7 +1078,7 @@ pub(crate) mod tests {
         parse(utype, json).expect_err(json)
     }
 
-    pub const AUTH_45: &str = r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJsb2dpbiI6ImthcmNobnUiLCJ1aWQiOjEwMDJ9.GnkyHuzPedHnropirz_AgZxD7DCUjou1uaiRujhBpCo","files":[{"name":"notes.txt","size":2500,"sha256":"ed40853ee78d1ad8c3df77e385ac07c7e258ce34fdbb8c9b5b05a6326e79ec29"}],"fid":"0b6e3c1e-2f4d-4a7b-8c9d-112233445566","tags":["work","2024"]}"#;
+    const AUTH_45: &str = r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJsb2dpbiI6ImthcmNobnUiLCJ1aWQiOjEwMDJ9.GnkyHuzPedHnropirz_AgZxD7DCUjou1uaiRujhBpCo","files":[{"name":"notes.txt","size":2500,"sha256":"ed40853ee78d1ad8c3df77e385ac07c7e258ce34fdbb8c9b5b05a6326e79ec29"}],"fid":"0b6e3c1e-2f4d-4a7b-8c9d-112233445566","tags":["work","2024"]}"#;
 
     fn notes_spec(with_sha: bool) -> FileSpec {
         FileSpec {

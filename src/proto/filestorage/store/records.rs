@@ -1,6 +1,6 @@
 //! The JSON files of the store (spec 7.1): `partial/<fid>/state.json` ([`PartialState`]) and
 //! `records/<id>.json` ([`Record`]). Internal, not wire format, but read back after crashes, so
-//! decoding is as strict as for messages (the checked parser of [`json`](super::super::json))
+//! decoding is as strict as for messages (the checked parser of [`json`])
 //! and checks the values against each other (ids, ranges within the files).
 
 use super::missing::{chunk_count, MissingSet};
