@@ -620,7 +620,7 @@ impl FetchClient {
             });
             self.in_flight.push_back((mid, offset));
             self.next = match self.config.size {
-                Some(size) => Some(offset + self.config.length).filter(|&o| o < size),
+                Some(size) => offset.checked_add(self.config.length).filter(|&o| o < size),
                 None => None,
             };
         }
@@ -686,14 +686,20 @@ impl FetchClient {
         match config.size {
             Some(size) => {
                 let due = config.length.min(size.saturating_sub(offset));
-                if got != due || eof != (offset + got == size) {
+                if got != due || eof != (offset.saturating_add(got) == size) {
                     return Err(ClientError::Protocol("fetch length"));
                 }
             }
             None if !eof && got != config.length => {
                 return Err(ClientError::Protocol("fetch length"))
             }
-            None if !eof => *next = Some(offset + got),
+            None if !eof => {
+                *next = Some(
+                    offset
+                        .checked_add(got)
+                        .ok_or(ClientError::Protocol("fetch offset"))?,
+                )
+            }
             None => {}
         }
         if eof {
