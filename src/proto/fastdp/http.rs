@@ -230,7 +230,10 @@ impl HeadBuffer {
 
 /// Splits a head (terminator included) into its first line and header lines; `Err` for a byte
 /// outside printable ASCII and horizontal tab, a lone CR or LF, or a folded line.
-fn lines(head: &[u8]) -> Result<(&[u8], Vec<(&[u8], &[u8])>), BadRequest> {
+/// A header line split into name and trimmed value.
+type HeaderField<'a> = (&'a [u8], &'a [u8]);
+
+fn lines(head: &[u8]) -> Result<(&[u8], Vec<HeaderField<'_>>), BadRequest> {
     // Without the final "\n\r\n" every line, the last included, ends in "\r".
     let body = &head[..head.len() - 3];
     let mut out = Vec::new();
