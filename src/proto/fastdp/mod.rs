@@ -1,4 +1,5 @@
 //! FastDP 1.2.0 (fastdp.md): pure codecs and state machines, no I/O.
 
 pub mod crc;
+pub mod frame;
 pub mod http;
