@@ -3,3 +3,5 @@
 pub mod crc;
 pub mod frame;
 pub mod http;
+mod json;
+pub mod messages;
