@@ -5,3 +5,4 @@ pub mod frame;
 pub mod http;
 mod json;
 pub mod messages;
+pub mod zstd_chunk;
