@@ -83,7 +83,7 @@ fn open_input(opening: &mut Opening, input: &[u8]) -> Opened {
         }
         Opening::Reply(r) => {
             let n = r.feed(input);
-            match r.next() {
+            match r.next_message() {
                 Ok(None) => Opened::Partial(n),
                 Ok(Some(body)) => Opened::Reply(n, body.to_vec()),
                 Err(e) => {
@@ -114,7 +114,7 @@ fn reply_error(body: &[u8]) -> Option<ErrorMsg> {
 #[derive(Debug)]
 enum PushState {
     Opening(Opening),
-    Sending(Sender),
+    Sending(Box<Sender>),
     Closed,
 }
 
@@ -181,14 +181,14 @@ impl PushClient {
         match ReplyHeader::parse(body) {
             Ok(r) if r.header == self.header => {
                 let h = &self.header;
-                self.state = PushState::Sending(Sender::new(
+                self.state = PushState::Sending(Box::new(Sender::new(
                     now,
                     SenderRole::Client,
                     self.limits,
                     h.geometry(),
                     h.checksum,
                     h.reconnect_bytes(),
-                ));
+                )));
                 self.io.event(Event::PushAccepted {
                     have: r.have,
                     max_connections: r.max_connections,
@@ -291,7 +291,7 @@ impl PushClient {
 #[derive(Debug)]
 enum PullState {
     Opening(Opening),
-    Receiving(Receiver),
+    Receiving(Box<Receiver>),
     Closed,
 }
 
@@ -383,8 +383,11 @@ impl PullClient {
             geometry: r.geometry(),
             compress: r.compress,
         };
-        self.state =
-            PullState::Receiving(Receiver::new(now, self.limits, ChunkDecoder::new(rules)));
+        self.state = PullState::Receiving(Box::new(Receiver::new(
+            now,
+            self.limits,
+            ChunkDecoder::new(rules),
+        )));
         self.io.event(Event::PullAccepted(r));
     }
 

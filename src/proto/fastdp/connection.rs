@@ -478,7 +478,7 @@ impl Sender {
             }
             return None;
         }
-        match plan.next() {
+        match plan.take_next() {
             Some(chunk) => {
                 self.starved = false;
                 self.in_flight.push(chunk);
@@ -516,7 +516,7 @@ impl Sender {
         if n > 0 {
             self.clock.restart(now);
         }
-        let body = match self.jmsg.next() {
+        let body = match self.jmsg.next_message() {
             Ok(None) => return n,
             Ok(Some(body)) => parse_message(body),
             Err(e) => {

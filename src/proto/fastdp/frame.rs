@@ -65,7 +65,7 @@ impl JmsgReader {
     }
 
     /// Takes bytes towards the current message; returns how many (0 once it is complete, until
-    /// [`next`](Self::next) hands it out, and after a length error).
+    /// [`next_message`](Self::next_message) hands it out, and after a length error).
     pub fn feed(&mut self, input: &[u8]) -> usize {
         let mut taken = 0;
         // The header first, then (once its length is known and allowed) the body.
@@ -81,7 +81,7 @@ impl JmsgReader {
 
     /// The message once complete. A length of 0 or over 65,536 is an error as soon as its four
     /// bytes are in: the body is never read (F5). The slice is released by the next call.
-    pub fn next(&mut self) -> Result<Option<&[u8]>, FrameError> {
+    pub fn next_message(&mut self) -> Result<Option<&[u8]>, FrameError> {
         self.acc.next_frame()
     }
 
@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn bound_matches_the_formula() {
-        assert_eq!(bound(4), 4 + 0 + ((131_072 - 4) >> 11));
+        assert_eq!(bound(4), 4 + ((131_072 - 4) >> 11));
         assert_eq!(bound(4096), 4096 + 16 + 62);
         assert_eq!(bound(131_072), 131_072 + 512);
         assert_eq!(bound(MAX_ONE_CHUNK), MAX_ONE_CHUNK + (MAX_ONE_CHUNK >> 8));
@@ -912,20 +912,23 @@ mod tests {
             assert_eq!(pos, 30, "nothing past the message is taken (cut {cut})");
             assert_eq!(r.feed(&t[pos..]), 0);
             assert_eq!(
-                r.next().unwrap(),
+                r.next_message().unwrap(),
                 Some(&br#"{"Type":"Ack","Chunks":[]}"#[..])
             );
-            assert!(r.next().unwrap().is_none());
+            assert!(r.next_message().unwrap().is_none());
             assert!(r.is_between_frames());
         }
         let mut r = JmsgReader::new();
         assert_eq!(r.feed(&[0, 0, 0, 0, b'{']), 4);
-        assert_eq!(r.next(), Err(FrameError::TooShort { len: 0, min: 1 }));
+        assert_eq!(
+            r.next_message(),
+            Err(FrameError::TooShort { len: 0, min: 1 })
+        );
         assert_eq!(r.feed(b"{}"), 0);
         let mut r = JmsgReader::new();
         assert_eq!(r.feed(&[0, 1, 0, 1, b'{', b'}']), 4);
         assert_eq!(
-            r.next(),
+            r.next_message(),
             Err(FrameError::TooLarge {
                 len: 65_537,
                 max: 65_536
@@ -936,7 +939,7 @@ mod tests {
         let mut r = JmsgReader::new();
         r.feed(b"RECONNECT");
         assert!(matches!(
-            r.next(),
+            r.next_message(),
             Err(FrameError::TooLarge {
                 len: 0x5245_434F,
                 ..
@@ -946,7 +949,7 @@ mod tests {
         let mut max = vec![0, 1, 0, 0];
         max.extend(std::iter::repeat_n(b' ', 65_536));
         assert_eq!(r.feed(&max), max.len());
-        assert_eq!(r.next().unwrap().unwrap().len(), 65_536);
+        assert_eq!(r.next_message().unwrap().unwrap().len(), 65_536);
     }
 
     #[test]
@@ -994,7 +997,7 @@ mod tests {
                 while p < bytes.len() {
                     let n = j.feed(&bytes[p..]);
                     p += n;
-                    match j.next() {
+                    match j.next_message() {
                         Ok(Some(m)) => assert!(!m.is_empty() && m.len() <= 65_536),
                         Ok(None) if n == 0 => break,
                         Ok(None) => {}

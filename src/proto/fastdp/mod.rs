@@ -7,6 +7,8 @@ pub mod frame;
 pub mod http;
 mod json;
 pub mod messages;
+#[cfg(test)]
+mod pair_tests;
 pub mod plan;
 pub mod schedule;
 pub mod server;

@@ -122,7 +122,7 @@ impl SendPlan {
     }
 
     /// The next chunk to send, now in flight (re-sends first, then in ascending order).
-    pub fn next(&mut self) -> Option<u32> {
+    pub fn take_next(&mut self) -> Option<u32> {
         let c = self.skip_to_candidate()?;
         if self.retry.front() == Some(&c) {
             self.retry.pop_front();
@@ -182,7 +182,7 @@ mod tests {
         let mut p = SendPlan::new(5, &Have::normalised(vec![(1, 2), (3, 4)]));
         assert_eq!(p.done_count(), 2);
         let mut got = Vec::new();
-        while let Some(c) = p.next() {
+        while let Some(c) = p.take_next() {
             p.sent(c, c * 10);
             got.push(c);
         }
@@ -201,7 +201,7 @@ mod tests {
     fn f14_a_wrong_crc_requeues_the_chunk_and_a_good_one_is_never_resent() {
         let mut p = SendPlan::new(3, &Have::new());
         for _ in 0..3 {
-            let c = p.next().unwrap();
+            let c = p.take_next().unwrap();
             p.sent(c, 100 + c);
         }
         assert_eq!(
@@ -213,9 +213,9 @@ mod tests {
         );
         assert_eq!(p.ack(0, 100), AckOutcome::Matched);
         assert!(p.has_unsent());
-        assert_eq!(p.next(), Some(1), "re-sent");
+        assert_eq!(p.take_next(), Some(1), "re-sent");
         p.sent(1, 101);
-        assert_eq!(p.next(), None);
+        assert_eq!(p.take_next(), None);
         assert_eq!(p.ack(1, 101), AckOutcome::Matched);
         assert_eq!(p.ack(2, 102), AckOutcome::Matched);
         assert!(p.is_complete());
@@ -229,19 +229,19 @@ mod tests {
     #[test]
     fn released_chunks_are_sent_again_and_have_merges() {
         let mut p = SendPlan::new(4, &Have::new());
-        let a = p.next().unwrap();
-        let b = p.next().unwrap();
+        let a = p.take_next().unwrap();
+        let b = p.take_next().unwrap();
         p.sent(a, 1);
         p.sent(b, 2);
         assert_eq!(p.ack(a, 1), AckOutcome::Matched);
         p.release(&[a, b]);
         assert_eq!(p.in_flight_count(), 0);
-        assert_eq!(p.next(), Some(b));
+        assert_eq!(p.take_next(), Some(b));
         assert_eq!(p.ack(3, 0), AckOutcome::NotSent);
         // A later reply says 2 and 3 are held; b is in flight and keeps waiting for its Ack.
         p.merge_have(&Have::all(4));
         assert!(!p.is_complete());
-        assert_eq!(p.next(), None);
+        assert_eq!(p.take_next(), None);
         p.sent(b, 2);
         assert_eq!(p.ack(b, 2), AckOutcome::Matched);
         assert!(p.is_complete());
@@ -253,7 +253,7 @@ mod tests {
     fn memory_is_a_bitmap_for_many_chunks() {
         let mut p = SendPlan::new(4_000_000, &Have::all(3_999_999));
         assert_eq!(p.done.len(), 62_500);
-        assert_eq!(p.next(), Some(3_999_999));
-        assert_eq!(p.next(), None);
+        assert_eq!(p.take_next(), Some(3_999_999));
+        assert_eq!(p.take_next(), None);
     }
 }

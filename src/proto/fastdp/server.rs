@@ -144,7 +144,7 @@ impl ServerConnection {
             } => {
                 let version = *version;
                 let n = reader.feed(input);
-                match reader.next() {
+                match reader.next_message() {
                     Ok(None) => {}
                     Ok(Some(body)) => {
                         let body = body.to_vec();

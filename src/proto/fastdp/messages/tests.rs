@@ -551,7 +551,7 @@ fn ack_limits_and_splitting() {
     let mut seen = Vec::new();
     while pos < out.len() {
         pos += r.feed(&out[pos..]);
-        if let Some(m) = r.next().unwrap() {
+        if let Some(m) = r.next_message().unwrap() {
             let Ok(Message::Ack(e)) = parse_message(m) else {
                 panic!()
             };
