@@ -273,7 +273,9 @@ impl Receiver {
     /// Answers an `AckDue` with the durable chunks and their CRCs.
     pub(crate) fn ack(&mut self, durable: &[(u32, u32)], io: &mut Io) {
         self.ack_outstanding = false;
-        if self.state == RecvState::Receiving && !durable.is_empty() {
+        // Still before the FIN's own answer, so the order of Acks holds.
+        let open = matches!(self.state, RecvState::Receiving | RecvState::AnswerFin);
+        if open && !durable.is_empty() {
             put_acks(durable, &mut io.out);
         }
     }

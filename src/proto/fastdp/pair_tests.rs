@@ -1483,3 +1483,95 @@ fn machines_never_panic_on_random_bytes_and_time_steps() {
         while m.poll_event().is_some() || pc.poll_event().is_some() || pl.poll_event().is_some() {}
     }
 }
+
+#[test]
+fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
+    let t0 = Instant::now();
+    let tid = TransferId::parse("9b2e4f60-1c3d-4a5b-8e7f-0a1b2c3d4e5f").unwrap();
+    let src = data(5 * 4096, 14);
+    let request = PullRequest {
+        transfer_id: tid,
+        target: PullTarget::Sha256(Sha256::digest(&src).into()),
+        accept_zstd: false,
+        have: Have::normalised(vec![(0, 2), (3, 4)]),
+        one_chunk: Some(4096),
+        checksum: Some(sha(&src)),
+    };
+    let reply_for = |p: &PullRequest| PullReply {
+        one_chunk: 4096,
+        full_chunk: 5,
+        full_size: src.len() as u64,
+        compress: Compress::None,
+        file_name: "a.txt".into(),
+        transfer_id: p.transfer_id,
+        checksum: sha(&src),
+        have: p.have.clone(),
+        max_connections: 8,
+        reconnect_bytes: DEFAULT_RECONNECT_BYTES,
+    };
+    let open = |request: &PullRequest| {
+        let mut c = PullClient::new(t0, &client_cfg(), request.clone());
+        let mut s = ServerConnection::new(t0, ServerConfig::default());
+        s.handle_input(t0, &c.poll_transmit().unwrap());
+        c.handle_input(t0, &s.poll_transmit().unwrap());
+        let q = c.poll_transmit().unwrap();
+        let mut pos = 0;
+        while pos < q.len() {
+            pos += s.handle_input(t0, &q[pos..]).consumed;
+        }
+        let Some(Event::PullRequest(p)) = s.poll_event() else {
+            panic!()
+        };
+        (c, s, p)
+    };
+    let (mut c, mut s, p) = open(&request);
+    assert_eq!(p, request);
+    s.accept_pull(t0, &reply_for(&p));
+    let mut plan = SendPlan::new(5, &p.have);
+    let reply = s.poll_transmit().unwrap();
+    let mut sent = Vec::new();
+    while let Some(k) = s.poll_send(t0, &mut plan) {
+        sent.push(k.chunk);
+    }
+    assert_eq!(sent, [2, 4], "only the chunks missing from Have");
+    let r = c.handle_input(t0, &reply);
+    assert_eq!(r.consumed, reply.len());
+    assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
+    // A reply for other parameters (the catalog file changed under the same name) is refused
+    // by the client; the server's own refusal is parameter-mismatch, final.
+    let (mut c, mut s, p) = open(&request);
+    let mut other = reply_for(&p);
+    other.checksum = Checksum([9; 32]);
+    s.accept_pull(t0, &other);
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    assert!(matches!(c.poll_event(), Some(Event::Failed(_))));
+    assert!(c.is_finished());
+    let (mut c, mut s, _) = open(&request);
+    s.refuse(ErrorMsg::new(ErrorCode::ParameterMismatch, "entry changed"));
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    let Some(Event::PeerError(e)) = c.poll_event() else {
+        panic!()
+    };
+    assert!(e.is_final());
+    // A control frame Error in the middle of the chunk stream ends the pull.
+    let (mut c, mut s, p) = open(&request);
+    s.accept_pull(t0, &reply_for(&p));
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    c.poll_event();
+    s.fail(ErrorMsg::new(
+        ErrorCode::ParameterMismatch,
+        "source file changed",
+    ));
+    let ctl = s.poll_transmit().unwrap();
+    assert_eq!(&ctl[..4], &[0xff, 0xff, 0xff, 0xfe]);
+    assert!(s.is_finished());
+    let r = c.handle_input(t0, &ctl);
+    assert_eq!(r.consumed, 8);
+    let r = c.handle_input(t0, &ctl[8..]);
+    assert_eq!(r.consumed, ctl.len() - 8);
+    let Some(Event::PeerError(e)) = c.poll_event() else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::ParameterMismatch);
+    assert!(c.is_finished());
+}
