@@ -899,7 +899,7 @@ mod tests {
     }
 
     #[test]
-    fn jmsg_reader_takes_only_its_message_and_refuses_bad_lengths_unread() {
+    fn f5_jmsg_reader_takes_only_its_message_and_refuses_bad_lengths_unread() {
         let mut t = Vec::new();
         put_jmsg(br#"{"Type":"Ack","Chunks":[]}"#, &mut t);
         assert_eq!(&t[..4], &[0, 0, 0, 0x1a]);

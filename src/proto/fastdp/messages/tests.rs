@@ -728,3 +728,19 @@ fn never_panics_on_truncations_and_random_bytes() {
         all(&b);
     }
 }
+
+#[test]
+fn f8_zip_targz_and_unknown_compression_get_unsupported_compression() {
+    for c in ["Zip", "TarGz", "Brotli", "none", ""] {
+        let e = parse_request(&header_with("CompressType", &format!("\"{c}\""))).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnsupportedCompression, "{c:?}");
+        assert!(e.code().is_final());
+    }
+    assert_eq!(
+        parse_request(&header_with("CompressType", "1"))
+            .unwrap_err()
+            .code(),
+        ErrorCode::BadHeader,
+        "a mistyped field is a bad header"
+    );
+}
