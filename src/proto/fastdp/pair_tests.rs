@@ -12,8 +12,8 @@ use super::crc::{crc32c, Crc32c};
 use super::frame::{Compress, Geometry};
 use super::http::{Refusal, DEFAULT_PATH};
 use super::messages::{
-    Checksum, ErrorCode, ErrorMsg, Have, Header, PullReply, PullRequest, PullTarget, TransferId,
-    DEFAULT_RECONNECT_BYTES,
+    Checksum, ErrorCode, ErrorMsg, Have, Header, Message, PullReply, PullRequest, PullTarget,
+    TransferId, DEFAULT_RECONNECT_BYTES,
 };
 use super::plan::{AckOutcome, SendPlan};
 use super::schedule::Limits;
@@ -1574,4 +1574,227 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     };
     assert_eq!(e.code, ErrorCode::ParameterMismatch);
     assert!(c.is_finished());
+}
+
+/// The 2.13 exchange's client bytes, and a driver that answers as a server with every chunk
+/// durable at once.
+fn transcript_213() -> (Header, Vec<u8>) {
+    let h = Header::new(
+        4096,
+        4,
+        Compress::None,
+        "a.txt",
+        TransferId::parse(TID).unwrap(),
+        sha(b"AAAA"),
+    )
+    .unwrap();
+    let mut c = PushClient::new(Instant::now(), &client_cfg(), h.clone());
+    let mut t = c.poll_transmit().unwrap();
+    super::frame::put_jmsg(&h.encode(), &mut t);
+    t.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 4]);
+    t.extend_from_slice(b"AAAA");
+    t.extend_from_slice(&super::frame::FIN);
+    (h, t)
+}
+
+/// Runs the server machine over `t` cut at `cuts`; returns its output and its events (payload
+/// slices joined per chunk, as `ChunkStart` ... `ChunkEnd` with the bytes in between).
+fn serve_split(t: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<String>) {
+    let now = Instant::now();
+    let mut m = ServerConnection::new(now, ServerConfig::default());
+    let mut out = Vec::new();
+    let mut log: Vec<String> = Vec::new();
+    let mut held = false;
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&t.len())) {
+        let piece = &t[prev..c];
+        prev = c;
+        let mut pos = 0;
+        loop {
+            let r = m.handle_input(now, &piece[pos..]);
+            pos += r.consumed;
+            if let Some(p) = r.payload {
+                match log.last_mut() {
+                    Some(s) if s.starts_with("data ") => {
+                        s.push_str(&String::from_utf8_lossy(p.bytes))
+                    }
+                    _ => log.push(format!("data {}", String::from_utf8_lossy(p.bytes))),
+                }
+            }
+            let mut any = false;
+            while let Some(ev) = m.poll_event() {
+                any = true;
+                log.push(format!("{ev:?}"));
+                match ev {
+                    Event::PushHeader(_) => m.accept_push(now, Have::new(), 8),
+                    Event::ChunkEnd { chunk } => {
+                        held = true;
+                        m.chunk_stored(now, chunk, true)
+                    }
+                    Event::AckDue(c) => {
+                        m.ack(&c.iter().map(|&c| (c, crc32c(b"AAAA"))).collect::<Vec<_>>())
+                    }
+                    Event::FinReceived(c) => m.answer_fin(
+                        now,
+                        &c.iter().map(|&c| (c, crc32c(b"AAAA"))).collect::<Vec<_>>(),
+                        held,
+                    ),
+                    Event::Verify => m.complete("a.txt", sha(b"AAAA")),
+                    _ => {}
+                }
+            }
+            if let Some(o) = m.poll_transmit() {
+                out.extend_from_slice(&o);
+            }
+            if r.consumed == 0 && r.payload.is_none() && !any {
+                break;
+            }
+        }
+    }
+    assert!(m.is_finished());
+    (out, log)
+}
+
+#[test]
+fn server_machine_split_anywhere_gives_the_same_bytes_and_events() {
+    let (_, t) = transcript_213();
+    let whole = serve_split(&t, &[]);
+    assert!(whole.0.ends_with(
+        &Message::Complete {
+            file_name: "a.txt".into(),
+            checksum: sha(b"AAAA")
+        }
+        .encode()
+    ));
+    assert!(whole.1.contains(&"data AAAA".to_string()));
+    for a in 0..=t.len() {
+        assert_eq!(serve_split(&t, &[a]), whole, "split at {a}");
+    }
+    let bytewise: Vec<usize> = (1..t.len()).collect();
+    assert_eq!(serve_split(&t, &bytewise), whole);
+    for a in (0..t.len()).step_by(13) {
+        for b in (a..t.len()).step_by(17) {
+            assert_eq!(serve_split(&t, &[a, b]), whole, "split at {a}, {b}");
+        }
+    }
+}
+
+#[test]
+fn push_client_machine_split_anywhere_gives_the_same_events() {
+    let (h, _) = transcript_213();
+    let (server_bytes, _) = serve_split(&transcript_213().1, &[]);
+    let run = |cuts: &[usize]| {
+        let now = Instant::now();
+        let mut c = PushClient::new(now, &client_cfg(), h.clone());
+        let mut plan = SendPlan::new(1, &Have::new());
+        let mut log = Vec::new();
+        let mut sent = Vec::new();
+        let mut prev = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&server_bytes.len())) {
+            let piece = &server_bytes[prev..cut];
+            prev = cut;
+            let mut pos = 0;
+            loop {
+                if let Some(o) = c.poll_transmit() {
+                    sent.extend_from_slice(&o);
+                }
+                if let Some(k) = c.poll_send(now, &mut plan) {
+                    sent.extend_from_slice(&c.begin_chunk(k.chunk, k.len));
+                    sent.extend_from_slice(b"AAAA");
+                    plan.sent(k.chunk, crc32c(b"AAAA"));
+                }
+                let n = c.handle_input(now, &piece[pos..]);
+                pos += n;
+                let mut any = false;
+                while let Some(ev) = c.poll_event() {
+                    any = true;
+                    if let Event::Acked(e) = &ev {
+                        for &(k, crc) in e {
+                            plan.ack(k, crc);
+                        }
+                    }
+                    log.push(ev);
+                }
+                if n == 0 && !any {
+                    break;
+                }
+            }
+        }
+        if let Some(o) = c.poll_transmit() {
+            sent.extend_from_slice(&o);
+        }
+        assert!(c.is_finished());
+        (log, sent)
+    };
+    let whole = run(&[]);
+    assert_eq!(
+        whole.1,
+        transcript_213().1,
+        "the client wrote exactly the 2.13 bytes"
+    );
+    assert!(matches!(whole.0.last(), Some(Event::Complete { .. })));
+    for a in 0..=server_bytes.len() {
+        assert_eq!(run(&[a]), whole, "split at {a}");
+    }
+    let bytewise: Vec<usize> = (1..server_bytes.len()).collect();
+    assert_eq!(run(&bytewise), whole);
+}
+
+#[test]
+fn v110_timeouts_and_truncated_header_get_their_error_lines() {
+    use super::v110::V110Error;
+    let t0 = Instant::now();
+    let req = b"GET /fastdp-endpoint HTTP/1.1\r\nHost: h\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: some-random-key\r\nSec-FastDP-Version: 1.1.0\r\n\r\n";
+    // Header not complete in 10 s.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    m.handle_input(t0, b"\0\0\0\x10{\"One");
+    m.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
+    assert!(m.is_finished());
+    // EOF inside the header.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    m.handle_input(t0, b"\0\0\0\x10{\"One");
+    m.handle_eof(t0);
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::BadHeader.line());
+    // A silent sender after the header: 60 s.
+    let h = super::messages::V110Header::new(10, super::messages::V110Compress::None, "a", [0; 32]);
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    let mut j = Vec::new();
+    super::frame::put_jmsg(&h.encode_python(), &mut j);
+    let mut pos = 0;
+    while pos < j.len() {
+        pos += m.handle_input(t0, &j[pos..]).consumed;
+    }
+    assert!(matches!(m.poll_event(), Some(Event::V110Header(_))));
+    m.accept_v110(t0);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    m.handle_timeout(t0 + Duration::from_secs(60));
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
+    assert_eq!(m.poll_event(), Some(Event::V110Failed(V110Error::Timeout)));
+    // An empty file: received as soon as it is accepted.
+    let e = super::messages::V110Header::new(0, super::messages::V110Compress::Zip, "e", [0; 32]);
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    let mut j = Vec::new();
+    super::frame::put_jmsg(&e.encode_python(), &mut j);
+    let mut pos = 0;
+    while pos < j.len() {
+        pos += m.handle_input(t0, &j[pos..]).consumed;
+    }
+    m.poll_event();
+    m.accept_v110(t0);
+    assert_eq!(m.poll_event(), Some(Event::V110Received));
+    m.v110_done(Err(V110Error::DecompressionFailed));
+    assert_eq!(
+        m.poll_transmit().unwrap(),
+        V110Error::DecompressionFailed.line()
+    );
+    assert!(m.is_finished());
 }
