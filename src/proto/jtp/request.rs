@@ -15,7 +15,8 @@
 use std::fmt;
 
 use super::response::error_frame;
-use super::wire::{get_varint, put_varint, Varint, WireError, MAX_VARINT_LEN};
+use super::wire::{get_varint, put_varint, varint_need, WireError};
+use crate::wire::{Cursor, FieldTooLong, Gathered, Stash};
 
 /// Request types (the first header byte).
 pub const TYPE_GET_BY_ID: u8 = 0x00;
@@ -30,6 +31,8 @@ pub const FLAG_KEEP_ALIVE: u8 = 0x01;
 
 /// Ids preallocated at most, whatever count the wire announces (jtp.md 5.2 rule 5).
 const MAX_PREALLOC_IDS: usize = 4096;
+/// The longest field split across reads: an id (a HaveCount varint is at most 5 bytes).
+const MAX_FIELD: usize = 8;
 
 /// What kind of request, without its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,6 +191,15 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
+/// The decoder gathers only ids (8 bytes) and the HaveCount varint (at most 5) in an 8-byte
+/// stash, so the one field that could ever be refused as too long is a varint, and a varint
+/// that long is malformed.
+impl From<FieldTooLong> for RequestError {
+    fn from(_: FieldTooLong) -> Self {
+        RequestError::MalformedVarint
+    }
+}
+
 impl From<WireError> for RequestError {
     fn from(e: WireError) -> Self {
         match e {
@@ -199,7 +211,8 @@ impl From<WireError> for RequestError {
     }
 }
 
-/// Partial state of a request whose first bytes were consumed.
+/// Partial state of a request whose first bytes were consumed. The start of an id or varint
+/// split across reads is in the decoder's stash.
 #[derive(Debug)]
 enum State {
     /// Nothing consumed.
@@ -211,20 +224,15 @@ enum State {
     GetCount {
         keep_alive: bool,
     },
-    /// Collecting ids; `part` holds the first `part_len` bytes of the next one.
+    HaveCount {
+        keep_alive: bool,
+    },
+    /// Collecting `left` more ids.
     Ids {
         batch: bool,
         keep_alive: bool,
         left: u32,
         ids: Vec<u64>,
-        part: [u8; 8],
-        part_len: u8,
-    },
-    /// HaveCount varint bytes seen so far (all with the continuation bit).
-    HaveCount {
-        keep_alive: bool,
-        bytes: [u8; MAX_VARINT_LEN],
-        len: u8,
     },
 }
 
@@ -233,6 +241,7 @@ enum State {
 pub struct RequestDecoder {
     limits: RequestLimits,
     state: State,
+    stash: Stash,
 }
 
 impl RequestDecoder {
@@ -240,6 +249,7 @@ impl RequestDecoder {
         RequestDecoder {
             limits,
             state: State::Header,
+            stash: Stash::new(MAX_FIELD),
         }
     }
 
@@ -253,30 +263,28 @@ impl RequestDecoder {
     /// request) and the outcome. On `Err` the connection answers with the error's JTPE and closes;
     /// the decoder is reset.
     pub fn decode(&mut self, buf: &[u8]) -> (usize, Result<Decoded, RequestError>) {
-        let mut pos = 0;
-        let out = self.step(buf, &mut pos);
+        let mut c = Cursor::new(buf);
+        let out = self.step(&mut c);
         if !matches!(out, Ok(Decoded::Partial)) {
             self.state = State::Header;
+            self.stash.clear();
         }
-        (pos, out)
+        (c.position(), out)
     }
 
-    fn step(&mut self, buf: &[u8], pos: &mut usize) -> Result<Decoded, RequestError> {
+    fn step(&mut self, c: &mut Cursor<'_>) -> Result<Decoded, RequestError> {
         loop {
-            let rest = &buf[*pos..];
             match &mut self.state {
                 State::Header => {
-                    let Some(&t) = rest.first() else {
+                    let Some(t) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     self.state = State::Flags { req_type: t };
                 }
                 State::Flags { req_type } => {
-                    let Some(&flags) = rest.first() else {
+                    let Some(flags) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     if flags & !FLAG_KEEP_ALIVE != 0 {
                         return Err(RequestError::ReservedFlags);
                     }
@@ -287,11 +295,7 @@ impl RequestDecoder {
                             continue;
                         }
                         TYPE_BATCH => {
-                            self.state = State::HaveCount {
-                                keep_alive,
-                                bytes: [0; MAX_VARINT_LEN],
-                                len: 0,
-                            };
+                            self.state = State::HaveCount { keep_alive };
                             continue;
                         }
                         TYPE_LIST => Request::List { keep_alive },
@@ -303,81 +307,73 @@ impl RequestDecoder {
                     return Ok(Decoded::Request(req));
                 }
                 State::GetCount { keep_alive } => {
-                    let Some(&n) = rest.first() else {
+                    let Some(n) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     self.state = State::Ids {
                         batch: false,
                         keep_alive: *keep_alive,
                         left: u32::from(n),
                         ids: Vec::with_capacity(usize::from(n)),
-                        part: [0; 8],
-                        part_len: 0,
                     };
                 }
-                State::HaveCount {
-                    keep_alive,
-                    bytes,
-                    len,
-                } => {
-                    let have = usize::from(*len);
-                    let take = rest.len().min(MAX_VARINT_LEN - have);
-                    bytes[have..have + take].copy_from_slice(&rest[..take]);
-                    match get_varint(&bytes[..have + take])? {
-                        Varint::Partial => {
-                            // Every byte taken carries the continuation bit and fewer than 5
-                            // were seen (a 5th would have decided), so all belong to the varint.
-                            *pos += take;
-                            *len += take as u8;
+                State::HaveCount { keep_alive } => {
+                    let need = |p: &[u8]| varint_need(p).map_err(RequestError::from);
+                    let field = match self.stash.gather(c.rest(), need)? {
+                        Gathered::Whole { taken, field } => {
+                            c.skip(taken);
+                            field
+                        }
+                        Gathered::Partial => {
+                            c.skip(c.remaining());
                             return Ok(Decoded::Partial);
                         }
-                        Varint::Complete(n, used) => {
-                            *pos += used - have;
-                            if n > self.limits.max_have {
-                                return Err(RequestError::HaveCountTooLarge(n));
-                            }
-                            self.state = State::Ids {
-                                batch: true,
-                                keep_alive: *keep_alive,
-                                left: n,
-                                ids: Vec::with_capacity((n as usize).min(MAX_PREALLOC_IDS)),
-                                part: [0; 8],
-                                part_len: 0,
-                            };
-                        }
+                    };
+                    // `field` is exactly one well-formed varint.
+                    let Some(n) = get_varint(&mut Cursor::new(field))? else {
+                        return Err(RequestError::MalformedVarint);
+                    };
+                    if n > self.limits.max_have {
+                        return Err(RequestError::HaveCountTooLarge(n));
                     }
+                    self.state = State::Ids {
+                        batch: true,
+                        keep_alive: *keep_alive,
+                        left: n,
+                        ids: Vec::with_capacity((n as usize).min(MAX_PREALLOC_IDS)),
+                    };
                 }
                 State::Ids {
                     batch,
                     keep_alive,
                     left,
                     ids,
-                    part,
-                    part_len,
                 } => {
-                    let mut rest = rest;
                     while *left > 0 {
-                        let have = usize::from(*part_len);
-                        if have == 0 && rest.len() >= 8 {
-                            let (id, tail) = rest.split_at(8);
-                            ids.push(u64::from_be_bytes(id.try_into().expect("8 bytes")));
-                            rest = tail;
-                            *pos += 8;
-                            *left -= 1;
-                            continue;
+                        if self.stash.held().is_empty() {
+                            // Whole ids straight from the input, as many as it holds.
+                            while *left > 0 {
+                                let Some(id) = c.u64_be() else { break };
+                                ids.push(id);
+                                *left -= 1;
+                            }
+                            if *left == 0 {
+                                break;
+                            }
                         }
-                        let take = rest.len().min(8 - have);
-                        part[have..have + take].copy_from_slice(&rest[..take]);
-                        rest = &rest[take..];
-                        *pos += take;
-                        *part_len += take as u8;
-                        if *part_len < 8 {
-                            return Ok(Decoded::Partial);
+                        // An id cut by the end of a read goes through the stash.
+                        match self.stash.gather(c.rest(), |_| Ok::<_, RequestError>(8))? {
+                            Gathered::Whole { taken, field } => {
+                                c.skip(taken);
+                                // Exactly the 8 bytes asked for.
+                                ids.push(field.iter().fold(0, |v, &b| v << 8 | u64::from(b)));
+                                *left -= 1;
+                            }
+                            Gathered::Partial => {
+                                c.skip(c.remaining());
+                                return Ok(Decoded::Partial);
+                            }
                         }
-                        ids.push(u64::from_be_bytes(*part));
-                        *part_len = 0;
-                        *left -= 1;
                     }
                     let ids = std::mem::take(ids);
                     let req = if *batch {

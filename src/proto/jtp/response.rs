@@ -29,9 +29,10 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::wire::{
-    get_varint, put_varint, Varint, WireError, FLAGS_RESERVED, MAGIC_BATCH, MAGIC_CANCEL,
-    MAGIC_ERROR, MAGIC_GET, MAGIC_LIST, MAGIC_LIST_AND_GET, MAGIC_WATCH,
+    get_varint, put_varint, WireError, FLAGS_RESERVED, MAGIC_BATCH, MAGIC_CANCEL, MAGIC_ERROR,
+    MAGIC_GET, MAGIC_LIST, MAGIC_LIST_AND_GET, MAGIC_WATCH,
 };
+use crate::wire::{hex, Cursor, FieldTooLong, Gathered, Stash};
 
 /// The longest frame the decoder ever has to hold whole: a `JTPW` event with a 65,535-byte
 /// name (magic 4, id 8, flags 1, NameLen 2, name, Size varint 5). Entries and `JTPE` are shorter.
@@ -249,7 +250,8 @@ impl fmt::Display for ResponseError {
             ResponseError::NotASubsequence(id) => {
                 write!(
                     f,
-                    "jtp response: packet {id:016x} was not requested at this point"
+                    "jtp response: packet {} was not requested at this point",
+                    hex::encode_u64(*id)
                 )
             }
             ResponseError::MalformedVarint => f.write_str("jtp response: malformed varint"),
@@ -269,6 +271,14 @@ impl From<WireError> for ResponseError {
             WireError::MalformedVarint => ResponseError::MalformedVarint,
             _ => ResponseError::Unexpected("request error in a response"),
         }
+    }
+}
+
+/// Every JTP header frame fits [`MAX_HEADER_FRAME`] by its layout, so the decoder's stash never
+/// refuses one; should it, the frame is longer than any JTP frame.
+impl From<FieldTooLong> for ResponseError {
+    fn from(_: FieldTooLong) -> Self {
+        ResponseError::Unexpected("frame longer than any jtp frame")
     }
 }
 
@@ -354,63 +364,56 @@ struct EntryRef<'b> {
     size: u32,
 }
 
-/// Bounds-checked reads over one frame; `None` is "need more bytes".
-struct Cursor<'b> {
-    b: &'b [u8],
-    pos: usize,
+/// A frame read from the start of some bytes, or, when they end first, how long it is at least.
+enum Parse<T> {
+    Done(T),
+    /// The bytes are a proper prefix of a frame of at least this many bytes.
+    Need(usize),
 }
 
-impl<'b> Cursor<'b> {
-    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|s| s[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
-    }
-    fn varint(&mut self) -> Result<Option<u32>, ResponseError> {
-        match get_varint(&self.b[self.pos..])? {
-            Varint::Complete(v, n) => {
-                self.pos += n;
-                Ok(Some(v))
-            }
-            Varint::Partial => Ok(None),
-        }
-    }
-    /// `id | flags | NameLen | name | Size`.
-    fn entry(&mut self) -> Result<Option<EntryRef<'b>>, ResponseError> {
-        let (Some(id), Some(flags), Some(len)) = (self.u64(), self.u8(), self.u16()) else {
-            return Ok(None);
-        };
-        let Some(name) = self.take(usize::from(len)) else {
-            return Ok(None);
-        };
-        Ok(self.varint()?.map(|size| EntryRef {
-            id,
-            flags,
-            name,
-            size,
-        }))
-    }
+/// "The frame needs at least `more` bytes past what `c` has read."
+fn need<T>(c: &Cursor<'_>, more: usize) -> Result<Parse<T>, ResponseError> {
+    Ok(Parse::Need(c.position().saturating_add(more)))
 }
 
-/// Parses one frame from the start of `b`: `Ok(None)` if `b` is a proper prefix of one.
-fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, ResponseError> {
-    let Some(&first) = b.first() else {
-        return Ok(None);
+/// `id | flags | NameLen | name | Size` at the cursor.
+#[inline]
+fn entry<'b>(c: &mut Cursor<'b>) -> Result<Parse<EntryRef<'b>>, ResponseError> {
+    // Each bound counts the fixed fields still to come and one byte of Size.
+    let Some(id) = c.u64_be() else {
+        return need(c, 12);
     };
-    let mut c = Cursor { b, pos: 0 };
+    let Some(flags) = c.u8() else {
+        return need(c, 4);
+    };
+    let Some(len) = c.u16_be() else {
+        return need(c, 3);
+    };
+    let len = usize::from(len);
+    let Some(name) = c.take(len) else {
+        return need(c, len + 1);
+    };
+    // A partial varint is all of the rest: one more byte at least.
+    let Some(size) = get_varint(c)? else {
+        return need(c, c.remaining() + 1);
+    };
+    Ok(Parse::Done(EntryRef {
+        id,
+        flags,
+        name,
+        size,
+    }))
+}
+
+/// Parses one frame from the start of `b`; errors come as soon as the bytes show them.
+fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Parse<(Frame<'_>, usize)>, ResponseError> {
+    let mut c = Cursor::new(b);
+    let Some(first) = c.peek(1).map(|p| p[0]) else {
+        return need(&c, 1);
+    };
     let frame = match ctx {
-        Ctx::Entry => match c.entry()? {
-            Some(EntryRef {
+        Ctx::Entry => match entry(&mut c)? {
+            Parse::Done(EntryRef {
                 id,
                 flags,
                 name,
@@ -421,17 +424,19 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
                 name,
                 size,
             },
-            None => return Ok(None),
+            Parse::Need(n) => return Ok(Parse::Need(n)),
         },
         Ctx::Packet if first != b'J' => {
             if first & FLAGS_RESERVED != 0 {
                 return Err(ResponseError::ReservedPacketFlags(first));
             }
-            c.pos = 1;
-            let Some(len) = c.varint()? else {
-                return Ok(None);
+            c.skip(1);
+            let Some(len) = get_varint(&mut c)? else {
+                return need(&c, c.remaining() + 1 + 8);
             };
-            let Some(id) = c.u64() else { return Ok(None) };
+            let Some(id) = c.u64_be() else {
+                return need(&c, 8);
+            };
             Frame::Packet {
                 flags: first,
                 len,
@@ -442,21 +447,25 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
             return Err(ResponseError::MaybeOlderServer)
         }
         Ctx::Packet | Ctx::Magic { .. } => {
-            let Some(m) = c.take(4) else { return Ok(None) };
-            let magic: [u8; 4] = m.try_into().expect("4 bytes");
+            let Some(magic) = c.array::<4>() else {
+                return need(&c, 4);
+            };
             match magic {
                 MAGIC_CANCEL => Frame::Cancel,
                 MAGIC_ERROR => {
-                    let (Some(code), Some(len)) = (c.u8(), c.u16()) else {
-                        return Ok(None);
+                    let Some(code) = c.u8() else {
+                        return need(&c, 3);
+                    };
+                    let Some(len) = c.u16_be() else {
+                        return need(&c, 2);
                     };
                     let Some(msg) = c.take(usize::from(len)) else {
-                        return Ok(None);
+                        return need(&c, usize::from(len));
                     };
                     Frame::Error(code, msg)
                 }
-                MAGIC_WATCH => match c.entry()? {
-                    Some(EntryRef {
+                MAGIC_WATCH => match entry(&mut c)? {
+                    Parse::Done(EntryRef {
                         id,
                         flags,
                         name,
@@ -467,21 +476,29 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
                         name,
                         size,
                     },
-                    None => return Ok(None),
+                    Parse::Need(n) => return Ok(Parse::Need(n)),
                 },
                 MAGIC_GET => match c.u8() {
                     Some(m) => Frame::Counted(magic, u32::from(m)),
-                    None => return Ok(None),
+                    None => return need(&c, 1),
                 },
-                MAGIC_LIST | MAGIC_BATCH | MAGIC_LIST_AND_GET => match c.varint()? {
+                MAGIC_LIST | MAGIC_BATCH | MAGIC_LIST_AND_GET => match get_varint(&mut c)? {
                     Some(n) => Frame::Counted(magic, n),
-                    None => return Ok(None),
+                    None => return need(&c, c.remaining() + 1),
                 },
                 _ => return Err(ResponseError::UnknownMagic(magic)),
             }
         }
     };
-    Ok(Some((frame, c.pos)))
+    Ok(Parse::Done((frame, c.position())))
+}
+
+/// The length of the frame at the start of `prefix`, or the fewest bytes it can have: the
+/// `need` of the decoder's stash.
+fn frame_need(ctx: Ctx, prefix: &[u8]) -> Result<usize, ResponseError> {
+    Ok(match parse_frame(ctx, prefix)? {
+        Parse::Done((_, n)) | Parse::Need(n) => n,
+    })
 }
 
 /// Incremental client-side response decoder (see the module doc).
@@ -491,9 +508,7 @@ pub struct ResponseDecoder {
     state: State,
     pending: VecDeque<Expect>,
     /// The start of a frame split across calls (at most [`MAX_HEADER_FRAME`] bytes).
-    stash: Vec<u8>,
-    /// The stash holds a frame already returned; clear it on the next call.
-    stash_spent: bool,
+    stash: Stash,
 }
 
 impl ResponseDecoder {
@@ -502,8 +517,7 @@ impl ResponseDecoder {
             limits,
             state: State::Ready,
             pending: VecDeque::new(),
-            stash: Vec::new(),
-            stash_spent: false,
+            stash: Stash::new(MAX_HEADER_FRAME),
         }
     }
 
@@ -521,8 +535,7 @@ impl ResponseDecoder {
     /// EOF here is a clean end. False after a framing error.
     pub fn is_idle(&self) -> bool {
         let between = matches!(self.state, State::Ready) && self.pending.is_empty();
-        let partial = !self.stash.is_empty() && !self.stash_spent;
-        (between || matches!(self.state, State::Closed)) && !partial
+        (between || matches!(self.state, State::Closed)) && self.stash.held().is_empty()
     }
 
     /// Decodes from `buf`; returns (bytes consumed, event).
@@ -535,10 +548,7 @@ impl ResponseDecoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
-        if self.stash_spent {
-            self.stash.clear();
-            self.stash_spent = false;
-        }
+        self.stash.recycle();
         // Every error path of `step` leaves the state `Failed` (the borrow of the returned
         // event prevents fixing it up here).
         self.step(buf)
@@ -633,40 +643,34 @@ impl ResponseDecoder {
             state,
             pending,
             stash,
-            stash_spent,
         } = self;
 
-        let (frame, consumed) = if stash.is_empty() {
-            match parse_frame(ctx, buf) {
+        // A header frame whole in `buf` is parsed in place (the common case, parsed once); a
+        // split one is gathered in the stash, which never takes a byte past the frame (packet
+        // data stays in `buf`), and parsed when whole.
+        let direct = match stash.held() {
+            [] => match parse_frame(ctx, buf) {
                 Err(e) => return fail(state, pending, e),
-                Ok(Some((f, n))) => (f, n),
-                Ok(None) => {
-                    // A proper prefix of a frame, hence shorter than MAX_HEADER_FRAME.
-                    stash.extend_from_slice(buf);
-                    return (buf.len(), Ok(None));
-                }
-            }
-        } else {
-            let old = stash.len();
-            let take = buf.len().min(MAX_HEADER_FRAME.saturating_sub(old));
-            stash.extend_from_slice(&buf[..take]);
-            let stash: &'a Vec<u8> = stash;
-            match parse_frame(ctx, stash) {
-                Err(e) => return fail(state, pending, e),
-                Ok(Some((f, n))) => {
-                    *stash_spent = true;
-                    (f, n - old)
-                }
-                Ok(None) if stash.len() >= MAX_HEADER_FRAME => {
-                    return fail(
-                        state,
-                        pending,
-                        ResponseError::Unexpected("frame longer than any jtp frame"),
-                    )
-                }
-                Ok(None) => {
-                    // `stash` still holds the partial frame; `take` is all of `buf` here.
-                    return (take, Ok(None));
+                Ok(Parse::Done(found)) => Some(found),
+                Ok(Parse::Need(_)) => None,
+            },
+            _ => None,
+        };
+        let (frame, taken) = match direct {
+            Some(found) => found,
+            None => {
+                let (taken, field) = match stash.gather(buf, |p| frame_need(ctx, p)) {
+                    Err(e) => return fail(state, pending, e),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                };
+                match parse_frame(ctx, field) {
+                    Ok(Parse::Done((frame, _))) => (frame, taken),
+                    // Cannot happen: `field` is exactly the frame `frame_need` measured.
+                    Ok(Parse::Need(_)) => {
+                        return fail(state, pending, ResponseError::Unexpected("frame"));
+                    }
+                    Err(e) => return fail(state, pending, e),
                 }
             }
         };
@@ -675,7 +679,7 @@ impl ResponseDecoder {
             Ok(ev) => ev,
             Err(e) => return fail(state, pending, e),
         };
-        (consumed, Ok(Some(event)))
+        (taken, Ok(Some(event)))
     }
 }
 
