@@ -8,9 +8,9 @@
 //! The decoder checks every length against [`Limits`] *before* the bytes it guards are taken:
 //! the status byte as soon as it arrives, N right after the 10-byte header, F right after the
 //! name and size fields, M right after its 8 bytes. File data is never buffered
-//! ([`Event::FileData`] borrows the caller's input); only a file entry header (at most
-//! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied when it is
-//! split across reads.
+//! ([`Event::FileData`] borrows the caller's input); only a header, a file entry header (at most
+//! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied, into the
+//! decoder's [`Stash`](crate::wire::Stash), when it is split across reads.
 //!
 //! ```text
 //!            FrameStart            FileStart               FileData*
@@ -27,6 +27,7 @@
 use std::fmt;
 
 use crate::names::accept_exact;
+use crate::wire::{Cursor, FieldTooLong, Gathered, Stash};
 
 /// Highest custom status ferry's API accepts (bits 6..0 of the status byte).
 pub const MAX_STATUS: u8 = 127;
@@ -227,6 +228,19 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// The decoder's stash holds the longest entry header or the longest message the limits allow,
+/// and the message's length is refused first (with its exact value) when over `max_message`; so
+/// only a message can be too long for the stash, and this is that refusal.
+impl From<FieldTooLong> for FrameError {
+    fn from(e: FieldTooLong) -> Self {
+        let len = |n: usize| n.saturating_sub(MESSAGE_LEN_LEN) as u64;
+        FrameError::MessageTooLarge {
+            size: len(e.len),
+            max: len(e.max),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Between frames, or inside the 10-byte header (the stash holds its start).
@@ -245,65 +259,51 @@ enum State {
     Failed(FrameError),
 }
 
-/// Outcome of gathering one field that may be split across calls.
-enum Gather<'a> {
-    /// The whole field, and how many bytes of this call's input it took.
-    Done { taken: usize, field: &'a [u8] },
-    /// All of this call's input went into the stash (this many bytes); more is needed.
-    Partial(usize),
-}
-
-/// Collects a field whose total length `need` computes from the field's first bytes (it must be
-/// final once the prefix is at least as long as the answer, and may refuse a length it reads).
-/// Borrows from `buf` when the field is whole there, else copies exactly the missing bytes into
-/// `stash`, so the stash never holds more than the field.
-fn gather<'a>(
-    stash: &'a mut Vec<u8>,
-    spent: &mut bool,
-    buf: &'a [u8],
-    need: impl Fn(&[u8]) -> Result<usize, FrameError>,
-) -> Result<Gather<'a>, FrameError> {
-    if stash.is_empty() {
-        let n = need(buf)?;
-        if buf.len() >= n {
-            return Ok(Gather::Done {
-                taken: n,
-                field: &buf[..n],
-            });
-        }
-    }
-    let mut taken = 0;
-    loop {
-        let n = need(stash)?;
-        if stash.len() >= n {
-            *spent = true;
-            return Ok(Gather::Done {
-                taken,
-                field: &stash[..n],
-            });
-        }
-        if taken == buf.len() {
-            return Ok(Gather::Partial(taken));
-        }
-        let k = (n - stash.len()).min(buf.len() - taken);
-        stash.extend_from_slice(&buf[taken..taken + k]);
-        taken += k;
-    }
-}
-
-/// The u64 at the start of `b`; every caller has checked that 8 bytes are there.
+/// The big-endian integer in `b`: a length field of a field the stash measured (8 bytes).
 fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+    b.iter().fold(0, |v, &x| v << 8 | u64::from(x))
+}
+
+/// Length of the 10-byte header, refusing a status byte without the top bit (and in strict mode
+/// a version other than 1) the moment it arrives: a frame without the top bit cannot be
+/// resynchronised from.
+fn header_need(limits: &Limits, p: &[u8]) -> Result<usize, FrameError> {
+    let mut c = Cursor::new(p);
+    if let Some(b) = c.u8() {
+        if b & STATUS_TOP_BIT == 0 {
+            return Err(FrameError::BadFrame(b));
+        }
+    }
+    if let Some(v) = c.u8() {
+        if limits.strict_version && v != VERSION {
+            return Err(FrameError::BadVersion(v));
+        }
+    }
+    Ok(HEADER_LEN)
 }
 
 /// Length of an entry header (L, name, F) given its first bytes.
 fn entry_need(p: &[u8]) -> usize {
-    match p {
-        [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])) + 8,
-        _ => 2,
+    match Cursor::new(p).u16_be() {
+        Some(l) => 2 + usize::from(l) + 8,
+        None => 2,
     }
+}
+
+/// Length of M and the message given their first bytes; M over `max` is refused before any
+/// message byte is taken.
+fn message_need(max: u64, p: &[u8]) -> Result<usize, FrameError> {
+    let Some(size) = Cursor::new(p).u64_be() else {
+        return Ok(MESSAGE_LEN_LEN);
+    };
+    let too_large = FrameError::MessageTooLarge { size, max };
+    if size > max {
+        return Err(too_large);
+    }
+    usize::try_from(size)
+        .ok()
+        .and_then(|m| m.checked_add(MESSAGE_LEN_LEN))
+        .ok_or(too_large)
 }
 
 /// Incremental decoder over a byte stream of back-to-back frames (see the module doc).
@@ -313,18 +313,17 @@ pub struct Decoder {
     state: State,
     /// The start of a field split across calls: at most [`MAX_ENTRY_HEADER`] bytes, or 8 plus
     /// `max_message` for the message.
-    stash: Vec<u8>,
-    /// The stash holds a field already returned in an event; clear it on the next call.
-    stash_spent: bool,
+    stash: Stash,
 }
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
+        let max_message = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
+        let max_field = MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN));
         Decoder {
             limits,
             state: State::Header,
-            stash: Vec::new(),
-            stash_spent: false,
+            stash: Stash::new(max_field),
         }
     }
 
@@ -365,27 +364,19 @@ impl Decoder {
             }
             State::Data { index, files, left } => left.saturating_add(tail(index, files)),
             State::FileEnd { index, files } => tail(index, files),
-            State::Message => {
-                let h = self.held();
-                if h.len() < MESSAGE_LEN_LEN {
-                    MESSAGE_LEN_LEN as u64 - held
-                } else {
-                    be_u64(h)
-                        .saturating_add(MESSAGE_LEN_LEN as u64)
-                        .saturating_sub(held)
-                }
-            }
+            State::Message => match Cursor::new(self.held()).u64_be() {
+                None => MESSAGE_LEN_LEN as u64 - held,
+                Some(m) => m
+                    .saturating_add(MESSAGE_LEN_LEN as u64)
+                    .saturating_sub(held),
+            },
             State::End => 0,
         };
         Some(n)
     }
 
     fn held(&self) -> &[u8] {
-        if self.stash_spent {
-            &[]
-        } else {
-            &self.stash
-        }
+        self.stash.held()
     }
 
     /// Decodes from `buf`; returns (bytes consumed, event).
@@ -399,45 +390,22 @@ impl Decoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, FrameError>) {
-        if self.stash_spent {
-            self.stash.clear();
-            self.stash_spent = false;
-            // A big message may have grown the stash; do not keep it for the connection's life.
-            if self.stash.capacity() > MAX_ENTRY_HEADER {
-                self.stash = Vec::new();
-            }
-        }
+        self.stash.recycle();
         let Self {
             limits,
             state,
             stash,
-            stash_spent,
         } = self;
         let limits = *limits;
         match *state {
             State::Failed(e) => (0, Err(e)),
             State::Header => {
-                // The status byte and (in strict mode) the version are checked the moment they
-                // arrive: a frame without the top bit cannot be resynchronised from.
-                let peek = |i: usize| match i.checked_sub(stash.len()) {
-                    None => stash.get(i),
-                    Some(j) => buf.get(j),
-                };
-                if let Some(&b) = peek(0) {
-                    if b & STATUS_TOP_BIT == 0 {
-                        return fail(state, FrameError::BadFrame(b));
-                    }
-                }
-                if let Some(&v) = peek(1) {
-                    if limits.strict_version && v != VERSION {
-                        return fail(state, FrameError::BadVersion(v));
-                    }
-                }
-                let (taken, h) = match gather(stash, stash_spent, buf, |_| Ok(HEADER_LEN)) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, h) = match stash.gather(buf, |p| header_need(&limits, p)) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
+                // `h` is the whole header, HEADER_LEN bytes.
                 let files = be_u64(&h[2..]);
                 if files > limits.max_files {
                     return fail(state, FrameError::TooManyFiles(files));
@@ -455,13 +423,14 @@ impl Decoder {
                 (taken, Ok(Some(ev)))
             }
             State::Entry { index, files } => {
-                let (taken, e) = match gather(stash, stash_spent, buf, |p| Ok(entry_need(p))) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, e) = match stash.gather(buf, |p| Ok(entry_need(p))) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
-                let name = &e[2..e.len() - 8];
-                let size = be_u64(&e[e.len() - 8..]);
+                // `e` is the whole entry header: L, L name bytes, F.
+                let (name, size) = e[2..].split_at(e.len() - 10);
+                let size = be_u64(size);
                 if size > limits.max_file_size {
                     let max = limits.max_file_size;
                     return fail(state, FrameError::FileTooLarge { index, size, max });
@@ -509,19 +478,9 @@ impl Decoder {
             }
             State::Message => {
                 let max = limits.max_message;
-                let need = |p: &[u8]| {
-                    if p.len() < MESSAGE_LEN_LEN {
-                        return Ok(MESSAGE_LEN_LEN);
-                    }
-                    let size = be_u64(p);
-                    match usize::try_from(size) {
-                        Ok(m) if size <= max => Ok(MESSAGE_LEN_LEN + m),
-                        _ => Err(FrameError::MessageTooLarge { size, max }),
-                    }
-                };
-                let (taken, m) = match gather(stash, stash_spent, buf, need) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, m) = match stash.gather(buf, |p| message_need(max, p)) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
                 *state = State::End;
