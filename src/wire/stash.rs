@@ -337,19 +337,20 @@ mod tests {
         };
         for _ in 0..3000 {
             let len = (next() % 48) as usize;
+            // Lengths 0..=15 against a maximum of 6, and now and then the malformed 0xff.
             let input: Vec<u8> = (0..len)
-                .map(|_| (next() % 12) as u8 | 0xf0 * (next() % 9 == 0) as u8)
+                .map(|_| {
+                    let high = if next() % 9 == 0 { 0xf0 } else { 0 };
+                    (next() % 16) as u8 | high
+                })
                 .collect();
             let a = (next() as usize) % (len + 1);
             let b = a + (next() as usize) % (len - a + 1);
             let mut s = Stash::new(6);
             for piece in [&input[..a], &input[a..b], &input[b..]] {
                 let mut piece = piece;
-                loop {
-                    match s.gather(piece, counted) {
-                        Ok(Gathered::Whole { taken, .. }) => piece = &piece[taken..],
-                        Ok(Gathered::Partial) | Err(_) => break,
-                    }
+                while let Ok(Gathered::Whole { taken, .. }) = s.gather(piece, counted) {
+                    piece = &piece[taken..];
                     if piece.is_empty() {
                         break;
                     }
