@@ -3,7 +3,9 @@
 //! The decoder takes the connection's unread input and consumes exactly one request's bytes,
 //! never more, so pipelined requests stay with the caller (jtp.md 3.3, J16, J24). It keeps
 //! partial state between calls: a BATCH of 1,000,000 ids may arrive in any number of pieces
-//! while memory grows only with the ids received (J9, J10). Checks run in the order the spec
+//! while memory grows only with the ids received (J9, J10). Whole ids are read straight from the
+//! input with [`crate::wire::Cursor`]; an id or HaveCount varint cut by the end of a read waits
+//! in an 8-byte [`crate::wire::Stash`]. Checks run in the order the spec
 //! fixes: RequestFlags bits 1-7 first, then the type, then the body (J4).
 //!
 //! ```text
@@ -415,6 +417,7 @@ mod tests {
             let mut off = 0;
             while off < chunk.len() {
                 let (n, r) = d.decode(&chunk[off..]);
+                assert_bounded(&d);
                 off += n;
                 match r? {
                     Decoded::Partial => assert_eq!(off, chunk.len(), "partial leaves no bytes"),
@@ -424,6 +427,59 @@ mod tests {
         }
         assert!(!d.is_mid_request(), "transcript ends on a request boundary");
         Ok(out)
+    }
+
+    /// What the decoder holds stays within its limits: a split field within the 8-byte stash,
+    /// ids preallocated up to MAX_PREALLOC_IDS and otherwise grown with the ids received.
+    fn assert_bounded(d: &RequestDecoder) {
+        assert!(d.stash.held().len() <= MAX_FIELD && d.stash.capacity() <= MAX_FIELD);
+        if let State::Ids { ids, .. } = &d.state {
+            assert!(ids.capacity() <= MAX_PREALLOC_IDS.max(2 * ids.len()));
+        }
+    }
+
+    /// Feeds `input` in pieces of `chunk` bytes; the requests and the first error.
+    fn run(input: &[u8], chunk: usize) -> (Vec<Request>, Option<RequestError>) {
+        let mut d = dec();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            let mut off = 0;
+            while off < piece.len() {
+                let (n, r) = d.decode(&piece[off..]);
+                assert!(n <= piece.len() - off, "consumed more than offered");
+                assert_bounded(&d);
+                off += n;
+                match r {
+                    Ok(Decoded::Partial) => assert_eq!(off, piece.len()),
+                    Ok(Decoded::Request(req)) => out.push(req),
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    /// A short transcript touching every request type, for the every-pair-of-offsets test.
+    fn short_transcript() -> (Vec<u8>, Vec<Request>) {
+        let reqs = vec![
+            Request::List { keep_alive: true },
+            Request::GetById {
+                keep_alive: true,
+                ids: vec![0x84fe30f5845a521f, 0x0102030405060708],
+            },
+            Request::Batch {
+                keep_alive: true,
+                have: vec![0xef46db3751d8e999],
+            },
+            Request::Cancel,
+            Request::Watch,
+            Request::ListAndGet { keep_alive: false },
+        ];
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            r.encode(&mut bytes);
+        }
+        (bytes, reqs)
     }
 
     fn transcript() -> (Vec<u8>, Vec<Request>) {
@@ -471,6 +527,37 @@ mod tests {
         for size in [3, 7, 9, 13] {
             let pieces: Vec<&[u8]> = bytes.chunks(size).collect();
             assert_eq!(feed_chunks(&pieces).unwrap(), reqs, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn split_at_every_pair_of_offsets_gives_the_same_requests() {
+        let (bytes, reqs) = short_transcript();
+        assert_eq!(bytes.len(), 38);
+        for a in 0..=bytes.len() {
+            for b in a..=bytes.len() {
+                let pieces = [&bytes[..a], &bytes[a..b], &bytes[b..]];
+                assert_eq!(feed_chunks(&pieces).unwrap(), reqs, "cuts at {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_random_cuts_give_the_same_requests() {
+        let (bytes, reqs) = transcript();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..300 {
+            let mut cuts: Vec<usize> = (0..rng.next() % 12)
+                .map(|_| (rng.next() as usize) % (bytes.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+                pieces.push(&bytes[prev..c]);
+                prev = c;
+            }
+            assert_eq!(feed_chunks(&pieces).unwrap(), reqs);
         }
     }
 
@@ -709,6 +796,48 @@ mod tests {
         }
     }
 
+    /// Every request fixture of these tests: transcripts and each error case.
+    fn fixtures() -> Vec<Vec<u8>> {
+        let mut all = vec![transcript().0, short_transcript().0];
+        for bad in [
+            &[0x01, 0x02][..],
+            &[0x00, 0xff],
+            &[0xfe, 0x00],
+            &[0x02, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[0x02, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10],
+            &[0x02, 0x00, 0x80, 0x00],
+            &[0x02, 0x00, 0xc1, 0x84, 0x3d, 0xaa, 0xbb],
+            &[0x02, 0x01, 0xc0, 0x84, 0x3d, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[0x00, 0x00, 0x05, 1, 2, 3],
+        ] {
+            all.push(bad.to_vec());
+        }
+        all
+    }
+
+    #[test]
+    fn j10_every_truncation_of_every_fixture_is_partial_or_an_error_within_bounds() {
+        for f in fixtures() {
+            let (full, full_err) = run(&f, f.len());
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let whole = run(part, part.len());
+                // The same however the truncated input is cut, and a prefix of the full result:
+                // a truncation only ever means "need more", never a different request or error.
+                // (Byte by byte is quadratic here; the long transcript gets coarser pieces.)
+                let pieces = if f.len() <= 100 { [1, 3] } else { [7, 61] };
+                for chunk in pieces {
+                    assert_eq!(run(part, chunk), whole, "{f:02x?} cut at {cut}");
+                }
+                let (reqs, err) = whole;
+                assert!(full.starts_with(&reqs), "{f:02x?} cut at {cut}");
+                if let Some(e) = err {
+                    assert_eq!((reqs.len(), Some(e)), (full.len(), full_err));
+                }
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_truncations_and_random_input() {
         let (bytes, _) = transcript();
@@ -718,6 +847,7 @@ mod tests {
             while off < cut {
                 let (n, r) = d.decode(&bytes[off..cut]);
                 assert!(n <= cut - off);
+                assert_bounded(&d);
                 off += n;
                 if r.is_err() || n == 0 {
                     break;
@@ -743,11 +873,15 @@ mod tests {
             while off < input.len() {
                 let (n, r) = d.decode(&input[off..]);
                 assert!(n <= input.len() - off);
+                assert_bounded(&d);
                 off += n;
                 if r.is_err() || n == 0 {
                     break;
                 }
             }
+            // Cut anywhere, random bytes decode alike.
+            let whole = run(&input, input.len());
+            assert_eq!(run(&input, 1 + (rng.next() % 7) as usize), whole);
         }
     }
 }
