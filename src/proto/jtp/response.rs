@@ -5,8 +5,10 @@
 //!
 //! The decoder checks the framing a client must check (jtp.md 5.2 rule 7): magics, counts against
 //! [`ResponseLimits`], packet flag bits, and that `JTPD` ids are a subsequence of the request. It
-//! never buffers packet data ([`Event::Data`] borrows the caller's input) and copies at most one
-//! header frame (at most [`MAX_HEADER_FRAME`] bytes) when a frame is split across reads.
+//! never buffers packet data ([`Event::Data`] borrows the caller's input). Frames are read with
+//! [`crate::wire::Cursor`]: a header frame whole in the input is parsed in place, and only one
+//! split across reads is copied, into a [`crate::wire::Stash`] of at most [`MAX_HEADER_FRAME`]
+//! bytes that takes no byte past the frame.
 //!
 //! `JTPE` is recognised wherever a frame starts with a magic: between responses (also before any
 //! request), instead of an expected response, between packets and during WATCH. Between catalog
@@ -974,10 +976,17 @@ mod tests {
             loop {
                 let (n, r) = d.decode(&chunk[off..]);
                 assert!(n <= chunk.len() - off);
+                if let Ok(Some(Event::Data(data))) = &r {
+                    // Zero-copy: packet data is the caller's input, never a copy.
+                    assert_eq!(data.as_ptr(), chunk[off..].as_ptr());
+                    assert_eq!(data.len(), n);
+                }
                 off += n;
+                let r = r.map(|e| e.map(|e| own(e, &mut evs)));
+                assert_bounded(d);
                 match r {
                     Err(e) => return (evs, Some(e)),
-                    Ok(Some(e)) => own(e, &mut evs),
+                    Ok(Some(())) => {}
                     Ok(None) => {
                         assert_eq!(off, chunk.len(), "Ok(None) takes every byte");
                         break;
@@ -986,6 +995,12 @@ mod tests {
             }
         }
         (evs, None)
+    }
+
+    /// A split frame is held within [`MAX_HEADER_FRAME`], and the stash allocates no more.
+    fn assert_bounded(d: &ResponseDecoder) {
+        assert!(d.stash.held().len() <= MAX_HEADER_FRAME);
+        assert!(d.stash.capacity() <= MAX_HEADER_FRAME);
     }
 
     fn transcript() -> Vec<u8> {
@@ -1059,6 +1074,96 @@ mod tests {
                 run(&mut transcript_decoder(), &pieces),
                 (want.clone(), None)
             );
+        }
+    }
+
+    /// JTPB, JTPG and WATCH with multi-byte varints: the frames `transcript` lacks.
+    fn transcript2() -> Vec<u8> {
+        let mut t = Vec::new();
+        put_packets_header(MAGIC_BATCH, 2, &mut t);
+        put_packet_header(0x0b, 130, ALPHA, &mut t);
+        t.extend((0..130u8).map(|i| i.wrapping_mul(7)));
+        put_packet_header(2, 0, BETA, &mut t);
+        put_packets_header(MAGIC_LIST_AND_GET, 0, &mut t);
+        put_watch_event(image_id(b""), 4, "caf\u{e9}.gif", 90243, &mut t);
+        put_cancel(&mut t);
+        t
+    }
+
+    fn transcript2_decoder() -> ResponseDecoder {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Batch);
+        d.expect(Expect::ListAndGet);
+        d.expect(Expect::Watch);
+        d
+    }
+
+    fn transcript2_events() -> Vec<Ev> {
+        vec![
+            Ev::PacketsStart(*b"JTPB", 2),
+            Ev::PacketHeader(0x0b, 130, ALPHA),
+            Ev::Data((0..130u8).map(|i| i.wrapping_mul(7)).collect()),
+            Ev::PacketEnd,
+            Ev::PacketHeader(2, 0, BETA),
+            Ev::PacketEnd,
+            Ev::ResponseEnd,
+            Ev::PacketsStart(*b"JTPG", 0),
+            Ev::ResponseEnd,
+            Ev::Watch(
+                0xef46db3751d8e999,
+                4,
+                "caf\u{e9}.gif".as_bytes().to_vec(),
+                90243,
+            ),
+            Ev::Cancelled,
+        ]
+    }
+
+    #[test]
+    fn j44_split_at_every_pair_of_offsets_gives_the_same_events() {
+        type Case = (Vec<u8>, fn() -> ResponseDecoder, Vec<Ev>);
+        let cases: [Case; 2] = [
+            (transcript(), transcript_decoder, transcript_events()),
+            (transcript2(), transcript2_decoder, transcript2_events()),
+        ];
+        for (t, decoder, want) in cases {
+            assert_eq!(run(&mut decoder(), &[&t]), (want.clone(), None));
+            let singles: Vec<&[u8]> = t.chunks(1).collect();
+            assert_eq!(run(&mut decoder(), &singles), (want.clone(), None));
+            for a in 0..=t.len() {
+                for b in a..=t.len() {
+                    let pieces = [&t[..a], &t[a..b], &t[b..]];
+                    let mut d = decoder();
+                    assert_eq!(run(&mut d, &pieces), (want.clone(), None), "{a} {b}");
+                    assert!(d.is_idle());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn j27_longest_watch_event_fills_the_stash_exactly_split_anywhere() {
+        let name = "n".repeat(usize::from(u16::MAX));
+        let mut t = Vec::new();
+        put_watch_event(7, 1, &name, u32::MAX, &mut t);
+        assert_eq!(t.len(), MAX_HEADER_FRAME);
+        put_cancel(&mut t);
+        let want = vec![Ev::Watch(7, 1, name.into_bytes(), u32::MAX), Ev::Cancelled];
+        let decoder = || {
+            let mut d = ResponseDecoder::new(ResponseLimits::default());
+            d.expect(Expect::Watch);
+            d
+        };
+        assert_eq!(run(&mut decoder(), &[&t]), (want.clone(), None));
+        for size in [1, 2, 7, 4096, 65_536] {
+            let pieces: Vec<&[u8]> = t.chunks(size).collect();
+            assert_eq!(run(&mut decoder(), &pieces), (want.clone(), None), "{size}");
+        }
+        for cut in [
+            1, 4, 5, 12, 13, 15, 16, 65_549, 65_550, 65_554, 65_555, 65_556,
+        ] {
+            let (a, b) = t.split_at(cut);
+            assert_eq!(run(&mut decoder(), &[a, b]), (want.clone(), None), "{cut}");
         }
     }
 
@@ -1356,6 +1461,85 @@ mod tests {
         ]
     }
 
+    /// Every response fixture of these tests with the expectations it is decoded under.
+    fn fixtures() -> Vec<(Vec<Expect>, Vec<u8>)> {
+        let get = |ids: &[u64]| Expect::Get {
+            requested: ids.to_vec(),
+        };
+        let mut all = vec![
+            (vec![Expect::List, get(&[7, ALPHA, 9, BETA])], transcript()),
+            (
+                vec![Expect::Batch, Expect::ListAndGet, Expect::Watch],
+                transcript2(),
+            ),
+        ];
+        for (e, h) in [
+            (Expect::List, "4a54504c ffffffff0f"),
+            (Expect::List, "4a54504c 80ade204"),
+            (Expect::Batch, "4a545042 81ade204"),
+            (
+                Expect::Batch,
+                "4a545042 01 00 ffffffff0f 0000000000000001 aabb",
+            ),
+            (get(&[1]), "4a545044 02"),
+            (
+                get(&[1, 2, 2, 3]),
+                "4a545044 02 00 00 0000000000000003 00 00 0000000000000001",
+            ),
+            (
+                get(&[1]),
+                "4a545045 05 0011 746f6f206d616e79207265717565737473",
+            ),
+            (
+                Expect::ListAndGet,
+                "4a545047 02 00 01 0000000000000001 ff 4a545045 63 0002 ff41",
+            ),
+            (Expect::List, "4a545058 00"),
+            (Expect::Batch, "4a545042 01 10 00 0000000000000001"),
+            (Expect::Batch, "4a545042 8000"),
+            (Expect::List, "4a545042 00"),
+            (Expect::Idle, "4a54504c 00"),
+            (Expect::Batch, "4a545042 01 4a54504c 00"),
+            (get(&[1]), "00 01 0000000000000001"),
+            (Expect::Watch, "4a54504c 00"),
+            (Expect::Idle, "4a545043 4a545043"),
+        ] {
+            all.push((vec![e], hex(h)));
+        }
+        all
+    }
+
+    #[test]
+    fn j42_every_truncation_of_every_fixture_is_a_prefix_within_bounds() {
+        for (expects, f) in fixtures() {
+            let decoder = || {
+                let mut d = ResponseDecoder::new(ResponseLimits::default());
+                for e in &expects {
+                    d.expect(e.clone());
+                }
+                d
+            };
+            let (full, full_err) = run(&mut decoder(), &[&f]);
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let whole = run(&mut decoder(), &[part]);
+                for size in [1, 3] {
+                    let pieces: Vec<&[u8]> = part.chunks(size).collect();
+                    assert_eq!(run(&mut decoder(), &pieces), whole, "{f:02x?} at {cut}");
+                }
+                // A truncation is "need more": the events so far (the last Data perhaps
+                // shorter), and an error only where the whole input has it.
+                let (evs, err) = whole;
+                let n = evs.len();
+                assert!(n <= full.len(), "{f:02x?} at {cut}");
+                assert_eq!(evs[..n.saturating_sub(1)], full[..n.saturating_sub(1)]);
+                if err.is_some() {
+                    assert_eq!((evs, err), (full.clone(), full_err), "{f:02x?} at {cut}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_truncations_and_random_input() {
         let t = transcript();
@@ -1393,9 +1577,20 @@ mod tests {
             });
             d.expect(expects[i % expects.len()].clone());
             d.expect(expects[(i / 6) % expects.len()].clone());
+            let fresh = || {
+                let mut f = ResponseDecoder::new(ResponseLimits {
+                    max_list_entries: 50,
+                    max_packets: 50,
+                });
+                f.expect(expects[i % expects.len()].clone());
+                f.expect(expects[(i / 6) % expects.len()].clone());
+                f
+            };
+            let whole = run(&mut fresh(), &[&input]);
             let chunk = 1 + (rng.next() % 17) as usize;
             let pieces: Vec<&[u8]> = input.chunks(chunk).collect();
-            let _ = run(&mut d, &pieces);
+            // Split anywhere, random input decodes alike, to the same error if any.
+            assert_eq!(run(&mut d, &pieces), whole);
             let _ = d.is_idle();
         }
     }
