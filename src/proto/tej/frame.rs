@@ -10,7 +10,7 @@
 //! name and size fields, M right after its 8 bytes. File data is never buffered
 //! ([`Event::FileData`] borrows the caller's input); only a header, a file entry header (at most
 //! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied, into the
-//! decoder's [`Stash`](crate::wire::Stash), when it is split across reads.
+//! decoder's [`Stash`], when it is split across reads.
 //!
 //! ```text
 //!            FrameStart            FileStart               FileData*
@@ -561,7 +561,7 @@ pub(crate) mod vectors {
 
 #[cfg(test)]
 mod tests {
-    use super::vectors::{bytes, VECTORS};
+    use super::vectors::{bytes, unhex, VECTORS};
     use super::*;
     use sha2::{Digest, Sha256};
 
@@ -596,6 +596,7 @@ mod tests {
         for chunk in chunks {
             let mut pos = 0;
             loop {
+                assert_bounded(dec);
                 let (n, r) = dec.decode(&chunk[pos..]);
                 assert!(n <= chunk.len() - pos, "consumed more than offered");
                 pos += n;
@@ -649,7 +650,17 @@ mod tests {
                 }
             }
         }
+        assert_bounded(dec);
         out
+    }
+
+    /// A split field is held within the decoder's limit (the longest entry header, or M and
+    /// the longest message), and its stash allocates no more.
+    fn assert_bounded(dec: &Decoder) {
+        let max_message = usize::try_from(dec.limits.max_message).unwrap_or(usize::MAX);
+        let limit = MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN));
+        assert_eq!(dec.stash.max(), limit);
+        assert!(dec.stash.held().len() <= limit && dec.stash.capacity() <= limit);
     }
 
     fn whole(input: &[u8], limits: Limits) -> Vec<Ev> {
@@ -1128,6 +1139,223 @@ mod tests {
             // Drain FileEnd/FrameEnd due at the very end.
             while let (0, Ok(Some(_))) = dec.decode(&[]) {}
             assert!(dec.is_between_frames(), "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn t2_every_vector_split_at_every_pair_of_offsets() {
+        for v in VECTORS.iter() {
+            let input = bytes(v.name);
+            let reference = whole(&input, Limits::default());
+            // Every pair for the short vectors; a stride keeps the long ones quick.
+            let step = if input.len() <= 80 { 1 } else { 3 };
+            for a in (0..=input.len()).step_by(step) {
+                for b in (a..=input.len()).step_by(step) {
+                    let pieces = [&input[..a], &input[a..b], &input[b..]];
+                    let evs = feed(&mut Decoder::new(Limits::default()), pieces);
+                    assert_eq!(evs, reference, "{} cut at {a} and {b}", v.name);
+                }
+            }
+        }
+    }
+
+    /// The folder of tej.md 1.6's byte vectors, beside this repository.
+    fn vectors_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/specs/vectors/tej")
+    }
+
+    fn read_text(path: &std::path::Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the TEJ vectors of tej.md 1.6 must be in ../shared/specs/vectors/tej/)",
+                path.display()
+            )
+        })
+    }
+
+    /// Checks one vector's events against its manifest entry and returns the bytes ferry's
+    /// encoders make from what was decoded.
+    fn check_and_reencode(name: &str, frames: &[serde_json::Value], evs: &[Ev]) -> Vec<u8> {
+        let mut it = evs.iter();
+        let mut out = Vec::new();
+        for (fi, f) in frames.iter().enumerate() {
+            let ctx = format!("{name} frame {fi}");
+            let num = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{ctx}: no {k}"));
+            let files = f["files"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{ctx}: no files"));
+            let (status, version) = (num("custom_status") as u8, num("protocol_version") as u8);
+            let start = Ev::Start {
+                status,
+                version,
+                files: files.len() as u64,
+            };
+            assert_eq!(it.next(), Some(&start), "{ctx}");
+            put_frame_header_with_version(status, version, files.len() as u64, &mut out);
+            for (i, file) in files.iter().enumerate() {
+                // `name_hex` where the manifest gives it (names need not be UTF-8), else `name`.
+                let text = file["name"].as_str().map(str::as_bytes);
+                let raw = match file["name_hex"].as_str() {
+                    Some(h) => unhex(h),
+                    None => text
+                        .unwrap_or_else(|| panic!("{ctx}: file {i} has no name"))
+                        .to_vec(),
+                };
+                if let Some(t) = text {
+                    assert_eq!(t, raw, "{ctx}: name and name_hex agree");
+                }
+                let size = file["size"].as_u64().unwrap();
+                match it.next() {
+                    Some(Ev::File {
+                        index,
+                        name,
+                        size: got,
+                        ..
+                    }) => assert_eq!((*index, name, *got), (i as u64, &raw, size), "{ctx}"),
+                    other => panic!("{ctx}: file {i}: {other:?}"),
+                }
+                let mut data: &[u8] = &[];
+                let mut next = it.next();
+                if let Some(Ev::Data(d)) = next {
+                    data = d;
+                    next = it.next();
+                }
+                assert_eq!(next, Some(&Ev::FileEnd), "{ctx}");
+                assert_eq!(data.len() as u64, size, "{ctx}");
+                assert_eq!(sha_hex(data), file["sha256"].as_str().unwrap(), "{ctx}");
+                let name =
+                    std::str::from_utf8(&raw).expect("vector names other than BUGGY are UTF-8");
+                put_file_header(name, size, &mut out);
+                out.extend_from_slice(data);
+            }
+            let message = f["message"].as_str().unwrap().as_bytes();
+            assert_eq!(message.len() as u64, num("message_len"), "{ctx}");
+            assert_eq!(it.next(), Some(&Ev::Message(message.to_vec())), "{ctx}");
+            put_message(message, &mut out);
+            let end = (num("offset") + num("length")) as usize;
+            assert_eq!(it.next(), Some(&Ev::End { at: end }), "{ctx}");
+            assert_eq!(out.len(), end, "{ctx}");
+        }
+        assert_eq!(it.next(), None, "{name}");
+        out
+    }
+
+    #[test]
+    fn t1_t2_t13_vectors_folder_decodes_and_reencodes_exactly() {
+        let dir = vectors_dir();
+        assert!(
+            dir.is_dir(),
+            "{}: missing; the TEJ vectors of tej.md 1.6 must be there",
+            dir.display()
+        );
+        let mut seen = Vec::new();
+        for manifest in ["manifest.json", "ferry_manifest.json"] {
+            let text = read_text(&dir.join(manifest));
+            let m: serde_json::Value = serde_json::from_str(&text).expect(manifest);
+            for (name, v) in m.as_object().expect(manifest) {
+                let hex = v["hex"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: no hex"));
+                let input = unhex(hex);
+                assert_eq!(Some(input.len() as u64), v["len"].as_u64(), "{name}");
+                // The .hex file holds the same bytes, spaced; the copy embedded for the other
+                // tests has not drifted from the folder.
+                let spaced = read_text(&dir.join(format!("{name}.hex")));
+                assert_eq!(spaced.split_whitespace().collect::<String>(), hex, "{name}");
+                assert_eq!(super::vectors::get(name).hex, hex, "{name}");
+                let evs = all_splits(&input, Limits::default());
+                match &v["parsed"] {
+                    serde_json::Value::Array(frames) => {
+                        // T1: ferry's encoders give back every byte.
+                        let again = check_and_reencode(name, frames, &evs);
+                        assert_eq!(again, input, "{name} re-encoded");
+                    }
+                    serde_json::Value::String(why) => {
+                        // T13: BUGGY_nonascii_name's length field is the garbage the reference
+                        // reads; ferry refuses that length as too large, storing nothing.
+                        let need: u64 = why
+                            .split("need ")
+                            .nth(1)
+                            .and_then(|r| r.split(' ').next())
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or_else(|| panic!("{name}: {why}"));
+                        let err = FrameError::FileTooLarge {
+                            index: 0,
+                            size: need,
+                            max: Limits::default().max_file_size,
+                        };
+                        assert_eq!(evs.last(), Some(&Ev::Err(err)), "{name}");
+                        assert!(!evs.iter().any(|e| matches!(e, Ev::Data(_))), "{name}");
+                    }
+                    other => panic!("{name}: parsed is {other}"),
+                }
+                seen.push(name.clone());
+            }
+        }
+        let mut hex_files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".hex").map(str::to_owned)
+            })
+            .collect();
+        hex_files.sort();
+        seen.sort();
+        assert_eq!(hex_files, seen, "every .hex file is in a manifest");
+        let mut embedded: Vec<&str> = VECTORS.iter().map(|v| v.name).collect();
+        embedded.sort_unstable();
+        assert_eq!(embedded, seen, "the embedded copy holds every vector");
+    }
+
+    #[test]
+    fn t19_t20_every_truncation_of_every_fixture_stays_bounded() {
+        let mut fixtures: Vec<(Vec<u8>, Limits)> = Vec::new();
+        let small = Limits {
+            max_files: 3,
+            max_name: 4,
+            max_file_size: 40,
+            max_message: 30,
+            strict_version: true,
+        };
+        // A 1 TiB claim, too many files, a message over the maximum, a status without the top
+        // bit, a version other than 1 in strict mode, a bad name, and good frames under small
+        // limits.
+        let mut big = header(0, 1);
+        put_file_header("big.bin", 1 << 40, &mut big);
+        big.extend_from_slice(b"xyz");
+        fixtures.push((big, Limits::default()));
+        fixtures.push((header(0, 10_001), Limits::default()));
+        let mut msg = header(0, 0);
+        msg.extend_from_slice(&31u64.to_be_bytes());
+        msg.extend_from_slice(&[b'm'; 31]);
+        fixtures.push((msg, small));
+        fixtures.push((b"\x05\x01\0\0".to_vec(), Limits::default()));
+        fixtures.push((bytes("status_127_version_0"), small));
+        let mut bad_name = header(0, 1);
+        put_file_header("../x", 2, &mut bad_name);
+        bad_name.extend_from_slice(b"ok");
+        put_message(b"", &mut bad_name);
+        fixtures.push((bad_name, small));
+        let mut ok = frame(9, &[("a", b"0123456789"), ("bc", b"")], &[b'j'; 30]);
+        ok.extend_from_slice(&frame(2, &[], b""));
+        fixtures.push((ok, small));
+        for (f, limits) in fixtures {
+            let full = whole(&f, limits);
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let evs = whole(part, limits);
+                for size in [1, 3] {
+                    let pieces = feed(&mut Decoder::new(limits), part.chunks(size));
+                    assert_eq!(pieces, evs, "{f:02x?} cut at {cut} in pieces of {size}");
+                }
+                // Only ever "need more": the events so far (the last data perhaps shorter),
+                // and an error exactly where the whole input has it.
+                let n = evs.len().saturating_sub(1);
+                assert_eq!(evs[..n], full[..n], "{f:02x?} cut at {cut}");
+                if let Some(Ev::Err(_)) = evs.last() {
+                    assert_eq!(evs, full, "{f:02x?} cut at {cut}");
+                }
+            }
         }
     }
 
