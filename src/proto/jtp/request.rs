@@ -786,6 +786,13 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_field_too_long_for_the_stash_is_a_malformed_varint() {
+        // Only a varint could ever be that long (ids are exactly the stash's 8 bytes).
+        let e = RequestError::from(FieldTooLong { len: 9, max: 8 });
+        assert_eq!((e, e.code()), (RequestError::MalformedVarint, 2));
+    }
+
     struct XorShift(u64);
     impl XorShift {
         fn next(&mut self) -> u64 {

@@ -1420,6 +1420,16 @@ mod tests {
             assert_eq!(err, Some(*want), "{bytes}");
             assert!(want.to_string().starts_with("jtp response: "));
         }
+        // No JTP frame outgrows the stash (the longest JTPW is exactly MAX_HEADER_FRAME); if
+        // one did, it would be this error.
+        let too_long = FieldTooLong {
+            len: MAX_HEADER_FRAME + 1,
+            max: MAX_HEADER_FRAME,
+        };
+        assert_eq!(
+            ResponseError::from(too_long).to_string(),
+            "jtp response: unexpected frame longer than any jtp frame"
+        );
         // After an error the decoder stays failed, even without input.
         let mut d = ResponseDecoder::new(ResponseLimits::default());
         assert!(run(&mut d, &[&hex("00000000")]).1.is_some());

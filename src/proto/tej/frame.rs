@@ -1473,4 +1473,18 @@ mod tests {
             "tej frame: message length 9 exceeds max_message 8"
         );
     }
+
+    #[test]
+    fn t20_a_field_too_long_for_the_stash_is_a_message_too_large() {
+        // Only M and the message can outgrow an entry header; the stash's refusal names the
+        // message length and the room it had for one.
+        let e = FrameError::from(FieldTooLong {
+            len: 8 + 40,
+            max: 8 + 30,
+        });
+        assert_eq!(e, FrameError::MessageTooLarge { size: 40, max: 30 });
+        assert_eq!(e.code(), "too-large");
+        // With the default limits the stash is sized for M and a 16 MiB message.
+        assert_eq!(Decoder::new(Limits::default()).stash.max(), 8 + (16 << 20));
+    }
 }
