@@ -550,7 +550,9 @@ impl ResponseDecoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
-        self.stash.recycle();
+        // The stash forgets a frame it handed out when it next gathers; it never holds more than
+        // MAX_HEADER_FRAME, so there is no memory to give back earlier (and packet data, the
+        // hot path, does not touch it).
         // Every error path of `step` leaves the state `Failed` (the borrow of the returned
         // event prevents fixing it up here).
         self.step(buf)
