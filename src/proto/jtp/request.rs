@@ -3,10 +3,11 @@
 //! The decoder takes the connection's unread input and consumes exactly one request's bytes,
 //! never more, so pipelined requests stay with the caller (jtp.md 3.3, J16, J24). It keeps
 //! partial state between calls: a BATCH of 1,000,000 ids may arrive in any number of pieces
-//! while memory grows only with the ids received (J9, J10). Whole ids are read straight from the
-//! input with [`crate::wire::Cursor`]; an id or HaveCount varint cut by the end of a read waits
-//! in an 8-byte [`crate::wire::Stash`]. Checks run in the order the spec
+//! while memory grows only with the ids received (J9, J10). Checks run in the order the spec
 //! fixes: RequestFlags bits 1-7 first, then the type, then the body (J4).
+//!
+//! Whole ids are read straight from the input with [`crate::wire::Cursor`]; an id or HaveCount
+//! varint cut by the end of a read waits in an 8-byte [`crate::wire::Stash`].
 //!
 //! ```text
 //! Header ──type──> Flags ──GET──> GetCount ──> GetIds ──> (Request)

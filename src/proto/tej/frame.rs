@@ -259,7 +259,7 @@ enum State {
     Failed(FrameError),
 }
 
-/// The big-endian integer in `b`: a length field of a field the stash measured (8 bytes).
+/// The big-endian u64 in `b`: the 8-byte N or F of a field the stash returned whole.
 fn be_u64(b: &[u8]) -> u64 {
     b.iter().fold(0, |v, &x| v << 8 | u64::from(x))
 }
@@ -390,6 +390,8 @@ impl Decoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, FrameError>) {
+        // Forget the field last handed out now rather than at the next gather: a big message
+        // must not stay allocated while the connection idles.
         self.stash.recycle();
         let Self {
             limits,
