@@ -11,9 +11,9 @@ use argh::FromArgs;
 use ferry::config::JtpConfig;
 use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode};
 use ferry::driver::jtp::server::JtpService;
-use ferry::proto::jtp::wire;
 use ferry::proto::jtp::ALPN as ALPN_JTP;
 use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+use ferry::wire::hex;
 
 use super::*;
 
@@ -313,7 +313,7 @@ pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
             let _ = writeln!(
                 out,
                 "{}  {}  {:>10}  {}",
-                wire::id_hex(l.id),
+                hex::encode_u64(l.id),
                 l.ftype,
                 l.size,
                 l.name
@@ -336,7 +336,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
             positional_addr = Some(s.clone());
         } else {
             ids.push(
-                wire::parse_id_hex(s)
+                hex::parse_u64(s)
                     .ok_or_else(|| local(format!("not an image id (16 hex digits): {s:?}")))?,
             );
         }
@@ -376,7 +376,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
                 let _ = writeln!(
                     out,
                     "NEW  id={} type={} size={} name={}",
-                    wire::id_hex(l.id),
+                    hex::encode_u64(l.id),
                     l.ftype,
                     l.size,
                     l.name
