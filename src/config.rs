@@ -74,8 +74,6 @@ pub struct JtpConfig {
     pub rate_limit_window: Duration,
     /// Rescan interval; enables WATCH. None = no rescans.
     pub watch_interval: Option<Duration>,
-    /// TCP_NODELAY on accepted sockets. Default on.
-    pub nodelay: bool,
     pub verbose: bool,
 }
 
@@ -89,7 +87,6 @@ impl Default for JtpConfig {
             rate_limit: None,
             rate_limit_window: Duration::from_secs(60),
             watch_interval: None,
-            nodelay: true,
             verbose: false,
         }
     }
