@@ -319,8 +319,18 @@ where
             return Err(io::Error::new(kind, "tls: an earlier write failed"));
         }
         while self.conn.wants_write() {
+            let started = Instant::now();
             match self.conn.write_tls(&mut self.sock) {
                 Ok(0) => return Err(self.fail(io::ErrorKind::WriteZero.into())),
+                // A blocking write returns short only when SO_SNDTIMEO expired mid-call (the
+                // peer stopped reading): stop now rather than wait a second timeout in the
+                // next call, as the plain path does (`driver::bulk`).
+                Ok(_) if self.conn.wants_write() && self.timed_out_since(started) => {
+                    return Err(self.fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tls: write timed out (the peer is not reading)",
+                    )));
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -338,6 +348,19 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Whether a write that began at `started` ran for the socket's whole write timeout.
+    fn timed_out_since(&self, started: Instant) -> bool {
+        let took = started.elapsed();
+        // Most writes return at once; only a slow one pays for the getsockopt.
+        took >= Duration::from_millis(1)
+            && self
+                .sock
+                .write_timeout()
+                .ok()
+                .flatten()
+                .is_some_and(|t| took >= t)
     }
 
     fn fail(&mut self, e: io::Error) -> io::Error {
