@@ -9,10 +9,16 @@ use std::time::Duration;
 /// compared with one of these before it is acted on.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Worker threads, and so concurrent connections, per server. Default 1024. A connection
-    /// beyond it gets the protocol's busy reply (or a close) at once.
+    /// Concurrent connections per listener (each listener of `ferry serve` has its own).
+    /// Default 1024. A connection beyond it gets the protocol's busy reply (or, on TLS, a close
+    /// before the handshake) at once. Becomes [`ListenerConfig::max_connections`].
+    ///
+    /// [`ListenerConfig::max_connections`]: crate::server::ListenerConfig::max_connections
     pub max_connections: usize,
-    /// No read or write progress for this long ends a connection. Default 30 s.
+    /// No read or write progress for this long ends a connection, TLS writes included; also
+    /// bounds the TLS handshake. Default 30 s. Becomes [`ListenerConfig::io_timeout`].
+    ///
+    /// [`ListenerConfig::io_timeout`]: crate::server::ListenerConfig::io_timeout
     pub io_timeout: Duration,
     /// Time allowed for a request body once its header arrived. Default 60 s.
     pub body_timeout: Duration,

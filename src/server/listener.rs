@@ -66,6 +66,7 @@ pub struct ListenerConfig {
     pub(super) io_timeout: Duration,
     pub(super) nodelay: bool,
     pub(super) max_connections: usize,
+    pub(super) shared_budget: Option<ConnectionBudget>,
     pub(super) close_linger: Duration,
     pub(super) label: Option<String>,
     pub(super) verbose: bool,
@@ -95,6 +96,7 @@ impl ListenerConfig {
             io_timeout: DEFAULT_IO_TIMEOUT,
             nodelay: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            shared_budget: None,
             close_linger: DEFAULT_CLOSE_LINGER,
             label: None,
             verbose: false,
@@ -159,6 +161,15 @@ impl ListenerConfig {
     /// a byte. Each listener has its own budget. Default 1024; at least 1.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Counts this listener's connections against `budget`, which other listeners may share
+    /// (filestorage's endpoints have one limit together), instead of its own
+    /// [`max_connections`](Self::max_connections).
+    pub fn shared_budget(mut self, budget: &ConnectionBudget) -> Self {
+        self.max_connections = budget.0.max;
+        self.shared_budget = Some(budget.clone());
         self
     }
 
@@ -361,8 +372,25 @@ fn bind_unix(path: &Path) -> io::Result<ListenSocket> {
     })
 }
 
-/// One listener's connection budget: how many of its connections are being set up or served.
-/// Checked on the accept thread, so a refusal is immediate.
+/// A connection budget that several listeners share ([`ListenerConfig::shared_budget`]).
+/// Without one, each listener has its own budget of `max_connections`.
+#[derive(Clone)]
+pub struct ConnectionBudget(pub(super) Arc<Budget>);
+
+impl ConnectionBudget {
+    /// At most `max` connections (at least 1) over every listener that uses this budget.
+    pub fn new(max: usize) -> ConnectionBudget {
+        ConnectionBudget(Arc::new(Budget::new(max.max(1))))
+    }
+
+    /// Connections counted against it right now.
+    pub fn active(&self) -> usize {
+        self.0.active()
+    }
+}
+
+/// A connection budget: how many connections are being set up or served. Checked on the
+/// accept thread, so a refusal is immediate.
 ///
 /// A per-address cap (issue 15, item 9) belongs here too: `try_acquire` already gets the peer.
 pub(super) struct Budget {

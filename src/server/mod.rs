@@ -28,8 +28,9 @@
 //! [`ServerHandle::wait`] sleeps on the shutdown's condition variable.
 //!
 //! Budgets are per listener: each refuses connections beyond its own `max_connections`, so one
-//! protocol's idle peers cannot lock another's clients out. The worker pool is shared and
-//! grows to the sum of the budgets at most.
+//! protocol's idle peers cannot lock another's clients out (listeners that must share one limit
+//! say so with a [`ConnectionBudget`]). The worker pool is shared and grows to the sum of the
+//! budgets at most.
 //!
 //! Out of scope: protocol logic (the services in `driver`), UDP (CJP2P runs its own loop), and
 //! the transports themselves (`transport`).
@@ -41,8 +42,8 @@ mod shutdown;
 mod signals;
 
 pub use listener::{
-    Listener, ListenerConfig, ListenerKind, Preamble, DEFAULT_CLOSE_LINGER, DEFAULT_IO_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
+    ConnectionBudget, Listener, ListenerConfig, ListenerKind, Preamble, DEFAULT_CLOSE_LINGER,
+    DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 pub use pool::{CORE_WORKERS, RETIRE_AFTER};
 pub use setup::{PreambleError, SetupError};
@@ -280,7 +281,10 @@ impl ServerBuilder {
                     .label
                     .clone()
                     .unwrap_or_else(|| service.name().to_string()),
-                budget: Arc::new(Budget::new(cfg.max_connections)),
+                budget: match &cfg.shared_budget {
+                    Some(b) => b.0.clone(),
+                    None => Arc::new(Budget::new(cfg.max_connections)),
+                },
                 cfg,
                 service,
             });

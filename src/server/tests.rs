@@ -207,6 +207,24 @@ fn budgets_are_per_listener() {
 }
 
 #[test]
+fn listeners_may_share_one_budget() {
+    let budget = ConnectionBudget::new(2);
+    let (a, b) = (Echo::new("a"), Echo::new("b"));
+    let h = start(vec![
+        (ListenerConfig::tcp("127.0.0.1:0").shared_budget(&budget), a),
+        (ListenerConfig::tcp("127.0.0.1:0").shared_budget(&budget), b),
+    ]);
+    let (addr_a, addr_b) = (h.addrs()[0].1.clone(), h.addrs()[1].1.clone());
+    let mut x = connect(&addr_a);
+    assert_eq!(echo_once(&mut x, b"x"), b"x");
+    let mut y = connect(&addr_b);
+    assert_eq!(echo_once(&mut y, b"y"), b"y");
+    assert_eq!(budget.active(), 2);
+    assert_eq!(read_all(&mut connect(&addr_a)), b"busy");
+    assert_eq!(read_all(&mut connect(&addr_b)), b"busy");
+}
+
+#[test]
 fn a_tls_listener_over_budget_closes_before_the_handshake() {
     let (server, client, dir) = tls_pair("tls-busy");
     let (_h, _echo, addr) = one(ListenerConfig::tcp("127.0.0.1:0")
