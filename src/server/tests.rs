@@ -395,14 +395,16 @@ fn idle_peers_on_two_listeners_never_delay_a_new_client() {
         (ListenerConfig::tcp("127.0.0.1:0"), b),
     ]);
     let addrs: Vec<String> = h.addrs().iter().map(|(_, a)| a.clone()).collect();
-    // 50 idle peers on each listener, opened from four threads at once.
-    let openers: Vec<_> = (0..4)
+    // 50 idle peers on each listener: all connected at once from ten threads (so the two
+    // accept threads race), then each answered once.
+    let openers: Vec<_> = (0..10)
         .map(|k| {
             let addr = addrs[k % 2].clone();
             thread::spawn(move || {
-                (0..25)
-                    .map(|_| {
-                        let mut s = connect(&addr);
+                let conns: Vec<TcpStream> = (0..10).map(|_| connect(&addr)).collect();
+                conns
+                    .into_iter()
+                    .map(|mut s| {
                         assert_eq!(echo_once(&mut s, b"idle"), b"idle");
                         s
                     })

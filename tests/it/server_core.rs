@@ -48,27 +48,38 @@ fn tej_frame(status: u8, msg: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A connection that a worker is serving and that then sits idle: one request answered
-/// (JTP LIST with keep-alive, TEJ list request), then silence.
-fn hold(proto: &str, addr: &str) -> TcpStream {
-    let mut c = connect(addr);
+/// Makes `c` a connection that a worker is serving and that then sits idle: one request
+/// answered (JTP LIST with keep-alive, TEJ list request), then silence.
+fn answered(proto: &str, mut c: TcpStream) -> TcpStream {
     match proto {
         "jtp" => c.write_all(&[0x01, 0x01]).unwrap(),
         _ => c.write_all(&tej_frame(5, b"")).unwrap(),
     }
     let mut first = [0u8; 1];
     c.read_exact(&mut first)
-        .unwrap_or_else(|e| panic!("{proto}: no answer on a held connection: {e}"));
+        .unwrap_or_else(|e| panic!("{proto}: no answer on a held connection within {T:?}: {e}"));
     c
 }
 
-/// Opens `n` held connections to each `(proto, addr)`, all listeners at once.
+/// Opens `n` held connections to each `(proto, addr)`: all connects first, from several
+/// threads per listener at once (so the accept threads race each other), then one answered
+/// request on each.
 fn hold_many(targets: &[(&str, String)], n: usize) -> Vec<TcpStream> {
+    const THREADS: usize = 5;
     let threads: Vec<_> = targets
         .iter()
-        .map(|(proto, addr)| {
-            let (proto, addr) = (proto.to_string(), addr.clone());
-            thread::spawn(move || (0..n).map(|_| hold(&proto, &addr)).collect::<Vec<_>>())
+        .flat_map(|(proto, addr)| {
+            (0..THREADS).map(move |k| {
+                let (proto, addr) = (proto.to_string(), addr.clone());
+                let count = n / THREADS + usize::from(k < n % THREADS);
+                thread::spawn(move || {
+                    let conns: Vec<TcpStream> = (0..count).map(|_| connect(&addr)).collect();
+                    conns
+                        .into_iter()
+                        .map(|c| answered(&proto, c))
+                        .collect::<Vec<_>>()
+                })
+            })
         })
         .collect();
     threads
