@@ -214,7 +214,18 @@ impl Pool {
                             st.retired.push(h);
                         }
                         let back_to_core = st.workers == CORE_WORKERS;
+                        // Reap retired workers: a thread's stack is only given back once it is
+                        // joined. The last to retire waits for all the others (each has left
+                        // its loop); otherwise only those already ended are taken.
+                        let me = thread::current().id();
+                        let (reap, keep): (Vec<_>, Vec<_>) = st.retired.drain(..).partition(|h| {
+                            h.thread().id() != me && (back_to_core || h.is_finished())
+                        });
+                        st.retired = keep;
                         drop(st);
+                        for h in reap {
+                            let _ = h.join();
+                        }
                         if back_to_core {
                             release_freed_memory();
                         }
@@ -320,7 +331,8 @@ fn dup_socket(conn: &RawConn) -> std::io::Result<OwnedFd> {
 }
 
 /// Gives memory freed by retired workers back to the system: glibc keeps freed heap in its
-/// per-thread arenas otherwise, and an idle server would keep a burst's peak forever.
+/// per-thread arenas otherwise, and an idle server would keep a burst's peak forever. (Their
+/// stacks go back when they are joined, see `park`.)
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it only returns free memory to the system.
