@@ -1,6 +1,10 @@
-//! Plain-data configuration shared by the servers: one [`Config`] per listener set, with the
-//! numeric bounds gathered in [`Limits`]. The command line (`bin/ferry.rs`) fills these in one
-//! place; the library never reads arguments or the environment itself.
+//! Plain-data configuration shared by the servers: the numeric bounds in [`Limits`], where TLS
+//! material comes from ([`TlsSource`]) and JTP's settings ([`JtpConfig`]). Listener set-up
+//! (address, TLS, timeouts, connection budget) is [`ListenerConfig`], built from these. The
+//! command line (`bin/cli/`) fills them in one place; the library never reads arguments or the
+//! environment itself.
+//!
+//! [`ListenerConfig`]: crate::server::ListenerConfig
 
 use std::path::PathBuf;
 use std::time::Duration;
