@@ -3,5 +3,7 @@
 //! or a clock; the matching drivers in [`crate::driver`] do that.
 
 pub mod cjp2p;
+pub mod fastdp;
+pub mod filestorage;
 pub mod jtp;
 pub mod tej;

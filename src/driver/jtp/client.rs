@@ -36,10 +36,10 @@ use crate::proto::jtp::client::{
     self as machine, Connection, Done, Event, Job, Listing, PacketStart, Policy, PIPELINE_DEPTH,
 };
 use crate::proto::jtp::response::ResponseError;
-use crate::proto::jtp::wire;
 use crate::proto::jtp::zstd_frame::Inflater;
 use crate::proto::jtp::{ALPN as ALPN_JTP, DEFAULT_PORT};
 use crate::transport::{self, Stream, TlsClient, TransportError};
+use crate::wire::hex;
 
 pub use crate::proto::jtp::client::{Listed, MAX_IDS_PER_GET};
 
@@ -183,7 +183,7 @@ pub struct Saved {
 }
 
 fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&wire::id_hex(*id))
+    s.serialize_str(&hex::encode_u64(*id))
 }
 
 /// The result of a transfer.
@@ -212,7 +212,7 @@ fn ser_hex_vec<S: serde::Serializer>(ids: &[u64], s: S) -> Result<S::Ok, S::Erro
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(ids.len()))?;
     for id in ids {
-        seq.serialize_element(&wire::id_hex(*id))?;
+        seq.serialize_element(&hex::encode_u64(*id))?;
     }
     seq.end()
 }
@@ -863,7 +863,7 @@ impl Receiver<'_> {
                 if self.verbose {
                     eprintln!(
                         "jtp: {} {} ({} bytes, {})",
-                        wire::id_hex(saved.id),
+                        hex::encode_u64(saved.id),
                         saved.name,
                         saved.size,
                         saved.outcome
@@ -875,14 +875,14 @@ impl Receiver<'_> {
                 self.summary.saved.push(saved);
             }
             Err(Failure::Corrupt(why)) => {
-                eprintln!("jtp: {}: corrupt ({why}); not written", wire::id_hex(id));
+                eprintln!("jtp: {}: corrupt ({why}); not written", hex::encode_u64(id));
                 self.summary.corrupt.push(id);
             }
             Err(Failure::Local(why)) => {
-                eprintln!("jtp: {}: cannot save: {why}", wire::id_hex(id));
+                eprintln!("jtp: {}: cannot save: {why}", hex::encode_u64(id));
                 self.summary
                     .failed
-                    .push(format!("{}: {why}", wire::id_hex(id)));
+                    .push(format!("{}: {why}", hex::encode_u64(id)));
             }
         }
     }

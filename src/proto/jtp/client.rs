@@ -87,8 +87,9 @@ use std::time::{Duration, Instant};
 
 use super::request::Request;
 use super::response::{Event as Decoded, Expect, ResponseDecoder, ResponseError, ResponseLimits};
-use super::wire::{self, FileType, FLAGS_TYPE, FLAG_ZSTD};
+use super::wire::{FileType, FLAGS_TYPE, FLAG_ZSTD};
 use crate::names;
+use crate::wire::hex;
 
 /// Most ids in one GET_BY_ID (its count is one byte).
 pub const MAX_IDS_PER_GET: usize = 255;
@@ -128,7 +129,7 @@ pub struct Listed {
 }
 
 fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&wire::id_hex(*id))
+    s.serialize_str(&hex::encode_u64(*id))
 }
 
 impl Listed {
@@ -193,7 +194,7 @@ impl Listing {
     /// missing from the LIST, or a name that reduces to nothing, gets `output_<id>.<ext>`.
     pub fn local_name(&self, id: u64, flags: u8) -> String {
         let ext = FileType::from_bits(flags).ext();
-        let fallback = || format!("output_{}.{ext}", wire::id_hex(id));
+        let fallback = || format!("output_{}.{ext}", hex::encode_u64(id));
         match self.get(id) {
             Some(l) => match names::sanitize_basename(&l.name, MAX_LOCAL_NAME) {
                 Some(n) if n.contains('.') => n,
@@ -1585,12 +1586,12 @@ mod tests {
         assert_eq!(got[0], "x.png");
         assert_eq!(got[1], "b.png");
         for (i, g) in got.iter().enumerate().take(7).skip(2) {
-            assert_eq!(g, &format!("output_{}.png", wire::id_hex(i as u64)));
+            assert_eq!(g, &format!("output_{}.png", hex::encode_u64(i as u64)));
         }
         assert_eq!(got[7], "noext.png");
         assert_eq!(
             listing.local_name(99, 3),
-            format!("output_{}.bmp", wire::id_hex(99))
+            format!("output_{}.bmp", hex::encode_u64(99))
         );
     }
 }

@@ -1,0 +1,1800 @@
+//! In-memory pairs: ferry's client machines against the server machine over byte buffers, with
+//! fake drivers and a fake transfer registry (F13-F16, F18-F20, F23, F29-F33).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::client::{ClientConfig, PullClient, PushClient};
+use super::connection::{Event, Input};
+use super::crc::{crc32c, Crc32c};
+use super::frame::{Compress, Geometry};
+use super::http::{Refusal, DEFAULT_PATH};
+use super::messages::{
+    Checksum, ErrorCode, ErrorMsg, Have, Header, Message, PullReply, PullRequest, PullTarget,
+    TransferId, DEFAULT_RECONNECT_BYTES,
+};
+use super::plan::{AckOutcome, SendPlan};
+use super::schedule::Limits;
+use super::server::{check_connections, ServerConfig, ServerConnection};
+use super::zstd_chunk::{ChunkCompressor, ChunkInflater};
+
+const TID: &str = "3d0f6c1a-5b7e-4e21-9a51-7f2c0e9b4d10";
+
+fn sha(data: &[u8]) -> Checksum {
+    Checksum(Sha256::digest(data).into())
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
+fn client_cfg() -> ClientConfig {
+    ClientConfig {
+        host: "127.0.0.1:5423".into(),
+        path: DEFAULT_PATH.into(),
+        key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+        limits: Limits::default(),
+    }
+}
+
+/// The server side's transfer registry, as the ingest seam will hold it (one `.part`, a bit and
+/// a CRC per chunk, durable after a sync).
+struct FakeTransfer {
+    header: Header,
+    part: Vec<u8>,
+    held: Vec<Option<u32>>,
+    durable: Vec<bool>,
+    writing: HashMap<u32, usize>,
+    connections: u32,
+    verifications: u32,
+    completed: Option<String>,
+}
+
+impl FakeTransfer {
+    fn new(header: &Header) -> FakeTransfer {
+        FakeTransfer {
+            header: header.clone(),
+            part: vec![0; header.full_size as usize],
+            held: vec![None; header.full_chunk as usize],
+            durable: vec![false; header.full_chunk as usize],
+            writing: HashMap::new(),
+            connections: 0,
+            verifications: 0,
+            completed: None,
+        }
+    }
+
+    fn all_held(&self) -> bool {
+        self.held.iter().all(Option::is_some)
+    }
+
+    fn have(&self) -> Have {
+        Have::from_chunks((0..self.held.len() as u32).filter(|&i| self.durable[i as usize]))
+    }
+
+    /// fdatasync: every held chunk is durable; returns those of `chunks` with their CRCs.
+    fn sync(&mut self, chunks: &[u32]) -> Vec<(u32, u32)> {
+        for (i, h) in self.held.iter().enumerate() {
+            self.durable[i] = h.is_some();
+        }
+        chunks
+            .iter()
+            .filter_map(|&c| self.held[c as usize].map(|crc| (c, crc)))
+            .collect()
+    }
+}
+
+/// One chunk being written by a server connection.
+struct Writing {
+    chunk: u32,
+    discard: bool,
+    crc: Crc32c,
+    written: usize,
+}
+
+/// A server connection with its fake driver.
+struct ServerSide {
+    m: ServerConnection,
+    id: usize,
+    writing: Option<Writing>,
+    inflater: ChunkInflater,
+    events: Vec<Event>,
+    joined: bool,
+}
+
+impl ServerSide {
+    fn new(now: Instant, id: usize) -> ServerSide {
+        ServerSide {
+            m: ServerConnection::new(now, ServerConfig::default()),
+            id,
+            writing: None,
+            inflater: ChunkInflater::new().unwrap(),
+            events: Vec::new(),
+            joined: false,
+        }
+    }
+
+    /// Feeds `input` whole, acting on every payload and event as a driver would.
+    fn feed(&mut self, now: Instant, input: &[u8], t: &mut Option<FakeTransfer>) {
+        let mut pos = 0;
+        loop {
+            let Input { consumed, payload } = self.m.handle_input(now, &input[pos..]);
+            pos += consumed;
+            if let Some(p) = payload {
+                self.payload(p.chunk, p.offset, p.bytes, t.as_mut().unwrap());
+            }
+            let mut any = false;
+            while let Some(ev) = self.m.poll_event() {
+                any = true;
+                self.event(now, ev, t);
+            }
+            if consumed == 0 && payload.is_none() && !any {
+                break;
+            }
+        }
+        assert!(
+            pos == input.len() || self.m.is_finished() || input.is_empty(),
+            "all input taken"
+        );
+    }
+
+    fn payload(&mut self, chunk: u32, offset: u32, bytes: &[u8], t: &mut FakeTransfer) {
+        let w = self.writing.as_mut().expect("payload inside a chunk");
+        assert_eq!(w.chunk, chunk);
+        if w.discard {
+            return;
+        }
+        let g = t.header.geometry();
+        let base = g.offset(chunk) as usize;
+        match t.header.compress {
+            Compress::None => {
+                assert_eq!(offset as usize, w.written);
+                t.part[base + w.written..base + w.written + bytes.len()].copy_from_slice(bytes);
+                w.crc.update(bytes);
+                w.written += bytes.len();
+            }
+            Compress::Zstd => {
+                let mut buf = [0u8; 1000];
+                let mut input = bytes;
+                loop {
+                    let (used, n) = match self.inflater.decompress(input, &mut buf) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.writing = None;
+                            t.writing.remove(&chunk);
+                            self.m.chunk_failed(chunk, &e.to_string());
+                            return;
+                        }
+                    };
+                    t.part[base + w.written..base + w.written + n].copy_from_slice(&buf[..n]);
+                    w.crc.update(&buf[..n]);
+                    w.written += n;
+                    input = &input[used..];
+                    if used == 0 && n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, now: Instant, ev: Event, t: &mut Option<FakeTransfer>) {
+        self.events.push(ev.clone());
+        match ev {
+            Event::PushHeader(h) => {
+                let tr = t.get_or_insert_with(|| FakeTransfer::new(&h));
+                if let Err(e) = super::server::check_parameters(&tr.header, &h) {
+                    return self.m.refuse(e);
+                }
+                if let Err(e) = check_connections(tr.connections, 8) {
+                    return self.m.refuse(e);
+                }
+                tr.connections += 1;
+                self.joined = true;
+                self.m.accept_push(now, tr.have(), 8);
+            }
+            Event::ChunkStart { chunk, .. } => {
+                let tr = t.as_mut().unwrap();
+                let discard = tr.writing.get(&chunk).is_some_and(|&c| c != self.id);
+                if !discard {
+                    // The bit is cleared before a replacement starts (4.1).
+                    tr.held[chunk as usize] = None;
+                    tr.durable[chunk as usize] = false;
+                    tr.writing.insert(chunk, self.id);
+                    self.inflater.begin(tr.header.geometry().len(chunk));
+                }
+                self.writing = Some(Writing {
+                    chunk,
+                    discard,
+                    crc: Crc32c::new(),
+                    written: 0,
+                });
+            }
+            Event::ChunkEnd { chunk } => {
+                let tr = t.as_mut().unwrap();
+                let Some(w) = self.writing.take() else { return };
+                if w.discard {
+                    return;
+                }
+                tr.writing.remove(&chunk);
+                if tr.header.compress == Compress::Zstd {
+                    if let Err(e) = self.inflater.finish() {
+                        return self.m.chunk_failed(chunk, &e.to_string());
+                    }
+                }
+                assert_eq!(w.written as u32, tr.header.geometry().len(chunk));
+                tr.held[chunk as usize] = Some(w.crc.value());
+                let all = tr.all_held();
+                self.m.chunk_stored(now, chunk, all);
+            }
+            Event::ChunkAborted { chunk } => {
+                let tr = t.as_mut().unwrap();
+                if tr.writing.get(&chunk) == Some(&self.id) {
+                    tr.writing.remove(&chunk);
+                }
+                self.writing = None;
+            }
+            Event::AckDue(chunks) => {
+                let durable = t.as_mut().unwrap().sync(&chunks);
+                self.m.ack(&durable);
+            }
+            Event::FinReceived(chunks) => {
+                let tr = t.as_mut().unwrap();
+                let durable = tr.sync(&chunks);
+                let all = tr.all_held();
+                self.m.answer_fin(now, &durable, all);
+            }
+            Event::Verify => {
+                let tr = t.as_mut().unwrap();
+                if tr.completed.is_none() {
+                    tr.verifications += 1;
+                    if sha(&tr.part) != tr.header.checksum {
+                        return self.m.fail(ErrorMsg::new(
+                            ErrorCode::ChecksumMismatch,
+                            "sha-256 differs",
+                        ));
+                    }
+                    tr.completed = Some(tr.header.file_name.clone());
+                }
+                let name = tr.completed.clone().unwrap();
+                self.m.complete(&name, tr.header.checksum);
+            }
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, t: &mut Option<FakeTransfer>) {
+        if self.joined {
+            if let Some(tr) = t.as_mut() {
+                tr.connections -= 1;
+            }
+            self.joined = false;
+        }
+    }
+}
+
+/// A push connection with its fake driver.
+struct PushSide {
+    m: PushClient,
+    events: Vec<Event>,
+    chunks_sent: Vec<u32>,
+}
+
+impl PushSide {
+    fn new(now: Instant, header: &Header) -> PushSide {
+        PushSide {
+            m: PushClient::new(now, &client_cfg(), header.clone()),
+            events: Vec::new(),
+            chunks_sent: Vec::new(),
+        }
+    }
+
+    /// Everything this side wants to send now: transmits, and chunks taken from the plan.
+    /// `tamper` may change a chunk's payload on the wire.
+    fn produce(
+        &mut self,
+        now: Instant,
+        plan: &mut SendPlan,
+        src: &[u8],
+        header: &Header,
+        tamper: &mut dyn FnMut(u32, &mut Vec<u8>),
+        zstd: &mut ChunkCompressor,
+    ) -> Vec<u8> {
+        let mut wire = Vec::new();
+        loop {
+            if let Some(t) = self.m.poll_transmit() {
+                wire.extend_from_slice(&t);
+            }
+            let Some(c) = self.m.poll_send(now, plan) else {
+                if let Some(t) = self.m.poll_transmit() {
+                    wire.extend_from_slice(&t);
+                }
+                return wire;
+            };
+            let bytes = &src[c.offset as usize..c.offset as usize + c.len as usize];
+            let crc = crc32c(bytes);
+            let mut payload = match header.compress {
+                Compress::None => bytes.to_vec(),
+                Compress::Zstd => {
+                    let mut out = Vec::new();
+                    zstd.compress(bytes, &mut out).unwrap();
+                    out
+                }
+            };
+            tamper(c.chunk, &mut payload);
+            wire.extend_from_slice(&self.m.begin_chunk(c.chunk, payload.len() as u32));
+            wire.extend_from_slice(&payload);
+            plan.sent(c.chunk, crc);
+            self.chunks_sent.push(c.chunk);
+        }
+    }
+
+    fn feed(&mut self, now: Instant, input: &[u8], plan: &mut SendPlan) {
+        let mut pos = 0;
+        while pos < input.len() {
+            let n = self.m.handle_input(now, &input[pos..]);
+            pos += n;
+            let mut any = false;
+            while let Some(ev) = self.m.poll_event() {
+                any = true;
+                self.event(ev, plan);
+            }
+            if n == 0 && !any {
+                break;
+            }
+        }
+        while let Some(ev) = self.m.poll_event() {
+            self.event(ev, plan);
+        }
+    }
+
+    fn event(&mut self, ev: Event, plan: &mut SendPlan) {
+        match &ev {
+            Event::PushAccepted { have, .. } => plan.merge_have(have),
+            Event::Acked(entries) => {
+                for &(c, crc) in entries {
+                    let o = plan.ack(c, crc);
+                    assert_ne!(o, AckOutcome::OutOfRange);
+                }
+            }
+            _ => {}
+        }
+        self.events.push(ev);
+    }
+
+    fn completed(&self) -> Option<(String, Checksum)> {
+        self.events.iter().find_map(|e| match e {
+            Event::Complete {
+                file_name,
+                checksum,
+            } => Some((file_name.clone(), *checksum)),
+            _ => None,
+        })
+    }
+}
+
+struct Run {
+    server_events: Vec<Event>,
+    client_events: Vec<Event>,
+    chunks_sent: Vec<u32>,
+    transfer: Option<FakeTransfer>,
+    steps: usize,
+}
+
+/// Runs one push over `conns` connections until every connection is finished. `cut` splits the
+/// client's bytes into pieces of that size on the way to the server.
+fn push(
+    src: &[u8],
+    header: &Header,
+    conns: usize,
+    cut: usize,
+    tamper: &mut dyn FnMut(u32, &mut Vec<u8>),
+) -> Run {
+    let mut now = Instant::now();
+    let mut plan = SendPlan::new(header.full_chunk, &Have::new());
+    let mut transfer: Option<FakeTransfer> = None;
+    let mut zstd = ChunkCompressor::new(3).unwrap();
+    let mut pairs: Vec<(PushSide, ServerSide)> = (0..conns)
+        .map(|i| (PushSide::new(now, header), ServerSide::new(now, i)))
+        .collect();
+    let mut steps = 0;
+    while pairs
+        .iter()
+        .any(|(c, s)| !c.m.is_finished() || !s.m.is_finished())
+    {
+        steps += 1;
+        assert!(steps < 100_000, "no progress");
+        for (c, s) in pairs.iter_mut() {
+            let wire = c.produce(now, &mut plan, src, header, tamper, &mut zstd);
+            for piece in wire.chunks(cut.max(1)) {
+                s.feed(now, piece, &mut transfer);
+            }
+            if wire.is_empty() {
+                s.feed(now, &[], &mut transfer);
+            }
+            if let Some(back) = s.m.poll_transmit() {
+                c.feed(now, &back, &mut plan);
+            }
+            if s.m.is_finished() && s.m.poll_transmit().is_none() {
+                s.close(&mut transfer);
+                if !c.m.is_finished() {
+                    c.m.handle_eof(now);
+                    while let Some(ev) = c.m.poll_event() {
+                        c.event(ev, &mut plan);
+                    }
+                }
+            }
+            if c.m.is_finished() {
+                plan.release(c.m.in_flight());
+            }
+        }
+        // Let the Ack timers run.
+        now += Duration::from_millis(50);
+        for (c, s) in pairs.iter_mut() {
+            s.m.handle_timeout(now);
+            while let Some(ev) = s.m.poll_event() {
+                s.event(now, ev, &mut transfer);
+            }
+            c.m.handle_timeout(now);
+        }
+    }
+    let mut run = Run {
+        server_events: Vec::new(),
+        client_events: Vec::new(),
+        chunks_sent: Vec::new(),
+        transfer,
+        steps,
+    };
+    for (c, s) in pairs {
+        run.server_events.extend(s.events);
+        run.client_events.extend(c.events.clone());
+        run.chunks_sent.extend(c.chunks_sent.iter().copied());
+        if let Some(done) = c.completed() {
+            assert_eq!(done.1, header.checksum);
+        }
+    }
+    run
+}
+
+fn header_for(src: &[u8], one_chunk: u32, compress: Compress) -> Header {
+    Header::new(
+        one_chunk,
+        src.len() as u64,
+        compress,
+        "data.bin",
+        TransferId::parse(TID).unwrap(),
+        sha(src),
+    )
+    .unwrap()
+}
+
+fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn push_of_a_multi_chunk_file_completes_byte_identical() {
+    let src = data(10 * 4096 + 123, 1);
+    for (compress, cut) in [
+        (Compress::None, 100_000),
+        (Compress::None, 7),
+        (Compress::Zstd, 1000),
+    ] {
+        let h = header_for(&src, 4096, compress);
+        let run = push(&src, &h, 1, cut, &mut |_, _| {});
+        let t = run.transfer.unwrap();
+        assert_eq!(t.part, src, "{compress:?} cut {cut}");
+        assert_eq!(t.verifications, 1);
+        assert_eq!(
+            count(&run.client_events, |e| matches!(e, Event::Complete { .. })),
+            1
+        );
+        let mut sent = run.chunks_sent.clone();
+        sent.sort_unstable();
+        assert_eq!(sent, (0..11).collect::<Vec<_>>(), "each chunk once");
+        assert!(run.steps < 1000);
+    }
+}
+
+#[test]
+fn f13_acks_list_only_durable_chunks_and_arrive_before_the_fin_answer() {
+    let src = data(70 * 4096, 2);
+    let h = header_for(&src, 4096, Compress::None);
+    let run = push(&src, &h, 1, 1 << 20, &mut |_, _| {});
+    // 70 chunks in one go: an Ack at 64, the rest as soon as every chunk is held.
+    let dues: Vec<usize> = run
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AckDue(c) => Some(c.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dues, [64, 6]);
+    let acked: usize = run
+        .client_events
+        .iter()
+        .map(|e| match e {
+            Event::Acked(a) => a.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(acked, 70);
+    let fin = run
+        .server_events
+        .iter()
+        .position(|e| matches!(e, Event::FinReceived(_)))
+        .unwrap();
+    assert!(
+        run.server_events[..fin]
+            .iter()
+            .filter(|e| matches!(e, Event::AckDue(_)))
+            .count()
+            == 2
+    );
+    assert!(run.transfer.unwrap().durable.iter().all(|d| *d));
+}
+
+#[test]
+fn f14_a_chunk_corrupted_on_the_wire_is_repaired_before_the_whole_file_check() {
+    let src = data(6 * 4096, 3);
+    for compress in [Compress::None, Compress::Zstd] {
+        let h = header_for(&src, 4096, compress);
+        let mut corrupted = 0;
+        let mut tamper = |chunk: u32, payload: &mut Vec<u8>| {
+            if chunk == 2 && corrupted == 0 {
+                corrupted += 1;
+                if compress == Compress::None {
+                    payload[100] ^= 0x55;
+                } else {
+                    // Same length, different content: a valid frame of other bytes.
+                    let mut other = data(4096, 99);
+                    other[0] = 1;
+                    let mut z = ChunkCompressor::new(3).unwrap();
+                    z.compress(&other, payload).unwrap();
+                }
+            }
+        };
+        let run = push(&src, &h, 1, 4000, &mut tamper);
+        assert_eq!(corrupted, 1);
+        assert_eq!(
+            run.chunks_sent.iter().filter(|c| **c == 2).count(),
+            2,
+            "re-sent once"
+        );
+        let t = run.transfer.unwrap();
+        assert_eq!(t.part, src);
+        assert_eq!(t.verifications, 1, "no checksum-mismatch on the way");
+        assert_eq!(
+            count(&run.client_events, |e| matches!(e, Event::Complete { .. })),
+            1
+        );
+    }
+}
+
+#[test]
+fn f15_duplicates_are_not_errors_and_a_cut_off_copy_leaves_the_chunk_missing() {
+    let src = data(3 * 4096, 4);
+    let h = header_for(&src, 4096, Compress::None);
+    let now = Instant::now();
+    let mut t: Option<FakeTransfer> = None;
+    let mut s = ServerSide::new(now, 0);
+    let mut c = PushSide::new(now, &h);
+    let mut plan = SendPlan::new(3, &Have::new());
+    let hello = c.m.poll_transmit().unwrap();
+    s.feed(now, &hello, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let hdr = c.m.poll_transmit().unwrap();
+    s.feed(now, &hdr, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    assert!(matches!(c.events.last(), Some(Event::PushAccepted { .. })));
+    // Chunk 1 twice (the second copy different), then half of chunk 0.
+    let frame = |n: u32, body: &[u8]| {
+        [&super::frame::chunk_header(n, body.len() as u32)[..], body].concat()
+    };
+    s.feed(now, &frame(1, &src[4096..8192]), &mut t);
+    let mut other = src[4096..8192].to_vec();
+    other[0] ^= 1;
+    s.feed(now, &frame(1, &other), &mut t);
+    let tr = t.as_ref().unwrap();
+    assert_eq!(
+        tr.held[1],
+        Some(crc32c(&other)),
+        "the latest complete copy wins"
+    );
+    let half = frame(0, &src[..4096]);
+    s.feed(now, &half[..2000], &mut t);
+    s.m.handle_eof(now);
+    while let Some(ev) = s.m.poll_event() {
+        s.event(now, ev, &mut t);
+    }
+    assert!(s.events.contains(&Event::ChunkAborted { chunk: 0 }));
+    assert!(s.events.contains(&Event::PeerClosed { clean: false }));
+    assert!(!s.events.iter().any(|e| matches!(e, Event::Failed(_))));
+    let tr = t.as_ref().unwrap();
+    assert_eq!(tr.held[0], None, "cut off mid-payload: missing");
+    assert!(tr.writing.is_empty());
+}
+
+#[test]
+fn f16_a_ninth_connection_of_one_transfer_gets_too_many_connections() {
+    let src = data(2 * 4096, 5);
+    let h = header_for(&src, 4096, Compress::None);
+    let now = Instant::now();
+    let mut t: Option<FakeTransfer> = None;
+    let mut plan = SendPlan::new(2, &Have::new());
+    let mut open = Vec::new();
+    for i in 0..9 {
+        let mut s = ServerSide::new(now, i);
+        let mut c = PushSide::new(now, &h);
+        s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+        c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+        s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+        c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+        open.push((c, s));
+    }
+    for (c, s) in &open[..8] {
+        assert!(matches!(
+            c.events.last(),
+            Some(Event::PushAccepted {
+                max_connections: 8,
+                ..
+            })
+        ));
+        assert!(!s.m.is_finished());
+    }
+    let (c9, s9) = &open[8];
+    assert!(s9.m.is_finished());
+    let Some(Event::PeerError(e)) = c9.events.last() else {
+        panic!("{:?}", c9.events)
+    };
+    assert_eq!(e.code, ErrorCode::TooManyConnections);
+    assert!(!e.is_final(), "the client may retry later");
+    assert_eq!(t.unwrap().connections, 8);
+    assert!(check_connections(7, 8).is_ok());
+}
+
+#[test]
+fn f17_same_transfer_id_with_other_parameters_is_refused() {
+    let src = data(4096, 6);
+    let h = header_for(&src, 4096, Compress::None);
+    let mut other = h.clone();
+    other.file_name = "other.bin".into();
+    let now = Instant::now();
+    let mut t = Some(FakeTransfer::new(&h));
+    let mut s = ServerSide::new(now, 0);
+    let mut c = PushSide::new(now, &other);
+    let mut plan = SendPlan::new(1, &Have::new());
+    s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let Some(Event::PeerError(e)) = c.events.last() else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::ParameterMismatch);
+    assert!(e.is_final());
+    assert!(c.m.is_finished() && s.m.is_finished());
+}
+
+#[test]
+fn f19_a_checksum_mismatch_is_final() {
+    let src = data(2 * 4096, 7);
+    let mut h = header_for(&src, 4096, Compress::None);
+    h.checksum = Checksum([7; 32]);
+    let run = push(&src, &h, 1, 1 << 20, &mut |_, _| {});
+    let e = run
+        .client_events
+        .iter()
+        .find_map(|e| match e {
+            Event::PeerError(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+    assert!(e.is_final());
+    assert!(run.transfer.unwrap().completed.is_none());
+}
+
+#[test]
+fn f20_the_empty_file_completes_with_fin_empty_ack_and_complete() {
+    let h = header_for(b"", 262_144, Compress::None);
+    assert_eq!(h.full_chunk, 0);
+    assert_eq!(
+        h.checksum.to_text(),
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    let run = push(b"", &h, 1, 100, &mut |_, _| {});
+    assert!(run.server_events.contains(&Event::FinReceived(vec![])));
+    assert!(run.client_events.contains(&Event::Acked(vec![])));
+    assert_eq!(
+        count(&run.client_events, |e| matches!(e, Event::Complete { .. })),
+        1
+    );
+    assert!(run.chunks_sent.is_empty());
+}
+
+#[test]
+fn f16_several_connections_share_one_plan_and_one_part() {
+    let src = data(40 * 4096 + 5, 8);
+    let h = header_for(&src, 4096, Compress::None);
+    let run = push(&src, &h, 4, 3000, &mut |_, _| {});
+    let t = run.transfer.unwrap();
+    assert_eq!(t.part, src);
+    assert_eq!(t.verifications, 1, "verified once per transfer");
+    assert_eq!(run.chunks_sent.len(), 41, "no chunk sent twice");
+    assert_eq!(
+        count(&run.client_events, |e| matches!(e, Event::Complete { .. })),
+        4,
+        "Complete on every connection that sent FIN"
+    );
+}
+
+#[test]
+fn f23_recycle_after_reconnect_bytes_loses_no_data() {
+    let src = data(10 * 4096, 9);
+    let mut h = header_for(&src, 4096, Compress::None);
+    h.reconnect_bytes = Some(3 * 4096);
+    let mut now = Instant::now();
+    let mut plan = SendPlan::new(h.full_chunk, &Have::new());
+    let mut t: Option<FakeTransfer> = None;
+    let mut z = ChunkCompressor::new(3).unwrap();
+    let mut recycles = 0;
+    let mut done = false;
+    for round in 0..10 {
+        let mut c = PushSide::new(now, &h);
+        let mut s = ServerSide::new(now, round);
+        for _ in 0..200 {
+            let wire = c.produce(now, &mut plan, &src, &h, &mut |_, _| {}, &mut z);
+            s.feed(now, &wire, &mut t);
+            if let Some(b) = s.m.poll_transmit() {
+                c.feed(now, &b, &mut plan);
+            }
+            now += Duration::from_millis(100);
+            s.m.handle_timeout(now);
+            while let Some(ev) = s.m.poll_event() {
+                s.event(now, ev, &mut t);
+            }
+            if s.m.is_finished() && !c.m.is_finished() {
+                if let Some(b) = s.m.poll_transmit() {
+                    c.feed(now, &b, &mut plan);
+                }
+                c.m.handle_eof(now);
+                while let Some(ev) = c.m.poll_event() {
+                    c.event(ev, &mut plan);
+                }
+            }
+            if c.m.is_finished() {
+                break;
+            }
+        }
+        s.close(&mut t);
+        plan.release(c.m.in_flight());
+        assert!(
+            c.chunks_sent.len() <= 3,
+            "at most ReconnectBytes per connection"
+        );
+        if c.events.contains(&Event::Recycle) {
+            recycles += 1;
+            // The server answered the recycle FIN with an Ack and ended the connection.
+            assert!(s.events.iter().any(|e| matches!(e, Event::FinReceived(_))));
+        }
+        if c.completed().is_some() {
+            done = true;
+            break;
+        }
+    }
+    assert!(done);
+    assert_eq!(recycles, 3);
+    assert_eq!(t.unwrap().part, src);
+}
+
+#[test]
+fn f23_a_reconnect_message_recycles_the_connection() {
+    let src = data(8 * 4096, 10);
+    let h = header_for(&src, 4096, Compress::None);
+    let now = Instant::now();
+    let mut plan = SendPlan::new(h.full_chunk, &Have::new());
+    let mut t: Option<FakeTransfer> = None;
+    let mut z = ChunkCompressor::new(3).unwrap();
+    let mut c = PushSide::new(now, &h);
+    let mut s = ServerSide::new(now, 0);
+    s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    s.feed(now, &c.m.poll_transmit().unwrap(), &mut t);
+    s.m.request_reconnect();
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let wire = c.produce(now, &mut plan, &src, &h, &mut |_, _| {}, &mut z);
+    assert_eq!(wire, super::frame::FIN, "recycled before sending anything");
+    s.feed(now, &wire, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    assert!(s.m.is_finished());
+    c.m.handle_eof(now);
+    c.feed(now, &[], &mut plan);
+    assert!(c.events.contains(&Event::Recycle));
+}
+
+#[test]
+fn f29_silent_and_trickling_peers_get_timeout_and_a_close() {
+    let src = data(4 * 4096, 11);
+    let h = header_for(&src, 4096, Compress::None);
+    let t0 = Instant::now();
+    let open = |t: &mut Option<FakeTransfer>| {
+        let mut s = ServerSide::new(t0, 0);
+        let mut c = PushSide::new(t0, &h);
+        let mut plan = SendPlan::new(4, &Have::new());
+        s.feed(t0, &c.m.poll_transmit().unwrap(), t);
+        c.feed(t0, &s.m.poll_transmit().unwrap(), &mut plan);
+        s.feed(t0, &c.m.poll_transmit().unwrap(), t);
+        s.m.poll_transmit().unwrap();
+        s
+    };
+    // Silent: 60 s between frames.
+    let mut t = None;
+    let mut s = open(&mut t);
+    assert_eq!(s.m.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    s.m.handle_timeout(t0 + Duration::from_secs(59));
+    assert!(!s.m.is_finished());
+    s.m.handle_timeout(t0 + Duration::from_secs(60));
+    let out = s.m.poll_transmit().unwrap();
+    assert!(std::str::from_utf8(&out[4..])
+        .unwrap()
+        .contains(r#""Code":"timeout""#));
+    assert!(s.m.is_finished(), "the close follows the Error (F31)");
+    // Trickling: one byte per second inside a chunk.
+    let mut t = None;
+    let mut s = open(&mut t);
+    let frame = [&super::frame::chunk_header(0, 4096)[..], &src[..4096]].concat();
+    let mut now = t0;
+    for b in &frame[..29] {
+        now += Duration::from_secs(1);
+        s.feed(now, std::slice::from_ref(b), &mut t);
+        s.m.handle_timeout(now);
+    }
+    assert!(!s.m.is_finished());
+    for b in &frame[29..40] {
+        now += Duration::from_secs(1);
+        s.feed(now, std::slice::from_ref(b), &mut t);
+        s.m.handle_timeout(now);
+    }
+    assert!(
+        s.m.is_finished(),
+        "under 64 KiB (or the frame's rest) in 30 s"
+    );
+    s.feed(now, &[], &mut t);
+    assert!(s.events.contains(&Event::ChunkAborted { chunk: 0 }));
+    assert_eq!(t.unwrap().held[0], None);
+}
+
+#[test]
+fn f30_keepalive_acks_every_10_s_while_verifying() {
+    let h = header_for(b"", 4096, Compress::None);
+    let t0 = Instant::now();
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    let req = c.poll_transmit().unwrap();
+    assert_eq!(m.handle_input(t0, &req).consumed, req.len());
+    let back = m.poll_transmit().unwrap();
+    assert_eq!(c.handle_input(t0, &back), back.len());
+    let hdr = c.poll_transmit().unwrap();
+    let mut pos = 0;
+    while pos < hdr.len() {
+        pos += m.handle_input(t0, &hdr[pos..]).consumed;
+    }
+    assert!(matches!(m.poll_event(), Some(Event::PushHeader(_))));
+    m.accept_push(t0, Have::new(), 8);
+    m.poll_transmit().unwrap();
+    m.handle_input(t0, &super::frame::FIN);
+    assert_eq!(m.poll_event(), Some(Event::FinReceived(vec![])));
+    m.answer_fin(t0, &[], true);
+    assert_eq!(m.poll_event(), Some(Event::Verify));
+    let ack = b"\0\0\0\x1a{\"Type\":\"Ack\",\"Chunks\":[]}";
+    assert_eq!(m.poll_transmit().unwrap(), ack);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    m.handle_timeout(t0 + Duration::from_secs(9));
+    assert_eq!(m.poll_transmit(), None);
+    for i in 1..=3 {
+        m.handle_timeout(t0 + Duration::from_secs(10 * i));
+        assert_eq!(m.poll_transmit().unwrap(), ack, "keepalive {i}");
+    }
+    // A verification that took 35 s in one go: one keepalive, then every 10 s from now.
+    m.handle_timeout(t0 + Duration::from_secs(65));
+    assert_eq!(m.poll_transmit().unwrap(), ack);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(75)));
+    m.complete("e", Checksum(super::messages::EMPTY_SHA256));
+    assert!(m.is_finished());
+}
+
+#[test]
+fn f3_handshake_timeout_gives_408_and_header_timeout_gives_timeout() {
+    let t0 = Instant::now();
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, b"GET /fastdp-endpoint HTTP/1.1\r\n");
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    m.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(
+        m.poll_transmit().unwrap(),
+        Refusal::RequestTimeout.response()
+    );
+    assert_eq!(
+        m.poll_event(),
+        Some(Event::Refused(Refusal::RequestTimeout))
+    );
+    assert!(m.is_finished());
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    let c = &mut PushClient::new(t0, &client_cfg(), header_for(b"x", 4096, Compress::None));
+    m.handle_input(t0, &c.poll_transmit().unwrap());
+    m.poll_transmit().unwrap();
+    let t1 = t0 + Duration::from_secs(3);
+    m.handle_input(t1, b"\0\0");
+    m.handle_timeout(t0 + Duration::from_secs(13));
+    let out = m.poll_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&out).contains(r#""Code":"timeout""#));
+    assert!(m.is_finished());
+}
+
+#[test]
+fn f31_every_error_is_followed_by_a_close() {
+    let t0 = Instant::now();
+    let h = header_for(&data(10 * 4096, 1), 4096, Compress::None);
+    let bad_inputs: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 0],                    // JMSG length 0
+        vec![0, 1, 0, 1],                    // JMSG over 65,536
+        b"\0\0\0\x02[]".to_vec(),            // not an object
+        [&[0, 0, 0, 2][..], b"{}"].concat(), // fields missing
+    ];
+    for bad in bad_inputs {
+        let mut m = ServerConnection::new(t0, ServerConfig::default());
+        let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+        m.handle_input(t0, &c.poll_transmit().unwrap());
+        m.poll_transmit().unwrap();
+        m.handle_input(t0, &bad);
+        let out = m.poll_transmit().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out).contains(r#""Code":"bad-header""#),
+            "{bad:?}"
+        );
+        assert!(m.is_finished());
+        let Some(Event::Failed(e)) = m.poll_event() else {
+            panic!()
+        };
+        assert!(e.is_final());
+        assert_eq!(
+            m.handle_input(t0, b"more").consumed,
+            4,
+            "dropped after the close"
+        );
+        assert_eq!(m.poll_transmit(), None);
+    }
+    // A bad chunk header: bad-chunk, not final, before any payload byte.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    m.handle_input(t0, &c.poll_transmit().unwrap());
+    m.poll_transmit();
+    let hdr = {
+        let mut v = Vec::new();
+        super::frame::put_jmsg(&h.encode(), &mut v);
+        v
+    };
+    let mut pos = 0;
+    while pos < hdr.len() {
+        pos += m.handle_input(t0, &hdr[pos..]).consumed;
+    }
+    m.poll_event();
+    m.accept_push(t0, Have::new(), 8);
+    m.poll_transmit();
+    let r = m.handle_input(t0, b"\0\0\0\x07\0\0\x13\x88xxxx");
+    assert_eq!(r.consumed, 8);
+    let out = m.poll_transmit().unwrap();
+    assert_eq!(
+        &out[4..],
+        br#"{"Type":"Error","Code":"bad-chunk","Message":"chunk 7: payload length 5000, expected 4096","Chunk":7}"#,
+        "the 2.8 example"
+    );
+    assert!(m.is_finished());
+}
+
+#[test]
+fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
+    let t0 = Instant::now();
+    let h = header_for(b"x", 4096, Compress::None);
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    let req = c.poll_transmit().unwrap();
+    assert!(req.starts_with(b"GET /fastdp-endpoint HTTP/1.1\r\nHost: 127.0.0.1:5423\r\n"));
+    let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-FastDP-Version: 1.2.0\r\n\r\n";
+    for b in &resp[..resp.len() - 1] {
+        assert_eq!(c.handle_input(t0, std::slice::from_ref(b)), 1);
+        assert_eq!(
+            c.poll_transmit(),
+            None,
+            "no FastDP byte before the 101 is whole"
+        );
+    }
+    c.handle_input(t0, &resp[resp.len() - 1..]);
+    let hdr = c.poll_transmit().unwrap();
+    let mut want = Vec::new();
+    super::frame::put_jmsg(&h.encode(), &mut want);
+    assert_eq!(hdr, want, "the header, right after the 101");
+    // 426: fails at once, naming the status.
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    c.poll_transmit();
+    c.handle_input(t0, Refusal::UpgradeRequired.response());
+    let Some(Event::Failed(e)) = c.poll_event() else {
+        panic!()
+    };
+    assert!(e.message.contains("426"), "{e}");
+    assert!(c.is_finished());
+    // EOF mid-response.
+    let mut c = PushClient::new(t0, &client_cfg(), h);
+    c.handle_input(t0, b"HTTP/1.1 101 Swi");
+    c.handle_eof(t0);
+    assert!(matches!(c.poll_event(), Some(Event::Failed(_))));
+    assert!(c.is_finished());
+    assert_eq!(c.poll_timeout(), None);
+}
+
+/// A pull: the server machine as data sender from a "catalog" buffer, the pull client as data
+/// receiver with a fake `.part`.
+#[test]
+fn f37_pull_pair_completes_with_crc_repair() {
+    let src = data(5 * 4096 + 9, 12);
+    let tid = TransferId::parse("9b2e4f60-1c3d-4a5b-8e7f-0a1b2c3d4e5f").unwrap();
+    let g = Geometry::new(4096, src.len() as u64).unwrap();
+    let mut now = Instant::now();
+    for compress in [Compress::None, Compress::Zstd] {
+        let request = PullRequest {
+            transfer_id: tid,
+            target: PullTarget::Name("a.txt".into()),
+            accept_zstd: compress == Compress::Zstd,
+            have: Have::new(),
+            one_chunk: None,
+            checksum: None,
+        };
+        let mut client = PullClient::new(now, &client_cfg(), request);
+        let mut server = ServerConnection::new(now, ServerConfig::default());
+        let mut plan = SendPlan::new(g.full_chunk(), &Have::new());
+        let mut part = vec![0u8; src.len()];
+        let mut held: Vec<Option<u32>> = vec![None; g.full_chunk() as usize];
+        let mut z = ChunkCompressor::new(3).unwrap();
+        let mut inflater = ChunkInflater::new().unwrap();
+        let mut crc = Crc32c::new();
+        let mut written = 0usize;
+        let mut corrupt_once = true;
+        let mut complete = None;
+        let mut server_complete = None;
+        for _ in 0..500 {
+            if let Some(b) = client.poll_transmit() {
+                let mut pos = 0;
+                loop {
+                    let r = server.handle_input(now, &b[pos..]);
+                    pos += r.consumed;
+                    let mut any = false;
+                    while let Some(ev) = server.poll_event() {
+                        any = true;
+                        match ev {
+                            Event::PullRequest(p) => {
+                                assert_eq!(p.target, PullTarget::Name("a.txt".into()));
+                                let reply = PullReply {
+                                    one_chunk: 4096,
+                                    full_chunk: g.full_chunk(),
+                                    full_size: g.full_size(),
+                                    compress: if p.accept_zstd {
+                                        Compress::Zstd
+                                    } else {
+                                        Compress::None
+                                    },
+                                    file_name: "a.txt".into(),
+                                    transfer_id: p.transfer_id,
+                                    checksum: sha(&src),
+                                    have: p.have,
+                                    max_connections: 8,
+                                    reconnect_bytes: DEFAULT_RECONNECT_BYTES,
+                                };
+                                server.accept_pull(now, &reply);
+                            }
+                            Event::Acked(entries) => {
+                                for (c, k) in entries {
+                                    plan.ack(c, k);
+                                }
+                            }
+                            Event::Complete {
+                                file_name,
+                                checksum,
+                            } => server_complete = Some((file_name, checksum)),
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    if r.consumed == 0 && !any {
+                        break;
+                    }
+                }
+            }
+            let mut wire = server.poll_transmit().unwrap_or_default();
+            while let Some(c) = server.poll_send(now, &mut plan) {
+                let bytes = &src[c.offset as usize..(c.offset + u64::from(c.len)) as usize];
+                let mut payload = if compress == Compress::Zstd {
+                    let mut o = Vec::new();
+                    z.compress(bytes, &mut o).unwrap();
+                    o
+                } else {
+                    bytes.to_vec()
+                };
+                if c.chunk == 3 && corrupt_once && compress == Compress::None {
+                    corrupt_once = false;
+                    payload[7] ^= 0xff;
+                }
+                wire.extend_from_slice(&server.begin_chunk(c.chunk, payload.len() as u32));
+                wire.extend_from_slice(&payload);
+                plan.sent(c.chunk, crc32c(bytes));
+            }
+            if let Some(b) = server.poll_transmit() {
+                wire.extend_from_slice(&b);
+            }
+            let mut pos = 0;
+            loop {
+                let Input { consumed, payload } = client.handle_input(now, &wire[pos..]);
+                pos += consumed;
+                if let Some(p) = payload {
+                    let base = g.offset(p.chunk) as usize;
+                    if compress == Compress::None {
+                        part[base + written..base + written + p.bytes.len()]
+                            .copy_from_slice(p.bytes);
+                        crc.update(p.bytes);
+                        written += p.bytes.len();
+                    } else {
+                        let mut buf = [0u8; 512];
+                        let mut input = p.bytes;
+                        loop {
+                            let (u, n) = inflater.decompress(input, &mut buf).unwrap();
+                            part[base + written..base + written + n].copy_from_slice(&buf[..n]);
+                            crc.update(&buf[..n]);
+                            written += n;
+                            input = &input[u..];
+                            if u == 0 && n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let mut any = false;
+                while let Some(ev) = client.poll_event() {
+                    any = true;
+                    match ev {
+                        Event::PullAccepted(r) => assert_eq!(r.compress, compress),
+                        Event::ChunkStart { chunk, .. } => {
+                            held[chunk as usize] = None;
+                            crc = Crc32c::new();
+                            written = 0;
+                            inflater.begin(g.len(chunk));
+                        }
+                        Event::ChunkEnd { chunk } => {
+                            if compress == Compress::Zstd {
+                                inflater.finish().unwrap();
+                            }
+                            held[chunk as usize] = Some(crc.value());
+                            let all = held.iter().all(Option::is_some);
+                            client.chunk_stored(now, chunk, all);
+                        }
+                        Event::AckDue(c) => {
+                            let d: Vec<_> = c
+                                .iter()
+                                .filter_map(|&i| held[i as usize].map(|k| (i, k)))
+                                .collect();
+                            client.ack(&d);
+                        }
+                        Event::FinReceived(c) => {
+                            let d: Vec<_> = c
+                                .iter()
+                                .filter_map(|&i| held[i as usize].map(|k| (i, k)))
+                                .collect();
+                            client.answer_fin(now, &d, held.iter().all(Option::is_some));
+                        }
+                        Event::Verify => {
+                            assert_eq!(part, src);
+                            client.complete("a.txt", sha(&part));
+                            complete = Some(());
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                if consumed == 0 && payload.is_none() && !any {
+                    break;
+                }
+            }
+            now += Duration::from_millis(100);
+            client.handle_timeout(now);
+            while let Some(ev) = client.poll_event() {
+                if let Event::AckDue(c) = ev {
+                    let d: Vec<_> = c
+                        .iter()
+                        .filter_map(|&i| held[i as usize].map(|k| (i, k)))
+                        .collect();
+                    client.ack(&d);
+                }
+            }
+            server.handle_timeout(now);
+            if client.is_finished() && server.is_finished() {
+                break;
+            }
+        }
+        assert!(complete.is_some(), "{compress:?}");
+        let (name, sum) = server_complete.expect("the server saw Complete");
+        assert_eq!((name.as_str(), sum), ("a.txt", sha(&src)));
+        assert_eq!(part, src);
+        assert!(plan.is_complete());
+    }
+}
+
+#[test]
+fn f32_f33_v110_sender_bytes_as_cli_py_writes_them() {
+    use super::messages::{V110Compress, V110Header};
+    use super::v110::{V110Error, SUCCESS};
+    let t0 = Instant::now();
+    let req = b"GET /fastdp-endpoint HTTP/1.1\r\nHost: 127.0.0.1:5423\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: some-random-key\r\nSec-FastDP-Version: 1.1.0\r\n\r\n";
+    let payload = data(600_000, 13);
+    let h = V110Header::new(
+        payload.len() as u64,
+        V110Compress::None,
+        "a.txt",
+        Sha256::digest(&payload).into(),
+    );
+    assert_eq!((h.one_chunk, h.full_chunk), (262_144, 3));
+    let mut wire = req.to_vec();
+    super::frame::put_jmsg(&h.encode_python(), &mut wire);
+    for (i, c) in payload.chunks(262_144).enumerate() {
+        wire.extend_from_slice(&super::frame::chunk_header(i as u32, c.len() as u32));
+        wire.extend_from_slice(c);
+    }
+    for cut in [wire.len(), 1000, 97] {
+        let mut m = ServerConnection::new(t0, ServerConfig::default());
+        let mut got = Vec::new();
+        let mut events = Vec::new();
+        for piece in wire.chunks(cut) {
+            let mut pos = 0;
+            loop {
+                let r = m.handle_input(t0, &piece[pos..]);
+                pos += r.consumed;
+                if let Some(p) = r.payload {
+                    got.extend_from_slice(p.bytes);
+                }
+                let mut any = false;
+                while let Some(ev) = m.poll_event() {
+                    any = true;
+                    if let Event::V110Header(_) = ev {
+                        m.accept_v110(t0);
+                    }
+                    events.push(ev);
+                }
+                if r.consumed == 0 && r.payload.is_none() && !any {
+                    break;
+                }
+            }
+        }
+        let out = m.poll_transmit().unwrap();
+        assert!(
+            out.ends_with(b"Sec-FastDP-Version: 1.1.0\r\n\r\n"),
+            "only the 101, no FastDP header (F32)"
+        );
+        assert_eq!(got, payload);
+        assert_eq!(events.last(), Some(&Event::V110Received));
+        m.v110_done(Ok(()));
+        assert_eq!(m.poll_transmit().unwrap(), SUCCESS);
+        assert!(m.is_finished());
+    }
+    // Out of order, a wrong length, and EOF before the last chunk.
+    let start = req.len() + 4 + h.encode_python().len();
+    for (bad, want) in [
+        (
+            super::frame::chunk_header(1, 262_144).to_vec(),
+            V110Error::MalformedChunkHeader,
+        ),
+        (
+            super::frame::chunk_header(0, 5).to_vec(),
+            V110Error::MalformedChunkHeader,
+        ),
+        (
+            wire[start..start + 100].to_vec(),
+            V110Error::IncompleteChunkData,
+        ),
+    ] {
+        let mut m = ServerConnection::new(t0, ServerConfig::default());
+        let mut pos = 0;
+        let mut input = wire[..start].to_vec();
+        input.extend_from_slice(&bad);
+        loop {
+            let r = m.handle_input(t0, &input[pos..]);
+            pos += r.consumed;
+            let mut any = false;
+            while let Some(ev) = m.poll_event() {
+                any = true;
+                if let Event::V110Header(_) = ev {
+                    m.accept_v110(t0);
+                }
+            }
+            if r.consumed == 0 && !any {
+                break;
+            }
+        }
+        m.handle_eof(t0);
+        let out = m.poll_transmit().unwrap();
+        assert!(
+            out.ends_with(want.line()),
+            "{want:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(m.is_finished());
+    }
+    // A bad file name and a bad header.
+    for (json, want) in [
+        (
+            h.encode_python().replace_ascii("a.txt", "../a"),
+            V110Error::BadFileName,
+        ),
+        (
+            h.encode_python()
+                .replace_ascii("\"FullChunk\": 3", "\"FullChunk\": 4"),
+            V110Error::BadHeader,
+        ),
+    ] {
+        let mut m = ServerConnection::new(t0, ServerConfig::default());
+        let mut input = req.to_vec();
+        super::frame::put_jmsg(&json, &mut input);
+        let mut pos = 0;
+        while pos < input.len() {
+            let n = m.handle_input(t0, &input[pos..]).consumed;
+            if n == 0 {
+                break;
+            }
+            pos += n;
+        }
+        assert!(m.poll_transmit().unwrap().ends_with(want.line()));
+        assert!(m.is_finished());
+    }
+}
+
+trait ReplaceAscii {
+    fn replace_ascii(&self, from: &str, to: &str) -> Vec<u8>;
+}
+
+impl ReplaceAscii for Vec<u8> {
+    fn replace_ascii(&self, from: &str, to: &str) -> Vec<u8> {
+        String::from_utf8(self.clone())
+            .unwrap()
+            .replace(from, to)
+            .into_bytes()
+    }
+}
+
+#[test]
+fn machines_never_panic_on_random_bytes_and_time_steps() {
+    let h = header_for(&data(3 * 4096 + 1, 1), 4096, Compress::Zstd);
+    let req = {
+        let mut c = PushClient::new(Instant::now(), &client_cfg(), h.clone());
+        c.poll_transmit().unwrap()
+    };
+    let mut x = 0x0123_4567_89ab_cdefu64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..600 {
+        let mut now = Instant::now();
+        let mut m = ServerConnection::new(now, ServerConfig::default());
+        let mut pc = PushClient::new(now, &client_cfg(), h.clone());
+        let mut pl = PullClient::new(
+            now,
+            &client_cfg(),
+            PullRequest {
+                transfer_id: h.transfer_id,
+                target: PullTarget::Sha256([1; 32]),
+                accept_zstd: true,
+                have: Have::new(),
+                one_chunk: None,
+                checksum: None,
+            },
+        );
+        let mut plan = SendPlan::new(h.full_chunk, &Have::new());
+        // Half the rounds start with a valid head so the later states are reached.
+        let mut stream = if round % 2 == 0 {
+            req.clone()
+        } else {
+            Vec::new()
+        };
+        if round % 4 == 0 {
+            super::frame::put_jmsg(&h.encode(), &mut stream);
+        }
+        for _ in 0..40 {
+            let len = (rnd() % 64) as usize;
+            let mask = if round % 3 == 0 { 0x0f } else { 0xff };
+            stream.extend((0..len).map(|_| rnd() as u8 & mask));
+        }
+        let mut pos = 0;
+        while pos < stream.len() {
+            let step = 1 + (rnd() % 200) as usize;
+            let piece = &stream[pos..(pos + step).min(stream.len())];
+            pos += piece.len();
+            for target in 0..3 {
+                let mut p = 0;
+                for _ in 0..1000 {
+                    let (n, any) = match target {
+                        0 => {
+                            let r = m.handle_input(now, &piece[p..]);
+                            let mut any = false;
+                            while let Some(ev) = m.poll_event() {
+                                any = true;
+                                match ev {
+                                    Event::PushHeader(_) => m.accept_push(now, Have::new(), 8),
+                                    Event::PullRequest(_) => {
+                                        m.refuse(ErrorMsg::new(ErrorCode::NotFound, "no"))
+                                    }
+                                    Event::V110Header(_) => m.accept_v110(now),
+                                    Event::ChunkEnd { chunk } => {
+                                        m.chunk_stored(now, chunk, rnd() % 2 == 0)
+                                    }
+                                    Event::AckDue(c) => {
+                                        m.ack(&c.iter().map(|&c| (c, 0)).collect::<Vec<_>>())
+                                    }
+                                    Event::FinReceived(_) => m.answer_fin(now, &[], rnd() % 2 == 0),
+                                    Event::Verify => m.complete("x", h.checksum),
+                                    Event::V110Received => m.v110_done(Ok(())),
+                                    _ => {}
+                                }
+                            }
+                            (r.consumed, any)
+                        }
+                        1 => {
+                            let n = pc.handle_input(now, &piece[p..]);
+                            let any = pc.poll_event().is_some();
+                            let _ = pc.poll_send(now, &mut plan);
+                            (n, any)
+                        }
+                        _ => {
+                            let r = pl.handle_input(now, &piece[p..]);
+                            let any = pl.poll_event().is_some();
+                            (r.consumed, any)
+                        }
+                    };
+                    p += n;
+                    if p >= piece.len() || (n == 0 && !any) {
+                        break;
+                    }
+                }
+            }
+            now += Duration::from_millis(rnd() % 20_000);
+            m.handle_timeout(now);
+            pc.handle_timeout(now);
+            pl.handle_timeout(now);
+            for out in [m.poll_transmit(), pc.poll_transmit(), pl.poll_transmit()]
+                .into_iter()
+                .flatten()
+            {
+                assert!(out.len() <= 2 * 65_540 + 8192, "bounded output");
+            }
+        }
+        m.handle_eof(now);
+        pc.handle_eof(now);
+        pl.handle_eof(now);
+        while m.poll_event().is_some() || pc.poll_event().is_some() || pl.poll_event().is_some() {}
+    }
+}
+
+#[test]
+fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
+    let t0 = Instant::now();
+    let tid = TransferId::parse("9b2e4f60-1c3d-4a5b-8e7f-0a1b2c3d4e5f").unwrap();
+    let src = data(5 * 4096, 14);
+    let request = PullRequest {
+        transfer_id: tid,
+        target: PullTarget::Sha256(Sha256::digest(&src).into()),
+        accept_zstd: false,
+        have: Have::normalised(vec![(0, 2), (3, 4)]),
+        one_chunk: Some(4096),
+        checksum: Some(sha(&src)),
+    };
+    let reply_for = |p: &PullRequest| PullReply {
+        one_chunk: 4096,
+        full_chunk: 5,
+        full_size: src.len() as u64,
+        compress: Compress::None,
+        file_name: "a.txt".into(),
+        transfer_id: p.transfer_id,
+        checksum: sha(&src),
+        have: p.have.clone(),
+        max_connections: 8,
+        reconnect_bytes: DEFAULT_RECONNECT_BYTES,
+    };
+    let open = |request: &PullRequest| {
+        let mut c = PullClient::new(t0, &client_cfg(), request.clone());
+        let mut s = ServerConnection::new(t0, ServerConfig::default());
+        s.handle_input(t0, &c.poll_transmit().unwrap());
+        c.handle_input(t0, &s.poll_transmit().unwrap());
+        let q = c.poll_transmit().unwrap();
+        let mut pos = 0;
+        while pos < q.len() {
+            pos += s.handle_input(t0, &q[pos..]).consumed;
+        }
+        let Some(Event::PullRequest(p)) = s.poll_event() else {
+            panic!()
+        };
+        (c, s, p)
+    };
+    let (mut c, mut s, p) = open(&request);
+    assert_eq!(p, request);
+    s.accept_pull(t0, &reply_for(&p));
+    let mut plan = SendPlan::new(5, &p.have);
+    let reply = s.poll_transmit().unwrap();
+    let mut sent = Vec::new();
+    while let Some(k) = s.poll_send(t0, &mut plan) {
+        sent.push(k.chunk);
+    }
+    assert_eq!(sent, [2, 4], "only the chunks missing from Have");
+    let r = c.handle_input(t0, &reply);
+    assert_eq!(r.consumed, reply.len());
+    assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
+    // A reply for other parameters (the catalog file changed under the same name) is refused
+    // by the client; the server's own refusal is parameter-mismatch, final.
+    let (mut c, mut s, p) = open(&request);
+    let mut other = reply_for(&p);
+    other.checksum = Checksum([9; 32]);
+    s.accept_pull(t0, &other);
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    assert!(matches!(c.poll_event(), Some(Event::Failed(_))));
+    assert!(c.is_finished());
+    let (mut c, mut s, _) = open(&request);
+    s.refuse(ErrorMsg::new(ErrorCode::ParameterMismatch, "entry changed"));
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    let Some(Event::PeerError(e)) = c.poll_event() else {
+        panic!()
+    };
+    assert!(e.is_final());
+    // A control frame Error in the middle of the chunk stream ends the pull.
+    let (mut c, mut s, p) = open(&request);
+    s.accept_pull(t0, &reply_for(&p));
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    c.poll_event();
+    s.fail(ErrorMsg::new(
+        ErrorCode::ParameterMismatch,
+        "source file changed",
+    ));
+    let ctl = s.poll_transmit().unwrap();
+    assert_eq!(&ctl[..4], &[0xff, 0xff, 0xff, 0xfe]);
+    assert!(s.is_finished());
+    let r = c.handle_input(t0, &ctl);
+    assert_eq!(r.consumed, 8);
+    let r = c.handle_input(t0, &ctl[8..]);
+    assert_eq!(r.consumed, ctl.len() - 8);
+    let Some(Event::PeerError(e)) = c.poll_event() else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::ParameterMismatch);
+    assert!(c.is_finished());
+}
+
+/// The 2.13 exchange's client bytes, and a driver that answers as a server with every chunk
+/// durable at once.
+fn transcript_213() -> (Header, Vec<u8>) {
+    let h = Header::new(
+        4096,
+        4,
+        Compress::None,
+        "a.txt",
+        TransferId::parse(TID).unwrap(),
+        sha(b"AAAA"),
+    )
+    .unwrap();
+    let mut c = PushClient::new(Instant::now(), &client_cfg(), h.clone());
+    let mut t = c.poll_transmit().unwrap();
+    super::frame::put_jmsg(&h.encode(), &mut t);
+    t.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 4]);
+    t.extend_from_slice(b"AAAA");
+    t.extend_from_slice(&super::frame::FIN);
+    (h, t)
+}
+
+/// Runs the server machine over `t` cut at `cuts`; returns its output and its events (payload
+/// slices joined per chunk, as `ChunkStart` ... `ChunkEnd` with the bytes in between).
+fn serve_split(t: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<String>) {
+    let now = Instant::now();
+    let mut m = ServerConnection::new(now, ServerConfig::default());
+    let mut out = Vec::new();
+    let mut log: Vec<String> = Vec::new();
+    let mut held = false;
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&t.len())) {
+        let piece = &t[prev..c];
+        prev = c;
+        let mut pos = 0;
+        loop {
+            let r = m.handle_input(now, &piece[pos..]);
+            pos += r.consumed;
+            if let Some(p) = r.payload {
+                match log.last_mut() {
+                    Some(s) if s.starts_with("data ") => {
+                        s.push_str(&String::from_utf8_lossy(p.bytes))
+                    }
+                    _ => log.push(format!("data {}", String::from_utf8_lossy(p.bytes))),
+                }
+            }
+            let mut any = false;
+            while let Some(ev) = m.poll_event() {
+                any = true;
+                log.push(format!("{ev:?}"));
+                match ev {
+                    Event::PushHeader(_) => m.accept_push(now, Have::new(), 8),
+                    Event::ChunkEnd { chunk } => {
+                        held = true;
+                        m.chunk_stored(now, chunk, true)
+                    }
+                    Event::AckDue(c) => {
+                        m.ack(&c.iter().map(|&c| (c, crc32c(b"AAAA"))).collect::<Vec<_>>())
+                    }
+                    Event::FinReceived(c) => m.answer_fin(
+                        now,
+                        &c.iter().map(|&c| (c, crc32c(b"AAAA"))).collect::<Vec<_>>(),
+                        held,
+                    ),
+                    Event::Verify => m.complete("a.txt", sha(b"AAAA")),
+                    _ => {}
+                }
+            }
+            if let Some(o) = m.poll_transmit() {
+                out.extend_from_slice(&o);
+            }
+            if r.consumed == 0 && r.payload.is_none() && !any {
+                break;
+            }
+        }
+    }
+    assert!(m.is_finished());
+    (out, log)
+}
+
+#[test]
+fn server_machine_split_anywhere_gives_the_same_bytes_and_events() {
+    let (_, t) = transcript_213();
+    let whole = serve_split(&t, &[]);
+    assert!(whole.0.ends_with(
+        &Message::Complete {
+            file_name: "a.txt".into(),
+            checksum: sha(b"AAAA")
+        }
+        .encode()
+    ));
+    assert!(whole.1.contains(&"data AAAA".to_string()));
+    for a in 0..=t.len() {
+        assert_eq!(serve_split(&t, &[a]), whole, "split at {a}");
+    }
+    let bytewise: Vec<usize> = (1..t.len()).collect();
+    assert_eq!(serve_split(&t, &bytewise), whole);
+    for a in (0..t.len()).step_by(13) {
+        for b in (a..t.len()).step_by(17) {
+            assert_eq!(serve_split(&t, &[a, b]), whole, "split at {a}, {b}");
+        }
+    }
+}
+
+#[test]
+fn push_client_machine_split_anywhere_gives_the_same_events() {
+    let (h, _) = transcript_213();
+    let (server_bytes, _) = serve_split(&transcript_213().1, &[]);
+    let run = |cuts: &[usize]| {
+        let now = Instant::now();
+        let mut c = PushClient::new(now, &client_cfg(), h.clone());
+        let mut plan = SendPlan::new(1, &Have::new());
+        let mut log = Vec::new();
+        let mut sent = Vec::new();
+        let mut prev = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&server_bytes.len())) {
+            let piece = &server_bytes[prev..cut];
+            prev = cut;
+            let mut pos = 0;
+            loop {
+                if let Some(o) = c.poll_transmit() {
+                    sent.extend_from_slice(&o);
+                }
+                if let Some(k) = c.poll_send(now, &mut plan) {
+                    sent.extend_from_slice(&c.begin_chunk(k.chunk, k.len));
+                    sent.extend_from_slice(b"AAAA");
+                    plan.sent(k.chunk, crc32c(b"AAAA"));
+                }
+                let n = c.handle_input(now, &piece[pos..]);
+                pos += n;
+                let mut any = false;
+                while let Some(ev) = c.poll_event() {
+                    any = true;
+                    if let Event::Acked(e) = &ev {
+                        for &(k, crc) in e {
+                            plan.ack(k, crc);
+                        }
+                    }
+                    log.push(ev);
+                }
+                if n == 0 && !any {
+                    break;
+                }
+            }
+        }
+        if let Some(o) = c.poll_transmit() {
+            sent.extend_from_slice(&o);
+        }
+        assert!(c.is_finished());
+        (log, sent)
+    };
+    let whole = run(&[]);
+    assert_eq!(
+        whole.1,
+        transcript_213().1,
+        "the client wrote exactly the 2.13 bytes"
+    );
+    assert!(matches!(whole.0.last(), Some(Event::Complete { .. })));
+    for a in 0..=server_bytes.len() {
+        assert_eq!(run(&[a]), whole, "split at {a}");
+    }
+    let bytewise: Vec<usize> = (1..server_bytes.len()).collect();
+    assert_eq!(run(&bytewise), whole);
+}
+
+#[test]
+fn v110_timeouts_and_truncated_header_get_their_error_lines() {
+    use super::v110::V110Error;
+    let t0 = Instant::now();
+    let req = b"GET /fastdp-endpoint HTTP/1.1\r\nHost: h\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: some-random-key\r\nSec-FastDP-Version: 1.1.0\r\n\r\n";
+    // Header not complete in 10 s.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    m.handle_input(t0, b"\0\0\0\x10{\"One");
+    m.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
+    assert!(m.is_finished());
+    // EOF inside the header.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    m.handle_input(t0, b"\0\0\0\x10{\"One");
+    m.handle_eof(t0);
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::BadHeader.line());
+    // A silent sender after the header: 60 s.
+    let h = super::messages::V110Header::new(10, super::messages::V110Compress::None, "a", [0; 32]);
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    let mut j = Vec::new();
+    super::frame::put_jmsg(&h.encode_python(), &mut j);
+    let mut pos = 0;
+    while pos < j.len() {
+        pos += m.handle_input(t0, &j[pos..]).consumed;
+    }
+    assert!(matches!(m.poll_event(), Some(Event::V110Header(_))));
+    m.accept_v110(t0);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    m.handle_timeout(t0 + Duration::from_secs(60));
+    assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
+    assert_eq!(m.poll_event(), Some(Event::V110Failed(V110Error::Timeout)));
+    // An empty file: received as soon as it is accepted.
+    let e = super::messages::V110Header::new(0, super::messages::V110Compress::Zip, "e", [0; 32]);
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    let mut j = Vec::new();
+    super::frame::put_jmsg(&e.encode_python(), &mut j);
+    let mut pos = 0;
+    while pos < j.len() {
+        pos += m.handle_input(t0, &j[pos..]).consumed;
+    }
+    m.poll_event();
+    m.accept_v110(t0);
+    assert_eq!(m.poll_event(), Some(Event::V110Received));
+    m.v110_done(Err(V110Error::DecompressionFailed));
+    assert_eq!(
+        m.poll_transmit().unwrap(),
+        V110Error::DecompressionFailed.line()
+    );
+    assert!(m.is_finished());
+}
