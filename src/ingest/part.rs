@@ -6,12 +6,14 @@
 //! Each block moves through these states:
 //!
 //! ```text
-//!            claim (shared writers)          finish                sync: fdatasync(part),
-//! missing ----------------------> busy ----------------> written ---- bits written, ----> durable
-//!    ^   \___ write_exclusive (one owner, no claim) ___/    |         fdatasync(bitmap)     |
-//!    |                                                       |                               |
-//!    +-------- a writer dropped unfinished; Replace claim ---+-------------------------------+
-//!              (a durable bit is cleared on disk first)
+//!              claim                      finish                 sync
+//!   missing ----------> busy (one writer) ---------> written ------------> durable
+//!     |  ^                |    ^                        |                     |
+//!     |  +--- dropped ----+    +--- Replace claim ------+---------------------+
+//!     |                                                 ^   (a durable bit is cleared
+//!     +------------- write_exclusive (one owner) -------+    on disk first)
+//!
+//!   sync: fdatasync(part), then the batch's bits written into the bitmap, fdatasync(bitmap)
 //! ```
 //!
 //! Durability order: block data is written with `pwrite` and only then marked written; a sync
