@@ -210,6 +210,13 @@ impl MappedFile {
         }
     }
 
+    /// Fills `buf` with the file's bytes at `offset` (pread(2), retried on EINTR and short
+    /// reads: std's `FileExt::read_exact_at`). A file that ends first gives `UnexpectedEof`:
+    /// it shrank, or the range was never inside it.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
     /// fstat on the open fd now equals the stamp taken at open (size, mtime, ctime, ino).
     /// A failing fstat counts as changed.
     ///

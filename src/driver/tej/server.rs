@@ -392,17 +392,16 @@ impl Conn<'_> {
             .ok_or_else(|| internal("file end without a file"))?;
         let entry = match (f.sink, f.store_as) {
             (Some(sink), Some(store_as)) => {
-                let c = sink
-                    .commit_with(&store_as, Expect::Nothing, Collision::Numbered)
-                    .map_err(internal)?;
-                let added = match c.sha256 {
-                    Some(sha) => self.svc.catalog.add_ingested_file(&c.path, c.xxh64, sha),
-                    None => self.svc.catalog.add_file(&c.path),
-                };
-                if let Err(e) = added {
+                use crate::ingest::{Listed, Publisher};
+                let published =
+                    Publisher::new(self.svc.ingest.clone(), Arc::clone(&self.svc.catalog))
+                        .publish_stream(sink, &store_as, Expect::Nothing, Collision::Numbered)
+                        .map_err(internal)?;
+                if let Listed::Refused(e) = &published.listed {
                     // Stored, but not a catalog file (a dotfile name, say): say so in the log.
                     self.svc.log(&self.peer, format_args!("{e}"));
                 }
+                let c = published.committed;
                 self.svc.log(
                     &self.peer,
                     format_args!("stored {} ({} bytes)", c.name, c.size),
