@@ -32,7 +32,8 @@
 //! command line calls [`CatalogHandle::rescan`]), and subfolders (the catalog is flat).
 
 use super::inotify::{self, Event, Inotify};
-use super::{lock, CatalogHandle, Check, FileStamp};
+use super::scan::STATE_DIR;
+use super::{io_err, lock, CatalogError, CatalogHandle, CatalogOptions, Check, FileStamp};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -40,7 +41,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -168,9 +169,36 @@ impl Watch {
 }
 
 impl CatalogHandle {
+    /// [`open`](Self::open) and [`follow`](Self::follow) in one step, with the inotify watch
+    /// set up *before* the first scan: a file that arrives while the folder is scanned is
+    /// either listed by the scan or announced by an event, never missed.
+    pub fn open_following(
+        root: &Path,
+        opts: CatalogOptions,
+        follow: FollowOptions,
+    ) -> Result<(Arc<CatalogHandle>, WatcherGuard), CatalogError> {
+        let state_dir = root.join(STATE_DIR);
+        std::fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        let watch = follow.inotify.then(|| Watch::start(root));
+        let handle = CatalogHandle::open(root, opts)?;
+        let guard = handle.start_follower(watch, follow.poll);
+        Ok((handle, guard))
+    }
+
     /// Starts following the folder as `opts` says, until the returned guard is dropped. The
-    /// thread holds only a weak reference, so it also ends once the handle is gone.
+    /// thread holds only a weak reference, so it also ends once the handle is gone. (A file
+    /// added between `open` and this call is seen by the next rescan only: prefer
+    /// [`open_following`](Self::open_following).)
     pub fn follow(self: &Arc<Self>, opts: FollowOptions) -> WatcherGuard {
+        let watch = opts.inotify.then(|| Watch::start(&self.root));
+        self.start_follower(watch, opts.poll)
+    }
+
+    fn start_follower(
+        self: &Arc<Self>,
+        watch: Option<io::Result<Watch>>,
+        poll: Option<Duration>,
+    ) -> WatcherGuard {
         let mut guard = WatcherGuard {
             control: None,
             thread: None,
@@ -192,22 +220,21 @@ impl CatalogHandle {
                 return guard;
             }
         };
-        let mut poll = opts.poll;
-        let mut watch = None;
-        if opts.inotify {
-            match Watch::start(&self.root) {
-                Ok(w) => watch = Some(w),
-                Err(e) => {
-                    let every = poll.unwrap_or(FALLBACK_POLL);
-                    eprintln!(
-                        "catalog: cannot watch {} with inotify ({e}); rescanning it every {} s",
-                        self.root.display(),
-                        every.as_secs_f64()
-                    );
-                    poll = Some(every);
-                }
+        let mut poll = poll;
+        let watch = match watch {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                let every = poll.unwrap_or(FALLBACK_POLL);
+                eprintln!(
+                    "catalog: cannot watch {} with inotify ({e}); rescanning it every {} s",
+                    self.root.display(),
+                    every.as_secs_f64()
+                );
+                poll = Some(every);
+                None
             }
-        }
+        };
         guard.live = watch.is_some();
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
