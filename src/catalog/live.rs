@@ -72,7 +72,7 @@ const MASK: u32 = inotify::IN_CLOSE_WRITE
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FollowOptions {
     /// Watch the folder with inotify (default `true`). If inotify cannot be set up, this is
-    /// logged and the folder is rescanned every `poll` (or [`FALLBACK_POLL`]) instead.
+    /// logged and the folder is rescanned every `poll` (or every 2 s) instead.
     pub inotify: bool,
     /// Also rescan the whole folder at this interval (default `None`): the polling fallback
     /// for file systems whose changes inotify does not see (network and FUSE file systems).

@@ -6,7 +6,7 @@
 //! only files whose stamp (dev, ino, size, mtime, ctime) is not in the index, compacts the
 //! index and publishes the first [`Catalog`]. From then on every change is one small
 //! **publish**: a new snapshot that shares all but O(log n) nodes with the previous one
-//! ([`tree`]), and one record appended to the index journal ([`index`]). Readers keep whatever
+//! (`tree.rs`), and one record appended to the index journal (`index.rs`). Readers keep whatever
 //! `Arc<Catalog>` they hold, so a change never stalls a transfer and a transfer never stalls a
 //! change; a reader sees the old or the new state, never half of one.
 //!
