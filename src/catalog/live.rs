@@ -332,6 +332,7 @@ impl Follower {
             }
             self.drain_wakes();
             if self.control.overflow.swap(false, Ordering::SeqCst) {
+                self.writing.clear();
                 self.rescan = true;
             }
             self.read_events();
@@ -447,6 +448,9 @@ impl Follower {
                 "catalog: too many changes at once in {}; rescanning it",
                 self.root.display()
             );
+            // Closes may have been lost with the rest: forget who was writing, as the rescan
+            // publishes what it finds.
+            self.writing.clear();
             self.rescan = true;
             return;
         }
