@@ -738,44 +738,46 @@ impl CatalogHandle {
         // that comes back is logged again.
         log.logged.retain(|k| still_skipped.contains(k));
 
-        let mut changes = Vec::new();
-        let present: HashSet<&OsStr> = entries.iter().map(|e| e.disk_name()).collect();
-        for e in &entries {
-            let prev = old.by_disk_name(e.disk_name());
-            if !same(prev, Some(e)) {
-                changes.push(Change {
-                    name: e.disk_name().to_owned(),
-                    expected: prev.cloned(),
-                    new: Some(Arc::clone(e)),
-                });
-            }
-        }
-        for e in old.entries() {
-            if !present.contains(e.disk_name()) {
-                changes.push(Change {
-                    name: e.disk_name().to_owned(),
-                    expected: Some(Arc::clone(e)),
-                    new: None,
-                });
-            }
-        }
-        drop(present);
-        drop(entries);
-        drop(old);
-
-        let mut st = lock(&self.state);
-        let changed = if first {
+        let mut changed = first;
+        let mut st = if first {
+            drop(old);
             // Nobody else holds the handle yet: build the first snapshot whole, even if empty.
-            let entries: Vec<Arc<Entry>> = changes.into_iter().filter_map(|c| c.new).collect();
+            let mut st = lock(&self.state);
             st.inodes.clear();
             for e in &entries {
                 st.link(e);
             }
             self.swap(Catalog::from_entries(1, entries));
-            true
+            st
         } else {
+            let mut changes = Vec::new();
+            let present: HashSet<&OsStr> = entries.iter().map(|e| e.disk_name()).collect();
+            for e in &entries {
+                let prev = old.by_disk_name(e.disk_name());
+                if !same(prev, Some(e)) {
+                    changes.push(Change {
+                        name: e.disk_name().to_owned(),
+                        expected: prev.cloned(),
+                        new: Some(Arc::clone(e)),
+                    });
+                }
+            }
+            for e in old.entries() {
+                if !present.contains(e.disk_name()) {
+                    changes.push(Change {
+                        name: e.disk_name().to_owned(),
+                        expected: Some(Arc::clone(e)),
+                        new: None,
+                    });
+                }
+            }
+            drop(present);
+            drop(entries);
+            drop(old);
+            let mut st = lock(&self.state);
             let (applied, _lost) = self.publish(&mut st, changes, false);
-            applied > 0
+            changed = applied > 0;
+            st
         };
         // The index must hold exactly the snapshot's records (it may also hold records of files
         // removed while no ferry ran, or miss some after a failed write).
