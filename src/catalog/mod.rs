@@ -488,26 +488,53 @@ struct PublishState {
     needs_save: bool,
     /// Last index or journal write error logged, to avoid repeating it on every change.
     last_save_error: Option<String>,
-    /// On-disk names of the entries of each (dev, ino): hard links and symlinks of one file,
-    /// whose stamps move together.
-    inodes: HashMap<(u64, u64), Vec<OsString>>,
+    /// The entries of each (dev, ino): hard links and symlinks of one file, whose stamps move
+    /// together. One entry per inode is the rule, so the first lives in `inodes` and any more
+    /// in `more_inodes` (an `Arc` per entry, no name copies: 24 bytes a slot).
+    inodes: HashMap<(u64, u64), Arc<Entry>>,
+    more_inodes: HashMap<(u64, u64), Vec<Arc<Entry>>>,
 }
 
 impl PublishState {
-    fn link(&mut self, e: &Entry) {
-        self.inodes
-            .entry(e.inode())
-            .or_default()
-            .push(e.disk_name().to_owned());
-    }
-
-    fn unlink(&mut self, e: &Entry) {
-        if let Some(v) = self.inodes.get_mut(&e.inode()) {
-            v.retain(|n| n != e.disk_name());
-            if v.is_empty() {
-                self.inodes.remove(&e.inode());
+    fn link(&mut self, e: &Arc<Entry>) {
+        match self.inodes.entry(e.inode()) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Arc::clone(e));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more_inodes
+                    .entry(e.inode())
+                    .or_default()
+                    .push(Arc::clone(e));
             }
         }
+    }
+
+    fn unlink(&mut self, e: &Arc<Entry>) {
+        let key = e.inode();
+        if let Some(more) = self.more_inodes.get_mut(&key) {
+            if let Some(i) = more.iter().position(|x| Arc::ptr_eq(x, e)) {
+                more.swap_remove(i);
+            } else if self.inodes.get(&key).is_some_and(|x| Arc::ptr_eq(x, e)) {
+                if let Some(next) = more.pop() {
+                    self.inodes.insert(key, next);
+                }
+            }
+            if more.is_empty() {
+                self.more_inodes.remove(&key);
+            }
+        } else if self.inodes.get(&key).is_some_and(|x| Arc::ptr_eq(x, e)) {
+            self.inodes.remove(&key);
+        }
+    }
+
+    /// On-disk names of the entries of one inode.
+    fn names_of(&self, inode: (u64, u64)) -> impl Iterator<Item = &OsStr> {
+        self.inodes
+            .get(&inode)
+            .into_iter()
+            .chain(self.more_inodes.get(&inode).into_iter().flatten())
+            .map(|e| e.disk_name())
     }
 }
 
@@ -618,6 +645,7 @@ impl CatalogHandle {
                 needs_save,
                 last_save_error: None,
                 inodes: HashMap::new(),
+                more_inodes: HashMap::new(),
             }),
             current: RwLock::new(Arc::new(Catalog::from_entries(0, Vec::new()))),
             generation: Mutex::new(0),
@@ -744,6 +772,7 @@ impl CatalogHandle {
             // Nobody else holds the handle yet: build the first snapshot whole, even if empty.
             let mut st = lock(&self.state);
             st.inodes.clear();
+            st.more_inodes.clear();
             for e in &entries {
                 st.link(e);
             }
@@ -1180,8 +1209,8 @@ impl CatalogHandle {
         out.later.extend(lost.into_iter().map(|c| (c.name, None)));
         let mut siblings = HashSet::new();
         for inode in moved_inodes {
-            for name in st.inodes.get(&inode).into_iter().flatten() {
-                siblings.insert(name.clone());
+            for name in st.names_of(inode) {
+                siblings.insert(name.to_owned());
             }
         }
         drop(st);

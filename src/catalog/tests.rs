@@ -1025,3 +1025,47 @@ fn live_many_files_at_once_end_up_published_in_few_generations() {
     eprintln!("300 files in {} generations", snap.generation() - g0);
     assert_eq!(h.full_scans(), 1);
 }
+
+#[test]
+fn names_of_an_inode_follow_links_and_unlinks() {
+    let dir = TempDir::new("inodes");
+    let h = open(&dir);
+    // Three entries of inode 5 (fake_entry uses the number as inode and in the name).
+    let same = |i: u64| {
+        let e = fake_entry(&h, i);
+        let mut c = (*e).stamp;
+        c.ino = 5;
+        Arc::new(Entry {
+            stamp: c,
+            name: e.name.clone(),
+            path: e.path.clone(),
+            size: e.size,
+            xxh64: e.xxh64,
+            sha256: e.sha256,
+            map: OnceLock::new(),
+            drift: Arc::clone(&h.drift),
+        })
+    };
+    let (a, b, c) = (same(1), same(2), same(3));
+    let mut st = lock(&h.state);
+    let names = |st: &PublishState| {
+        let mut v: Vec<String> = st
+            .names_of((1, 5))
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for e in [&a, &b, &c] {
+        st.link(e);
+    }
+    assert_eq!(names(&st), ["f0000001.bin", "f0000002.bin", "f0000003.bin"]);
+    st.unlink(&a);
+    assert_eq!(names(&st), ["f0000002.bin", "f0000003.bin"]);
+    st.unlink(&c);
+    st.unlink(&c);
+    assert_eq!(names(&st), ["f0000002.bin"]);
+    st.unlink(&b);
+    assert!(names(&st).is_empty());
+    assert!(st.inodes.is_empty() && st.more_inodes.is_empty());
+}
