@@ -1033,7 +1033,7 @@ fn names_of_an_inode_follow_links_and_unlinks() {
     // Three entries of inode 5 (fake_entry uses the number as inode and in the name).
     let same = |i: u64| {
         let e = fake_entry(&h, i);
-        let mut c = (*e).stamp;
+        let mut c = e.stamp;
         c.ino = 5;
         Arc::new(Entry {
             stamp: c,
