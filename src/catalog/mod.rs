@@ -747,7 +747,8 @@ impl CatalogHandle {
         }
 
         let paths: Vec<&Path> = to_hash.iter().map(|c| c.path.as_path()).collect();
-        let results = scan::hash_files(&paths);
+        let largest = to_hash.iter().map(|c| c.stamp.size).max().unwrap_or(0);
+        let results = scan::hash_files(&paths, largest);
         let mut hashed = 0;
         for (c, r) in to_hash.into_iter().zip(results) {
             match r {
@@ -1172,7 +1173,8 @@ impl CatalogHandle {
                 paths.len() - 1
             });
         }
-        let results = scan::hash_files(&paths);
+        let largest = to_hash.iter().map(|(c, _)| c.stamp.size).max().unwrap_or(0);
+        let results = scan::hash_files(&paths, largest);
         let by_stamp: HashMap<FileStamp, &Result<Hashes, HashError>> = first_of
             .iter()
             .map(|(stamp, &i)| (*stamp, &results[i]))
