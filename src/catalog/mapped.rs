@@ -1,5 +1,6 @@
-//! The one `unsafe` module of ferry: a read-only memory mapping of a served file whose bytes
-//! only the kernel ever reads.
+//! The catalog's memory mapping, its one `unsafe` data structure: a read-only mapping of a
+//! served file whose bytes only the kernel ever reads. (The catalog's other `unsafe` blocks
+//! are plain system calls in `inotify.rs`.)
 //!
 //! A [`MappedFile`] owns an open [`File`], the [`FileStamp`] taken by `fstat` on that descriptor
 //! when it was opened, and (for non-empty files) a `PROT_READ`, `MAP_SHARED` mapping of the

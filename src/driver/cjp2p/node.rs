@@ -75,7 +75,6 @@ impl ContentStore for CatalogStore {
     fn list(&self, start: usize, max: usize) -> Vec<([u8; 32], u64)> {
         let snap = self.catalog.snapshot();
         snap.entries()
-            .iter()
             .skip(start)
             .take(max)
             .map(|e| (e.sha256, e.size))
