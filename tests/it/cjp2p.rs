@@ -26,7 +26,7 @@ use crate::harness::{ferry, pseudo_random, sha256_file, Server, TempDir, FERRY};
 // ---- small helpers ---------------------------------------------------------------------------
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    ferry::wire::hex::encode(b)
 }
 
 fn sha(data: &[u8]) -> [u8; 32] {

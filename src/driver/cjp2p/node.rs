@@ -341,7 +341,7 @@ impl Loop {
             );
             // Drain everything that has arrived before doing the bookkeeping again.
             while let Ok((n, from)) = self.sock.recv_from(&mut buf) {
-                let from = normalize(from);
+                let from = transport::canonical_addr(from);
                 let now = Instant::now();
                 self.node.handle_datagram(now, from, &buf[..n], &self.store);
                 self.drain_events(now);
@@ -735,17 +735,8 @@ fn open_part(ingest: &IngestDir, key: &str, size: u64) -> io::Result<Resumable> 
     Ok(p)
 }
 
-/// IPv4-mapped IPv6 sources become IPv4 (cjp2p.md 2).
-fn normalize(a: SocketAddr) -> SocketAddr {
-    if let SocketAddr::V6(v6) = a {
-        if let Some(v4) = v6.ip().to_ipv4_mapped() {
-            return SocketAddr::new(v4.into(), v6.port());
-        }
-    }
-    a
-}
-
-/// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6.
+/// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6: the inverse of
+/// [`transport::canonical_addr`], which every received source address goes through.
 fn denormalize(a: SocketAddr, dual_stack: bool) -> SocketAddr {
     match a {
         SocketAddr::V4(v4) if dual_stack => {

@@ -18,11 +18,13 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::transport::canonical_addr;
 
 /// A content id: the SHA-256 of the whole content (64 lowercase hex on the wire).
 pub type Id = [u8; 32];
@@ -358,28 +360,11 @@ pub fn parse_id(s: &str) -> Option<Id> {
 
 /// An id as 64 lowercase hex characters.
 pub fn id_hex(id: &Id) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for &b in id {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// IPv4-mapped IPv6 addresses become IPv4 (spec 2); `::1` and the rest stay as they are.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => SocketAddr::new(IpAddr::V6(*v6.ip()), v6.port()),
-        },
-        v4 => v4,
-    }
+    crate::wire::hex::encode(id)
 }
 
 /// Strict `ip:port`: dotted IPv4 or bracketed IPv6 with a decimal port; no host names, zone ids,
-/// signs or spaces. The result is normalised.
+/// signs or spaces. IPv4-mapped IPv6 becomes IPv4 (spec 2, [`canonical_addr`]).
 pub fn parse_addr(s: &str) -> Option<SocketAddr> {
     let ok = !s.is_empty()
         && s.len() <= 64
@@ -395,7 +380,7 @@ pub fn parse_addr(s: &str) -> Option<SocketAddr> {
     if port.len() > 1 && port.starts_with('0') {
         return None;
     }
-    Some(normalize(addr))
+    Some(canonical_addr(addr))
 }
 
 /// The wire text of an address: `a.b.c.d:p` or `[v6]:p`.

@@ -9,7 +9,8 @@ use std::time::Instant;
 use super::blocks::Blocks;
 use super::source::Req;
 use super::MAX_TEASER;
-use super::{block_len, normalise, Accept, Download, BLOCK, EMPTY_ID, LATE_REPLY_GRACE};
+use super::{block_len, Accept, Download, BLOCK, EMPTY_ID, LATE_REPLY_GRACE};
+use crate::transport::canonical_addr;
 
 impl Download {
     /// A `Content` element from a VERIFIED datagram of `from` for this id (spec 6.7 rules).
@@ -21,7 +22,7 @@ impl Download {
         data_len: usize,
         eof: Option<u64>,
     ) -> Accept {
-        let from = normalise(from);
+        let from = canonical_addr(from);
         let Some(si) = self.sources.iter().position(|s| s.addr == from) else {
             return self.drop_element("content from an address that is not a source");
         };

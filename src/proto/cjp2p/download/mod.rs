@@ -61,9 +61,16 @@
 //! dl.mark_stored(4096, 904);
 //! assert!(dl.is_complete());
 //! ```
+//!
+//! The parts: `blocks` (the bitmaps), `source` (one source's window, pacing, RTT and RTO),
+//! `schedule` (who may send, which range, endgame copies, expiry), `accept` (which `Content` is
+//! kept), `stats` (counters); `sim` runs the downloader on a simulated lossy network.
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use crate::transport::canonical_addr;
 
 mod accept;
 mod blocks;
@@ -176,16 +183,6 @@ pub struct Request {
     pub length: u32,
 }
 
-/// IPv4-mapped IPv6 addresses are kept as IPv4 (spec 2).
-fn normalise(addr: SocketAddr) -> SocketAddr {
-    if let SocketAddr::V6(v6) = addr {
-        if let Some(v4) = v6.ip().to_ipv4_mapped() {
-            return SocketAddr::new(v4.into(), addr.port());
-        }
-    }
-    addr
-}
-
 /// Rounds a request length down to a multiple of 4096, within 4096..=40960.
 fn block_len(len: u32) -> u32 {
     (len.min(MAX_REQUEST) / BLOCK as u32).max(1) * BLOCK as u32
@@ -263,7 +260,7 @@ impl Download {
     /// Adds a source (or updates whether it is ferry). Ignored beyond `max_sources`.
     /// `ferry_max_length`: the peer's announced largest reply, if it is ferry.
     pub fn add_source(&mut self, now: Instant, addr: SocketAddr, ferry_max_length: Option<u32>) {
-        let addr = normalise(addr);
+        let addr = canonical_addr(addr);
         let block = match ferry_max_length {
             Some(m) => block_len(self.cfg.ferry_block.min(m)),
             None => block_len(self.cfg.ref_block),
@@ -301,7 +298,7 @@ impl Download {
 
     /// Seeds a source's RTT from the peer table (spec 6.3) when it has no sample of its own.
     pub fn set_initial_rtt(&mut self, addr: SocketAddr, rtt: Duration) {
-        let addr = normalise(addr);
+        let addr = canonical_addr(addr);
         if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
             if s.srtt.is_none() {
                 s.on_rtt_sample(rtt);
@@ -311,7 +308,7 @@ impl Download {
 
     /// Removes a source; its ranges in flight go back to the front of the missing set.
     pub fn remove_source(&mut self, addr: SocketAddr) {
-        let addr = normalise(addr);
+        let addr = canonical_addr(addr);
         if let Some(si) = self.sources.iter().position(|s| s.addr == addr) {
             self.remove_source_at(si);
         }

@@ -8,13 +8,13 @@ use std::time::Instant;
 use super::{within, Node, NodeEvent, Window, MAX_HOLDERS_PER_ID, MAX_HOLDER_IDS};
 use super::{MAX_LIST_RECORDED, MAX_MAYBE, MAX_NEW_SOURCES_PER_SEC, MAX_TEASER};
 use super::{MAYBE_SOLICITED_FOR, SOLICITED_FOR, TICK};
-use crate::proto::cjp2p::wire::normalize;
 use crate::proto::cjp2p::wire::Id;
+use crate::transport::canonical_addr;
 
 impl Node {
     /// Remember that `addr` holds `id` (from a finished download or a `ContentList`).
     pub fn add_holder(&mut self, id: [u8; 32], addr: SocketAddr) {
-        let addr = normalize(addr);
+        let addr = canonical_addr(addr);
         if self.is_forbidden(addr) {
             return;
         }

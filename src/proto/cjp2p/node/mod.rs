@@ -34,7 +34,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::cookie::CookieJar;
-use super::wire::{cookie_of, normalize, parse_datagram, Id, ListParts, Message, MAX_OFFER};
+use super::wire::{cookie_of, parse_datagram, Id, ListParts, Message, MAX_OFFER};
+use crate::transport::canonical_addr;
 
 mod discovery;
 mod outgoing;
@@ -336,7 +337,7 @@ impl Node {
 
     /// Ferry's own addresses: never contacted, datagrams from them dropped.
     pub fn set_local_addrs(&mut self, addrs: Vec<SocketAddr>) {
-        self.local = addrs.into_iter().map(normalize).collect();
+        self.local = addrs.into_iter().map(canonical_addr).collect();
     }
 
     /// Ferry's cookie for an IP (for tests and logs).
@@ -407,7 +408,7 @@ impl Node {
         store: &dyn ContentStore,
     ) {
         self.stats.datagrams_in += 1;
-        let from = normalize(from);
+        let from = canonical_addr(from);
         if self.is_forbidden(from) {
             self.stats.dropped_datagrams += 1;
             return;

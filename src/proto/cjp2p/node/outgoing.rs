@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Node, MAX_CONTENT_LEN, MAX_IDS_REMEMBERED};
-use crate::proto::cjp2p::wire::normalize;
 use crate::proto::cjp2p::wire::{cookie_payload, DatagramBuilder, Message};
+use crate::transport::canonical_addr;
 
 impl Node {
     /// Queue `PleaseSendContent` to `to` for `id`: one per datagram toward peers not known to be
@@ -21,7 +21,7 @@ impl Node {
         offset: u64,
         length: u32,
     ) {
-        let to = normalize(to);
+        let to = canonical_addr(to);
         if self.is_forbidden(to) {
             return;
         }
@@ -63,7 +63,7 @@ impl Node {
 
     /// Send `PleaseSendPeers` to `to`; its `Peers` answer is accepted for 10 s.
     pub fn request_peers(&mut self, now: Instant, to: SocketAddr) {
-        let to = normalize(to);
+        let to = canonical_addr(to);
         if self.is_forbidden(to) {
             return;
         }
@@ -73,7 +73,7 @@ impl Node {
 
     /// Send `PleaseListContent` to `to`; its `ContentList` answer is accepted for 10 s.
     pub fn request_list(&mut self, now: Instant, to: SocketAddr) {
-        let to = normalize(to);
+        let to = canonical_addr(to);
         if self.is_forbidden(to) {
             return;
         }

@@ -10,13 +10,13 @@ use super::{within, Asked, Node, NodeEvent, Peer};
 use super::{ADVERTISE_WITHIN, MAX_ASKED, MAX_NEW_CANDIDATES, MAX_PEERS_ANSWER};
 use super::{MAYBE_SOLICITED_FOR, SOLICITED_FOR, STALE_AFTER_MISSED};
 use crate::proto::cjp2p::wire::cookie_of;
-use crate::proto::cjp2p::wire::normalize;
+use crate::transport::canonical_addr;
 
 impl Node {
     /// A peer configured by the user (`--peer`): kept for good and probed from the next
     /// maintenance tick on, which is due at once (`poll_timeout`), within the 4-per-second cap.
     pub fn add_peer(&mut self, now: Instant, addr: SocketAddr) {
-        let addr = normalize(addr);
+        let addr = canonical_addr(addr);
         if self.is_forbidden(addr) {
             return;
         }
@@ -65,18 +65,20 @@ impl Node {
 
     pub fn is_verified(&self, addr: SocketAddr) -> bool {
         self.peers
-            .get(&normalize(addr))
+            .get(&canonical_addr(addr))
             .is_some_and(|p| p.verified_at.is_some())
     }
 
     /// The `max_length` a verified `FerryHello` from this address advertised.
     pub fn ferry_max_length(&self, addr: SocketAddr) -> Option<u32> {
-        self.peers.get(&normalize(addr)).and_then(|p| p.ferry_max)
+        self.peers
+            .get(&canonical_addr(addr))
+            .and_then(|p| p.ferry_max)
     }
 
     /// Smoothed RTT of a peer, if measured.
     pub fn srtt(&self, addr: SocketAddr) -> Option<Duration> {
-        self.peers.get(&normalize(addr)).and_then(|p| p.srtt)
+        self.peers.get(&canonical_addr(addr)).and_then(|p| p.srtt)
     }
 
     pub fn peer_count(&self) -> usize {

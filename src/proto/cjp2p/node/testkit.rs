@@ -199,7 +199,7 @@ pub(super) struct RefPeer {
 impl RefPeer {
     pub(super) fn cookie(&self, ip: IpAddr) -> String {
         let h = Sha256::digest(format!("{}{ip}", self.secret));
-        format!("{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+        crate::wire::hex::short(&h)
     }
 
     pub(super) fn handle(&mut self, from: SocketAddr, d: &[u8]) -> Option<Vec<u8>> {
