@@ -521,9 +521,10 @@ impl Loop {
                     eof,
                 } => self.content(now, from, id, offset, &data, eof),
                 NodeEvent::Holders { id, peers } => {
+                    // On probation: one request each, dropped after 2 s of silence.
                     if let Some(a) = self.downloads.get_mut(&id) {
                         for p in peers {
-                            a.dl.add_source(now, p, self.node.ferry_max_length(p));
+                            a.dl.add_hint(now, p, self.node.ferry_max_length(p));
                         }
                     }
                 }
@@ -544,10 +545,7 @@ impl Loop {
                 }
                 NodeEvent::FerryPeer { addr, max_length } => {
                     for a in self.downloads.values_mut() {
-                        if a.dl.sources().contains(&addr) {
-                            a.dl.remove_source(addr);
-                            a.dl.add_source(now, addr, Some(max_length));
-                        }
+                        a.dl.set_ferry(addr, Some(max_length));
                     }
                 }
                 NodeEvent::Rtt { .. } => {}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::blocks::Blocks;
 use super::source::Req;
 use super::MAX_TEASER;
-use super::{block_len, Accept, Download, BLOCK, EMPTY_ID, LATE_REPLY_GRACE};
+use super::{block_len, Accept, Comeback, Download, BLOCK, EMPTY_ID, LATE_REPLY_GRACE};
 use crate::transport::canonical_addr;
 
 impl Download {
@@ -50,6 +50,7 @@ impl Download {
         let len = data_len as u64;
         let end = offset.saturating_add(len);
         if data_len <= MAX_TEASER && end < e {
+            self.stats.teasers += 1;
             return self.teaser(si, offset, req);
         }
         if len > u64::from(req.len) {
@@ -72,22 +73,25 @@ impl Download {
         src.reqs.remove(&offset);
         let was_live = req.expired_at.is_none();
         if was_live {
-            src.live -= 1;
-            src.live_bytes -= u64::from(req.len);
+            src.drop_live(&req);
             self.timers.remove(&(req.deadline, src.id, offset));
         }
         if !req.is_retransmitted {
             src.on_rtt_sample(now.saturating_duration_since(req.sent));
         }
-        src.on_progress(max_window);
+        src.on_data(max_window);
+        if !was_live {
+            src.on_late_reply();
+        }
+        src.delivered += len;
         if len >= BLOCK && len < u64::from(req.len) && end < e {
             src.block = src.block.min(block_len(data_len as u32));
         }
         if self.blocks.is_none() {
+            // This request was never counted: the blocks did not exist when it was sent.
             self.fix_eof(e, from);
-        }
-        if was_live {
-            self.release(si, offset, req.len);
+        } else if was_live {
+            self.release(offset, req.len);
         }
         let b = self.blocks.as_mut().expect("eof fixed above");
         if b.n == 0 {
@@ -98,7 +102,7 @@ impl Download {
         let Some(run_start) = (first..stop).find(|&i| !b.accepted.get(i)) else {
             let (rf, rs) = b.span(offset, u64::from(req.len));
             if (rf..rs).any(|i| b.is_needed(i)) {
-                self.requeue.push_front((rf, rs));
+                self.requeue.push_front(Comeback::new(rf, rs));
             }
             self.stats.dup_replies += 1;
             return Accept::Drop("duplicate: every block already accepted");
@@ -111,7 +115,7 @@ impl Download {
         // Whatever the request covered and this reply did not deliver goes back to the front.
         let (rf, rs) = b.span(offset, u64::from(req.len));
         if (rf..rs).any(|i| b.is_needed(i)) {
-            self.requeue.push_front((rf, rs));
+            self.requeue.push_front(Comeback::new(rf, rs));
         }
         let store_offset = (run_start * BLOCK).max(offset);
         let store_end = (run_end * BLOCK).min(end);
@@ -154,23 +158,51 @@ impl Download {
         Accept::DropSource(why)
     }
 
+    /// The source answered, but not with data (a teaser, or a reply that failed the cookie
+    /// check): it is alive and the handshake is under way, so the range is asked again at once
+    /// (from the front of the missing set), not after a timeout.
     pub(super) fn teaser(&mut self, si: usize, offset: u64, req: Req) -> Accept {
-        self.stats.teasers += 1;
         let src = &mut self.sources[si];
         src.silent_since = None;
+        src.on_teased();
         src.reqs.remove(&offset);
+        if req.expired_at.is_some() {
+            src.on_really_lost();
+        }
         if req.expired_at.is_none() {
-            src.live -= 1;
-            src.live_bytes -= u64::from(req.len);
+            src.drop_live(&req);
             self.timers.remove(&(req.deadline, src.id, offset));
             if self.blocks.is_some() {
-                self.release(si, offset, req.len);
+                self.release(offset, req.len);
                 let b = self.blocks.as_ref().expect("checked");
                 let (f, s) = b.span(offset, u64::from(req.len));
-                self.requeue.push_front((f, s));
+                self.requeue.push_front(Comeback::new(f, s));
             }
         }
         Accept::Teaser
+    }
+
+    /// `from` answered the request at `offset` in a datagram that failed ferry's cookie check:
+    /// typically a source that restarted and forgot ferry's cookie (its reply carries its new
+    /// offer, which the node answers at once). The request is treated like a teaser, so it is
+    /// sent again at once instead of after a backed-off timeout. True if a request matched.
+    pub fn on_refused(&mut self, now: Instant, from: SocketAddr, offset: u64) -> bool {
+        let from = canonical_addr(from);
+        let Some(si) = self.sources.iter().position(|s| s.addr == from) else {
+            return false;
+        };
+        let Some(req) = self.sources[si].reqs.get(&offset).copied() else {
+            return false;
+        };
+        if req
+            .expired_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= LATE_REPLY_GRACE)
+        {
+            return false;
+        }
+        self.stats.refused += 1;
+        self.teaser(si, offset, req);
+        true
     }
 
     pub(super) fn fix_eof(&mut self, eof: u64, from: SocketAddr) {
@@ -180,7 +212,7 @@ impl Download {
             for (&off, r) in &s.reqs {
                 if r.expired_at.is_none() {
                     let (f, e) = b.span(off, u64::from(r.len));
-                    (f..e).for_each(|i| b.pending.set(i));
+                    b.cover(f, e);
                 }
             }
         }
@@ -324,12 +356,19 @@ mod tests {
         let st = dl.stats();
         assert_eq!((st.losses, st.teasers, st.sources[0].cwnd), (0, 2, cwnd));
         assert_eq!(dl.received_bytes(), 0);
-        // Both teased ranges are asked again before anything new.
-        let again: Vec<_> = drain(&mut dl, t1 + 200 * MS)
-            .iter()
-            .map(|r| r.offset)
-            .collect();
-        assert_eq!(&again[..2], &[reqs[1].offset, reqs[0].offset]);
+        // Both teased ranges are asked again before anything new, one at a time while the
+        // cookie handshake is under way, then at the full window once data comes.
+        let t2 = t1 + 200 * MS;
+        let again: Vec<_> = drain(&mut dl, t2).iter().map(|r| r.offset).collect();
+        assert_eq!(again, [reqs[1].offset]);
+        assert_eq!(dl.stats().sources[0].standing, Standing::Handshaking);
+        assert!(matches!(
+            dl.on_content(t2, a, reqs[1].offset, 4096, Some(1 << 20)),
+            Accept::Store { .. }
+        ));
+        let again: Vec<_> = drain(&mut dl, t2).iter().map(|r| r.offset).collect();
+        assert_eq!(again[0], reqs[0].offset);
+        assert!(again.len() > 1, "{again:?}");
     }
 
     #[test]

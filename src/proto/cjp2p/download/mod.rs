@@ -8,8 +8,8 @@
 //! [`Download::handle_timeout`] at [`Download::poll_timeout`]. Out of scope: JSON, base64, cookies
 //! (node side), the partial file and its bitmap on disk, the whole-file hash (driver and ingest).
 //!
-//! Blocks are tracked at 4096 bytes ([`BLOCK`]) in three bitmaps, allocated only once an `eof`
-//! is accepted (at most `max_eof / 4096` bits each):
+//! Blocks are tracked at 4096 bytes ([`BLOCK`]) in three bitmaps and a count of the live
+//! requests covering each block, allocated only once an `eof` is accepted:
 //!
 //! ```text
 //!   pending  : in flight in at least one live request
@@ -18,9 +18,12 @@
 //! ```
 //!
 //! Missing blocks are handed out from one shared cursor that sweeps the file once, plus a queue
-//! of ranges that came back (expired, teased, cut short, source removed) which is served FIRST.
-//! Every block neither pending nor accepted is therefore ahead of the cursor or inside a queued
-//! range, and no block is requested twice outside the endgame and retransmission.
+//! of ranges that came back (expired, teased, cut short, source removed) which is served FIRST,
+//! cut to the block size of whichever source takes them. Every block neither pending nor
+//! accepted is therefore ahead of the cursor or inside a queued range, and no block is
+//! requested twice outside the endgame and retransmission. A range that expired at a source
+//! that has answered nothing since goes to a source that delivers, never back to the silent one
+//! (unless no other source delivers).
 //!
 //! A request's life, one per (source, offset):
 //!
@@ -35,11 +38,15 @@
 //! ```
 //!
 //! Per source: `cwnd` (initial 4, 1..=`max_window`), slow start to `ssthresh` (64) then +1 per
-//! `cwnd` replies; on loss `ssthresh = max(cwnd/2, 2)`, `cwnd = ssthresh`, at most once per RTT.
-//! Pacing is a token bucket of 4 refilled at `cwnd / srtt` per second. RTO = clamp(srtt +
-//! 4 rttvar, 20 ms, 2 s) from first transmissions only (Karn), 250 ms before any sample, doubled
-//! per consecutive timeout (up to 8 s). A source silent for 8 s is suspended (one request per
-//! 2 s), for 30 s dropped.
+//! `cwnd` replies; on loss `ssthresh = max(cwnd/2, 2)`, `cwnd = ssthresh`, at most once per RTT,
+//! undone when every expired request is answered after all (a spurious timeout). Pacing is a
+//! token bucket of 4 refilled at `cwnd / srtt` per second. RTO = clamp(srtt + 4 rttvar, 20 ms,
+//! 2 s) from first transmissions only (Karn), 250 ms before any sample, doubled per consecutive
+//! timeout up to 1 s. Each source has a standing (fresh, active, lost, handshaking: see
+//! `source`) that decides its window: a source whose requests expire, or whose replies fail the
+//! cookie check, gets one request at a time until it delivers again. A source silent for 8 s is
+//! suspended (one request per 2 s), for 30 s dropped; a `MaybeTheyHaveSome` hint
+//! ([`Download::add_hint`]) gets one request and is dropped after 2 s of silence.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -84,6 +91,7 @@ mod testkit;
 
 use blocks::Blocks;
 use source::Source;
+pub use source::Standing;
 pub use stats::{DownloadStats, SourceStats};
 
 /// Granularity of the block bitmaps and of request alignment, in bytes.
@@ -111,8 +119,10 @@ const INITIAL_CWND: u32 = 4;
 /// RTO bounds (spec 6.3).
 const MIN_RTO: Duration = Duration::from_millis(20);
 const MAX_RTO: Duration = Duration::from_secs(2);
-/// Cap of a backed-off RTO: doubling stops here.
-const MAX_BACKOFF_RTO: Duration = Duration::from_secs(8);
+/// Cap of a backed-off RTO: doubling stops here (unless the RTO itself is longer), so a source
+/// that starts late or restarts is asked again within a second (issue: 8 s left a late source
+/// idle for seconds). A source in back-off has one request in flight, so this costs nothing.
+const MAX_BACKOFF_RTO: Duration = Duration::from_secs(1);
 /// How long an expired request still accepts its late reply.
 const LATE_REPLY_GRACE: Duration = Duration::from_secs(2);
 /// Silence after which a source is suspended to one request per [`SUSPENDED_INTERVAL`].
@@ -120,6 +130,12 @@ const SUSPEND_AFTER: Duration = Duration::from_secs(8);
 const SUSPENDED_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence after which a source is dropped from the download.
 const DROP_AFTER: Duration = Duration::from_secs(30);
+/// A `MaybeTheyHaveSome` hint that has not answered this long is dropped (cjp2p.md 8).
+const HINT_SILENCE: Duration = Duration::from_secs(2);
+/// A hint dropped for silence is not taken again from later hints for this long.
+const FORGET_DEAD_HINT_AFTER: Duration = Duration::from_secs(60);
+/// Most dead hints remembered.
+const MAX_DEAD_HINTS: usize = 256;
 /// Most copies of one range in flight during the endgame.
 const MAX_COPIES: usize = 2;
 
@@ -183,6 +199,27 @@ pub struct Request {
     pub length: u32,
 }
 
+/// Blocks `[first, end)` that came back to the missing set (expired, teased, cut short, source
+/// removed), served before the cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Comeback {
+    first: u64,
+    end: u64,
+    /// The source whose request expired: it does not get the range back while an active source
+    /// can take it.
+    lost_by: Option<u64>,
+}
+
+impl Comeback {
+    fn new(first: u64, end: u64) -> Comeback {
+        Comeback {
+            first,
+            end,
+            lost_by: None,
+        }
+    }
+}
+
 /// Rounds a request length down to a multiple of 4096, within 4096..=40960.
 fn block_len(len: u32) -> u32 {
     (len.min(MAX_REQUEST) / BLOCK as u32).max(1) * BLOCK as u32
@@ -199,8 +236,8 @@ pub struct Download {
     eof_source: Option<SocketAddr>,
     blocks: Option<Blocks>,
     cursor: u64,
-    /// Block ranges `[first, end)` to serve before the cursor.
-    requeue: VecDeque<(u64, u64)>,
+    /// Ranges to serve before the cursor, front first.
+    requeue: VecDeque<Comeback>,
     sources: Vec<Source>,
     next_source_id: u64,
     /// Round-robin position over `sources`.
@@ -210,6 +247,8 @@ pub struct Download {
     timers: BTreeSet<(Instant, u64, u64)>,
     /// `now` of the last `poll_request`, so `poll_timeout` never reports a slot already tried.
     last_poll: Option<Instant>,
+    /// Hints dropped for silence, and when: later hints naming them are ignored for a while.
+    dead_hints: HashMap<SocketAddr, Instant>,
     stats: DownloadStats,
 }
 
@@ -232,6 +271,7 @@ impl Download {
             rr: 0,
             timers: BTreeSet::new(),
             last_poll: None,
+            dead_hints: HashMap::new(),
             stats: DownloadStats::default(),
         }
     }
@@ -257,9 +297,43 @@ impl Download {
         self.cursor = 0;
     }
 
-    /// Adds a source (or updates whether it is ferry). Ignored beyond `max_sources`.
-    /// `ferry_max_length`: the peer's announced largest reply, if it is ferry.
+    /// Adds a source named for the download (or updates whether it is ferry). Ignored beyond
+    /// `max_sources`. `ferry_max_length`: the peer's announced largest reply, if it is ferry.
     pub fn add_source(&mut self, now: Instant, addr: SocketAddr, ferry_max_length: Option<u32>) {
+        let addr = canonical_addr(addr);
+        if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
+            s.is_hint = false;
+        } else {
+            self.push_source(now, addr, false);
+        }
+        self.set_ferry(addr, ferry_max_length);
+    }
+
+    /// Adds a source learnt from a `MaybeTheyHaveSome` hint: on probation (one request, dropped
+    /// if silent for 2 s) until it delivers. False when ignored: already a source, too many
+    /// sources, or a hint that was dropped for silence in the last minute.
+    pub fn add_hint(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        ferry_max_length: Option<u32>,
+    ) -> bool {
+        let addr = canonical_addr(addr);
+        self.dead_hints
+            .retain(|_, t| now.saturating_duration_since(*t) < FORGET_DEAD_HINT_AFTER);
+        if self.dead_hints.contains_key(&addr) || self.sources.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        if !self.push_source(now, addr, true) {
+            return false;
+        }
+        self.set_ferry(addr, ferry_max_length);
+        true
+    }
+
+    /// The source is (or is not) a ferry peer announcing `max_length`: its request length
+    /// follows. Its requests in flight and its congestion state are kept.
+    pub fn set_ferry(&mut self, addr: SocketAddr, ferry_max_length: Option<u32>) {
         let addr = canonical_addr(addr);
         let block = match ferry_max_length {
             Some(m) => block_len(self.cfg.ferry_block.min(m)),
@@ -268,17 +342,22 @@ impl Download {
         if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
             s.is_ferry = ferry_max_length.is_some();
             s.block = block;
-            return;
         }
+    }
+
+    fn push_source(&mut self, now: Instant, addr: SocketAddr, is_hint: bool) -> bool {
         if self.sources.len() >= self.cfg.max_sources {
-            return;
+            return false;
         }
         self.next_source_id += 1;
         self.sources.push(Source {
             id: self.next_source_id,
             addr,
-            is_ferry: ferry_max_length.is_some(),
-            block,
+            is_ferry: false,
+            is_hint,
+            standing: Standing::Fresh,
+            has_answered: false,
+            block: block_len(self.cfg.ref_block),
             cwnd: INITIAL_CWND.min(self.cfg.max_window.max(1)),
             ssthresh: INITIAL_SSTHRESH,
             ca_acked: 0,
@@ -286,14 +365,18 @@ impl Download {
             rttvar: Duration::ZERO,
             backoff: 0,
             last_decrease: None,
+            undo: None,
             tokens: MAX_BURST,
             refilled: now,
             last_sent: None,
             silent_since: None,
             reqs: HashMap::new(),
+            delivered: 0,
             live: 0,
             live_bytes: 0,
+            handshake_live: 0,
         });
+        true
     }
 
     /// Seeds a source's RTT from the peer table (spec 6.3) when it has no sample of its own.
@@ -316,6 +399,12 @@ impl Download {
 
     pub fn sources(&self) -> Vec<SocketAddr> {
         self.sources.iter().map(|s| s.addr).collect()
+    }
+
+    /// Whether `addr` is a source of this download.
+    pub fn has_source(&self, addr: SocketAddr) -> bool {
+        let addr = canonical_addr(addr);
+        self.sources.iter().any(|s| s.addr == addr)
     }
 
     /// Next request to send, respecting cwnd, pacing (<= 4 back to back, cwnd/srtt per second)
@@ -364,6 +453,9 @@ impl Download {
         for s in &self.sources {
             if let Some(t) = s.silent_since {
                 consider(t + DROP_AFTER);
+                if s.is_untried_hint() {
+                    consider(t + HINT_SILENCE);
+                }
             }
             let Some(last) = self.last_poll else { continue };
             if s.tokens + TOKEN_SLACK < 1.0 {
@@ -386,7 +478,7 @@ impl Download {
     }
 
     /// Expires requests whose deadline passed, forgets old expired ones and drops sources
-    /// silent for 30 s.
+    /// silent for 30 s (hints that never answered: 2 s).
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(t, sid, offset)) = self.timers.first() {
             if t > now {
@@ -404,16 +496,32 @@ impl Download {
             }
             if req.expired_at.is_some() {
                 self.sources[si].reqs.remove(&offset);
+                self.sources[si].on_really_lost();
             } else {
                 self.expire(si, offset, req, now);
             }
         }
         let mut i = 0;
         while i < self.sources.len() {
-            let silent = self.sources[i]
+            let s = &self.sources[i];
+            let limit = if s.is_untried_hint() {
+                HINT_SILENCE
+            } else {
+                DROP_AFTER
+            };
+            let silent = s
                 .silent_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= DROP_AFTER);
+                .is_some_and(|t| now.saturating_duration_since(t) >= limit);
             if silent {
+                if s.is_hint {
+                    if self.dead_hints.len() >= MAX_DEAD_HINTS {
+                        let oldest = self.dead_hints.iter().min_by_key(|(_, t)| **t);
+                        if let Some(k) = oldest.map(|(k, _)| *k) {
+                            self.dead_hints.remove(&k);
+                        }
+                    }
+                    self.dead_hints.insert(s.addr, now);
+                }
                 self.remove_source_at(i);
                 self.stats.sources_dropped += 1;
             } else {
@@ -461,6 +569,7 @@ impl Download {
             s.reqs.clear();
             s.live = 0;
             s.live_bytes = 0;
+            s.handshake_live = 0;
             s.silent_since = None;
         }
         self.rr = 0;
@@ -668,5 +777,87 @@ mod tests {
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
         dl.restart_after_mismatch();
         assert_eq!(dl.eof(), Some(eof));
+    }
+
+    #[test]
+    fn hints_are_added_once_and_dead_ones_stay_out_for_a_minute() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        assert!(!dl.add_hint(t0, addr(1), None), "already a source");
+        assert!(dl.add_hint(t0, addr(2), None));
+        assert!(!dl.add_hint(t0, addr(2), None));
+        // One request, and no second one while it stays silent.
+        let reqs = drain(&mut dl, t0);
+        assert_eq!(reqs.iter().filter(|r| r.to == addr(2)).count(), 1);
+        let mut now = t0;
+        while now < t0 + 2100 * MS {
+            now += 50 * MS;
+            dl.handle_timeout(now);
+            let reqs = drain(&mut dl, now);
+            assert!(reqs.iter().all(|r| r.to != addr(2)), "{reqs:?}");
+        }
+        assert!(!dl.has_source(addr(2)), "dropped after 2 s of silence");
+        assert!(!dl.add_hint(now + 59 * 1000 * MS, addr(2), None));
+        assert!(dl.add_hint(now + 61 * 1000 * MS, addr(2), None));
+    }
+
+    #[test]
+    fn a_hint_that_answers_becomes_an_ordinary_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        assert!(dl.add_hint(t0, addr(2), Some(40960)));
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!(r.length, 32768);
+        assert!(dl.poll_request(t0).is_none());
+        answer_all(&mut dl, t0 + 10 * MS, &[r], 1 << 20);
+        let st = dl.stats();
+        assert_eq!(st.sources[0].standing, Standing::Active);
+        assert!(drain(&mut dl, t0 + 10 * MS).len() > 1);
+        dl.handle_timeout(t0 + 5000 * MS);
+        assert!(
+            dl.has_source(addr(2)),
+            "an answering hint is not dropped at 2 s"
+        );
+    }
+
+    /// Issue 13 item 4: a reply that failed the cookie check sends the range out again at once.
+    #[test]
+    fn a_refused_reply_sends_the_range_again_at_once() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let sent = drain(&mut dl, t0);
+        assert_eq!(sent.len(), 4);
+        let t1 = t0 + 5 * MS;
+        assert!(dl.on_refused(t1, a, sent[2].offset));
+        assert!(
+            !dl.on_refused(t1, a, sent[2].offset),
+            "only once per request"
+        );
+        assert!(!dl.on_refused(t1, addr(9), sent[0].offset), "not a source");
+        // Sent at the next pacing slot, long before any request would time out.
+        let slot = dl.poll_timeout().unwrap();
+        assert!(slot < t0 + 100 * MS, "{:?}", slot - t0);
+        let again = drain(&mut dl, slot);
+        assert_eq!(again.len(), 1, "one handshake request: {again:?}");
+        assert_eq!(again[0].offset, sent[2].offset);
+        let st = dl.stats();
+        assert_eq!((st.refused, st.losses), (1, 0));
+        assert_eq!(st.sources[0].standing, Standing::Handshaking);
+    }
+
+    #[test]
+    fn set_ferry_changes_the_block_size_and_keeps_requests_in_flight() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let sent = drain(&mut dl, t0);
+        dl.set_ferry(a, Some(40960));
+        assert_eq!(dl.stats().sources[0].in_flight, sent.len());
+        answer_all(&mut dl, t0 + MS, &sent, 1 << 20);
+        let next = dl.poll_request(t0 + MS).unwrap();
+        assert!(next.length > 4096, "{next:?}");
+        assert_eq!(
+            (next.offset + u64::from(next.length)) % 32768,
+            0,
+            "{next:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::Download;
+use super::{Download, Standing};
 
 /// Counters for logs and tests.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +19,8 @@ pub struct DownloadStats {
     /// Replies whose blocks were all already accepted.
     pub dup_replies: u64,
     pub teasers: u64,
+    /// Replies that failed the cookie check for a request in flight (`on_refused`).
+    pub refused: u64,
     /// Elements dropped (`Drop` and `DropSource`).
     pub dropped: u64,
     /// Sources removed for silence, bad data or a conflicting `eof`.
@@ -33,6 +35,11 @@ pub struct DownloadStats {
 pub struct SourceStats {
     pub addr: SocketAddr,
     pub is_ferry: bool,
+    /// Learnt from `MaybeTheyHaveSome` rather than named for the download.
+    pub is_hint: bool,
+    pub standing: Standing,
+    /// Bytes of replies accepted from it.
+    pub delivered: u64,
     pub block_size: u32,
     pub cwnd: u32,
     pub ssthresh: u32,
@@ -54,6 +61,9 @@ impl Download {
             .map(|s| SourceStats {
                 addr: s.addr,
                 is_ferry: s.is_ferry,
+                is_hint: s.is_hint,
+                standing: s.standing,
+                delivered: s.delivered,
                 block_size: s.block,
                 cwnd: s.cwnd,
                 ssthresh: s.ssthresh,
