@@ -318,6 +318,8 @@ impl Loop {
             }
             let now = Instant::now();
             self.node.handle_timeout(now);
+            // The tick releases queued hints (Holders) too.
+            self.drain_events(now);
             for a in self.downloads.values_mut() {
                 a.dl.handle_timeout(now);
             }
@@ -546,6 +548,13 @@ impl Loop {
                 NodeEvent::FerryPeer { addr, max_length } => {
                     for a in self.downloads.values_mut() {
                         a.dl.set_ferry(addr, Some(max_length));
+                    }
+                }
+                NodeEvent::Refused { from, id, offset } => {
+                    // A source that forgot ferry's cookie: ask again at once (pump_requests
+                    // runs right after), with ferry's offer attached.
+                    if let Some(a) = self.downloads.get_mut(&id) {
+                        a.dl.on_refused(now, from, offset);
                     }
                 }
                 NodeEvent::Rtt { .. } => {}

@@ -515,6 +515,17 @@ impl Message {
         }
     }
 
+    /// Whether this message asks the receiver for an answer (content, a list, peers, an echo).
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::PleaseSendContent { .. }
+                | Message::PleaseListContent
+                | Message::PleaseSendPeers
+                | Message::PleaseReturnThisMessage(_)
+        )
+    }
+
     /// Length of [`Message::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         match self {

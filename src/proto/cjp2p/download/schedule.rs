@@ -25,7 +25,7 @@ impl Download {
         }
         if self.blocks.is_none() {
             // Until eof is known, one request per source, for offset 0.
-            return s.live == 0;
+            return s.live == 0 && s.has_window(now);
         }
         s.has_window(now)
     }

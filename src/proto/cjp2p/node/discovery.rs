@@ -42,9 +42,20 @@ impl Node {
         data: Vec<u8>,
         eof: Option<u64>,
     ) {
-        if !verified || !self.downloading.contains(&id) {
+        if !self.downloading.contains(&id) {
             self.stats.ignored_messages += 1;
             return;
+        }
+        if !verified {
+            // Never data (C35); but a source that restarted and forgot ferry's cookie answers
+            // like this, so the downloader asks again at once, with ferry's offer attached.
+            self.stats.ignored_messages += 1;
+            self.events
+                .push_back(NodeEvent::Refused { from, id, offset });
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.answered = true;
         }
         let len = data.len() as u64;
         let teaser = len <= MAX_TEASER && eof.is_none_or(|e| offset.saturating_add(len) < e);
@@ -80,11 +91,17 @@ impl Node {
             self.stats.ignored_messages += 1;
             return;
         }
+        // Neither addresses waiting in the queue nor those already released for this id (the
+        // reference repeats the same list in every answer): the 4-per-second budget goes to new
+        // ones.
         let queued: Vec<SocketAddr> = self
             .holder_queue
             .get(&id)
-            .map(|q| q.iter().copied().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .chain(self.holders.get(&id).into_iter().flatten())
+            .copied()
+            .collect();
         let mut fresh: Vec<SocketAddr> = peers
             .into_iter()
             .filter(|a| *a != from && !self.is_forbidden(*a) && !queued.contains(a))
@@ -153,6 +170,9 @@ impl Node {
         if !verified || !solicited {
             self.stats.ignored_messages += 1;
             return;
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.answered = true;
         }
         results.truncate(MAX_LIST_RECORDED);
         for (id, _) in &results {
@@ -243,14 +263,21 @@ mod tests {
         n.set_downloading(id, true);
         let mut el = Vec::new();
         encode_content(&id, 9999, &[0; 4096], Some(10_000), &mut el);
-        // Unverified: dropped by the node itself.
+        // Unverified: never handed over as data (only a notice that the cookie check failed).
         n.handle_datagram(
             now,
             sa(A),
             format!("[{}]", text(&el)).as_bytes(),
             &Store::default(),
         );
-        assert!(events(&mut n).is_empty());
+        assert_eq!(
+            events(&mut n),
+            [NodeEvent::Refused {
+                from: sa(A),
+                id,
+                offset: 9999
+            }]
+        );
         // Verified: handed to the downloader, which refuses it (download.rs); no panic here.
         n.handle_datagram(
             now,

@@ -24,10 +24,20 @@
 //! headers each, stays within twice the request's, filled in the order offer, echo, answers,
 //! `FerryHello`.
 //!
+//! Who gets contacted (cjp2p.md 1.3, C2): the peers the user configured, the addresses those
+//! advertise (with `discovery` on; ferry asks no other peer for its peers and ignores the lists
+//! of any other), the peers that contacted ferry (RTT probes with `discovery` on, to learn
+//! whether they answer) and the senders it answers. A node advertises only peers that answered
+//! something it asked, so a client that only asks (`cjp2p get`) is never advertised. With
+//! `serve` off (the client role) the node answers no request at all and announces no
+//! `FerryHello`. Identical content requests from one address are answered a few times a second
+//! at most (`activity`), and what is served and refused can be kept for `-v` logs.
+//!
 //! The parts: `peers` (the peer table and what ferry asked whom), `verify` (what a verified
 //! or unverified datagram changes, and the unverified rate limits), `outgoing` (ferry's own
 //! requests with echo, offer and `FerryHello`), `serve` (content and list answers and the reply
-//! builder), `discovery` (holders and `MaybeTheyHaveSome`), `timers` (the maintenance tick).
+//! builder), `discovery` (holders and `MaybeTheyHaveSome`), `timers` (the maintenance tick),
+//! `activity` (the repeat limiter and the served/refused ledger).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +46,10 @@ use std::time::{Duration, Instant};
 use super::cookie::CookieJar;
 use super::wire::{cookie_of, parse_datagram, Id, ListParts, Message, MAX_OFFER};
 use crate::transport::canonical_addr;
+pub use activity::Activity;
+use activity::{Ledger, Repeats};
 
+mod activity;
 mod discovery;
 mod outgoing;
 mod peers;
@@ -107,8 +120,22 @@ pub struct NodeConfig {
     pub content_max: usize,
     /// Size of the peer table and of the candidate queue (default 256).
     pub max_peers: usize,
-    /// Learn and contact addresses advertised by peers (default true).
+    /// Learn and contact the addresses that configured peers advertise, and probe peers that
+    /// contacted ferry (default true). Addresses advertised by any other peer are never
+    /// followed, and only configured peers are asked for their peers (see `peers`).
     pub discovery: bool,
+    /// Answer requests from others (content, lists, peers, RTT probes) and announce
+    /// `FerryHello` (default true). A client (`cjp2p get`, `list`, `peers`) sets it false: it
+    /// serves nothing, answers nothing but the cookie handshake of peers it contacted, and so is
+    /// never taken for a node and advertised.
+    pub serve: bool,
+    /// Identical `PleaseSendContent` (same id, offset and length) answered per second to one
+    /// address (default 4); the rest are ignored. The reference re-requests offset 0 of a 0-byte
+    /// file at once after every answer, without end.
+    pub max_repeats_per_sec: u32,
+    /// Keep a ledger of what was served and refused to whom, for `take_activity` (default
+    /// false: it costs a map update per request).
+    pub log_activity: bool,
     /// Cookie secret rotation period, zero for never (default 6 h).
     pub cookie_rotate: Duration,
     /// Request length toward ferry peers (default 32768; informational for the driver).
@@ -131,6 +158,9 @@ impl Default for NodeConfig {
             ferry_block: 32768,
             unverified_replies_per_ip: 64,
             unverified_bytes_per_sec: 1_000_000,
+            serve: true,
+            max_repeats_per_sec: 4,
+            log_activity: false,
         }
     }
 }
@@ -166,6 +196,14 @@ pub enum NodeEvent {
     FerryPeer { addr: SocketAddr, max_length: u32 },
     /// An RTT sample from a probe.
     Rtt { addr: SocketAddr, rtt: Duration },
+    /// A `Content` for an id being downloaded arrived in a datagram that failed the cookie
+    /// check: typically a source that restarted and forgot ferry's cookie. Ferry has offered
+    /// its cookie again; the downloader should ask again at once (`Download::on_refused`).
+    Refused {
+        from: SocketAddr,
+        id: [u8; 32],
+        offset: u64,
+    },
 }
 
 /// Counters for logs and tests.
@@ -190,6 +228,12 @@ pub struct NodeStats {
     pub answers_dropped: u64,
     pub content_served: u64,
     pub teasers_served: u64,
+    /// `PleaseSendContent` for ids ferry neither serves nor knows holders of.
+    pub unknown_ids: u64,
+    /// Identical `PleaseSendContent` over `max_repeats_per_sec`, not answered.
+    pub repeats_ignored: u64,
+    /// Requests not answered because this node serves nothing (`serve` off).
+    pub refused_requests: u64,
     pub datagrams_out: u64,
     pub bytes_out: u64,
 }
@@ -207,6 +251,9 @@ struct Peer {
     probe_outstanding: bool,
     ferry_max: Option<u32>,
     configured: bool,
+    /// It answered something ferry asked (a probe, a list, content): a node that serves, so it
+    /// may be advertised. A client that only asks never is.
+    answered: bool,
     last_probe: Option<Instant>,
     last_peers_request: Option<Instant>,
 }
@@ -223,6 +270,7 @@ impl Peer {
             probe_outstanding: false,
             ferry_max: None,
             configured,
+            answered: false,
             last_probe: None,
             last_peers_request: None,
         }
@@ -290,6 +338,8 @@ pub struct Node {
     list_cursor: usize,
     next_tick: Instant,
     rng: u64,
+    repeats: Repeats,
+    ledger: Ledger,
     stats: NodeStats,
 }
 
@@ -331,6 +381,8 @@ impl Node {
             list_cursor: 0,
             next_tick: now,
             rng,
+            repeats: Repeats::default(),
+            ledger: Ledger::default(),
             stats: NodeStats::default(),
         }
     }
@@ -371,6 +423,11 @@ impl Node {
 
     pub fn stats(&self) -> NodeStats {
         self.stats.clone()
+    }
+
+    /// What was served and refused to whom since the last call (empty unless `log_activity`).
+    pub fn take_activity(&mut self) -> Vec<Activity> {
+        self.ledger.take()
     }
 
     /// Mark `id` as being downloaded (or no longer): `Content` and `MaybeTheyHaveSome` for it
@@ -453,9 +510,24 @@ impl Node {
         let mut handled = false;
         let mut content_requests = 0;
         let (mut peers_answered, mut list_answered) = (false, false);
+        let serve = self.cfg.serve;
         for m in dg.messages {
+            if !serve && m.is_request() {
+                // A client answers no request; the cookie handshake below still goes on.
+                self.stats.refused_requests += 1;
+                let id = match &m {
+                    Message::PleaseSendContent { id, .. } => Some(*id),
+                    _ => None,
+                };
+                self.ledger
+                    .refused(&self.cfg, from, id, "this node serves nothing");
+                continue;
+            }
             match m {
-                Message::PleaseAlwaysReturnThisMessage(_) => handled |= !verified,
+                Message::PleaseAlwaysReturnThisMessage(_) => {
+                    // A client completes the handshake only with addresses it contacted.
+                    handled |= !verified && (serve || self.asked.contains_key(&from));
+                }
                 Message::AlwaysReturned(_) | Message::FerryHello { .. } | Message::Unknown => {}
                 Message::PleaseSendPeers => {
                     handled = true;
@@ -478,6 +550,23 @@ impl Node {
                     content_requests += 1;
                     if content_requests > MAX_CONTENT_REQUESTS {
                         self.stats.ignored_content_requests += 1;
+                        self.ledger.refused(
+                            &self.cfg,
+                            from,
+                            Some(id),
+                            "over 16 requests in one datagram",
+                        );
+                        continue;
+                    }
+                    let limit = self.cfg.max_repeats_per_sec;
+                    if !self.repeats.allow(now, from, (id, offset, length), limit) {
+                        self.stats.repeats_ignored += 1;
+                        self.ledger.refused(
+                            &self.cfg,
+                            from,
+                            Some(id),
+                            "the same request again, over the repeat limit",
+                        );
                         continue;
                     }
                     if let Some(a) = self.content_answer(from, verified, id, offset, length, store)
@@ -499,6 +588,7 @@ impl Node {
                     if !list_answered {
                         list_answered = true;
                         answers.push(Answer::List(self.list_answer(store)));
+                        self.ledger.listed(&self.cfg, from);
                     }
                 }
                 Message::ContentList(results) => self.on_content_list(now, from, verified, results),

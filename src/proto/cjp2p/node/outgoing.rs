@@ -101,7 +101,9 @@ impl Node {
         let attach = !self.is_confirmed(to);
         if attach {
             n += self.offer_message(to).encoded_len() + 1;
-            n += Self::hello_message().encoded_len() + 1;
+            if self.cfg.serve {
+                n += Self::hello_message().encoded_len() + 1;
+            }
         }
         (n, attach)
     }
@@ -121,7 +123,7 @@ impl Node {
                 self.stats.answers_dropped += 1;
             }
         }
-        if attach {
+        if attach && self.cfg.serve {
             b.try_push(&Self::hello_message());
         }
         self.emit(to, b.finish());

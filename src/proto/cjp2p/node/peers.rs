@@ -123,6 +123,9 @@ impl Node {
                     && (!a.ip().is_loopback() || to.ip().is_loopback())
                     && within(now, p.verified_at, ADVERTISE_WITHIN)
                     && p.missed_probes < STALE_AFTER_MISSED
+                    // Only nodes that answer: a client (`cjp2p get`, `list`, `peers`) only asks,
+                    // and its ephemeral port is dead once it exits.
+                    && p.answered
             })
             .collect();
         list.sort_by_key(|(_, p)| p.srtt.unwrap_or(Duration::MAX));
@@ -151,7 +154,17 @@ impl Node {
             .into_iter()
             .filter(|a| !self.is_forbidden(*a) && *a != from)
             .collect();
-        if self.cfg.discovery {
+        // Only a peer the user gave may introduce others (cjp2p.md 1.3, C2): the reference
+        // adds four public bootstrap peers to every list it sends, and a node that merely
+        // contacted ferry must not make it talk to them.
+        let configured = match self.peers.get_mut(&from) {
+            Some(p) => {
+                p.answered = true;
+                p.configured
+            }
+            None => false,
+        };
+        if self.cfg.discovery && configured {
             let mut added = 0;
             for a in &list {
                 if added >= MAX_NEW_CANDIDATES {
@@ -199,6 +212,7 @@ impl Node {
             p.probe_outstanding = false;
             p.missed_probes = 0;
             p.last_heard = now;
+            p.answered = true;
         }
         self.events.push_back(NodeEvent::Rtt { addr: from, rtt });
     }
@@ -223,7 +237,17 @@ mod tests {
         ] {
             let ip = sa(a).ip().to_string();
             n.handle_datagram(now, sa(a), cookie_dg(&n, &ip, "").as_bytes(), &s);
+            prove_serving(&mut n, now, sa(a));
         }
+        // A verified sender that never answered anything (a client) is not advertised.
+        let client = sa("198.51.100.2:40000");
+        n.handle_datagram(
+            now,
+            client,
+            cookie_dg(&n, "198.51.100.2", r#"{"PleaseListContent":{}}"#).as_bytes(),
+            &s,
+        );
+        drain(&mut n);
         let ask = |n: &mut Node, from: &str| {
             let ip = sa(from).ip().to_string();
             let d = cookie_dg(n, &ip, r#"{"PleaseSendPeers":{}}"#);
@@ -243,6 +267,7 @@ mod tests {
         assert!(t.contains(r#""[2001:db8::1]:24254""#));
         let (p, _) = ask(&mut n, "127.0.0.1:9");
         assert_eq!(p.len(), 4, "loopback to loopback");
+        assert!(!p.contains(&client));
     }
 
     #[test]
@@ -357,10 +382,11 @@ mod tests {
             n.peers.contains_key(&sa("10.9.9.9:1")),
             "configured never evicted"
         );
-        // Candidates: solicited Peers replies from many peers.
+        // Candidates: solicited Peers replies from many configured peers.
         let t = now + Duration::from_secs(40);
         for i in 20..30u8 {
             let a = sa(&format!("198.51.100.{i}:1"));
+            n.add_peer(t, a);
             n.request_peers(t, a);
             let list: Vec<String> = (0..16).map(|j| format!(r#""203.0.{i}.{j}:1""#)).collect();
             let d = cookie_dg(
@@ -390,6 +416,21 @@ mod tests {
             &Store::default(),
         );
         assert_eq!(n.candidate_count(), 0);
+        // Solicited and verified, but from a peer the user did not give: the list is reported
+        // but nobody on it is contacted (the reference puts public bootstrap peers on it).
+        n.request_peers(now, sa(A));
+        drain(&mut n);
+        n.handle_datagram(
+            now,
+            sa(A),
+            cookie_dg(&n, "192.0.2.1", &peers_el).as_bytes(),
+            &Store::default(),
+        );
+        assert_eq!(n.candidate_count(), 0);
+        assert!(events(&mut n)
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Peers { peers, .. } if peers.len() == 40)));
+        n.add_peer(now, sa(A));
         n.request_peers(now, sa(A));
         drain(&mut n);
         // Solicited, unverified: ignored.
@@ -432,6 +473,7 @@ mod tests {
             [1; 32],
             now,
         );
+        n.add_peer(now, sa(A));
         n.request_peers(now, sa(A));
         n.handle_datagram(
             now,

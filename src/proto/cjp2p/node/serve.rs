@@ -43,14 +43,20 @@ impl Node {
             None => {
                 let holders: Vec<SocketAddr> = self
                     .holders
-                    .get(&id)?
-                    .iter()
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
                     .filter(|a| **a != from && !self.is_forbidden(**a))
                     .take(MAX_MAYBE)
                     .copied()
                     .collect();
-                (verified && !holders.is_empty())
-                    .then(|| Answer::List(ListParts::maybe(&id, &holders)))
+                if verified && !holders.is_empty() {
+                    return Some(Answer::List(ListParts::maybe(&id, &holders)));
+                }
+                self.stats.unknown_ids += 1;
+                self.ledger
+                    .refused(&self.cfg, from, Some(id), "not served here (unknown id)");
+                None
             }
         }
     }
@@ -100,7 +106,9 @@ impl Node {
         let mut hello_el = Vec::new();
         Self::hello_message().encode(&mut hello_el);
         // Verified replies keep room for FerryHello; unverified ones add it only if it fits.
-        let reserve = if attach && verified {
+        // A client announces nothing.
+        let hello = attach && self.cfg.serve;
+        let reserve = if hello && verified {
             hello_el.len() + 1
         } else {
             0
@@ -186,6 +194,7 @@ impl Node {
                                         } else {
                                             self.stats.teasers_served += 1;
                                         }
+                                        self.ledger.served(&self.cfg, to, id, n, !verified);
                                     }
                                     ok
                                 } else {
@@ -221,7 +230,7 @@ impl Node {
             if !has_answers && !offer_only {
                 break;
             }
-            if attach && with_offer {
+            if hello && with_offer {
                 let lim = if has_content {
                     cap(content_max)
                 } else {
@@ -252,6 +261,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::testpeer::RefPeer;
     use super::super::testkit::*;
     use super::super::*;
     use crate::proto::cjp2p::wire::*;
@@ -416,7 +426,10 @@ mod tests {
         let d = cookie_dg(
             &n,
             "192.0.2.1",
-            &vec![send_content_el(&id, 0, 16); 20].join(","),
+            &(0..20)
+                .map(|i| send_content_el(&id, i * 16, 16))
+                .collect::<Vec<_>>()
+                .join(","),
         );
         n.handle_datagram(now, sa(A), d.as_bytes(), &store);
         let served: usize = drain(&mut n).iter().map(|(_, d)| contents(d).len()).sum();
@@ -494,13 +507,8 @@ mod tests {
         let ra = sa("127.0.0.1:24401");
         let fa = sa("127.0.0.1:24402");
         // Reference seeds, ferry leeches.
-        let mut r = RefPeer {
-            addr: ra,
-            secret: 42,
-            their_offer: None,
-            data: data.clone(),
-            id,
-        };
+        let mut r = RefPeer::new(ra, 42);
+        r.share(id, data.clone());
         let mut f = node(now, 1);
         f.set_downloading(id, true);
         let mut got = Vec::new();
@@ -515,8 +523,10 @@ mod tests {
                         .count(),
                     1
                 );
-                let reply = r.handle(fa, &d).unwrap();
-                f.handle_datagram(now, ra, &reply, &Store::default());
+                for (to, reply) in r.handle(fa, &d) {
+                    assert_eq!(to, fa);
+                    f.handle_datagram(now, ra, &reply, &Store::default());
+                }
                 assert!(
                     drain(&mut f).is_empty(),
                     "no reply to a Content-only datagram"
@@ -534,19 +544,14 @@ mod tests {
             "teaser first, then blocks; {}",
             text(&f.poll_transmit().map(|x| x.1).unwrap_or_default())
         );
-        // Reference leeches, ferry seeds: a teaser, then it stores ferry's cookie.
-        let mut r = RefPeer {
-            addr: ra,
-            secret: 43,
-            their_offer: None,
-            data: vec![],
-            id,
-        };
+        // Reference leeches, ferry seeds: a teaser, then it stores ferry's cookie (from ferry's
+        // reply, verified by the echo of its own offer).
+        let mut r = RefPeer::new(ra, 43);
         let store = Store(vec![(id, data.clone())]);
         let mut f = node(now, 2);
         let mut sizes = Vec::new();
         for offset in [0u64, 0, 65536] {
-            let req = r.request(offset);
+            let req = r.request(fa, id, offset);
             f.handle_datagram(now, r.addr, &req, &store);
             for (_, d) in drain(&mut f) {
                 for (o, bytes, eof) in contents(&d) {
@@ -554,16 +559,68 @@ mod tests {
                     assert_eq!(bytes, data[o as usize..o as usize + bytes.len()]);
                     sizes.push(bytes.len());
                 }
-                // The reference verifies the echo of its offer and stores ferry's cookie.
-                let m = msgs(&d);
-                if m.contains(&Message::AlwaysReturned(cookie_payload("feedf00d"))) {
-                    r.their_offer = m.iter().find_map(|m| match m {
-                        Message::PleaseAlwaysReturnThisMessage(o) => Some(o.clone()),
-                        _ => None,
-                    });
-                }
+                r.handle(fa, &d);
             }
+            assert!(r.knows_offer_of(fa), "the reference never verified ferry");
         }
         assert_eq!(sizes, vec![32, 4096, 1]);
+    }
+
+    /// Issue 13 item 6: with `log_activity`, the node keeps what it served and refused to whom
+    /// (for `ferry cjp2p node -v`).
+    #[test]
+    fn activity_ledger_names_what_was_served_and_refused() {
+        let now = Instant::now();
+        let (id, data) = file(10_000, 3);
+        let store = Store(vec![(id, data)]);
+        let cfg = NodeConfig {
+            log_activity: true,
+            ..NodeConfig::default()
+        };
+        let mut n = Node::new(cfg, [1; 32], now);
+        let unknown = [7u8; 32];
+        let body = format!(
+            "{},{},{}",
+            send_content_el(&id, 0, 4096),
+            send_content_el(&id, 4096, 4096),
+            send_content_el(&unknown, 0, 4096)
+        );
+        n.handle_datagram(
+            now,
+            sa(A),
+            cookie_dg(&n, "192.0.2.1", &body).as_bytes(),
+            &store,
+        );
+        n.handle_datagram(
+            now,
+            sa(A),
+            cookie_dg(&n, "192.0.2.1", r#"{"PleaseListContent":{}}"#).as_bytes(),
+            &store,
+        );
+        let other = sa("192.0.2.9:5");
+        n.handle_datagram(
+            now,
+            other,
+            format!("[{}]", send_content_el(&id, 0, 4096)).as_bytes(),
+            &store,
+        );
+        drain(&mut n);
+        let lines = n.take_activity();
+        let find = |peer: SocketAddr, id: Option<Id>| {
+            lines
+                .iter()
+                .find(|l| l.peer == Some(peer) && l.id == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("no line for {peer} {id:?}: {lines:?}"))
+        };
+        let served = find(sa(A), Some(id));
+        assert_eq!((served.served, served.bytes, served.refused), (2, 8192, 0));
+        let refused = find(sa(A), Some(unknown));
+        assert_eq!(refused.refused, 1);
+        assert_eq!(refused.why, Some("not served here (unknown id)"));
+        assert_eq!(find(sa(A), None).lists, 1);
+        assert_eq!(find(other, Some(id)).teasers, 1);
+        assert!(n.take_activity().is_empty());
+        assert_eq!(n.stats().unknown_ids, 1);
     }
 }

@@ -1,18 +1,15 @@
 //! Test helpers shared by the node's unit tests: an in-memory catalog, datagram inspection,
-//! a pump that delivers datagrams between nodes, and a peer that behaves like the reference
-//! node.
+//! a pump that delivers datagrams between nodes (the reference-like peer is `testpeer`).
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use super::{ContentStore, Node, NodeConfig, NodeEvent};
-use crate::proto::cjp2p::wire::{
-    cookie_of, cookie_payload, id_hex, parse_datagram, DatagramBuilder, Id, Message,
-};
+use crate::proto::cjp2p::wire::{cookie_of, id_hex, parse_datagram, Id, Message};
 
 pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -143,6 +140,20 @@ pub(super) fn pump(now: Instant, sides: &mut [Side]) -> Vec<(SocketAddr, SocketA
     panic!("datagrams never stopped");
 }
 
+/// `addr` answers a list request of `n` (verified and solicited): it is a node that serves,
+/// which `n` may advertise.
+pub(super) fn prove_serving(n: &mut Node, now: Instant, addr: SocketAddr) {
+    n.request_list(now, addr);
+    drain(n);
+    let d = cookie_dg(
+        n,
+        &addr.ip().to_string(),
+        r#"{"ContentList":{"results":[]}}"#,
+    );
+    n.handle_datagram(now, addr, d.as_bytes(), &Store::default());
+    events(n);
+}
+
 pub(super) fn cookie_dg(n: &Node, ip: &str, rest: &str) -> String {
     let c = n.cookie_for(ip.parse().unwrap());
     if rest.is_empty() {
@@ -184,78 +195,4 @@ pub(super) fn rich_node(now: Instant) -> (Node, Store) {
     drain(&mut n);
     let store = Store((0..100).map(|i| file(100 + i, i as u8)).collect());
     (n, store)
-}
-
-/// A peer that behaves like the reference node: string cookies keyed by IP, 32-byte teasers
-/// to unverified requesters, offers stored only from verified datagrams, 4096-byte blocks.
-pub(super) struct RefPeer {
-    pub(super) addr: SocketAddr,
-    pub(super) secret: u64,
-    pub(super) their_offer: Option<String>,
-    pub(super) data: Vec<u8>,
-    pub(super) id: Id,
-}
-
-impl RefPeer {
-    pub(super) fn cookie(&self, ip: IpAddr) -> String {
-        let h = Sha256::digest(format!("{}{ip}", self.secret));
-        crate::wire::hex::short(&h)
-    }
-
-    pub(super) fn handle(&mut self, from: SocketAddr, d: &[u8]) -> Option<Vec<u8>> {
-        let m = msgs(d);
-        let verified = m.iter().find_map(|m| match m {
-            Message::AlwaysReturned(r) => Some(cookie_of(r).map(|c| c == self.cookie(from.ip()))),
-            _ => None,
-        }) == Some(Some(true));
-        let offer = m.iter().find_map(|m| match m {
-            Message::PleaseAlwaysReturnThisMessage(r) if cookie_of(r).is_some() => Some(r.clone()),
-            _ => None,
-        });
-        if verified {
-            if let Some(o) = &offer {
-                self.their_offer = Some(o.clone());
-            }
-        }
-        let mut out = DatagramBuilder::new(65507);
-        for m in &m {
-            if let Message::PleaseSendContent { id, offset, length } = m {
-                assert_eq!(*id, self.id);
-                let eof = self.data.len() as u64;
-                let n = if verified { (*length).min(40960) } else { 32 }
-                    .min(eof.saturating_sub(*offset));
-                let off = *offset as usize;
-                out.push_content(id, *offset, &self.data[off..off + n as usize], Some(eof));
-            }
-        }
-        if !verified {
-            out.try_push(&Message::PleaseAlwaysReturnThisMessage(cookie_payload(
-                &self.cookie(from.ip()),
-            )));
-            if let Some(o) = offer {
-                out.try_push(&Message::AlwaysReturned(o));
-            }
-        } else if let Some(o) = &self.their_offer {
-            out.try_push(&Message::AlwaysReturned(o.clone()));
-        }
-        Some(out.finish())
-    }
-
-    /// A request of the reference's downloader: one per datagram, its offer only while it
-    /// holds no cookie.
-    pub(super) fn request(&self, offset: u64) -> Vec<u8> {
-        let mut b = DatagramBuilder::new(1472);
-        b.try_push(&Message::PleaseSendContent {
-            id: self.id,
-            offset,
-            length: 4096,
-        });
-        match &self.their_offer {
-            Some(o) => b.try_push(&Message::AlwaysReturned(o.clone())),
-            None => b.try_push(&Message::PleaseAlwaysReturnThisMessage(cookie_payload(
-                "feedf00d",
-            ))),
-        };
-        b.finish()
-    }
 }

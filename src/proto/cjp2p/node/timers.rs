@@ -16,7 +16,8 @@ impl Node {
         let since = now.saturating_duration_since(self.started);
         let s = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
         let few = self.peers.len() < 16;
-        let discovery = self.cfg.discovery;
+        // Only configured peers are asked for their peers (see `on_peers`).
+        let discovery = self.cfg.discovery && self.peers.get(&to).is_some_and(|p| p.configured);
         let mut with_peers = false;
         if let Some(p) = self.peers.get_mut(&to) {
             if p.probe_outstanding {
