@@ -3,6 +3,7 @@
 //! children on drop.
 
 mod cjp2p;
+mod cjp2p_swarm;
 mod harness;
 mod jtp_client;
 mod jtp_peers;
