@@ -28,11 +28,14 @@ use crate::harness::{ferry, pseudo_random, Server, TempDir, FERRY};
 /// What a [`FakePeer`] does with one datagram: the datagrams to send back.
 type Respond = Box<dyn FnMut(SocketAddr, &[u8]) -> Vec<(SocketAddr, Vec<u8>)> + Send>;
 
+/// Datagrams received, with their sender.
+type Received = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
+
 /// A UDP socket in a thread: records every datagram it receives and answers through `respond`.
 struct FakePeer {
     addr: SocketAddr,
     sock: Arc<UdpSocket>,
-    got: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    got: Received,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
