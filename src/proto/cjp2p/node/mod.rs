@@ -129,9 +129,10 @@ pub struct NodeConfig {
     /// serves nothing, answers nothing but the cookie handshake of peers it contacted, and so is
     /// never taken for a node and advertised.
     pub serve: bool,
-    /// Identical `PleaseSendContent` (same id, offset and length) answered per second to one
-    /// address (default 4); the rest are ignored. The reference re-requests offset 0 of a 0-byte
-    /// file at once after every answer, without end.
+    /// Identical `PleaseSendContent` (same id, offset and length; any offset at or past `eof`
+    /// counts as one) answered per second to one address (default 4); the rest are ignored. The
+    /// reference asks for a 0-byte file again at once after every answer, without end, sweeping
+    /// the 64 offsets of its window.
     pub max_repeats_per_sec: u32,
     /// Keep a ledger of what was served and refused to whom, for `take_activity` (default
     /// false: it costs a map update per request).
@@ -558,8 +559,14 @@ impl Node {
                         );
                         continue;
                     }
+                    // Requests at or past eof all get the same empty answer: one key for them
+                    // (the reference sweeps 64 such offsets of an empty file, without end).
+                    let key = match store.size_of(&id) {
+                        Some(eof) if offset >= eof => (id, u64::MAX, 0),
+                        _ => (id, offset, length),
+                    };
                     let limit = self.cfg.max_repeats_per_sec;
-                    if !self.repeats.allow(now, from, (id, offset, length), limit) {
+                    if !self.repeats.allow(now, from, key, limit) {
                         self.stats.repeats_ignored += 1;
                         self.ledger.refused(
                             &self.cfg,
