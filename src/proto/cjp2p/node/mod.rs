@@ -330,8 +330,9 @@ pub struct Node {
     /// `MaybeTheyHaveSome` addresses waiting to be released as `Holders` (4 per second).
     holder_queue: HashMap<Id, VecDeque<SocketAddr>>,
     holder_released: HashMap<Id, Window>,
-    /// Requests toward ferry peers, batched until the next `poll_transmit`.
-    batches: Vec<(SocketAddr, Vec<Message>)>,
+    /// Requests toward ferry peers, batched until the next `poll_transmit`, with the bytes
+    /// they take.
+    batches: Vec<(SocketAddr, Vec<Message>, usize)>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
     unverified_per_ip: HashMap<IpAddr, Window>,
@@ -341,6 +342,8 @@ pub struct Node {
     rng: u64,
     repeats: Repeats,
     ledger: Ledger,
+    /// The bytes of the `Content` being built (reused: at most `content_max`).
+    read_buf: Vec<u8>,
     stats: NodeStats,
 }
 
@@ -384,6 +387,7 @@ impl Node {
             rng,
             repeats: Repeats::default(),
             ledger: Ledger::default(),
+            read_buf: Vec::new(),
             stats: NodeStats::default(),
         }
     }

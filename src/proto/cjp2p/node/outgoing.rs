@@ -45,19 +45,20 @@ impl Node {
             return;
         }
         let limit = self.control_max(to);
-        let (overhead, _) = self.own_overhead(to);
-        let pos = self.batches.iter().position(|(a, _)| *a == to);
+        let len = msg.encoded_len() + 1;
+        let pos = self.batches.iter().position(|(a, _, _)| *a == to);
         if let Some(i) = pos {
-            let used: usize = self.batches[i].1.iter().map(|m| m.encoded_len() + 1).sum();
-            if overhead + used + msg.encoded_len() + 1 > limit {
-                let (addr, msgs) = self.batches.remove(i);
+            let (overhead, _) = self.own_overhead(to);
+            if overhead + self.batches[i].2 + len > limit {
+                let (addr, msgs, _) = self.batches.remove(i);
                 self.send_own(addr, &msgs);
-                self.batches.push((to, vec![msg]));
+                self.batches.push((to, vec![msg], len));
             } else {
                 self.batches[i].1.push(msg);
+                self.batches[i].2 += len;
             }
         } else {
-            self.batches.push((to, vec![msg]));
+            self.batches.push((to, vec![msg], len));
         }
     }
 
@@ -136,7 +137,7 @@ impl Node {
     }
 
     pub(super) fn flush_batches(&mut self) {
-        for (to, msgs) in std::mem::take(&mut self.batches) {
+        for (to, msgs, _) in std::mem::take(&mut self.batches) {
             self.send_own(to, &msgs);
         }
     }

@@ -176,17 +176,22 @@ impl Node {
                         };
                         let ok = match n {
                             Some(n) => {
-                                let mut data = vec![0u8; n];
+                                // One buffer for every answer: no allocation and no zeroing
+                                // of 32 KiB per block served.
+                                if self.read_buf.len() < n {
+                                    self.read_buf.resize(n, 0);
+                                }
+                                let data = &mut self.read_buf[..n];
                                 let read = if n == 0 {
                                     Some(0)
                                 } else {
-                                    store.read_at(&id, offset, &mut data)
+                                    store.read_at(&id, offset, data)
                                 };
                                 if read == Some(n) {
                                     let mut lim2 = b.limit();
                                     lim2 = lim2.saturating_sub(reserve);
                                     b.set_limit(lim2);
-                                    let ok = b.push_content(&id, offset, &data, Some(eof));
+                                    let ok = b.push_content(&id, offset, data, Some(eof));
                                     b.set_limit(lim2 + reserve);
                                     if ok {
                                         if verified {
