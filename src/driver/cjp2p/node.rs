@@ -473,7 +473,7 @@ impl Loop {
             eprintln!(
                 "cjp2p: counters: {} datagrams in ({} verified, {} unverified, {} dropped), {} out; \
                  served {} blocks, {} teasers; refused {} (unknown id {}, repeats {}, client {}); \
-                 rate-limited {}; {} peers, {} candidates",
+                 rate-limited {}; answers left out {}; {} peers, {} candidates",
                 st.datagrams_in,
                 st.verified_datagrams,
                 st.unverified_datagrams,
@@ -486,6 +486,7 @@ impl Loop {
                 st.repeats_ignored,
                 st.refused_requests,
                 st.rate_limited,
+                st.answers_dropped,
                 self.node.peer_count(),
                 self.node.candidate_count(),
             );

@@ -203,8 +203,15 @@ impl Node {
                                     }
                                     ok
                                 } else {
-                                    // The file went away or shrank: no answer.
+                                    // The file went away, shrank or changed on disk (the
+                                    // catalog no longer vouches for its bytes): no answer.
                                     self.stats.answers_dropped += 1;
+                                    self.ledger.refused(
+                                        &self.cfg,
+                                        to,
+                                        Some(id),
+                                        "the file cannot be read as cataloged (changed or gone)",
+                                    );
                                     queue.pop_front();
                                     b.set_limit(lim);
                                     continue;
