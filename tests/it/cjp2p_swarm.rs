@@ -452,7 +452,7 @@ fn a_kill_in_the_first_second_keeps_what_arrived() {
 /// bound (under a second lost) is asserted on the simulated network (`swarm.rs`, `sim.rs`).
 #[test]
 fn a_silent_source_next_to_a_live_one() {
-    let size = 32 << 20;
+    let size = 16 << 20;
     let data = pseudo_random(306, size);
     let share = TempDir::new("cj-share");
     let id = put(share.path(), "f", &data);
@@ -477,7 +477,7 @@ fn a_silent_source_next_to_a_live_one() {
         let o = get(&id, &[&silent, &a], out.path(), &["--timeout", "20", "-v"]);
         assert_got(&o, out.path(), &id, &sha(&data));
         eprintln!(
-            "32 MiB with a silent source that {what}: {:?} (alone: {alone:?})",
+            "16 MiB with a silent source that {what}: {:?} (alone: {alone:?})",
             t0.elapsed()
         );
     }
@@ -488,7 +488,7 @@ fn a_silent_source_next_to_a_live_one() {
 /// completes. A source that starts 3 s after `get` is used. Times are printed.
 #[test]
 fn a_restarted_or_late_source_is_used() {
-    let size = 16 << 20;
+    let size = 8 << 20;
     let data = pseudo_random(307, size);
     let id = sha(&data);
     let store = || TestStore {
