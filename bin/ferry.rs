@@ -67,7 +67,14 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("ferry: {}", f.message);
+            // A message may quote a peer (an error frame's text): never let it drive the
+            // terminal or forge a line.
+            let message = if f.message.chars().any(char::is_control) {
+                ferry::names::printable(&f.message)
+            } else {
+                f.message.as_str().into()
+            };
+            eprintln!("ferry: {message}");
             ExitCode::from(f.code)
         }
     }

@@ -3,8 +3,10 @@
 //! material, listening lines, SIGHUP rescans). One module per protocol holds that protocol's
 //! commands.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,37 @@ pub(crate) fn local(message: impl std::fmt::Display) -> Failure {
         code: EXIT_LOCAL,
         message: message.to_string(),
     }
+}
+
+/// How a client command takes Ctrl-C (SIGINT, SIGTERM).
+pub(crate) enum OnInterrupt {
+    /// Nothing to clean up (a listing, a send whose partial frame the server throws away):
+    /// say so and exit 130 at once.
+    Exit(&'static str),
+    /// Set this flag: the command stops within a second, removes its temporaries and exits 130
+    /// (or, for `--watch`, 0). A second Ctrl-C exits at once; the temporaries it leaves are
+    /// removed by the next run into the same folder.
+    Stop(Arc<AtomicBool>),
+}
+
+/// Installs the Ctrl-C behaviour of a client command (once per process).
+pub(crate) fn on_interrupt(how: OnInterrupt) {
+    let _ = match how {
+        OnInterrupt::Exit(what) => ctrlc::set_handler(move || {
+            eprintln!("ferry: {what}: interrupted");
+            std::process::exit(EXIT_INTERRUPTED as i32);
+        }),
+        OnInterrupt::Stop(flag) => ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED as i32);
+            }
+        }),
+    };
+}
+
+/// Text from a peer (a name, a message) made safe to show: see [`ferry::names::printable`].
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    ferry::names::printable(text)
 }
 
 pub(crate) fn either<T>(a: Option<T>, b: Option<T>) -> Option<T> {

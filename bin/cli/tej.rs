@@ -108,7 +108,8 @@ pub(crate) struct TejSendArgs {
     /// message sent with the files
     #[argh(option)]
     message: Option<String>,
-    /// custom status 0..127 (default 0, deliver: acknowledged)
+    /// frame status: 0 (deliver, acknowledged; the default) or 7..127 (an application's frame,
+    /// not acknowledged); 1..6 are TEJ's own and refused
     #[argh(option, default = "0")]
     status: u8,
     /// seconds to wait for the acknowledgement (default 60)
@@ -236,8 +237,14 @@ impl From<tej_client::ClientError> for Failure {
         use tej_client::ClientError as E;
         let code = match &e {
             E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed => EXIT_NETWORK,
-            E::Frame(_) | E::Peer(_) | E::Mismatch(_) => EXIT_PROTOCOL,
+            E::Frame(_)
+            | E::Peer(_)
+            | E::Mismatch(_)
+            | E::UnsafeName(_)
+            | E::Unrequested(_)
+            | E::ServerSpeaksTls => EXIT_PROTOCOL,
             E::Local(_) => EXIT_LOCAL,
+            E::Interrupted => EXIT_INTERRUPTED,
         };
         Failure {
             code,
@@ -264,15 +271,13 @@ pub(crate) fn tej_options(
 }
 
 pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
-    if a.status > 127 {
-        return Err(local(
-            "--status must be 0..127 (the top bit is the frame marker)",
-        ));
-    }
+    tej_client::check_status(a.status).map_err(|e| local(format!("--status: {e}")))?;
     let mut opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
     opts.ack_timeout = Duration::from_secs(a.ack_timeout);
     opts.verbose = a.verbose;
     let client = tej_client::Client::new(opts)?;
+    // The server throws a partial frame away: nothing here to clean up.
+    on_interrupt(OnInterrupt::Exit("tej send"));
     let message = a.message.unwrap_or_default();
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
     let sent = client.send(&a.files, message.as_bytes(), a.status);
@@ -289,9 +294,16 @@ pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
             r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
             r.outcome
         );
+        for f in &r.files {
+            match &f.stored_as {
+                Some(at) => eprintln!("tej: {} -> {}", shown(&f.name), shown(at)),
+                None if r.outcome == "confirmed" => eprintln!("tej: {}", shown(&f.name)),
+                None => {}
+            }
+        }
         if r.outcome == "refused" || r.outcome == "mismatch" {
             if let Some(reply) = &r.reply {
-                eprintln!("tej: reply: {reply}");
+                eprintln!("tej: reply: {}", shown(&reply.to_string()));
             }
         }
     }
@@ -309,6 +321,7 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
     }
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
     let client = tej_client::Client::new(opts)?;
+    on_interrupt(OnInterrupt::Stop(client.stop_flag()));
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
     let got = client.get(&a.out, &a.items);
     drawer.finish();
@@ -317,7 +330,12 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
         println!("{}", serde_json::to_string(&stored).unwrap_or_default());
     } else {
         for s in &stored {
-            eprintln!("tej: {} ({} bytes, sha256 {})", s.name, s.size, s.sha256);
+            eprintln!(
+                "tej: {} ({} bytes, sha256 {})",
+                shown(&s.name),
+                s.size,
+                shown(&s.sha256)
+            );
         }
     }
     Ok(EXIT_OK)
@@ -325,18 +343,26 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
 
 pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
-    let all = tej_client::Client::new(opts)?.list()?;
+    let client = tej_client::Client::new(opts)?;
+    on_interrupt(OnInterrupt::Exit("tej list"));
+    let all = client.list()?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&all).unwrap_or_default());
     } else {
         for e in &all {
-            let _ = writeln!(out, "{}  {:>12}  {}", e.sha256, e.size, e.name);
+            let _ = writeln!(
+                out,
+                "{}  {:>12}  {}",
+                shown(&e.sha256),
+                e.size,
+                shown(&e.name)
+            );
         }
     }
-    Ok(if all.is_empty() {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    if all.is_empty() {
+        eprintln!("tej: no files");
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(EXIT_OK)
 }
