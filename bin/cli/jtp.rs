@@ -104,10 +104,10 @@ pub(crate) struct JtpServeArgs {
     /// WATCH is enabled whenever the folder is followed, which is the default
     #[argh(switch)]
     watch: bool,
-    /// rescan interval in seconds (implies --watch; minimum 1)
+    /// also rescan the whole folder every SECONDS (implies --watch; minimum 1)
     #[argh(option)]
     watch_interval: Option<u64>,
-    /// do not follow the folder live (no inotify); WATCH then needs --watch
+    /// do not follow the folder live (no inotify); WATCH then needs --watch or --watch-interval
     #[argh(switch)]
     no_follow: bool,
     /// seconds without progress on a read or write (default 30)
@@ -116,10 +116,10 @@ pub(crate) struct JtpServeArgs {
     /// most concurrent connections (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
-    /// log on stderr
+    /// log connections (peer, requests, bytes, outcome) and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// print the listening line as JSON
+    /// print the listening line (stdout) and the start-up report (stderr) as JSON objects
     #[argh(switch)]
     json: bool,
 }
@@ -252,6 +252,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         _ => None,
     };
     let follow = Follow::new(a.no_follow, watch);
+    report_as_json(a.json);
     let verbose = a.verbose;
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;

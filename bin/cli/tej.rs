@@ -79,9 +79,12 @@ pub(crate) struct TejServeArgs {
     /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
     /// nothing); the folder is followed live by default, SIGHUP rescans
     #[argh(option)]
+    watch_interval: Option<u64>,
+    /// alias of --watch-interval
+    #[argh(option)]
     watch: Option<u64>,
     /// do not follow the folder live (no inotify): files put there by other means are served
-    /// after SIGHUP or a --watch rescan
+    /// after SIGHUP or a --watch-interval rescan
     #[argh(switch)]
     no_follow: bool,
     /// most concurrent connections (default 1024)
@@ -90,7 +93,7 @@ pub(crate) struct TejServeArgs {
     /// log frames, messages and stored files on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// print the listening line as JSON
+    /// print the listening line (stdout) and the start-up report (stderr) as JSON objects
     #[argh(switch)]
     json: bool,
 }
@@ -202,7 +205,9 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
     let dir = a.root.unwrap_or_else(|| PathBuf::from("share"));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let (cat, watcher) = open_catalog(&dir, a.verbose, Follow::new(a.no_follow, a.watch))?;
+    report_as_json(a.json);
+    let follow = Follow::new(a.no_follow, either(a.watch_interval, a.watch));
+    let (cat, watcher) = open_catalog(&dir, a.verbose, follow)?;
     let tls_src = tls_source(!a.tls, a.cert, a.key)?;
     let tls = load_tls(&tls_src, &cat, ALPN_TEJ)?;
     let cfg = TejConfig {
