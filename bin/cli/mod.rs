@@ -62,7 +62,14 @@ pub(crate) enum OnInterrupt {
 pub(crate) fn on_interrupt(how: OnInterrupt) {
     let _ = match how {
         OnInterrupt::Exit(what) => ctrlc::set_handler(move || {
-            eprintln!("ferry: {what}: interrupted");
+            use std::io::IsTerminal;
+            // A progress line may be on the terminal: start on a clean line.
+            let clear = if std::io::stderr().is_terminal() {
+                "\r\x1b[K"
+            } else {
+                ""
+            };
+            eprintln!("{clear}ferry: {what}: interrupted");
             std::process::exit(EXIT_INTERRUPTED as i32);
         }),
         OnInterrupt::Stop(flag) => ctrlc::set_handler(move || {

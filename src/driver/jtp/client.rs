@@ -19,8 +19,17 @@
 //! content; nothing is allocated from a wire count or length; compressed packets inflate into
 //! a bounded output.
 //!
+//! Against a hostile server, beyond the rules above: a packet for an id the LIST did not name
+//! may make at most the largest listed size ([`Listing::cap_for`]); a zstd window is at most
+//! 8 MiB; disk space is taken 64 MiB ahead of the bytes, never the whole announced size.
+//!
 //! Progress is counted into a [`Progress`] ([`Client::progress`]) as bytes arrive; this module
-//! never draws it.
+//! never draws it. Reads wait at most `READ_SLICE` (200 ms) at a time (the io timeout is counted across
+//! them), so the stop flag given to [`Client::get`] ends every worker within a fraction of a
+//! second, even mid-image against a silent server; a run's temporaries go with it, and those
+//! that dead processes left in the output folder are removed before it starts.
+//! [`Summary::cancelled`] means the run was cut short: a stop that comes after the last pass
+//! completed changes nothing.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -226,7 +235,7 @@ pub struct Summary {
     pub bytes: u64,
     pub images: u64,
     pub seconds: f64,
-    /// The transfer was cancelled (Ctrl-C).
+    /// The transfer was cut short (Ctrl-C): a pass or a repeat was left undone.
     pub cancelled: bool,
 }
 

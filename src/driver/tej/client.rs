@@ -10,6 +10,21 @@
 //! - `list`: listing pages until the [`Lister`] has seen the last.
 //!
 //! Progress is counted into a [`Progress`] ([`Client::progress`]) as file bytes move.
+//!
+//! Stopping and waiting: reads wait at most `READ_SLICE` (200 ms) at a time (the io timeout is counted
+//! across them), so a set [`Client::stop_flag`] ends `get`, `send` and `list` within a fraction
+//! of a second with [`ClientError::Interrupted`], whichever thread the signal reached; the
+//! ingest temporaries of an interrupted `get` are removed as it returns. Before `get` writes
+//! into its output folder it removes the temporaries processes that no longer run left there
+//! ([`crate::ingest::IngestDir::clean_stale`]).
+//!
+//! What a hostile server can do to `get`: send files that were not asked for or under unsafe
+//! names (refused at their header by the machine, nothing written: [`ClientError::Unrequested`],
+//! [`ClientError::UnsafeName`]), announce sizes it never sends (space is taken 64 MiB ahead of
+//! the bytes, see [`crate::ingest::StreamSink`]), put text in names and messages (the command
+//! line escapes it). A plain-TCP client that reads a TLS record first says so
+//! ([`ClientError::ServerSpeaksTls`]); handshake failures carry a hint
+//! ([`crate::transport::ClientHint`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};

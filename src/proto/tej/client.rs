@@ -18,7 +18,10 @@
 //!                     └─ack_timeout or EOF─► Unconfirmed
 //!          a write fails: AwaitAck (briefly) for the error frame that explains it
 //! Getter:  Request ─► Awaiting ─status 0─► files ─FrameEnd─► manifest checked ─► Verified
-//!                        │ (pings, other statuses: skipped)   └─ mismatch ─► Err(Mismatch)
+//!                        │ (pings, other statuses: skipped) │ └─ mismatch ─► Err(Mismatch)
+//!                        │                                  └─ a file not asked for, or an
+//!                        │                   unsafe or dot name, at its header ─► Err(Unrequested
+//!                        │                                                     | UnsafeName)
 //!                        └─status 3─► Err(Peer)
 //! Lister:  Request(after) ─► Awaiting ─status 6─► page checked ─next─► Request(next)
 //!                                 │                        └─null─► Done(entries)
