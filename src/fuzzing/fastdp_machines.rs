@@ -565,21 +565,24 @@ fn server_sent(
             Refusal::RequestTimeout,
             Refusal::UpgradeRequired,
             Refusal::ServiceUnavailable,
+            Refusal::BadRequest(crate::proto::fastdp::http::BadRequest::HeaderLine),
         ];
-        let mut ok = [Vec::new(), Vec::new()];
-        switching_protocols(KEY, Version::V120, &mut ok[0]);
-        switching_protocols(KEY, Version::V110, &mut ok[1]);
+        // The 101 echoes whatever key the request had, and its version.
+        let mut ok = Vec::new();
+        switching_protocols("", Version::V120, &mut ok);
+        let (ok_start, _) = ok.split_at(ok.len() - 31);
         let known = |h: &[u8]| {
-            ok.iter().any(|o| o == h)
-                || refusals.iter().any(|r| r.response() == h)
-                || h == Refusal::BadRequest(crate::proto::fastdp::http::BadRequest::HeaderLine)
-                    .response()
+            refusals.iter().any(|r| r.response() == h)
+                || h.starts_with(ok_start)
+                    && (h.ends_with(b"\r\nSec-FastDP-Version: 1.2.0\r\n\r\n")
+                        || h.ends_with(b"\r\nSec-FastDP-Version: 1.1.0\r\n\r\n"))
         };
         assert!(
             !head.ends_with(b"\r\n\r\n") || known(head),
             "an unknown response head"
         );
     }
+    let v110 = v110 || head.ends_with(b"Sec-FastDP-Version: 1.1.0\r\n\r\n");
     if out.is_empty() || v110 || pull {
         // 1.1.0 replies are bare lines; a pull's chunk stream is the driver's.
         return;

@@ -115,7 +115,7 @@ impl<'a> Script<'a> {
     /// A big-endian integer of `n` bytes (at most 8; missing bytes read as zero).
     pub(crate) fn uint(&mut self, n: usize) -> u64 {
         let b = self.bytes(n.min(8));
-        b.iter().fold(0, |v, &x| v << 8 | u64::from(x)) << (8 * (n.min(8) - b.len()))
+        (0..n.min(8)).fold(0, |v, i| v << 8 | u64::from(b.get(i).copied().unwrap_or(0)))
     }
 
     pub(crate) fn u16(&mut self) -> u16 {
