@@ -124,7 +124,7 @@ fn exact(legacy: bool, input: &[u8]) -> Log {
             }
         }
     }
-    meter.check("libipc frame decoder", 2 * MAX_WIRE_FRAME + 64);
+    meter.check("libipc frame decoder", 4 * MAX_WIRE_FRAME + 64);
     log
 }
 

@@ -96,7 +96,8 @@ fn exact(max: u32, min: u32, input: &[u8]) -> Log {
             }
         }
     }
-    meter.check("frame accumulator", 2 * (FRAME_HEADER + max as usize) + 64);
+    // Spent frames are dropped once they are half the buffer: a few frames at most.
+    meter.check("frame accumulator", 4 * (FRAME_HEADER + max as usize) + 64);
     log
 }
 
