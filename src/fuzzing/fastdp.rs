@@ -317,14 +317,16 @@ fn chunks(rules: Rules, input: &[u8], ends: &[usize]) -> (Log, Vec<Chunk>) {
             meter.enter();
             let (n, r) = d.decode(&input[pos..end]);
             meter.leave();
-            spin.step("chunk stream", n);
             assert!(n <= end - pos, "consumed past the input");
             let at = pos;
             pos += n;
             let ev = match r {
                 Ok(None) if n == 0 => break,
                 Ok(None) => continue,
-                Ok(Some(ev)) => ev,
+                Ok(Some(ev)) => {
+                    spin.step("chunk stream", n);
+                    ev
+                }
                 Err(e) => {
                     log.error(e);
                     break 'feed;
@@ -474,8 +476,7 @@ fn inflate(
 ) -> (Vec<u8>, Result<(), String>) {
     let mut z = ChunkInflater::new().unwrap();
     z.begin(expected);
-    let (mut out, mut buf, mut pos, mut spin) =
-        (Vec::new(), vec![0u8; out_len], 0, Spin::default());
+    let (mut out, mut buf, mut pos) = (Vec::new(), vec![0u8; out_len], 0);
     for &end in ends {
         loop {
             let (used, written) = match z.decompress(&payload[pos..end], &mut buf) {
@@ -483,7 +484,6 @@ fn inflate(
                 Err(e) => return (out, Err(format!("{e:?}"))),
             };
             assert!(used <= end - pos && written <= buf.len());
-            spin.step("zstd chunk", used + written);
             out.extend_from_slice(&buf[..written]);
             assert_eq!(z.produced() as usize, out.len(), "produced");
             pos += used;

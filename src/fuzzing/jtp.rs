@@ -166,7 +166,6 @@ fn responses(
             meter.enter();
             let (n, r) = d.decode(&input[pos..end]);
             meter.leave();
-            spin.step("jtp response", n);
             assert!(n <= end - pos, "consumed past the input");
             let ev = match r {
                 Ok(None) => {
@@ -174,7 +173,11 @@ fn responses(
                     pos = end;
                     break;
                 }
-                Ok(Some(ev)) => ev,
+                Ok(Some(ev)) => {
+                    // Only events count: "need more" ends the loop.
+                    spin.step("jtp response", n);
+                    ev
+                }
                 Err(e) => {
                     log.error(e);
                     break 'feed;

@@ -55,8 +55,11 @@ pub use jtp::{jtp_request, jtp_response, jtp_server_machine};
 pub use tej::tej_frame;
 pub use wire::wire_frame;
 
+/// A fuzz target: panics when an invariant breaks on `data`.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs` and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("jtp_request", jtp_request),
     ("jtp_response", jtp_response),
     ("jtp_server_machine", jtp_server_machine),

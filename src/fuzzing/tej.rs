@@ -79,7 +79,6 @@ fn decode(limits: Limits, input: &[u8], ends: &[usize], parse: bool) -> (Log, Ve
             meter.enter();
             let (n, r) = d.decode(&input[pos..end]);
             meter.leave();
-            spin.step("tej frame", n);
             assert!(n <= end - pos, "consumed past the input");
             let at = pos;
             pos += n;
@@ -88,7 +87,11 @@ fn decode(limits: Limits, input: &[u8], ends: &[usize], parse: bool) -> (Log, Ve
                     assert_eq!(pos, end, "need more, with bytes left");
                     break;
                 }
-                Ok(Some(ev)) => ev,
+                Ok(Some(ev)) => {
+                    // Only events count: "need more" ends the loop.
+                    spin.step("tej frame", n);
+                    ev
+                }
                 Err(e) => {
                     assert_eq!(n, 0, "an error consumed bytes");
                     log.error(e);
