@@ -4,7 +4,7 @@ SHARE ?= share
 VENV := target/venv
 PY := $(VENV)/bin/python
 
-.PHONY: build release run test unit fmt fmt-check lint certs bench venv clean
+.PHONY: build release run test unit fmt fmt-check lint certs bench venv clean fuzz fuzz-long fuzz-merge fuzz-seeds
 
 build:
 	$(CARGO) build --release
@@ -48,6 +48,27 @@ $(VENV)/.done: tests/requirements.txt
 # Benchmarks: ferry against its peers on this machine, printed as one table.
 bench: build
 	bash benches/bench.sh
+
+# Coverage-guided fuzzing of every decoder and machine (nightly + cargo-fuzz, libFuzzer), not part
+# of `make test` (which replays fuzz/corpus and fuzz/regressions on stable). FUZZ_SECONDS per
+# target (default 60); FUZZ_TARGETS to run some; prints executions, coverage and crashes.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# The long run of issue 11: 10 million executions or 30 minutes per target, whichever comes
+# first, one target at a time at the lowest priority.
+fuzz-long:
+	FUZZ_SECONDS=1800 FUZZ_RUNS=10000000 FUZZ_NICE=19 bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# Adds to fuzz/corpus the inputs of the last runs that reach new coverage.
+fuzz-merge:
+	FUZZ_MERGE=1 bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# Rewrites the seed files (fuzz/corpus/*/seed-*) from the specs' examples.
+fuzz-seeds:
+	$(CARGO) test --lib fuzzing::seeds -- --ignored
 
 clean:
 	$(CARGO) clean

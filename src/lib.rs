@@ -18,6 +18,8 @@
 pub mod catalog;
 pub mod config;
 pub mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod names;
 pub mod proto;

@@ -115,6 +115,13 @@ impl FrameAccumulator {
     /// here is released by the next call.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
         self.start += std::mem::take(&mut self.returned);
+        if self.start >= self.buf.len() - self.start {
+            // At least half the buffer is spent: move the rest to the front now rather than
+            // only when no whole frame is left, or a reader that takes one frame per read
+            // (never seeing "need more") would keep every frame it ever read. Each byte is
+            // moved at most about twice over its life.
+            self.compact();
+        }
         let Some(body) = self.check_head()? else {
             self.compact();
             return Ok(None);
@@ -172,8 +179,9 @@ impl FrameAccumulator {
         frame_len(&self.buf[at..], self.min, self.max).inspect_err(|e| self.failed = Some(*e))
     }
 
-    /// Moves the partial frame to the front of the buffer (only when no whole frame is left, so
-    /// a read holding many frames is not moved once per frame).
+    /// Moves the bytes not yet handed out to the front of the buffer (when no whole frame is
+    /// left, or when they are no more than the bytes spent, so a read holding many frames is
+    /// not moved once per frame).
     fn compact(&mut self) {
         if self.start > 0 {
             self.buf.drain(..self.start);
@@ -284,6 +292,27 @@ mod tests {
         );
         assert_eq!(frame_len(&[0, 0, 1], 1, 9), Ok(None));
         assert_eq!(frame_len(&[0, 0, 0, 5, 9], 1, 9), Ok(Some(5)));
+    }
+
+    /// Found by fuzzing (wire_frame): a reader that takes exactly one frame per read, as
+    /// filestorage's exact reads and FastDP's JMSG reader do, never sees "need more", and the
+    /// accumulator kept every frame it had handed out.
+    #[test]
+    fn frames_read_one_at_a_time_do_not_pile_up() {
+        let mut acc = FrameAccumulator::new(24);
+        for i in 0..10_000u32 {
+            acc.extend(&[0, 0, 0, 1]);
+            acc.extend(&[i as u8]);
+            assert_eq!(acc.next_frame(), Ok(Some(&[i as u8][..])));
+            assert!(
+                acc.buf.capacity() <= 32,
+                "{} bytes kept",
+                acc.buf.capacity()
+            );
+        }
+        assert!(!acc.is_between_frames() || acc.buffered() == 0);
+        let (frames, _) = feed(&transcript(), &[]);
+        assert_eq!(frames.len(), 4);
     }
 
     #[test]

@@ -509,20 +509,17 @@ impl ResponseParser {
     /// FastDP stream). `Complete(Ok(()))` means the whole 101 has been read and checked.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Status<Result<(), ResponseError>>) {
         let (n, c) = self.head.feed(input);
-        let status = match c {
-            Collected::Partial => {
-                // A complete status line that is not 101 fails at once.
-                match self.early_status() {
-                    Some(Err(e)) => Status::Complete(Err(e)),
-                    _ => Status::Partial,
-                }
-            }
-            Collected::TooLarge => {
-                Status::Complete(Err(ResponseError::Malformed("head over 8192 bytes")))
-            }
-            Collected::Head(head) => {
-                Status::Complete(judge_response(head, &self.key, self.version))
-            }
+        let verdict = match c {
+            Collected::Partial => None,
+            Collected::TooLarge => Some(Err(ResponseError::Malformed("head over 8192 bytes"))),
+            Collected::Head(head) => Some(judge_response(head, &self.key, self.version)),
+        };
+        // A complete status line that is not 101 fails at once, and decides first whether the
+        // rest of the head came in the same read or not: the verdict never depends on where
+        // the reads ended.
+        let status = match self.early_status() {
+            Some(Err(e)) => Status::Complete(Err(e)),
+            _ => verdict.map_or(Status::Partial, Status::Complete),
         };
         (n, status)
     }
@@ -923,6 +920,36 @@ mod tests {
         assert!(matches!(
             st,
             Status::Complete(Err(ResponseError::Malformed(_)))
+        ));
+    }
+
+    /// Found by fuzzing (fastdp_http_head): a bad status line followed by a malformed header
+    /// line failed on the status line when the reads ended inside the head, and on the header
+    /// line when the whole head came in one read.
+    #[test]
+    fn response_verdict_does_not_depend_on_where_reads_end() {
+        for head in [
+            &b"HTTP/1.1 426 Upgrade Required\r\nCo\x03nnecti\xa3n: close\r\n\r\n"[..],
+            b"HTTP/1.1 4 c\r\n26 Upgrade Required\r\nConnection: close\r\n\r\n",
+        ] {
+            let whole = ResponseParser::new("k", Version::V120).feed(head).1;
+            assert!(matches!(whole, Status::Complete(Err(_))), "{whole:?}");
+            for cut in 1..head.len() {
+                let mut p = ResponseParser::new("k", Version::V120);
+                let st = match p.feed(&head[..cut]) {
+                    (_, Status::Partial) => p.feed(&head[cut..]).1,
+                    (_, st) => st,
+                };
+                assert_eq!(st, whole, "cut at {cut}");
+            }
+        }
+        // Over 8,192 bytes with a bad status line: the status line, not the size.
+        let mut big = b"HTTP/1.1 503 Busy\r\n".to_vec();
+        big.resize(9000, b'x');
+        let st = ResponseParser::new("k", Version::V120).feed(&big).1;
+        assert!(matches!(
+            st,
+            Status::Complete(Err(ResponseError::Status { code: 503, .. }))
         ));
     }
 

@@ -254,6 +254,11 @@ impl LegacyAccumulator {
 
     fn next_frame(&mut self) -> Result<Option<Decoded<'_>>, FrameError> {
         self.start += std::mem::take(&mut self.returned);
+        if self.start >= self.buf.len() - self.start {
+            // As `FrameAccumulator`: a reader taking one frame per read never sees "need more",
+            // so spent frames are dropped here too, not only when no whole frame is left.
+            self.compact();
+        }
         let len = match self.head()? {
             LegacyHead::Closing => return Ok(Some(Decoded::PeerClosing)),
             LegacyHead::Partial => {
@@ -411,6 +416,29 @@ mod tests {
             assert_eq!(feed(&lt, &[a], true).0, whole, "legacy split at {a}");
         }
         assert_eq!(feed(&t, &bytewise, true).0, whole);
+    }
+
+    /// Found by fuzzing (wire_frame, the same accumulator pattern as the current frame's):
+    /// exact reads, one frame per read and one `next_frame` per read, never see "need more";
+    /// spent legacy frames must not pile up.
+    #[test]
+    fn legacy_frames_read_one_at_a_time_do_not_pile_up() {
+        let mut one = Vec::new();
+        put_frame(&mut one, Framing::Legacy, 3, b"{}");
+        let mut dec = FrameDecoder::new(true);
+        for _ in 0..10_000 {
+            dec.extend(&one);
+            let got = dec.next_frame();
+            assert_eq!(
+                got,
+                Ok(Some(Decoded::Frame(Frame {
+                    utype: 3,
+                    json: b"{}"
+                })))
+            );
+            let kept = dec.legacy.buf.capacity();
+            assert!(kept <= 4 * one.len(), "{kept} bytes kept");
+        }
     }
 
     #[test]

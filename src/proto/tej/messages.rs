@@ -87,6 +87,15 @@ impl fmt::Display for BadRequest {
 
 impl std::error::Error for BadRequest {}
 
+/// Parses a message that must be JSON, hence UTF-8. serde_json's `from_slice` does not check the
+/// UTF-8 of strings it skips (unknown keys), so it alone would take a message that is not JSON;
+/// `check_ack`'s `Value` parse refuses it, and every reader here must agree with it.
+fn from_json<T: serde::de::DeserializeOwned>(message: &[u8]) -> Result<T, serde_json::Error> {
+    let text = std::str::from_utf8(message)
+        .map_err(|_| <serde_json::Error as serde::de::Error>::custom("message is not UTF-8"))?;
+    serde_json::from_str(text)
+}
+
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Plain structs of strings and integers: serialisation cannot fail.
     serde_json::to_vec(v).expect("tej messages serialise")
@@ -161,7 +170,7 @@ impl Ack {
     /// `null`). `None` if the message is not an object with a `files` array of entries with
     /// `size` and `sha256`.
     pub fn from_json(message: &[u8]) -> Option<Ack> {
-        serde_json::from_slice(message).ok()
+        from_json(message).ok()
     }
 
     /// The whole status-1 frame.
@@ -260,7 +269,7 @@ impl ErrorMsg {
 
     /// Lenient (any key order, unknown keys ignored); `None` without a string `error`.
     pub fn from_json(message: &[u8]) -> Option<ErrorMsg> {
-        serde_json::from_slice(message).ok()
+        from_json(message).ok()
     }
 
     /// The whole status-3 frame.
@@ -288,7 +297,7 @@ impl GetRequest {
     /// Any key order, unknown keys ignored; anything but an object with a `get` array of strings
     /// (`{"get":"a"}`, invalid JSON) is a [`BadRequest`].
     pub fn from_json(message: &[u8]) -> Result<GetRequest, BadRequest> {
-        serde_json::from_slice(message).map_err(|e| BadRequest::from_json_error("request", e))
+        from_json(message).map_err(|e| BadRequest::from_json_error("request", e))
     }
 
     /// The whole status-4 frame.
@@ -323,7 +332,7 @@ impl ListRequest {
         if message.iter().all(u8::is_ascii_whitespace) {
             return Ok(ListRequest::default());
         }
-        serde_json::from_slice(message).map_err(|e| BadRequest::from_json_error("list request", e))
+        from_json(message).map_err(|e| BadRequest::from_json_error("list request", e))
     }
 
     /// The page size to serve: `limit` capped at [`MAX_LIST_LIMIT`], at least 1 (a page of 0
@@ -363,7 +372,7 @@ impl Manifest {
 
     /// Lenient (any key order, unknown keys ignored).
     pub fn from_json(message: &[u8]) -> Option<Manifest> {
-        serde_json::from_slice(message).ok()
+        from_json(message).ok()
     }
 }
 
@@ -384,7 +393,7 @@ impl Listing {
 
     /// Lenient (any key order, unknown keys ignored, missing `next` reads as `null`).
     pub fn from_json(message: &[u8]) -> Option<Listing> {
-        serde_json::from_slice(message).ok()
+        from_json(message).ok()
     }
 
     /// The whole status-6 frame.
@@ -749,5 +758,24 @@ mod tests {
         // Two files: the count must match, then each entry by position.
         let two = [(4, SHA_AAAA), (0, "e3b0")];
         assert_eq!(check_ack(&ack, &two), AckVerdict::NotAnAck);
+    }
+
+    /// Found by fuzzing (tej_frame): a message with a non-UTF-8 byte in a string under an
+    /// unknown key parsed as an [`Ack`] (serde_json skips such strings unchecked) while
+    /// `check_ack` saw no acknowledgement in it. Not UTF-8 is not JSON, for every reader.
+    #[test]
+    fn a_message_that_is_not_utf8_parses_as_nothing() {
+        let m = b"{\"files\":[{\"Mame\":\"a.t\xf8t\",\"size\":4,\"sha256\":\"63c1dd951ffedf6f7fd968ad4efa39b8ed584f162f46e715114ee184f8de9201\",\"stored_as\":\"a.txt\"}],\"message_bytes\":0}";
+        assert_eq!(check_ack(m, &[(4, SHA_AAAA)]), AckVerdict::NotAnAck);
+        assert_eq!(Ack::from_json(m), None);
+        assert_eq!(Manifest::from_json(b"{\"files\":[],\"x\":\"\xff\"}"), None);
+        assert_eq!(Listing::from_json(b"{\"files\":[],\"x\":\"\xff\"}"), None);
+        assert_eq!(
+            ErrorMsg::from_json(b"{\"error\":\"busy\",\"x\":\"\xff\"}"),
+            None
+        );
+        let e = GetRequest::from_json(b"{\"get\":[],\"x\":\"\xff\"}").unwrap_err();
+        assert_eq!(e.detail, "request: message is not UTF-8");
+        assert!(ListRequest::from_json(b"{\"x\":\"\xff\"}").is_err());
     }
 }

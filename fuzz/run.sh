@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (or those named) for FUZZ_SECONDS each (default 60), at most FUZZ_RUNS
+# executions each when set, then prints one table: target, executions, coverage (libFuzzer's
+# final `cov:` and `ft:`), crashes. Crash inputs land in fuzz/artifacts/<target>/ (git-ignored):
+# minimise one with `cargo +nightly fuzz tmin <target> <file>` and keep it under
+# fuzz/regressions/<target>/, where `make test` replays it.
+#
+# New corpus entries go to fuzz/target/corpus/<target>/ (git-ignored), seeded from the committed
+# fuzz/corpus/<target>/, so a run never bloats the repository. FUZZ_MERGE=1 (`make fuzz-merge`)
+# instead adds to fuzz/corpus/<target>/ only the inputs of a past run that reach new coverage.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+seconds=${FUZZ_SECONDS:-60}
+runs=${FUZZ_RUNS:--1}
+nice=${FUZZ_NICE:-0}
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: cargo-fuzz and the nightly toolchain are needed:" >&2
+    echo "      rustup toolchain install nightly && cargo install cargo-fuzz" >&2
+    exit 2
+fi
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for f in fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+fi
+
+# Release build with debug assertions and overflow checks (cargo-fuzz's default), AddressSanitizer.
+mkdir -p target/logs
+nice -n "$nice" cargo +nightly fuzz build >target/logs/build.log 2>&1 \
+    || { cat target/logs/build.log >&2; exit 1; }
+
+if [ "${FUZZ_MERGE:-0}" = 1 ]; then
+    for t in "${targets[@]}"; do
+        mkdir -p "target/corpus/$t"
+        cargo +nightly fuzz run "$t" "corpus/$t" "target/corpus/$t" -- -merge=1 \
+            >"target/logs/$t.merge.log" 2>&1 || { tail "target/logs/$t.merge.log" >&2; exit 1; }
+        echo "$t: $(ls "corpus/$t" | wc -l) files, $(du -sh "corpus/$t" | cut -f1)"
+    done
+    exit 0
+fi
+
+rows=()
+failed=0
+for t in "${targets[@]}"; do
+    work=target/corpus/$t
+    mkdir -p "$work" "artifacts/$t"
+    log=target/logs/$t.log
+    # -rss_limit_mb: a decoder that allocates what the peer announces fails here too.
+    nice -n "$nice" cargo +nightly fuzz run "$t" "$work" "corpus/$t" -- \
+        -max_total_time="$seconds" -runs="$runs" \
+        -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="artifacts/$t/" >"$log" 2>&1
+    status=$?
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
+    last=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+    ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+    crashes=$(find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
+    if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then failed=1; fi
+    rows+=("$(printf '%-30s %12s %8s %8s %8s' "$t" "$execs" "${cov:-?}" "${ft:-?}" "$crashes")")
+done
+
+printf '%-30s %12s %8s %8s %8s\n' target executions cov ft crashes
+printf '%s\n' "${rows[@]}"
+echo "(${seconds} s per target; logs in fuzz/target/logs/, crash inputs in fuzz/artifacts/)"
+exit $failed
