@@ -643,11 +643,8 @@ fn push_loop(
     loop {
         // Input first: Acks free chunks for re-sending and complete the plan.
         loop {
-            let mut n = 0;
-            if link.has_pending() {
-                n = c.handle_input(Instant::now(), link.pending());
-                link.start += n;
-            }
+            let n = c.handle_input(Instant::now(), link.pending());
+            link.start += n;
             let mut events = false;
             while let Some(ev) = c.poll_event() {
                 events = true;
@@ -1051,11 +1048,8 @@ fn pull_loop(
     let (att, reply) = loop {
         let mut accepted = None;
         loop {
-            let mut n = 0;
-            if link.has_pending() {
-                n = c.handle_input(Instant::now(), link.pending()).consumed;
-                link.start += n;
-            }
+            let n = c.handle_input(Instant::now(), link.pending()).consumed;
+            link.start += n;
             let mut events = false;
             while let Some(ev) = c.poll_event() {
                 events = true;
@@ -1097,9 +1091,9 @@ fn pull_loop(
     let local_fail = |e: LocalError| Fail::Final(local(e));
     loop {
         loop {
-            let mut n = 0;
             let mut bad = None;
-            if link.has_pending() {
+            let n;
+            {
                 let r = c.handle_input(Instant::now(), link.pending());
                 n = r.consumed;
                 if let Some(p) = r.payload {

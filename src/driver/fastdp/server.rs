@@ -348,7 +348,7 @@ impl Conn<'_> {
     /// Handshake and header; then the phase the header chose.
     fn run(&mut self) -> Result<(), ConnError> {
         loop {
-            while self.link.has_pending() {
+            loop {
                 let now = Instant::now();
                 let n = self.conn.handle_input(now, self.link.pending()).consumed;
                 self.link.start += n;
@@ -531,7 +531,7 @@ impl Conn<'_> {
     /// A TransferId that completed earlier: every chunk is held; its FIN gets `Complete`.
     fn receive_done(&mut self, h: &Header, name: &str) -> Result<(), ConnError> {
         loop {
-            while self.link.has_pending() {
+            loop {
                 let now = Instant::now();
                 let n = self.conn.handle_input(now, self.link.pending()).consumed;
                 self.link.start += n;
@@ -569,7 +569,7 @@ impl Conn<'_> {
         let mut sink = ChunkSink::new(att, st, h.geometry(), h.compress);
         let started = Instant::now();
         loop {
-            while self.link.has_pending() {
+            loop {
                 let now = Instant::now();
                 let r = self.conn.handle_input(now, self.link.pending());
                 let consumed = r.consumed;
@@ -921,15 +921,12 @@ impl Conn<'_> {
     /// Feeds the client's messages and applies them to the plan.
     fn pull_input(&mut self, shared: &PullShared, wake: &Arc<Wake>) -> Result<(), ConnError> {
         loop {
-            let mut progress = false;
-            if self.link.has_pending() {
-                let n = self
-                    .conn
-                    .handle_input(Instant::now(), self.link.pending())
-                    .consumed;
-                self.link.start += n;
-                progress = n > 0;
-            }
+            let n = self
+                .conn
+                .handle_input(Instant::now(), self.link.pending())
+                .consumed;
+            self.link.start += n;
+            let mut progress = n > 0;
             while let Some(ev) = self.conn.poll_event() {
                 progress = true;
                 match ev {
@@ -1080,7 +1077,7 @@ impl Conn<'_> {
         self.conn.accept_v110(Instant::now());
         let started = Instant::now();
         loop {
-            while self.link.has_pending() {
+            loop {
                 let r = self.conn.handle_input(Instant::now(), self.link.pending());
                 let consumed = r.consumed;
                 if let Some(p) = r.payload {

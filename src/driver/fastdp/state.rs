@@ -227,7 +227,13 @@ pub struct Done {
 
 /// Records a completion (written to a temporary name, synced, renamed into place).
 pub fn write_done(work: &Path, done: &Done) -> io::Result<()> {
+    // Every connection of a transfer reports the same completion: the first one writes it.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _g = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     let id = done.header.transfer_id;
+    if read_done(work, &id).as_ref() == Some(done) {
+        return Ok(());
+    }
     let header: serde_json::Value =
         serde_json::from_slice(&done.header.encode()).map_err(io::Error::other)?;
     let body = serde_json::json!({
