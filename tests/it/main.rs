@@ -4,6 +4,7 @@
 
 mod catalog;
 mod cjp2p;
+mod fastdp;
 mod harness;
 mod jtp_client;
 mod jtp_peers;

@@ -1010,7 +1010,8 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
         size: r.full_size,
         block_size: r.one_chunk,
         expect: Expect::Sha256(r.checksum.0),
-        preallocate: true,
+        // fallocate(2) refuses a length of 0.
+        preallocate: r.full_size > 0,
     };
     let att = sh
         .registry

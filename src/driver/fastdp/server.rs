@@ -450,7 +450,8 @@ impl Conn<'_> {
             size: h.full_size,
             block_size: h.one_chunk,
             expect: Expect::Sha256(h.checksum.0),
-            preallocate: true,
+            // fallocate(2) refuses a length of 0.
+            preallocate: h.full_size > 0,
         };
         let max = inner.cfg.max_connections as usize;
         if let Some(s) = map.get(&id) {
