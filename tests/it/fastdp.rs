@@ -609,3 +609,764 @@ fn f24_a_completed_transfer_id_gets_every_chunk_held_and_complete_on_fin() {
     assert!(read_all(&mut s).is_empty());
     assert_eq!(visible(&root), ["kept.bin"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1.1.0
+
+/// Runs the cli.py-like sender; it closes without reading the reply unless `read_reply`.
+fn v110_send(addr: &str, file: &Path, kind: &str, read_reply: bool) -> Output {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut c = Command::new(python());
+    c.arg(interop("fastdp_v110_sender.py"))
+        .args([host, port, file.to_str().unwrap(), kind]);
+    if read_reply {
+        c.arg("--read-reply");
+    }
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, RUN, "fastdp_v110_sender.py")
+}
+
+#[test]
+fn f32_f33_f34_f35_f36_cli_py_sender_none_zstd_zip_targz_empty_and_1mib_multiple() {
+    let t = TempDir::new("fdp-clipy");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let text_data: Vec<u8> = b"FastDP 1.1.0 sends the whole file compressed.\n"
+        .iter()
+        .cycle()
+        .take(300_000)
+        .copied()
+        .collect();
+    let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
+    for kind in ["None", "Zstd", "Zip", "TarGz"] {
+        cases.push((format!("text-{kind}.txt"), text_data.clone(), kind));
+        cases.push((format!("empty-{kind}.bin"), Vec::new(), kind));
+        // An exact multiple of 1 MiB (and of the 256 KiB chunk when sent raw).
+        cases.push((format!("mib-{kind}.bin"), pseudo_random(36, 2 << 20), kind));
+    }
+    for (name, data, kind) in &cases {
+        let p = src.join(name);
+        std::fs::write(&p, data).unwrap();
+        // cli.py's habit: close right after the last chunk (F36).
+        let o = v110_send(&addr, &p, kind, false);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let dest = root.join(name);
+        wait_for(Duration::from_secs(30), name, || {
+            std::fs::read(&dest).is_ok_and(|d| d == *data)
+        });
+    }
+    // The reply, when read: exactly the 27 bytes of success.
+    let p = src.join("text-None.txt");
+    let o = v110_send(&addr, &p, "None", true);
+    assert_eq!(o.stdout, b"File received successfully.", "{}", text(&o));
+    assert_eq!(std::fs::read(root.join("text-None-1.txt")).ok(), None, "same bytes: stored once");
+    // F32: the 101 ends with 1.1.0 and no FastDP header follows it.
+    let mut s = upgraded(&addr, "1.1.0");
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "the server sent something after the 1.1.0 101"
+    );
+    // Every file is in the catalog: a pull gets it back.
+    let out = t.join("out");
+    let o = get(&addr, "mib-Zip.bin", &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(out.join("mib-Zip.bin")).unwrap(), pseudo_random(36, 2 << 20));
+    assert_eq!(visible(&root).len(), cases.len());
+}
+
+#[test]
+fn f36_ferry_send_v1_into_the_test_1_1_0_server_every_form() {
+    let t = TempDir::new("fdp-v1");
+    let out = t.join("received");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut child = Command::new(python())
+        .arg(interop("fastdp_v110_server.py"))
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _guard = Kill(child);
+    let addr = line
+        .strip_prefix("listening fastdp-v110 ")
+        .unwrap_or_else(|| panic!("test server said {line:?}"))
+        .trim()
+        .to_string();
+    let data = pseudo_random(361, 3 << 20);
+    for kind in ["None", "Zstd", "Zip", "TarGz"] {
+        for (name, bytes) in [
+            (format!("f-{kind}.bin"), data.clone()),
+            (format!("e-{kind}.bin"), Vec::new()),
+        ] {
+            let p = t.join(&name);
+            std::fs::write(&p, &bytes).unwrap();
+            let o = run(
+                &[
+                    "fastdp", "send", "--v1", "--compress", kind, "--addr", &addr, "--json",
+                    p.to_str().unwrap(),
+                ],
+                &t.join("c"),
+                RUN,
+            );
+            assert!(o.status.success(), "{name}: {}", text(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["reply"], "File received successfully.");
+            assert_eq!(std::fs::read(out.join(&name)).unwrap(), bytes, "{name}");
+        }
+    }
+    // A 1.2.0-only server refuses the 1.1.0 handshake: a refusal, exit 4, no spinning.
+    let root = t.join("share");
+    let srv = serve(&root, &["--no-v110"]);
+    let o = run(
+        &[
+            "fastdp", "send", "--v1", "--addr", &srv.addr("fastdp"),
+            t.join("f-None.bin").to_str().unwrap(),
+        ],
+        &t.join("c"),
+        RUN,
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("426"), "{}", text(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 5, row by row (F39: after each, the server stores another upload)
+
+/// Sends `bytes` on a fresh connection, closes the sending side, returns all the server said.
+fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    read_all(&mut s)
+}
+
+fn status_of(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn f3_f39_row_request_line_split_as_a_header_and_header_line_without_colon_get_400() {
+    let t = TempDir::new("fdp-r1");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    // The README server's bug: the request line read as a header; ferry parses it as one.
+    let ok = exchange(&addr, &request(&addr, "1.2.0"));
+    assert!(ok.starts_with(b"HTTP/1.1 101 "), "{}", status_of(&ok));
+    let bad = b"GET /fastdp-endpoint HTTP/1.1\r\nHost: x\r\nUpgrade fastdp\r\n\r\n";
+    let r = exchange(&addr, bad);
+    assert_eq!(
+        r,
+        b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".to_vec()
+    );
+    // A partial head then EOF: the response is still complete.
+    let r = exchange(&addr, b"GET /fastdp-endpoint HTTP/1.1\r\nHost: x\r\n");
+    assert!(r.starts_with(b"HTTP/1.1 400 ") && r.ends_with(b"\r\n\r\n"));
+    // Another path: 404; another method: 400.
+    let r = exchange(&addr, &request(&addr, "1.2.0").replacen(b"/fastdp-endpoint".as_slice(), b"/x", 1));
+    assert_eq!(status_of(&r), "HTTP/1.1 404 Not Found");
+    assert_serves(&addr, &t);
+}
+
+trait ReplaceBytes {
+    fn replacen(&self, from: &[u8], to: &[u8], n: usize) -> Vec<u8>;
+}
+
+impl ReplaceBytes for Vec<u8> {
+    fn replacen(&self, from: &[u8], to: &[u8], _n: usize) -> Vec<u8> {
+        let i = self
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("pattern present");
+        [&self[..i], to, &self[i + from.len()..]].concat()
+    }
+}
+
+#[test]
+fn f4_f39_row_eof_instead_of_a_response_fails_the_client_at_once() {
+    let t = TempDir::new("fdp-r2");
+    // A server that accepts and closes; another that answers half a response.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, c) in l.incoming().enumerate() {
+            let Ok(mut c) = c else { break };
+            let mut b = [0u8; 512];
+            let _ = c.read(&mut b);
+            if i % 2 == 1 {
+                let _ = c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: fast");
+            }
+        }
+    });
+    let p = t.join("x.bin");
+    std::fs::write(&p, b"x").unwrap();
+    let started = Instant::now();
+    let o = send(&addr, &p, &t.join("c"), &["--retries", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(started.elapsed() < Duration::from_secs(20), "no spinning");
+    let o = run(
+        &["fastdp", "send", "--v1", "--addr", &addr, p.to_str().unwrap()],
+        &t.join("c"),
+        RUN,
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    // And ferry's server always completes its response (previous test); it serves on.
+    let srv = serve(&t.join("share"), &[]);
+    assert_serves(&srv.addr("fastdp"), &t);
+}
+
+#[test]
+fn f1_f39_row_lowercase_header_names_and_upgrade_fastdp_in_any_case_are_accepted() {
+    let t = TempDir::new("fdp-r3");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let req = format!("GET /fastdp-endpoint HTTP/1.1\r\nhost: {addr}\r\nUPGRADE: FastDP\r\nconnection: keep-alive, Upgrade\r\nsec-fastdp-key: unique-key-123\r\nsec-fastdp-version: 1.2.0\r\n\r\n");
+    let r = exchange(&addr, req.as_bytes());
+    assert_eq!(
+        r,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: unique-key-123\r\nSec-FastDP-Version: 1.2.0\r\n\r\n".to_vec()
+    );
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f2_f3_f39_row_version_1_0_0_gets_426_each_time_and_a_header_before_the_101_is_kept() {
+    let t = TempDir::new("fdp-r4");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let want: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: fastdp\r\nConnection: close\r\nSec-FastDP-Version: 1.2.0\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(want.len(), 115);
+    for v in ["1.0.0", "1.0.0", "9.9.9"] {
+        assert_eq!(exchange(&addr, &request(&addr, v)), want, "{v}");
+    }
+    let no_version = request(&addr, "1.2.0").replacen(b"Sec-FastDP-Version: 1.2.0\r\n", b"", 1);
+    assert_eq!(exchange(&addr, &no_version), want);
+    let no_upgrade = request(&addr, "1.2.0").replacen(b"Upgrade: fastdp\r\n", b"", 1);
+    assert_eq!(exchange(&addr, &no_upgrade), want);
+    // The header sent in the same write as the request: the start of the stream.
+    let d = b"AAAA";
+    let h = header("early.txt", d, 4096, &tid(4), "None");
+    let mut bytes = request(&addr, "1.2.0");
+    bytes.extend_from_slice(&jmsg(h.to_string().as_bytes()));
+    bytes.extend_from_slice(&chunk(0, d));
+    bytes.extend_from_slice(&FIN);
+    let mut s = connect(&addr);
+    s.write_all(&bytes).unwrap();
+    let sw = switching("1.2.0");
+    assert_eq!(read_n(&mut s, sw.len()), sw);
+    assert_eq!(read_jmsg(&mut s)["Type"], "Header");
+    let (_, done) = until_complete(&mut s);
+    assert_eq!(done["FileName"], "early.txt");
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f10_f39_row_duplicate_header_reads_as_a_chunk_and_gets_bad_chunk_before_its_payload() {
+    let t = TempDir::new("fdp-r5");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(5, 10_000);
+    let h = header("dup-header.bin", &d, 4096, &tid(5), "None");
+    let (mut s, r) = open_push(&addr, &h);
+    assert_eq!(r["Type"], "Header");
+    // The README client sends its header twice: length prefix as chunk number, "{\"On" as length.
+    s.write_all(&jmsg(h.to_string().as_bytes())).unwrap();
+    let e = expect_error(&mut s, "bad-chunk");
+    assert!(e["Message"].as_str().unwrap().contains("chunk"), "{e}");
+    // 1.1.0: the same mistake gets its line.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 3, "FullSize": 10000, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "x.bin", "Checksum": sha(&d)});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Malformed chunk header.".to_vec());
+    assert!(!root.join("x.bin").exists());
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f6_f33_f39_row_wrong_chunk_count_gets_bad_header() {
+    let t = TempDir::new("fdp-r6");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(6, 8192);
+    let mut h = header("count.bin", &d, 4096, &tid(6), "None");
+    h["FullChunk"] = json!(3); // the README's floor+1 for an exact multiple
+    let (mut s, r) = open_push(&addr, &h);
+    assert_eq!(r["Code"], "bad-header", "{r}");
+    assert!(read_all(&mut s).is_empty());
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 3, "FullSize": 8192, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "x.bin", "Checksum": sha(&d)});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Bad header.".to_vec());
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f10_f11_f39_row_oversize_payload_lengths_get_bad_chunk_before_reading() {
+    let t = TempDir::new("fdp-r7");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(7, 10_000);
+    let cases: [(&str, u32, &str); 3] = [
+        ("None", 2_000_000_000, "2 GB claim"),
+        ("None", 4097, "not len(i) with None"),
+        // bound(4096) = 4096 + 16 + (131072 - 4096) / 2048 = 4174.
+        ("Zstd", 4175, "over bound(len(i)) with Zstd"),
+    ];
+    for (i, (compress, len, what)) in cases.iter().enumerate() {
+        let h = header("big.bin", &d, 4096, &tid(70 + i as u64), compress);
+        let (mut s, r) = open_push(&addr, &h);
+        assert_eq!(r["Type"], "Header", "{what}");
+        let mut frame = 0u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&len.to_be_bytes());
+        // No payload follows: the error must come from the 8 header bytes alone.
+        s.write_all(&frame).unwrap();
+        let e = expect_error(&mut s, "bad-chunk");
+        assert_eq!(e["Chunk"], 0, "{what}: {e}");
+    }
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f9_f10_f33_f39_row_one_based_numbers_and_numbers_past_the_end_get_bad_chunk() {
+    let t = TempDir::new("fdp-r8");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(8, 8192);
+    for (i, n) in [2u32, 7, 0xFFFF_FFFD].into_iter().enumerate() {
+        let h = header("n.bin", &d, 4096, &tid(80 + i as u64), "None");
+        let (mut s, _) = open_push(&addr, &h);
+        s.write_all(&chunk(n, &d[..4096])).unwrap();
+        expect_error(&mut s, "bad-chunk");
+    }
+    // 1.1.0: chunks out of order.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 2, "FullSize": 8192, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "o.bin", "Checksum": sha(&d)});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    s.write_all(&chunk(1, &d[4096..])).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Malformed chunk header.".to_vec());
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f5_f6_f39_row_headers_that_are_not_json_objects_get_bad_header() {
+    let t = TempDir::new("fdp-r9");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    let d = b"AAAA";
+    let good = header("h.txt", d, 4096, &tid(9), "None");
+    let with = |k: &str, v: Value| {
+        let mut h = good.clone();
+        h[k] = v;
+        jmsg(h.to_string().as_bytes())
+    };
+    let without = |k: &str| {
+        let mut h = good.clone();
+        h.as_object_mut().unwrap().remove(k);
+        jmsg(h.to_string().as_bytes())
+    };
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("not UTF-8", jmsg(b"{\"OneChunk\":\xff}")),
+        ("an array", jmsg(b"[1,2,3]")),
+        ("L = 0", vec![0, 0, 0, 0]),
+        ("L > 65,536", vec![0, 1, 0, 1]),
+        ("missing field", without("Checksum")),
+        ("string for an integer", with("FullSize", json!("4"))),
+        ("negative", with("FullSize", json!(-4))),
+        ("fractional", with("OneChunk", json!(4096.5))),
+        ("over 2^53-1", with("FullSize", json!(9_007_199_254_740_992u64))),
+        ("OneChunk under 4096", with("OneChunk", json!(1024))),
+        ("unknown Mode", with("Mode", json!("Sideways"))),
+    ];
+    for (what, b) in bodies {
+        let mut s = upgraded(&addr, "1.2.0");
+        s.write_all(&b).unwrap();
+        // An oversized body is never read: the error comes before any of it is sent.
+        let e = expect_error(&mut s, "bad-header");
+        assert!(!e["Message"].as_str().unwrap_or("").is_empty(), "{what}");
+    }
+    // F5: unknown keys are ignored.
+    let mut h = good.clone();
+    h["SomethingNew"] = json!({"nested": [1, 2]});
+    let (mut s, r) = open_push(&addr, &h);
+    assert_eq!(r["Type"], "Header", "{r}");
+    s.write_all(&chunk(0, d)).unwrap();
+    s.write_all(&FIN).unwrap();
+    until_complete(&mut s);
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f28_f39_row_path_traversal_file_names_get_bad_filename_and_nothing_is_written() {
+    let t = TempDir::new("fdp-r10");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let long = "x".repeat(256);
+    let names = [
+        "../x", "/x", "a/b", "..\\x", "", ".", "..", "a\u{0}b", "a\u{1}b", "a\u{7f}", "a\u{85}",
+        &long, ".ferry", ".FERRY",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let (mut s, r) = open_push(&addr, &header(n, b"AAAA", 4096, &tid(100 + i as u64), "None"));
+        assert_eq!(r["Code"], "bad-filename", "{n:?}: {r}");
+        assert!(read_all(&mut s).is_empty());
+        let mut s = upgraded(&addr, "1.1.0");
+        let v = json!({"OneChunk": 4096, "FullChunk": 1, "FullSize": 4, "DPVersion": "1.1.0", "CompressType": "None", "FileName": n, "Checksum": sha(b"AAAA")});
+        s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+        s.write_all(&chunk(0, b"AAAA")).unwrap();
+        assert_eq!(read_all(&mut s), b"ERROR: Bad file name.".to_vec(), "{n:?}");
+    }
+    assert!(visible(&root).is_empty());
+    assert!(!t.join("x").exists() && !Path::new("/x").exists());
+    assert_serves(&addr, &t);
+}
+
+/// A zstd frame with its content size in 8 bytes (FCS flag 3) around `blocks`.
+fn zstd_frame(content_size: u64, window_byte: Option<u8>, blocks: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd];
+    match window_byte {
+        // Single segment: the window is the content size.
+        None => {
+            f.push(0b1110_0000);
+            f.extend_from_slice(&content_size.to_le_bytes());
+        }
+        Some(w) => {
+            f.push(0b1100_0000);
+            f.push(w);
+            f.extend_from_slice(&content_size.to_le_bytes());
+        }
+    }
+    f.extend_from_slice(blocks);
+    f
+}
+
+/// One last RLE block of `n` bytes of `b`.
+fn rle_block(n: u32, b: u8) -> Vec<u8> {
+    let h = (n << 3) | (1 << 1) | 1;
+    vec![h as u8, (h >> 8) as u8, (h >> 16) as u8, b]
+}
+
+#[test]
+fn f11_f39_row_zstd_bombs_and_bad_frames_get_bad_chunk() {
+    let t = TempDir::new("fdp-r11");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let d = vec![b'A'; 4096];
+    let good = zstd_frame(4096, None, &rle_block(4096, b'A'));
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let no_size = {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0b0000_0000, 0x48];
+        f.extend_from_slice(&rle_block(4096, b'A'));
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("expands past len(i)", zstd_frame(4096, None, &rle_block(100_000, b'A'))),
+        ("no content size", no_size),
+        ("content size differs", zstd_frame(4000, None, &rle_block(4000, b'A'))),
+        ("window over 8 MiB", zstd_frame(4096, Some(0x78), &rle_block(4096, b'A'))),
+        ("two frames", two),
+        ("trailing bytes", trailing),
+    ];
+    for (i, (what, payload)) in cases.iter().enumerate() {
+        let h = header("bomb.bin", &d, 4096, &tid(110 + i as u64), "Zstd");
+        let (mut s, _) = open_push(&addr, &h);
+        s.write_all(&chunk(0, payload)).unwrap();
+        expect_error(&mut s, "bad-chunk");
+        let _ = what;
+    }
+    // The good frame is accepted.
+    let h = header("ok.bin", &d, 4096, &tid(119), "Zstd");
+    let (mut s, _) = open_push(&addr, &h);
+    s.write_all(&chunk(0, &good)).unwrap();
+    s.write_all(&FIN).unwrap();
+    until_complete(&mut s);
+    assert_eq!(visible(&root), ["ok.bin"]);
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f34_f35_f39_row_1_1_0_output_over_the_limit_and_bad_zips_fail_decompression() {
+    let t = TempDir::new("fdp-r12");
+    let root = t.join("share");
+    let srv = serve(&root, &["--max-file-size", "100000"]);
+    let addr = srv.addr("fastdp");
+    let py = |code: &str| -> Vec<u8> {
+        let o = Command::new(python()).args(["-c", code]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let bomb = py("import sys,zstandard; sys.stdout.buffer.write(zstandard.ZstdCompressor().compress(b'A'*1000000))");
+    let empty_zip = py("import io,sys,zipfile\nb=io.BytesIO()\nzipfile.ZipFile(b,'w').close()\nsys.stdout.buffer.write(b.getvalue())");
+    let two_zip = py("import io,sys,zipfile\nb=io.BytesIO()\nz=zipfile.ZipFile(b,'w')\nz.writestr('a','1')\nz.writestr('b','2')\nz.close()\nsys.stdout.buffer.write(b.getvalue())");
+    let bzip = py("import io,sys,zipfile\nb=io.BytesIO()\nz=zipfile.ZipFile(b,'w',zipfile.ZIP_BZIP2)\nz.writestr('a','hello'*10)\nz.close()\nsys.stdout.buffer.write(b.getvalue())");
+    let mut encrypted = py("import io,sys,zipfile\nb=io.BytesIO()\nz=zipfile.ZipFile(b,'w')\nz.writestr('a','hello')\nz.close()\nsys.stdout.buffer.write(b.getvalue())");
+    encrypted[6] |= 1; // the local header's "encrypted" flag
+    for (i, (kind, data)) in [
+        ("Zstd", bomb),
+        ("Zip", empty_zip),
+        ("Zip", two_zip),
+        ("Zip", bzip),
+        ("Zip", encrypted),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = upgraded(&addr, "1.1.0");
+        let v = json!({"OneChunk": 262144, "FullChunk": (data.len() as u64).div_ceil(262144), "FullSize": data.len(), "DPVersion": "1.1.0", "CompressType": kind, "FileName": format!("d{i}.bin"), "Checksum": sha(&data)});
+        s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+        for (n, c) in data.chunks(262144).enumerate() {
+            s.write_all(&chunk(n as u32, c)).unwrap();
+        }
+        assert_eq!(read_all(&mut s), b"ERROR: Decompression failed.".to_vec(), "case {i}");
+    }
+    // A checksum that does not match: its line, nothing stored.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 1, "FullSize": 4, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "c.bin", "Checksum": sha(b"BBBB")});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    s.write_all(&chunk(0, b"AAAA")).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Checksum mismatch.".to_vec());
+    assert!(visible(&root).is_empty(), "{:?}", visible(&root));
+    // Temporaries are unnamed: nothing is left in the ingest area.
+    let left: Vec<_> = std::fs::read_dir(work_dir(&root)).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f8_f15_f39_row_zip_targz_or_unknown_compression_in_1_2_0_is_unsupported() {
+    let t = TempDir::new("fdp-r13");
+    let srv = serve(&t.join("share"), &[]);
+    let addr = srv.addr("fastdp");
+    for (i, c) in ["Zip", "TarGz", "Brotli"].iter().enumerate() {
+        let (mut s, r) = open_push(&addr, &header("c.bin", b"AAAA", 4096, &tid(130 + i as u64), c));
+        assert_eq!(r["Code"], "unsupported-compression", "{c}: {r}");
+        assert!(read_all(&mut s).is_empty());
+    }
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f21_f39_row_fewer_chunks_then_eof_keeps_1_2_0_state_and_drops_1_1_0_temporaries() {
+    let t = TempDir::new("fdp-r14");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(14, 3 * 4096);
+    let h = header("part.bin", &d, 4096, &tid(14), "None");
+    let (mut s, _) = open_push(&addr, &h);
+    s.write_all(&chunk(0, &d[..4096])).unwrap();
+    s.write_all(&chunk(1, &d[4096..6000])).unwrap(); // cut off mid-payload
+    let _ = s.shutdown(Shutdown::Write);
+    let _ = read_all(&mut s);
+    // Reconnect: chunk 0 is held (durable before the close was answered), chunk 1 is not.
+    let (mut s, r) = open_push(&addr, &h);
+    assert_eq!(r["Have"], json!([[0, 1]]), "{r}");
+    s.write_all(&chunk(1, &d[4096..8192])).unwrap();
+    s.write_all(&chunk(2, &d[8192..])).unwrap();
+    s.write_all(&FIN).unwrap();
+    until_complete(&mut s);
+    assert_eq!(std::fs::read(root.join("part.bin")).unwrap(), d);
+    // 1.1.0 cut short: its line, nothing kept.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 3, "FullSize": d.len(), "DPVersion": "1.1.0", "CompressType": "Zip", "FileName": "short.bin", "Checksum": sha(&d)});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    s.write_all(&chunk(0, &d[..4096])).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    assert_eq!(read_all(&mut s), b"ERROR: Incomplete chunk data.".to_vec());
+    assert!(!root.join("short.bin").exists());
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f31_f39_row_unframed_text_where_a_jmsg_is_expected_is_a_protocol_error_and_retried() {
+    let t = TempDir::new("fdp-r15");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h2 = hits.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { break };
+            h2.fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let key = String::from_utf8_lossy(&got)
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-FastDP-Key: ").map(str::to_owned))
+                .unwrap_or_default();
+            let _ = c.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: {key}\r\nSec-FastDP-Version: 1.2.0\r\n\r\nRECONNECT").as_bytes());
+        }
+    });
+    let p = t.join("r.bin");
+    std::fs::write(&p, b"data").unwrap();
+    let o = send(&addr, &p, &t.join("c"), &["--retries", "1", "-v"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(hits.load(Ordering::SeqCst) >= 2, "retried");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("65536"), "{}", text(&o));
+    let srv = serve(&t.join("share"), &[]);
+    assert_serves(&srv.addr("fastdp"), &t);
+}
+
+#[test]
+fn f16_f17_f39_row_other_parameters_and_a_ninth_connection_are_refused() {
+    let t = TempDir::new("fdp-r16");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(16, 64 * 4096);
+    let h = header("eight.bin", &d, 4096, &tid(16), "None");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let (s, r) = open_push(&addr, &h);
+        assert_eq!(r["Type"], "Header", "{r}");
+        assert_eq!(r["MaxConnections"], 8);
+        held.push(s);
+    }
+    let (mut s, r) = open_push(&addr, &h);
+    assert_eq!(r["Code"], "too-many-connections", "{r}");
+    assert!(read_all(&mut s).is_empty());
+    // F17: the same TransferId with another FileName.
+    let mut other = h.clone();
+    other["FileName"] = json!("nine.bin");
+    let (_, r) = open_push(&addr, &other);
+    assert_eq!(r["Code"], "parameter-mismatch", "{r}");
+    // F16: the eight connections fill one part, each a share of the chunks.
+    for (k, s) in held.iter_mut().enumerate() {
+        for i in (k..64).step_by(8) {
+            s.write_all(&chunk(i as u32, &d[i * 4096..(i + 1) * 4096])).unwrap();
+        }
+    }
+    for s in held.iter_mut() {
+        s.write_all(&FIN).unwrap();
+    }
+    let mut completes = 0;
+    for s in held.iter_mut() {
+        loop {
+            let m = read_jmsg(s);
+            if m["Type"] == "Complete" {
+                completes += 1;
+                break;
+            }
+            assert_eq!(m["Type"], "Ack", "{m}");
+            // A connection whose FIN came before the last chunk elsewhere ends with its Ack.
+            if m["Chunks"] == json!([]) {
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                if rest.is_empty() {
+                    break;
+                }
+                let v: Value = serde_json::from_slice(&rest[4..]).unwrap();
+                assert_eq!(v["Type"], "Complete");
+                completes += 1;
+                break;
+            }
+        }
+    }
+    assert!(completes >= 1);
+    assert_eq!(std::fs::read(root.join("eight.bin")).unwrap(), d);
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f25_f39_row_a_1_tib_file_is_too_large_and_one_over_the_free_space_no_space() {
+    let t = TempDir::new("fdp-r17");
+    let root = t.join("share");
+    let srv = serve(&root, &["--max-file-size", &(2u64 << 40).to_string()]);
+    let addr = srv.addr("fastdp");
+    let mut h = header("huge.bin", b"", 4_194_304, &tid(17), "None");
+    h["FullSize"] = json!(1u64 << 40);
+    h["FullChunk"] = json!((1u64 << 40) / 4_194_304);
+    let mut small = h.clone();
+    // Over the free space (2 TiB is allowed by the limit, not by any test disk).
+    small["FullSize"] = json!(2u64 << 40);
+    small["FullChunk"] = json!((2u64 << 40) / 4_194_304);
+    small["TransferId"] = json!(tid(171));
+    let (_, r) = open_push(&addr, &small);
+    assert_eq!(r["Code"], "no-space", "{r}");
+    drop(srv);
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let (_, r) = open_push(&addr, &h);
+    assert_eq!(r["Code"], "too-large", "{r}");
+    // Nothing was allocated.
+    let left: Vec<_> = std::fs::read_dir(work_dir(&root)).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_serves(&addr, &t);
+}
+
+#[test]
+fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
+    let t = TempDir::new("fdp-r18");
+    let srv = serve(&t.join("share"), &["--idle-timeout", "2", "--frame-timeout", "2"]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(18, 100_000);
+    let (mut s, _) = open_push(&addr, &header("quiet.bin", &d, 65536, &tid(18), "None"));
+    let started = Instant::now();
+    expect_error(&mut s, "timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    // One byte every 200 ms inside a frame: under 64 KiB per window.
+    let (mut s, _) = open_push(&addr, &header("slow.bin", &d, 65536, &tid(181), "None"));
+    s.write_all(&chunk(0, &[])[..8].iter().copied().chain([0u8; 0]).collect::<Vec<u8>>()[..4]).unwrap();
+    s.write_all(&65536u32.to_be_bytes()).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        if s.write_all(&[0]).is_err() {
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut b = [0u8; 256];
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(_) => {}
+        }
+        if got.len() > 4 {
+            break;
+        }
+    }
+    assert!(String::from_utf8_lossy(&got).contains("\"timeout\""), "{}", String::from_utf8_lossy(&got));
+    // The 1.1.0 line for a silent sender.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 4096, "FullChunk": 1, "FullSize": 4, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "q.bin", "Checksum": sha(b"AAAA")});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Timeout.".to_vec());
+    assert_serves(&addr, &t);
+}
