@@ -113,6 +113,9 @@ pub(crate) struct FastdpSendArgs {
     /// speak FastDP 1.1.0 as cli.py does (one connection, whole-file compression, no resume)
     #[argh(switch)]
     v1: bool,
+    /// recycle each connection after this many payload bytes (default 524288000; 0: never)
+    #[argh(option)]
+    reconnect_bytes: Option<u64>,
     /// seconds for a connect or a write without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
@@ -327,7 +330,7 @@ fn send(a: FastdpSendArgs) -> Result<u8, Failure> {
             )))
         }
     };
-    let opts = options(
+    let mut opts = options(
         a.addr,
         a.parallel,
         compress,
@@ -335,6 +338,7 @@ fn send(a: FastdpSendArgs) -> Result<u8, Failure> {
         a.retries,
         a.verbose,
     );
+    opts.reconnect_bytes = a.reconnect_bytes;
     let mut worst = EXIT_OK;
     for f in &a.files {
         let r = match v1_kind {
@@ -402,7 +406,11 @@ fn get(a: FastdpGetArgs) -> Result<u8, Failure> {
     let compress = match a.compress.as_str() {
         "none" => Compress::None,
         "zstd" => Compress::Zstd,
-        other => return Err(local(format!("--compress must be none or zstd, not {other:?}"))),
+        other => {
+            return Err(local(format!(
+                "--compress must be none or zstd, not {other:?}"
+            )))
+        }
     };
     let opts = options(
         a.addr,

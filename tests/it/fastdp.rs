@@ -277,7 +277,11 @@ fn crc32c(b: &[u8]) -> u64 {
     for &x in b {
         c ^= u32::from(x);
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
         }
     }
     u64::from(!c)
@@ -289,8 +293,12 @@ fn crc32c(b: &[u8]) -> u64 {
 
 struct Relay {
     addr: String,
+    /// Pause after each 64 KiB forwarded, in microseconds (0: none); adjustable.
+    throttle_us: Arc<AtomicU64>,
     up: Arc<Mutex<String>>,
     c2s: Arc<AtomicU64>,
+    s2c: Arc<AtomicU64>,
+    conns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -303,8 +311,13 @@ impl Relay {
         let addr = l.local_addr().unwrap().to_string();
         let up = Arc::new(Mutex::new(up.to_string()));
         let c2s = Arc::new(AtomicU64::new(0));
+        let s2c = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(AtomicU64::new(0));
+        let throttle_us = Arc::new(AtomicU64::new(throttle.map_or(0, |d| d.as_micros() as u64)));
+        let th2 = throttle_us.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (up2, c2s2, stop2) = (up.clone(), c2s.clone(), stop.clone());
+        let (s2c2, conns2) = (s2c.clone(), conns.clone());
         std::thread::spawn(move || {
             let mut first = true;
             while !stop2.load(Ordering::SeqCst) {
@@ -320,19 +333,24 @@ impl Relay {
                 let Ok(s) = TcpStream::connect(&target) else {
                     continue;
                 };
+                conns2.fetch_add(1, Ordering::SeqCst);
                 let corrupt_here = if first { corrupt } else { None };
                 first = false;
                 let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
                 let (count, stop3) = (c2s2.clone(), stop2.clone());
-                std::thread::spawn(move || pipe(c, s, Some(count), throttle, corrupt_here, stop3));
-                let stop4 = stop2.clone();
-                std::thread::spawn(move || pipe(s2, c2, None, None, None, stop4));
+                let th = th2.clone();
+                std::thread::spawn(move || pipe(c, s, Some(count), th, corrupt_here, stop3));
+                let (stop4, back, th) = (stop2.clone(), s2c2.clone(), th2.clone());
+                std::thread::spawn(move || pipe(s2, c2, Some(back), th, None, stop4));
             }
         });
         Relay {
             addr,
+            throttle_us,
             up,
             c2s,
+            s2c,
+            conns,
             stop,
         }
     }
@@ -352,7 +370,7 @@ fn pipe(
     mut from: TcpStream,
     mut to: TcpStream,
     count: Option<Arc<AtomicU64>>,
-    throttle: Option<Duration>,
+    throttle_us: Arc<AtomicU64>,
     corrupt: Option<u64>,
     stop: Arc<AtomicBool>,
 ) {
@@ -388,8 +406,9 @@ fn pipe(
         if let Some(c) = &count {
             c.fetch_add(n as u64, Ordering::SeqCst);
         }
-        if let Some(d) = throttle {
-            std::thread::sleep(d);
+        let us = throttle_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
         }
     }
     let _ = to.shutdown(Shutdown::Write);
@@ -411,6 +430,40 @@ fn visible(dir: &Path) -> Vec<String> {
 
 fn work_dir(root: &Path) -> PathBuf {
     root.join(".ferry/ingest/fastdp")
+}
+
+/// Waits until `counter` has not moved for 300 ms (a killed peer's bytes drained).
+fn settled(counter: &AtomicU64) -> u64 {
+    let mut last = counter.load(Ordering::SeqCst);
+    let mut still = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while still.elapsed() < Duration::from_millis(300) {
+        assert!(Instant::now() < deadline, "the relay never went quiet");
+        std::thread::sleep(Duration::from_millis(20));
+        let now = counter.load(Ordering::SeqCst);
+        if now != last {
+            last = now;
+            still = Instant::now();
+        }
+    }
+    last
+}
+
+/// Durable blocks recorded in the bitmaps of the transfers in `work`.
+fn durable_bits(work: &Path) -> u32 {
+    std::fs::read_dir(work).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bitmap"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .map(|b| {
+                b.get(32..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|x| x.count_ones())
+                    .sum::<u32>()
+            })
+            .sum()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,7 +510,11 @@ fn f9_f18_f20_f26_f37_push_then_pull_by_name_and_by_sha256_byte_identical() {
     let o = get(&addr, &twelve, &out, &["--parallel", "4"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = get(&addr, "empty.bin", &out, &[]);
-    assert!(o.status.success(), "F20 pull of an empty file: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "F20 pull of an empty file: {}",
+        text(&o)
+    );
     for n in ["odd.bin", "twelve-mib.bin", "empty.bin"] {
         assert_eq!(sha256_file(&out.join(n)), sha256_file(&src.join(n)), "{n}");
     }
@@ -475,7 +532,13 @@ fn f1_f7_f10_f12_f13_f18_raw_push_of_the_2_13_example() {
     let root = t.join("share");
     let srv = serve(&root, &[]);
     let addr = srv.addr("fastdp");
-    let h = header("a.txt", b"AAAA", 4096, "3d0f6c1a-5b7e-4e21-9a51-7f2c0e9b4d10", "None");
+    let h = header(
+        "a.txt",
+        b"AAAA",
+        4096,
+        "3d0f6c1a-5b7e-4e21-9a51-7f2c0e9b4d10",
+        "None",
+    );
     let body = serde_json::to_vec(&h).unwrap();
     let mut s = upgraded(&addr, "1.2.0");
     s.write_all(&jmsg(&body)).unwrap();
@@ -497,7 +560,10 @@ fn f1_f7_f10_f12_f13_f18_raw_push_of_the_2_13_example() {
     assert_eq!(crc32c(b"AAAA"), 50_687_219);
     assert_eq!(crc32c(b"123456789"), 0xE306_9283);
     s.write_all(&FIN).unwrap();
-    assert_eq!(read_n(&mut s, 30), b"\0\0\0\x1a{\"Type\":\"Ack\",\"Chunks\":[]}".to_vec());
+    assert_eq!(
+        read_n(&mut s, 30),
+        b"\0\0\0\x1a{\"Type\":\"Ack\",\"Chunks\":[]}".to_vec()
+    );
     let done = read_jmsg(&mut s);
     assert_eq!(done["Type"], "Complete");
     assert_eq!(done["FileName"], "a.txt");
@@ -539,13 +605,19 @@ fn f11_f15_zstd_push_and_pull_and_duplicate_chunks() {
     let data: Vec<u8> = line.iter().cycle().take(6 << 20).copied().collect();
     std::fs::write(&src, &data).unwrap();
     let v = send_ok(&addr, &src, &t.join("c"), &["--compress", "zstd"]);
-    assert!(v["wire_bytes"].as_u64().unwrap() < (data.len() / 10) as u64, "{v}");
+    assert!(
+        v["wire_bytes"].as_u64().unwrap() < (data.len() / 10) as u64,
+        "{v}"
+    );
     assert_eq!(std::fs::read(root.join("log.txt")).unwrap(), data);
     let out = t.join("out");
     let o = get(&addr, "log.txt", &out, &["--compress", "zstd", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["wire_bytes"].as_u64().unwrap() < (data.len() / 10) as u64, "{v}");
+    assert!(
+        v["wire_bytes"].as_u64().unwrap() < (data.len() / 10) as u64,
+        "{v}"
+    );
     assert_eq!(std::fs::read(out.join("log.txt")).unwrap(), data);
     // F15: the same chunk twice on one connection is no error; the latest copy wins.
     let d = pseudo_random(15, 8192);
@@ -590,7 +662,8 @@ fn f24_a_completed_transfer_id_gets_every_chunk_held_and_complete_on_fin() {
     let (mut s, _) = open_push(&addr, &h);
     for i in 0..3u32 {
         let a = i as usize * 4096;
-        s.write_all(&chunk(i, &d[a..(a + 4096).min(d.len())])).unwrap();
+        s.write_all(&chunk(i, &d[a..(a + 4096).min(d.len())]))
+            .unwrap();
     }
     s.write_all(&FIN).unwrap();
     until_complete(&mut s);
@@ -667,10 +740,15 @@ fn f32_f33_f34_f35_f36_cli_py_sender_none_zstd_zip_targz_empty_and_1mib_multiple
     let p = src.join("text-None.txt");
     let o = v110_send(&addr, &p, "None", true);
     assert_eq!(o.stdout, b"File received successfully.", "{}", text(&o));
-    assert_eq!(std::fs::read(root.join("text-None-1.txt")).ok(), None, "same bytes: stored once");
+    assert_eq!(
+        std::fs::read(root.join("text-None-1.txt")).ok(),
+        None,
+        "same bytes: stored once"
+    );
     // F32: the 101 ends with 1.1.0 and no FastDP header follows it.
     let mut s = upgraded(&addr, "1.1.0");
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut b = [0u8; 1];
     assert!(
         matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
@@ -680,7 +758,10 @@ fn f32_f33_f34_f35_f36_cli_py_sender_none_zstd_zip_targz_empty_and_1mib_multiple
     let out = t.join("out");
     let o = get(&addr, "mib-Zip.bin", &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read(out.join("mib-Zip.bin")).unwrap(), pseudo_random(36, 2 << 20));
+    assert_eq!(
+        std::fs::read(out.join("mib-Zip.bin")).unwrap(),
+        pseudo_random(36, 2 << 20)
+    );
     assert_eq!(visible(&root).len(), cases.len());
 }
 
@@ -724,7 +805,14 @@ fn f36_ferry_send_v1_into_the_test_1_1_0_server_every_form() {
             std::fs::write(&p, &bytes).unwrap();
             let o = run(
                 &[
-                    "fastdp", "send", "--v1", "--compress", kind, "--addr", &addr, "--json",
+                    "fastdp",
+                    "send",
+                    "--v1",
+                    "--compress",
+                    kind,
+                    "--addr",
+                    &addr,
+                    "--json",
                     p.to_str().unwrap(),
                 ],
                 &t.join("c"),
@@ -741,14 +829,22 @@ fn f36_ferry_send_v1_into_the_test_1_1_0_server_every_form() {
     let srv = serve(&root, &["--no-v110"]);
     let o = run(
         &[
-            "fastdp", "send", "--v1", "--addr", &srv.addr("fastdp"),
+            "fastdp",
+            "send",
+            "--v1",
+            "--addr",
+            &srv.addr("fastdp"),
             t.join("f-None.bin").to_str().unwrap(),
         ],
         &t.join("c"),
         RUN,
     );
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("426"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("426"),
+        "{}",
+        text(&o)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,7 +884,10 @@ fn f3_f39_row_request_line_split_as_a_header_and_header_line_without_colon_get_4
     let r = exchange(&addr, b"GET /fastdp-endpoint HTTP/1.1\r\nHost: x\r\n");
     assert!(r.starts_with(b"HTTP/1.1 400 ") && r.ends_with(b"\r\n\r\n"));
     // Another path: 404; another method: 400.
-    let r = exchange(&addr, &request(&addr, "1.2.0").replacen(b"/fastdp-endpoint".as_slice(), b"/x", 1));
+    let r = exchange(
+        &addr,
+        &request(&addr, "1.2.0").replacen(b"/fastdp-endpoint".as_slice(), b"/x", 1),
+    );
     assert_eq!(status_of(&r), "HTTP/1.1 404 Not Found");
     assert_serves(&addr, &t);
 }
@@ -830,7 +929,14 @@ fn f4_f39_row_eof_instead_of_a_response_fails_the_client_at_once() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(started.elapsed() < Duration::from_secs(20), "no spinning");
     let o = run(
-        &["fastdp", "send", "--v1", "--addr", &addr, p.to_str().unwrap()],
+        &[
+            "fastdp",
+            "send",
+            "--v1",
+            "--addr",
+            &addr,
+            p.to_str().unwrap(),
+        ],
         &t.join("c"),
         RUN,
     );
@@ -1000,7 +1106,10 @@ fn f5_f6_f39_row_headers_that_are_not_json_objects_get_bad_header() {
         ("string for an integer", with("FullSize", json!("4"))),
         ("negative", with("FullSize", json!(-4))),
         ("fractional", with("OneChunk", json!(4096.5))),
-        ("over 2^53-1", with("FullSize", json!(9_007_199_254_740_992u64))),
+        (
+            "over 2^53-1",
+            with("FullSize", json!(9_007_199_254_740_992u64)),
+        ),
         ("OneChunk under 4096", with("OneChunk", json!(1024))),
         ("unknown Mode", with("Mode", json!("Sideways"))),
     ];
@@ -1034,7 +1143,10 @@ fn f28_f39_row_path_traversal_file_names_get_bad_filename_and_nothing_is_written
         &long, ".ferry", ".FERRY",
     ];
     for (i, n) in names.iter().enumerate() {
-        let (mut s, r) = open_push(&addr, &header(n, b"AAAA", 4096, &tid(100 + i as u64), "None"));
+        let (mut s, r) = open_push(
+            &addr,
+            &header(n, b"AAAA", 4096, &tid(100 + i as u64), "None"),
+        );
         assert_eq!(r["Code"], "bad-filename", "{n:?}: {r}");
         assert!(read_all(&mut s).is_empty());
         let mut s = upgraded(&addr, "1.1.0");
@@ -1091,10 +1203,19 @@ fn f11_f39_row_zstd_bombs_and_bad_frames_get_bad_chunk() {
         f
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("expands past len(i)", zstd_frame(4096, None, &rle_block(100_000, b'A'))),
+        (
+            "expands past len(i)",
+            zstd_frame(4096, None, &rle_block(100_000, b'A')),
+        ),
         ("no content size", no_size),
-        ("content size differs", zstd_frame(4000, None, &rle_block(4000, b'A'))),
-        ("window over 8 MiB", zstd_frame(4096, Some(0x78), &rle_block(4096, b'A'))),
+        (
+            "content size differs",
+            zstd_frame(4000, None, &rle_block(4000, b'A')),
+        ),
+        (
+            "window over 8 MiB",
+            zstd_frame(4096, Some(0x78), &rle_block(4096, b'A')),
+        ),
         ("two frames", two),
         ("trailing bytes", trailing),
     ];
@@ -1148,7 +1269,11 @@ fn f34_f35_f39_row_1_1_0_output_over_the_limit_and_bad_zips_fail_decompression()
         for (n, c) in data.chunks(262144).enumerate() {
             s.write_all(&chunk(n as u32, c)).unwrap();
         }
-        assert_eq!(read_all(&mut s), b"ERROR: Decompression failed.".to_vec(), "case {i}");
+        assert_eq!(
+            read_all(&mut s),
+            b"ERROR: Decompression failed.".to_vec(),
+            "case {i}"
+        );
     }
     // A checksum that does not match: its line, nothing stored.
     let mut s = upgraded(&addr, "1.1.0");
@@ -1158,7 +1283,11 @@ fn f34_f35_f39_row_1_1_0_output_over_the_limit_and_bad_zips_fail_decompression()
     assert_eq!(read_all(&mut s), b"ERROR: Checksum mismatch.".to_vec());
     assert!(visible(&root).is_empty(), "{:?}", visible(&root));
     // Temporaries are unnamed: nothing is left in the ingest area.
-    let left: Vec<_> = std::fs::read_dir(work_dir(&root)).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(work_dir(&root))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_serves(&addr, &t);
 }
@@ -1169,7 +1298,10 @@ fn f8_f15_f39_row_zip_targz_or_unknown_compression_in_1_2_0_is_unsupported() {
     let srv = serve(&t.join("share"), &[]);
     let addr = srv.addr("fastdp");
     for (i, c) in ["Zip", "TarGz", "Brotli"].iter().enumerate() {
-        let (mut s, r) = open_push(&addr, &header("c.bin", b"AAAA", 4096, &tid(130 + i as u64), c));
+        let (mut s, r) = open_push(
+            &addr,
+            &header("c.bin", b"AAAA", 4096, &tid(130 + i as u64), c),
+        );
         assert_eq!(r["Code"], "unsupported-compression", "{c}: {r}");
         assert!(read_all(&mut s).is_empty());
     }
@@ -1239,7 +1371,11 @@ fn f31_f39_row_unframed_text_where_a_jmsg_is_expected_is_a_protocol_error_and_re
     let o = send(&addr, &p, &t.join("c"), &["--retries", "1", "-v"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(hits.load(Ordering::SeqCst) >= 2, "retried");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("65536"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("65536"),
+        "{}",
+        text(&o)
+    );
     let srv = serve(&t.join("share"), &[]);
     assert_serves(&srv.addr("fastdp"), &t);
 }
@@ -1270,34 +1406,30 @@ fn f16_f17_f39_row_other_parameters_and_a_ninth_connection_are_refused() {
     // F16: the eight connections fill one part, each a share of the chunks.
     for (k, s) in held.iter_mut().enumerate() {
         for i in (k..64).step_by(8) {
-            s.write_all(&chunk(i as u32, &d[i * 4096..(i + 1) * 4096])).unwrap();
+            s.write_all(&chunk(i as u32, &d[i * 4096..(i + 1) * 4096]))
+                .unwrap();
         }
     }
     for s in held.iter_mut() {
         s.write_all(&FIN).unwrap();
     }
+    // Each connection gets Acks, then Complete, or (its FIN answered before the last chunk
+    // arrived elsewhere) only Acks and the close.
     let mut completes = 0;
     for s in held.iter_mut() {
-        loop {
-            let m = read_jmsg(s);
-            if m["Type"] == "Complete" {
-                completes += 1;
-                break;
+        let rest = read_all(s);
+        let mut at = 0;
+        while at + 4 <= rest.len() {
+            let n = u32::from_be_bytes(rest[at..at + 4].try_into().unwrap()) as usize;
+            let m: Value = serde_json::from_slice(&rest[at + 4..at + 4 + n]).unwrap();
+            match m["Type"].as_str() {
+                Some("Complete") => completes += 1,
+                Some("Ack") => {}
+                _ => panic!("unexpected {m}"),
             }
-            assert_eq!(m["Type"], "Ack", "{m}");
-            // A connection whose FIN came before the last chunk elsewhere ends with its Ack.
-            if m["Chunks"] == json!([]) {
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest);
-                if rest.is_empty() {
-                    break;
-                }
-                let v: Value = serde_json::from_slice(&rest[4..]).unwrap();
-                assert_eq!(v["Type"], "Complete");
-                completes += 1;
-                break;
-            }
+            at += 4 + n;
         }
+        assert_eq!(at, rest.len());
     }
     assert!(completes >= 1);
     assert_eq!(std::fs::read(root.join("eight.bin")).unwrap(), d);
@@ -1326,7 +1458,11 @@ fn f25_f39_row_a_1_tib_file_is_too_large_and_one_over_the_free_space_no_space() 
     let (_, r) = open_push(&addr, &h);
     assert_eq!(r["Code"], "too-large", "{r}");
     // Nothing was allocated.
-    let left: Vec<_> = std::fs::read_dir(work_dir(&root)).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(work_dir(&root))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_serves(&addr, &t);
 }
@@ -1334,7 +1470,10 @@ fn f25_f39_row_a_1_tib_file_is_too_large_and_one_over_the_free_space_no_space() 
 #[test]
 fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
     let t = TempDir::new("fdp-r18");
-    let srv = serve(&t.join("share"), &["--idle-timeout", "2", "--frame-timeout", "2"]);
+    let srv = serve(
+        &t.join("share"),
+        &["--idle-timeout", "2", "--frame-timeout", "2"],
+    );
     let addr = srv.addr("fastdp");
     let d = pseudo_random(18, 100_000);
     let (mut s, _) = open_push(&addr, &header("quiet.bin", &d, 65536, &tid(18), "None"));
@@ -1343,7 +1482,14 @@ fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(1900));
     // One byte every 200 ms inside a frame: under 64 KiB per window.
     let (mut s, _) = open_push(&addr, &header("slow.bin", &d, 65536, &tid(181), "None"));
-    s.write_all(&chunk(0, &[])[..8].iter().copied().chain([0u8; 0]).collect::<Vec<u8>>()[..4]).unwrap();
+    s.write_all(
+        &chunk(0, &[])[..8]
+            .iter()
+            .copied()
+            .chain([0u8; 0])
+            .collect::<Vec<u8>>()[..4],
+    )
+    .unwrap();
     s.write_all(&65536u32.to_be_bytes()).unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
@@ -1351,7 +1497,8 @@ fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
         if s.write_all(&[0]).is_err() {
             break;
         }
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut b = [0u8; 256];
         match s.read(&mut b) {
             Ok(0) => break,
@@ -1362,11 +1509,494 @@ fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
             break;
         }
     }
-    assert!(String::from_utf8_lossy(&got).contains("\"timeout\""), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        String::from_utf8_lossy(&got).contains("\"timeout\""),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     // The 1.1.0 line for a silent sender.
     let mut s = upgraded(&addr, "1.1.0");
     let v = json!({"OneChunk": 4096, "FullChunk": 1, "FullSize": 4, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "q.bin", "Checksum": sha(b"AAAA")});
     s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
     assert_eq!(read_all(&mut s), b"ERROR: Timeout.".to_vec());
+    assert_serves(&addr, &t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults, resume, recycling, memory
+
+fn spawn_send(addr: &str, file: &Path, cache: &Path, extra: &[&str]) -> Child {
+    Command::new(FERRY)
+        .args(["fastdp", "send", "--addr", addr, file.to_str().unwrap()])
+        .args(extra)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills a child with SIGKILL and reaps it.
+fn sigkill(c: &mut Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn f21_sender_sigkilled_mid_transfer_and_rerun_sends_only_the_missing_chunks() {
+    let t = TempDir::new("fdp-kill-sender");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let size = 16usize << 20;
+    let p = t.join("big.bin");
+    std::fs::write(&p, pseudo_random(21, size)).unwrap();
+    let cache = t.join("cache");
+    let relay = Relay::start(&srv.addr("fastdp"), Some(Duration::from_millis(3)), None);
+    let mut child = spawn_send(&relay.addr, &p, &cache, &["--parallel", "2"]);
+    wait_for(Duration::from_secs(60), "half the file on the wire", || {
+        relay.bytes() >= size as u64 / 2
+    });
+    sigkill(&mut child);
+    let first = settled(&relay.c2s);
+    // The server sees the connection end and keeps what it received.
+    wait_for(
+        Duration::from_secs(30),
+        "the server's durable chunks",
+        || durable_bits(&work_dir(&root)) >= 4,
+    );
+    // The same command again (same address: the relay, no longer slow) finds the TransferId
+    // in its resume record and sends what the server lacks.
+    relay.throttle_us.store(0, Ordering::SeqCst);
+    let v = send_ok(&relay.addr, &p, &cache, &["--parallel", "2"]);
+    let second = relay.bytes() - first;
+    let held = v["chunks_held"].as_u64().unwrap();
+    assert!(held >= 4, "{v}");
+    // Only the missing 1 MiB chunks went out again (plus handshakes and headers).
+    let missing = (16 - held) << 20;
+    assert!(
+        second <= missing + 65_536,
+        "rerun sent {second} bytes for {missing} missing (first run {first})"
+    );
+    assert_eq!(
+        v["hash_seconds"], 0.0,
+        "the rerun reused the recorded SHA-256"
+    );
+    assert_eq!(sha256_file(&root.join("big.bin")), sha256_file(&p));
+}
+
+#[test]
+fn f22_f31_server_sigkilled_mid_transfer_restarts_and_the_client_resumes_from_have() {
+    let t = TempDir::new("fdp-kill-server");
+    let root = t.join("share");
+    let mut srv = serve(&root, &[]);
+    let size = 16usize << 20;
+    let p = t.join("big.bin");
+    std::fs::write(&p, pseudo_random(22, size)).unwrap();
+    let relay = Relay::start(&srv.addr("fastdp"), Some(Duration::from_millis(3)), None);
+    let child = spawn_send(
+        &relay.addr,
+        &p,
+        &t.join("cache"),
+        &["--parallel", "2", "-v", "--json"],
+    );
+    wait_for(Duration::from_secs(60), "half the file on the wire", || {
+        relay.bytes() >= size as u64 / 2
+    });
+    // ... and some of it acknowledged, so durable (a bit set in the part's bitmap).
+    wait_for(Duration::from_secs(60), "a durable chunk", || {
+        durable_bits(&work_dir(&root)) > 0
+    });
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    // The restarted server reloads the transfer's state.
+    let srv2 = serve(&root, &[]);
+    *relay.up.lock().unwrap() = srv2.addr("fastdp");
+    let o = wait_output(child, RUN, "ferry fastdp send");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["retries"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(sha256_file(&root.join("big.bin")), sha256_file(&p));
+    let log = srv2.stderr_text();
+    let held = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("bytes, ").nth(1)?;
+            rest.split(" of ").next()?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no push line in the restarted server's log:\n{log}"));
+    assert!(held > 0, "the restarted server held nothing:\n{log}");
+}
+
+#[test]
+fn f14_a_chunk_corrupted_on_the_wire_is_repaired_by_its_crc() {
+    let t = TempDir::new("fdp-crc");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let p = t.join("c.bin");
+    let data = pseudo_random(14, 4 << 20);
+    std::fs::write(&p, &data).unwrap();
+    // Offset 100,000 of the first connection is inside chunk 0's payload (256 KiB chunks).
+    let relay = Relay::start(&srv.addr("fastdp"), None, Some(100_000));
+    let o = send(
+        &relay.addr,
+        &p,
+        &t.join("cache"),
+        &["--parallel", "1", "-v"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("chunk 0 acknowledged with CRC"), "{err}");
+    assert_eq!(std::fs::read(root.join("c.bin")).unwrap(), data);
+}
+
+#[test]
+fn f19_a_whole_file_checksum_mismatch_deletes_the_transfer_and_leaves_nothing() {
+    let t = TempDir::new("fdp-sha");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let d = pseudo_random(19, 8192);
+    let mut h = header("wrong.bin", &d, 4096, &tid(19), "None");
+    h["Checksum"] = json!(format!("sha256:{}", sha(b"something else")));
+    let (mut s, _) = open_push(&addr, &h);
+    s.write_all(&chunk(0, &d[..4096])).unwrap();
+    s.write_all(&chunk(1, &d[4096..])).unwrap();
+    s.write_all(&FIN).unwrap();
+    loop {
+        let m = read_jmsg(&mut s);
+        if m["Type"] == "Error" {
+            assert_eq!(m["Code"], "checksum-mismatch");
+            break;
+        }
+        assert_eq!(m["Type"], "Ack", "{m}");
+    }
+    assert!(read_all(&mut s).is_empty());
+    assert!(visible(&root).is_empty());
+    let left: Vec<_> = std::fs::read_dir(work_dir(&root))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The same TransferId again starts from nothing.
+    let (_, r) = open_push(&addr, &h);
+    assert_eq!(r["Have"], json!([]), "{r}");
+}
+
+#[test]
+fn f23_connections_recycle_after_reconnect_bytes_without_losing_data() {
+    let t = TempDir::new("fdp-recycle");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let relay = Relay::start(&srv.addr("fastdp"), None, None);
+    let p = t.join("r.bin");
+    let data = pseudo_random(23, 6 << 20);
+    std::fs::write(&p, &data).unwrap();
+    let v = send_ok(
+        &relay.addr,
+        &p,
+        &t.join("c"),
+        &["--parallel", "2", "--reconnect-bytes", "1000000"],
+    );
+    assert_eq!(v["retries"], 0, "{v}");
+    assert!(
+        relay.conns.load(Ordering::SeqCst) >= 6,
+        "recycled connections"
+    );
+    assert_eq!(std::fs::read(root.join("r.bin")).unwrap(), data);
+}
+
+#[test]
+fn f38_pull_over_several_connections_resumes_after_a_kill_and_restarts_on_a_changed_file() {
+    let t = TempDir::new("fdp-pull");
+    let root = t.join("share");
+    std::fs::create_dir_all(&root).unwrap();
+    let size = 16usize << 20;
+    std::fs::write(root.join("p.bin"), pseudo_random(38, size)).unwrap();
+    let srv = serve(&root, &[]);
+    let out = t.join("out");
+    let relay = Relay::start(&srv.addr("fastdp"), Some(Duration::from_millis(3)), None);
+    let mut child = Command::new(FERRY)
+        .args([
+            "fastdp",
+            "get",
+            "--addr",
+            &relay.addr,
+            "--out",
+            out.to_str().unwrap(),
+            "--parallel",
+            "3",
+            "p.bin",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "half the file downloaded", || {
+        relay.s2c.load(Ordering::SeqCst) >= size as u64 / 2
+    });
+    // ... and acknowledged, so durable in the client's part.
+    wait_for(
+        Duration::from_secs(60),
+        "the client's durable chunks",
+        || durable_bits(&out.join(".ferry/fastdp")) >= 4,
+    );
+    assert!(
+        relay.conns.load(Ordering::SeqCst) >= 3,
+        "several connections"
+    );
+    sigkill(&mut child);
+    let first = settled(&relay.s2c);
+    assert!(
+        !out.join("p.bin").exists(),
+        "nothing visible before verification"
+    );
+    relay.throttle_us.store(0, Ordering::SeqCst);
+    let o = get(&relay.addr, "p.bin", &out, &["--parallel", "3", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["chunks_held"].as_u64().unwrap() >= 4, "{v}");
+    // Only what the client lacked came again (1 MiB chunks, plus handshakes and messages).
+    let second = relay.s2c.load(Ordering::SeqCst) - first;
+    let missing = (16 - v["chunks_held"].as_u64().unwrap()) << 20;
+    assert!(
+        second <= missing + 65_536,
+        "rerun received {second} bytes for {missing} missing"
+    );
+    assert_eq!(
+        sha256_file(&out.join("p.bin")),
+        sha256_file(&root.join("p.bin"))
+    );
+    // A partial download of a file that then changes on the server: parameter-mismatch, and
+    // the client starts over with a new TransferId.
+    std::fs::write(root.join("q.bin"), pseudo_random(381, size)).unwrap();
+    wait_for(Duration::from_secs(10), "q.bin served", || {
+        let o = get(&srv.addr("fastdp"), "q.bin", &t.join("probe"), &[]);
+        o.status.success()
+    });
+    let out2 = t.join("out2");
+    let relay = Relay::start(&srv.addr("fastdp"), Some(Duration::from_millis(3)), None);
+    let mut child = Command::new(FERRY)
+        .args([
+            "fastdp",
+            "get",
+            "--addr",
+            &relay.addr,
+            "--out",
+            out2.to_str().unwrap(),
+            "q.bin",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "a third downloaded", || {
+        relay.s2c.load(Ordering::SeqCst) >= size as u64 / 3
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "the client's durable chunks",
+        || durable_bits(&out2.join(".ferry/fastdp")) >= 1,
+    );
+    sigkill(&mut child);
+    let new = pseudo_random(382, size / 2);
+    let tmp = root.join(".q.tmp");
+    std::fs::write(&tmp, &new).unwrap();
+    std::fs::rename(&tmp, root.join("q.bin")).unwrap();
+    let want = hex(&Sha256::digest(&new));
+    wait_for(Duration::from_secs(10), "the new q.bin served", || {
+        let o = get(&srv.addr("fastdp"), &want, &t.join("probe2"), &[]);
+        o.status.success()
+    });
+    relay.throttle_us.store(0, Ordering::SeqCst);
+    let o = get(&relay.addr, "q.bin", &out2, &["-v"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(out2.join("q.bin")).unwrap(), new);
+    assert!(
+        srv.stderr_text().contains("parameter-mismatch"),
+        "{}",
+        srv.stderr_text()
+    );
+}
+
+/// RssAnon of a process in KiB.
+fn rss_anon(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn f40_eight_connections_push_and_pull_none_and_zstd_keep_rss_anon_under_64_mib() {
+    let t = TempDir::new("fdp-rss");
+    let root = t.join("share");
+    let srv = serve(&root, &[]);
+    let addr = srv.addr("fastdp");
+    let server_pid = srv.child.id();
+    let size = 64usize << 20;
+    let p = t.join("m.bin");
+    // Half random, half text: zstd has work to do on both kinds.
+    let mut data = pseudo_random(40, size / 2);
+    data.extend(
+        b"a line of text, again and again\n"
+            .iter()
+            .cycle()
+            .take(size / 2),
+    );
+    std::fs::write(&p, &data).unwrap();
+    let mut peak = (0u64, 0u64);
+    for (i, compress) in ["none", "zstd"].iter().enumerate() {
+        let q = t.join(&format!("m{i}.bin"));
+        std::fs::copy(&p, &q).unwrap();
+        let mut child = spawn_send(
+            &addr,
+            &q,
+            &t.join("c"),
+            &["--parallel", "8", "--compress", compress],
+        );
+        let pid = child.id();
+        let mut status = None;
+        while status.is_none() {
+            peak.0 = peak.0.max(rss_anon(server_pid).unwrap_or(0));
+            peak.1 = peak.1.max(rss_anon(pid).unwrap_or(0));
+            status = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(status.unwrap().success(), "push {compress}");
+        let out = t.join(&format!("out{i}"));
+        let mut child = Command::new(FERRY)
+            .args([
+                "fastdp",
+                "get",
+                "--addr",
+                &addr,
+                "--out",
+                out.to_str().unwrap(),
+                "--parallel",
+                "8",
+                "--compress",
+                compress,
+                &format!("m{i}.bin"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut status = None;
+        while status.is_none() {
+            peak.0 = peak.0.max(rss_anon(server_pid).unwrap_or(0));
+            peak.1 = peak.1.max(rss_anon(pid).unwrap_or(0));
+            status = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(status.unwrap().success(), "pull {compress}");
+        assert_eq!(sha256_file(&out.join(format!("m{i}.bin"))), sha256_file(&p));
+    }
+    assert!(peak.0 < 64 * 1024, "server RssAnon peak {} KiB", peak.0);
+    assert!(peak.1 < 64 * 1024, "client RssAnon peak {} KiB", peak.1);
+}
+
+#[test]
+fn ferry_serve_has_a_fastdp_listener_unless_it_is_off() {
+    let t = TempDir::new("fdp-serve");
+    let root = t.join("share");
+    let base = [
+        "serve",
+        root.to_str().unwrap(),
+        "--jtp-bind",
+        "127.0.0.1:0",
+        "--tej-bind",
+        "127.0.0.1:0",
+        "--cjp2p-bind",
+        "127.0.0.1:0",
+        "--no-tls",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--fastdp-bind", "127.0.0.1:0"]);
+    let srv = Server::start(&args, 4);
+    assert_serves(&srv.addr("fastdp"), &t);
+    drop(srv);
+    let mut args = base.to_vec();
+    args.extend(["--fastdp-bind", "off"]);
+    let srv = Server::start(&args, 3);
+    assert!(srv.listening.iter().all(|(p, _)| p != "fastdp"));
+}
+
+#[test]
+fn f25_disk_full_on_a_small_tmpfs_gives_no_space_and_nothing_half_written() {
+    let t = TempDir::new("fdp-full");
+    let mnt = t.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=16m tmpfs {m} || exit 97; exec {f} fastdp serve --bind 127.0.0.1:0 --root {m}/share --disk-reserve 0 -v",
+        m = mnt.display(),
+        f = FERRY
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare must exist (util-linux) to run this test");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = child.id();
+    let mut guard = Kill(child);
+    if line.is_empty() {
+        let mut err = String::new();
+        let _ = guard.0.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("cannot mount a tmpfs in a new mount namespace (needs root): {err}");
+    }
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    // The server's view of its folder, through its mount namespace.
+    let share = PathBuf::from(format!("/proc/{pid}/root{}/share", mnt.display()));
+    let a = t.join("a.bin");
+    std::fs::write(&a, pseudo_random(251, 10 << 20)).unwrap();
+    let v = send_ok(&addr, &a, &t.join("c"), &[]);
+    assert_eq!(v["stored_as"], "a.bin");
+    let b = t.join("b.bin");
+    std::fs::write(&b, pseudo_random(252, 10 << 20)).unwrap();
+    let o = send(&addr, &b, &t.join("c"), &["--retries", "0"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no-space"),
+        "{}",
+        text(&o)
+    );
+    // 1.1.0 into the full disk: its line, right after the header.
+    let mut s = upgraded(&addr, "1.1.0");
+    let v = json!({"OneChunk": 1048576, "FullChunk": 10, "FullSize": 10 << 20, "DPVersion": "1.1.0", "CompressType": "None", "FileName": "c.bin", "Checksum": sha(b"")});
+    s.write_all(&jmsg(v.to_string().as_bytes())).unwrap();
+    assert_eq!(read_all(&mut s), b"ERROR: Not enough disk space.".to_vec());
+    let names = visible(&share);
+    assert_eq!(names, ["a.bin"], "nothing half-written is visible");
+    let work = PathBuf::from(format!(
+        "/proc/{pid}/root{}/share/.ferry/ingest/fastdp",
+        mnt.display()
+    ));
+    let left: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".done"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(sha256_file(&share.join("a.bin")), sha256_file(&a));
     assert_serves(&addr, &t);
 }

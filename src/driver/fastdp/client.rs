@@ -79,6 +79,9 @@ pub struct ClientOptions {
     pub max_retries: u32,
     /// Where push resume records go (default: the user's cache folder, see the module doc).
     pub resume_dir: Option<PathBuf>,
+    /// Push: `ReconnectBytes` of the header (recycle each connection after this many payload
+    /// bytes; `None`: the default 500 MB, 0: never).
+    pub reconnect_bytes: Option<u64>,
     /// Connection deadlines.
     pub limits: Limits,
     pub verbose: bool,
@@ -93,6 +96,7 @@ impl Default for ClientOptions {
             io_timeout: Duration::from_secs(30),
             max_retries: 8,
             resume_dir: None,
+            reconnect_bytes: None,
             limits: Limits::default(),
             verbose: false,
         }
@@ -511,7 +515,7 @@ pub fn push(
             eprintln!("fastdp: resume record {}: {e}", rec_path.display());
         }
     }
-    let header = Header::new(
+    let mut header = Header::new(
         one_chunk_for(size),
         size,
         opts.compress,
@@ -520,6 +524,7 @@ pub fn push(
         checksum,
     )
     .ok_or_else(|| local("file too large for FastDP"))?;
+    header.reconnect_bytes = opts.reconnect_bytes;
     let g = header.geometry();
     let run = Run::new();
     let plan: Mutex<Option<SendPlan>> = Mutex::new(None);
@@ -641,6 +646,10 @@ fn push_loop(
     let mut zc: Option<ChunkCompressor> = None;
     let io = |e: io::Error| retry(format!("connection: {e}"));
     loop {
+        let now = Instant::now();
+        if c.poll_timeout().is_some_and(|d| now >= d) {
+            c.handle_timeout(now);
+        }
         // Input first: Acks free chunks for re-sending and complete the plan.
         loop {
             let n = c.handle_input(Instant::now(), link.pending());
@@ -858,13 +867,28 @@ pub fn pull(
             .as_ref()
             .and_then(|r| TransferId::parse(&r.transfer_id))
             .unwrap_or_else(|| TransferId::from_random(random_bytes::<16>()));
+        // A resumed download reopens its part first, so the first request carries its Have.
+        let attachment = record.as_ref().and_then(|r| {
+            let spec = TransferSpec {
+                size: r.size,
+                block_size: r.one_chunk,
+                expect: Expect::Sha256(Checksum::parse(&r.checksum)?.0),
+                preallocate: r.size > 0,
+            };
+            registry.attach(&r.transfer_id, spec, 64).ok().map(Arc::new)
+        });
         let run = Run::new();
         let state = Mutex::new(PullState {
             record: record.clone(),
-            attachment: None,
+            attachment,
         });
         let crcs = MemoryCrcs::default();
-        let held = AtomicU64::new(u64::MAX);
+        let held = AtomicU64::new(
+            lock(&state)
+                .attachment
+                .as_ref()
+                .map_or(0, |a| have_of(a).count()),
+        );
         let restart = AtomicBool::new(false);
         let sh = PullShared {
             opts,
@@ -1091,6 +1115,11 @@ fn pull_loop(
     let mut sink = ChunkSink::new(&att, sh.crcs, g, reply.compress);
     let local_fail = |e: LocalError| Fail::Final(local(e));
     loop {
+        // A deadline that passed while chunks kept arriving (the 250 ms Ack) fires now.
+        let now = Instant::now();
+        if c.poll_timeout().is_some_and(|d| now >= d) {
+            c.handle_timeout(now);
+        }
         loop {
             let mut bad = None;
             let n;

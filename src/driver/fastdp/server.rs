@@ -429,13 +429,13 @@ impl Conn<'_> {
             )
         };
         let mut map = lock(&inner.push);
-        if !map.contains_key(&id) {
-            if let Some(done) = state::read_done(&inner.work, &id) {
-                if !done.header.same_parameters(h) {
-                    return Err(mismatch());
-                }
-                return Ok(PushMode::Done(done.file_name, None));
+        // A completion record answers first: the transfer may still be in the map while its
+        // last connections finish, and its part is gone.
+        if let Some(done) = state::read_done(&inner.work, &id) {
+            if !done.header.same_parameters(h) {
+                return Err(mismatch());
             }
+            return Ok(PushMode::Done(done.file_name, None));
         }
         if h.full_size > inner.cfg.max_file_size {
             return Err(err(
@@ -570,6 +570,7 @@ impl Conn<'_> {
         let mut sink = ChunkSink::new(att, st, h.geometry(), h.compress);
         let started = Instant::now();
         loop {
+            fire_due(&mut self.conn);
             loop {
                 let now = Instant::now();
                 let r = self.conn.handle_input(now, self.link.pending());
@@ -797,7 +798,7 @@ impl Conn<'_> {
                 }
                 slot.conns += 1;
                 slot.idle_since = None;
-                lock(&slot.shared.plan).merge_have(&p.have);
+                lock(&slot.shared.plan).mark_held(&p.have);
                 Arc::clone(&slot.shared)
             }
             None => {
@@ -874,6 +875,7 @@ impl Conn<'_> {
         let mut zout = Vec::new();
         let mut zc: Option<ChunkCompressor> = None;
         loop {
+            fire_due(&mut self.conn);
             self.pull_input(shared, wake)?;
             self.flush().map_err(|e| e.to_string())?;
             if self.conn.is_finished() {
@@ -1283,6 +1285,15 @@ fn unnamed_temp(dir: &Path) -> io::Result<File> {
         .open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(f)
+}
+
+/// Fires a deadline that passed while input kept arriving (an Ack due 250 ms after a chunk
+/// is stored must not wait for a pause in the stream).
+fn fire_due(conn: &mut ServerConnection) {
+    let now = Instant::now();
+    if conn.poll_timeout().is_some_and(|d| now >= d) {
+        conn.handle_timeout(now);
+    }
 }
 
 fn s_conns_add(map: &mut HashMap<TransferId, PushShared>, id: &TransferId) {
