@@ -205,7 +205,6 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
             ..Default::default()
         },
         verbose: a.verbose,
-        ..FastdpConfig::default()
     };
     let svc = service(cat.clone(), cfg)?;
     let limits = limits(a.max_connections, a.io_timeout);

@@ -1830,6 +1830,21 @@ fn rss_anon(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Samples the RssAnon of the server and of `child` until the child exits (peaks in KiB).
+fn watch_rss(mut child: Child, server: u32, peak: &mut (u64, u64)) -> std::process::ExitStatus {
+    let pid = child.id();
+    let deadline = Instant::now() + RUN;
+    while child.try_wait().unwrap().is_none() {
+        peak.0 = peak.0.max(rss_anon(server).unwrap_or(0));
+        peak.1 = peak.1.max(rss_anon(pid).unwrap_or(0));
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait().unwrap()
+}
+
 #[test]
 fn f40_eight_connections_push_and_pull_none_and_zstd_keep_rss_anon_under_64_mib() {
     let t = TempDir::new("fdp-rss");
@@ -1852,23 +1867,18 @@ fn f40_eight_connections_push_and_pull_none_and_zstd_keep_rss_anon_under_64_mib(
     for (i, compress) in ["none", "zstd"].iter().enumerate() {
         let q = t.join(&format!("m{i}.bin"));
         std::fs::copy(&p, &q).unwrap();
-        let mut child = spawn_send(
+        let child = spawn_send(
             &addr,
             &q,
             &t.join("c"),
             &["--parallel", "8", "--compress", compress],
         );
-        let pid = child.id();
-        let mut status = None;
-        while status.is_none() {
-            peak.0 = peak.0.max(rss_anon(server_pid).unwrap_or(0));
-            peak.1 = peak.1.max(rss_anon(pid).unwrap_or(0));
-            status = child.try_wait().unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(status.unwrap().success(), "push {compress}");
+        assert!(
+            watch_rss(child, server_pid, &mut peak).success(),
+            "push {compress}"
+        );
         let out = t.join(&format!("out{i}"));
-        let mut child = Command::new(FERRY)
+        let child = Command::new(FERRY)
             .args([
                 "fastdp",
                 "get",
@@ -1887,15 +1897,10 @@ fn f40_eight_connections_push_and_pull_none_and_zstd_keep_rss_anon_under_64_mib(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let pid = child.id();
-        let mut status = None;
-        while status.is_none() {
-            peak.0 = peak.0.max(rss_anon(server_pid).unwrap_or(0));
-            peak.1 = peak.1.max(rss_anon(pid).unwrap_or(0));
-            status = child.try_wait().unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(status.unwrap().success(), "pull {compress}");
+        assert!(
+            watch_rss(child, server_pid, &mut peak).success(),
+            "pull {compress}"
+        );
         assert_eq!(sha256_file(&out.join(format!("m{i}.bin"))), sha256_file(&p));
     }
     assert!(peak.0 < 64 * 1024, "server RssAnon peak {} KiB", peak.0);

@@ -641,14 +641,10 @@ impl Conn<'_> {
             Event::Failed(e) | Event::PeerError(e) => {
                 self.log(format_args!("push {}: {e}", h.transfer_id))
             }
-            Event::PeerClosed { clean } => {
-                if !clean {
-                    self.log(format_args!(
-                        "push {}: connection closed mid-frame",
-                        h.transfer_id
-                    ))
-                }
-            }
+            Event::PeerClosed { clean: false } => self.log(format_args!(
+                "push {}: connection closed mid-frame",
+                h.transfer_id
+            )),
             _ => {}
         }
         Ok(())
