@@ -61,6 +61,9 @@ pub(crate) struct FastdpServeArgs {
     /// refuse 1.1.0 senders (426)
     #[argh(switch)]
     no_v110: bool,
+    /// send pull chunks with send(2) from the file mapping (after a pread pass for the CRC)
+    #[argh(switch)]
+    pull_zero_copy: bool,
     /// request path (default /fastdp-endpoint)
     #[argh(option, default = "String::from(\"/fastdp-endpoint\")")]
     path: String,
@@ -197,6 +200,7 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
         max_connections: a.transfer_connections,
         max_transfers: a.max_transfers,
         retention: Duration::from_secs(a.retention),
+        pull_zero_copy: a.pull_zero_copy,
         limits: ferry::proto::fastdp::schedule::Limits {
             idle: Duration::from_secs(a.idle_timeout.max(1)),
             stall_window: Duration::from_secs(a.frame_timeout.max(1)),
