@@ -265,3 +265,44 @@ impl Wakers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn a_wait_ends_on_data_on_a_wake_and_on_its_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut link = Link::new(Stream::Tcp(s));
+        let wake = Arc::new(Wake::new().unwrap());
+        let wakers = Wakers::default();
+        let other = Arc::new(Wake::new().unwrap());
+        wakers.add(Arc::clone(&wake));
+        wakers.add(Arc::clone(&other));
+        // Deadline: nothing arrives.
+        let t0 = Instant::now();
+        let got = link
+            .read(Some(t0 + Duration::from_millis(50)), Some(&wake))
+            .unwrap();
+        assert_eq!(got, Got::Nothing);
+        assert!(t0.elapsed() >= Duration::from_millis(45));
+        // Woken by another connection of the transfer (its own wake is not notified).
+        wakers.notify_others(&other);
+        assert!(!other.take());
+        let got = link.read(None, Some(&wake)).unwrap();
+        assert_eq!(got, Got::Nothing);
+        // Data.
+        peer.write_all(b"abc").unwrap();
+        assert_eq!(link.read(None, Some(&wake)).unwrap(), Got::Data);
+        assert_eq!(link.pending(), b"abc");
+        link.start = link.end;
+        drop(peer);
+        assert_eq!(link.read(None, Some(&wake)).unwrap(), Got::Eof);
+        wakers.remove(&wake);
+        wakers.notify_others(&other);
+        assert!(!wake.take(), "removed from the transfer");
+    }
+}

@@ -31,7 +31,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -146,6 +146,8 @@ struct Inner {
 /// The FastDP service: one per folder, shared by its listeners' workers.
 pub struct FastdpService {
     inner: Arc<Inner>,
+    /// Set on drop: ends the hourly sweep.
+    stop: Arc<(Mutex<bool>, Condvar)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,10 +179,12 @@ impl FastdpService {
             );
         }
         let weak = Arc::downgrade(&inner);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop2 = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("fastdp-sweep".into())
-            .spawn(move || sweep_hourly(weak))?;
-        Ok(FastdpService { inner })
+            .spawn(move || sweep_hourly(weak, stop2))?;
+        Ok(FastdpService { inner, stop })
     }
 
     /// The ingest work folder (transfers and their state).
@@ -189,20 +193,32 @@ impl FastdpService {
     }
 }
 
-fn sweep_hourly(weak: Weak<Inner>) {
-    // Sleeps in short steps only to notice that the service is gone.
-    let step = Duration::from_secs(5);
-    let mut waited = Duration::ZERO;
+/// Sweeps expired state every hour until the service is dropped (which wakes it at once).
+fn sweep_hourly(weak: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>) {
+    let (flag, cv) = &*stop;
+    let mut stopped = lock(flag);
     loop {
-        std::thread::sleep(step);
-        waited += step;
+        let (g, _) = cv
+            .wait_timeout(stopped, SWEEP_EVERY)
+            .unwrap_or_else(PoisonError::into_inner);
+        stopped = g;
+        if *stopped {
+            return;
+        }
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        if waited >= SWEEP_EVERY {
-            waited = Duration::ZERO;
-            inner.sweep();
-        }
+        drop(stopped);
+        inner.sweep();
+        drop(inner);
+        stopped = lock(flag);
+    }
+}
+
+impl Drop for FastdpService {
+    fn drop(&mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
     }
 }
 
