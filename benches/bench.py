@@ -28,6 +28,12 @@ Rows (see the table's notes for how each number is made):
      byte) with 150 idle connections on every listener of `ferry serve` (opened by one thread
      per listener at once, as issue 8 found them), and the server's CPU while idle after a
      burst of 1,000 connections.
+  9. FastDP (row group `fastdp`, fastdp.md, issue 9): `ferry fastdp send` pushes of a 1 GiB
+     pseudo-random file with --parallel 1 and 4, and of the same file from a folder whose
+     .ferry/index gives its SHA-256; `ferry fastdp get --parallel 4`; a zstd push of a 1 GiB
+     compressible log text next to `zstd -1` of it; the Python 1.1.0 sender (as cli.py) into
+     ferry and into the Python test 1.1.0 server (the pair the 5x target compares with); a
+     resume after killing the sender once half the file is durable; RssAnon of both sides.
 
 `--only GROUP[,GROUP]` runs only those row groups (no data sets are made for them); `--help`
 lists the groups.
@@ -1160,7 +1166,8 @@ def _sc_serve(ferry, name):
             with open(path, "wb") as f:
                 f.write(rng.randbytes(5000))
     s = Server(name, [ferry, "serve", folder, "--jtp-bind", "127.0.0.1:0", "--tej-bind",
-                      "127.0.0.1:0", "--cjp2p-bind", "127.0.0.1:0", "--no-tls"])
+                      "127.0.0.1:0", "--cjp2p-bind", "127.0.0.1:0", "--fastdp-bind", "off",
+                      "--no-tls"])
     ports, buf = {}, b""
     fd = s.p.stdout.fileno()
     deadline = time.monotonic() + LISTEN_TIMEOUT
@@ -1338,11 +1345,324 @@ def bench_server_core_idle_cpu(res, ferry):
         f"workers retired (12 s later)")
 
 
+# --------------------------------------------------------------------------- fastdp
+# Issue 9: FastDP push and pull of 1 GiB next to the machine's SHA-256 row, zstd next to
+# `zstd -1`, the 1.1.0 sender (Python, as cli.py) into ferry and into the test 1.1.0 server,
+# resume after a kill at 50 %, and RssAnon of both sides on every row.
+
+FDP_TEXT = "fastdp-text-1g.log"
+
+
+def _fdp_data():
+    """A 1 GiB pseudo-random file and a 1 GiB compressible log-like text, made once."""
+    folder = os.path.join(DATA, "fastdp")
+    os.makedirs(folder, exist_ok=True)
+    rnd = os.path.join(folder, "random-1g.bin")
+    if not os.path.exists(rnd) or os.path.getsize(rnd) != GIB:
+        with open(rnd + ".tmp", "wb") as f:
+            for _ in range(GIB // MIB):
+                f.write(os.urandom(MIB))
+        os.rename(rnd + ".tmp", rnd)
+    txt = os.path.join(folder, FDP_TEXT)
+    if not os.path.exists(txt) or os.path.getsize(txt) != GIB:
+        rng = random.Random(9)
+        words = ["fastdp", "chunk", "ack", "connection", "transfer", "INFO", "WARN", "served",
+                 "bytes", "upload", "resume", "catalog", "127.0.0.1", "GET", "200", "ok"]
+        with open(txt + ".tmp", "wb") as f:
+            written = 0
+            while written < GIB:
+                lines = []
+                for i in range(2000):
+                    n = rng.randint(4, 12)
+                    lines.append(f"2026-12-06T12:{i % 60:02d}:{rng.randint(0, 59):02d}Z "
+                                 + " ".join(rng.choice(words) for _ in range(n))
+                                 + f" id={rng.randint(0, 1 << 20)}\n")
+                b = "".join(lines).encode()[: GIB - written]
+                f.write(b)
+                written += len(b)
+        os.rename(txt + ".tmp", txt)
+    return rnd, txt
+
+
+def _fdp_serve(ferry, root, name):
+    s = Server(name, [ferry, "fastdp", "serve", "--bind", "127.0.0.1:0", "--root", root,
+                      "--no-follow"])
+    return s, s.wait_listening("fastdp")
+
+
+def _fdp_env(cache):
+    env = dict(os.environ)
+    env["XDG_CACHE_HOME"] = cache
+    return env
+
+
+def _run_env(cmd, env, timeout=CMD_TIMEOUT):
+    """run_sampled() with an environment: (wall, stdout, client RssAnon MiB)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_pdeathsig)
+    rss = RssSampler(p.pid)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise CommandFailed(f"timed out after {timeout} s: {' '.join(cmd)}")
+    finally:
+        rss_mib = rss.stop()
+    if p.returncode != 0:
+        tail = (err or "").strip().splitlines()[-3:]
+        raise CommandFailed(f"exit {p.returncode}: {' '.join(cmd)}: {' | '.join(tail)}")
+    return time.perf_counter() - t0, out, rss_mib
+
+
+def _fdp_push_runs(ferry, src, label, extra, runs=RUNS):
+    """`ferry fastdp send` of `src` into a fresh server root in /dev/shm, `runs` times."""
+    root = fresh_out(f"fdp-root-{label}")
+    cache = fresh_out(f"fdp-cache-{label}")
+    s, addr = _fdp_serve(ferry, root, f"fastdp-{label}")
+    srss = RssSampler(s.pid)
+    out, crss = [], 0.0
+    try:
+        for i in range(runs):
+            wall, stdout, c = _run_env([ferry, "fastdp", "send", "--addr", addr, src, "--json",
+                                        *extra], _fdp_env(cache))
+            crss = max(crss, c)
+            rep = json.loads(stdout)
+            stored = os.path.join(root, rep["stored_as"])
+            if os.path.getsize(stored) != os.path.getsize(src):
+                raise CommandFailed(f"fastdp send {label}: stored size differs")
+            os.remove(stored)
+            out.append({"wall": wall, "gbps": os.path.getsize(src) / wall / 1e9,
+                        "wire_bytes": rep["wire_bytes"], "hash_seconds": rep["hash_seconds"],
+                        "client_rss_anon_mib": c})
+            say(f"fastdp push {label} run {i + 1}: {out[-1]['gbps']:.2f} GB/s ({wall:.3f} s, "
+                f"hash {rep['hash_seconds']:.2f} s, wire {rep['wire_bytes'] / MIB:.0f} MiB, "
+                f"client RssAnon {c:.1f} MiB)")
+    finally:
+        srv = srss.stop()
+        s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return out, srv, crss
+
+
+def _fdp_v110_pair(src):
+    """The Python 1.1.0 sender (as cli.py) into the Python test 1.1.0 server."""
+    py = tej_python()
+    out = fresh_out("fdp-v110-pair")
+    s = Server("fastdp-v110-py", [py, os.path.join(ROOT, "tests/interop/fastdp_v110_server.py"),
+                                   out])
+    addr = s.wait_listening("fastdp-v110")
+    host, port = addr.rsplit(":", 1)
+    runs = []
+    try:
+        for i in range(RUNS):
+            dest = os.path.join(out, os.path.basename(src))
+            wall, stdout, c = run_sampled([py, os.path.join(ROOT,
+                                           "tests/interop/fastdp_v110_sender.py"), host, port,
+                                           src, "None", "--read-reply"], timeout=600)
+            if "successfully" not in stdout or os.path.getsize(dest) != GIB:
+                raise CommandFailed(f"1.1.0 pair: {stdout[:100]!r}")
+            os.remove(dest)
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_rss_anon_mib": c})
+            say(f"fastdp 1.1.0 Python pair run {i + 1}: {GIB / wall / 1e9:.2f} GB/s")
+    finally:
+        s.stop()
+    return runs
+
+
+def _fdp_v110_into_ferry(ferry, src):
+    """The Python 1.1.0 sender (as cli.py, reading the reply) into `ferry fastdp serve`."""
+    py = tej_python()
+    root = fresh_out("fdp-v110-ferry")
+    s, addr = _fdp_serve(ferry, root, "fastdp-v110-ferry")
+    host, port = addr.rsplit(":", 1)
+    srss = RssSampler(s.pid)
+    runs = []
+    try:
+        for i in range(RUNS):
+            wall, stdout, c = run_sampled([py, os.path.join(ROOT,
+                                           "tests/interop/fastdp_v110_sender.py"), host, port,
+                                           src, "None", "--read-reply"], timeout=600)
+            if stdout != "File received successfully.":
+                raise CommandFailed(f"1.1.0 into ferry: {stdout[:100]!r}")
+            os.remove(os.path.join(root, os.path.basename(src)))
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_rss_anon_mib": c})
+            say(f"fastdp 1.1.0 Python sender into ferry run {i + 1}: {GIB / wall / 1e9:.2f} GB/s")
+    finally:
+        srv = srss.stop()
+        s.stop()
+    return runs, srv
+
+
+def _fdp_pull_runs(ferry, src, extra):
+    root = fresh_out("fdp-pull-root")
+    shutil.copy(src, os.path.join(root, "pull.bin"))
+    s, addr = _fdp_serve(ferry, root, "fastdp-pull")
+    srss = RssSampler(s.pid)
+    runs, crss = [], 0.0
+    try:
+        for i in range(RUNS):
+            out = fresh_out("fdp-pull-out")
+            wall, stdout, c = _run_env([ferry, "fastdp", "get", "--addr", addr, "--out", out,
+                                        "--json", "pull.bin", *extra], _fdp_env(out))
+            crss = max(crss, c)
+            if os.path.getsize(os.path.join(out, "pull.bin")) != GIB:
+                raise CommandFailed("fastdp get: wrong size")
+            shutil.rmtree(out)
+            runs.append({"wall": wall, "gbps": GIB / wall / 1e9, "client_rss_anon_mib": c})
+            say(f"fastdp pull run {i + 1}: {GIB / wall / 1e9:.2f} GB/s ({wall:.3f} s, client "
+                f"RssAnon {c:.1f} MiB)")
+    finally:
+        srv = srss.stop()
+        s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return runs, srv, crss
+
+
+def _fdp_resume(ferry, src):
+    """Kills the sender once half the file is durable on the server, reruns; the rerun's
+    payload bytes (`wire_bytes` of its report) against the file size."""
+    root = fresh_out("fdp-resume-root")
+    cache = fresh_out("fdp-resume-cache")
+    s, addr = _fdp_serve(ferry, root, "fastdp-resume")
+    srss = RssSampler(s.pid)
+    work = os.path.join(root, ".ferry", "ingest", "fastdp")
+    try:
+        p = subprocess.Popen([ferry, "fastdp", "send", "--addr", addr, src, "--parallel", "4"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=_fdp_env(cache),
+                             preexec_fn=_pdeathsig)
+
+        def durable():
+            n = 0
+            for name in os.listdir(work) if os.path.isdir(work) else []:
+                if name.endswith(".bitmap"):
+                    try:
+                        with open(os.path.join(work, name), "rb") as f:
+                            n += sum(bin(b).count("1") for b in f.read()[32:])
+                    except OSError:
+                        pass
+            return n
+
+        deadline = time.monotonic() + 120
+        while durable() < 512 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        p.kill()
+        p.wait()
+        at_kill = durable()
+        time.sleep(1.0)  # the server notices the close and keeps what it received
+        wall, stdout, c = _run_env([ferry, "fastdp", "send", "--addr", addr, src, "--json",
+                                    "--parallel", "4"], _fdp_env(cache))
+        rep = json.loads(stdout)
+    finally:
+        srv = srss.stop()
+        s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return {"durable_at_kill": at_kill, "chunks": rep["chunks"],
+            "chunks_held": rep["chunks_held"], "wire_bytes": rep["wire_bytes"],
+            "fraction": rep["wire_bytes"] / GIB, "wall": wall, "server_rss": srv,
+            "client_rss": c}
+
+
+def bench_fastdp(res, ferry):
+    """Row group `fastdp` (issue 9)."""
+    rnd, txt = _fdp_data()
+    machine = bench_machine_ceiling(res, [SHM])
+    sha = machine.get("sha256_gbps")
+    res.row("machine: SHA-256, one core, in memory (best of 3)", "(reference)",
+            f"machine_ceiling: {fmt(sha, 'GB/s')}", "-", "-")
+    # The Python 1.1.0 pair first: the 5x target compares with it.
+    pair = _fdp_v110_pair(rnd)
+    pb, pm = best_median([r["gbps"] for r in pair])
+    rss_rows = []
+    for par in (1, 4):
+        runs, srv, cli = _fdp_push_runs(ferry, rnd, f"p{par}", ["--parallel", str(par)])
+        b, m = best_median([r["gbps"] for r in runs])
+        ok = b >= 0.5 * sha and b >= 5 * pb
+        res.row(f"FastDP push 1 GiB, --parallel {par}, none (best / median)",
+                f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')} ({b / sha:.2f}x SHA-256, "
+                f"{b / pb:.1f}x the 1.1.0 pair)",
+                f"1.1.0 Python pair: {fmt(pb, 'GB/s')} / {fmt(pm, 'GB/s')}",
+                ">= 0.5x SHA-256 row and >= 5x the 1.1.0 pair", verdict(ok))
+        rss_rows.append((f"push --parallel {par}", srv, cli))
+    # A file in a folder with a .ferry/index: the sender looks its SHA-256 up.
+    idx = fresh_out("fdp-indexed")
+    known = os.path.join(idx, "indexed.bin")
+    shutil.copy(rnd, known)
+    run([ferry, "index", idx, "--json"], timeout=600)
+    runs, srv, cli = _fdp_push_runs(ferry, known, "indexed", ["--parallel", "4"])
+    shutil.rmtree(idx, ignore_errors=True)
+    b, m = best_median([r["gbps"] for r in runs])
+    res.row("FastDP push 1 GiB of a file in the sender's .ferry/index (SHA-256 known), "
+            "--parallel 4 (best / median)", f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')} "
+            f"({b / sha:.2f}x SHA-256; hash {max(r['hash_seconds'] for r in runs):.2f} s)",
+            "-", ">= 0.8x SHA-256 row", verdict(b >= 0.8 * sha))
+    rss_rows.append(("push, hash known", srv, cli))
+    runs, srv, cli = _fdp_pull_runs(ferry, rnd, ["--parallel", "4"])
+    b, m = best_median([r["gbps"] for r in runs])
+    res.row("FastDP pull 1 GiB, --parallel 4 (best / median; SHA-256 verified)",
+            f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')} ({b / sha:.2f}x SHA-256)", "-",
+            ">= 0.8x SHA-256 row", verdict(b >= 0.8 * sha))
+    rss_rows.append(("pull --parallel 4", srv, cli))
+    # zstd of a compressible text next to `zstd -1` of the same file.
+    runs, srv, cli = _fdp_push_runs(ferry, txt, "zstd", ["--parallel", "4", "--compress",
+                                                          "zstd"])
+    b, m = best_median([r["gbps"] for r in runs])
+    ratio = GIB / runs[0]["wire_bytes"]
+    zrates, zsize = [], None
+    zbin = shutil.which("zstd")
+    if zbin:
+        for _ in range(RUNS):
+            t0 = time.perf_counter()
+            p = subprocess.run([zbin, "-1", "-c", "-q", txt], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+            zrates.append(GIB / (time.perf_counter() - t0) / 1e9)
+            zsize = len(p.stdout)
+    zb, _ = best_median(zrates)
+    zpeer = (f"zstd -1 of the same file: ratio {GIB / zsize:.1f}, {fmt(zb, 'GB/s')}"
+             if zsize else "zstd CLI not installed")
+    res.row("FastDP push 1 GiB, zstd, compressible log text, --parallel 4 (best / median; "
+            "ratio)", f"{fmt(b, 'GB/s')} / {fmt(m, 'GB/s')}; ratio {ratio:.1f}", zpeer,
+            "report", "-")
+    rss_rows.append(("push zstd", srv, cli))
+    v110, srv = _fdp_v110_into_ferry(ferry, rnd)
+    vb, vm = best_median([r["gbps"] for r in v110])
+    res.row("FastDP 1.1.0 Python sender (whole file in memory, as cli.py) into ferry, None "
+            "(best / median)", f"{fmt(vb, 'GB/s')} / {fmt(vm, 'GB/s')}; server RssAnon "
+            f"{srv:.1f} MiB", f"1.1.0 Python pair: {fmt(pb, 'GB/s')} / {fmt(pm, 'GB/s')}",
+            "server RssAnon < 64 MiB; report the rate", verdict(srv < 64))
+    rss_rows.append(("1.1.0 into ferry (client: Python)", srv,
+                     max(r["client_rss_anon_mib"] for r in v110)))
+    r = _fdp_resume(ferry, rnd)
+    res.row("FastDP resume: sender killed at 50 % durable, rerun (payload bytes of the rerun / "
+            "file)", f"{r['fraction'] * 100:.1f} % ({r['chunks_held']} of {r['chunks']} chunks "
+            f"held)", "-", "<= 55 %", verdict(r["fraction"] <= 0.55))
+    rss_rows.append(("resume rerun", r["server_rss"], r["client_rss"]))
+    worst = max(max(s_, c_) for _, s_, c_ in rss_rows if not _.startswith("1.1.0"))
+    res.row("FastDP RssAnon max, server / client, every row (" +
+            "; ".join(f"{n}: {s_:.1f} / {c_:.1f} MiB" for n, s_, c_ in rss_rows) + ")",
+            f"{worst:.1f} MiB (worst ferry process)", "-", "< 64 MiB each",
+            verdict(worst < 64))
+    res.raw["fastdp"] = {"pair": pair, "v110_into_ferry": v110, "resume": r,
+                         "rss": rss_rows, "sha256_gbps": sha}
+    res.diagnostics.append(
+        "FastDP: GB/s = 2^30 bytes / wall seconds of the client command (hashing the file "
+        "before the header, connect, transfer and the server's verification included); the "
+        "server writes into /dev/shm and the stored file is deleted after each run; the "
+        "1.1.0 pair is tests/interop/fastdp_v110_sender.py into fastdp_v110_server.py (both "
+        "Python, the whole file in memory as cli.py holds it)")
+
+
 # Row groups `--only` can name, in the order a full run runs them after the other rows.
 ROW_GROUPS = {
     "uploads": (
         "10,000 files of 1 KiB uploaded one by one over TEJ into 100,000 files and into none",
         (bench_uploads,),
+    ),
+    "fastdp": (
+        "FastDP push and pull of 1 GiB, zstd, the 1.1.0 sender, resume, RssAnon",
+        (bench_fastdp,),
     ),
     "server-core": (
         "new client latency with idle peers on every listener; idle CPU after a burst",

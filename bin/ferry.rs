@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use cli::cjp2p::Cjp2pArgs;
+use cli::fastdp::FastdpArgs;
 use cli::folder::{CertsArgs, IndexArgs};
 use cli::jtp::JtpArgs;
 use cli::serve::ServeArgs;
@@ -37,6 +38,7 @@ enum Cmd {
     Jtp(JtpArgs),
     Tej(TejArgs),
     Cjp2p(Cjp2pArgs),
+    Fastdp(FastdpArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Jtp(a) => cli::jtp::run(a),
         Cmd::Tej(a) => cli::tej::run(a),
         Cmd::Cjp2p(a) => cli::cjp2p::run(a),
+        Cmd::Fastdp(a) => cli::fastdp::run(a),
         Cmd::Index(a) => cli::folder::index(a),
         Cmd::Certs(a) => cli::folder::certs(a),
     };

@@ -27,6 +27,9 @@ pub(crate) struct ServeArgs {
     /// TEJ listen address (default 127.0.0.1:8000, plain TCP as tej-protoc speaks it)
     #[argh(option, default = "String::from(\"127.0.0.1:8000\")")]
     tej_bind: String,
+    /// fastDP listen address (default 127.0.0.1:5423; off to disable)
+    #[argh(option, default = "String::from(\"127.0.0.1:5423\")")]
+    fastdp_bind: String,
     /// CJP2P UDP address (default 127.0.0.1:24254)
     #[argh(option, default = "String::from(\"127.0.0.1:24254\")")]
     cjp2p_bind: String,
@@ -105,9 +108,18 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         &a.tej_bind,
         tcp_listener(&a.tej_bind, None, &limits, a.verbose),
     )?;
-    let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
+    let mut builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
         .listener(l, jtp)
         .listener(tl, tej);
+    if a.fastdp_bind != "off" {
+        let cfg = ferry::driver::fastdp::server::FastdpConfig {
+            verbose: a.verbose,
+            ..Default::default()
+        };
+        let fl = tcp_listener(&a.fastdp_bind, None, &limits, a.verbose);
+        let svc = super::fastdp::service(cat.clone(), cfg)?;
+        builder = builder.listener(bind("fastdp", &a.fastdp_bind, fl)?, svc);
+    }
     let peers = parse_peers(&a.peer)?;
     let node = start_node(
         &a.cjp2p_bind,

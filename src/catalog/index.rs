@@ -553,6 +553,29 @@ impl Journal {
     }
 }
 
+/// The SHA-256 the index of the catalog folder holding `path` records for it, if the index
+/// (with its journal) has a record of that name whose stamp still matches the file: a sender
+/// pushing a file from a served folder need not hash it again. Read-only; any defect is `None`.
+pub fn indexed_sha256(path: &Path) -> Option<[u8; 32]> {
+    let name = path.file_name()?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let state_dir = dir.join(".ferry");
+    let mut index = load(&state_dir).ok()?;
+    if let Ok(bytes) = read_state_file(&state_dir.join(JOURNAL_FILE)) {
+        if let Ok(j) = decode_journal(&bytes) {
+            for op in j.ops {
+                op.apply(&mut index);
+            }
+        }
+    }
+    let rec = index.get(name)?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.is_file() && FileStamp::from_metadata(&meta) == rec.stamp).then_some(rec.sha256)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,7 @@ pub mod mapped;
 mod scan;
 mod tree;
 
+pub use index::indexed_sha256;
 pub use live::FollowOptions;
 pub use mapped::{FileStamp, MappedFile};
 pub use scan::SkipReason;

@@ -9,6 +9,7 @@
 
 pub mod bulk;
 pub mod cjp2p;
+pub mod fastdp;
 pub mod jtp;
 pub mod progress;
 pub mod tej;

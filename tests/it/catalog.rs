@@ -51,6 +51,9 @@ fn serve_all(dir: &Path) -> Server {
         &[
             "serve",
             p(dir),
+            // FastDP listens on 5423 by default: not wanted by this test.
+            "--fastdp-bind",
+            "off",
             "--jtp-bind",
             "127.0.0.1:0",
             "--tej-bind",

@@ -1330,6 +1330,9 @@ fn serve_includes_cjp2p() {
         &[
             "serve",
             p(share.path()),
+            // FastDP listens on 5423 by default: not wanted by this test.
+            "--fastdp-bind",
+            "off",
             "--cjp2p-bind",
             "127.0.0.1:0",
             "--jtp-bind",

@@ -1103,6 +1103,9 @@ fn j37_ferry_serve_all_protocols_entry_point() {
         &[
             "serve",
             s(src.path()),
+            // FastDP listens on 5423 by default: not wanted by this test.
+            "--fastdp-bind",
+            "off",
             "--jtp-bind",
             "127.0.0.1:0",
             "--no-tls",

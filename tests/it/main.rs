@@ -6,6 +6,7 @@ mod catalog;
 mod cjp2p;
 mod cjp2p_swarm;
 mod cli;
+mod fastdp;
 mod harness;
 mod jtp_client;
 mod jtp_peers;

@@ -20,6 +20,9 @@ fn serve_all(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "serve",
         d,
+        // FastDP listens on 5423 by default: not wanted by this test.
+        "--fastdp-bind",
+        "off",
         "--jtp-bind",
         "127.0.0.1:0",
         "--tej-bind",

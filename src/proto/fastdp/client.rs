@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::connection::{Event, Input, Io, Receiver, SendChunk, Sender, SenderRole};
 use super::frame::{put_jmsg, ChunkDecoder, JmsgReader, Rules};
-use super::http::{put_request, ResponseParser, Status, Version};
+use super::http::{put_request, ResponseError, ResponseParser, Status, Version};
 use super::messages::{
     parse_message, Checksum, ErrorCode, ErrorMsg, Header, Message, PullReply, PullRequest,
     ReplyHeader,
@@ -63,7 +63,8 @@ enum Opened {
     Upgraded(usize),
     /// The reply JMSG body.
     Reply(usize, Vec<u8>),
-    Failed(usize, ErrorMsg),
+    /// The error, and the handshake's own failure when that is what failed.
+    Failed(usize, ErrorMsg, Option<ResponseError>),
 }
 
 fn open_input(opening: &mut Opening, input: &[u8]) -> Opened {
@@ -76,9 +77,11 @@ fn open_input(opening: &mut Opening, input: &[u8]) -> Opened {
                     *opening = Opening::Reply(JmsgReader::new());
                     Opened::Upgraded(n)
                 }
-                Status::Complete(Err(e)) => {
-                    Opened::Failed(n, ErrorMsg::new(ErrorCode::Internal, e.to_string()))
-                }
+                Status::Complete(Err(e)) => Opened::Failed(
+                    n,
+                    ErrorMsg::new(ErrorCode::Internal, e.to_string()),
+                    Some(e),
+                ),
             }
         }
         Opening::Reply(r) => {
@@ -86,20 +89,26 @@ fn open_input(opening: &mut Opening, input: &[u8]) -> Opened {
             match r.next_message() {
                 Ok(None) => Opened::Partial(n),
                 Ok(Some(body)) => Opened::Reply(n, body.to_vec()),
-                Err(e) => {
-                    Opened::Failed(n, ErrorMsg::new(ErrorCode::Internal, format!("reply: {e}")))
-                }
+                Err(e) => Opened::Failed(
+                    n,
+                    ErrorMsg::new(ErrorCode::Internal, format!("reply: {e}")),
+                    None,
+                ),
             }
         }
     }
 }
 
-fn open_eof(opening: &Opening) -> Event {
+fn open_eof(opening: &Opening) -> (Event, Option<ResponseError>) {
     match opening {
         Opening::Handshake(p) => {
-            Event::Failed(ErrorMsg::new(ErrorCode::Internal, p.eof().to_string()))
+            let e = p.eof();
+            (
+                Event::Failed(ErrorMsg::new(ErrorCode::Internal, e.to_string())),
+                Some(e),
+            )
         }
-        Opening::Reply(_) => Event::PeerClosed { clean: false },
+        Opening::Reply(_) => (Event::PeerClosed { clean: false }, None),
     }
 }
 
@@ -126,6 +135,8 @@ pub struct PushClient {
     clock: InputClock,
     state: PushState,
     io: Io,
+    /// Why the handshake failed, when it did (a driver decides from it whether to retry).
+    handshake: Option<ResponseError>,
 }
 
 impl PushClient {
@@ -140,7 +151,13 @@ impl PushClient {
             clock,
             state: PushState::Opening(opening),
             io,
+            handshake: None,
         }
+    }
+
+    /// The handshake's failure (another status, EOF, a bad 101), once `Failed` reported it.
+    pub fn handshake_failure(&self) -> Option<&ResponseError> {
+        self.handshake.as_ref()
     }
 
     /// Feeds bytes from the server; returns how many were consumed (call again with the rest).
@@ -160,7 +177,8 @@ impl PushClient {
                         self.reply(now, &body);
                         n
                     }
-                    Opened::Failed(n, e) => {
+                    Opened::Failed(n, e, h) => {
+                        self.handshake = h;
                         self.io.event(Event::Failed(e));
                         self.state = PushState::Closed;
                         n
@@ -244,7 +262,9 @@ impl PushClient {
     pub fn handle_eof(&mut self, _now: Instant) {
         match &mut self.state {
             PushState::Opening(o) => {
-                self.io.event(open_eof(o));
+                let (ev, h) = open_eof(o);
+                self.handshake = h;
+                self.io.event(ev);
                 self.state = PushState::Closed;
             }
             PushState::Sending(s) => s.eof(&mut self.io),
@@ -303,6 +323,8 @@ pub struct PullClient {
     clock: InputClock,
     state: PullState,
     io: Io,
+    /// Why the handshake failed, when it did.
+    handshake: Option<ResponseError>,
 }
 
 impl PullClient {
@@ -317,7 +339,13 @@ impl PullClient {
             clock,
             state: PullState::Opening(opening),
             io,
+            handshake: None,
         }
+    }
+
+    /// The handshake's failure (another status, EOF, a bad 101), once `Failed` reported it.
+    pub fn handshake_failure(&self) -> Option<&ResponseError> {
+        self.handshake.as_ref()
     }
 
     /// Feeds bytes from the server (see [`Input`] for the calling pattern).
@@ -337,7 +365,8 @@ impl PullClient {
                         self.reply(now, &body);
                         n
                     }
-                    Opened::Failed(n, e) => {
+                    Opened::Failed(n, e, h) => {
+                        self.handshake = h;
                         self.io.event(Event::Failed(e));
                         self.state = PullState::Closed;
                         n
@@ -444,7 +473,9 @@ impl PullClient {
     pub fn handle_eof(&mut self, _now: Instant) {
         match &mut self.state {
             PullState::Opening(o) => {
-                self.io.event(open_eof(o));
+                let (ev, h) = open_eof(o);
+                self.handshake = h;
+                self.io.event(ev);
                 self.state = PullState::Closed;
             }
             PullState::Receiving(r) => r.eof(&mut self.io),

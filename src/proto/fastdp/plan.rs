@@ -86,6 +86,18 @@ impl SendPlan {
         }
     }
 
+    /// Marks chunks done that the receiver says it holds durably, in flight or not: a pull
+    /// client's `Have` on a later connection (section 3). Unlike [`merge_have`](Self::merge_have)
+    /// there is no CRC to wait for: the receiver's word is final for what it holds.
+    pub fn mark_held(&mut self, have: &Have) {
+        for &(a, b) in have.ranges() {
+            for c in a..b.min(self.full_chunk) {
+                self.in_flight.remove(&c);
+                self.set_done(c);
+            }
+        }
+    }
+
     /// Every chunk acknowledged with a matching CRC (or held before): time for the final FIN.
     pub fn is_complete(&self) -> bool {
         self.done_count == self.full_chunk
@@ -247,6 +259,23 @@ mod tests {
         assert!(p.is_complete());
         let empty = SendPlan::new(0, &Have::new());
         assert!(empty.is_complete());
+    }
+
+    #[test]
+    fn a_pull_clients_have_marks_chunks_done_even_while_in_flight() {
+        let mut p = SendPlan::new(4, &Have::new());
+        let a = p.take_next().unwrap();
+        p.sent(a, 1);
+        p.mark_held(&Have::normalised(vec![(0, 2)]));
+        assert_eq!(p.in_flight_count(), 0);
+        assert_eq!(p.done_count(), 2);
+        p.release(&[a]);
+        assert_eq!(
+            p.take_next(),
+            Some(2),
+            "a released chunk the client holds is not re-sent"
+        );
+        assert_eq!(p.ack(a, 1), AckOutcome::AlreadyDone);
     }
 
     #[test]
