@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -45,6 +45,20 @@ impl FileStamp {
             size: m.size(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+impl FileStamp {
+    /// Takes the stamp fields from a [`Stat`](crate::dir::Stat) (of a descriptor, or of a name
+    /// not followed through a symlink).
+    pub fn from_stat(st: &crate::dir::Stat) -> FileStamp {
+        FileStamp {
+            dev: st.dev(),
+            ino: st.ino(),
+            size: st.size(),
+            mtime_ns: st.mtime_ns(),
+            ctime_ns: st.ctime_ns(),
         }
     }
 }
@@ -78,10 +92,21 @@ impl std::fmt::Debug for MappedFile {
 }
 
 impl MappedFile {
-    /// Opens `path` read-only, takes its stamp with `fstat` on the new descriptor and maps the
-    /// whole file (no mapping for an empty file).
+    /// Opens `path` read-only (`O_NONBLOCK`: a FIFO under the name is refused at once rather
+    /// than waited on) and maps it as [`from_file`](Self::from_file) does. The path is
+    /// followed as given: served files are opened through
+    /// [`Entry::open`](super::Entry::open), beneath the served folder, instead.
     pub fn open(path: &Path) -> io::Result<MappedFile> {
-        let file = File::open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)?;
+        MappedFile::from_file(file)
+    }
+
+    /// Takes the stamp of an open file with `fstat` on its descriptor, requires a regular file,
+    /// and maps the whole file (no mapping for an empty file).
+    pub fn from_file(file: File) -> io::Result<MappedFile> {
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(
