@@ -206,7 +206,7 @@ fn changed_error() -> io::Error {
 #[derive(Debug)]
 struct Shared {
     /// The served folder, opened once: every served file is opened beneath it.
-    root: Dir,
+    root: Arc<Dir>,
     /// Paths an absolute symlink target may begin with to count as inside the root: the
     /// root's canonical path and its absolute path as named.
     roots: Vec<PathBuf>,
@@ -699,7 +699,7 @@ impl CatalogHandle {
             generation_changed: Condvar::new(),
             report: Mutex::new(RescanReport::default()),
             shared: Arc::new(Shared {
-                root: root_dir,
+                root: Arc::new(root_dir),
                 roots,
                 drift: Drift::default(),
             }),
@@ -727,7 +727,7 @@ impl CatalogHandle {
 
     /// The root, opened once at start: what an ingest folder publishing into the catalog
     /// renames into.
-    pub fn root_dir(&self) -> &Dir {
+    pub fn root_dir(&self) -> &Arc<Dir> {
         &self.shared.root
     }
 
