@@ -139,7 +139,7 @@ pub(crate) fn load_tls(
         )),
         TlsSource::SelfSigned => {
             let (tls, fp, generated) =
-                TlsServer::self_signed(&cat.state_dir(), &[alpn]).map_err(local)?;
+                TlsServer::self_signed_in(cat.state(), &[alpn]).map_err(local)?;
             eprintln!(
                 "ferry: tls certificate {} sha256 {fp}{}",
                 cat.state_dir().join("tls/cert.pem").display(),
