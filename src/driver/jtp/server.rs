@@ -30,8 +30,10 @@ use crate::transport::{Stream, TryRead};
 const MAX_COMPRESS: u64 = 8 * 1024 * 1024;
 /// Upper bound on the memory held by cached compressed forms.
 const MAX_COMPRESS_CACHE: usize = 256 * 1024 * 1024;
-/// Files one response keeps open at once, at most (a GET_BY_ID's 255 fit).
-const MAX_OPEN_AHEAD: usize = 256;
+/// Files one response keeps open from counting to sending, at most; the others are opened
+/// again when their turn comes (one more `openat` + `fstat` each). Small, because the
+/// command line's default `--max-connections` counts these per connection.
+pub const MAX_OPEN_AHEAD: usize = 8;
 /// Most source addresses the rate limiter remembers.
 const MAX_RATE_IPS: usize = 100_000;
 /// How often a WATCH subscriber looks at the catalog and its socket.
@@ -509,9 +511,9 @@ impl ConnDriver<'_> {
 }
 
 /// Opens every image about to be counted; failures are left out like unknown ids (3.11). The
-/// first [`MAX_OPEN_AHEAD`] stay open for sending; the others are closed again and reopened
-/// when their turn comes, so a response over the whole catalog holds a bounded number of
-/// descriptors whatever the catalog's size.
+/// first [`MAX_OPEN_AHEAD`] stay open for sending; the others are closed again at once and
+/// reopened when their turn comes, so a response over the whole catalog holds a bounded number
+/// of descriptors whatever the catalog's size.
 fn resolve<'v>(items: &[&'v Item]) -> Vec<(&'v Item, Option<Arc<MappedFile>>)> {
     items
         .iter()
