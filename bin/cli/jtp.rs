@@ -1,6 +1,6 @@
 //! `ferry jtp serve | get | list`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,10 @@ use super::*;
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Connect(_) | ClientError::Io(_) => EXIT_NETWORK,
+            ClientError::Connect(_)
+            | ClientError::Io(_)
+            | ClientError::TimedOut(_)
+            | ClientError::Closed { .. } => EXIT_NETWORK,
             ClientError::Protocol(_) | ClientError::Server { .. } => EXIT_PROTOCOL,
             ClientError::Local(_) => EXIT_LOCAL,
         };
@@ -355,7 +358,6 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     opts.nodelay = !a.no_tcp_nodelay;
     opts.verbose = a.verbose;
     opts.durable = a.fsync;
-    opts.progress = !a.json && std::io::stderr().is_terminal();
     let client = Client::new(opts)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -395,7 +397,10 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
         Mode::Get
     };
     let wanted = (!ids.is_empty()).then_some(ids);
-    let s = client.get(&out, wanted, mode, &stop)?;
+    let drawer = progress::Drawer::start(client.progress(), progress::Unit::Images, a.json);
+    let got = client.get(&out, wanted, mode, &stop);
+    drawer.finish();
+    let s = got?;
     if a.json {
         println!("{}", serde_json::to_string(&s).unwrap_or_default());
     } else {
