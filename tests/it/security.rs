@@ -527,7 +527,10 @@ fn hard_fd_limit() -> u64 {
     };
     // SAFETY: getrlimit writes one rlimit.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_max as u64
+    // rlim_t's width differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let hard = lim.rlim_max as u64;
+    hard
 }
 
 /// One LIST_AND_GET of 1,500 images from `ferry jtp serve` started with `soft`/`hard`
