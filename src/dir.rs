@@ -30,6 +30,7 @@
 //!                         link   --> readlinkat(fd, ""); absolute: strip the root's path
 //!                                    (else Outside) and start from the root; push its
 //!                                    components onto todo (at most 40 links: Broken)
+//!                         (at most 64 folders deep: Broken)
 //!                         other  --> Broken (not a folder)
 //!   ```
 //!
@@ -62,6 +63,9 @@ use std::path::{Component, Path, PathBuf};
 
 /// Most symlinks one resolution follows (Linux's own limit is 40 as well).
 pub const MAX_LINKS: u32 = 40;
+/// Most folders below the root one resolution may stand in at once (each holds an `O_PATH`
+/// descriptor until the resolution ends): deeper is refused as a broken link.
+pub const MAX_DEPTH: usize = 64;
 
 /// Flags of every read-only open of a served file.
 const READ_FLAGS: libc::c_int =
@@ -698,6 +702,11 @@ impl Dir {
                     }
                 }
             } else if st.is_dir() && !todo.is_empty() {
+                if folders.len() >= MAX_DEPTH {
+                    return Err(BeneathError::Broken(io::Error::from_raw_os_error(
+                        libc::ENAMETOOLONG,
+                    )));
+                }
                 folders.push(fd);
             } else if todo.is_empty() {
                 // It was a link when opened above and is something else now: look again (the
@@ -851,9 +860,17 @@ mod tests {
         symlink("loop1", r.join("loop2")).unwrap();
         symlink("file/x", r.join("through-file")).unwrap();
         symlink(".", r.join("self")).unwrap();
+        let deep = "d/".repeat(MAX_DEPTH + 1);
+        std::fs::create_dir_all(r.join(&deep)).unwrap();
+        std::fs::write(r.join(&deep).join("f"), "x").unwrap();
+        symlink(format!("{deep}f"), r.join("too-deep")).unwrap();
+        let ok = "d/".repeat(MAX_DEPTH);
+        std::fs::write(r.join(&ok).join("g"), "x").unwrap();
+        symlink(format!("{ok}g"), r.join("deep-enough")).unwrap();
         let d = Dir::open(&r).unwrap();
         let roots = roots(&t);
-        for name in ["dangling", "loop1", "through-file", "self"] {
+        assert!(d.open_beneath(OsStr::new("deep-enough"), &roots).is_ok());
+        for name in ["dangling", "loop1", "through-file", "self", "too-deep"] {
             let b = d.open_beneath(OsStr::new(name), &roots);
             assert!(matches!(b, Err(BeneathError::Broken(_))), "{name}: {b:?}");
         }

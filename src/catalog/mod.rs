@@ -1098,7 +1098,7 @@ impl CatalogHandle {
     /// the name is then looked at beneath the root's descriptor like any other. Excluded names
     /// give [`CatalogError::Excluded`].
     pub fn add_file(&self, path: &Path) -> Result<Arc<Entry>, CatalogError> {
-        self.add_file_inner(path, None)
+        self.add_file_inner(path, None, None)
     }
 
     /// [`add_file`](Self::add_file) for a file whose hashes the caller computed from the very
@@ -1111,13 +1111,28 @@ impl CatalogHandle {
         xxh64: u64,
         sha256: [u8; 32],
     ) -> Result<Arc<Entry>, CatalogError> {
-        self.add_file_inner(path, Some((xxh64, sha256)))
+        self.add_file_inner(path, Some((xxh64, sha256)), None)
+    }
+
+    /// [`add_ingested_file`](Self::add_ingested_file) for the very inode (device, inode) the
+    /// caller published: if the name now holds another file (someone who can write the folder
+    /// renamed one over it), the hashes are not registered for it and
+    /// [`CatalogError::Changed`] is returned.
+    pub fn add_published_file(
+        &self,
+        path: &Path,
+        inode: (u64, u64),
+        xxh64: u64,
+        sha256: [u8; 32],
+    ) -> Result<Arc<Entry>, CatalogError> {
+        self.add_file_inner(path, Some((xxh64, sha256)), Some(inode))
     }
 
     fn add_file_inner(
         &self,
         path: &Path,
         known: Option<(u64, [u8; 32])>,
+        inode: Option<(u64, u64)>,
     ) -> Result<Arc<Entry>, CatalogError> {
         let not_in_root = || CatalogError::NotInRoot {
             path: path.to_owned(),
@@ -1138,6 +1153,11 @@ impl CatalogHandle {
                 reason,
             }
         })?;
+        if inode.is_some_and(|i| i != (c.stamp.dev, c.stamp.ino)) {
+            return Err(CatalogError::Changed {
+                path: path.to_owned(),
+            });
+        }
         if let Some(e) = self.snapshot().by_disk_name(disk_name) {
             if e.stamp == c.stamp {
                 return Ok(Arc::clone(e));

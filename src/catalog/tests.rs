@@ -493,6 +493,33 @@ fn add_file_updates_one_file_and_the_index() {
 }
 
 #[test]
+fn add_published_file_registers_hashes_only_for_the_published_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("addpub");
+    let h = open(&dir);
+    let p = dir.write("up.bin", b"uploaded");
+    let m = std::fs::metadata(&p).unwrap();
+    let (xxh64, sha256) = (
+        xxh(b"uploaded"),
+        <[u8; 32]>::from(sha2::Sha256::digest(b"uploaded")),
+    );
+    // Someone renamed another file over the name after it was published.
+    dir.write(".other", b"planted!");
+    std::fs::rename(dir.path().join(".other"), &p).unwrap();
+    assert!(matches!(
+        h.add_published_file(&p, (m.dev(), m.ino()), xxh64, sha256),
+        Err(CatalogError::Changed { .. })
+    ));
+    assert!(h.snapshot().by_file_name("up.bin").is_none());
+    let now = std::fs::metadata(&p).unwrap();
+    let planted = sha2::Sha256::digest(b"planted!").into();
+    let e = h
+        .add_published_file(&p, (now.dev(), now.ino()), xxh(b"planted!"), planted)
+        .unwrap();
+    assert_eq!(e.sha256, planted);
+}
+
+#[test]
 fn add_file_refuses_outside_and_excluded_paths() {
     let dir = TempDir::new("addbad");
     let other = TempDir::new("addbad-other");

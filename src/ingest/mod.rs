@@ -118,6 +118,17 @@ pub struct Committed {
     pub xxh64: u64,
     pub size: u64,
     pub outcome: Outcome,
+    /// Device and inode of the file ingest itself put under `path` (`Created`, `Renamed`);
+    /// `None` when the bytes were already there (`AlreadyPresent`). A catalog registers the
+    /// hashes above only for this very inode, whatever has been renamed over `path` since.
+    pub inode: Option<(u64, u64)>,
+}
+
+/// (device, inode) of an open file.
+fn inode_of(file: &fs::File) -> io::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let st = crate::dir::fstat(file.as_raw_fd())?;
+    Ok((st.dev(), st.ino()))
 }
 
 /// How the no-clobber rule resolved the final name.

@@ -894,6 +894,7 @@ impl Part {
             return Err(e);
         }
         self.file.sync_all()?;
+        let inode = super::inode_of(&self.file)?;
         let tag = tag_for(expect, Some(&sha256), xxh64);
         let published = publish(
             self.dir.dest_dir(),
@@ -921,6 +922,7 @@ impl Part {
             xxh64,
             size: self.geo.size,
             outcome: published.outcome,
+            inode: (published.outcome != super::Outcome::AlreadyPresent).then_some(inode),
         })
     }
 

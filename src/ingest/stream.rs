@@ -197,6 +197,7 @@ impl StreamSink {
                 xxh64,
                 size: self.written,
                 outcome: Outcome::AlreadyPresent,
+                inode: None,
             });
         }
         if self.file.is_none() {
@@ -211,6 +212,7 @@ impl StreamSink {
         if self.dir.is_durable() {
             file.sync_all()?;
         }
+        let inode = super::inode_of(file)?;
         let tag = tag_for(expect, sha256.as_ref(), xxh64);
         let temp = self.temp.clone().ok_or_else(gone)?;
         let p = publish(
@@ -235,6 +237,7 @@ impl StreamSink {
             xxh64,
             size: self.written,
             outcome: p.outcome,
+            inode: (p.outcome != Outcome::AlreadyPresent).then_some(inode),
         })
     }
 
