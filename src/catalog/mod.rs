@@ -163,6 +163,19 @@ impl Entry {
         result
     }
 
+    /// Whether the file under this entry's name is, as far as a look by name can tell, the
+    /// version the entry was hashed from: one `fstatat` that does not follow a link for a plain
+    /// name (a link is resolved and opened as [`open`](Self::open) does). For counting what a
+    /// response will send without holding every file open; the send itself must still
+    /// [`open`](Self::open) the file, which checks again on the descriptor.
+    pub fn is_current(&self) -> bool {
+        match self.shared.root.stat_at(self.disk_name()) {
+            Ok(st) if st.is_file() => FileStamp::from_stat(&st) == self.stamp,
+            Ok(st) if st.is_symlink() => self.open_checked().is_ok(),
+            _ => false,
+        }
+    }
+
     fn open_checked(&self) -> io::Result<Arc<MappedFile>> {
         let opened = self
             .shared

@@ -510,17 +510,23 @@ impl ConnDriver<'_> {
     }
 }
 
-/// Opens every image about to be counted; failures are left out like unknown ids (3.11). The
-/// first [`MAX_OPEN_AHEAD`] stay open for sending; the others are closed again at once and
-/// reopened when their turn comes, so a response over the whole catalog holds a bounded number
-/// of descriptors whatever the catalog's size.
+/// Checks every image about to be counted; failures are left out like unknown ids (3.11). The
+/// first [`MAX_OPEN_AHEAD`] are opened now and stay open for sending; the others are only
+/// looked at by name ([`Entry::is_current`](crate::catalog::Entry::is_current)) and opened when
+/// their turn comes, so a response over the whole catalog holds a bounded number of
+/// descriptors whatever the catalog's size.
 fn resolve<'v>(items: &[&'v Item]) -> Vec<(&'v Item, Option<Arc<MappedFile>>)> {
-    items
-        .iter()
-        .filter_map(|it| open_as_listed(it).map(|f| (*it, f)))
-        .enumerate()
-        .map(|(i, (it, f))| (it, (i < MAX_OPEN_AHEAD).then_some(f)))
-        .collect()
+    let mut ready = Vec::with_capacity(items.len());
+    for it in items {
+        if ready.len() < MAX_OPEN_AHEAD {
+            if let Some(f) = open_as_listed(it) {
+                ready.push((*it, Some(f)));
+            }
+        } else if it.entry.size == it.size as u64 && it.entry.is_current() {
+            ready.push((*it, None));
+        }
+    }
+    ready
 }
 
 /// The item's file, if it opens with the size it is listed with.
