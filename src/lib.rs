@@ -3,6 +3,9 @@
 //! Layers, from the bottom up:
 //! - [`catalog`]: the served folder, scanned, hashed once (xxHash64 and SHA-256, kept in a
 //!   persistent index under `.ferry/`) and memory-mapped; immutable snapshots swapped on rescan.
+//! - [`dir`]: folders opened once, and files opened relative to them so that no local user
+//!   racing ferry can redirect an open (symlinks resolved beneath the folder, state folders
+//!   private, state files created `O_EXCL | O_NOFOLLOW`).
 //! - [`ingest`]: the one way bytes from the network become a file in a folder: preallocated
 //!   temporary file, positional writes, persisted block bitmap, verification, atomic rename.
 //! - [`wire`]: the byte-level pieces every codec shares: a bounded cursor, a length-prefixed
@@ -17,6 +20,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod dir;
 pub mod driver;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -462,12 +462,19 @@ fn from_output_folder(
     use ferry::ingest::{Expect, IngestDir};
     use sha2::{Digest, Sha256};
     let holds = |path: &Path| -> Option<u64> {
-        // Regular files only; a symlink or anything else is never read.
-        let meta = std::fs::symlink_metadata(path).ok()?;
+        // Regular files only; a symlink or anything else is never read. The type is checked
+        // on the opened descriptor (O_NOFOLLOW | O_NONBLOCK): a link or FIFO swapped in after
+        // a look by name is neither followed nor waited on.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        let meta = f.metadata().ok()?;
         if !meta.file_type().is_file() {
             return None;
         }
-        let mut f = std::fs::File::open(path).ok()?;
         let mut h = Sha256::new();
         std::io::copy(&mut f, &mut h).ok()?;
         (<[u8; 32]>::from(h.finalize()) == *id).then_some(meta.len())

@@ -113,8 +113,8 @@ pub(crate) struct JtpServeArgs {
     /// seconds without progress on a read or write (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
-    /// most concurrent connections (default 1024)
-    #[argh(option, default = "1024")]
+    /// most concurrent connections (default: what the open-file limit allows, at most 1024)
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
     /// log connections (peer, requests, bytes, outcome) and errors on stderr
     #[argh(switch, short = 'v')]

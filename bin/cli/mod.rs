@@ -1,5 +1,6 @@
 //! The command line's shared pieces: exit codes and the [`Failure`] that carries one, and the
-//! server set-up every `serve` command repeats (the catalog and how it follows the folder, TLS
+//! server set-up every `serve` command repeats (the descriptor limit and the default
+//! `--max-connections` derived from it, the catalog and how it follows the folder, TLS
 //! material, listening lines, SIGHUP rescans). One module per protocol holds that protocol's
 //! commands.
 
@@ -86,6 +87,69 @@ pub(crate) fn shown(text: &str) -> Cow<'_, str> {
     ferry::names::printable(text)
 }
 
+/// Descriptors a server keeps whatever its connections do: the standard streams, listeners,
+/// wake pipes, the catalog's root and `.ferry`, the index journal, inotify and the follower's
+/// socket pair, TLS files at start, CJP2P's socket and its downloads' parts, and slack. One
+/// more per hashing thread is added at run time.
+const RESERVED_FDS: u64 = 64;
+
+/// Descriptors one connection may hold at once: its socket, the shutdown sweeper's duplicate of
+/// it, and the files it is sending (a JTP response keeps up to
+/// [`MAX_OPEN_AHEAD`](ferry::driver::jtp::server::MAX_OPEN_AHEAD) open; TEJ holds one file or
+/// one upload temporary).
+const FDS_PER_CONNECTION: u64 = 2 + ferry::driver::jtp::server::MAX_OPEN_AHEAD as u64;
+
+/// Bounds of the derived default of `--max-connections` (per listener).
+const MIN_DEFAULT_CONNECTIONS: u64 = 16;
+const MAX_DEFAULT_CONNECTIONS: u64 = 1024;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, once per process; returns the soft limit
+/// now in force. (The catalog keeps no descriptor per file, but a server's connections each
+/// hold a few, and the usual soft limit of 1,024 is far below what the hard limit allows.)
+pub(crate) fn raise_fd_limit() -> u64 {
+    static SOFT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SOFT.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit, which `lim` is.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit reads one rlimit, which `raised` is.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        // Infinity or beyond u64 cannot happen for RLIMIT_NOFILE on Linux; be safe anyway.
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX)
+    })
+}
+
+/// The default `--max-connections` of a command with `listeners` TCP listeners, each of which
+/// gets this budget: what the descriptors allow once the soft limit is raised to the hard one,
+///
+/// ```text
+/// (RLIMIT_NOFILE - RESERVED_FDS - hashing threads) / (FDS_PER_CONNECTION x listeners)
+/// ```
+///
+/// clamped to 16..=1024 (1,024 was the fixed default before). With a hard limit of 1,024 and
+/// two listeners that is 47 per listener; from a limit of about 20,600 on, 1,024.
+pub(crate) fn default_max_connections(listeners: u64) -> usize {
+    let soft = raise_fd_limit();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let per = FDS_PER_CONNECTION * listeners.max(1);
+    let n = soft.saturating_sub(RESERVED_FDS + threads) / per;
+    n.clamp(MIN_DEFAULT_CONNECTIONS, MAX_DEFAULT_CONNECTIONS) as usize
+}
+
 pub(crate) fn either<T>(a: Option<T>, b: Option<T>) -> Option<T> {
     a.or(b)
 }
@@ -151,12 +215,14 @@ fn is_json_report() -> bool {
 }
 
 /// Opens the served folder's catalog and starts following it (the watch is in place before
-/// the first scan, so nothing that arrives meanwhile is missed).
+/// the first scan, so nothing that arrives meanwhile is missed). Every serving command comes
+/// here first, so this is also where the descriptor limit is raised ([`raise_fd_limit`]).
 pub(crate) fn open_catalog(
     dir: &Path,
     verbose: bool,
     follow: Follow,
 ) -> Result<(Arc<CatalogHandle>, Option<WatcherGuard>), Failure> {
+    raise_fd_limit();
     let opts = CatalogOptions { verbose };
     let (cat, watcher) = if follow.is_following() {
         let fo = FollowOptions {
@@ -217,7 +283,7 @@ pub(crate) fn load_tls(
         )),
         TlsSource::SelfSigned => {
             let (tls, fp, generated) =
-                TlsServer::self_signed(&cat.state_dir(), &[alpn]).map_err(local)?;
+                TlsServer::self_signed_in(cat.state(), &[alpn]).map_err(local)?;
             let cert = cat.state_dir().join("tls/cert.pem");
             if is_json_report() {
                 eprintln!(

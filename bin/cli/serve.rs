@@ -59,8 +59,9 @@ pub(crate) struct ServeArgs {
     /// until SIGHUP or --watch rescans
     #[argh(switch)]
     no_follow: bool,
-    /// most concurrent connections per listener (JTP and TEJ each; default 1024)
-    #[argh(option, default = "1024")]
+    /// most concurrent connections per listener (JTP and TEJ each; default: what the open-file
+    /// limit allows, at most 1024; see the README)
+    #[argh(option, default = "default_max_connections(2)")]
     max_connections: usize,
     /// seconds without read/write progress before a connection is dropped, on every listener
     /// (default 30)

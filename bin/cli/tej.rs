@@ -87,8 +87,8 @@ pub(crate) struct TejServeArgs {
     /// after SIGHUP or a --watch-interval rescan
     #[argh(switch)]
     no_follow: bool,
-    /// most concurrent connections (default 1024)
-    #[argh(option, default = "1024")]
+    /// most concurrent connections (default: what the open-file limit allows, at most 1024)
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
     /// log frames, messages and stored files on stderr
     #[argh(switch, short = 'v')]

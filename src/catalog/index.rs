@@ -19,7 +19,14 @@
 //! ```
 //!
 //! Saving writes a temporary file in the same folder and renames it over the index, so a
-//! reader sees the old or the new index, never half of one.
+//! reader sees the old or the new index, never half of one. Every file here is reached through
+//! the state folder's descriptor, opened once ([`Dir`]): new files with `O_CREAT | O_EXCL |
+//! O_NOFOLLOW`, the journal with `O_NOFOLLOW` and a check of what was opened.
+//!
+//! The trailing xxh64s detect torn and corrupted files, not forged ones: they are unkeyed, so
+//! whoever can write `.ferry/` can make the catalog list any file under any hashes. That is
+//! why `.ferry/` must belong to the user running ferry and be writable by nobody else
+//! ([`crate::dir::check_private`]): whoever can write it is trusted.
 //!
 //! Journal layout (little-endian), version 1: what changed since the index was written.
 //!
@@ -41,14 +48,14 @@
 //! Both decoders read through [`wire::Cursor`](crate::wire::Cursor).
 
 use super::mapped::FileStamp;
+use crate::dir::Dir;
 use crate::wire::Cursor;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// File name of the index inside the state folder.
@@ -232,13 +239,10 @@ pub fn decode(bytes: &[u8]) -> Result<Index, IndexError> {
     Ok(index)
 }
 
-/// Reads a whole state file of at most [`MAX_INDEX_BYTES`], without following a symlink.
-fn read_state_file(path: &Path) -> Result<Vec<u8>, IndexError> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(IndexError::Io)?;
+/// Reads a whole state file of at most [`MAX_INDEX_BYTES`] from the state folder, without
+/// following a symlink (and without blocking on a FIFO).
+fn read_state_file(state: &Dir, name: &str) -> Result<Vec<u8>, IndexError> {
+    let mut f = state.open_read(OsStr::new(name)).map_err(IndexError::Io)?;
     let len = f.metadata().map_err(IndexError::Io)?.len();
     if len > MAX_INDEX_BYTES {
         return Err(IndexError::TooLarge { len });
@@ -252,33 +256,42 @@ fn read_state_file(path: &Path) -> Result<Vec<u8>, IndexError> {
     Ok(bytes)
 }
 
-/// Reads and parses `<state_dir>/index`.
-pub fn load(state_dir: &Path) -> Result<Index, IndexError> {
-    decode(&read_state_file(&state_dir.join(INDEX_FILE))?)
+/// Reads and parses `<state>/index`.
+pub fn load(state: &Dir) -> Result<Index, IndexError> {
+    decode(&read_state_file(state, INDEX_FILE)?)
 }
 
-/// Writes `index` to a new temporary name in `state_dir` (never through a symlink), then
-/// renames it over the index.
-pub fn save(state_dir: &Path, index: &Index) -> io::Result<()> {
+/// Temporary names tried per save: a name already taken (a stale leftover, or anything else
+/// under that name) only costs the next one.
+const SAVE_TRIES: u32 = 16;
+
+/// Writes `index` to a new temporary name in the state folder (`O_CREAT | O_EXCL |
+/// O_NOFOLLOW`, relative to the folder's descriptor: nothing under that name, link or file, is
+/// ever opened), then renames it over the index.
+pub fn save(state: &Dir, index: &Index) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let bytes = encode(index.iter().map(|(k, v)| (k.as_os_str(), v)));
-    let tmp = state_dir.join(format!(
-        ".{INDEX_FILE}.tmp.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        drop(f);
-        std::fs::rename(&tmp, state_dir.join(INDEX_FILE))
-    })();
+    let mut tries = 0;
+    let (tmp, mut f) = loop {
+        let tmp = OsString::from(format!(
+            ".{INDEX_FILE}.tmp.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        match state.create_new(&tmp, 0o600) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries + 1 < SAVE_TRIES => {
+                tries += 1
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let result = f
+        .write_all(&bytes)
+        .and_then(|()| state.rename(&tmp, state, OsStr::new(INDEX_FILE)));
+    drop(f);
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = state.remove_file(&tmp);
     }
     result
 }
@@ -449,26 +462,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) `<state_dir>/journal` without following a symlink and reads its
-    /// records. A torn or bad tail is cut off (and reported), so the next append is reachable;
-    /// a journal with a bad header is emptied (and the error reported).
-    pub fn open(state_dir: &Path) -> io::Result<(Journal, Vec<JournalOp>, Option<String>)> {
-        let path = state_dir.join(JOURNAL_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)?;
+    /// Opens (or creates) `<state>/journal` without following a symlink (a regular file of
+    /// ours with one link, [`Dir::open_state_file`]) and reads its records. A torn or bad tail
+    /// is cut off (and reported), so the next append is reachable; a journal with a bad header
+    /// is emptied (and the error reported).
+    pub fn open(state: &Dir) -> io::Result<(Journal, Vec<JournalOp>, Option<String>)> {
+        let mut file = state.open_state_file(OsStr::new(JOURNAL_FILE), 0o600, true)?;
         let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "journal is not a regular file",
-            ));
-        }
         let (read, warning) = if meta.len() == 0 {
             (None, None)
         } else if meta.len() > MAX_INDEX_BYTES {
@@ -556,15 +556,15 @@ impl Journal {
 /// The SHA-256 the index of the catalog folder holding `path` records for it, if the index
 /// (with its journal) has a record of that name whose stamp still matches the file: a sender
 /// pushing a file from a served folder need not hash it again. Read-only; any defect is `None`.
-pub fn indexed_sha256(path: &Path) -> Option<[u8; 32]> {
+pub fn indexed_sha256(path: &std::path::Path) -> Option<[u8; 32]> {
     let name = path.file_name()?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+        _ => std::path::Path::new("."),
     };
-    let state_dir = dir.join(".ferry");
-    let mut index = load(&state_dir).ok()?;
-    if let Ok(bytes) = read_state_file(&state_dir.join(JOURNAL_FILE)) {
+    let state = Dir::open(&dir.join(".ferry")).ok()?;
+    let mut index = load(&state).ok()?;
+    if let Ok(bytes) = read_state_file(&state, JOURNAL_FILE) {
         if let Ok(j) = decode_journal(&bytes) {
             for op in j.ops {
                 op.apply(&mut index);
@@ -701,8 +701,12 @@ mod tests {
 
     #[test]
     fn io_error_when_missing() {
-        let dir = std::env::temp_dir().join(format!("ferry-index-missing-{}", std::process::id()));
-        assert!(matches!(load(&dir), Err(IndexError::Io(_))));
+        let dir = Dir::open(&std::env::temp_dir()).unwrap();
+        let name = format!("ferry-index-missing-{}", std::process::id());
+        assert!(matches!(
+            read_state_file(&dir, &name),
+            Err(IndexError::Io(e)) if e.kind() == io::ErrorKind::NotFound
+        ));
     }
 
     #[test]
@@ -887,7 +891,7 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        let (mut j, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert!(got.is_empty() && warn.is_none());
         assert_eq!(j.len(), JOURNAL_HEADER_LEN as u64);
         let ops = ops();
@@ -902,7 +906,7 @@ mod tests {
         let good = bytes.len();
         bytes.extend_from_slice(&third[..third.len() - 3]);
         std::fs::write(&path, &bytes).unwrap();
-        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        let (mut j, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert_eq!(got, ops[..2]);
         assert_eq!(
             warn.as_deref(),
@@ -911,15 +915,15 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good as u64);
         j.append(&ops[2..]).unwrap();
         drop(j);
-        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        let (mut j, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert_eq!((got, warn), (ops.clone(), None));
         j.reset().unwrap();
         drop(j);
-        let (_, got, _) = Journal::open(&dir).unwrap();
+        let (_, got, _) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert!(got.is_empty());
         // A foreign file under the name is emptied, not trusted.
         std::fs::write(&path, b"garbage that is not a journal").unwrap();
-        let (_, got, warn) = Journal::open(&dir).unwrap();
+        let (_, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert!(got.is_empty());
         assert_eq!(warn.as_deref(), Some("index: bad magic (in the journal)"));
         assert_eq!(

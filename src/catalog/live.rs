@@ -19,7 +19,9 @@
 //!          two looks agree --> hash (no lock held) --> publish; disagree --> look again
 //!
 //!   IN_Q_OVERFLOW, a read error ----> full rescan
-//!   root deleted / moved / unmounted -> logged; watched again once it is back (then rescan)
+//!   root deleted / moved / unmounted -> logged; watched again once the very folder is back
+//!                                       at its path (then rescan): the catalog keeps serving
+//!                                       the folder it opened at start
 //!   --watch SECS (or no inotify) ----> full rescan every SECS
 //! ```
 //!
@@ -32,14 +34,12 @@
 //! command line calls [`CatalogHandle::rescan`]), and subfolders (the catalog is flat).
 
 use super::inotify::{self, Event, Inotify};
-use super::scan::STATE_DIR;
 use super::{io_err, lock, CatalogError, CatalogHandle, CatalogOptions, Check, FileStamp};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,7 +149,7 @@ impl Drop for WatcherGuard {
             let _ = t.join();
         }
         if let Some(h) = self.handle.upgrade() {
-            *lock(&h.drift.wake) = None;
+            *lock(&h.shared.drift.wake) = None;
         }
     }
 }
@@ -177,10 +177,21 @@ impl CatalogHandle {
         opts: CatalogOptions,
         follow: FollowOptions,
     ) -> Result<(Arc<CatalogHandle>, WatcherGuard), CatalogError> {
-        let state_dir = root.join(STATE_DIR);
-        std::fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
         let watch = follow.inotify.then(|| Watch::start(root));
         let handle = CatalogHandle::open(root, opts)?;
+        // The watch went by path: it must be on the folder the catalog opened.
+        let watch = watch.map(|w| {
+            w.and_then(|w| {
+                if handle.is_root_at(root) {
+                    Ok(w)
+                } else {
+                    Err(io::Error::other(
+                        "the folder was replaced while ferry started",
+                    ))
+                }
+            })
+        });
         let guard = handle.start_follower(watch, follow.poll);
         Ok((handle, guard))
     }
@@ -241,9 +252,10 @@ impl CatalogHandle {
             overflow: AtomicBool::new(false),
             wake: Wake(Arc::new(tx)),
         });
-        *lock(&self.drift.wake) = Some(control.wake.clone());
+        *lock(&self.shared.drift.wake) = Some(control.wake.clone());
         let follower = Follower {
             weak: Arc::downgrade(self),
+            shared: Arc::clone(&self.shared),
             root: self.root.clone(),
             watch,
             rewatch_at: None,
@@ -266,7 +278,7 @@ impl CatalogHandle {
                 guard.thread = Some(t);
             }
             Err(e) => {
-                *lock(&self.drift.wake) = None;
+                *lock(&self.shared.drift.wake) = None;
                 eprintln!("catalog: cannot start the watcher thread: {e}");
             }
         }
@@ -292,6 +304,8 @@ struct Pending {
 
 struct Follower {
     weak: Weak<CatalogHandle>,
+    /// The root's descriptor (events name files in it).
+    shared: Arc<super::Shared>,
     root: PathBuf,
     watch: Option<Watch>,
     /// The root was lost: look for it again then.
@@ -340,7 +354,7 @@ impl Follower {
                 return;
             };
             let now = Instant::now();
-            for name in handle.drift.take() {
+            for name in handle.shared.drift.take() {
                 self.pending.entry(name).or_insert(Pending {
                     due: now,
                     seen: None,
@@ -486,8 +500,11 @@ impl Follower {
                 return;
             }
         } else if m & inotify::IN_CREATE != 0 {
-            let fresh = std::fs::symlink_metadata(self.root.join(&name))
-                .is_ok_and(|md| md.file_type().is_file() && md.nlink() == 1);
+            let fresh = self
+                .shared
+                .root
+                .stat_at(&name)
+                .is_ok_and(|st| st.is_file() && st.nlink() == 1);
             if fresh && self.writing.len() < MAX_WRITING {
                 // Created and (almost surely) still open for writing: wait for its close.
                 self.writing.insert(name);
@@ -522,6 +539,23 @@ impl Follower {
     }
 
     fn try_rewatch(&mut self, now: Instant) {
+        // The catalog keeps serving the folder it opened at start (its descriptor); a new
+        // folder under the same path is not that folder, so it is not watched in its place.
+        let same = self
+            .weak
+            .upgrade()
+            .is_some_and(|h| h.is_root_at(&self.root));
+        if !same {
+            if std::fs::symlink_metadata(&self.root).is_ok() {
+                self.log_error(format!(
+                    "catalog: {} is now another folder; ferry keeps serving the one it \
+                     opened at start (restart it to serve the new one)",
+                    self.root.display()
+                ));
+            }
+            self.rewatch_at = Some(now + REWATCH);
+            return;
+        }
         match Watch::start(&self.root) {
             Ok(w) => {
                 eprintln!("catalog: watching {} again", self.root.display());

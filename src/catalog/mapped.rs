@@ -3,9 +3,12 @@
 //! are plain system calls in `inotify.rs`.)
 //!
 //! A [`MappedFile`] owns an open [`File`], the [`FileStamp`] taken by `fstat` on that descriptor
-//! when it was opened, and (for non-empty files) a `PROT_READ`, `MAP_SHARED` mapping of the
-//! whole file. The mapping lets a driver hand any byte range of the file to `send(2)` without
-//! copying it through userspace, which is what makes serving from the catalog cheap.
+//! when it was opened, and (for non-empty files, once [`MappedFile::send_to`] first needs it) a
+//! `PROT_READ`, `MAP_SHARED` mapping of the whole file. The mapping lets a driver hand any byte
+//! range of the file to `send(2)` without copying it through userspace, which is what makes
+//! serving large files from the catalog cheap; small ranges are read with `pread(2)` by the
+//! drivers, so a file only ever read that way (every small image) costs no mapping at all: an
+//! open is `openat` + `fstat`, and its end a `close`.
 //!
 //! Out of scope: hashing (the catalog reads files with `read`, never through a mapping) and
 //! deciding *what* to send (the protocol machines do that).
@@ -16,9 +19,10 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 
 /// What identifies one version of a file on disk: if any field differs, the bytes may differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,12 +53,27 @@ impl FileStamp {
     }
 }
 
+impl FileStamp {
+    /// Takes the stamp fields from a [`Stat`](crate::dir::Stat) (of a descriptor, or of a name
+    /// not followed through a symlink).
+    pub fn from_stat(st: &crate::dir::Stat) -> FileStamp {
+        FileStamp {
+            dev: st.dev(),
+            ino: st.ino(),
+            size: st.size(),
+            mtime_ns: st.mtime_ns(),
+            ctime_ns: st.ctime_ns(),
+        }
+    }
+}
+
 /// An open file plus a read-only mapping of it that userspace never dereferences.
 pub struct MappedFile {
     file: File,
-    /// Start of the mapping; `None` for a zero-length file (mmap refuses length 0).
-    map: Option<NonNull<u8>>,
-    /// Length of the mapping in bytes, equal to `stamp.size`.
+    /// Start of the mapping, made by the first [`send_to`](Self::send_to) of a non-empty range
+    /// (mmap refuses length 0), or the errno that making it gave.
+    map: OnceLock<Result<NonNull<u8>, i32>>,
+    /// Length of the file at open (and of the mapping), equal to `stamp.size`.
     len: u64,
     stamp: FileStamp,
 }
@@ -78,10 +97,21 @@ impl std::fmt::Debug for MappedFile {
 }
 
 impl MappedFile {
-    /// Opens `path` read-only, takes its stamp with `fstat` on the new descriptor and maps the
-    /// whole file (no mapping for an empty file).
+    /// Opens `path` read-only (`O_NONBLOCK`: a FIFO under the name is refused at once rather
+    /// than waited on) and maps it as [`from_file`](Self::from_file) does. The path is
+    /// followed as given: served files are opened through
+    /// [`Entry::open`](super::Entry::open), beneath the served folder, instead.
     pub fn open(path: &Path) -> io::Result<MappedFile> {
-        let file = File::open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)?;
+        MappedFile::from_file(file)
+    }
+
+    /// Takes the stamp of an open file with `fstat` on its descriptor and requires a regular
+    /// file. The whole file is mapped when [`send_to`](Self::send_to) first needs it.
+    pub fn from_file(file: File) -> io::Result<MappedFile> {
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(
@@ -90,17 +120,30 @@ impl MappedFile {
             ));
         }
         let stamp = FileStamp::from_metadata(&meta);
-        let len = stamp.size;
-        if len == 0 {
-            return Ok(MappedFile {
-                file,
-                map: None,
-                len,
-                stamp,
-            });
-        }
-        let map_len = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
+        Ok(MappedFile {
+            file,
+            map: OnceLock::new(),
+            len: stamp.size,
+            stamp,
+        })
+    }
+
+    /// The mapping, made on first use (callers never ask for an empty file's).
+    fn mapping(&self) -> io::Result<NonNull<u8>> {
+        let made = self.map.get_or_init(|| {
+            self.map_now()
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))
+        });
+        made.map_err(io::Error::from_raw_os_error)
+    }
+
+    /// Maps the whole file (`len > 0`).
+    fn map_now(&self) -> io::Result<NonNull<u8>> {
+        let map_len = usize::try_from(self.len)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let file = &self.file;
         // SAFETY: the contract that makes this mapping sound is that userspace code NEVER
         // dereferences the mapped bytes. Another process may truncate or rewrite the file at any
         // time; touching a page past the new end of file would raise SIGBUS and kill the server,
@@ -124,14 +167,13 @@ impl MappedFile {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let map = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
-        Ok(MappedFile {
-            file,
-            map: Some(map),
-            len,
-            stamp,
-        })
+        NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+    }
+
+    /// Whether the file has been mapped (by a `send_to`).
+    #[cfg(test)]
+    pub(crate) fn is_mapped(&self) -> bool {
+        matches!(self.map.get(), Some(Ok(_)))
     }
 
     /// Size of the file when it was opened (and of the mapping).
@@ -164,12 +206,10 @@ impl MappedFile {
         }
         let avail = self.len - offset;
         let n = len.min(usize::try_from(avail).unwrap_or(usize::MAX));
-        let Some(map) = self.map else {
-            return Ok(0);
-        };
         if n == 0 {
             return Ok(0);
         }
+        let map = self.mapping()?;
         // `offset < self.len`, which fits in usize because the mapping exists.
         let start = offset as usize;
         // SAFETY: `start + n <= self.len`, so the address stays inside the mapping (no
@@ -243,8 +283,8 @@ impl MappedFile {
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
-        if let Some(map) = self.map.take() {
-            // SAFETY: `map` and `len` are exactly what mmap returned and was given in `open`,
+        if let Some(Ok(map)) = self.map.take() {
+            // SAFETY: `map` and `len` are exactly what mmap returned and was given in `map_now`,
             // and no reference into the mapping can outlive `self` (none is ever created).
             unsafe {
                 libc::munmap(map.as_ptr().cast(), self.len as usize);
@@ -305,8 +345,14 @@ mod tests {
         let m = MappedFile::open(&path).unwrap();
         assert_eq!(m.len(), 19);
         assert!(!m.is_empty());
+        // Reads go through pread: no mapping until a send needs one.
+        let mut buf = [0u8; 5];
+        m.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert!(!m.is_mapped());
         let (a, mut b) = socketpair();
         assert_eq!(m.send_to(a.as_raw_fd(), 7, 6).unwrap(), 6);
+        assert!(m.is_mapped());
         // Clipped at the end of the file.
         assert_eq!(m.send_to(a.as_raw_fd(), 14, 100).unwrap(), 5);
         assert_eq!(m.send_to(a.as_raw_fd(), 19, 100).unwrap(), 0);
@@ -406,6 +452,7 @@ mod tests {
         let (a, _b) = socketpair();
         assert_eq!(m.send_to(a.as_raw_fd(), 0, 10).unwrap(), 0);
         assert!(m.is_unchanged());
+        assert!(!m.is_mapped());
         cleanup(&path);
     }
 
@@ -416,6 +463,18 @@ mod tests {
         let s = FileStamp::from_metadata(&std::fs::metadata(&path).unwrap());
         assert_eq!(m.stamp(), s);
         assert_eq!(s.size, 3);
+        cleanup(&path);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let path = temp_file("fifo", b"");
+        let fifo = path.with_file_name("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = MappedFile::open(&fifo).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         cleanup(&path);
     }
 

@@ -27,10 +27,22 @@
 //! follower's batches are serialised among themselves; uploads never wait for a hash.
 //!
 //! The catalog holds every regular file; names starting with `.`, non-UTF-8 names, non-regular
-//! files and symlinks resolving outside the root are excluded and logged once to stderr.
-//! Protocol-specific filtering (extensions, 4 GiB limits, name lengths) is out of scope here.
-//! Serving bytes goes through [`Entry::open`], which maps the file once per entry
-//! ([`mapped::MappedFile`]) and refuses a file that no longer matches the stamp its hashes were
+//! files and symlinks leading outside the root or through a hidden name (into `.ferry/`) are
+//! excluded and logged once to stderr. Protocol-specific filtering (extensions, 4 GiB limits,
+//! name lengths) is out of scope here.
+//!
+//! Every file is reached through descriptors opened once at start ([`crate::dir`]): the root's
+//! for served files (listing, classifying, hashing and serving all resolve names beneath it,
+//! with `O_NOFOLLOW | O_NONBLOCK`, and take stamps on the descriptor they read), and the
+//! private `.ferry/` folder's for the index, its journal and (for the drivers) TLS material
+//! and ingest folders. A local user who can write into the served folder can therefore swap
+//! names, links and FIFOs at will: what is served is always a regular file inside the folder
+//! whose stamp is the one its hashes were taken from, and nothing is ever written outside
+//! `.ferry/`.
+//!
+//! Serving bytes goes through [`Entry::open`], which opens and maps the file on each call
+//! ([`mapped::MappedFile`], no descriptor kept per entry: a catalog of any size costs no
+//! descriptors at rest) and refuses a file that no longer matches the stamp its hashes were
 //! taken from; a refusal also asks the follower to look at that name again, so a change no
 //! event announced (a hard link made in another folder moves the ctime) is caught too.
 
@@ -46,16 +58,18 @@ pub use live::FollowOptions;
 pub use mapped::{FileStamp, MappedFile};
 pub use scan::SkipReason;
 
+use crate::dir::Dir;
 use index::{Index, IndexRecord, Journal, JournalOp};
-use scan::{Candidate, HashError, Hashes, STATE_DIR};
+use scan::{Candidate, HashError, Hashes, Root, STATE_DIR};
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tree::{Order, Tree};
 
@@ -76,7 +90,8 @@ const REBUILD_MIN_CHANGES: usize = 1024;
 /// Names waiting for a drift re-check, at most; more are dropped (a full scan catches them).
 const MAX_DRIFT: usize = 4096;
 
-/// One served file: its identity, its hashes, and a lazily opened mapping.
+/// One served file: its identity and its hashes. It holds no descriptor: [`Entry::open`]
+/// opens the file when bytes are wanted.
 pub struct Entry {
     /// NFC basename, UTF-8.
     pub name: String,
@@ -90,9 +105,8 @@ pub struct Entry {
     pub xxh64: u64,
     /// SHA-256 of the whole content.
     pub sha256: [u8; 32],
-    map: OnceLock<Arc<MappedFile>>,
-    /// Where a failed open reports its name (see [`Drift`]).
-    drift: Arc<Drift>,
+    /// The root every open goes through, and where a failed open reports its name.
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -104,7 +118,6 @@ impl std::fmt::Debug for Entry {
             .field("stamp", &self.stamp)
             .field("xxh64", &self.xxh64_hex())
             .field("sha256", &self.sha256_hex())
-            .field("mapped", &self.map.get().is_some())
             .finish()
     }
 }
@@ -131,39 +144,49 @@ impl Entry {
         std::str::from_utf8(self.disk_name_bytes()).unwrap_or_default()
     }
 
-    /// Opens and maps the file once per Entry and caches it (so repeated GETs cost nothing);
-    /// Err(io::ErrorKind::Other "changed") if the file now on disk no longer matches `stamp`
-    /// (then the entry must not be served). The cached mapping keeps the inode it opened, so a
-    /// file replaced by rename keeps serving its old bytes until the catalog publishes its new
-    /// version under a new Entry.
+    /// Opens the file beneath the root ([`Dir::open_beneath`]: no symlink leading out of the
+    /// root or into `.ferry/` is followed, a FIFO never blocks), checks on the descriptor that
+    /// it is a regular file whose stamp is still `stamp`, and maps it. Err(io::ErrorKind::Other
+    /// "changed") if the file now on disk is another version (then the entry must not be
+    /// served); any failure also asks the live catalog to look at this name again (a
+    /// metadata-only change then gets a fresh Entry with the new stamp, after a re-hash).
     ///
-    /// A cached mapping costs one `fstat` per call: an in-place rewrite or truncation of the
-    /// mapped inode is reported as "changed" too, so new bytes never go out under an old id.
-    /// Any failure also asks the live catalog to look at this name again (a metadata-only
-    /// change then gets a fresh Entry with the new stamp, after a re-hash).
+    /// Each call opens anew and the caller holds the descriptor and mapping only as long as it
+    /// keeps the returned value, so descriptors in use follow the transfers under way, not the
+    /// size of the catalog. (Measured: an open and a mapping per small image keep JTP's small-
+    /// image rate; see the README's security model.) A transfer keeps its `MappedFile`, and
+    /// with it the inode it opened, to its end.
     pub fn open(&self) -> io::Result<Arc<MappedFile>> {
         let result = self.open_checked();
         if result.is_err() {
-            self.drift.report(self.disk_name());
+            self.shared.drift.report(self.disk_name());
         }
         result
     }
 
-    fn open_checked(&self) -> io::Result<Arc<MappedFile>> {
-        if let Some(m) = self.map.get() {
-            return if m.is_unchanged() {
-                Ok(Arc::clone(m))
-            } else {
-                Err(changed_error())
-            };
+    /// Whether the file under this entry's name is, as far as a look by name can tell, the
+    /// version the entry was hashed from: one `fstatat` that does not follow a link for a plain
+    /// name (a link is resolved and opened as [`open`](Self::open) does). For counting what a
+    /// response will send without holding every file open; the send itself must still
+    /// [`open`](Self::open) the file, which checks again on the descriptor.
+    pub fn is_current(&self) -> bool {
+        match self.shared.root.stat_at(self.disk_name()) {
+            Ok(st) if st.is_file() => FileStamp::from_stat(&st) == self.stamp,
+            Ok(st) if st.is_symlink() => self.open_checked().is_ok(),
+            _ => false,
         }
-        let m = MappedFile::open(&self.path)?;
+    }
+
+    fn open_checked(&self) -> io::Result<Arc<MappedFile>> {
+        let opened = self
+            .shared
+            .root
+            .open_beneath(self.disk_name(), &self.shared.roots)?;
+        let m = MappedFile::from_file(opened.file)?;
         if m.stamp() != self.stamp {
             return Err(changed_error());
         }
-        let m = Arc::new(m);
-        // Two threads may race to open; both mappings are valid and one wins the cache.
-        Ok(Arc::clone(self.map.get_or_init(|| m)))
+        Ok(Arc::new(m))
     }
 
     /// 16 lowercase hex digits.
@@ -191,6 +214,27 @@ impl Entry {
 
 fn changed_error() -> io::Error {
     io::Error::other("changed")
+}
+
+/// What every entry of one catalog shares.
+#[derive(Debug)]
+struct Shared {
+    /// The served folder, opened once: every served file is opened beneath it.
+    root: Arc<Dir>,
+    /// Paths an absolute symlink target may begin with to count as inside the root: the
+    /// root's canonical path and its absolute path as named.
+    roots: Vec<PathBuf>,
+    /// Names whose opens failed, for the follower.
+    drift: Drift,
+}
+
+impl Shared {
+    fn scan_root(&self) -> Root<'_> {
+        Root {
+            dir: &self.root,
+            roots: &self.roots,
+        }
+    }
 }
 
 /// Names whose entries failed to open (see [`Entry::open`]), for the follower to re-check:
@@ -542,7 +586,8 @@ impl PublishState {
 /// The live catalog, shared as `Arc<CatalogHandle>`.
 pub struct CatalogHandle {
     root: PathBuf,
-    canon_root: PathBuf,
+    /// `root/.ferry`, opened once, private ([`Dir::private_subdir`]).
+    state_fd: Arc<Dir>,
     state_dir: PathBuf,
     opts: CatalogOptions,
     /// Serialises whole-folder scans and the follower's batches; uploads never take it.
@@ -553,7 +598,7 @@ pub struct CatalogHandle {
     generation: Mutex<u64>,
     generation_changed: Condvar,
     report: Mutex<RescanReport>,
-    drift: Arc<Drift>,
+    shared: Arc<Shared>,
     /// Whole-folder scans so far (open included).
     full_scans: AtomicU64,
 }
@@ -593,13 +638,28 @@ struct CheckOutcome {
 }
 
 impl CatalogHandle {
-    /// Creates root and root/.ferry if missing, loads the index and its journal, scans,
-    /// hashes what changed, compacts the index, returns the handle.
+    /// Creates root and root/.ferry if missing, opens both once (the root following the path
+    /// as given; `.ferry` without following a link, and only if it belongs to the user running
+    /// ferry and nobody else may write it: [`CatalogError::Io`] says why otherwise), loads the
+    /// index and its journal, scans, hashes what changed, compacts the index, returns the
+    /// handle.
     pub fn open(root: &Path, opts: CatalogOptions) -> Result<Arc<CatalogHandle>, CatalogError> {
         let state_dir = root.join(STATE_DIR);
-        std::fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
-        let canon_root = std::fs::canonicalize(root).map_err(io_err(root))?;
-        let (mut saved, needs_save) = match index::load(&state_dir) {
+        let root_dir = Dir::create_all(root).map_err(io_err(root))?;
+        let state_fd = Arc::new(
+            root_dir
+                .private_subdir(STATE_DIR, true)
+                .map_err(io_err(root))?,
+        );
+        // Only to recognise absolute symlink targets inside the root: every name is still
+        // resolved beneath the root's descriptor.
+        let mut roots = vec![std::fs::canonicalize(root).map_err(io_err(root))?];
+        if let Ok(abs) = std::path::absolute(root) {
+            if !roots.contains(&abs) {
+                roots.push(abs);
+            }
+        }
+        let (mut saved, needs_save) = match index::load(&state_fd) {
             Ok(idx) => (idx, false),
             Err(index::IndexError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 (Index::new(), true)
@@ -612,7 +672,7 @@ impl CatalogHandle {
                 (Index::new(), true)
             }
         };
-        let journal = match Journal::open(&state_dir) {
+        let journal = match Journal::open(&state_fd) {
             Ok((j, ops, warning)) => {
                 if let Some(w) = warning {
                     eprintln!(
@@ -635,7 +695,7 @@ impl CatalogHandle {
         };
         let handle = Arc::new(CatalogHandle {
             root: root.to_owned(),
-            canon_root,
+            state_fd,
             state_dir,
             opts,
             scanning: Mutex::new(ScanLog::default()),
@@ -652,7 +712,11 @@ impl CatalogHandle {
             generation: Mutex::new(0),
             generation_changed: Condvar::new(),
             report: Mutex::new(RescanReport::default()),
-            drift: Arc::new(Drift::default()),
+            shared: Arc::new(Shared {
+                root: Arc::new(root_dir),
+                roots,
+                drift: Drift::default(),
+            }),
             full_scans: AtomicU64::new(0),
         });
         handle.scan_now(true)?;
@@ -664,9 +728,29 @@ impl CatalogHandle {
         &self.root
     }
 
-    /// root/.ferry
+    /// root/.ferry (its path, for messages: reach its files through [`state`](Self::state)).
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
+    }
+
+    /// root/.ferry, opened once at start and checked private: every state file (the index,
+    /// its journal, TLS material, ingest folders) is created relative to it, never by path.
+    pub fn state(&self) -> &Arc<Dir> {
+        &self.state_fd
+    }
+
+    /// The root, opened once at start: what an ingest folder publishing into the catalog
+    /// renames into.
+    pub fn root_dir(&self) -> &Arc<Dir> {
+        &self.shared.root
+    }
+
+    /// Whether `path` names the folder this catalog opened (same device and inode).
+    fn is_root_at(&self, path: &Path) -> bool {
+        match (std::fs::metadata(path), self.shared.root.stat()) {
+            (Ok(m), Ok(st)) => (m.dev(), m.ino()) == (st.dev(), st.ino()),
+            _ => false,
+        }
     }
 
     /// The current snapshot (an `Arc` clone under a read lock).
@@ -693,8 +777,7 @@ impl CatalogHandle {
             stamp,
             xxh64,
             sha256,
-            map: OnceLock::new(),
-            drift: Arc::clone(&self.drift),
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -710,9 +793,9 @@ impl CatalogHandle {
         let mut log = lock(&self.scanning);
         let started = Instant::now();
         self.full_scans.fetch_add(1, AtomicOrdering::Relaxed);
-        let listing = scan::list(&self.root, &self.canon_root).map_err(io_err(&self.root))?;
+        let listing = scan::list(&self.shared.scan_root()).map_err(io_err(&self.root))?;
         // Everything is looked at now, so earlier drift reports are answered.
-        drop(self.drift.take());
+        drop(self.shared.drift.take());
 
         let mut skipped = listing.skipped.len();
         let mut still_skipped = HashSet::with_capacity(listing.skipped.len());
@@ -747,9 +830,10 @@ impl CatalogHandle {
             }
         }
 
-        let paths: Vec<&Path> = to_hash.iter().map(|c| c.path.as_path()).collect();
+        let cands: Vec<&Candidate> = to_hash.iter().collect();
         let largest = to_hash.iter().map(|c| c.stamp.size).max().unwrap_or(0);
-        let results = scan::hash_files(&paths, largest);
+        let results = scan::hash_files(&self.shared.scan_root(), &cands, largest);
+        drop(cands);
         let mut hashed = 0;
         for (c, r) in to_hash.into_iter().zip(results) {
             match r {
@@ -958,7 +1042,7 @@ impl CatalogHandle {
         if !due {
             return;
         }
-        match index::save(&self.state_dir, &st.saved) {
+        match index::save(&self.state_fd, &st.saved) {
             Ok(()) => {
                 st.needs_save = false;
                 st.unsaved = 0;
@@ -1024,10 +1108,11 @@ impl CatalogHandle {
     /// file (hashing it) and publishes a new snapshot, in O(log n) plus one journal record.
     /// Returns its Entry.
     ///
-    /// `path` must name a file directly in the root (its folder is compared after
-    /// canonicalisation); excluded names give [`CatalogError::Excluded`].
+    /// `path` must name a file directly in the root (its folder must be the root's inode);
+    /// the name is then looked at beneath the root's descriptor like any other. Excluded names
+    /// give [`CatalogError::Excluded`].
     pub fn add_file(&self, path: &Path) -> Result<Arc<Entry>, CatalogError> {
-        self.add_file_inner(path, None)
+        self.add_file_inner(path, None, None)
     }
 
     /// [`add_file`](Self::add_file) for a file whose hashes the caller computed from the very
@@ -1040,13 +1125,28 @@ impl CatalogHandle {
         xxh64: u64,
         sha256: [u8; 32],
     ) -> Result<Arc<Entry>, CatalogError> {
-        self.add_file_inner(path, Some((xxh64, sha256)))
+        self.add_file_inner(path, Some((xxh64, sha256)), None)
+    }
+
+    /// [`add_ingested_file`](Self::add_ingested_file) for the very inode (device, inode) the
+    /// caller published: if the name now holds another file (someone who can write the folder
+    /// renamed one over it), the hashes are not registered for it and
+    /// [`CatalogError::Changed`] is returned.
+    pub fn add_published_file(
+        &self,
+        path: &Path,
+        inode: (u64, u64),
+        xxh64: u64,
+        sha256: [u8; 32],
+    ) -> Result<Arc<Entry>, CatalogError> {
+        self.add_file_inner(path, Some((xxh64, sha256)), Some(inode))
     }
 
     fn add_file_inner(
         &self,
         path: &Path,
         known: Option<(u64, [u8; 32])>,
+        inode: Option<(u64, u64)>,
     ) -> Result<Arc<Entry>, CatalogError> {
         let not_in_root = || CatalogError::NotInRoot {
             path: path.to_owned(),
@@ -1056,16 +1156,22 @@ impl CatalogHandle {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let canon_parent = std::fs::canonicalize(parent).map_err(io_err(parent))?;
-        if canon_parent != self.canon_root {
+        let parent_meta = std::fs::metadata(parent).map_err(io_err(parent))?;
+        let root_st = self.shared.root.stat().map_err(io_err(&self.root))?;
+        if (parent_meta.dev(), parent_meta.ino()) != (root_st.dev(), root_st.ino()) {
             return Err(not_in_root());
         }
-        let c = scan::classify(&self.root, &self.canon_root, disk_name).map_err(|reason| {
+        let c = scan::classify(&self.shared.scan_root(), disk_name).map_err(|reason| {
             CatalogError::Excluded {
                 path: path.to_owned(),
                 reason,
             }
         })?;
+        if inode.is_some_and(|i| i != (c.stamp.dev, c.stamp.ino)) {
+            return Err(CatalogError::Changed {
+                path: path.to_owned(),
+            });
+        }
         if let Some(e) = self.snapshot().by_disk_name(disk_name) {
             if e.stamp == c.stamp {
                 return Ok(Arc::clone(e));
@@ -1077,7 +1183,11 @@ impl CatalogHandle {
                 xxh64,
                 sha256,
             },
-            None => match scan::hash_file(&c.path, &mut vec![0u8; 1 << 20]) {
+            None => match scan::hash_file(
+                &self.shared.scan_root(),
+                &c,
+                &mut vec![0u8; c.stamp.size.clamp(4096, 1 << 20) as usize],
+            ) {
                 Ok(h) => h,
                 Err(HashError::Changed) => {
                     return Err(CatalogError::Changed {
@@ -1131,7 +1241,7 @@ impl CatalogHandle {
                 }
                 continue;
             }
-            match scan::classify(&self.root, &self.canon_root, &ch.name) {
+            match scan::classify(&self.shared.scan_root(), &ch.name) {
                 Err(reason) => {
                     if !matches!(reason, SkipReason::Unstatable(io::ErrorKind::NotFound)) {
                         self.log_skip(&mut log, &ch.name, reason);
@@ -1167,15 +1277,16 @@ impl CatalogHandle {
 
         // One read per distinct stamp: names of one inode share their hashes.
         let mut first_of: HashMap<FileStamp, usize> = HashMap::new();
-        let mut paths: Vec<&Path> = Vec::new();
+        let mut cands: Vec<&Candidate> = Vec::new();
         for (c, _) in &to_hash {
             first_of.entry(c.stamp).or_insert_with(|| {
-                paths.push(&c.path);
-                paths.len() - 1
+                cands.push(c);
+                cands.len() - 1
             });
         }
         let largest = to_hash.iter().map(|(c, _)| c.stamp.size).max().unwrap_or(0);
-        let results = scan::hash_files(&paths, largest);
+        let results = scan::hash_files(&self.shared.scan_root(), &cands, largest);
+        drop(cands);
         let by_stamp: HashMap<FileStamp, &Result<Hashes, HashError>> = first_of
             .iter()
             .map(|(stamp, &i)| (*stamp, &results[i]))

@@ -1,7 +1,9 @@
 //! Listing the served folder and hashing files: the blocking I/O half of the catalog.
 //!
-//! [`list`] reads the root once (not recursively) and sorts every name into a servable
-//! [`Candidate`] or a [`SkipReason`]. [`hash_files`] computes xxHash64 (seed 0) and SHA-256 of
+//! [`list`] reads the root once (not recursively, through the root's descriptor) and sorts every
+//! name into a servable [`Candidate`] or a [`SkipReason`]; a symlink is resolved only beneath
+//! the root ([`Dir::open_beneath`]), so a link out of the folder or into `.ferry/` never
+//! counts, however it is swapped meanwhile. [`hash_files`] computes xxHash64 (seed 0) and SHA-256 of
 //! many files on up to `available_parallelism()` threads, each file in one pass of 1 MiB
 //! `read(2)` calls. Files are never read through a mapping: a file truncated while we hash it
 //! must give a short read, not SIGBUS.
@@ -10,13 +12,14 @@
 //! `mod.rs`) and any protocol-specific filtering (extensions, size limits).
 
 use super::mapped::FileStamp;
+use crate::dir::{fstat, BeneathError, Dir};
 use sha2::{Digest, Sha256};
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::hash::Hasher as _;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use unicode_normalization::UnicodeNormalization;
 
@@ -46,9 +49,9 @@ pub enum SkipReason {
     NotUtf8,
     /// A directory, socket, device, fifo, or a symlink to one.
     NotRegular,
-    /// A symlink whose canonical target lies outside the root.
+    /// A symlink that leads outside the root (an absolute target elsewhere, `..` above it).
     SymlinkOutside,
-    /// A symlink whose canonical target inside the root has a hidden component (e.g. `.ferry/`).
+    /// A symlink that leads through a name starting with `.` (e.g. into `.ferry/`).
     SymlinkToHidden,
     /// A symlink that does not resolve.
     BrokenSymlink,
@@ -77,9 +80,11 @@ pub struct Candidate {
     pub disk_name: OsString,
     /// NFC form of the name.
     pub name: String,
-    /// `root.join(disk_name)`.
+    /// `root.join(disk_name)`, for messages and [`Entry::path`](super::Entry::path).
     pub path: PathBuf,
-    /// Stamp of the file (of the target, for a symlink).
+    /// Stamp of the file (of the target, for a symlink), taken without following any link
+    /// the resolver did not check: `fstatat(AT_SYMLINK_NOFOLLOW)` of a plain name, `fstat` of
+    /// the descriptor a symlink was resolved to.
     pub stamp: FileStamp,
 }
 
@@ -91,16 +96,22 @@ pub struct Listing {
     pub skipped: Vec<(OsString, SkipReason)>,
 }
 
-/// Reads `root` (whose canonical form is `canon_root`) once.
-pub fn list(root: &Path, canon_root: &Path) -> io::Result<Listing> {
+/// The served folder as the scanner sees it: its descriptor (every name is looked at
+/// relative to it) and the paths an absolute symlink target may begin with to count as inside
+/// ([`Dir::open_beneath`]).
+pub struct Root<'a> {
+    pub dir: &'a Dir,
+    pub roots: &'a [PathBuf],
+}
+
+/// Reads the root once.
+pub fn list(root: &Root<'_>) -> io::Result<Listing> {
     let mut listing = Listing::default();
-    for dirent in std::fs::read_dir(root)? {
-        let dirent = dirent?;
-        let disk_name = dirent.file_name();
+    for disk_name in root.dir.names()? {
         if disk_name == STATE_DIR {
             continue;
         }
-        match classify(root, canon_root, &disk_name) {
+        match classify(root, &disk_name) {
             Ok(c) => listing.files.push(c),
             Err(reason) => listing.skipped.push((disk_name, reason)),
         }
@@ -108,51 +119,50 @@ pub fn list(root: &Path, canon_root: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
-/// Decides whether `root/disk_name` belongs in the catalog.
-pub fn classify(
-    root: &Path,
-    canon_root: &Path,
-    disk_name: &OsStr,
-) -> Result<Candidate, SkipReason> {
+/// Decides whether `root/disk_name` belongs in the catalog. A plain name is looked at with
+/// `fstatat` and never opened (a FIFO or device is excluded without an open); a symlink is
+/// resolved beneath the root and its stamp taken on the descriptor it resolved to.
+pub fn classify(root: &Root<'_>, disk_name: &OsStr) -> Result<Candidate, SkipReason> {
     if disk_name.as_bytes().first() == Some(&b'.') {
         return Err(SkipReason::Hidden);
     }
     let Some(utf8) = disk_name.to_str() else {
         return Err(SkipReason::NotUtf8);
     };
-    let path = root.join(disk_name);
-    let lmeta = std::fs::symlink_metadata(&path).map_err(|e| SkipReason::Unstatable(e.kind()))?;
-    let meta = if lmeta.file_type().is_symlink() {
-        let target = std::fs::canonicalize(&path).map_err(|_| SkipReason::BrokenSymlink)?;
-        let rel = target
-            .strip_prefix(canon_root)
-            .map_err(|_| SkipReason::SymlinkOutside)?;
-        let hidden = rel.components().any(|c| match c {
-            Component::Normal(part) => part.as_bytes().first() == Some(&b'.'),
-            _ => true,
-        });
-        if hidden {
-            return Err(SkipReason::SymlinkToHidden);
-        }
-        std::fs::metadata(&path).map_err(|e| SkipReason::Unstatable(e.kind()))?
+    let lst = root
+        .dir
+        .stat_at(disk_name)
+        .map_err(|e| SkipReason::Unstatable(e.kind()))?;
+    let st = if lst.is_symlink() {
+        let opened = root
+            .dir
+            .open_beneath(disk_name, root.roots)
+            .map_err(|e| match e {
+                BeneathError::Outside => SkipReason::SymlinkOutside,
+                BeneathError::Hidden => SkipReason::SymlinkToHidden,
+                BeneathError::Broken(_) => SkipReason::BrokenSymlink,
+                BeneathError::Io(e) => SkipReason::Unstatable(e.kind()),
+            })?;
+        fstat(opened.file.as_raw_fd()).map_err(|e| SkipReason::Unstatable(e.kind()))?
     } else {
-        lmeta
+        lst
     };
-    if !meta.is_file() {
+    if !st.is_file() {
         return Err(SkipReason::NotRegular);
     }
     Ok(Candidate {
         disk_name: disk_name.to_owned(),
         name: utf8.nfc().collect(),
-        path,
-        stamp: FileStamp::from_metadata(&meta),
+        path: root.dir.join(disk_name),
+        stamp: FileStamp::from_stat(&st),
     })
 }
 
 /// Hashes of one file and the stamp they belong to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hashes {
-    /// `fstat` on the descriptor that was read, equal before and after reading.
+    /// `fstat` on the descriptor that was read, equal before and after reading (and equal to
+    /// the stamp the file was classified with).
     pub stamp: FileStamp,
     pub xxh64: u64,
     pub sha256: [u8; 32],
@@ -162,7 +172,8 @@ pub struct Hashes {
 #[derive(Debug)]
 pub enum HashError {
     Io(io::Error),
-    /// The file changed while it was read (stamp moved, or size and bytes read disagree).
+    /// The file changed since it was classified or while it was read (stamp moved, or size
+    /// and bytes read disagree).
     Changed,
 }
 
@@ -175,9 +186,17 @@ impl std::fmt::Display for HashError {
     }
 }
 
-/// Hashes one file in one pass, using `buf` as the read buffer.
-pub fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashes, HashError> {
-    let mut file = File::open(path).map_err(HashError::Io)?;
+/// Hashes the candidate `c` in one pass, using `buf` as the read buffer. The file is opened
+/// beneath the root as [`Entry::open`](super::Entry::open) opens it (`O_NOFOLLOW |
+/// O_NONBLOCK`, links resolved inside the root only), its type and stamp are checked on that
+/// descriptor, and the stamp must be the one `c` was classified with: hashes are only ever
+/// stored for the very version the classification approved.
+pub fn hash_file(root: &Root<'_>, c: &Candidate, buf: &mut [u8]) -> Result<Hashes, HashError> {
+    let mut file = root
+        .dir
+        .open_beneath(&c.disk_name, root.roots)
+        .map_err(|e| HashError::Io(e.into()))?
+        .file;
     let before = file.metadata().map_err(HashError::Io)?;
     if !before.is_file() {
         return Err(HashError::Io(io::Error::new(
@@ -186,6 +205,9 @@ pub fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashes, HashError> {
         )));
     }
     let stamp = FileStamp::from_metadata(&before);
+    if stamp != c.stamp {
+        return Err(HashError::Changed);
+    }
     let mut xxh = twox_hash::XxHash64::with_seed(0);
     let mut sha = Sha256::new();
     let mut total = 0u64;
@@ -214,10 +236,14 @@ pub fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashes, HashError> {
     })
 }
 
-/// Hashes every path, on up to `available_parallelism()` threads; results are in input order.
-/// `size_hint` is the largest size expected: read buffers are no larger than it needs (a batch
-/// of 1 KiB files must not zero a 1 MiB buffer per call).
-pub fn hash_files(paths: &[&Path], size_hint: u64) -> Vec<Result<Hashes, HashError>> {
+/// Hashes every candidate ([`hash_file`]), on up to `available_parallelism()` threads; results
+/// are in input order. `size_hint` is the largest size expected: read buffers are no larger
+/// than it needs (a batch of 1 KiB files must not zero a 1 MiB buffer per call).
+pub fn hash_files(
+    root: &Root<'_>,
+    paths: &[&Candidate],
+    size_hint: u64,
+) -> Vec<Result<Hashes, HashError>> {
     if paths.is_empty() {
         return Vec::new();
     }
@@ -227,7 +253,7 @@ pub fn hash_files(paths: &[&Path], size_hint: u64) -> Vec<Result<Hashes, HashErr
     let threads = parallelism().min(paths.len());
     if threads <= 1 {
         let mut buf = vec![0u8; buf_len];
-        return paths.iter().map(|p| hash_file(p, &mut buf)).collect();
+        return paths.iter().map(|c| hash_file(root, c, &mut buf)).collect();
     }
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Hashes, HashError>>> = paths.iter().map(|_| None).collect();
@@ -240,7 +266,7 @@ pub fn hash_files(paths: &[&Path], size_hint: u64) -> Vec<Result<Hashes, HashErr
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(path) = paths.get(i) else { break };
-                        done.push((i, hash_file(path, &mut buf)));
+                        done.push((i, hash_file(root, path, &mut buf)));
                     }
                     done
                 })
@@ -264,6 +290,19 @@ pub fn hash_files(paths: &[&Path], size_hint: u64) -> Vec<Result<Hashes, HashErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Classifies `name` in `dir` and hashes it with `buf`.
+    fn hash_named(dir: &Path, name: &str, buf: &mut [u8]) -> Result<Hashes, HashError> {
+        let d = Dir::open(dir).unwrap();
+        let roots = [dir.to_owned()];
+        let root = Root {
+            dir: &d,
+            roots: &roots,
+        };
+        let c = classify(&root, OsStr::new(name)).unwrap();
+        hash_file(&root, &c, buf)
+    }
 
     #[test]
     fn empty_file_vectors() {
@@ -271,7 +310,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("e");
         std::fs::write(&p, b"").unwrap();
-        let h = hash_file(&p, &mut [0u8; 16]).unwrap();
+        let h = hash_named(&dir, "e", &mut [0u8; 16]).unwrap();
         assert_eq!(h.xxh64, 0xef46_db37_51d8_e999);
         assert_eq!(h.sha256[..4], [0xe3, 0xb0, 0xc4, 0x42]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -282,15 +321,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-scan-chunk-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let paths: Vec<PathBuf> = (0..5)
-            .map(|i| {
-                let p = dir.join(format!("f{i}"));
-                std::fs::write(&p, &data[..2000 * i]).unwrap();
-                p
-            })
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("f{i}")), &data[..2000 * i]).unwrap();
+        }
+        let d = Dir::open(&dir).unwrap();
+        let roots = [dir.clone()];
+        let root = Root {
+            dir: &d,
+            roots: &roots,
+        };
+        let cands: Vec<Candidate> = (0..5)
+            .map(|i| classify(&root, OsStr::new(&format!("f{i}"))).unwrap())
             .collect();
-        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-        let got = hash_files(&refs, 8000);
+        let refs: Vec<&Candidate> = cands.iter().collect();
+        let got = hash_files(&root, &refs, 8000);
         for (i, r) in got.into_iter().enumerate() {
             let h = r.unwrap();
             let want = &data[..2000 * i];
@@ -299,8 +343,47 @@ mod tests {
             assert_eq!(h.stamp.size, want.len() as u64);
         }
         // A tiny buffer forces many reads of one file.
-        let h = hash_file(&paths[4], &mut [0u8; 7]).unwrap();
+        let h = hash_file(&root, &cands[4], &mut [0u8; 7]).unwrap();
         assert_eq!(h.xxh64, twox_hash::XxHash64::oneshot(0, &data[..8000]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_swapped_after_classification_is_not_hashed() {
+        let dir = std::env::temp_dir().join(format!("ferry-scan-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::write(dir.join("root/inside"), b"public").unwrap();
+        std::fs::write(dir.join("root/other"), b"other bytes").unwrap();
+        std::fs::write(dir.join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink("inside", dir.join("root/x")).unwrap();
+        let d = Dir::open(&dir.join("root")).unwrap();
+        let roots = [dir.join("root")];
+        let root = Root {
+            dir: &d,
+            roots: &roots,
+        };
+        let c = classify(&root, OsStr::new("x")).unwrap();
+        // Swapped for a link outside: refused at the open, whatever the classification said.
+        std::fs::remove_file(dir.join("root/x")).unwrap();
+        std::os::unix::fs::symlink(dir.join("secret"), dir.join("root/x")).unwrap();
+        let e = hash_file(&root, &c, &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, HashError::Io(_)), "{e}");
+        // Swapped for a link to another file inside: its stamp is not the classified one.
+        std::fs::remove_file(dir.join("root/x")).unwrap();
+        std::os::unix::fs::symlink("other", dir.join("root/x")).unwrap();
+        let e = hash_file(&root, &c, &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, HashError::Changed), "{e}");
+        // A FIFO swapped in is opened without blocking and refused.
+        std::fs::remove_file(dir.join("root/x")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("root/x").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(hash_file(&root, &c, &mut [0u8; 64]).is_err());
+        assert_eq!(
+            classify(&root, OsStr::new("x")).unwrap_err(),
+            SkipReason::NotRegular
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,6 +1,7 @@
 //! Behaviour tests of the catalog against real temporary folders.
 
 use super::*;
+use sha2::Digest;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,7 +308,7 @@ fn unchanged_rescan_keeps_the_snapshot() {
 }
 
 #[test]
-fn entry_open_caches_and_detects_changes() {
+fn entry_open_serves_its_version_or_refuses() {
     let dir = TempDir::new("entryopen");
     dir.write("a.png", b"first");
     dir.write("b.png", b"bee");
@@ -315,24 +316,84 @@ fn entry_open_caches_and_detects_changes() {
     let snap = h.snapshot();
     let a = snap.by_name("a.png").unwrap();
     let m1 = a.open().unwrap();
-    let m2 = a.open().unwrap();
-    assert!(Arc::ptr_eq(&m1, &m2));
     assert_eq!(m1.stamp(), a.stamp);
+    // Each open is its own (no descriptor is kept per entry).
+    let m2 = a.open().unwrap();
+    assert!(!Arc::ptr_eq(&m1, &m2));
+    assert_eq!(m2.stamp(), a.stamp);
 
-    // Replaced by rename: the cached mapping keeps the old inode and keeps serving.
+    // Replaced by rename: a mapping already held keeps the old inode and its bytes; a new open
+    // finds another version and refuses it (the live catalog publishes it under a new Entry).
     dir.write(".incoming", b"replacement");
     std::fs::rename(dir.path().join(".incoming"), &a.path).unwrap();
-    let m3 = a.open().unwrap();
-    assert!(Arc::ptr_eq(&m1, &m3));
     let mut buf = [0u8; 16];
-    let n = m3.read_at(0, &mut buf).unwrap();
+    let n = m1.read_at(0, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"first");
+    assert_eq!(a.open().unwrap_err().to_string(), "changed");
+    assert!(h.shared.drift.take().contains(OsStr::new("a.png")));
 
-    // Rewritten in place before first open: refused.
+    // Rewritten in place: refused.
     let b = snap.by_name("b.png").unwrap();
     let_clock_tick();
     dir.write("b.png", b"BEE");
     assert_eq!(b.open().unwrap_err().to_string(), "changed");
+}
+
+#[test]
+fn entry_open_never_follows_a_swapped_link_out_of_the_root_or_into_state() {
+    let dir = TempDir::new("entryswap");
+    let outside = TempDir::new("entryswap-out");
+    let secret = outside.write("secret.png", b"secret");
+    dir.write("inside.png", b"public");
+    std::os::unix::fs::symlink("inside.png", dir.path().join("x.png")).unwrap();
+    let h = open(&dir);
+    let x = h.snapshot().by_file_name("x.png").unwrap().clone();
+    assert_eq!(x.sha256, <[u8; 32]>::from(sha2::Sha256::digest(b"public")));
+    assert!(x.open().is_ok());
+    let key = dir.path().join(".ferry/key.pem");
+    std::fs::write(&key, b"private key").unwrap();
+    for target in [secret.as_path(), key.as_path(), Path::new(".ferry/key.pem")] {
+        std::fs::remove_file(dir.path().join("x.png")).unwrap();
+        std::os::unix::fs::symlink(target, dir.path().join("x.png")).unwrap();
+        let e = x.open().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{target:?}: {e}");
+        let r = h.rescan().unwrap();
+        assert!(h.snapshot().by_file_name("x.png").is_none(), "{target:?}");
+        assert_eq!(r.files, 1, "{target:?}");
+    }
+    // A FIFO swapped in: refused at once (a blocking open would never return).
+    std::fs::remove_file(dir.path().join("x.png")).unwrap();
+    let fifo = std::ffi::CString::new(dir.path().join("x.png").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let e = x.open().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+}
+
+#[test]
+fn a_state_folder_that_is_a_link_or_writable_by_others_is_refused() {
+    let dir = TempDir::new("state-link");
+    let elsewhere = TempDir::new("state-link-target");
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(".ferry")).unwrap();
+    let e = CatalogHandle::open(dir.path(), CatalogOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("is a symbolic link"), "{e}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    let dir = TempDir::new("state-gw");
+    std::fs::create_dir(dir.path().join(".ferry")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join(".ferry"),
+        std::fs::Permissions::from_mode(0o770),
+    )
+    .unwrap();
+    let e = CatalogHandle::open(dir.path(), CatalogOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("chmod go-w"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".ferry"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -429,6 +490,33 @@ fn add_file_updates_one_file_and_the_index() {
     assert_eq!(h.rescan().unwrap().hashed, 0);
     drop(h);
     assert_eq!(open(&dir).last_report().hashed, 0);
+}
+
+#[test]
+fn add_published_file_registers_hashes_only_for_the_published_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("addpub");
+    let h = open(&dir);
+    let p = dir.write("up.bin", b"uploaded");
+    let m = std::fs::metadata(&p).unwrap();
+    let (xxh64, sha256) = (
+        xxh(b"uploaded"),
+        <[u8; 32]>::from(sha2::Sha256::digest(b"uploaded")),
+    );
+    // Someone renamed another file over the name after it was published.
+    dir.write(".other", b"planted!");
+    std::fs::rename(dir.path().join(".other"), &p).unwrap();
+    assert!(matches!(
+        h.add_published_file(&p, (m.dev(), m.ino()), xxh64, sha256),
+        Err(CatalogError::Changed { .. })
+    ));
+    assert!(h.snapshot().by_file_name("up.bin").is_none());
+    let now = std::fs::metadata(&p).unwrap();
+    let planted = sha2::Sha256::digest(b"planted!").into();
+    let e = h
+        .add_published_file(&p, (now.dev(), now.ino()), xxh(b"planted!"), planted)
+        .unwrap();
+    assert_eq!(e.sha256, planted);
 }
 
 #[test]
@@ -553,9 +641,10 @@ fn ten_thousand_record_index_round_trips() {
         );
     }
     let dir = TempDir::new("bigindex");
-    index::save(dir.path(), &idx).unwrap();
+    let state = Dir::open(dir.path()).unwrap();
+    index::save(&state, &idx).unwrap();
     let t = Instant::now();
-    let loaded = index::load(dir.path()).unwrap();
+    let loaded = index::load(&state).unwrap();
     // Measured, not asserted (tests never fail on timing).
     eprintln!("loaded 10,000 index records in {:?}", t.elapsed());
     assert_eq!(loaded, idx);
@@ -1042,8 +1131,7 @@ fn names_of_an_inode_follow_links_and_unlinks() {
             size: e.size,
             xxh64: e.xxh64,
             sha256: e.sha256,
-            map: OnceLock::new(),
-            drift: Arc::clone(&h.drift),
+            shared: Arc::clone(&h.shared),
         })
     };
     let (a, b, c) = (same(1), same(2), same(3));

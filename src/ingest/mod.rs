@@ -46,6 +46,15 @@
 //!  "FERRYBM\0" u32 LE=1  u32 LE     u64 LE    u64 LE
 //! ```
 //!
+//! Every file operation goes through the two folders' descriptors, opened once when the
+//! [`IngestDir`] is made ([`crate::dir`]): temporaries are created `O_CREAT | O_EXCL |
+//! O_NOFOLLOW`, resumable parts and bitmaps are reopened `O_NOFOLLOW` and checked (a regular
+//! file of ours with one link), publishing is `renameat2` between the two descriptors, and a
+//! name already in the destination is compared through an `O_NOFOLLOW | O_NONBLOCK` open.
+//! Working folders are private (ours, writable by nobody else), or refused with a message. So
+//! a local user who can write into a served or output folder can neither make ferry write
+//! through a planted link nor swap the working folder for another.
+//!
 //! Out of scope: choosing names from the wire (see [`crate::names`]), protocol state kept beside
 //! a transfer (FastDP's `.state`, filestorage's journal), and deciding *which* blocks to fetch
 //! (the protocol machines do that).
@@ -58,11 +67,15 @@ mod resumable;
 mod stream;
 mod transfer;
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::catalog::CatalogHandle;
+use crate::dir::Dir;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -105,6 +118,17 @@ pub struct Committed {
     pub xxh64: u64,
     pub size: u64,
     pub outcome: Outcome,
+    /// Device and inode of the file ingest itself put under `path` (`Created`, `Renamed`);
+    /// `None` when the bytes were already there (`AlreadyPresent`). A catalog registers the
+    /// hashes above only for this very inode, whatever has been renamed over `path` since.
+    pub inode: Option<(u64, u64)>,
+}
+
+/// (device, inode) of an open file.
+fn inode_of(file: &fs::File) -> io::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let st = crate::dir::fstat(file.as_raw_fd())?;
+    Ok((st.dev(), st.ino()))
 }
 
 /// How the no-clobber rule resolved the final name.
@@ -201,33 +225,86 @@ pub struct IngestDir {
 
 #[derive(Debug)]
 struct Paths {
+    /// Paths of the two folders, for messages and [`Committed::path`].
     dest: PathBuf,
     work: PathBuf,
+    /// The two folders, opened once: every file operation goes through these.
+    dest_dir: Arc<Dir>,
+    work_dir: Arc<Dir>,
     /// The work folder is on tmpfs, where preallocating fills RAM pages for nothing.
     work_on_tmpfs: bool,
 }
 
 impl IngestDir {
     /// `dest`: the folder final files land in. `work`: the folder for temporaries/partials, on the
-    /// same file system (created if missing, mode 0700). Callers pass `<root>/.ferry/ingest` for
-    /// the served folder, and `dest` itself for a client output folder (then temporaries are
-    /// dot-files there: `.ferry-<hex tag>-<pid>-<counter>.part`, created with O_EXCL).
+    /// same file system. Callers pass `<root>/.ferry/ingest/<protocol>` for a served folder (a
+    /// server should prefer [`for_catalog`](Self::for_catalog)), and `dest` itself for a client
+    /// output folder (then temporaries are dot-files there:
+    /// `.ferry-<hex tag>-<pid>-<counter>.part`, created with `O_EXCL | O_NOFOLLOW`).
     ///
-    /// A missing `dest` is created with the default mode. Fails if the two folders are on
-    /// different file systems, since publishing is a rename.
+    /// `dest` is created if missing (default mode) and opened once, following the path as given.
+    /// A `work` inside `dest` is reached from `dest`'s descriptor one component at a time,
+    /// each created if missing (mode 0700) and opened without following a link, and each must
+    /// belong to the user running ferry and be writable by nobody else (so a planted
+    /// `OUT/.ferry` link or someone else's folder there is refused, with a message). A `work`
+    /// elsewhere is created (mode 0700) and opened by its path, and must be private too. Fails
+    /// if the two folders are on different file systems, since publishing is a rename.
     pub fn new(dest: &Path, work: &Path) -> io::Result<IngestDir> {
-        fs::DirBuilder::new().recursive(true).create(dest)?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(work)?;
-        let (d, w) = (fs::metadata(dest)?, fs::metadata(work)?);
-        if !d.is_dir() || !w.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "ingest: dest and work must be folders",
-            ));
-        }
+        let dest_dir = Arc::new(Dir::create_all(dest)?);
+        let work_dir = if work == dest {
+            Arc::clone(&dest_dir)
+        } else if let Some(rel) = work.strip_prefix(dest).ok().filter(|r| is_plain_path(r)) {
+            let mut at: Option<Dir> = None;
+            for part in rel.components() {
+                let Component::Normal(name) = part else {
+                    unreachable!("is_plain_path")
+                };
+                let name = name.to_str().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "ingest: non-UTF-8 work folder")
+                })?;
+                at = Some(
+                    at.as_ref()
+                        .unwrap_or(&dest_dir)
+                        .private_subdir(name, true)?,
+                );
+            }
+            Arc::new(at.expect("a non-empty relative path"))
+        } else {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(work)?;
+            let w = Dir::open(work)?;
+            w.check_private()?;
+            Arc::new(w)
+        };
+        IngestDir::from_dirs(dest_dir, work_dir)
+    }
+
+    /// The ingest folder of a served folder: final files land in `catalog`'s root (its
+    /// descriptor) and temporaries in `.ferry/ingest/<protocol>`, reached from the catalog's
+    /// `.ferry` descriptor (never by path), created if missing and checked private.
+    pub fn for_catalog(catalog: &CatalogHandle, protocol: &str) -> io::Result<IngestDir> {
+        let work = catalog
+            .state()
+            .private_subdir("ingest", true)?
+            .private_subdir(protocol, true)?;
+        let dest = Arc::clone(catalog.root_dir());
+        IngestDir::from_dirs(dest, Arc::new(work))
+    }
+
+    /// The same working folder (its descriptor), publishing into `dest` instead (opened as
+    /// [`new`](Self::new) opens it): a download into another folder keeps its partials where
+    /// this folder keeps them.
+    pub fn with_dest(&self, dest: &Path) -> io::Result<IngestDir> {
+        let dest_dir = Arc::new(Dir::create_all(dest)?);
+        let mut d = IngestDir::from_dirs(dest_dir, Arc::clone(&self.inner.work_dir))?;
+        d.durable = self.durable;
+        Ok(d)
+    }
+
+    fn from_dirs(dest_dir: Arc<Dir>, work_dir: Arc<Dir>) -> io::Result<IngestDir> {
+        let (d, w) = (dest_dir.stat()?, work_dir.stat()?);
         if d.dev() != w.dev() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -236,9 +313,11 @@ impl IngestDir {
         }
         Ok(IngestDir {
             inner: Arc::new(Paths {
-                dest: dest.to_path_buf(),
-                work: work.to_path_buf(),
-                work_on_tmpfs: statfs_type(work) == Some(TMPFS_MAGIC),
+                dest: dest_dir.path().to_owned(),
+                work: work_dir.path().to_owned(),
+                work_on_tmpfs: work_dir.fs_type().ok() == Some(TMPFS_MAGIC),
+                dest_dir,
+                work_dir,
             }),
             durable: true,
         })
@@ -263,6 +342,16 @@ impl IngestDir {
         &self.inner.work
     }
 
+    /// The destination folder's descriptor.
+    pub fn dest_dir(&self) -> &Dir {
+        &self.inner.dest_dir
+    }
+
+    /// The working folder's descriptor: every temporary, part and bitmap is reached through it.
+    pub fn work_dir(&self) -> &Dir {
+        &self.inner.work_dir
+    }
+
     /// Whether temporaries live on tmpfs: streams are not preallocated there (the space is
     /// checked instead), since fallocate(2) on tmpfs takes and clears RAM pages that the writes
     /// then overwrite (about 10% of a 1 GiB download into /dev/shm).
@@ -274,14 +363,7 @@ impl IngestDir {
     /// (`statvfs`: `f_bavail * f_frsize`), for callers that keep a reserve free (TEJ's
     /// `disk_reserve`).
     pub fn available_bytes(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.work().as_os_str().as_bytes())?;
-        // SAFETY: statvfs is plain old data; all-zero is a valid value to be overwritten.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statvfs.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let st = self.work_dir().statvfs()?;
         // The fields are u32 on some 32-bit targets.
         #[allow(clippy::useless_conversion)]
         let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
@@ -311,9 +393,8 @@ impl IngestDir {
         let me = std::process::id();
         let tag = process_tag();
         let mut removed = 0;
-        for entry in fs::read_dir(self.work())? {
-            let entry = entry?;
-            let name = entry.file_name();
+        let work = self.work_dir();
+        for name in work.names()? {
             let Some((t, pid)) = name.to_str().and_then(parse_temp_name) else {
                 continue;
             };
@@ -322,8 +403,8 @@ impl IngestDir {
             } else {
                 !is_pid_alive(pid)
             };
-            if stale && entry.file_type()?.is_file() {
-                match fs::remove_file(entry.path()) {
+            if stale && work.stat_at(&name).is_ok_and(|st| st.is_file()) {
+                match work.remove_file(&name) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
@@ -373,21 +454,6 @@ pub(super) enum Reserve {
 
 /// `f_type` of tmpfs in statfs(2).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-/// The file system type (`f_type` of statfs(2)) of `path`, None if it cannot be read.
-fn statfs_type(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs is plain old data; all-zero is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statfs.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    // f_type's integer type differs between targets.
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.f_type as i64)
-}
 
 /// A random-enough tag for this process, fixed for its lifetime: tells our temporaries from
 /// those of an earlier process that had the same pid.
@@ -482,6 +548,16 @@ fn tag_for(expect: Expect, sha256: Option<&[u8; 32]>, xxh64: u64) -> String {
     }
 }
 
+/// A relative path of plain components only (no `..`, `.`, root or prefix), at least one.
+fn is_plain_path(p: &Path) -> bool {
+    p.components().next().is_some() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// A final name as the folders' descriptors take it.
+fn os(name: &str) -> &OsStr {
+    OsStr::new(name)
+}
+
 /// A final name must be one plain path component; callers sanitise, this is the last guard.
 fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
@@ -532,6 +608,7 @@ pub(crate) mod test_dir {
 
 #[cfg(test)]
 mod tests {
+    use super::part::Part;
     use super::test_dir::{list, TempDir};
     use super::*;
 
@@ -584,8 +661,73 @@ mod tests {
         let work = t.0.join(".ferry").join("ingest");
         let dir = IngestDir::new(&t.0, &work).unwrap();
         assert_eq!(dir.work(), work);
-        let mode = fs::metadata(&work).unwrap().mode() & 0o777;
+        let mode = std::os::unix::fs::MetadataExt::mode(&fs::metadata(&work).unwrap()) & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_planted_link_in_the_work_folder_is_never_written_through() {
+        let t = TempDir::new("planted");
+        let victim = TempDir::new("planted-victim");
+        fs::write(victim.0.join("target"), b"keep me").unwrap();
+        let dir = IngestDir::new(&t.0, &t.0.join(".ferry/ingest/cjp2p")).unwrap();
+        std::os::unix::fs::symlink(victim.0.join("target"), dir.work().join("k.part")).unwrap();
+        let e = dir.begin_resumable("k", 1 << 20, 4096).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        fs::remove_file(dir.work().join("k.part")).unwrap();
+        // A link where the bitmap goes is replaced by the new bitmap (created O_EXCL under
+        // another name, then renamed), never written through.
+        std::os::unix::fs::symlink(victim.0.join("target"), dir.work().join("k.bitmap")).unwrap();
+        let r = dir.begin_resumable("k", 1 << 20, 4096).unwrap();
+        assert!(fs::symlink_metadata(dir.work().join("k.bitmap"))
+            .unwrap()
+            .is_file());
+        drop(r);
+        Part::remove(&dir, "k").unwrap();
+        // A hard link to someone's file is refused too (nobody else can make one here, but
+        // the check is on what was opened, whatever the folder).
+        fs::hard_link(victim.0.join("target"), dir.work().join("k.part")).unwrap();
+        let e = dir.begin_resumable("k", 1 << 20, 4096).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
+        assert_eq!(fs::read(victim.0.join("target")).unwrap(), b"keep me");
+        assert_eq!(list(&victim.0), ["target"]);
+    }
+
+    #[test]
+    fn a_work_folder_that_is_a_link_or_open_to_others_is_refused() {
+        let t = TempDir::new("worklink");
+        let elsewhere = TempDir::new("worklink-elsewhere");
+        std::os::unix::fs::symlink(&elsewhere.0, t.0.join(".ferry")).unwrap();
+        let e = IngestDir::new(&t.0, &t.0.join(".ferry/ingest/cjp2p")).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(list(&elsewhere.0).is_empty());
+        fs::remove_file(t.0.join(".ferry")).unwrap();
+        fs::create_dir(t.0.join(".ferry")).unwrap();
+        fs::set_permissions(
+            t.0.join(".ferry"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let e = IngestDir::new(&t.0, &t.0.join(".ferry/ingest/cjp2p")).unwrap_err();
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+        assert!(list(&t.0.join(".ferry")).is_empty());
+    }
+
+    #[test]
+    fn with_dest_keeps_the_work_folder_and_for_catalog_uses_the_state_folder() {
+        let t = TempDir::new("withdest");
+        let cat = CatalogHandle::open(&t.0, crate::catalog::CatalogOptions::default()).unwrap();
+        let dir = IngestDir::for_catalog(&cat, "test").unwrap();
+        assert_eq!(dir.work(), t.0.join(".ferry/ingest/test"));
+        assert_eq!(dir.dest(), t.0);
+        let other = t.0.join("other");
+        let moved = dir.with_dest(&other).unwrap();
+        assert_eq!(moved.work(), dir.work());
+        let mut s = moved.begin_stream(None).unwrap();
+        s.write_all(b"x").unwrap();
+        let c = s.commit("x.bin", Expect::Nothing).unwrap();
+        assert_eq!(c.path, other.join("x.bin"));
+        assert_eq!(fs::read(&c.path).unwrap(), b"x");
     }
 
     #[test]

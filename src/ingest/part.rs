@@ -37,18 +37,18 @@
 //! The bitmap file is a 32-byte header followed by one bit per block, least significant bit
 //! first (the layout is drawn in the [`ingest`](super) module doc).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use sha2::Digest;
 
 use super::prefix_hash::{HashState, PrefixHasher};
-use super::publish::{publish, sync_dir};
+use super::publish::publish;
 use super::stream::preallocate;
 use super::{check, is_plain_name, tag_for, Reserve, MAX_KEY_BYTES, PART_SUFFIX};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
@@ -68,12 +68,12 @@ impl IngestDir {
     /// can reopen the transfer before the first reply ([`IngestDir::begin_resumable`] checks
     /// the rest).
     pub fn peek_resumable(&self, key: &str) -> Option<(u64, u32)> {
-        use std::io::Read;
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains(['/', '.']) {
             return None;
         }
         let mut header = [0u8; HEADER_LEN];
-        File::open(self.work().join(format!("{key}.bitmap")))
+        self.work_dir()
+            .open_read(OsStr::new(&format!("{key}.bitmap")))
             .ok()?
             .read_exact(&mut header)
             .ok()?;
@@ -429,8 +429,9 @@ pub(super) struct Probe {
 /// One part file and its bitmap. See the module doc.
 pub(super) struct Part {
     dir: IngestDir,
-    part_path: PathBuf,
-    bitmap_path: PathBuf,
+    /// `<key>.part` and `<key>.bitmap` in the working folder (reached through its descriptor).
+    part_name: OsString,
+    bitmap_name: OsString,
     /// The part, read-write; holds the `flock` for as long as this value lives.
     file: File,
     geo: Geometry,
@@ -446,7 +447,7 @@ pub(super) struct Part {
 impl std::fmt::Debug for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Part")
-            .field("path", &self.part_path)
+            .field("path", &self.dir.work().join(&self.part_name))
             .field("geometry", &self.geo)
             .finish_non_exhaustive()
     }
@@ -458,7 +459,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Part {
-    /// Creates or reopens `<work>/<key>.part` (locked with `flock`) and its bitmap. A bitmap
+    /// Creates or reopens `<work>/<key>.part` (locked with `flock`) and its bitmap, never
+    /// through a link (a regular file of ours with one link, or an error that says what is
+    /// there: [`Dir::open_state_file`](crate::dir::Dir::open_state_file)). A bitmap
     /// that does not match restarts from zero; so does a new transfer, whose part is sized
     /// sparse, or reserved when `preallocate` is set ([`IngestDir::reserve_space`]; then a
     /// refusal leaves no file behind).
@@ -471,20 +474,15 @@ impl Part {
     ) -> io::Result<Part> {
         check_key(key)?;
         let geo = Geometry::new(size, block_size)?;
-        let part_path = dir.work().join(format!("{key}{PART_SUFFIX}"));
-        let bitmap_path = dir.work().join(format!("{key}.bitmap"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&part_path)?;
+        let part_name = OsString::from(format!("{key}{PART_SUFFIX}"));
+        let bitmap_name = OsString::from(format!("{key}.bitmap"));
+        // 0666 less the umask: the part becomes the final file.
+        let file = dir.work_dir().open_state_file(&part_name, 0o666, true)?;
         flock(&file)?;
         let mut part = Part {
             dir,
-            part_path,
-            bitmap_path,
+            part_name,
+            bitmap_name,
             file,
             geo,
             state: Mutex::new(State::new(geo)),
@@ -494,7 +492,7 @@ impl Part {
             #[cfg(test)]
             probe: Probe::default(),
         };
-        let _ = fs::remove_file(part.new_bitmap_path());
+        let _ = part.dir.work_dir().remove_file(&part.new_bitmap_name());
         match part.load()? {
             Some(bits) => {
                 let st = part.state_mut();
@@ -852,10 +850,9 @@ impl Part {
     fn write_bits(&self, bitmap: &mut Option<File>, lo: usize, bytes: &[u8]) -> io::Result<()> {
         if bitmap.is_none() {
             *bitmap = Some(
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                    .open(&self.bitmap_path)?,
+                self.dir
+                    .work_dir()
+                    .open_state_file(&self.bitmap_name, 0o600, false)?,
             );
         }
         let f = bitmap.as_ref().ok_or_else(finished)?;
@@ -897,17 +894,19 @@ impl Part {
             return Err(e);
         }
         self.file.sync_all()?;
+        let inode = super::inode_of(&self.file)?;
         let tag = tag_for(expect, Some(&sha256), xxh64);
         let published = publish(
-            self.dir.dest(),
-            &self.part_path,
+            self.dir.dest_dir(),
+            self.dir.work_dir(),
+            &self.part_name,
             name,
             self.geo.size,
             Some(&sha256),
             &tag,
             policy,
         )?;
-        let _ = sync_dir(self.dir.dest());
+        let _ = self.dir.dest_dir().sync();
         // The part is gone (published or dropped as a duplicate); the bitmap is now meaningless.
         // A bitmap that survives a crash here restarts from zero: its part is missing.
         {
@@ -915,7 +914,7 @@ impl Part {
             st.finished = true;
             st.dirty = None;
         }
-        let _ = fs::remove_file(&self.bitmap_path);
+        let _ = self.dir.work_dir().remove_file(&self.bitmap_name);
         Ok(Committed {
             path: published.path,
             name: published.name,
@@ -923,6 +922,7 @@ impl Part {
             xxh64,
             size: self.geo.size,
             outcome: published.outcome,
+            inode: (published.outcome != super::Outcome::AlreadyPresent).then_some(inode),
         })
     }
 
@@ -947,29 +947,26 @@ impl Part {
             st.hasher.take()
         };
         drop(hasher);
-        let _ = fs::remove_file(&self.bitmap_path);
-        let _ = fs::remove_file(&self.part_path);
+        let _ = self.dir.work_dir().remove_file(&self.bitmap_name);
+        let _ = self.dir.work_dir().remove_file(&self.part_name);
     }
 
     /// Deletes the part and bitmap of `key` that no one holds (the part is locked first, so a
     /// transfer open in another process is refused with `WouldBlock`). Nothing there is fine.
     pub fn remove(dir: &IngestDir, key: &str) -> io::Result<()> {
         check_key(key)?;
-        let part_path = dir.work().join(format!("{key}{PART_SUFFIX}"));
-        let bitmap_path = dir.work().join(format!("{key}.bitmap"));
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&part_path)
-        {
+        let part_name = OsString::from(format!("{key}{PART_SUFFIX}"));
+        let bitmap_name = OsString::from(format!("{key}.bitmap"));
+        let work = dir.work_dir();
+        match work.open_read(&part_name) {
             Ok(f) => {
                 flock(&f)?;
-                fs::remove_file(&part_path)?;
+                work.remove_file(&part_name)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        match fs::remove_file(&bitmap_path) {
+        match work.remove_file(&bitmap_name) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -981,12 +978,21 @@ impl Part {
             return Ok(None);
         }
         let want_len = (HEADER_LEN + self.geo.bitmap_bytes()) as u64;
-        let data = match fs::symlink_metadata(&self.bitmap_path) {
-            Ok(m) if m.is_file() && m.len() == want_len => fs::read(&self.bitmap_path)?,
-            Ok(_) => return Ok(None),
+        let mut f = match self
+            .dir
+            .work_dir()
+            .open_state_file(&self.bitmap_name, 0o600, false)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        if f.metadata()?.len() != want_len {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(want_len as usize);
+        // `take` bounds the read should the file grow after its length was looked at.
+        (&mut f).take(want_len + 1).read_to_end(&mut data)?;
         if data.len() as u64 != want_len || data[..HEADER_LEN] != self.header() {
             return Ok(None);
         }
@@ -1011,10 +1017,10 @@ impl Part {
         h
     }
 
-    fn new_bitmap_path(&self) -> PathBuf {
-        let mut p = self.bitmap_path.clone().into_os_string();
+    fn new_bitmap_name(&self) -> OsString {
+        let mut p = self.bitmap_name.clone();
         p.push(".new");
-        p.into()
+        p
     }
 
     /// Start over with one owner: empty bitmap first (atomically), then empty the part. A crash
@@ -1035,22 +1041,24 @@ impl Part {
             .bitmap
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = None;
-        let tmp = self.new_bitmap_path();
+        let tmp = self.new_bitmap_name();
+        let work = self.dir.work_dir();
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&tmp)?;
+            // A leftover of a crash (or anything else under the name) goes first: the new
+            // bitmap is created O_EXCL and never written through a link.
+            match work.remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = work.create_new(&tmp, 0o600)?;
             f.write_all(&self.header())?;
             f.write_all(&vec![0u8; geo.bitmap_bytes()])?;
             f.sync_all()?;
-            fs::rename(&tmp, &self.bitmap_path)?;
-            sync_dir(self.dir.work())
+            work.rename(&tmp, work, &self.bitmap_name)?;
+            work.sync()
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = work.remove_file(&tmp);
         }
         result?;
         self.file.set_len(0)?;

@@ -2,16 +2,18 @@
 //! (jtp.md 5.2 rules 3-4, tej.md 4.1): `renameat2(RENAME_NOREPLACE)`, falling back to
 //! `link` + `unlink` on kernels or file systems without it. A name taken by identical content is
 //! reused; one taken by different content is kept and the next candidate of the caller's
-//! [`Collision`] policy is tried instead.
+//! [`Collision`] policy is tried instead. Every name is taken relative to the folders'
+//! descriptors ([`Dir`]); an existing name is only ever opened `O_NOFOLLOW | O_NONBLOCK` and
+//! compared if it is a regular file.
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
-use super::{hex, Collision, IngestError, Outcome};
+use super::{hex, os, Collision, IngestError, Outcome};
+use crate::dir::Dir;
 use crate::names::{with_number, with_tag};
 
 /// How many `-N` suffixes are tried (after the tagged name, or as `stem-N`) before giving up.
@@ -55,12 +57,15 @@ fn candidate(
     }
 }
 
-/// Moves `src` (a file in the same file system) to `dest/<candidate>`, trying the names `policy`
-/// gives in order. On `AlreadyPresent`, `src` is removed. On error, `src` is left where it was.
-/// The caller makes the rename durable ([`sync_dir`]) when its [`IngestDir`](super::IngestDir) is.
+/// Moves `work/src` (a file on the same file system) to `dest/<candidate>`, trying the names
+/// `policy` gives in order. On `AlreadyPresent`, `src` is removed. On error, `src` is left
+/// where it was. The caller makes the rename durable (`dest.sync()`) when its
+/// [`IngestDir`](super::IngestDir) is.
+#[allow(clippy::too_many_arguments)] // the two folders and the name, then what publish decides by
 pub(super) fn publish(
-    dest: &Path,
-    src: &Path,
+    dest: &Dir,
+    work: &Dir,
+    src: &OsStr,
     name: &str,
     size: u64,
     sha256: Option<&[u8; 32]>,
@@ -77,8 +82,7 @@ pub(super) fn publish(
                 format!("every candidate name for {name:?} is taken"),
             )));
         };
-        let dst = dest.join(&candidate);
-        match rename_noreplace(src, &dst) {
+        match work.rename_noreplace(src, dest, os(&candidate)) {
             Ok(()) => {
                 let outcome = if attempt == 0 {
                     Outcome::Created
@@ -86,7 +90,7 @@ pub(super) fn publish(
                     Outcome::Renamed
                 };
                 return Ok(Published {
-                    path: dst,
+                    path: dest.join(&candidate),
                     name: candidate,
                     outcome,
                 });
@@ -94,11 +98,11 @@ pub(super) fn publish(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        match has_content(&dst, src, size) {
+        match has_content(dest, os(&candidate), work, src, size) {
             Ok(true) => {
-                fs::remove_file(src)?;
+                work.remove_file(src)?;
                 return Ok(Published {
-                    path: dst,
+                    path: dest.join(&candidate),
                     name: candidate,
                     outcome: Outcome::AlreadyPresent,
                 });
@@ -111,54 +115,27 @@ pub(super) fn publish(
     }
 }
 
-/// `renameat2(src, dst, RENAME_NOREPLACE)`, or `link` + `unlink` where unsupported. Never replaces
-/// `dst`; an existing `dst` (even a dangling symlink) gives `AlreadyExists`.
-pub(super) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
-    let s = CString::new(src.as_os_str().as_bytes())?;
-    let d = CString::new(dst.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; renameat2
-    // reads them and touches no other memory.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            s.as_ptr(),
-            libc::AT_FDCWD,
-            d.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
+/// Opens `dir/name` for comparing: read-only, never through a link, never blocking on a FIFO;
+/// `Ok(None)` for anything that is not a regular file (a link, a folder, a FIFO).
+fn open_existing(dir: &Dir, name: &OsStr) -> io::Result<Option<File>> {
+    match dir.open_read(name) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+        // A link (ELOOP), a FIFO or folder (not a regular file), unreadable: not our bytes.
+        Err(_) => Ok(None),
+    }
+}
+
+/// True if `dest/name` is a regular file (not followed through a symlink) of `size` bytes with
+/// the same bytes as `work/ours` (compared directly, so no hash of ours is needed).
+fn has_content(dest: &Dir, name: &OsStr, work: &Dir, ours: &OsStr, size: u64) -> io::Result<bool> {
+    let Some(theirs) = open_existing(dest, name)? else {
+        return Ok(false);
     };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // Old kernel, or a file system that does not implement the flag.
-        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-            fs::hard_link(src, dst)?;
-            fs::remove_file(src)
-        }
-        _ => Err(e),
-    }
-}
-
-/// Makes renames into and out of `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// True if `path` is a regular file (not followed through a symlink) of `size` bytes with the
-/// same bytes as `ours` (compared directly, so no hash of ours is needed).
-fn has_content(path: &Path, ours: &Path, size: u64) -> io::Result<bool> {
-    let meta = fs::symlink_metadata(path)?;
-    if !meta.is_file() || meta.len() != size {
+    if theirs.metadata()?.len() != size {
         return Ok(false);
     }
-    let theirs = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let ours = File::open(ours)?;
+    let ours = work.open_read(ours)?;
     let chunk = HASH_CHUNK.min(size as usize).max(1);
     let (mut a, mut b) = (vec![0u8; chunk], vec![0u8; chunk]);
     let mut off = 0u64;
@@ -184,26 +161,14 @@ fn has_content(path: &Path, ours: &Path, size: u64) -> io::Result<bool> {
     Ok(!has_more(&theirs, size)?)
 }
 
-/// True if `path` is a regular file (not followed through a symlink) holding exactly `data`.
-/// A missing file is `Ok(false)`.
-pub(super) fn holds_bytes(path: &Path, data: &[u8]) -> io::Result<bool> {
-    // Look before opening: a FIFO or device under the name is never opened.
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() && m.len() == data.len() as u64 => {}
-        _ => return Ok(false),
-    }
-    let theirs = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        // Missing, a symlink (ELOOP), a folder we cannot open: not our bytes.
-        Err(_) => return Ok(false),
+/// True if `dir/name` is a regular file (not followed through a symlink, a FIFO never opened
+/// for long: `O_NONBLOCK`) holding exactly `data`. A missing file is `Ok(false)`.
+pub(super) fn holds_bytes(dir: &Dir, name: &OsStr, data: &[u8]) -> io::Result<bool> {
+    let theirs = match open_existing(dir, name) {
+        Ok(Some(f)) => f,
+        Ok(None) | Err(_) => return Ok(false),
     };
-    // The same checks on what was opened: the name may have been replaced since the lstat.
-    let meta = theirs.metadata()?;
-    if !meta.is_file() || meta.len() != data.len() as u64 {
+    if theirs.metadata()?.len() != data.len() as u64 {
         return Ok(false);
     }
     // A file that grew meanwhile does not match: one byte past the end is looked for.
@@ -235,6 +200,21 @@ fn has_more(f: &File, len: u64) -> io::Result<bool> {
 mod tests {
     use super::super::test_dir::{list, TempDir};
     use super::*;
+    use std::fs;
+
+    /// `publish` within one folder that is both work and destination.
+    fn publish_in(
+        dir: &std::path::Path,
+        src: &str,
+        name: &str,
+        size: u64,
+        sha256: Option<&[u8; 32]>,
+        tag: &str,
+        policy: Collision,
+    ) -> Result<Published, IngestError> {
+        let d = Dir::open(dir).unwrap();
+        publish(&d, &d, os(src), name, size, sha256, tag, policy)
+    }
 
     fn sha(data: &[u8]) -> [u8; 32] {
         <sha2::Sha256 as sha2::Digest>::digest(data).into()
@@ -245,14 +225,15 @@ mod tests {
         let t = TempDir::new("noreplace");
         fs::write(t.0.join("a"), b"new").unwrap();
         fs::write(t.0.join("b"), b"old").unwrap();
-        let e = rename_noreplace(&t.0.join("a"), &t.0.join("b")).unwrap_err();
+        let d = Dir::open(&t.0).unwrap();
+        let e = d.rename_noreplace(os("a"), &d, os("b")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(t.0.join("b")).unwrap(), b"old");
         // A dangling symlink counts as taken too.
         std::os::unix::fs::symlink(t.0.join("nowhere"), t.0.join("c")).unwrap();
-        let e = rename_noreplace(&t.0.join("a"), &t.0.join("c")).unwrap_err();
+        let e = d.rename_noreplace(os("a"), &d, os("c")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        rename_noreplace(&t.0.join("a"), &t.0.join("d")).unwrap();
+        d.rename_noreplace(os("a"), &d, os("d")).unwrap();
         assert_eq!(list(&t.0), ["b", "c", "d"]);
     }
 
@@ -264,9 +245,9 @@ mod tests {
         fs::write(t.0.join("x.abcd0123-1.png"), b"three").unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"four").unwrap();
-        let p = publish(
+        let p = publish_in(
             &t.0,
-            &src,
+            ".tmp",
             "x.png",
             4,
             Some(&sha(b"four")),
@@ -287,9 +268,9 @@ mod tests {
         fs::write(t.0.join("x.abcd0123.png"), b"four").unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"four").unwrap();
-        let p = publish(
+        let p = publish_in(
             &t.0,
-            &src,
+            ".tmp",
             "x.png",
             4,
             Some(&sha(b"four")),
@@ -309,9 +290,9 @@ mod tests {
         std::os::unix::fs::symlink(t.0.join("real"), t.0.join("x.bin")).unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"data").unwrap();
-        let p = publish(
+        let p = publish_in(
             &t.0,
-            &src,
+            ".tmp",
             "x.bin",
             4,
             Some(&sha(b"data")),
@@ -353,9 +334,9 @@ mod tests {
         fs::write(t.0.join("r-1.txt"), b"two").unwrap();
         let src = t.0.join(".tmp");
         fs::write(&src, b"three").unwrap();
-        let p = publish(
+        let p = publish_in(
             &t.0,
-            &src,
+            ".tmp",
             "r.txt",
             5,
             Some(&sha(b"three")),

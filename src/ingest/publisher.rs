@@ -111,11 +111,16 @@ impl Publisher {
         let listed = match &self.catalog {
             None => Listed::NoCatalog,
             Some(catalog) => {
-                let added = match committed.sha256 {
-                    Some(sha) => catalog.add_ingested_file(&committed.path, committed.xxh64, sha),
-                    // Only xxHash64-only streams (the JTP client's) lack a SHA-256, and they
-                    // never land in a served folder; the catalog hashes such a file itself.
-                    None => catalog.add_file(&committed.path),
+                let added = match (committed.sha256, committed.inode) {
+                    // Our own inode: its hashes are the ones computed on the way in (and a
+                    // file someone renamed over the name meanwhile is not taken for it).
+                    (Some(sha), Some(inode)) => {
+                        catalog.add_published_file(&committed.path, inode, committed.xxh64, sha)
+                    }
+                    // The bytes were already there (usually listed already, then this costs
+                    // nothing), or only xxHash64 was computed (the JTP client's streams, which
+                    // never land in a served folder): the catalog looks for itself.
+                    _ => catalog.add_file(&committed.path),
                 };
                 match added {
                     Ok(e) => Listed::Entry(e),

@@ -11,18 +11,18 @@
 //! there (a repeated `jtp get`) then costs one open and read of each instead of a temporary
 //! written, renamed, compared and removed.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::hash::Hasher;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use twox_hash::XxHash64;
 
 use super::publish::{holds_bytes, publish};
-use super::{check, is_plain_name, next_temp_name, tag_for, Outcome, Reserve};
+use super::{check, is_plain_name, next_temp_name, os, tag_for, Outcome, Reserve};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// Size of the write buffer: large enough that small network reads become large writes.
@@ -38,8 +38,11 @@ const PREALLOCATE_STEP: u64 = 64 * 1024 * 1024;
 /// temporary.
 pub struct StreamSink {
     dir: IngestDir,
-    /// The temporary, once created (at the first flush, or at once when preallocated).
+    /// The temporary's path (for messages), once created (at the first flush, or at once when
+    /// preallocated).
     path: Option<PathBuf>,
+    /// The temporary's name in the working folder.
+    temp: Option<OsString>,
     /// None before the temporary exists and once committed (then it is published or gone).
     file: Option<File>,
     buf: Vec<u8>,
@@ -66,6 +69,7 @@ impl StreamSink {
         let mut sink = StreamSink {
             dir,
             path: None,
+            temp: None,
             file: None,
             buf: Vec::new(),
             sha: with_sha256.then(Sha256::new),
@@ -95,25 +99,23 @@ impl StreamSink {
         Ok(sink)
     }
 
-    /// Creates the exclusive temporary. O_EXCL on a name unique within the process; another
-    /// process (or a stale leftover) holding the same name only costs a retry.
+    /// Creates the exclusive temporary in the working folder (`O_CREAT | O_EXCL | O_NOFOLLOW`
+    /// relative to its descriptor) on a name unique within the process; another process (or a
+    /// stale leftover, or a planted link) holding the same name only costs a retry. Mode 0666
+    /// less the umask, since the temporary becomes the final file.
     fn create_temp(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
             let mut tries = 0;
-            let (path, file) = loop {
-                let path = self.dir.work().join(next_temp_name());
-                match OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open(&path)
-                {
-                    Ok(f) => break (path, f),
+            let (name, file) = loop {
+                let name = OsString::from(next_temp_name());
+                match self.dir.work_dir().create_new(&name, 0o666) {
+                    Ok(f) => break (name, f),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
                     Err(e) => return Err(e),
                 }
             };
-            self.path = Some(path);
+            self.path = Some(self.dir.work().join(&name));
+            self.temp = Some(name);
             self.file = Some(file);
         }
         Ok(self.file.as_mut().expect("just created"))
@@ -229,7 +231,7 @@ impl StreamSink {
         }
         // Everything is still in the buffer: the same bytes under the final name need no
         // temporary at all.
-        if self.file.is_none() && holds_bytes(&self.dir.dest().join(name), &self.buf)? {
+        if self.file.is_none() && holds_bytes(self.dir.dest_dir(), os(name), &self.buf)? {
             return Ok(Committed {
                 path: self.dir.dest().join(name),
                 name: name.to_owned(),
@@ -237,6 +239,7 @@ impl StreamSink {
                 xxh64,
                 size: self.written,
                 outcome: Outcome::AlreadyPresent,
+                inode: None,
             });
         }
         if self.file.is_none() {
@@ -251,11 +254,13 @@ impl StreamSink {
         if self.dir.is_durable() {
             file.sync_all()?;
         }
+        let inode = super::inode_of(file)?;
         let tag = tag_for(expect, sha256.as_ref(), xxh64);
-        let path = self.path.clone().ok_or_else(gone)?;
+        let temp = self.temp.clone().ok_or_else(gone)?;
         let p = publish(
-            self.dir.dest(),
-            &path,
+            self.dir.dest_dir(),
+            self.dir.work_dir(),
+            &temp,
             name,
             self.written,
             sha256.as_ref(),
@@ -265,7 +270,7 @@ impl StreamSink {
         // Published or dropped: either way the temporary is no longer ours to remove.
         self.file = None;
         if self.dir.is_durable() && p.outcome != Outcome::AlreadyPresent {
-            super::publish::sync_dir(self.dir.dest())?;
+            self.dir.dest_dir().sync()?;
         }
         Ok(Committed {
             path: p.path,
@@ -274,6 +279,7 @@ impl StreamSink {
             xxh64,
             size: self.written,
             outcome: p.outcome,
+            inode: (p.outcome != Outcome::AlreadyPresent).then_some(inode),
         })
     }
 
@@ -304,8 +310,8 @@ impl std::fmt::Debug for StreamSink {
 impl Drop for StreamSink {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            if let Some(p) = &self.path {
-                let _ = fs::remove_file(p);
+            if let Some(t) = &self.temp {
+                let _ = self.dir.work_dir().remove_file(t);
             }
         }
     }
@@ -341,6 +347,8 @@ mod tests {
     use super::super::test_dir::{list, TempDir};
     use super::super::Outcome;
     use super::*;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
 
     fn sha(data: &[u8]) -> [u8; 32] {
         Sha256::digest(data).into()
@@ -564,7 +572,8 @@ mod tests {
     #[test]
     fn on_tmpfs_space_is_checked_not_preallocated() {
         let shm = std::path::Path::new("/dev/shm");
-        if super::super::statfs_type(shm) != Some(super::super::TMPFS_MAGIC) {
+        let on_tmpfs = crate::dir::Dir::open(shm).and_then(|d| d.fs_type());
+        if on_tmpfs.ok() != Some(super::super::TMPFS_MAGIC) {
             return; // no tmpfs here
         }
         let t = TempDir(shm.join(format!("ferry-test-ingest-tmpfs-{}", std::process::id())));
@@ -643,6 +652,7 @@ mod tests {
     #[test]
     fn holds_bytes_compares_exactly() {
         let t = TempDir::new("stream-holds");
+        let d = crate::dir::Dir::open(&t.0).unwrap();
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 249) as u8).collect();
         let p = t.0.join("f");
         for (on_disk, want) in [
@@ -652,18 +662,27 @@ mod tests {
             (&[], false),
         ] {
             fs::write(&p, on_disk).unwrap();
-            assert_eq!(holds_bytes(&p, &data).unwrap(), want, "{}", on_disk.len());
+            assert_eq!(
+                holds_bytes(&d, os("f"), &data).unwrap(),
+                want,
+                "{}",
+                on_disk.len()
+            );
         }
         fs::write(&p, b"").unwrap();
-        assert!(holds_bytes(&p, b"").unwrap());
-        assert!(!holds_bytes(&t.0.join("missing"), b"").unwrap());
-        assert!(!holds_bytes(&t.0, b"").unwrap());
-        // A FIFO is not opened (opening it for reading could block or take a writer's data).
-        let fifo = t.0.join("fifo");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        if made.is_ok_and(|s| s.success()) {
-            assert!(!holds_bytes(&fifo, b"").unwrap());
-        }
+        assert!(holds_bytes(&d, os("f"), b"").unwrap());
+        assert!(!holds_bytes(&d, os("missing"), b"").unwrap());
+        std::fs::create_dir(t.0.join("sub")).unwrap();
+        assert!(!holds_bytes(&d, os("sub"), b"").unwrap());
+        // A link to identical bytes is not them (it is never followed).
+        std::os::unix::fs::symlink("f", t.0.join("link")).unwrap();
+        assert!(!holds_bytes(&d, os("link"), b"").unwrap());
+        // A FIFO is opened without blocking and not compared (reading it could block or take a
+        // writer's data).
+        let fifo = std::ffi::CString::new(t.0.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(!holds_bytes(&d, os("fifo"), b"").unwrap());
     }
 
     #[test]

@@ -6,12 +6,24 @@
 //! directory is generated only when *both* files are missing; with one of them present ferry stops
 //! instead of overwriting it (the reference server silently replaced the survivor).
 //!
+//! The self-signed pair lives in `<state>/tls/`, reached from the state folder's descriptor
+//! ([`Dir`]): `tls/` is opened without following a link and must be private, the key is
+//! created `O_CREAT | O_EXCL | O_NOFOLLOW` with mode 0600 from the start, and both files are
+//! read back through `O_NOFOLLOW` opens. `ferry certs --out DIR` ([`write_test_certs`]) replaces
+//! its four files atomically: each is written under a fresh name (`O_EXCL | O_NOFOLLOW`), given
+//! its mode explicitly (keys 0600, certificates 0644, whatever the umask or the old file's mode),
+//! synced and renamed over the old name, so a link planted under a name is replaced, never
+//! followed.
+//!
 //! Out of scope: building rustls configurations (see `tls`), certificate revocation, and rotation.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::dir::Dir;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -56,6 +68,28 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
 }
 
+/// [`load_certs`] of PEM bytes already read; `origin` names them in errors.
+pub fn parse_certs(
+    pem: &[u8],
+    origin: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(origin, e))?;
+    if certs.is_empty() {
+        return Err(TransportError::Pem {
+            path: origin.to_path_buf(),
+            detail: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// [`load_key`] of PEM bytes already read; `origin` names them in errors.
+pub fn parse_key(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| pem_error(origin, e))
+}
+
 fn pem_error(path: &Path, e: pem::Error) -> TransportError {
     match e {
         pem::Error::Io(source) => TransportError::Io {
@@ -86,16 +120,38 @@ pub fn fingerprint(der: &[u8]) -> String {
     out
 }
 
-/// Makes sure `<state_dir>/tls/{cert,key}.pem` exist, generating them when both are missing.
-/// Returns the two paths and whether they were generated now.
-pub fn ensure_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf, bool), TransportError> {
-    let dir = state_dir.join("tls");
+/// The self-signed pair of a state folder, as [`ensure_self_signed_in`] found or made it.
+#[derive(Debug)]
+pub struct SelfSigned {
+    /// Paths of the two files (for messages).
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Their contents, read through `O_NOFOLLOW` opens of `tls/`'s descriptor.
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Whether the pair was generated now.
+    pub generated: bool,
+}
+
+/// Largest PEM file read back from the state folder.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Makes sure `<state>/tls/{cert,key}.pem` exist, generating them when both are missing, and
+/// reads them. `state` is the state folder's descriptor: `tls/` is created (0700) or opened
+/// beneath it without following a link and must be private; nothing is reached by path.
+pub fn ensure_self_signed_in(state: &Dir) -> Result<SelfSigned, TransportError> {
+    let dir = state
+        .private_subdir("tls", true)
+        .map_err(|source| TransportError::Io {
+            what: format!("tls: open {}", state.join("tls").display()),
+            source,
+        })?;
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
-    let has_cert = exists(&cert_path)?;
-    let has_key = exists(&key_path)?;
-    match (has_cert, has_key) {
-        (true, true) => return Ok((cert_path, key_path, false)),
+    let has_cert = exists(&dir, CERT_FILE)?;
+    let has_key = exists(&dir, KEY_FILE)?;
+    let generated = match (has_cert, has_key) {
+        (true, true) => false,
         (true, false) => {
             return Err(TransportError::PartialKeyPair {
                 present: cert_path,
@@ -108,66 +164,109 @@ pub fn ensure_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf, bool), 
                 missing: cert_path,
             })
         }
-        (false, false) => {}
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| TransportError::Io {
-            what: format!("tls: create {}", dir.display()),
-            source,
-        })?;
-    let (cert_pem, key_pem) = generate_self_signed()?;
-    // The key first: if we die between the two writes, the next start finds a lone key and
-    // refuses, rather than serving a certificate whose key never reached the disk.
-    write_new(&key_path, key_pem.as_bytes(), 0o600)?;
-    write_new(&cert_path, cert_pem.as_bytes(), 0o644)?;
-    Ok((cert_path, key_path, true))
+        (false, false) => {
+            let (cert_pem, key_pem) = generate_self_signed()?;
+            // The key first: if we die between the two writes, the next start finds a lone key
+            // and refuses, rather than serving a certificate whose key never reached the disk.
+            write_new(&dir, KEY_FILE, key_pem.as_bytes(), 0o600)?;
+            write_new(&dir, CERT_FILE, cert_pem.as_bytes(), 0o644)?;
+            true
+        }
+    };
+    Ok(SelfSigned {
+        cert_pem: read_pem(&dir, CERT_FILE)?,
+        key_pem: read_pem(&dir, KEY_FILE)?,
+        cert_path,
+        key_path,
+        generated,
+    })
 }
 
-fn exists(path: &Path) -> Result<bool, TransportError> {
-    match fs::symlink_metadata(path) {
+/// [`ensure_self_signed_in`] of the folder at `state_dir` (opened by that path), returning the
+/// two paths and whether they were generated now.
+#[cfg(test)]
+pub(crate) fn ensure_self_signed(
+    state_dir: &Path,
+) -> Result<(PathBuf, PathBuf, bool), TransportError> {
+    let state = Dir::open(state_dir).map_err(|source| TransportError::Io {
+        what: format!("tls: open {}", state_dir.display()),
+        source,
+    })?;
+    let s = ensure_self_signed_in(&state)?;
+    Ok((s.cert_path, s.key_path, s.generated))
+}
+
+/// Whether `dir/name` exists (a link counts: it is never followed, and reading it fails).
+fn exists(dir: &Dir, name: &str) -> Result<bool, TransportError> {
+    match dir.stat_at(OsStr::new(name)) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(TransportError::Io {
-            what: format!("tls: stat {}", path.display()),
+            what: format!("tls: stat {}", dir.join(name).display()),
             source,
         }),
     }
 }
 
-/// Creates `path` (which must not exist) with `mode` from the start, so a key is never readable
-/// by others even for an instant.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TransportError> {
+/// Reads `dir/name` (a regular file, never through a link), at most [`MAX_PEM_BYTES`].
+fn read_pem(dir: &Dir, name: &str) -> Result<Vec<u8>, TransportError> {
     let io_err = |source| TransportError::Io {
-        what: format!("tls: write {}", path.display()),
+        what: format!("tls: read {}", dir.join(name).display()),
         source,
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+    let f = dir.open_read(OsStr::new(name)).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_PEM_BYTES)
+        .read_to_end(&mut bytes)
         .map_err(io_err)?;
+    Ok(bytes)
+}
+
+/// Creates `dir/name` (which must not exist: `O_EXCL | O_NOFOLLOW`) with `mode` from the start,
+/// so a key is never readable by others even for an instant.
+fn write_new(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> Result<(), TransportError> {
+    let io_err = |source| TransportError::Io {
+        what: format!("tls: write {}", dir.join(name).display()),
+        source,
+    };
+    let mut f = dir.create_new(OsStr::new(name), mode).map_err(io_err)?;
     f.write_all(bytes).map_err(io_err)?;
     f.sync_all().map_err(io_err)
 }
 
-/// Like [`write_new`] but replaces an existing file (used only for test certificates).
-fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TransportError> {
+/// Replaces `dir/name` atomically with `bytes` of exactly `mode`: a fresh temporary
+/// (`O_EXCL | O_NOFOLLOW`, mode 0600 until it is set), synced, renamed over the name (a link
+/// there is replaced, never followed).
+fn write_replace(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> Result<(), TransportError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let io_err = |source| TransportError::Io {
-        what: format!("certs: write {}", path.display()),
+        what: format!("certs: write {}", dir.join(name).display()),
         source,
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err)?;
-    f.write_all(bytes).map_err(io_err)
+    let mut tries = 0;
+    let (tmp, mut f) = loop {
+        let tmp = format!(
+            ".{name}.tmp.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        match dir.create_new(OsStr::new(&tmp), 0o600) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(io_err(e)),
+        }
+    };
+    let result = f
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| dir.rename(OsStr::new(&tmp), dir, OsStr::new(name)));
+    drop(f);
+    if let Err(e) = result {
+        let _ = dir.remove_file(OsStr::new(&tmp));
+        return Err(io_err(e));
+    }
+    Ok(())
 }
 
 fn cert_error(e: rcgen::Error) -> TransportError {
@@ -221,13 +320,15 @@ pub fn generate_self_signed() -> Result<(String, String), TransportError> {
 }
 
 /// Generates a test CA and a leaf for `localhost`, 127.0.0.1 and ::1 signed by it into `dir`
-/// (created if needed): `ca.pem`, `ca-key.pem`, `cert.pem` (leaf then CA) and `key.pem`.
-/// Existing files of those names are replaced; keys are created with mode 0600.
+/// (created if needed, then opened once): `ca.pem`, `ca-key.pem`, `cert.pem` (leaf then CA) and
+/// `key.pem`. Existing files of those names are replaced atomically, links under those names
+/// included (never followed); keys get mode 0600, certificates 0644.
 pub fn write_test_certs(dir: &Path) -> Result<(), TransportError> {
-    fs::create_dir_all(dir).map_err(|source| TransportError::Io {
+    let dir = Dir::create_all(dir).map_err(|source| TransportError::Io {
         what: format!("certs: create {}", dir.display()),
         source,
     })?;
+    let dir = &dir;
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
     let mut ca_params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -248,19 +349,11 @@ pub fn write_test_certs(dir: &Path) -> Result<(), TransportError> {
         .signed_by(&leaf_key, &ca, &ca_key)
         .map_err(cert_error)?;
 
-    write_replace(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644)?;
-    write_replace(
-        &dir.join("ca-key.pem"),
-        ca_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    write_replace(dir, "ca-key.pem", ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_replace(dir, "ca.pem", ca.pem().as_bytes(), 0o644)?;
+    write_replace(dir, "key.pem", leaf_key.serialize_pem().as_bytes(), 0o600)?;
     let chain = format!("{}{}", leaf.pem(), ca.pem());
-    write_replace(&dir.join("cert.pem"), chain.as_bytes(), 0o644)?;
-    write_replace(
-        &dir.join("key.pem"),
-        leaf_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    write_replace(dir, "cert.pem", chain.as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -268,7 +361,7 @@ pub fn write_test_certs(dir: &Path) -> Result<(), TransportError> {
 mod tests {
     use super::*;
     use crate::transport::tests::temp_dir;
-    use std::os::unix::fs::PermissionsExt;
+    use std::fs;
 
     #[test]
     fn fingerprint_formats_uppercase_colon_pairs() {
@@ -422,6 +515,60 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_certs_replace_links_and_old_modes_never_follow_them() {
+        let dir = temp_dir("test-certs-links");
+        let victim = temp_dir("test-certs-victim");
+        fs::write(victim.join("target"), b"keep me").unwrap();
+        std::os::unix::fs::symlink(victim.join("target"), dir.join("key.pem")).unwrap();
+        std::os::unix::fs::symlink(victim.join("absent"), dir.join("ca-key.pem")).unwrap();
+        fs::write(dir.join("cert.pem"), b"old").unwrap();
+        fs::set_permissions(dir.join("cert.pem"), fs::Permissions::from_mode(0o666)).unwrap();
+        write_test_certs(&dir).unwrap();
+        assert_eq!(fs::read(victim.join("target")).unwrap(), b"keep me");
+        assert!(!victim.join("absent").exists());
+        for (name, mode) in [
+            ("key.pem", 0o600),
+            ("ca-key.pem", 0o600),
+            ("cert.pem", 0o644),
+            ("ca.pem", 0o644),
+        ] {
+            let m = fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(m.is_file(), "{name}");
+            assert_eq!(m.permissions().mode() & 0o777, mode, "{name}");
+        }
+        load_key(&dir.join("key.pem")).unwrap();
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["ca-key.pem", "ca.pem", "cert.pem", "key.pem"]);
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&victim);
+    }
+
+    #[test]
+    fn a_tls_folder_that_is_a_link_is_refused_and_key_links_are_not_read() {
+        let dir = temp_dir("tls-link");
+        let elsewhere = temp_dir("tls-link-elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.join("tls")).unwrap();
+        let err = ensure_self_signed(&dir).unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        fs::remove_file(dir.join("tls")).unwrap();
+        // Both names present as links to someone's files: never read, never written.
+        fs::create_dir(dir.join("tls")).unwrap();
+        fs::write(elsewhere.join("k"), b"not a key").unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("k"), dir.join("tls/key.pem")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("k"), dir.join("tls/cert.pem")).unwrap();
+        let err = ensure_self_signed(&dir).unwrap_err();
+        assert!(matches!(err, TransportError::Io { .. }), "{err}");
+        assert_eq!(fs::read(elsewhere.join("k")).unwrap(), b"not a key");
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&elsewhere);
     }
 
     #[test]

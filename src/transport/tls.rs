@@ -45,7 +45,7 @@ use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig,
     ServerConnection, SideData,
 };
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::certs;
 use super::{Stream, TransportError};
@@ -87,8 +87,14 @@ impl TlsServer {
         key: &Path,
         alpn: &[&[u8]],
     ) -> Result<TlsServer, TransportError> {
-        let chain = certs::load_certs(cert)?;
-        let key = certs::load_key(key)?;
+        TlsServer::from_der(certs::load_certs(cert)?, certs::load_key(key)?, alpn)
+    }
+
+    fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        alpn: &[&[u8]],
+    ) -> Result<TlsServer, TransportError> {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(TLS13_ONLY)
             .map_err(TransportError::Tls)?
@@ -108,10 +114,26 @@ impl TlsServer {
         state_dir: &Path,
         alpn: &[&[u8]],
     ) -> Result<(TlsServer, String, bool), TransportError> {
-        let (cert, key, generated) = certs::ensure_self_signed(state_dir)?;
-        let server = TlsServer::from_pem_files(&cert, &key, alpn)?;
-        let leaf = certs::load_certs(&cert)?;
-        Ok((server, certs::fingerprint(&leaf[0]), generated))
+        let state = crate::dir::Dir::open(state_dir).map_err(|source| TransportError::Io {
+            what: format!("tls: open {}", state_dir.display()),
+            source,
+        })?;
+        TlsServer::self_signed_in(&state, alpn)
+    }
+
+    /// [`self_signed`](Self::self_signed) in a state folder already open (a catalog's
+    /// `.ferry`): `tls/` and both files are reached through its descriptor, never by path
+    /// ([`certs::ensure_self_signed_in`]).
+    pub fn self_signed_in(
+        state: &crate::dir::Dir,
+        alpn: &[&[u8]],
+    ) -> Result<(TlsServer, String, bool), TransportError> {
+        let pair = certs::ensure_self_signed_in(state)?;
+        let chain = certs::parse_certs(&pair.cert_pem, &pair.cert_path)?;
+        let fingerprint = certs::fingerprint(&chain[0]);
+        let key = certs::parse_key(&pair.key_pem, &pair.key_path)?;
+        let server = TlsServer::from_der(chain, key, alpn)?;
+        Ok((server, fingerprint, pair.generated))
     }
 
     /// Runs the server handshake on an accepted socket. Each read and write is bounded by the

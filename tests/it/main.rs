@@ -11,5 +11,6 @@ mod harness;
 mod jtp_client;
 mod jtp_peers;
 mod jtp_server;
+mod security;
 mod server_core;
 mod tej;

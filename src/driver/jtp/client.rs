@@ -1062,6 +1062,7 @@ impl Incoming {
 
 /// xxHash64 of every regular, non-dot file directly in `dir` (streamed, never loaded whole).
 fn local_ids(dir: &Path) -> io::Result<HashSet<u64>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut out = HashSet::new();
     let mut buf = vec![0u8; 1 << 20];
     for e in std::fs::read_dir(dir)? {
@@ -1069,7 +1070,16 @@ fn local_ids(dir: &Path) -> io::Result<HashSet<u64>> {
         if e.file_name().as_encoded_bytes().first() == Some(&b'.') || !e.file_type()?.is_file() {
             continue;
         }
-        let mut f = std::fs::File::open(e.path())?;
+        // Never through a link or into a FIFO swapped in since the listing (the ids go to the
+        // server, and a FIFO would block): O_NOFOLLOW | O_NONBLOCK, the type checked on the fd.
+        let mut f = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(e.path())
+        {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+            _ => continue,
+        };
         let mut h = twox_hash::XxHash64::with_seed(0);
         loop {
             let n = f.read(&mut buf)?;

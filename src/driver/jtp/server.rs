@@ -30,6 +30,10 @@ use crate::transport::{Stream, TryRead};
 const MAX_COMPRESS: u64 = 8 * 1024 * 1024;
 /// Upper bound on the memory held by cached compressed forms.
 const MAX_COMPRESS_CACHE: usize = 256 * 1024 * 1024;
+/// Files one response keeps open from counting to sending, at most; the others are opened
+/// again when their turn comes (one more `openat` + `fstat` each). Small, because the
+/// command line's default `--max-connections` counts these per connection.
+pub const MAX_OPEN_AHEAD: usize = 8;
 /// Most source addresses the rate limiter remembers.
 const MAX_RATE_IPS: usize = 100_000;
 /// How often a WATCH subscriber looks at the catalog and its socket.
@@ -416,14 +420,24 @@ impl ConnDriver<'_> {
         }
     }
 
-    /// Sends counted packets, looking for a CANCEL in already-arrived input before each.
-    fn stream_packets(&mut self, ready: &[(&Item, Arc<MappedFile>)]) -> Result<(), ConnError> {
+    /// Sends counted packets, looking for a CANCEL in already-arrived input before each. An
+    /// item [`resolve`] did not keep open is opened now; if it no longer opens as counted, the
+    /// response cannot go on (as for a file that changes while it is sent).
+    fn stream_packets(
+        &mut self,
+        ready: &[(&Item, Option<Arc<MappedFile>>)],
+    ) -> Result<(), ConnError> {
         for (item, file) in ready {
             if self.cancel_arrived()? {
                 response::put_cancel(&mut self.out);
                 break;
             }
-            self.send_packet(item, file)?;
+            let file = match file {
+                Some(f) => Arc::clone(f),
+                None => open_as_listed(item)
+                    .ok_or_else(|| ConnError::FileChanged(item.entry.name.clone()))?,
+            };
+            self.send_packet(item, &file)?;
         }
         self.flush()
     }
@@ -554,13 +568,31 @@ fn describe(req: &Request, view: &View) -> String {
     }
 }
 
-/// Opens every image about to be counted; failures are left out like unknown ids (3.11).
-fn resolve<'v>(items: &[&'v Item]) -> Vec<(&'v Item, Arc<MappedFile>)> {
-    items
-        .iter()
-        .filter_map(|it| it.entry.open().ok().map(|f| (*it, f)))
-        .filter(|(it, f)| f.len() == it.size as u64)
-        .collect()
+/// Checks every image about to be counted; failures are left out like unknown ids (3.11). The
+/// first [`MAX_OPEN_AHEAD`] are opened now and stay open for sending; the others are only
+/// looked at by name ([`Entry::is_current`](crate::catalog::Entry::is_current)) and opened when
+/// their turn comes, so a response over the whole catalog holds a bounded number of
+/// descriptors whatever the catalog's size.
+fn resolve<'v>(items: &[&'v Item]) -> Vec<(&'v Item, Option<Arc<MappedFile>>)> {
+    let mut ready = Vec::with_capacity(items.len());
+    for it in items {
+        if ready.len() < MAX_OPEN_AHEAD {
+            if let Some(f) = open_as_listed(it) {
+                ready.push((*it, Some(f)));
+            }
+        } else if it.entry.size == it.size as u64 && it.entry.is_current() {
+            ready.push((*it, None));
+        }
+    }
+    ready
+}
+
+/// The item's file, if it opens with the size it is listed with.
+fn open_as_listed(item: &Item) -> Option<Arc<MappedFile>> {
+    item.entry
+        .open()
+        .ok()
+        .filter(|f| f.len() == item.size as u64)
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -571,47 +603,126 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// Sliding-window rate limiter per source IP (jtp.md 3.7). Refusals are not recorded.
+///
+/// Each admission is remembered twice: in its address's queue (to count it against the limit)
+/// and in one queue of all admissions in time order (to forget it when it leaves the window, and
+/// to find the address to evict when [`MAX_RATE_IPS`] addresses are remembered: the one whose
+/// oldest remembered admission is oldest). An admission is pushed onto and popped from each
+/// queue once, so a call costs O(1) amortised whatever the number of addresses; an evicted
+/// address's entries left in the time queue are recognised by their generation and skipped.
+/// Beyond [`MAX_RATE_ADMISSIONS`] remembered admissions the oldest are forgotten early (memory
+/// stays bounded under a flood from many addresses; an address may then get a few more than
+/// its limit within one window).
 pub struct RateLimiter {
     max: u32,
     window: Duration,
-    seen: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    max_ips: usize,
+    max_admissions: usize,
+    state: Mutex<RateState>,
+}
+
+/// Most admissions the rate limiter remembers across all addresses.
+const MAX_RATE_ADMISSIONS: usize = 1 << 20;
+
+#[derive(Default)]
+struct RateState {
+    /// Admissions within the window per address, oldest first.
+    seen: HashMap<IpAddr, PerIp>,
+    /// Every remembered admission, oldest first, with its address and that address's
+    /// generation (an address evicted and seen again is a new generation).
+    order: VecDeque<(Instant, IpAddr, u64)>,
+    next_generation: u64,
+}
+
+struct PerIp {
+    generation: u64,
+    times: VecDeque<Instant>,
+}
+
+impl RateState {
+    /// Forgets the oldest remembered admission (it must be live or stale, never reordered).
+    fn forget_oldest(&mut self) -> Option<IpAddr> {
+        let (_, ip, generation) = self.order.pop_front()?;
+        let std::collections::hash_map::Entry::Occupied(mut e) = self.seen.entry(ip) else {
+            return None;
+        };
+        if e.get().generation != generation {
+            return None;
+        }
+        e.get_mut().times.pop_front();
+        if e.get().times.is_empty() {
+            e.remove();
+        }
+        Some(ip)
+    }
+
+    /// Removes the address whose oldest remembered admission is oldest.
+    fn evict_one(&mut self) {
+        while let Some((_, ip, generation)) = self.order.pop_front() {
+            if self
+                .seen
+                .get(&ip)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.seen.remove(&ip);
+                return;
+            }
+        }
+    }
 }
 
 impl RateLimiter {
     pub fn new(max: u32, window: Duration) -> RateLimiter {
+        RateLimiter::with_caps(max, window, MAX_RATE_IPS, MAX_RATE_ADMISSIONS)
+    }
+
+    fn with_caps(max: u32, window: Duration, max_ips: usize, max_admissions: usize) -> RateLimiter {
         RateLimiter {
             max,
             window,
-            seen: Mutex::new(HashMap::new()),
+            max_ips,
+            max_admissions,
+            state: Mutex::new(RateState::default()),
         }
     }
 
     /// Records one connection or request from `ip`; false when it is over the limit.
     pub fn admit(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap();
-        if !seen.contains_key(&ip) && seen.len() >= MAX_RATE_IPS {
-            // Evict the address whose latest use is oldest.
-            let oldest = seen
-                .iter()
-                .min_by_key(|(_, q)| q.back().copied())
-                .map(|(ip, _)| *ip);
-            if let Some(o) = oldest {
-                seen.remove(&o);
-            }
-        }
-        let q = seen.entry(ip).or_default();
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            q.pop_front();
-        }
-        if q.len() >= self.max as usize {
+        if self.max == 0 {
             return false;
         }
-        q.push_back(now);
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.order.front().is_some_and(|(t, _, _)| {
+            now.duration_since(*t) >= self.window || st.order.len() >= self.max_admissions
+        }) {
+            st.forget_oldest();
+        }
+        if !st.seen.contains_key(&ip) && st.seen.len() >= self.max_ips {
+            st.evict_one();
+        }
+        let generation = st.next_generation;
+        let per = st.seen.entry(ip).or_insert_with(|| PerIp {
+            generation,
+            times: VecDeque::new(),
+        });
+        if per.times.len() >= self.max as usize {
+            return false;
+        }
+        per.times.push_back(now);
+        let generation = per.generation;
+        if generation == st.next_generation {
+            st.next_generation += 1;
+        }
+        st.order.push_back((now, ip, generation));
         true
+    }
+
+    /// Addresses and admissions remembered (for tests).
+    #[cfg(test)]
+    fn remembered(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.seen.len(), st.order.len())
     }
 }
 
@@ -629,6 +740,56 @@ mod tests {
         assert!(!r.admit(ip), "refusals are not recorded, and do not reset");
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(r.admit(other));
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_address_and_a_returning_one_starts_afresh() {
+        let r = RateLimiter::with_caps(2, Duration::from_secs(60), 3, 1000);
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        assert!(r.admit(ip(1)));
+        assert!(r.admit(ip(1)));
+        assert!(!r.admit(ip(1)));
+        assert!(r.admit(ip(2)));
+        assert!(r.admit(ip(3)));
+        assert_eq!(r.remembered(), (3, 4));
+        // A fourth address: the one with the oldest admission (1) goes.
+        assert!(r.admit(ip(4)));
+        assert_eq!(r.remembered().0, 3);
+        // 1 comes back as a new generation; its old entries in the time queue are stale and
+        // never count against (or pop) the new ones.
+        assert!(r.admit(ip(1)));
+        assert!(r.admit(ip(1)));
+        assert!(!r.admit(ip(1)));
+        // That evicted 2 (the oldest live admission); 3 and 4 keep their counts.
+        assert!(r.admit(ip(4)));
+        assert!(!r.admit(ip(4)));
+        assert!(r.admit(ip(3)));
+        assert!(!r.admit(ip(3)));
+        assert!(r.admit(ip(2)));
+        assert_eq!(r.remembered().0, 3);
+    }
+
+    #[test]
+    fn remembered_admissions_are_bounded() {
+        let r = RateLimiter::with_caps(1000, Duration::from_secs(60), 100, 50);
+        for n in 0..10_000u32 {
+            r.admit(IpAddr::from(n.to_be_bytes()));
+        }
+        let (ips, admissions) = r.remembered();
+        assert!(ips <= 100 && admissions <= 50, "{ips} {admissions}");
+        // Many admissions of one address stay bounded too (its oldest are forgotten early).
+        let one = IpAddr::from([1, 2, 3, 4]);
+        for _ in 0..200 {
+            r.admit(one);
+        }
+        assert!(r.remembered().1 <= 50);
+    }
+
+    #[test]
+    fn a_limit_of_zero_admits_nobody_and_remembers_nothing() {
+        let r = RateLimiter::new(0, Duration::from_secs(60));
+        assert!(!r.admit(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(r.remembered(), (0, 0));
     }
 
     #[test]

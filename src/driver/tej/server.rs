@@ -76,10 +76,9 @@ impl TejService {
     /// Stored files land in the catalog's folder; temporaries live in `.ferry/ingest/tej` and
     /// leftovers of a previous run are deleted (TEJ has no resume).
     pub fn new(catalog: Arc<CatalogHandle>, cfg: TejConfig) -> io::Result<TejService> {
-        let work = catalog.state_dir().join("ingest").join("tej");
-        let ingest = IngestDir::new(catalog.root(), &work)?;
-        for e in std::fs::read_dir(&work)?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+        let ingest = IngestDir::for_catalog(&catalog, "tej")?;
+        for name in ingest.work_dir().names()? {
+            let _ = ingest.work_dir().remove_file(&name);
         }
         Ok(TejService {
             catalog,

@@ -1,0 +1,691 @@
+//! Issue 15 through the real binary: what a local user who can write into a served or output
+//! folder, or a peer, must not be able to make ferry do.
+//!
+//! - a symlink swapped between a file inside the folder and one outside (or `.ferry/tls/key.pem`)
+//!   while rescans run: the outside bytes are never served (item 2);
+//! - a FIFO swapped in for a catalog file: no worker, no CJP2P node and no shutdown hangs
+//!   (item 7);
+//! - a `.ferry` that is a link or writable by others, planted index temporaries, a planted
+//!   `OUT/.ferry/ingest/cjp2p/<id>.part` link: nothing outside is written and the error says
+//!   why (item 3);
+//! - a soft limit of 1,024 descriptors and 1,500 files: one LIST_AND_GET serves them all and
+//!   the server still accepts (item 6);
+//! - `ferry certs --out` over planted links and old modes (item 13), and a rate-limited TLS
+//!   peer: counted before any TLS work (item 13).
+//!
+//! Every wait is bounded (clients by the harness's timeout, servers by `wait_exit`); nothing
+//! asserts a time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{ferry, pseudo_random, sha256_file, Server, TempDir, FERRY};
+
+/// Timeout of one client command.
+const T: Duration = Duration::from_secs(30);
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Calls `attempt` until it gives `Ok` or 15 s pass; panics with the last error.
+fn eventually<R>(what: &str, mut attempt: impl FnMut() -> Result<R, String>) -> R {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match attempt() {
+            Ok(r) => return r,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: still failing: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `ferry serve DIR EXTRA...` on loopback port 0 for all three protocols.
+fn serve_all(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        p(dir),
+        "--jtp-bind",
+        "127.0.0.1:0",
+        "--tej-bind",
+        "127.0.0.1:0",
+        "--cjp2p-bind",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args, 3)
+}
+
+/// The names `ferry tej list` prints.
+fn tej_names(addr: &str) -> Result<Vec<String>, String> {
+    let o = ferry(&["tej", "list", "--addr", addr, "--json"], T);
+    if !o.status.success() {
+        return Err(format!("tej list: {}", stderr(&o)));
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("json: {e}"))?;
+    Ok(v.as_array()
+        .ok_or("not an array")?
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `ferry tej get NAME` into a fresh folder: the bytes, or None if the get failed.
+fn tej_get(name: &str, addr: &str) -> Option<Vec<u8>> {
+    let out = TempDir::new("sec-tej-out");
+    let o = ferry(
+        &["tej", "get", "--addr", addr, "--out", p(out.path()), name],
+        T,
+    );
+    o.status
+        .success()
+        .then(|| std::fs::read(out.join(name)).expect("tej get exited 0 without the file"))
+}
+
+/// Swaps `dir/name` atomically to a new symlink to `target` (made under a dot-name first).
+fn swap_link(dir: &Path, name: &str, target: &Path) {
+    let tmp = dir.join(format!(".swap-{name}"));
+    let _ = std::fs::remove_file(&tmp);
+    symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// The symlink race of issue 15 item 2 against `ferry serve` with `extra` flags: `x.bin` is
+/// swapped between links to files inside the folder and links to a mode-600 file outside and
+/// to `.ferry/tls/key.pem`, while rescans run and a client keeps fetching `x.bin` over TEJ.
+fn symlink_race(tag: &str, extra: &[&str]) {
+    let root = TempDir::new(tag);
+    let share = root.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let public = pseudo_random(1, 3000);
+    std::fs::write(share.join("inside.bin"), &public).unwrap();
+    // A second inside target, so each rescan finds a new stamp and hashes x.bin again (the
+    // window in which a swap used to be hashed, then served).
+    std::fs::write(share.join("inside2.bin"), &public).unwrap();
+    let secret_path = root.join("secret.bin");
+    std::fs::write(&secret_path, b"SECRET: never to be served").unwrap();
+    std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("inside.bin", share.join("x.bin")).unwrap();
+    // TLS on JTP: the server generates .ferry/tls/key.pem, the other forbidden target.
+    let mut server = serve_all(&share, extra);
+    let tej = server.addr("tej");
+    let key_path = share.join(".ferry/tls/key.pem");
+    assert!(key_path.is_file(), "the TLS key was generated");
+    let forbidden = [
+        std::fs::read(&secret_path).unwrap(),
+        std::fs::read(&key_path).unwrap(),
+    ];
+    assert_eq!(tej_get("x.bin", &tej).as_deref(), Some(&public[..]));
+
+    // Deterministic half: each outside or hidden target, one at a time, with a rescan.
+    let targets: Vec<PathBuf> = vec![
+        secret_path.clone(),
+        PathBuf::from("../secret.bin"),
+        key_path.clone(),
+        PathBuf::from(".ferry/tls/key.pem"),
+    ];
+    for target in &targets {
+        swap_link(&share, "x.bin", target);
+        server.signal(libc::SIGHUP);
+        eventually(
+            &format!("x.bin -> {target:?} leaves the listing"),
+            || match tej_names(&tej)?.contains(&"x.bin".to_owned()) {
+                false => Ok(()),
+                true => Err("still listed".into()),
+            },
+        );
+        if let Some(got) = tej_get("x.bin", &tej) {
+            assert!(!forbidden.contains(&got), "x.bin -> {target:?} served it");
+            panic!("x.bin -> {target:?} served {} bytes", got.len());
+        }
+    }
+
+    // Racing half: an attacker swaps the link as fast as it can while rescans run and a client
+    // keeps fetching x.bin.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, share) = (stop.clone(), share.clone());
+        let mut all = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let inside = if i % 2 == 0 {
+                "inside.bin"
+            } else {
+                "inside2.bin"
+            };
+            all.push(PathBuf::from(inside));
+            all.push(t.clone());
+        }
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                swap_link(&share, "x.bin", &all[i % all.len()]);
+                i += 1;
+            }
+            i
+        })
+    };
+    let pid = server.child.id() as i32;
+    let hupper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: kill(2) of our own child.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let (mut served, fetches) = (0, 150);
+    let mut leaked = None;
+    for _ in 0..fetches {
+        if let Some(got) = tej_get("x.bin", &tej) {
+            if got != public {
+                leaked = Some(got);
+                break;
+            }
+            served += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = attacker.join().unwrap();
+    hupper.join().unwrap();
+    if let Some(got) = leaked {
+        panic!(
+            "{tag}: x.bin served {} bytes that are not inside.bin's{}",
+            got.len(),
+            if forbidden.contains(&got) {
+                " but the outside or hidden file's"
+            } else {
+                ""
+            }
+        );
+    }
+    eprintln!("{tag}: {swaps} swaps, served {served} of {fetches} fetches, always inside.bin's");
+    assert!(server.is_alive(), "{}", server.stderr_text());
+    assert!(!server.stderr_text().contains("panicked"));
+}
+
+#[test]
+fn a_symlink_swapped_out_of_the_folder_during_rescans_never_serves_the_outside_file() {
+    // SIGHUP rescans only (the entry stays listed between them: the window of the old bug).
+    symlink_race("sec-race-hup", &["--no-follow"]);
+}
+
+#[test]
+fn a_symlink_swapped_out_of_the_folder_under_the_live_follower_never_serves_the_outside_file() {
+    symlink_race("sec-race-live", &[]);
+}
+
+#[test]
+fn a_fifo_swapped_in_for_a_catalog_file_hangs_no_worker_node_or_shutdown() {
+    let share = TempDir::new("sec-fifo");
+    let a = pseudo_random(2, 5000);
+    let f = pseudo_random(3, 7000);
+    std::fs::write(share.join("a.png"), &a).unwrap();
+    std::fs::write(share.join("f.png"), &f).unwrap();
+    // Not following the folder: the swapped entry stays listed until SIGHUP, so every
+    // protocol is asked for it while it is a FIFO.
+    let mut server = serve_all(share.path(), &["--no-tls", "--no-follow"]);
+    let (tej, jtp, cj) = (server.addr("tej"), server.addr("jtp"), server.addr("cjp2p"));
+    std::fs::remove_file(share.join("f.png")).unwrap();
+    mkfifo(&share.join(".fifo"));
+    std::fs::rename(share.join(".fifo"), share.join("f.png")).unwrap();
+
+    // TEJ: refused at once (before the fix the worker blocked in open(2) for good).
+    assert_eq!(tej_get("f.png", &tej), None);
+    assert_eq!(tej_get("a.png", &tej).as_deref(), Some(&a[..]));
+    // JTP: the whole catalog; the FIFO is left out, the rest is served.
+    let out = TempDir::new("sec-fifo-jtp");
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--list-and-get",
+            "--no-tls",
+            "--addr",
+            &jtp,
+            "--out",
+            p(out.path()),
+        ],
+        T,
+    );
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(1)),
+        "jtp get: {}",
+        stderr(&o)
+    );
+    assert_eq!(sha256_file(&out.join("a.png")), sha(&a));
+    assert!(!out.join("f.png").exists());
+    // CJP2P: asked for the FIFO's id, then for a.png: the node still answers.
+    let cj_get = |id: &[u8; 32]| {
+        let out = TempDir::new("sec-fifo-cj");
+        let idh = hex(id);
+        let o = ferry(
+            &[
+                "cjp2p",
+                "get",
+                &idh,
+                "--peer",
+                &cj,
+                "--out",
+                p(out.path()),
+                "--timeout",
+                "3",
+            ],
+            T,
+        );
+        o.status.success().then(|| sha256_file(&out.join(&idh)))
+    };
+    assert_eq!(cj_get(&sha(&f)), None);
+    assert_eq!(cj_get(&sha(&a)), Some(sha(&a)));
+    // A rescan drops the FIFO without opening it.
+    server.signal(libc::SIGHUP);
+    eventually("f.png leaves the listing", || {
+        match tej_names(&tej)? == ["a.png"] {
+            true => Ok(()),
+            false => Err("f.png still listed".into()),
+        }
+    });
+    // And shutdown completes.
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some(),
+        "ferry serve did not stop within 20 s of SIGTERM; stderr:\n{}",
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn a_state_folder_that_is_a_link_or_writable_by_others_stops_the_server_with_a_clear_error() {
+    let root = TempDir::new("sec-state");
+    let share = root.join("share");
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(share.join("a.bin"), b"a").unwrap();
+    symlink(&elsewhere, share.join(".ferry")).unwrap();
+    let o = ferry(
+        &["tej", "serve", "--root", p(&share), "--bind", "127.0.0.1:0"],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a symbolic link"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+    std::fs::remove_file(share.join(".ferry")).unwrap();
+    std::fs::create_dir(share.join(".ferry")).unwrap();
+    std::fs::set_permissions(share.join(".ferry"), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let o = ferry(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            p(&share),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(share.join(".ferry")).unwrap().count(), 0);
+}
+
+#[test]
+fn planted_index_temporaries_are_never_written_through_and_the_index_is_still_saved() {
+    let root = TempDir::new("sec-index");
+    let share = root.join("share");
+    std::fs::create_dir_all(share.join(".ferry")).unwrap();
+    std::fs::set_permissions(share.join(".ferry"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(share.join("a.bin"), b"some bytes").unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    // The shell plants .ferry/.index.tmp.<its pid>.<n> links, then becomes ferry (same pid).
+    let script = r#"for n in 0 1 2 3 4 5 6 7; do ln -s "$2" "$1/.ferry/.index.tmp.$$.$n" || exit 9; done; exec "$3" index "$1""#;
+    let o = Command::new("sh")
+        .args(["-c", script, "sh", p(&share), p(&victim), FERRY])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ferry index: {}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    let index = std::fs::symlink_metadata(share.join(".ferry/index")).unwrap();
+    assert!(index.is_file(), "the index was saved under its own name");
+    // The planted links are still links to the victim (not replaced, not followed).
+    let planted = std::fs::read_dir(share.join(".ferry"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".index.tmp."))
+        .filter(|e| e.file_type().unwrap().is_symlink())
+        .count();
+    assert_eq!(planted, 8);
+}
+
+#[test]
+fn a_planted_part_link_in_the_output_folder_is_refused_and_its_target_untouched() {
+    let root = TempDir::new("sec-part");
+    let share = root.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let data = pseudo_random(4, 100_000);
+    std::fs::write(share.join("d.bin"), &data).unwrap();
+    let node = Server::start(
+        &[
+            "cjp2p",
+            "node",
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            p(&share),
+        ],
+        1,
+    );
+    let peer = node.addr("cjp2p");
+    let id = hex(&sha(&data));
+    let out = root.join("out");
+    let work = out.join(".ferry/ingest/cjp2p");
+    std::fs::create_dir_all(&work).unwrap();
+    for d in [out.join(".ferry"), out.join(".ferry/ingest"), work.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    symlink(&victim, work.join(format!("{id}.part"))).unwrap();
+    let get = |out: &Path| {
+        ferry(
+            &[
+                "cjp2p",
+                "get",
+                &id,
+                "--peer",
+                &peer,
+                "--out",
+                p(out),
+                "--timeout",
+                "3",
+            ],
+            T,
+        )
+    };
+    let o = get(&out);
+    assert!(!o.status.success(), "cjp2p get wrote through the link");
+    assert!(stderr(&o).contains("is a symbolic link"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(!out.join(&id).exists());
+
+    // An output folder whose .ferry others may write: refused, nothing written there.
+    let out2 = root.join("out2");
+    std::fs::create_dir_all(out2.join(".ferry")).unwrap();
+    std::fs::set_permissions(out2.join(".ferry"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = get(&out2);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(out2.join(".ferry")).unwrap().count(), 0);
+
+    // And the same download into a clean folder works.
+    let out3 = root.join("out3");
+    let o = get(&out3);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256_file(&out3.join(&id)), sha(&data));
+}
+
+/// `ferry ARGS` with RLIMIT_NOFILE set to `soft`/`hard` in the child before exec, reading its
+/// `listening` lines as [`Server::start`] does.
+fn start_limited(args: &[&str], soft: u64, hard: u64) -> Server {
+    let mut cmd = Command::new(FERRY);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only calls setrlimit(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stderr);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            log2.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "ferry {args:?} printed no listening line: {}",
+                log.lock().unwrap()
+            );
+        }
+    };
+    let mut it = line.split_whitespace();
+    assert_eq!(it.next(), Some("listening"), "{line}");
+    let listening = vec![(
+        it.next().unwrap_or("").to_owned(),
+        it.next().unwrap_or("").to_owned(),
+    )];
+    Server {
+        child,
+        listening,
+        stderr: log,
+    }
+}
+
+/// The hard RLIMIT_NOFILE of this process (the test's servers may not go above it).
+fn hard_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    // rlim_t's width differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let hard = lim.rlim_max as u64;
+    hard
+}
+
+/// One LIST_AND_GET of 1,500 images from `ferry jtp serve` started with `soft`/`hard`
+/// descriptors; then the server must still accept (a LIST and a GET_BY_ID).
+fn list_and_get_1500_files(soft: u64, hard: u64) {
+    let dir = TempDir::new("sec-fds");
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let n = 1500;
+    for i in 0..n {
+        std::fs::write(images.join(format!("img{i:05}.png")), pseudo_random(i, 200)).unwrap();
+    }
+    let s = start_limited(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            p(&images),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+        soft,
+        hard,
+    );
+    let addr = s.addr("jtp");
+    let out = dir.join("out");
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--list-and-get",
+            "--no-tls",
+            "--addr",
+            &addr,
+            "--out",
+            p(&out),
+            "--json",
+        ],
+        T,
+    );
+    assert!(o.status.success(), "jtp get: {}", stderr(&o));
+    let got = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(got, n as usize, "every file served by one LIST_AND_GET");
+    for i in [0, 777, n - 1] {
+        let name = format!("img{i:05}.png");
+        assert_eq!(
+            sha256_file(&out.join(&name)),
+            sha(&pseudo_random(i, 200)),
+            "{name}"
+        );
+    }
+    // New connections are still accepted, and served.
+    for _ in 0..3 {
+        let o = ferry(&["jtp", "list", "--no-tls", "--addr", &addr], T);
+        assert!(o.status.success(), "jtp list after: {}", stderr(&o));
+    }
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--list-and-get",
+            "--no-tls",
+            "--addr",
+            &addr,
+            "--out",
+            p(&dir.join("again")),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "second jtp get: {}", stderr(&o));
+    assert!(
+        !s.stderr_text().contains("Too many open files"),
+        "{}",
+        s.stderr_text()
+    );
+}
+
+#[test]
+fn a_soft_limit_of_1024_descriptors_serves_1500_files_and_keeps_accepting() {
+    let hard = hard_fd_limit();
+    assert!(
+        hard > 1024,
+        "this test needs a hard RLIMIT_NOFILE above 1024 to leave the server room to raise \
+         its soft limit (it is {hard})"
+    );
+    list_and_get_1500_files(1024, hard);
+}
+
+#[test]
+fn a_hard_limit_of_1024_descriptors_serves_1500_files_and_keeps_accepting() {
+    // No room to raise: only descriptors used per transfer, never per file, can do this.
+    list_and_get_1500_files(1024, 1024);
+}
+
+#[test]
+fn certs_out_replaces_planted_links_and_sets_modes() {
+    let root = TempDir::new("sec-certs");
+    let out = root.join("certs");
+    std::fs::create_dir(&out).unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    symlink(&victim, out.join("key.pem")).unwrap();
+    std::fs::write(out.join("ca.pem"), b"old").unwrap();
+    std::fs::set_permissions(out.join("ca.pem"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = ferry(&["certs", "--out", p(&out)], T);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    for (name, mode) in [
+        ("key.pem", 0o600),
+        ("ca-key.pem", 0o600),
+        ("cert.pem", 0o644),
+        ("ca.pem", 0o644),
+    ] {
+        let m = std::fs::symlink_metadata(out.join(name)).unwrap();
+        assert!(m.is_file(), "{name} is a regular file now");
+        assert_eq!(m.permissions().mode() & 0o777, mode, "{name}");
+    }
+}
+
+#[test]
+fn a_rate_limited_tls_peer_is_counted_before_any_tls_work() {
+    let dir = TempDir::new("sec-rate");
+    std::fs::write(dir.join("a.png"), pseudo_random(5, 100)).unwrap();
+    let s = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            p(dir.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "1",
+        ],
+        1,
+    );
+    let addr = s.addr("jtp");
+    // A peer that connects and sends no TLS at all still uses its one admission: the count
+    // comes before any TLS work. (It sends bytes that are no ClientHello, so the server ends
+    // the handshake at once and our read sees the close: the admission has happened.)
+    let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    raw.write_all(b"not a tls client hello\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    drop(raw);
+    // So the next peer is refused: JTPE 5 inside TLS, as jtp.md 3.7 asks (the refusal costs
+    // the server one handshake; the README says so).
+    let cert = dir.join(".ferry/tls/cert.pem");
+    let o = ferry(&["jtp", "list", "--addr", &addr, "--cert", p(&cert)], T);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("too many requests"), "{}", stderr(&o));
+}
