@@ -69,3 +69,4 @@ pub const ALPN: &[u8] = b"tej/1";
 
 pub mod frame;
 pub mod messages;
+pub mod server;
