@@ -881,7 +881,7 @@ fn t25_one_byte_per_second_gets_timeout_and_the_temporary_is_deleted() {
 #[test]
 fn t27_connection_over_the_limit_gets_busy_at_once() {
     let dir = TempDir::new("tej-t27");
-    let s = serve(dir.path(), &["--max-connections", "2"]);
+    let s = serve(dir.path(), &["--max-connections", "2", "--max-per-ip", "2"]);
     let mut a = connect(&s);
     let mut b = connect(&s);
     // Both are really being served (each gets its ack) and stay idle.
@@ -1276,7 +1276,10 @@ fn t15_listing_pages_visit_every_entry_once_in_path_order() {
 #[test]
 fn t26_100_concurrent_senders_each_get_their_own_ack() {
     let dir = TempDir::new("tej-t26");
-    let s = serve(dir.path(), &["--max-connections", "128"]);
+    let s = serve(
+        dir.path(),
+        &["--max-connections", "128", "--max-per-ip", "128"],
+    );
     let addr = s.addr("tej");
     let threads: Vec<_> = (0..100u64)
         .map(|k| {
@@ -2872,7 +2875,14 @@ fn t26_t27_idle_connections_under_the_limit_do_not_starve_a_new_one() {
     let dir = TempDir::new("tej-starve");
     let s = serve(
         dir.path(),
-        &["--idle-timeout", "60", "--max-connections", "300"],
+        &[
+            "--idle-timeout",
+            "60",
+            "--max-connections",
+            "300",
+            "--max-per-ip",
+            "300",
+        ],
     );
     let idle: Vec<TcpStream> = (0..200).map(|_| connect(&s)).collect();
     std::thread::sleep(Duration::from_millis(300));
