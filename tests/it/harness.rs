@@ -53,7 +53,13 @@ pub struct Server {
 impl Server {
     /// Starts `ferry ARGS...` and waits (up to 60 s) for `expect` listening lines.
     pub fn start(args: &[&str], expect: usize) -> Server {
-        let mut child = Command::new(FERRY)
+        Server::start_program(FERRY, args, expect)
+    }
+
+    /// As [`start`](Self::start) for a program that ends up running ferry (a wrapper that
+    /// `exec`s it, so the child's pid is the server's).
+    pub fn start_program(program: &str, args: &[&str], expect: usize) -> Server {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,4 +9,5 @@ mod jtp_client;
 mod jtp_peers;
 mod jtp_server;
 mod server_core;
+mod server_limits;
 mod tej;

@@ -115,7 +115,10 @@ enum HaveCheck {
 
 /// Bytes the decoder may hold for a BATCH of `n` ids: its id vector grows by doubling.
 pub fn have_set_bytes(n: u32) -> u64 {
-    u64::from(n).next_power_of_two().saturating_mul(8)
+    match n {
+        0 => 0,
+        n => u64::from(n).next_power_of_two().saturating_mul(8),
+    }
 }
 
 impl Connection {
@@ -552,6 +555,7 @@ mod tests {
         assert!(matches!(c.poll_event(), Some(Event::Request(_))));
         assert_eq!(budget.in_use(), 0);
         assert_eq!(have_set_bytes(1_000_000), 8 << 20);
+        assert_eq!((have_set_bytes(0), have_set_bytes(1)), (0, 8));
     }
 
     #[test]
