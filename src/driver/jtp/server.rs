@@ -99,6 +99,7 @@ impl JtpService {
             rate,
             have_budget: MemoryBudget::new(HAVE_BUDGET),
         };
+        crate::driver::map_large_buffers();
         // Build the view now, so files JTP cannot serve are reported at startup.
         svc.view();
         svc

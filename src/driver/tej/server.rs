@@ -106,6 +106,7 @@ impl TejService {
         let work = catalog.state_dir().join("ingest").join("tej");
         let mut ingest = IngestDir::new(catalog.root(), &work)?;
         ingest.set_disk_reserve(cfg.disk_reserve);
+        crate::driver::map_large_buffers();
         for e in std::fs::read_dir(&work)?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
