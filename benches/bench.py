@@ -34,6 +34,10 @@ Rows (see the table's notes for how each number is made):
      compressible log text next to `zstd -1` of it; the Python 1.1.0 sender (as cli.py) into
      ferry and into the Python test 1.1.0 server (the pair the 5x target compares with); a
      resume after killing the sender once half the file is durable; RssAnon of both sides.
+  10. hostile memory (row group `hostile-memory`): the server's RssAnon while 1,000 connections
+     at once each send the largest message or request the limits allow (a 16 MiB TEJ deliver
+     message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids), and again once
+     they closed and the idle workers retired.
 
 `--only GROUP[,GROUP]` runs only those row groups (no data sets are made for them); `--help`
 lists the groups.
@@ -1165,9 +1169,11 @@ def _sc_serve(ferry, name):
         if not os.path.exists(path):
             with open(path, "wb") as f:
                 f.write(rng.randbytes(5000))
+    # Every connection comes from 127.0.0.1: lift the per-address cap (a quarter of
+    # --max-connections by default) so the burst measures the pool, not the cap.
     s = Server(name, [ferry, "serve", folder, "--jtp-bind", "127.0.0.1:0", "--tej-bind",
                       "127.0.0.1:0", "--cjp2p-bind", "127.0.0.1:0", "--fastdp-bind", "off",
-                      "--no-tls"])
+                      "--no-tls", "--max-per-ip", "1024"])
     ports, buf = {}, b""
     fd = s.p.stdout.fileno()
     deadline = time.monotonic() + LISTEN_TIMEOUT
@@ -1654,6 +1660,128 @@ def bench_fastdp(res, ferry):
         "Python, the whole file in memory as cli.py holds it)")
 
 
+# --------------------------------------------------------------------------- hostile memory
+# Row 9 (issue 12): 1,000 connections each sending the largest message or BATCH the limits
+# allow, all at once; the server's RssAnon at its peak and once they closed.
+
+HM_CONNS = 1000
+HM_MESSAGE = 16 * MIB  # TEJ's default --max-message
+HM_HAVE = 1_000_000  # JTP's BATCH HaveCount limit
+
+
+def _hm_payloads():
+    """(name, server command tail, proto, head, body, reply reader) for each scenario; `head`
+    goes out on every connection first, `body` after, from one thread per connection."""
+    tej_msg = HM_MESSAGE.to_bytes(8, "big")
+    deliver = b"\x80\x01" + (0).to_bytes(8, "big") + tej_msg
+    request = b"\x84\x01" + (0).to_bytes(8, "big") + tej_msg
+    get_body = b'{"get":[]}' + b" " * (HM_MESSAGE - 10)
+    ids = b"".join(i.to_bytes(8, "big") for i in range(HM_HAVE))
+    varint = bytes([0xc0, 0x84, 0x3d])  # 1,000,000
+    return [
+        ("TEJ deliver frame with a 16 MiB message", "tej", deliver, b"m" * HM_MESSAGE),
+        ("TEJ request with a 16 MiB message", "tej", request, get_body),
+        ("JTP BATCH of 1,000,000 ids (8 MB)", "jtp", b"\x02\x00" + varint, ids),
+    ]
+
+
+def _hm_reply(proto, sock):
+    """What the server answered: 'ok' (an acknowledgement, answer or BATCH reply), 'busy' or
+    something else (as text)."""
+    f = sock.makefile("rb")
+    if proto == "jtp":
+        magic = _read_exact(f, 4)
+        if magic == b"JTPB":
+            return "ok"
+        code = _read_exact(f, 1)[0]
+        return "busy" if magic == b"JTPE" and code == 3 else f"{magic!r} {code}"
+    status, msg = _tej_read_frame(f)
+    if status in (0, 1):
+        return "ok"
+    try:
+        return json.loads(msg).get("error", "?")
+    except ValueError:
+        return f"status {status}"
+
+
+def _hm_serve(ferry, proto, folder):
+    common = ["--max-connections", str(HM_CONNS + 100), "--max-per-ip", str(HM_CONNS + 100)]
+    if proto == "tej":
+        cmd = [ferry, "tej", "serve", "--bind", "127.0.0.1:0", "--root", folder]
+    else:
+        cmd = [ferry, "jtp", "serve", "--bind", "127.0.0.1:0", "--images", folder, "--no-tls",
+               "--io-timeout", "120"]
+    s = Server(f"hostile-{proto}", cmd + common)
+    host, port = s.wait_listening(proto).rsplit(":", 1)
+    return s, (host, int(port))
+
+
+def bench_hostile_memory(res, ferry):
+    """Row 9: RssAnon of `ferry tej serve` and `ferry jtp serve` under 1,000 hostile
+    connections at once, and after they closed."""
+    _raise_nofile()
+    folder = fresh_out("hostile-share")
+    with open(os.path.join(folder, "img.png"), "wb") as f:
+        f.write(random.Random(9).randbytes(5000))
+    threading.stack_size(256 * 1024)
+    for label, proto, head, body in _hm_payloads():
+        s, addr = _hm_serve(ferry, proto, folder)
+        try:
+            base = _rss_anon_kib(s.pid) / 1024
+            sampler = RssSampler(s.pid)
+            socks = []
+            try:
+                for _ in range(HM_CONNS):
+                    c = socket.create_connection(addr, timeout=120)
+                    c.sendall(head)
+                    socks.append(c)
+            except OSError as e:
+                raise CommandFailed(f"hostile memory ({label}): connecting: {e}")
+            outcomes = {}
+            lock = threading.Lock()
+
+            def one(c):
+                try:
+                    c.sendall(body)
+                except OSError:
+                    pass  # refused connections stop reading; their reply is still there
+                try:
+                    got = _hm_reply(proto, c)
+                except (OSError, CommandFailed) as e:
+                    got = f"no reply ({e.__class__.__name__})"
+                with lock:
+                    outcomes[got] = outcomes.get(got, 0) + 1
+                c.close()
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=one, args=(c,)) for c in socks]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            secs = time.perf_counter() - t0
+            peak = sampler.stop()
+            deadline = time.monotonic() + 60
+            while _sc_socket_fds(s.pid) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Workers beyond the core set retire (and memory is trimmed) after 10 s idle.
+            time.sleep(12)
+            after = _rss_anon_kib(s.pid) / 1024
+        finally:
+            s.stop()
+        shown = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
+        say(f"hostile memory: {label} x {HM_CONNS}: RssAnon peak {peak:.1f} MiB (idle "
+            f"{base:.1f}), {after:.1f} MiB after close; {secs:.1f} s; replies: {shown}")
+        res.raw.setdefault("hostile_memory", {})[label] = {
+            "connections": HM_CONNS, "rss_anon_idle_mib": base, "rss_anon_peak_mib": peak,
+            "rss_anon_after_close_mib": after, "seconds": secs, "replies": outcomes}
+        res.row(f"server RssAnon, {HM_CONNS:,} connections at once each sending a {label} "
+                f"(peak / after they closed)", f"{peak:.0f} MiB / {after:.0f} MiB", "-",
+                "< 256 MiB / < 64 MiB", verdict(peak < 256 and after < 64))
+        res.diagnostics.append(f"hostile memory, {label}: replies {shown}")
+    threading.stack_size(0)
+
+
 # Row groups `--only` can name, in the order a full run runs them after the other rows.
 ROW_GROUPS = {
     "uploads": (
@@ -1667,6 +1795,11 @@ ROW_GROUPS = {
     "server-core": (
         "new client latency with idle peers on every listener; idle CPU after a burst",
         (bench_server_core_latency, bench_server_core_idle_cpu),
+    ),
+    "hostile-memory": (
+        "server RssAnon with 1,000 connections each sending the largest TEJ message or JTP "
+        "BATCH, and after they closed",
+        (bench_hostile_memory,),
     ),
 }
 

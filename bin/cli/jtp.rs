@@ -116,6 +116,10 @@ pub(crate) struct JtpServeArgs {
     /// most concurrent connections (default: what the open-file limit allows, at most 1024)
     #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent connections from one IP address (default a quarter of
+    /// --max-connections)
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// log connections (peer, requests, bytes, outcome) and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -271,7 +275,9 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
     limits.keep_alive_timeout = Duration::from_secs(a.keep_alive_timeout);
     let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
     let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone()));
-    let l = tcp_listener(&a.bind, tls, &limits, verbose).nodelay(!a.no_tcp_nodelay);
+    let l = tcp_listener(&a.bind, tls, &limits, verbose)
+        .nodelay(!a.no_tcp_nodelay)
+        .max_per_ip(super::tej::max_per_ip(a.max_per_ip, a.max_connections));
     let l = bind("jtp", &a.bind, l)?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, jtp);
     run_servers(builder, shutdown, cat, watcher, verbose, a.json)

@@ -63,6 +63,10 @@ pub(crate) struct ServeArgs {
     /// limit allows, at most 1024; see the README)
     #[argh(option, default = "default_max_connections(2)")]
     max_connections: usize,
+    /// most concurrent connections from one IP address per listener (default a quarter of
+    /// --max-connections)
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// seconds without read/write progress before a connection is dropped, on every listener
     /// (default 30)
     #[argh(option, default = "30")]
@@ -90,12 +94,13 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         ..JtpConfig::default()
     };
     let limits = limits(a.max_connections, a.io_timeout);
+    let per_ip = super::tej::max_per_ip(a.max_per_ip, a.max_connections);
     let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
     let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone()));
     let l = bind(
         "jtp",
         &a.jtp_bind,
-        tcp_listener(&a.jtp_bind, tls, &limits, a.verbose),
+        tcp_listener(&a.jtp_bind, tls, &limits, a.verbose).max_per_ip(per_ip),
     )?;
     let tej_cfg = TejConfig {
         bind: a.tej_bind.clone(),
@@ -107,7 +112,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
     let tl = bind(
         "tej",
         &a.tej_bind,
-        tcp_listener(&a.tej_bind, None, &limits, a.verbose),
+        tcp_listener(&a.tej_bind, None, &limits, a.verbose).max_per_ip(per_ip),
     )?;
     let mut builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
         .listener(l, jtp)

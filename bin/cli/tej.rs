@@ -90,6 +90,18 @@ pub(crate) struct TejServeArgs {
     /// most concurrent connections (default: what the open-file limit allows, at most 1024)
     #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent connections from one IP address (default a quarter of
+    /// --max-connections)
+    #[argh(option)]
+    max_per_ip: Option<usize>,
+    /// seconds a connection may go without a frame other than pings and replies before it
+    /// gets `timeout` (default 600): pings alone never keep a connection
+    #[argh(option, default = "600")]
+    max_idle_life: u64,
+    /// most bytes of disk one IP address may hold for its unfinished uploads at once (space is
+    /// taken 64 MiB ahead of the data, never the whole declared size) (default 1 GiB)
+    #[argh(option, default = "1 << 30")]
+    max_peer_reserve: u64,
     /// log frames, messages and stored files on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -223,6 +235,8 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
         disk_reserve: a.disk_reserve,
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         stall_window: Duration::from_secs(a.frame_timeout.max(1)),
+        max_idle_life: Duration::from_secs(a.max_idle_life.max(1)),
+        peer_reserve: a.max_peer_reserve,
         verbose: a.verbose,
         ..TejConfig::default()
     };
@@ -231,10 +245,16 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
     let l = bind(
         "tej",
         &a.bind,
-        tcp_listener(&a.bind, tls, &limits, a.verbose),
+        tcp_listener(&a.bind, tls, &limits, a.verbose)
+            .max_per_ip(max_per_ip(a.max_per_ip, a.max_connections)),
     )?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, tej);
     run_servers(builder, shutdown, cat, watcher, a.verbose, a.json)
+}
+
+/// `--max-per-ip`, by default a quarter of `--max-connections` (issue 15 item 9).
+pub(crate) fn max_per_ip(flag: Option<usize>, max_connections: usize) -> usize {
+    flag.unwrap_or(max_connections / 4).max(1)
 }
 
 impl From<tej_client::ClientError> for Failure {

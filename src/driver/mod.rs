@@ -31,3 +31,18 @@ pub(crate) fn clean_stale_temporaries(ingest: &crate::ingest::IngestDir) {
         ),
     }
 }
+
+/// Buffers of 1 MiB and more (a held request message of up to 16 MiB, a listing, a JTP BATCH's
+/// ids) are mapped and unmapped by malloc rather than carved from its per-thread arenas. glibc
+/// raises its mmap threshold each time such a buffer is freed, after which the next ones come
+/// from the arenas and stay there once freed: a thousand connections taking turns with the
+/// 64 MiB message budget left 236 MiB behind (370 MiB at the peak). The threshold is fixed at
+/// 1 MiB, above the 256 KiB read and write buffers of a transfer: a threshold below those made
+/// each 1 GiB upload cost the server about 15 % more CPU.
+pub(crate) fn map_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's tuning; any value is valid for M_MMAP_THRESHOLD.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}

@@ -59,6 +59,7 @@
 //! a transfer (FastDP's `.state`, filestorage's journal), and deciding *which* blocks to fetch
 //! (the protocol machines do that).
 
+pub mod ledger;
 mod part;
 mod prefix_hash;
 mod publish;
@@ -221,6 +222,11 @@ pub struct IngestDir {
     /// fsync files and the folder before and after publishing (default). A client filling an
     /// output folder may turn it off: the rename stays atomic, only a power cut can lose files.
     durable: bool,
+    /// Bytes every transfer of this folder leaves free on its file system (default 0).
+    disk_reserve: u64,
+    /// Who this folder's transfers take space for, and the most it may hold at once (default:
+    /// nobody in particular, no cap). See [`ledger`].
+    owner: Option<(Arc<str>, u64)>,
 }
 
 #[derive(Debug)]
@@ -233,6 +239,8 @@ struct Paths {
     work_dir: Arc<Dir>,
     /// The work folder is on tmpfs, where preallocating fills RAM pages for nothing.
     work_on_tmpfs: bool,
+    /// st_dev of the work folder: the ledger's key for its file system.
+    dev: u64,
 }
 
 impl IngestDir {
@@ -318,9 +326,35 @@ impl IngestDir {
                 work_on_tmpfs: work_dir.fs_type().ok() == Some(TMPFS_MAGIC),
                 dest_dir,
                 work_dir,
+                dev: w.dev(),
             }),
             durable: true,
+            disk_reserve: 0,
+            owner: None,
         })
+    }
+
+    /// Every transfer of this folder (and of its clones made after this call) leaves `bytes`
+    /// free on the file system, counting what other transfers of the process were promised
+    /// ([`ledger`]): a file that does not fit is refused with `ENOSPC` before its first byte,
+    /// and a step that no longer fits fails its write with `ENOSPC`.
+    pub fn set_disk_reserve(&mut self, bytes: u64) {
+        self.disk_reserve = bytes;
+    }
+
+    /// Bytes kept free (see [`set_disk_reserve`](Self::set_disk_reserve)).
+    pub fn disk_reserve(&self) -> u64 {
+        self.disk_reserve
+    }
+
+    /// This folder for transfers on behalf of `owner` (a peer's address), who may hold at most
+    /// `max_bytes` of space granted and not yet written over all its transfers at once; past
+    /// that a transfer is refused with `EDQUOT` ([`ledger`]).
+    pub fn for_owner(&self, owner: &str, max_bytes: u64) -> IngestDir {
+        IngestDir {
+            owner: Some((Arc::from(owner), max_bytes)),
+            ..self.clone()
+        }
     }
 
     /// Whether commits fsync the file and the folder (default true).
@@ -370,18 +404,34 @@ impl IngestDir {
         Ok(avail.saturating_mul(frsize))
     }
 
-    /// How a new transfer of `len` bytes takes its disk space before its bytes arrive: on
-    /// tmpfs the free space is checked (`ENOSPC` if short) and nothing is preallocated; elsewhere
-    /// the caller preallocates with fallocate(2). Streams and shared transfers both come here, so
-    /// this is where reservations held across all uploads will be accounted.
-    pub(super) fn reserve_space(&self, len: u64) -> io::Result<Reserve> {
-        if !self.work_on_tmpfs() {
-            return Ok(Reserve::Preallocate);
+    /// Where every new transfer of `len` bytes takes its disk space, streams and shared
+    /// transfers alike: it is admitted against the process-wide [`ledger`] (free space minus
+    /// what other transfers were promised minus the reserve; `ENOSPC` if short) and then takes
+    /// its space step by step through the returned [`ledger::Reservation`], which gives back
+    /// what is left when it drops. [`reserve_kind`](Self::reserve_kind) says whether the
+    /// caller preallocates the steps with fallocate(2) or only writes them.
+    pub(super) fn reserve_space(&self, len: u64) -> io::Result<ledger::Reservation> {
+        let account = ledger::Account {
+            dev: self.inner.dev,
+            disk_reserve: self.disk_reserve,
+            owner: self.owner.clone(),
+        };
+        ledger::Reservation::admit(account, len, self.free_for_ledger()?)
+    }
+
+    /// statvfs for the ledger; a file system that cannot say is taken as roomy (as before the
+    /// ledger existed: only fallocate or the writes can refuse then).
+    pub(super) fn free_for_ledger(&self) -> io::Result<u64> {
+        Ok(self.available_bytes().unwrap_or(u64::MAX))
+    }
+
+    /// How reserved steps become real: preallocated, or (tmpfs) only checked.
+    pub(super) fn reserve_kind(&self) -> Reserve {
+        if self.work_on_tmpfs() {
+            Reserve::Checked
+        } else {
+            Reserve::Preallocate
         }
-        if self.available_bytes().is_ok_and(|free| free < len) {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        Ok(Reserve::Checked)
     }
 
     /// Removes stale streaming temporaries (not resumable partials) left by a dead process of ours.

@@ -515,8 +515,12 @@ impl Part {
         Ok(part)
     }
 
+    /// Admitted by the ledger for the whole size, then preallocated at once (FastDP 4.1 wants
+    /// a full disk refused before any byte), so nothing stays promised; on tmpfs the part
+    /// stays sparse and the admission is the check.
     fn reserve(&self) -> io::Result<()> {
-        if self.dir.reserve_space(self.geo.size)? == Reserve::Preallocate {
+        let _admitted = self.dir.reserve_space(self.geo.size)?;
+        if self.dir.reserve_kind() == Reserve::Preallocate {
             preallocate(&self.file, self.geo.size)?;
         }
         Ok(())

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use twox_hash::XxHash64;
 
+use super::ledger::Reservation;
 use super::publish::{holds_bytes, publish};
 use super::{check, is_plain_name, next_temp_name, os, tag_for, Outcome, Reserve};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
@@ -31,8 +32,10 @@ const BUFFER_BYTES: usize = 256 * 1024;
 const MIN_PREALLOCATE: u64 = 1024 * 1024;
 /// Pieces at least this large skip the buffer.
 const DIRECT_WRITE_BYTES: usize = 64 * 1024;
-/// Preallocation runs this far ahead of the bytes written, never further than the announced size.
-const PREALLOCATE_STEP: u64 = 64 * 1024 * 1024;
+/// Preallocation runs this far ahead of the bytes written, never further than the announced size
+/// (the ledger's step).
+#[cfg(test)]
+const PREALLOCATE_STEP: u64 = super::ledger::STEP;
 
 /// A file being received front to back. Dropping it without [`commit`](Self::commit) removes the
 /// temporary.
@@ -52,10 +55,13 @@ pub struct StreamSink {
     written: u64,
     /// Bytes of `written` that reached the file (the rest is in `buf`).
     flushed: u64,
-    /// File length set by fallocate so far; trimmed back to `written` at commit.
+    /// File length set by fallocate; trimmed back to `written` at commit.
     allocated: u64,
-    /// How far preallocation may go (the announced size); 0 when the file is not preallocated.
-    prealloc_to: u64,
+    /// The space this stream takes, step by step, when its size was announced (see
+    /// [`super::ledger`]); every byte reaches the file within it.
+    reservation: Option<Reservation>,
+    /// Steps are preallocated (not on tmpfs, not for small files, and while fallocate works).
+    preallocates: bool,
     /// A write failed: the file no longer matches the hashes, so it can only be aborted.
     failed: bool,
 }
@@ -77,19 +83,20 @@ impl StreamSink {
             written: 0,
             flushed: 0,
             allocated: 0,
-            prealloc_to: 0,
+            reservation: None,
+            preallocates: false,
             failed: false,
         };
-        // Small files are not worth a fallocate(2): it costs as much as their write. Large
-        // ones get their temporary and their first step of space now, after a check that the
-        // whole size fits, so ENOSPC comes before any byte; on tmpfs the free space is only
-        // checked (preallocating there clears RAM pages that the writes overwrite anyway).
-        if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
-            if sink.dir.reserve_space(len)? == Reserve::Preallocate {
-                if sink.dir.available_bytes().is_ok_and(|free| free < len) {
-                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-                }
-                sink.prealloc_to = len;
+        // An announced size is admitted by the ledger at once (ENOSPC before any byte), then
+        // taken a step at a time as the data comes, never all at once. Large files get their
+        // temporary and their first step now; small ones are not worth a fallocate(2) (it
+        // costs as much as their write), and on tmpfs steps are only checked (preallocating
+        // there clears RAM pages that the writes overwrite anyway).
+        if let Some(len) = size_hint {
+            sink.reservation = Some(sink.dir.reserve_space(len)?);
+            sink.preallocates =
+                len >= MIN_PREALLOCATE && sink.dir.reserve_kind() == Reserve::Preallocate;
+            if len >= MIN_PREALLOCATE {
                 // On error the sink is dropped, which removes the temporary.
                 sink.make_room(1)?;
             }
@@ -97,6 +104,49 @@ impl StreamSink {
         let cap = size_hint.map_or(BUFFER_BYTES, |n| n.min(BUFFER_BYTES as u64) as usize);
         sink.buf = Vec::with_capacity(cap);
         Ok(sink)
+    }
+
+    /// Makes sure the file may grow to `end` bytes: takes the next step from the ledger when
+    /// needed and preallocates it. `ENOSPC` (or `EDQUOT`) when the step does not fit.
+    fn make_room(&mut self, end: u64) -> io::Result<()> {
+        let Some(r) = self.reservation.as_mut() else {
+            return Ok(());
+        };
+        if end <= r.granted() {
+            return Ok(());
+        }
+        let dir = &self.dir;
+        r.ensure(end, || dir.free_for_ledger())?;
+        if !self.preallocates {
+            return Ok(());
+        }
+        let to = r.granted();
+        let from = self.allocated;
+        self.create_temp()?;
+        let file = self.file.as_ref().ok_or_else(gone)?;
+        if preallocate_range(file, from, to - from)? {
+            self.allocated = to;
+            if let Some(r) = self.reservation.as_mut() {
+                r.allocated(to);
+            }
+        } else {
+            // The file system cannot preallocate: the steps are only checked from now on.
+            self.preallocates = false;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at the end of the file, within the reservation.
+    fn write_file(&mut self, data: &[u8]) -> io::Result<()> {
+        let end = self.flushed + data.len() as u64;
+        self.make_room(end)?;
+        self.create_temp()?;
+        self.file.as_mut().ok_or_else(gone)?.write_all(data)?;
+        self.flushed = end;
+        if let Some(r) = self.reservation.as_mut() {
+            r.wrote(data.len() as u64);
+        }
+        Ok(())
     }
 
     /// Creates the exclusive temporary in the working folder (`O_CREAT | O_EXCL | O_NOFOLLOW`
@@ -119,33 +169,6 @@ impl StreamSink {
             self.file = Some(file);
         }
         Ok(self.file.as_mut().expect("just created"))
-    }
-
-    /// Makes sure the file is preallocated up to `end` bytes (within the announced size): the
-    /// next step is taken once the writes reach the space already taken.
-    fn make_room(&mut self, end: u64) -> io::Result<()> {
-        if end <= self.allocated || self.allocated >= self.prealloc_to {
-            return Ok(());
-        }
-        let to = end
-            .max(self.allocated.saturating_add(PREALLOCATE_STEP))
-            .min(self.prealloc_to);
-        let file = self.create_temp()?;
-        match preallocate(file, to)? {
-            // The file system cannot preallocate: the writes alone take the space from now on.
-            0 => self.prealloc_to = 0,
-            n => self.allocated = n,
-        }
-        Ok(())
-    }
-
-    /// Writes `data` at the end of the file, its space taken first.
-    fn write_file(&mut self, data: &[u8]) -> io::Result<()> {
-        let end = self.flushed + data.len() as u64;
-        self.make_room(end)?;
-        self.create_temp()?.write_all(data)?;
-        self.flushed = end;
-        Ok(())
     }
 
     /// Appends `data` (buffered; hashes are updated at once). After an error the sink can only
@@ -267,8 +290,10 @@ impl StreamSink {
             &tag,
             policy,
         )?;
-        // Published or dropped: either way the temporary is no longer ours to remove.
+        // Published or dropped: either way the temporary is no longer ours to remove, and
+        // what it still had promised goes back to the ledger.
         self.file = None;
+        self.reservation = None;
         if self.dir.is_durable() && p.outcome != Outcome::AlreadyPresent {
             self.dir.dest_dir().sync()?;
         }
@@ -324,19 +349,35 @@ fn gone() -> io::Error {
 /// Reserves `len` bytes for `file` (its length becomes `len`). Returns the new length, or 0 where
 /// the file system cannot preallocate; `ENOSPC` and other errors are returned.
 pub(super) fn preallocate(file: &File, len: u64) -> io::Result<u64> {
-    let Ok(off_len) = libc::off_t::try_from(len) else {
+    Ok(if preallocate_range(file, 0, len)? {
+        len
+    } else {
+        0
+    })
+}
+
+/// Reserves bytes `offset..offset + len` of `file` (its length grows to cover them). False where
+/// the file system cannot preallocate; `ENOSPC` and other errors are returned.
+fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let (Ok(off), Ok(off_len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::Error::from_raw_os_error(libc::EFBIG));
     };
+    if off.checked_add(off_len).is_none() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
     loop {
         // SAFETY: fallocate only acts on the descriptor, which `file` keeps open for the call.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, off_len) };
         if r == 0 {
-            return Ok(len);
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(0),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(false),
             _ => return Err(e),
         }
     }

@@ -2,6 +2,7 @@
 //! in, bytes, events and timeouts out. Nothing under `proto` touches a socket, a file, a thread
 //! or a clock; the matching drivers in [`crate::driver`] do that.
 
+pub mod budget;
 pub mod cjp2p;
 pub mod fastdp;
 pub mod filestorage;

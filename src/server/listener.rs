@@ -3,15 +3,16 @@
 //! hold at once. Plain data until [`ListenerConfig::bind`]; the accept loop and the connection
 //! set-up read it from there.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::transport::{Peer, TlsServer};
@@ -66,6 +67,7 @@ pub struct ListenerConfig {
     pub(super) io_timeout: Duration,
     pub(super) nodelay: bool,
     pub(super) max_connections: usize,
+    pub(super) max_per_ip: Option<usize>,
     pub(super) shared_budget: Option<ConnectionBudget>,
     pub(super) close_linger: Duration,
     pub(super) label: Option<String>,
@@ -82,6 +84,7 @@ impl fmt::Debug for ListenerConfig {
             .field("io_timeout", &self.io_timeout)
             .field("nodelay", &self.nodelay)
             .field("max_connections", &self.max_connections)
+            .field("max_per_ip", &self.max_per_ip)
             .finish()
     }
 }
@@ -96,6 +99,7 @@ impl ListenerConfig {
             io_timeout: DEFAULT_IO_TIMEOUT,
             nodelay: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: None,
             shared_budget: None,
             close_linger: DEFAULT_CLOSE_LINGER,
             label: None,
@@ -161,6 +165,15 @@ impl ListenerConfig {
     /// a byte. Each listener has its own budget. Default 1024; at least 1.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Connections one peer IP address may hold on this listener at once (issue 15 item 9:
+    /// a few peers cannot take the whole budget). One more from that address is refused like
+    /// one over `max_connections`. Default: no cap of its own (the CLI sets a quarter of
+    /// `--max-connections`); at least 1. Unix peers have no address and are not capped.
+    pub fn max_per_ip(mut self, n: usize) -> Self {
+        self.max_per_ip = Some(n.max(1));
         self
     }
 
@@ -383,48 +396,93 @@ impl ConnectionBudget {
         ConnectionBudget(Arc::new(Budget::new(max.max(1))))
     }
 
+    /// As [`new`](Self::new), and at most `per_ip` (at least 1) from one peer address.
+    pub fn with_max_per_ip(max: usize, per_ip: usize) -> ConnectionBudget {
+        ConnectionBudget(Arc::new(Budget::with_max_per_ip(
+            max.max(1),
+            Some(per_ip.max(1)),
+        )))
+    }
+
     /// Connections counted against it right now.
     pub fn active(&self) -> usize {
         self.0.active()
     }
 }
 
-/// A connection budget: how many connections are being set up or served. Checked on the
-/// accept thread, so a refusal is immediate.
-///
-/// A per-address cap (issue 15, item 9) belongs here too: `try_acquire` already gets the peer.
+/// A connection budget: how many connections are being set up or served, in all and per peer
+/// address. Checked on the accept thread, so a refusal is immediate.
 pub(super) struct Budget {
     max: usize,
     active: AtomicUsize,
+    /// Most connections from one IP address (`None`: no cap of its own).
+    max_per_ip: Option<usize>,
+    /// Connections held per address; an address leaves the map with its last connection, so
+    /// the map is bounded by `max`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Budget {
     pub(super) fn new(max: usize) -> Budget {
+        Budget::with_max_per_ip(max, None)
+    }
+
+    pub(super) fn with_max_per_ip(max: usize, max_per_ip: Option<usize>) -> Budget {
         Budget {
             max,
             active: AtomicUsize::new(0),
+            max_per_ip,
+            per_ip: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(super) fn try_acquire(self: &Arc<Self>, _peer: &Peer) -> Option<Permit> {
+    pub(super) fn try_acquire(self: &Arc<Self>, peer: &Peer) -> Option<Permit> {
+        let ip = self.max_per_ip.and(peer.ip());
+        // The address's count is taken first and given back if the total is full, under the
+        // map's lock, so two connections of one address cannot both pass its cap.
+        let mut per_ip = ip.map(|_| self.per_ip.lock().unwrap_or_else(PoisonError::into_inner));
+        if let (Some(ip), Some(map), Some(cap)) = (ip, per_ip.as_mut(), self.max_per_ip) {
+            if map.get(&ip).copied().unwrap_or(0) >= cap {
+                return None;
+            }
+        }
         self.active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Permit(self.clone()))
+            .ok()?;
+        if let (Some(ip), Some(map)) = (ip, per_ip.as_mut()) {
+            *map.entry(ip).or_insert(0) += 1;
+        }
+        Some(Permit(self.clone(), ip))
     }
 
     pub(super) fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
+
+    /// Connections held by `ip` (0 when not capped per address).
+    #[cfg(test)]
+    pub(super) fn active_from(&self, ip: IpAddr) -> usize {
+        let map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&ip).copied().unwrap_or(0)
+    }
 }
 
-/// One connection's place in its listener's budget, given back on drop.
-pub(super) struct Permit(Arc<Budget>);
+/// One connection's place in its listener's budget (and its address's), given back on drop.
+pub(super) struct Permit(Arc<Budget>, Option<IpAddr>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some(ip) = self.1 {
+            let mut map = self.0.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
         self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -452,6 +510,34 @@ mod tests {
         let _d = b.try_acquire(&p).unwrap();
         drop(c);
         assert_eq!(b.active(), 1);
+    }
+
+    #[test]
+    fn per_ip_cap_refuses_one_address_and_admits_others() {
+        let b = Arc::new(Budget::with_max_per_ip(4, Some(2)));
+        let peer = |ip: &str| Peer::Tcp(SocketAddr::new(ip.parse().unwrap(), 1000));
+        let (a, c) = (peer("10.0.0.1"), peer("10.0.0.2"));
+        let a1 = b.try_acquire(&a).unwrap();
+        let _a2 = b.try_acquire(&a).unwrap();
+        assert!(b.try_acquire(&a).is_none(), "third from one address");
+        assert_eq!(b.active_from("10.0.0.1".parse().unwrap()), 2);
+        let _c1 = b.try_acquire(&c).unwrap();
+        let _c2 = b.try_acquire(&c).unwrap();
+        // The total is full: a new address is refused too, and its count is not kept.
+        assert!(b.try_acquire(&peer("10.0.0.3")).is_none());
+        assert_eq!(b.active_from("10.0.0.3".parse().unwrap()), 0);
+        drop(a1);
+        assert_eq!(b.active_from("10.0.0.1".parse().unwrap()), 1);
+        let _a3 = b.try_acquire(&a).unwrap();
+        assert_eq!(b.active(), 4);
+        // Unix peers have no address: only the total counts for them.
+        let u = Arc::new(Budget::with_max_per_ip(3, Some(1)));
+        let _u1 = u.try_acquire(&Peer::Unix).unwrap();
+        let _u2 = u.try_acquire(&Peer::Unix).unwrap();
+        // An address leaves the map with its last connection.
+        let one = u.try_acquire(&a).unwrap();
+        drop(one);
+        assert!(u.per_ip.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl ServerBuilder {
                     .unwrap_or_else(|| service.name().to_string()),
                 budget: match &cfg.shared_budget {
                     Some(b) => b.0.clone(),
-                    None => Arc::new(Budget::new(cfg.max_connections)),
+                    None => Arc::new(Budget::with_max_per_ip(cfg.max_connections, cfg.max_per_ip)),
                 },
                 cfg,
                 service,

@@ -56,7 +56,13 @@ impl Server {
     /// folder holding a 4 GiB sparse file takes a minute of a busy machine: how long start-up
     /// takes is measured by `make bench`, never asserted here.
     pub fn start(args: &[&str], expect: usize) -> Server {
-        let mut child = Command::new(FERRY)
+        Server::start_program(FERRY, args, expect)
+    }
+
+    /// As [`start`](Self::start) for a program that ends up running ferry (a wrapper that
+    /// `exec`s it, so the child's pid is the server's).
+    pub fn start_program(program: &str, args: &[&str], expect: usize) -> Server {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1366,7 +1366,14 @@ fn j30_keep_alive_requests_over_the_rate_limit_get_jtpe5() {
 fn table_max_connections_2_third_gets_server_busy() {
     let (_d, cat, s) = small_server(
         "busy",
-        &["--max-connections", "2", "--keep-alive-timeout", "20"],
+        &[
+            "--max-connections",
+            "2",
+            "--max-per-ip",
+            "2",
+            "--keep-alive-timeout",
+            "20",
+        ],
     );
     let list = list_bytes(&cat);
     let mut idle: Vec<TcpStream> = Vec::new();

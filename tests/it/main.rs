@@ -13,4 +13,5 @@ mod jtp_peers;
 mod jtp_server;
 mod security;
 mod server_core;
+mod server_limits;
 mod tej;

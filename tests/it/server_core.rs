@@ -154,7 +154,7 @@ fn idle_peers_on_every_listener_never_delay_a_real_client() {
 fn max_connections_is_a_budget_per_listener() {
     let dir = TempDir::new("core-budget");
     std::fs::write(dir.join("a.png"), pseudo_random(2, 5000)).unwrap();
-    let s = serve_all(dir.path(), &["--max-connections", "4"]);
+    let s = serve_all(dir.path(), &["--max-connections", "4", "--max-per-ip", "4"]);
     let (jtp, tej) = (s.addr("jtp"), s.addr("tej"));
     let _idle = hold_many(&[("tej", tej.clone())], 4);
     // TEJ is full: a fifth connection gets its busy error frame at once.

@@ -332,6 +332,47 @@ fn assert_no_temporaries(dir: &Path) {
     }
 }
 
+/// The TEJ temporaries in `dir` now: (name, length, bytes allocated).
+fn temporaries(dir: &Path) -> Vec<(String, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(ingest_dir(dir))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.len(),
+                        m.blocks() * 512,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (up to 20 s) until a TEJ temporary of `dir` holds at least `bytes` (written or
+/// preallocated): the upload has reached the disk (issue 16: a test of cleanup must see the
+/// temporary exist before the failure it provokes).
+#[track_caller]
+fn wait_for_temporary(dir: &Path, bytes: u64) {
+    assert!(
+        wait_for(Duration::from_secs(20), || temporaries(dir)
+            .iter()
+            .any(|t| t.1 >= bytes)),
+        "no temporary of {bytes} bytes appeared in {:?}: {:?}",
+        ingest_dir(dir),
+        temporaries(dir)
+    );
+}
+
+/// Waits (up to 10 s) until `dir` has no TEJ temporary left, then asserts it.
+#[track_caller]
+fn assert_temporaries_go(dir: &Path) {
+    wait_for(Duration::from_secs(10), || temporaries(dir).is_empty());
+    assert_no_temporaries(dir);
+}
+
 /// Visible files of `dir` as `(name, sha256 hex)`.
 fn visible(dir: &Path) -> Vec<(String, String)> {
     tree(dir).into_iter().map(|(n, h)| (n, hex(&h))).collect()
@@ -593,7 +634,7 @@ fn t8_two_files_and_a_message_in_one_frame_are_acknowledged_in_frame_order() {
 #[test]
 fn t16_statuses_7_to_127_are_stored_but_never_acknowledged() {
     let dir = TempDir::new("tej-t16");
-    let s = serve(dir.path(), &[]);
+    let s = serve(dir.path(), &["-v"]);
     let mut c = connect(&s);
     c.write_all(&frame(7, &[(b"seven.txt", b"7777")], b"app"))
         .unwrap();
@@ -609,6 +650,48 @@ fn t16_statuses_7_to_127_are_stored_but_never_acknowledged() {
             ("a.txt".into(), sha(b"AAAA")),
             ("seven.txt".into(), sha(b"7777"))
         ]
+    );
+    // The application (`serve`'s log) got each frame as sent: status, version, file count and
+    // message, unchanged.
+    let log = s.stderr_text();
+    for want in [
+        "frame status 7 version 1, 1 files",
+        "message (3 bytes): app",
+        "stored seven.txt (4 bytes)",
+        "application status 7: 1 files stored, not acknowledged",
+        "frame status 127 version 0, 0 files",
+        "message (1 bytes): x",
+        "application status 127: 0 files stored, not acknowledged",
+    ] {
+        assert!(log.contains(want), "log lacks {want:?}:\n{log}");
+    }
+}
+
+/// T16: an application frame with a large file and a long message: the file is stored byte for
+/// byte, the message reaches the log unchanged (its first 200 bytes, as documented), nothing
+/// answers it, and the connection goes on.
+#[test]
+fn t16_an_application_frame_is_stored_unchanged_and_its_message_reaches_the_log() {
+    let dir = TempDir::new("tej-t16b");
+    let s = serve(dir.path(), &["-v"]);
+    let data = pseudo_random(1601, 3 << 20);
+    let msg: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut c = connect(&s);
+    c.write_all(&frame(99, &[(b"app.bin", &data)], &msg))
+        .unwrap();
+    assert_silent(&mut c, Duration::from_millis(500));
+    c.write_all(&unhex(EMPTY)).unwrap();
+    expect_ack(&mut c, &ack_json(&[], 0));
+    assert_eq!(visible(dir.path()), vec![("app.bin".into(), sha(&data))]);
+    let log = s.stderr_text();
+    let head = String::from_utf8(msg[..200].to_vec()).unwrap();
+    assert!(
+        log.contains(&format!("message (1000 bytes): {head}\n")),
+        "{log}"
+    );
+    assert!(
+        log.contains("application status 99: 1 files stored"),
+        "{log}"
     );
 }
 
@@ -739,21 +822,27 @@ fn t19_one_tib_claim_gets_too_large_before_any_byte_is_written_with_small_rss() 
     assert_no_temporaries(dir.path());
     let rss = proc_kib(pid, "VmRSS");
     assert!(rss < 64 * 1024, "server RSS {rss} KiB after a 1 TiB claim");
-    // The same claim as the second file of a frame: the first file stays (files commit one by one).
+    // The same claim as the second file of a frame: the first file (large enough to be on disk
+    // while it arrives) stays, since files commit one by one.
+    let first = pseudo_random(1901, 2 << 20);
     let mut c = connect(&s);
     let mut req = vec![0x80, 1];
     req.extend_from_slice(&2u64.to_be_bytes());
-    req.extend_from_slice(&frame(0, &[(b"first.txt", b"1st")], b"")[10..10 + 2 + 9 + 8 + 3]);
+    req.extend_from_slice(&9u16.to_be_bytes());
+    req.extend_from_slice(b"first.bin");
+    req.extend_from_slice(&(first.len() as u64).to_be_bytes());
+    req.extend_from_slice(&first[..1 << 20]);
+    c.write_all(&req).unwrap();
+    wait_for_temporary(dir.path(), 1 << 20);
+    let mut req = first[1 << 20..].to_vec();
     req.extend_from_slice(&9u16.to_be_bytes());
     req.extend_from_slice(b"huge2.bin");
     req.extend_from_slice(&(1u64 << 40).to_be_bytes());
     c.write_all(&req).unwrap();
     let j = expect_error_and_close(&mut c, "too-large");
-    if let Some(files) = j.get("files") {
-        assert_eq!(files[0]["stored_as"], "first.txt", "{j}");
-    }
-    assert_eq!(visible(dir.path()), vec![("first.txt".into(), sha(b"1st"))]);
-    assert_no_temporaries(dir.path());
+    assert_eq!(j["files"][0]["stored_as"], "first.bin", "{j}");
+    assert_eq!(visible(dir.path()), vec![("first.bin".into(), sha(&first))]);
+    assert_temporaries_go(dir.path());
 }
 
 #[test]
@@ -849,7 +938,11 @@ fn t25_one_byte_per_second_gets_timeout_and_the_temporary_is_deleted() {
     let dir = TempDir::new("tej-t25");
     let s = serve(dir.path(), &["--frame-timeout", "2"]);
     let mut c = connect(&s);
-    c.write_all(&file_header(b"slow.bin", 100)).unwrap();
+    // 1 MiB of a 2 MiB file arrives at once (so its temporary is on disk), then a byte a second.
+    let mut req = file_header(b"slow.bin", 2 << 20);
+    req.extend_from_slice(&pseudo_random(2501, 1 << 20));
+    c.write_all(&req).unwrap();
+    wait_for_temporary(dir.path(), 1 << 20);
     let (tx, rx) = mpsc::channel::<()>();
     let mut w = c.try_clone().unwrap();
     let dribble = std::thread::spawn(move || {
@@ -881,7 +974,7 @@ fn t25_one_byte_per_second_gets_timeout_and_the_temporary_is_deleted() {
 #[test]
 fn t27_connection_over_the_limit_gets_busy_at_once() {
     let dir = TempDir::new("tej-t27");
-    let s = serve(dir.path(), &["--max-connections", "2"]);
+    let s = serve(dir.path(), &["--max-connections", "2", "--max-per-ip", "2"]);
     let mut a = connect(&s);
     let mut b = connect(&s);
     // Both are really being served (each gets its ack) and stay idle.
@@ -916,9 +1009,12 @@ fn t21_eof_inside_the_second_file_keeps_the_first_and_leaves_no_partial_file() {
     let dir = TempDir::new("tej-t21");
     let s = serve(dir.path(), &[]);
     let mut c = connect(&s);
-    let second = pseudo_random(211, 300_000);
+    // The second file is large enough to be on disk before the sender stops (issue 16: a
+    // temporary kept in memory could not leak).
+    let second = pseudo_random(211, 4 << 20);
     let whole = frame(0, &[(b"first.txt", b"1st"), (b"second.bin", &second)], b"");
-    c.write_all(&whole[..whole.len() - 8 - 100_000]).unwrap();
+    c.write_all(&whole[..whole.len() - 8 - (1 << 20)]).unwrap();
+    wait_for_temporary(dir.path(), 2 << 20);
     c.shutdown(Shutdown::Write).unwrap();
     // Best effort `truncated` (the peer may be gone), then a close.
     match read_frame(&mut c) {
@@ -931,11 +1027,7 @@ fn t21_eof_inside_the_second_file_keeps_the_first_and_leaves_no_partial_file() {
     }
     assert!(wait_for(Duration::from_secs(5), || visible(dir.path())
         == vec![("first.txt".to_string(), sha(b"1st"))]));
-    assert!(wait_for(Duration::from_secs(5), || std::fs::read_dir(
-        ingest_dir(dir.path())
-    )
-    .map(|r| r.count() == 0)
-    .unwrap_or(true)));
+    assert_temporaries_go(dir.path());
     // Server keeps serving.
     let mut c = connect(&s);
     c.write_all(&unhex(MESSAGE_HELLO)).unwrap();
@@ -1276,7 +1368,10 @@ fn t15_listing_pages_visit_every_entry_once_in_path_order() {
 #[test]
 fn t26_100_concurrent_senders_each_get_their_own_ack() {
     let dir = TempDir::new("tej-t26");
-    let s = serve(dir.path(), &["--max-connections", "128"]);
+    let s = serve(
+        dir.path(),
+        &["--max-connections", "128", "--max-per-ip", "128"],
+    );
     let addr = s.addr("tej");
     let threads: Vec<_> = (0..100u64)
         .map(|k| {
@@ -2101,24 +2196,26 @@ fn t21_eof_inside_the_message_keeps_the_completed_files_and_sends_no_ack() {
     let dir = TempDir::new("tej-t21m");
     let s = serve(dir.path(), &[]);
     let mut c = connect(&s);
-    let mut f = frame(0, &[(b"done.txt", b"complete")], b"0123456789");
+    // A file large enough to be on disk while it arrives, complete, then the message cut short.
+    let done = pseudo_random(2102, 2 << 20);
+    let mut f = frame(0, &[(b"done.bin", &done)], b"0123456789");
     f.truncate(f.len() - 7);
-    c.write_all(&f).unwrap();
+    c.write_all(&f[..1 << 20]).unwrap();
+    wait_for_temporary(dir.path(), 1 << 20);
+    c.write_all(&f[1 << 20..]).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     match read_frame(&mut c) {
         Ok(f) => {
             let j = assert_error(&f, "truncated");
-            if let Some(files) = j.get("files") {
-                assert_eq!(files[0]["stored_as"], "done.txt", "{j}");
-            }
+            assert_eq!(j["files"][0]["stored_as"], "done.bin", "{j}");
             expect_closed(&mut c);
         }
         Err(End::Eof) | Err(End::Reset(_)) => {}
         Err(e) => panic!("expected truncated or a close, got {e:?}"),
     }
     assert!(wait_for(Duration::from_secs(5), || visible(dir.path())
-        == vec![("done.txt".to_string(), sha(b"complete"))]));
-    assert_no_temporaries(dir.path());
+        == vec![("done.bin".to_string(), sha(&done))]));
+    assert_temporaries_go(dir.path());
 }
 
 #[test]
@@ -2146,6 +2243,15 @@ fn t25_silence_inside_a_frame_header_gets_timeout_by_the_stall_rule_not_the_idle
     let t0 = Instant::now();
     expect_error_and_close(&mut c, "timeout");
     assert!(t0.elapsed() < Duration::from_secs(8));
+    // And inside a file's data, once its temporary is on disk: the temporary goes.
+    let mut c = connect(&s);
+    let mut req = file_header(b"silent.bin", 3 << 20);
+    req.extend_from_slice(&pseudo_random(2503, 1 << 20));
+    c.write_all(&req).unwrap();
+    wait_for_temporary(dir.path(), 1 << 20);
+    expect_error_and_close(&mut c, "timeout");
+    assert!(visible(dir.path()).is_empty());
+    assert_temporaries_go(dir.path());
 }
 
 #[test]
@@ -2589,22 +2695,28 @@ fn endless_lister(nexts: &'static [&'static str]) -> (String, std::thread::JoinH
     })
 }
 
+/// Runs `ferry tej list` against an endless lister: it must stop by itself, fail as a protocol
+/// error (exit 4) naming the page that does not move, and print no listing.
+fn assert_list_refuses_a_listing_that_does_not_move(nexts: &'static [&'static str]) {
+    let (addr, h) = endless_lister(nexts);
+    let o = ferry(&["tej", "list", "--addr", &addr, "--json"], S);
+    h.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), Some(4), "{err}");
+    assert!(err.contains("does not move past"), "{err}");
+    assert!(o.stdout.is_empty(), "a listing was printed: {:?}", o.stdout);
+}
+
 #[test]
 fn t15_list_ends_when_a_server_repeats_the_same_next() {
-    let (addr, h) = endless_lister(&["loop.txt"]);
-    let mut p = Proc::spawn(FERRY, &["tej", "list", "--addr", &addr, "--json"]);
-    p.wait(Duration::from_secs(30));
-    h.join().unwrap();
+    assert_list_refuses_a_listing_that_does_not_move(&["loop.txt"]);
 }
 
 #[test]
 fn t15_list_ends_when_a_server_sends_next_backwards() {
     // Pages are in byte order of path and start after `after`: a `next` that does not move
     // forward can only come from a broken or hostile server.
-    let (addr, h) = endless_lister(&["b.txt", "a.txt"]);
-    let mut p = Proc::spawn(FERRY, &["tej", "list", "--addr", &addr, "--json"]);
-    p.wait(Duration::from_secs(30));
-    h.join().unwrap();
+    assert_list_refuses_a_listing_that_does_not_move(&["b.txt", "a.txt"]);
 }
 
 #[test]
@@ -2685,24 +2797,33 @@ fn request_and_change(
     let mut head = vec![0u8; first];
     c.read_exact(&mut head).unwrap();
     change();
-    let mut rest = Vec::new();
+    // Bytes up to the message length field: header, one file entry and its data.
+    let l = usize::from(u16::from_be_bytes([head[10], head[11]]));
+    let f = u64::from_be_bytes(head[12 + l..20 + l].try_into().unwrap()) as usize;
+    let before_message = 20 + l + f + 8;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         match c.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Silence: the server neither finished the frame nor ended the stream.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(End::Timeout)
+            }
             Err(_) => break,
         }
-        if head.len() + rest.len() > MAX_READ as usize {
+        if head.len() > MAX_READ as usize {
             break;
         }
-        // A complete frame followed by silence: stop once it parses.
-        if let Ok(f) = read_frame(&mut &[head.as_slice(), rest.as_slice()].concat()[..]) {
-            return Ok(f);
+        // A complete frame followed by silence: stop once it parses (tried only once the
+        // message can have started, so the reading stays linear).
+        if head.len() >= before_message {
+            if let Ok(f) = read_frame(&mut &head[..]) {
+                return Ok(f);
+            }
         }
     }
-    head.extend_from_slice(&rest);
     read_frame(&mut &head[..])
 }
 
@@ -2724,7 +2845,11 @@ fn t31_a_catalog_file_that_shrinks_while_sent_ends_the_frame_and_the_server_surv
             f.files.len(),
             String::from_utf8_lossy(&f.msg)
         ),
-        Err(End::Truncated(_)) | Err(End::Eof) | Err(End::Reset(_)) | Err(End::Timeout) => {}
+        // The server cuts the connection: the frame ends early, never by silence (a timeout
+        // would mean the server hung on the shrunken file).
+        Err(End::Truncated(n)) => assert!(n < 64 << 20, "{n} bytes"),
+        Err(e @ (End::Eof | End::Reset(_))) => panic!("the answer's header never came: {e:?}"),
+        Err(End::Timeout) => panic!("the server neither finished nor cut the frame"),
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.is_alive(), "server died: {}", s.stderr_text());
@@ -2748,15 +2873,25 @@ fn t31_a_catalog_file_changed_in_place_while_sent_never_completes_with_wrong_byt
         f.write_all_at(&[0xAA; 4096], 48 << 20).unwrap();
         f.sync_all().unwrap();
     });
-    if let Ok(f) = got {
-        // Completed: then bytes and manifest must agree (the requester would commit it).
-        let j = f.json();
-        assert_eq!(
-            j["files"][0]["sha256"],
-            sha(&f.files[0].1),
-            "a complete answer whose bytes do not match its own manifest"
-        );
+    match got {
+        Ok(f) => {
+            // Completed: then bytes and manifest must agree (the requester would commit it).
+            let j = f.json();
+            assert_eq!(
+                j["files"][0]["sha256"],
+                sha(&f.files[0].1),
+                "a complete answer whose bytes do not match its own manifest"
+            );
+        }
+        // The change was seen: the server cut the frame before its last bytes (so before the
+        // manifest a requester would check), not after a stall.
+        Err(End::Truncated(n)) => assert!(n < (64 << 20) + 200, "{n} bytes"),
+        Err(e) => panic!("the answer ended as {e:?}, neither complete nor cut short"),
     }
+    // Either way the server goes on serving the file as it is now.
+    let mut c = connect(&s);
+    c.write_all(&frame(5, &[], b"")).unwrap();
+    assert_eq!(next_frame(&mut c).status, 0x86);
 }
 
 #[test]
@@ -2872,7 +3007,14 @@ fn t26_t27_idle_connections_under_the_limit_do_not_starve_a_new_one() {
     let dir = TempDir::new("tej-starve");
     let s = serve(
         dir.path(),
-        &["--idle-timeout", "60", "--max-connections", "300"],
+        &[
+            "--idle-timeout",
+            "60",
+            "--max-connections",
+            "300",
+            "--max-per-ip",
+            "300",
+        ],
     );
     let idle: Vec<TcpStream> = (0..200).map(|_| connect(&s)).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -3175,7 +3317,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// The streaming temporaries in `dir` with the bytes the file system holds for each.
-fn temporaries(dir: &Path) -> Vec<(String, u64)> {
+fn client_temporaries(dir: &Path) -> Vec<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .unwrap()
@@ -3339,8 +3481,8 @@ fn get_ctrl_c_mid_file_exits_130_and_the_announced_size_is_never_preallocated() 
     wait_until("the server's 8 MiB", || {
         written.load(std::sync::atomic::Ordering::SeqCst)
     });
-    wait_until("a temporary", || !temporaries(out.path()).is_empty());
-    let held: u64 = temporaries(out.path()).iter().map(|(_, b)| b).sum();
+    wait_until("a temporary", || !client_temporaries(out.path()).is_empty());
+    let held: u64 = client_temporaries(out.path()).iter().map(|(_, b)| b).sum();
     assert!(
         held < 256 << 20,
         "{held} bytes held for a file of which 8 MiB arrived"
@@ -3362,9 +3504,9 @@ fn get_ctrl_c_mid_file_exits_130_and_the_announced_size_is_never_preallocated() 
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     assert_eq!(st.code(), Some(130), "{err}");
     assert!(
-        temporaries(out.path()).is_empty(),
+        client_temporaries(out.path()).is_empty(),
         "{:?}",
-        temporaries(out.path())
+        client_temporaries(out.path())
     );
     assert!(tree(out.path()).is_empty());
     h.join().unwrap();
@@ -3408,4 +3550,571 @@ fn send_ctrl_c_exits_130_at_once() {
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     assert_eq!(st.code(), Some(130), "{err}");
     assert!(err.contains("tej send: interrupted"), "{err}");
+}
+
+// Server-side limits a hostile peer would push (issue 15 items 4, 5, 9; issue 12 memory and
+// error frames)
+
+/// A TCP connection to `addr` from the loopback address `src` (127.0.0.x), so one test can be
+/// several peers.
+fn connect_from(src: [u8; 4], addr: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let dst: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address");
+    let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr_in values live across
+    // each call; the descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(src, 0);
+        let r = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "bind {src:?}: {}", std::io::Error::last_os_error());
+        let remote = sin(dst.ip().octets(), dst.port());
+        let r = libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        stream.set_read_timeout(Some(T)).unwrap();
+        stream.set_write_timeout(Some(T)).unwrap();
+        stream
+    }
+}
+
+/// Issue 15 item 9: by default one address may hold a quarter of --max-connections; one more
+/// from it gets `busy` at once while other addresses are still served.
+#[test]
+fn per_ip_cap_is_a_quarter_of_max_connections_and_other_addresses_are_served() {
+    let dir = TempDir::new("tej-perip");
+    let s = serve(dir.path(), &["--max-connections", "8"]);
+    let addr = s.addr("tej");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect_from([127, 0, 0, 1], &addr);
+        c.write_all(&unhex(EMPTY)).unwrap();
+        expect_ack(&mut c, &ack_json(&[], 0));
+        held.push(c);
+    }
+    let mut third = connect_from([127, 0, 0, 1], &addr);
+    expect_error_and_close(&mut third, "busy");
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        let mut c = connect_from(ip, &addr);
+        c.write_all(&unhex(MESSAGE_HELLO)).unwrap();
+        expect_ack(&mut c, &ack_json(&[], 5));
+        held.push(c);
+    }
+    // A place of 127.0.0.1 comes back when one of its connections closes.
+    drop(held.remove(0));
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let mut c = connect_from([127, 0, 0, 1], &addr);
+            c.write_all(&unhex(EMPTY)).unwrap();
+            matches!(read_frame(&mut c), Ok(f) if f.status == 0x81)
+        }),
+        "127.0.0.1 never got its place back"
+    );
+    // An explicit --max-per-ip wins over the default.
+    let dir = TempDir::new("tej-perip1");
+    let s = serve(dir.path(), &["--max-connections", "8", "--max-per-ip", "1"]);
+    let mut a = connect(&s);
+    a.write_all(&unhex(EMPTY)).unwrap();
+    expect_ack(&mut a, &ack_json(&[], 0));
+    expect_error_and_close(&mut connect(&s), "busy");
+}
+
+/// Issue 15 item 9: pings (and replies ferry never answers) keep the idle timer happy but never
+/// keep a connection past --max-idle-life without a frame that does something.
+#[test]
+fn pings_never_keep_a_connection_past_its_max_idle_life() {
+    let dir = TempDir::new("tej-life");
+    let s = serve(
+        dir.path(),
+        &["--idle-timeout", "30", "--max-idle-life", "2"],
+    );
+    // One connection only pings, every 300 ms.
+    let mut pinger = connect(&s);
+    let mut w = pinger.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let pings = std::thread::spawn(move || {
+        let ping = unhex(PING);
+        while rx.recv_timeout(Duration::from_millis(300)).is_err() {
+            if w.write_all(&ping).is_err() || w.write_all(&unhex(FERRY_ACK_FILE_ONLY)).is_err() {
+                return;
+            }
+        }
+    });
+    // Another sends a deliver frame every 700 ms: it lives on past 2 s.
+    let mut worker = connect(&s);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        worker.write_all(&unhex(MESSAGE_HELLO)).unwrap();
+        expect_ack(&mut worker, &ack_json(&[], 5));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let j = expect_error_and_close(&mut pinger, "timeout");
+    assert!(j["detail"].as_str().unwrap().contains("pings"), "{j}");
+    let _ = tx.send(());
+    pings.join().unwrap();
+    worker.write_all(&unhex(EMPTY)).unwrap();
+    expect_ack(&mut worker, &ack_json(&[], 0));
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Issue 15 item 4: one request of 1,000 unknown names against 50,000 files costs
+/// O(items x log catalog) (names by index), the item cap holds before the JSON is parsed, and
+/// listing pages come from the snapshot's order (no sort per page).
+#[test]
+fn a_request_of_1000_unknown_names_against_50000_files_costs_little_cpu() {
+    let dir = TempDir::new("tej-cost");
+    for i in 0..50_000u32 {
+        std::fs::write(dir.join(&format!("f{i:05}.dat")), i.to_le_bytes()).unwrap();
+    }
+    let s = serve(dir.path(), &["--idle-timeout", "60"]);
+    let pid = s.child.id();
+    let mut c = connect(&s);
+    // The catalog is complete (the first page ends where it must).
+    c.write_all(&frame(5, &[], b"{\"after\":\"f49990.dat\",\"limit\":100}"))
+        .unwrap();
+    let page = next_frame(&mut c).json();
+    assert_eq!(page["files"].as_array().unwrap().len(), 9, "{page}");
+    let unknown: Vec<String> = (0..1000).map(|i| format!("missing-{i:04}.dat")).collect();
+    let req = json!({ "get": unknown }).to_string();
+    let cpu0 = cpu_seconds(pid);
+    for _ in 0..5 {
+        c.write_all(&frame(4, &[], req.as_bytes())).unwrap();
+        let j = assert_error(&next_frame(&mut c), "not-found");
+        assert_eq!(j["missing"].as_array().unwrap().len(), 1000);
+    }
+    // 10,000 list entries a page, from the middle, five times.
+    for _ in 0..5 {
+        c.write_all(&frame(5, &[], b"{\"after\":\"f20000.dat\"}"))
+            .unwrap();
+        let page = next_frame(&mut c).json();
+        assert_eq!(page["next"], "f30000.dat");
+    }
+    // Over the cap: refused while parsing, before what follows is read (here 4 MiB that are
+    // not JSON at all: a parser that read on would report those instead).
+    let mut over = String::from("{\"get\":[");
+    for i in 0..10_001 {
+        over.push_str(&format!("\"x{i}\","));
+    }
+    over.push_str(&"not json ".repeat(4 << 17));
+    c.write_all(&frame(4, &[], over.as_bytes())).unwrap();
+    let j = assert_error(&next_frame(&mut c), "bad-request");
+    assert!(
+        j["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than 10000 items"),
+        "{j}"
+    );
+    let used = cpu_seconds(pid) - cpu0;
+    eprintln!("requests and pages on 50,000 files: {used:.2} CPU seconds of the server");
+    // Loosely: before the indexes, the five requests alone cost minutes on this catalog.
+    assert!(
+        used < 5.0,
+        "{used:.2} CPU seconds for the requests and pages"
+    );
+}
+
+/// Issue 12: a deliver frame's message is never held, whatever its size: 16 connections each
+/// sending the largest message keep the server's RssAnon small. Request messages are held
+/// under one server-wide budget: past it, `busy`.
+#[test]
+fn the_largest_messages_on_many_connections_keep_the_server_small() {
+    let dir = TempDir::new("tej-bigmsg");
+    let s = serve(
+        dir.path(),
+        &["--max-connections", "64", "--max-per-ip", "64"],
+    );
+    let pid = s.child.id();
+    let addr = s.addr("tej");
+    let msg = vec![b'm'; 16 << 20];
+    let sending: Vec<_> = (0..16)
+        .map(|i| {
+            let (addr, msg) = (addr.clone(), msg.clone());
+            std::thread::spawn(move || {
+                let mut c = connect_to(&addr);
+                // Status 0 and an application status alike.
+                let status = if i % 2 == 0 { 0 } else { 9 };
+                c.write_all(&frame(status, &[], &msg)).unwrap();
+                if status == 0 {
+                    expect_ack(&mut c, &ack_json(&[], 16 << 20));
+                }
+            })
+        })
+        .collect();
+    let mut max = 0;
+    while !sending.iter().all(|h| h.is_finished()) {
+        max = max.max(proc_kib(pid, "RssAnon"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for h in sending {
+        h.join().unwrap();
+    }
+    assert!(
+        max < 64 * 1024,
+        "RssAnon {max} KiB with 16 messages of 16 MiB"
+    );
+    // Requests of 16 MiB: at most the budget (64 MiB) is held; the rest are refused. Every
+    // request's first bytes go out first, so all eight ask for the budget at once; only once
+    // four were refused do the others send the rest.
+    let mut body = b"{\"get\":[]}".to_vec();
+    body.resize(16 << 20, b' ');
+    let whole = frame(4, &[], &body);
+    let (head, rest) = whole.split_at(100);
+    let mut conns: Vec<TcpStream> = (0..8).map(|_| connect_to(&addr)).collect();
+    for c in &mut conns {
+        c.write_all(head).unwrap();
+    }
+    let (tx, rx) = mpsc::channel();
+    for (i, c) in conns.iter().enumerate() {
+        let (mut r, tx) = (c.try_clone().unwrap(), tx.clone());
+        std::thread::spawn(move || {
+            let f = next_frame(&mut r);
+            let _ = tx.send((i, f.status, f.msg));
+        });
+    }
+    let mut busy = Vec::new();
+    let mut max = 0;
+    while busy.len() < 4 {
+        max = max.max(proc_kib(pid, "RssAnon"));
+        let (i, status, msg) = rx.recv_timeout(T).expect("four refusals");
+        let j: Value = serde_json::from_slice(&msg).unwrap();
+        assert_eq!((status, j["error"].as_str()), (0x83, Some("busy")), "{j}");
+        busy.push(i);
+    }
+    let senders: Vec<_> = (0..8)
+        .filter(|i| !busy.contains(i))
+        .map(|i| {
+            let mut w = conns[i].try_clone().unwrap();
+            let rest = rest.to_vec();
+            std::thread::spawn(move || w.write_all(&rest).unwrap())
+        })
+        .collect();
+    for _ in 0..4 {
+        let (i, status, _) = rx.recv_timeout(T).expect("an answer");
+        assert!(!busy.contains(&i));
+        // Held whole and answered: an empty request gets an empty deliver frame.
+        assert_eq!(status, 0x80);
+        max = max.max(proc_kib(pid, "RssAnon"));
+    }
+    for h in senders {
+        h.join().unwrap();
+    }
+    assert!(
+        max < 128 * 1024,
+        "RssAnon {max} KiB with 8 requests of 16 MiB"
+    );
+}
+
+/// Issue 12: when the server refuses a file while the sender is still writing it, its error
+/// frame is on the wire before the close, where a plain socket can read it.
+#[test]
+fn refusal_error_frames_reach_a_sender_that_is_still_writing() {
+    let dir = TempDir::new("tej-refuse");
+    let s = serve(
+        dir.path(),
+        &["--max-file-size", "5000000", "--frame-timeout", "10"],
+    );
+    let data = pseudo_random(1201, 4 << 20);
+    let refusal = |head: Vec<u8>, s: &Server| {
+        let mut c = connect(s);
+        let mut w = c.try_clone().unwrap();
+        let data = data.clone();
+        let writer = std::thread::spawn(move || {
+            // Errors are expected: the server stops reading once it has refused.
+            let _ = w.write_all(&head).and_then(|()| w.write_all(&data));
+        });
+        let f = next_frame(&mut c);
+        let _ = c.shutdown(Shutdown::Both);
+        writer.join().unwrap();
+        f
+    };
+    // too-large: a file over --max-file-size, its data already on the way.
+    let f = refusal(file_header(b"big.bin", 5_000_001), &s);
+    assert_error(&f, "too-large");
+    // internal: the work folder is taken away, so the temporary cannot be made part-way.
+    let ing = ingest_dir(dir.path());
+    std::fs::rename(&ing, ing.with_extension("moved")).unwrap();
+    std::fs::write(&ing, b"not a folder").unwrap();
+    let f = refusal(file_header(b"mid.bin", 600_000), &s);
+    let j = assert_error(&f, "internal");
+    assert!(j["detail"].is_string(), "{j}");
+    drop(s);
+    // no-space: a disk reserve no disk can keep.
+    let dir = TempDir::new("tej-refuse2");
+    let s = serve(dir.path(), &["--disk-reserve", "4611686018427387904"]);
+    let f = refusal(file_header(b"x.bin", 4 << 20), &s);
+    let j = assert_error(&f, "no-space");
+    assert!(
+        j["detail"].as_str().unwrap().contains("does not fit"),
+        "{j}"
+    );
+    assert_no_temporaries(dir.path());
+}
+
+/// `ferry tej serve ARGS` with its folder on a private tmpfs of `size` (`unshare -m`, then
+/// `mount -t tmpfs`; the test's own view of `dir` stays empty: see it through
+/// [`tmpfs_view`]). Fails with a message when the tmpfs cannot be mounted.
+fn serve_on_tmpfs(dir: &Path, size: &str, extra: &[&str]) -> Server {
+    let script = format!(
+        "mount -t tmpfs -o size={size} ferry-test \"$1\" || {{ echo 'tej test: cannot mount a tmpfs: run as root with unshare(1) and mount(8)' >&2; exit 1; }}; shift; exec \"$@\""
+    );
+    let d = dir.to_str().unwrap();
+    let mut args = vec![
+        "-m",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        d,
+        FERRY,
+        "tej",
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--root",
+        d,
+    ];
+    args.extend_from_slice(extra);
+    let s = Server::start_program("unshare", &args, 1);
+    let view = tmpfs_view(&s, dir);
+    assert_eq!(
+        fs_type(&view),
+        Some(0x0102_1994),
+        "{view:?} is not the test's tmpfs"
+    );
+    s
+}
+
+/// `dir` as the server sees it (through its mount namespace).
+fn tmpfs_view(s: &Server, dir: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root{}", s.child.id(), dir.display()))
+}
+
+fn statvfs(path: &Path) -> libc::statvfs {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs is plain old data, written by the call on a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "{path:?}");
+    st
+}
+
+fn fs_type(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: as for statvfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Some(st.f_type as i64)
+}
+
+/// Bytes an unprivileged writer may still use at `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let st = statvfs(path);
+    #[allow(clippy::useless_conversion)]
+    (u64::from(st.f_bavail) * u64::from(st.f_frsize))
+}
+
+/// Issue 15 item 5: four uploads declaring 8 MiB each at once on a 40 MiB tmpfs with a 16 MiB
+/// reserve: reservations are accounted across uploads, so the ones that do not fit are refused
+/// with `no-space` before their data, and the free space never drops below the reserve.
+#[test]
+fn four_concurrent_uploads_on_a_small_tmpfs_never_breach_the_disk_reserve() {
+    const RESERVE: u64 = 16 << 20;
+    let dir = TempDir::new("tej-tmpfs4");
+    let s = serve_on_tmpfs(dir.path(), "40m", &["--disk-reserve", &RESERVE.to_string()]);
+    let view = tmpfs_view(&s, dir.path());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, view) = (stop.clone(), view.clone());
+        std::thread::spawn(move || {
+            let mut min = u64::MAX;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                min = min.min(free_bytes(&view));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            min
+        })
+    };
+    let data = pseudo_random(1501, 8 << 20);
+    let mut conns: Vec<TcpStream> = (0..4).map(|_| connect(&s)).collect();
+    // Every header (and 1 MiB) first, so all four are admitted or refused side by side.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut head = file_header(format!("f{i}.bin").as_bytes(), data.len() as u64);
+        head.extend_from_slice(&data[..1 << 20]);
+        c.write_all(&head).unwrap();
+    }
+    let writers: Vec<_> = conns
+        .iter()
+        .map(|c| {
+            let mut w = c.try_clone().unwrap();
+            let rest = data[1 << 20..].to_vec();
+            std::thread::spawn(move || {
+                let _ = w
+                    .write_all(&rest)
+                    .and_then(|()| w.write_all(&0u64.to_be_bytes()));
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    let mut refused = 0;
+    for c in &mut conns {
+        let f = next_frame(c);
+        match f.custom() {
+            1 => stored += 1,
+            _ => {
+                let j = assert_error(&f, "no-space");
+                assert!(j["detail"].as_str().unwrap().contains("8388608"), "{j}");
+                refused += 1;
+            }
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let min_free = sampler.join().unwrap();
+    assert!(
+        refused >= 1 && stored >= 1,
+        "stored {stored}, refused {refused}"
+    );
+    assert!(
+        min_free >= RESERVE,
+        "free space fell to {min_free} bytes, under the reserve of {RESERVE}"
+    );
+    // What was stored is whole, and no temporary is left.
+    let stored_files = std::fs::read_dir(&view)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+        .count();
+    assert_eq!(stored_files, stored);
+    assert!(wait_for(Duration::from_secs(5), || std::fs::read_dir(
+        view.join(".ferry/ingest/tej")
+    )
+    .map(|r| r.count() == 0)
+    .unwrap_or(false)));
+}
+
+/// Issue 15 item 5: an upload that declares a large size and trickles holds one step of space
+/// (64 MiB), not its declared size: on a 200 MiB tmpfs a 150 MiB claim still leaves room for a
+/// 100 MiB upload beside it.
+#[test]
+fn a_trickling_upload_does_not_hold_its_declared_size() {
+    let dir = TempDir::new("tej-trickle");
+    let s = serve_on_tmpfs(dir.path(), "200m", &["--disk-reserve", "16777216"]);
+    let mut trickler = connect(&s);
+    let mut head = file_header(b"claim.bin", 150 << 20);
+    head.extend_from_slice(&pseudo_random(1503, 1 << 20));
+    trickler.write_all(&head).unwrap();
+    let data = pseudo_random(1505, 100 << 20);
+    let mut c = connect(&s);
+    c.write_all(&frame(0, &[(b"beside.bin", &data)], b""))
+        .unwrap();
+    let f = next_frame(&mut c);
+    assert_eq!(
+        f.custom(),
+        1,
+        "the 100 MiB upload was refused: {}",
+        String::from_utf8_lossy(&f.msg)
+    );
+    assert_eq!(f.json()["files"][0]["sha256"], sha(&data));
+    // The trickler's connection is still open and its file still arriving.
+    trickler.write_all(&[0; 4096]).unwrap();
+    assert_silent(&mut trickler, Duration::from_millis(200));
+}
+
+/// Issue 15 items 5 and 12: on a disk with fallocate the declared size is not preallocated at
+/// once (one step, 64 MiB, ahead of the data), and one peer address holds at most
+/// --max-peer-reserve over all its uploads while another address is not held back.
+#[test]
+fn space_is_taken_a_step_at_a_time_and_one_peer_holds_at_most_its_cap() {
+    let dir = TempDir::new("tej-steps");
+    let s = serve(dir.path(), &["--max-peer-reserve", "100000000"]);
+    let addr = s.addr("tej");
+    let mut a = connect_from([127, 0, 0, 1], &addr);
+    let mut head = file_header(b"a.bin", 1 << 30);
+    head.extend_from_slice(&pseudo_random(1507, 1 << 20));
+    a.write_all(&head).unwrap();
+    wait_for_temporary(dir.path(), 1 << 20);
+    let t = temporaries(dir.path());
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(
+        t[0].2 <= (64 << 20) + (2 << 20),
+        "{} bytes allocated for a 1 GiB claim with 1 MiB received",
+        t[0].2
+    );
+    // Same address, a second claim: its first step would take it past 100 MB.
+    let mut b = connect_from([127, 0, 0, 1], &addr);
+    b.write_all(&file_header(b"b.bin", 1 << 30)).unwrap();
+    let j = expect_error_and_close(&mut b, "no-space");
+    assert!(j["detail"].as_str().unwrap().contains("this peer"), "{j}");
+    // Another address is not held back by the first one's cap.
+    let mut c = connect_from([127, 0, 0, 2], &addr);
+    let data = pseudo_random(1509, 3 << 20);
+    c.write_all(&frame(0, &[(b"c.bin", &data)], b"")).unwrap();
+    expect_ack(&mut c, &ack_json(&[("c.bin", &data, Some("c.bin"))], 0));
+    drop(a);
+    assert_temporaries_go(dir.path());
+}
+
+/// Issue 15 item 5 and issue 16: a file that runs out of space part-way (its next step no
+/// longer fits) gets `no-space` with the error frame readable by the sender, and its temporary,
+/// already on disk, is removed.
+#[test]
+fn t20_t21_no_space_in_the_middle_of_a_file_removes_its_temporary() {
+    let dir = TempDir::new("tej-midspace");
+    let s = serve_on_tmpfs(dir.path(), "100m", &["--disk-reserve", "16777216"]);
+    let view = tmpfs_view(&s, dir.path());
+    let data = pseudo_random(2001, 80 << 20);
+    let mut c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let head = file_header(b"big.bin", data.len() as u64);
+    w.write_all(&head).unwrap();
+    w.write_all(&data[..1 << 20]).unwrap();
+    // The file is admitted (80 MiB fit) and its temporary is on the tmpfs; then someone else
+    // fills 20 MiB of it, so the step after the first 64 MiB no longer fits.
+    let ing = view.join(".ferry/ingest/tej");
+    assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(
+        &ing
+    )
+    .map(|r| r.count() == 1)
+    .unwrap_or(false)));
+    std::fs::write(view.join("filler.dat"), vec![0u8; 20 << 20]).unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&data[1 << 20..]);
+    });
+    let j = expect_error_and_close(&mut c, "no-space");
+    assert!(j["detail"].is_string(), "{j}");
+    writer.join().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_dir(&ing)
+            .map(|r| r.count() == 0)
+            .unwrap_or(false)),
+        "the temporary of the refused file is still there"
+    );
+    assert!(!view.join("big.bin").exists());
+    assert!(free_bytes(&view) >= 16 << 20);
 }

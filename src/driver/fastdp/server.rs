@@ -1097,7 +1097,7 @@ impl Conn<'_> {
         // into an unnamed temporary first (hashed), then decoded into the stream.
         let mut target = match h.compress {
             V110Compress::None => match ingest.begin_stream(Some(h.full_size)) {
-                Ok(s) => V110Target::Stream(s),
+                Ok(s) => V110Target::Stream(Box::new(s)),
                 Err(e) => {
                     self.log(format_args!("1.1.0: {e}"));
                     self.conn
@@ -1195,7 +1195,7 @@ impl Conn<'_> {
                 if s.sha256() != Some(h.checksum) {
                     return Err(V110Error::ChecksumMismatch);
                 }
-                s
+                *s
             }
             V110Target::Compressed { file, sha, len } => {
                 let got: [u8; 32] = sha.finalize().into();
@@ -1266,8 +1266,8 @@ enum SendFailure {
 
 /// Where a 1.1.0 transfer's bytes go.
 enum V110Target {
-    /// `None`: the stream that is committed.
-    Stream(StreamSink),
+    /// `None`: the stream that is committed (boxed: a sink is large next to the other forms).
+    Stream(Box<StreamSink>),
     /// A compressed form: an unnamed temporary and the running SHA-256 of what it holds.
     Compressed { file: File, sha: Sha256, len: u64 },
     /// Taken for the commit.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::{CatalogHandle, MappedFile};
 use crate::config::{JtpConfig, Limits};
 use crate::driver::bulk::{self, OUT_FLUSH};
+use crate::proto::budget::MemoryBudget;
 use crate::proto::jtp::request::{Request, RequestLimits};
 use crate::proto::jtp::response;
 use crate::proto::jtp::server::{self, Connection, Event, Phase, WatchInput};
@@ -73,7 +74,12 @@ pub struct JtpService {
     excluded_logged: Mutex<HashSet<String>>,
     compressed: Mutex<CompressCache>,
     rate: Option<RateLimiter>,
+    /// BATCH have-sets held at once over all connections (see `proto::jtp::server`).
+    have_budget: MemoryBudget,
 }
+
+/// Bytes of BATCH have-sets all connections may hold at once: eight 1,000,000-id BATCHes.
+pub const HAVE_BUDGET: u64 = 64 << 20;
 
 #[derive(Default)]
 struct CompressCache {
@@ -95,7 +101,9 @@ impl JtpService {
             excluded_logged: Mutex::new(HashSet::new()),
             compressed: Mutex::new(CompressCache::default()),
             rate,
+            have_budget: MemoryBudget::new(HAVE_BUDGET),
         };
+        crate::driver::map_large_buffers();
         // Build the view now, so files JTP cannot serve are reported at startup.
         svc.view();
         svc
@@ -193,7 +201,8 @@ impl Service for JtpService {
                 },
                 self.limits.max_buffered_input,
                 self.cfg.watch_interval.is_some(),
-            ),
+            )
+            .with_have_budget(self.have_budget.clone()),
             out: Vec::with_capacity(OUT_FLUSH + 64 * 1024),
             rbuf: vec![0u8; 16 * 1024],
             started: Instant::now(),
@@ -398,13 +407,17 @@ impl ConnDriver<'_> {
                 response::put_get_header(ready.len() as u8, &mut self.out);
                 self.stream_packets(&ready)
             }
-            Request::Batch { have, .. } => {
-                let have: HashSet<u64> = have.into_iter().collect();
+            Request::Batch { mut have, .. } => {
+                // Sorted in place and searched: no second copy of up to 8 MB of ids, and the
+                // ids go (with their share of the budget) before any packet is sent.
+                have.sort_unstable();
                 let picked: Vec<&Item> = view
                     .items
                     .iter()
-                    .filter(|i| !have.contains(&i.id))
+                    .filter(|i| have.binary_search(&i.id).is_err())
                     .collect();
+                drop(have);
+                self.machine.have_released();
                 let ready = resolve(&picked);
                 response::put_packets_header(MAGIC_BATCH, ready.len() as u32, &mut self.out);
                 self.stream_packets(&ready)

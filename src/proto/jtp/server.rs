@@ -17,8 +17,20 @@
 //! CANCEL and WATCH rules of jtp.md 3.5 and 3.6. What to stream and from where is the driver's
 //! job; the machine never touches a socket, a file or a clock. Which timeout applies is told by
 //! [`Connection::phase`].
+//!
+//! A BATCH's have-set is held whole until its response starts (up to `max_have` ids, 8 MB at
+//! 1,000,000). With a [`MemoryBudget`] ([`Connection::with_have_budget`]) the machine charges
+//! it to the server before the first id reaches the decoder: a BATCH whose ids the budget
+//! cannot cover gets JTPE 3 `server busy` and a close, so a thousand connections cannot hold a
+//! thousand have-sets. The driver gives the bytes back ([`Connection::have_released`]) as soon
+//! as it has picked the missing images.
 
-use super::request::{Decoded, Request, RequestDecoder, RequestLimits};
+use super::request::{
+    Decoded, Request, RequestDecoder, RequestLimits, FLAG_KEEP_ALIVE, TYPE_BATCH,
+};
+use super::wire::get_varint;
+use crate::proto::budget::{Grant, MemoryBudget};
+use crate::wire::Cursor;
 
 /// Reply texts ferry adds to the reference's (jtp.md 2.9).
 pub const MSG_CANCEL_FIRST: &str = "CANCEL requires an active keep-alive connection";
@@ -82,9 +94,31 @@ pub struct Connection {
     input: Vec<u8>,
     max_input: usize,
     decoder: RequestDecoder,
+    limits: RequestLimits,
     requests: u64,
     watch_enabled: bool,
     peer_eof: bool,
+    /// The server's budget for have-sets, and this connection's share of it.
+    have_budget: Option<MemoryBudget>,
+    have_grant: Option<Grant>,
+}
+
+/// What the have-set budget says about the input waiting to be decoded.
+enum HaveCheck {
+    /// Decode on (not a BATCH, already charged, or malformed: the decoder refuses it).
+    Go,
+    /// A BATCH whose count is not complete yet.
+    Wait,
+    /// The budget cannot cover it.
+    Refuse,
+}
+
+/// Bytes the decoder may hold for a BATCH of `n` ids: its id vector grows by doubling.
+pub fn have_set_bytes(n: u32) -> u64 {
+    match n {
+        0 => 0,
+        n => u64::from(n).next_power_of_two().saturating_mul(8),
+    }
 }
 
 impl Connection {
@@ -94,9 +128,55 @@ impl Connection {
             input: Vec::new(),
             max_input,
             decoder: RequestDecoder::new(limits),
+            limits,
             requests: 0,
             watch_enabled,
             peer_eof: false,
+            have_budget: None,
+            have_grant: None,
+        }
+    }
+
+    /// Charges every BATCH have-set to `budget`, shared by the server's connections (module
+    /// doc).
+    pub fn with_have_budget(mut self, budget: MemoryBudget) -> Connection {
+        self.have_budget = Some(budget);
+        self
+    }
+
+    /// The driver no longer holds the have-set of the BATCH it is answering.
+    pub fn have_released(&mut self) {
+        self.have_grant = None;
+    }
+
+    /// Before the ids of a BATCH reach the decoder: its count (complete, valid, within
+    /// `max_have`) is charged to the budget at once.
+    fn check_have(&mut self) -> HaveCheck {
+        let Some(budget) = &self.have_budget else {
+            return HaveCheck::Go;
+        };
+        if self.have_grant.is_some() || self.decoder.is_mid_request() {
+            return HaveCheck::Go;
+        }
+        match self.input.as_slice() {
+            [TYPE_BATCH] => HaveCheck::Wait,
+            [TYPE_BATCH, flags, count @ ..] if flags & !FLAG_KEEP_ALIVE == 0 => {
+                match get_varint(&mut Cursor::new(count)) {
+                    Ok(None) => HaveCheck::Wait,
+                    Ok(Some(n)) if n <= self.limits.max_have => {
+                        match budget.try_grant(have_set_bytes(n)) {
+                            Some(g) => {
+                                self.have_grant = Some(g);
+                                HaveCheck::Go
+                            }
+                            None => HaveCheck::Refuse,
+                        }
+                    }
+                    // Malformed or over max_have: the decoder refuses it in its own words.
+                    _ => HaveCheck::Go,
+                }
+            }
+            _ => HaveCheck::Go,
         }
     }
 
@@ -149,6 +229,17 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         if !matches!(self.state, State::AwaitFirst | State::AwaitNext) {
             return None;
+        }
+        match self.check_have() {
+            HaveCheck::Go => {}
+            HaveCheck::Wait => return None,
+            HaveCheck::Refuse => {
+                self.state = State::Closed;
+                return Some(Event::Fail {
+                    code: 3,
+                    message: MSG_BUSY,
+                });
+            }
         }
         let (used, result) = self.decoder.decode(&self.input);
         self.input.drain(..used);
@@ -209,6 +300,7 @@ impl Connection {
     /// The response to the current request is complete (or was cancelled); `keep_alive` is the
     /// request's own bit 0.
     pub fn response_done(&mut self, keep_alive: bool) {
+        self.have_grant = None;
         if self.state == State::Responding {
             self.state = if keep_alive {
                 State::AwaitNext
@@ -384,5 +476,97 @@ mod tests {
         c.handle_input(&[0, 0, 5]);
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.phase(), Phase::Body);
+    }
+
+    /// A BATCH of `n` ids with keep-alive, ids 0..n.
+    fn batch(n: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        Request::Batch {
+            keep_alive: true,
+            have: (0..u64::from(n)).collect(),
+        }
+        .encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_batch_have_set_is_charged_to_the_server_before_its_ids_are_read() {
+        let budget = MemoryBudget::new(have_set_bytes(1000) + have_set_bytes(10));
+        let mut a = conn(false).with_have_budget(budget.clone());
+        // The count comes in pieces: nothing is charged (or decoded) until it is whole.
+        let req = batch(1000);
+        a.handle_input(&req[..1]);
+        assert_eq!(a.poll_event(), None);
+        a.handle_input(&req[1..3]);
+        assert_eq!(a.poll_event(), None);
+        assert_eq!(budget.in_use(), 0);
+        a.handle_input(&req[3..4]);
+        assert_eq!(a.poll_event(), None);
+        assert_eq!(
+            budget.in_use(),
+            have_set_bytes(1000),
+            "charged at the count"
+        );
+        a.handle_input(&req[4..]);
+        assert!(matches!(
+            a.poll_event(),
+            Some(Event::Request(Request::Batch { .. }))
+        ));
+        // Another connection's BATCH that does not fit: JTPE 3 server busy, close, no id read.
+        let mut b = conn(false).with_have_budget(budget.clone());
+        b.handle_input(&batch(1000));
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Fail {
+                code: 3,
+                message: MSG_BUSY
+            })
+        );
+        assert!(b.is_finished());
+        // A small one still fits beside it.
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&batch(10));
+        assert!(matches!(c.poll_event(), Some(Event::Request(_))));
+        c.response_done(true);
+        assert_eq!(budget.in_use(), have_set_bytes(1000));
+        // The driver gives the bytes back once it picked the missing images.
+        a.have_released();
+        assert_eq!(budget.in_use(), 0);
+        drop(c);
+    }
+
+    #[test]
+    fn malformed_or_oversized_batch_counts_are_the_decoders_to_refuse() {
+        let budget = MemoryBudget::new(1);
+        // Over max_have (`02 00 c1843d`): JTPE 2, not busy.
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&[0x02, 0x00, 0xc1, 0x84, 0x3d]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+        // Non-minimal varint (`02 00 8000`) and reserved flags: the decoder's errors.
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&[0x02, 0x00, 0x80, 0x00]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&[0x02, 0x02, 0x00]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+        // Other requests never touch the budget.
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&[0x01, 0x00]);
+        assert!(matches!(c.poll_event(), Some(Event::Request(_))));
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(have_set_bytes(1_000_000), 8 << 20);
+        assert_eq!((have_set_bytes(0), have_set_bytes(1)), (0, 8));
+    }
+
+    #[test]
+    fn a_closed_connection_gives_its_have_set_back() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut c = conn(false).with_have_budget(budget.clone());
+        let req = batch(100);
+        c.handle_input(&req[..10]);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(budget.in_use(), have_set_bytes(100));
+        drop(c);
+        assert_eq!(budget.in_use(), 0);
     }
 }

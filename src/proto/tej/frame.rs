@@ -173,6 +173,10 @@ pub enum Event<'a> {
     FileEnd,
     /// The whole message (held in memory, at most `max_message` bytes); empty when M = 0.
     /// Emitted once per frame, after the last file.
+    ///
+    /// A decoder made with [`Decoder::with_streamed_messages`] holds no message: it emits the
+    /// message in pieces borrowed from the input as they arrive (one or more non-empty pieces
+    /// totalling M, in order), or once with an empty slice when M = 0.
     Message(&'a [u8]),
     /// The frame is complete; the next byte starts a new frame.
     FrameEnd,
@@ -253,6 +257,8 @@ enum State {
     FileEnd { index: u64, files: u64 },
     /// Expecting M and the message.
     Message,
+    /// Streamed messages only: `left` message bytes still to deliver.
+    MessageData { left: u64 },
     /// `FrameEnd` is due.
     End,
     /// After an error: every call repeats it.
@@ -306,11 +312,21 @@ fn message_need(max: u64, p: &[u8]) -> Result<usize, FrameError> {
         .ok_or(too_large)
 }
 
+/// Length of M alone (streamed messages): M over `max` is refused before any message byte.
+fn message_len_need(max: u64, p: &[u8]) -> Result<usize, FrameError> {
+    match Cursor::new(p).u64_be() {
+        Some(size) if size > max => Err(FrameError::MessageTooLarge { size, max }),
+        _ => Ok(MESSAGE_LEN_LEN),
+    }
+}
+
 /// Incremental decoder over a byte stream of back-to-back frames (see the module doc).
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
     state: State,
+    /// Messages are handed out in pieces as they arrive instead of held whole.
+    stream_messages: bool,
     /// The start of a field split across calls: at most [`MAX_ENTRY_HEADER`] bytes, or 8 plus
     /// `max_message` for the message.
     stash: Stash,
@@ -323,8 +339,28 @@ impl Decoder {
         Decoder {
             limits,
             state: State::Header,
+            stream_messages: false,
             stash: Stash::new(max_field),
         }
+    }
+
+    /// A decoder that never holds a message: [`Event::Message`] comes in pieces borrowed from
+    /// the input (see there), so a peer's message costs no memory however large `max_message`
+    /// is. M is still checked against `max_message` before any message byte is taken. A server
+    /// that must read a message whole (a request) gathers the pieces itself, under its own
+    /// bound.
+    pub fn with_streamed_messages(limits: Limits) -> Decoder {
+        Decoder {
+            limits,
+            state: State::Header,
+            stream_messages: true,
+            stash: Stash::new(MAX_ENTRY_HEADER),
+        }
+    }
+
+    /// Whether messages come in pieces ([`Decoder::with_streamed_messages`]).
+    pub fn streams_messages(&self) -> bool {
+        self.stream_messages
     }
 
     /// The limits this decoder checks.
@@ -370,6 +406,7 @@ impl Decoder {
                     .saturating_add(MESSAGE_LEN_LEN as u64)
                     .saturating_sub(held),
             },
+            State::MessageData { left } => left,
             State::End => 0,
         };
         Some(n)
@@ -396,6 +433,7 @@ impl Decoder {
         let Self {
             limits,
             state,
+            stream_messages,
             stash,
         } = self;
         let limits = *limits;
@@ -478,6 +516,24 @@ impl Decoder {
                 };
                 (0, Ok(Some(Event::FileEnd)))
             }
+            State::Message if *stream_messages => {
+                let max = limits.max_message;
+                let (taken, m) = match stash.gather(buf, |p| message_len_need(max, p)) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
+                    Err(e) => return fail(state, e),
+                };
+                // `m` is M, 8 bytes, already checked against `max_message`.
+                let left = be_u64(m);
+                if left == 0 {
+                    *state = State::End;
+                    return (taken, Ok(Some(Event::Message(&[]))));
+                }
+                *state = State::MessageData { left };
+                let (n, ev) = message_piece(state, &buf[taken..], left);
+                (taken + n, ev)
+            }
+            State::MessageData { left } => message_piece(state, buf, left),
             State::Message => {
                 let max = limits.max_message;
                 let (taken, m) = match stash.gather(buf, |p| message_need(max, p)) {
@@ -494,6 +550,25 @@ impl Decoder {
             }
         }
     }
+}
+
+/// The next piece of a streamed message: up to `left` bytes of `buf`.
+fn message_piece<'a>(
+    state: &mut State,
+    buf: &'a [u8],
+    left: u64,
+) -> (usize, Result<Option<Event<'a>>, FrameError>) {
+    if buf.is_empty() {
+        return (0, Ok(None));
+    }
+    let n = (buf.len() as u64).min(left) as usize;
+    let left = left - n as u64;
+    *state = if left == 0 {
+        State::End
+    } else {
+        State::MessageData { left }
+    };
+    (n, Ok(Some(Event::Message(&buf[..n]))))
 }
 
 /// Stops decoding for good.
@@ -660,7 +735,11 @@ mod tests {
     /// the longest message), and its stash allocates no more.
     fn assert_bounded(dec: &Decoder) {
         let max_message = usize::try_from(dec.limits.max_message).unwrap_or(usize::MAX);
-        let limit = MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN));
+        let limit = if dec.stream_messages {
+            MAX_ENTRY_HEADER
+        } else {
+            MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN))
+        };
         assert_eq!(dec.stash.max(), limit);
         assert!(dec.stash.held().len() <= limit && dec.stash.capacity() <= limit);
     }
@@ -1488,5 +1567,93 @@ mod tests {
         assert_eq!(e.code(), "too-large");
         // With the default limits the stash is sized for M and a 16 MiB message.
         assert_eq!(Decoder::new(Limits::default()).stash.max(), 8 + (16 << 20));
+    }
+
+    /// Streamed messages: consecutive `Message` pieces merged, so the events compare with those
+    /// of a decoder that holds the message whole.
+    fn merged(evs: Vec<Ev>) -> Vec<Ev> {
+        let mut out: Vec<Ev> = Vec::new();
+        for ev in evs {
+            match (out.last_mut(), ev) {
+                (Some(Ev::Message(prev)), Ev::Message(m)) => prev.extend_from_slice(&m),
+                (_, ev) => out.push(ev),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn t2_streamed_messages_give_the_same_frames_split_anywhere_and_hold_nothing() {
+        let limits = Limits::default();
+        for v in VECTORS.iter().filter(|v| !v.frames.is_empty()) {
+            let input = bytes(v.name);
+            let reference = whole(&input, limits);
+            let mut streamed = Decoder::with_streamed_messages(limits);
+            assert!(streamed.streams_messages());
+            assert_eq!(
+                merged(feed(&mut streamed, [&input[..]])),
+                reference,
+                "{}",
+                v.name
+            );
+            let bytewise = feed(
+                &mut Decoder::with_streamed_messages(limits),
+                input.chunks(1),
+            );
+            // Byte by byte, every message byte is its own piece, never an empty one.
+            let pieces = bytewise
+                .iter()
+                .filter(|e| matches!(e, Ev::Message(m) if m.len() == 1))
+                .count();
+            let message_bytes: usize = v.frames.iter().map(|f| f.message.len()).sum();
+            assert_eq!(pieces, message_bytes, "{}", v.name);
+            assert_eq!(merged(bytewise), reference, "{} byte by byte", v.name);
+            for k in 0..=input.len() {
+                let (a, b) = input.split_at(k);
+                let mut d = Decoder::with_streamed_messages(limits);
+                assert_eq!(merged(feed(&mut d, [a, b])), reference, "{} at {k}", v.name);
+                assert!(d.stash.capacity().max(d.stash.held().len()) <= MAX_ENTRY_HEADER);
+            }
+        }
+    }
+
+    #[test]
+    fn t20_streamed_message_length_is_still_checked_before_any_byte() {
+        let limits = Limits {
+            max_message: 4,
+            ..Limits::default()
+        };
+        let mut f = header(0, 0);
+        f.extend_from_slice(&5u64.to_be_bytes());
+        f.extend_from_slice(b"abcde");
+        let evs = feed(&mut Decoder::with_streamed_messages(limits), f.chunks(3));
+        assert_eq!(
+            evs.last(),
+            Some(&Ev::Err(FrameError::MessageTooLarge { size: 5, max: 4 }))
+        );
+        // A message of exactly the limit, in pieces as the input came, and the stall-rule
+        // bound counts the message bytes still to come.
+        let mut ok = header(0, 0);
+        put_message(b"abcd", &mut ok);
+        let mut d = Decoder::with_streamed_messages(limits);
+        let (n, r) = d.decode(&ok[..20]);
+        assert_eq!(
+            (n, r),
+            (
+                10,
+                Ok(Some(Event::FrameStart {
+                    status: 0,
+                    version: 1,
+                    files: 0
+                }))
+            )
+        );
+        let (n, r) = d.decode(&ok[10..20]);
+        assert_eq!((n, r), (10, Ok(Some(Event::Message(b"ab")))));
+        assert_eq!(d.min_bytes_to_frame_end(), Some(2));
+        let (n, r) = d.decode(&ok[20..]);
+        assert_eq!((n, r), (2, Ok(Some(Event::Message(b"cd")))));
+        assert_eq!(d.decode(&[]), (0, Ok(Some(Event::FrameEnd))));
+        assert!(d.is_between_frames());
     }
 }

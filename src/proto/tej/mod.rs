@@ -72,3 +72,4 @@ pub const ALPN: &[u8] = b"tej/1";
 pub mod client;
 pub mod frame;
 pub mod messages;
+pub mod server;
