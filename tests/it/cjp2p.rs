@@ -1027,6 +1027,28 @@ fn c17_no_reply_to_nothing() {
     let _ = raw.handshake();
 }
 
+/// C6: a 65,000-byte datagram is received whole (the node reads with a 65,536-byte buffer).
+/// The messages that need an answer come last, after an unknown element padding the datagram:
+/// a shorter buffer truncates the JSON array, and the node then drops it and stays silent.
+#[test]
+fn c6_datagram_of_65000_bytes_is_received_whole() {
+    let share = TempDir::new("cj-share");
+    put(share.path(), "f", b"x");
+    let seeder = node(share.path(), &[]);
+    let raw = Raw::new(&seeder.addr("cjp2p"));
+    let tail = r#"{"PleaseAlwaysReturnThisMessage":{"cookie":"0badc0de"}},{"PleaseReturnThisMessage":{"cookie":"c6"}}]"#;
+    let head = r#"[{"Padding":{"x":""#;
+    let pad = 65_000 - head.len() - tail.len() - r#""}},"#.len();
+    let d = format!(r#"{head}{}"}}}},{tail}"#, "a".repeat(pad)).into_bytes();
+    assert_eq!(d.len(), 65_000);
+    let replies = raw.ask(&d, Duration::from_millis(1500));
+    assert!(
+        replies.iter().any(|r| offer_of(r).is_some()),
+        "no cookie offer in reply to a 65,000-byte datagram (truncated on receipt?): {:?}",
+        texts(&replies)
+    );
+}
+
 /// C14, C15: replies to unverified requests stay within Σ(reply + 28) ≤ 2 × (request + 28),
 /// and content requests get at most 32 bytes.
 #[test]
