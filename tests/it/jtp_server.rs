@@ -2276,3 +2276,119 @@ fn j27_two_subscribers_both_get_the_event() {
         assert_bytes(&read_n(c, ev.len()), &ev, "JTPW on each subscriber");
     }
 }
+
+/// Runs `tool args...` with no input; fails (never skips) when the tool is not on PATH.
+fn run_tool(tool: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed for this test and cannot run: {e}"))
+}
+
+/// J32: the certificate generated without `--cert`/`--key` verifies for `localhost` and
+/// `127.0.0.1` in a real handshake with OpenSSL's `s_client` (`-verify_hostname`,
+/// `-verify_ip`) and Python's `ssl` (default context, `server_hostname`), and for no other name
+/// or IP. A missing `openssl` or `python3` fails the test with the reason.
+#[test]
+fn j32_generated_certificate_verifies_name_and_ip_in_openssl_and_python() {
+    let dir = TempDir::new("j32v");
+    let files = small_files();
+    put_all(dir.path(), &as_refs(&files));
+    let cat = model(&as_refs(&files));
+    let s = serve(dir.path(), &["--tls"]);
+    let cert = dir.join(".ferry/tls/cert.pem");
+    let cert = cert.to_str().unwrap();
+    let addr = s.addr("jtp");
+
+    for (flag, value, ok) in [
+        ("-verify_hostname", "localhost", true),
+        ("-verify_ip", "127.0.0.1", true),
+        ("-verify_hostname", "example.com", false),
+        ("-verify_ip", "127.0.0.2", false),
+    ] {
+        let o = run_tool(
+            "openssl",
+            &[
+                "s_client",
+                "-connect",
+                &addr,
+                "-tls1_3",
+                "-CAfile",
+                cert,
+                "-verify_return_error",
+                flag,
+                value,
+            ],
+        );
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if ok {
+            assert!(
+                o.status.success(),
+                "openssl s_client {flag} {value}:\n{out}"
+            );
+            assert!(
+                out.contains("Verify return code: 0 (ok)"),
+                "openssl s_client {flag} {value}:\n{out}"
+            );
+        } else {
+            assert!(
+                !o.status.success() && out.contains("mismatch"),
+                "openssl s_client {flag} {value} accepted the certificate:\n{out}"
+            );
+        }
+    }
+
+    let script = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+        for name in sys.argv[3:]:\n\
+        \x20   try:\n\
+        \x20       with socket.create_connection(('127.0.0.1', int(sys.argv[2])), timeout=10) as raw:\n\
+        \x20           with ctx.wrap_socket(raw, server_hostname=name) as s:\n\
+        \x20               s.sendall(b'\\x01\\x00')\n\
+        \x20               got = b''\n\
+        \x20               while True:\n\
+        \x20                   b = s.recv(65536)\n\
+        \x20                   if not b: break\n\
+        \x20                   got += b\n\
+        \x20               print(name, s.version(), got.hex())\n\
+        \x20   except ssl.SSLCertVerificationError as e:\n\
+        \x20       print(name, 'refused', e.verify_message)\n";
+    let port = addr.rsplit(':').next().unwrap();
+    let o = run_tool(
+        "python3",
+        &[
+            "-c",
+            script,
+            cert,
+            port,
+            "localhost",
+            "127.0.0.1",
+            "example.com",
+            "127.0.0.2",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "python3 ssl: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let list = hex(&list_bytes(&cat));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "python3 ssl: {out}");
+    assert_eq!(lines[0], format!("localhost TLSv1.3 {list}"), "python3 ssl");
+    assert_eq!(lines[1], format!("127.0.0.1 TLSv1.3 {list}"), "python3 ssl");
+    assert!(
+        lines[2].starts_with("example.com refused") && lines[2].contains("mismatch"),
+        "python3 ssl: {out}"
+    );
+    assert!(
+        lines[3].starts_with("127.0.0.2 refused") && lines[3].contains("mismatch"),
+        "python3 ssl: {out}"
+    );
+}
