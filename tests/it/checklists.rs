@@ -230,7 +230,7 @@ fn every_checklist_item_is_named_by_a_test() {
             .iter()
             .filter(|(id, text)| {
                 let bench = text.to_ascii_lowercase().contains("benchmark");
-                !names(&claims, id) && !(bench && names(&benches, id))
+                !(names(&claims, id) || bench && names(&benches, id))
             })
             .map(|(id, _)| id.as_str())
             .collect();
