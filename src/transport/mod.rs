@@ -1,11 +1,14 @@
-//! Transports: TCP, TLS 1.3 (rustls), Unix stream sockets and UDP behind one small interface.
+//! Transports: TCP, TLS 1.3 (rustls) and Unix stream sockets behind one [`Stream`], and the UDP
+//! socket set-up CJP2P needs ([`bind_udp`]) beside it.
 //!
-//! Every protocol driver talks to a [`Stream`]: read into a buffer, write all, timeouts, peer
-//! address, a non-blocking [`Stream::try_read`] for "has the peer said anything?" checks while
-//! sending, an orderly [`Stream::close_gracefully`], and [`Stream::plain_fd`] so a driver can move
-//! file bytes from a mapping straight onto a plain socket with `send(2)`. TLS configuration
-//! ([`TlsServer`], [`TlsClient`]) and certificate files (`certs`) live here too, as does the UDP
-//! socket setup CJP2P needs ([`bind_udp`]).
+//! Every stream protocol's driver talks to a [`Stream`]: read into a buffer, write all,
+//! timeouts, peer address, a non-blocking [`Stream::try_read`] for "has the peer said anything?"
+//! checks while sending, an orderly [`Stream::close_gracefully`], and [`Stream::plain_fd`] so a
+//! driver can move file bytes from a mapping straight onto a plain socket with `send(2)`. TLS
+//! configuration ([`TlsServer`], [`TlsClient`], [`TlsStream`]) and certificates (loading PEM
+//! files, the self-signed certificate generated into `.ferry/tls/`, the test CA of `make certs`,
+//! fingerprints) live here too, as do the small socket helpers every side shares:
+//! [`connect_tcp`] with timeouts, [`wait_readable`] and [`canonical_addr`].
 //!
 //! All sockets are blocking `std::net`/`std::os::unix::net` sockets; there is no async runtime.
 //! Out of scope: listening and accepting (the `server` module), protocol framing (the `proto`
