@@ -4,7 +4,7 @@ SHARE ?= share
 VENV := target/venv
 PY := $(VENV)/bin/python
 
-.PHONY: build release run test unit fmt fmt-check lint certs bench venv clean fuzz fuzz-long fuzz-merge fuzz-seeds
+.PHONY: build release run test unit fmt fmt-check lint doc certs bench venv mutants clean fuzz fuzz-long fuzz-merge fuzz-seeds
 
 build:
 	$(CARGO) build --release
@@ -15,8 +15,8 @@ release: build
 run: build
 	./target/release/ferry serve $(SHARE)
 
-# Everything CI checks: formatting, lints, unit, doc and integration tests.
-test: fmt-check lint certs venv
+# Everything CI checks: formatting, lints, docs without warnings, unit, doc and integration tests.
+test: fmt-check lint doc certs venv
 	$(CARGO) test -- --test-threads=4
 
 fmt:
@@ -27,6 +27,10 @@ fmt-check:
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# The API docs build without a warning (broken links included).
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 # A test CA and a localhost/127.0.0.1/::1 certificate for the tests, written by a ferry binary
 # that is built anyway: the release one when `make run` made it, else the debug one, which
@@ -69,6 +73,12 @@ fuzz-merge:
 # Rewrites the seed files (fuzz/corpus/*/seed-*) from the specs' examples.
 fuzz-seeds:
 	$(CARGO) test --lib fuzzing::seeds -- --ignored
+
+# Mutation testing over decoders, machines, names, ingest and catalog (not in `make test`:
+# hours on two cores). MUTANTS="wire names" runs some modules only; see tests/mutants.sh.
+MUTANTS ?=
+mutants:
+	bash tests/mutants.sh $(MUTANTS)
 
 clean:
 	$(CARGO) clean

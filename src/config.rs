@@ -1,16 +1,22 @@
-//! Plain-data configuration shared by the servers: the numeric bounds in [`Limits`], where TLS
-//! material comes from ([`TlsSource`]) and JTP's settings ([`JtpConfig`]). Listener set-up
-//! (address, TLS, timeouts, connection budget) is [`ListenerConfig`], built from these. The
-//! command line (`bin/cli/`) fills them in one place; the library never reads arguments or the
-//! environment itself.
+//! Plain-data configuration shared by the servers: the connection-level bounds in [`Limits`],
+//! where TLS material comes from ([`TlsSource`]) and JTP's settings ([`JtpConfig`]). Listener
+//! set-up (address, TLS, timeouts, connection budget) is [`ListenerConfig`], built from these.
+//! The other protocols keep their settings beside their drivers ([`TejConfig`], CJP2P's
+//! [`DriverConfig`]), and the bounds on what one message may claim beside their codecs (for
+//! example JTP's [`RequestLimits`], TEJ's [`frame::Limits`]). The command line (`bin/cli/`)
+//! fills them in one place; the library never reads arguments or the environment itself.
 //!
 //! [`ListenerConfig`]: crate::server::ListenerConfig
+//! [`TejConfig`]: crate::driver::tej::server::TejConfig
+//! [`DriverConfig`]: crate::driver::cjp2p::node::DriverConfig
+//! [`RequestLimits`]: crate::proto::jtp::request::RequestLimits
+//! [`frame::Limits`]: crate::proto::tej::frame::Limits
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Bounds on what a peer can make ferry spend. Every length or count read from the wire is
-/// compared with one of these before it is acted on.
+/// Bounds on what a peer can make a server spend in connections, time and buffered input.
+/// (Lengths and counts inside messages are checked against the codecs' own limits.)
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Concurrent connections per listener (each listener of `ferry serve` has its own).

@@ -306,4 +306,17 @@ mod tests {
         assert!(tagged.ends_with(".01234567.png"));
         assert!(tagged.starts_with("é"));
     }
+
+    /// Mutation testing found the extension's dot left out of the length: an ASCII stem (no
+    /// UTF-8 boundary to round down to) then gave a 256-byte name.
+    #[test]
+    fn tagged_and_numbered_names_fill_exactly_the_limit() {
+        let name = "a".repeat(300) + ".png";
+        let tagged = with_tag(&name, "01234567");
+        assert_eq!(tagged.len(), MAX_NAME_BYTES);
+        assert_eq!(tagged, "a".repeat(242) + ".01234567.png");
+        let numbered = with_number(&name, 12);
+        assert_eq!(numbered, "a".repeat(248) + "-12.png");
+        assert_eq!(with_number(&"b".repeat(300), 7), "b".repeat(253) + "-7");
+    }
 }

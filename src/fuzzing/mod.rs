@@ -21,7 +21,7 @@
 //!   no block accepted outside the file, no completion with unverified bytes, no reply larger
 //!   than the protocol allows, nothing after the end.
 //!
-//! Input conventions: [`Script`] reads parameters off the front of the input (reads past the
+//! Input conventions: `Script` reads parameters off the front of the input (reads past the
 //! end give zeros), so every byte string is a valid input and the fuzzer steers both the
 //! parameters and the payload. Machine targets read the whole input as a script of operations.
 //!

@@ -2,7 +2,7 @@
 //!
 //! `statvfs` tells what a file system has free *now*; it does not know what this process has
 //! already promised to uploads still arriving. Every transfer therefore takes its space here
-//! ([`IngestDir::reserve_space`](super::IngestDir::reserve_space)), whatever the protocol:
+//! (`IngestDir::reserve_space`), whatever the protocol:
 //!
 //! - a file is admitted when its whole declared size fits the free space minus the space
 //!   promised to other transfers on the same file system minus the folder's `disk_reserve`;

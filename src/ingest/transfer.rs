@@ -23,7 +23,8 @@
 //!
 //! Out of scope: protocol state (FastDP's `.state`, filestorage's journal and records), which
 //! blocks to ask for, retention of finished ids, and disk reservations across transfers (a new
-//! transfer takes its space in [`IngestDir::reserve_space`], where accounting belongs).
+//! transfer takes its space in
+//! [`IngestDir::reserve_space`](super::IngestDir::reserve_space), where accounting belongs).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -123,7 +123,7 @@ impl TlsServer {
 
     /// [`self_signed`](Self::self_signed) in a state folder already open (a catalog's
     /// `.ferry`): `tls/` and both files are reached through its descriptor, never by path
-    /// ([`certs::ensure_self_signed_in`]).
+    /// (`certs::ensure_self_signed_in`).
     pub fn self_signed_in(
         state: &crate::dir::Dir,
         alpn: &[&[u8]],

@@ -706,6 +706,18 @@ fn c29_seeder_killed_mid_transfer() {
 
 // ---- C30, C31: SIGKILL and resume ------------------------------------------------------------
 
+/// Blocks marked in a bitmap file (`ingest::resumable`: a 32-byte header, then one bit per
+/// block); 0 while the file is missing.
+fn bitmap_blocks(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .get(32..)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum()
+}
+
 /// C30/C31: a 64 MiB download stalls after 24 MiB (the relay stops) and is killed with SIGKILL.
 /// The partial file and its bitmap are there; rerunning the same command resumes ("resuming
 /// ID: N of M blocks on disk", 0 < N < M), completes with the right SHA-256, and the second
@@ -750,12 +762,22 @@ fn c30_c31_sigkill_then_resume() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The bitmap is flushed at least every second (C30).
-    std::thread::sleep(Duration::from_millis(1600));
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
+    // The bitmap is flushed at least every second (C30): while the download is stalled (not
+    // at its end) the blocks received so far reach the bitmap on disk. Wait for half of them.
     let part = ingest_dir(out.path()).join(format!("{id}.part"));
     let bitmap = ingest_dir(out.path()).join(format!("{id}.bitmap"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bitmap_blocks(&bitmap) * 4096 < stall_at / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled download: only {} blocks in its bitmap after 10 s",
+            bitmap_blocks(&bitmap)
+        );
+        assert!(matches!(child.try_wait(), Ok(None)), "first run ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
     assert!(
         bitmap.is_file(),
         "no bitmap after the kill: {:?}",
@@ -1025,6 +1047,28 @@ fn c17_no_reply_to_nothing() {
     // (Verified senders are not checked here: once verified, an address is a peer and gets
     // the maintenance tick's probes, which a test cannot tell from replies.)
     let _ = raw.handshake();
+}
+
+/// C6: a 65,000-byte datagram is received whole (the node reads with a 65,536-byte buffer).
+/// The messages that need an answer come last, after an unknown element padding the datagram:
+/// a shorter buffer truncates the JSON array, and the node then drops it and stays silent.
+#[test]
+fn c6_datagram_of_65000_bytes_is_received_whole() {
+    let share = TempDir::new("cj-share");
+    put(share.path(), "f", b"x");
+    let seeder = node(share.path(), &[]);
+    let raw = Raw::new(&seeder.addr("cjp2p"));
+    let tail = r#"{"PleaseAlwaysReturnThisMessage":{"cookie":"0badc0de"}},{"PleaseReturnThisMessage":{"cookie":"c6"}}]"#;
+    let head = r#"[{"Padding":{"x":""#;
+    let pad = 65_000 - head.len() - tail.len() - r#""}},"#.len();
+    let d = format!(r#"{head}{}"}}}},{tail}"#, "a".repeat(pad)).into_bytes();
+    assert_eq!(d.len(), 65_000);
+    let replies = raw.ask(&d, Duration::from_millis(1500));
+    assert!(
+        replies.iter().any(|r| offer_of(r).is_some()),
+        "no cookie offer in reply to a 65,000-byte datagram (truncated on receipt?): {:?}",
+        texts(&replies)
+    );
 }
 
 /// C14, C15: replies to unverified requests stay within Σ(reply + 28) ≤ 2 × (request + 28),
@@ -1314,7 +1358,22 @@ fn c43_remote_requests_write_nothing() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // The node handles datagrams in order: once it echoes a marker sent last, it has handled
+    // everything above. A short pause then lets anything it might have started reach the disk.
+    raw.send(&raw.verified(r#"{"PleaseReturnThisMessage":{"cookie":"c43-end"}}"#));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !raw
+        .collect(Duration::from_millis(200))
+        .iter()
+        .any(|d| String::from_utf8_lossy(d).contains("c43-end"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never echoed the marker"
+        );
+        raw.send(&raw.verified(r#"{"PleaseReturnThisMessage":{"cookie":"c43-end"}}"#));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let after = walk(share.path());
     assert_eq!(before, after, "the node's folder changed");
     assert!(!ingest_dir(share.path()).exists() || walk(&ingest_dir(share.path())).is_empty());
@@ -1388,6 +1447,6 @@ fn cjp2p_list_and_peers_commands() {
             "node never advertised its peer {}: {text}",
             n2.addr("cjp2p")
         );
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -1108,9 +1108,14 @@ fn j37_ferry_serve_all_protocols_entry_point() {
             "off",
             "--jtp-bind",
             "127.0.0.1:0",
+            // No fixed port: the other listeners too (their defaults are 8000 and 24254).
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
             "--no-tls",
         ],
-        1,
+        3,
     );
     let out = TempDir::new("j37serveout");
     let o = get(&server.addr("jtp"), out.path(), &["--no-tls", "-k"]);
@@ -1337,7 +1342,15 @@ fn j45_ctrl_c_during_keep_alive_repeats_exits_130_cleanly() {
         let _ = child_out.read_to_end(&mut v);
         v
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Repeating once the first pass has written every image (the later passes find them all
+    // present and write nothing, so the tree stays the same).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while harness::tree(out.path()) != harness::tree(src.path()) {
+        assert!(Instant::now() < deadline, "the first pass never completed");
+        assert!(child.try_wait().unwrap().is_none(), "ferry jtp get ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     signal(&child, libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {

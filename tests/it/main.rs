@@ -3,6 +3,7 @@
 //! children on drop.
 
 mod catalog;
+mod checklists;
 mod cjp2p;
 mod cjp2p_swarm;
 mod cli;

@@ -285,22 +285,13 @@ impl ConnDriver<'_> {
 
     /// Waits for request bytes under the deadline of the current phase (jtp.md 3.4).
     fn read_request_bytes(&mut self) -> Result<ReadOutcome, ConnError> {
-        let limits = &self.svc.limits;
         let now = Instant::now();
         let phase = self.machine.phase();
-        let wait = match phase {
-            Phase::First => limits
-                .first_request_timeout
-                .saturating_sub(now - self.started),
-            Phase::Idle => limits.keep_alive_timeout,
-            Phase::Body => {
-                let since = *self.body_started.get_or_insert(now);
-                limits
-                    .io_timeout
-                    .min(limits.body_timeout.saturating_sub(now - since))
-            }
-            _ => limits.io_timeout,
+        let body_since = match phase {
+            Phase::Body => *self.body_started.get_or_insert(now),
+            _ => now,
         };
+        let wait = read_wait(&self.svc.limits, phase, self.started, body_since, now);
         if wait.is_zero() {
             return Ok(ReadOutcome::TimedOut);
         }
@@ -608,6 +599,26 @@ fn open_as_listed(item: &Item) -> Option<Arc<MappedFile>> {
         .filter(|f| f.len() == item.size as u64)
 }
 
+/// How long the driver may wait for request bytes at `now` in `phase` (jtp.md 3.4), for a
+/// connection accepted at `started` whose current request body began at `body_since`. Zero
+/// means the phase's deadline has passed.
+fn read_wait(
+    limits: &Limits,
+    phase: Phase,
+    started: Instant,
+    body_since: Instant,
+    now: Instant,
+) -> Duration {
+    match phase {
+        Phase::First => limits.first_request_timeout.saturating_sub(now - started),
+        Phase::Idle => limits.keep_alive_timeout,
+        Phase::Body => limits
+            .io_timeout
+            .min(limits.body_timeout.saturating_sub(now - body_since)),
+        _ => limits.io_timeout,
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -619,11 +630,11 @@ fn is_timeout(e: &io::Error) -> bool {
 ///
 /// Each admission is remembered twice: in its address's queue (to count it against the limit)
 /// and in one queue of all admissions in time order (to forget it when it leaves the window, and
-/// to find the address to evict when [`MAX_RATE_IPS`] addresses are remembered: the one whose
+/// to find the address to evict when `MAX_RATE_IPS` addresses are remembered: the one whose
 /// oldest remembered admission is oldest). An admission is pushed onto and popped from each
 /// queue once, so a call costs O(1) amortised whatever the number of addresses; an evicted
 /// address's entries left in the time queue are recognised by their generation and skipped.
-/// Beyond [`MAX_RATE_ADMISSIONS`] remembered admissions the oldest are forgotten early (memory
+/// Beyond `MAX_RATE_ADMISSIONS` remembered admissions the oldest are forgotten early (memory
 /// stays bounded under a flood from many addresses; an address may then get a few more than
 /// its limit within one window).
 pub struct RateLimiter {
@@ -753,6 +764,51 @@ mod tests {
         assert!(!r.admit(ip), "refusals are not recorded, and do not reset");
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(r.admit(other));
+    }
+
+    /// J17 and J18 with explicit times: the machine says which phase the connection is in, and
+    /// the deadline of each phase is the documented default (issue 16: the first-request
+    /// timeout lowered from 60 s to 5 s stayed green).
+    #[test]
+    fn j17_first_request_timeout_is_60_s_and_keep_alive_30_s() {
+        let limits = Limits::default();
+        let s = |n: u64| Duration::from_millis(n);
+        let t0 = Instant::now();
+        let mut m = Connection::new(RequestLimits { max_have: 1000 }, 1 << 16, false);
+        assert_eq!(m.phase(), Phase::First);
+        let wait = |m: &Connection, body: Instant, now: Instant| {
+            read_wait(&limits, m.phase(), t0, body, now)
+        };
+        assert_eq!(wait(&m, t0, t0), s(60_000));
+        assert_eq!(
+            wait(&m, t0, t0 + s(5_000)),
+            s(55_000),
+            "still waiting at 5 s"
+        );
+        assert_eq!(wait(&m, t0, t0 + s(59_999)), s(1));
+        assert_eq!(
+            wait(&m, t0, t0 + s(60_000)),
+            Duration::ZERO,
+            "closed at 60 s"
+        );
+        assert_eq!(wait(&m, t0, t0 + s(90_000)), Duration::ZERO);
+
+        // J18: part of a request: the I/O timeout per read, bounded by the body deadline.
+        m.handle_input(&[0x00, 0x01]);
+        assert_eq!(m.poll_event(), None);
+        assert_eq!(m.phase(), Phase::Body);
+        let b = t0 + s(10_000);
+        assert_eq!(wait(&m, b, b), s(30_000));
+        assert_eq!(wait(&m, b, b + s(45_000)), s(15_000));
+        assert_eq!(wait(&m, b, b + s(60_000)), Duration::ZERO);
+
+        // J17: idle between requests on a keep-alive connection: 30 s whatever came before.
+        m.handle_input(&[0x00]);
+        assert!(matches!(m.poll_event(), Some(Event::Request(_))));
+        assert_eq!(wait(&m, b, b), s(30_000), "responding: the I/O timeout");
+        m.response_done(true);
+        assert_eq!(m.phase(), Phase::Idle);
+        assert_eq!(wait(&m, b, t0 + s(600_000)), s(30_000));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The TEJ server driver: runs one [`Connection`] machine per connection over its socket,
 //! stores the files it says to store through [`ingest`](crate::ingest) (a
-//! [`StreamSink`](crate::ingest::StreamSink) per file, space taken from the process-wide
+//! [`StreamSink`] per file, space taken from the process-wide
 //! [ledger](crate::ingest::ledger) on behalf of the peer, committed with a [`Publisher`]),
 //! answers its catalog lookups from a snapshot, and moves request answers from the mappings to
 //! the socket with [`bulk`]. Every decision (status policy, stall and idle rules, names, replies)

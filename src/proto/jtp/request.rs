@@ -662,6 +662,18 @@ mod tests {
                 "{bytes:02x?}"
             );
         }
+        // Each reserved bit alone (issue 16: a check of bits 1 and 7 only passed the cases
+        // above), alone and beside the keep-alive bit, before a valid type.
+        for bit in 1..=7 {
+            for flags in [1u8 << bit, 1u8 << bit | 0x01] {
+                let bytes = [0x01, flags];
+                assert_eq!(
+                    one(&bytes),
+                    (2, Err(RequestError::ReservedFlags)),
+                    "{bytes:02x?}"
+                );
+            }
+        }
         assert_eq!(RequestError::ReservedFlags.code(), 2);
         assert_eq!(
             RequestError::ReservedFlags.frame(),
