@@ -9,5 +9,6 @@
 
 pub mod bulk;
 pub mod cjp2p;
+pub mod filestorage;
 pub mod jtp;
 pub mod tej;
