@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use cli::cjp2p::Cjp2pArgs;
+use cli::filestorage::FilestorageArgs;
 use cli::folder::{CertsArgs, IndexArgs};
 use cli::jtp::JtpArgs;
 use cli::serve::ServeArgs;
@@ -36,6 +37,7 @@ enum Cmd {
     Jtp(JtpArgs),
     Tej(TejArgs),
     Cjp2p(Cjp2pArgs),
+    Filestorage(FilestorageArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Jtp(a) => cli::jtp::run(a),
         Cmd::Tej(a) => cli::tej::run(a),
         Cmd::Cjp2p(a) => cli::cjp2p::run(a),
+        Cmd::Filestorage(a) => cli::filestorage::run(a),
         Cmd::Index(a) => cli::folder::index(a),
         Cmd::Certs(a) => cli::folder::certs(a),
     };

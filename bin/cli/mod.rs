@@ -14,6 +14,7 @@ use ferry::server::{self, Listener, ListenerConfig, ServerBuilder, Shutdown};
 use ferry::transport::TlsServer;
 
 pub(crate) mod cjp2p;
+pub(crate) mod filestorage;
 pub(crate) mod folder;
 pub(crate) mod jtp;
 pub(crate) mod serve;

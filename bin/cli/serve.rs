@@ -30,6 +30,16 @@ pub(crate) struct ServeArgs {
     /// CJP2P UDP address (default 127.0.0.1:24254)
     #[argh(option, default = "String::from(\"127.0.0.1:24254\")")]
     cjp2p_bind: String,
+    /// filestorage TCP address, tcpd preamble first (default 127.0.0.1:9000; `off`)
+    #[argh(
+        option,
+        default = "String::from(ferry::driver::filestorage::DEFAULT_BIND)"
+    )]
+    filestorage_bind: String,
+    /// filestorage Unix socket (default $RUNDIR/filestorage, else /tmp/.libipc-run/filestorage;
+    /// `off`)
+    #[argh(option)]
+    filestorage_unix: Option<String>,
     /// CJP2P peer to contact (repeatable)
     #[argh(option)]
     peer: Vec<String>,
@@ -101,9 +111,21 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         &a.tej_bind,
         tcp_listener(&a.tej_bind, None, &limits, a.verbose),
     )?;
-    let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
+    let mut builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
         .listener(l, jtp)
         .listener(tl, tej);
+    let mut fs_endpoints = super::filestorage::Endpoints::defaults(a.verbose);
+    fs_endpoints.tcp = Some(a.filestorage_bind.clone()).filter(|b| b != "off");
+    match a.filestorage_unix.as_deref() {
+        Some("off") => fs_endpoints.unix = None,
+        Some(p) => fs_endpoints.unix = Some(PathBuf::from(p)),
+        None => {}
+    }
+    let mut _filestorage = None;
+    if fs_endpoints.tcp.is_some() || fs_endpoints.unix.is_some() {
+        let (b, running) = super::filestorage::endpoints(&fs_endpoints, &cat)?.add_to(builder);
+        (builder, _filestorage) = (b, Some(running));
+    }
     let peers = parse_peers(&a.peer)?;
     let node = start_node(
         &a.cjp2p_bind,
