@@ -83,11 +83,12 @@ pub(super) fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Running SHA-256 and xxHash64 over a file's first `upto` bytes.
+/// Running SHA-256 (and xxHash64 when the file will be published: the catalog wants both)
+/// over a file's first `upto` bytes.
 #[derive(Clone)]
 pub(super) struct FileHash {
     pub sha: Sha256,
-    pub xxh: XxHash64,
+    pub xxh: Option<XxHash64>,
     pub upto: u64,
 }
 
@@ -98,17 +99,19 @@ impl std::fmt::Debug for FileHash {
 }
 
 impl FileHash {
-    pub fn new() -> FileHash {
+    pub fn new(with_xxh: bool) -> FileHash {
         FileHash {
             sha: Sha256::new(),
-            xxh: XxHash64::with_seed(0),
+            xxh: with_xxh.then(|| XxHash64::with_seed(0)),
             upto: 0,
         }
     }
 
     pub fn update(&mut self, data: &[u8]) {
         self.sha.update(data);
-        std::hash::Hasher::write(&mut self.xxh, data);
+        if let Some(x) = self.xxh.as_mut() {
+            std::hash::Hasher::write(x, data);
+        }
         self.upto += data.len() as u64;
     }
 
@@ -118,18 +121,16 @@ impl FileHash {
         while self.upto < to {
             let n = (to - self.upto).min(buf.len() as u64) as usize;
             file.read_exact_at(&mut buf[..n], self.upto)?;
-            self.sha.update(&buf[..n]);
-            std::hash::Hasher::write(&mut self.xxh, &buf[..n]);
-            self.upto += n as u64;
+            self.update(&buf[..n]);
         }
         Ok(())
     }
 
-    /// SHA-256 and xxHash64 of what was hashed.
-    pub fn finish(self) -> ([u8; 32], u64) {
+    /// SHA-256 (and xxHash64, if computed) of what was hashed.
+    pub fn finish(self) -> ([u8; 32], Option<u64>) {
         (
             self.sha.finalize().into(),
-            std::hash::Hasher::finish(&self.xxh),
+            self.xxh.map(|x| std::hash::Hasher::finish(&x)),
         )
     }
 }
@@ -138,10 +139,10 @@ impl FileHash {
 pub(super) fn hash_path(path: &Path) -> io::Result<([u8; 32], u64, u64)> {
     let f = File::open(path)?;
     let size = f.metadata()?.len();
-    let mut h = FileHash::new();
+    let mut h = FileHash::new(true);
     h.read_from(&f, size)?;
     let (sha, xxh) = h.finish();
-    Ok((sha, xxh, size))
+    Ok((sha, xxh.unwrap_or_default(), size))
 }
 
 #[cfg(test)]

@@ -186,11 +186,12 @@ impl Store {
         }
         let n = state.files.len();
         let counts = state.chunk_counts();
+        let public = state.tags.iter().any(|t| t == PUBLIC);
         let hashes: Vec<Option<FileHash>> = (0..n)
             .map(|i| {
                 // A file with no chunk held yet can be hashed in order as it arrives.
                 let held = counts[i] - missing_of(&state, i);
-                (held == 0).then(FileHash::new)
+                (held == 0).then(|| FileHash::new(public))
             })
             .collect();
         let p = Partial::new(fid, dir.clone());
@@ -289,7 +290,7 @@ impl Store {
         if part.metadata()?.len() != spec.size {
             return Err(io::Error::other("part has the wrong size"));
         }
-        let mut h = FileHash::new();
+        let mut h = FileHash::new(tags.iter().any(|t| t == PUBLIC));
         h.read_from(&part, spec.size)?;
         let (sha, xxh) = h.finish();
         if spec.sha256.is_some_and(|d| d != sha) {
@@ -386,7 +387,7 @@ impl Store {
             .collect();
         for mut r in pending {
             match disk::hash_path(&self.object_path(&r.sha256)) {
-                Ok((sha, xxh, _)) if sha == r.sha256 => self.publish(&mut r, xxh),
+                Ok((sha, xxh, _)) if sha == r.sha256 => self.publish(&mut r, Some(xxh)),
                 _ => eprintln!(
                     "filestorage: record {}: object unreadable; not published",
                     r.id

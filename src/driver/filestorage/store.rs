@@ -552,8 +552,9 @@ impl Store {
             return Ok(false);
         }
         let n = call.files.len();
+        let public = batch.tags.iter().any(|t| t == PUBLIC);
         g.parts = vec![None; n];
-        g.hashes = (0..n).map(|_| Some(FileHash::new())).collect();
+        g.hashes = (0..n).map(|_| Some(FileHash::new(public))).collect();
         g.journal = Some(open_journal(&p.dir).map_err(|e| {
             self.log(format_args!("{}: journal: {e}", call.fid));
             storage_error()
@@ -797,9 +798,10 @@ impl Store {
         let size = state.files[file as usize].size;
         let nb = chunk_count(size, state.chunk_size);
         state.missing.reset_file(file as usize, nb);
+        let public = state.tags.iter().any(|t| t == PUBLIC);
         self.add_unwritten(size);
         if let Some(h) = g.hashes.get_mut(file as usize) {
-            *h = Some(FileHash::new());
+            *h = Some(FileHash::new(public));
         }
         if let Err(e) = self.fold(p, g) {
             self.log(format_args!("{}: fold after reset: {e}", p.fid));
@@ -820,15 +822,16 @@ impl Store {
         };
         let spec = state.files[file as usize].clone();
         let (tags, uid) = (state.tags.clone(), state.uid);
+        let public = tags.iter().any(|t| t == PUBLIC);
         let part = p.part(g, file);
         let hashed = part.and_then(|part| {
             let mut h = g
                 .hashes
                 .get_mut(file as usize)
                 .and_then(Option::take)
-                .unwrap_or_else(FileHash::new);
-            if h.upto > spec.size {
-                h = FileHash::new();
+                .unwrap_or_else(|| FileHash::new(public));
+            if h.upto > spec.size || (public && h.xxh.is_none()) {
+                h = FileHash::new(public);
             }
             h.read_from(&part, spec.size)?;
             Ok((part, h.finish()))
@@ -936,7 +939,17 @@ impl Store {
             Err(e) => return Err(e),
         }
         let xxh = twox_hash::XxHash64::oneshot(0, b"");
-        self.commit_record(fid, file, spec, tags, uid, EMPTY_SHA256, xxh, now, true)
+        self.commit_record(
+            fid,
+            file,
+            spec,
+            tags,
+            uid,
+            EMPTY_SHA256,
+            Some(xxh),
+            now,
+            true,
+        )
     }
 
     /// Writes the record of a file whose object exists, then its markers, makes it visible,
@@ -950,7 +963,7 @@ impl Store {
         tags: &[String],
         uid: u32,
         sha: [u8; 32],
-        xxh: u64,
+        xxh: Option<u64>,
         now: u64,
         publish: bool,
     ) -> io::Result<Record> {
@@ -1020,7 +1033,8 @@ impl Store {
     /// under its name, or `<stem>.<8 hex>.<ext>` when the name holds other content; a name
     /// holding the same content needs nothing. Registers the file with the catalog and keeps
     /// the published name in the record. Not published when both names are taken (logged).
-    pub(super) fn publish(&self, record: &mut Record, xxh: u64) {
+    /// Without `xxh` the catalog hashes the file itself.
+    pub(super) fn publish(&self, record: &mut Record, xxh: Option<u64>) {
         let sha = record.sha256;
         let object = self.object_path(&sha);
         let mut candidates = vec![record.name.clone()];
@@ -1047,7 +1061,11 @@ impl Store {
             };
             match placed {
                 Ok(true) => {
-                    if let Err(e) = self.catalog.add_ingested_file(&dest, xxh, sha) {
+                    let added = match xxh {
+                        Some(x) => self.catalog.add_ingested_file(&dest, x, sha),
+                        None => self.catalog.add_file(&dest),
+                    };
+                    if let Err(e) = added {
                         self.log(format_args!("catalog: {name}: {e}"));
                     }
                     record.published = Some(name);
