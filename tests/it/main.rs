@@ -4,6 +4,7 @@
 
 mod catalog;
 mod cjp2p;
+mod filestorage;
 mod harness;
 mod jtp_client;
 mod jtp_peers;
