@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry::proto::filestorage::base64;
@@ -1679,4 +1679,877 @@ fn s24_two_connections_upload_one_fid_at_once() {
     assert_eq!(records, 1, "one record");
     let obj = fs.store().join("objects").join(sha_hex(&data));
     assert_eq!(std::fs::read(obj).unwrap(), *data);
+}
+
+// ------------------------------------------------------------------------------ quotas
+
+fn token_for(uid: u32, login: &str) -> String {
+    signed(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"login":"{login}","uid":{uid}}}"#),
+        b"secret-key",
+    )
+}
+
+fn auth_as(c: &mut Raw, token: &str, files: &str, fid: &str) -> Value {
+    let m = c.mid();
+    c.call(1, &auth_json(&m, token, files, fid, "[]", ""))
+}
+
+fn quota_file(dir: &Path, json: &str) -> String {
+    let p = dir.join("quota.json");
+    std::fs::write(&p, json).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn s30_s31_each_quota_refuses_with_its_reason_and_resumes_are_not_rechecked() {
+    let qdir = TempDir::new("fs-s30q");
+    let q = quota_file(
+        qdir.path(),
+        r#"{"default":{"max_file_size":5000,"max_bytes":8000,"max_files":4,"max_transfers":1,"min_free":0},"uids":{"9":{"min_free":9007199254740991}}}"#,
+    );
+    let fs = Fs::start(&["--quota-file", &q]);
+    let mut c = fs.unix();
+    let fid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let a = token_for(1, "a");
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &a,
+            r#"[{"name":"x","size":5001}]"#,
+            &fid(1)
+        )),
+        "file-too-big: 5000"
+    );
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &a,
+            r#"[{"name":"x","size":5000},{"name":"y","size":3001}]"#,
+            &fid(2)
+        )),
+        "quota-exceeded: bytes"
+    );
+    let five: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"name":"f{i}","size":0}}"#))
+        .collect();
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &a,
+            &format!("[{}]", five.join(",")),
+            &fid(3)
+        )),
+        "quota-exceeded: files"
+    );
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &token_for(9, "d"),
+            r#"[{"name":"x","size":1}]"#,
+            &fid(4)
+        )),
+        "quota-exceeded: disk"
+    );
+    // One transfer open (5000 bytes reserved), a second is refused, the first resumes.
+    let files = r#"[{"name":"x","size":5000}]"#;
+    assert_eq!(outcome(&auth_as(&mut c, &a, files, &fid(5))), "Ok");
+    assert_eq!(
+        outcome(&auth_as(&mut c, &a, r#"[{"name":"z","size":1}]"#, &fid(6))),
+        "quota-exceeded: transfers"
+    );
+    assert_eq!(
+        outcome(&auth_as(&mut c, &a, files, &fid(5))),
+        "Ok",
+        "a resume is not checked again"
+    );
+    // Completion moves the reservation to usage without changing the total (S31): 5000 used,
+    // 3000 left, whatever the order.
+    let data = pseudo_random(31, 5000);
+    for n in 0..5u64 {
+        let lo = n as usize * 1000;
+        assert_eq!(
+            outcome(&c.transfer(&fid(5), 0, n, &data[lo..lo + 1000])),
+            "Ok"
+        );
+    }
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &a,
+            r#"[{"name":"z","size":3001}]"#,
+            &fid(7)
+        )),
+        "quota-exceeded: bytes"
+    );
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &a,
+            r#"[{"name":"z","size":3000}]"#,
+            &fid(8)
+        )),
+        "Ok"
+    );
+    // Identical content is charged to each owner.
+    let b = token_for(2, "b");
+    let fb = format!(
+        r#"[{{"name":"same","size":5000,"sha256":"{}"}}]"#,
+        sha_hex(&data)
+    );
+    assert_eq!(outcome(&auth_as(&mut c, &b, &fb, &fid(9))), "Ok");
+    for n in 0..5u64 {
+        let lo = n as usize * 1000;
+        assert_eq!(
+            outcome(&c.transfer(&fid(9), 0, n, &data[lo..lo + 1000])),
+            "Ok"
+        );
+    }
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &b,
+            r#"[{"name":"z","size":3001}]"#,
+            &fid(10)
+        )),
+        "quota-exceeded: bytes"
+    );
+    // Restarted, the ledgers are rebuilt exactly from records and partial states.
+    drop(c);
+    let root = fs.root.clone();
+    let run = fs.run.clone();
+    let dirs = fs._dirs;
+    let mut server = fs.server;
+    server.signal(libc::SIGKILL);
+    let _ = server.wait_exit(T);
+    let fs = Fs::start_in(&root, &run, &["--quota-file", &q]);
+    let mut c = fs.unix();
+    assert_eq!(
+        outcome(&auth_as(&mut c, &a, r#"[{"name":"w","size":1}]"#, &fid(11))),
+        "quota-exceeded: bytes",
+        "5000 used + 3000 reserved"
+    );
+    assert_eq!(
+        outcome(&auth_as(
+            &mut c,
+            &b,
+            r#"[{"name":"w","size":3000}]"#,
+            &fid(12)
+        )),
+        "Ok"
+    );
+    drop(dirs);
+}
+
+#[test]
+fn s30_racing_authentications_never_reserve_past_a_quota() {
+    let qdir = TempDir::new("fs-race");
+    let q = quota_file(
+        qdir.path(),
+        r#"{"default":{"max_bytes":1000,"min_free":0}}"#,
+    );
+    let fs = Fs::start(&["--quota-file", &q]);
+    for round in 0..20u32 {
+        let token = token_for(100 + round, "racer");
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2u32)
+            .map(|k| {
+                let (sock, addr, token, barrier) =
+                    (fs.sock(), fs.tcp_addr(), token.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = if k == 0 {
+                        Raw::unix(&sock)
+                    } else {
+                        Raw::tcp(&addr)
+                    };
+                    let m = c.mid();
+                    let fid = format!("00000000-0000-4000-8{:03}-{:012}", k, round);
+                    let req = frame(
+                        1,
+                        auth_json(&m, &token, r#"[{"name":"r","size":600}]"#, &fid, "[]", "")
+                            .as_bytes(),
+                    );
+                    barrier.wait();
+                    c.send_bytes(&req);
+                    outcome(&c.reply())
+                })
+            })
+            .collect();
+        let mut got: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, ["Ok", "quota-exceeded: bytes"], "round {round}");
+    }
+}
+
+// ------------------------------------------------------------------------------ retention
+
+#[test]
+fn s32_retention_deletes_an_abandoned_transfer_never_a_held_one() {
+    let qdir = TempDir::new("fs-s32q");
+    let q = quota_file(
+        qdir.path(),
+        r#"{"default":{"max_transfers":1,"min_free":0}}"#,
+    );
+    let fs = Fs::start(&[
+        "--quota-file",
+        &q,
+        "--retention",
+        "1",
+        "--sweep-interval",
+        "1",
+    ]);
+    let files = r#"[{"name":"r","size":2000}]"#;
+    let partial = fs.store().join("partial").join(FID);
+    let mut held = fs.unix();
+    assert_eq!(outcome(&held.auth(files, FID, "[]", "")), "Ok");
+    assert_eq!(outcome(&held.transfer(FID, 0, 0, &[1; 1000])), "Ok");
+    // Held active by a connection: two sweeps pass and it stays.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(900));
+        assert!(partial.exists(), "deleted while a connection holds it");
+    }
+    let mut other = fs.unix();
+    let fid2 = "00000000-0000-4000-8000-000000000032";
+    assert_eq!(
+        outcome(&other.auth(files, fid2, "[]", "")),
+        "quota-exceeded: transfers"
+    );
+    drop(held);
+    wait_for("retention", Duration::from_secs(10), || !partial.exists());
+    // Its reservation is freed and the fid starts afresh: every chunk missing again.
+    assert_eq!(outcome(&other.auth(files, fid2, "[]", "")), "Ok");
+    drop(other);
+    wait_for("retention of the second", Duration::from_secs(10), || {
+        !fs.store().join("partial").join(fid2).exists()
+    });
+    let mut c = fs.unix();
+    let r = c.auth(files, FID, "[]", "");
+    assert_eq!(missing(&r), [(0, 0, 2)]);
+}
+
+// ------------------------------------------------------------------------------ catalog
+
+#[test]
+fn s36_public_files_are_published_and_served_by_the_other_protocols() {
+    let dir = TempDir::new("fs-s36");
+    let root = dir.join("share");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("notes.txt"), b"someone else's notes").unwrap();
+    let same = pseudo_random(361, 3000);
+    std::fs::write(root.join("same.bin"), &same).unwrap();
+    let sock = dir.join("fs.sock");
+    let s = Server::start(
+        &[
+            "serve",
+            root.to_str().unwrap(),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+            "--no-tls",
+            "--filestorage-bind",
+            "off",
+            "--filestorage-unix",
+            sock.to_str().unwrap(),
+        ],
+        4,
+    );
+    assert!(s
+        .listening
+        .contains(&("filestorage".into(), format!("unix:{}", sock.display()))));
+    let o = ferry(
+        &[
+            "filestorage",
+            "token",
+            "--uid",
+            "1002",
+            "--login",
+            "k",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+        T,
+    );
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let src = TempDir::new("fs-s36src");
+    std::fs::write(src.join("notes.txt"), notes()).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random(362, 100_000)).unwrap();
+    std::fs::write(src.join("same.bin"), &same).unwrap();
+    std::fs::write(src.join("private.bin"), pseudo_random(363, 1000)).unwrap();
+    let put = |files: &[&str], tags: &[&str]| {
+        let mut args = vec!["filestorage", "put", "--unix", sock.to_str().unwrap()];
+        for t in tags {
+            args.extend(["--tag", t]);
+        }
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| src.join(f).to_str().unwrap().to_string())
+            .collect();
+        args.extend(paths.iter().map(String::as_str));
+        let o = ferry_token(&args, &token, T);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    put(&["notes.txt", "a.bin", "same.bin"], &["public"]);
+    put(&["private.bin"], &["mine"]);
+    // The taken name keeps its bytes; ours goes beside it (spec 7.3's example).
+    assert_eq!(
+        std::fs::read(root.join("notes.txt")).unwrap(),
+        b"someone else's notes"
+    );
+    assert_eq!(
+        std::fs::read(root.join("notes.ed40853e.txt")).unwrap(),
+        notes()
+    );
+    assert_eq!(
+        std::fs::read(root.join("a.bin")).unwrap(),
+        std::fs::read(src.join("a.bin")).unwrap()
+    );
+    assert_eq!(std::fs::read(root.join("same.bin")).unwrap(), same);
+    let names: HashSet<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        names,
+        ["notes.txt", "notes.ed40853e.txt", "a.bin", "same.bin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    // Served by TEJ at once (registered with the catalog, no rescan).
+    let out = TempDir::new("fs-s36out");
+    let o = ferry(
+        &[
+            "tej",
+            "get",
+            "--addr",
+            &s.addr("tej"),
+            "--out",
+            out.path().to_str().unwrap(),
+            "a.bin",
+            "notes.ed40853e.txt",
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("a.bin")).unwrap(),
+        std::fs::read(src.join("a.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("notes.ed40853e.txt")).unwrap(),
+        notes()
+    );
+    // The store's published files are its records, not extra catalog entries.
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "query",
+            "--unix",
+            sock.to_str().unwrap(),
+            "--json",
+        ],
+        &token,
+        T,
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed.len(),
+        5,
+        "{listed:?}: 4 stored files and the catalog's own notes.txt"
+    );
+    assert_eq!(listed.iter().filter(|n| **n == "notes.txt").count(), 2);
+}
+
+#[test]
+fn s37_catalog_files_are_public_entries_and_fetch_byte_identical() {
+    let fs = Fs::start(&[]);
+    let data = pseudo_random(37, 150_000);
+    let sha: [u8; 32] = Sha256::digest(&data).into();
+    let id = ferry::proto::filestorage::ids::catalog_id(&sha).to_string();
+    // Written then moved in, as a careful producer does; the live catalog picks it up.
+    std::fs::write(fs.root.join(".incoming"), &data).unwrap();
+    std::fs::rename(fs.root.join(".incoming"), fs.root.join("cat.bin")).unwrap();
+    let bob = token_for(77, "bob");
+    let mut c = fs.unix();
+    wait_for("the catalog file in QUERY", Duration::from_secs(10), || {
+        c.query(&bob, r#"["public"]"#)["results"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let r = c.query(&bob, "[]");
+    let e = &r["results"][0];
+    assert_eq!(
+        (e["id"].as_str(), e["name"].as_str(), e["tags"].clone()),
+        (
+            Some(id.as_str()),
+            Some("cat.bin"),
+            serde_json::json!(["public"])
+        )
+    );
+    assert_eq!(e["sha256"].as_str(), Some(hex(&sha).as_str()));
+    let out = TempDir::new("fs-s37out");
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "fetch",
+            &id,
+            "--unix",
+            fs.sock().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        &bob,
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("cat.bin")).unwrap(), data);
+    // The empty file's id (spec 7.3).
+    std::fs::write(fs.root.join("empty"), b"").unwrap();
+    wait_for("the empty file", Duration::from_secs(10), || {
+        outcome(&c.fetch(&bob, "ed9dc26b-32a8-51f1-b95c-9dbacda0460c", 0, 1)) == "Ok"
+    });
+    // New bytes never go out under the old id.
+    std::fs::write(fs.root.join(".x"), b"changed").unwrap();
+    std::fs::rename(fs.root.join(".x"), fs.root.join("cat.bin")).unwrap();
+    wait_for("the old id to go", Duration::from_secs(10), || {
+        outcome(&c.fetch(&bob, &id, 0, 7)) == "not-found"
+    });
+}
+
+// ------------------------------------------------------------------------------ connections
+
+#[test]
+fn s38_silent_stalled_and_non_reading_clients_are_closed_and_can_resume() {
+    let fs = Fs::start(&["--idle-timeout", "1", "--io-timeout", "1"]);
+    // A public 2 MB file for the non-reading client to fetch.
+    let data = pseudo_random(38, 2 << 20);
+    let files = format!(r#"[{{"name":"f","size":{}}}]"#, data.len());
+    let mut c = fs.unix();
+    assert_eq!(
+        outcome(&c.auth(&files, FID, r#"["public"]"#, r#","chunk-size":65536"#)),
+        "Ok"
+    );
+    // Silent after one Ok'd chunk: closed after the idle timeout, while others are served.
+    assert_eq!(outcome(&c.transfer(FID, 0, 0, &data[..65_536])), "Ok");
+    let t0 = Instant::now();
+    let mut other = fs.tcp();
+    assert_eq!(outcome(&other.query(TOKEN_A, "[]")), "Ok");
+    c.expect_closed();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // It resumes: chunk 0 is held.
+    let mut c = fs.unix();
+    let r = c.auth(&files, FID, r#"["public"]"#, r#","chunk-size":65536"#);
+    assert_eq!(missing(&r), [(0, 1, 32)]);
+    let todo: Vec<u64> = (1..32).collect();
+    assert_eq!(
+        send_until(&mut c, FID, &data, &todo, 32, usize::MAX).len(),
+        31
+    );
+    let id = store_id(&FID.parse().unwrap(), 0).to_string();
+    // Stalled mid-frame: closed after the io timeout without a reply.
+    let mut s = fs.unix();
+    s.send_bytes(&[0, 0, 1, 0, 4, b'{']);
+    s.expect_closed();
+    // Not reading: 300 FETCHes of 64 KiB and no read; the server's writes stall, it closes
+    // (seen as the peer's hang-up while the replies it managed to send are still unread).
+    let raw = UnixStream::connect(fs.sock()).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut reqs = Vec::new();
+    for k in 0..300u64 {
+        let m = mid(5000 + k);
+        reqs.extend(frame(5, format!(r#"{{"message-id":"{m}","token":"{TOKEN_A}","id":"{id}","offset":0,"length":65536}}"#).as_bytes()));
+    }
+    (&raw).write_all(&reqs).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&raw);
+    wait_for("the server to hang up", T, || {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    });
+    let mut s = Raw {
+        s: Box::new(raw),
+        n: 0,
+    };
+    let mut replies = 0;
+    while let Some((t, _)) = s.read_frame() {
+        assert_eq!(t, 2);
+        replies += 1;
+    }
+    assert!(
+        replies < 300,
+        "the connection was closed before all replies ({replies})"
+    );
+    drop(other);
+    assert_eq!(
+        outcome(&fs.tcp().fetch(TOKEN_A, &id, 0, 10)),
+        "Ok",
+        "others are still served"
+    );
+}
+
+#[test]
+fn s38_connection_budget_and_64_consecutive_errors() {
+    let fs = Fs::start(&["--max-connections", "3"]);
+    // Three held over both endpoints (one budget); the fourth is closed at once without a byte.
+    let held = [fs.unix(), fs.tcp(), fs.unix()];
+    let t0 = Instant::now();
+    let mut s = UnixStream::connect(fs.sock()).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(s.read(&mut b), Ok(0) | Err(_)),
+        "closed without a byte"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(held);
+    // 64 consecutive Errors close; an Ok in between resets the count.
+    let mut c = fs.unix();
+    wait_for("a free place", T, || {
+        c = fs.unix();
+        c.s.write_all(&frame(
+            4,
+            format!(
+                r#"{{"message-id":"{}","token":"{TOKEN_A}","tags":[]}}"#,
+                mid(1)
+            )
+            .as_bytes(),
+        ))
+        .is_ok()
+            && c.read_frame().is_some()
+    });
+    for _ in 0..63 {
+        assert_eq!(
+            outcome(&c.transfer(FID, 0, 0, &[1; 10])),
+            "not-authenticated"
+        );
+    }
+    assert_eq!(outcome(&c.query(TOKEN_A, "[]")), "Ok");
+    for _ in 0..64 {
+        assert_eq!(
+            outcome(&c.transfer(FID, 0, 0, &[1; 10])),
+            "not-authenticated"
+        );
+    }
+    c.expect_closed();
+}
+
+#[test]
+fn many_connections_150_silent_the_others_served() {
+    let fs = Fs::start(&[]);
+    let addr = fs.tcp_addr();
+    // 150 silent after the preamble, held open throughout.
+    let silent: Vec<Raw> = (0..150).map(|_| Raw::tcp(&addr)).collect();
+    let served = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..25)
+        .map(|t| {
+            let (addr, sock, served) = (addr.clone(), fs.sock(), served.clone());
+            std::thread::spawn(move || {
+                for k in 0..74 {
+                    let mut c = if (t + k) % 2 == 0 {
+                        Raw::tcp(&addr)
+                    } else {
+                        Raw::unix(&sock)
+                    };
+                    assert_eq!(outcome(&c.query(TOKEN_A, "[]")), "Ok");
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 1850);
+    assert_eq!(silent.len() + 1850, 2000);
+    drop(silent);
+}
+
+// ------------------------------------------------------------------------------ clients
+
+/// A relay between the client and the server's TCP port that cuts the first connection after
+/// `cut_after` bytes from the client, and counts the TRANSFER frames it forwarded.
+struct Relay {
+    addr: String,
+    transfers: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+fn relay(server: String, cut_after: usize) -> Relay {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let transfers = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (t2, c2) = (transfers.clone(), connections.clone());
+    std::thread::spawn(move || {
+        for (k, client) in l.incoming().enumerate() {
+            let Ok(client) = client else { break };
+            c2.fetch_add(1, Ordering::SeqCst);
+            let up = tcp_connect(&server);
+            let limit = if k == 0 { cut_after } else { usize::MAX };
+            let (mut c_in, mut u_out) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut u_in, mut c_out) = (up, client);
+            let transfers = t2.clone();
+            std::thread::spawn(move || {
+                // Client to server: frames counted after the 11-byte preamble.
+                let mut seen = 0usize;
+                let mut stash: Vec<u8> = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(limit - seen),
+                    };
+                    if u_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    seen += n;
+                    stash.extend_from_slice(&buf[..n]);
+                    let mut at = 11.min(stash.len());
+                    if seen > 11 {
+                        while stash.len() >= at + 5 {
+                            let len =
+                                u32::from_be_bytes(stash[at..at + 4].try_into().unwrap()) as usize;
+                            if stash.len() < at + 4 + len {
+                                break;
+                            }
+                            if stash[at + 4] == 3 {
+                                transfers.fetch_add(1, Ordering::SeqCst);
+                            }
+                            at += 4 + len;
+                        }
+                        stash.drain(11.min(stash.len())..at);
+                    }
+                    if seen >= limit {
+                        let _ = c_in.shutdown(Shutdown::Both);
+                        let _ = u_out.shutdown(Shutdown::Both);
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match u_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if c_out.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = c_out.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    Relay {
+        addr,
+        transfers,
+        connections,
+    }
+}
+
+#[test]
+fn s39_a_relay_cuts_the_client_mid_transfer_it_resumes_with_only_the_missing_chunks() {
+    let fs = Fs::start(&[]);
+    let src = TempDir::new("fs-s39");
+    let data = pseudo_random(39, 10 << 20);
+    std::fs::write(src.join("cut.bin"), &data).unwrap();
+    let r = relay(fs.tcp_addr(), 3 << 20);
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "put",
+            "--addr",
+            &r.addr,
+            "--json",
+            "--tag",
+            "s39",
+            src.join("cut.bin").to_str().unwrap(),
+        ],
+        TOKEN_A,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["reconnects"].as_u64().unwrap() >= 1, "{v}");
+    assert!(r.connections.load(Ordering::SeqCst) >= 2);
+    let chunks = data.len() / 65_536;
+    let sent = r.transfers.load(Ordering::SeqCst);
+    assert!(
+        sent >= chunks && sent <= chunks + 32,
+        "{sent} TRANSFERs for {chunks} chunks: only the missing ones are sent again"
+    );
+    let id = v["files"][0]["id"].as_str().unwrap();
+    let obj = fs.store().join("objects").join(sha_hex(&data));
+    assert_eq!(std::fs::read(obj).unwrap(), data);
+    let out = TempDir::new("fs-s39out");
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "fetch",
+            id,
+            "--addr",
+            &fs.tcp_addr(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        sha256_file(&out.join("cut.bin")),
+        <[u8; 32]>::from(Sha256::digest(&data))
+    );
+}
+
+#[test]
+fn put_is_stateless_a_rerun_sends_only_what_is_missing_and_rm_deletes() {
+    let fs = Fs::start(&[]);
+    let src = TempDir::new("fs-rerun");
+    let data = pseudo_random(40, 6 << 20);
+    let path = src.join("re.bin");
+    std::fs::write(&path, &data).unwrap();
+    // Half the file through a raw client using the fid the CLI derives.
+    let fid = ferry::proto::filestorage::ids::client_fid(
+        "karchnu",
+        &[ferry::proto::filestorage::ids::FidFile {
+            name: "re.bin",
+            size: data.len() as u64,
+            sha256: Some(&Sha256::digest(&data).into()),
+        }],
+        &["keep"],
+        65_536,
+    )
+    .to_string();
+    let mut c = fs.unix();
+    let files = format!(
+        r#"[{{"name":"re.bin","size":{},"sha256":"{}"}}]"#,
+        data.len(),
+        sha_hex(&data)
+    );
+    assert_eq!(
+        outcome(&c.auth(&files, &fid, r#"["keep"]"#, r#","chunk-size":65536"#)),
+        "Ok"
+    );
+    let first: Vec<u64> = (0..48).collect();
+    assert_eq!(
+        send_until(&mut c, &fid, &data, &first, 8, usize::MAX).len(),
+        48
+    );
+    drop(c);
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "put",
+            "--unix",
+            fs.sock().to_str().unwrap(),
+            "--tag",
+            "keep",
+            "--json",
+            "-v",
+            path.to_str().unwrap(),
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["files"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        id,
+        store_id(&fid.parse().unwrap(), 0).to_string(),
+        "the CLI derived the same fid"
+    );
+    // The exit code table: a missing id is 1, a bad token 4, no server 3, a bad flag 2.
+    let out = TempDir::new("fs-rerunout");
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "fetch",
+            "11111111-2222-4333-8444-555555555555",
+            "--unix",
+            fs.sock().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "query",
+            "--unix",
+            fs.sock().to_str().unwrap(),
+        ],
+        TOKEN_D,
+        T,
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "query",
+            "--unix",
+            "/nonexistent/sock",
+            "--retries",
+            "0",
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "put",
+            "--unix",
+            fs.sock().to_str().unwrap(),
+            "--tag",
+            "../x",
+            path.to_str().unwrap(),
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // rm is refused while the server holds the store, then deletes record, markers, object.
+    let root = fs.root.to_str().unwrap().to_string();
+    let o = ferry(&["filestorage", "rm", &id, "--root", &root], T);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let store = fs.store();
+    let dirs = (fs.root.clone(), fs.run.clone(), fs._dirs);
+    drop(fs.server);
+    let o = ferry(&["filestorage", "rm", &id, "--root", &root], T);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!store.join(format!("records/{id}.json")).exists());
+    assert!(!store.join(format!("by-tag/keep/{id}")).exists());
+    assert!(!store.join("objects").join(sha_hex(&data)).exists());
+    let o = ferry(&["filestorage", "rm", &id, "--root", &root], T);
+    assert_eq!(o.status.code(), Some(1));
+    let fs = Fs::start_in(&dirs.0, &dirs.1, &[]);
+    let mut c = fs.unix();
+    assert_eq!(outcome(&c.fetch(TOKEN_A, &id, 0, 1)), "not-found");
+    drop(dirs.2);
 }

@@ -305,9 +305,11 @@ impl Store {
         }
         // The part may already be 0444 and linked (a crash after the link): both are kept.
         self.link_object(&part, &path, &sha)?;
-        self.commit_record(p.fid, file, &spec, &tags, uid, sha, xxh, now, true)?;
+        let (_, registration) =
+            self.commit_record(p.fid, file, &spec, &tags, uid, sha, xxh, now, true)?;
         drop(part);
         disk::remove_file(&path)?;
+        self.register_published(registration);
         self.log(format_args!("recovery: {} file {file} completed", p.fid));
         Ok(())
     }
@@ -387,7 +389,10 @@ impl Store {
             .collect();
         for mut r in pending {
             match disk::hash_path(&self.object_path(&r.sha256)) {
-                Ok((sha, xxh, _)) if sha == r.sha256 => self.publish(&mut r, Some(xxh)),
+                Ok((sha, xxh, _)) if sha == r.sha256 => {
+                    let registration = self.publish(&mut r, Some(xxh));
+                    self.register_published(registration);
+                }
                 _ => eprintln!(
                     "filestorage: record {}: object unreadable; not published",
                     r.id

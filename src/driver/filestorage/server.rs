@@ -39,6 +39,8 @@ use crate::transport::{Stream, TryRead};
 
 /// Read buffer per connection: one whole frame (the machine never wants more at once).
 const READ_BUF: usize = 100_000;
+/// Replies held before they are written out in the middle of a burst of requests.
+const MAX_OUT: usize = 256 * 1024;
 /// How long a closing connection lingers for its peer's input.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -141,7 +143,11 @@ impl Session<'_> {
     fn run(&mut self, conn: &mut Connection) -> End {
         let mut stalls = 0;
         loop {
-            self.drain(conn);
+            if let Err(e) = self.drain(conn) {
+                self.log(format_args!("write: {e}"));
+                conn.close();
+                return End::Cut;
+            }
             if !self.leaders.is_empty() || !self.followers.is_empty() {
                 // Group commit: first take what has already arrived (up to the window).
                 let room = conn.input_room().min(self.rbuf.len());
@@ -232,8 +238,10 @@ impl Session<'_> {
         }
     }
 
-    /// Acts on every event the machine has.
-    fn drain(&mut self, conn: &mut Connection) {
+    /// Acts on every event the machine has. Replies are written out whenever more than
+    /// [`MAX_OUT`] of them are ready, so a client that pipelines FETCHes and does not read
+    /// holds one socket buffer of replies, not all of them (its writes then stall and time out).
+    fn drain(&mut self, conn: &mut Connection) -> io::Result<()> {
         while let Some(ev) = conn.poll_event() {
             match ev {
                 Event::Write { ticket, write } => {
@@ -282,6 +290,11 @@ impl Session<'_> {
                     answer(conn, ticket, Answer::Fetch(data));
                 }
             }
+            conn.poll_transmit(&mut self.out);
+            if self.out.len() >= MAX_OUT {
+                self.stream.write_all(&self.out)?;
+                self.out.clear();
+            }
         }
         // The machine drops its active transfer on any AUTHENTICATION, even a malformed one.
         if let Some(p) = &self.active {
@@ -290,6 +303,7 @@ impl Session<'_> {
                 self.store.release(&p);
             }
         }
+        Ok(())
     }
 
     fn set_active(&mut self, p: Option<Arc<Partial>>) {

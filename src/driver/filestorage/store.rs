@@ -235,6 +235,16 @@ pub(super) fn part_path(dir: &Path, file: u32) -> PathBuf {
     dir.join(format!("{file}.part"))
 }
 
+/// A published file to register with the catalog once its inode is settled (removing a
+/// part's name changes the inode's ctime, which the catalog's stamp holds).
+#[derive(Debug)]
+#[must_use]
+pub(super) struct Registration {
+    path: PathBuf,
+    xxh: Option<u64>,
+    sha: [u8; 32],
+}
+
 /// A chunk written and waiting to be made durable (or, for a follower, waiting for another
 /// connection's claim).
 #[derive(Debug)]
@@ -862,9 +872,11 @@ impl Store {
         };
         let committed = self.commit_record(p.fid, file, &spec, &tags, uid, sha, xxh, now, true);
         match committed {
-            Ok(record) => {
+            Ok((record, registration)) => {
                 lock(&self.ledger(uid)).complete_file(record.size);
                 self.drop_part(p, g, file);
+                // Only now: removing the part's name moved the inode's ctime.
+                self.register_published(registration);
                 self.log(format_args!(
                     "stored {} ({} bytes) as {}{}",
                     record.name,
@@ -939,7 +951,7 @@ impl Store {
             Err(e) => return Err(e),
         }
         let xxh = twox_hash::XxHash64::oneshot(0, b"");
-        self.commit_record(
+        let (record, registration) = self.commit_record(
             fid,
             file,
             spec,
@@ -949,7 +961,9 @@ impl Store {
             Some(xxh),
             now,
             true,
-        )
+        )?;
+        self.register_published(registration);
+        Ok(record)
     }
 
     /// Writes the record of a file whose object exists, then its markers, makes it visible,
@@ -966,7 +980,7 @@ impl Store {
         xxh: Option<u64>,
         now: u64,
         publish: bool,
-    ) -> io::Result<Record> {
+    ) -> io::Result<(Record, Option<Registration>)> {
         let mut record = Record {
             id: store_id(&fid, u64::from(file)),
             owner: uid,
@@ -984,10 +998,11 @@ impl Store {
         let stamp = fs::metadata(self.object_path(&sha)).map(|m| ObjectStamp::of(&m))?;
         lock(&self.objects).insert(sha, stamp);
         self.register(&record);
+        let mut registration = None;
         if publish && record.tags.iter().any(|t| t == PUBLIC) {
-            self.publish(&mut record, xxh);
+            registration = self.publish(&mut record, xxh);
         }
-        Ok(record)
+        Ok((record, registration))
     }
 
     pub(super) fn write_record(&self, r: &Record) -> io::Result<()> {
@@ -1033,8 +1048,8 @@ impl Store {
     /// under its name, or `<stem>.<8 hex>.<ext>` when the name holds other content; a name
     /// holding the same content needs nothing. Registers the file with the catalog and keeps
     /// the published name in the record. Not published when both names are taken (logged).
-    /// Without `xxh` the catalog hashes the file itself.
-    pub(super) fn publish(&self, record: &mut Record, xxh: Option<u64>) {
+    /// The catalog registration is returned, for the caller to make once the inode is settled.
+    pub(super) fn publish(&self, record: &mut Record, xxh: Option<u64>) -> Option<Registration> {
         let sha = record.sha256;
         let object = self.object_path(&sha);
         let mut candidates = vec![record.name.clone()];
@@ -1061,13 +1076,6 @@ impl Store {
             };
             match placed {
                 Ok(true) => {
-                    let added = match xxh {
-                        Some(x) => self.catalog.add_ingested_file(&dest, x, sha),
-                        None => self.catalog.add_file(&dest),
-                    };
-                    if let Err(e) = added {
-                        self.log(format_args!("catalog: {name}: {e}"));
-                    }
                     record.published = Some(name);
                     if let Err(e) = self.write_record(record) {
                         self.log(format_args!("record {}: {e}", record.id));
@@ -1076,7 +1084,11 @@ impl Store {
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(record.id, record.clone());
-                    return;
+                    return Some(Registration {
+                        path: dest,
+                        xxh,
+                        sha,
+                    });
                 }
                 Ok(false) | Err(_) => {
                     if fresh {
@@ -1091,6 +1103,22 @@ impl Store {
              available through FETCH",
             record.name, record.id
         );
+        None
+    }
+
+    /// Registers a published file with the catalog without a rescan (with the hashes when known;
+    /// without xxHash64 the catalog hashes the file itself).
+    pub(super) fn register_published(&self, r: Option<Registration>) {
+        let Some(r) = r else {
+            return;
+        };
+        let added = match r.xxh {
+            Some(x) => self.catalog.add_ingested_file(&r.path, x, r.sha),
+            None => self.catalog.add_file(&r.path),
+        };
+        if let Err(e) = added {
+            self.log(format_args!("catalog: {}: {e}", r.path.display()));
+        }
     }
 
     /// The copy fallback of publication, through ingest (verified, no-overwrite rename).
