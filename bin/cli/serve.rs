@@ -115,6 +115,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         .listener(l, jtp)
         .listener(tl, tej);
     let mut fs_endpoints = super::filestorage::Endpoints::defaults(a.verbose);
+    (fs_endpoints.max_connections, fs_endpoints.io_timeout) =
+        (a.max_connections, limits.io_timeout);
     fs_endpoints.tcp = Some(a.filestorage_bind.clone()).filter(|b| b != "off");
     match a.filestorage_unix.as_deref() {
         Some("off") => fs_endpoints.unix = None,

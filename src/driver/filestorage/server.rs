@@ -26,11 +26,14 @@
 //! (the server core).
 
 use std::io::{self, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{Begun, FetchCache, Partial, PendingChunk, Store};
 use super::unix_now;
+use crate::proto::filestorage::frame::{nil_reply, Framing};
+use crate::proto::filestorage::reason::Code;
 use crate::proto::filestorage::server::{
     Answer, Connection, Event, FetchData, ServerConfig, Ticket,
 };
@@ -92,9 +95,37 @@ impl Service for FilestorageService {
             fetch_cache: FetchCache::default(),
             fetch_buf: Vec::new(),
         };
-        let end = s.run(&mut conn);
-        // Whatever was written is made durable, answered or not.
-        s.flush_writes(&mut conn);
+        let run = catch_unwind(AssertUnwindSafe(|| s.run(&mut conn)));
+        let end = match run {
+            Ok(end) => {
+                // Whatever was written is made durable, answered or not.
+                s.flush_writes(&mut conn);
+                end
+            }
+            Err(panic) => {
+                // A bug caught at the connection boundary (spec 8 `internal`): logged, the
+                // nil-id reply, the connection closed. Claims it held are given back so that
+                // other connections can write those chunks.
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|m| m.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                eprintln!("filestorage: {}: internal error: {what}", s.peer);
+                for (_, c) in s.leaders.drain(..) {
+                    s.store.abandon(&c);
+                }
+                s.followers.clear();
+                let mut reply = Vec::new();
+                nil_reply(
+                    &mut reply,
+                    conn.framing().unwrap_or(Framing::Current),
+                    Code::Internal,
+                );
+                let _ = s.stream.write_all(&reply);
+                End::Clean
+            }
+        };
         if let Some(p) = s.active.take() {
             s.store.release(&p);
         }

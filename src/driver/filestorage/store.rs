@@ -753,6 +753,16 @@ impl Store {
         outcomes
     }
 
+    /// Gives back the claim of a chunk that will never be made durable by its writer (its
+    /// connection failed): the chunk stays missing and anyone may write it.
+    pub fn abandon(&self, c: &PendingChunk) {
+        let mut g = lock(&c.partial.inner);
+        if g.claimed.remove(&(c.file, c.n)) {
+            invalidate_hash(&mut g, c.file);
+        }
+        c.partial.settled.notify_all();
+    }
+
     /// A follower's answer: waits (up to `timeout`) for the claim on its chunk to settle.
     pub fn wait_follower(&self, c: &PendingChunk, timeout: Duration) -> WriteOutcome {
         let deadline = Instant::now() + timeout;
