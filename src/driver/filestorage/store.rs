@@ -528,47 +528,47 @@ impl Store {
             missing: batch.missing.clone(),
             touched: now,
         };
-        if has_transfer {
-            if let Err(e) = self.make_partial_dir(p, &state) {
-                self.log(format_args!("{}: create partial state: {e}", call.fid));
-                let _ = fs::remove_dir_all(&p.dir);
-                lock(&self.ledger(call.uid)).release(reservation);
-                return Err(storage_error());
-            }
-            self.add_unwritten(receive);
-        }
-        // Empty files are stored at once (spec 4.2).
+        // Empty files are stored at once (spec 4.2), before the partial state: a crash between
+        // the two leaves records a later AUTHENTICATION finds complete, and nothing else.
+        let mut stored = 0;
+        let fail = |stored: u64, what: fmt::Arguments<'_>| {
+            self.log(format_args!("{}: {what}", call.fid));
+            let _ = fs::remove_dir_all(&p.dir);
+            lock(&self.ledger(call.uid)).release(Reservation {
+                files: reservation.files - stored,
+                ..reservation
+            });
+            Err(storage_error())
+        };
         for (i, fate) in batch.fates.iter().enumerate() {
             if *fate != FileFate::StoreEmpty {
                 continue;
             }
-            match self.store_empty(
-                call.fid,
-                i as u32,
-                &call.files[i],
-                &batch.tags,
-                call.uid,
-                now,
-            ) {
-                Ok(_) => lock(&self.ledger(call.uid)).complete_file(0),
-                Err(e) => {
-                    // The state (if any) keeps the file; recovery completes it at the next start.
-                    self.log(format_args!("{}: store empty file {i}: {e}", call.fid));
-                    return Err(storage_error());
+            let spec = &call.files[i];
+            match self.store_empty(call.fid, i as u32, spec, &batch.tags, call.uid, now) {
+                Ok(_) => {
+                    lock(&self.ledger(call.uid)).complete_file(0);
+                    stored += 1;
                 }
+                Err(e) => return fail(stored, format_args!("store empty file {i}: {e}")),
             }
         }
         if !has_transfer {
             return Ok(false);
         }
+        let journal = match self
+            .make_partial_dir(p, &state)
+            .and_then(|()| open_journal(&p.dir))
+        {
+            Ok(j) => j,
+            Err(e) => return fail(stored, format_args!("create partial state: {e}")),
+        };
+        self.add_unwritten(receive);
         let n = call.files.len();
         let public = batch.tags.iter().any(|t| t == PUBLIC);
         g.parts = vec![None; n];
         g.hashes = (0..n).map(|_| Some(FileHash::new(public))).collect();
-        g.journal = Some(open_journal(&p.dir).map_err(|e| {
-            self.log(format_args!("{}: journal: {e}", call.fid));
-            storage_error()
-        })?);
+        g.journal = Some(journal);
         g.journal_records = 0;
         g.touched = now;
         g.state = Some(state);
