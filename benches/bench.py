@@ -1280,12 +1280,12 @@ def _fs_serve(ferry, name):
     """`ferry filestorage serve` over a fresh store in SHM with quotas out of the way: returns
     (server, tcp address, unix socket path, token)."""
     root = fresh_out(f"fs-root-{name}")
-    run = fresh_out(f"fs-run-{name}")
-    quota = os.path.join(run, "quota.json")
+    rundir = fresh_out(f"fs-run-{name}")
+    quota = os.path.join(rundir, "quota.json")
     with open(quota, "w") as f:
         json.dump({"default": {"max_file_size": 4 * GIB, "max_bytes": 64 * GIB,
                                "max_files": 1_000_000, "min_free": 0}}, f)
-    s = Server(f"fs-{name}", [ferry, "filestorage", "serve", "--root", root, "--rundir", run,
+    s = Server(f"fs-{name}", [ferry, "filestorage", "serve", "--root", root, "--rundir", rundir,
                               "--bind", "127.0.0.1:0", "--quota-file", quota])
     lines, buf = [], b""
     fd = s.p.stdout.fileno()

@@ -391,20 +391,36 @@ fn ferry_token(args: &[&str], token: &str, timeout: Duration) -> std::process::O
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ferry");
+    // Both pipes are drained while the child runs (a long --json report fills a pipe).
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
+            let _ = child.wait();
+            let shown: Vec<&&str> = args.iter().take(8).collect();
             panic!(
-                "ferry {args:?} did not finish in {timeout:?}: {}",
-                stderr(&o)
+                "ferry {shown:?}... did not finish in {timeout:?}: {}",
+                String::from_utf8_lossy(&err.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -2786,5 +2802,87 @@ fn s22_s34_digest_mismatch_leaves_nothing_and_fetch_clips_at_the_end() {
     assert_eq!(
         (r["data"].as_str(), r["eof"].as_bool()),
         (Some(b64(&data[..1000]).as_str()), Some(false))
+    );
+}
+
+#[test]
+fn put_splits_batches_so_each_authentication_fits_one_frame() {
+    // 700 files with 150-byte names: ~250 bytes each in AUTHENTICATION, so two batches
+    // although 700 < 1024 (the 10,000-file bench once sent one frame over the limit).
+    // Many small files cost their fsyncs (about 4 each): on a real disk of a busy machine that
+    // is tens of milliseconds per file, so this test keeps its store in memory when it can.
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dirs: Vec<PathBuf> = ["root", "run", "src"]
+        .iter()
+        .map(|d| base.join(format!("ferry-it-batches-{}-{d}", std::process::id())))
+        .collect();
+    struct Gone(Vec<PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _gone = Gone(dirs.clone());
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let fs = Fs::start_in(&dirs[0], &dirs[1], &[]);
+    let src = TempDir(dirs[2].clone());
+    let mut paths = Vec::new();
+    for i in 0..700 {
+        let p = src.join(&format!("{}{i:04}", "n".repeat(146)));
+        std::fs::write(&p, format!("file {i}")).unwrap();
+        paths.push(p.to_str().unwrap().to_string());
+    }
+    let sock = fs.sock();
+    let mut args = vec![
+        "filestorage",
+        "put",
+        "--unix",
+        sock.to_str().unwrap(),
+        "--tag",
+        "long",
+        "--json",
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let o = ferry_token(&args, TOKEN_A, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["files"].as_array().unwrap().len(), 700);
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "query",
+            "--unix",
+            fs.sock().to_str().unwrap(),
+            "--tag",
+            "long",
+            "--json",
+        ],
+        TOKEN_A,
+        T,
+    );
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 700);
+    let batches: HashSet<String> = std::fs::read_dir(fs.store().join("records"))
+        .unwrap()
+        .map(|e| {
+            let r: Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            r["fid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        batches.len(),
+        2,
+        "700 files in two batches (a frame holds about 400)"
     );
 }

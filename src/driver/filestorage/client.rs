@@ -31,8 +31,11 @@ use crate::proto::filestorage::client::{
     ClientError as MachineError, FetchClient, FetchConfig, FetchEvent, Put, PutConfig, PutEvent,
     QueryClient, QueryConfig, QueryEvent,
 };
+use crate::proto::filestorage::frame::MAX_LEN;
 use crate::proto::filestorage::ids::{client_fid, FidFile, MessageIds, Uuid};
-use crate::proto::filestorage::json::{FileSpec, QueryResult, MAX_CHUNK_SIZE};
+use crate::proto::filestorage::json::{
+    encode_authentication, FileSpec, MessageId, QueryResult, MAX_CHUNK_SIZE,
+};
 use crate::proto::filestorage::store::names::{is_valid_name, is_valid_tag};
 use crate::proto::filestorage::token::unverified_login;
 use crate::transport::{connect_tcp, Stream, TlsClient, TransportError};
@@ -298,8 +301,8 @@ struct Source {
     spec: FileSpec,
 }
 
-/// Stores `paths` as one batch per 1024 files; returns once every file is acknowledged
-/// complete.
+/// Stores `paths` in batches of at most 1024 files whose AUTHENTICATION fits one frame;
+/// returns once every file is acknowledged complete.
 pub fn put(
     opts: &ClientOptions,
     put: &PutOptions,
@@ -319,11 +322,7 @@ pub fn put(
             "--chunk-size must be 1000..65536".into(),
         ));
     }
-    if put.fid.is_some() && paths.len() > MAX_BATCH_FILES {
-        return Err(ClientError::Local(format!(
-            "--fid names one batch: at most {MAX_BATCH_FILES} files"
-        )));
-    }
+
     let login = unverified_login(&put.token)
         .ok_or_else(|| ClientError::Local("the token has no readable login claim".into()))?;
     let t0 = Instant::now();
@@ -333,6 +332,14 @@ pub fn put(
     }
     let hash_seconds = t0.elapsed().as_secs_f64();
     let tags: Vec<&str> = put.tags.iter().map(String::as_str).collect();
+    let ranges = batches(&sources, &put.token, &put.tags, put.chunk_size)?;
+    if put.fid.is_some() && ranges.len() > 1 {
+        return Err(ClientError::Local(
+            "--fid names one batch, and these files need several (1024 files or one frame of \
+             AUTHENTICATION at most)"
+                .into(),
+        ));
+    }
     let mut report = PutReport {
         files: Vec::new(),
         bytes: 0,
@@ -340,7 +347,8 @@ pub fn put(
         hash_seconds,
         reconnects: 0,
     };
-    for batch in sources.chunks(MAX_BATCH_FILES) {
+    for range in ranges {
+        let batch = &sources[range];
         let fid = put.fid.unwrap_or_else(|| {
             let files: Vec<FidFile<'_>> = batch
                 .iter()
@@ -377,6 +385,60 @@ pub fn put(
     }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Splits the files into batches of at most [`MAX_BATCH_FILES`] whose AUTHENTICATION fits in
+/// one frame (99,992 bytes: long names and the declared SHA-256s reach it before 1024 files).
+fn batches(
+    sources: &[Source],
+    token: &str,
+    tags: &[String],
+    chunk_size: u32,
+) -> Result<Vec<std::ops::Range<usize>>, ClientError> {
+    let max_json = MAX_LEN as usize - 1;
+    let encoded = |files: &[FileSpec]| {
+        let mut out = Vec::new();
+        let mid = MessageId::from_uuid(Uuid::NIL);
+        encode_authentication(
+            &mut out,
+            &mid,
+            token,
+            files,
+            &Uuid::NIL,
+            tags,
+            Some(chunk_size),
+        );
+        out.len()
+    };
+    let base = encoded(&[]);
+    let mut out = Vec::new();
+    let (mut start, mut len) = (0, base);
+    for (i, s) in sources.iter().enumerate() {
+        // The entry, and its comma when it is not the first of its batch.
+        let entry = encoded(std::slice::from_ref(&s.spec)) - base;
+        let fits = |start: usize, len: usize| {
+            i - start < MAX_BATCH_FILES && len + entry + usize::from(i > start) <= max_json
+        };
+        if !fits(start, len) {
+            if i == start {
+                return Err(ClientError::Local(format!(
+                    "{}: its AUTHENTICATION cannot fit in one frame (token too long?)",
+                    s.spec.name
+                )));
+            }
+            out.push(start..i);
+            (start, len) = (i, base);
+            if !fits(start, len) {
+                return Err(ClientError::Local(format!(
+                    "{}: its AUTHENTICATION cannot fit in one frame (token too long?)",
+                    s.spec.name
+                )));
+            }
+        }
+        len += entry + usize::from(i > start);
+    }
+    out.push(start..sources.len());
+    Ok(out)
 }
 
 /// Opens a source file, checks its name, and hashes it (the `fid` and the declared `sha256`).

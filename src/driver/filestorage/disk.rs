@@ -53,17 +53,14 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates an empty marker file (derived data, rebuilt at start: not synced).
 pub(super) fn touch(path: &Path) -> io::Result<()> {
-    match OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    }
+        .map(drop)
 }
 
 /// Removes a file; a missing one is fine.
