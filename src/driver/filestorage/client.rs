@@ -38,7 +38,7 @@ use crate::proto::filestorage::json::{
 };
 use crate::proto::filestorage::store::names::{is_valid_name, is_valid_tag};
 use crate::proto::filestorage::token::unverified_login;
-use crate::transport::{connect_tcp, Stream, TlsClient, TransportError};
+use crate::transport::{connect_tcp, Stream, TlsClient, TransportError, TryRead};
 
 /// Files per AUTHENTICATION (spec 1.1 `max_batch_files`): larger puts are split into batches.
 pub const MAX_BATCH_FILES: usize = 1024;
@@ -521,6 +521,7 @@ fn drive_put(
     out: &mut Vec<u8>,
 ) -> Result<Step<()>, ClientError> {
     let mut progressed = false;
+    let dropped = |progressed, why: String| Ok(Step::Dropped { progressed, why });
     loop {
         while let Some(ev) = m.poll_event() {
             match ev {
@@ -531,6 +532,28 @@ fn drive_put(
                         .read_exact_at(chunk, c.offset)
                         .map_err(|e| ClientError::Local(format!("{}: {e}", src.spec.name)))?;
                     m.send_chunk(c, chunk);
+                    // Each TRANSFER goes out at once, and the Oks already back are taken in
+                    // before the next one: the window refills as it drains instead of in
+                    // rounds of `window` (which left each side idle while the other worked).
+                    m.poll_transmit(out);
+                    if let Err(e) = stream.write_all(out) {
+                        out.clear();
+                        return dropped(progressed, e.to_string());
+                    }
+                    out.clear();
+                    loop {
+                        match stream.try_read(rbuf) {
+                            Ok(TryRead::Data(n)) => {
+                                progressed = true;
+                                m.handle_input(&rbuf[..n]);
+                            }
+                            Ok(TryRead::Empty) => break,
+                            Ok(TryRead::Eof) => {
+                                return dropped(progressed, "closed by the server".into())
+                            }
+                            Err(e) => return dropped(progressed, e.to_string()),
+                        }
+                    }
                 }
                 PutEvent::FileComplete { .. } => progressed = true,
                 PutEvent::Done => return Ok(Step::Done(())),
@@ -541,31 +564,18 @@ fn drive_put(
         if !out.is_empty() {
             if let Err(e) = stream.write_all(out) {
                 out.clear();
-                return Ok(Step::Dropped {
-                    progressed,
-                    why: e.to_string(),
-                });
+                return dropped(progressed, e.to_string());
             }
             out.clear();
         }
         match stream.read(rbuf) {
-            Ok(0) => {
-                return Ok(Step::Dropped {
-                    progressed,
-                    why: "closed by the server".into(),
-                })
-            }
+            Ok(0) => return dropped(progressed, "closed by the server".into()),
             Ok(n) => {
                 progressed = true;
                 m.handle_input(&rbuf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Ok(Step::Dropped {
-                    progressed,
-                    why: e.to_string(),
-                })
-            }
+            Err(e) => return dropped(progressed, e.to_string()),
         }
     }
 }

@@ -87,6 +87,7 @@ impl Service for FilestorageService {
             peer: peer.to_string(),
             verbose: self.verbose,
             io_timeout: self.config.limits.io_timeout,
+            half_window: (self.config.limits.window as usize / 2).max(1),
             rbuf: vec![0u8; READ_BUF],
             out: Vec::new(),
             leaders: Vec::new(),
@@ -152,6 +153,8 @@ struct Session<'a> {
     peer: String,
     verbose: bool,
     io_timeout: Duration,
+    /// Writes gathered before a group commit at most.
+    half_window: usize,
     rbuf: Vec<u8>,
     out: Vec<u8>,
     /// Chunks this connection wrote, waiting for the group commit.
@@ -179,10 +182,12 @@ impl Session<'_> {
                 conn.close();
                 return End::Cut;
             }
-            if !self.leaders.is_empty() || !self.followers.is_empty() {
-                // Group commit: first take what has already arrived (up to the window).
+            let pending = self.leaders.len() + self.followers.len();
+            if pending > 0 {
+                // Group commit: first take what has already arrived, up to half the window (so
+                // the client keeps credit to send while this group is made durable).
                 let room = conn.input_room().min(self.rbuf.len());
-                if room > 0 {
+                if room > 0 && pending < self.half_window {
                     match self.stream.try_read(&mut self.rbuf[..room]) {
                         Ok(TryRead::Data(n)) => {
                             conn.handle_input(&self.rbuf[..n], Instant::now(), unix_now());
