@@ -22,7 +22,9 @@
 //!                 ▼
 //!  finish_writes: fdatasync each part once ─► journal records appended, fdatasync ─► held
 //!     └─ a file's last chunk: complete (7.2): hash, compare, 0444 + link objects/<sha256>,
-//!        record, markers, publication, part removed, reservation becomes usage
+//!        record, markers, publication (a link), part removed, the published name registered
+//!        with the catalog (after the unlink, which moved the inode's ctime), reservation
+//!        becomes usage
 //!     └─ the batch's last file: partial/<fid>/ removed
 //! ```
 //!
