@@ -22,6 +22,13 @@ const HASH_READ: usize = 1 << 20;
 /// Replaces `dir/name` with `bytes` atomically and durably: a reader (or a restart) sees the
 /// old file or the new one, never a mix.
 pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_unsynced(dir, name, bytes)?;
+    sync_dir(dir)
+}
+
+/// [`write_atomic`] without the folder's sync: the caller syncs `dir` once for a group of files
+/// before anything may depend on them.
+pub(super) fn write_atomic_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
         "{TEMP_PREFIX}{}-{}-{name}",
@@ -42,8 +49,7 @@ pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result?;
-    sync_dir(dir)
+    result
 }
 
 /// Makes names created, renamed or removed in `dir` durable.

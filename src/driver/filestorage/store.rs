@@ -719,6 +719,8 @@ impl Store {
         }
         g.touched = g.touched.max(now);
         let mut outcomes = Vec::with_capacity(leaders.len());
+        // (outcome index, file) of the chunks that were their file's last.
+        let mut completing: Vec<(usize, u32)> = Vec::new();
         for &(file, n, len) in leaders {
             g.claimed.remove(&(file, n));
             if failed.contains(&file) {
@@ -735,12 +737,18 @@ impl Store {
                 self.sub_unwritten(len);
             }
             if removed && state.missing.is_file_complete(file as usize) {
-                outcomes.push(match self.complete(p, &mut g, file, now) {
+                completing.push((outcomes.len(), file));
+            }
+            outcomes.push(WriteOutcome::Stored);
+        }
+        if !completing.is_empty() {
+            let files: Vec<u32> = completing.iter().map(|c| c.1).collect();
+            let results = self.complete_files(p, &mut g, &files, now);
+            for ((at, _), r) in completing.into_iter().zip(results) {
+                outcomes[at] = match r {
                     Ok(id) => WriteOutcome::Completed { id },
                     Err(r) => WriteOutcome::Failed(r),
-                });
-            } else {
-                outcomes.push(WriteOutcome::Stored);
+                };
             }
         }
         if g.journal_records >= FOLD_EVERY {
@@ -830,88 +838,148 @@ impl Store {
         }
     }
 
-    /// Completes file `file` of `p`, all of whose chunks are held (spec 7.2). On failure the
-    /// file's chunks are all missing again.
-    fn complete(
+    /// Completes the files of `p` listed in `files`, all of whose chunks are held, as one group
+    /// (spec 7.2): each step is done for all of them before the next, so each file still goes
+    /// object, record, markers, publication, but the objects folder and the records folder are
+    /// each synced once per group instead of once per file. A file that fails has all its
+    /// chunks missing again (and `digest-mismatch` says so when its bytes were wrong).
+    fn complete_files(
         &self,
         p: &Partial,
         g: &mut PartialInner,
-        file: u32,
+        files: &[u32],
         now: u64,
-    ) -> Result<Uuid, Reason> {
+    ) -> Vec<Result<Uuid, Reason>> {
+        let mut results: Vec<Option<Result<Uuid, Reason>>> = vec![None; files.len()];
         let Some(state) = g.state.as_ref() else {
-            return Err(storage_error());
+            return vec![Err(storage_error()); files.len()];
         };
-        let spec = state.files[file as usize].clone();
         let (tags, uid) = (state.tags.clone(), state.uid);
         let public = tags.iter().any(|t| t == PUBLIC);
-        let part = p.part(g, file);
-        let hashed = part.and_then(|part| {
-            let mut h = g
-                .hashes
-                .get_mut(file as usize)
-                .and_then(Option::take)
-                .unwrap_or_else(|| FileHash::new(public));
-            if h.upto > spec.size || (public && h.xxh.is_none()) {
-                h = FileHash::new(public);
+        // A file whose completion failed after its part was linked or gone.
+        let fail = |g: &mut PartialInner, file: u32, sha: Option<[u8; 32]>| {
+            if let Some(sha) = sha {
+                let _ = fs::remove_file(self.object_path(&sha));
             }
-            h.read_from(&part, spec.size)?;
-            Ok((part, h.finish()))
-        });
-        let (part, (sha, xxh)) = match hashed {
-            Ok(v) => v,
-            Err(e) => {
-                self.log(format_args!("{}: hash part {file}: {e}", p.fid));
-                self.drop_part(p, g, file);
-                self.reset_file(p, g, file);
-                return Err(storage_error());
-            }
-        };
-        if spec.sha256.is_some_and(|d| d != sha) {
-            self.log(format_args!("{}: file {file}: digest mismatch", p.fid));
+            self.drop_part(p, g, file);
             self.reset_file(p, g, file);
-            return Err(Reason::with_detail(Code::DigestMismatch, file));
-        }
-        let linked = self.link_object(&part, &part_path(&p.dir, file), &sha);
-        let created_object = match linked {
-            Ok(created) => created,
-            Err(e) => {
-                self.log(format_args!("{}: object of file {file}: {e}", p.fid));
-                self.drop_part(p, g, file);
-                self.reset_file(p, g, file);
-                return Err(storage_error());
-            }
+            Err(storage_error())
         };
-        let committed = self.commit_record(p.fid, file, &spec, &tags, uid, sha, xxh, now, true);
-        match committed {
-            Ok((record, registration)) => {
-                lock(&self.ledger(uid)).complete_file(record.size);
-                self.drop_part(p, g, file);
-                // Only now: removing the part's name moved the inode's ctime.
-                self.register_published(registration);
-                self.log(format_args!(
-                    "stored {} ({} bytes) as {}{}",
-                    record.name,
-                    record.size,
-                    record.id,
-                    record
-                        .published
-                        .as_ref()
-                        .map(|n| format!(", published as {n}"))
-                        .unwrap_or_default()
-                ));
-                Ok(record.id)
-            }
-            Err(e) => {
-                self.log(format_args!("{}: record of file {file}: {e}", p.fid));
-                if created_object {
-                    let _ = fs::remove_file(self.object_path(&sha));
+        // 1. Hash, compare, make the part the object (0444, a link).
+        let mut linked: Vec<(usize, FileSpec, [u8; 32], Option<u64>, bool)> = Vec::new();
+        for (k, &file) in files.iter().enumerate() {
+            let Some(spec) = g.state.as_ref().map(|s| s.files[file as usize].clone()) else {
+                results[k] = Some(Err(storage_error()));
+                continue;
+            };
+            let part = p.part(g, file);
+            let hashed = part.and_then(|part| {
+                let mut h = g
+                    .hashes
+                    .get_mut(file as usize)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| FileHash::new(public));
+                if h.upto > spec.size || (public && h.xxh.is_none()) {
+                    h = FileHash::new(public);
                 }
-                self.drop_part(p, g, file);
+                h.read_from(&part, spec.size)?;
+                Ok((part, h.finish()))
+            });
+            let (part, (sha, xxh)) = match hashed {
+                Ok(v) => v,
+                Err(e) => {
+                    self.log(format_args!("{}: hash part {file}: {e}", p.fid));
+                    results[k] = Some(fail(g, file, None));
+                    continue;
+                }
+            };
+            if spec.sha256.is_some_and(|d| d != sha) {
+                self.log(format_args!("{}: file {file}: digest mismatch", p.fid));
                 self.reset_file(p, g, file);
-                Err(storage_error())
+                results[k] = Some(Err(Reason::with_detail(Code::DigestMismatch, file)));
+                continue;
+            }
+            match self.link_object_unsynced(&part, &part_path(&p.dir, file), &sha) {
+                Ok(created) => linked.push((k, spec, sha, xxh, created)),
+                Err(e) => {
+                    self.log(format_args!("{}: object of file {file}: {e}", p.fid));
+                    results[k] = Some(fail(g, file, None));
+                }
             }
         }
+        // 2. The objects exist durably.
+        if !linked.is_empty() {
+            if let Err(e) = disk::sync_dir(&self.objects_dir()) {
+                self.log(format_args!("{}: sync objects: {e}", p.fid));
+                for (k, _, sha, _, created) in linked.drain(..) {
+                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                }
+            }
+        }
+        // 3. The records: the commit points, durable together.
+        let mut recorded = Vec::new();
+        for (k, spec, sha, xxh, created) in linked {
+            let record = Record {
+                id: store_id(&p.fid, u64::from(files[k])),
+                owner: uid,
+                name: spec.name.clone(),
+                size: spec.size,
+                sha256: sha,
+                tags: tags.clone(),
+                fid: p.fid,
+                file: files[k],
+                created: now,
+                published: None,
+            };
+            match self.write_record_unsynced(&record) {
+                Ok(()) => recorded.push((k, record, xxh, created)),
+                Err(e) => {
+                    self.log(format_args!("{}: record of file {}: {e}", p.fid, files[k]));
+                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                }
+            }
+        }
+        if !recorded.is_empty() {
+            if let Err(e) = disk::sync_dir(&self.records_dir()) {
+                self.log(format_args!("{}: sync records: {e}", p.fid));
+                for (k, record, _, created) in recorded.drain(..) {
+                    let _ = fs::remove_file(self.records_dir().join(format!("{}.json", record.id)));
+                    results[k] = Some(fail(g, files[k], created.then_some(record.sha256)));
+                }
+            }
+        }
+        // 4. Markers, visibility, publication; then the part goes and the reservation becomes
+        // usage.
+        for (k, mut record, xxh, _) in recorded {
+            let registration = match self.finish_record(&mut record, xxh, true) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The record is durable: the file is stored; only its stamp is unknown.
+                    self.log(format_args!("{}: object of {}: {e}", p.fid, record.id));
+                    None
+                }
+            };
+            lock(&self.ledger(uid)).complete_file(record.size);
+            self.drop_part(p, g, files[k]);
+            // Only now: removing the part's name moved the inode's ctime.
+            self.register_published(registration);
+            self.log(format_args!(
+                "stored {} ({} bytes) as {}{}",
+                record.name,
+                record.size,
+                record.id,
+                record
+                    .published
+                    .as_ref()
+                    .map(|n| format!(", published as {n}"))
+                    .unwrap_or_default()
+            ));
+            results[k] = Some(Ok(record.id));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(storage_error())))
+            .collect()
     }
 
     /// Closes and deletes the part of `file` (its bytes live on in the object, if linked).
@@ -925,6 +993,13 @@ impl Store {
     /// Makes `part` (0444) the object of `sha` by a hard link; an existing object is the same
     /// content and is kept. Returns whether the link was made now.
     pub(super) fn link_object(&self, part: &File, path: &Path, sha: &[u8; 32]) -> io::Result<bool> {
+        let created = self.link_object_unsynced(part, path, sha)?;
+        disk::sync_dir(&self.objects_dir())?;
+        Ok(created)
+    }
+
+    /// [`link_object`](Self::link_object) without syncing the objects folder.
+    fn link_object_unsynced(&self, part: &File, path: &Path, sha: &[u8; 32]) -> io::Result<bool> {
         part.set_permissions(fs::Permissions::from_mode(0o444))?;
         let object = self.object_path(sha);
         let created = match fs::hard_link(path, &object) {
@@ -932,7 +1007,6 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(e),
         };
-        disk::sync_dir(&self.objects_dir())?;
         Ok(created)
     }
 
@@ -1006,21 +1080,40 @@ impl Store {
             published: None,
         };
         self.write_record(&record)?;
-        self.write_markers(&record);
-        let stamp = fs::metadata(self.object_path(&sha)).map(|m| ObjectStamp::of(&m))?;
-        lock(&self.objects).insert(sha, stamp);
-        self.register(&record);
-        let mut registration = None;
-        if publish && record.tags.iter().any(|t| t == PUBLIC) {
-            registration = self.publish(&mut record, xxh);
-        }
+        let registration = self.finish_record(&mut record, xxh, publish)?;
         Ok((record, registration))
     }
 
+    /// What follows a durable record: its markers, the object's stamp, visibility, then
+    /// publication when `public` (the catalog registration is returned for the caller).
+    fn finish_record(
+        &self,
+        record: &mut Record,
+        xxh: Option<u64>,
+        publish: bool,
+    ) -> io::Result<Option<Registration>> {
+        self.write_markers(record);
+        let stamp = fs::metadata(self.object_path(&record.sha256)).map(|m| ObjectStamp::of(&m));
+        if let Ok(stamp) = stamp {
+            lock(&self.objects).insert(record.sha256, stamp);
+        }
+        self.register(record);
+        let mut registration = None;
+        if publish && record.tags.iter().any(|t| t == PUBLIC) {
+            registration = self.publish(record, xxh);
+        }
+        stamp.map(|_| registration)
+    }
+
     pub(super) fn write_record(&self, r: &Record) -> io::Result<()> {
+        self.write_record_unsynced(r)?;
+        disk::sync_dir(&self.records_dir())
+    }
+
+    fn write_record_unsynced(&self, r: &Record) -> io::Result<()> {
         let mut json = Vec::new();
         r.encode(&mut json);
-        disk::write_atomic(&self.records_dir(), &format!("{}.json", r.id), &json)
+        disk::write_atomic_unsynced(&self.records_dir(), &format!("{}.json", r.id), &json)
     }
 
     /// `by-owner/<uid>/<id>` and `by-tag/<tag>/<id>` (derived data: errors are logged).
