@@ -38,6 +38,10 @@ Rows (see the table's notes for how each number is made):
      at once each send the largest message or request the limits allow (a 16 MiB TEJ deliver
      message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids), and again once
      they closed and the idle workers retired.
+  11. filestorage (row group `filestorage`): put of one 1 GiB file over loopback TCP and over the
+     Unix socket (64 KiB chunks, window 32, Oks only once durable), the seed's shape (1000-byte
+     chunks, lockstep) on 64 MiB, 10,000 files of 1 KiB in one command (every one complete and
+     queryable), fetch of the 1 GiB file in 64 KiB FETCHes, RssAnon of both sides.
 
 `--only GROUP[,GROUP]` runs only those row groups (no data sets are made for them); `--help`
 lists the groups.
@@ -1173,6 +1177,7 @@ def _sc_serve(ferry, name):
     # --max-connections by default) so the burst measures the pool, not the cap.
     s = Server(name, [ferry, "serve", folder, "--jtp-bind", "127.0.0.1:0", "--tej-bind",
                       "127.0.0.1:0", "--cjp2p-bind", "127.0.0.1:0", "--fastdp-bind", "off",
+                      "--filestorage-bind", "off", "--filestorage-unix", "off",
                       "--no-tls", "--max-per-ip", "1024"])
     ports, buf = {}, b""
     fd = s.p.stdout.fileno()
@@ -1782,6 +1787,207 @@ def bench_hostile_memory(res, ferry):
     threading.stack_size(0)
 
 
+# --------------------------------------------------------------------------- filestorage
+# Row group `filestorage`: put of one 1 GiB file over loopback TCP and over the Unix socket
+# (64 KiB chunks, window 32, every Ok only once durable), the seed's shape (1000-byte chunks,
+# lockstep) on 64 MiB, 10,000 files of 1 KiB in one command, and fetch of the 1 GiB file in
+# 64 KiB FETCHes. Store, sources and outputs live in /dev/shm.
+
+FS_BIG = GIB
+FS_SEED = 64 * MIB
+FS_SMALL_COUNT, FS_SMALL_SIZE = 10_000, 1024
+
+
+def _fs_source(name, size, seed):
+    """A random file of `size` bytes in SHM (made once per run of this group)."""
+    path = os.path.join(SHM, "fs-src", name)
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MIB)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
+
+
+def _fs_serve(ferry, name):
+    """`ferry filestorage serve` over a fresh store in SHM with quotas out of the way: returns
+    (server, tcp address, unix socket path, token)."""
+    root = fresh_out(f"fs-root-{name}")
+    rundir = fresh_out(f"fs-run-{name}")
+    quota = os.path.join(rundir, "quota.json")
+    with open(quota, "w") as f:
+        json.dump({"default": {"max_file_size": 4 * GIB, "max_bytes": 64 * GIB,
+                               "max_files": 1_000_000, "min_free": 0}}, f)
+    s = Server(f"fs-{name}", [ferry, "filestorage", "serve", "--root", root, "--rundir", rundir,
+                              "--bind", "127.0.0.1:0", "--quota-file", quota])
+    lines, buf = [], b""
+    fd = s.p.stdout.fileno()
+    deadline = time.monotonic() + LISTEN_TIMEOUT
+    while len(lines) < 2 and time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            lines = [ln.split() for ln in buf.decode(errors="replace").splitlines()
+                     if ln.startswith("listening filestorage ")]
+        elif s.p.poll() is not None:
+            break
+    if len(lines) < 2:
+        s.stop()
+        raise CommandFailed(f"fs-{name}: no two listening lines; see {s.log_path}")
+    unix = next(ln[2][5:] for ln in lines if ln[2].startswith("unix:"))
+    tcp = next(ln[2] for ln in lines if not ln[2].startswith("unix:"))
+    _, out = run([ferry, "filestorage", "token", "--uid", "1", "--login", "bench", "--root", root])
+    return s, tcp, unix, out.strip(), root
+
+
+def _fs_put_runs(ferry, label, via, src, size, extra):
+    """RUNS puts of `src`, each into a fresh store; returns per-run dicts."""
+    runs = []
+    for i in range(RUNS):
+        s, tcp, unix, token, root = _fs_serve(ferry, f"{label}-{i}")
+        rss = RssSampler(s.pid)
+        try:
+            where = ["--addr", tcp] if via == "tcp" else ["--unix", unix]
+            s0 = process_cpu(s.pid)
+            c0 = children_cpu()
+            wall, out, c_rss = run_sampled([ferry, "filestorage", "put", *where, "--json",
+                                            "--token", token, *extra, src])
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
+        finally:
+            s_rss = rss.stop()
+            s.stop()
+        rep = json.loads(out)
+        if rep["bytes"] != size or len(rep["files"]) != 1:
+            raise CommandFailed(f"filestorage put {label}: {out[:200]!r}")
+        obj = os.path.join(root, ".ferry", "filestorage", "objects", rep["files"][0]["sha256"])
+        if os.path.getsize(obj) != size:
+            raise CommandFailed(f"filestorage put {label}: object of {os.path.getsize(obj)} bytes")
+        transfer = rep["seconds"] - rep["hash_seconds"]
+        runs.append({"wall": wall, "mbps": size / wall / 1e6, "transfer_s": transfer,
+                     "transfer_mbps": size / transfer / 1e6, "hash_s": rep["hash_seconds"],
+                     "client_cpu": client_cpu, "server_cpu": server_cpu,
+                     "client_rss_anon_mib": c_rss, "server_rss_anon_mib": s_rss})
+        shutil.rmtree(root, ignore_errors=True)
+        say(f"filestorage put {label} run {i + 1}: {size / wall / 1e6:.0f} MB/s wall "
+            f"({wall:.2f} s; transfer {transfer:.2f} s = {size / transfer / 1e6:.0f} MB/s after "
+            f"{rep['hash_seconds']:.2f} s hashing); cpu s client {client_cpu:.2f}, server "
+            f"{server_cpu:.2f}; RssAnon client {c_rss:.1f}, server {s_rss:.1f} MiB")
+    return runs
+
+
+def bench_filestorage(res, ferry):
+    big = _fs_source("fs-1g.bin", FS_BIG, 91)
+    seed = _fs_source("fs-64m.bin", FS_SEED, 92)
+    rows = {}
+    for via in ("tcp", "unix"):
+        rows[via] = _fs_put_runs(ferry, f"1g-{via}", via, big, FS_BIG,
+                                 ["--chunk-size", "65536", "--window", "32"])
+    rows["seed"] = _fs_put_runs(ferry, "seed", "tcp", seed, FS_SEED,
+                                ["--chunk-size", "1000", "--window", "1"])
+    res.raw["filestorage_put"] = rows
+    tb, tm = best_median([r["mbps"] for r in rows["tcp"]])
+    ttb, ttm = best_median([r["transfer_mbps"] for r in rows["tcp"]])
+    ub, um = best_median([r["mbps"] for r in rows["unix"]])
+    utb, utm = best_median([r["transfer_mbps"] for r in rows["unix"]])
+    res.row("filestorage put, 1 GiB file, loopback TCP, 64 KiB chunks, window 32, every Ok "
+            "durable (best / median; wall of the command, then the transfer after the client's "
+            "SHA-256 pass)",
+            f"{tb:.0f} MB/s / {tm:.0f} MB/s (transfer {ttb:.0f} / {ttm:.0f} MB/s)", "-",
+            ">= 400 MB/s", verdict(tb >= 400))
+    res.row("filestorage put, the same over the Unix socket (best / median; wall, then transfer)",
+            f"{ub:.0f} MB/s / {um:.0f} MB/s (transfer {utb:.0f} / {utm:.0f} MB/s)",
+            f"TCP row: {tb:.0f} MB/s", ">= the TCP row", verdict(ub >= tb))
+    sb, sm = best_median([r["mbps"] for r in rows["seed"]])
+    res.row("filestorage put, the seed's shape: 64 MiB in 1000-byte chunks, window 1 "
+            "(lockstep) (best / median)", f"{sb:.1f} MB/s / {sm:.1f} MB/s", "-", "report", "-")
+    s_rss = max(r["server_rss_anon_mib"] for r in rows["tcp"] + rows["unix"])
+    c_rss = max(r["client_rss_anon_mib"] for r in rows["tcp"] + rows["unix"])
+    res.row("RssAnon max, filestorage put 1 GiB (ferry filestorage serve / put)",
+            f"{s_rss:.1f} MiB / {c_rss:.1f} MiB", "-", "< 64 MiB each",
+            verdict(s_rss < 64 and c_rss < 64))
+    best = min(rows["tcp"], key=lambda r: r["wall"])
+    res.diagnostics.append(
+        f"filestorage put 1 GiB TCP, best run: {best['wall']:.2f} s wall, of which "
+        f"{best['hash_s']:.2f} s the client's SHA-256 pass before the first byte (the fid and "
+        f"the declared sha256 need it); CPU seconds client {best['client_cpu']:.2f}, server "
+        f"{best['server_cpu']:.2f}")
+    bench_filestorage_small(res, ferry)
+    bench_filestorage_fetch(res, ferry, big)
+
+
+def bench_filestorage_small(res, ferry):
+    src = os.path.join(SHM, "fs-small")
+    if not os.path.isdir(src) or len(os.listdir(src)) != FS_SMALL_COUNT:
+        shutil.rmtree(src, ignore_errors=True)
+        os.makedirs(src)
+        rng = random.Random(93)
+        for i in range(FS_SMALL_COUNT):
+            with open(os.path.join(src, f"s{i:05d}.bin"), "wb") as f:
+                f.write(rng.randbytes(FS_SMALL_SIZE))
+    files = sorted(os.path.join(src, n) for n in os.listdir(src))
+    rates = []
+    for i in range(RUNS):
+        s, tcp, unix, token, root = _fs_serve(ferry, f"small-{i}")
+        try:
+            wall, out = run([ferry, "filestorage", "put", "--unix", unix, "--token", token,
+                             "--tag", "small", "--json", *files], timeout=600)
+            rep = json.loads(out)
+            _, q = run([ferry, "filestorage", "query", "--unix", unix, "--token", token,
+                        "--tag", "small", "--json"], timeout=600)
+        finally:
+            s.stop()
+        listed = json.loads(q)
+        if len(rep["files"]) != FS_SMALL_COUNT or len(listed) != FS_SMALL_COUNT \
+                or any(e["size"] != FS_SMALL_SIZE for e in listed):
+            raise CommandFailed(f"filestorage small: {len(rep['files'])} stored, "
+                                f"{len(listed)} queryable")
+        shutil.rmtree(root, ignore_errors=True)
+        rates.append(FS_SMALL_COUNT / wall)
+        say(f"filestorage {FS_SMALL_COUNT} files of 1 KiB, run {i + 1}: "
+            f"{FS_SMALL_COUNT / wall:,.0f} files/s ({wall:.2f} s, every one queryable)")
+    res.raw["filestorage_small"] = rates
+    b, m = best_median(rates)
+    res.row(f"filestorage put, {FS_SMALL_COUNT:,} files of 1 KiB in one command (batches of "
+            f"1024; best / median; all complete and queryable)",
+            f"{fmt(b, 'files/s', 0)} / {fmt(m, 'files/s', 0)}", "-", "report", "-")
+
+
+def bench_filestorage_fetch(res, ferry, big):
+    s, tcp, unix, token, root = _fs_serve(ferry, "fetch")
+    rates = []
+    try:
+        _, out = run([ferry, "filestorage", "put", "--addr", tcp, "--token", token, "--json",
+                      big], timeout=600)
+        fid = json.loads(out)["files"][0]["id"]
+        for i in range(RUNS):
+            dest = fresh_out("fs-fetch-out")
+            wall, out = run([ferry, "filestorage", "fetch", fid, "--addr", tcp, "--token", token,
+                             "--out", dest, "--json"], timeout=600)
+            got = json.loads(out)
+            if got["size"] != FS_BIG:
+                raise CommandFailed(f"filestorage fetch: {out[:200]!r}")
+            rates.append(FS_BIG / wall / 1e6)
+            say(f"filestorage fetch 1 GiB run {i + 1}: {FS_BIG / wall / 1e6:.0f} MB/s "
+                f"({wall:.2f} s, verified)")
+            shutil.rmtree(dest, ignore_errors=True)
+    finally:
+        s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    res.raw["filestorage_fetch"] = rates
+    b, m = best_median(rates)
+    res.row("filestorage fetch, 1 GiB in 64 KiB FETCHes over loopback TCP, verified before it "
+            "appears (best / median)", f"{b:.0f} MB/s / {m:.0f} MB/s", "-", ">= 400 MB/s",
+            verdict(b >= 400))
+
+
 # Row groups `--only` can name, in the order a full run runs them after the other rows.
 ROW_GROUPS = {
     "uploads": (
@@ -1800,6 +2006,11 @@ ROW_GROUPS = {
         "server RssAnon with 1,000 connections each sending the largest TEJ message or JTP "
         "BATCH, and after they closed",
         (bench_hostile_memory,),
+    ),
+    "filestorage": (
+        "put of 1 GiB over TCP and the Unix socket, the seed's lockstep shape, 10,000 small "
+        "files, fetch of 1 GiB",
+        (bench_filestorage,),
     ),
 }
 

@@ -18,6 +18,7 @@ use argh::FromArgs;
 
 use cli::cjp2p::Cjp2pArgs;
 use cli::fastdp::FastdpArgs;
+use cli::filestorage::FilestorageArgs;
 use cli::folder::{CertsArgs, IndexArgs};
 use cli::jtp::JtpArgs;
 use cli::serve::ServeArgs;
@@ -39,6 +40,7 @@ enum Cmd {
     Tej(TejArgs),
     Cjp2p(Cjp2pArgs),
     Fastdp(FastdpArgs),
+    Filestorage(FilestorageArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Cmd::Tej(a) => cli::tej::run(a),
         Cmd::Cjp2p(a) => cli::cjp2p::run(a),
         Cmd::Fastdp(a) => cli::fastdp::run(a),
+        Cmd::Filestorage(a) => cli::filestorage::run(a),
         Cmd::Index(a) => cli::folder::index(a),
         Cmd::Certs(a) => cli::folder::certs(a),
     };

@@ -18,6 +18,7 @@ use ferry::transport::TlsServer;
 
 pub(crate) mod cjp2p;
 pub(crate) mod fastdp;
+pub(crate) mod filestorage;
 pub(crate) mod folder;
 pub(crate) mod jtp;
 pub(crate) mod progress;

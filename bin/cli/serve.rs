@@ -33,6 +33,16 @@ pub(crate) struct ServeArgs {
     /// CJP2P UDP address (default 127.0.0.1:24254)
     #[argh(option, default = "String::from(\"127.0.0.1:24254\")")]
     cjp2p_bind: String,
+    /// filestorage TCP address, tcpd preamble first (default 127.0.0.1:9000; `off`)
+    #[argh(
+        option,
+        default = "String::from(ferry::driver::filestorage::DEFAULT_BIND)"
+    )]
+    filestorage_bind: String,
+    /// filestorage Unix socket (default $RUNDIR/filestorage, else /tmp/.libipc-run/filestorage;
+    /// `off`)
+    #[argh(option)]
+    filestorage_unix: Option<String>,
     /// CJP2P peer to contact (repeatable)
     #[argh(option)]
     peer: Vec<String>,
@@ -125,6 +135,20 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         let fl = tcp_listener(&a.fastdp_bind, None, &limits, a.verbose);
         let svc = super::fastdp::service(cat.clone(), cfg)?;
         builder = builder.listener(bind("fastdp", &a.fastdp_bind, fl)?, svc);
+    }
+    let mut fs_endpoints = super::filestorage::Endpoints::defaults(a.verbose);
+    (fs_endpoints.max_connections, fs_endpoints.io_timeout) =
+        (a.max_connections, limits.io_timeout);
+    fs_endpoints.tcp = Some(a.filestorage_bind.clone()).filter(|b| b != "off");
+    match a.filestorage_unix.as_deref() {
+        Some("off") => fs_endpoints.unix = None,
+        Some(p) => fs_endpoints.unix = Some(PathBuf::from(p)),
+        None => {}
+    }
+    let mut _filestorage = None;
+    if fs_endpoints.tcp.is_some() || fs_endpoints.unix.is_some() {
+        let (b, running) = super::filestorage::endpoints(&fs_endpoints, &cat)?.add_to(builder);
+        (builder, _filestorage) = (b, Some(running));
     }
     let peers = parse_peers(&a.peer)?;
     let node = start_node(

@@ -10,6 +10,7 @@
 pub mod bulk;
 pub mod cjp2p;
 pub mod fastdp;
+pub mod filestorage;
 pub mod jtp;
 pub mod progress;
 pub mod tej;

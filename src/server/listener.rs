@@ -1,14 +1,19 @@
 //! Listener configuration and binding: what a listener is (TCP address or Unix socket path),
 //! how its connections are set up (TLS, preamble, timeouts, TCP_NODELAY) and how many it may
-//! hold at once. Plain data until [`ListenerConfig::bind`]; the accept loop and the connection
-//! set-up read it from there.
+//! hold at once, and for a Unix socket how its file is made ([`UnixOptions`]: mode before the
+//! first client, a lock file held for the listener's life, the folder created with a mode).
+//! Plain data until [`ListenerConfig::bind`]; the accept loop and the connection set-up read it
+//! from there.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +47,18 @@ pub struct Preamble {
     pub reply: Vec<u8>,
 }
 
+/// How a Unix socket listener makes its socket file (all off by default): libIPC's conventions,
+/// which filestorage follows (filestorage.md 3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnixOptions {
+    /// Mode of the socket file, in place before any client can connect.
+    pub mode: Option<u32>,
+    /// A lock file held (exclusive `flock`) for the listener's life.
+    pub lock: Option<PathBuf>,
+    /// Mode of the socket's folder when it has to be created.
+    pub dir_mode: Option<u32>,
+}
+
 /// How one listener accepts and sets up its connections (tiny_http style). Build it, then
 /// [`bind`](Self::bind) it and hand the [`Listener`] with its service to
 /// [`ServerBuilder::listener`](super::ServerBuilder::listener).
@@ -72,6 +89,7 @@ pub struct ListenerConfig {
     pub(super) close_linger: Duration,
     pub(super) label: Option<String>,
     pub(super) verbose: bool,
+    pub(super) unix: UnixOptions,
 }
 
 impl fmt::Debug for ListenerConfig {
@@ -104,6 +122,7 @@ impl ListenerConfig {
             close_linger: DEFAULT_CLOSE_LINGER,
             label: None,
             verbose: false,
+            unix: UnixOptions::default(),
         }
     }
 
@@ -206,6 +225,31 @@ impl ListenerConfig {
         self
     }
 
+    /// Unix listeners: the socket file has `mode` (e.g. `0o660`) before any client can connect.
+    /// The socket is bound under a private name in the same folder, given the mode, then
+    /// renamed into place without replacing anything (so the umask never decides it).
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix.mode = Some(mode & 0o7777);
+        self
+    }
+
+    /// Unix listeners: take an exclusive non-blocking `flock` on `lock` (created if missing,
+    /// never removed) before binding, and hold it for the listener's life. Held by someone
+    /// else: bind fails (`AddrInUse`) and nothing is removed. Taken: a socket left at the path
+    /// is a leftover of a dead instance and is replaced without probing it; anything at the
+    /// path that is not a socket still fails the bind and is never removed.
+    pub fn unix_lock(mut self, lock: impl Into<PathBuf>) -> Self {
+        self.unix.lock = Some(lock.into());
+        self
+    }
+
+    /// Unix listeners: a missing socket folder (and missing parents) is created with exactly
+    /// `mode` (e.g. `0o770`, whatever the umask); an existing folder is not touched.
+    pub fn unix_dir_mode(mut self, mode: u32) -> Self {
+        self.unix.dir_mode = Some(mode & 0o7777);
+        self
+    }
+
     /// The handshake timeout in force (the io timeout unless set).
     pub(super) fn setup_timeout(&self) -> Duration {
         self.handshake_timeout.unwrap_or(self.io_timeout)
@@ -223,7 +267,7 @@ impl ListenerConfig {
                         "tls over a unix socket is not supported",
                     ));
                 }
-                bind_unix(path)?
+                bind_unix(path, &self.unix)?
             }
         };
         socket.set_nonblocking()?;
@@ -270,6 +314,8 @@ pub(super) enum ListenSocket {
         listener: UnixListener,
         path: PathBuf,
         ident: Option<(u64, u64)>,
+        /// The [`UnixOptions::lock`] file, its `flock` held while this lives.
+        _lock: Option<File>,
     },
 }
 
@@ -348,11 +394,24 @@ impl Drop for ListenSocket {
     }
 }
 
-/// Binds a Unix listener at `path`. A socket file already there is removed only when nothing
-/// answers on it (a stale leftover); a live socket is `AddrInUse`, and anything that is not a
-/// socket (checked without following links) is never touched.
-fn bind_unix(path: &Path) -> io::Result<ListenSocket> {
+/// Binds a Unix listener at `path` with `opts` (see [`UnixOptions`]). Without a lock, a socket
+/// file already there is removed only when nothing answers on it (a stale leftover) and a live
+/// socket is `AddrInUse`; with the lock taken, a socket there is stale by definition. Anything
+/// that is not a socket (checked without following links) is never touched.
+fn bind_unix(path: &Path, opts: &UnixOptions) -> io::Result<ListenSocket> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Some(mode) = opts.dir_mode {
+        create_dir_with_mode(parent, mode)?;
+    }
+    let lock = match &opts.lock {
+        Some(l) => Some(take_lock(l)?),
+        None => None,
+    };
     match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && lock.is_some() => std::fs::remove_file(path)?,
         Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => {
                 return Err(io::Error::new(
@@ -374,7 +433,10 @@ fn bind_unix(path: &Path) -> io::Result<ListenSocket> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = match opts.mode {
+        None => UnixListener::bind(path)?,
+        Some(mode) => bind_with_mode(path, parent, mode)?,
+    };
     let ident = std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()));
@@ -382,7 +444,109 @@ fn bind_unix(path: &Path) -> io::Result<ListenSocket> {
         listener,
         path: path.to_path_buf(),
         ident,
+        _lock: lock,
     })
+}
+
+/// Binds under a private name in `parent`, gives the socket file `mode`, then renames it to
+/// `path` without replacing anything: no client can reach the socket before it has its mode.
+fn bind_with_mode(path: &Path, parent: &Path, mode: u32) -> io::Result<UnixListener> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let private = parent.join(format!(
+        ".ferry-bind-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A leftover of an earlier process that had our pid.
+    if std::fs::symlink_metadata(&private).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&private)?;
+    }
+    let listener = UnixListener::bind(&private)?;
+    let placed = std::fs::set_permissions(&private, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| rename_noreplace(&private, path));
+    match placed {
+        Ok(()) => Ok(listener),
+        Err(e) => {
+            let _ = std::fs::remove_file(&private);
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: taken while binding", path.display()),
+                ));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where the kernel or file system lacks it.
+fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+    let s = CString::new(src.as_os_str().as_bytes())?;
+    let d = CString::new(dst.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; renameat2
+    // reads them and touches no other memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            s.as_ptr(),
+            libc::AT_FDCWD,
+            d.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+            std::fs::hard_link(src, dst)?;
+            std::fs::remove_file(src)
+        }
+        _ => Err(e),
+    }
+}
+
+/// Creates `dir` (and missing parents) with exactly `mode`; an existing folder is left as it is.
+fn create_dir_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_with_mode(parent, mode)?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        // The umask may have taken bits away: set the mode we were asked for.
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens (creating, mode 0660) `path` and takes an exclusive non-blocking `flock` on it.
+fn take_lock(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o660)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)?;
+    // SAFETY: flock only acts on the descriptor, which `f` keeps open for the call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{}: locked by another running instance", path.display()),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(f)
 }
 
 /// A connection budget that several listeners share ([`ListenerConfig::shared_budget`]).
@@ -585,6 +749,83 @@ mod tests {
         std::fs::write(&path, b"someone else's").unwrap();
         drop(l);
         assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unix_mode_is_set_before_the_socket_appears_and_a_created_dir_gets_its_mode() {
+        let dir = temp_dir("mode");
+        let run = dir.join("a").join("run");
+        let path = run.join("svc");
+        let l = ListenerConfig::unix(&path)
+            .unix_dir_mode(0o770)
+            .unix_mode(0o660)
+            .bind()
+            .unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o7777, 0o660);
+        assert_eq!(std::fs::metadata(&run).unwrap().mode() & 0o7777, 0o770);
+        // No private name is left behind.
+        let names: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["svc"]);
+        drop(l);
+        // An existing folder is not touched.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _l = ListenerConfig::unix(&path)
+            .unix_dir_mode(0o770)
+            .bind()
+            .unwrap();
+        assert_eq!(std::fs::metadata(&run).unwrap().mode() & 0o7777, 0o755);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unix_lock_held_refuses_a_second_listener_and_removes_nothing() {
+        let dir = temp_dir("lock");
+        let path = dir.join("svc");
+        let lock = dir.join("svc.lock");
+        let first = ListenerConfig::unix(&path).unix_lock(&lock).bind().unwrap();
+        let ident = std::fs::symlink_metadata(&path).unwrap().ino();
+        let err = ListenerConfig::unix(&path)
+            .unix_lock(&lock)
+            .bind()
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ident);
+        // The first one still accepts.
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(first);
+        assert!(!path.exists(), "the socket goes with its listener");
+        assert!(lock.exists(), "the lock file stays");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unix_lock_taken_replaces_a_stale_socket_but_never_a_file() {
+        let dir = temp_dir("lockstale");
+        let path = dir.join("svc");
+        let lock = dir.join("svc.lock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let l = ListenerConfig::unix(&path)
+            .unix_lock(&lock)
+            .unix_mode(0o660)
+            .bind()
+            .unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(l);
+        std::fs::write(&path, b"keep me").unwrap();
+        let err = ListenerConfig::unix(&path)
+            .unix_lock(&lock)
+            .bind()
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,8 +42,8 @@ mod shutdown;
 mod signals;
 
 pub use listener::{
-    ConnectionBudget, Listener, ListenerConfig, ListenerKind, Preamble, DEFAULT_CLOSE_LINGER,
-    DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    ConnectionBudget, Listener, ListenerConfig, ListenerKind, Preamble, UnixOptions,
+    DEFAULT_CLOSE_LINGER, DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 pub use pool::{CORE_WORKERS, RETIRE_AFTER};
 pub use setup::{PreambleError, SetupError};

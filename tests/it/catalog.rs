@@ -61,6 +61,10 @@ fn serve_all(dir: &Path) -> Server {
             "--cjp2p-bind",
             "127.0.0.1:0",
             "--no-tls",
+            "--filestorage-bind",
+            "off",
+            "--filestorage-unix",
+            "off",
         ],
         3,
     )

@@ -1399,6 +1399,10 @@ fn serve_includes_cjp2p() {
             "--tej-bind",
             "127.0.0.1:0",
             "--no-tls",
+            "--filestorage-bind",
+            "off",
+            "--filestorage-unix",
+            "off",
         ],
         3,
     );

@@ -1114,6 +1114,10 @@ fn j37_ferry_serve_all_protocols_entry_point() {
             "--cjp2p-bind",
             "127.0.0.1:0",
             "--no-tls",
+            "--filestorage-bind",
+            "off",
+            "--filestorage-unix",
+            "off",
         ],
         3,
     );

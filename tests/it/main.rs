@@ -8,6 +8,7 @@ mod cjp2p;
 mod cjp2p_swarm;
 mod cli;
 mod fastdp;
+mod filestorage;
 mod harness;
 mod jtp_client;
 mod jtp_peers;

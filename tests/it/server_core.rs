@@ -30,6 +30,10 @@ fn serve_all(dir: &Path, extra: &[&str]) -> Server {
         "--cjp2p-bind",
         "127.0.0.1:0",
         "--no-tls",
+        "--filestorage-bind",
+        "off",
+        "--filestorage-unix",
+        "off",
     ];
     args.extend_from_slice(extra);
     Server::start(&args, 3)

@@ -1930,6 +1930,10 @@ fn serve_tej_upload_is_listed_by_jtp_and_tej() {
             "--tej-bind",
             "127.0.0.1:0",
             "--no-tls",
+            "--filestorage-bind",
+            "off",
+            "--filestorage-unix",
+            "off",
         ],
         2,
     );

@@ -454,6 +454,16 @@ pub struct QueryClient {
 
 impl QueryClient {
     pub fn new(config: QueryConfig, ids: MessageIds) -> QueryClient {
+        Self::starting(config, ids, None)
+    }
+
+    /// A listing that starts past the id `after` (spec 6 `after`): `ferry filestorage fetch`
+    /// finds one id's name, size and SHA-256 by listing from just below it.
+    pub fn new_after(config: QueryConfig, ids: MessageIds, after: Uuid) -> QueryClient {
+        Self::starting(config, ids, Some(after))
+    }
+
+    fn starting(config: QueryConfig, ids: MessageIds, after: Option<Uuid>) -> QueryClient {
         let mut q = QueryClient {
             config,
             ids,
@@ -463,7 +473,7 @@ impl QueryClient {
             events: VecDeque::new(),
             finished: false,
         };
-        q.send(None);
+        q.send(after);
         q
     }
 

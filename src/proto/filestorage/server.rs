@@ -430,6 +430,12 @@ impl Connection {
         self.core.active.as_ref().map(|a| a.fid)
     }
 
+    /// True between frames with no reply owed: the connection waits for its client's next
+    /// request (a server shutting down may end it without cutting anything short).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_between_frames() && self.core.slots.is_empty() && self.core.out.is_empty()
+    }
+
     /// The connection's framing once known.
     pub fn framing(&self) -> Option<Framing> {
         self.decoder.framing()

@@ -224,6 +224,24 @@ fn read_claims(payload: &[u8]) -> Result<Claims, TokenError> {
     })
 }
 
+/// The `login` claim of a token, read WITHOUT checking its signature: for the client, which
+/// has no key and needs the login only to derive its `fid` (spec 4.4). Never use it to decide
+/// anything a server decides.
+pub fn unverified_login(token: &str) -> Option<String> {
+    let mut parts = token.as_bytes().split(|&c| c == b'.');
+    let (_, body) = (parts.next()?, parts.next()?);
+    if body.len() > MAX_TOKEN {
+        return None;
+    }
+    let mut payload = Vec::new();
+    base64::decode_url_append(body, &mut payload).ok()?;
+    let obj = json::parse_object(&payload).ok()?;
+    match obj.get("login") {
+        Some(Value::Str(l)) if !l.is_empty() => Some(l.to_string()),
+        _ => None,
+    }
+}
+
 /// A token ferry mints: header `{"alg":"HS256","typ":"JWT"}`, payload
 /// `{"login":…,"uid":…}` and `"exp"` when given, the same bytes authd produces (vectors A, B).
 pub fn mint(key: &JwtKey, uid: u32, login: &str, exp: Option<u64>) -> String {
@@ -554,5 +572,12 @@ pub(crate) mod tests {
                 .collect();
             assert!(verify(&t, &key(), NOW, TokenLimits::default()).is_err());
         }
+    }
+
+    #[test]
+    fn unverified_login_reads_the_payload_only() {
+        assert_eq!(unverified_login(A).as_deref(), Some("karchnu"));
+        assert_eq!(unverified_login("x").as_deref(), None);
+        assert_eq!(unverified_login("a.!!.c").as_deref(), None);
     }
 }

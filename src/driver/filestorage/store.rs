@@ -1,0 +1,1552 @@
+//! The filestorage store on disk (filestorage.md 7): `.ferry/filestorage/` of the served folder,
+//! with everything QUERY, FETCH and quotas need kept in memory beside it.
+//!
+//! ```text
+//! objects/<sha256>            content, 0444, shared by every record with that hash
+//! records/<id>.json           the commit point of a stored file
+//! by-owner/<uid>/<id>         empty markers, derived from records (rebuilt at start)
+//! by-tag/<tag>/<id>
+//! partial/<fid>/state.json    the batch: files, tags, chunk size, missing ranges, touched
+//! partial/<fid>/journal       16-byte records, one per chunk made durable
+//! partial/<fid>/<file>.part   sparse, positional writes only
+//! lock                        held (flock) while a server or `rm` uses the store
+//! ```
+//!
+//! A chunk's life, per connection (S20, group commit of what was already received):
+//!
+//! ```text
+//!  TRANSFER ─► begin_write: held already? ─yes─► Ok (first copy kept)
+//!                 │ claimed by another connection? ─yes─► follower: Ok once that claim settles
+//!                 ▼ claim, hash if in order, pwrite into the part
+//!  (more TRANSFERs already received, up to window)
+//!                 ▼
+//!  finish_writes: fdatasync each part once ─► journal records appended, fdatasync ─► held
+//!     └─ a file's last chunk: complete (7.2): hash, compare, 0444 + link objects/<sha256>,
+//!        record, markers, publication (a link), part removed, the published name registered
+//!        with the catalog (after the unlink, which moved the inode's ctime), reservation
+//!        becomes usage
+//!     └─ the batch's last file: partial/<fid>/ removed
+//! ```
+//!
+//! Locks: the partials map is never held while waiting for a partial's lock (a partial's lock
+//! may take the map's, to remove itself); the retention sweep only tries a partial's lock. The
+//! per-uid ledger lock is held only around one reservation or one update, so two
+//! AUTHENTICATIONs racing for the last bytes of a quota are decided one after the other (S30).
+//!
+//! Out of scope: sockets and the wire (`server`, the machines), recovery at start (`recover`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use super::disk::{self, FileHash};
+use crate::catalog::CatalogHandle;
+use crate::ingest::{Collision, Expect, IngestDir, Publisher};
+use crate::proto::filestorage::ids::{store_id, Uuid};
+use crate::proto::filestorage::json::FileSpec;
+use crate::proto::filestorage::reason::{Code, Reason};
+use crate::proto::filestorage::server::{ChunkWrite, FetchCall, QueryCall, WriteOutcome};
+use crate::proto::filestorage::store::auth::{
+    plan_authentication, AuthCall, AuthPlan, FileFate, EMPTY_SHA256,
+};
+use crate::proto::filestorage::store::index::{fetch_range, Entry, Index, QueryPage, QuerySpec};
+use crate::proto::filestorage::store::journal::JournalRecord;
+use crate::proto::filestorage::store::missing::{chunk_count, chunk_len, MissingSet};
+use crate::proto::filestorage::store::names::{MAX_NAME, MAX_TAGS, PUBLIC};
+use crate::proto::filestorage::store::quota::{QuotaConfig, Reservation, UidLedger};
+use crate::proto::filestorage::store::records::{PartialState, Record};
+use crate::wire::hex;
+
+/// Journal records after which the missing set is folded into `state.json` (spec 7.2).
+pub const FOLD_EVERY: u64 = 4096;
+/// Shortest time between two rebuilds of the catalog's public entries (each is O(catalog)).
+const VIEW_REBUILD_EVERY: Duration = Duration::from_millis(250);
+
+/// How a store behaves; plain data.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Per-uid limits (`--quota-file`; built-in defaults of spec 7.4 otherwise).
+    pub quotas: QuotaConfig,
+    /// A partial transfer untouched this long is deleted and its reservation freed: 24 h.
+    pub retention: Duration,
+    /// How often the retention sweep runs (it also runs at start): 10 min.
+    pub sweep_every: Duration,
+    /// Log completions, publications and sweeps on stderr.
+    pub verbose: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            quotas: QuotaConfig::default(),
+            retention: Duration::from_secs(24 * 3600),
+            sweep_every: Duration::from_secs(600),
+            verbose: false,
+        }
+    }
+}
+
+/// Why a store cannot be opened or changed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A file operation failed; `what` says which.
+    Io { what: String, source: io::Error },
+    /// Another process holds the store's lock.
+    Locked(PathBuf),
+    /// The JWT key file is empty (spec 5: startup stops).
+    EmptyKey(PathBuf),
+    /// No record has this id (`rm`).
+    NotFound(Uuid),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io { what, source } => write!(f, "filestorage: {what}: {source}"),
+            StoreError::Locked(p) => write!(
+                f,
+                "filestorage: {} is locked: another server (or rm) uses this store",
+                p.display()
+            ),
+            StoreError::EmptyKey(p) => write!(f, "filestorage: jwt key {}: empty", p.display()),
+            StoreError::NotFound(id) => write!(f, "filestorage: no stored file {id}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn storage_error() -> Reason {
+    Reason::new(Code::StorageError)
+}
+
+/// What an object looked like when its record was made (or at start): FETCH refuses an object
+/// whose size or mtime moved since (`storage-error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ObjectStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl ObjectStamp {
+    pub fn of(m: &fs::Metadata) -> ObjectStamp {
+        ObjectStamp {
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
+}
+
+/// One partial transfer (`partial/<fid>/`), shared by every connection that has it active.
+#[derive(Debug)]
+pub struct Partial {
+    pub(super) fid: Uuid,
+    pub(super) dir: PathBuf,
+    pub(super) inner: Mutex<PartialInner>,
+    /// Signalled when claims settle and when creation ends.
+    pub(super) settled: Condvar,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct PartialInner {
+    /// Being created by an AUTHENTICATION: wait on `settled`.
+    pub creating: bool,
+    /// Gone (complete, expired, or creation failed): look the fid up again.
+    pub deleted: bool,
+    pub state: Option<PartialState>,
+    /// Chunks written by some connection and not yet durable.
+    pub claimed: HashSet<(u32, u64)>,
+    pub parts: Vec<Option<Arc<File>>>,
+    /// In-order hashes per file (`None`: hash the part from disk at completion).
+    pub hashes: Vec<Option<FileHash>>,
+    pub journal: Option<File>,
+    pub journal_records: u64,
+    /// Connections that hold this transfer active (retention leaves it alone).
+    pub active: usize,
+    /// Unix seconds of the last accepted chunk or AUTHENTICATION.
+    pub touched: u64,
+}
+
+impl Partial {
+    pub(super) fn new(fid: Uuid, dir: PathBuf) -> Partial {
+        Partial {
+            fid,
+            dir,
+            inner: Mutex::new(PartialInner::default()),
+            settled: Condvar::new(),
+        }
+    }
+
+    pub fn fid(&self) -> Uuid {
+        self.fid
+    }
+
+    /// Opens (creating it sparse, sized to the file) the part of `file`.
+    fn part(&self, g: &mut PartialInner, file: u32) -> io::Result<Arc<File>> {
+        if let Some(f) = g.parts.get(file as usize).and_then(Option::as_ref) {
+            return Ok(f.clone());
+        }
+        let size = g
+            .state
+            .as_ref()
+            .and_then(|s| s.files.get(file as usize))
+            .map(|f| f.size)
+            .ok_or_else(|| io::Error::other("no such file"))?;
+        let f = open_part(&self.dir, file, size)?;
+        let f = Arc::new(f);
+        if g.parts.len() <= file as usize {
+            g.parts.resize(file as usize + 1, None);
+        }
+        g.parts[file as usize] = Some(f.clone());
+        Ok(f)
+    }
+}
+
+/// `<dir>/<file>.part`, read-write, created 0600 and sized (sparse) to `size` if new.
+pub(super) fn open_part(dir: &Path, file: u32, size: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(part_path(dir, file))?;
+    if f.metadata()?.len() != size {
+        f.set_len(size)?;
+    }
+    Ok(f)
+}
+
+pub(super) fn part_path(dir: &Path, file: u32) -> PathBuf {
+    dir.join(format!("{file}.part"))
+}
+
+/// A published file to register with the catalog once its inode is settled (removing a
+/// part's name changes the inode's ctime, which the catalog's stamp holds).
+#[derive(Debug)]
+#[must_use]
+pub(super) struct Registration {
+    path: PathBuf,
+    xxh: Option<u64>,
+    sha: [u8; 32],
+}
+
+/// A chunk written and waiting to be made durable (or, for a follower, waiting for another
+/// connection's claim).
+#[derive(Debug)]
+pub struct PendingChunk {
+    pub(super) partial: Arc<Partial>,
+    pub(super) file: u32,
+    pub(super) n: u64,
+    pub(super) len: u64,
+}
+
+/// What [`Store::begin_write`] did.
+#[derive(Debug)]
+pub enum Begun {
+    /// Answer now.
+    Done(WriteOutcome),
+    /// Written; durable after [`Store::finish_writes`].
+    Leader(PendingChunk),
+    /// Another connection is writing this chunk: answer once its claim settles.
+    Follower(PendingChunk),
+}
+
+/// An accepted AUTHENTICATION.
+#[derive(Debug)]
+pub struct Authed {
+    /// The transfer now active (`None` when nothing is left to receive).
+    pub partial: Option<Arc<Partial>>,
+    pub missing: MissingSet,
+}
+
+/// An open object file kept by a connection between FETCHes.
+#[derive(Debug, Default)]
+pub struct FetchCache {
+    open: Option<([u8; 32], File)>,
+}
+
+/// The catalog's public entries as last put into the index.
+#[derive(Debug)]
+struct CatalogView {
+    generation: Option<u64>,
+    published_seen: u64,
+    built: Instant,
+}
+
+/// The store (see the module doc). Open it with [`Store::open`], which recovers before anything
+/// is served.
+pub struct Store {
+    pub(super) root: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) catalog: Arc<CatalogHandle>,
+    pub(super) opts: StoreOptions,
+    pub(super) ingest: IngestDir,
+    pub(super) _lock: File,
+    pub(super) index: RwLock<Index>,
+    view: Mutex<CatalogView>,
+    pub(super) records: RwLock<HashMap<Uuid, Record>>,
+    /// Names the store published into the served folder, with their content: the catalog's
+    /// files under these names are the store's, not public catalog entries.
+    pub(super) published: Mutex<HashMap<String, [u8; 32]>>,
+    /// Bumped when `published` changes, so the catalog view is rebuilt.
+    published_generation: AtomicU64,
+    pub(super) objects: Mutex<HashMap<[u8; 32], ObjectStamp>>,
+    pub(super) partials: Mutex<HashMap<Uuid, Arc<Partial>>>,
+    pub(super) ledgers: Mutex<HashMap<u32, Arc<Mutex<UidLedger>>>>,
+    /// Bytes reserved by partial transfers and not yet written (parts are sparse).
+    pub(super) unwritten: AtomicU64,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn assemble(
+        root: PathBuf,
+        dir: PathBuf,
+        catalog: Arc<CatalogHandle>,
+        opts: StoreOptions,
+        ingest: IngestDir,
+        lock_file: File,
+    ) -> Store {
+        Store {
+            root,
+            dir,
+            catalog,
+            opts,
+            ingest,
+            _lock: lock_file,
+            index: RwLock::new(Index::new()),
+            view: Mutex::new(CatalogView {
+                generation: None,
+                published_seen: 0,
+                built: Instant::now(),
+            }),
+            records: RwLock::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
+            published_generation: AtomicU64::new(1),
+            objects: Mutex::new(HashMap::new()),
+            partials: Mutex::new(HashMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
+            unwritten: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        }
+    }
+
+    /// The store folder, `<root>/.ferry/filestorage`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(super) fn objects_dir(&self) -> PathBuf {
+        self.dir.join("objects")
+    }
+    pub(super) fn records_dir(&self) -> PathBuf {
+        self.dir.join("records")
+    }
+    pub(super) fn partial_dir(&self) -> PathBuf {
+        self.dir.join("partial")
+    }
+    pub(super) fn object_path(&self, sha: &[u8; 32]) -> PathBuf {
+        self.objects_dir().join(hex::encode(sha))
+    }
+
+    pub(super) fn log(&self, msg: fmt::Arguments<'_>) {
+        if self.opts.verbose {
+            eprintln!("filestorage: {msg}");
+        }
+    }
+
+    /// The ledger of `uid` (its own lock).
+    pub(super) fn ledger(&self, uid: u32) -> Arc<Mutex<UidLedger>> {
+        lock(&self.ledgers).entry(uid).or_default().clone()
+    }
+
+    /// Usage and reservations of `uid` now (tests and logs).
+    pub fn ledger_of(&self, uid: u32) -> UidLedger {
+        *lock(&self.ledger(uid))
+    }
+
+    /// Records held (complete stored files).
+    pub fn record_count(&self) -> usize {
+        self.records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Partial transfers held.
+    pub fn partial_count(&self) -> usize {
+        lock(&self.partials).len()
+    }
+
+    /// Free space for a new reservation: the file system's, less what partial transfers
+    /// reserved and have not written yet.
+    fn free_bytes(&self) -> u64 {
+        let free = self.ingest.available_bytes().unwrap_or(0);
+        free.saturating_sub(self.unwritten.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn add_unwritten(&self, n: u64) {
+        self.unwritten.fetch_add(n, Ordering::SeqCst);
+    }
+
+    pub(super) fn sub_unwritten(&self, n: u64) {
+        let _ = self
+            .unwritten
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    // ------------------------------------------------------------------ AUTHENTICATION
+
+    /// Spec 4.2 steps 2-4 for an AUTHENTICATION whose shape and token passed.
+    pub fn authenticate(&self, call: &AuthCall, now: u64) -> Result<Authed, Reason> {
+        loop {
+            let (p, creator) = {
+                let mut map = lock(&self.partials);
+                match map.get(&call.fid) {
+                    Some(p) => (p.clone(), false),
+                    None => {
+                        let p = Arc::new(Partial::new(
+                            call.fid,
+                            self.partial_dir().join(call.fid.to_string()),
+                        ));
+                        lock(&p.inner).creating = true;
+                        map.insert(call.fid, p.clone());
+                        (p, true)
+                    }
+                }
+            };
+            let mut g = lock(&p.inner);
+            if creator {
+                let r = self.create_batch(&p, &mut g, call, now);
+                let keep = matches!(r, Ok(true));
+                g.creating = false;
+                if keep {
+                    g.active += 1;
+                    let missing = g.state.as_ref().map(|s| s.missing.clone());
+                    p.settled.notify_all();
+                    drop(g);
+                    return Ok(Authed {
+                        partial: Some(p),
+                        missing: missing.unwrap_or_else(|| MissingSet::none(0)),
+                    });
+                }
+                g.deleted = true;
+                lock(&self.partials).remove(&call.fid);
+                p.settled.notify_all();
+                drop(g);
+                return r.map(|_| Authed {
+                    partial: None,
+                    missing: MissingSet::none(call.files.len()),
+                });
+            }
+            while g.creating {
+                g = p.settled.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            if g.deleted {
+                continue;
+            }
+            // A known fid: a resume (quotas are not checked again) or a conflict.
+            plan_authentication(call, g.state.as_ref(), |_| None, MAX_TAGS)?;
+            g.active += 1;
+            g.touched = g.touched.max(now);
+            // The AUTHENTICATION counts for retention: `touched` goes to disk.
+            if let Err(e) = self.fold(&p, &mut g) {
+                self.log(format_args!("{}: state: {e}", p.fid));
+            }
+            let missing = g.state.as_ref().map(|s| s.missing.clone());
+            drop(g);
+            return Ok(Authed {
+                partial: Some(p),
+                missing: missing.unwrap_or_else(|| MissingSet::none(0)),
+            });
+        }
+    }
+
+    /// A new `fid`: plan, reserve, store the empty files, make the partial state durable.
+    /// `Ok(true)` when a partial state now holds files to receive.
+    fn create_batch(
+        &self,
+        p: &Partial,
+        g: &mut PartialInner,
+        call: &AuthCall,
+        now: u64,
+    ) -> Result<bool, Reason> {
+        let plan = {
+            let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+            plan_authentication(call, None, |id| records.get(id).cloned(), MAX_TAGS)?
+        };
+        let AuthPlan::New(batch) = plan else {
+            // Without a state the plan is never a resume.
+            return Err(Reason::new(Code::Internal));
+        };
+        let limits = *self.opts.quotas.limits_for(call.uid);
+        let reserve_sizes = batch.reserve_sizes(call);
+        let has_transfer = batch.has_transfer();
+        let reservation = {
+            let ledger = self.ledger(call.uid);
+            let mut l = lock(&ledger);
+            l.try_reserve(&limits, &reserve_sizes, has_transfer, self.free_bytes())?
+        };
+        let receive: u64 = call
+            .files
+            .iter()
+            .zip(&batch.fates)
+            .filter(|(_, f)| **f == FileFate::Receive)
+            .map(|(s, _)| s.size)
+            .sum();
+        let state = PartialState {
+            uid: call.uid,
+            files: call.files.clone(),
+            tags: batch.tags.clone(),
+            chunk_size: call.chunk_size,
+            missing: batch.missing.clone(),
+            touched: now,
+        };
+        // Empty files are stored at once (spec 4.2), before the partial state: a crash between
+        // the two leaves records a later AUTHENTICATION finds complete, and nothing else.
+        let mut stored = 0;
+        let fail = |stored: u64, what: fmt::Arguments<'_>| {
+            self.log(format_args!("{}: {what}", call.fid));
+            let _ = fs::remove_dir_all(&p.dir);
+            lock(&self.ledger(call.uid)).release(Reservation {
+                files: reservation.files - stored,
+                ..reservation
+            });
+            Err(storage_error())
+        };
+        for (i, fate) in batch.fates.iter().enumerate() {
+            if *fate != FileFate::StoreEmpty {
+                continue;
+            }
+            let spec = &call.files[i];
+            match self.store_empty(call.fid, i as u32, spec, &batch.tags, call.uid, now) {
+                Ok(_) => {
+                    lock(&self.ledger(call.uid)).complete_file(0);
+                    stored += 1;
+                }
+                Err(e) => return fail(stored, format_args!("store empty file {i}: {e}")),
+            }
+        }
+        if !has_transfer {
+            return Ok(false);
+        }
+        let journal = match self
+            .make_partial_dir(p, &state)
+            .and_then(|()| open_journal(&p.dir))
+        {
+            Ok(j) => j,
+            Err(e) => return fail(stored, format_args!("create partial state: {e}")),
+        };
+        self.add_unwritten(receive);
+        let n = call.files.len();
+        let public = batch.tags.iter().any(|t| t == PUBLIC);
+        g.parts = vec![None; n];
+        g.hashes = (0..n).map(|_| Some(FileHash::new(public))).collect();
+        g.journal = Some(journal);
+        g.journal_records = 0;
+        g.touched = now;
+        g.state = Some(state);
+        Ok(true)
+    }
+
+    /// `partial/<fid>/` with its `state.json` and an empty journal, durably.
+    fn make_partial_dir(&self, p: &Partial, state: &PartialState) -> io::Result<()> {
+        disk::ensure_dir(&p.dir)?;
+        let mut json = Vec::new();
+        state.encode(&mut json);
+        disk::write_atomic(&p.dir, "state.json", &json)?;
+        open_journal(&p.dir)?.set_len(0)?;
+        disk::sync_dir(&p.dir)?;
+        disk::sync_dir(&self.partial_dir())
+    }
+
+    /// The connection no longer holds `p` active.
+    pub fn release(&self, p: &Partial) {
+        let mut g = lock(&p.inner);
+        g.active = g.active.saturating_sub(1);
+    }
+
+    // ------------------------------------------------------------------ TRANSFER
+
+    /// Spec 4.3 steps 4-5 up to the write: a held chunk is answered at once; a missing one is
+    /// claimed and written (durable after [`finish_writes`](Self::finish_writes)).
+    pub fn begin_write(&self, active: Option<&Arc<Partial>>, w: &ChunkWrite<'_>) -> Begun {
+        let p = match active {
+            Some(p) if p.fid == w.fid => p.clone(),
+            _ => match lock(&self.partials).get(&w.fid) {
+                Some(p) => p.clone(),
+                None => return Begun::Done(self.outcome_without_partial(w.fid, w.file)),
+            },
+        };
+        let key = (w.file, w.n);
+        let part = {
+            let mut g = lock(&p.inner);
+            let Some(state) = g.state.as_ref().filter(|_| !g.deleted && !g.creating) else {
+                drop(g);
+                return Begun::Done(self.outcome_without_partial(w.fid, w.file));
+            };
+            if !state.missing.contains(w.file as usize, w.n) {
+                return Begun::Done(WriteOutcome::Stored);
+            }
+            let pending = PendingChunk {
+                partial: p.clone(),
+                file: w.file,
+                n: w.n,
+                len: w.data.len() as u64,
+            };
+            if g.claimed.contains(&key) {
+                return Begun::Follower(pending);
+            }
+            let part = match p.part(&mut g, w.file) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.log(format_args!("{}: part {}: {e}", w.fid, w.file));
+                    return Begun::Done(WriteOutcome::Failed(storage_error()));
+                }
+            };
+            if let Some(h) = g.hashes.get_mut(w.file as usize).and_then(Option::as_mut) {
+                if h.upto == w.offset {
+                    h.update(w.data);
+                }
+            }
+            g.claimed.insert(key);
+            (part, pending)
+        };
+        let (part, pending) = part;
+        if let Err(e) = part.write_all_at(w.data, w.offset) {
+            self.log(format_args!("{}: write part {}: {e}", w.fid, w.file));
+            let mut g = lock(&p.inner);
+            g.claimed.remove(&key);
+            invalidate_hash(&mut g, w.file);
+            p.settled.notify_all();
+            return Begun::Done(WriteOutcome::Failed(storage_error()));
+        }
+        Begun::Leader(pending)
+    }
+
+    /// A write for a batch with no partial state: Ok if the file is stored (another
+    /// connection completed it), else `storage-error`.
+    fn outcome_without_partial(&self, fid: Uuid, file: u32) -> WriteOutcome {
+        let id = store_id(&fid, u64::from(file));
+        if self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+        {
+            WriteOutcome::Stored
+        } else {
+            WriteOutcome::Failed(storage_error())
+        }
+    }
+
+    /// Makes the chunks `leaders` wrote into `p` durable (one `fdatasync` per part, then the
+    /// journal records and one `fdatasync` of the journal), marks them held, completes the
+    /// files whose last chunk this was, and returns one outcome per leader, in order.
+    pub fn finish_writes(
+        &self,
+        p: &Arc<Partial>,
+        leaders: &[(u32, u64, u64)],
+        now: u64,
+    ) -> Vec<WriteOutcome> {
+        let mut files: Vec<u32> = leaders.iter().map(|l| l.0).collect();
+        files.sort_unstable();
+        files.dedup();
+        let parts: Vec<(u32, Option<Arc<File>>)> = {
+            let g = lock(&p.inner);
+            files
+                .iter()
+                .map(|&f| (f, g.parts.get(f as usize).cloned().flatten()))
+                .collect()
+        };
+        let mut failed: HashSet<u32> = HashSet::new();
+        for (file, part) in &parts {
+            let r = match part {
+                Some(f) => f.sync_data(),
+                None => Err(io::Error::other("part closed")),
+            };
+            if let Err(e) = r {
+                self.log(format_args!("{}: sync part {file}: {e}", p.fid));
+                failed.insert(*file);
+            }
+        }
+        let mut g = lock(&p.inner);
+        let mut journal = Vec::with_capacity(leaders.len() * 16);
+        for &(file, n, _) in leaders {
+            if !failed.contains(&file) {
+                journal.extend_from_slice(&JournalRecord { file, n }.encode());
+            }
+        }
+        if !journal.is_empty() {
+            let r = match g.journal.as_mut() {
+                Some(j) => std::io::Write::write_all(j, &journal).and_then(|()| j.sync_data()),
+                None => Err(io::Error::other("journal closed")),
+            };
+            if let Err(e) = r {
+                self.log(format_args!("{}: journal: {e}", p.fid));
+                failed.extend(leaders.iter().map(|l| l.0));
+            } else {
+                g.journal_records += (journal.len() / 16) as u64;
+            }
+        }
+        g.touched = g.touched.max(now);
+        let mut outcomes = Vec::with_capacity(leaders.len());
+        // (outcome index, file) of the chunks that were their file's last.
+        let mut completing: Vec<(usize, u32)> = Vec::new();
+        for &(file, n, len) in leaders {
+            g.claimed.remove(&(file, n));
+            if failed.contains(&file) {
+                invalidate_hash(&mut g, file);
+                outcomes.push(WriteOutcome::Failed(storage_error()));
+                continue;
+            }
+            let Some(state) = g.state.as_mut() else {
+                outcomes.push(WriteOutcome::Failed(storage_error()));
+                continue;
+            };
+            let removed = state.missing.remove(file as usize, n);
+            if removed {
+                self.sub_unwritten(len);
+            }
+            if removed && state.missing.is_file_complete(file as usize) {
+                completing.push((outcomes.len(), file));
+            }
+            outcomes.push(WriteOutcome::Stored);
+        }
+        if !completing.is_empty() {
+            let files: Vec<u32> = completing.iter().map(|c| c.1).collect();
+            let results = self.complete_files(p, &mut g, &files, now);
+            for ((at, _), r) in completing.into_iter().zip(results) {
+                outcomes[at] = match r {
+                    Ok(id) => WriteOutcome::Completed { id },
+                    Err(r) => WriteOutcome::Failed(r),
+                };
+            }
+        }
+        if g.journal_records >= FOLD_EVERY {
+            if let Err(e) = self.fold(p, &mut g) {
+                self.log(format_args!("{}: fold: {e}", p.fid));
+            }
+        }
+        if g.state.as_ref().is_some_and(|s| s.missing.is_empty()) && !g.deleted {
+            self.finish_batch(p, &mut g);
+        }
+        p.settled.notify_all();
+        outcomes
+    }
+
+    /// Gives back the claim of a chunk that will never be made durable by its writer (its
+    /// connection failed): the chunk stays missing and anyone may write it.
+    pub fn abandon(&self, c: &PendingChunk) {
+        let mut g = lock(&c.partial.inner);
+        if g.claimed.remove(&(c.file, c.n)) {
+            invalidate_hash(&mut g, c.file);
+        }
+        c.partial.settled.notify_all();
+    }
+
+    /// A follower's answer: waits (up to `timeout`) for the claim on its chunk to settle.
+    pub fn wait_follower(&self, c: &PendingChunk, timeout: Duration) -> WriteOutcome {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&c.partial.inner);
+        while g.claimed.contains(&(c.file, c.n)) && !g.deleted {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WriteOutcome::Failed(storage_error());
+            }
+            g = c
+                .partial
+                .settled
+                .wait_timeout(g, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let held = match g.state.as_ref().filter(|_| !g.deleted) {
+            Some(s) => !s.missing.contains(c.file as usize, c.n),
+            None => {
+                drop(g);
+                return self.outcome_without_partial(c.partial.fid, c.file);
+            }
+        };
+        if held {
+            WriteOutcome::Stored
+        } else {
+            WriteOutcome::Failed(storage_error())
+        }
+    }
+
+    /// Folds the missing set into `state.json` (atomically) and empties the journal.
+    pub(super) fn fold(&self, p: &Partial, g: &mut PartialInner) -> io::Result<()> {
+        let Some(state) = g.state.as_mut() else {
+            return Ok(());
+        };
+        state.touched = state.touched.max(g.touched);
+        let mut json = Vec::new();
+        state.encode(&mut json);
+        disk::write_atomic(&p.dir, "state.json", &json)?;
+        if let Some(j) = g.journal.as_mut() {
+            j.set_len(0)?;
+            j.sync_data()?;
+        }
+        g.journal_records = 0;
+        Ok(())
+    }
+
+    /// Every chunk of `file` missing again (digest mismatch, or a completion that failed).
+    fn reset_file(&self, p: &Partial, g: &mut PartialInner, file: u32) {
+        let Some(state) = g.state.as_mut() else {
+            return;
+        };
+        let size = state.files[file as usize].size;
+        let nb = chunk_count(size, state.chunk_size);
+        state.missing.reset_file(file as usize, nb);
+        let public = state.tags.iter().any(|t| t == PUBLIC);
+        self.add_unwritten(size);
+        if let Some(h) = g.hashes.get_mut(file as usize) {
+            *h = Some(FileHash::new(public));
+        }
+        if let Err(e) = self.fold(p, g) {
+            self.log(format_args!("{}: fold after reset: {e}", p.fid));
+        }
+    }
+
+    /// Completes the files of `p` listed in `files`, all of whose chunks are held, as one group
+    /// (spec 7.2): each step is done for all of them before the next, so each file still goes
+    /// object, record, markers, publication, but the objects folder and the records folder are
+    /// each synced once per group instead of once per file. A file that fails has all its
+    /// chunks missing again (and `digest-mismatch` says so when its bytes were wrong).
+    fn complete_files(
+        &self,
+        p: &Partial,
+        g: &mut PartialInner,
+        files: &[u32],
+        now: u64,
+    ) -> Vec<Result<Uuid, Reason>> {
+        let mut results: Vec<Option<Result<Uuid, Reason>>> = vec![None; files.len()];
+        let Some(state) = g.state.as_ref() else {
+            return vec![Err(storage_error()); files.len()];
+        };
+        let (tags, uid) = (state.tags.clone(), state.uid);
+        let public = tags.iter().any(|t| t == PUBLIC);
+        // A file whose completion failed after its part was linked or gone.
+        let fail = |g: &mut PartialInner, file: u32, sha: Option<[u8; 32]>| {
+            if let Some(sha) = sha {
+                let _ = fs::remove_file(self.object_path(&sha));
+            }
+            self.drop_part(p, g, file);
+            self.reset_file(p, g, file);
+            Err(storage_error())
+        };
+        // 1. Hash, compare, make the part the object (0444, a link).
+        // (index in `files`, its spec, SHA-256, xxHash64 when public, object made now)
+        type Linked = (usize, FileSpec, [u8; 32], Option<u64>, bool);
+        let mut linked: Vec<Linked> = Vec::new();
+        for (k, &file) in files.iter().enumerate() {
+            let Some(spec) = g.state.as_ref().map(|s| s.files[file as usize].clone()) else {
+                results[k] = Some(Err(storage_error()));
+                continue;
+            };
+            let part = p.part(g, file);
+            let hashed = part.and_then(|part| {
+                let mut h = g
+                    .hashes
+                    .get_mut(file as usize)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| FileHash::new(public));
+                if h.upto > spec.size || (public && h.xxh.is_none()) {
+                    h = FileHash::new(public);
+                }
+                h.read_from(&part, spec.size)?;
+                Ok((part, h.finish()))
+            });
+            let (part, (sha, xxh)) = match hashed {
+                Ok(v) => v,
+                Err(e) => {
+                    self.log(format_args!("{}: hash part {file}: {e}", p.fid));
+                    results[k] = Some(fail(g, file, None));
+                    continue;
+                }
+            };
+            if spec.sha256.is_some_and(|d| d != sha) {
+                self.log(format_args!("{}: file {file}: digest mismatch", p.fid));
+                self.reset_file(p, g, file);
+                results[k] = Some(Err(Reason::with_detail(Code::DigestMismatch, file)));
+                continue;
+            }
+            match self.link_object_unsynced(&part, &part_path(&p.dir, file), &sha) {
+                Ok(created) => linked.push((k, spec, sha, xxh, created)),
+                Err(e) => {
+                    self.log(format_args!("{}: object of file {file}: {e}", p.fid));
+                    results[k] = Some(fail(g, file, None));
+                }
+            }
+        }
+        // 2. The objects exist durably.
+        if !linked.is_empty() {
+            if let Err(e) = disk::sync_dir(&self.objects_dir()) {
+                self.log(format_args!("{}: sync objects: {e}", p.fid));
+                for (k, _, sha, _, created) in linked.drain(..) {
+                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                }
+            }
+        }
+        // 3. The records: the commit points, durable together.
+        let mut recorded = Vec::new();
+        for (k, spec, sha, xxh, created) in linked {
+            let record = Record {
+                id: store_id(&p.fid, u64::from(files[k])),
+                owner: uid,
+                name: spec.name.clone(),
+                size: spec.size,
+                sha256: sha,
+                tags: tags.clone(),
+                fid: p.fid,
+                file: files[k],
+                created: now,
+                published: None,
+            };
+            match self.write_record_unsynced(&record) {
+                Ok(()) => recorded.push((k, record, xxh, created)),
+                Err(e) => {
+                    self.log(format_args!("{}: record of file {}: {e}", p.fid, files[k]));
+                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                }
+            }
+        }
+        if !recorded.is_empty() {
+            if let Err(e) = disk::sync_dir(&self.records_dir()) {
+                self.log(format_args!("{}: sync records: {e}", p.fid));
+                for (k, record, _, created) in recorded.drain(..) {
+                    let _ = fs::remove_file(self.records_dir().join(format!("{}.json", record.id)));
+                    results[k] = Some(fail(g, files[k], created.then_some(record.sha256)));
+                }
+            }
+        }
+        // 4. Markers, visibility, publication; then the part goes and the reservation becomes
+        // usage.
+        for (k, mut record, xxh, _) in recorded {
+            let registration = match self.finish_record(&mut record, xxh, true) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The record is durable: the file is stored; only its stamp is unknown.
+                    self.log(format_args!("{}: object of {}: {e}", p.fid, record.id));
+                    None
+                }
+            };
+            lock(&self.ledger(uid)).complete_file(record.size);
+            self.drop_part(p, g, files[k]);
+            // Only now: removing the part's name moved the inode's ctime.
+            self.register_published(registration);
+            self.log(format_args!(
+                "stored {} ({} bytes) as {}{}",
+                record.name,
+                record.size,
+                record.id,
+                record
+                    .published
+                    .as_ref()
+                    .map(|n| format!(", published as {n}"))
+                    .unwrap_or_default()
+            ));
+            results[k] = Some(Ok(record.id));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(storage_error())))
+            .collect()
+    }
+
+    /// Closes and deletes the part of `file` (its bytes live on in the object, if linked).
+    fn drop_part(&self, p: &Partial, g: &mut PartialInner, file: u32) {
+        if let Some(slot) = g.parts.get_mut(file as usize) {
+            *slot = None;
+        }
+        let _ = disk::remove_file(&part_path(&p.dir, file));
+    }
+
+    /// Makes `part` (0444) the object of `sha` by a hard link; an existing object is the same
+    /// content and is kept. Returns whether the link was made now.
+    pub(super) fn link_object(&self, part: &File, path: &Path, sha: &[u8; 32]) -> io::Result<bool> {
+        let created = self.link_object_unsynced(part, path, sha)?;
+        disk::sync_dir(&self.objects_dir())?;
+        Ok(created)
+    }
+
+    /// [`link_object`](Self::link_object) without syncing the objects folder.
+    fn link_object_unsynced(&self, part: &File, path: &Path, sha: &[u8; 32]) -> io::Result<bool> {
+        part.set_permissions(fs::Permissions::from_mode(0o444))?;
+        let object = self.object_path(sha);
+        let created = match fs::hard_link(path, &object) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        Ok(created)
+    }
+
+    /// Stores an empty file of a new batch at once: the empty object, its record, markers,
+    /// publication.
+    pub(super) fn store_empty(
+        &self,
+        fid: Uuid,
+        file: u32,
+        spec: &FileSpec,
+        tags: &[String],
+        uid: u32,
+        now: u64,
+    ) -> io::Result<Record> {
+        let object = self.object_path(&EMPTY_SHA256);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&object)
+        {
+            Ok(f) => {
+                f.sync_all()?;
+                disk::sync_dir(&self.objects_dir())?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let xxh = twox_hash::XxHash64::oneshot(0, b"");
+        let (record, registration) = self.commit_record(
+            fid,
+            file,
+            spec,
+            tags,
+            uid,
+            EMPTY_SHA256,
+            Some(xxh),
+            now,
+            true,
+        )?;
+        self.register_published(registration);
+        Ok(record)
+    }
+
+    /// Writes the record of a file whose object exists, then its markers, makes it visible,
+    /// then publishes it when it is `public` (spec 7.2's order). The ledger is the caller's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn commit_record(
+        &self,
+        fid: Uuid,
+        file: u32,
+        spec: &FileSpec,
+        tags: &[String],
+        uid: u32,
+        sha: [u8; 32],
+        xxh: Option<u64>,
+        now: u64,
+        publish: bool,
+    ) -> io::Result<(Record, Option<Registration>)> {
+        let mut record = Record {
+            id: store_id(&fid, u64::from(file)),
+            owner: uid,
+            name: spec.name.clone(),
+            size: spec.size,
+            sha256: sha,
+            tags: tags.to_vec(),
+            fid,
+            file,
+            created: now,
+            published: None,
+        };
+        self.write_record(&record)?;
+        let registration = self.finish_record(&mut record, xxh, publish)?;
+        Ok((record, registration))
+    }
+
+    /// What follows a durable record: its markers, the object's stamp, visibility, then
+    /// publication when `public` (the catalog registration is returned for the caller).
+    fn finish_record(
+        &self,
+        record: &mut Record,
+        xxh: Option<u64>,
+        publish: bool,
+    ) -> io::Result<Option<Registration>> {
+        self.write_markers(record);
+        let stamp = fs::metadata(self.object_path(&record.sha256)).map(|m| ObjectStamp::of(&m));
+        if let Ok(stamp) = stamp {
+            lock(&self.objects).insert(record.sha256, stamp);
+        }
+        self.register(record);
+        let mut registration = None;
+        if publish && record.tags.iter().any(|t| t == PUBLIC) {
+            registration = self.publish(record, xxh);
+        }
+        stamp.map(|_| registration)
+    }
+
+    pub(super) fn write_record(&self, r: &Record) -> io::Result<()> {
+        self.write_record_unsynced(r)?;
+        disk::sync_dir(&self.records_dir())
+    }
+
+    fn write_record_unsynced(&self, r: &Record) -> io::Result<()> {
+        let mut json = Vec::new();
+        r.encode(&mut json);
+        disk::write_atomic_unsynced(&self.records_dir(), &format!("{}.json", r.id), &json)
+    }
+
+    /// `by-owner/<uid>/<id>` and `by-tag/<tag>/<id>` (derived data: errors are logged).
+    pub(super) fn write_markers(&self, r: &Record) {
+        let id = r.id.to_string();
+        let mut dirs = vec![self.dir.join("by-owner").join(r.owner.to_string())];
+        for t in &r.tags {
+            dirs.push(self.dir.join("by-tag").join(t));
+        }
+        for d in dirs {
+            if let Err(e) = disk::ensure_dir(&d).and_then(|()| disk::touch(&d.join(&id))) {
+                self.log(format_args!("marker {}: {e}", d.join(&id).display()));
+            }
+        }
+    }
+
+    /// Makes a record visible to QUERY and FETCH.
+    pub(super) fn register(&self, r: &Record) {
+        self.index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Entry {
+                id: r.id,
+                owner: Some(r.owner),
+                name: r.name.clone(),
+                size: r.size,
+                sha256: r.sha256,
+                tags: r.tags.clone(),
+            });
+        self.records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(r.id, r.clone());
+    }
+
+    /// Publishes a `public` record into the served folder (spec 7.3): a hard link to its object
+    /// under its name, or `<stem>.<8 hex>.<ext>` when the name holds other content; a name
+    /// holding the same content needs nothing. Registers the file with the catalog and keeps
+    /// the published name in the record. Not published when both names are taken (logged).
+    /// The catalog registration is returned, for the caller to make once the inode is settled.
+    pub(super) fn publish(&self, record: &mut Record, xxh: Option<u64>) -> Option<Registration> {
+        let sha = record.sha256;
+        let object = self.object_path(&sha);
+        let mut candidates = vec![record.name.clone()];
+        let tagged = tagged_name(&record.name, &hex::encode(&sha[..4]));
+        if tagged.len() <= MAX_NAME {
+            candidates.push(tagged);
+        }
+        for name in candidates {
+            let dest = self.root.join(&name);
+            let fresh = {
+                let mut p = lock(&self.published);
+                let fresh = !p.contains_key(&name);
+                p.entry(name.clone()).or_insert(sha);
+                fresh
+            };
+            self.published_generation.fetch_add(1, Ordering::SeqCst);
+            let placed = match fs::hard_link(&object, &dest) {
+                Ok(()) => disk::sync_dir(&self.root).map(|()| true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    holds_content(&dest, &object, record.size, &sha)
+                }
+                // Another file system or no links allowed: a copy through ingest.
+                Err(_) => self.publish_copy(&object, &name, sha).map(|n| n == name),
+            };
+            match placed {
+                Ok(true) => {
+                    record.published = Some(name);
+                    if let Err(e) = self.write_record(record) {
+                        self.log(format_args!("record {}: {e}", record.id));
+                    }
+                    self.records
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(record.id, record.clone());
+                    return Some(Registration {
+                        path: dest,
+                        xxh,
+                        sha,
+                    });
+                }
+                Ok(false) | Err(_) => {
+                    if fresh {
+                        lock(&self.published).remove(&name);
+                        self.published_generation.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "filestorage: {} ({}) not published: its names are taken by other files; it stays \
+             available through FETCH",
+            record.name, record.id
+        );
+        None
+    }
+
+    /// Registers a published file with the catalog without a rescan (with the hashes when known;
+    /// without xxHash64 the catalog hashes the file itself).
+    pub(super) fn register_published(&self, r: Option<Registration>) {
+        let Some(r) = r else {
+            return;
+        };
+        let added = match r.xxh {
+            Some(x) => self.catalog.add_ingested_file(&r.path, x, r.sha),
+            None => self.catalog.add_file(&r.path),
+        };
+        if let Err(e) = added {
+            self.log(format_args!("catalog: {}: {e}", r.path.display()));
+        }
+    }
+
+    /// The copy fallback of publication, through ingest (verified, no-overwrite rename).
+    fn publish_copy(&self, object: &Path, name: &str, sha: [u8; 32]) -> io::Result<String> {
+        let mut src = File::open(object)?;
+        let mut sink = self.ingest.begin_stream(Some(src.metadata()?.len()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n])?;
+        }
+        let publisher = Publisher::without_catalog(self.ingest.clone());
+        let p = publisher
+            .publish_stream(sink, name, Expect::Sha256(sha), Collision::Tagged)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(p.committed.name)
+    }
+
+    // ------------------------------------------------------------------ retention
+
+    /// Deletes the partial state of a batch that has nothing left to receive.
+    fn finish_batch(&self, p: &Partial, g: &mut PartialInner) {
+        g.deleted = true;
+        g.journal = None;
+        g.parts.clear();
+        lock(&self.partials).remove(&p.fid);
+        if let Some(s) = &g.state {
+            lock(&self.ledger(s.uid)).finish_transfer();
+        }
+        if let Err(e) = fs::remove_dir_all(&p.dir) {
+            self.log(format_args!("{}: remove partial state: {e}", p.fid));
+        }
+    }
+
+    /// Spec 7.4 retention: deletes every partial transfer untouched for `retention` that no
+    /// connection holds, releasing its reservation. Returns how many went.
+    pub fn sweep(&self, now: u64) -> usize {
+        let retention = self.opts.retention.as_secs();
+        let all: Vec<Arc<Partial>> = lock(&self.partials).values().cloned().collect();
+        let mut removed = 0;
+        for p in all {
+            let Ok(mut g) = p.inner.try_lock() else {
+                continue;
+            };
+            if g.creating || g.deleted || g.active > 0 {
+                continue;
+            }
+            let journal_mtime = g
+                .journal
+                .as_ref()
+                .and_then(|j| j.metadata().ok())
+                .map_or(0, |m| m.mtime().max(0) as u64);
+            let last = g.touched.max(journal_mtime);
+            if last.saturating_add(retention) > now {
+                continue;
+            }
+            self.expire(&p, &mut g);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Deletes an abandoned partial transfer and releases what it still reserved.
+    pub(super) fn expire(&self, p: &Partial, g: &mut PartialInner) {
+        let Some(state) = g.state.as_ref() else {
+            return;
+        };
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let mut remaining = Reservation {
+            transfer: true,
+            ..Reservation::default()
+        };
+        for (i, f) in state.files.iter().enumerate() {
+            if !records.contains_key(&store_id(&p.fid, i as u64)) {
+                remaining.bytes += f.size;
+                remaining.files += 1;
+            }
+        }
+        drop(records);
+        let unwritten: u64 = state
+            .missing
+            .ranges()
+            .map(|r| {
+                let size = state.files[r.file as usize].size;
+                (r.first..r.end)
+                    .map(|n| chunk_len(size, state.chunk_size, n).unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .sum();
+        self.sub_unwritten(unwritten);
+        lock(&self.ledger(state.uid)).release(remaining);
+        g.deleted = true;
+        g.journal = None;
+        g.parts.clear();
+        lock(&self.partials).remove(&p.fid);
+        self.log(format_args!(
+            "retention: partial transfer {} deleted",
+            p.fid
+        ));
+        if let Err(e) = fs::remove_dir_all(&p.dir) {
+            eprintln!("filestorage: retention: remove {}: {e}", p.dir.display());
+        }
+        p.settled.notify_all();
+    }
+
+    /// Runs the retention sweep every `sweep_every` until [`stop`](Self::stop).
+    pub fn spawn_sweeper(self: &Arc<Self>) -> io::Result<Sweeper> {
+        let store = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("filestorage-sweep".into())
+            .spawn(move || {
+                let mut stopped = lock(&store.stop);
+                while !*stopped {
+                    let (g, timeout) = store
+                        .stop_cv
+                        .wait_timeout(stopped, store.opts.sweep_every)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    stopped = g;
+                    if *stopped {
+                        break;
+                    }
+                    if timeout.timed_out() {
+                        drop(stopped);
+                        let n = store.sweep(super::unix_now().max(0) as u64);
+                        if n > 0 {
+                            eprintln!("filestorage: retention deleted {n} partial transfers");
+                        }
+                        stopped = lock(&store.stop);
+                    }
+                }
+            })?;
+        Ok(Sweeper {
+            store: self.clone(),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the sweeper thread.
+    pub fn stop(&self) {
+        *lock(&self.stop) = true;
+        self.stop_cv.notify_all();
+    }
+
+    // ------------------------------------------------------------------ QUERY and FETCH
+
+    /// Brings the catalog's public entries (spec 7.3) up to date with the live catalog, at most
+    /// every [`VIEW_REBUILD_EVERY`] while it keeps changing.
+    fn refresh_view(&self) {
+        let snap = self.catalog.snapshot();
+        let published_gen = self.published_generation.load(Ordering::SeqCst);
+        let mut v = lock(&self.view);
+        let current = v.generation == Some(snap.generation()) && v.published_seen == published_gen;
+        if current || (v.generation.is_some() && v.built.elapsed() < VIEW_REBUILD_EVERY) {
+            return;
+        }
+        let published = lock(&self.published).clone();
+        let files: Vec<(&str, u64, [u8; 32])> = snap
+            .entries()
+            .filter(|e| published.get(e.file_name()) != Some(&e.sha256))
+            .map(|e| (e.file_name(), e.size, e.sha256))
+            .collect();
+        self.index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_catalog(files);
+        v.generation = Some(snap.generation());
+        v.published_seen = published_gen;
+        v.built = Instant::now();
+    }
+
+    /// A QUERY (spec 6).
+    pub fn query(&self, call: &QueryCall) -> QueryPage {
+        self.refresh_view();
+        let spec = QuerySpec {
+            tags: &call.tags,
+            name: call.name.as_deref(),
+            after: call.after,
+        };
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .query(call.uid, &spec, call.limit)
+    }
+
+    /// A FETCH (spec 6): reads the bytes into `buf` and returns whether they reach the end.
+    pub fn fetch(
+        &self,
+        call: &FetchCall,
+        cache: &mut FetchCache,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, Reason> {
+        self.refresh_view();
+        let entry = self
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .visible(&call.id, call.uid)
+            .cloned()
+            .ok_or(Reason::new(Code::NotFound))?;
+        let (range, eof) = fetch_range(entry.size, call.offset, call.length, call.max_fetch)?;
+        let len = (range.end - range.start) as usize;
+        buf.clear();
+        buf.resize(len, 0);
+        if len == 0 {
+            return Ok(eof);
+        }
+        match entry.owner {
+            Some(_) => self.read_object(&entry, range.start, buf, cache)?,
+            None => {
+                let snap = self.catalog.snapshot();
+                let e = snap
+                    .by_sha256(&entry.sha256)
+                    .ok_or(Reason::new(Code::NotFound))?;
+                if e.size != entry.size {
+                    return Err(Reason::new(Code::NotFound));
+                }
+                let m = e.open().map_err(|_| storage_error())?;
+                m.read_exact_at(range.start, buf)
+                    .map_err(|_| storage_error())?;
+            }
+        }
+        Ok(eof)
+    }
+
+    /// Reads from a record's object, checking it still has the size and mtime it had.
+    fn read_object(
+        &self,
+        entry: &Entry,
+        offset: u64,
+        buf: &mut [u8],
+        cache: &mut FetchCache,
+    ) -> Result<(), Reason> {
+        let expected = lock(&self.objects).get(&entry.sha256).copied();
+        if cache.open.as_ref().is_none_or(|(s, _)| *s != entry.sha256) {
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(self.object_path(&entry.sha256))
+                .map_err(|_| storage_error())?;
+            cache.open = Some((entry.sha256, f));
+        }
+        let Some((_, f)) = cache.open.as_ref() else {
+            return Err(storage_error());
+        };
+        let m = f.metadata().map_err(|_| storage_error())?;
+        let stamp = ObjectStamp::of(&m);
+        if !m.is_file() || stamp.size != entry.size || expected.is_some_and(|e| e != stamp) {
+            cache.open = None;
+            return Err(storage_error());
+        }
+        f.read_exact_at(buf, offset).map_err(|_| storage_error())
+    }
+}
+
+/// Stops the retention sweeper on drop.
+pub struct Sweeper {
+    store: Arc<Store>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.store.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn invalidate_hash(g: &mut PartialInner, file: u32) {
+    if let Some(h) = g.hashes.get_mut(file as usize) {
+        *h = None;
+    }
+}
+
+/// The journal of a partial transfer, opened for appending (created if missing).
+pub(super) fn open_journal(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(dir.join("journal"))
+}
+
+/// `<stem>.<tag>.<ext>`, or `<name>.<tag>` without an extension (a leading dot is no
+/// extension); never shortened (spec 7.3: too long means not published).
+pub(super) fn tagged_name(name: &str, tag: &str) -> String {
+    match name.rfind('.') {
+        Some(i) if i > 0 => format!("{}.{tag}{}", &name[..i], &name[i..]),
+        _ => format!("{name}.{tag}"),
+    }
+}
+
+/// Whether `path` already holds the object's content: the object itself (same inode), or a
+/// regular file of the same size and SHA-256.
+fn holds_content(path: &Path, object: &Path, size: u64, sha: &[u8; 32]) -> io::Result<bool> {
+    let m = fs::symlink_metadata(path)?;
+    if !m.is_file() || m.len() != size {
+        return Ok(false);
+    }
+    let o = fs::metadata(object)?;
+    if (m.dev(), m.ino()) == (o.dev(), o.ino()) {
+        return Ok(true);
+    }
+    let (theirs, _, _) = disk::hash_path(path)?;
+    Ok(&theirs == sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_names_follow_spec_7_3() {
+        assert_eq!(tagged_name("notes.txt", "ed40853e"), "notes.ed40853e.txt");
+        assert_eq!(tagged_name("README", "ed40853e"), "README.ed40853e");
+        assert_eq!(tagged_name("a.tar.gz", "01234567"), "a.tar.01234567.gz");
+    }
+}
