@@ -19,6 +19,7 @@ use cli::cjp2p::Cjp2pArgs;
 use cli::folder::{CertsArgs, IndexArgs};
 use cli::jtp::JtpArgs;
 use cli::serve::ServeArgs;
+use cli::sync::SyncArgs;
 use cli::tej::TejArgs;
 use cli::{EXIT_LOCAL, EXIT_OK};
 
@@ -36,6 +37,7 @@ enum Cmd {
     Jtp(JtpArgs),
     Tej(TejArgs),
     Cjp2p(Cjp2pArgs),
+    Sync(SyncArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Jtp(a) => cli::jtp::run(a),
         Cmd::Tej(a) => cli::tej::run(a),
         Cmd::Cjp2p(a) => cli::cjp2p::run(a),
+        Cmd::Sync(a) => cli::sync::run(a),
         Cmd::Index(a) => cli::folder::index(a),
         Cmd::Certs(a) => cli::folder::certs(a),
     };

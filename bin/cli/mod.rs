@@ -16,6 +16,7 @@ pub(crate) mod cjp2p;
 pub(crate) mod folder;
 pub(crate) mod jtp;
 pub(crate) mod serve;
+pub(crate) mod sync;
 pub(crate) mod tej;
 
 pub(crate) const EXIT_OK: u8 = 0;

@@ -10,4 +10,5 @@
 pub mod bulk;
 pub mod cjp2p;
 pub mod jtp;
+pub mod sync;
 pub mod tej;

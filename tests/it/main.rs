@@ -7,4 +7,5 @@ mod harness;
 mod jtp_client;
 mod jtp_peers;
 mod jtp_server;
+mod sync;
 mod tej;
