@@ -18,7 +18,14 @@ Rows (see the table's notes for how each number is made):
   6. CJP2P: one 256 MiB file from `ferry cjp2p node` to `ferry cjp2p get` over UDP loopback,
      with ferry's 32 KiB requests and with 4096-byte requests (the reference node's unit), and
      the CPU seconds per GiB of both sides. The reference node is not run here: its 60-110 MB/s
-     comes from docs (spec cjp2p.md section 10), and the peer column says so.
+     comes from docs (spec cjp2p.md section 10), and the peer column says so;
+  7. the server core (row group `server-core`): a new client's latency (connect to first reply
+     byte) with 150 idle connections on every listener of `ferry serve` (opened by one thread
+     per listener at once, as issue 8 found them), and the server's CPU while idle after a
+     burst of 1,000 connections.
+
+`--only GROUP[,GROUP]` runs only those row groups (no data sets are made for them); `--help`
+lists the groups.
 
 Python 3 standard library only. Data is generated once under target/bench/data (kept between
 runs, never committed); transfers write into /dev/shm so the disk is not what is measured,
@@ -912,13 +919,282 @@ def render(env, res):
         f"as the reference node does. CPU s per GiB: the get's user+system time from "
         f"getrusage(RUSAGE_CHILDREN) deltas, the node's from /proc/PID/stat utime+stime "
         f"deltas, scaled from {CJ_SIZE // MIB} MiB to 1 GiB. The reference node's numbers are "
-        f"quoted from the spec (a 2-core loopback VM), not measured by this run.",
+        f"quoted from the spec (a 2-core loopback VM), not measured by this run. Server core: "
+        f"`ferry serve --no-tls` over 3 small files; latency = connect until the first reply "
+        f"byte of a JTP LIST or a TEJ list request ({SC_PROBES} fresh clients, alternating; 30 s "
+        f"when none came; {RUNS} rounds, the one with the lowest max judged) while {SC_IDLE} connections per listener, each answered once, sit "
+        f"idle; idle CPU = "
+        f"/proc/PID/stat utime+stime over {SC_QUIET:.0f} s, starting 1 s after the "
+        f"{SC_BURST:,} connections of the burst (held open together, then closed) are gone.",
     ]
     if res.diagnostics:
         lines += ["", "Diagnostics (not judged):"] + [f"- {d}" for d in res.diagnostics]
     if res.errors:
         lines += ["", "Errors:"] + [f"- {e}" for e in res.errors]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- server core
+# Issue 8: idle or stalled peers must never delay a new client, and an idle server must not
+# burn CPU after a burst (workers retire, nothing polls).
+
+SC_IDLE = 150  # idle connections held on every listener
+SC_PROBES = 20  # fresh clients timed
+SC_BURST = 1000  # connections in the burst, split over the listeners
+SC_QUIET = 5.0  # seconds of quiet measured
+
+
+def _raise_nofile():
+    """Soft RLIMIT_NOFILE up to the hard one, for this process and the servers it starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _sc_serve(ferry, name):
+    """`ferry serve` over a small folder, every listener on port 0, JTP plain. Returns the
+    server and {proto: port} for jtp and tej."""
+    folder = os.path.join(BENCH, "server-core", "share")
+    os.makedirs(folder, exist_ok=True)
+    rng = random.Random(8)
+    for i in range(3):
+        path = os.path.join(folder, f"img{i}.png")
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(rng.randbytes(5000))
+    s = Server(name, [ferry, "serve", folder, "--jtp-bind", "127.0.0.1:0", "--tej-bind",
+                      "127.0.0.1:0", "--cjp2p-bind", "127.0.0.1:0", "--no-tls"])
+    ports, buf = {}, b""
+    fd = s.p.stdout.fileno()
+    deadline = time.monotonic() + LISTEN_TIMEOUT
+    while len(ports) < 2 and time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            for line in buf.decode(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "listening" and parts[1] in ("jtp", "tej"):
+                    ports[parts[1]] = int(parts[2].rsplit(":", 1)[1])
+        elif s.p.poll() is not None:
+            break
+    if len(ports) < 2:
+        s.stop()
+        raise CommandFailed(f"{name}: no jtp and tej listening lines; see {s.log_path}")
+    return s, ports
+
+
+def _sc_request(proto):
+    """One request that gets an answer: JTP LIST with keep-alive, TEJ list request (status 5)."""
+    if proto == "jtp":
+        return b"\x01\x01"
+    return bytes([0x85, 1]) + (0).to_bytes(8, "big") + (0).to_bytes(8, "big")
+
+
+def _sc_first_reply(proto, port):
+    """Connects, sends one request, waits for the first reply byte; returns (socket, seconds)."""
+    t0 = time.perf_counter()
+    c = socket.create_connection(("127.0.0.1", port), timeout=30)
+    c.sendall(_sc_request(proto))
+    if not c.recv(1):
+        c.close()
+        raise CommandFailed(f"{proto}: connection closed without a reply")
+    return c, time.perf_counter() - t0
+
+
+def _sc_socket_fds(pid):
+    try:
+        return sum(1 for e in os.listdir(f"/proc/{pid}/fd")
+                   if os.readlink(f"/proc/{pid}/fd/{e}").startswith("socket:"))
+    except OSError:
+        return 0
+
+
+def _sc_hold_idle(ports, n):
+    """`n` idle connections per listener, opened the way that once lost workers: each listener
+    flooded by its own thread (connects first, then one request on each), both at once. Waits
+    up to 10 s for every first reply. Returns (sockets, how many were answered)."""
+    import selectors
+    held, errors = {p: [] for p in ports}, []
+
+    def flood(proto, port):
+        try:
+            conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+            for c in conns:
+                c.sendall(_sc_request(proto))
+            held[proto] = conns
+        except OSError as e:
+            errors.append(f"{proto}: {e}")
+
+    threads = [threading.Thread(target=flood, args=(p, port)) for p, port in ports.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    socks = [c for conns in held.values() for c in conns]
+    if errors:
+        for c in socks:
+            c.close()
+        raise CommandFailed(f"server core: opening idle connections: {'; '.join(errors)}")
+    sel = selectors.DefaultSelector()
+    for c in socks:
+        sel.register(c, selectors.EVENT_READ)
+    answered, deadline = 0, time.monotonic() + 10
+    while answered < len(socks) and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            sel.unregister(key.fileobj)
+            answered += 1
+    sel.close()
+    return socks, answered
+
+
+def bench_server_core_latency(res, ferry):
+    """A fresh client's connect-to-first-reply time while every listener of `ferry serve` holds
+    SC_IDLE idle connections (each answered once, then silent)."""
+    _raise_nofile()
+    s, ports = _sc_serve(ferry, "serve-idle-latency")
+    held, rounds = [], []
+    try:
+        held, answered = _sc_hold_idle(ports, SC_IDLE)
+        for _ in range(RUNS):
+            times = []
+            for i in range(SC_PROBES):
+                proto = ("jtp", "tej")[i % 2]
+                try:
+                    c, secs = _sc_first_reply(proto, ports[proto])
+                    c.close()
+                except socket.timeout:
+                    secs = 30.0  # no reply within the probe's 30 s
+                times.append(secs * 1000)
+            rounds.append(times)
+    except OSError as e:
+        raise CommandFailed(f"server core latency: {e}")
+    finally:
+        for c in held:
+            c.close()
+        s.stop()
+    # A stuck client stays stuck in every round; scheduling noise on a shared machine does not.
+    best = min(rounds, key=max)
+    med, worst = statistics.median(best), max(best)
+    every = max(max(r) for r in rounds)
+    res.raw["server_core_latency"] = {"idle_per_listener": SC_IDLE, "idle_answered": answered,
+                                      "rounds_ms": rounds}
+    say(f"server core: new client with {SC_IDLE} idle connections per listener ({answered} of "
+        f"{len(held)} answered): best round median {med:.1f} ms, max {worst:.1f} ms; max over "
+        f"all {len(rounds)} rounds {every:.1f} ms")
+    res.row(f"new client latency, {SC_IDLE} idle connections on every listener of ferry serve "
+            f"(median / max of {SC_PROBES} connects, best of {RUNS} rounds)",
+            f"{med:.1f} ms / {worst:.1f} ms (max of all rounds {every:.1f} ms)", "-",
+            "< 50 ms (max)", verdict(worst < 50))
+    res.diagnostics.append(
+        f"server core latency: {answered} of {len(held)} idle connections had their first "
+        f"answer within 10 s before the probes (each listener flooded by its own thread)")
+
+
+def bench_server_core_idle_cpu(res, ferry):
+    """`ferry serve`'s CPU over SC_QUIET s of quiet after a burst of SC_BURST connections (all
+    open at once, each answered once, then closed), and its RssAnon after the burst and after
+    the idle workers retired."""
+    _raise_nofile()
+    s, ports = _sc_serve(ferry, "serve-idle-cpu")
+    try:
+        baseline = _sc_socket_fds(s.pid)
+        held = []
+        try:
+            for i in range(SC_BURST):
+                proto = ("jtp", "tej")[i % 2]
+                held.append(_sc_first_reply(proto, ports[proto])[0])
+        except OSError as e:
+            raise CommandFailed(f"server core burst: {e}")
+        finally:
+            for c in held:
+                c.close()
+        deadline = time.monotonic() + 60
+        while _sc_socket_fds(s.pid) > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rss_burst = _rss_anon_kib(s.pid) / 1024
+        time.sleep(1.0)
+        c0 = process_cpu(s.pid)
+        time.sleep(SC_QUIET)
+        pct = (process_cpu(s.pid) - c0) / SC_QUIET * 100
+        # Workers beyond the core set retire after 10 s without a job (src/server/pool.rs).
+        time.sleep(max(0.0, 12.0 - SC_QUIET))
+        rss_after = _rss_anon_kib(s.pid) / 1024
+        threads = len(os.listdir(f"/proc/{s.pid}/task"))
+    finally:
+        s.stop()
+    res.raw["server_core_idle_cpu"] = {"burst": SC_BURST, "quiet_s": SC_QUIET,
+                                       "cpu_percent": pct, "rss_anon_after_burst_mib": rss_burst,
+                                       "rss_anon_after_retire_mib": rss_after,
+                                       "threads_after_retire": threads}
+    say(f"server core: idle CPU after a burst of {SC_BURST}: {pct:.2f} % of one core; RssAnon "
+        f"{rss_burst:.1f} MiB after the burst, {rss_after:.1f} MiB and {threads} threads 12 s "
+        f"later")
+    res.row(f"server idle CPU after a burst of {SC_BURST:,} connections (ferry serve, "
+            f"{SC_QUIET:.0f} s of quiet)", f"{pct:.2f} % of one core", "-", "< 1 %",
+            verdict(pct < 1))
+    res.diagnostics.append(
+        f"server core: RssAnon of ferry serve {rss_burst:.1f} MiB right after the burst of "
+        f"{SC_BURST:,} connections, {rss_after:.1f} MiB with {threads} threads once the idle "
+        f"workers retired (12 s later)")
+
+
+# Row groups `--only` can name, in the order a full run runs them after the other rows.
+ROW_GROUPS = {
+    "server-core": (
+        "new client latency with idle peers on every listener; idle CPU after a burst",
+        (bench_server_core_latency, bench_server_core_idle_cpu),
+    ),
+}
+
+
+def run_groups(res, ferry, names):
+    for name in names:
+        for fn in ROW_GROUPS[name][1]:
+            try:
+                fn(res, ferry)
+            except CommandFailed as e:
+                res.error(f"{name}: {fn.__name__}", e)
+
+
+def parse_args(argv):
+    import argparse
+    groups = "; ".join(f"{k}: {v[0]}" for k, v in ROW_GROUPS.items())
+    p = argparse.ArgumentParser(
+        prog="bench.py", description="ferry next to its peers, measured in one run (see the "
+        "module docstring for every row). Without options every row runs.",
+        epilog=f"row groups: {groups}")
+    p.add_argument("--only", metavar="GROUP[,GROUP]",
+                   help="run only these row groups (no data sets are made for them)")
+    a = p.parse_args(argv)
+    a.only = [g for g in (a.only or "").split(",") if g]
+    unknown = [g for g in a.only if g not in ROW_GROUPS]
+    if unknown:
+        p.error(f"unknown row group(s) {', '.join(unknown)}; known: {', '.join(ROW_GROUPS)}")
+    return a
+
+
+def finish(env, res, t_start):
+    """Writes results.md and results.json, prints the table; the exit code."""
+    res.raw["rows"] = [dict(zip(("benchmark", "ferry", "peer", "target", "verdict"), r))
+                       for r in res.rows]
+    res.raw["errors"] = res.errors
+    res.raw["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    env["loadavg_end"] = _loadavg()
+    md = render(env, res)
+    with open(os.path.join(BENCH, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(BENCH, "results.json"), "w") as f:
+        json.dump(res.raw, f, indent=2)
+    print(md, end="")
+    say(f"done in {res.raw['total_seconds']} s; wrote {BENCH}/results.md and results.json")
+    return 1 if res.errors else 0
+
 
 
 # --------------------------------------------------------------------------- main
@@ -933,7 +1209,8 @@ def cargo_target_dir():
         return os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 
 
-def main():
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _on_signal)
     atexit.register(_cleanup)
     os.chdir(ROOT)
@@ -954,6 +1231,9 @@ def main():
     res = Results()
     res.raw["env"] = env
     res.raw["ferry"] = ferry_src
+    if args.only:
+        run_groups(res, ferry, args.only)
+        return finish(env, res, t_start)
 
     say("preparing data under " + DATA)
     big, small, cat, cj, made = ensure_data()
@@ -1210,19 +1490,10 @@ def main():
                     f"{fmt(srv, 'MiB', 1)} / {fmt(cli, 'MiB', 1)}", peer_py_rss,
                     "< 64 MiB each", verdict(srv < 64 and cli < 64))
 
-    res.raw["rows"] = [dict(zip(("benchmark", "ferry", "peer", "target", "verdict"), r))
-                       for r in res.rows]
-    res.raw["errors"] = res.errors
-    res.raw["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    env["loadavg_end"] = _loadavg()
-    md = render(env, res)
-    with open(os.path.join(BENCH, "results.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(BENCH, "results.json"), "w") as f:
-        json.dump(res.raw, f, indent=2)
-    print(md, end="")
-    say(f"done in {res.raw['total_seconds']} s; wrote {BENCH}/results.md and results.json")
-    return 1 if res.errors else 0
+    # 5. the server core --------------------------------------------------------------------
+    run_groups(res, ferry, ROW_GROUPS)
+
+    return finish(env, res, t_start)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-//! Plain-data configuration shared by the servers: one [`Config`] per listener set, with the
-//! numeric bounds gathered in [`Limits`]. The command line (`bin/ferry.rs`) fills these in one
-//! place; the library never reads arguments or the environment itself.
+//! Plain-data configuration shared by the servers: the numeric bounds in [`Limits`], where TLS
+//! material comes from ([`TlsSource`]) and JTP's settings ([`JtpConfig`]). Listener set-up
+//! (address, TLS, timeouts, connection budget) is [`ListenerConfig`], built from these. The
+//! command line (`bin/cli/`) fills them in one place; the library never reads arguments or the
+//! environment itself.
+//!
+//! [`ListenerConfig`]: crate::server::ListenerConfig
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,10 +13,16 @@ use std::time::Duration;
 /// compared with one of these before it is acted on.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Worker threads, and so concurrent connections, per server. Default 1024. A connection
-    /// beyond it gets the protocol's busy reply (or a close) at once.
+    /// Concurrent connections per listener (each listener of `ferry serve` has its own).
+    /// Default 1024. A connection beyond it gets the protocol's busy reply (or, on TLS, a close
+    /// before the handshake) at once. Becomes [`ListenerConfig::max_connections`].
+    ///
+    /// [`ListenerConfig::max_connections`]: crate::server::ListenerConfig::max_connections
     pub max_connections: usize,
-    /// No read or write progress for this long ends a connection. Default 30 s.
+    /// No read or write progress for this long ends a connection, TLS writes included; also
+    /// bounds the TLS handshake. Default 30 s. Becomes [`ListenerConfig::io_timeout`].
+    ///
+    /// [`ListenerConfig::io_timeout`]: crate::server::ListenerConfig::io_timeout
     pub io_timeout: Duration,
     /// Time allowed for a request body once its header arrived. Default 60 s.
     pub body_timeout: Duration,
@@ -74,8 +84,6 @@ pub struct JtpConfig {
     pub rate_limit_window: Duration,
     /// Rescan interval; enables WATCH. None = no rescans.
     pub watch_interval: Option<Duration>,
-    /// TCP_NODELAY on accepted sockets. Default on.
-    pub nodelay: bool,
     pub verbose: bool,
 }
 
@@ -89,7 +97,6 @@ impl Default for JtpConfig {
             rate_limit: None,
             rate_limit_window: Duration::from_secs(60),
             watch_interval: None,
-            nodelay: true,
             verbose: false,
         }
     }

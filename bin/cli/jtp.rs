@@ -11,9 +11,9 @@ use argh::FromArgs;
 use ferry::config::JtpConfig;
 use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode};
 use ferry::driver::jtp::server::JtpService;
-use ferry::proto::jtp::wire;
 use ferry::proto::jtp::ALPN as ALPN_JTP;
-use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+use ferry::server::{self, ServerBuilder, Shutdown};
+use ferry::wire::hex;
 
 use super::*;
 
@@ -252,20 +252,15 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         rate_limit: a.rate_limit.filter(|n| *n > 0),
         rate_limit_window: Duration::from_secs(a.rate_limit_window.max(1)),
         watch_interval: watch,
-        nodelay: !a.no_tcp_nodelay,
         verbose,
     };
     let mut limits = limits(a.max_connections, a.io_timeout);
     limits.keep_alive_timeout = Duration::from_secs(a.keep_alive_timeout);
     let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
-    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
-    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("jtp: bind {}: {e}", a.bind)))?;
-    let builder = ServerBuilder::new(
-        limits.max_connections,
-        limits.shutdown_grace,
-        shutdown.clone(),
-    )
-    .listener(l, jtp);
+    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone()));
+    let l = tcp_listener(&a.bind, tls, &limits, verbose).nodelay(!a.no_tcp_nodelay);
+    let l = bind("jtp", &a.bind, l)?;
+    let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, jtp);
     run_servers(builder, shutdown, cat, watch, verbose, a.json)
 }
 
@@ -313,7 +308,7 @@ pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
             let _ = writeln!(
                 out,
                 "{}  {}  {:>10}  {}",
-                wire::id_hex(l.id),
+                hex::encode_u64(l.id),
                 l.ftype,
                 l.size,
                 l.name
@@ -336,7 +331,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
             positional_addr = Some(s.clone());
         } else {
             ids.push(
-                wire::parse_id_hex(s)
+                hex::parse_u64(s)
                     .ok_or_else(|| local(format!("not an image id (16 hex digits): {s:?}")))?,
             );
         }
@@ -376,7 +371,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
                 let _ = writeln!(
                     out,
                     "NEW  id={} type={} size={} name={}",
-                    wire::id_hex(l.id),
+                    hex::encode_u64(l.id),
                     l.ftype,
                     l.size,
                     l.name

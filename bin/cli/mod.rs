@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry::catalog::{CatalogHandle, CatalogOptions};
 use ferry::config::{Limits, TlsSource};
-use ferry::server::{self, ServerBuilder, Shutdown};
+use ferry::server::{self, Listener, ListenerConfig, ServerBuilder, Shutdown};
 use ferry::transport::TlsServer;
 
 pub(crate) mod cjp2p;
@@ -171,6 +171,28 @@ pub(crate) fn run_servers_with(
     handle.wait();
     let _ = rescanner.join();
     Ok(EXIT_OK)
+}
+
+/// The TCP listener of a `serve` command: TLS when given, the io timeout on every socket, and
+/// `max_connections` for this listener alone.
+pub(crate) fn tcp_listener(
+    addr: &str,
+    tls: Option<TlsServer>,
+    limits: &Limits,
+    verbose: bool,
+) -> ListenerConfig {
+    ListenerConfig::tcp(addr)
+        .tls_opt(tls)
+        .io_timeout(limits.io_timeout)
+        .max_connections(limits.max_connections)
+        .close_linger(limits.close_linger)
+        .verbose(verbose)
+}
+
+/// Binds a listener; a failure names the protocol and address (exit 2).
+pub(crate) fn bind(proto: &str, addr: &str, cfg: ListenerConfig) -> Result<Listener, Failure> {
+    cfg.bind()
+        .map_err(|e| local(format!("{proto}: bind {addr}: {e}")))
 }
 
 pub(crate) fn limits(max_connections: usize, io_timeout: u64) -> Limits {

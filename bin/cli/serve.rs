@@ -10,7 +10,7 @@ use ferry::config::JtpConfig;
 use ferry::driver::jtp::server::JtpService;
 use ferry::driver::tej::server::{TejConfig, TejService};
 use ferry::proto::jtp::ALPN as ALPN_JTP;
-use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+use ferry::server::{self, ServerBuilder, Shutdown};
 
 use super::cjp2p::{parse_peers, start_node};
 use super::*;
@@ -49,10 +49,11 @@ pub(crate) struct ServeArgs {
     /// rescan the folder every SECONDS (also enables JTP WATCH); SIGHUP rescans at once
     #[argh(option)]
     watch: Option<u64>,
-    /// most concurrent connections per server (default 1024)
+    /// most concurrent connections per listener (JTP and TEJ each; default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
-    /// seconds without read/write progress before a connection is dropped (default 30)
+    /// seconds without read/write progress before a connection is dropped, on every listener
+    /// (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
     /// log connections and errors on stderr
@@ -78,24 +79,27 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
     };
     let limits = limits(a.max_connections, a.io_timeout);
     let tls = load_tls(&cfg.tls, &cat, ALPN_JTP)?;
-    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone(), tls));
-    let l = Listener::bind_tcp(&a.jtp_bind)
-        .map_err(|e| local(format!("jtp: bind {}: {e}", a.jtp_bind)))?;
+    let jtp = Arc::new(JtpService::new(cat.clone(), cfg, limits.clone()));
+    let l = bind(
+        "jtp",
+        &a.jtp_bind,
+        tcp_listener(&a.jtp_bind, tls, &limits, a.verbose),
+    )?;
     let tej_cfg = TejConfig {
         bind: a.tej_bind.clone(),
         verbose: a.verbose,
         ..TejConfig::default()
     };
-    let tej = Arc::new(TejService::new(cat.clone(), tej_cfg, None).map_err(local)?);
-    let tl = Listener::bind_tcp(&a.tej_bind)
-        .map_err(|e| local(format!("tej: bind {}: {e}", a.tej_bind)))?;
-    let builder = ServerBuilder::new(
-        limits.max_connections,
-        limits.shutdown_grace,
-        shutdown.clone(),
-    )
-    .listener(l, jtp)
-    .listener(tl, tej);
+    let tej = Arc::new(TejService::new(cat.clone(), tej_cfg).map_err(local)?);
+    // Each listener has its own --max-connections budget; --io-timeout reaches both.
+    let tl = bind(
+        "tej",
+        &a.tej_bind,
+        tcp_listener(&a.tej_bind, None, &limits, a.verbose),
+    )?;
+    let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone())
+        .listener(l, jtp)
+        .listener(tl, tej);
     let peers = parse_peers(&a.peer)?;
     let node = start_node(
         &a.cjp2p_bind,

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use ferry::config::Limits;
 use ferry::driver::tej::client as tej_client;
 use ferry::driver::tej::server::{TejConfig, TejService};
 use ferry::proto::tej::frame::Limits as TejLimits;
 use ferry::proto::tej::ALPN as ALPN_TEJ;
-use ferry::server::{self, Listener, ServerBuilder, Shutdown};
+use ferry::server::{self, ServerBuilder, Shutdown};
 
 use super::*;
 
@@ -70,6 +69,10 @@ pub(crate) struct TejServeArgs {
     /// seconds in which a frame must advance by 64 KiB (default 30)
     #[argh(option, default = "30")]
     frame_timeout: u64,
+    /// seconds a write may make no progress, and the bound of each read while a connection is
+    /// set up (TLS handshake) (default 30)
+    #[argh(option, default = "30")]
+    io_timeout: u64,
     /// refuse frames whose version byte is not 1
     #[argh(switch)]
     strict_version: bool,
@@ -209,10 +212,14 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
         verbose: a.verbose,
         ..TejConfig::default()
     };
-    let grace = Limits::default().shutdown_grace;
-    let tej = Arc::new(TejService::new(cat.clone(), cfg, tls).map_err(local)?);
-    let l = Listener::bind_tcp(&a.bind).map_err(|e| local(format!("tej: bind {}: {e}", a.bind)))?;
-    let builder = ServerBuilder::new(a.max_connections, grace, shutdown.clone()).listener(l, tej);
+    let limits = limits(a.max_connections, a.io_timeout);
+    let tej = Arc::new(TejService::new(cat.clone(), cfg).map_err(local)?);
+    let l = bind(
+        "tej",
+        &a.bind,
+        tcp_listener(&a.bind, tls, &limits, a.verbose),
+    )?;
+    let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, tej);
     run_servers(builder, shutdown, cat, None, a.verbose, a.json)
 }
 

@@ -1,81 +1,106 @@
-//! The server core shared by every protocol: blocking listeners, a bounded worker pool, one
-//! shutdown path.
+//! The server core shared by every stream protocol: listeners that own their transport, one
+//! worker pool, one shutdown path. A protocol plugs in as a [`Service`] and receives each
+//! connection ready to use (TLS done, preamble checked, timeouts set) with its [`Peer`]; it
+//! never sees a raw socket to set up.
 //!
 //! ```text
-//!  listener ──accept──► active < max? ──yes──► job channel ──► worker thread ──► Service::serve
-//!     │  (poll 100 ms,          │                  (workers are spawned on demand, so a job
-//!     │   sees shutdown)        └─no──► Service::busy (busy reply or close, at once)
-//!     └─ shutdown: stop accepting, wake idle connections, wait up to the grace period,
-//!        cut what is left, join every thread.
+//!  ListenerConfig::tcp/unix ─bind─► Listener ─┐   one accept thread per listener, asleep in
+//!    (TLS + ALPN, preamble, timeouts,         │   poll(2) on the listener and a wake fd
+//!     TCP_NODELAY, max_connections)           ▼
+//!                        accept ──► listener budget free? ──no──► busy: the service's busy
+//!                                          │ yes                   bytes (plain, no preamble)
+//!                                          ▼                       or a close, at once
+//!                     pool: a parked worker, or a new one (never queued behind busy ones)
+//!                                          ▼
+//!    worker: timeouts ─► Service::admit ─► TLS handshake ─► preamble ─► Service::serve
+//!            (set-up runs here, never on the accept thread; see `setup`)
+//!                                          ▼
+//!    connection ends ─► budget place freed ─► worker parks; beyond CORE_WORKERS it retires
+//!                                             after RETIRE_AFTER (10 s) without a job
+//!
+//!  shutdown (Shutdown::trigger: ctrlc's thread, ServerHandle::stop, Drop):
+//!    wake fds ─► accept threads stop, listeners close ─► idle connections woken (read side
+//!    shut) ─► busy ones finish within the grace period ─► the rest cut ─► every thread joined
 //! ```
 //!
-//! A worker never outnumbers the live connections by less than zero: before a job is queued
-//! the pool makes sure there is a thread for it, so an accepted connection is never parked
-//! behind idle or stalled peers. Protocol logic is out of scope here; a [`Service`] gets the
-//! accepted socket and owns it until the connection ends.
+//! Nothing polls when nothing happens: accept threads block in poll(2), parked workers block
+//! on the job channel (those beyond the core set with their retire timeout), and
+//! [`ServerHandle::wait`] sleeps on the shutdown's condition variable.
+//!
+//! Budgets are per listener: each refuses connections beyond its own `max_connections`, so one
+//! protocol's idle peers cannot lock another's clients out (listeners that must share one limit
+//! say so with a [`ConnectionBudget`]). The worker pool is shared and grows to the sum of the
+//! budgets at most.
+//!
+//! Out of scope: protocol logic (the services in `driver`), UDP (CJP2P runs its own loop), and
+//! the transports themselves (`transport`).
 
+mod listener;
+mod pool;
+mod setup;
+mod shutdown;
 mod signals;
 
+pub use listener::{
+    ConnectionBudget, Listener, ListenerConfig, ListenerKind, Preamble, DEFAULT_CLOSE_LINGER,
+    DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
+pub use pool::{CORE_WORKERS, RETIRE_AFTER};
+pub use setup::{PreambleError, SetupError};
+pub use shutdown::Shutdown;
 pub use signals::{install_signal_handlers, take_rescan_request};
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+pub use crate::transport::Peer;
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use listener::{Budget, ListenSocket, RawConn};
+use pool::{ConnSlot, Job, Pool};
+use shutdown::WakeFd;
 
-/// Stack size of worker threads: connection handlers keep their buffers on the heap.
-const WORKER_STACK: usize = 512 * 1024;
-/// How often the accept loop looks at the shutdown flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
+use crate::transport::Stream;
 
-/// A socket handed to a service.
-pub enum Accepted {
-    Tcp(TcpStream, SocketAddr),
-    Unix(UnixStream),
-}
-
-impl Accepted {
-    pub fn peer(&self) -> String {
-        match self {
-            Accepted::Tcp(_, a) => a.to_string(),
-            Accepted::Unix(_) => "unix".into(),
-        }
-    }
-}
+/// How often the shutdown sweeper wakes connections that went idle during the grace period.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
 /// What a protocol plugs into the server core.
 pub trait Service: Send + Sync + 'static {
     /// Protocol name for `listening <proto> <addr>` and logs.
     fn name(&self) -> &'static str;
-    /// Runs one connection to its end on a worker thread. Errors end this connection only.
-    fn serve(&self, conn: Accepted, ctx: &ConnCtx);
-    /// The pool is full: answer "busy" in the protocol's way, without blocking, or just close.
-    fn busy(&self, conn: Accepted) {
-        drop(conn);
+
+    /// Runs one connection to its end on a worker thread. The stream is ready: TLS handshake
+    /// done, preamble checked, read and write timeouts set to the listener's io timeout. Errors
+    /// end this connection only; a panic here is caught and logged.
+    fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx);
+
+    /// Called on the worker before any byte is read or written (so before a TLS handshake):
+    /// rate limits and per-peer refusals go here. Default: admit.
+    fn admit(&self, _peer: &Peer) -> Admission {
+        Admission::Admit
+    }
+
+    /// Bytes sent at once, without blocking, to a connection refused because its listener is at
+    /// `max_connections`, when the listener is plain (no TLS, no preamble). A TLS or preamble
+    /// listener closes such a connection before its handshake without a byte. Default: none.
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        None
     }
 }
 
-/// The shared shutdown flag. Cloning shares it.
-#[derive(Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
-
-impl Shutdown {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn trigger(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_triggered(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
+/// The answer of [`Service::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Set the connection up and serve it.
+    Admit,
+    /// Close it now, before any handshake, without a byte.
+    Close,
+    /// Refuse it in the protocol's own words: finish set-up (TLS handshake, preamble), send
+    /// these bytes, close in order. JTP's rate-limit refusal (jtp.md 3.7) is one.
+    Reply(Vec<u8>),
 }
 
 /// What a connection handler may ask of the server core.
@@ -88,6 +113,7 @@ impl ConnCtx {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_triggered()
     }
+
     /// Marks the connection idle (waiting for a next request) or busy. Idle connections are woken
     /// (their read side shut down) when the server stops, so they end at once; busy ones may
     /// finish within the grace period. Call `set_idle(true)` *before* checking
@@ -97,116 +123,46 @@ impl ConnCtx {
     }
 }
 
-/// One live connection as the shutdown sweeper sees it.
-struct ConnSlot {
-    /// A duplicate of the connection's socket, owned here so shutting it down can never hit an
-    /// unrelated socket that reused a closed descriptor number.
-    fd: OwnedFd,
-    idle: AtomicBool,
+/// A listener as the accept thread and the workers share it.
+pub(crate) struct ListenerShared {
+    name: String,
+    cfg: ListenerConfig,
+    service: Arc<dyn Service>,
+    budget: Arc<Budget>,
 }
 
-#[derive(Default)]
-struct Registry {
-    slots: Mutex<Vec<Arc<ConnSlot>>>,
-}
-
-impl Registry {
-    fn add(&self, fd: OwnedFd) -> Arc<ConnSlot> {
-        let slot = Arc::new(ConnSlot {
-            fd,
-            idle: AtomicBool::new(false),
-        });
-        self.slots.lock().unwrap().push(slot.clone());
-        slot
-    }
-    fn remove(&self, slot: &Arc<ConnSlot>) {
-        self.slots.lock().unwrap().retain(|s| !Arc::ptr_eq(s, slot));
-    }
-    fn len(&self) -> usize {
-        self.slots.lock().unwrap().len()
-    }
-    /// Shuts down the read side of idle connections (or all, when `all`), which makes their
-    /// blocked reads return end-of-file.
-    fn wake(&self, all: bool) {
-        let slots = self.slots.lock().unwrap();
-        for s in slots.iter() {
-            if all || s.idle.load(Ordering::SeqCst) {
-                let how = if all { libc::SHUT_RDWR } else { libc::SHUT_RD };
-                // SAFETY: shutdown(2) takes no pointers; the fd is owned by the slot, so open.
-                unsafe { libc::shutdown(s.fd.as_raw_fd(), how) };
-            }
+impl ListenerShared {
+    /// Over budget: the busy bytes on a plain listener (non-blocking, at once), then close.
+    fn refuse_busy(&self, conn: RawConn) {
+        if self.cfg.tls.is_some() || self.cfg.preamble.is_some() {
+            return;
+        }
+        if let Some(bytes) = self.service.busy_reply() {
+            let _ = match &conn {
+                RawConn::Tcp(t) => t
+                    .set_nonblocking(true)
+                    .and_then(|()| (&*t).write_all(&bytes))
+                    .and_then(|()| t.shutdown(std::net::Shutdown::Write)),
+                RawConn::Unix(u) => u
+                    .set_nonblocking(true)
+                    .and_then(|()| (&*u).write_all(&bytes))
+                    .and_then(|()| u.shutdown(std::net::Shutdown::Write)),
+            };
         }
     }
-}
-
-/// A listener of any kind.
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl Listener {
-    pub fn bind_tcp(addr: &str) -> io::Result<Listener> {
-        Ok(Listener::Tcp(TcpListener::bind(addr)?))
-    }
-    /// The address to print in the `listening` line.
-    pub fn local_addr(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            Listener::Unix(l) => l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-                .unwrap_or_else(|| "unix:?".into()),
-        }
-    }
-    fn raw_fd(&self) -> i32 {
-        match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l) => l.as_raw_fd(),
-        }
-    }
-    fn accept(&self) -> io::Result<Accepted> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, a) = l.accept()?;
-                s.set_nonblocking(false)?;
-                Ok(Accepted::Tcp(s, a))
-            }
-            Listener::Unix(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nonblocking(false)?;
-                Ok(Accepted::Unix(s))
-            }
-        }
-    }
-}
-
-struct Job {
-    conn: Accepted,
-    svc: Arc<dyn Service>,
-}
-
-struct Pool {
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
-    active: AtomicUsize,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    max: usize,
-    registry: Registry,
 }
 
 /// A running server: one accept thread per listener and the shared pool. Dropping it shuts the
 /// server down (stop accepting, grace period, join).
 pub struct ServerHandle {
     shutdown: Shutdown,
+    wake: Arc<WakeFd>,
     grace: Duration,
     acceptors: Vec<JoinHandle<()>>,
     pool: Arc<Pool>,
+    listeners: Vec<Arc<ListenerShared>>,
     addrs: Vec<(String, String)>,
+    stopped: bool,
 }
 
 impl ServerHandle {
@@ -214,345 +170,210 @@ impl ServerHandle {
     pub fn addrs(&self) -> &[(String, String)] {
         &self.addrs
     }
+
     pub fn shutdown_flag(&self) -> Shutdown {
         self.shutdown.clone()
     }
-    /// Connections being served right now.
+
+    /// Connections being set up or served right now, over all listeners.
     pub fn active(&self) -> usize {
-        self.pool.active.load(Ordering::SeqCst)
+        self.pool.live()
     }
-    /// Blocks until the shutdown flag is set (by a signal or another thread), then shuts down.
+
+    /// Connections held by the listener at `index` (start order), against its budget.
+    pub fn listener_active(&self, index: usize) -> usize {
+        self.listeners.get(index).map_or(0, |l| l.budget.active())
+    }
+
+    /// Live worker threads (busy and parked).
+    pub fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+
+    /// Sleeps until the shutdown is triggered (by a signal or another thread), then shuts down.
     pub fn wait(mut self) {
-        while !self.shutdown.is_triggered() {
-            thread::sleep(Duration::from_millis(100));
-        }
+        self.shutdown.wait();
         self.stop();
     }
-    /// Stop accepting, let running connections finish for up to the grace period, cut the rest,
-    /// join every thread.
+
+    /// Stop accepting, wake idle connections, let busy ones finish for up to the grace period,
+    /// cut the rest, join every thread.
     pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         self.shutdown.trigger();
         for a in self.acceptors.drain(..) {
             let _ = a.join();
         }
-        let deadline = Instant::now() + self.grace;
-        while self.pool.registry.len() > 0 && Instant::now() < deadline {
-            self.pool.registry.wake(false);
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.pool.close();
+        self.pool.drain(Instant::now() + self.grace, SWEEP_EVERY);
         self.pool.registry.wake(true);
-        // Workers exit when the job channel is empty and the shutdown flag is set.
-        let threads: Vec<_> = self.pool.threads.lock().unwrap().drain(..).collect();
-        for t in threads {
-            let _ = t.join();
-        }
+        self.pool.join();
+        self.shutdown.unregister(&self.wake);
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        if !self.acceptors.is_empty() || !self.pool.threads.lock().unwrap().is_empty() {
-            self.stop();
-        }
+        self.stop();
     }
 }
 
-/// Builds servers: add listeners with their services, then [`start`](Self::start).
+/// Builds servers: add bound listeners with their services, then [`start`](Self::start).
 pub struct ServerBuilder {
-    max_connections: usize,
     grace: Duration,
     shutdown: Shutdown,
+    retire_after: Duration,
     listeners: Vec<(Listener, Arc<dyn Service>)>,
 }
 
 impl ServerBuilder {
-    pub fn new(max_connections: usize, grace: Duration, shutdown: Shutdown) -> Self {
+    /// `grace`: how long shutdown lets busy connections finish.
+    pub fn new(grace: Duration, shutdown: Shutdown) -> Self {
         ServerBuilder {
-            max_connections: max_connections.max(1),
             grace,
             shutdown,
+            retire_after: RETIRE_AFTER,
             listeners: Vec::new(),
         }
     }
+
+    /// How long a worker beyond the [`CORE_WORKERS`] waits for a job before it exits.
+    /// Default [`RETIRE_AFTER`] (10 s).
+    pub fn retire_after(mut self, d: Duration) -> Self {
+        self.retire_after = d;
+        self
+    }
+
     pub fn listener(mut self, l: Listener, svc: Arc<dyn Service>) -> Self {
         self.listeners.push((l, svc));
         self
     }
+
     /// Starts accepting. Prints nothing; the caller prints `listening` lines from
     /// [`ServerHandle::addrs`] so it controls the output stream.
     pub fn start(self) -> io::Result<ServerHandle> {
-        let (tx, rx) = crossbeam_channel::bounded(self.max_connections);
-        let pool = Arc::new(Pool {
-            tx,
-            rx,
-            active: AtomicUsize::new(0),
-            threads: Mutex::new(Vec::new()),
-            max: self.max_connections,
-            registry: Registry::default(),
-        });
-        let mut acceptors = Vec::new();
-        let mut addrs = Vec::new();
-        for (l, svc) in self.listeners {
-            addrs.push((svc.name().to_string(), l.local_addr()));
-            let pool = pool.clone();
-            let shutdown = self.shutdown.clone();
-            let svc2 = svc.clone();
-            acceptors.push(
+        let wake = Arc::new(WakeFd::new()?);
+        let capacity = self
+            .listeners
+            .iter()
+            .map(|(l, _)| l.cfg.max_connections)
+            .fold(0usize, usize::saturating_add);
+        let pool = Pool::new(capacity, self.shutdown.clone(), self.retire_after);
+        let mut handle = ServerHandle {
+            shutdown: self.shutdown.clone(),
+            wake: wake.clone(),
+            grace: self.grace,
+            acceptors: Vec::new(),
+            pool: pool.clone(),
+            listeners: Vec::new(),
+            addrs: Vec::new(),
+            stopped: false,
+        };
+        self.shutdown.register(wake.clone());
+        for (l, service) in self.listeners {
+            let local = l.local_addr();
+            let Listener { socket, cfg, .. } = l;
+            let shared = Arc::new(ListenerShared {
+                name: cfg
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| service.name().to_string()),
+                budget: match &cfg.shared_budget {
+                    Some(b) => b.0.clone(),
+                    None => Arc::new(Budget::new(cfg.max_connections)),
+                },
+                cfg,
+                service,
+            });
+            handle.addrs.push((shared.name.clone(), local));
+            handle.listeners.push(shared.clone());
+            let (pool, wake, shutdown) = (pool.clone(), wake.clone(), self.shutdown.clone());
+            let name = shared.name.clone();
+            // On error the handle's Drop stops the acceptors already started.
+            handle.acceptors.push(
                 thread::Builder::new()
-                    .name(format!("accept-{}", svc.name()))
-                    .spawn(move || accept_loop(l, svc2, pool, shutdown))?,
+                    .name(format!("accept-{name}"))
+                    .spawn(move || accept_loop(shared, socket, pool, wake, shutdown))?,
             );
         }
-        Ok(ServerHandle {
-            shutdown: self.shutdown,
-            grace: self.grace,
-            acceptors,
-            pool,
-            addrs,
-        })
+        Ok(handle)
     }
 }
 
-fn accept_loop(l: Listener, svc: Arc<dyn Service>, pool: Arc<Pool>, shutdown: Shutdown) {
-    let fd = l.raw_fd();
-    while !shutdown.is_triggered() {
-        if !crate::transport::wait_readable(fd, ACCEPT_POLL) {
-            continue;
-        }
-        let conn = match l.accept() {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: back off briefly rather than spin.
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    eprintln!("{}: accept: {e}", svc.name());
-                    thread::sleep(Duration::from_millis(50));
-                }
-                continue;
-            }
-        };
-        dispatch(&pool, &svc, conn, &shutdown);
-    }
-}
-
-fn dispatch(pool: &Arc<Pool>, svc: &Arc<dyn Service>, conn: Accepted, shutdown: &Shutdown) {
-    let active = pool.active.fetch_add(1, Ordering::SeqCst) + 1;
-    if active > pool.max {
-        pool.active.fetch_sub(1, Ordering::SeqCst);
-        svc.busy(conn);
-        return;
-    }
-    // Make sure a thread exists for every active connection before queueing.
-    {
-        let mut threads = pool.threads.lock().unwrap();
-        if threads.len() < active {
-            let p = pool.clone();
-            let sd = shutdown.clone();
-            match thread::Builder::new()
-                .name("worker".into())
-                .stack_size(WORKER_STACK)
-                .spawn(move || worker_loop(p, sd))
-            {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    drop(threads);
-                    eprintln!("{}: cannot start a worker: {e}", svc.name());
-                    pool.active.fetch_sub(1, Ordering::SeqCst);
-                    svc.busy(conn);
-                    return;
-                }
-            }
-        }
-    }
-    let job = Job {
-        conn,
-        svc: svc.clone(),
-    };
-    // The channel holds max_connections jobs and active <= max, so this never blocks.
-    if pool.tx.send(job).is_err() {
-        pool.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn worker_loop(pool: Arc<Pool>, shutdown: Shutdown) {
+/// Accepts until shutdown, asleep in poll(2) between connections.
+fn accept_loop(
+    l: Arc<ListenerShared>,
+    socket: ListenSocket,
+    pool: Arc<Pool>,
+    wake: Arc<WakeFd>,
+    shutdown: Shutdown,
+) {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
     loop {
-        let job = match pool.rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(j) => j,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if shutdown.is_triggered() {
-                    return;
-                }
-                continue;
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        let dup = match &job.conn {
-            Accepted::Tcp(s, _) => s.as_fd().try_clone_to_owned(),
-            Accepted::Unix(s) => s.as_fd().try_clone_to_owned(),
-        };
-        let Ok(dup) = dup else {
-            pool.active.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        };
-        let slot = pool.registry.add(dup);
-        let ctx = ConnCtx {
-            shutdown: shutdown.clone(),
-            slot: slot.clone(),
-        };
-        let svc = job.svc;
-        let name = svc.name();
-        let guard = SlotGuard {
-            pool: &pool,
-            slot: &slot,
-        };
-        let conn = job.conn;
-        if catch_unwind(AssertUnwindSafe(|| svc.serve(conn, &ctx))).is_err() {
-            eprintln!("{name}: a connection handler panicked; the server carries on");
+        if shutdown.is_triggered() {
+            return;
         }
-        drop(guard);
-        pool.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Removes a connection's slot when its handler ends, panicking or not.
-struct SlotGuard<'a> {
-    pool: &'a Pool,
-    slot: &'a Arc<ConnSlot>,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        self.pool.registry.remove(self.slot);
+        for f in &mut fds {
+            f.revents = 0;
+        }
+        // SAFETY: `fds` is a live array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                eprintln!("{}: poll: {e}", l.name);
+                thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        }
+        if fds[1].revents != 0 || shutdown.is_triggered() {
+            return;
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        // Take every connection waiting in the backlog, then sleep again.
+        while !shutdown.is_triggered() {
+            let (conn, peer) = match socket.accept() {
+                Ok(c) => c,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                    _ => {
+                        // EMFILE and friends: the connection stays in the backlog; back off
+                        // briefly rather than spin on it.
+                        eprintln!("{}: accept: {e}", l.name);
+                        thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                },
+            };
+            match l.budget.try_acquire(&peer) {
+                Some(permit) => pool.dispatch(Job {
+                    conn,
+                    peer,
+                    listener: l.clone(),
+                    permit,
+                }),
+                None => l.refuse_busy(conn),
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-
-    /// Echoes one line-less chunk back, then waits for EOF; counts busy refusals.
-    struct Echo {
-        busy: AtomicUsize,
-    }
-
-    impl Service for Echo {
-        fn name(&self) -> &'static str {
-            "echo"
-        }
-        fn serve(&self, conn: Accepted, ctx: &ConnCtx) {
-            let mut buf = [0u8; 64];
-            match conn {
-                Accepted::Tcp(mut s, _) => {
-                    ctx.set_idle(true);
-                    if let Ok(n) = s.read(&mut buf) {
-                        ctx.set_idle(false);
-                        let _ = s.write_all(&buf[..n]);
-                        ctx.set_idle(true);
-                        let _ = s.read(&mut buf);
-                    }
-                }
-                Accepted::Unix(mut s) => {
-                    if let Ok(n) = s.read(&mut buf) {
-                        let _ = s.write_all(&buf[..n]);
-                    }
-                }
-            }
-        }
-        fn busy(&self, conn: Accepted) {
-            self.busy.fetch_add(1, Ordering::SeqCst);
-            if let Accepted::Tcp(mut s, _) = conn {
-                let _ = s.write_all(b"busy");
-            }
-        }
-    }
-
-    fn start(max: usize) -> (ServerHandle, Arc<Echo>, String) {
-        let echo = Arc::new(Echo {
-            busy: AtomicUsize::new(0),
-        });
-        let l = Listener::bind_tcp("127.0.0.1:0").unwrap();
-        let h = ServerBuilder::new(max, Duration::from_secs(2), Shutdown::new())
-            .listener(l, echo.clone())
-            .start()
-            .unwrap();
-        let addr = h.addrs()[0].1.clone();
-        (h, echo, addr)
-    }
-
-    fn echo_once(addr: &str, msg: &[u8]) -> (std::net::TcpStream, Vec<u8>) {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(msg).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        (s, buf[..n].to_vec())
-    }
-
-    #[test]
-    fn serves_then_refuses_beyond_max_connections_at_once() {
-        let (h, echo, addr) = start(2);
-        assert_eq!(h.addrs()[0].0, "echo");
-        let (a, r) = echo_once(&addr, b"one");
-        assert_eq!(r, b"one");
-        let (b, r) = echo_once(&addr, b"two");
-        assert_eq!(r, b"two");
-        // Both workers are held by idle peers: the third connection is refused at once.
-        let (_c, r) = echo_once(&addr, b"three");
-        assert_eq!(r, b"busy");
-        assert_eq!(echo.busy.load(Ordering::SeqCst), 1);
-        drop(a);
-        drop(b);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.active() > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let (_d, r) = echo_once(&addr, b"four");
-        assert_eq!(r, b"four", "a freed slot serves again");
-    }
-
-    #[test]
-    fn stop_wakes_idle_connections_and_joins_every_thread() {
-        let (mut h, _echo, addr) = start(8);
-        let (mut idle, r) = echo_once(&addr, b"x");
-        assert_eq!(r, b"x");
-        let t0 = Instant::now();
-        h.stop();
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "idle peers are woken, not waited for"
-        );
-        // The server side closed: the idle peer reads end-of-file.
-        let mut buf = [0u8; 8];
-        assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
-        // The listener is gone with its accept thread.
-        assert!(std::net::TcpStream::connect(&addr).is_err());
-    }
-
-    #[test]
-    fn unix_listener_serves() {
-        let dir = std::env::temp_dir().join(format!("ferry-server-unix-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
-        let echo = Arc::new(Echo {
-            busy: AtomicUsize::new(0),
-        });
-        let l = Listener::Unix(UnixListener::bind(&path).unwrap());
-        let h = ServerBuilder::new(4, Duration::from_secs(1), Shutdown::new())
-            .listener(l, echo)
-            .start()
-            .unwrap();
-        assert!(h.addrs()[0].1.starts_with("unix:"));
-        let mut s = UnixStream::connect(&path).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"hi").unwrap();
-        let mut buf = [0u8; 8];
-        let n = s.read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"hi");
-        drop(h);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

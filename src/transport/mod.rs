@@ -14,13 +14,22 @@
 //! End of stream: a TLS peer that closes TCP without close_notify reads as an ordinary end of
 //! stream (`Ok(0)`, [`TryRead::Eof`]). The JTP spec (3.9) requires accepting a bare FIN after a
 //! complete frame, so truncation is detected by the framing layer, not here.
+//!
+//! Deadlines: a plain stream's reads and writes are bounded by the socket's SO_RCVTIMEO and
+//! SO_SNDTIMEO. A TLS stream keeps exactly those deadlines: it drives rustls itself
+//! ([`TlsStream`]), one `write_tls` per write(2), and a write that times out fails the stream
+//! (later writes, flushes and the close_notify fail at once), where `rustls::StreamOwned` would
+//! swallow the timeout and block in a read.
+//!
+//! Peers: [`Peer`] is the one spelling of "who is at the other end" for logs and per-peer
+//! tables, with IPv4-mapped addresses folded by [`canonical_addr`].
 
 mod certs;
 mod tls;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -29,7 +38,7 @@ use std::time::{Duration, Instant};
 use rustls::{ConnectionCommon, SideData};
 
 pub use certs::{fingerprint, load_certs, load_key, write_test_certs};
-pub use tls::{TlsClient, TlsServer};
+pub use tls::{TlsClient, TlsServer, TlsStream};
 
 /// Most bytes [`Stream::close_gracefully`] reads and discards while lingering.
 pub const MAX_LINGER_DISCARD: usize = 64 * 1024;
@@ -41,9 +50,49 @@ pub enum Stream {
     /// A Unix stream socket.
     Unix(UnixStream),
     /// The server side of a TLS 1.3 connection whose handshake is complete.
-    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    TlsServer(Box<TlsStream<rustls::ServerConnection>>),
     /// The client side of a TLS 1.3 connection whose handshake is complete.
-    TlsClient(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    TlsClient(Box<TlsStream<rustls::ClientConnection>>),
+}
+
+/// Who is at the other end of a connection: the one spelling used by log lines, rate limits
+/// and per-peer tables. Build TCP peers with `Peer::from(addr)`, which folds an IPv4-mapped
+/// address into the IPv4 address it carries ([`canonical_addr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A TCP peer (plain or TLS), its address canonical.
+    Tcp(SocketAddr),
+    /// A Unix stream socket peer (its address says nothing useful).
+    Unix,
+    /// The address could not be read (the socket is no longer connected).
+    Unknown,
+}
+
+impl Peer {
+    /// The peer's IP address, for per-address accounting; `None` for Unix and unknown peers.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a.ip()),
+            Peer::Unix | Peer::Unknown => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Peer {
+        Peer::Tcp(canonical_addr(addr))
+    }
+}
+
+/// `127.0.0.1:5555`, `[::1]:5`, `unix` or `unknown`.
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix => f.write_str("unix"),
+            Peer::Unknown => f.write_str("unknown"),
+        }
+    }
 }
 
 /// Outcome of [`Stream::try_read`].
@@ -81,22 +130,13 @@ impl From<UnixStream> for Stream {
     }
 }
 
-/// rustls reports a TCP FIN without close_notify as `UnexpectedEof`; ferry treats it as an
-/// ordinary end of stream (see the module docs).
-fn tls_eof_is_eof(r: io::Result<usize>) -> io::Result<usize> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-        other => other,
-    }
-}
-
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
-            Stream::TlsServer(s) => tls_eof_is_eof(s.read(buf)),
-            Stream::TlsClient(s) => tls_eof_is_eof(s.read(buf)),
+            Stream::TlsServer(s) => s.read(buf),
+            Stream::TlsClient(s) => s.read(buf),
         }
     }
 }
@@ -175,15 +215,14 @@ impl Stream {
         }
     }
 
-    /// The peer for log lines: `127.0.0.1:5555`, `[::1]:5`, `unix` (or "unknown" once the
-    /// socket is no longer connected).
-    pub fn peer(&self) -> String {
+    /// The peer ([`Peer::Unknown`] once the socket is no longer connected).
+    pub fn peer(&self) -> Peer {
         match self {
-            Stream::Unix(_) => "unix".to_string(),
+            Stream::Unix(_) => Peer::Unix,
             _ => self
                 .tcp()
                 .and_then(|t| t.peer_addr().ok())
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                .map_or(Peer::Unknown, Peer::from),
         }
     }
 
@@ -234,18 +273,13 @@ impl Stream {
     /// Orderly close: flush; on TLS send close_notify; shut down our sending side; then read and
     /// discard input for up to `linger` (at most [`MAX_LINGER_DISCARD`] bytes) so that unread
     /// input cannot turn the close into an RST that destroys our last bytes in flight. Errors are
-    /// ignored: the connection is over either way. Each step is bounded by the write timeout.
+    /// ignored: the connection is over either way. Each step is bounded by the write timeout, and
+    /// on TLS a flush that timed out skips the close_notify (one deadline, not two).
     pub fn close_gracefully(mut self, linger: Duration) {
         let _ = self.flush();
         match &mut self {
-            Stream::TlsServer(s) => {
-                s.conn.send_close_notify();
-                flush_tls(&mut s.conn, &mut s.sock);
-            }
-            Stream::TlsClient(s) => {
-                s.conn.send_close_notify();
-                flush_tls(&mut s.conn, &mut s.sock);
-            }
+            Stream::TlsServer(s) => s.send_close_notify(),
+            Stream::TlsClient(s) => s.send_close_notify(),
             Stream::Tcp(_) | Stream::Unix(_) => {}
         }
         match &self {
@@ -354,18 +388,6 @@ fn tls_try_read<D: SideData>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRead::Empty),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Writes out whatever TLS records are queued (close_notify), bounded by the write timeout.
-fn flush_tls<D: SideData>(conn: &mut ConnectionCommon<D>, sock: &mut TcpStream) {
-    while conn.wants_write() {
-        match conn.write_tls(sock) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
         }
     }
 }
@@ -648,7 +670,11 @@ pub(crate) mod tests {
             assert_eq!(s.plain_fd(), None);
             assert_eq!(s.alpn().as_deref(), Some(&b"jtp/1"[..]));
             assert_eq!(c.alpn().as_deref(), Some(&b"jtp/1"[..]));
-            assert!(c.peer().starts_with("127.0.0.1:"), "{}", c.peer());
+            assert!(
+                c.peer().to_string().starts_with("127.0.0.1:"),
+                "{}",
+                c.peer()
+            );
             c.write_all(b"ping").unwrap();
             c.flush().unwrap();
             let mut buf = [0u8; 4];
@@ -825,7 +851,8 @@ pub(crate) mod tests {
     fn try_read_on_unix() {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (Stream::from(a), Stream::from(b));
-        assert_eq!(a.peer(), "unix");
+        assert_eq!(a.peer(), Peer::Unix);
+        assert_eq!(a.peer().to_string(), "unix");
         assert!(a.plain_fd().is_some() && !a.is_tls());
         a.set_nodelay(true).unwrap();
         check_try_read(a, b);
@@ -853,8 +880,107 @@ pub(crate) mod tests {
         }
         let mut buf = [0u8; 8];
         assert_eq!(s.read(&mut buf).unwrap(), 0);
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "the end is sticky");
+        if let Stream::TlsServer(inner) = &mut s {
+            assert!(!inner.received_close_notify());
+        }
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Regression (issue 8): `StreamOwned::write` swallowed the write timeout and then blocked in
+    /// a read, so a TLS peer that stopped reading held the connection forever. Here the server's
+    /// reads may block forever, its writes 300 ms: writing must fail, and promptly.
+    #[test]
+    fn tls_write_times_out_when_the_peer_stops_reading() {
+        let (server, cert, dir) = self_signed("write-timeout");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        s.set_read_timeout(None).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let chunk = vec![0x5a; 256 * 1024];
+            let t0 = Instant::now();
+            let mut sent = 0usize;
+            let err = loop {
+                match s.write_all(&chunk) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(e) => break e,
+                }
+                if sent > 1 << 30 {
+                    panic!("1 GiB written to a peer that reads nothing");
+                }
+            };
+            let took = t0.elapsed();
+            // Failed for good: later writes and flushes fail at once, the close is bounded.
+            let t1 = Instant::now();
+            let again = s.write(b"x").unwrap_err().kind();
+            let flush = s.flush().unwrap_err().kind();
+            s.close_gracefully(Duration::ZERO);
+            let _ = tx.send((err.kind(), took, again, flush, t1.elapsed()));
+        });
+        let (kind, took, again, flush, after) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a TLS write to a peer that stopped reading never ended");
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        assert_eq!(
+            (again, flush),
+            (io::ErrorKind::TimedOut, io::ErrorKind::TimedOut)
+        );
+        assert!(after < Duration::from_secs(2), "{after:?}");
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_bulk_round_trip_in_both_directions() {
+        let (server, cert, dir) = self_signed("bulk");
+        let client = TlsClient::new(Some(&cert), ALPN).unwrap();
+        let (s, c) = tls_pair(&server, &client, "localhost");
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        let data: Vec<u8> = (0..3_000_017u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let expect = data.clone();
+        let h = thread::spawn(move || {
+            s.write_all(&data).unwrap();
+            let bufs = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cd")];
+            let n = s.write_vectored(&bufs).unwrap();
+            assert!(n > 0);
+            s.flush().unwrap();
+            let mut back = vec![0u8; 6];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"thanks");
+            (s, n)
+        });
+        let mut got = vec![0u8; expect.len()];
+        c.read_exact(&mut got).unwrap();
+        assert!(got == expect);
+        c.write_all(b"thanks").unwrap();
+        c.flush().unwrap();
+        let (_s, n) = h.join().unwrap();
+        let mut tail = vec![0u8; n];
+        c.read_exact(&mut tail).unwrap();
+        assert_eq!(&tail[..], &b"abcd"[..n]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peer_has_one_spelling() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+        assert_eq!(Peer::from(mapped).to_string(), "10.1.2.3:80");
+        assert_eq!(
+            Peer::from(mapped),
+            Peer::from("10.1.2.3:80".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(Peer::from(mapped).ip(), Some("10.1.2.3".parse().unwrap()));
+        let v6: SocketAddr = "[::1]:5".parse().unwrap();
+        assert_eq!(Peer::from(v6).to_string(), "[::1]:5");
+        assert_eq!(Peer::Unix.to_string(), "unix");
+        assert_eq!(Peer::Unix.ip(), None);
+        assert_eq!(Peer::Unknown.to_string(), "unknown");
     }
 
     /// The closing side writes its last bytes while the peer has sent data it never reads:
@@ -895,8 +1021,9 @@ pub(crate) mod tests {
         let Stream::TlsClient(mut inner) = peer else {
             panic!("client stream expected")
         };
-        // rustls itself returns Ok(0) only after close_notify (a bare FIN is UnexpectedEof).
+        // End of stream, and it was a close_notify, not a bare FIN.
         assert_eq!(inner.read(&mut [0u8; 8]).unwrap(), 0);
+        assert!(inner.received_close_notify());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -957,7 +1084,7 @@ pub(crate) mod tests {
             let h = thread::spawn(move || srv.accept(accept_timed(&l), T));
             let c = client.connect(connect_tcp(&addr, T).unwrap(), "[::1]", T);
             let s = h.join().unwrap().unwrap();
-            assert!(s.peer().starts_with("[::1]:"), "{}", s.peer());
+            assert!(s.peer().to_string().starts_with("[::1]:"), "{}", s.peer());
             c.unwrap();
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -15,10 +15,27 @@
 //!
 //! The handshake is driven here rather than by `StreamOwned` so that it has one overall deadline
 //! on top of the socket's per-read timeouts: a peer trickling one byte per timeout cannot hold a
-//! worker forever. Out of scope: session resumption tuning, client certificates, TLS 1.2.
+//! worker forever. The established connection is driven here too ([`TlsStream`]), for the write
+//! side: `StreamOwned::write` swallows a write timeout and then blocks in a read, so a peer that
+//! stops reading would hold a connection forever. Out of scope: session resumption tuning, client
+//! certificates, TLS 1.2.
+//!
+//! ```text
+//!   write(buf) ──► queued records? ──► write_tls (SO_SNDTIMEO) ──► plaintext into records ──►
+//!                        │                  │ timeout / error                  write_tls
+//!                        │                  ▼
+//!                        └──────────► failed: this and every later write, flush and
+//!                                     close_notify fail at once (one deadline, not one per call)
+//!   read(buf)  ──► plaintext buffered? ──yes──► copy out
+//!                        │ no
+//!                        ▼
+//!                  read_tls (SO_RCVTIMEO) ──► process_new_packets ──► again
+//!                  (FIN without close_notify reads as end of stream, as `Stream` documents)
+//! ```
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::ops::DerefMut;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,9 +122,7 @@ impl TlsServer {
         let mut conn = ServerConnection::new(self.config.clone()).map_err(TransportError::Tls)?;
         let mut tcp = tcp;
         handshake(&mut conn, &mut tcp, timeout)?;
-        Ok(Stream::TlsServer(Box::new(rustls::StreamOwned::new(
-            conn, tcp,
-        ))))
+        Ok(Stream::TlsServer(Box::new(TlsStream::new(conn, tcp))))
     }
 }
 
@@ -171,9 +186,7 @@ impl TlsClient {
             ClientConnection::new(self.config.clone(), name).map_err(TransportError::Tls)?;
         let mut tcp = tcp;
         handshake(&mut conn, &mut tcp, timeout)?;
-        Ok(Stream::TlsClient(Box::new(rustls::StreamOwned::new(
-            conn, tcp,
-        ))))
+        Ok(Stream::TlsClient(Box::new(TlsStream::new(conn, tcp))))
     }
 }
 
@@ -271,5 +284,179 @@ fn shorter(base: Option<Duration>, remaining: Duration) -> Duration {
     match base {
         Some(b) if b < remaining => b,
         _ => remaining,
+    }
+}
+
+/// An established TLS connection over TCP (either side), driven by hand: every write(2) is one
+/// `write_tls` bounded by the socket's write timeout, so a TLS write keeps exactly the deadline
+/// of a plain one. Bulk writes go through rustls' own buffer (records of up to 16 KiB, as many
+/// as its 64 KiB send limit holds per call) with no copy beyond the encryption itself.
+pub struct TlsStream<C> {
+    pub(super) conn: C,
+    pub(super) sock: TcpStream,
+    /// Set when a write failed (timed out: the peer is not reading; or the socket broke). The
+    /// connection is then out of step; later writes fail at once instead of waiting again.
+    write_failed: Option<io::ErrorKind>,
+}
+
+impl<C, S> TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    pub(super) fn new(conn: C, sock: TcpStream) -> TlsStream<C> {
+        TlsStream {
+            conn,
+            sock,
+            write_failed: None,
+        }
+    }
+
+    /// Writes every queued TLS record. Each `write_tls` is one write(2), bounded by SO_SNDTIMEO;
+    /// a timeout is an error (`TimedOut`) and marks the stream failed.
+    fn write_queued(&mut self) -> io::Result<()> {
+        if let Some(kind) = self.write_failed {
+            return Err(io::Error::new(kind, "tls: an earlier write failed"));
+        }
+        while self.conn.wants_write() {
+            let started = Instant::now();
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(0) => return Err(self.fail(io::ErrorKind::WriteZero.into())),
+                // A blocking write returns short only when SO_SNDTIMEO expired mid-call (the
+                // peer stopped reading): stop now rather than wait a second timeout in the
+                // next call, as the plain path does (`driver::bulk`).
+                Ok(_) if self.conn.wants_write() && self.timed_out_since(started) => {
+                    return Err(self.fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tls: write timed out (the peer is not reading)",
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(self.fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tls: write timed out (the peer is not reading)",
+                    )));
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a write that began at `started` ran for the socket's whole write timeout.
+    fn timed_out_since(&self, started: Instant) -> bool {
+        let took = started.elapsed();
+        // Most writes return at once; only a slow one pays for the getsockopt.
+        took >= Duration::from_millis(1)
+            && self
+                .sock
+                .write_timeout()
+                .ok()
+                .flatten()
+                .is_some_and(|t| took >= t)
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.write_failed = Some(e.kind());
+        e
+    }
+
+    /// After `n` plaintext bytes were taken in: push their records out. Bytes taken are
+    /// reported even when pushing fails (the failure is sticky and the next call reports it).
+    fn push(&mut self, n: usize) -> io::Result<usize> {
+        match self.write_queued() {
+            Ok(()) => Ok(n),
+            Err(e) if n == 0 => Err(e),
+            Err(_) => Ok(n),
+        }
+    }
+
+    /// Queues close_notify and writes it, bounded like any write; errors are ignored (the
+    /// connection is ending).
+    pub(super) fn send_close_notify(&mut self) {
+        if self.write_failed.is_none() {
+            self.conn.send_close_notify();
+            let _ = self.write_queued();
+        }
+    }
+
+    /// Whether the peer sent close_notify (a bare FIN reads as end of stream too, see the
+    /// `transport` docs; this tells them apart).
+    #[cfg(test)]
+    pub(super) fn received_close_notify(&mut self) -> bool {
+        matches!(self.conn.reader().read(&mut [0u8; 1]), Ok(0))
+    }
+}
+
+impl<C, S> Read for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // TCP FIN without close_notify: an ordinary end of stream here (module docs).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // Records rustls queued while reading (a key update reply) go out before we wait.
+            if self.write_failed.is_none() {
+                self.write_queued()?;
+            }
+            match self.conn.read_tls(&mut self.sock) {
+                // Ok(0) is a FIN: rustls records it and its reader reports the end above.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // rustls queued the matching alert: send it, best effort.
+                let _ = self.write_queued();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+}
+
+impl<C, S> Write for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Records left over make room first (normally there are none: every call pushes its own).
+        self.write_queued()?;
+        let n = self.conn.writer().write(buf)?;
+        self.push(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        self.write_queued()?;
+        let n = self.conn.writer().write_vectored(bufs)?;
+        self.push(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.writer().flush()?;
+        self.write_queued()
     }
 }

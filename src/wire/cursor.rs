@@ -24,10 +24,12 @@ pub struct Cursor<'a> {
 
 macro_rules! int_reads {
     ($($be:ident $le:ident $t:ty;)*) => {$(
+        #[inline]
         #[doc = concat!("A big-endian `", stringify!($t), "`.")]
         pub fn $be(&mut self) -> Option<$t> {
             self.array().map(<$t>::from_be_bytes)
         }
+        #[inline]
         #[doc = concat!("A little-endian `", stringify!($t), "`.")]
         pub fn $le(&mut self) -> Option<$t> {
             self.array().map(<$t>::from_le_bytes)
@@ -36,31 +38,37 @@ macro_rules! int_reads {
 }
 
 impl<'a> Cursor<'a> {
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Cursor<'a> {
         Cursor { buf, pos: 0 }
     }
 
     /// Bytes consumed so far.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Bytes not yet consumed.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
     /// True when every byte has been consumed.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
     /// The bytes not yet consumed (the cursor does not move).
+    #[inline]
     pub fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
     }
 
     /// The next `n` bytes, consumed.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.peek(n)?;
         self.pos += n;
@@ -68,16 +76,19 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next `n` bytes, not consumed.
+    #[inline]
     pub fn peek(&self, n: usize) -> Option<&'a [u8]> {
         self.buf.get(self.pos..self.pos.checked_add(n)?)
     }
 
     /// Skips `n` bytes.
+    #[inline]
     pub fn skip(&mut self, n: usize) -> Option<()> {
         self.take(n).map(|_| ())
     }
 
     /// The next `N` bytes as an array.
+    #[inline]
     pub fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         let s = self.peek(N)?;
         let mut a = [0u8; N];
@@ -87,6 +98,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// One byte.
+    #[inline]
     pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|s| s[0])
     }
@@ -100,11 +112,13 @@ impl<'a> Cursor<'a> {
 
     /// A cursor over the next `n` bytes, which this one skips: for a length-delimited part that
     /// must be read to its end (check it with [`expect_empty`](Self::expect_empty)).
+    #[inline]
     pub fn sub(&mut self, n: usize) -> Option<Cursor<'a>> {
         self.take(n).map(Cursor::new)
     }
 
     /// `Ok` when every byte has been consumed, else how many are left.
+    #[inline]
     pub fn expect_empty(&self) -> Result<(), Trailing> {
         match self.remaining() {
             0 => Ok(()),

@@ -7,5 +7,6 @@ mod harness;
 mod jtp_client;
 mod jtp_peers;
 mod jtp_server;
+mod server_core;
 mod sync;
 mod tej;

@@ -19,10 +19,11 @@ use crate::ingest::{Expect as IngestExpect, IngestDir, IngestError, Outcome, Str
 use crate::names;
 use crate::proto::jtp::request::Request;
 use crate::proto::jtp::response::{Event, Expect, ResponseDecoder, ResponseError, ResponseLimits};
-use crate::proto::jtp::wire::{self, FileType, FLAG_ZSTD};
+use crate::proto::jtp::wire::{FileType, FLAG_ZSTD};
 use crate::proto::jtp::zstd_frame::Inflater;
 use crate::proto::jtp::{ALPN as ALPN_JTP, DEFAULT_PORT};
 use crate::transport::{self, Stream, TlsClient, TransportError};
+use crate::wire::hex;
 
 /// Most ids in one GET_BY_ID (its count is one byte).
 pub const MAX_IDS_PER_GET: usize = 255;
@@ -140,7 +141,7 @@ pub struct Listed {
 }
 
 fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&wire::id_hex(*id))
+    s.serialize_str(&hex::encode_u64(*id))
 }
 
 /// One file saved (or found already present).
@@ -180,7 +181,7 @@ fn ser_hex_vec<S: serde::Serializer>(ids: &[u64], s: S) -> Result<S::Ok, S::Erro
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(ids.len()))?;
     for id in ids {
-        seq.serialize_element(&wire::id_hex(*id))?;
+        seq.serialize_element(&hex::encode_u64(*id))?;
     }
     seq.end()
 }
@@ -683,7 +684,7 @@ impl Client {
                                 if verbose {
                                     eprintln!(
                                         "jtp: {} {} ({} bytes, {})",
-                                        wire::id_hex(saved.id),
+                                        hex::encode_u64(saved.id),
                                         saved.name,
                                         saved.size,
                                         saved.outcome
@@ -698,13 +699,15 @@ impl Client {
                             Err(Failure::Corrupt(why)) => {
                                 eprintln!(
                                     "jtp: {}: corrupt ({why}); not written",
-                                    wire::id_hex(id)
+                                    hex::encode_u64(id)
                                 );
                                 summary.corrupt.push(id);
                             }
                             Err(Failure::Local(why)) => {
-                                eprintln!("jtp: {}: cannot save: {why}", wire::id_hex(id));
-                                summary.failed.push(format!("{}: {why}", wire::id_hex(id)));
+                                eprintln!("jtp: {}: cannot save: {why}", hex::encode_u64(id));
+                                summary
+                                    .failed
+                                    .push(format!("{}: {why}", hex::encode_u64(id)));
                                 let _ = bytes;
                             }
                         }
@@ -814,7 +817,7 @@ impl Names {
     /// The safe local name for `id` (jtp.md 5.2 rule 2).
     fn local_name(&self, id: u64, flags: u8) -> String {
         let ext = FileType::from_bits(flags).ext();
-        let fallback = || format!("output_{}.{ext}", wire::id_hex(id));
+        let fallback = || format!("output_{}.{ext}", hex::encode_u64(id));
         match self.by_id.get(&id) {
             Some((name, _)) => match names::sanitize_basename(name, 255) {
                 Some(n) if n.contains('.') => n,
@@ -1034,12 +1037,12 @@ mod tests {
         assert_eq!(got[0], "x.png");
         assert_eq!(got[1], "b.png");
         for (i, g) in got.iter().enumerate().take(7).skip(2) {
-            assert_eq!(g, &format!("output_{}.png", wire::id_hex(i as u64)));
+            assert_eq!(g, &format!("output_{}.png", hex::encode_u64(i as u64)));
         }
         assert_eq!(got[7], "noext.png");
         assert_eq!(
             names.local_name(99, 3),
-            format!("output_{}.bmp", wire::id_hex(99))
+            format!("output_{}.bmp", hex::encode_u64(99))
         );
     }
 }

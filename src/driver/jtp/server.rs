@@ -8,7 +8,7 @@
 //! receives the final byte of a packet whose bytes may differ from its id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,8 +22,8 @@ use crate::proto::jtp::server::{self, Connection, Event, Phase, WatchInput};
 use crate::proto::jtp::view::{Item, View};
 use crate::proto::jtp::wire::{self, FileType, FLAG_ZSTD, MAGIC_BATCH, MAGIC_LIST_AND_GET};
 use crate::proto::jtp::zstd_frame;
-use crate::server::{Accepted, ConnCtx, Service};
-use crate::transport::{Stream, TlsServer, TryRead};
+use crate::server::{Admission, ConnCtx, Peer, Service};
+use crate::transport::{Stream, TryRead};
 
 /// Largest file compressed on demand (larger BMPs go raw; their compression would hold the
 /// request for too long and its cache too much memory).
@@ -64,7 +64,6 @@ pub struct JtpService {
     catalog: Arc<CatalogHandle>,
     cfg: JtpConfig,
     limits: Limits,
-    tls: Option<TlsServer>,
     view: Mutex<Option<Arc<View>>>,
     /// Names already reported as too large or odd for JTP (each is logged once).
     excluded_logged: Mutex<HashSet<String>>,
@@ -80,12 +79,7 @@ struct CompressCache {
 }
 
 impl JtpService {
-    pub fn new(
-        catalog: Arc<CatalogHandle>,
-        cfg: JtpConfig,
-        limits: Limits,
-        tls: Option<TlsServer>,
-    ) -> JtpService {
+    pub fn new(catalog: Arc<CatalogHandle>, cfg: JtpConfig, limits: Limits) -> JtpService {
         let rate = cfg
             .rate_limit
             .map(|n| RateLimiter::new(n, cfg.rate_limit_window));
@@ -93,7 +87,6 @@ impl JtpService {
             catalog,
             cfg,
             limits,
-            tls,
             view: Mutex::new(None),
             excluded_logged: Mutex::new(HashSet::new()),
             compressed: Mutex::new(CompressCache::default()),
@@ -171,46 +164,25 @@ impl Service for JtpService {
         "jtp"
     }
 
-    fn busy(&self, conn: Accepted) {
-        // Plain: JTPE 3 at once. TLS: close before the handshake (a frame would need one).
-        if let Accepted::Tcp(mut tcp, _) = conn {
-            if self.tls.is_none() {
-                let _ = tcp.set_nonblocking(true);
-                let _ = tcp.write_all(&response::error_frame(3, server::MSG_BUSY));
-                let _ = tcp.shutdown(std::net::Shutdown::Write);
+    /// Plain listeners: JTPE 3 at once. TLS: the core closes before the handshake.
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        Some(response::error_frame(3, server::MSG_BUSY))
+    }
+
+    /// The rate limit (jtp.md 3.7) counts the connection before any TLS work; a refused peer
+    /// gets JTPE 5 (inside TLS after the handshake on a TLS listener), then close.
+    fn admit(&self, peer: &Peer) -> Admission {
+        match (&self.rate, peer.ip()) {
+            (Some(rate), Some(ip)) if !rate.admit(ip) => {
+                self.log(&peer.to_string(), format_args!("rate limited"));
+                Admission::Reply(response::error_frame(5, server::MSG_RATE_LIMITED))
             }
+            _ => Admission::Admit,
         }
     }
 
-    fn serve(&self, conn: Accepted, ctx: &ConnCtx) {
-        let (stream, peer) = match conn {
-            Accepted::Tcp(tcp, addr) => {
-                let _ = tcp.set_nodelay(self.cfg.nodelay);
-                let _ = tcp.set_read_timeout(Some(self.limits.io_timeout));
-                let _ = tcp.set_write_timeout(Some(self.limits.io_timeout));
-                let admitted = self.rate.as_ref().is_none_or(|r| r.admit(addr.ip()));
-                let stream = match &self.tls {
-                    Some(tls) => match tls.accept(tcp, self.limits.io_timeout) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            self.log(&addr.to_string(), format_args!("{e}"));
-                            return;
-                        }
-                    },
-                    None => Stream::Tcp(tcp),
-                };
-                if !admitted {
-                    self.log(&addr.to_string(), format_args!("rate limited"));
-                    let mut s = stream;
-                    let _ = s.write_all(&response::error_frame(5, server::MSG_RATE_LIMITED));
-                    s.close_gracefully(self.limits.close_linger);
-                    return;
-                }
-                (stream, addr.to_string())
-            }
-            Accepted::Unix(u) => (Stream::Unix(u), "unix".to_string()),
-        };
-        let peer_ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+    fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx) {
+        let (peer, peer_ip) = (peer.to_string(), peer.ip());
         let mut c = ConnDriver {
             svc: self,
             ctx,

@@ -25,8 +25,8 @@ use crate::proto::tej::frame::{self, status, Decoder, Event, FrameError, Limits 
 use crate::proto::tej::messages::{
     self, code, Ack, AckEntry, GetRequest, ListRequest, Listing, Manifest, ManifestEntry,
 };
-use crate::server::{Accepted, ConnCtx, Service};
-use crate::transport::{Stream, TlsServer};
+use crate::server::{ConnCtx, Peer, Service};
+use crate::transport::Stream;
 
 /// Bytes of a deliver frame's message shown in the log.
 const LOG_MESSAGE_BYTES: usize = 200;
@@ -47,8 +47,6 @@ pub struct TejConfig {
     pub stall_bytes: usize,
     /// Silence allowed between frames (pings count). Default 120 s.
     pub idle_timeout: Duration,
-    /// No write progress for this long ends a connection. Default 30 s.
-    pub write_timeout: Duration,
     pub verbose: bool,
 }
 
@@ -62,7 +60,6 @@ impl Default for TejConfig {
             stall_window: Duration::from_secs(30),
             stall_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(120),
-            write_timeout: Duration::from_secs(30),
             verbose: false,
         }
     }
@@ -73,17 +70,12 @@ pub struct TejService {
     catalog: Arc<CatalogHandle>,
     ingest: IngestDir,
     cfg: TejConfig,
-    tls: Option<TlsServer>,
 }
 
 impl TejService {
     /// Stored files land in the catalog's folder; temporaries live in `.ferry/ingest/tej` and
     /// leftovers of a previous run are deleted (TEJ has no resume).
-    pub fn new(
-        catalog: Arc<CatalogHandle>,
-        cfg: TejConfig,
-        tls: Option<TlsServer>,
-    ) -> io::Result<TejService> {
+    pub fn new(catalog: Arc<CatalogHandle>, cfg: TejConfig) -> io::Result<TejService> {
         let work = catalog.state_dir().join("ingest").join("tej");
         let ingest = IngestDir::new(catalog.root(), &work)?;
         for e in std::fs::read_dir(&work)?.flatten() {
@@ -93,7 +85,6 @@ impl TejService {
             catalog,
             ingest,
             cfg,
-            tls,
         })
     }
 
@@ -109,37 +100,16 @@ impl Service for TejService {
         "tej"
     }
 
-    fn busy(&self, conn: Accepted) {
-        if let (Accepted::Tcp(mut tcp, _), None) = (conn, &self.tls) {
-            use std::io::Write;
-            let _ = tcp.set_nonblocking(true);
-            let _ = tcp.write_all(&messages::error_frame(
-                code::BUSY,
-                "server at its connection limit",
-            ));
-            let _ = tcp.shutdown(std::net::Shutdown::Write);
-        }
+    /// Plain listeners: a `busy` error frame at once. TLS: the core closes before the handshake.
+    fn busy_reply(&self) -> Option<Vec<u8>> {
+        Some(messages::error_frame(
+            code::BUSY,
+            "server at its connection limit",
+        ))
     }
 
-    fn serve(&self, conn: Accepted, ctx: &ConnCtx) {
-        let (stream, peer) = match conn {
-            Accepted::Tcp(tcp, addr) => {
-                let _ = tcp.set_nodelay(true);
-                let _ = tcp.set_write_timeout(Some(self.cfg.write_timeout));
-                let _ = tcp.set_read_timeout(Some(self.cfg.write_timeout));
-                match &self.tls {
-                    Some(tls) => match tls.accept(tcp, self.cfg.write_timeout) {
-                        Ok(s) => (s, addr.to_string()),
-                        Err(e) => {
-                            self.log(&addr.to_string(), format_args!("{e}"));
-                            return;
-                        }
-                    },
-                    None => (Stream::Tcp(tcp), addr.to_string()),
-                }
-            }
-            Accepted::Unix(u) => (Stream::Unix(u), "unix".into()),
-        };
+    fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx) {
+        let peer = peer.to_string();
         let mut c = Conn {
             svc: self,
             ctx,

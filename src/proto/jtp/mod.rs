@@ -5,6 +5,10 @@
 //! - [`response`]: responses, encoded by the server and decoded incrementally by the client.
 //! - [`zstd_frame`]: one-frame compression and the client's bounded inflater.
 //!
+//! The decoders read through [`crate::wire::Cursor`] ("need more" is never an error) and gather
+//! a field split across reads in a [`crate::wire::Stash`]; ids print and parse as 16 hex digits
+//! through [`crate::wire::hex::encode_u64`] and [`crate::wire::hex::parse_u64`].
+//!
 //! Out of scope here: sockets, files, timeouts and the catalog (the server and driver modules).
 //!
 //! Byte layouts (integers big-endian, `varint` = minimal LEB128 u32):

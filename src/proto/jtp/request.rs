@@ -6,6 +6,9 @@
 //! while memory grows only with the ids received (J9, J10). Checks run in the order the spec
 //! fixes: RequestFlags bits 1-7 first, then the type, then the body (J4).
 //!
+//! Whole ids are read straight from the input with [`crate::wire::Cursor`]; an id or HaveCount
+//! varint cut by the end of a read waits in an 8-byte [`crate::wire::Stash`].
+//!
 //! ```text
 //! Header ──type──> Flags ──GET──> GetCount ──> GetIds ──> (Request)
 //!                    │ └─BATCH──> HaveCount ─> HaveIds ─> (Request)
@@ -15,7 +18,8 @@
 use std::fmt;
 
 use super::response::error_frame;
-use super::wire::{get_varint, put_varint, Varint, WireError, MAX_VARINT_LEN};
+use super::wire::{get_varint, put_varint, varint_need, WireError};
+use crate::wire::{Cursor, FieldTooLong, Gathered, Stash};
 
 /// Request types (the first header byte).
 pub const TYPE_GET_BY_ID: u8 = 0x00;
@@ -30,6 +34,8 @@ pub const FLAG_KEEP_ALIVE: u8 = 0x01;
 
 /// Ids preallocated at most, whatever count the wire announces (jtp.md 5.2 rule 5).
 const MAX_PREALLOC_IDS: usize = 4096;
+/// The longest field split across reads: an id (a HaveCount varint is at most 5 bytes).
+const MAX_FIELD: usize = 8;
 
 /// What kind of request, without its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,6 +194,15 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
+/// The decoder gathers only ids (8 bytes) and the HaveCount varint (at most 5) in an 8-byte
+/// stash, so the one field that could ever be refused as too long is a varint, and a varint
+/// that long is malformed.
+impl From<FieldTooLong> for RequestError {
+    fn from(_: FieldTooLong) -> Self {
+        RequestError::MalformedVarint
+    }
+}
+
 impl From<WireError> for RequestError {
     fn from(e: WireError) -> Self {
         match e {
@@ -199,7 +214,8 @@ impl From<WireError> for RequestError {
     }
 }
 
-/// Partial state of a request whose first bytes were consumed.
+/// Partial state of a request whose first bytes were consumed. The start of an id or varint
+/// split across reads is in the decoder's stash.
 #[derive(Debug)]
 enum State {
     /// Nothing consumed.
@@ -211,20 +227,15 @@ enum State {
     GetCount {
         keep_alive: bool,
     },
-    /// Collecting ids; `part` holds the first `part_len` bytes of the next one.
+    HaveCount {
+        keep_alive: bool,
+    },
+    /// Collecting `left` more ids.
     Ids {
         batch: bool,
         keep_alive: bool,
         left: u32,
         ids: Vec<u64>,
-        part: [u8; 8],
-        part_len: u8,
-    },
-    /// HaveCount varint bytes seen so far (all with the continuation bit).
-    HaveCount {
-        keep_alive: bool,
-        bytes: [u8; MAX_VARINT_LEN],
-        len: u8,
     },
 }
 
@@ -233,6 +244,7 @@ enum State {
 pub struct RequestDecoder {
     limits: RequestLimits,
     state: State,
+    stash: Stash,
 }
 
 impl RequestDecoder {
@@ -240,6 +252,7 @@ impl RequestDecoder {
         RequestDecoder {
             limits,
             state: State::Header,
+            stash: Stash::new(MAX_FIELD),
         }
     }
 
@@ -253,30 +266,28 @@ impl RequestDecoder {
     /// request) and the outcome. On `Err` the connection answers with the error's JTPE and closes;
     /// the decoder is reset.
     pub fn decode(&mut self, buf: &[u8]) -> (usize, Result<Decoded, RequestError>) {
-        let mut pos = 0;
-        let out = self.step(buf, &mut pos);
+        let mut c = Cursor::new(buf);
+        let out = self.step(&mut c);
         if !matches!(out, Ok(Decoded::Partial)) {
             self.state = State::Header;
+            self.stash.clear();
         }
-        (pos, out)
+        (c.position(), out)
     }
 
-    fn step(&mut self, buf: &[u8], pos: &mut usize) -> Result<Decoded, RequestError> {
+    fn step(&mut self, c: &mut Cursor<'_>) -> Result<Decoded, RequestError> {
         loop {
-            let rest = &buf[*pos..];
             match &mut self.state {
                 State::Header => {
-                    let Some(&t) = rest.first() else {
+                    let Some(t) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     self.state = State::Flags { req_type: t };
                 }
                 State::Flags { req_type } => {
-                    let Some(&flags) = rest.first() else {
+                    let Some(flags) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     if flags & !FLAG_KEEP_ALIVE != 0 {
                         return Err(RequestError::ReservedFlags);
                     }
@@ -287,11 +298,7 @@ impl RequestDecoder {
                             continue;
                         }
                         TYPE_BATCH => {
-                            self.state = State::HaveCount {
-                                keep_alive,
-                                bytes: [0; MAX_VARINT_LEN],
-                                len: 0,
-                            };
+                            self.state = State::HaveCount { keep_alive };
                             continue;
                         }
                         TYPE_LIST => Request::List { keep_alive },
@@ -303,81 +310,73 @@ impl RequestDecoder {
                     return Ok(Decoded::Request(req));
                 }
                 State::GetCount { keep_alive } => {
-                    let Some(&n) = rest.first() else {
+                    let Some(n) = c.u8() else {
                         return Ok(Decoded::Partial);
                     };
-                    *pos += 1;
                     self.state = State::Ids {
                         batch: false,
                         keep_alive: *keep_alive,
                         left: u32::from(n),
                         ids: Vec::with_capacity(usize::from(n)),
-                        part: [0; 8],
-                        part_len: 0,
                     };
                 }
-                State::HaveCount {
-                    keep_alive,
-                    bytes,
-                    len,
-                } => {
-                    let have = usize::from(*len);
-                    let take = rest.len().min(MAX_VARINT_LEN - have);
-                    bytes[have..have + take].copy_from_slice(&rest[..take]);
-                    match get_varint(&bytes[..have + take])? {
-                        Varint::Partial => {
-                            // Every byte taken carries the continuation bit and fewer than 5
-                            // were seen (a 5th would have decided), so all belong to the varint.
-                            *pos += take;
-                            *len += take as u8;
+                State::HaveCount { keep_alive } => {
+                    let need = |p: &[u8]| varint_need(p).map_err(RequestError::from);
+                    let field = match self.stash.gather(c.rest(), need)? {
+                        Gathered::Whole { taken, field } => {
+                            c.skip(taken);
+                            field
+                        }
+                        Gathered::Partial => {
+                            c.skip(c.remaining());
                             return Ok(Decoded::Partial);
                         }
-                        Varint::Complete(n, used) => {
-                            *pos += used - have;
-                            if n > self.limits.max_have {
-                                return Err(RequestError::HaveCountTooLarge(n));
-                            }
-                            self.state = State::Ids {
-                                batch: true,
-                                keep_alive: *keep_alive,
-                                left: n,
-                                ids: Vec::with_capacity((n as usize).min(MAX_PREALLOC_IDS)),
-                                part: [0; 8],
-                                part_len: 0,
-                            };
-                        }
+                    };
+                    // `field` is exactly one well-formed varint.
+                    let Some(n) = get_varint(&mut Cursor::new(field))? else {
+                        return Err(RequestError::MalformedVarint);
+                    };
+                    if n > self.limits.max_have {
+                        return Err(RequestError::HaveCountTooLarge(n));
                     }
+                    self.state = State::Ids {
+                        batch: true,
+                        keep_alive: *keep_alive,
+                        left: n,
+                        ids: Vec::with_capacity((n as usize).min(MAX_PREALLOC_IDS)),
+                    };
                 }
                 State::Ids {
                     batch,
                     keep_alive,
                     left,
                     ids,
-                    part,
-                    part_len,
                 } => {
-                    let mut rest = rest;
                     while *left > 0 {
-                        let have = usize::from(*part_len);
-                        if have == 0 && rest.len() >= 8 {
-                            let (id, tail) = rest.split_at(8);
-                            ids.push(u64::from_be_bytes(id.try_into().expect("8 bytes")));
-                            rest = tail;
-                            *pos += 8;
-                            *left -= 1;
-                            continue;
+                        if self.stash.held().is_empty() {
+                            // Whole ids straight from the input, as many as it holds.
+                            while *left > 0 {
+                                let Some(id) = c.u64_be() else { break };
+                                ids.push(id);
+                                *left -= 1;
+                            }
+                            if *left == 0 {
+                                break;
+                            }
                         }
-                        let take = rest.len().min(8 - have);
-                        part[have..have + take].copy_from_slice(&rest[..take]);
-                        rest = &rest[take..];
-                        *pos += take;
-                        *part_len += take as u8;
-                        if *part_len < 8 {
-                            return Ok(Decoded::Partial);
+                        // An id cut by the end of a read goes through the stash.
+                        match self.stash.gather(c.rest(), |_| Ok::<_, RequestError>(8))? {
+                            Gathered::Whole { taken, field } => {
+                                c.skip(taken);
+                                // Exactly the 8 bytes asked for.
+                                ids.push(field.iter().fold(0, |v, &b| v << 8 | u64::from(b)));
+                                *left -= 1;
+                            }
+                            Gathered::Partial => {
+                                c.skip(c.remaining());
+                                return Ok(Decoded::Partial);
+                            }
                         }
-                        ids.push(u64::from_be_bytes(*part));
-                        *part_len = 0;
-                        *left -= 1;
                     }
                     let ids = std::mem::take(ids);
                     let req = if *batch {
@@ -419,6 +418,7 @@ mod tests {
             let mut off = 0;
             while off < chunk.len() {
                 let (n, r) = d.decode(&chunk[off..]);
+                assert_bounded(&d);
                 off += n;
                 match r? {
                     Decoded::Partial => assert_eq!(off, chunk.len(), "partial leaves no bytes"),
@@ -428,6 +428,59 @@ mod tests {
         }
         assert!(!d.is_mid_request(), "transcript ends on a request boundary");
         Ok(out)
+    }
+
+    /// What the decoder holds stays within its limits: a split field within the 8-byte stash,
+    /// ids preallocated up to MAX_PREALLOC_IDS and otherwise grown with the ids received.
+    fn assert_bounded(d: &RequestDecoder) {
+        assert!(d.stash.held().len() <= MAX_FIELD && d.stash.capacity() <= MAX_FIELD);
+        if let State::Ids { ids, .. } = &d.state {
+            assert!(ids.capacity() <= MAX_PREALLOC_IDS.max(2 * ids.len()));
+        }
+    }
+
+    /// Feeds `input` in pieces of `chunk` bytes; the requests and the first error.
+    fn run(input: &[u8], chunk: usize) -> (Vec<Request>, Option<RequestError>) {
+        let mut d = dec();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            let mut off = 0;
+            while off < piece.len() {
+                let (n, r) = d.decode(&piece[off..]);
+                assert!(n <= piece.len() - off, "consumed more than offered");
+                assert_bounded(&d);
+                off += n;
+                match r {
+                    Ok(Decoded::Partial) => assert_eq!(off, piece.len()),
+                    Ok(Decoded::Request(req)) => out.push(req),
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    /// A short transcript touching every request type, for the every-pair-of-offsets test.
+    fn short_transcript() -> (Vec<u8>, Vec<Request>) {
+        let reqs = vec![
+            Request::List { keep_alive: true },
+            Request::GetById {
+                keep_alive: true,
+                ids: vec![0x84fe30f5845a521f, 0x0102030405060708],
+            },
+            Request::Batch {
+                keep_alive: true,
+                have: vec![0xef46db3751d8e999],
+            },
+            Request::Cancel,
+            Request::Watch,
+            Request::ListAndGet { keep_alive: false },
+        ];
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            r.encode(&mut bytes);
+        }
+        (bytes, reqs)
     }
 
     fn transcript() -> (Vec<u8>, Vec<Request>) {
@@ -475,6 +528,37 @@ mod tests {
         for size in [3, 7, 9, 13] {
             let pieces: Vec<&[u8]> = bytes.chunks(size).collect();
             assert_eq!(feed_chunks(&pieces).unwrap(), reqs, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn split_at_every_pair_of_offsets_gives_the_same_requests() {
+        let (bytes, reqs) = short_transcript();
+        assert_eq!(bytes.len(), 38);
+        for a in 0..=bytes.len() {
+            for b in a..=bytes.len() {
+                let pieces = [&bytes[..a], &bytes[a..b], &bytes[b..]];
+                assert_eq!(feed_chunks(&pieces).unwrap(), reqs, "cuts at {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_random_cuts_give_the_same_requests() {
+        let (bytes, reqs) = transcript();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..300 {
+            let mut cuts: Vec<usize> = (0..rng.next() % 12)
+                .map(|_| (rng.next() as usize) % (bytes.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+                pieces.push(&bytes[prev..c]);
+                prev = c;
+            }
+            assert_eq!(feed_chunks(&pieces).unwrap(), reqs);
         }
     }
 
@@ -703,6 +787,13 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_field_too_long_for_the_stash_is_a_malformed_varint() {
+        // Only a varint could ever be that long (ids are exactly the stash's 8 bytes).
+        let e = RequestError::from(FieldTooLong { len: 9, max: 8 });
+        assert_eq!((e, e.code()), (RequestError::MalformedVarint, 2));
+    }
+
     struct XorShift(u64);
     impl XorShift {
         fn next(&mut self) -> u64 {
@@ -710,6 +801,48 @@ mod tests {
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
+        }
+    }
+
+    /// Every request fixture of these tests: transcripts and each error case.
+    fn fixtures() -> Vec<Vec<u8>> {
+        let mut all = vec![transcript().0, short_transcript().0];
+        for bad in [
+            &[0x01, 0x02][..],
+            &[0x00, 0xff],
+            &[0xfe, 0x00],
+            &[0x02, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[0x02, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10],
+            &[0x02, 0x00, 0x80, 0x00],
+            &[0x02, 0x00, 0xc1, 0x84, 0x3d, 0xaa, 0xbb],
+            &[0x02, 0x01, 0xc0, 0x84, 0x3d, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[0x00, 0x00, 0x05, 1, 2, 3],
+        ] {
+            all.push(bad.to_vec());
+        }
+        all
+    }
+
+    #[test]
+    fn j10_every_truncation_of_every_fixture_is_partial_or_an_error_within_bounds() {
+        for f in fixtures() {
+            let (full, full_err) = run(&f, f.len());
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let whole = run(part, part.len());
+                // The same however the truncated input is cut, and a prefix of the full result:
+                // a truncation only ever means "need more", never a different request or error.
+                // (Byte by byte is quadratic here; the long transcript gets coarser pieces.)
+                let pieces = if f.len() <= 100 { [1, 3] } else { [7, 61] };
+                for chunk in pieces {
+                    assert_eq!(run(part, chunk), whole, "{f:02x?} cut at {cut}");
+                }
+                let (reqs, err) = whole;
+                assert!(full.starts_with(&reqs), "{f:02x?} cut at {cut}");
+                if let Some(e) = err {
+                    assert_eq!((reqs.len(), Some(e)), (full.len(), full_err));
+                }
+            }
         }
     }
 
@@ -722,6 +855,7 @@ mod tests {
             while off < cut {
                 let (n, r) = d.decode(&bytes[off..cut]);
                 assert!(n <= cut - off);
+                assert_bounded(&d);
                 off += n;
                 if r.is_err() || n == 0 {
                     break;
@@ -747,11 +881,15 @@ mod tests {
             while off < input.len() {
                 let (n, r) = d.decode(&input[off..]);
                 assert!(n <= input.len() - off);
+                assert_bounded(&d);
                 off += n;
                 if r.is_err() || n == 0 {
                     break;
                 }
             }
+            // Cut anywhere, random bytes decode alike.
+            let whole = run(&input, input.len());
+            assert_eq!(run(&input, 1 + (rng.next() % 7) as usize), whole);
         }
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! The decoder checks the framing a client must check (jtp.md 5.2 rule 7): magics, counts against
 //! [`ResponseLimits`], packet flag bits, and that `JTPD` ids are a subsequence of the request. It
-//! never buffers packet data ([`Event::Data`] borrows the caller's input) and copies at most one
-//! header frame (at most [`MAX_HEADER_FRAME`] bytes) when a frame is split across reads.
+//! never buffers packet data ([`Event::Data`] borrows the caller's input). Frames are read with
+//! [`crate::wire::Cursor`]: a header frame whole in the input is parsed in place, and only one
+//! split across reads is copied, into a [`crate::wire::Stash`] of at most [`MAX_HEADER_FRAME`]
+//! bytes that takes no byte past the frame.
 //!
 //! `JTPE` is recognised wherever a frame starts with a magic: between responses (also before any
 //! request), instead of an expected response, between packets and during WATCH. Between catalog
@@ -29,9 +31,10 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::wire::{
-    get_varint, put_varint, Varint, WireError, FLAGS_RESERVED, MAGIC_BATCH, MAGIC_CANCEL,
-    MAGIC_ERROR, MAGIC_GET, MAGIC_LIST, MAGIC_LIST_AND_GET, MAGIC_WATCH,
+    get_varint, put_varint, WireError, FLAGS_RESERVED, MAGIC_BATCH, MAGIC_CANCEL, MAGIC_ERROR,
+    MAGIC_GET, MAGIC_LIST, MAGIC_LIST_AND_GET, MAGIC_WATCH,
 };
+use crate::wire::{hex, Cursor, FieldTooLong, Gathered, Stash};
 
 /// The longest frame the decoder ever has to hold whole: a `JTPW` event with a 65,535-byte
 /// name (magic 4, id 8, flags 1, NameLen 2, name, Size varint 5). Entries and `JTPE` are shorter.
@@ -249,7 +252,8 @@ impl fmt::Display for ResponseError {
             ResponseError::NotASubsequence(id) => {
                 write!(
                     f,
-                    "jtp response: packet {id:016x} was not requested at this point"
+                    "jtp response: packet {} was not requested at this point",
+                    hex::encode_u64(*id)
                 )
             }
             ResponseError::MalformedVarint => f.write_str("jtp response: malformed varint"),
@@ -269,6 +273,14 @@ impl From<WireError> for ResponseError {
             WireError::MalformedVarint => ResponseError::MalformedVarint,
             _ => ResponseError::Unexpected("request error in a response"),
         }
+    }
+}
+
+/// Every JTP header frame fits [`MAX_HEADER_FRAME`] by its layout, so the decoder's stash never
+/// refuses one; should it, the frame is longer than any JTP frame.
+impl From<FieldTooLong> for ResponseError {
+    fn from(_: FieldTooLong) -> Self {
+        ResponseError::Unexpected("frame longer than any jtp frame")
     }
 }
 
@@ -354,63 +366,56 @@ struct EntryRef<'b> {
     size: u32,
 }
 
-/// Bounds-checked reads over one frame; `None` is "need more bytes".
-struct Cursor<'b> {
-    b: &'b [u8],
-    pos: usize,
+/// A frame read from the start of some bytes, or, when they end first, how long it is at least.
+enum Parse<T> {
+    Done(T),
+    /// The bytes are a proper prefix of a frame of at least this many bytes.
+    Need(usize),
 }
 
-impl<'b> Cursor<'b> {
-    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|s| s[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
-    }
-    fn varint(&mut self) -> Result<Option<u32>, ResponseError> {
-        match get_varint(&self.b[self.pos..])? {
-            Varint::Complete(v, n) => {
-                self.pos += n;
-                Ok(Some(v))
-            }
-            Varint::Partial => Ok(None),
-        }
-    }
-    /// `id | flags | NameLen | name | Size`.
-    fn entry(&mut self) -> Result<Option<EntryRef<'b>>, ResponseError> {
-        let (Some(id), Some(flags), Some(len)) = (self.u64(), self.u8(), self.u16()) else {
-            return Ok(None);
-        };
-        let Some(name) = self.take(usize::from(len)) else {
-            return Ok(None);
-        };
-        Ok(self.varint()?.map(|size| EntryRef {
-            id,
-            flags,
-            name,
-            size,
-        }))
-    }
+/// "The frame needs at least `more` bytes past what `c` has read."
+fn need<T>(c: &Cursor<'_>, more: usize) -> Result<Parse<T>, ResponseError> {
+    Ok(Parse::Need(c.position().saturating_add(more)))
 }
 
-/// Parses one frame from the start of `b`: `Ok(None)` if `b` is a proper prefix of one.
-fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, ResponseError> {
-    let Some(&first) = b.first() else {
-        return Ok(None);
+/// `id | flags | NameLen | name | Size` at the cursor.
+#[inline]
+fn entry<'b>(c: &mut Cursor<'b>) -> Result<Parse<EntryRef<'b>>, ResponseError> {
+    // Each bound counts the fixed fields still to come and one byte of Size.
+    let Some(id) = c.u64_be() else {
+        return need(c, 12);
     };
-    let mut c = Cursor { b, pos: 0 };
+    let Some(flags) = c.u8() else {
+        return need(c, 4);
+    };
+    let Some(len) = c.u16_be() else {
+        return need(c, 3);
+    };
+    let len = usize::from(len);
+    let Some(name) = c.take(len) else {
+        return need(c, len + 1);
+    };
+    // A partial varint is all of the rest: one more byte at least.
+    let Some(size) = get_varint(c)? else {
+        return need(c, c.remaining() + 1);
+    };
+    Ok(Parse::Done(EntryRef {
+        id,
+        flags,
+        name,
+        size,
+    }))
+}
+
+/// Parses one frame from the start of `b`; errors come as soon as the bytes show them.
+fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Parse<(Frame<'_>, usize)>, ResponseError> {
+    let mut c = Cursor::new(b);
+    let Some(first) = c.peek(1).map(|p| p[0]) else {
+        return need(&c, 1);
+    };
     let frame = match ctx {
-        Ctx::Entry => match c.entry()? {
-            Some(EntryRef {
+        Ctx::Entry => match entry(&mut c)? {
+            Parse::Done(EntryRef {
                 id,
                 flags,
                 name,
@@ -421,17 +426,19 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
                 name,
                 size,
             },
-            None => return Ok(None),
+            Parse::Need(n) => return Ok(Parse::Need(n)),
         },
         Ctx::Packet if first != b'J' => {
             if first & FLAGS_RESERVED != 0 {
                 return Err(ResponseError::ReservedPacketFlags(first));
             }
-            c.pos = 1;
-            let Some(len) = c.varint()? else {
-                return Ok(None);
+            c.skip(1);
+            let Some(len) = get_varint(&mut c)? else {
+                return need(&c, c.remaining() + 1 + 8);
             };
-            let Some(id) = c.u64() else { return Ok(None) };
+            let Some(id) = c.u64_be() else {
+                return need(&c, 8);
+            };
             Frame::Packet {
                 flags: first,
                 len,
@@ -442,21 +449,25 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
             return Err(ResponseError::MaybeOlderServer)
         }
         Ctx::Packet | Ctx::Magic { .. } => {
-            let Some(m) = c.take(4) else { return Ok(None) };
-            let magic: [u8; 4] = m.try_into().expect("4 bytes");
+            let Some(magic) = c.array::<4>() else {
+                return need(&c, 4);
+            };
             match magic {
                 MAGIC_CANCEL => Frame::Cancel,
                 MAGIC_ERROR => {
-                    let (Some(code), Some(len)) = (c.u8(), c.u16()) else {
-                        return Ok(None);
+                    let Some(code) = c.u8() else {
+                        return need(&c, 3);
+                    };
+                    let Some(len) = c.u16_be() else {
+                        return need(&c, 2);
                     };
                     let Some(msg) = c.take(usize::from(len)) else {
-                        return Ok(None);
+                        return need(&c, usize::from(len));
                     };
                     Frame::Error(code, msg)
                 }
-                MAGIC_WATCH => match c.entry()? {
-                    Some(EntryRef {
+                MAGIC_WATCH => match entry(&mut c)? {
+                    Parse::Done(EntryRef {
                         id,
                         flags,
                         name,
@@ -467,21 +478,29 @@ fn parse_frame(ctx: Ctx, b: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Respons
                         name,
                         size,
                     },
-                    None => return Ok(None),
+                    Parse::Need(n) => return Ok(Parse::Need(n)),
                 },
                 MAGIC_GET => match c.u8() {
                     Some(m) => Frame::Counted(magic, u32::from(m)),
-                    None => return Ok(None),
+                    None => return need(&c, 1),
                 },
-                MAGIC_LIST | MAGIC_BATCH | MAGIC_LIST_AND_GET => match c.varint()? {
+                MAGIC_LIST | MAGIC_BATCH | MAGIC_LIST_AND_GET => match get_varint(&mut c)? {
                     Some(n) => Frame::Counted(magic, n),
-                    None => return Ok(None),
+                    None => return need(&c, c.remaining() + 1),
                 },
                 _ => return Err(ResponseError::UnknownMagic(magic)),
             }
         }
     };
-    Ok(Some((frame, c.pos)))
+    Ok(Parse::Done((frame, c.position())))
+}
+
+/// The length of the frame at the start of `prefix`, or the fewest bytes it can have: the
+/// `need` of the decoder's stash.
+fn frame_need(ctx: Ctx, prefix: &[u8]) -> Result<usize, ResponseError> {
+    Ok(match parse_frame(ctx, prefix)? {
+        Parse::Done((_, n)) | Parse::Need(n) => n,
+    })
 }
 
 /// Incremental client-side response decoder (see the module doc).
@@ -491,9 +510,7 @@ pub struct ResponseDecoder {
     state: State,
     pending: VecDeque<Expect>,
     /// The start of a frame split across calls (at most [`MAX_HEADER_FRAME`] bytes).
-    stash: Vec<u8>,
-    /// The stash holds a frame already returned; clear it on the next call.
-    stash_spent: bool,
+    stash: Stash,
 }
 
 impl ResponseDecoder {
@@ -502,8 +519,7 @@ impl ResponseDecoder {
             limits,
             state: State::Ready,
             pending: VecDeque::new(),
-            stash: Vec::new(),
-            stash_spent: false,
+            stash: Stash::new(MAX_HEADER_FRAME),
         }
     }
 
@@ -521,8 +537,7 @@ impl ResponseDecoder {
     /// EOF here is a clean end. False after a framing error.
     pub fn is_idle(&self) -> bool {
         let between = matches!(self.state, State::Ready) && self.pending.is_empty();
-        let partial = !self.stash.is_empty() && !self.stash_spent;
-        (between || matches!(self.state, State::Closed)) && !partial
+        (between || matches!(self.state, State::Closed)) && self.stash.held().is_empty()
     }
 
     /// Decodes from `buf`; returns (bytes consumed, event).
@@ -535,10 +550,9 @@ impl ResponseDecoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, ResponseError>) {
-        if self.stash_spent {
-            self.stash.clear();
-            self.stash_spent = false;
-        }
+        // The stash forgets a frame it handed out when it next gathers; it never holds more than
+        // MAX_HEADER_FRAME, so there is no memory to give back earlier (and packet data, the
+        // hot path, does not touch it).
         // Every error path of `step` leaves the state `Failed` (the borrow of the returned
         // event prevents fixing it up here).
         self.step(buf)
@@ -633,40 +647,34 @@ impl ResponseDecoder {
             state,
             pending,
             stash,
-            stash_spent,
         } = self;
 
-        let (frame, consumed) = if stash.is_empty() {
-            match parse_frame(ctx, buf) {
+        // A header frame whole in `buf` is parsed in place (the common case, parsed once); a
+        // split one is gathered in the stash, which never takes a byte past the frame (packet
+        // data stays in `buf`), and parsed when whole.
+        let direct = match stash.held() {
+            [] => match parse_frame(ctx, buf) {
                 Err(e) => return fail(state, pending, e),
-                Ok(Some((f, n))) => (f, n),
-                Ok(None) => {
-                    // A proper prefix of a frame, hence shorter than MAX_HEADER_FRAME.
-                    stash.extend_from_slice(buf);
-                    return (buf.len(), Ok(None));
-                }
-            }
-        } else {
-            let old = stash.len();
-            let take = buf.len().min(MAX_HEADER_FRAME.saturating_sub(old));
-            stash.extend_from_slice(&buf[..take]);
-            let stash: &'a Vec<u8> = stash;
-            match parse_frame(ctx, stash) {
-                Err(e) => return fail(state, pending, e),
-                Ok(Some((f, n))) => {
-                    *stash_spent = true;
-                    (f, n - old)
-                }
-                Ok(None) if stash.len() >= MAX_HEADER_FRAME => {
-                    return fail(
-                        state,
-                        pending,
-                        ResponseError::Unexpected("frame longer than any jtp frame"),
-                    )
-                }
-                Ok(None) => {
-                    // `stash` still holds the partial frame; `take` is all of `buf` here.
-                    return (take, Ok(None));
+                Ok(Parse::Done(found)) => Some(found),
+                Ok(Parse::Need(_)) => None,
+            },
+            _ => None,
+        };
+        let (frame, taken) = match direct {
+            Some(found) => found,
+            None => {
+                let (taken, field) = match stash.gather(buf, |p| frame_need(ctx, p)) {
+                    Err(e) => return fail(state, pending, e),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                };
+                match parse_frame(ctx, field) {
+                    Ok(Parse::Done((frame, _))) => (frame, taken),
+                    // Cannot happen: `field` is exactly the frame `frame_need` measured.
+                    Ok(Parse::Need(_)) => {
+                        return fail(state, pending, ResponseError::Unexpected("frame"));
+                    }
+                    Err(e) => return fail(state, pending, e),
                 }
             }
         };
@@ -675,7 +683,7 @@ impl ResponseDecoder {
             Ok(ev) => ev,
             Err(e) => return fail(state, pending, e),
         };
-        (consumed, Ok(Some(event)))
+        (taken, Ok(Some(event)))
     }
 }
 
@@ -970,10 +978,17 @@ mod tests {
             loop {
                 let (n, r) = d.decode(&chunk[off..]);
                 assert!(n <= chunk.len() - off);
+                if let Ok(Some(Event::Data(data))) = &r {
+                    // Zero-copy: packet data is the caller's input, never a copy.
+                    assert_eq!(data.as_ptr(), chunk[off..].as_ptr());
+                    assert_eq!(data.len(), n);
+                }
                 off += n;
+                let r = r.map(|e| e.map(|e| own(e, &mut evs)));
+                assert_bounded(d);
                 match r {
                     Err(e) => return (evs, Some(e)),
-                    Ok(Some(e)) => own(e, &mut evs),
+                    Ok(Some(())) => {}
                     Ok(None) => {
                         assert_eq!(off, chunk.len(), "Ok(None) takes every byte");
                         break;
@@ -982,6 +997,12 @@ mod tests {
             }
         }
         (evs, None)
+    }
+
+    /// A split frame is held within [`MAX_HEADER_FRAME`], and the stash allocates no more.
+    fn assert_bounded(d: &ResponseDecoder) {
+        assert!(d.stash.held().len() <= MAX_HEADER_FRAME);
+        assert!(d.stash.capacity() <= MAX_HEADER_FRAME);
     }
 
     fn transcript() -> Vec<u8> {
@@ -1055,6 +1076,96 @@ mod tests {
                 run(&mut transcript_decoder(), &pieces),
                 (want.clone(), None)
             );
+        }
+    }
+
+    /// JTPB, JTPG and WATCH with multi-byte varints: the frames `transcript` lacks.
+    fn transcript2() -> Vec<u8> {
+        let mut t = Vec::new();
+        put_packets_header(MAGIC_BATCH, 2, &mut t);
+        put_packet_header(0x0b, 130, ALPHA, &mut t);
+        t.extend((0..130u8).map(|i| i.wrapping_mul(7)));
+        put_packet_header(2, 0, BETA, &mut t);
+        put_packets_header(MAGIC_LIST_AND_GET, 0, &mut t);
+        put_watch_event(image_id(b""), 4, "caf\u{e9}.gif", 90243, &mut t);
+        put_cancel(&mut t);
+        t
+    }
+
+    fn transcript2_decoder() -> ResponseDecoder {
+        let mut d = ResponseDecoder::new(ResponseLimits::default());
+        d.expect(Expect::Batch);
+        d.expect(Expect::ListAndGet);
+        d.expect(Expect::Watch);
+        d
+    }
+
+    fn transcript2_events() -> Vec<Ev> {
+        vec![
+            Ev::PacketsStart(*b"JTPB", 2),
+            Ev::PacketHeader(0x0b, 130, ALPHA),
+            Ev::Data((0..130u8).map(|i| i.wrapping_mul(7)).collect()),
+            Ev::PacketEnd,
+            Ev::PacketHeader(2, 0, BETA),
+            Ev::PacketEnd,
+            Ev::ResponseEnd,
+            Ev::PacketsStart(*b"JTPG", 0),
+            Ev::ResponseEnd,
+            Ev::Watch(
+                0xef46db3751d8e999,
+                4,
+                "caf\u{e9}.gif".as_bytes().to_vec(),
+                90243,
+            ),
+            Ev::Cancelled,
+        ]
+    }
+
+    #[test]
+    fn j44_split_at_every_pair_of_offsets_gives_the_same_events() {
+        type Case = (Vec<u8>, fn() -> ResponseDecoder, Vec<Ev>);
+        let cases: [Case; 2] = [
+            (transcript(), transcript_decoder, transcript_events()),
+            (transcript2(), transcript2_decoder, transcript2_events()),
+        ];
+        for (t, decoder, want) in cases {
+            assert_eq!(run(&mut decoder(), &[&t]), (want.clone(), None));
+            let singles: Vec<&[u8]> = t.chunks(1).collect();
+            assert_eq!(run(&mut decoder(), &singles), (want.clone(), None));
+            for a in 0..=t.len() {
+                for b in a..=t.len() {
+                    let pieces = [&t[..a], &t[a..b], &t[b..]];
+                    let mut d = decoder();
+                    assert_eq!(run(&mut d, &pieces), (want.clone(), None), "{a} {b}");
+                    assert!(d.is_idle());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn j27_longest_watch_event_fills_the_stash_exactly_split_anywhere() {
+        let name = "n".repeat(usize::from(u16::MAX));
+        let mut t = Vec::new();
+        put_watch_event(7, 1, &name, u32::MAX, &mut t);
+        assert_eq!(t.len(), MAX_HEADER_FRAME);
+        put_cancel(&mut t);
+        let want = vec![Ev::Watch(7, 1, name.into_bytes(), u32::MAX), Ev::Cancelled];
+        let decoder = || {
+            let mut d = ResponseDecoder::new(ResponseLimits::default());
+            d.expect(Expect::Watch);
+            d
+        };
+        assert_eq!(run(&mut decoder(), &[&t]), (want.clone(), None));
+        for size in [1, 2, 7, 4096, 65_536] {
+            let pieces: Vec<&[u8]> = t.chunks(size).collect();
+            assert_eq!(run(&mut decoder(), &pieces), (want.clone(), None), "{size}");
+        }
+        for cut in [
+            1, 4, 5, 12, 13, 15, 16, 65_549, 65_550, 65_554, 65_555, 65_556,
+        ] {
+            let (a, b) = t.split_at(cut);
+            assert_eq!(run(&mut decoder(), &[a, b]), (want.clone(), None), "{cut}");
         }
     }
 
@@ -1311,6 +1422,16 @@ mod tests {
             assert_eq!(err, Some(*want), "{bytes}");
             assert!(want.to_string().starts_with("jtp response: "));
         }
+        // No JTP frame outgrows the stash (the longest JTPW is exactly MAX_HEADER_FRAME); if
+        // one did, it would be this error.
+        let too_long = FieldTooLong {
+            len: MAX_HEADER_FRAME + 1,
+            max: MAX_HEADER_FRAME,
+        };
+        assert_eq!(
+            ResponseError::from(too_long).to_string(),
+            "jtp response: unexpected frame longer than any jtp frame"
+        );
         // After an error the decoder stays failed, even without input.
         let mut d = ResponseDecoder::new(ResponseLimits::default());
         assert!(run(&mut d, &[&hex("00000000")]).1.is_some());
@@ -1352,6 +1473,85 @@ mod tests {
         ]
     }
 
+    /// Every response fixture of these tests with the expectations it is decoded under.
+    fn fixtures() -> Vec<(Vec<Expect>, Vec<u8>)> {
+        let get = |ids: &[u64]| Expect::Get {
+            requested: ids.to_vec(),
+        };
+        let mut all = vec![
+            (vec![Expect::List, get(&[7, ALPHA, 9, BETA])], transcript()),
+            (
+                vec![Expect::Batch, Expect::ListAndGet, Expect::Watch],
+                transcript2(),
+            ),
+        ];
+        for (e, h) in [
+            (Expect::List, "4a54504c ffffffff0f"),
+            (Expect::List, "4a54504c 80ade204"),
+            (Expect::Batch, "4a545042 81ade204"),
+            (
+                Expect::Batch,
+                "4a545042 01 00 ffffffff0f 0000000000000001 aabb",
+            ),
+            (get(&[1]), "4a545044 02"),
+            (
+                get(&[1, 2, 2, 3]),
+                "4a545044 02 00 00 0000000000000003 00 00 0000000000000001",
+            ),
+            (
+                get(&[1]),
+                "4a545045 05 0011 746f6f206d616e79207265717565737473",
+            ),
+            (
+                Expect::ListAndGet,
+                "4a545047 02 00 01 0000000000000001 ff 4a545045 63 0002 ff41",
+            ),
+            (Expect::List, "4a545058 00"),
+            (Expect::Batch, "4a545042 01 10 00 0000000000000001"),
+            (Expect::Batch, "4a545042 8000"),
+            (Expect::List, "4a545042 00"),
+            (Expect::Idle, "4a54504c 00"),
+            (Expect::Batch, "4a545042 01 4a54504c 00"),
+            (get(&[1]), "00 01 0000000000000001"),
+            (Expect::Watch, "4a54504c 00"),
+            (Expect::Idle, "4a545043 4a545043"),
+        ] {
+            all.push((vec![e], hex(h)));
+        }
+        all
+    }
+
+    #[test]
+    fn j42_every_truncation_of_every_fixture_is_a_prefix_within_bounds() {
+        for (expects, f) in fixtures() {
+            let decoder = || {
+                let mut d = ResponseDecoder::new(ResponseLimits::default());
+                for e in &expects {
+                    d.expect(e.clone());
+                }
+                d
+            };
+            let (full, full_err) = run(&mut decoder(), &[&f]);
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let whole = run(&mut decoder(), &[part]);
+                for size in [1, 3] {
+                    let pieces: Vec<&[u8]> = part.chunks(size).collect();
+                    assert_eq!(run(&mut decoder(), &pieces), whole, "{f:02x?} at {cut}");
+                }
+                // A truncation is "need more": the events so far (the last Data perhaps
+                // shorter), and an error only where the whole input has it.
+                let (evs, err) = whole;
+                let n = evs.len();
+                assert!(n <= full.len(), "{f:02x?} at {cut}");
+                assert_eq!(evs[..n.saturating_sub(1)], full[..n.saturating_sub(1)]);
+                if err.is_some() {
+                    assert_eq!((evs, err), (full.clone(), full_err), "{f:02x?} at {cut}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_truncations_and_random_input() {
         let t = transcript();
@@ -1389,9 +1589,20 @@ mod tests {
             });
             d.expect(expects[i % expects.len()].clone());
             d.expect(expects[(i / 6) % expects.len()].clone());
+            let fresh = || {
+                let mut f = ResponseDecoder::new(ResponseLimits {
+                    max_list_entries: 50,
+                    max_packets: 50,
+                });
+                f.expect(expects[i % expects.len()].clone());
+                f.expect(expects[(i / 6) % expects.len()].clone());
+                f
+            };
+            let whole = run(&mut fresh(), &[&input]);
             let chunk = 1 + (rng.next() % 17) as usize;
             let pieces: Vec<&[u8]> = input.chunks(chunk).collect();
-            let _ = run(&mut d, &pieces);
+            // Split anywhere, random input decodes alike, to the same error if any.
+            assert_eq!(run(&mut d, &pieces), whole);
             let _ = d.is_idle();
         }
     }

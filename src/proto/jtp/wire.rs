@@ -1,10 +1,14 @@
 //! JTP's wire primitives: magics, LEB128 varints, image ids and the flags byte (jtp.md 2.1-2.3).
 //!
-//! Everything here is a pure function over bytes; framing of whole requests and responses lives in
-//! [`super::request`] and [`super::response`]. Decoders report "need more bytes" as
-//! [`Varint::Partial`], never as an error, and never panic.
+//! Everything here is a pure function over bytes, read through [`crate::wire::Cursor`]; framing
+//! of whole requests and responses lives in [`super::request`] and [`super::response`]. Readers
+//! report "need more bytes" as `Ok(None)`, never as an error, and never panic. The text form of
+//! an id (16 lowercase hex digits) is [`crate::wire::hex::encode_u64`] and
+//! [`crate::wire::hex::parse_u64`].
 
 use std::fmt;
+
+use crate::wire::Cursor;
 
 /// `JTPL`: reply to LIST.
 pub const MAGIC_LIST: [u8; 4] = *b"JTPL";
@@ -51,22 +55,23 @@ pub fn varint_len(v: u32) -> usize {
     }
 }
 
-/// Outcome of [`get_varint`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Varint {
-    /// The value and how many bytes it took.
-    Complete(u32, usize),
-    /// Every byte so far has the continuation bit: more are needed.
-    Partial,
-}
-
-/// Reads a varint from the start of `buf`.
+/// Reads a varint at the cursor (jtp.md 2.1) and moves past it.
 ///
-/// Rejects (jtp.md 2.1) a 5th byte with `0x80` set (over-long), a 5th byte above `0x0f` (value
-/// above `u32::MAX`) and a final `00` after at least one other byte (non-minimal, e.g. `80 00`).
-pub fn get_varint(buf: &[u8]) -> Result<Varint, WireError> {
+/// `Ok(None)` is "need more": every byte left carries the continuation bit and there are fewer
+/// than five of them; the cursor does not move. Rejected as malformed: a 5th byte with `0x80` set
+/// (over-long), a 5th byte above `0x0f` (value above `u32::MAX`) and a final `00` after at least
+/// one other byte (non-minimal, e.g. `80 00`).
+#[inline]
+pub fn get_varint(c: &mut Cursor<'_>) -> Result<Option<u32>, WireError> {
+    // One byte (any value below 128) is by far the most common: counts and small sizes.
+    if let Some(&b) = c.rest().first() {
+        if b < 0x80 {
+            c.skip(1);
+            return Ok(Some(u32::from(b)));
+        }
+    }
     let mut v: u32 = 0;
-    for (i, &b) in buf.iter().take(MAX_VARINT_LEN).enumerate() {
+    for (i, &b) in c.rest().iter().take(MAX_VARINT_LEN).enumerate() {
         if i == MAX_VARINT_LEN - 1 && b > 0x0f {
             // Covers both the over-long form (0x80 set) and bits above 32.
             return Err(WireError::MalformedVarint);
@@ -76,29 +81,28 @@ pub fn get_varint(buf: &[u8]) -> Result<Varint, WireError> {
             if b == 0 && i > 0 {
                 return Err(WireError::MalformedVarint);
             }
-            return Ok(Varint::Complete(v, i + 1));
+            c.skip(i + 1);
+            return Ok(Some(v));
         }
     }
-    Ok(Varint::Partial)
+    Ok(None)
+}
+
+/// The length of the varint at the start of `prefix` or, while `prefix` holds only
+/// continuation bytes, the fewest bytes it can have: the `need` of a [`Stash`](crate::wire::Stash)
+/// gathering a varint split across reads.
+pub fn varint_need(prefix: &[u8]) -> Result<usize, WireError> {
+    let mut c = Cursor::new(prefix);
+    Ok(match get_varint(&mut c)? {
+        Some(_) => c.position(),
+        // All of the prefix (at most 4 bytes) belongs to the varint.
+        None => prefix.len() + 1,
+    })
 }
 
 /// The ImageID of a file's bytes: xxHash64 with seed 0 (jtp.md 2.2).
 pub fn image_id(data: &[u8]) -> u64 {
     twox_hash::XxHash64::oneshot(0, data)
-}
-
-/// Text form of an id: 16 lowercase hex digits.
-pub fn id_hex(id: u64) -> String {
-    format!("{id:016x}")
-}
-
-/// Parses the text form of an id: exactly 16 hex digits (either case accepted).
-pub fn parse_id_hex(s: &str) -> Option<u64> {
-    // from_str_radix alone would accept a leading '+' and shorter strings.
-    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u64::from_str_radix(s, 16).ok()
 }
 
 /// File type carried in flags bits 0-2 (jtp.md 2.3).
@@ -197,6 +201,16 @@ impl std::error::Error for WireError {}
 mod tests {
     use super::*;
 
+    /// The value and the cursor's position after it, or `None` (need more: the cursor stayed).
+    fn read(b: &[u8]) -> Result<Option<(u32, usize)>, WireError> {
+        let mut c = Cursor::new(b);
+        let r = get_varint(&mut c)?;
+        if r.is_none() {
+            assert_eq!(c.position(), 0);
+        }
+        Ok(r.map(|v| (v, c.position())))
+    }
+
     fn enc(v: u32) -> Vec<u8> {
         let mut out = Vec::new();
         put_varint(v, &mut out);
@@ -218,7 +232,8 @@ mod tests {
         for &(v, bytes) in table {
             assert_eq!(enc(v), bytes, "encode {v}");
             assert_eq!(varint_len(v), bytes.len());
-            assert_eq!(get_varint(bytes), Ok(Varint::Complete(v, bytes.len())));
+            assert_eq!(read(bytes), Ok(Some((v, bytes.len()))));
+            assert_eq!(varint_need(bytes), Ok(bytes.len()));
         }
     }
 
@@ -238,9 +253,11 @@ mod tests {
             let mut b = enc(v);
             assert_eq!(varint_len(v), b.len());
             b.push(0xaa); // a following byte is not read
-            assert_eq!(get_varint(&b), Ok(Varint::Complete(v, b.len() - 1)));
+            assert_eq!(read(&b), Ok(Some((v, b.len() - 1))));
+            assert_eq!(varint_need(&b), Ok(b.len() - 1));
             for cut in 0..b.len() - 1 {
-                assert_eq!(get_varint(&b[..cut]), Ok(Varint::Partial));
+                assert_eq!(read(&b[..cut]), Ok(None));
+                assert_eq!(varint_need(&b[..cut]), Ok(cut + 1));
             }
         }
     }
@@ -254,28 +271,29 @@ mod tests {
             &[0xff, 0x80, 0x00],
             &[0xff, 0xff, 0xff, 0xff, 0x80],
         ] {
-            assert_eq!(
-                get_varint(bad),
-                Err(WireError::MalformedVarint),
-                "{bad:02x?}"
-            );
+            assert_eq!(read(bad), Err(WireError::MalformedVarint), "{bad:02x?}");
+            assert_eq!(varint_need(bad), Err(WireError::MalformedVarint));
         }
-        assert_eq!(get_varint(&[]), Ok(Varint::Partial));
-        assert_eq!(get_varint(&[0x80, 0x80, 0x80, 0x80]), Ok(Varint::Partial));
+        assert_eq!(read(&[]), Ok(None));
+        assert_eq!(read(&[0x80, 0x80, 0x80, 0x80]), Ok(None));
+        assert_eq!(varint_need(&[0x80, 0x80, 0x80, 0x80]), Ok(5));
     }
 
     #[test]
     fn j3_image_id() {
+        use crate::wire::hex::{encode_u64, parse_u64};
         assert_eq!(image_id(b""), 0xef46db3751d8e999);
-        assert_eq!(id_hex(image_id(b"")), "ef46db3751d8e999");
-        assert_eq!(id_hex(1), "0000000000000001");
-        assert_eq!(parse_id_hex("ef46db3751d8e999"), Some(0xef46db3751d8e999));
-        assert_eq!(parse_id_hex("EF46DB3751D8E999"), Some(0xef46db3751d8e999));
-        assert_eq!(parse_id_hex("+f46db3751d8e99"), None);
-        assert_eq!(parse_id_hex("ef46db3751d8e99"), None);
-        assert_eq!(parse_id_hex("ef46db3751d8e9999"), None);
-        assert_eq!(parse_id_hex("ef46db3751d8e99g"), None);
-        assert_eq!(parse_id_hex("ééééééé9"), None);
+        assert_eq!(encode_u64(image_id(b"")), "ef46db3751d8e999");
+        assert_eq!(encode_u64(1), "0000000000000001");
+        assert_eq!(parse_u64("ef46db3751d8e999"), Some(0xef46db3751d8e999));
+        assert_eq!(parse_u64("EF46DB3751D8E999"), Some(0xef46db3751d8e999));
+        assert_eq!(parse_u64("+f46db3751d8e99"), None);
+        assert_eq!(parse_u64("+f46db3751d8e999"), None);
+        assert_eq!(parse_u64("ef46db3751d8e99"), None);
+        assert_eq!(parse_u64("ef46db3751d8e9999"), None);
+        assert_eq!(parse_u64("ef46db3751d8e99g"), None);
+        assert_eq!(parse_u64("ééééééé9"), None);
+        assert_eq!(parse_u64("éééééééé"), None);
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! The decoder checks every length against [`Limits`] *before* the bytes it guards are taken:
 //! the status byte as soon as it arrives, N right after the 10-byte header, F right after the
 //! name and size fields, M right after its 8 bytes. File data is never buffered
-//! ([`Event::FileData`] borrows the caller's input); only a file entry header (at most
-//! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied when it is
-//! split across reads.
+//! ([`Event::FileData`] borrows the caller's input); only a header, a file entry header (at most
+//! [`MAX_ENTRY_HEADER`] bytes) or the message (at most `max_message`) is copied, into the
+//! decoder's [`Stash`], when it is split across reads.
 //!
 //! ```text
 //!            FrameStart            FileStart               FileData*
@@ -27,6 +27,7 @@
 use std::fmt;
 
 use crate::names::accept_exact;
+use crate::wire::{Cursor, FieldTooLong, Gathered, Stash};
 
 /// Highest custom status ferry's API accepts (bits 6..0 of the status byte).
 pub const MAX_STATUS: u8 = 127;
@@ -227,6 +228,19 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// The decoder's stash holds the longest entry header or the longest message the limits allow,
+/// and the message's length is refused first (with its exact value) when over `max_message`; so
+/// only a message can be too long for the stash, and this is that refusal.
+impl From<FieldTooLong> for FrameError {
+    fn from(e: FieldTooLong) -> Self {
+        let len = |n: usize| n.saturating_sub(MESSAGE_LEN_LEN) as u64;
+        FrameError::MessageTooLarge {
+            size: len(e.len),
+            max: len(e.max),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Between frames, or inside the 10-byte header (the stash holds its start).
@@ -245,65 +259,51 @@ enum State {
     Failed(FrameError),
 }
 
-/// Outcome of gathering one field that may be split across calls.
-enum Gather<'a> {
-    /// The whole field, and how many bytes of this call's input it took.
-    Done { taken: usize, field: &'a [u8] },
-    /// All of this call's input went into the stash (this many bytes); more is needed.
-    Partial(usize),
-}
-
-/// Collects a field whose total length `need` computes from the field's first bytes (it must be
-/// final once the prefix is at least as long as the answer, and may refuse a length it reads).
-/// Borrows from `buf` when the field is whole there, else copies exactly the missing bytes into
-/// `stash`, so the stash never holds more than the field.
-fn gather<'a>(
-    stash: &'a mut Vec<u8>,
-    spent: &mut bool,
-    buf: &'a [u8],
-    need: impl Fn(&[u8]) -> Result<usize, FrameError>,
-) -> Result<Gather<'a>, FrameError> {
-    if stash.is_empty() {
-        let n = need(buf)?;
-        if buf.len() >= n {
-            return Ok(Gather::Done {
-                taken: n,
-                field: &buf[..n],
-            });
-        }
-    }
-    let mut taken = 0;
-    loop {
-        let n = need(stash)?;
-        if stash.len() >= n {
-            *spent = true;
-            return Ok(Gather::Done {
-                taken,
-                field: &stash[..n],
-            });
-        }
-        if taken == buf.len() {
-            return Ok(Gather::Partial(taken));
-        }
-        let k = (n - stash.len()).min(buf.len() - taken);
-        stash.extend_from_slice(&buf[taken..taken + k]);
-        taken += k;
-    }
-}
-
-/// The u64 at the start of `b`; every caller has checked that 8 bytes are there.
+/// The big-endian u64 in `b`: the 8-byte N or F of a field the stash returned whole.
 fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+    b.iter().fold(0, |v, &x| v << 8 | u64::from(x))
+}
+
+/// Length of the 10-byte header, refusing a status byte without the top bit (and in strict mode
+/// a version other than 1) the moment it arrives: a frame without the top bit cannot be
+/// resynchronised from.
+fn header_need(limits: &Limits, p: &[u8]) -> Result<usize, FrameError> {
+    let mut c = Cursor::new(p);
+    if let Some(b) = c.u8() {
+        if b & STATUS_TOP_BIT == 0 {
+            return Err(FrameError::BadFrame(b));
+        }
+    }
+    if let Some(v) = c.u8() {
+        if limits.strict_version && v != VERSION {
+            return Err(FrameError::BadVersion(v));
+        }
+    }
+    Ok(HEADER_LEN)
 }
 
 /// Length of an entry header (L, name, F) given its first bytes.
 fn entry_need(p: &[u8]) -> usize {
-    match p {
-        [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])) + 8,
-        _ => 2,
+    match Cursor::new(p).u16_be() {
+        Some(l) => 2 + usize::from(l) + 8,
+        None => 2,
     }
+}
+
+/// Length of M and the message given their first bytes; M over `max` is refused before any
+/// message byte is taken.
+fn message_need(max: u64, p: &[u8]) -> Result<usize, FrameError> {
+    let Some(size) = Cursor::new(p).u64_be() else {
+        return Ok(MESSAGE_LEN_LEN);
+    };
+    let too_large = FrameError::MessageTooLarge { size, max };
+    if size > max {
+        return Err(too_large);
+    }
+    usize::try_from(size)
+        .ok()
+        .and_then(|m| m.checked_add(MESSAGE_LEN_LEN))
+        .ok_or(too_large)
 }
 
 /// Incremental decoder over a byte stream of back-to-back frames (see the module doc).
@@ -313,18 +313,17 @@ pub struct Decoder {
     state: State,
     /// The start of a field split across calls: at most [`MAX_ENTRY_HEADER`] bytes, or 8 plus
     /// `max_message` for the message.
-    stash: Vec<u8>,
-    /// The stash holds a field already returned in an event; clear it on the next call.
-    stash_spent: bool,
+    stash: Stash,
 }
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
+        let max_message = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
+        let max_field = MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN));
         Decoder {
             limits,
             state: State::Header,
-            stash: Vec::new(),
-            stash_spent: false,
+            stash: Stash::new(max_field),
         }
     }
 
@@ -365,27 +364,19 @@ impl Decoder {
             }
             State::Data { index, files, left } => left.saturating_add(tail(index, files)),
             State::FileEnd { index, files } => tail(index, files),
-            State::Message => {
-                let h = self.held();
-                if h.len() < MESSAGE_LEN_LEN {
-                    MESSAGE_LEN_LEN as u64 - held
-                } else {
-                    be_u64(h)
-                        .saturating_add(MESSAGE_LEN_LEN as u64)
-                        .saturating_sub(held)
-                }
-            }
+            State::Message => match Cursor::new(self.held()).u64_be() {
+                None => MESSAGE_LEN_LEN as u64 - held,
+                Some(m) => m
+                    .saturating_add(MESSAGE_LEN_LEN as u64)
+                    .saturating_sub(held),
+            },
             State::End => 0,
         };
         Some(n)
     }
 
     fn held(&self) -> &[u8] {
-        if self.stash_spent {
-            &[]
-        } else {
-            &self.stash
-        }
+        self.stash.held()
     }
 
     /// Decodes from `buf`; returns (bytes consumed, event).
@@ -399,45 +390,24 @@ impl Decoder {
         &'a mut self,
         buf: &'a [u8],
     ) -> (usize, Result<Option<Event<'a>>, FrameError>) {
-        if self.stash_spent {
-            self.stash.clear();
-            self.stash_spent = false;
-            // A big message may have grown the stash; do not keep it for the connection's life.
-            if self.stash.capacity() > MAX_ENTRY_HEADER {
-                self.stash = Vec::new();
-            }
-        }
+        // Forget the field last handed out now rather than at the next gather: a big message
+        // must not stay allocated while the connection idles.
+        self.stash.recycle();
         let Self {
             limits,
             state,
             stash,
-            stash_spent,
         } = self;
         let limits = *limits;
         match *state {
             State::Failed(e) => (0, Err(e)),
             State::Header => {
-                // The status byte and (in strict mode) the version are checked the moment they
-                // arrive: a frame without the top bit cannot be resynchronised from.
-                let peek = |i: usize| match i.checked_sub(stash.len()) {
-                    None => stash.get(i),
-                    Some(j) => buf.get(j),
-                };
-                if let Some(&b) = peek(0) {
-                    if b & STATUS_TOP_BIT == 0 {
-                        return fail(state, FrameError::BadFrame(b));
-                    }
-                }
-                if let Some(&v) = peek(1) {
-                    if limits.strict_version && v != VERSION {
-                        return fail(state, FrameError::BadVersion(v));
-                    }
-                }
-                let (taken, h) = match gather(stash, stash_spent, buf, |_| Ok(HEADER_LEN)) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, h) = match stash.gather(buf, |p| header_need(&limits, p)) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
+                // `h` is the whole header, HEADER_LEN bytes.
                 let files = be_u64(&h[2..]);
                 if files > limits.max_files {
                     return fail(state, FrameError::TooManyFiles(files));
@@ -455,13 +425,14 @@ impl Decoder {
                 (taken, Ok(Some(ev)))
             }
             State::Entry { index, files } => {
-                let (taken, e) = match gather(stash, stash_spent, buf, |p| Ok(entry_need(p))) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, e) = match stash.gather(buf, |p| Ok(entry_need(p))) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
-                let name = &e[2..e.len() - 8];
-                let size = be_u64(&e[e.len() - 8..]);
+                // `e` is the whole entry header: L, L name bytes, F.
+                let (name, size) = e[2..].split_at(e.len() - 10);
+                let size = be_u64(size);
                 if size > limits.max_file_size {
                     let max = limits.max_file_size;
                     return fail(state, FrameError::FileTooLarge { index, size, max });
@@ -509,19 +480,9 @@ impl Decoder {
             }
             State::Message => {
                 let max = limits.max_message;
-                let need = |p: &[u8]| {
-                    if p.len() < MESSAGE_LEN_LEN {
-                        return Ok(MESSAGE_LEN_LEN);
-                    }
-                    let size = be_u64(p);
-                    match usize::try_from(size) {
-                        Ok(m) if size <= max => Ok(MESSAGE_LEN_LEN + m),
-                        _ => Err(FrameError::MessageTooLarge { size, max }),
-                    }
-                };
-                let (taken, m) = match gather(stash, stash_spent, buf, need) {
-                    Ok(Gather::Done { taken, field }) => (taken, field),
-                    Ok(Gather::Partial(n)) => return (n, Ok(None)),
+                let (taken, m) = match stash.gather(buf, |p| message_need(max, p)) {
+                    Ok(Gathered::Whole { taken, field }) => (taken, field),
+                    Ok(Gathered::Partial) => return (buf.len(), Ok(None)),
                     Err(e) => return fail(state, e),
                 };
                 *state = State::End;
@@ -602,7 +563,7 @@ pub(crate) mod vectors {
 
 #[cfg(test)]
 mod tests {
-    use super::vectors::{bytes, VECTORS};
+    use super::vectors::{bytes, unhex, VECTORS};
     use super::*;
     use sha2::{Digest, Sha256};
 
@@ -637,6 +598,7 @@ mod tests {
         for chunk in chunks {
             let mut pos = 0;
             loop {
+                assert_bounded(dec);
                 let (n, r) = dec.decode(&chunk[pos..]);
                 assert!(n <= chunk.len() - pos, "consumed more than offered");
                 pos += n;
@@ -690,7 +652,17 @@ mod tests {
                 }
             }
         }
+        assert_bounded(dec);
         out
+    }
+
+    /// A split field is held within the decoder's limit (the longest entry header, or M and
+    /// the longest message), and its stash allocates no more.
+    fn assert_bounded(dec: &Decoder) {
+        let max_message = usize::try_from(dec.limits.max_message).unwrap_or(usize::MAX);
+        let limit = MAX_ENTRY_HEADER.max(max_message.saturating_add(MESSAGE_LEN_LEN));
+        assert_eq!(dec.stash.max(), limit);
+        assert!(dec.stash.held().len() <= limit && dec.stash.capacity() <= limit);
     }
 
     fn whole(input: &[u8], limits: Limits) -> Vec<Ev> {
@@ -1173,6 +1145,223 @@ mod tests {
     }
 
     #[test]
+    fn t2_every_vector_split_at_every_pair_of_offsets() {
+        for v in VECTORS.iter() {
+            let input = bytes(v.name);
+            let reference = whole(&input, Limits::default());
+            // Every pair for the short vectors; a stride keeps the long ones quick.
+            let step = if input.len() <= 80 { 1 } else { 3 };
+            for a in (0..=input.len()).step_by(step) {
+                for b in (a..=input.len()).step_by(step) {
+                    let pieces = [&input[..a], &input[a..b], &input[b..]];
+                    let evs = feed(&mut Decoder::new(Limits::default()), pieces);
+                    assert_eq!(evs, reference, "{} cut at {a} and {b}", v.name);
+                }
+            }
+        }
+    }
+
+    /// The folder of tej.md 1.6's byte vectors, beside this repository.
+    fn vectors_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/specs/vectors/tej")
+    }
+
+    fn read_text(path: &std::path::Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the TEJ vectors of tej.md 1.6 must be in ../shared/specs/vectors/tej/)",
+                path.display()
+            )
+        })
+    }
+
+    /// Checks one vector's events against its manifest entry and returns the bytes ferry's
+    /// encoders make from what was decoded.
+    fn check_and_reencode(name: &str, frames: &[serde_json::Value], evs: &[Ev]) -> Vec<u8> {
+        let mut it = evs.iter();
+        let mut out = Vec::new();
+        for (fi, f) in frames.iter().enumerate() {
+            let ctx = format!("{name} frame {fi}");
+            let num = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{ctx}: no {k}"));
+            let files = f["files"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{ctx}: no files"));
+            let (status, version) = (num("custom_status") as u8, num("protocol_version") as u8);
+            let start = Ev::Start {
+                status,
+                version,
+                files: files.len() as u64,
+            };
+            assert_eq!(it.next(), Some(&start), "{ctx}");
+            put_frame_header_with_version(status, version, files.len() as u64, &mut out);
+            for (i, file) in files.iter().enumerate() {
+                // `name_hex` where the manifest gives it (names need not be UTF-8), else `name`.
+                let text = file["name"].as_str().map(str::as_bytes);
+                let raw = match file["name_hex"].as_str() {
+                    Some(h) => unhex(h),
+                    None => text
+                        .unwrap_or_else(|| panic!("{ctx}: file {i} has no name"))
+                        .to_vec(),
+                };
+                if let Some(t) = text {
+                    assert_eq!(t, raw, "{ctx}: name and name_hex agree");
+                }
+                let size = file["size"].as_u64().unwrap();
+                match it.next() {
+                    Some(Ev::File {
+                        index,
+                        name,
+                        size: got,
+                        ..
+                    }) => assert_eq!((*index, name, *got), (i as u64, &raw, size), "{ctx}"),
+                    other => panic!("{ctx}: file {i}: {other:?}"),
+                }
+                let mut data: &[u8] = &[];
+                let mut next = it.next();
+                if let Some(Ev::Data(d)) = next {
+                    data = d;
+                    next = it.next();
+                }
+                assert_eq!(next, Some(&Ev::FileEnd), "{ctx}");
+                assert_eq!(data.len() as u64, size, "{ctx}");
+                assert_eq!(sha_hex(data), file["sha256"].as_str().unwrap(), "{ctx}");
+                let name =
+                    std::str::from_utf8(&raw).expect("vector names other than BUGGY are UTF-8");
+                put_file_header(name, size, &mut out);
+                out.extend_from_slice(data);
+            }
+            let message = f["message"].as_str().unwrap().as_bytes();
+            assert_eq!(message.len() as u64, num("message_len"), "{ctx}");
+            assert_eq!(it.next(), Some(&Ev::Message(message.to_vec())), "{ctx}");
+            put_message(message, &mut out);
+            let end = (num("offset") + num("length")) as usize;
+            assert_eq!(it.next(), Some(&Ev::End { at: end }), "{ctx}");
+            assert_eq!(out.len(), end, "{ctx}");
+        }
+        assert_eq!(it.next(), None, "{name}");
+        out
+    }
+
+    #[test]
+    fn t1_t2_t13_vectors_folder_decodes_and_reencodes_exactly() {
+        let dir = vectors_dir();
+        assert!(
+            dir.is_dir(),
+            "{}: missing; the TEJ vectors of tej.md 1.6 must be there",
+            dir.display()
+        );
+        let mut seen = Vec::new();
+        for manifest in ["manifest.json", "ferry_manifest.json"] {
+            let text = read_text(&dir.join(manifest));
+            let m: serde_json::Value = serde_json::from_str(&text).expect(manifest);
+            for (name, v) in m.as_object().expect(manifest) {
+                let hex = v["hex"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: no hex"));
+                let input = unhex(hex);
+                assert_eq!(Some(input.len() as u64), v["len"].as_u64(), "{name}");
+                // The .hex file holds the same bytes, spaced; the copy embedded for the other
+                // tests has not drifted from the folder.
+                let spaced = read_text(&dir.join(format!("{name}.hex")));
+                assert_eq!(spaced.split_whitespace().collect::<String>(), hex, "{name}");
+                assert_eq!(super::vectors::get(name).hex, hex, "{name}");
+                let evs = all_splits(&input, Limits::default());
+                match &v["parsed"] {
+                    serde_json::Value::Array(frames) => {
+                        // T1: ferry's encoders give back every byte.
+                        let again = check_and_reencode(name, frames, &evs);
+                        assert_eq!(again, input, "{name} re-encoded");
+                    }
+                    serde_json::Value::String(why) => {
+                        // T13: BUGGY_nonascii_name's length field is the garbage the reference
+                        // reads; ferry refuses that length as too large, storing nothing.
+                        let need: u64 = why
+                            .split("need ")
+                            .nth(1)
+                            .and_then(|r| r.split(' ').next())
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or_else(|| panic!("{name}: {why}"));
+                        let err = FrameError::FileTooLarge {
+                            index: 0,
+                            size: need,
+                            max: Limits::default().max_file_size,
+                        };
+                        assert_eq!(evs.last(), Some(&Ev::Err(err)), "{name}");
+                        assert!(!evs.iter().any(|e| matches!(e, Ev::Data(_))), "{name}");
+                    }
+                    other => panic!("{name}: parsed is {other}"),
+                }
+                seen.push(name.clone());
+            }
+        }
+        let mut hex_files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".hex").map(str::to_owned)
+            })
+            .collect();
+        hex_files.sort();
+        seen.sort();
+        assert_eq!(hex_files, seen, "every .hex file is in a manifest");
+        let mut embedded: Vec<&str> = VECTORS.iter().map(|v| v.name).collect();
+        embedded.sort_unstable();
+        assert_eq!(embedded, seen, "the embedded copy holds every vector");
+    }
+
+    #[test]
+    fn t19_t20_every_truncation_of_every_fixture_stays_bounded() {
+        let mut fixtures: Vec<(Vec<u8>, Limits)> = Vec::new();
+        let small = Limits {
+            max_files: 3,
+            max_name: 4,
+            max_file_size: 40,
+            max_message: 30,
+            strict_version: true,
+        };
+        // A 1 TiB claim, too many files, a message over the maximum, a status without the top
+        // bit, a version other than 1 in strict mode, a bad name, and good frames under small
+        // limits.
+        let mut big = header(0, 1);
+        put_file_header("big.bin", 1 << 40, &mut big);
+        big.extend_from_slice(b"xyz");
+        fixtures.push((big, Limits::default()));
+        fixtures.push((header(0, 10_001), Limits::default()));
+        let mut msg = header(0, 0);
+        msg.extend_from_slice(&31u64.to_be_bytes());
+        msg.extend_from_slice(&[b'm'; 31]);
+        fixtures.push((msg, small));
+        fixtures.push((b"\x05\x01\0\0".to_vec(), Limits::default()));
+        fixtures.push((bytes("status_127_version_0"), small));
+        let mut bad_name = header(0, 1);
+        put_file_header("../x", 2, &mut bad_name);
+        bad_name.extend_from_slice(b"ok");
+        put_message(b"", &mut bad_name);
+        fixtures.push((bad_name, small));
+        let mut ok = frame(9, &[("a", b"0123456789"), ("bc", b"")], &[b'j'; 30]);
+        ok.extend_from_slice(&frame(2, &[], b""));
+        fixtures.push((ok, small));
+        for (f, limits) in fixtures {
+            let full = whole(&f, limits);
+            for cut in 0..=f.len() {
+                let part = &f[..cut];
+                let evs = whole(part, limits);
+                for size in [1, 3] {
+                    let pieces = feed(&mut Decoder::new(limits), part.chunks(size));
+                    assert_eq!(pieces, evs, "{f:02x?} cut at {cut} in pieces of {size}");
+                }
+                // Only ever "need more": the events so far (the last data perhaps shorter),
+                // and an error exactly where the whole input has it.
+                let n = evs.len().saturating_sub(1);
+                assert_eq!(evs[..n], full[..n], "{f:02x?} cut at {cut}");
+                if let Some(Ev::Err(_)) = evs.last() {
+                    assert_eq!(evs, full, "{f:02x?} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn no_panic_on_any_truncation() {
         for v in VECTORS {
             let input = bytes(v.name);
@@ -1285,5 +1474,19 @@ mod tests {
             FrameError::MessageTooLarge { size: 9, max: 8 }.to_string(),
             "tej frame: message length 9 exceeds max_message 8"
         );
+    }
+
+    #[test]
+    fn t20_a_field_too_long_for_the_stash_is_a_message_too_large() {
+        // Only M and the message can outgrow an entry header; the stash's refusal names the
+        // message length and the room it had for one.
+        let e = FrameError::from(FieldTooLong {
+            len: 8 + 40,
+            max: 8 + 30,
+        });
+        assert_eq!(e, FrameError::MessageTooLarge { size: 40, max: 30 });
+        assert_eq!(e.code(), "too-large");
+        // With the default limits the stash is sized for M and a 16 MiB message.
+        assert_eq!(Decoder::new(Limits::default()).stash.max(), 8 + (16 << 20));
     }
 }

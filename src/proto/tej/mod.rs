@@ -1,6 +1,8 @@
 //! TEJ protocol v1 (tej.md): pure codecs, no I/O.
 //!
-//! - [`frame`]: the frame encoders, [`frame::Limits`] and the incremental [`frame::Decoder`].
+//! - [`frame`]: the frame encoders, [`frame::Limits`] and the incremental [`frame::Decoder`]
+//!   (read with [`crate::wire::Cursor`]; a field split across reads waits in a
+//!   [`crate::wire::Stash`], file data is never copied).
 //! - [`messages`]: ferry's JSON conventions carried in the message of statuses 1 and 3-6
 //!   (acknowledgement, error, request, manifest, list request, listing) and the error codes.
 //!
