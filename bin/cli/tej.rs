@@ -151,6 +151,10 @@ pub(crate) struct TejGetArgs {
     /// seconds without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
+    /// on a connection failure, ask again up to N times (default 0); nothing is committed
+    /// until one answer verifies whole
+    #[argh(option, default = "0")]
+    retries: u32,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -297,7 +301,8 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
         return Err(local("name at least one file (name or SHA-256)"));
     }
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
-    let stored = tej_client::Client::new(opts)?.get(&a.out, &a.items)?;
+    let client = tej_client::Client::new(opts)?;
+    let stored = get_with_retries(&client, &a.out, &a.items, a.retries)?;
     if a.json {
         println!("{}", serde_json::to_string(&stored).unwrap_or_default());
     } else {
@@ -324,4 +329,29 @@ pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
     } else {
         EXIT_OK
     })
+}
+
+/// [`tej_client::Client::get`] asked again after a connection failure, up to `retries` times,
+/// with a growing pause (an answer commits nothing unless it verifies whole, so asking again is
+/// always safe).
+fn get_with_retries(
+    client: &tej_client::Client,
+    out: &std::path::Path,
+    items: &[String],
+    retries: u32,
+) -> Result<Vec<ferry::proto::tej::messages::ManifestEntry>, tej_client::ClientError> {
+    use tej_client::ClientError as E;
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match client.get(out, items) {
+            Err(e @ (E::Connect(_) | E::Io(_))) if attempt < retries => {
+                attempt += 1;
+                eprintln!("tej: {e}; asking again ({attempt} of {retries})");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
 }

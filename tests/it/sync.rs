@@ -424,3 +424,153 @@ fn sync_progress_stays_off_a_pipe() {
     assert!(err.contains("5 fetched"), "{err}");
     assert!(o.stdout.is_empty());
 }
+
+/// A TCP relay to `target` on a port of its own that cuts the connections whose number (from 0)
+/// is in `cut` right after accepting them: a peer or balancer dying under a client.
+fn cutting_relay(target: String, cut: &'static [usize]) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, c) in l.incoming().enumerate() {
+            let Ok(c) = c else { return };
+            if cut.contains(&i) {
+                drop(c);
+                continue;
+            }
+            let Ok(up) = std::net::TcpStream::connect(&target) else {
+                return;
+            };
+            for (mut from, mut to) in [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn tej_get_retries_asks_again_after_a_cut_connection() {
+    let src = TempDir::new("retry-src");
+    let out = TempDir::new("retry-out");
+    std::fs::write(src.join("a.bin"), pseudo_random(1, 100_000)).unwrap();
+    let srv = tej_serve(src.path());
+    let relay = cutting_relay(srv.addr("tej"), &[0]);
+    let args = |r: &'static str| {
+        vec![
+            "tej".to_string(),
+            "get".into(),
+            "--addr".into(),
+            relay.clone(),
+            "--out".into(),
+            s(out.path()).into(),
+            "--retries".into(),
+            r.into(),
+            "a.bin".into(),
+        ]
+    };
+    let a1: Vec<String> = args("2");
+    let o = ferry(&a1.iter().map(String::as_str).collect::<Vec<_>>(), T);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("asking again (1 of 2)"));
+    assert_eq!(tree(out.path()), tree(src.path()));
+}
+
+#[test]
+fn tej_get_without_retries_fails_on_a_cut_connection() {
+    let src = TempDir::new("retry-src");
+    let out = TempDir::new("retry-out");
+    std::fs::write(src.join("a.bin"), b"abc").unwrap();
+    let srv = tej_serve(src.path());
+    let relay = cutting_relay(srv.addr("tej"), &[0]);
+    let o = ferry(
+        &[
+            "tej",
+            "get",
+            "--addr",
+            &relay,
+            "--out",
+            s(out.path()),
+            "a.bin",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!out.join("a.bin").exists());
+}
+
+#[test]
+fn jtp_get_retries_fetches_the_whole_catalog_after_a_cut_connection() {
+    let src = TempDir::new("retry-jtp-src");
+    let out = TempDir::new("retry-jtp-out");
+    for i in 0..5u64 {
+        std::fs::write(src.join(&format!("i{i}.png")), pseudo_random(i, 20_000)).unwrap();
+    }
+    let srv = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(src.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+        1,
+    );
+    // The first connection (its LIST) is cut.
+    let relay = cutting_relay(srv.addr("jtp"), &[0]);
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--addr",
+            &relay,
+            "--no-tls",
+            "--out",
+            s(out.path()),
+            "--retries",
+            "3",
+            "--json",
+        ],
+        T,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(tree(out.path()), tree(src.path()));
+}
+
+#[test]
+fn sync_retries_a_batch_after_a_cut_connection() {
+    let src = TempDir::new("retry-sync-src");
+    let dst = TempDir::new("retry-sync-dst");
+    fill(src.path(), 10);
+    let srv = tej_serve(src.path());
+    // Connection 0 lists; connection 1 (the only batch) is cut; connection 2 gets it.
+    let relay = cutting_relay(srv.addr("tej"), &[1]);
+    let j = ok(&sync(
+        &format!("tej://{relay}"),
+        dst.path(),
+        &["--retries", "1"],
+    ));
+    assert_eq!(n(&j, "fetched"), 10);
+    assert_eq!(tree(dst.path()), tree(src.path()));
+    // With no retries the same cut leaves the folder untouched and exits 1.
+    let dst2 = TempDir::new("retry-sync-dst2");
+    let relay = cutting_relay(srv.addr("tej"), &[1]);
+    let o = sync(&format!("tej://{relay}"), dst2.path(), &["--retries", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(n(&summary(&o), "failed"), 10);
+    assert!(tree(dst2.path()).is_empty());
+}
