@@ -38,6 +38,15 @@ pub fn write_file(path: &Path, seed: u64, len: u64) {
     f.flush().unwrap();
 }
 
+/// [`write_file`] to a hidden temporary, then renamed into place, as a careful writer does (a
+/// folder scanned by polling never sees it half-written).
+pub fn write_file_atomic(path: &Path, seed: u64, len: u64) {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file(&tmp, seed, len);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 pub fn sha256_file(p: &Path) -> [u8; 32] {
     let mut f = std::fs::File::open(p).unwrap();
     let mut h = Sha256::new();

@@ -11,6 +11,7 @@
 //! Out of scope here: timing targets. These tests assert completion and correctness;
 //! `make bench-hosts` measures.
 
+mod deploy;
 mod fixtures;
 mod net;
 mod tools;
@@ -225,4 +226,247 @@ fn haproxy_on_lb_balances_and_skips_a_dead_mirror() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `ferry ARGS` on `host`, expected to succeed; its stdout.
+fn ferry_ok(net: &Net, host: &str, args: &[&str]) -> String {
+    let mut argv = vec![FERRY];
+    argv.extend_from_slice(args);
+    let out = net.run(host, &argv, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{host}: ferry {args:?}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn client_fetches_the_catalog_through_lb_while_a_mirror_dies() {
+    let mut specs = net::five_hosts();
+    // The mirrors send at 200 Mbit/s, so the kill lands while the big file is on its way.
+    for s in &mut specs[1..3] {
+        s.rate_mbit = Some(200);
+    }
+    let net = Net::build(&specs);
+    let share = net.dir("origin", "share");
+    fixtures::write_file(&share.join("big.png"), 7, 40 << 20);
+    for i in 0..20u64 {
+        fixtures::write_file(&share.join(format!("img{i:02}.png")), i, 10_000 + i * 3000);
+    }
+    let mut d = deploy::Deployment::start(&net, Duration::from_secs(1));
+    let ca = deploy::certs().join("ca.pem");
+    let want = fixtures::tree(&share);
+
+    // JTP: the whole catalog through lb; the mirror sending it dies mid-file.
+    let out = net.dir("client", "jtp");
+    let front = d.front(deploy::JTP_PORT);
+    let mut client = net.spawn(
+        "client",
+        "jtp-get",
+        &[
+            FERRY,
+            "jtp",
+            "get",
+            "--addr",
+            &front,
+            "--cert",
+            ca.to_str().unwrap(),
+            "--server-name",
+            "localhost",
+            "--out",
+            out.to_str().unwrap(),
+            "--retries",
+            "5",
+            "--json",
+        ],
+    );
+    let victim = d.wait_serving_mirror(deploy::JTP_PORT, 4 << 20, &mut client);
+    d.kill_mirror(victim);
+    let res = client.wait_output(Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "jtp get through lb: {err}");
+    assert!(
+        err.contains("asking again"),
+        "the kill did not interrupt: {err}"
+    );
+    assert_eq!(fixtures::tree(&out), want, "JTP through lb: bytes differ");
+
+    // The dead mirror comes back; then TEJ: a sync through lb, and the other mirror dies.
+    d.restart_mirror(victim);
+    let out = net.dir("client", "tej");
+    let front = d.front(deploy::TEJ_PORT);
+    let mut client = net.spawn(
+        "client",
+        "sync",
+        &[
+            FERRY,
+            "sync",
+            &format!("tej://{front}"),
+            out.to_str().unwrap(),
+            "--retries",
+            "5",
+            "--parallel",
+            "1",
+            "--json",
+        ],
+    );
+    let victim = d.wait_serving_mirror(deploy::TEJ_PORT, 4 << 20, &mut client);
+    d.kill_mirror(victim);
+    let res = client.wait_output(Duration::from_secs(120));
+    assert!(
+        res.status.success(),
+        "sync through lb: {}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(fixtures::tree(&out), want, "TEJ through lb: bytes differ");
+}
+
+#[test]
+fn a_change_on_origin_reaches_both_mirrors_and_the_client_through_lb() {
+    let net = Net::build(&net::five_hosts());
+    let share = net.dir("origin", "share");
+    for i in 0..30u64 {
+        fixtures::write_file(&share.join(format!("f{i:02}.dat")), i, 1000 + i * 777);
+    }
+    let period = Duration::from_secs(1);
+    let d = deploy::Deployment::start(&net, period);
+    // The first runs are logged (the folders matched just before their summaries were written).
+    for log in &d.sync_logs {
+        let logged = fixtures::wait_until(Duration::from_secs(30), || {
+            !deploy::sync_runs(log).is_empty()
+        });
+        assert!(logged.is_some(), "no sync run was logged");
+    }
+    let runs_before: Vec<usize> = d
+        .sync_logs
+        .iter()
+        .map(|l| deploy::sync_runs(l).len())
+        .collect();
+
+    // Added, changed, renamed, deleted.
+    fixtures::write_file_atomic(&share.join("added-1.dat"), 100, 5000);
+    fixtures::write_file_atomic(&share.join("added-2.dat"), 101, 7000);
+    fixtures::write_file_atomic(&share.join("f01.dat"), 102, 3000);
+    std::fs::rename(share.join("f02.dat"), share.join("renamed.dat")).unwrap();
+    std::fs::remove_file(share.join("f03.dat")).unwrap();
+    let took = d
+        .wait_mirrors_match(Duration::from_secs(30))
+        .expect("the change never reached both mirrors");
+    eprintln!(
+        "hosts: the change reached both mirrors in {:.2} s (sync period {:.0} s, origin rescans every 1 s)",
+        took.as_secs_f64(),
+        period.as_secs_f64()
+    );
+
+    // Each mirror fetched only the new content; the rename was done locally.
+    for (log, before) in d.sync_logs.iter().zip(&runs_before) {
+        let runs = deploy::sync_runs(log);
+        let after = &runs[*before..];
+        let sum = |k: &str| {
+            after
+                .iter()
+                .map(|r| r[k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        assert_eq!(sum("bytes"), 5000 + 7000 + 3000, "{after:?}");
+        assert_eq!(sum("moved"), 1, "{after:?}");
+        assert_eq!(sum("deleted"), 1, "{after:?}");
+        assert_eq!(sum("failed"), 0, "{after:?}");
+    }
+
+    // Both mirrors' servers list the new catalog (each rescans every second); then the
+    // client sees it through lb, whichever mirror answers.
+    assert!(
+        d.wait_mirrors_serve_origin(Duration::from_secs(20))
+            .is_some(),
+        "a mirror's server never listed the new catalog"
+    );
+    let want = fixtures::tree(&share);
+    let front = d.front(deploy::TEJ_PORT);
+    let w: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, h)| (n.clone(), fixtures::hex(h)))
+        .collect();
+    assert_eq!(deploy::tej_listing(&net, "client", &front), w);
+    let out = net.dir("client", "copy");
+    ferry_ok(
+        &net,
+        "client",
+        &[
+            "sync",
+            &format!("tej://{front}"),
+            out.to_str().unwrap(),
+            "--delete",
+        ],
+    );
+    assert_eq!(fixtures::tree(&out), want);
+}
+
+#[test]
+fn cjp2p_download_from_three_sources_over_lossy_links_completes_verified() {
+    let lossy = Some(Impair {
+        delay: Duration::from_millis(20),
+        loss: 0.01,
+    });
+    let mut specs = vec![
+        HostSpec::new("origin", 1),
+        HostSpec::new("m1", 11),
+        HostSpec::new("m2", 12),
+        HostSpec::new("client", 30),
+    ];
+    for s in &mut specs[..3] {
+        s.impair = lossy;
+    }
+    let net = Net::build(&specs);
+    // The sources hold the file already (the mirrors got it by sync before the links degraded).
+    let mut sources = Vec::new();
+    let mut sha = String::new();
+    for h in ["origin", "m1", "m2"] {
+        let dir = net.dir(h, "share");
+        fixtures::write_file(&dir.join("payload.bin"), 42, 8 << 20);
+        sha = fixtures::hex(&fixtures::sha256_file(&dir.join("payload.bin")));
+        sources.push(deploy::serve(&net, h, &dir));
+    }
+    let out = net.dir("client", "out");
+    let peers: Vec<String> = ["origin", "m1", "m2"]
+        .iter()
+        .map(|h| format!("{}:{}", net.ip(h), deploy::CJP2P_PORT))
+        .collect();
+    // 4096-byte requests, as the reference node asks: a 32 KiB answer is a 30-fragment datagram
+    // on these 1500-byte links, and at 1 % loss the client's reassembly queue (4 MiB,
+    // net.ipv4.ipfrag_high_thresh) fills with incomplete datagrams within a second, after which
+    // the kernel drops every fragment for 30 s.
+    let mut args = vec![
+        FERRY,
+        "cjp2p",
+        "get",
+        &sha,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--block-size",
+        "4096",
+    ];
+    for p in &peers {
+        args.extend_from_slice(&["--peer", p]);
+    }
+    let t = Instant::now();
+    let res = net.run("client", &args, Duration::from_secs(120));
+    assert!(
+        res.status.success(),
+        "cjp2p get: {}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    eprintln!(
+        "hosts: 8 MiB from 3 sources over 20 ms / 1 % in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let j: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(j["verified"], true);
+    let got = out.join(&sha);
+    assert_eq!(fixtures::hex(&fixtures::sha256_file(&got)), sha);
 }

@@ -86,6 +86,7 @@ struct HostInfo {
 /// What must be undone, shared with the signal handler.
 struct Teardown {
     namespaces: Vec<String>,
+    scratch: PathBuf,
     groups: Mutex<HashSet<i32>>,
     wires: Mutex<Vec<Wire>>,
     done: AtomicBool,
@@ -109,6 +110,7 @@ impl Teardown {
             kill_namespace_pids(ns);
             let _ = quiet(Command::new("ip").args(["netns", "del", ns]));
         }
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
@@ -203,6 +205,21 @@ fn sweep_stale() {
             let _ = quiet(Command::new("ip").args(["netns", "del", ns]));
         }
     }
+    // Their scratch folders too.
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("ferry-hosts-{PREFIX}")) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() as i32 && !is_pid_alive(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 /// Whether this kernel has `tc netem` (probed once on `lo` of a namespace of ours).
@@ -252,14 +269,15 @@ impl Net {
             .collect();
         let mut namespaces = vec![switch.clone()];
         namespaces.extend(hosts.iter().map(|h| h.ns.clone()));
+        let scratch = std::env::temp_dir().join(format!("ferry-hosts-{run}"));
         let teardown = Arc::new(Teardown {
             namespaces,
+            scratch: scratch.clone(),
             groups: Mutex::new(HashSet::new()),
             wires: Mutex::new(Vec::new()),
             done: AtomicBool::new(false),
         });
         lock(live()).push(teardown.clone());
-        let scratch = std::env::temp_dir().join(format!("ferry-hosts-{run}"));
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch).expect("scratch folder");
         // From here on, a panic drops `net`, which tears down whatever was made.
@@ -461,7 +479,6 @@ impl Net {
     pub fn teardown(&self) {
         self.teardown.run();
         lock(live()).retain(|t| !Arc::ptr_eq(t, &self.teardown));
-        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
