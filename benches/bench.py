@@ -19,7 +19,10 @@ Rows (see the table's notes for how each number is made):
      with ferry's 32 KiB requests and with 4096-byte requests (the reference node's unit), and
      the CPU seconds per GiB of both sides. The reference node is not run here: its 60-110 MB/s
      comes from docs (spec cjp2p.md section 10), and the peer column says so;
-  7. the server core (row group `server-core`): a new client's latency (connect to first reply
+  7. incremental catalog: 10,000 files of 1 KiB uploaded one by one over TEJ (one deliver frame
+     per file, each waiting for its acknowledgement, one connection) into a catalog that already
+     holds 100,000 files, against the same into an empty catalog: files/s each and the ratio.
+  8. the server core (row group `server-core`): a new client's latency (connect to first reply
      byte) with 150 idle connections on every listener of `ferry serve` (opened by one thread
      per listener at once, as issue 8 found them), and the server's CPU while idle after a
      burst of 1,000 connections.
@@ -37,7 +40,8 @@ a command that fails does (exit 1, after the table is printed with the rows that
 
 Environment: FERRY_BIN (default <cargo target dir>/release/ferry), BENCH_DIR (default
 target/bench), BENCH_RUNS (default 3), CARGO (default cargo), TEJ_PYTHON (default
-target/venv/bin/python, the interpreter with tej-protoc).
+target/venv/bin/python, the interpreter with tej-protoc), BENCH_ONLY=GROUP[,GROUP] (as --only),
+BENCH_UPLOAD_FILES (files uploaded per run in row 7, default 10000).
 """
 
 import atexit
@@ -74,6 +78,8 @@ BIG_NAME = "big.png"
 CJ_NAME, CJ_SIZE = "cjp2p-256m.bin", 256 * MIB
 SMALL_COUNT, SMALL_MIN, SMALL_MAX = 1000, 1_000, 100_000
 CAT_COUNT, CAT_MIN, CAT_MAX = 10_000, 1_024, 64 * 1024
+UP_BASE, UP_SIZE = 100_000, 1024
+UP_FILES = max(1, int(os.environ.get("BENCH_UPLOAD_FILES", "10000")))
 REPEAT = 5
 CMD_TIMEOUT = 180  # seconds; no single command of this benchmark should come near it
 LISTEN_TIMEOUT = 120  # the first start of a server hashes its folder
@@ -819,6 +825,101 @@ def bench_index(res, ferry, cat):
     return cold, cold_wall, warm, warm_wall
 
 
+def _read_exact(f, n):
+    b = f.read(n)
+    if len(b) != n:
+        raise CommandFailed(f"tej: connection closed after {len(b)} of {n} bytes")
+    return b
+
+
+def _tej_read_frame(f):
+    """One TEJ frame from a buffered socket file: (status, message); file bodies are skipped."""
+    head = _read_exact(f, 10)
+    status, count = head[0] & 0x7F, int.from_bytes(head[2:10], "big")
+    for _ in range(count):
+        nlen = int.from_bytes(_read_exact(f, 2), "big")
+        _read_exact(f, nlen)
+        _read_exact(f, int.from_bytes(_read_exact(f, 8), "big"))
+    return status, _read_exact(f, int.from_bytes(_read_exact(f, 8), "big"))
+
+
+def tej_upload_one_by_one(addr, files):
+    """Sends each (name, bytes) as its own deliver frame over one connection and waits for its
+    acknowledgement before the next; returns wall seconds. Frames are built before the clock."""
+    frames = []
+    for name, data in files:
+        n = name.encode()
+        frames.append(b"\x80\x01" + (1).to_bytes(8, "big") + len(n).to_bytes(2, "big") + n
+                      + len(data).to_bytes(8, "big") + data + (0).to_bytes(8, "big"))
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = sock.makefile("rb")
+        t0 = time.perf_counter()
+        for (name, data), frame in zip(files, frames):
+            sock.sendall(frame)
+            while True:
+                status, msg = _tej_read_frame(f)
+                if status == 2:
+                    continue
+                if status != 1:
+                    raise CommandFailed(f"tej upload of {name}: status {status}: {msg[:200]!r}")
+                break
+            got = (json.loads(msg).get("files") or [{}])[0]
+            if got.get("stored_as") is None or got.get("size") != len(data):
+                raise CommandFailed(f"tej upload of {name} not stored: {msg[:200]!r}")
+        return time.perf_counter() - t0
+
+
+def bench_uploads(res, ferry):
+    """Row 7: TEJ uploads one by one into a 100,000-file catalog and into an empty one."""
+    base = fresh_out("uploads-full")
+    t0 = time.perf_counter()
+    rng = random.Random(7)
+    for i in range(UP_BASE):
+        with open(os.path.join(base, f"base{i:06d}.bin"), "wb") as f:
+            f.write(rng.randbytes(UP_SIZE))
+    made = time.perf_counter() - t0
+    wall, out = run([ferry, "index", base, "--json"], timeout=600)
+    say(f"uploads: {UP_BASE} files made in {made:.1f} s, indexed in {wall:.1f} s: {out.strip()}")
+    result = {}
+    for label in ("empty", "full"):
+        rates = []
+        for r in range(RUNS):
+            root = base if label == "full" else fresh_out("uploads-empty")
+            s = Server(f"tej-uploads-{label}",
+                       [ferry, "tej", "serve", "--bind", "127.0.0.1:0", "--root", root])
+            try:
+                addr = s.wait_listening("tej")
+                files = [(f"up{r}-{i:05d}.bin", rng.randbytes(UP_SIZE)) for i in range(UP_FILES)]
+                secs = tej_upload_one_by_one(addr, files)
+            finally:
+                s.stop()
+            for name, _ in files:
+                os.remove(os.path.join(root, name))
+            rates.append(UP_FILES / secs)
+            say(f"uploads into {label} catalog, run {r + 1}: {UP_FILES / secs:,.0f} files/s "
+                f"({secs:.2f} s)")
+        result[label] = rates
+    shutil.rmtree(base, ignore_errors=True)
+    res.raw["uploads"] = {"files": UP_FILES, "size": UP_SIZE, "base": UP_BASE, **result}
+    res.diagnostics.append(
+        f"Uploads: files/s = {UP_FILES} / wall seconds of one Python sender (one connection, "
+        f"one deliver frame of one {UP_SIZE}-byte file at a time, each waiting for its status-1 "
+        f"acknowledgement; frames built before the clock) to `ferry tej serve --root` in "
+        f"/dev/shm; the {UP_BASE:,} base files are indexed once before timing, the server is "
+        f"restarted and the uploaded files removed between runs")
+    fb, fm = best_median(result["full"])
+    eb, em = best_median(result["empty"])
+    ratio = fb / eb
+    res.row(f"{UP_FILES:,} files of 1 KiB uploaded one by one over TEJ into a catalog of "
+            f"{UP_BASE:,} files (best / median; ratio to the empty catalog)",
+            f"{fmt(fb, 'files/s', 0)} / {fmt(fm, 'files/s', 0)} ({ratio:.2f}x)",
+            f"same into an empty catalog: {fmt(eb, 'files/s', 0)} / {fmt(em, 'files/s', 0)}",
+            ">= 0.8x the empty catalog", verdict(ratio >= 0.8))
+    return result
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1146,6 +1247,10 @@ def bench_server_core_idle_cpu(res, ferry):
 
 # Row groups `--only` can name, in the order a full run runs them after the other rows.
 ROW_GROUPS = {
+    "uploads": (
+        "10,000 files of 1 KiB uploaded one by one over TEJ into 100,000 files and into none",
+        (bench_uploads,),
+    ),
     "server-core": (
         "new client latency with idle peers on every listener; idle CPU after a burst",
         (bench_server_core_latency, bench_server_core_idle_cpu),
@@ -1231,9 +1336,12 @@ def main(argv=None):
     res = Results()
     res.raw["env"] = env
     res.raw["ferry"] = ferry_src
+    if os.environ.get("BENCH_ONLY"):
+        args.only = os.environ["BENCH_ONLY"].split(",")
     if args.only:
         run_groups(res, ferry, args.only)
         return finish(env, res, t_start)
+
 
     say("preparing data under " + DATA)
     big, small, cat, cj, made = ensure_data()
@@ -1490,7 +1598,7 @@ def main(argv=None):
                     f"{fmt(srv, 'MiB', 1)} / {fmt(cli, 'MiB', 1)}", peer_py_rss,
                     "< 64 MiB each", verdict(srv < 64 and cli < 64))
 
-    # 5. the server core --------------------------------------------------------------------
+    # 7, 8: the row groups (incremental catalog, server core) ------------------------------
     run_groups(res, ferry, ROW_GROUPS)
 
     return finish(env, res, t_start)

@@ -82,7 +82,8 @@ pub struct JtpConfig {
     pub rate_limit: Option<u32>,
     /// Sliding window of the rate limit. Default 60 s.
     pub rate_limit_window: Duration,
-    /// Rescan interval; enables WATCH. None = no rescans.
+    /// Set when the catalog follows the folder (live, or rescans at this interval); enables
+    /// WATCH. None = the folder is not followed.
     pub watch_interval: Option<Duration>,
     pub verbose: bool,
 }

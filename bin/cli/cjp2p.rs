@@ -48,6 +48,13 @@ pub(crate) struct Cjp2pNodeArgs {
     /// do not contact addresses advertised by peers
     #[argh(switch)]
     no_discovery: bool,
+    /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
+    /// nothing); the folder is followed live by default, SIGHUP rescans
+    #[argh(option)]
+    watch: Option<u64>,
+    /// do not follow the folder live (no inotify)
+    #[argh(switch)]
+    no_follow: bool,
     /// log on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -182,7 +189,7 @@ fn cjp2p_node(a: Cjp2pNodeArgs) -> Result<u8, Failure> {
         .unwrap_or_else(|| format!("[::]:{}", cjp2p_driver::DEFAULT_PORT));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let cat = open_catalog(&dir, a.verbose)?;
+    let (cat, watcher) = open_catalog(&dir, a.verbose, Follow::new(a.no_follow, a.watch))?;
     let peers = parse_peers(&a.peer)?;
     let node = start_node(
         &bind,
@@ -194,7 +201,7 @@ fn cjp2p_node(a: Cjp2pNodeArgs) -> Result<u8, Failure> {
         shutdown.clone(),
     )?;
     print_listening("cjp2p", &node.local_addr.to_string(), a.json);
-    let rescanner = spawn_rescanner(cat, None, shutdown.clone(), a.verbose);
+    let rescanner = spawn_rescanner(cat, watcher, shutdown.clone(), a.verbose);
     while !shutdown.is_triggered() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -96,12 +96,16 @@ pub(crate) struct JtpServeArgs {
     /// do not set TCP_NODELAY
     #[argh(switch)]
     no_tcp_nodelay: bool,
-    /// rescan the folder every 5 s and enable WATCH
+    /// also rescan the whole folder every 5 s (polling fallback where inotify sees nothing);
+    /// WATCH is enabled whenever the folder is followed, which is the default
     #[argh(switch)]
     watch: bool,
     /// rescan interval in seconds (implies --watch; minimum 1)
     #[argh(option)]
     watch_interval: Option<u64>,
+    /// do not follow the folder live (no inotify); WATCH then needs --watch
+    #[argh(switch)]
+    no_follow: bool,
     /// seconds without progress on a read or write (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
@@ -240,14 +244,15 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         return Err(local("--compression-threshold must be a number"));
     }
     let watch = match (a.watch_interval, a.watch) {
-        (Some(s), _) => Some(Duration::from_secs(s.max(1))),
-        (None, true) => Some(Duration::from_secs(5)),
+        (Some(s), _) => Some(s),
+        (None, true) => Some(5),
         _ => None,
     };
+    let follow = Follow::new(a.no_follow, watch);
     let verbose = a.verbose;
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let cat = open_catalog(&dir, verbose)?;
+    let (cat, watcher) = open_catalog(&dir, verbose, follow)?;
     let cfg = JtpConfig {
         bind: a.bind.clone(),
         tls: tls_source(a.no_tls || a.plain, a.cert, a.key)?,
@@ -255,7 +260,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         compression_threshold: threshold.clamp(0.0, 1.0),
         rate_limit: a.rate_limit.filter(|n| *n > 0),
         rate_limit_window: Duration::from_secs(a.rate_limit_window.max(1)),
-        watch_interval: watch,
+        watch_interval: follow.jtp_watch(),
         verbose,
     };
     let mut limits = limits(a.max_connections, a.io_timeout);
@@ -265,7 +270,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
     let l = tcp_listener(&a.bind, tls, &limits, verbose).nodelay(!a.no_tcp_nodelay);
     let l = bind("jtp", &a.bind, l)?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, jtp);
-    run_servers(builder, shutdown, cat, watch, verbose, a.json)
+    run_servers(builder, shutdown, cat, watcher, verbose, a.json)
 }
 
 pub(crate) fn client_options(

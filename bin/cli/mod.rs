@@ -1,13 +1,14 @@
 //! The command line's shared pieces: exit codes and the [`Failure`] that carries one, and the
-//! server set-up every `serve` command repeats (catalog, TLS material, listening lines, the
-//! rescanner). One module per protocol holds that protocol's commands.
+//! server set-up every `serve` command repeats (the catalog and how it follows the folder, TLS
+//! material, listening lines, SIGHUP rescans). One module per protocol holds that protocol's
+//! commands.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::catalog::{CatalogHandle, CatalogOptions};
+use ferry::catalog::{CatalogHandle, CatalogOptions, FollowOptions, WatcherGuard};
 use ferry::config::{Limits, TlsSource};
 use ferry::server::{self, Listener, ListenerConfig, ServerBuilder, Shutdown};
 use ferry::transport::TlsServer;
@@ -63,18 +64,68 @@ pub(crate) fn tls_source(
     }
 }
 
-pub(crate) fn open_catalog(dir: &Path, verbose: bool) -> Result<Arc<CatalogHandle>, Failure> {
-    let cat = CatalogHandle::open(dir, CatalogOptions { verbose }).map_err(local)?;
+/// How a serving command's catalog follows its folder: live by inotify unless `--no-follow`,
+/// plus a whole-folder rescan every `--watch SECS` (the polling fallback for file systems whose
+/// changes inotify does not see). SIGHUP rescans in every case.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Follow {
+    pub(crate) live: bool,
+    pub(crate) poll: Option<Duration>,
+}
+
+impl Follow {
+    pub(crate) fn new(no_follow: bool, watch_secs: Option<u64>) -> Follow {
+        Follow {
+            live: !no_follow,
+            poll: watch_secs.map(|s| Duration::from_secs(s.max(1))),
+        }
+    }
+
+    /// Whether the catalog follows the folder at all.
+    pub(crate) fn is_following(&self) -> bool {
+        self.live || self.poll.is_some()
+    }
+
+    /// `JtpConfig::watch_interval`: JTP WATCH is available whenever the folder is followed.
+    pub(crate) fn jtp_watch(&self) -> Option<Duration> {
+        self.is_following()
+            .then(|| self.poll.unwrap_or(Duration::from_secs(1)))
+    }
+}
+
+/// Opens the served folder's catalog and starts following it (the watch is in place before
+/// the first scan, so nothing that arrives meanwhile is missed).
+pub(crate) fn open_catalog(
+    dir: &Path,
+    verbose: bool,
+    follow: Follow,
+) -> Result<(Arc<CatalogHandle>, Option<WatcherGuard>), Failure> {
+    let opts = CatalogOptions { verbose };
+    let (cat, watcher) = if follow.is_following() {
+        let fo = FollowOptions {
+            inotify: follow.live,
+            poll: follow.poll,
+        };
+        let (cat, g) = CatalogHandle::open_following(dir, opts, fo).map_err(local)?;
+        (cat, Some(g))
+    } else {
+        (CatalogHandle::open(dir, opts).map_err(local)?, None)
+    };
     let r = cat.last_report();
     eprintln!(
-        "ferry: catalog {}: {} files ({} hashed, {} from the index) in {:.2} s",
+        "ferry: catalog {}: {} files ({} hashed, {} from the index) in {:.2} s{}",
         dir.display(),
         r.files,
         r.hashed,
         r.reused,
-        r.elapsed.as_secs_f64()
+        r.elapsed.as_secs_f64(),
+        match &watcher {
+            Some(g) if g.is_live() => "; following it live",
+            Some(_) => "; rescanning it periodically",
+            None => "",
+        }
     );
-    Ok(cat)
+    Ok((cat, watcher))
 }
 
 pub(crate) fn load_tls(
@@ -100,20 +151,17 @@ pub(crate) fn load_tls(
     }
 }
 
-/// Rescans on the interval (if any) and on SIGHUP, until shutdown.
+/// Rescans on SIGHUP until shutdown, then stops the folder's follower (`watcher`).
 pub(crate) fn spawn_rescanner(
     cat: Arc<CatalogHandle>,
-    every: Option<Duration>,
+    watcher: Option<WatcherGuard>,
     shutdown: Shutdown,
     verbose: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut last = std::time::Instant::now();
         while !shutdown.is_triggered() {
             std::thread::sleep(Duration::from_millis(100));
-            let due = every.is_some_and(|e| last.elapsed() >= e);
-            if due || server::take_rescan_request() {
-                last = std::time::Instant::now();
+            if server::take_rescan_request() {
                 match cat.rescan() {
                     Ok(r) if verbose && r.changed => eprintln!(
                         "ferry: rescan: {} files, {} hashed, {} reused",
@@ -124,6 +172,7 @@ pub(crate) fn spawn_rescanner(
                 }
             }
         }
+        drop(watcher);
     })
 }
 
@@ -146,11 +195,11 @@ pub(crate) fn run_servers(
     builder: ServerBuilder,
     shutdown: Shutdown,
     cat: Arc<CatalogHandle>,
-    watch: Option<Duration>,
+    watcher: Option<WatcherGuard>,
     verbose: bool,
     json: bool,
 ) -> Result<u8, Failure> {
-    run_servers_with(builder, shutdown, cat, watch, verbose, json, &[])
+    run_servers_with(builder, shutdown, cat, watcher, verbose, json, &[])
 }
 
 /// [`run_servers`] plus listening lines for servers started outside the builder (UDP).
@@ -158,7 +207,7 @@ pub(crate) fn run_servers_with(
     builder: ServerBuilder,
     shutdown: Shutdown,
     cat: Arc<CatalogHandle>,
-    watch: Option<Duration>,
+    watcher: Option<WatcherGuard>,
     verbose: bool,
     json: bool,
     extra: &[(String, String)],
@@ -167,7 +216,7 @@ pub(crate) fn run_servers_with(
     for (proto, addr) in handle.addrs().iter().chain(extra) {
         print_listening(proto, addr, json);
     }
-    let rescanner = spawn_rescanner(cat, watch, shutdown.clone(), verbose);
+    let rescanner = spawn_rescanner(cat, watcher, shutdown.clone(), verbose);
     handle.wait();
     let _ = rescanner.join();
     Ok(EXIT_OK)

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use argh::FromArgs;
 
@@ -46,9 +45,14 @@ pub(crate) struct ServeArgs {
     /// TLS private key (PEM)
     #[argh(option)]
     key: Option<PathBuf>,
-    /// rescan the folder every SECONDS (also enables JTP WATCH); SIGHUP rescans at once
+    /// also rescan the whole folder every SECONDS: the polling fallback where inotify sees
+    /// nothing (network file systems); the folder is followed live by default, SIGHUP rescans
     #[argh(option)]
     watch: Option<u64>,
+    /// do not follow the folder (no inotify, no JTP WATCH): serve what the start-up scan found,
+    /// until SIGHUP or --watch rescans
+    #[argh(switch)]
+    no_follow: bool,
     /// most concurrent connections per listener (JTP and TEJ each; default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -68,12 +72,12 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
     let dir = a.dir.unwrap_or_else(|| PathBuf::from("share"));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let cat = open_catalog(&dir, a.verbose)?;
-    let watch = a.watch.map(|s| Duration::from_secs(s.max(1)));
+    let follow = Follow::new(a.no_follow, a.watch);
+    let (cat, watcher) = open_catalog(&dir, a.verbose, follow)?;
     let cfg = JtpConfig {
         bind: a.jtp_bind.clone(),
         tls: tls_source(a.no_tls || a.plain, a.cert, a.key)?,
-        watch_interval: watch,
+        watch_interval: follow.jtp_watch(),
         verbose: a.verbose,
         ..JtpConfig::default()
     };
@@ -111,7 +115,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         shutdown.clone(),
     )?;
     let extra = [("cjp2p".to_string(), node.local_addr.to_string())];
-    let r = run_servers_with(builder, shutdown, cat, watch, a.verbose, a.json, &extra);
+    let r = run_servers_with(builder, shutdown, cat, watcher, a.verbose, a.json, &extra);
     drop(node);
     r
 }

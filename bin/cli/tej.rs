@@ -76,6 +76,14 @@ pub(crate) struct TejServeArgs {
     /// refuse frames whose version byte is not 1
     #[argh(switch)]
     strict_version: bool,
+    /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
+    /// nothing); the folder is followed live by default, SIGHUP rescans
+    #[argh(option)]
+    watch: Option<u64>,
+    /// do not follow the folder live (no inotify): files put there by other means are served
+    /// after SIGHUP or a --watch rescan
+    #[argh(switch)]
+    no_follow: bool,
     /// most concurrent connections (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -197,7 +205,7 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
     let dir = a.root.unwrap_or_else(|| PathBuf::from("share"));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let cat = open_catalog(&dir, a.verbose)?;
+    let (cat, watcher) = open_catalog(&dir, a.verbose, Follow::new(a.no_follow, a.watch))?;
     let tls_src = tls_source(!a.tls, a.cert, a.key)?;
     let tls = load_tls(&tls_src, &cat, ALPN_TEJ)?;
     let cfg = TejConfig {
@@ -224,7 +232,7 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
         tcp_listener(&a.bind, tls, &limits, a.verbose),
     )?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, tej);
-    run_servers(builder, shutdown, cat, None, a.verbose, a.json)
+    run_servers(builder, shutdown, cat, watcher, a.verbose, a.json)
 }
 
 impl From<tej_client::ClientError> for Failure {

@@ -1,44 +1,82 @@
-//! The persistent hash index in `<root>/.ferry/index`: what lets a warm start skip hashing.
+//! The persistent hash index in `<root>/.ferry/index` and its append-only journal
+//! `<root>/.ferry/journal`: what lets a warm start skip hashing, at a cost per published file
+//! of one appended record.
 //!
 //! One record per served file, keyed by its on-disk name as raw bytes (so any name
 //! round-trips). A file whose stamp still matches its record keeps the recorded hashes. The
 //! index is only a cache: a missing, corrupt or unknown-version file is reported as an
 //! [`IndexError`] and the caller re-hashes everything; nothing here can panic on bad bytes.
 //!
-//! Layout (all integers little-endian), version 1:
+//! Index layout (all integers little-endian), version 1:
 //!
 //! ```text
 //! "FERRYIDX"  u32 version=1  u64 count
-//! count x { u16 name_len, name bytes, u64 dev, u64 ino, u64 size,
-//!           i128 mtime_ns, i128 ctime_ns, u64 xxh64, [u8; 32] sha256 }
+//! count x record
 //! u64 xxh64 (seed 0) of every byte before it
+//!
+//! record: u16 name_len, name bytes, u64 dev, u64 ino, u64 size,
+//!         i128 mtime_ns, i128 ctime_ns, u64 xxh64, [u8; 32] sha256
 //! ```
 //!
 //! Saving writes a temporary file in the same folder and renames it over the index, so a
 //! reader sees the old or the new index, never half of one.
+//!
+//! Journal layout (little-endian), version 1: what changed since the index was written.
+//!
+//! ```text
+//! "FERRYJNL"  u32 version=1
+//! then any number of: u32 body_len, body, u64 xxh64 (seed 0) of body_len's 4 bytes and body
+//! body: u8 op=1 (put) record          -- the record as in the index
+//!     | u8 op=2 (remove) u16 name_len, name bytes
+//! ```
+//!
+//! Records are applied in order on top of the index. A crash can leave a torn last record:
+//! reading stops at the first record that is incomplete, fails its checksum or does not parse,
+//! keeps what came before, and [`Journal::open`] cuts the file there so later appends are
+//! reachable. Compaction (writing the whole index, then emptying the journal) happens at a
+//! clean start and when the journal outgrows half the index; a crash between the two steps
+//! replays records whose effect the new index already holds, which changes nothing (the last
+//! record per name decides, in both).
+//!
+//! Both decoders read through [`wire::Cursor`](crate::wire::Cursor).
 
 use super::mapped::FileStamp;
+use crate::wire::Cursor;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// File name of the index inside the state folder.
 pub const INDEX_FILE: &str = "index";
+/// File name of the journal inside the state folder.
+pub const JOURNAL_FILE: &str = "journal";
 /// Magic bytes at the start of every index file.
 const MAGIC: &[u8; 8] = b"FERRYIDX";
-/// The only version this build reads and writes.
+/// Magic bytes at the start of every journal.
+const JOURNAL_MAGIC: &[u8; 8] = b"FERRYJNL";
+/// The only version this build reads and writes (index and journal).
 const VERSION: u32 = 1;
 /// Header: magic, version, count.
 const HEADER_LEN: usize = 8 + 4 + 8;
+/// Journal header: magic, version.
+const JOURNAL_HEADER_LEN: usize = 8 + 4;
 /// A record without its name: name_len, dev, ino, size, mtime, ctime, xxh64, sha256.
 const FIXED_RECORD_LEN: usize = 2 + 8 + 8 + 8 + 16 + 16 + 8 + 32;
+/// Largest journal record body: op, a record with the longest name a u16 can give.
+const MAX_JOURNAL_BODY: usize = 1 + FIXED_RECORD_LEN + u16::MAX as usize;
 /// Trailing checksum.
 const TRAILER_LEN: usize = 8;
-/// Largest index file we are willing to read (about 3.5 million records of 255-byte names).
+/// Largest index or journal file we are willing to read (about 3.5 million records of
+/// 255-byte names).
 const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// Journal op bytes.
+const OP_PUT: u8 = 1;
+const OP_REMOVE: u8 = 2;
 
 /// What the index remembers about one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +89,7 @@ pub struct IndexRecord {
 /// Index contents: on-disk name to record.
 pub type Index = HashMap<OsString, IndexRecord>;
 
-/// Why an index file was not used.
+/// Why an index file (or a journal's header) was not used.
 #[derive(Debug)]
 pub enum IndexError {
     /// Reading the file failed (including "not found" on a first start).
@@ -60,7 +98,7 @@ pub enum IndexError {
     TooLarge { len: u64 },
     /// Shorter than a header plus trailer.
     TooShort { len: usize },
-    /// The first eight bytes are not `FERRYIDX`.
+    /// The first eight bytes are not `FERRYIDX` (`FERRYJNL` for a journal).
     BadMagic,
     /// Written by another version of ferry.
     UnknownVersion { version: u32 },
@@ -95,6 +133,52 @@ impl std::fmt::Display for IndexError {
 
 impl std::error::Error for IndexError {}
 
+/// Appends one record (the index's layout); a name longer than a u16 can say is left out
+/// (Linux names are at most 255 bytes) and `false` returned.
+fn put_record(name: &[u8], rec: &IndexRecord, out: &mut Vec<u8>) -> bool {
+    let Ok(name_len) = u16::try_from(name.len()) else {
+        return false;
+    };
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&rec.stamp.dev.to_le_bytes());
+    out.extend_from_slice(&rec.stamp.ino.to_le_bytes());
+    out.extend_from_slice(&rec.stamp.size.to_le_bytes());
+    out.extend_from_slice(&rec.stamp.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&rec.stamp.ctime_ns.to_le_bytes());
+    out.extend_from_slice(&rec.xxh64.to_le_bytes());
+    out.extend_from_slice(&rec.sha256);
+    true
+}
+
+/// One name: u16 length, bytes.
+fn read_name(c: &mut Cursor<'_>) -> Option<OsString> {
+    let len = c.u16_le()?;
+    Some(OsString::from_vec(c.take(usize::from(len))?.to_vec()))
+}
+
+/// One record; `None` if the bytes end first (the cursor may then have moved).
+fn read_record(c: &mut Cursor<'_>) -> Option<(OsString, IndexRecord)> {
+    let name = read_name(c)?;
+    let stamp = FileStamp {
+        dev: c.u64_le()?,
+        ino: c.u64_le()?,
+        size: c.u64_le()?,
+        mtime_ns: c.i128_le()?,
+        ctime_ns: c.i128_le()?,
+    };
+    let xxh64 = c.u64_le()?;
+    let sha256 = c.array()?;
+    Some((
+        name,
+        IndexRecord {
+            stamp,
+            xxh64,
+            sha256,
+        },
+    ))
+}
+
 /// Serialises `records` in the version-1 layout.
 pub fn encode<'a>(records: impl ExactSizeIterator<Item = (&'a OsStr, &'a IndexRecord)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + records.len() * (FIXED_RECORD_LEN + 32));
@@ -104,21 +188,9 @@ pub fn encode<'a>(records: impl ExactSizeIterator<Item = (&'a OsStr, &'a IndexRe
     out.extend_from_slice(&0u64.to_le_bytes());
     let mut count = 0u64;
     for (name, rec) in records {
-        let name = name.as_bytes();
-        // Linux names are at most 255 bytes; anything longer cannot be a directory entry.
-        let Ok(name_len) = u16::try_from(name.len()) else {
-            continue;
-        };
-        count += 1;
-        out.extend_from_slice(&name_len.to_le_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&rec.stamp.dev.to_le_bytes());
-        out.extend_from_slice(&rec.stamp.ino.to_le_bytes());
-        out.extend_from_slice(&rec.stamp.size.to_le_bytes());
-        out.extend_from_slice(&rec.stamp.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&rec.stamp.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&rec.xxh64.to_le_bytes());
-        out.extend_from_slice(&rec.sha256);
+        if put_record(name.as_bytes(), rec, &mut out) {
+            count += 1;
+        }
     }
     out[12..HEADER_LEN].copy_from_slice(&count.to_le_bytes());
     let sum = twox_hash::XxHash64::oneshot(0, &out);
@@ -126,107 +198,67 @@ pub fn encode<'a>(records: impl ExactSizeIterator<Item = (&'a OsStr, &'a IndexRe
     out
 }
 
-/// A bounds-checked reader over the record area.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N).and_then(|b| b.try_into().ok())
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.array().map(u64::from_le_bytes)
-    }
-
-    fn i128(&mut self) -> Option<i128> {
-        self.array().map(i128::from_le_bytes)
-    }
-
-    fn record(&mut self) -> Option<(OsString, IndexRecord)> {
-        let name_len = u16::from_le_bytes(self.array()?);
-        let name = OsString::from_vec(self.take(usize::from(name_len))?.to_vec());
-        let stamp = FileStamp {
-            dev: self.u64()?,
-            ino: self.u64()?,
-            size: self.u64()?,
-            mtime_ns: self.i128()?,
-            ctime_ns: self.i128()?,
-        };
-        let xxh64 = self.u64()?;
-        let sha256 = self.array()?;
-        Some((
-            name,
-            IndexRecord {
-                stamp,
-                xxh64,
-                sha256,
-            },
-        ))
-    }
-}
-
 /// Parses an index file; any defect is an error, never a panic.
 pub fn decode(bytes: &[u8]) -> Result<Index, IndexError> {
     if bytes.len() < HEADER_LEN + TRAILER_LEN {
         return Err(IndexError::TooShort { len: bytes.len() });
     }
-    if &bytes[..8] != MAGIC {
+    let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
+    let mut c = Cursor::new(body);
+    if c.take(MAGIC.len()) != Some(&MAGIC[..]) {
         return Err(IndexError::BadMagic);
     }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let too_short = IndexError::TooShort { len: bytes.len() };
+    let version = c.u32_le().ok_or(too_short)?;
     if version != VERSION {
         return Err(IndexError::UnknownVersion { version });
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
-    let mut sum = [0u8; 8];
-    sum.copy_from_slice(trailer);
-    if twox_hash::XxHash64::oneshot(0, body) != u64::from_le_bytes(sum) {
+    let sum = Cursor::new(trailer).u64_le();
+    if Some(twox_hash::XxHash64::oneshot(0, body)) != sum {
         return Err(IndexError::BadChecksum);
     }
-    let mut count_bytes = [0u8; 8];
-    count_bytes.copy_from_slice(&body[12..HEADER_LEN]);
-    let count = u64::from_le_bytes(count_bytes);
-    let mut cur = Cursor {
-        bytes: &body[HEADER_LEN..],
-    };
+    let count = c
+        .u64_le()
+        .ok_or(IndexError::TooShort { len: bytes.len() })?;
     // Never trust `count` for an allocation: bound it by what the bytes can hold.
-    let fits = (cur.bytes.len() / FIXED_RECORD_LEN) as u64;
+    let fits = (c.remaining() / FIXED_RECORD_LEN) as u64;
     let mut index = Index::with_capacity(count.min(fits) as usize);
     for read in 0..count {
-        let (name, rec) = cur.record().ok_or(IndexError::Truncated { read, count })?;
+        let (name, rec) = read_record(&mut c).ok_or(IndexError::Truncated { read, count })?;
         index.insert(name, rec);
     }
-    if !cur.bytes.is_empty() {
-        return Err(IndexError::TrailingBytes {
-            extra: cur.bytes.len(),
-        });
-    }
+    c.expect_empty()
+        .map_err(|t| IndexError::TrailingBytes { extra: t.extra })?;
     Ok(index)
+}
+
+/// Reads a whole state file of at most [`MAX_INDEX_BYTES`], without following a symlink.
+fn read_state_file(path: &Path) -> Result<Vec<u8>, IndexError> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(IndexError::Io)?;
+    let len = f.metadata().map_err(IndexError::Io)?.len();
+    if len > MAX_INDEX_BYTES {
+        return Err(IndexError::TooLarge { len });
+    }
+    let mut bytes = Vec::new();
+    // `take` bounds the read should the file grow after the length was taken.
+    (&mut f)
+        .take(MAX_INDEX_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(IndexError::Io)?;
+    Ok(bytes)
 }
 
 /// Reads and parses `<state_dir>/index`.
 pub fn load(state_dir: &Path) -> Result<Index, IndexError> {
-    let path = state_dir.join(INDEX_FILE);
-    let len = std::fs::metadata(&path).map_err(IndexError::Io)?.len();
-    if len > MAX_INDEX_BYTES {
-        return Err(IndexError::TooLarge { len });
-    }
-    let bytes = std::fs::read(&path).map_err(IndexError::Io)?;
-    decode(&bytes)
+    decode(&read_state_file(&state_dir.join(INDEX_FILE))?)
 }
 
-/// Writes `index` to a unique temporary name in `state_dir`, then renames it over the index.
+/// Writes `index` to a new temporary name in `state_dir` (never through a symlink), then
+/// renames it over the index.
 pub fn save(state_dir: &Path, index: &Index) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let bytes = encode(index.iter().map(|(k, v)| (k.as_os_str(), v)));
@@ -236,7 +268,11 @@ pub fn save(state_dir: &Path, index: &Index) -> io::Result<()> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         drop(f);
         std::fs::rename(&tmp, state_dir.join(INDEX_FILE))
@@ -245,6 +281,276 @@ pub fn save(state_dir: &Path, index: &Index) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// One change recorded in the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalOp {
+    /// The file of this name now has this record.
+    Put(OsString, IndexRecord),
+    /// The file of this name is no longer in the catalog.
+    Remove(OsString),
+}
+
+impl JournalOp {
+    /// Applies this change to `index`.
+    pub fn apply(self, index: &mut Index) {
+        match self {
+            JournalOp::Put(name, rec) => {
+                index.insert(name, rec);
+            }
+            JournalOp::Remove(name) => {
+                index.remove(&name);
+            }
+        }
+    }
+
+    /// Appends this op as one framed, checksummed journal record; `false` (nothing written)
+    /// for a name longer than a u16 can say.
+    pub fn encode(&self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let ok = match self {
+            JournalOp::Put(name, rec) => {
+                out.push(OP_PUT);
+                put_record(name.as_bytes(), rec, out)
+            }
+            JournalOp::Remove(name) => match u16::try_from(name.len()) {
+                Ok(len) => {
+                    out.push(OP_REMOVE);
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(name.as_bytes());
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if !ok {
+            out.truncate(start);
+            return false;
+        }
+        let body_len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+        let sum = twox_hash::XxHash64::oneshot(0, &out[start..]);
+        out.extend_from_slice(&sum.to_le_bytes());
+        true
+    }
+}
+
+/// Why reading a journal stopped before the end of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalStop {
+    /// The last record is incomplete (a write torn by a crash).
+    Torn { at: usize },
+    /// A record's checksum does not match its bytes.
+    BadChecksum { at: usize },
+    /// A record's length or contents make no sense.
+    BadRecord { at: usize },
+}
+
+impl std::fmt::Display for JournalStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalStop::Torn { at } => write!(f, "journal: torn record at byte {at}"),
+            JournalStop::BadChecksum { at } => {
+                write!(f, "journal: checksum mismatch in the record at byte {at}")
+            }
+            JournalStop::BadRecord { at } => write!(f, "journal: bad record at byte {at}"),
+        }
+    }
+}
+
+/// What [`decode_journal`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JournalRead {
+    /// The records before the first defect, in order.
+    pub ops: Vec<JournalOp>,
+    /// Bytes up to the end of the last good record (the header included).
+    pub valid_len: usize,
+    /// Why reading stopped early; `None` when every byte was a good record.
+    pub stop: Option<JournalStop>,
+}
+
+/// Parses one record body (after its length).
+fn read_journal_body(body: &[u8]) -> Option<JournalOp> {
+    let mut c = Cursor::new(body);
+    let op = match c.u8()? {
+        OP_PUT => {
+            let (name, rec) = read_record(&mut c)?;
+            JournalOp::Put(name, rec)
+        }
+        OP_REMOVE => JournalOp::Remove(read_name(&mut c)?),
+        _ => return None,
+    };
+    c.expect_empty().ok()?;
+    Some(op)
+}
+
+/// Parses a journal: a bad header is an error; a bad record ends the records read, never a
+/// panic.
+pub fn decode_journal(bytes: &[u8]) -> Result<JournalRead, IndexError> {
+    let mut c = Cursor::new(bytes);
+    match c.take(JOURNAL_MAGIC.len()) {
+        None => return Err(IndexError::TooShort { len: bytes.len() }),
+        Some(m) if m != JOURNAL_MAGIC => return Err(IndexError::BadMagic),
+        Some(_) => {}
+    }
+    let version = c
+        .u32_le()
+        .ok_or(IndexError::TooShort { len: bytes.len() })?;
+    if version != VERSION {
+        return Err(IndexError::UnknownVersion { version });
+    }
+    let mut ops = Vec::new();
+    let stop = loop {
+        let at = c.position();
+        if c.is_empty() {
+            break None;
+        }
+        let Some(len) = c.u32_le() else {
+            break Some(JournalStop::Torn { at });
+        };
+        let len = len as usize;
+        if len > MAX_JOURNAL_BODY {
+            break Some(JournalStop::BadRecord { at });
+        }
+        let (Some(body), Some(sum)) = (c.take(len), c.u64_le()) else {
+            break Some(JournalStop::Torn { at });
+        };
+        if twox_hash::XxHash64::oneshot(0, &bytes[at..at + 4 + len]) != sum {
+            break Some(JournalStop::BadChecksum { at });
+        }
+        match read_journal_body(body) {
+            Some(op) => ops.push(op),
+            None => break Some(JournalStop::BadRecord { at }),
+        }
+    };
+    let valid_len = match stop {
+        None => bytes.len(),
+        Some(JournalStop::Torn { at })
+        | Some(JournalStop::BadChecksum { at })
+        | Some(JournalStop::BadRecord { at }) => at,
+    };
+    Ok(JournalRead {
+        ops,
+        valid_len,
+        stop,
+    })
+}
+
+/// The open journal file, appended to at a tracked offset.
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    /// Bytes of good records (and header) in the file: where the next record goes.
+    len: u64,
+    /// Records appended since the journal was last emptied.
+    records: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) `<state_dir>/journal` without following a symlink and reads its
+    /// records. A torn or bad tail is cut off (and reported), so the next append is reachable;
+    /// a journal with a bad header is emptied (and the error reported).
+    pub fn open(state_dir: &Path) -> io::Result<(Journal, Vec<JournalOp>, Option<String>)> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal is not a regular file",
+            ));
+        }
+        let (read, warning) = if meta.len() == 0 {
+            (None, None)
+        } else if meta.len() > MAX_INDEX_BYTES {
+            let e = IndexError::TooLarge { len: meta.len() };
+            (None, Some(e.to_string()))
+        } else {
+            let mut bytes = Vec::new();
+            (&mut file).take(MAX_INDEX_BYTES).read_to_end(&mut bytes)?;
+            match decode_journal(&bytes) {
+                Ok(r) => {
+                    let warning = r.stop.map(|s| s.to_string());
+                    (Some(r), warning)
+                }
+                Err(e) => (None, Some(format!("{e} (in the journal)"))),
+            }
+        };
+        let mut j = Journal {
+            file,
+            len: 0,
+            records: 0,
+        };
+        let ops = match read {
+            Some(r) => {
+                j.len = r.valid_len as u64;
+                j.records = r.ops.len() as u64;
+                if r.stop.is_some() {
+                    j.file.set_len(j.len)?;
+                }
+                r.ops
+            }
+            None => {
+                j.reset()?;
+                Vec::new()
+            }
+        };
+        Ok((j, ops, warning))
+    }
+
+    /// Appends `ops` with one positional write. A failed write is cut off again, so a later
+    /// append never lands behind a torn record.
+    pub fn append(&mut self, ops: &[JournalOp]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(ops.len() * (FIXED_RECORD_LEN + 64));
+        let mut written = 0;
+        for op in ops {
+            if op.encode(&mut buf) {
+                written += 1;
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all_at(&buf, self.len) {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
+        self.records += written;
+        Ok(())
+    }
+
+    /// Empties the journal (after the index was saved with everything it held).
+    pub fn reset(&mut self) -> io::Result<()> {
+        let mut header = Vec::with_capacity(JOURNAL_HEADER_LEN);
+        header.extend_from_slice(JOURNAL_MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        self.file.set_len(0)?;
+        self.file.write_all_at(&header, 0)?;
+        self.len = header.len() as u64;
+        self.records = 0;
+        Ok(())
+    }
+
+    /// Records appended since the journal was last emptied.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Bytes in the journal file.
+    #[cfg(test)]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +701,209 @@ mod tests {
             let _ = decode(&bytes);
             let _ = decode(&reseal([&b[..20], &bytes[..]].concat()));
         }
+    }
+
+    fn ops() -> Vec<JournalOp> {
+        vec![
+            JournalOp::Put(OsString::from("a.png"), rec(1)),
+            JournalOp::Put(OsString::from_vec(vec![0xff, b'b']), rec(2)),
+            JournalOp::Remove(OsString::from("a.png")),
+            JournalOp::Put(OsString::from("c"), rec(3)),
+        ]
+    }
+
+    fn journal_bytes(ops: &[JournalOp]) -> Vec<u8> {
+        let mut b = b"FERRYJNL\x01\0\0\0".to_vec();
+        for op in ops {
+            assert!(op.encode(&mut b));
+        }
+        b
+    }
+
+    #[test]
+    fn journal_exact_bytes_of_a_remove() {
+        let mut b = Vec::new();
+        assert!(JournalOp::Remove(OsString::from("ab")).encode(&mut b));
+        // body_len 5: op 2, name_len 2, "ab"; then xxh64 of the 9 bytes before it.
+        assert_eq!(&b[..9], &[5, 0, 0, 0, 2, 2, 0, b'a', b'b']);
+        assert_eq!(
+            &b[9..],
+            &twox_hash::XxHash64::oneshot(0, &b[..9]).to_le_bytes()
+        );
+        let mut p = Vec::new();
+        assert!(JournalOp::Put(OsString::from("a"), rec(7)).encode(&mut p));
+        // A put's body is the op byte and the index's record for the same file.
+        let idx = sample();
+        assert_eq!(p[4], 1);
+        assert_eq!(
+            &p[5..p.len() - 8],
+            &idx[HEADER_LEN..idx.len() - TRAILER_LEN]
+        );
+        assert_eq!(p.len(), 4 + 1 + 99 + 8);
+    }
+
+    #[test]
+    fn journal_round_trips_and_applies_in_order() {
+        let ops = ops();
+        let b = journal_bytes(&ops);
+        let r = decode_journal(&b).unwrap();
+        assert_eq!(r.ops, ops);
+        assert_eq!((r.valid_len, r.stop), (b.len(), None));
+        let mut idx = Index::new();
+        idx.insert(OsString::from("c"), rec(9));
+        for op in r.ops {
+            op.apply(&mut idx);
+        }
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx[&OsString::from("c")], rec(3));
+        assert!(!idx.contains_key(&OsString::from("a.png")));
+    }
+
+    #[test]
+    fn journal_torn_at_every_offset_keeps_the_whole_records_before() {
+        let ops = ops();
+        let b = journal_bytes(&ops);
+        let mut ends = vec![JOURNAL_HEADER_LEN];
+        let mut acc = Vec::new();
+        for op in &ops {
+            op.encode(&mut acc);
+            ends.push(JOURNAL_HEADER_LEN + acc.len());
+        }
+        for n in 0..=b.len() {
+            let r = match decode_journal(&b[..n]) {
+                Ok(r) => r,
+                Err(_) => {
+                    assert!(n < JOURNAL_HEADER_LEN, "header error at {n}");
+                    continue;
+                }
+            };
+            let whole = ends.iter().filter(|&&e| e <= n).count() - 1;
+            assert_eq!(r.ops, ops[..whole], "cut at {n}");
+            assert_eq!(r.valid_len, ends[whole]);
+            if ends.contains(&n) {
+                assert_eq!(r.stop, None);
+            } else {
+                assert_eq!(r.stop, Some(JournalStop::Torn { at: ends[whole] }));
+            }
+        }
+    }
+
+    #[test]
+    fn journal_bad_checksum_or_op_stops_there() {
+        let ops = ops();
+        let b = journal_bytes(&ops);
+        let second = JOURNAL_HEADER_LEN + {
+            let mut one = Vec::new();
+            ops[0].encode(&mut one);
+            one.len()
+        };
+        let mut flipped = b.clone();
+        flipped[second + 10] ^= 1;
+        let r = decode_journal(&flipped).unwrap();
+        assert_eq!(r.ops, ops[..1]);
+        assert_eq!(r.stop, Some(JournalStop::BadChecksum { at: second }));
+        // An unknown op with a good checksum.
+        let mut body = vec![9u8, 0, 0];
+        let mut rec_bytes = (body.len() as u32).to_le_bytes().to_vec();
+        rec_bytes.append(&mut body);
+        let sum = twox_hash::XxHash64::oneshot(0, &rec_bytes);
+        rec_bytes.extend_from_slice(&sum.to_le_bytes());
+        let bad = [&b[..second], &rec_bytes[..]].concat();
+        let r = decode_journal(&bad).unwrap();
+        assert_eq!(r.stop, Some(JournalStop::BadRecord { at: second }));
+        // A length beyond any record.
+        let huge = [&b[..second], &u32::MAX.to_le_bytes()[..], &[0u8; 64][..]].concat();
+        let r = decode_journal(&huge).unwrap();
+        assert_eq!(r.stop, Some(JournalStop::BadRecord { at: second }));
+        assert!(matches!(
+            decode_journal(b"FERRYJNL\x02\0\0\0"),
+            Err(IndexError::UnknownVersion { version: 2 })
+        ));
+        assert!(matches!(
+            decode_journal(b"FERRYIDX\x01\0\0\0"),
+            Err(IndexError::BadMagic)
+        ));
+        assert_eq!(
+            JournalStop::Torn { at: 12 }.to_string(),
+            "journal: torn record at byte 12"
+        );
+    }
+
+    #[test]
+    fn journal_random_bytes_never_panic() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let b = journal_bytes(&ops());
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_journal(&bytes);
+            if let Ok(r) = decode_journal(&[&b[..JOURNAL_HEADER_LEN], &bytes[..]].concat()) {
+                assert!(r.valid_len <= JOURNAL_HEADER_LEN + bytes.len());
+            }
+            // Random bytes in place of one record's body, under a good frame and checksum.
+            let mut framed = (bytes.len() as u32).to_le_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            let sum = twox_hash::XxHash64::oneshot(0, &framed);
+            framed.extend_from_slice(&sum.to_le_bytes());
+            let _ = decode_journal(&[&b[..], &framed[..]].concat());
+        }
+    }
+
+    #[test]
+    fn journal_file_cuts_a_torn_tail_and_appends_after_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-journal-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        assert!(got.is_empty() && warn.is_none());
+        assert_eq!(j.len(), JOURNAL_HEADER_LEN as u64);
+        let ops = ops();
+        j.append(&ops[..2]).unwrap();
+        assert_eq!(j.records(), 2);
+        drop(j);
+        // A crash in the middle of the third record.
+        let path = dir.join(JOURNAL_FILE);
+        let mut third = Vec::new();
+        ops[2].encode(&mut third);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&third[..third.len() - 3]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        assert_eq!(got, ops[..2]);
+        assert_eq!(
+            warn.as_deref(),
+            Some(format!("journal: torn record at byte {good}").as_str())
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good as u64);
+        j.append(&ops[2..]).unwrap();
+        drop(j);
+        let (mut j, got, warn) = Journal::open(&dir).unwrap();
+        assert_eq!((got, warn), (ops.clone(), None));
+        j.reset().unwrap();
+        drop(j);
+        let (_, got, _) = Journal::open(&dir).unwrap();
+        assert!(got.is_empty());
+        // A foreign file under the name is emptied, not trusted.
+        std::fs::write(&path, b"garbage that is not a journal").unwrap();
+        let (_, got, warn) = Journal::open(&dir).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(warn.as_deref(), Some("index: bad magic (in the journal)"));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"FERRYJNL\x01\0\0\0".to_vec()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The one `unsafe` module of ferry: a read-only memory mapping of a served file whose bytes
-//! only the kernel ever reads.
+//! The catalog's memory mapping, its one `unsafe` data structure: a read-only mapping of a
+//! served file whose bytes only the kernel ever reads. (The catalog's other `unsafe` blocks
+//! are plain system calls in `inotify.rs`.)
 //!
 //! A [`MappedFile`] owns an open [`File`], the [`FileStamp`] taken by `fstat` on that descriptor
 //! when it was opened, and (for non-empty files) a `PROT_READ`, `MAP_SHARED` mapping of the
@@ -208,6 +209,13 @@ impl MappedFile {
                 other => return other,
             }
         }
+    }
+
+    /// Fills `buf` with the file's bytes at `offset` (pread(2), retried on EINTR and short
+    /// reads: std's `FileExt::read_exact_at`). A file that ends first gives `UnexpectedEof`:
+    /// it shrank, or the range was never inside it.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
     }
 
     /// fstat on the open fd now equals the stamp taken at open (size, mtime, ctime, ino).

@@ -1,55 +1,79 @@
 //! The shared catalog: one served folder, scanned, hashed once and memory-mapped, seen by all
-//! five protocols as immutable snapshots.
+//! five protocols as immutable snapshots that follow the folder as it changes.
 //!
 //! [`CatalogHandle::open`] creates the root (and its `.ferry/` state folder) if missing, loads
-//! the persistent index, lists the regular files directly in the root, hashes only files whose
-//! stamp (dev, ino, size, mtime, ctime) is not in the index, saves the index and publishes the
-//! first [`Catalog`]. [`CatalogHandle::rescan`] repeats that and swaps in a new snapshot only if
-//! something changed; readers keep whatever `Arc<Catalog>` they hold, so a rescan never stalls
-//! a transfer and a transfer never stalls a rescan.
+//! the persistent index and its journal, lists the regular files directly in the root, hashes
+//! only files whose stamp (dev, ino, size, mtime, ctime) is not in the index, compacts the
+//! index and publishes the first [`Catalog`]. From then on every change is one small
+//! **publish**: a new snapshot that shares all but O(log n) nodes with the previous one
+//! (`tree.rs`), and one record appended to the index journal (`index.rs`). Readers keep whatever
+//! `Arc<Catalog>` they hold, so a change never stalls a transfer and a transfer never stalls a
+//! change; a reader sees the old or the new state, never half of one.
 //!
 //! ```text
-//!   read_dir(root) --classify--> candidates --stamp in index/snapshot?--yes--> reuse hashes
-//!                                                   |no
-//!                                                   v
-//!                          hash on N threads (1 MiB read(2), xxh64 + sha256 in one pass)
-//!                                                   |
-//!          sort by (NFC name bytes, xxh64) --> Catalog { generation + 1 } --> RwLock swap
-//!                                                                           --> Condvar wake
+//!  inotify (live.rs) --names--+                         +--> hash outside any lock
+//!  Entry::open drift ---------+--> check name: classify,| (stable stamp first)
+//!  SIGHUP / --watch / overflow --> full scan (list all) +--> changes (expected old, new)
+//!  ingest add_ingested_file -----> one change (hashes known)                |
+//!                                                                           v
+//!      publish: under the state lock, each change applies only if its expected entry is
+//!      still current; trees copy O(log n) nodes; generation + 1; journal gets one record
+//!      per change; RwLock swap; Condvar wake (wait_for_change, JTP WATCH)
 //! ```
+//!
+//! Who publishes: [`CatalogHandle::follow`] runs the live follower (inotify, with a polling
+//! fallback), [`CatalogHandle::rescan`] the whole-folder scan, [`CatalogHandle::add_file`] /
+//! [`add_ingested_file`](CatalogHandle::add_ingested_file) the uploads. Scans and the
+//! follower's batches are serialised among themselves; uploads never wait for a hash.
 //!
 //! The catalog holds every regular file; names starting with `.`, non-UTF-8 names, non-regular
 //! files and symlinks resolving outside the root are excluded and logged once to stderr.
 //! Protocol-specific filtering (extensions, 4 GiB limits, name lengths) is out of scope here.
 //! Serving bytes goes through [`Entry::open`], which maps the file once per entry
-//! ([`mapped::MappedFile`], the crate's one `unsafe` module) and refuses a file that no longer
-//! matches the stamp its hashes were taken from.
+//! ([`mapped::MappedFile`]) and refuses a file that no longer matches the stamp its hashes were
+//! taken from; a refusal also asks the follower to look at that name again, so a change no
+//! event announced (a hard link made in another folder moves the ctime) is caught too.
 
 mod index;
+mod inotify;
+mod live;
 pub mod mapped;
 mod scan;
+mod tree;
 
+pub use live::FollowOptions;
 pub use mapped::{FileStamp, MappedFile};
 pub use scan::SkipReason;
 
-use index::{Index, IndexRecord};
+use index::{Index, IndexRecord, Journal, JournalOp};
 use scan::{Candidate, HashError, Hashes, STATE_DIR};
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+use tree::{Order, Tree};
 
 /// How the catalog behaves; plain data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CatalogOptions {
-    /// Log every excluded name on every scan (default `false`: each exclusion is logged the
-    /// first time it is seen).
+    /// Log every excluded name on every scan, and every file the live catalog publishes or
+    /// retires (default `false`: each exclusion is logged the first time it is seen).
     pub verbose: bool,
 }
+
+/// Journal records that may pile up before the index is rewritten, at least; the bound grows
+/// with the index (half its records), so rewriting stays amortised O(1) per published file.
+const COMPACT_MIN_RECORDS: u64 = 4096;
+/// Changes in one publish above which the snapshot is rebuilt whole (O(n log n)) instead of
+/// edited one change at a time (O(k log n)): past about n/8 rebuilding is the cheaper.
+const REBUILD_MIN_CHANGES: usize = 1024;
+/// Names waiting for a drift re-check, at most; more are dropped (a full scan catches them).
+const MAX_DRIFT: usize = 4096;
 
 /// One served file: its identity, its hashes, and a lazily opened mapping.
 pub struct Entry {
@@ -66,6 +90,8 @@ pub struct Entry {
     /// SHA-256 of the whole content.
     pub sha256: [u8; 32],
     map: OnceLock<Arc<MappedFile>>,
+    /// Where a failed open reports its name (see [`Drift`]).
+    drift: Arc<Drift>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -83,21 +109,17 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    fn new(c: Candidate, stamp: FileStamp, xxh64: u64, sha256: [u8; 32]) -> Entry {
-        Entry {
-            name: c.name,
-            path: c.path,
-            size: stamp.size,
-            stamp,
-            xxh64,
-            sha256,
-            map: OnceLock::new(),
-        }
+    /// The on-disk name's bytes: the path after its last `/` (paths are `root.join(name)`
+    /// and a name never holds a `/`).
+    fn disk_name_bytes(&self) -> &[u8] {
+        let p = self.path.as_os_str().as_bytes();
+        let start = p.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+        &p[start..]
     }
 
     /// The on-disk name (the index key).
-    fn disk_name(&self) -> &std::ffi::OsStr {
-        self.path.file_name().unwrap_or_default()
+    fn disk_name(&self) -> &OsStr {
+        OsStr::from_bytes(self.disk_name_bytes())
     }
 
     /// The on-disk name, byte-exact (`name` is its NFC form). Unique within a snapshot, unlike
@@ -105,17 +127,28 @@ impl Entry {
     /// exact path (TEJ) use this.
     pub fn file_name(&self) -> &str {
         // The catalog keeps only UTF-8 names.
-        self.disk_name().to_str().unwrap_or_default()
+        std::str::from_utf8(self.disk_name_bytes()).unwrap_or_default()
     }
 
     /// Opens and maps the file once per Entry and caches it (so repeated GETs cost nothing);
     /// Err(io::ErrorKind::Other "changed") if the file now on disk no longer matches `stamp`
-    /// (then the entry must not be served). The cached mapping keeps the inode it opened, so a file
-    /// replaced by rename keeps serving its old bytes until a rescan makes a new Entry.
+    /// (then the entry must not be served). The cached mapping keeps the inode it opened, so a
+    /// file replaced by rename keeps serving its old bytes until the catalog publishes its new
+    /// version under a new Entry.
     ///
     /// A cached mapping costs one `fstat` per call: an in-place rewrite or truncation of the
     /// mapped inode is reported as "changed" too, so new bytes never go out under an old id.
+    /// Any failure also asks the live catalog to look at this name again (a metadata-only
+    /// change then gets a fresh Entry with the new stamp, after a re-hash).
     pub fn open(&self) -> io::Result<Arc<MappedFile>> {
+        let result = self.open_checked();
+        if result.is_err() {
+            self.drift.report(self.disk_name());
+        }
+        result
+    }
+
+    fn open_checked(&self) -> io::Result<Arc<MappedFile>> {
         if let Some(m) = self.map.get() {
             return if m.is_unchanged() {
                 Ok(Arc::clone(m))
@@ -149,47 +182,145 @@ impl Entry {
             sha256: self.sha256,
         }
     }
+
+    fn inode(&self) -> (u64, u64) {
+        (self.stamp.dev, self.stamp.ino)
+    }
 }
 
 fn changed_error() -> io::Error {
     io::Error::other("changed")
 }
 
-/// An immutable snapshot of the served folder.
-#[derive(Debug)]
-pub struct Catalog {
-    generation: u64,
-    entries: Vec<Arc<Entry>>,
-    by_xxh64: HashMap<u64, usize>,
-    by_sha256: HashMap<[u8; 32], usize>,
-    by_name: HashMap<String, usize>,
+/// Names whose entries failed to open (see [`Entry::open`]), for the follower to re-check:
+/// deduplicated, bounded by [`MAX_DRIFT`], and a wake-up for the follower when one arrives.
+#[derive(Debug, Default)]
+struct Drift {
+    names: Mutex<HashSet<OsString>>,
+    wake: Mutex<Option<live::Wake>>,
 }
 
-impl Catalog {
-    /// Sorts `entries` into catalog order and indexes them.
-    fn new(generation: u64, mut entries: Vec<Arc<Entry>>) -> Catalog {
-        entries.sort_by(|a, b| {
-            (a.name.as_bytes(), a.xxh64, a.path.as_os_str().as_bytes()).cmp(&(
-                b.name.as_bytes(),
-                b.xxh64,
-                b.path.as_os_str().as_bytes(),
-            ))
-        });
-        let mut by_xxh64 = HashMap::with_capacity(entries.len());
-        let mut by_sha256 = HashMap::with_capacity(entries.len());
-        let mut by_name = HashMap::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            by_xxh64.entry(e.xxh64).or_insert(i);
-            by_sha256.entry(e.sha256).or_insert(i);
-            by_name.entry(e.name.clone()).or_insert(i);
+impl Drift {
+    fn report(&self, name: &OsStr) {
+        let mut names = lock(&self.names);
+        if names.len() >= MAX_DRIFT || names.contains(name) {
+            return;
         }
+        names.insert(name.to_owned());
+        drop(names);
+        if let Some(w) = lock(&self.wake).as_ref() {
+            w.wake();
+        }
+    }
+
+    fn take(&self) -> HashSet<OsString> {
+        std::mem::take(&mut *lock(&self.names))
+    }
+}
+
+/// Catalog order: NFC name bytes, then xxh64, then the on-disk name (unique).
+struct CatalogOrder;
+impl Order<Arc<Entry>> for CatalogOrder {
+    fn cmp(a: &Arc<Entry>, b: &Arc<Entry>) -> Ordering {
+        (a.name.as_bytes(), a.xxh64, a.disk_name_bytes()).cmp(&(
+            b.name.as_bytes(),
+            b.xxh64,
+            b.disk_name_bytes(),
+        ))
+    }
+}
+
+/// On-disk name bytes (unique).
+struct FileNameOrder;
+impl Order<Arc<Entry>> for FileNameOrder {
+    fn cmp(a: &Arc<Entry>, b: &Arc<Entry>) -> Ordering {
+        a.disk_name_bytes().cmp(b.disk_name_bytes())
+    }
+}
+
+/// xxh64, then catalog order: the first entry of an id is the first in catalog order.
+struct XxhOrder;
+impl Order<Arc<Entry>> for XxhOrder {
+    fn cmp(a: &Arc<Entry>, b: &Arc<Entry>) -> Ordering {
+        a.xxh64.cmp(&b.xxh64).then_with(|| CatalogOrder::cmp(a, b))
+    }
+}
+
+/// SHA-256, then catalog order.
+struct ShaOrder;
+impl Order<Arc<Entry>> for ShaOrder {
+    fn cmp(a: &Arc<Entry>, b: &Arc<Entry>) -> Ordering {
+        a.sha256
+            .cmp(&b.sha256)
+            .then_with(|| CatalogOrder::cmp(a, b))
+    }
+}
+
+/// An immutable snapshot of the served folder: its entries in four orders that share every
+/// `Arc<Entry>`, each a persistent tree (so the next snapshot shares almost all of it).
+pub struct Catalog {
+    generation: u64,
+    order: Tree<Arc<Entry>, CatalogOrder>,
+    files: Tree<Arc<Entry>, FileNameOrder>,
+    by_xxh64: Tree<Arc<Entry>, XxhOrder>,
+    by_sha256: Tree<Arc<Entry>, ShaOrder>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("generation", &self.generation)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Entries of a [`Catalog`] in one of its orders; `skip`/`nth` jump in O(log n).
+pub type Entries<'a> = tree::Iter<'a, Arc<Entry>>;
+
+impl Catalog {
+    /// Sorts `entries` into each order (O(n log n)); names must be unique.
+    fn from_entries(generation: u64, mut entries: Vec<Arc<Entry>>) -> Catalog {
+        entries.sort_by(CatalogOrder::cmp);
+        let order = Tree::from_sorted(&entries);
+        entries.sort_by(FileNameOrder::cmp);
+        let files = Tree::from_sorted(&entries);
+        entries.sort_by(XxhOrder::cmp);
+        let by_xxh64 = Tree::from_sorted(&entries);
+        entries.sort_by(ShaOrder::cmp);
+        let by_sha256 = Tree::from_sorted(&entries);
         Catalog {
             generation,
-            entries,
+            order,
+            files,
             by_xxh64,
             by_sha256,
-            by_name,
         }
+    }
+
+    /// The same entries under a new generation, sharing every node (O(1)).
+    fn next_generation(&self) -> Catalog {
+        Catalog {
+            generation: self.generation + 1,
+            order: self.order.clone(),
+            files: self.files.clone(),
+            by_xxh64: self.by_xxh64.clone(),
+            by_sha256: self.by_sha256.clone(),
+        }
+    }
+
+    fn insert(&mut self, e: &Arc<Entry>) {
+        self.order.insert(Arc::clone(e));
+        self.files.insert(Arc::clone(e));
+        self.by_xxh64.insert(Arc::clone(e));
+        self.by_sha256.insert(Arc::clone(e));
+    }
+
+    fn remove(&mut self, e: &Arc<Entry>) {
+        self.order.remove(e);
+        self.files.remove(e);
+        self.by_xxh64.remove(e);
+        self.by_sha256.remove(e);
     }
 
     /// Increases with every swap.
@@ -197,32 +328,60 @@ impl Catalog {
         self.generation
     }
 
-    /// Entries sorted by NFC name bytes ascending, ties by xxh64 ascending.
-    pub fn entries(&self) -> &[Arc<Entry>] {
-        &self.entries
+    /// Entries sorted by NFC name bytes ascending, ties by xxh64 ascending (then by on-disk
+    /// name). An exact-size iterator; `skip(n)` costs O(log n), not O(n).
+    pub fn entries(&self) -> Entries<'_> {
+        self.order.iter()
     }
 
     /// The first entry in catalog order with this xxHash64.
     pub fn by_xxh64(&self, id: u64) -> Option<&Arc<Entry>> {
-        self.by_xxh64.get(&id).map(|&i| &self.entries[i])
+        self.by_xxh64
+            .iter_from(|e| e.xxh64 < id)
+            .next()
+            .filter(|e| e.xxh64 == id)
     }
 
     /// The first entry in catalog order with this SHA-256.
     pub fn by_sha256(&self, id: &[u8; 32]) -> Option<&Arc<Entry>> {
-        self.by_sha256.get(id).map(|&i| &self.entries[i])
+        self.by_sha256
+            .iter_from(|e| e.sha256 < *id)
+            .next()
+            .filter(|e| e.sha256 == *id)
     }
 
     /// The first entry in catalog order with this NFC name.
     pub fn by_name(&self, nfc_name: &str) -> Option<&Arc<Entry>> {
-        self.by_name.get(nfc_name).map(|&i| &self.entries[i])
+        let key = nfc_name.as_bytes();
+        self.order
+            .iter_from(|e| e.name.as_bytes() < key)
+            .next()
+            .filter(|e| e.name.as_bytes() == key)
+    }
+
+    /// The entry whose on-disk name is exactly `file_name` (see [`Entry::file_name`]).
+    pub fn by_file_name(&self, file_name: &str) -> Option<&Arc<Entry>> {
+        self.by_disk_name(OsStr::new(file_name))
+    }
+
+    fn by_disk_name(&self, name: &OsStr) -> Option<&Arc<Entry>> {
+        let key = name.as_bytes();
+        self.files.get_by(|e| e.disk_name_bytes().cmp(key))
+    }
+
+    /// Entries in byte order of their on-disk names, starting after `after` (`""`: from the
+    /// first): what a paged listing by path needs, in O(log n) to start.
+    pub fn files_after(&self, after: &str) -> Entries<'_> {
+        let key = after.as_bytes();
+        self.files.iter_from(|e| e.disk_name_bytes() <= key)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.order.is_empty()
     }
 }
 
@@ -292,16 +451,91 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CatalogError + '_ {
     }
 }
 
-/// What only the (serialised) scanners touch.
-struct ScanState {
-    /// Records as last saved to (or loaded from) the index file.
-    saved: Index,
-    /// The index file on disk differs from `saved` (a save failed, or it was corrupt).
-    needs_save: bool,
-    /// Exclusions already logged, pruned to names still present.
+/// One change to publish: replace the current entry of `name` (which must still be
+/// `expected`, compared by pointer) with `new` (`None`: remove it).
+#[derive(Debug)]
+struct Change {
+    name: OsString,
+    expected: Option<Arc<Entry>>,
+    new: Option<Arc<Entry>>,
+}
+
+fn same(a: Option<&Arc<Entry>>, b: Option<&Arc<Entry>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// What scans and the follower's batches share (under the `scanning` lock).
+#[derive(Default)]
+struct ScanLog {
+    /// Exclusions already logged, pruned to names still present by full scans.
     logged: HashSet<(OsString, SkipReason)>,
-    /// Last index save error logged, to avoid repeating it on every rescan.
+}
+
+/// What every publisher shares (under the `state` lock, held only while publishing).
+struct PublishState {
+    /// Records as the index plus journal on disk hold them (after a failed write: as they
+    /// should hold them, and `unsaved` says so).
+    saved: Index,
+    /// The open journal; `None` if it could not be opened (changes then wait for a compaction).
+    journal: Option<Journal>,
+    /// Changes not in any file on disk (a failed write, or no journal): compact soon.
+    unsaved: u64,
+    /// The index file must be rewritten (it was missing or corrupt).
+    needs_save: bool,
+    /// Last index or journal write error logged, to avoid repeating it on every change.
     last_save_error: Option<String>,
+    /// The entries of each (dev, ino): hard links and symlinks of one file, whose stamps move
+    /// together. One entry per inode is the rule, so the first lives in `inodes` and any more
+    /// in `more_inodes` (an `Arc` per entry, no name copies: 24 bytes a slot).
+    inodes: HashMap<(u64, u64), Arc<Entry>>,
+    more_inodes: HashMap<(u64, u64), Vec<Arc<Entry>>>,
+}
+
+impl PublishState {
+    fn link(&mut self, e: &Arc<Entry>) {
+        match self.inodes.entry(e.inode()) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Arc::clone(e));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more_inodes
+                    .entry(e.inode())
+                    .or_default()
+                    .push(Arc::clone(e));
+            }
+        }
+    }
+
+    fn unlink(&mut self, e: &Arc<Entry>) {
+        let key = e.inode();
+        if let Some(more) = self.more_inodes.get_mut(&key) {
+            if let Some(i) = more.iter().position(|x| Arc::ptr_eq(x, e)) {
+                more.swap_remove(i);
+            } else if self.inodes.get(&key).is_some_and(|x| Arc::ptr_eq(x, e)) {
+                if let Some(next) = more.pop() {
+                    self.inodes.insert(key, next);
+                }
+            }
+            if more.is_empty() {
+                self.more_inodes.remove(&key);
+            }
+        } else if self.inodes.get(&key).is_some_and(|x| Arc::ptr_eq(x, e)) {
+            self.inodes.remove(&key);
+        }
+    }
+
+    /// On-disk names of the entries of one inode.
+    fn names_of(&self, inode: (u64, u64)) -> impl Iterator<Item = &OsStr> {
+        self.inodes
+            .get(&inode)
+            .into_iter()
+            .chain(self.more_inodes.get(&inode).into_iter().flatten())
+            .map(|e| e.disk_name())
+    }
 }
 
 /// The live catalog, shared as `Arc<CatalogHandle>`.
@@ -310,11 +544,17 @@ pub struct CatalogHandle {
     canon_root: PathBuf,
     state_dir: PathBuf,
     opts: CatalogOptions,
-    scan: Mutex<ScanState>,
+    /// Serialises whole-folder scans and the follower's batches; uploads never take it.
+    scanning: Mutex<ScanLog>,
+    /// Held only while a change is published (never while hashing).
+    state: Mutex<PublishState>,
     current: RwLock<Arc<Catalog>>,
     generation: Mutex<u64>,
     generation_changed: Condvar,
     report: Mutex<RescanReport>,
+    drift: Arc<Drift>,
+    /// Whole-folder scans so far (open included).
+    full_scans: AtomicU64,
 }
 
 impl std::fmt::Debug for CatalogHandle {
@@ -331,14 +571,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A name to look at again (from an event, a drift report or a retry), and what the last
+/// look saw.
+#[derive(Clone, Debug)]
+struct Check {
+    name: OsString,
+    /// The stamp seen by the previous look: a file is published only once two looks agree.
+    seen: Option<FileStamp>,
+    /// The file is being written: take its entry out, publish nothing.
+    retire_only: bool,
+}
+
+/// What a batch of checks leaves to do later.
+#[derive(Debug, Default)]
+struct CheckOutcome {
+    /// Look again after the settle time, with the stamp seen now.
+    later: Vec<(OsString, Option<FileStamp>)>,
+    /// Look at once: other names of an inode that changed (their ctime moved with it).
+    now: Vec<OsString>,
+}
+
 impl CatalogHandle {
-    /// Creates root and root/.ferry if missing, loads the index, scans, hashes what changed, saves
-    /// the index, returns the handle.
+    /// Creates root and root/.ferry if missing, loads the index and its journal, scans,
+    /// hashes what changed, compacts the index, returns the handle.
     pub fn open(root: &Path, opts: CatalogOptions) -> Result<Arc<CatalogHandle>, CatalogError> {
         let state_dir = root.join(STATE_DIR);
         std::fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
         let canon_root = std::fs::canonicalize(root).map_err(io_err(root))?;
-        let (saved, needs_save) = match index::load(&state_dir) {
+        let (mut saved, needs_save) = match index::load(&state_dir) {
             Ok(idx) => (idx, false),
             Err(index::IndexError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 (Index::new(), true)
@@ -351,21 +611,48 @@ impl CatalogHandle {
                 (Index::new(), true)
             }
         };
+        let journal = match Journal::open(&state_dir) {
+            Ok((j, ops, warning)) => {
+                if let Some(w) = warning {
+                    eprintln!(
+                        "catalog: {}: {w}",
+                        state_dir.join(index::JOURNAL_FILE).display()
+                    );
+                }
+                for op in ops {
+                    op.apply(&mut saved);
+                }
+                Some(j)
+            }
+            Err(e) => {
+                eprintln!(
+                    "catalog: cannot open {}: {e}",
+                    state_dir.join(index::JOURNAL_FILE).display()
+                );
+                None
+            }
+        };
         let handle = Arc::new(CatalogHandle {
             root: root.to_owned(),
             canon_root,
             state_dir,
             opts,
-            scan: Mutex::new(ScanState {
+            scanning: Mutex::new(ScanLog::default()),
+            state: Mutex::new(PublishState {
                 saved,
+                journal,
+                unsaved: 0,
                 needs_save,
-                logged: HashSet::new(),
                 last_save_error: None,
+                inodes: HashMap::new(),
+                more_inodes: HashMap::new(),
             }),
-            current: RwLock::new(Arc::new(Catalog::new(0, Vec::new()))),
+            current: RwLock::new(Arc::new(Catalog::from_entries(0, Vec::new()))),
             generation: Mutex::new(0),
             generation_changed: Condvar::new(),
             report: Mutex::new(RescanReport::default()),
+            drift: Arc::new(Drift::default()),
+            full_scans: AtomicU64::new(0),
         });
         handle.scan_now(true)?;
         Ok(handle)
@@ -391,58 +678,82 @@ impl CatalogHandle {
         *lock(&self.report)
     }
 
-    /// Re-stat everything, re-hash only changed/new files, build a new Catalog and swap it in
-    /// atomically (only if anything changed; generation increases), save the index, wake waiters.
-    /// Serialised by a mutex (two concurrent rescans never interleave). Never holds the snapshot
-    /// lock while hashing.
+    /// Whole-folder scans done so far, `open`'s included (a live catalog needs them only on
+    /// SIGHUP, `--watch`, or an event queue overflow).
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans.load(AtomicOrdering::Relaxed)
+    }
+
+    fn entry(&self, c: Candidate, stamp: FileStamp, xxh64: u64, sha256: [u8; 32]) -> Entry {
+        Entry {
+            name: c.name,
+            path: c.path,
+            size: stamp.size,
+            stamp,
+            xxh64,
+            sha256,
+            map: OnceLock::new(),
+            drift: Arc::clone(&self.drift),
+        }
+    }
+
+    /// Re-stat everything, re-hash only changed/new files, publish what changed (only if
+    /// anything did; generation increases), record it in the index journal, wake waiters.
+    /// Serialised with other scans and the live follower (two scans never interleave). Never
+    /// holds the publish lock while hashing, so uploads go on during a long scan.
     pub fn rescan(&self) -> Result<RescanReport, CatalogError> {
         self.scan_now(false)
     }
 
-    fn scan_now(&self, force_swap: bool) -> Result<RescanReport, CatalogError> {
-        let mut st = lock(&self.scan);
+    fn scan_now(&self, first: bool) -> Result<RescanReport, CatalogError> {
+        let mut log = lock(&self.scanning);
         let started = Instant::now();
+        self.full_scans.fetch_add(1, AtomicOrdering::Relaxed);
         let listing = scan::list(&self.root, &self.canon_root).map_err(io_err(&self.root))?;
+        // Everything is looked at now, so earlier drift reports are answered.
+        drop(self.drift.take());
 
         let mut skipped = listing.skipped.len();
         let mut still_skipped = HashSet::with_capacity(listing.skipped.len());
         for (name, reason) in listing.skipped {
-            self.log_skip(&mut st, &name, reason);
+            self.log_skip(&mut log, &name, reason);
             still_skipped.insert((name, reason));
         }
 
         let old = self.snapshot();
-        let old_by_name: HashMap<&std::ffi::OsStr, &Arc<Entry>> =
-            old.entries().iter().map(|e| (e.disk_name(), e)).collect();
         let mut entries = Vec::with_capacity(listing.files.len());
         let mut to_hash = Vec::new();
         let mut reused = 0;
-        for c in listing.files {
-            if let Some(e) = old_by_name.get(c.disk_name.as_os_str()) {
-                if e.stamp == c.stamp {
-                    entries.push(Arc::clone(e));
-                    reused += 1;
-                    continue;
+        {
+            let st = lock(&self.state);
+            for c in listing.files {
+                if let Some(e) = old.by_disk_name(&c.disk_name) {
+                    if e.stamp == c.stamp {
+                        entries.push(Arc::clone(e));
+                        reused += 1;
+                        continue;
+                    }
                 }
-            }
-            if let Some(r) = st.saved.get(&c.disk_name) {
-                if r.stamp == c.stamp {
-                    let r = *r;
-                    entries.push(Arc::new(Entry::new(c, r.stamp, r.xxh64, r.sha256)));
-                    reused += 1;
-                    continue;
+                if let Some(r) = st.saved.get(&c.disk_name) {
+                    if r.stamp == c.stamp {
+                        let r = *r;
+                        entries.push(Arc::new(self.entry(c, r.stamp, r.xxh64, r.sha256)));
+                        reused += 1;
+                        continue;
+                    }
                 }
+                to_hash.push(c);
             }
-            to_hash.push(c);
         }
 
         let paths: Vec<&Path> = to_hash.iter().map(|c| c.path.as_path()).collect();
-        let results = scan::hash_files(&paths);
+        let largest = to_hash.iter().map(|c| c.stamp.size).max().unwrap_or(0);
+        let results = scan::hash_files(&paths, largest);
         let mut hashed = 0;
         for (c, r) in to_hash.into_iter().zip(results) {
             match r {
                 Ok(h) => {
-                    entries.push(Arc::new(Entry::new(c, h.stamp, h.xxh64, h.sha256)));
+                    entries.push(Arc::new(self.entry(c, h.stamp, h.xxh64, h.sha256)));
                     hashed += 1;
                 }
                 // Not an exclusion: the next rescan tries again, so log it every time.
@@ -454,31 +765,71 @@ impl CatalogHandle {
         }
         // Forget logged exclusions of names that went away, so memory stays bounded and a name
         // that comes back is logged again.
-        st.logged.retain(|k| still_skipped.contains(k));
+        log.logged.retain(|k| still_skipped.contains(k));
 
-        let changed = force_swap
-            || entries.len() != old.len()
-            || entries.iter().any(|e| {
-                old_by_name
-                    .get(e.disk_name())
-                    .is_none_or(|o| !Arc::ptr_eq(o, e))
-            });
-        drop(old_by_name);
-        let files = entries.len();
-        let index: Index = entries
-            .iter()
-            .map(|e| (e.disk_name().to_owned(), e.record()))
-            .collect();
-        if changed {
-            self.publish(old.generation() + 1, entries);
+        let mut changed = first;
+        let mut st = if first {
+            drop(old);
+            // Nobody else holds the handle yet: build the first snapshot whole, even if empty.
+            let mut st = lock(&self.state);
+            st.inodes.clear();
+            st.more_inodes.clear();
+            for e in &entries {
+                st.link(e);
+            }
+            self.swap(Catalog::from_entries(1, entries));
+            st
+        } else {
+            let mut changes = Vec::new();
+            let present: HashSet<&OsStr> = entries.iter().map(|e| e.disk_name()).collect();
+            for e in &entries {
+                let prev = old.by_disk_name(e.disk_name());
+                if !same(prev, Some(e)) {
+                    changes.push(Change {
+                        name: e.disk_name().to_owned(),
+                        expected: prev.cloned(),
+                        new: Some(Arc::clone(e)),
+                    });
+                }
+            }
+            for e in old.entries() {
+                if !present.contains(e.disk_name()) {
+                    changes.push(Change {
+                        name: e.disk_name().to_owned(),
+                        expected: Some(Arc::clone(e)),
+                        new: None,
+                    });
+                }
+            }
+            drop(present);
+            drop(entries);
+            drop(old);
+            let mut st = lock(&self.state);
+            let (applied, _lost) = self.publish(&mut st, changes, false);
+            changed = applied > 0;
+            st
+        };
+        // The index must hold exactly the snapshot's records (it may also hold records of files
+        // removed while no ferry ran, or miss some after a failed write).
+        let snap = self.snapshot();
+        let mut ops = Vec::new();
+        for e in snap.entries() {
+            let rec = e.record();
+            if st.saved.get(e.disk_name()) != Some(&rec) {
+                ops.push(JournalOp::Put(e.disk_name().to_owned(), rec));
+            }
         }
-        drop(old);
-        if st.needs_save || index != st.saved {
-            st.saved = index;
-            self.save_index(&mut st);
+        if st.saved.len() + ops.len() > snap.len() {
+            for name in st.saved.keys() {
+                if snap.by_disk_name(name).is_none() {
+                    ops.push(JournalOp::Remove(name.clone()));
+                }
+            }
         }
+        // A clean start compacts: the index then holds everything and the journal is empty.
+        self.record(&mut st, ops, first);
         let report = RescanReport {
-            files,
+            files: snap.len(),
             hashed,
             reused,
             skipped,
@@ -489,36 +840,158 @@ impl CatalogHandle {
         Ok(report)
     }
 
-    fn log_skip(&self, st: &mut ScanState, name: &std::ffi::OsStr, reason: SkipReason) {
-        if st.logged.insert((name.to_owned(), reason)) || self.opts.verbose {
+    fn log_skip(&self, log: &mut ScanLog, name: &OsStr, reason: SkipReason) {
+        if log.logged.insert((name.to_owned(), reason)) || self.opts.verbose {
             eprintln!("catalog: skipping {}: {reason}", name.to_string_lossy());
         }
     }
 
-    fn save_index(&self, st: &mut ScanState) {
+    /// Publishes the changes whose `expected` entry is still current, as one new snapshot
+    /// (none if nothing applies), and records them in the index journal. Returns how many
+    /// applied and the changes that lost a race (their name changed since they were made).
+    fn publish(
+        &self,
+        st: &mut PublishState,
+        changes: Vec<Change>,
+        compact: bool,
+    ) -> (usize, Vec<Change>) {
+        let cur = self.snapshot();
+        let mut lost = Vec::new();
+        let mut apply = Vec::with_capacity(changes.len());
+        let mut touched = HashSet::with_capacity(changes.len());
+        for c in changes {
+            let actual = cur.by_disk_name(&c.name);
+            if !same(actual, c.expected.as_ref()) || !touched.insert(c.name.clone()) {
+                lost.push(c);
+                continue;
+            }
+            if c.expected.is_none() && c.new.is_none() {
+                continue;
+            }
+            apply.push(c);
+        }
+        if apply.is_empty() {
+            return (0, lost);
+        }
+        let mut ops = Vec::with_capacity(apply.len());
+        let next = if apply.len() > REBUILD_MIN_CHANGES.max(cur.len() / 8) {
+            let mut keep: HashMap<&[u8], Arc<Entry>> = cur
+                .entries()
+                .map(|e| (e.disk_name_bytes(), Arc::clone(e)))
+                .collect();
+            for c in &apply {
+                keep.remove(c.name.as_bytes());
+            }
+            let mut entries: Vec<Arc<Entry>> = keep.into_values().collect();
+            entries.extend(apply.iter().filter_map(|c| c.new.clone()));
+            Catalog::from_entries(cur.generation + 1, entries)
+        } else {
+            let mut next = cur.next_generation();
+            for c in &apply {
+                if let Some(old) = &c.expected {
+                    next.remove(old);
+                }
+                if let Some(new) = &c.new {
+                    next.insert(new);
+                }
+            }
+            next
+        };
+        for c in &apply {
+            if let Some(old) = &c.expected {
+                st.unlink(old);
+            }
+            match &c.new {
+                Some(new) => {
+                    st.link(new);
+                    ops.push(JournalOp::Put(c.name.clone(), new.record()));
+                }
+                None => ops.push(JournalOp::Remove(c.name.clone())),
+            }
+            if self.opts.verbose {
+                match &c.new {
+                    Some(new) => eprintln!(
+                        "catalog: published {} ({} bytes, sha256 {})",
+                        c.name.to_string_lossy(),
+                        new.size,
+                        new.sha256_hex()
+                    ),
+                    None => eprintln!("catalog: retired {}", c.name.to_string_lossy()),
+                }
+            }
+        }
+        let applied = apply.len();
+        drop(cur);
+        self.swap(next);
+        self.record(st, ops, compact);
+        (applied, lost)
+    }
+
+    /// Applies `ops` to the saved index and appends them to the journal, or rewrites the whole
+    /// index (and empties the journal) when `compact` is asked, the journal has grown past half
+    /// the index, or earlier writes failed.
+    fn record(&self, st: &mut PublishState, ops: Vec<JournalOp>, compact: bool) {
+        let n = ops.len() as u64;
+        let appended = match &mut st.journal {
+            Some(j) if !compact && n > 0 => match j.append(&ops) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.log_save_error(&mut st.last_save_error, "journal", &e);
+                    false
+                }
+            },
+            _ => false,
+        };
+        if !appended {
+            st.unsaved += n;
+        }
+        for op in ops {
+            op.apply(&mut st.saved);
+        }
+        let journal_records = st.journal.as_ref().map_or(0, Journal::records);
+        let threshold = COMPACT_MIN_RECORDS.max(st.saved.len() as u64 / 2);
+        let due = st.needs_save
+            || st.unsaved > threshold
+            || journal_records + st.unsaved > threshold
+            || (compact && (journal_records > 0 || st.unsaved > 0));
+        if !due {
+            return;
+        }
         match index::save(&self.state_dir, &st.saved) {
             Ok(()) => {
                 st.needs_save = false;
+                st.unsaved = 0;
                 st.last_save_error = None;
+                if let Some(j) = &mut st.journal {
+                    if let Err(e) = j.reset() {
+                        // The journal's records are all in the index now, so replaying them
+                        // changes nothing; only the file's growth is at stake.
+                        self.log_save_error(&mut st.last_save_error, "journal", &e);
+                    }
+                }
             }
             Err(e) => {
                 st.needs_save = true;
-                let msg = e.to_string();
-                if st.last_save_error.as_deref() != Some(msg.as_str()) {
-                    eprintln!(
-                        "catalog: cannot save {}: {msg}",
-                        self.state_dir.join(index::INDEX_FILE).display()
-                    );
-                }
-                st.last_save_error = Some(msg);
+                self.log_save_error(&mut st.last_save_error, index::INDEX_FILE, &e);
             }
         }
     }
 
+    fn log_save_error(&self, last: &mut Option<String>, file: &str, e: &io::Error) {
+        let msg = e.to_string();
+        if last.as_deref() != Some(msg.as_str()) {
+            eprintln!(
+                "catalog: cannot save {}: {msg}",
+                self.state_dir.join(file).display()
+            );
+        }
+        *last = Some(msg);
+    }
+
     /// Swaps in a new snapshot and wakes `wait_for_change` callers.
-    fn publish(&self, generation: u64, entries: Vec<Arc<Entry>>) {
-        let catalog = Arc::new(Catalog::new(generation, entries));
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+    fn swap(&self, catalog: Catalog) {
+        let generation = catalog.generation;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
         *lock(&self.generation) = generation;
         self.generation_changed.notify_all();
     }
@@ -546,9 +1019,9 @@ impl CatalogHandle {
         self.snapshot()
     }
 
-    /// Called by ingest after it renamed a verified file into the root: adds/updates that one file
-    /// (hashes it unless `known_sha256` is given AND you still compute xxh64 — compute both, it is
-    /// cheap enough) and swaps in a new snapshot. Returns its Entry.
+    /// Called by ingest after it renamed a verified file into the root: adds/updates that one
+    /// file (hashing it) and publishes a new snapshot, in O(log n) plus one journal record.
+    /// Returns its Entry.
     ///
     /// `path` must name a file directly in the root (its folder is compared after
     /// canonicalisation); excluded names give [`CatalogError::Excluded`].
@@ -586,20 +1059,16 @@ impl CatalogHandle {
         if canon_parent != self.canon_root {
             return Err(not_in_root());
         }
-        let mut st = lock(&self.scan);
         let c = scan::classify(&self.root, &self.canon_root, disk_name).map_err(|reason| {
             CatalogError::Excluded {
                 path: path.to_owned(),
                 reason,
             }
         })?;
-        let old = self.snapshot();
-        if let Some(e) = old
-            .entries()
-            .iter()
-            .find(|e| e.disk_name() == disk_name && e.stamp == c.stamp)
-        {
-            return Ok(Arc::clone(e));
+        if let Some(e) = self.snapshot().by_disk_name(disk_name) {
+            if e.stamp == c.stamp {
+                return Ok(Arc::clone(e));
+            }
         }
         let h: Hashes = match known {
             Some((xxh64, sha256)) => Hashes {
@@ -617,88 +1086,148 @@ impl CatalogHandle {
                 Err(HashError::Io(e)) => return Err(io_err(path)(e)),
             },
         };
-        let entry = Arc::new(Entry::new(c, h.stamp, h.xxh64, h.sha256));
-        let mut entries: Vec<Arc<Entry>> = old
-            .entries()
-            .iter()
-            .filter(|e| e.disk_name() != disk_name)
-            .cloned()
-            .collect();
-        entries.push(Arc::clone(&entry));
-        self.publish(old.generation() + 1, entries);
-        st.saved.insert(disk_name.to_owned(), entry.record());
-        self.save_index(&mut st);
+        let entry = Arc::new(self.entry(c, h.stamp, h.xxh64, h.sha256));
+        let mut st = lock(&self.state);
+        // Whatever is current for the name now is replaced: this file was just put there.
+        let current = self.snapshot().by_disk_name(disk_name).cloned();
+        if let Some(cur) = &current {
+            if cur.stamp == entry.stamp {
+                return Ok(Arc::clone(cur));
+            }
+        }
+        let change = Change {
+            name: disk_name.to_owned(),
+            expected: current,
+            new: Some(Arc::clone(&entry)),
+        };
+        self.publish(&mut st, vec![change], false);
         Ok(entry)
     }
 
-    /// Spawns a thread that calls rescan() every `interval` until the returned guard is dropped
-    /// (dropping it stops and joins the thread promptly, within ~100 ms).
-    ///
-    /// "Promptly" holds between rescans; a drop during a rescan waits for that rescan to end.
-    /// The thread holds only a weak reference, so it also ends when the handle is dropped.
-    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> WatcherGuard {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let weak: Weak<CatalogHandle> = Arc::downgrade(self);
-        let thread = std::thread::Builder::new()
-            .name("ferry-catalog-watch".into())
-            .spawn(move || {
-                let mut last_error: Option<String> = None;
-                loop {
-                    match stopped.recv_timeout(interval) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        _ => return,
+    /// Looks at each named file as it is now and publishes what changed, as one snapshot: a
+    /// name gone or excluded loses its entry at once; a new or changed file is published once
+    /// two looks a settle time apart agree on its stamp (`Check::seen`), then hashed (outside
+    /// the publish lock, once per distinct stamp, so hard links cost one read). A metadata-
+    /// only change (only the ctime moved) is re-hashed like any other: the same bytes keep
+    /// their ids under the new stamp, other bytes get new ids.
+    fn check(&self, checks: Vec<Check>) -> CheckOutcome {
+        let mut log = lock(&self.scanning);
+        let snap = self.snapshot();
+        let mut out = CheckOutcome::default();
+        let mut changes = Vec::new();
+        let mut to_hash: Vec<(Candidate, Option<Arc<Entry>>)> = Vec::new();
+        let mut moved_inodes = HashSet::new();
+        for ch in checks {
+            let current = snap.by_disk_name(&ch.name).cloned();
+            if ch.retire_only {
+                if let Some(cur) = current {
+                    moved_inodes.insert(cur.inode());
+                    changes.push(Change {
+                        name: ch.name,
+                        expected: Some(cur),
+                        new: None,
+                    });
+                }
+                continue;
+            }
+            match scan::classify(&self.root, &self.canon_root, &ch.name) {
+                Err(reason) => {
+                    if !matches!(reason, SkipReason::Unstatable(io::ErrorKind::NotFound)) {
+                        self.log_skip(&mut log, &ch.name, reason);
                     }
-                    let Some(handle) = weak.upgrade() else { return };
-                    match handle.rescan() {
-                        Ok(_) => last_error = None,
-                        Err(e) => {
-                            let msg = e.to_string();
-                            if last_error.as_deref() != Some(msg.as_str()) {
-                                eprintln!("{msg}");
-                            }
-                            last_error = Some(msg);
-                        }
+                    if let Some(cur) = current {
+                        moved_inodes.insert(cur.inode());
+                        changes.push(Change {
+                            name: ch.name,
+                            expected: Some(cur),
+                            new: None,
+                        });
                     }
                 }
-            });
-        match thread {
-            Ok(t) => WatcherGuard {
-                stop: Some(stop),
-                thread: Some(t),
-            },
-            Err(e) => {
-                eprintln!("catalog: cannot start the watcher thread: {e}");
-                WatcherGuard {
-                    stop: None,
-                    thread: None,
+                Ok(c) => {
+                    if current.as_ref().is_some_and(|cur| cur.stamp == c.stamp) {
+                        continue;
+                    }
+                    if ch.seen == Some(c.stamp) {
+                        to_hash.push((c, current));
+                    } else {
+                        if ch.seen.is_none() {
+                            moved_inodes.insert((c.stamp.dev, c.stamp.ino));
+                            if let Some(cur) = &current {
+                                moved_inodes.insert(cur.inode());
+                            }
+                        }
+                        out.later.push((ch.name, Some(c.stamp)));
+                    }
                 }
             }
         }
-    }
-}
+        drop(snap);
 
-/// Keeps the periodic rescan thread alive; dropping it stops and joins the thread.
-#[derive(Debug)]
-pub struct WatcherGuard {
-    stop: Option<crossbeam_channel::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl WatcherGuard {
-    /// Whether a watcher thread is running (false only if spawning it failed).
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for WatcherGuard {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // One read per distinct stamp: names of one inode share their hashes.
+        let mut first_of: HashMap<FileStamp, usize> = HashMap::new();
+        let mut paths: Vec<&Path> = Vec::new();
+        for (c, _) in &to_hash {
+            first_of.entry(c.stamp).or_insert_with(|| {
+                paths.push(&c.path);
+                paths.len() - 1
+            });
         }
+        let largest = to_hash.iter().map(|(c, _)| c.stamp.size).max().unwrap_or(0);
+        let results = scan::hash_files(&paths, largest);
+        let by_stamp: HashMap<FileStamp, &Result<Hashes, HashError>> = first_of
+            .iter()
+            .map(|(stamp, &i)| (*stamp, &results[i]))
+            .collect();
+        for (c, current) in to_hash {
+            match by_stamp.get(&c.stamp) {
+                Some(Ok(h)) if h.stamp == c.stamp => {
+                    let name = c.disk_name.clone();
+                    let entry = self.entry(c, h.stamp, h.xxh64, h.sha256);
+                    changes.push(Change {
+                        name,
+                        expected: current,
+                        new: Some(Arc::new(entry)),
+                    });
+                }
+                Some(Err(HashError::Io(e))) => {
+                    eprintln!("catalog: skipping {}: {e}", c.disk_name.to_string_lossy());
+                    if let Some(cur) = current {
+                        changes.push(Change {
+                            name: c.disk_name,
+                            expected: Some(cur),
+                            new: None,
+                        });
+                    }
+                }
+                // Changed while hashing: start over.
+                _ => out.later.push((c.disk_name, None)),
+            }
+        }
+        drop(results);
+
+        let mut st = lock(&self.state);
+        let (_, lost) = self.publish(&mut st, changes, false);
+        out.later.extend(lost.into_iter().map(|c| (c.name, None)));
+        let mut siblings = HashSet::new();
+        for inode in moved_inodes {
+            for name in st.names_of(inode) {
+                siblings.insert(name.to_owned());
+            }
+        }
+        drop(st);
+        drop(log);
+        let pending: HashSet<&OsString> = out.later.iter().map(|(n, _)| n).collect();
+        let now: Vec<OsString> = siblings
+            .into_iter()
+            .filter(|n| !pending.contains(n))
+            .collect();
+        out.now = now;
+        out
     }
 }
+
+pub use live::WatcherGuard;
 
 #[cfg(test)]
 mod tests;

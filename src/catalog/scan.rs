@@ -24,6 +24,18 @@ use unicode_normalization::UnicodeNormalization;
 pub const STATE_DIR: &str = ".ferry";
 /// Size of one read while hashing.
 const HASH_CHUNK: usize = 1 << 20;
+/// Smallest read buffer used for hashing.
+const MIN_HASH_BUFFER: usize = 4096;
+
+/// `available_parallelism()`, asked once (it reads cgroup files on every call).
+fn parallelism() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
 
 /// Why a directory entry is not part of the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,13 +215,18 @@ pub fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashes, HashError> {
 }
 
 /// Hashes every path, on up to `available_parallelism()` threads; results are in input order.
-pub fn hash_files(paths: &[&Path]) -> Vec<Result<Hashes, HashError>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(paths.len());
+/// `size_hint` is the largest size expected: read buffers are no larger than it needs (a batch
+/// of 1 KiB files must not zero a 1 MiB buffer per call).
+pub fn hash_files(paths: &[&Path], size_hint: u64) -> Vec<Result<Hashes, HashError>> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let buf_len = usize::try_from(size_hint)
+        .unwrap_or(HASH_CHUNK)
+        .clamp(MIN_HASH_BUFFER, HASH_CHUNK);
+    let threads = parallelism().min(paths.len());
     if threads <= 1 {
-        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut buf = vec![0u8; buf_len];
         return paths.iter().map(|p| hash_file(p, &mut buf)).collect();
     }
     let next = AtomicUsize::new(0);
@@ -218,7 +235,7 @@ pub fn hash_files(paths: &[&Path]) -> Vec<Result<Hashes, HashError>> {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let mut buf = vec![0u8; HASH_CHUNK];
+                    let mut buf = vec![0u8; buf_len];
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -273,7 +290,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-        let got = hash_files(&refs);
+        let got = hash_files(&refs, 8000);
         for (i, r) in got.into_iter().enumerate() {
             let h = r.unwrap();
             let want = &data[..2000 * i];

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A fresh folder under the system temp dir, removed on drop.
@@ -45,7 +46,7 @@ fn open(dir: &TempDir) -> Arc<CatalogHandle> {
 }
 
 fn names(c: &Catalog) -> Vec<&str> {
-    c.entries().iter().map(|e| e.name.as_str()).collect()
+    c.entries().map(|e| e.name.as_str()).collect()
 }
 
 fn xxh(bytes: &[u8]) -> u64 {
@@ -121,10 +122,15 @@ fn identical_content_gives_two_entries_and_first_name_wins() {
     let h = open(&dir);
     let snap = h.snapshot();
     assert_eq!(snap.len(), 2);
-    assert_eq!(snap.entries()[0].xxh64, snap.entries()[1].xxh64);
+    assert_eq!(
+        snap.entries().next().unwrap().xxh64,
+        snap.entries().nth(1).unwrap().xxh64
+    );
     assert_eq!(snap.by_xxh64(xxh(b"same bytes")).unwrap().name, "a.png");
     assert_eq!(
-        snap.by_sha256(&snap.entries()[1].sha256).unwrap().name,
+        snap.by_sha256(&snap.entries().nth(1).unwrap().sha256)
+            .unwrap()
+            .name,
         "a.png"
     );
 }
@@ -145,7 +151,7 @@ fn nfd_name_is_listed_as_nfc_and_path_stays_on_disk() {
     h.rescan().unwrap();
     let snap = h.snapshot();
     assert_eq!(snap.len(), 2);
-    let ids: Vec<u64> = snap.entries().iter().map(|e| e.xxh64).collect();
+    let ids: Vec<u64> = snap.entries().map(|e| e.xxh64).collect();
     assert!(ids[0] < ids[1]);
     assert_eq!(snap.by_name("caf\u{e9}.png").unwrap().xxh64, ids[0]);
 }
@@ -190,12 +196,12 @@ fn warm_reopen_hashes_nothing() {
     }
     let first = open(&dir);
     assert_eq!(first.last_report().hashed, 20);
-    let ids: Vec<u64> = first.snapshot().entries().iter().map(|e| e.xxh64).collect();
+    let ids: Vec<u64> = first.snapshot().entries().map(|e| e.xxh64).collect();
     drop(first);
     let warm = open(&dir);
     let r = warm.last_report();
     assert_eq!((r.files, r.hashed, r.reused), (20, 0, 20));
-    let again: Vec<u64> = warm.snapshot().entries().iter().map(|e| e.xxh64).collect();
+    let again: Vec<u64> = warm.snapshot().entries().map(|e| e.xxh64).collect();
     assert_eq!(ids, again);
 }
 
@@ -229,7 +235,10 @@ fn stale_index_record_is_not_trusted() {
     dir.write("a.png", b"newer bytes");
     let h = open(&dir);
     assert_eq!(h.last_report().hashed, 1);
-    assert_eq!(h.snapshot().entries()[0].xxh64, xxh(b"newer bytes"));
+    assert_eq!(
+        h.snapshot().entries().next().unwrap().xxh64,
+        xxh(b"newer bytes")
+    );
 }
 
 #[test]
@@ -331,7 +340,7 @@ fn truncation_under_an_open_mapping_does_not_crash() {
     let dir = TempDir::new("trunc");
     let p = dir.write("big.bin", &vec![7u8; 64 * 1024]);
     let h = open(&dir);
-    let e = h.snapshot().entries()[0].clone();
+    let e = h.snapshot().entries().next().unwrap().clone();
     let m = e.open().unwrap();
     std::fs::File::options()
         .write(true)
@@ -550,4 +559,513 @@ fn ten_thousand_record_index_round_trips() {
     // Measured, not asserted (tests never fail on timing).
     eprintln!("loaded 10,000 index records in {:?}", t.elapsed());
     assert_eq!(loaded, idx);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lookups by on-disk name, paging, positions
+
+#[test]
+fn by_file_name_and_files_after_page_in_byte_order_of_disk_names() {
+    let dir = TempDir::new("files-after");
+    let nfd = "cafe\u{301}.png";
+    for n in ["b.png", "a.png", nfd, "caf\u{e9}.png", "Z.txt"] {
+        dir.write(n, n.as_bytes());
+    }
+    let h = open(&dir);
+    let snap = h.snapshot();
+    assert_eq!(snap.by_file_name(nfd).unwrap().file_name(), nfd);
+    assert_eq!(snap.by_file_name(nfd).unwrap().name, "caf\u{e9}.png");
+    assert_eq!(
+        snap.by_file_name("caf\u{e9}.png").unwrap().file_name(),
+        "caf\u{e9}.png"
+    );
+    assert!(snap.by_file_name("c.png").is_none());
+    let all: Vec<&str> = snap.files_after("").map(|e| e.file_name()).collect();
+    let mut want = vec!["b.png", "a.png", nfd, "caf\u{e9}.png", "Z.txt"];
+    want.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    assert_eq!(all, want);
+    let rest: Vec<&str> = snap.files_after("a.png").map(|e| e.file_name()).collect();
+    assert_eq!(rest, want[2..]);
+    assert_eq!(
+        snap.files_after("a.pn").next().unwrap().file_name(),
+        "a.png"
+    );
+    assert_eq!(snap.files_after("zzz").count(), 0);
+    // Positions: skip jumps, and catalog order is kept.
+    let names: Vec<String> = snap.entries().map(|e| e.name.clone()).collect();
+    let skipped: Vec<String> = snap.entries().skip(3).map(|e| e.name.clone()).collect();
+    assert_eq!(skipped, names[3..]);
+    assert_eq!(snap.entries().len(), 5);
+}
+
+/// An Entry for a file that need not exist (structure tests only).
+fn fake_entry(h: &CatalogHandle, i: u64) -> Arc<Entry> {
+    let name = format!("f{i:07}.bin");
+    let c = Candidate {
+        disk_name: OsString::from(&name),
+        name: name.clone(),
+        path: h.root().join(&name),
+        stamp: FileStamp {
+            dev: 1,
+            ino: i,
+            size: 1,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        },
+    };
+    let stamp = c.stamp;
+    let mut sha = [0u8; 32];
+    sha[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    Arc::new(h.entry(c, stamp, i.wrapping_mul(0xff51_afd7_ed55_8ccd), sha))
+}
+
+fn fresh_nodes(new: &Catalog, old: &Catalog) -> [usize; 4] {
+    [
+        new.order.fresh_nodes_since(&old.order),
+        new.files.fresh_nodes_since(&old.files),
+        new.by_xxh64.fresh_nodes_since(&old.by_xxh64),
+        new.by_sha256.fresh_nodes_since(&old.by_sha256),
+    ]
+}
+
+#[test]
+fn one_more_entry_in_a_100k_catalog_copies_one_path_per_order() {
+    let dir = TempDir::new("100k");
+    let h = open(&dir);
+    let entries: Vec<Arc<Entry>> = (0..100_000).map(|i| fake_entry(&h, i * 2)).collect();
+    let base = Catalog::from_entries(1, entries);
+    let mut next = base.next_generation();
+    let extra = fake_entry(&h, 777);
+    next.insert(&extra);
+    for (i, n) in fresh_nodes(&next, &base).into_iter().enumerate() {
+        // A path of a tree of 100,001 (height 17 as built, at most ~40 after edits) plus a
+        // rotation; a rebuild would allocate 100,001.
+        assert!(n <= 64, "order {i}: {n} new nodes for one insert");
+    }
+    assert_eq!(next.len(), 100_001);
+    assert_eq!(base.len(), 100_000, "the older snapshot never changes");
+    assert!(Arc::ptr_eq(next.by_xxh64(extra.xxh64).unwrap(), &extra));
+    assert!(Arc::ptr_eq(next.by_sha256(&extra.sha256).unwrap(), &extra));
+    assert!(Arc::ptr_eq(next.by_name("f0000777.bin").unwrap(), &extra));
+    assert!(base.by_name("f0000777.bin").is_none());
+    // 0, 2, ..., 776 are positions 0..=388: the new entry is 389, and 778 moves to 390.
+    assert!(Arc::ptr_eq(next.entries().nth(389).unwrap(), &extra));
+    assert_eq!(next.entries().nth(390).unwrap().name, "f0000778.bin");
+    assert_eq!(base.entries().nth(389).unwrap().name, "f0000778.bin");
+}
+
+#[test]
+fn add_file_publishes_incrementally_and_appends_one_journal_record() {
+    let dir = TempDir::new("incremental");
+    for i in 0..2000u32 {
+        dir.write(&format!("f{i:04}.bin"), &i.to_le_bytes());
+    }
+    let h = open(&dir);
+    let index = dir.path().join(".ferry/index");
+    let journal = dir.path().join(".ferry/journal");
+    let index_before = std::fs::metadata(&index).unwrap();
+    let journal_before = std::fs::metadata(&journal).unwrap().len();
+    let before = h.snapshot();
+    let p = dir.write("new.bin", b"new bytes");
+    h.add_ingested_file(&p, xxh(b"new bytes"), [7; 32]).unwrap();
+    let after = h.snapshot();
+    assert_eq!(after.generation(), before.generation() + 1);
+    assert_eq!(after.len(), 2001);
+    for (i, n) in fresh_nodes(&after, &before).into_iter().enumerate() {
+        assert!(n <= 48, "order {i}: {n} new nodes (a rebuild makes 2001)");
+    }
+    // The index file is untouched; the journal grew by one put record of this name.
+    let index_after = std::fs::metadata(&index).unwrap();
+    assert_eq!(
+        (
+            index_after.ino(),
+            index_after.len(),
+            index_after.mtime_nsec()
+        ),
+        (
+            index_before.ino(),
+            index_before.len(),
+            index_before.mtime_nsec()
+        )
+    );
+    let grown = std::fs::metadata(&journal).unwrap().len() - journal_before;
+    assert_eq!(
+        grown,
+        4 + 1 + 2 + 7 + 96 + 8,
+        "one record: frame, op, name, fields, sum"
+    );
+    drop(h);
+    // A warm start replays it: nothing hashed, and the clean start compacts.
+    let h = open(&dir);
+    assert_eq!(h.last_report().hashed, 0);
+    assert_eq!(
+        h.snapshot().by_file_name("new.bin").unwrap().sha256,
+        [7; 32]
+    );
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 12);
+}
+
+#[test]
+fn torn_journal_record_is_ignored_and_its_file_rehashed() {
+    let dir = TempDir::new("torn");
+    dir.write("base.bin", b"base");
+    let h = open(&dir);
+    for n in ["a.bin", "b.bin", "c.bin"] {
+        let p = dir.write(n, n.as_bytes());
+        h.add_file(&p).unwrap();
+    }
+    drop(h);
+    let journal = dir.path().join(".ferry/journal");
+    let bytes = std::fs::read(&journal).unwrap();
+    // Cut the last record (c.bin) short, as a crash mid-write would.
+    std::fs::write(&journal, &bytes[..bytes.len() - 5]).unwrap();
+    let h = open(&dir);
+    let r = h.last_report();
+    assert_eq!((r.files, r.hashed, r.reused), (4, 1, 3));
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 12, "compacted");
+    drop(h);
+    // Garbage after good records: the good ones still count.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let h = open(&dir);
+    let p = dir.write("d.bin", b"d");
+    h.add_file(&p).unwrap();
+    drop(h);
+    bytes = [bytes, std::fs::read(&journal).unwrap()[12..].to_vec()].concat();
+    bytes.extend_from_slice(&[0xff; 40]);
+    std::fs::write(&journal, &bytes).unwrap();
+    let h = open(&dir);
+    assert_eq!(h.last_report().hashed, 0);
+    assert_eq!(h.snapshot().len(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live catalog (inotify)
+
+fn follow(h: &Arc<CatalogHandle>) -> WatcherGuard {
+    let g = h.follow(FollowOptions::default());
+    assert!(
+        g.is_live(),
+        "inotify is not available here: the live catalog cannot be tested"
+    );
+    g
+}
+
+/// Waits (up to 10 s, generous for a loaded machine) until `pred` holds for the snapshot.
+fn wait_until(h: &CatalogHandle, what: &str, pred: impl Fn(&Catalog) -> bool) -> Arc<Catalog> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut snap = h.snapshot();
+    while !pred(&snap) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting until {what}");
+        snap = h.wait_for_change(snap.generation(), left.min(Duration::from_millis(200)));
+    }
+    snap
+}
+
+/// Long enough for the follower to have published anything it was going to (two looks a
+/// settle time apart, and a hash).
+fn let_follower_settle() {
+    std::thread::sleep(live::SETTLE * 4);
+}
+
+#[test]
+fn live_close_after_write_is_published() {
+    let dir = TempDir::new("live-close");
+    let h = open(&dir);
+    let _g = follow(&h);
+    dir.write("a.png", b"closed after writing");
+    let snap = wait_until(&h, "a.png is published", |c| {
+        c.by_file_name("a.png").is_some()
+    });
+    let e = snap.by_file_name("a.png").unwrap();
+    assert_eq!(e.xxh64, xxh(b"closed after writing"));
+    assert!(e.open().is_ok());
+    assert_eq!(h.full_scans(), 1, "published without a rescan");
+}
+
+#[test]
+fn live_file_held_open_is_not_published_until_closed() {
+    use std::io::Write;
+    let dir = TempDir::new("live-open");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let mut f = std::fs::File::create(dir.path().join("big.bin")).unwrap();
+    f.write_all(b"first half, ").unwrap();
+    let_follower_settle();
+    assert!(h.snapshot().by_file_name("big.bin").is_none());
+    f.write_all(b"second half").unwrap();
+    // A metadata change while it is open publishes nothing either.
+    f.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .unwrap();
+    let_follower_settle();
+    assert!(h.snapshot().by_file_name("big.bin").is_none());
+    drop(f);
+    let snap = wait_until(&h, "big.bin is published after close", |c| {
+        c.by_file_name("big.bin").is_some()
+    });
+    assert_eq!(
+        snap.by_file_name("big.bin").unwrap().xxh64,
+        xxh(b"first half, second half")
+    );
+}
+
+#[test]
+fn live_rewrite_in_place_retires_then_publishes_the_new_bytes() {
+    use std::io::Write;
+    let dir = TempDir::new("live-rewrite");
+    dir.write("r.png", b"old content");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let old = h.snapshot().by_file_name("r.png").unwrap().clone();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("r.png"))
+        .unwrap();
+    f.write_all(b"NEW").unwrap();
+    wait_until(&h, "r.png is retired while written", |c| {
+        c.by_file_name("r.png").is_none()
+    });
+    drop(f);
+    let snap = wait_until(&h, "r.png is back", |c| c.by_file_name("r.png").is_some());
+    assert_eq!(
+        snap.by_file_name("r.png").unwrap().xxh64,
+        xxh(b"NEW content")
+    );
+    assert!(snap.by_xxh64(old.xxh64).is_none());
+}
+
+#[test]
+fn live_move_in_move_out_and_delete() {
+    let dir = TempDir::new("live-move");
+    let away = TempDir::new("live-move-away");
+    let h = open(&dir);
+    let _g = follow(&h);
+    // Written under a hidden name, then moved in: published on the move.
+    dir.write(".partial", b"moved in");
+    let_follower_settle();
+    assert!(h.snapshot().is_empty());
+    std::fs::rename(dir.path().join(".partial"), dir.path().join("m.png")).unwrap();
+    wait_until(&h, "m.png is published", |c| {
+        c.by_file_name("m.png").is_some()
+    });
+    // Moved out.
+    std::fs::rename(dir.path().join("m.png"), away.path().join("m.png")).unwrap();
+    wait_until(&h, "m.png is gone", |c| c.by_file_name("m.png").is_none());
+    // Moved in from another folder, then deleted.
+    std::fs::rename(away.path().join("m.png"), dir.path().join("back.png")).unwrap();
+    wait_until(&h, "back.png is published", |c| {
+        c.by_file_name("back.png").is_some()
+    });
+    std::fs::remove_file(dir.path().join("back.png")).unwrap();
+    let snap = wait_until(&h, "back.png is gone", |c| c.is_empty());
+    assert!(snap.by_xxh64(xxh(b"moved in")).is_none());
+    drop(h);
+    assert_eq!(
+        open(&dir).snapshot().len(),
+        0,
+        "the journal recorded the removal"
+    );
+}
+
+#[test]
+fn live_symlink_in_is_published_with_its_targets_ids() {
+    let dir = TempDir::new("live-symlink");
+    dir.write("t.png", b"target");
+    let h = open(&dir);
+    let _g = follow(&h);
+    std::os::unix::fs::symlink("t.png", dir.path().join("l.png")).unwrap();
+    let snap = wait_until(&h, "l.png is published", |c| {
+        c.by_file_name("l.png").is_some()
+    });
+    assert_eq!(snap.by_file_name("l.png").unwrap().xxh64, xxh(b"target"));
+    assert!(snap.by_file_name("l.png").unwrap().open().is_ok());
+}
+
+#[test]
+fn live_chmod_keeps_ids_and_serves_with_the_new_stamp() {
+    let dir = TempDir::new("live-chmod");
+    let p = dir.write("c.png", b"chmod me");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let old = h.snapshot().by_file_name("c.png").unwrap().clone();
+    old.open().unwrap();
+    let_clock_tick();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let snap = wait_until(&h, "c.png has its new stamp", |c| {
+        c.by_file_name("c.png")
+            .is_some_and(|e| e.stamp.ctime_ns != old.stamp.ctime_ns)
+    });
+    let e = snap.by_file_name("c.png").unwrap();
+    assert_eq!((e.xxh64, e.sha256), (old.xxh64, old.sha256));
+    assert_eq!(e.open().unwrap().len(), 8);
+    assert_eq!(old.open().unwrap_err().to_string(), "changed");
+}
+
+#[test]
+fn live_hard_links_keep_every_name_serving() {
+    let dir = TempDir::new("live-link");
+    let other = TempDir::new("live-link-other");
+    let p = dir.write("a.png", b"linked bytes");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let old = h.snapshot().by_file_name("a.png").unwrap().clone();
+    let_clock_tick();
+    // A second name inside the folder: both names end up served under the same ids.
+    std::fs::hard_link(&p, dir.path().join("b.png")).unwrap();
+    let snap = wait_until(&h, "b.png is published and a.png has its new ctime", |c| {
+        c.by_file_name("b.png").is_some()
+            && c.by_file_name("a.png")
+                .is_some_and(|e| e.stamp.ctime_ns != old.stamp.ctime_ns)
+    });
+    for n in ["a.png", "b.png"] {
+        let e = snap.by_file_name(n).unwrap();
+        assert_eq!(e.sha256, old.sha256, "{n}");
+        assert!(e.open().is_ok(), "{n} must serve");
+    }
+    // A link made in another folder sends no event here: the first open that fails reports
+    // the drift, and the catalog catches up.
+    let_clock_tick();
+    std::fs::hard_link(&p, other.path().join("elsewhere.png")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = h.snapshot();
+        if snap.by_file_name("a.png").unwrap().open().is_ok() {
+            assert_eq!(snap.by_file_name("a.png").unwrap().sha256, old.sha256);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a.png never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn live_ctime_only_change_with_other_bytes_gets_new_ids() {
+    use std::io::Write;
+    let dir = TempDir::new("live-ctime");
+    let p = dir.write("s.bin", b"original");
+    let h = open(&dir);
+    let old = h.snapshot().by_file_name("s.bin").unwrap().clone();
+    let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+    let_clock_tick();
+    // Same size, other bytes, and the mtime set back: only the ctime tells.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(b"ORIGINAL").unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    drop(f);
+    let now = FileStamp::from_metadata(&std::fs::metadata(&p).unwrap());
+    assert_eq!(
+        (now.dev, now.ino, now.size, now.mtime_ns),
+        (
+            old.stamp.dev,
+            old.stamp.ino,
+            old.stamp.size,
+            old.stamp.mtime_ns
+        )
+    );
+    assert_ne!(now.ctime_ns, old.stamp.ctime_ns);
+    // A rescan re-hashes it.
+    h.rescan().unwrap();
+    let snap = h.snapshot();
+    let e = snap.by_file_name("s.bin").unwrap();
+    assert_eq!(e.xxh64, xxh(b"ORIGINAL"));
+    assert!(snap.by_sha256(&old.sha256).is_none());
+    // And so does the live catalog, from the events alone.
+    let _g = follow(&h);
+    let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+    let_clock_tick();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(b"original").unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    drop(f);
+    let snap = wait_until(&h, "s.bin has its first bytes' ids again", |c| {
+        c.by_file_name("s.bin")
+            .is_some_and(|e| e.xxh64 == xxh(b"original"))
+    });
+    assert_eq!(snap.by_file_name("s.bin").unwrap().sha256, old.sha256);
+}
+
+#[test]
+fn live_overflow_falls_back_to_a_full_rescan() {
+    let dir = TempDir::new("live-overflow");
+    let h = open(&dir);
+    let g = follow(&h);
+    assert_eq!(h.full_scans(), 1);
+    g.simulate_overflow();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.full_scans() < 2 {
+        assert!(Instant::now() < deadline, "no rescan after the overflow");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Following goes on after it.
+    dir.write("after.png", b"after");
+    wait_until(&h, "after.png is published", |c| {
+        c.by_file_name("after.png").is_some()
+    });
+    drop(g);
+    assert_eq!(
+        Arc::strong_count(&h),
+        1,
+        "the follower holds no strong reference"
+    );
+}
+
+#[test]
+fn live_many_files_at_once_end_up_published_in_few_generations() {
+    let dir = TempDir::new("live-burst");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let g0 = h.snapshot().generation();
+    for i in 0..300 {
+        dir.write(&format!("b{i:03}.gif"), format!("burst {i}").as_bytes());
+    }
+    let snap = wait_until(&h, "all 300 files are published", |c| c.len() == 300);
+    // Measured, not asserted: batches publish many files per generation.
+    eprintln!("300 files in {} generations", snap.generation() - g0);
+    assert_eq!(h.full_scans(), 1);
+}
+
+#[test]
+fn names_of_an_inode_follow_links_and_unlinks() {
+    let dir = TempDir::new("inodes");
+    let h = open(&dir);
+    // Three entries of inode 5 (fake_entry uses the number as inode and in the name).
+    let same = |i: u64| {
+        let e = fake_entry(&h, i);
+        let mut c = e.stamp;
+        c.ino = 5;
+        Arc::new(Entry {
+            stamp: c,
+            name: e.name.clone(),
+            path: e.path.clone(),
+            size: e.size,
+            xxh64: e.xxh64,
+            sha256: e.sha256,
+            map: OnceLock::new(),
+            drift: Arc::clone(&h.drift),
+        })
+    };
+    let (a, b, c) = (same(1), same(2), same(3));
+    let mut st = lock(&h.state);
+    let names = |st: &PublishState| {
+        let mut v: Vec<String> = st
+            .names_of((1, 5))
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for e in [&a, &b, &c] {
+        st.link(e);
+    }
+    assert_eq!(names(&st), ["f0000001.bin", "f0000002.bin", "f0000003.bin"]);
+    st.unlink(&a);
+    assert_eq!(names(&st), ["f0000002.bin", "f0000003.bin"]);
+    st.unlink(&c);
+    st.unlink(&c);
+    assert_eq!(names(&st), ["f0000002.bin"]);
+    st.unlink(&b);
+    assert!(names(&st).is_empty());
+    assert!(st.inodes.is_empty() && st.more_inodes.is_empty());
 }

@@ -8,22 +8,37 @@
 //! - it is verified (SHA-256 or xxHash64) and fsynced before it gets a final name;
 //! - publishing never replaces a file: `renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where
 //!   that is unsupported; identical content already there is reused, different content keeps its
-//!   name and the new file gets a tagged one ([`crate::names::with_tag`]); the folder is fsynced.
+//!   name and the new file gets a tagged one ([`crate::names::with_tag`]); the folder is fsynced;
+//! - a server registers what it published with its catalog in the same step ([`Publisher`]),
+//!   with the hashes computed while the bytes arrived.
 //!
-//! Two shapes of transfer:
+//! Three shapes of transfer:
 //!
 //! ```text
-//! streaming (TEJ, JTP client)          resumable (CJP2P, FastDP, filestorage)
+//! streaming (TEJ, JTP client)          resumable, one owner (CJP2P)
 //!
 //! begin_stream --write_all*--> commit   begin_resumable --write_block*/flush*--> complete
 //!      |                         |           ^  (reopen after a crash: missing() = the rest)  |
 //!      +--abort / drop--> gone   |           +------------- clear() <-- Mismatch <-- commit --+
 //!                                v                                                  |
 //!                        Created | AlreadyPresent | Renamed  <-----------------------+
+//!
+//! shared (FastDP, filestorage): several connections, one part, one publish
+//!
+//!   TransferRegistry::attach(id, spec) --open (new, or resumed from the bitmap) / join-->
+//!     Open: write_blocks / claim+write+finish from any connection --> written
+//!           sync() (one fdatasync for all waiting writers) --> durable --> acknowledge
+//!       |  every block written
+//!       v
+//!     commit --> Verifying --> Completed(publication)   seen by every attachment
+//!                    |
+//!                    +-------> Failed(error)            a hash mismatch deletes the part
+//!   last detach: sync and close; abort or crash: exactly the durable blocks remain (resumable)
 //! ```
 //!
-//! The resumable bitmap file (`<key>.bitmap`) is a 32-byte header followed by one bit per block,
-//! least significant bit first:
+//! The resumable bitmap file (`<key>.bitmap`, shared by both resumable shapes) is a 32-byte
+//! header followed by one bit per block, least significant bit first; a bit is set on disk only
+//! once its block's bytes are synced:
 //!
 //! ```text
 //! 0      8        12           16        24        32
@@ -31,13 +46,17 @@
 //!  "FERRYBM\0" u32 LE=1  u32 LE     u64 LE    u64 LE
 //! ```
 //!
-//! Out of scope: choosing names from the wire (see [`crate::names`]), registering published files
-//! with the catalog, and deciding *which* blocks to fetch (the protocol machines do that).
+//! Out of scope: choosing names from the wire (see [`crate::names`]), protocol state kept beside
+//! a transfer (FastDP's `.state`, filestorage's journal), and deciding *which* blocks to fetch
+//! (the protocol machines do that).
 
+mod part;
 mod prefix_hash;
 mod publish;
+mod publisher;
 mod resumable;
 mod stream;
+mod transfer;
 
 use std::fmt;
 use std::fs;
@@ -47,8 +66,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+pub use part::Rewrite;
+pub use publisher::{Listed, Publication, Publisher};
 pub use resumable::Resumable;
 pub use stream::StreamSink;
+pub use transfer::{
+    Attachment, BlockWriter, Claim, Transfer, TransferError, TransferRegistry, TransferSpec,
+    TransferState, Wrote,
+};
 
 /// Prefix of streaming temporaries; a served folder's scanner must skip dot-files anyway.
 const TEMP_PREFIX: &str = ".ferry-";
@@ -263,6 +288,20 @@ impl IngestDir {
         Ok(avail.saturating_mul(frsize))
     }
 
+    /// How a new transfer of `len` bytes takes its disk space before its bytes arrive: on
+    /// tmpfs the free space is checked (`ENOSPC` if short) and nothing is preallocated; elsewhere
+    /// the caller preallocates with fallocate(2). Streams and shared transfers both come here, so
+    /// this is where reservations held across all uploads will be accounted.
+    pub(super) fn reserve_space(&self, len: u64) -> io::Result<Reserve> {
+        if !self.work_on_tmpfs() {
+            return Ok(Reserve::Preallocate);
+        }
+        if self.available_bytes().is_ok_and(|free| free < len) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(Reserve::Checked)
+    }
+
     /// Removes stale streaming temporaries (not resumable partials) left by a dead process of ours.
     ///
     /// A temporary is stale when its pid is not running, or is our own pid under a different
@@ -316,9 +355,20 @@ impl IngestDir {
     /// `key` must be 1 to [`MAX_KEY_BYTES`] of `[A-Za-z0-9_-]`; `block_size` must not be 0. The
     /// part file is locked (`flock`) while the returned value lives: a second `begin_resumable`
     /// of the same key, from any process, fails with `WouldBlock`.
+    ///
+    /// Several connections writing one part at once use a [`TransferRegistry`] instead.
     pub fn begin_resumable(&self, key: &str, size: u64, block_size: u32) -> io::Result<Resumable> {
         Resumable::open(self.clone(), key, size, block_size)
     }
+}
+
+/// What [`IngestDir::reserve_space`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reserve {
+    /// Preallocate the file with fallocate(2).
+    Preallocate,
+    /// The space is there (tmpfs, where preallocating would only clear RAM pages).
+    Checked,
 }
 
 /// `f_type` of tmpfs in statfs(2).

@@ -113,7 +113,8 @@ impl PrefixHasher {
         }
     }
 
-    /// Stops the thread and returns what it hashed (None if it failed: start over).
+    /// Stops the thread (within one chunk) and returns what it hashed (None if it failed: start
+    /// over).
     pub fn finish(mut self) -> Option<HashState> {
         self.stop_thread()
     }
@@ -143,12 +144,14 @@ fn run(file: &File, size: u64, s: &Shared) -> io::Result<HashState> {
         } else {
             prefix - (prefix - st.hashed) % CHUNK
         };
-        if upto > st.hashed {
-            st.hash_to(file, upto, &mut buf)?;
-            continue;
-        }
+        // A stop is seen between chunks: whoever stops the thread hashes the rest itself, or
+        // is about to rewrite bytes the thread would read in vain.
         if s.stop.load(Ordering::Acquire) {
             return Ok(st);
+        }
+        if upto > st.hashed {
+            st.hash_to(file, upto.min(st.hashed + CHUNK), &mut buf)?;
+            continue;
         }
         std::thread::park_timeout(IDLE_WAKE);
     }

@@ -6,9 +6,9 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{hex, Collision, IngestError, Outcome};
@@ -154,29 +154,34 @@ fn has_content(path: &Path, ours: &Path, size: u64) -> io::Result<bool> {
     if !meta.is_file() || meta.len() != size {
         return Ok(false);
     }
-    let mut theirs = OpenOptions::new()
+    let theirs = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mut ours = File::open(ours)?;
+    let ours = File::open(ours)?;
     let chunk = HASH_CHUNK.min(size as usize).max(1);
     let (mut a, mut b) = (vec![0u8; chunk], vec![0u8; chunk]);
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut theirs, &mut a)?;
-        let m = read_full(&mut ours, &mut b[..n.max(1)])?;
-        if n != m || a[..n] != b[..n] {
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(chunk as u64) as usize;
+        // Either file ending early (it shrank meanwhile) means different content.
+        match (
+            theirs.read_exact_at(&mut a[..n], off),
+            ours.read_exact_at(&mut b[..n], off),
+        ) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Ok(false)
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        }
+        if a[..n] != b[..n] {
             return Ok(false);
         }
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > size {
-            return Ok(false);
-        }
+        off += n as u64;
     }
-    Ok(total == size)
+    // Grown meanwhile: not the same file any more.
+    Ok(!has_more(&theirs, size)?)
 }
 
 /// True if `path` is a regular file (not followed through a symlink) holding exactly `data`.
@@ -187,7 +192,7 @@ pub(super) fn holds_bytes(path: &Path, data: &[u8]) -> io::Result<bool> {
         Ok(m) if m.is_file() && m.len() == data.len() as u64 => {}
         _ => return Ok(false),
     }
-    let mut theirs = match OpenOptions::new()
+    let theirs = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
@@ -201,30 +206,29 @@ pub(super) fn holds_bytes(path: &Path, data: &[u8]) -> io::Result<bool> {
     if !meta.is_file() || meta.len() != data.len() as u64 {
         return Ok(false);
     }
-    // One byte more than expected is asked for: a file that grew meanwhile does not match.
+    // A file that grew meanwhile does not match: one byte past the end is looked for.
     // The buffer is reused by the thread (callers pass at most a stream's 256 KiB buffer).
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUF.with_borrow_mut(|buf| {
-        buf.resize(data.len() + 1, 0);
-        let n = read_full(&mut theirs, buf)?;
-        Ok(n == data.len() && buf[..n] == *data)
+        buf.resize(data.len(), 0);
+        match theirs.read_exact_at(buf, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        Ok(*buf == *data && !has_more(&theirs, data.len() as u64)?)
     })
 }
 
-/// Reads until `buf` is full or end of file.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Whether `f` holds a byte at `len`: a file that grew past the length it was compared at.
+fn has_more(f: &File, len: u64) -> io::Result<bool> {
+    match f.read_exact_at(&mut [0u8; 1], len) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(got)
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
-//! Resumable ingest: a sparse `<key>.part` written block by block in any order, and a
-//! `<key>.bitmap` saying which blocks are there, so a killed transfer resumes where its last
-//! flush left it (cjp2p.md 6.5-6.6).
+//! Resumable ingest with one owner: a sparse `<key>.part` written block by block in any order,
+//! and a `<key>.bitmap` saying which blocks are there, so a killed transfer resumes where its
+//! last flush left it (cjp2p.md 6.5-6.6).
+//!
+//! A [`Resumable`] is a [`Part`](super::part) with a single owner: writes go through `&mut
+//! self` and take no lock, which is what a single-threaded downloader (CJP2P) wants in its hot
+//! path. Several connections filling one part share a [`Transfer`](super::Transfer) instead.
 //!
 //! Durability order: block data is written with `pwrite`, the part is `fdatasync`ed, and only
 //! then are the new bits written to the bitmap (in place) and synced. Between flushes bits only
@@ -8,71 +12,15 @@
 //! Starting over (a header mismatch, or [`Resumable::clear`]) replaces the bitmap atomically
 //! (write `<key>.bitmap.new`, rename) *before* the old data is discarded.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::io;
 
-use sha2::Digest;
-
-use super::prefix_hash::{HashState, PrefixHasher};
-use super::publish::{publish, sync_dir};
-use super::{check, is_plain_name, tag_for, MAX_KEY_BYTES, PART_SUFFIX};
+use super::part::Part;
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
-
-/// First bytes of a bitmap file.
-const MAGIC: &[u8; 8] = b"FERRYBM\0";
-/// Bitmap format version; any other value restarts the transfer.
-const VERSION: u32 = 1;
-/// Bytes before the bits.
-const HEADER_LEN: usize = 32;
-/// Largest bitmap held in memory (bits part): 1 GiB of blocks... at 4 KiB blocks is 32 TiB.
-const MAX_BITMAP_BYTES: u64 = 1 << 30;
-
-impl IngestDir {
-    /// The size and block size recorded by an earlier resumable transfer of `key`, if its
-    /// bitmap is there and well-formed: a downloader that learns the size only from the network
-    /// can reopen the transfer before the first reply ([`IngestDir::begin_resumable`] checks
-    /// the rest).
-    pub fn peek_resumable(&self, key: &str) -> Option<(u64, u32)> {
-        use std::io::Read;
-        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains(['/', '.']) {
-            return None;
-        }
-        let mut header = [0u8; HEADER_LEN];
-        File::open(self.work().join(format!("{key}.bitmap")))
-            .ok()?
-            .read_exact(&mut header)
-            .ok()?;
-        if &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
-            return None;
-        }
-        let block = u32::from_le_bytes(header[12..16].try_into().ok()?);
-        let size = u64::from_le_bytes(header[16..24].try_into().ok()?);
-        (block > 0).then_some((size, block))
-    }
-}
 
 /// A transfer whose blocks may arrive in any order and survive a restart.
 #[derive(Debug)]
 pub struct Resumable {
-    dir: IngestDir,
-    part_path: PathBuf,
-    bitmap_path: PathBuf,
-    /// Holds the `flock`; None once committed.
-    part: Option<File>,
-    size: u64,
-    block_size: u32,
-    blocks: u64,
-    bits: Vec<u8>,
-    received: u64,
-    /// Byte range of `bits` changed since the last flush.
-    dirty: Option<(usize, usize)>,
-    /// Leading blocks that are all written (the stored prefix).
-    prefix_blocks: u64,
-    /// Hashes the stored prefix while the part fills ([`Resumable::hash_in_background`]).
-    hasher: Option<PrefixHasher>,
+    part: Part,
 }
 
 impl Resumable {
@@ -82,102 +30,44 @@ impl Resumable {
         size: u64,
         block_size: u32,
     ) -> io::Result<Resumable> {
-        if key.is_empty()
-            || key.len() > MAX_KEY_BYTES
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(invalid(
-                "ingest: resumable key must be 1-128 of [A-Za-z0-9_-]",
-            ));
-        }
-        if block_size == 0 {
-            return Err(invalid("ingest: block size must not be 0"));
-        }
-        let blocks = size.div_ceil(u64::from(block_size));
-        let nbytes = blocks.div_ceil(8);
-        if nbytes > MAX_BITMAP_BYTES {
-            return Err(invalid("ingest: too many blocks for one transfer"));
-        }
-        let part_path = dir.work().join(format!("{key}{PART_SUFFIX}"));
-        let bitmap_path = dir.work().join(format!("{key}.bitmap"));
-        let part = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&part_path)?;
-        lock(&part)?;
-        let mut r = Resumable {
-            dir,
-            part_path,
-            bitmap_path,
-            part: Some(part),
-            size,
-            block_size,
-            blocks,
-            bits: vec![0; nbytes as usize],
-            received: 0,
-            dirty: None,
-            prefix_blocks: 0,
-            hasher: None,
-        };
-        let _ = fs::remove_file(r.new_bitmap_path());
-        match r.load()? {
-            Some(bits) => {
-                r.bits = bits;
-                r.received = r.bits.iter().map(|b| u64::from(b.count_ones())).sum();
-                r.advance_prefix();
-            }
-            None => r.reset()?,
-        }
-        Ok(r)
+        Ok(Resumable {
+            part: Part::open(dir, key, size, block_size, false)?,
+        })
     }
 
     /// Length of the file in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.part.geometry().size
     }
 
     /// Bytes per block (the last block may be shorter).
     pub fn block_size(&self) -> u32 {
-        self.block_size
+        self.part.geometry().block_size
     }
 
     /// Number of blocks: `ceil(size / block_size)`, 0 for an empty file.
     pub fn blocks(&self) -> u64 {
-        self.blocks
+        self.part.geometry().blocks
     }
 
     /// Whether block `i` has been written (false for an index out of range).
     pub fn has_block(&self, i: u64) -> bool {
-        i < self.blocks && self.bits[(i / 8) as usize] & (1 << (i % 8)) != 0
+        i < self.blocks() && self.part.state().is_written(i)
     }
 
     /// Indices of the blocks not written yet, in increasing order.
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
-        self.bits
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b != 0xff)
-            .flat_map(move |(byte, &b)| {
-                (0..8u64)
-                    .filter(move |bit| b & (1 << bit) == 0)
-                    .map(move |bit| byte as u64 * 8 + bit)
-            })
-            .take_while(move |&i| i < self.blocks)
+        self.part.missing()
     }
 
     /// Number of blocks written.
     pub fn received(&self) -> u64 {
-        self.received
+        self.part.state().received()
     }
 
     /// Every block is written (always true for an empty file).
     pub fn is_complete(&self) -> bool {
-        self.received == self.blocks
+        self.received() == self.blocks()
     }
 
     /// pwrite data at block i (exact length: block_size, or the tail for the last block) then set
@@ -188,42 +78,9 @@ impl Resumable {
 
     /// Writes consecutive blocks starting at block `first` with one `pwrite`: `data` holds whole
     /// blocks, the last of which may be the file's short tail. Wrong length or range: error,
-    /// nothing written.
+    /// nothing written. Takes no lock.
     pub fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
-        let bs = u64::from(self.block_size);
-        let n = (data.len() as u64).div_ceil(bs).max(1);
-        if first >= self.blocks || n > self.blocks - first {
-            return Err(invalid("ingest: block index out of range"));
-        }
-        let offset = first * bs;
-        let want = (self.size - offset).min(n * bs);
-        if data.len() as u64 != want {
-            return Err(invalid("ingest: block has the wrong length"));
-        }
-        if let Some(h) = &self.hasher {
-            if offset < h.frozen() {
-                return Err(invalid(
-                    "ingest: block already stored and being hashed; it cannot be written again",
-                ));
-            }
-        }
-        let part = self.part.as_ref().ok_or_else(finished)?;
-        part.write_all_at(data, offset)?;
-        for i in first..first + n {
-            let (byte, mask) = ((i / 8) as usize, 1u8 << (i % 8));
-            if self.bits[byte] & mask == 0 {
-                self.bits[byte] |= mask;
-                self.received += 1;
-                self.dirty = Some(match self.dirty {
-                    None => (byte, byte + 1),
-                    Some((lo, hi)) => (lo.min(byte), hi.max(byte + 1)),
-                });
-            }
-        }
-        if first <= self.prefix_blocks {
-            self.advance_prefix();
-        }
-        Ok(())
+        self.part.write_exclusive(first, data)
     }
 
     /// Hash the part's stored prefix on a background thread while blocks arrive, so that
@@ -231,62 +88,22 @@ impl Resumable {
     /// that prefix can no longer be rewritten (`write_blocks` refuses them). Idempotent; also
     /// kept across [`clear`](Self::clear).
     pub fn hash_in_background(&mut self) -> io::Result<()> {
-        if self.hasher.is_some() {
-            return Ok(());
-        }
-        let file = self.part.as_ref().ok_or_else(finished)?.try_clone()?;
-        self.hasher = Some(PrefixHasher::start(file, self.size, self.prefix_bytes())?);
-        Ok(())
+        self.part.hash_in_background()
     }
 
-    fn prefix_bytes(&self) -> u64 {
-        (self.prefix_blocks * u64::from(self.block_size)).min(self.size)
-    }
-
-    /// Moves the stored prefix over every set bit after it and tells the hasher.
-    fn advance_prefix(&mut self) {
-        let mut i = self.prefix_blocks;
-        while i < self.blocks {
-            let byte = (i / 8) as usize;
-            if i % 8 == 0 && self.bits[byte] == 0xff && i + 8 <= self.blocks {
-                i += 8;
-                continue;
-            }
-            if self.bits[byte] & (1u8 << (i % 8)) == 0 {
-                break;
-            }
-            i += 1;
-        }
-        self.prefix_blocks = i;
-        let bytes = self.prefix_bytes();
-        if let Some(h) = self.hasher.as_mut() {
-            h.advance(bytes);
-        }
-    }
-
-    /// Persist the bitmap (write temp + rename, or pwrite in place + fdatasync of the part first:
-    /// data must be durable before its bits are). Callers do this at least once a second.
+    /// Persist the bitmap: `fdatasync` of the part first (data must be durable before its bits
+    /// are), then the changed bytes of the bitmap written in place and synced. Callers do this
+    /// at least once a second. Nothing to do if no bit changed since the last flush.
     ///
-    /// This implementation syncs the part, then pwrites the changed bytes of the bitmap in place
-    /// and syncs it. Nothing to do if no bit changed since the last flush.
+    /// After a failed flush the part is no longer trusted: later flushes and the commit fail
+    /// until [`clear`](Self::clear).
     pub fn flush(&mut self) -> io::Result<()> {
-        let Some((lo, hi)) = self.dirty else {
-            return Ok(());
-        };
-        self.part.as_ref().ok_or_else(finished)?.sync_data()?;
-        let bitmap = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.bitmap_path)?;
-        bitmap.write_all_at(&self.bits[lo..hi], (HEADER_LEN + lo) as u64)?;
-        bitmap.sync_data()?;
-        self.dirty = None;
-        Ok(())
+        self.part.sync()
     }
 
     /// Verification failed: start over (every bit cleared, the part emptied, durably).
     pub fn clear(&mut self) -> io::Result<()> {
-        self.reset()
+        self.part.reset()
     }
 
     /// Hash the whole part (SHA-256 + xxh64 via pread in 1 MiB chunks), verify, fsync, publish under
@@ -303,192 +120,16 @@ impl Resumable {
     /// [`commit`](Self::commit) with an explicit policy for names taken by different content.
     #[allow(clippy::result_large_err)] // as for commit
     pub fn commit_with(
-        mut self,
+        self,
         name: &str,
         expect: Expect,
         policy: Collision,
     ) -> Result<Committed, (Resumable, IngestError)> {
-        if !is_plain_name(name) {
-            return Err((self, IngestError::BadName));
-        }
-        if !self.is_complete() {
-            let missing = self.blocks - self.received;
-            return Err((self, IngestError::Incomplete { missing }));
-        }
-        let (sha256, xxh64) = match self.hash() {
-            Ok(h) => h,
-            Err(e) => return Err((self, e.into())),
-        };
-        if let Some(e) = check(expect, Some(&sha256), xxh64) {
-            return Err((self, e));
-        }
-        let synced = match self.part.as_ref() {
-            Some(p) => p.sync_all(),
-            None => Err(finished()),
-        };
-        if let Err(e) = synced {
-            return Err((self, e.into()));
-        }
-        let tag = tag_for(expect, Some(&sha256), xxh64);
-        let published = match publish(
-            self.dir.dest(),
-            &self.part_path,
-            name,
-            self.size,
-            Some(&sha256),
-            &tag,
-            policy,
-        ) {
-            Ok(p) => p,
-            Err(e) => return Err((self, e)),
-        };
-        let _ = sync_dir(self.dir.dest());
-        // The part is gone (published or dropped as a duplicate); the bitmap is now meaningless.
-        // A bitmap that survives a crash here restarts from zero: its part is missing.
-        self.part = None;
-        self.dirty = None;
-        let _ = fs::remove_file(&self.bitmap_path);
-        Ok(Committed {
-            path: published.path,
-            name: published.name,
-            sha256: Some(sha256),
-            xxh64,
-            size: self.size,
-            outcome: published.outcome,
-        })
-    }
-
-    /// SHA-256 and xxHash64 of the whole part: what the background hasher did (if it ran and
-    /// did not fail), then the rest read here.
-    fn hash(&mut self) -> io::Result<([u8; 32], u64)> {
-        let mut st = self
-            .hasher
-            .take()
-            .and_then(PrefixHasher::finish)
-            .unwrap_or_else(HashState::new);
-        let part = self.part.as_ref().ok_or_else(finished)?;
-        st.hash_to(part, self.size, &mut Vec::new())?;
-        Ok((st.sha.finalize().into(), std::hash::Hasher::finish(&st.xxh)))
-    }
-
-    /// Reads the bitmap if it exists and matches this transfer and the part has the right size.
-    fn load(&self) -> io::Result<Option<Vec<u8>>> {
-        let part_len = self.part.as_ref().ok_or_else(finished)?.metadata()?.len();
-        if part_len != self.size {
-            return Ok(None);
-        }
-        let want_len = (HEADER_LEN + self.bits.len()) as u64;
-        let data = match fs::metadata(&self.bitmap_path) {
-            Ok(m) if m.is_file() && m.len() == want_len => fs::read(&self.bitmap_path)?,
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if data.len() as u64 != want_len || data[..HEADER_LEN] != self.header() {
-            return Ok(None);
-        }
-        let mut bits = data[HEADER_LEN..].to_vec();
-        // Bits past the last block are not ours to trust.
-        let tail = (self.blocks % 8) as u32;
-        if tail != 0 {
-            if let Some(last) = bits.last_mut() {
-                *last &= (1u8 << tail) - 1;
-            }
-        }
-        Ok(Some(bits))
-    }
-
-    fn header(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
-        h[0..8].copy_from_slice(MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&self.block_size.to_le_bytes());
-        h[16..24].copy_from_slice(&self.size.to_le_bytes());
-        h[24..32].copy_from_slice(&self.blocks.to_le_bytes());
-        h
-    }
-
-    fn new_bitmap_path(&self) -> PathBuf {
-        let mut p = self.bitmap_path.clone().into_os_string();
-        p.push(".new");
-        p.into()
-    }
-
-    /// Empty bitmap first (atomically), then empty the part: a crash in between leaves a bitmap
-    /// that claims nothing, never one that claims discarded data.
-    fn reset(&mut self) -> io::Result<()> {
-        // The hasher read data that is about to be discarded: start it again from zero.
-        let rehash = self.hasher.take().is_some();
-        self.bits.iter_mut().for_each(|b| *b = 0);
-        self.received = 0;
-        self.dirty = None;
-        self.prefix_blocks = 0;
-        let tmp = self.new_bitmap_path();
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&tmp)?;
-            f.write_all(&self.header())?;
-            f.write_all(&self.bits)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.bitmap_path)?;
-            sync_dir(self.dir.work())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        let part = self.part.as_ref().ok_or_else(finished)?;
-        part.set_len(0)?;
-        part.set_len(self.size)?;
-        part.sync_all()?;
-        if rehash {
-            self.hash_in_background()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Resumable {
-    /// Best effort: keep the progress made since the last flush.
-    fn drop(&mut self) {
-        if self.part.is_some() {
-            let _ = self.flush();
+        match self.part.commit(name, expect, policy) {
+            Ok(c) => Ok(c),
+            Err(e) => Err((self, e)),
         }
     }
-}
-
-/// Takes an exclusive `flock` on the part so two transfers never share it.
-fn lock(file: &File) -> io::Result<()> {
-    loop {
-        // SAFETY: flock only acts on the descriptor, which `file` keeps open for the call.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "ingest: transfer already in progress",
-                ))
-            }
-            _ => return Err(e),
-        }
-    }
-}
-
-fn invalid(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-fn finished() -> io::Error {
-    io::Error::other("ingest: transfer already committed")
 }
 
 #[cfg(test)]
@@ -496,7 +137,8 @@ mod tests {
     use super::super::test_dir::{list, TempDir};
     use super::super::Outcome;
     use super::*;
-    use sha2::Sha256;
+    use sha2::{Digest, Sha256};
+    use std::fs;
     use twox_hash::XxHash64;
 
     fn sha(data: &[u8]) -> [u8; 32] {

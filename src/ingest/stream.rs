@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use twox_hash::XxHash64;
 
 use super::publish::{holds_bytes, publish};
-use super::{check, is_plain_name, next_temp_name, tag_for, Outcome};
+use super::{check, is_plain_name, next_temp_name, tag_for, Outcome, Reserve};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
 /// Size of the write buffer: large enough that small network reads become large writes.
@@ -69,11 +69,7 @@ impl StreamSink {
         // tmpfs the free space is only checked (preallocating there clears RAM pages that the
         // writes overwrite anyway).
         if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
-            if sink.dir.work_on_tmpfs() {
-                if sink.dir.available_bytes().is_ok_and(|free| free < len) {
-                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-                }
-            } else {
+            if sink.dir.reserve_space(len)? == Reserve::Preallocate {
                 // On error the sink is dropped, which removes the temporary.
                 let file = sink.create_temp()?;
                 sink.allocated = preallocate(file, len)?;
@@ -283,7 +279,7 @@ fn gone() -> io::Error {
 
 /// Reserves `len` bytes for `file` (its length becomes `len`). Returns the new length, or 0 where
 /// the file system cannot preallocate; `ENOSPC` and other errors are returned.
-fn preallocate(file: &File, len: u64) -> io::Result<u64> {
+pub(super) fn preallocate(file: &File, len: u64) -> io::Result<u64> {
     let Ok(off_len) = libc::off_t::try_from(len) else {
         return Err(io::Error::from_raw_os_error(libc::EFBIG));
     };

@@ -1217,7 +1217,7 @@ fn j25_two_cancels_mid_get_give_two_jtpc() {
 
 #[test]
 fn j26_watch_without_rescans_gets_jtpe4() {
-    let (_d, cat, s) = small_server("j26", &[]);
+    let (_d, cat, s) = small_server("j26", &["--no-follow"]);
     let want = jtpe(4, "WATCH not enabled; start server with --watch");
     expect_reply(&s, &[0x04, 0x00], &want);
     expect_reply(

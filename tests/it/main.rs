@@ -2,6 +2,7 @@
 //! with the source. One test binary; every test gets a fresh temporary folder and kills its
 //! children on drop.
 
+mod catalog;
 mod cjp2p;
 mod harness;
 mod jtp_client;

@@ -75,7 +75,6 @@ impl ContentStore for CatalogStore {
     fn list(&self, start: usize, max: usize) -> Vec<([u8; 32], u64)> {
         let snap = self.catalog.snapshot();
         snap.entries()
-            .iter()
             .skip(start)
             .take(max)
             .map(|e| (e.sha256, e.size))
@@ -274,8 +273,8 @@ struct Active {
     done: mpsc::Sender<Outcome>,
 }
 
-/// The result of a whole-file check on a worker thread.
-type VerifyResult = Result<crate::ingest::Committed, (Resumable, IngestError)>;
+/// The result of a whole-file check and publication on a worker thread.
+type VerifyResult = Result<crate::ingest::Publication, (Resumable, IngestError)>;
 
 /// A peers or list request waiting for the peer's verification and answer: (peer, asked at,
 /// request sent, where the answer goes).
@@ -638,9 +637,20 @@ impl Loop {
         }
         let _ = part.flush();
         let name = a.name.clone();
+        use crate::ingest::{Collision, Publisher};
+        let publisher = if a.into_catalog {
+            Publisher::new(a.ingest.clone(), Arc::clone(&self.catalog))
+        } else {
+            Publisher::without_catalog(a.ingest.clone())
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(part.commit(&name, Expect::Sha256(id)));
+            let _ = tx.send(publisher.publish_resumable(
+                part,
+                &name,
+                Expect::Sha256(id),
+                Collision::Tagged,
+            ));
         });
         self.verifying.push((id, rx));
     }
@@ -660,19 +670,12 @@ impl Loop {
                 continue;
             };
             match r {
-                Ok(c) => {
+                Ok(p) => {
                     self.node.set_downloading(id, false);
-                    let added = match (a.into_catalog, c.sha256) {
-                        (false, _) => Ok(()),
-                        (true, Some(sha)) => self
-                            .catalog
-                            .add_ingested_file(&c.path, c.xxh64, sha)
-                            .map(|_| ()),
-                        (true, None) => self.catalog.add_file(&c.path).map(|_| ()),
-                    };
-                    if let Err(e) = added {
+                    if let crate::ingest::Listed::Refused(e) = &p.listed {
                         eprintln!("cjp2p: {e}");
                     }
+                    let c = p.committed;
                     let _ = a.done.send(Outcome::Done {
                         path: c.path,
                         size: c.size,

@@ -134,13 +134,7 @@ impl JtpService {
             return form.clone();
         }
         let mut data = vec![0u8; file.len() as usize];
-        let mut off = 0;
-        while off < data.len() {
-            match file.read_at(off as u64, &mut data[off..]) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => off += n,
-            }
-        }
+        file.read_exact_at(0, &mut data).ok()?;
         // Never cache a form of bytes that are not the ones the id names.
         if wire::image_id(&data) != item.id {
             return None;

@@ -392,17 +392,16 @@ impl Conn<'_> {
             .ok_or_else(|| internal("file end without a file"))?;
         let entry = match (f.sink, f.store_as) {
             (Some(sink), Some(store_as)) => {
-                let c = sink
-                    .commit_with(&store_as, Expect::Nothing, Collision::Numbered)
-                    .map_err(internal)?;
-                let added = match c.sha256 {
-                    Some(sha) => self.svc.catalog.add_ingested_file(&c.path, c.xxh64, sha),
-                    None => self.svc.catalog.add_file(&c.path),
-                };
-                if let Err(e) = added {
+                use crate::ingest::{Listed, Publisher};
+                let published =
+                    Publisher::new(self.svc.ingest.clone(), Arc::clone(&self.svc.catalog))
+                        .publish_stream(sink, &store_as, Expect::Nothing, Collision::Numbered)
+                        .map_err(internal)?;
+                if let Listed::Refused(e) = &published.listed {
                     // Stored, but not a catalog file (a dotfile name, say): say so in the log.
                     self.svc.log(&self.peer, format_args!("{e}"));
                 }
+                let c = published.committed;
                 self.svc.log(
                     &self.peer,
                     format_args!("stored {} ({} bytes)", c.name, c.size),
@@ -535,14 +534,8 @@ impl Conn<'_> {
         let after = req.after.unwrap_or_default();
         // Paths are the exact on-disk names, so paging by `after` visits each file once even
         // when two names have one NFC form.
-        let mut names: Vec<&Arc<Entry>> = snap
-            .entries()
-            .iter()
-            .filter(|e| e.file_name().as_bytes() > after.as_bytes())
-            .collect();
-        names.sort_unstable_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-        let page: Vec<ManifestEntry> = names
-            .into_iter()
+        let page: Vec<ManifestEntry> = snap
+            .files_after(&after)
             .take(limit)
             .map(|e| ManifestEntry {
                 name: e.file_name().to_string(),
@@ -567,15 +560,8 @@ fn resolve<'c>(snap: &'c crate::catalog::Catalog, item: &str) -> Option<&'c Arc<
     }
     // The exact path first, then the NFC spelling of a name.
     use unicode_normalization::UnicodeNormalization;
-    let nfc: String = item.nfc().collect();
-    match snap.by_name(&nfc) {
-        Some(e) if e.file_name() == item => Some(e),
-        other => snap
-            .entries()
-            .iter()
-            .find(|e| e.file_name() == item)
-            .or(other),
-    }
+    snap.by_file_name(item)
+        .or_else(|| snap.by_name(&item.nfc().collect::<String>()))
 }
 
 fn timeout(between: bool) -> Fatal {

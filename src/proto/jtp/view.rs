@@ -81,7 +81,6 @@ impl View {
     /// Image files JTP cannot serve (4 GiB or larger, names over 65,535 bytes), for the log.
     pub fn excluded(cat: &Catalog) -> Vec<(String, &'static str)> {
         cat.entries()
-            .iter()
             .filter(|e| FileType::from_name(&e.name).is_some())
             .filter_map(|e| {
                 if e.size > u32::MAX as u64 {

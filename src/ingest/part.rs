@@ -1,0 +1,1118 @@
+//! The part file under every resumable transfer: a sparse `<key>.part` written block by block
+//! in any order, a `<key>.bitmap` saying which blocks are durably there, and the bookkeeping
+//! that lets one writer ([`Resumable`](super::Resumable)) or many
+//! ([`Transfer`](super::Transfer)) fill it.
+//!
+//! Each block moves through these states:
+//!
+//! ```text
+//!              claim                      finish                 sync
+//!   missing ----------> busy (one writer) ---------> written ------------> durable
+//!     |  ^                |    ^                        |                     |
+//!     |  +--- dropped ----+    +--- Replace claim ------+---------------------+
+//!     |                                                 ^   (a durable bit is cleared
+//!     +------------- write_exclusive (one owner) -------+    on disk first)
+//!
+//!   sync: fdatasync(part), then the batch's bits written into the bitmap, fdatasync(bitmap)
+//! ```
+//!
+//! Durability order: block data is written with `pwrite` and only then marked written; a sync
+//! takes the written-but-not-durable blocks as one batch, `fdatasync`s the part, writes their
+//! bits into the bitmap (in place) and `fdatasync`s it, and only then reports them durable. A
+//! bit on disk therefore never claims a block whose data is not on disk, and a torn bitmap
+//! write can only lose claims. A block being replaced has its on-disk bit cleared and synced
+//! before its first new byte is written.
+//!
+//! Group commit: concurrent [`Part::sync`] calls coalesce. While one sync runs, callers wait;
+//! the next one covers every block written meanwhile with one `fdatasync` of the part.
+//!
+//! Locks: `state` (bits, claims, hasher) is held for bookkeeping only, never across a write or
+//! a sync of the part. `bitmap` orders every write of bits to disk; it is taken before `state`,
+//! never after. A single owner ([`Part::write_exclusive`], through `&mut`) takes no lock at all.
+//!
+//! After a failed `fdatasync` the part can no longer be trusted (the kernel may have dropped the
+//! dirty pages and a retry would report success): every later sync and commit fails until the
+//! part is reset. The on-disk bitmap still claims only blocks synced before the failure.
+//!
+//! The bitmap file is a 32-byte header followed by one bit per block, least significant bit
+//! first (the layout is drawn in the [`ingest`](super) module doc).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use sha2::Digest;
+
+use super::prefix_hash::{HashState, PrefixHasher};
+use super::publish::{publish, sync_dir};
+use super::stream::preallocate;
+use super::{check, is_plain_name, tag_for, Reserve, MAX_KEY_BYTES, PART_SUFFIX};
+use super::{Collision, Committed, Expect, IngestDir, IngestError};
+
+/// First bytes of a bitmap file.
+const MAGIC: &[u8; 8] = b"FERRYBM\0";
+/// Bitmap format version; any other value restarts the transfer.
+const VERSION: u32 = 1;
+/// Bytes before the bits.
+const HEADER_LEN: usize = 32;
+/// Largest bitmap held in memory (bits part): 1 GiB of blocks... at 4 KiB blocks is 32 TiB.
+const MAX_BITMAP_BYTES: u64 = 1 << 30;
+
+impl IngestDir {
+    /// The size and block size recorded by an earlier resumable transfer of `key`, if its
+    /// bitmap is there and well-formed: a downloader that learns the size only from the network
+    /// can reopen the transfer before the first reply ([`IngestDir::begin_resumable`] checks
+    /// the rest).
+    pub fn peek_resumable(&self, key: &str) -> Option<(u64, u32)> {
+        use std::io::Read;
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains(['/', '.']) {
+            return None;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        File::open(self.work().join(format!("{key}.bitmap")))
+            .ok()?
+            .read_exact(&mut header)
+            .ok()?;
+        if &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
+            return None;
+        }
+        let block = u32::from_le_bytes(header[12..16].try_into().ok()?);
+        let size = u64::from_le_bytes(header[16..24].try_into().ok()?);
+        (block > 0).then_some((size, block))
+    }
+}
+
+/// Size, block size and block count of one part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Geometry {
+    pub size: u64,
+    pub block_size: u32,
+    pub blocks: u64,
+}
+
+impl Geometry {
+    fn new(size: u64, block_size: u32) -> io::Result<Geometry> {
+        if block_size == 0 {
+            return Err(invalid("ingest: block size must not be 0"));
+        }
+        let blocks = size.div_ceil(u64::from(block_size));
+        if blocks.div_ceil(8) > MAX_BITMAP_BYTES {
+            return Err(invalid("ingest: too many blocks for one transfer"));
+        }
+        Ok(Geometry {
+            size,
+            block_size,
+            blocks,
+        })
+    }
+
+    fn bitmap_bytes(&self) -> usize {
+        self.blocks.div_ceil(8) as usize
+    }
+
+    /// Byte offset of block `i` (below `size` for every block that exists).
+    pub fn offset(&self, i: u64) -> u64 {
+        i.saturating_mul(u64::from(self.block_size))
+    }
+
+    /// Bytes in the blocks of `run` (the last block of the file may be short).
+    pub fn run_bytes(&self, run: &Range<u64>) -> u64 {
+        self.size.min(self.offset(run.end)) - self.offset(run.start)
+    }
+
+    /// `len` bytes starting at block `first` must be whole blocks (the last one may be the
+    /// file's short tail): how many blocks that is. Wrong length or range: `InvalidInput`.
+    pub fn run_len(&self, first: u64, len: usize) -> io::Result<u64> {
+        let n = (len as u64).div_ceil(u64::from(self.block_size)).max(1);
+        if first >= self.blocks || n > self.blocks - first {
+            return Err(invalid("ingest: block index out of range"));
+        }
+        if len as u64 != self.run_bytes(&(first..first + n)) {
+            return Err(invalid("ingest: block has the wrong length"));
+        }
+        Ok(n)
+    }
+
+    fn prefix_bytes(&self, blocks: u64) -> u64 {
+        self.offset(blocks).min(self.size)
+    }
+}
+
+fn has(bits: &[u8], i: u64) -> bool {
+    bits[(i / 8) as usize] & (1 << (i % 8)) != 0
+}
+
+/// Sets or clears bit `i`; true if it changed.
+fn put(bits: &mut [u8], i: u64, on: bool) -> bool {
+    let (byte, mask) = ((i / 8) as usize, 1u8 << (i % 8));
+    let was = bits[byte] & mask != 0;
+    if on {
+        bits[byte] |= mask;
+    } else {
+        bits[byte] &= !mask;
+    }
+    was != on
+}
+
+/// Whether a claim may overwrite a block that is already written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// A written block keeps its first copy; the new one is not written (filestorage 4.3:
+    /// a replayed chunk changes nothing).
+    Keep,
+    /// The latest complete copy wins (FastDP 2.5): the block counts as missing from the claim
+    /// until the new copy is finished, and a durable bit is cleared on disk first.
+    Replace,
+}
+
+/// What [`Part::claim`] granted.
+#[derive(Debug)]
+pub(super) enum Claimed {
+    /// These runs are now busy and must be written, then finished or released. Empty when
+    /// every block was already written and `Rewrite::Keep` kept them.
+    Runs(Vec<Range<u64>>),
+    /// Another writer holds one of the blocks.
+    Busy,
+    /// The part takes no more writes: it is being verified, or it is committed or discarded.
+    Closed,
+}
+
+/// The blocks a running sync is making durable.
+#[derive(Debug)]
+struct Batch {
+    /// First bitmap byte the batch covers.
+    lo: usize,
+    /// Its blocks, as bits of bytes `lo..lo + bits.len()`.
+    bits: Vec<u8>,
+    /// Its bits are being written to disk: a block can no longer leave it.
+    sealed: bool,
+}
+
+impl Batch {
+    fn holds(&self, i: u64) -> bool {
+        let byte = (i / 8) as usize;
+        byte >= self.lo
+            && byte < self.lo + self.bits.len()
+            && self.bits[byte - self.lo] & (1 << (i % 8)) != 0
+    }
+
+    fn forget(&mut self, i: u64) {
+        let byte = (i / 8) as usize;
+        if !self.sealed && byte >= self.lo && byte < self.lo + self.bits.len() {
+            self.bits[byte - self.lo] &= !(1 << (i % 8));
+        }
+    }
+}
+
+/// The bookkeeping of one part, behind [`Part::state`].
+#[derive(Debug)]
+pub(super) struct State {
+    /// Blocks whose bytes are all in the part, synced or not.
+    written: Vec<u8>,
+    /// Blocks whose bytes and bit are synced: exactly the bits on disk whenever no sync holds
+    /// the bitmap lock. A block may be durable and not written for a moment (a replacement
+    /// clearing it); it is reported durable only when it is both.
+    durable: Vec<u8>,
+    /// Number of written blocks.
+    received: u64,
+    /// Bytes of `written` that may hold bits `durable` lacks.
+    dirty: Option<(usize, usize)>,
+    batch: Option<Batch>,
+    /// Runs of blocks claimed by shared writers (at most one or two per writer).
+    busy: Vec<Range<u64>>,
+    /// False while the part is verified: shared writers are refused.
+    accepting: bool,
+    /// Leading blocks that are all written (the stored prefix).
+    prefix_blocks: u64,
+    /// Hashes the stored prefix while the part fills.
+    hasher: Option<PrefixHasher>,
+    /// Background hashing was asked for: restart it after a reset or a replacement.
+    wants_hasher: bool,
+    /// A sync failed: nothing may be reported durable any more.
+    failed: Option<(io::ErrorKind, String)>,
+    /// Committed or discarded: nothing left to persist.
+    finished: bool,
+}
+
+impl State {
+    fn new(geo: Geometry) -> State {
+        State {
+            written: vec![0; geo.bitmap_bytes()],
+            durable: vec![0; geo.bitmap_bytes()],
+            received: 0,
+            dirty: None,
+            batch: None,
+            busy: Vec::new(),
+            accepting: true,
+            prefix_blocks: 0,
+            hasher: None,
+            wants_hasher: false,
+            failed: None,
+            finished: false,
+        }
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub fn is_written(&self, i: u64) -> bool {
+        (i / 8) < self.written.len() as u64 && has(&self.written, i)
+    }
+
+    pub fn is_durable(&self, i: u64) -> bool {
+        self.is_written(i) && has(&self.durable, i)
+    }
+
+    fn failure(&self) -> Option<io::Error> {
+        self.failed
+            .as_ref()
+            .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        if self.failed.is_none() {
+            self.failed = Some((e.kind(), format!("ingest: part no longer trusted: {e}")));
+        }
+    }
+
+    /// Marks the blocks of `run` written (their bytes are in the part).
+    fn mark_written(&mut self, geo: Geometry, run: Range<u64>) {
+        let start = run.start;
+        for i in run {
+            if put(&mut self.written, i, true) {
+                self.received += 1;
+                let byte = (i / 8) as usize;
+                self.dirty = Some(match self.dirty {
+                    None => (byte, byte + 1),
+                    Some((lo, hi)) => (lo.min(byte), hi.max(byte + 1)),
+                });
+            }
+        }
+        if start <= self.prefix_blocks {
+            self.advance_prefix(geo);
+        }
+    }
+
+    /// Moves the stored prefix over every written block after it and tells the hasher.
+    fn advance_prefix(&mut self, geo: Geometry) {
+        let mut i = self.prefix_blocks;
+        while i < geo.blocks {
+            let byte = (i / 8) as usize;
+            if i % 8 == 0 && self.written[byte] == 0xff && i + 8 <= geo.blocks {
+                i += 8;
+                continue;
+            }
+            if !has(&self.written, i) {
+                break;
+            }
+            i += 1;
+        }
+        self.prefix_blocks = i;
+        let bytes = geo.prefix_bytes(i);
+        if let Some(h) = self.hasher.as_mut() {
+            h.advance(bytes);
+        }
+    }
+
+    /// Bytes of the part the background hasher may be reading: nothing below may be written.
+    fn frozen(&self) -> u64 {
+        self.hasher.as_ref().map_or(0, PrefixHasher::frozen)
+    }
+
+    fn release(&mut self, run: &Range<u64>) {
+        if let Some(k) = self.busy.iter().position(|r| r == run) {
+            self.busy.swap_remove(k);
+        }
+    }
+
+    /// Up to `limit` maximal runs of blocks for which `pick(written byte, durable byte)` has
+    /// the bit set, in increasing order.
+    fn runs(&self, geo: Geometry, limit: usize, pick: impl Fn(u8, u8) -> u8) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        let mut open: Option<u64> = None;
+        for (k, (&w, &d)) in self.written.iter().zip(&self.durable).enumerate() {
+            let b = pick(w, d);
+            let base = k as u64 * 8;
+            // Whole bytes continue or leave a run without a look at each bit.
+            if (b == 0xff && open.is_some()) || (b == 0 && open.is_none()) {
+                continue;
+            }
+            for bit in 0..8u64 {
+                let i = base + bit;
+                if i >= geo.blocks {
+                    break;
+                }
+                match (b & (1 << bit) != 0, open) {
+                    (true, None) => open = Some(i),
+                    (false, Some(s)) => {
+                        out.push(s..i);
+                        open = None;
+                        if out.len() == limit {
+                            return out;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(s) = open {
+            if out.len() < limit {
+                out.push(s..geo.blocks);
+            }
+        }
+        out
+    }
+}
+
+/// Blocks not written yet, in increasing order, read under the part's lock.
+pub(super) struct Missing<'a> {
+    st: MutexGuard<'a, State>,
+    next: u64,
+    blocks: u64,
+}
+
+impl Iterator for Missing<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        while self.next < self.blocks {
+            let i = self.next;
+            let byte = self.st.written[(i / 8) as usize];
+            if i % 8 == 0 && byte == 0xff {
+                self.next += 8;
+                continue;
+            }
+            self.next += 1;
+            if byte & (1 << (i % 8)) == 0 {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Who runs the next sync and which syncs are done (group commit).
+#[derive(Debug, Default)]
+struct Group {
+    running: bool,
+    /// Syncs started so far (each one's batch is taken after it starts).
+    begun: u64,
+    /// The last sync that ended.
+    finished: u64,
+}
+
+/// Counters and a fault switch for tests of the durability order.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    /// fdatasync calls on the part begun and ended.
+    pub part_syncs_begun: std::sync::atomic::AtomicU64,
+    pub part_syncs_done: std::sync::atomic::AtomicU64,
+    /// That many coming fdatasync calls on the part fail with EIO.
+    pub fail_part_syncs: std::sync::atomic::AtomicU32,
+    /// Drop without the final sync, as a killed process would.
+    pub crash: std::sync::atomic::AtomicBool,
+    /// The next fdatasync of the part waits for a message on this first.
+    pub gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Times a sync() caller waited for a sync run by another.
+    pub sync_waits: std::sync::atomic::AtomicU64,
+}
+
+/// One part file and its bitmap. See the module doc.
+pub(super) struct Part {
+    dir: IngestDir,
+    part_path: PathBuf,
+    bitmap_path: PathBuf,
+    /// The part, read-write; holds the `flock` for as long as this value lives.
+    file: File,
+    geo: Geometry,
+    state: Mutex<State>,
+    /// The bitmap file, opened at the first sync; its lock orders every write of bits.
+    bitmap: Mutex<Option<File>>,
+    group: Mutex<Group>,
+    group_done: Condvar,
+    #[cfg(test)]
+    pub probe: Probe,
+}
+
+impl std::fmt::Debug for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Part")
+            .field("path", &self.part_path)
+            .field("geometry", &self.geo)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent before anything can panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Part {
+    /// Creates or reopens `<work>/<key>.part` (locked with `flock`) and its bitmap. A bitmap
+    /// that does not match restarts from zero; so does a new transfer, whose part is sized
+    /// sparse, or reserved when `preallocate` is set ([`IngestDir::reserve_space`]; then a
+    /// refusal leaves no file behind).
+    pub fn open(
+        dir: IngestDir,
+        key: &str,
+        size: u64,
+        block_size: u32,
+        preallocate: bool,
+    ) -> io::Result<Part> {
+        check_key(key)?;
+        let geo = Geometry::new(size, block_size)?;
+        let part_path = dir.work().join(format!("{key}{PART_SUFFIX}"));
+        let bitmap_path = dir.work().join(format!("{key}.bitmap"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&part_path)?;
+        flock(&file)?;
+        let mut part = Part {
+            dir,
+            part_path,
+            bitmap_path,
+            file,
+            geo,
+            state: Mutex::new(State::new(geo)),
+            bitmap: Mutex::new(None),
+            group: Mutex::new(Group::default()),
+            group_done: Condvar::new(),
+            #[cfg(test)]
+            probe: Probe::default(),
+        };
+        let _ = fs::remove_file(part.new_bitmap_path());
+        match part.load()? {
+            Some(bits) => {
+                let st = part.state_mut();
+                st.received = bits.iter().map(|b| u64::from(b.count_ones())).sum();
+                st.durable.clone_from(&bits);
+                st.written = bits;
+                st.advance_prefix(geo);
+            }
+            None => {
+                // A new transfer that cannot get its space leaves nothing behind.
+                let made = part
+                    .reset()
+                    .and_then(|()| if preallocate { part.reserve() } else { Ok(()) });
+                if let Err(e) = made {
+                    part.discard();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(part)
+    }
+
+    fn reserve(&self) -> io::Result<()> {
+        if self.dir.reserve_space(self.geo.size)? == Reserve::Preallocate {
+            preallocate(&self.file, self.geo.size)?;
+        }
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The bookkeeping, locked.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The bookkeeping of a part with one owner: no lock taken.
+    fn state_mut(&mut self) -> &mut State {
+        self.state.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn missing(&self) -> Missing<'_> {
+        Missing {
+            st: self.state(),
+            next: 0,
+            blocks: self.geo.blocks,
+        }
+    }
+
+    /// Up to `limit` half-open runs of written blocks (`durable`: of durable ones).
+    pub fn held_ranges(&self, durable: bool, limit: usize) -> Vec<Range<u64>> {
+        let st = self.state();
+        if durable {
+            st.runs(self.geo, limit, |w, d| w & d)
+        } else {
+            st.runs(self.geo, limit, |w, _| w)
+        }
+    }
+
+    /// Up to `limit` half-open runs of blocks not written.
+    pub fn missing_ranges(&self, limit: usize) -> Vec<Range<u64>> {
+        self.state().runs(self.geo, limit, |w, _| !w)
+    }
+
+    /// One owner writes consecutive blocks from `first` with one `pwrite`; no claim, no lock.
+    /// Blocks of the prefix being hashed are refused.
+    pub fn write_exclusive(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
+        let geo = self.geo;
+        let n = geo.run_len(first, data.len())?;
+        let offset = geo.offset(first);
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if st.finished {
+            return Err(finished());
+        }
+        if offset < st.frozen() {
+            return Err(invalid(
+                "ingest: block already stored and being hashed; it cannot be written again",
+            ));
+        }
+        self.file.write_all_at(data, offset)?;
+        st.mark_written(geo, first..first + n);
+        Ok(())
+    }
+
+    /// Claims blocks `run` for a shared writer. `Keep`: only the blocks not written are
+    /// claimed (as runs). `Replace`: the whole run, its written blocks becoming missing (their
+    /// durable bits cleared on disk before this returns); if the background hasher may have
+    /// read them it is stopped first, and starts again at the next finished run.
+    pub fn claim(&self, run: Range<u64>, rewrite: Rewrite) -> io::Result<Claimed> {
+        let mut st = self.state();
+        if let Some(e) = st.failure() {
+            return Err(e);
+        }
+        if st.finished || !st.accepting {
+            return Ok(Claimed::Closed);
+        }
+        if st
+            .busy
+            .iter()
+            .any(|r| r.start < run.end && run.start < r.end)
+        {
+            return Ok(Claimed::Busy);
+        }
+        if rewrite == Rewrite::Keep {
+            let mut runs: Vec<Range<u64>> = Vec::new();
+            for i in run {
+                if st.is_written(i) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(r) if r.end == i => r.end += 1,
+                    _ => runs.push(i..i + 1),
+                }
+            }
+            st.busy.extend(runs.iter().cloned());
+            return Ok(Claimed::Runs(runs));
+        }
+        let mut on_disk = false;
+        for i in run.clone() {
+            let sealed = st.batch.as_ref().is_some_and(|b| b.sealed && b.holds(i));
+            on_disk |= has(&st.durable, i) || sealed;
+            if put(&mut st.written, i, false) {
+                st.received -= 1;
+            }
+            if let Some(b) = st.batch.as_mut() {
+                b.forget(i);
+            }
+        }
+        st.prefix_blocks = st.prefix_blocks.min(run.start);
+        st.busy.push(run.clone());
+        // The hasher may be reading these bytes: stop it before any is rewritten.
+        let stale = if self.geo.offset(run.start) < st.frozen() {
+            st.hasher.take()
+        } else {
+            None
+        };
+        drop(st);
+        // Joined here, outside the lock; the next finished block starts hashing again.
+        drop(stale);
+        if on_disk {
+            if let Err(e) = self.clear_on_disk(&run) {
+                self.release(&run);
+                return Err(e);
+            }
+        }
+        Ok(Claimed::Runs(vec![run]))
+    }
+
+    /// Clears the durable bits of `run` on disk (and syncs the bitmap). Waits for a sync that
+    /// is writing bits, which may include these.
+    fn clear_on_disk(&self, run: &Range<u64>) -> io::Result<()> {
+        let mut bitmap = lock(&self.bitmap);
+        let (lo, bytes) = {
+            let mut st = self.state();
+            let mut changed = false;
+            for i in run.clone() {
+                changed |= put(&mut st.durable, i, false);
+            }
+            if !changed {
+                return Ok(());
+            }
+            let (lo, hi) = ((run.start / 8) as usize, (run.end - 1) as usize / 8 + 1);
+            (lo, st.durable[lo..hi].to_vec())
+        };
+        let r = self.write_bits(&mut bitmap, lo, &bytes);
+        if let Err(e) = &r {
+            self.state().fail(e);
+        }
+        r
+    }
+
+    /// Writes `data` at byte `offset` of the part (positional: no shared file position).
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    /// A claimed run was written whole: its blocks become written. Hashing stopped by a
+    /// replacement starts again from the new prefix.
+    pub fn finish(&self, runs: &[Range<u64>]) {
+        let mut st = self.state();
+        for r in runs {
+            st.release(r);
+            st.mark_written(self.geo, r.clone());
+        }
+        if st.wants_hasher && st.hasher.is_none() {
+            // Without a hasher the commit hashes everything itself: nothing is lost.
+            let _ = self.start_hasher_locked(&mut st);
+        }
+    }
+
+    /// A claimed run was not written whole: its blocks stay missing.
+    pub fn release(&self, run: &Range<u64>) {
+        self.state().release(run);
+    }
+
+    /// Stops accepting shared writers if every block is written; else how many are missing.
+    pub fn close_if_complete(&self) -> Result<(), u64> {
+        let mut st = self.state();
+        if st.received == self.geo.blocks {
+            st.accepting = false;
+            Ok(())
+        } else {
+            Err(self.geo.blocks - st.received)
+        }
+    }
+
+    /// Hashes the stored prefix on a background thread from now on (idempotent).
+    pub fn hash_in_background(&self) -> io::Result<()> {
+        {
+            let mut st = self.state();
+            if st.finished {
+                return Err(finished());
+            }
+            st.wants_hasher = true;
+        }
+        self.start_hasher()
+    }
+
+    /// Starts the hasher if it is wanted and not running, from the current prefix.
+    fn start_hasher(&self) -> io::Result<()> {
+        self.start_hasher_locked(&mut self.state())
+    }
+
+    fn start_hasher_locked(&self, st: &mut State) -> io::Result<()> {
+        if st.hasher.is_some() || !st.wants_hasher || st.finished || !st.accepting {
+            return Ok(());
+        }
+        let file = self.file.try_clone()?;
+        let prefix = self.geo.prefix_bytes(st.prefix_blocks);
+        st.hasher = Some(PrefixHasher::start(file, self.geo.size, prefix)?);
+        Ok(())
+    }
+
+    /// Makes every block written before this call durable (unless replaced since), with one
+    /// `fdatasync` of the part shared by every caller waiting at the same time.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut g = lock(&self.group);
+        // A sync already running may have taken its batch before our blocks were written.
+        let need = g.begun + 1;
+        loop {
+            if g.finished >= need {
+                return self.state().failure().map_or(Ok(()), Err);
+            }
+            if !g.running {
+                g.running = true;
+                g.begun += 1;
+                let mine = g.begun;
+                drop(g);
+                let r = self.sync_once();
+                g = lock(&self.group);
+                g.running = false;
+                g.finished = mine;
+                self.group_done.notify_all();
+                if mine >= need {
+                    return r;
+                }
+                continue;
+            }
+            #[cfg(test)]
+            self.probe
+                .sync_waits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            g = self
+                .group_done
+                .wait(g)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// One sync: batch, fdatasync the part, write and sync the bits, report them durable.
+    fn sync_once(&self) -> io::Result<()> {
+        {
+            let mut st = self.state();
+            if let Some(e) = st.failure() {
+                return Err(e);
+            }
+            if st.finished {
+                return Ok(());
+            }
+            let Some((lo, hi)) = st.dirty.take() else {
+                return Ok(());
+            };
+            let bits = (lo..hi).map(|k| st.written[k] & !st.durable[k]).collect();
+            st.batch = Some(Batch {
+                lo,
+                bits,
+                sealed: false,
+            });
+        }
+        if let Err(e) = self.sync_part_data() {
+            let mut st = self.state();
+            st.fail(&e);
+            st.batch = None;
+            return Err(e);
+        }
+        let mut bitmap = lock(&self.bitmap);
+        let (lo, bytes) = {
+            let mut st = self.state();
+            let st = &mut *st;
+            let Some(b) = st.batch.as_mut() else {
+                return Ok(());
+            };
+            b.sealed = true;
+            let bytes: Vec<u8> = b
+                .bits
+                .iter()
+                .zip(&st.durable[b.lo..])
+                .map(|(n, d)| n | d)
+                .collect();
+            (b.lo, bytes)
+        };
+        let written = self.write_bits(&mut bitmap, lo, &bytes);
+        let mut st = self.state();
+        let batch = st.batch.take();
+        if let Err(e) = written {
+            st.fail(&e);
+            return Err(e);
+        }
+        if let Some(b) = batch {
+            for (k, n) in b.bits.iter().enumerate() {
+                st.durable[b.lo + k] |= n;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_part_data(&self) -> io::Result<()> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.probe.part_syncs_begun.fetch_add(1, SeqCst);
+            let gate = lock(&self.probe.gate).take();
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
+            let fail = self
+                .probe
+                .fail_part_syncs
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+            if fail.is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        self.file.sync_data()?;
+        #[cfg(test)]
+        self.probe
+            .part_syncs_done
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes bitmap bytes from `lo` in place and syncs them; the caller holds the bitmap lock.
+    fn write_bits(&self, bitmap: &mut Option<File>, lo: usize, bytes: &[u8]) -> io::Result<()> {
+        if bitmap.is_none() {
+            *bitmap = Some(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(&self.bitmap_path)?,
+            );
+        }
+        let f = bitmap.as_ref().ok_or_else(finished)?;
+        f.write_all_at(bytes, (HEADER_LEN + lo) as u64)?;
+        f.sync_data()
+    }
+
+    /// Hashes the whole part, verifies it, fsyncs it and publishes it under `name` in the
+    /// folder of its [`IngestDir`]; then the bitmap goes. Every block must be written and no
+    /// writer may be at work (one owner, or [`close_if_complete`](Self::close_if_complete)).
+    /// On any error the part stays as it was.
+    pub fn commit(
+        &self,
+        name: &str,
+        expect: Expect,
+        policy: Collision,
+    ) -> Result<Committed, IngestError> {
+        if !is_plain_name(name) {
+            return Err(IngestError::BadName);
+        }
+        {
+            let st = self.state();
+            if st.finished {
+                return Err(finished().into());
+            }
+            if let Some(e) = st.failure() {
+                return Err(e.into());
+            }
+            if st.received != self.geo.blocks {
+                let missing = self.geo.blocks - st.received;
+                return Err(IngestError::Incomplete { missing });
+            }
+        }
+        // Waits for a sync another connection may be running, and leaves none to run: no
+        // bitmap write can follow the publication below.
+        self.sync()?;
+        let (sha256, xxh64) = self.hash()?;
+        if let Some(e) = check(expect, Some(&sha256), xxh64) {
+            return Err(e);
+        }
+        self.file.sync_all()?;
+        let tag = tag_for(expect, Some(&sha256), xxh64);
+        let published = publish(
+            self.dir.dest(),
+            &self.part_path,
+            name,
+            self.geo.size,
+            Some(&sha256),
+            &tag,
+            policy,
+        )?;
+        let _ = sync_dir(self.dir.dest());
+        // The part is gone (published or dropped as a duplicate); the bitmap is now meaningless.
+        // A bitmap that survives a crash here restarts from zero: its part is missing.
+        {
+            let mut st = self.state();
+            st.finished = true;
+            st.dirty = None;
+        }
+        let _ = fs::remove_file(&self.bitmap_path);
+        Ok(Committed {
+            path: published.path,
+            name: published.name,
+            sha256: Some(sha256),
+            xxh64,
+            size: self.geo.size,
+            outcome: published.outcome,
+        })
+    }
+
+    /// SHA-256 and xxHash64 of the whole part: what the background hasher did (if it ran and
+    /// did not fail), then the rest read here.
+    fn hash(&self) -> io::Result<([u8; 32], u64)> {
+        let hasher = self.state().hasher.take();
+        let mut st = hasher
+            .and_then(PrefixHasher::finish)
+            .unwrap_or_else(HashState::new);
+        st.hash_to(&self.file, self.geo.size, &mut Vec::new())?;
+        Ok((st.sha.finalize().into(), std::hash::Hasher::finish(&st.xxh)))
+    }
+
+    /// Deletes the part and its bitmap; nothing more is written or persisted.
+    pub fn discard(&self) {
+        let hasher = {
+            let mut st = self.state();
+            st.finished = true;
+            st.accepting = false;
+            st.dirty = None;
+            st.hasher.take()
+        };
+        drop(hasher);
+        let _ = fs::remove_file(&self.bitmap_path);
+        let _ = fs::remove_file(&self.part_path);
+    }
+
+    /// Deletes the part and bitmap of `key` that no one holds (the part is locked first, so a
+    /// transfer open in another process is refused with `WouldBlock`). Nothing there is fine.
+    pub fn remove(dir: &IngestDir, key: &str) -> io::Result<()> {
+        check_key(key)?;
+        let part_path = dir.work().join(format!("{key}{PART_SUFFIX}"));
+        let bitmap_path = dir.work().join(format!("{key}.bitmap"));
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&part_path)
+        {
+            Ok(f) => {
+                flock(&f)?;
+                fs::remove_file(&part_path)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(&bitmap_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the bitmap if it exists and matches this transfer and the part has the right size.
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        if self.file.metadata()?.len() != self.geo.size {
+            return Ok(None);
+        }
+        let want_len = (HEADER_LEN + self.geo.bitmap_bytes()) as u64;
+        let data = match fs::symlink_metadata(&self.bitmap_path) {
+            Ok(m) if m.is_file() && m.len() == want_len => fs::read(&self.bitmap_path)?,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if data.len() as u64 != want_len || data[..HEADER_LEN] != self.header() {
+            return Ok(None);
+        }
+        let mut bits = data[HEADER_LEN..].to_vec();
+        // Bits past the last block are not ours to trust.
+        let tail = (self.geo.blocks % 8) as u32;
+        if tail != 0 {
+            if let Some(last) = bits.last_mut() {
+                *last &= (1u8 << tail) - 1;
+            }
+        }
+        Ok(Some(bits))
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.geo.block_size.to_le_bytes());
+        h[16..24].copy_from_slice(&self.geo.size.to_le_bytes());
+        h[24..32].copy_from_slice(&self.geo.blocks.to_le_bytes());
+        h
+    }
+
+    fn new_bitmap_path(&self) -> PathBuf {
+        let mut p = self.bitmap_path.clone().into_os_string();
+        p.push(".new");
+        p.into()
+    }
+
+    /// Start over with one owner: empty bitmap first (atomically), then empty the part. A crash
+    /// in between leaves a bitmap that claims nothing, never one that claims discarded data.
+    /// A failed sync is forgotten: the part's old bytes are gone.
+    pub fn reset(&mut self) -> io::Result<()> {
+        let geo = self.geo;
+        let st = self.state_mut();
+        debug_assert!(st.busy.is_empty(), "reset with writers at work");
+        // The hasher read data that is about to be discarded: start it again from zero.
+        let stale = st.hasher.take();
+        drop(stale);
+        *st = State {
+            wants_hasher: st.wants_hasher,
+            ..State::new(geo)
+        };
+        *self
+            .bitmap
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        let tmp = self.new_bitmap_path();
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(&self.header())?;
+            f.write_all(&vec![0u8; geo.bitmap_bytes()])?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.bitmap_path)?;
+            sync_dir(self.dir.work())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        self.file.set_len(0)?;
+        self.file.set_len(geo.size)?;
+        self.file.sync_all()?;
+        self.start_hasher()
+    }
+}
+
+impl Drop for Part {
+    /// Best effort: keep the progress made since the last sync.
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if self.probe.crash.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if !self.state_mut().finished {
+            let _ = self.sync();
+        }
+    }
+}
+
+/// Takes an exclusive `flock` on the part so two transfers never share it.
+fn flock(file: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: flock only acts on the descriptor, which `file` keeps open for the call.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "ingest: transfer already in progress",
+                ))
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+fn check_key(key: &str) -> io::Result<()> {
+    if key.is_empty()
+        || key.len() > MAX_KEY_BYTES
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            "ingest: resumable key must be 1-128 of [A-Za-z0-9_-]",
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+pub(super) fn finished() -> io::Error {
+    io::Error::other("ingest: transfer already committed")
+}
