@@ -37,8 +37,8 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// `ferry serve DIR` on `host`'s address, TLS with the test certificate, rescanning every
-/// second; waits for its three listening lines.
+/// `ferry serve DIR` on `host`'s address, TLS with the test certificate (the catalog follows
+/// the folder live); waits for its three listening lines.
 pub fn serve(net: &Net, host: &str, dir: &std::path::Path) -> Proc {
     let ip = net.ip(host);
     let c = certs();
@@ -59,8 +59,6 @@ pub fn serve(net: &Net, host: &str, dir: &std::path::Path) -> Proc {
             s(&c.join("cert.pem")),
             "--key",
             s(&c.join("key.pem")),
-            "--watch",
-            "1",
         ],
     );
     p.listening(3, Duration::from_secs(60));

@@ -356,7 +356,7 @@ fn a_change_on_origin_reaches_both_mirrors_and_the_client_through_lb() {
         .wait_mirrors_match(Duration::from_secs(30))
         .expect("the change never reached both mirrors");
     eprintln!(
-        "hosts: the change reached both mirrors in {:.2} s (sync period {:.0} s, origin rescans every 1 s)",
+        "hosts: the change reached both mirrors in {:.2} s (sync period {:.0} s)",
         took.as_secs_f64(),
         period.as_secs_f64()
     );
@@ -377,7 +377,7 @@ fn a_change_on_origin_reaches_both_mirrors_and_the_client_through_lb() {
         assert_eq!(sum("failed"), 0, "{after:?}");
     }
 
-    // Both mirrors' servers list the new catalog (each rescans every second); then the
+    // Both mirrors' servers list the new catalog (each follows its folder live); then the
     // client sees it through lb, whichever mirror answers.
     assert!(
         d.wait_mirrors_serve_origin(Duration::from_secs(20))

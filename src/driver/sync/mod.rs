@@ -56,8 +56,6 @@ use source::{Attempt, Remote, Staged};
 
 /// The sync's working folder inside the catalog's state folder.
 const WORK_DIR: &str = "sync";
-/// More placed files than this are recorded by one rescan instead of one by one.
-const MAX_SINGLE_RECORDS: usize = 64;
 
 /// What to sync, and how.
 #[derive(Clone, Debug)]
@@ -424,7 +422,6 @@ fn open_local(opts: &SyncOptions) -> Result<LocalScan, SyncError> {
     let snap = cat.snapshot();
     let local = snap
         .entries()
-        .iter()
         .map(|e| Local {
             file: LocalFile {
                 name: e.file_name().to_string(),
@@ -700,19 +697,9 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Tells the catalog about placed files with their known hashes, so the next run's scan finds
-/// them in the index.
+/// Tells the catalog about placed files with their known hashes (one journal record each, no
+/// read of the file), so the next run's scan finds them in the index.
 fn record(catalog: &CatalogHandle, placed: &[(PathBuf, u64, [u8; 32])]) {
-    if placed.is_empty() {
-        return;
-    }
-    if placed.len() > MAX_SINGLE_RECORDS {
-        // One scan costs less than many single updates of the whole snapshot.
-        if let Err(e) = catalog.rescan() {
-            eprintln!("sync: updating the index: {e}");
-        }
-        return;
-    }
     for (path, xxh64, sha256) in placed {
         if let Err(e) = catalog.add_ingested_file(path, *xxh64, *sha256) {
             eprintln!("sync: updating the index: {e}");
