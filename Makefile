@@ -4,7 +4,7 @@ SHARE ?= share
 VENV := target/venv
 PY := $(VENV)/bin/python
 
-.PHONY: build release run test unit fmt fmt-check lint certs bench venv clean
+.PHONY: build release run test unit fmt fmt-check lint certs bench bench-hosts venv clean
 
 build:
 	$(CARGO) build --release
@@ -45,6 +45,11 @@ $(VENV)/.done: tests/requirements.txt
 # Benchmarks: ferry against its peers on this machine, printed as one table.
 bench: build
 	bash benches/bench.sh
+
+# Multi-host benchmarks (root): ferry sync against rsync, HAProxy, CJP2P sources, on network
+# namespaces; one table, also in target/bench/hosts.md.
+bench-hosts: certs
+	bash benches/bench_hosts.sh
 
 clean:
 	$(CARGO) clean

@@ -11,6 +11,7 @@
 //! Out of scope here: timing targets. These tests assert completion and correctness;
 //! `make bench-hosts` measures.
 
+mod bench;
 mod deploy;
 mod fixtures;
 mod net;

@@ -65,14 +65,15 @@ pub struct Service<'a> {
 }
 
 /// The HAProxy configuration of the tests and of the README's "Running mirrors": TCP mode
-/// (TLS passes through untouched), least connections, a health check every 500 ms (a mirror is
-/// out after 2 failures, back after 2 successes), a refused connection retried on another
-/// mirror (`option redispatch`).
+/// (TLS passes through untouched), bytes moved by splice(2) where the kernel can, least
+/// connections, a health check every 500 ms (a mirror is out after 2 failures, back after 2
+/// successes), a refused connection retried on another mirror (`option redispatch`).
 pub fn haproxy_config(lb: Ipv4Addr, mirrors: &[(&str, Ipv4Addr)], services: &[Service]) -> String {
     let mut c = String::from(
         "global\n    maxconn 4096\n\n\
          defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    \
-         timeout server 60s\n    retries 3\n    option redispatch\n",
+         timeout server 60s\n    retries 3\n    option redispatch\n    \
+         option splice-auto\n",
     );
     for s in services {
         c.push_str(&format!(

@@ -13,13 +13,14 @@ fn item(b: u8) -> Fetch {
     }
 }
 
+/// A fetched file whose hashes are both known (nothing to read back).
 fn staged(id: ContentId) -> (ContentId, Staged) {
     (
         id,
         Staged {
             path: PathBuf::from("x"),
-            sha256: None,
-            xxh64: None,
+            sha256: Some([0; 32]),
+            xxh64: Some(0),
         },
     )
 }
@@ -148,6 +149,35 @@ fn a_partial_answer_keeps_what_arrived_and_asks_again_for_the_rest() {
     let r = run_batch(&s, &[item(1), item(2), item(3)], 2);
     assert!(r.iter().all(Result::is_ok), "{r:?}");
     assert_eq!(s.calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_fetched_file_that_cannot_be_read_back_fails_alone() {
+    fn unreadable(items: &[&Fetch]) -> Attempt {
+        Attempt {
+            staged: items
+                .iter()
+                .map(|f| {
+                    (
+                        f.id,
+                        Staged {
+                            path: PathBuf::from("/nonexistent/ferry-sync-test"),
+                            sha256: Some([0; 32]),
+                            xxh64: None,
+                        },
+                    )
+                })
+                .collect(),
+            ..Attempt::default()
+        }
+    }
+    let s = Scripted {
+        script: vec![unreadable],
+        calls: AtomicUsize::new(0),
+    };
+    let r = run_batch(&s, &[item(1)], 3);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert!(r[0].as_ref().unwrap_err().contains("reading"), "{r:?}");
 }
 
 #[test]
