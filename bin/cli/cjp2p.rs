@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use ferry::catalog::{CatalogHandle, CatalogOptions};
-use ferry::driver::cjp2p::blocklist;
-use ferry::driver::cjp2p::node::{self as cjp2p_driver, DriverConfig, NodeHandle, Outcome};
+use ferry::catalog::CatalogHandle;
+use ferry::driver::cjp2p::blocklist::{self, FetchError};
+use ferry::driver::cjp2p::node::{self as cjp2p_driver, DriverConfig, NodeHandle, Outcome, Role};
 use ferry::server::{self, Shutdown};
 
 use super::*;
@@ -42,10 +42,12 @@ pub(crate) struct Cjp2pNodeArgs {
     /// folder to serve (default ./share, created if missing)
     #[argh(option)]
     root: Option<PathBuf>,
-    /// peer to contact, ip:port (repeatable); no other address is contacted unless learnt from them
+    /// peer to contact, ip:port (repeatable); other addresses are contacted only when these
+    /// advertise them
     #[argh(option)]
     peer: Vec<String>,
-    /// do not contact addresses advertised by peers
+    /// contact no address but the --peer ones and the senders it answers (no addresses from
+    /// peer lists, no probes of peers that contacted it)
     #[argh(switch)]
     no_discovery: bool,
     /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
@@ -55,7 +57,7 @@ pub(crate) struct Cjp2pNodeArgs {
     /// do not follow the folder live (no inotify)
     #[argh(switch)]
     no_follow: bool,
-    /// log on stderr
+    /// log on stderr: what is served and refused to whom, and the counters, every 2 s
     #[argh(switch, short = 'v')]
     verbose: bool,
     /// print the listening line as JSON
@@ -76,10 +78,10 @@ pub(crate) struct Cjp2pGetArgs {
     /// output folder (default ./output); partial data lives in OUT/.ferry/ingest/cjp2p
     #[argh(option, default = "PathBuf::from(\"output\")")]
     out: PathBuf,
-    /// file name for the result (default: the id)
+    /// file name for the result, a plain name with no folder (default: the id)
     #[argh(option)]
     name: Option<String>,
-    /// local UDP address (default: any port)
+    /// local UDP address (default: an ephemeral port on the address that reaches the peers)
     #[argh(option)]
     bind: Option<String>,
     /// give up after this many seconds without progress (default 60)
@@ -110,6 +112,9 @@ pub(crate) struct Cjp2pPeersArgs {
     /// the peer, ip:port
     #[argh(option)]
     peer: String,
+    /// seconds to wait for the answer (default 5)
+    #[argh(option, default = "5")]
+    timeout: u64,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -122,6 +127,9 @@ pub(crate) struct Cjp2pListArgs {
     /// the peer, ip:port
     #[argh(option)]
     peer: String,
+    /// seconds to wait for the answer (default 5)
+    #[argh(option, default = "5")]
+    timeout: u64,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -139,7 +147,7 @@ pub(crate) fn parse_peers(list: &[String]) -> Result<Vec<std::net::SocketAddr>, 
         .collect()
 }
 
-/// Starts a CJP2P node on `bind` (a `[::]` address falls back to `0.0.0.0`).
+/// Starts a serving CJP2P node on `bind` (a `[::]` address falls back to `0.0.0.0`).
 pub(crate) fn start_node(
     bind: &str,
     peers: Vec<std::net::SocketAddr>,
@@ -149,6 +157,17 @@ pub(crate) fn start_node(
     cat: Arc<CatalogHandle>,
     shutdown: Shutdown,
 ) -> Result<NodeHandle, Failure> {
+    let cfg = driver_config(bind, peers, discovery, verbose, block_size);
+    start_role(cfg, Role::Serve(cat), shutdown)
+}
+
+fn driver_config(
+    bind: &str,
+    peers: Vec<std::net::SocketAddr>,
+    discovery: bool,
+    verbose: bool,
+    block_size: u32,
+) -> DriverConfig {
     let mut cfg = DriverConfig {
         bind: bind.to_string(),
         peers,
@@ -158,11 +177,20 @@ pub(crate) fn start_node(
     };
     cfg.node.discovery = discovery;
     cfg.download.ferry_block = block_size;
-    match NodeHandle::start(cfg.clone(), cat.clone(), shutdown.clone()) {
+    cfg
+}
+
+fn start_role(
+    mut cfg: DriverConfig,
+    role: Role,
+    shutdown: Shutdown,
+) -> Result<NodeHandle, Failure> {
+    let bind = cfg.bind.clone();
+    match NodeHandle::start(cfg.clone(), role.clone(), shutdown.clone()) {
         Ok(h) => Ok(h),
         Err(e) if bind.starts_with("[::]") => {
             cfg.bind = bind.replacen("[::]", "0.0.0.0", 1);
-            NodeHandle::start(cfg, cat, shutdown).map_err(|e2| {
+            NodeHandle::start(cfg, role, shutdown).map_err(|e2| {
                 local(format!(
                     "cjp2p: bind {bind}: {e}; {}: {e2}",
                     bind.replacen("[::]", "0.0.0.0", 1)
@@ -210,26 +238,22 @@ fn cjp2p_node(a: Cjp2pNodeArgs) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
-/// A client-side node: catalog in `dir`, any local port.
+/// A client node (`get`, `list`, `peers`): serves nothing, opens no catalog, binds an ephemeral
+/// port on the address that reaches `peers` unless told otherwise. Downloads go to `out`.
 pub(crate) fn client_node(
-    dir: &Path,
+    out: Option<&Path>,
     bind: Option<String>,
     peers: Vec<std::net::SocketAddr>,
     verbose: bool,
     block_size: u32,
 ) -> Result<(NodeHandle, Shutdown), Failure> {
-    let cat = CatalogHandle::open(dir, CatalogOptions { verbose }).map_err(local)?;
     let shutdown = Shutdown::new();
-    let bind = bind.unwrap_or_else(|| "[::]:0".to_string());
-    let node = start_node(
-        &bind,
-        peers,
-        false,
-        verbose,
-        block_size,
-        cat,
-        shutdown.clone(),
-    )?;
+    let bind = bind.unwrap_or_else(|| cjp2p_driver::client_bind(&peers).to_string());
+    let cfg = driver_config(&bind, peers, false, verbose, block_size);
+    let role = Role::Client {
+        out: out.map(Path::to_path_buf),
+    };
+    let node = start_role(cfg, role, shutdown.clone())?;
     Ok((node, shutdown))
 }
 
@@ -244,9 +268,17 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
     if peers.is_empty() {
         return Err(local("name at least one --peer ip:port"));
     }
+    // A name is used as given or refused: `../evil.bin` must not quietly become `evil.bin`.
     let name = match &a.name {
-        Some(n) => ferry::names::sanitize_basename(n, 255)
-            .ok_or_else(|| local(format!("--name {n:?} is not a safe file name")))?,
+        Some(n) if ferry::names::sanitize_basename(n, 255).as_deref() == Some(n.as_str()) => {
+            n.clone()
+        }
+        Some(n) => {
+            return Err(local(format!(
+                "--name {n:?} is not a plain file name (no folder, no leading dot, no control \
+                 character, at most 255 bytes)"
+            )))
+        }
         None => a.id.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,8 +295,23 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
             "--block-size must be a multiple of 4096 from 4096 to 40960",
         ));
     }
-    let (node, _shutdown) = client_node(&a.out, a.bind, peers.clone(), a.verbose, a.block_size)?;
     let started = std::time::Instant::now();
+    if !a.block_list {
+        if let Some((path, size, how)) = from_output_folder(&a.out, &id, &name)? {
+            let secs = started.elapsed().as_secs_f64();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": a.id, "path": path, "size": size, "seconds": secs, "verified": true, "local": how})
+                );
+            } else {
+                eprintln!("cjp2p: {} {how}: {}", a.id, path.display());
+            }
+            return Ok(EXIT_OK);
+        }
+    }
+    let (node, _shutdown) =
+        client_node(Some(&a.out), a.bind, peers.clone(), a.verbose, a.block_size)?;
     if a.block_list {
         let file_id = match &a.file_id {
             Some(f) => Some(
@@ -299,6 +346,10 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
                 eprintln!("cjp2p: {why}; rerun the same command to resume");
                 Ok(EXIT_INTERRUPTED)
             }
+            Err(FetchError::Local(why)) => Err(local(format!(
+                "cjp2p: block list {}: {why}; rerun the same command to resume once fixed",
+                a.id
+            ))),
             Err(why) => Err(Failure {
                 code: EXIT_PARTIAL,
                 message: format!("cjp2p: block list {}: {why}", a.id),
@@ -379,19 +430,102 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
                 message: format!("cjp2p: {}: {why}", a.id),
             })
         }
+        Outcome::LocalError(why) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": a.id, "error": why, "seconds": secs, "verified": false})
+                );
+            }
+            Err(local(format!(
+                "cjp2p: {}: {why}; the partial data is kept: rerun the same command once fixed",
+                a.id
+            )))
+        }
     }
+}
+
+/// The content may already be in the output folder: under the name asked for (nothing to do),
+/// or, when another name is asked, under its id from an earlier run (then it is copied to that
+/// name through ingest, verified, with no network). Anything else is downloaded. Returns the
+/// path, the size and what was done.
+fn from_output_folder(
+    out: &Path,
+    id: &[u8; 32],
+    name: &str,
+) -> Result<Option<(PathBuf, u64, &'static str)>, Failure> {
+    use ferry::ingest::{Expect, IngestDir};
+    use sha2::{Digest, Sha256};
+    let holds = |path: &Path| -> Option<u64> {
+        // Regular files only; a symlink or anything else is never read.
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.file_type().is_file() {
+            return None;
+        }
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).ok()?;
+        (<[u8; 32]>::from(h.finalize()) == *id).then_some(meta.len())
+    };
+    let target = out.join(name);
+    if let Some(size) = holds(&target) {
+        return Ok(Some((target, size, "already present")));
+    }
+    let by_id = out.join(cjp2p_driver::hex(id));
+    if by_id == target || holds(&by_id).is_none() {
+        return Ok(None);
+    }
+    let work = out.join(".ferry").join("ingest").join("cjp2p");
+    let ingest =
+        IngestDir::new(out, &work).map_err(|e| local(format!("{}: {e}", out.display())))?;
+    let copy = || -> Result<ferry::ingest::Committed, String> {
+        let mut src = std::fs::File::open(&by_id).map_err(|e| e.to_string())?;
+        let size = src.metadata().map_err(|e| e.to_string())?.len();
+        let mut sink = ingest.begin_stream(Some(size)).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut src, &mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        sink.commit(name, Expect::Sha256(*id))
+            .map_err(|e| e.to_string())
+    };
+    match copy() {
+        Ok(c) => Ok(Some((
+            c.path,
+            c.size,
+            "copied from the earlier download under its id",
+        ))),
+        // It changed under us: fetch it from the network instead.
+        Err(_) => Ok(None),
+    }
+}
+
+/// The answer of `peer` to a peers or list request, or the "no answer" failure (exit 3).
+fn answer_of<T>(
+    peer: std::net::SocketAddr,
+    timeout: u64,
+    ask: impl FnOnce(&NodeHandle, Duration) -> std::sync::mpsc::Receiver<Option<T>>,
+) -> Result<T, Failure> {
+    let limit = Duration::from_secs(timeout.max(1));
+    let (node, _sd) = client_node(None, None, vec![peer], false, 32768)?;
+    let answer = ask(&node, limit)
+        .recv_timeout(limit + Duration::from_secs(1))
+        .ok()
+        .flatten();
+    drop(node);
+    answer.ok_or_else(|| Failure {
+        code: EXIT_NETWORK,
+        message: format!("cjp2p: no answer from {peer} within {} s", limit.as_secs()),
+    })
 }
 
 pub(crate) fn cjp2p_peers(a: Cjp2pPeersArgs) -> Result<u8, Failure> {
     let peer = parse_peers(std::slice::from_ref(&a.peer))?[0];
-    let tmp = std::env::temp_dir().join(format!("ferry-cjp2p-{}", std::process::id()));
-    let (node, _sd) = client_node(&tmp, None, vec![peer], false, 32768)?;
-    let peers = node
-        .peers_of(peer)
-        .recv_timeout(Duration::from_secs(6))
-        .unwrap_or_default();
-    drop(node);
-    let _ = std::fs::remove_dir_all(&tmp);
+    let peers = answer_of(peer, a.timeout, |n, limit| n.peers_of(peer, limit))?;
     if a.json {
         println!(
             "{}",
@@ -412,14 +546,7 @@ pub(crate) fn cjp2p_peers(a: Cjp2pPeersArgs) -> Result<u8, Failure> {
 
 pub(crate) fn cjp2p_list(a: Cjp2pListArgs) -> Result<u8, Failure> {
     let peer = parse_peers(std::slice::from_ref(&a.peer))?[0];
-    let tmp = std::env::temp_dir().join(format!("ferry-cjp2p-{}", std::process::id()));
-    let (node, _sd) = client_node(&tmp, None, vec![peer], false, 32768)?;
-    let list = node
-        .list_of(peer)
-        .recv_timeout(Duration::from_secs(6))
-        .unwrap_or_default();
-    drop(node);
-    let _ = std::fs::remove_dir_all(&tmp);
+    let list = answer_of(peer, a.timeout, |n, limit| n.list_of(peer, limit))?;
     if a.json {
         let v: Vec<_> = list
             .iter()

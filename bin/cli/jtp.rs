@@ -1,6 +1,6 @@
 //! `ferry jtp serve | get | list`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,10 @@ use super::*;
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Connect(_) | ClientError::Io(_) => EXIT_NETWORK,
+            ClientError::Connect(_)
+            | ClientError::Io(_)
+            | ClientError::TimedOut(_)
+            | ClientError::Closed { .. } => EXIT_NETWORK,
             ClientError::Protocol(_) | ClientError::Server { .. } => EXIT_PROTOCOL,
             ClientError::Local(_) => EXIT_LOCAL,
         };
@@ -359,7 +362,6 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     opts.nodelay = !a.no_tcp_nodelay;
     opts.verbose = a.verbose;
     opts.durable = a.fsync;
-    opts.progress = !a.json && std::io::stderr().is_terminal();
     let client = Client::new(opts)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -399,7 +401,10 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
         Mode::Get
     };
     let wanted = (!ids.is_empty()).then_some(ids);
-    let s = get_with_retries(&client, &out, wanted, mode, &stop, a.retries)?;
+    let drawer = progress::Drawer::start(client.progress(), progress::Unit::Images, a.json);
+    let got = get_with_retries(&client, &out, wanted, mode, &stop, a.retries);
+    drawer.finish();
+    let s = got?;
     if a.json {
         println!("{}", serde_json::to_string(&s).unwrap_or_default());
     } else {
@@ -447,9 +452,12 @@ fn get_with_retries(
     let mut attempt = 0;
     loop {
         match client.get(out, ids.clone(), mode, stop) {
-            Err(e @ (ClientError::Connect(_) | ClientError::Io(_)))
-                if attempt < retries && !stop.load(Ordering::SeqCst) =>
-            {
+            Err(
+                e @ (ClientError::Connect(_)
+                | ClientError::Io(_)
+                | ClientError::TimedOut(_)
+                | ClientError::Closed { .. }),
+            ) if attempt < retries && !stop.load(Ordering::SeqCst) => {
                 attempt += 1;
                 eprintln!("jtp: {e}; asking again ({attempt} of {retries})");
                 std::thread::sleep(pause);

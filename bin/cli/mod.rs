@@ -16,6 +16,7 @@ use ferry::transport::TlsServer;
 pub(crate) mod cjp2p;
 pub(crate) mod folder;
 pub(crate) mod jtp;
+pub(crate) mod progress;
 pub(crate) mod serve;
 pub(crate) mod sync;
 pub(crate) mod tej;

@@ -1,7 +1,7 @@
 //! `ferry sync SOURCE DIR`: the command line over [`ferry::driver::sync`]: flags, the progress
 //! line (on a terminal only), the summary, and the exit code.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use ferry::driver::sync::{
-    self, Action, Connect, Progress, Report, Source, SyncError, SyncOptions,
-};
+use ferry::driver::progress::Progress;
+use ferry::driver::sync::{self, Action, Connect, Report, Source, SyncError, SyncOptions};
 
 use super::*;
 
@@ -102,17 +101,10 @@ pub(crate) fn run(a: SyncArgs) -> Result<u8, Failure> {
             }
         });
     }
-    let progress = Arc::new(Progress::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let ticker = (!a.json && !a.dry_run && std::io::stderr().is_terminal()).then(|| {
-        let (p, d) = (progress.clone(), done.clone());
-        std::thread::spawn(move || show_progress(&p, &d))
-    });
+    let progress = Arc::new(Progress::new());
+    let drawer = progress::Drawer::start(progress.clone(), progress::Unit::Files, a.json);
     let r = sync::run(&opts, &progress, &stop);
-    done.store(true, Ordering::SeqCst);
-    if let Some(t) = ticker {
-        let _ = t.join();
-    }
+    drawer.finish();
     let report = r.map_err(failure)?;
     print_report(&report, &a.dir, a.json);
     Ok(if report.interrupted {
@@ -136,28 +128,6 @@ fn failure(e: SyncError) -> Failure {
     Failure {
         code,
         message: e.to_string(),
-    }
-}
-
-fn show_progress(p: &Progress, done: &AtomicBool) {
-    let mut shown = false;
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(250));
-        let files = p.files_total.load(Ordering::Relaxed);
-        if files == 0 {
-            continue;
-        }
-        eprint!(
-            "\r\x1b[Ksync: {}/{} files, {:.1}/{:.1} MB",
-            p.files_done.load(Ordering::Relaxed),
-            files,
-            p.bytes_done.load(Ordering::Relaxed) as f64 / 1e6,
-            p.bytes_total.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        shown = true;
-    }
-    if shown {
-        eprint!("\r\x1b[K");
     }
 }
 

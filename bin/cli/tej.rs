@@ -239,7 +239,7 @@ impl From<tej_client::ClientError> for Failure {
     fn from(e: tej_client::ClientError) -> Self {
         use tej_client::ClientError as E;
         let code = match &e {
-            E::Connect(_) | E::Io(_) => EXIT_NETWORK,
+            E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed => EXIT_NETWORK,
             E::Frame(_) | E::Peer(_) | E::Mismatch(_) => EXIT_PROTOCOL,
             E::Local(_) => EXIT_LOCAL,
         };
@@ -278,7 +278,10 @@ pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
     opts.verbose = a.verbose;
     let client = tej_client::Client::new(opts)?;
     let message = a.message.unwrap_or_default();
-    let r = client.send(&a.files, message.as_bytes(), a.status)?;
+    let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
+    let sent = client.send(&a.files, message.as_bytes(), a.status);
+    drawer.finish();
+    let r = sent?;
     if a.json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
@@ -310,7 +313,10 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
     }
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
     let client = tej_client::Client::new(opts)?;
-    let stored = get_with_retries(&client, &a.out, &a.items, a.retries)?;
+    let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
+    let got = get_with_retries(&client, &a.out, &a.items, a.retries);
+    drawer.finish();
+    let stored = got?;
     if a.json {
         println!("{}", serde_json::to_string(&stored).unwrap_or_default());
     } else {
@@ -353,7 +359,9 @@ fn get_with_retries(
     let mut attempt = 0;
     loop {
         match client.get(out, items) {
-            Err(e @ (E::Connect(_) | E::Io(_))) if attempt < retries => {
+            Err(e @ (E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed))
+                if attempt < retries =>
+            {
                 attempt += 1;
                 eprintln!("tej: {e}; asking again ({attempt} of {retries})");
                 std::thread::sleep(pause);

@@ -10,5 +10,6 @@
 pub mod bulk;
 pub mod cjp2p;
 pub mod jtp;
+pub mod progress;
 pub mod sync;
 pub mod tej;

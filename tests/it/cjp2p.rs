@@ -25,26 +25,26 @@ use crate::harness::{ferry, pseudo_random, sha256_file, Server, TempDir, FERRY};
 
 // ---- small helpers ---------------------------------------------------------------------------
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub(crate) fn hex(b: &[u8]) -> String {
+    ferry::wire::hex::encode(b)
 }
 
-fn sha(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
 /// Writes `data` as `dir/name` and returns its id (64 lowercase hex).
-fn put(dir: &Path, name: &str, data: &[u8]) -> String {
+pub(crate) fn put(dir: &Path, name: &str, data: &[u8]) -> String {
     std::fs::write(dir.join(name), data).unwrap();
     hex(&sha(data))
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// `ferry cjp2p node --bind 127.0.0.1:0 --root DIR [EXTRA...]`.
-fn node(root: &Path, extra: &[&str]) -> Server {
+pub(crate) fn node(root: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["cjp2p", "node", "--bind", "127.0.0.1:0", "--root", p(root)];
     args.extend_from_slice(extra);
     let s = Server::start(&args, 1);
@@ -53,7 +53,7 @@ fn node(root: &Path, extra: &[&str]) -> Server {
 }
 
 /// `ferry cjp2p get ID --peer P... --out OUT [EXTRA...]`, at most 180 s.
-fn get(id: &str, peers: &[&str], out: &Path, extra: &[&str]) -> Output {
+pub(crate) fn get(id: &str, peers: &[&str], out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["cjp2p", "get", id];
     for peer in peers {
         args.push("--peer");
@@ -65,16 +65,16 @@ fn get(id: &str, peers: &[&str], out: &Path, extra: &[&str]) -> Output {
     ferry(&args, Duration::from_secs(180))
 }
 
-fn code(o: &Output) -> i32 {
+pub(crate) fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts a successful `get` and that `out/name` has exactly `want`'s SHA-256.
-fn assert_got(o: &Output, out: &Path, name: &str, want: &[u8; 32]) {
+pub(crate) fn assert_got(o: &Output, out: &Path, name: &str, want: &[u8; 32]) {
     assert_eq!(code(o), 0, "get failed; stderr:\n{}", stderr(o));
     let f = out.join(name);
     assert!(
@@ -92,7 +92,7 @@ fn assert_got(o: &Output, out: &Path, name: &str, want: &[u8; 32]) {
 }
 
 /// Every regular file below `dir` (recursively, dot folders included): (relative path, size).
-fn walk(dir: &Path) -> Vec<(String, u64)> {
+pub(crate) fn walk(dir: &Path) -> Vec<(String, u64)> {
     fn rec(base: &Path, d: &Path, v: &mut Vec<(String, u64)>) {
         let Ok(rd) = std::fs::read_dir(d) else {
             return;
@@ -119,7 +119,7 @@ fn walk(dir: &Path) -> Vec<(String, u64)> {
 }
 
 /// Files directly in `dir` whose names do not start with a dot.
-fn visible_files(dir: &Path) -> Vec<String> {
+pub(crate) fn visible_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -132,17 +132,17 @@ fn visible_files(dir: &Path) -> Vec<String> {
     v
 }
 
-fn ingest_dir(out: &Path) -> PathBuf {
+pub(crate) fn ingest_dir(out: &Path) -> PathBuf {
     out.join(".ferry").join("ingest").join("cjp2p")
 }
 
 /// Decoded length of the `Content` elements of one datagram (0 if it has none or is not JSON).
-fn content_payload(d: &[u8]) -> u64 {
+pub(crate) fn content_payload(d: &[u8]) -> u64 {
     content_sizes(d).0
 }
 
 /// (total, largest) decoded length of the `Content` elements of one datagram.
-fn content_sizes(d: &[u8]) -> (u64, u64) {
+pub(crate) fn content_sizes(d: &[u8]) -> (u64, u64) {
     let Ok(serde_json::Value::Array(items)) = serde_json::from_slice::<serde_json::Value>(d) else {
         return (0, 0);
     };
@@ -157,7 +157,7 @@ fn content_sizes(d: &[u8]) -> (u64, u64) {
 }
 
 /// The `cookie` string of the first `PleaseAlwaysReturnThisMessage` of a datagram.
-fn offer_of(d: &[u8]) -> Option<String> {
+pub(crate) fn offer_of(d: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(d).ok()?;
     v.as_array()?.iter().find_map(|m| {
         Some(
@@ -169,7 +169,7 @@ fn offer_of(d: &[u8]) -> Option<String> {
     })
 }
 
-fn b64(data: &[u8]) -> String {
+pub(crate) fn b64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
@@ -192,18 +192,18 @@ fn b64(data: &[u8]) -> String {
 /// Relays datagrams between one client and `upstream`. Counts the `Content` payload bytes going
 /// to the client; once `budget` is reached it drops everything in both directions (the seeder
 /// seems gone). Cookies are per IP (cjp2p.md 4.1), so the relay is transparent on loopback.
-struct Proxy {
-    addr: String,
-    content: Arc<AtomicU64>,
+pub(crate) struct Proxy {
+    pub(crate) addr: String,
+    pub(crate) content: Arc<AtomicU64>,
     /// Largest single `Content` payload seen.
-    largest: Arc<AtomicU64>,
-    budget: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    pub(crate) largest: Arc<AtomicU64>,
+    pub(crate) budget: Arc<AtomicU64>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
-    fn start(upstream: &str) -> Proxy {
+    pub(crate) fn start(upstream: &str) -> Proxy {
         let upstream: SocketAddr = upstream.parse().unwrap();
         let front = UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -265,7 +265,7 @@ impl Proxy {
         }
     }
 
-    fn content_bytes(&self) -> u64 {
+    pub(crate) fn content_bytes(&self) -> u64 {
         self.content.load(Ordering::SeqCst)
     }
 }
@@ -283,10 +283,10 @@ impl Drop for Proxy {
 
 /// Serves one content under `id`; with `corrupt`, every byte it reads is flipped (the size is
 /// right, the data is not).
-struct TestStore {
-    id: [u8; 32],
-    data: Vec<u8>,
-    corrupt: bool,
+pub(crate) struct TestStore {
+    pub(crate) id: [u8; 32],
+    pub(crate) data: Vec<u8>,
+    pub(crate) corrupt: bool,
 }
 
 impl ContentStore for TestStore {
@@ -325,24 +325,46 @@ impl ContentStore for TestStore {
 /// Builds hostile datagrams toward the downloader, given the cookie the downloader offered
 /// (its `AlwaysReturned` makes them verified) and the datagram just received from it. Called
 /// for every datagram the seeder receives, before the seeder's [`Node`] answers it.
-type Injector = Box<dyn FnMut(&str, &[u8]) -> Vec<Vec<u8>> + Send>;
+pub(crate) type Injector = Box<dyn FnMut(&str, &[u8]) -> Vec<Vec<u8>> + Send>;
 
 /// A [`Node`] with a [`TestStore`] on a UDP socket, in a thread.
-struct LibSeeder {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    injected: Arc<AtomicU64>,
+pub(crate) struct LibSeeder {
+    pub(crate) addr: String,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<JoinHandle<()>>,
+    pub(crate) injected: Arc<AtomicU64>,
 }
 
 impl LibSeeder {
-    fn start(store: TestStore, inject: Option<Injector>) -> LibSeeder {
+    pub(crate) fn start(store: TestStore, inject: Option<Injector>) -> LibSeeder {
         LibSeeder::start_muted(store, inject, Duration::ZERO)
     }
 
     /// Like [`LibSeeder::start`], but ignores everything it receives during `mute` first.
-    fn start_muted(store: TestStore, mut inject: Option<Injector>, mute: Duration) -> LibSeeder {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    pub(crate) fn start_muted(
+        store: TestStore,
+        inject: Option<Injector>,
+        mute: Duration,
+    ) -> LibSeeder {
+        LibSeeder::start_with("127.0.0.1:0", store, inject, mute, 0x5eed)
+    }
+
+    /// An honest seeder bound to `bind`, with a cookie secret of its own each time (a restart
+    /// on the same address forgets every cookie, as a restarted node does).
+    pub(crate) fn start_at(bind: &str, store: TestStore) -> LibSeeder {
+        static STARTS: AtomicU64 = AtomicU64::new(1);
+        let seed = STARTS.fetch_add(1, Ordering::SeqCst) ^ u64::from(std::process::id()) << 20;
+        LibSeeder::start_with(bind, store, None, Duration::ZERO, seed)
+    }
+
+    fn start_with(
+        bind: &str,
+        store: TestStore,
+        mut inject: Option<Injector>,
+        mute: Duration,
+        seed: u64,
+    ) -> LibSeeder {
+        let sock = UdpSocket::bind(bind).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(10)))
             .unwrap();
         let addr = sock.local_addr().unwrap().to_string();
@@ -351,7 +373,7 @@ impl LibSeeder {
         let (stop2, injected2) = (stop.clone(), injected.clone());
         let thread = std::thread::spawn(move || {
             let mut secret = [0u8; 32];
-            secret.copy_from_slice(&pseudo_random(0x5eed, 32));
+            secret.copy_from_slice(&pseudo_random(seed, 32));
             let mut node = Node::new(NodeConfig::default(), secret, Instant::now());
             let mut buf = vec![0u8; 65536];
             let mut their_cookie: Option<String> = None;
@@ -400,15 +422,15 @@ impl Drop for LibSeeder {
 // ---- Raw: hand-made datagrams -----------------------------------------------------------------
 
 /// A raw UDP socket talking to one ferry node.
-struct Raw {
-    sock: UdpSocket,
-    to: SocketAddr,
+pub(crate) struct Raw {
+    pub(crate) sock: UdpSocket,
+    pub(crate) to: SocketAddr,
     /// Ferry's cookie for 127.0.0.1, once learnt.
-    cookie: Option<String>,
+    pub(crate) cookie: Option<String>,
 }
 
 impl Raw {
-    fn new(to: &str) -> Raw {
+    pub(crate) fn new(to: &str) -> Raw {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         Raw {
             sock,
@@ -417,12 +439,12 @@ impl Raw {
         }
     }
 
-    fn send(&self, d: &[u8]) {
+    pub(crate) fn send(&self, d: &[u8]) {
         self.sock.send_to(d, self.to).unwrap();
     }
 
     /// Every datagram that arrives within `wait` (ending early after `wait` of silence).
-    fn collect(&self, wait: Duration) -> Vec<Vec<u8>> {
+    pub(crate) fn collect(&self, wait: Duration) -> Vec<Vec<u8>> {
         let mut v = Vec::new();
         let mut buf = vec![0u8; 65536];
         self.sock.set_read_timeout(Some(wait)).unwrap();
@@ -435,14 +457,14 @@ impl Raw {
     }
 
     /// Sends `d` and returns the replies.
-    fn ask(&self, d: &[u8], wait: Duration) -> Vec<Vec<u8>> {
+    pub(crate) fn ask(&self, d: &[u8], wait: Duration) -> Vec<Vec<u8>> {
         self.collect(Duration::from_millis(1)); // drop stale replies
         self.send(d);
         self.collect(wait)
     }
 
     /// Learns ferry's cookie from its offer (cjp2p.md 4.5).
-    fn handshake(&mut self) -> String {
+    pub(crate) fn handshake(&mut self) -> String {
         let replies = self.ask(
             br#"[{"PleaseAlwaysReturnThisMessage":{"cookie":"0badc0de"}},{"PleaseReturnThisMessage":{"cookie":"1.5"}}]"#,
             Duration::from_millis(500),
@@ -456,21 +478,21 @@ impl Raw {
     }
 
     /// `[AlwaysReturned(cookie), body...]`: a verified datagram.
-    fn verified(&self, body: &str) -> Vec<u8> {
+    pub(crate) fn verified(&self, body: &str) -> Vec<u8> {
         let c = self.cookie.as_deref().expect("handshake first");
         let sep = if body.is_empty() { "" } else { "," };
         format!(r#"[{{"AlwaysReturned":{{"cookie":"{c}"}}}}{sep}{body}]"#).into_bytes()
     }
 }
 
-fn texts(v: &[Vec<u8>]) -> Vec<String> {
+pub(crate) fn texts(v: &[Vec<u8>]) -> Vec<String> {
     v.iter()
         .map(|d| String::from_utf8_lossy(&d[..d.len().min(300)]).into_owned())
         .collect()
 }
 
 /// A `Content` element with `data` at `offset`.
-fn content_elem(id: &str, offset: u64, data: &[u8], eof: u64) -> String {
+pub(crate) fn content_elem(id: &str, offset: u64, data: &[u8], eof: u64) -> String {
     format!(
         r#"{{"Content":{{"id":"{id}","offset":{offset},"base64":"{}","eof":{eof}}}}}"#,
         b64(data)
@@ -1236,14 +1258,18 @@ fn c33_absurd_eof_from_only_source() {
 
 // ---- C1, C43, ferry serve ---------------------------------------------------------------------
 
-/// C1: without `--bind` the node uses UDP port 24254 (checked only when that port is free).
+/// C1: without `--bind` the node uses UDP port 24254. Run in a private network namespace,
+/// where that port is always free (it fails, with the reason, if none can be made).
 #[test]
 fn c1_default_port() {
-    let free = UdpSocket::bind("0.0.0.0:24254").is_ok() && UdpSocket::bind("[::]:24254").is_ok();
-    if !free {
-        eprintln!("c1_default_port: UDP port 24254 is in use here; skipping the assertion");
+    if crate::cjp2p_swarm::in_private_network("cjp2p::c1_default_port") {
         return;
     }
+    let free = UdpSocket::bind("0.0.0.0:24254").is_ok() && UdpSocket::bind("[::]:24254").is_ok();
+    assert!(
+        free,
+        "UDP port 24254 is taken even in a private network namespace"
+    );
     let share = TempDir::new("cj-share");
     let id = put(share.path(), "f", b"default port");
     let seeder = Server::start(&["cjp2p", "node", "--root", p(share.path())], 1);

@@ -1499,3 +1499,64 @@ fn j45_aliases_and_jtp_url_positional_address() {
     let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(l, serde_json::json!([]));
 }
+
+/// A server that sends the first MiB of a 4 MiB image and then goes silent.
+fn stalling_peer() -> Peer {
+    let data = rnd(495, 4 << 20);
+    let id = xxh(&data);
+    let list = listing(&[entry(id, 0, b"big.png", data.len() as u32)]);
+    let mut head = b"JTPD\x01".to_vec();
+    head.extend(packet(0, id, &data)[..(1 << 20) + 20].to_vec());
+    Peer::plain(Arc::new(move |_, req, w| match req {
+        Req::Connect => Ok(Flow::Next),
+        Req::List { .. } => {
+            w.write_all(&list)?;
+            Ok(Flow::Next)
+        }
+        _ => {
+            w.write_all(&head)?;
+            Ok(Flow::Stall(Duration::from_secs(15)))
+        }
+    }))
+}
+
+/// Issue: a read timeout said "Resource temporarily unavailable (os error 11)"; and the
+/// progress line sat at `0 images 0.0 MB` during a large image. Bytes count as they arrive,
+/// and the line is drawn on a terminal only.
+#[test]
+fn j45_stalled_image_shows_its_bytes_on_a_terminal_and_times_out_in_words() {
+    let peer = stalling_peer();
+    let out = TempDir::new("j45stall");
+    let args = [
+        "jtp",
+        "get",
+        "--no-tls",
+        "--io-timeout",
+        "2",
+        "--addr",
+        &peer.addr,
+        "--out",
+        s(out.path()),
+    ];
+    let (code, tty) = crate::jtp_peers::ferry_with_tty_stderr(&args, Duration::from_secs(20));
+    assert_eq!(code, Some(3), "{tty}");
+    assert!(tty.contains("timed out after 2 s"), "{tty:?}");
+    assert!(!tty.contains("os error"), "{tty:?}");
+    // 1 MiB of the image arrived before the stall: the line shows it against the listed size.
+    assert!(tty.contains("0 / 1 images  1.0 / 4.2 MB"), "{tty:?}");
+    assert!(tty.contains("\r\x1b[K"), "{tty:?}");
+    assert!(!out.join("big.png").exists());
+    assert_no_temporaries(out.path());
+
+    // Not a terminal: no progress line, no escape sequence.
+    let peer = stalling_peer();
+    let out = TempDir::new("j45stallpipe");
+    let mut args = args.to_vec();
+    args[6] = &peer.addr;
+    args[8] = s(out.path());
+    let o = ferry(&args, T);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out after 2 s"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\x1b'), "{:?}", stderr(&o));
+    assert!(!stderr(&o).contains("MB/s"), "{:?}", stderr(&o));
+}

@@ -381,8 +381,22 @@ fn serve_conn(
 }
 
 /// A connection as handlers see it.
-pub trait ReadWrite: Read + Write + Send {}
-impl<T: Read + Write + Send> ReadWrite for T {}
+pub trait ReadWrite: Read + Write + Send {
+    /// The socket's read timeout (the reference's CANCEL check waits about 1 ms for a byte).
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()>;
+}
+
+impl ReadWrite for TcpStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
+    }
+}
+
+impl ReadWrite for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(d)
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // The reference server.
@@ -418,9 +432,49 @@ impl Image {
     }
 }
 
+/// The reference server's CANCEL check after each GET_BY_ID packet, the last one included
+/// (jtp.md 3.5 rule 5 and section 7 bug 3): it waits about 1 ms for one byte of input; `03`
+/// ends the answer (true: the caller writes `JTPC`; the `00` that follows stays unread), any
+/// other byte is dropped silently and counted in `dropped`, so a request already in flight
+/// loses its first byte.
+pub fn ref_cancel_check(rw: &mut dyn ReadWrite, dropped: &AtomicUsize) -> io::Result<bool> {
+    rw.flush()?;
+    rw.set_read_timeout(Some(Duration::from_millis(1)))?;
+    let mut b = [0u8; 1];
+    let r = rw.read(&mut b);
+    rw.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+    match r {
+        Ok(1) if b[0] == 3 => Ok(true),
+        Ok(1) => {
+            dropped.fetch_add(1, Ordering::SeqCst);
+            Ok(false)
+        }
+        Ok(_) => Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The reference server's replies for `images`, in this order; with `rate_limit`, connections
 /// after the first `rate_limit` get the unsolicited `JTPE 5` right after accept (and TLS).
+/// GET_BY_ID answers run the reference's CANCEL check after every packet ([`ref_cancel_check`]).
 pub fn ref_server(images: Vec<Image>, rate_limit: Option<usize>) -> Handler {
+    ref_server_counting(images, rate_limit, Arc::new(AtomicUsize::new(0)))
+}
+
+/// [`ref_server`], counting in `dropped` the bytes its CANCEL check threw away.
+pub fn ref_server_counting(
+    images: Vec<Image>,
+    rate_limit: Option<usize>,
+    dropped: Arc<AtomicUsize>,
+) -> Handler {
     let images = Arc::new(images);
     Arc::new(move |n, req, w| {
         match req {
@@ -452,6 +506,10 @@ pub fn ref_server(images: Vec<Image>, rate_limit: Option<usize>) -> Handler {
                 w.write_all(&[found.len() as u8])?;
                 for i in found {
                     w.write_all(&i.ref_packet())?;
+                    if ref_cancel_check(w, &dropped)? {
+                        w.write_all(b"JTPC")?;
+                        break;
+                    }
                 }
             }
             Req::Batch { have, .. } => {
@@ -901,4 +959,175 @@ fn j47_reference_rate_limit_jtpe5_is_reported() {
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("error 5: too many requests"), "{err}");
     assert!(harness::tree(out.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference server's CANCEL check (issue: `-k` failed against it once a second request
+// followed a GET_BY_ID on one connection).
+
+/// The emulation really is hostile to pipelining: a LIST sent behind a GET_BY_ID, in the same
+/// write, loses its bytes to the CANCEL check and is never answered.
+#[test]
+fn j47_emulated_reference_drops_a_request_pipelined_behind_get_by_id() {
+    let imgs: Vec<Image> = (0..2u64)
+        .map(|i| Image::new(&format!("p{i}.png"), rnd(900 + i, 100)))
+        .collect();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let peer = Peer::plain(ref_server_counting(imgs.clone(), None, dropped.clone()));
+    let mut s = TcpStream::connect(&peer.addr).unwrap();
+    s.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+    let mut req = vec![0, 1, 2];
+    for i in &imgs {
+        req.extend_from_slice(&i.id().to_be_bytes());
+    }
+    req.extend_from_slice(&[1, 1]); // LIST, pipelined
+    s.write_all(&req).unwrap();
+    expect_magic(&mut s, b"JTPD");
+    let mut m = [0u8; 1];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m[0], 2);
+    let out = TempDir::new("j47drop");
+    let names = imgs.iter().map(|i| (i.id(), i.name.clone())).collect();
+    for _ in 0..2 {
+        save_packet(&mut s, out.path(), &names);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dropped.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One byte after each packet: both bytes of the LIST.
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        peer.requests().len(),
+        1,
+        "the pipelined LIST must not be read: {:?}",
+        peer.requests()
+    );
+}
+
+/// 300 images: GET chunks of 255 and 45 on one connection, and with `-p 4` 75 ids per worker
+/// whose connections carry the second pass's LIST and GETs; every mode completes against the
+/// emulated reference, plain and TLS, and its CANCEL check never finds a byte to drop.
+#[test]
+fn j47_keep_alive_modes_complete_against_the_reference_cancel_check_plain_and_tls() {
+    let imgs: Vec<Image> = (0..300u64)
+        .map(|i| {
+            Image::new(
+                &format!("r{i:03}.png"),
+                rnd(2 * i + 5001, 50 + i as usize % 7),
+            )
+        })
+        .collect();
+    let src = TempDir::new("j47habit");
+    write_images(src.path(), &imgs);
+    let certs = TempDir::new("j47habitcerts");
+    let o = ferry(&["certs", "--out", certs.path().to_str().unwrap()], T);
+    assert!(o.status.success());
+    let ca = certs.join("ca.pem");
+    for tls in [false, true] {
+        for (mode, conns) in [
+            (&["-k"][..], 1),
+            (&["-k", "--repeat", "2"], 1),
+            (&["-p", "4", "-k", "--repeat", "2"], 4),
+        ] {
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let handler = ref_server_counting(imgs.clone(), None, dropped.clone());
+            let peer = if tls {
+                Peer::tls(
+                    &certs.join("cert.pem"),
+                    &certs.join("key.pem"),
+                    &[],
+                    handler,
+                )
+            } else {
+                Peer::plain(handler)
+            };
+            let out = TempDir::new("j47habitout");
+            let mut extra: Vec<&str> = if tls {
+                vec!["--cert", ca.to_str().unwrap(), "--server-name", "localhost"]
+            } else {
+                vec!["--no-tls"]
+            };
+            extra.extend_from_slice(mode);
+            let o = get_from(&peer.addr, out.path(), &extra);
+            let what = format!("tls {tls} {mode:?}");
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{what}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                harness::tree(out.path()),
+                harness::tree(src.path()),
+                "{what}"
+            );
+            assert_eq!(dropped.load(Ordering::SeqCst), 0, "{what}: bytes eaten");
+            assert_eq!(peer.conns.load(Ordering::SeqCst), conns, "{what}");
+            let reqs = peer.requests();
+            assert!(reqs.iter().all(|(_, r)| r.keep_alive()), "{what}: {reqs:?}");
+            let repeat = if mode.contains(&"--repeat") { 2 } else { 1 };
+            let lists = reqs
+                .iter()
+                .filter(|(_, r)| matches!(r, Req::List { .. }))
+                .count();
+            assert_eq!(lists, repeat, "{what}");
+        }
+    }
+}
+
+/// Runs `ferry ARGS...` with stderr on a pseudo-terminal (stdout and stdin are not); returns the
+/// exit code and what it wrote on the terminal. Panics past `timeout`.
+pub fn ferry_with_tty_stderr(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave): (libc::c_int, libc::c_int) = (-1, -1);
+    // SAFETY: openpty writes two new fds into the given ints; name, termios and winsize may be
+    // null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", io::Error::last_os_error());
+    // SAFETY: both fds were just created by openpty and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = {
+        let mut cmd = std::process::Command::new(harness::FERRY);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(slave));
+        cmd.spawn().unwrap()
+        // `cmd` drops here with our copy of the slave, so the master reads EIO once the
+        // child has exited.
+    };
+    let mut master = std::fs::File::from(master);
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            v.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry {args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), reader.join().unwrap())
 }

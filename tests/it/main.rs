@@ -4,6 +4,7 @@
 
 mod catalog;
 mod cjp2p;
+mod cjp2p_swarm;
 mod harness;
 mod jtp_client;
 mod jtp_peers;

@@ -3018,3 +3018,141 @@ fn t7_t9_tej_protoc_pings_keep_the_connection_open_and_are_not_answered() {
     assert_eq!(ack["files"][0]["stored_as"], "after-pings.txt");
     assert_eq!(ack["message_bytes"], 11);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Progress and timeouts of the client commands (issue: `tej send` and `tej get` showed no
+// progress; a timeout read "Resource temporarily unavailable").
+
+/// A peer that accepts one connection and reads nothing until told to (or 20 s pass); its
+/// receive buffer is small and fixed, so a sender's writes stop making progress.
+fn silent_sink() -> (String, mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: setsockopt on our own listener with a correctly sized int; accepted sockets
+    // inherit the buffer size, which also turns off receive-buffer autotuning.
+    let rc = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let _ = rx.recv_timeout(Duration::from_secs(20));
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    (addr, tx, h)
+}
+
+#[test]
+fn send_shows_progress_on_a_terminal_and_a_stalled_peer_times_out_in_words() {
+    let dir = TempDir::new("tej-sendprog");
+    let big = dir.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (addr, done, h) = silent_sink();
+    let args = [
+        "tej",
+        "send",
+        "--addr",
+        &addr,
+        "--io-timeout",
+        "2",
+        big.to_str().unwrap(),
+    ];
+    let (code, tty) = crate::jtp_peers::ferry_with_tty_stderr(&args, S);
+    let _ = done.send(());
+    h.join().unwrap();
+    assert_eq!(code, Some(3), "{tty}");
+    assert!(tty.contains("timed out after 2 s"), "{tty:?}");
+    assert!(tty.contains("0 / 1 files  "), "{tty:?}");
+    assert!(tty.contains(" / 67.1 MB"), "{tty:?}");
+    assert!(tty.contains("\r\x1b[K"), "{tty:?}");
+}
+
+#[test]
+fn get_shows_bytes_as_they_arrive_on_a_terminal_only_and_times_out_in_words() {
+    let data = pseudo_random(3301, 4 << 20);
+    let answer = move |c: &mut TcpStream, f: Frame| {
+        assert_eq!(f.status, 0x84, "expected a request, got {f:?}");
+        // A deliver frame of one 4 MiB file, of which only the first MiB comes.
+        c.write_all(&file_header(b"a.bin", 4 << 20)).unwrap();
+        c.write_all(&data[..1 << 20]).unwrap();
+        // Then silence until the client gives up.
+        let mut sink = [0u8; 64];
+        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+    };
+    let out = TempDir::new("tej-getprog");
+    let (addr, h) = fake_peer(answer.clone());
+    let args = [
+        "tej",
+        "get",
+        "--addr",
+        &addr,
+        "--io-timeout",
+        "2",
+        "--out",
+        out.path().to_str().unwrap(),
+        "a.bin",
+    ];
+    let (exit, tty) = crate::jtp_peers::ferry_with_tty_stderr(&args, S);
+    h.join().unwrap();
+    assert_eq!(exit, Some(3), "{tty}");
+    assert!(tty.contains("timed out after 2 s"), "{tty:?}");
+    assert!(tty.contains("0 / 1 files  1.0 / 4.2 MB"), "{tty:?}");
+    assert!(tree(out.path()).is_empty());
+    assert_no_temporaries(out.path());
+
+    // Not a terminal: no progress line.
+    let (addr, h) = fake_peer(answer);
+    let mut args = args.to_vec();
+    args[3] = &addr;
+    let o = ferry(&args, S);
+    h.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), Some(3), "{err}");
+    assert!(err.contains("timed out after 2 s"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains("MB/s"), "{err:?}");
+}
+
+/// Issue: a file the server refuses while it is still being written ended in "i/o: Broken pipe"
+/// (exit 3): the error frame the server sent was never read. It is read after the failed write.
+#[test]
+fn t11_send_refused_mid_write_reports_the_error_frame_with_exit_4() {
+    let dir = TempDir::new("tej-t11mid");
+    let src = TempDir::new("tej-t11midsrc");
+    let big = src.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let s = serve(dir.path(), &["--max-file-size", "1000"]);
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &s.addr("tej"),
+            big.to_str().unwrap(),
+            "--json",
+        ],
+        S,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), Some(4), "{err}");
+    let j = stdout_json(&o);
+    assert_eq!(j["outcome"], "refused", "{j}");
+    assert_eq!(j["reply"]["error"], "too-large", "{j}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+}

@@ -43,6 +43,33 @@ pub fn parse(text: &[u8]) -> Result<Vec<[u8; 32]>, String> {
     Ok(ids)
 }
 
+/// Why [`fetch`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The list or a block could not be fetched or verified, or the list is not a block list.
+    Failed(String),
+    /// A local error: the output folder could not be written or read.
+    Local(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Failed(why) | FetchError::Local(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for FetchError {
+    fn from(why: String) -> FetchError {
+        FetchError::Failed(why)
+    }
+}
+
+fn local(why: impl std::fmt::Display) -> FetchError {
+    FetchError::Local(why.to_string())
+}
+
 /// What [`fetch`] produced.
 #[derive(Debug)]
 pub struct Fetched {
@@ -62,20 +89,21 @@ pub fn fetch(
     out: &Path,
     name: Option<String>,
     stop: &AtomicBool,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, FetchError> {
     let list_path = wait(node.download(list_id, peers.to_vec(), hex(&list_id)), stop)?;
     let mut text = Vec::new();
     std::fs::File::open(&list_path)
-        .map_err(|e| format!("{}: {e}", list_path.display()))?
+        .map_err(|e| local(format!("{}: {e}", list_path.display())))?
         .take(MAX_LIST_BYTES + 1)
         .read_to_end(&mut text)
-        .map_err(|e| format!("{}: {e}", list_path.display()))?;
+        .map_err(|e| local(format!("{}: {e}", list_path.display())))?;
     if text.len() as u64 > MAX_LIST_BYTES {
-        return Err("block list is too long".into());
+        return Err(FetchError::Failed("block list is too long".into()));
     }
     let ids = parse(&text)?;
     let blocks_dir = out.join(".ferry").join("blocks");
-    std::fs::create_dir_all(&blocks_dir).map_err(|e| format!("{}: {e}", blocks_dir.display()))?;
+    std::fs::create_dir_all(&blocks_dir)
+        .map_err(|e| local(format!("{}: {e}", blocks_dir.display())))?;
 
     // Blocks already fetched by an earlier run are there under their ids (they appear only
     // after verification), so a rerun skips them.
@@ -89,7 +117,7 @@ pub fn fetch(
     let mut running: Vec<([u8; 32], mpsc::Receiver<Outcome>)> = Vec::new();
     while !pending.is_empty() || !running.is_empty() {
         if stop.load(Ordering::SeqCst) {
-            return Err("interrupted".into());
+            return Err(FetchError::Failed("interrupted".into()));
         }
         while running.len() < PARALLEL {
             let Some(id) = pending.pop() else { break };
@@ -100,12 +128,16 @@ pub fn fetch(
         running.retain(|(id, rx)| match rx.try_recv() {
             Ok(Outcome::Done { .. }) => false,
             Ok(Outcome::Failed(why)) => {
-                failed = Some(format!("block {}: {why}", hex(id)));
+                failed = Some(FetchError::Failed(format!("block {}: {why}", hex(id))));
+                false
+            }
+            Ok(Outcome::LocalError(why)) => {
+                failed = Some(local(format!("block {}: {why}", hex(id))));
                 false
             }
             Err(mpsc::TryRecvError::Empty) => true,
             Err(mpsc::TryRecvError::Disconnected) => {
-                failed = Some("node stopped".into());
+                failed = Some(FetchError::Failed("node stopped".into()));
                 false
             }
         });
@@ -120,45 +152,45 @@ pub fn fetch(
         .iter()
         .map(|id| std::fs::metadata(blocks_dir.join(hex(id))).map(|m| m.len()))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("block: {e}"))?;
+        .map_err(|e| local(format!("block: {e}")))?;
     let block = sizes[0];
     if sizes[..sizes.len() - 1].iter().any(|&s| s != block) || sizes[sizes.len() - 1] > block {
-        return Err("blocks are not of one size (but a shorter last one)".into());
+        return Err(FetchError::Failed(
+            "blocks are not of one size (but a shorter last one)".into(),
+        ));
     }
     let total: u64 = sizes.iter().sum();
     let work = out.join(".ferry").join("ingest").join("cjp2p");
-    let ingest = IngestDir::new(out, &work).map_err(|e| e.to_string())?;
-    let mut sink = ingest
-        .begin_stream(Some(total))
-        .map_err(|e| e.to_string())?;
+    let ingest = IngestDir::new(out, &work).map_err(local)?;
+    let mut sink = ingest.begin_stream(Some(total)).map_err(local)?;
     let mut buf = vec![0u8; 1 << 20];
     for id in &ids {
         let p = blocks_dir.join(hex(id));
-        let mut f = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let mut f = std::fs::File::open(&p).map_err(|e| local(format!("{}: {e}", p.display())))?;
         loop {
             let n = f
                 .read(&mut buf)
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+                .map_err(|e| local(format!("{}: {e}", p.display())))?;
             if n == 0 {
                 break;
             }
-            sink.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            sink.write_all(&buf[..n]).map_err(local)?;
         }
     }
-    let sha = sink.sha256().ok_or("no hash")?;
+    let sha = sink
+        .sha256()
+        .ok_or_else(|| FetchError::Failed("no hash".into()))?;
     if let Some(want) = file_id {
         if want != sha {
-            return Err(format!(
+            return Err(FetchError::Failed(format!(
                 "assembled file is {}, not {}",
                 hex(&sha),
                 hex(&want)
-            ));
+            )));
         }
     }
     let name = name.unwrap_or_else(|| hex(&sha));
-    let c = sink
-        .commit(&name, Expect::Sha256(sha))
-        .map_err(|e| e.to_string())?;
+    let c = sink.commit(&name, Expect::Sha256(sha)).map_err(local)?;
     for id in &ids {
         let _ = std::fs::remove_file(blocks_dir.join(hex(id)));
     }
@@ -170,17 +202,20 @@ pub fn fetch(
     })
 }
 
-fn wait(rx: mpsc::Receiver<Outcome>, stop: &AtomicBool) -> Result<PathBuf, String> {
+fn wait(rx: mpsc::Receiver<Outcome>, stop: &AtomicBool) -> Result<PathBuf, FetchError> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Outcome::Done { path, .. }) => return Ok(path),
-            Ok(Outcome::Failed(why)) => return Err(why),
+            Ok(Outcome::Failed(why)) => return Err(FetchError::Failed(why)),
+            Ok(Outcome::LocalError(why)) => return Err(FetchError::Local(why)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if stop.load(Ordering::SeqCst) {
-                    return Err("interrupted".into());
+                    return Err(FetchError::Failed("interrupted".into()));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err("node stopped".into()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(FetchError::Failed("node stopped".into()))
+            }
         }
     }
 }

@@ -1,8 +1,13 @@
 //! The CJP2P driver: the only CJP2P code that knows both the machines and a socket. One thread
 //! owns the UDP socket, the [`Node`] and the active [`Download`]s: it receives with a timeout
 //! set by the machines' next deadline, feeds datagrams in, sends what they queue, writes
-//! accepted blocks into [`ingest`](crate::ingest) partial files and flushes their bitmaps every
-//! second. Whole-file verification runs on a worker thread so the socket keeps being served.
+//! accepted blocks into [`ingest`](crate::ingest) partial files and flushes their bitmaps (at
+//! once after the first blocks, then at least every second). Whole-file verification runs on a
+//! worker thread so the socket keeps being served.
+//!
+//! A node has a [`Role`]: a serving node (`cjp2p node`, `ferry serve`) serves its catalog; a
+//! client (`cjp2p get`, `list`, `peers`) opens no catalog, serves nothing and announces nothing,
+//! and publishes what it downloads into its output folder.
 //!
 //! ```text
 //!   recv_from ──► Node::handle_datagram ──► NodeEvent::Content ──► Download::on_content
@@ -22,10 +27,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::role::NothingServed;
+pub use super::role::{client_bind, Role};
 use crate::catalog::CatalogHandle;
 use crate::ingest::{Expect, IngestDir, IngestError, Resumable};
 use crate::proto::cjp2p::download::{Accept, Download, DownloadConfig};
-use crate::proto::cjp2p::node::{ContentStore, Node, NodeConfig, NodeEvent};
+use crate::proto::cjp2p::node::{ContentStore, Node, NodeConfig, NodeEvent, NodeStats};
 pub use crate::proto::cjp2p::DEFAULT_PORT;
 use crate::server::Shutdown;
 use crate::transport;
@@ -36,6 +43,11 @@ pub const SOCKBUF: usize = 8 << 20;
 const RECV_BUF: usize = 65536;
 /// Bitmaps are flushed at least this often (C30).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// After the first flush (at the first stored blocks), the gap to the second; it doubles up to
+/// [`FLUSH_EVERY`].
+const FIRST_FLUSH_GAP: Duration = Duration::from_millis(100);
+/// `-v`: activity and counters are printed at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// Longest sleep of the event loop, so shutdown and new commands are seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Whole-file verification attempts before a download fails.
@@ -98,12 +110,13 @@ pub struct Progress {
 /// How a download ended.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// Verified and published: the path now in the catalog.
-    Done {
-        path: PathBuf,
-        size: u64,
-    },
+    /// Verified and published: the path now in the catalog or the output folder.
+    Done { path: PathBuf, size: u64 },
+    /// No source delivered the verified content (silent sources, three bad copies).
     Failed(String),
+    /// A local error stopped the download (the partial file could not be written: a full disk,
+    /// permissions); the partial data is kept for a rerun.
+    LocalError(String),
 }
 
 /// A command for the running node.
@@ -116,8 +129,8 @@ enum Command {
         dest: Option<PathBuf>,
         done: mpsc::Sender<Outcome>,
     },
-    Peers(SocketAddr, mpsc::Sender<Vec<SocketAddr>>),
-    List(SocketAddr, mpsc::Sender<Listing>),
+    Peers(SocketAddr, Duration, mpsc::Sender<Option<Vec<SocketAddr>>>),
+    List(SocketAddr, Duration, mpsc::Sender<Option<Listing>>),
     Progress(mpsc::Sender<Vec<Progress>>),
 }
 
@@ -143,12 +156,8 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Binds the socket and starts the node thread. It stops when `shutdown` is triggered or
-    /// the handle is dropped.
-    pub fn start(
-        cfg: DriverConfig,
-        catalog: Arc<CatalogHandle>,
-        shutdown: Shutdown,
-    ) -> io::Result<NodeHandle> {
+    /// the handle is dropped. A client role turns `cfg.node.serve` off.
+    pub fn start(mut cfg: DriverConfig, role: Role, shutdown: Shutdown) -> io::Result<NodeHandle> {
         let (sock, granted) =
             transport::bind_udp(&cfg.bind, SOCKBUF).map_err(|e| io::Error::other(e.to_string()))?;
         if granted < SOCKBUF {
@@ -157,8 +166,24 @@ impl NodeHandle {
             );
         }
         let local_addr = sock.local_addr()?;
-        let work = catalog.state_dir().join("ingest").join("cjp2p");
-        let ingest = IngestDir::new(catalog.root(), &work)?;
+        let (catalog, ingest) = match &role {
+            Role::Serve(cat) => {
+                let work = cat.state_dir().join("ingest").join("cjp2p");
+                (Some(cat.clone()), Some(IngestDir::new(cat.root(), &work)?))
+            }
+            Role::Client { out } => {
+                cfg.node.serve = false;
+                let ingest = match out {
+                    Some(out) => {
+                        let work = out.join(".ferry").join("ingest").join("cjp2p");
+                        Some(IngestDir::new(out, &work)?)
+                    }
+                    None => None,
+                };
+                (None, ingest)
+            }
+        };
+        cfg.node.log_activity = cfg.verbose;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -169,11 +194,15 @@ impl NodeHandle {
             .spawn(move || {
                 let mut node = Node::new(cfg.node.clone(), secret, Instant::now());
                 node.set_local_addrs(vec![local_addr]);
+                let store: Box<dyn ContentStore> = match &catalog {
+                    Some(cat) => Box::new(CatalogStore::new(cat.clone())),
+                    None => Box::new(NothingServed),
+                };
                 let mut lp = Loop {
                     sock,
                     dual_stack: local_addr.is_ipv6(),
                     node,
-                    store: CatalogStore::new(catalog.clone()),
+                    store,
                     catalog,
                     ingest,
                     cfg,
@@ -181,6 +210,8 @@ impl NodeHandle {
                     verifying: Vec::new(),
                     peers_waiters: Vec::new(),
                     list_waiters: Vec::new(),
+                    last_report: Instant::now(),
+                    reported: NodeStats::default(),
                 };
                 lp.run(rx, &stop2, &shutdown);
             })?;
@@ -224,17 +255,22 @@ impl NodeHandle {
         rx
     }
 
-    /// Asks `peer` for its peers (after the cookie handshake); answers on the channel.
-    pub fn peers_of(&self, peer: SocketAddr) -> mpsc::Receiver<Vec<SocketAddr>> {
+    /// Asks `peer` for its peers (after the cookie handshake). The answer arrives on the
+    /// channel; `None` when `peer` answered nothing within `limit`.
+    pub fn peers_of(
+        &self,
+        peer: SocketAddr,
+        limit: Duration,
+    ) -> mpsc::Receiver<Option<Vec<SocketAddr>>> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::Peers(peer, tx));
+        let _ = self.commands.send(Command::Peers(peer, limit, tx));
         rx
     }
 
-    /// Asks `peer` for its content list.
-    pub fn list_of(&self, peer: SocketAddr) -> mpsc::Receiver<Listing> {
+    /// Asks `peer` for its content list; `None` when it answered nothing within `limit`.
+    pub fn list_of(&self, peer: SocketAddr, limit: Duration) -> mpsc::Receiver<Option<Listing>> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::List(peer, tx));
+        let _ = self.commands.send(Command::List(peer, limit, tx));
         rx
     }
 
@@ -270,15 +306,24 @@ struct Active {
     /// The sources that delivered the first failed attempt, tried alone one by one.
     suspects: Vec<SocketAddr>,
     last_flush: Instant,
+    /// Bitmap flushes so far, and the bytes received at the last one.
+    flushes: u32,
+    flushed_bytes: u64,
     done: mpsc::Sender<Outcome>,
 }
 
 /// The result of a whole-file check and publication on a worker thread.
 type VerifyResult = Result<crate::ingest::Publication, (Resumable, IngestError)>;
 
-/// A peers or list request waiting for the peer's verification and answer: (peer, asked at,
-/// request sent, where the answer goes).
-type Waiter<T> = (SocketAddr, Instant, bool, mpsc::Sender<T>);
+/// A peers or list request waiting for the peer's verification and answer.
+struct Waiter<T> {
+    peer: SocketAddr,
+    /// When it gives up and answers `None`.
+    deadline: Instant,
+    /// The request went out (the peer had verified ferry).
+    sent: bool,
+    answer: mpsc::Sender<Option<T>>,
+}
 
 /// A content list: (SHA-256, size) pairs.
 pub type Listing = Vec<([u8; 32], u64)>;
@@ -288,15 +333,20 @@ struct Loop {
     /// The socket is IPv6 (dual stack): IPv4 destinations are sent as IPv4-mapped addresses.
     dual_stack: bool,
     node: Node,
-    store: CatalogStore,
-    catalog: Arc<CatalogHandle>,
-    ingest: IngestDir,
+    store: Box<dyn ContentStore>,
+    /// The catalog served and filled (serving role only).
+    catalog: Option<Arc<CatalogHandle>>,
+    /// Where downloads go when no other folder is named (none for a list/peers client).
+    ingest: Option<IngestDir>,
     cfg: DriverConfig,
     downloads: HashMap<[u8; 32], Active>,
     /// Whole-file checks running on worker threads.
     verifying: Vec<([u8; 32], mpsc::Receiver<VerifyResult>)>,
     peers_waiters: Vec<Waiter<Vec<SocketAddr>>>,
     list_waiters: Vec<Waiter<Listing>>,
+    /// `-v`: when the activity and counters were last printed, and the counters then.
+    last_report: Instant,
+    reported: NodeStats,
 }
 
 impl Loop {
@@ -317,6 +367,8 @@ impl Loop {
             }
             let now = Instant::now();
             self.node.handle_timeout(now);
+            // The tick releases queued hints (Holders) too.
+            self.drain_events(now);
             for a in self.downloads.values_mut() {
                 a.dl.handle_timeout(now);
             }
@@ -340,9 +392,10 @@ impl Loop {
             );
             // Drain everything that has arrived before doing the bookkeeping again.
             while let Ok((n, from)) = self.sock.recv_from(&mut buf) {
-                let from = normalize(from);
+                let from = transport::canonical_addr(from);
                 let now = Instant::now();
-                self.node.handle_datagram(now, from, &buf[..n], &self.store);
+                self.node
+                    .handle_datagram(now, from, &buf[..n], self.store.as_ref());
                 self.drain_events(now);
                 // Every reply may free window and pacing tokens: ask again at once, so the
                 // sources never wait for this loop to finish draining the socket.
@@ -350,8 +403,68 @@ impl Loop {
                 self.send_all();
             }
             self.flush_bitmaps(false);
+            if self.cfg.verbose && now.duration_since(self.last_report) >= REPORT_EVERY {
+                self.report(now);
+            }
         }
         self.flush_bitmaps(true);
+        if self.cfg.verbose {
+            self.report(Instant::now());
+        }
+    }
+
+    /// `-v`: what was served and refused to whom since the last report, and the node's
+    /// counters when they changed, so that a node serving nothing can be seen to.
+    fn report(&mut self, now: Instant) {
+        self.last_report = now;
+        for a in self.node.take_activity() {
+            let who = a
+                .peer
+                .map_or_else(|| "others".to_string(), |p| p.to_string());
+            let what = a.id.map_or_else(|| "lists".to_string(), |id| hex(&id));
+            let mut parts = Vec::new();
+            if a.served > 0 {
+                parts.push(format!("served {} ({} bytes)", a.served, a.bytes));
+            }
+            if a.teasers > 0 {
+                parts.push(format!("{} teasers (unverified)", a.teasers));
+            }
+            if a.lists > 0 {
+                parts.push(format!("{} content lists", a.lists));
+            }
+            if a.refused > 0 {
+                parts.push(format!(
+                    "refused {}: {}",
+                    a.refused,
+                    a.why.unwrap_or("refused")
+                ));
+            }
+            eprintln!("cjp2p: {who} {what}: {}", parts.join(", "));
+        }
+        let st = self.node.stats();
+        if st != self.reported {
+            eprintln!(
+                "cjp2p: counters: {} datagrams in ({} verified, {} unverified, {} dropped), {} out; \
+                 served {} blocks, {} teasers; refused {} (unknown id {}, repeats {}, client {}); \
+                 rate-limited {}; answers left out {}; {} peers, {} candidates",
+                st.datagrams_in,
+                st.verified_datagrams,
+                st.unverified_datagrams,
+                st.dropped_datagrams,
+                st.datagrams_out,
+                st.content_served,
+                st.teasers_served,
+                st.unknown_ids + st.repeats_ignored + st.refused_requests,
+                st.unknown_ids,
+                st.repeats_ignored,
+                st.refused_requests,
+                st.rate_limited,
+                st.answers_dropped,
+                self.node.peer_count(),
+                self.node.candidate_count(),
+            );
+            self.reported = st;
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -364,13 +477,17 @@ impl Loop {
                 dest,
                 done,
             } => {
-                let into_catalog = dest.is_none();
+                let Some(base) = self.ingest.clone() else {
+                    let _ = done.send(Outcome::LocalError("no output folder".into()));
+                    return;
+                };
+                let into_catalog = dest.is_none() && self.catalog.is_some();
                 let ingest = match dest {
-                    None => self.ingest.clone(),
-                    Some(d) => match IngestDir::new(&d, self.ingest.work()) {
+                    None => base,
+                    Some(d) => match IngestDir::new(&d, base.work()) {
                         Ok(i) => i,
                         Err(e) => {
-                            let _ = done.send(Outcome::Failed(format!("{}: {e}", d.display())));
+                            let _ = done.send(Outcome::LocalError(format!("{}: {e}", d.display())));
                             return;
                         }
                     },
@@ -379,16 +496,17 @@ impl Loop {
                     let _ = done.send(Outcome::Failed("already being downloaded".into()));
                     return;
                 }
-                if let Some(e) = self
+                let present = self
                     .catalog
-                    .snapshot()
-                    .by_sha256(&id)
+                    .as_ref()
                     .filter(|_| into_catalog)
-                {
-                    let _ = done.send(Outcome::Done {
-                        path: e.path.clone(),
-                        size: e.size,
+                    .and_then(|c| {
+                        c.snapshot()
+                            .by_sha256(&id)
+                            .map(|e| (e.path.clone(), e.size))
                     });
+                if let Some((path, size)) = present {
+                    let _ = done.send(Outcome::Done { path, size });
                     return;
                 }
                 let key = hex(&id);
@@ -409,7 +527,7 @@ impl Loop {
                             part = Some(p);
                         }
                         Err(e) => {
-                            let _ = done.send(Outcome::Failed(format!("partial file: {e}")));
+                            let _ = done.send(Outcome::LocalError(format!("partial file: {e}")));
                             return;
                         }
                     }
@@ -430,17 +548,29 @@ impl Loop {
                         delivered: HashMap::new(),
                         suspects: Vec::new(),
                         last_flush: now,
+                        flushes: 0,
+                        flushed_bytes: 0,
                         done,
                     },
                 );
             }
-            Command::Peers(p, tx) => {
-                self.node.add_peer(now, p);
-                self.peers_waiters.push((p, now, false, tx));
+            Command::Peers(peer, limit, answer) => {
+                self.node.add_peer(now, peer);
+                self.peers_waiters.push(Waiter {
+                    peer,
+                    deadline: now + limit,
+                    sent: false,
+                    answer,
+                });
             }
-            Command::List(p, tx) => {
-                self.node.add_peer(now, p);
-                self.list_waiters.push((p, now, false, tx));
+            Command::List(peer, limit, answer) => {
+                self.node.add_peer(now, peer);
+                self.list_waiters.push(Waiter {
+                    peer,
+                    deadline: now + limit,
+                    sent: false,
+                    answer,
+                });
             }
             Command::Progress(tx) => {
                 let v = self
@@ -459,35 +589,31 @@ impl Loop {
     }
 
     /// Peers and list requests go out once the peer verified us (so the reply is not cut to
-    /// the unverified budget); they give up after 5 s.
+    /// the unverified budget); at their deadline they answer `None` (no answer).
     fn check_waiters(&mut self, now: Instant) {
         for w in self.peers_waiters.iter_mut() {
-            if !w.2 && self.node.is_verified(w.0) {
-                self.node.request_peers(now, w.0);
-                w.2 = true;
+            if !w.sent && self.node.is_verified(w.peer) {
+                self.node.request_peers(now, w.peer);
+                w.sent = true;
             }
         }
         for w in self.list_waiters.iter_mut() {
-            if !w.2 && self.node.is_verified(w.0) {
-                self.node.request_list(now, w.0);
-                w.2 = true;
+            if !w.sent && self.node.is_verified(w.peer) {
+                self.node.request_list(now, w.peer);
+                w.sent = true;
             }
         }
-        let limit = Duration::from_secs(5);
-        self.peers_waiters.retain(|w| {
-            let expired = now.duration_since(w.1) > limit;
-            if expired {
-                let _ = w.3.send(Vec::new());
-            }
-            !expired
-        });
-        self.list_waiters.retain(|w| {
-            let expired = now.duration_since(w.1) > limit;
-            if expired {
-                let _ = w.3.send(Vec::new());
-            }
-            !expired
-        });
+        fn expire<T>(waiters: &mut Vec<Waiter<T>>, now: Instant) {
+            waiters.retain(|w| {
+                let expired = now >= w.deadline;
+                if expired {
+                    let _ = w.answer.send(None);
+                }
+                !expired
+            });
+        }
+        expire(&mut self.peers_waiters, now);
+        expire(&mut self.list_waiters, now);
         self.send_all();
     }
 
@@ -520,9 +646,10 @@ impl Loop {
                     eof,
                 } => self.content(now, from, id, offset, &data, eof),
                 NodeEvent::Holders { id, peers } => {
+                    // On probation: one request each, dropped after 2 s of silence.
                     if let Some(a) = self.downloads.get_mut(&id) {
                         for p in peers {
-                            a.dl.add_source(now, p, self.node.ferry_max_length(p));
+                            a.dl.add_hint(now, p, self.node.ferry_max_length(p));
                         }
                     }
                 }
@@ -530,23 +657,27 @@ impl Loop {
                     for (id, _) in &results {
                         self.node.add_holder(*id, from);
                     }
-                    for w in self.list_waiters.iter().filter(|w| w.0 == from) {
-                        let _ = w.3.send(results.clone());
+                    for w in self.list_waiters.iter().filter(|w| w.peer == from) {
+                        let _ = w.answer.send(Some(results.clone()));
                     }
-                    self.list_waiters.retain(|w| w.0 != from);
+                    self.list_waiters.retain(|w| w.peer != from);
                 }
                 NodeEvent::Peers { from, peers } => {
-                    for w in self.peers_waiters.iter().filter(|w| w.0 == from) {
-                        let _ = w.3.send(peers.clone());
+                    for w in self.peers_waiters.iter().filter(|w| w.peer == from) {
+                        let _ = w.answer.send(Some(peers.clone()));
                     }
-                    self.peers_waiters.retain(|w| w.0 != from);
+                    self.peers_waiters.retain(|w| w.peer != from);
                 }
                 NodeEvent::FerryPeer { addr, max_length } => {
                     for a in self.downloads.values_mut() {
-                        if a.dl.sources().contains(&addr) {
-                            a.dl.remove_source(addr);
-                            a.dl.add_source(now, addr, Some(max_length));
-                        }
+                        a.dl.set_ferry(addr, Some(max_length));
+                    }
+                }
+                NodeEvent::Refused { from, id, offset } => {
+                    // A source that forgot ferry's cookie: ask again at once (pump_requests
+                    // runs right after), with ferry's offer attached.
+                    if let Some(a) = self.downloads.get_mut(&id) {
+                        a.dl.on_refused(now, from, offset);
                     }
                 }
                 NodeEvent::Rtt { .. } => {}
@@ -576,9 +707,7 @@ impl Loop {
                     match open_part(&a.ingest, &hex(&id), total) {
                         Ok(p) => a.part = Some(p),
                         Err(e) => {
-                            let _ = a.done.send(Outcome::Failed(format!("partial file: {e}")));
-                            self.downloads.remove(&id);
-                            self.node.set_downloading(id, false);
+                            self.fail_local(id, format!("partial file: {e}"));
                             return;
                         }
                     }
@@ -591,9 +720,22 @@ impl Loop {
                     return;
                 };
                 // Downloads hand out ranges of blocks not yet stored, so one write covers them.
-                if part.write_blocks(store_at / 4096, data).is_ok() {
-                    a.dl.mark_stored(store_at, data.len());
-                    *a.delivered.entry(from).or_default() += data.len() as u64;
+                match part.write_blocks(store_at / 4096, data) {
+                    Ok(()) => {
+                        a.dl.mark_stored(store_at, data.len());
+                        *a.delivered.entry(from).or_default() += data.len() as u64;
+                    }
+                    // A block the machine should never have handed out twice: skip it (it is
+                    // asked again), but say so.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                        eprintln!("cjp2p: {}: block at {store_at} not stored: {e}", hex(&id));
+                    }
+                    // A full disk, a read-only folder: nothing more can be stored.
+                    Err(e) => {
+                        let at = a.ingest.work().join(format!("{}.part", hex(&id)));
+                        self.fail_local(id, format!("writing {}: {e}", at.display()));
+                        return;
+                    }
                 }
                 if a.dl.is_complete() {
                     self.verify(id);
@@ -607,6 +749,18 @@ impl Loop {
             }
             Accept::Teaser | Accept::Drop(_) => {}
         }
+    }
+
+    /// A local error ends the download: the outcome says why, the partial data stays for a
+    /// rerun (its bitmap flushed as far as it goes).
+    fn fail_local(&mut self, id: [u8; 32], why: String) {
+        if let Some(mut a) = self.downloads.remove(&id) {
+            if let Some(p) = a.part.as_mut() {
+                let _ = p.flush();
+            }
+            let _ = a.done.send(Outcome::LocalError(why));
+        }
+        self.node.set_downloading(id, false);
     }
 
     /// Every block is on disk: hash it on a worker thread.
@@ -638,10 +792,9 @@ impl Loop {
         let _ = part.flush();
         let name = a.name.clone();
         use crate::ingest::{Collision, Publisher};
-        let publisher = if a.into_catalog {
-            Publisher::new(a.ingest.clone(), Arc::clone(&self.catalog))
-        } else {
-            Publisher::without_catalog(a.ingest.clone())
+        let publisher = match self.catalog.as_ref().filter(|_| a.into_catalog) {
+            Some(cat) => Publisher::new(a.ingest.clone(), Arc::clone(cat)),
+            None => Publisher::without_catalog(a.ingest.clone()),
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -714,14 +867,34 @@ impl Loop {
         }
     }
 
+    /// Persists the bitmaps (C30): at once after the first blocks arrive, then after 0.1, 0.2,
+    /// 0.4 and 0.8 s, then every second, so a kill early in a fast transfer keeps what arrived.
     fn flush_bitmaps(&mut self, all: bool) {
         let now = Instant::now();
-        for a in self.downloads.values_mut() {
-            if all || now.duration_since(a.last_flush) >= FLUSH_EVERY {
-                if let Some(p) = a.part.as_mut() {
-                    let _ = p.flush();
+        let mut failed = Vec::new();
+        for (id, a) in self.downloads.iter_mut() {
+            let received = a.dl.received_bytes();
+            let wait = match a.flushes {
+                0 => Duration::ZERO,
+                n => (FIRST_FLUSH_GAP * (1 << (n - 1).min(4))).min(FLUSH_EVERY),
+            };
+            let due = received > a.flushed_bytes && now.duration_since(a.last_flush) >= wait;
+            if !(all || due) {
+                continue;
+            }
+            if let Some(p) = a.part.as_mut() {
+                if let Err(e) = p.flush() {
+                    failed.push((*id, format!("saving the bitmap of {}: {e}", hex(id))));
+                    continue;
                 }
-                a.last_flush = now;
+                a.flushes += 1;
+                a.flushed_bytes = received;
+            }
+            a.last_flush = now;
+        }
+        if !all {
+            for (id, why) in failed {
+                self.fail_local(id, why);
             }
         }
     }
@@ -738,17 +911,8 @@ fn open_part(ingest: &IngestDir, key: &str, size: u64) -> io::Result<Resumable> 
     Ok(p)
 }
 
-/// IPv4-mapped IPv6 sources become IPv4 (cjp2p.md 2).
-fn normalize(a: SocketAddr) -> SocketAddr {
-    if let SocketAddr::V6(v6) = a {
-        if let Some(v4) = v6.ip().to_ipv4_mapped() {
-            return SocketAddr::new(v4.into(), v6.port());
-        }
-    }
-    a
-}
-
-/// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6.
+/// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6: the inverse of
+/// [`transport::canonical_addr`], which every received source address goes through.
 fn denormalize(a: SocketAddr, dual_stack: bool) -> SocketAddr {
     match a {
         SocketAddr::V4(v4) if dual_stack => {

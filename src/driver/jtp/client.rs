@@ -1,38 +1,58 @@
-//! The JTP client driver: connects, sends requests, runs the [`ResponseDecoder`] over what
-//! arrives and streams every packet through [`ingest`](crate::ingest) into the output folder.
+//! The JTP client driver: connects (through [`transport`]), writes what the connection machine
+//! ([`proto::jtp::client::Connection`](crate::proto::jtp::client::Connection)) wants sent, reads
+//! and feeds what arrives, and moves each packet's bytes, borrowed from the read buffer, into an
+//! [`ingest`](crate::ingest) sink (through the bounded zstd inflater when compressed).
 //!
-//! Safety rules (jtp.md 5.2): every image is verified (xxHash64 of the decompressed bytes)
-//! before it becomes visible; names from the wire are reduced to safe basenames; files appear
-//! only by rename from a temporary name and never replace different content; nothing is
-//! allocated from a wire count or length (the decoder checks them against [`ResponseLimits`],
-//! data streams through a fixed buffer); compressed packets inflate into a bounded output.
+//! How a transfer is split: a LIST first (names and sizes); then, by [`Mode`], GET_BY_ID chunks
+//! of 255 ids over `parallel` worker connections (contiguous ranges, one thread each), one
+//! BATCH, or one LIST_AND_GET. With keep-alive (`-k`) each worker keeps one connection across
+//! chunks and `--repeat` passes; without it each request has its own connection. Whether
+//! requests are pipelined on a connection is the machine's [`Policy`]: only a peer that
+//! selected ALPN `jtp/1` over TLS is known to be safe to pipeline to; any other peer (the
+//! reference server, anything over plain TCP) gets one request at a time, with the quiet
+//! period after each GET_BY_ID answer that the reference server's CANCEL check needs (see the
+//! machine's module doc).
+//!
+//! Safety rules (jtp.md 5.2): every image is verified (xxHash64 of the decompressed bytes) by
+//! ingest before it becomes visible; names from the wire are reduced to safe basenames by the
+//! machine; files appear only by rename from a temporary name and never replace different
+//! content; nothing is allocated from a wire count or length; compressed packets inflate into
+//! a bounded output.
+//!
+//! Progress is counted into a [`Progress`] ([`Client::progress`]) as bytes arrive; this module
+//! never draws it.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::driver::progress::Progress;
 use crate::ingest::{Expect as IngestExpect, IngestDir, IngestError, Outcome, StreamSink};
-use crate::names;
-use crate::proto::jtp::request::Request;
-use crate::proto::jtp::response::{Event, Expect, ResponseDecoder, ResponseError, ResponseLimits};
-use crate::proto::jtp::wire::{FileType, FLAG_ZSTD};
+use crate::proto::jtp::client::{
+    self as machine, Connection, Done, Event, Job, Listing, PacketStart, Policy, PIPELINE_DEPTH,
+};
+use crate::proto::jtp::response::ResponseError;
 use crate::proto::jtp::zstd_frame::Inflater;
 use crate::proto::jtp::{ALPN as ALPN_JTP, DEFAULT_PORT};
 use crate::transport::{self, Stream, TlsClient, TransportError};
 use crate::wire::hex;
 
-/// Most ids in one GET_BY_ID (its count is one byte).
-pub const MAX_IDS_PER_GET: usize = 255;
+pub use crate::proto::jtp::client::{Listed, MAX_IDS_PER_GET};
+
 /// Above this many local files, `--batch` compares with the LIST and GETs the rest instead.
 const MAX_BATCH_HAVE: usize = 1_000_000;
 /// Read buffer per connection; also bounds how much of a packet is held at once.
 const READ_BUF: usize = 1024 * 1024;
-/// GET requests a keep-alive worker keeps in flight.
-const PIPELINE_DEPTH: usize = 4;
+/// How long `--watch` waits between looks at its stop flag.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+/// How long `--watch` waits for `JTPC` after its CANCEL.
+const WATCH_CANCEL_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection lingers on close, discarding input (jtp.md 3.1).
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
 /// Client settings (the reference client's flags, plus ferry's).
 #[derive(Clone, Debug)]
@@ -53,8 +73,6 @@ pub struct ClientOptions {
     /// Times the whole transfer runs (benchmarks).
     pub repeat: usize,
     pub verbose: bool,
-    /// Show a progress line on stderr.
-    pub progress: bool,
     /// fsync each file before it is renamed into place.
     pub durable: bool,
 }
@@ -72,7 +90,6 @@ impl Default for ClientOptions {
             parallel: 1,
             repeat: 1,
             verbose: false,
-            progress: false,
             durable: false,
         }
     }
@@ -85,6 +102,10 @@ pub enum ClientError {
     Connect(TransportError),
     /// The connection failed mid-exchange.
     Io(io::Error),
+    /// No read or write progress for this long.
+    TimedOut(Duration),
+    /// The server closed while an answer was due.
+    Closed { inside_frame: bool },
     /// The server broke the framing rules.
     Protocol(ResponseError),
     /// The server answered with JTPE.
@@ -106,18 +127,29 @@ impl fmt::Display for ClientError {
                 "connect: {e} (the server may speak plain TCP: try --no-tls)"
             ),
             ClientError::Connect(e) => write!(f, "connect: {e}"),
-            ClientError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                write!(f, "connection closed inside a frame")
-            }
             ClientError::Io(e) => write!(f, "i/o: {e}"),
-            ClientError::Protocol(ResponseError::MaybeOlderServer) => write!(
-                f,
-                "protocol: unexpected reply; the server may speak an older JTP"
-            ),
-            ClientError::Protocol(e) => write!(f, "protocol: {e}"),
-            ClientError::Server { code, message } => write!(f, "error {code}: {message}"),
+            ClientError::TimedOut(d) => write!(f, "timed out after {} s", d.as_secs_f64()),
+            ClientError::Closed { .. } | ClientError::Protocol(_) | ClientError::Server { .. } => {
+                write!(f, "{}", self.machine_error().expect("a machine error"))
+            }
             ClientError::Local(m) => write!(f, "{m}"),
         }
+    }
+}
+
+impl ClientError {
+    fn machine_error(&self) -> Option<machine::Error> {
+        Some(match self {
+            ClientError::Closed { inside_frame } => machine::Error::Closed {
+                inside_frame: *inside_frame,
+            },
+            ClientError::Protocol(e) => machine::Error::Protocol(*e),
+            ClientError::Server { code, message } => machine::Error::Server {
+                code: *code,
+                message: message.clone(),
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -129,19 +161,14 @@ impl From<io::Error> for ClientError {
     }
 }
 
-/// One catalog entry as listed by the server.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Listed {
-    #[serde(serialize_with = "ser_hex")]
-    pub id: u64,
-    #[serde(rename = "type")]
-    pub ftype: u8,
-    pub name: String,
-    pub size: u32,
-}
-
-fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode_u64(*id))
+impl From<machine::Error> for ClientError {
+    fn from(e: machine::Error) -> Self {
+        match e {
+            machine::Error::Protocol(e) => ClientError::Protocol(e),
+            machine::Error::Server { code, message } => ClientError::Server { code, message },
+            machine::Error::Closed { inside_frame } => ClientError::Closed { inside_frame },
+        }
+    }
 }
 
 /// One file saved (or found already present).
@@ -153,6 +180,10 @@ pub struct Saved {
     pub size: u64,
     /// `created`, `already-present` or `renamed` (the name held different content).
     pub outcome: &'static str,
+}
+
+fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode_u64(*id))
 }
 
 /// The result of a transfer.
@@ -191,11 +222,23 @@ impl Summary {
     pub fn is_partial(&self) -> bool {
         !self.corrupt.is_empty() || !self.missing.is_empty() || !self.failed.is_empty()
     }
+
     pub fn created(&self) -> usize {
         self.saved
             .iter()
             .filter(|s| s.outcome != "already-present")
             .count()
+    }
+
+    fn merge(&mut self, s: Summary) {
+        self.saved.extend(s.saved);
+        self.corrupt.extend(s.corrupt);
+        self.missing.extend(s.missing);
+        self.failed.extend(s.failed);
+        self.wire_bytes += s.wire_bytes;
+        self.bytes += s.bytes;
+        self.images += s.images;
+        self.cancelled |= s.cancelled;
     }
 }
 
@@ -235,94 +278,141 @@ pub fn normalize_addr(addr: &str) -> (String, String) {
     }
 }
 
-/// One connection with its decoder and read buffer.
+/// Why [`Conn::run`] returned early.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    /// Every queued request was answered.
+    Idle,
+    /// The stop flag was set; answers may still be in flight.
+    Interrupted,
+}
+
+/// What [`Conn::run`] hands each event to, with the input the event's ranges index.
+type OnEvent<'a> = dyn FnMut(Event, &[u8]) -> Result<(), ClientError> + 'a;
+
+/// One connection: its socket, its machine and its read buffer.
 struct Conn {
     stream: Stream,
+    machine: Connection,
     buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    dec: ResponseDecoder,
-    req: Vec<u8>,
+    io_timeout: Duration,
 }
 
 impl Conn {
-    fn send(&mut self, req: &Request, expect: Expect) -> Result<(), ClientError> {
-        self.req.clear();
-        req.encode(&mut self.req);
-        self.dec.expect(expect);
-        self.stream.write_all(&self.req)?;
-        self.stream.flush()?;
+    /// Writes whatever the machine wants sent now.
+    fn transmit(&mut self) -> Result<(), ClientError> {
+        let Conn {
+            stream, machine, ..
+        } = self;
+        let mut wrote = false;
+        while let Some(bytes) = machine.poll_transmit(Instant::now()) {
+            if let Err(e) = stream.write_all(bytes) {
+                return Err(self.after_write_error(e));
+            }
+            wrote = true;
+        }
+        if wrote {
+            if let Err(e) = self.stream.flush() {
+                return Err(self.after_write_error(e));
+            }
+        }
         Ok(())
     }
 
-    /// Feeds decoded events to `f` until it returns true (done). EOF at a frame boundary ends
-    /// quietly (`Ok(false)`); EOF inside a frame is an error.
-    fn pump(
-        &mut self,
-        f: &mut dyn FnMut(Event<'_>) -> Result<bool, ClientError>,
-    ) -> Result<bool, ClientError> {
-        loop {
-            // Decode even with nothing buffered: PacketEnd and ResponseEnd need no bytes.
-            {
-                let Conn {
-                    buf,
-                    start,
-                    end,
-                    dec,
-                    ..
-                } = self;
-                let (used, r) = dec.decode(&buf[*start..*end]);
-                *start += used;
-                match r {
-                    Err(e) => return Err(ClientError::Protocol(e)),
-                    Ok(Some(Event::ServerError { code, message })) => {
-                        return Err(ClientError::Server { code, message })
-                    }
-                    Ok(Some(ev)) => {
-                        if f(ev)? {
-                            return Ok(true);
-                        }
-                        continue;
-                    }
-                    Ok(None) if *start < *end => continue,
-                    Ok(None) => {}
+    /// A write failed: the server may have said why before closing (a `JTPE`, as the rate
+    /// limiter sends right after accept). Reads what already arrived and reports that instead.
+    fn after_write_error(&mut self, e: io::Error) -> ClientError {
+        let mut scratch = vec![0u8; 64 * 1024];
+        if let Ok(transport::TryRead::Data(n)) = self.stream.try_read(&mut scratch) {
+            let mut fed = 0;
+            while fed < n {
+                match self.machine.handle_input(&scratch[fed..n], Instant::now()) {
+                    Err(e @ machine::Error::Server { .. }) => return e.into(),
+                    Err(_) => break,
+                    Ok(step) if step.event.is_none() => break,
+                    Ok(step) => fed += step.consumed,
                 }
             }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
+        }
+        io_error(e, self.io_timeout)
+    }
+
+    /// Runs until every queued request is answered (or `stop` is set), handing each event to
+    /// `on_event` with the input it refers to ([`Event::Data`] ranges index that slice).
+    fn run(
+        &mut self,
+        stop: &AtomicBool,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Stopped, ClientError> {
+        let (mut start, mut end) = (0usize, 0usize);
+        loop {
+            self.transmit()?;
+            // Decode everything buffered; events that need no input come out here too.
+            loop {
+                let step = self
+                    .machine
+                    .handle_input(&self.buf[start..end], Instant::now())?;
+                let input = &self.buf[start..end];
+                start += step.consumed;
+                match step.event {
+                    Some(ev) => {
+                        let more = matches!(ev, Event::Done(_) | Event::Listing(_));
+                        on_event(ev, input)?;
+                        if more {
+                            // An answer ended: the next request may go out before reading on.
+                            self.transmit()?;
+                        }
+                    }
+                    None => break,
+                }
             }
-            if self.end == self.buf.len() {
-                return Err(ClientError::Local(
-                    "protocol: a frame header does not fit the read buffer".into(),
-                ));
+            if self.machine.is_idle() {
+                return Ok(Stopped::Idle);
             }
-            let n = match self.stream.read(&mut self.buf[self.end..]) {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(Stopped::Interrupted);
+            }
+            if !self.machine.is_awaiting() {
+                // A request is held back by the quiet period after a GET_BY_ID answer.
+                let Some(t) = self.machine.poll_timeout() else {
+                    // Work queued on a connection that can carry no more (a driver bug).
+                    return Err(ClientError::Local(
+                        "jtp: request queued on a finished connection".into(),
+                    ));
+                };
+                std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                continue;
+            }
+            // Everything offered was taken (the machine keeps split frames): read afresh.
+            start = 0;
+            end = 0;
+            let n = match self.stream.read(&mut self.buf) {
                 Ok(n) => n,
-                // A peer without close_notify (the reference) ends with a bare FIN.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-                // A signal (Ctrl-C) interrupted a read that has a timeout, which the kernel does
-                // not restart; callers look at their stop flag between requests.
+                // A signal (Ctrl-C) interrupted a read with a timeout, which the kernel does not
+                // restart: look at the stop flag.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(io_error(e, self.io_timeout)),
             };
             if n == 0 {
-                if self.dec.is_idle() && self.start == self.end {
-                    return Ok(false);
-                }
-                return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+                self.machine.handle_eof()?;
+                return Ok(Stopped::Idle);
             }
-            self.end += n;
+            end = n;
         }
+    }
+
+    fn close(self) {
+        self.stream.close_gracefully(CLOSE_LINGER);
     }
 }
 
-/// Counters shared by workers for the progress line.
-#[derive(Default)]
-struct Progress {
-    images: AtomicU64,
-    bytes: AtomicU64,
+/// A read or write timeout reads as "timed out after N s", not as EAGAIN.
+fn io_error(e: io::Error, timeout: Duration) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::TimedOut(timeout),
+        io::ErrorKind::UnexpectedEof => ClientError::Closed { inside_frame: true },
+        _ => ClientError::Io(e),
+    }
 }
 
 /// A JTP client.
@@ -331,6 +421,7 @@ pub struct Client {
     addr: String,
     server_name: String,
     tls: Option<TlsClient>,
+    progress: Arc<Progress>,
 }
 
 impl Client {
@@ -347,7 +438,14 @@ impl Client {
             addr,
             server_name,
             tls,
+            progress: Arc::new(Progress::new()),
         })
+    }
+
+    /// The counters [`get`](Self::get) updates as images arrive (bytes count as they are
+    /// written, so one large image shows progress too).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
     fn connect(&self) -> Result<Conn, ClientError> {
@@ -362,54 +460,70 @@ impl Client {
         };
         stream.set_read_timeout(Some(self.opts.io_timeout))?;
         stream.set_write_timeout(Some(self.opts.io_timeout))?;
+        // Only a server that selected `jtp/1` is known to leave pipelined input alone (the
+        // reference configures no ALPN and eats bytes that arrive during GET_BY_ID answers).
+        let policy = if stream.alpn().as_deref() == Some(ALPN_JTP) {
+            Policy::Pipelined {
+                depth: PIPELINE_DEPTH,
+            }
+        } else {
+            Policy::Sequential
+        };
         Ok(Conn {
             stream,
+            machine: Connection::new(policy, self.opts.keep_alive),
             buf: vec![0u8; READ_BUF],
-            start: 0,
-            end: 0,
-            dec: ResponseDecoder::new(ResponseLimits::default()),
-            req: Vec::new(),
+            io_timeout: self.opts.io_timeout,
         })
     }
 
-    /// LIST on `conn` (or a fresh connection).
-    fn list_on(&self, conn: &mut Conn, keep_alive: bool) -> Result<Vec<Listed>, ClientError> {
-        conn.send(&Request::List { keep_alive }, Expect::List)?;
-        let mut out = Vec::new();
-        let done = conn.pump(&mut |ev| match ev {
-            Event::ListStart { count } => {
-                out.reserve((count as usize).min(4096));
-                Ok(false)
-            }
-            Event::Entry {
-                id,
-                flags,
-                name,
-                size,
-            } => {
-                out.push(Listed {
-                    id,
-                    ftype: flags & 0x07,
-                    name: String::from_utf8_lossy(name).into_owned(),
-                    size,
-                });
-                Ok(false)
-            }
-            Event::ResponseEnd => Ok(true),
-            _ => Ok(false),
-        })?;
-        if !done {
-            return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+    /// A connection from the keep-alive pool, or a new one.
+    fn take_conn(&self, pool: &mut Vec<Conn>) -> Result<Conn, ClientError> {
+        match pool.pop() {
+            Some(c) => Ok(c),
+            None => self.connect(),
         }
-        Ok(out)
+    }
+
+    /// Keeps `c` for the next request when keep-alive is on and the machine allows it.
+    fn give_back(&self, pool: &mut Vec<Conn>, c: Conn) {
+        if self.opts.keep_alive && c.machine.is_reusable() {
+            pool.push(c);
+        } else {
+            c.close();
+        }
+    }
+
+    /// A LIST on `c` (`None` when interrupted).
+    fn list_on(
+        &self,
+        c: &mut Conn,
+        stop: &AtomicBool,
+    ) -> Result<Option<Arc<Listing>>, ClientError> {
+        c.machine.push(Job::List);
+        let mut listing = None;
+        let r = c.run(stop, &mut |ev, _| {
+            if let Event::Listing(l) = ev {
+                listing = Some(l);
+            }
+            Ok(())
+        })?;
+        if r == Stopped::Interrupted {
+            return Ok(None);
+        }
+        listing.map(Some).ok_or(ClientError::Closed {
+            inside_frame: false,
+        })
     }
 
     /// `ferry jtp list`: one LIST.
     pub fn list(&self) -> Result<Vec<Listed>, ClientError> {
         let mut c = self.connect()?;
-        let l = self.list_on(&mut c, false)?;
-        c.stream.close_gracefully(Duration::from_millis(200));
-        Ok(l)
+        let l = self.list_on(&mut c, &AtomicBool::new(false))?;
+        c.close();
+        Ok(l.map_or_else(Vec::new, |l| {
+            Arc::try_unwrap(l).map_or_else(|l| l.entries().to_vec(), Listing::into_entries)
+        }))
     }
 
     /// Downloads into `out`: the given ids, or the whole catalog.
@@ -426,19 +540,21 @@ impl Client {
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
         ingest.set_durable(self.opts.durable);
         let started = Instant::now();
-        let progress = Arc::new(Progress::default());
-        let reporter = self.opts.progress.then(|| spawn_progress(progress.clone()));
         let mut summary = Summary::default();
         let mut pool: Vec<Conn> = Vec::new();
         let mut result = Ok(());
         for _ in 0..self.opts.repeat.max(1) {
+            let want = match &ids {
+                Some(ids) => Want::Ids(ids.clone()),
+                None => Want::All,
+            };
             let r = match mode {
-                Mode::Get => self.run_get(&ingest, ids.clone(), &mut pool, &progress, stop),
-                Mode::Batch => self.run_batch(&ingest, &mut pool, &progress, stop),
-                Mode::ListAndGet => self.run_list_and_get(&ingest, &mut pool, &progress, stop),
+                Mode::Get => self.run_get(&ingest, want, &mut pool, stop),
+                Mode::Batch => self.run_batch(&ingest, &mut pool, stop),
+                Mode::ListAndGet => self.run_list_and_get(&ingest, &mut pool, stop),
             };
             match r {
-                Ok(s) => merge(&mut summary, s),
+                Ok(s) => summary.merge(s),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -450,386 +566,325 @@ impl Client {
             }
         }
         for c in pool {
-            c.stream.close_gracefully(Duration::from_millis(200));
-        }
-        if let Some((flag, h)) = reporter {
-            flag.store(true, Ordering::SeqCst);
-            let _ = h.join();
+            c.close();
         }
         summary.seconds = started.elapsed().as_secs_f64();
         result.map(|_| summary)
     }
 
-    /// A connection from the keep-alive pool, or a new one.
-    fn take_conn(&self, pool: &mut Vec<Conn>) -> Result<Conn, ClientError> {
-        match pool.pop() {
-            Some(c) => Ok(c),
-            None => self.connect(),
-        }
-    }
-
-    fn give_back(&self, pool: &mut Vec<Conn>, c: Conn) {
-        if self.opts.keep_alive {
-            pool.push(c);
-        } else {
-            c.stream.close_gracefully(Duration::from_millis(200));
+    fn receiver<'a>(&'a self, ingest: &'a IngestDir) -> Receiver<'a> {
+        Receiver {
+            ingest,
+            progress: &self.progress,
+            verbose: self.opts.verbose,
+            summary: Summary::default(),
+            current: None,
         }
     }
 
     fn run_get(
         &self,
         ingest: &IngestDir,
-        ids: Option<Vec<u64>>,
+        want: Want,
         pool: &mut Vec<Conn>,
-        progress: &Arc<Progress>,
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
-        let ka = self.opts.keep_alive;
         let mut c = self.take_conn(pool)?;
-        let listing = self.list_on(&mut c, ka)?;
+        let listing = self.list_on(&mut c, stop)?;
         self.give_back(pool, c);
-        let wanted: Vec<u64> = match ids {
-            Some(ids) => ids,
-            None => listing.iter().map(|l| l.id).collect(),
+        let Some(listing) = listing else {
+            return Ok(Summary {
+                cancelled: true,
+                ..Summary::default()
+            });
         };
-        let names = Arc::new(Names::new(&listing));
-        let workers = self.opts.parallel.clamp(1, 32).min(wanted.len().max(1));
-        let per = wanted.len().div_ceil(workers).max(1);
-        let ranges: Vec<Vec<u64>> = wanted.chunks(per).map(|c| c.to_vec()).collect();
-        let results: Mutex<Vec<Result<Summary, ClientError>>> = Mutex::new(Vec::new());
+        let wanted: Vec<u64> = match want {
+            Want::Ids(ids) => ids,
+            Want::All => listing.ids().collect(),
+            Want::AllBut(have) => listing.ids().filter(|id| !have.contains(id)).collect(),
+        };
+        self.progress.add_total_items(wanted.len() as u64);
+        self.progress.add_total_bytes(
+            wanted
+                .iter()
+                .filter_map(|id| listing.get(*id))
+                .map(|l| u64::from(l.size))
+                .sum(),
+        );
+        let ranges = machine::split_ranges(&wanted, self.opts.parallel.clamp(1, 32));
         let mut conns: Vec<Option<Conn>> = ranges.iter().map(|_| pool.pop()).collect();
+        let results: Mutex<Vec<Result<Summary, ClientError>>> = Mutex::new(Vec::new());
         let returned: Mutex<Vec<Conn>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for (range, conn) in ranges.iter().zip(conns.iter_mut()) {
-                let names = names.clone();
-                let results = &results;
-                let returned = &returned;
-                let progress = progress.clone();
+                let (listing, results, returned) = (&listing, &results, &returned);
                 s.spawn(move || {
                     let mut conn = conn.take();
-                    let r = self.get_range(ingest, range, &names, &mut conn, &progress, stop);
+                    let r = self.get_range(ingest, range, listing, &mut conn, stop);
                     if let Some(c) = conn {
-                        returned.lock().unwrap().push(c);
+                        returned.lock().unwrap_or_else(|p| p.into_inner()).push(c);
                     }
-                    results.lock().unwrap().push(r);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                 });
             }
         });
-        pool.extend(returned.into_inner().unwrap());
+        pool.extend(returned.into_inner().unwrap_or_else(|p| p.into_inner()));
         let mut total = Summary::default();
-        for r in results.into_inner().unwrap() {
-            merge(&mut total, r?);
+        for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            total.merge(r?);
         }
         Ok(total)
     }
 
-    /// One worker: GET_BY_ID of `ids` in chunks of 255.
+    /// One worker: GET_BY_ID of `ids` in chunks of 255. With keep-alive, on one connection
+    /// (`conn`, or a new one), handed back in `conn` when it may carry more; else one
+    /// connection per chunk.
     fn get_range(
         &self,
         ingest: &IngestDir,
         ids: &[u64],
-        names: &Names,
+        listing: &Arc<Listing>,
         conn: &mut Option<Conn>,
-        progress: &Progress,
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
-        let ka = self.opts.keep_alive;
-        let mut summary = Summary::default();
-        if ka {
-            // One connection, up to PIPELINE_DEPTH requests in flight: the server prepares the
-            // next response while this side is still writing files from the last one.
-            let chunks: Vec<&[u64]> = ids.chunks(MAX_IDS_PER_GET).collect();
+        let mut rx = self.receiver(ingest);
+        if self.opts.keep_alive {
             let mut c = match conn.take() {
                 Some(c) => c,
                 None => self.connect()?,
             };
-            let (mut sent, mut done) = (0, 0);
-            while done < chunks.len() {
-                while sent < chunks.len()
-                    && sent - done < PIPELINE_DEPTH
-                    && !stop.load(Ordering::SeqCst)
-                {
-                    c.send(
-                        &Request::GetById {
-                            keep_alive: true,
-                            ids: chunks[sent].to_vec(),
-                        },
-                        Expect::Get {
-                            requested: chunks[sent].to_vec(),
-                        },
-                    )?;
-                    sent += 1;
-                }
-                if stop.load(Ordering::SeqCst) {
-                    // Requests may still be in flight: this connection cannot be reused.
-                    summary.cancelled = true;
-                    return Ok(summary);
-                }
-                let got = self.receive_packets(&mut c, ingest, names, &mut summary, progress)?;
-                note_missing(&mut summary, chunks[done], got);
-                done += 1;
+            c.machine.set_listing(listing.clone());
+            for chunk in ids.chunks(MAX_IDS_PER_GET) {
+                c.machine.push(Job::Get(chunk.to_vec()));
             }
-            *conn = Some(c);
-            return Ok(summary);
+            if c.run(stop, &mut |ev, input| rx.on_event(ev, input))? == Stopped::Interrupted {
+                // Answers may still be in flight: this connection cannot be reused.
+                rx.summary.cancelled = true;
+                c.close();
+                return Ok(rx.summary);
+            }
+            if c.machine.is_reusable() {
+                *conn = Some(c);
+            } else {
+                c.close();
+            }
+            return Ok(rx.summary);
         }
         for chunk in ids.chunks(MAX_IDS_PER_GET) {
             if stop.load(Ordering::SeqCst) {
-                summary.cancelled = true;
+                rx.summary.cancelled = true;
                 break;
             }
             let mut c = self.connect()?;
-            c.send(
-                &Request::GetById {
-                    keep_alive: false,
-                    ids: chunk.to_vec(),
-                },
-                Expect::Get {
-                    requested: chunk.to_vec(),
-                },
-            )?;
-            let got = self.receive_packets(&mut c, ingest, names, &mut summary, progress)?;
-            note_missing(&mut summary, chunk, got);
-            c.stream.close_gracefully(Duration::from_millis(200));
+            c.machine.set_listing(listing.clone());
+            c.machine.push(Job::Get(chunk.to_vec()));
+            let r = c.run(stop, &mut |ev, input| rx.on_event(ev, input))?;
+            c.close();
+            if r == Stopped::Interrupted {
+                rx.summary.cancelled = true;
+                break;
+            }
         }
-        Ok(summary)
+        Ok(rx.summary)
     }
 
     fn run_batch(
         &self,
         ingest: &IngestDir,
         pool: &mut Vec<Conn>,
-        progress: &Arc<Progress>,
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
         let have = local_ids(ingest.dest())
             .map_err(|e| ClientError::Local(format!("reading {}: {e}", ingest.dest().display())))?;
-        let ka = self.opts.keep_alive;
-        let mut c = self.take_conn(pool)?;
-        // LIST and BATCH share the connection: LIST keeps it alive.
-        let listing = self.list_on(&mut c, true)?;
-        let names = Names::new(&listing);
         if have.len() > MAX_BATCH_HAVE {
-            let missing: Vec<u64> = listing
-                .iter()
-                .map(|l| l.id)
-                .filter(|id| !have.contains_key(id))
-                .collect();
-            self.give_back(pool, c);
-            return self.run_get(ingest, Some(missing), pool, progress, stop);
+            return self.run_get(ingest, Want::AllBut(have), pool, stop);
         }
-        c.send(
-            &Request::Batch {
-                keep_alive: ka,
-                have: have.keys().copied().collect(),
-            },
-            Expect::Batch,
-        )?;
-        let mut summary = Summary::default();
-        self.receive_packets(&mut c, ingest, &names, &mut summary, progress)?;
-        self.give_back(pool, c);
-        Ok(summary)
+        // LIST and BATCH share the connection; the LIST keeps it alive for the BATCH.
+        let mut c = self.take_conn(pool)?;
+        c.machine.push(Job::List);
+        c.machine.push(Job::Batch(have.into_iter().collect()));
+        self.run_packets(ingest, c, false, pool, stop)
     }
 
     fn run_list_and_get(
         &self,
         ingest: &IngestDir,
         pool: &mut Vec<Conn>,
-        progress: &Arc<Progress>,
-        _stop: &AtomicBool,
+        stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
-        let ka = self.opts.keep_alive;
         let mut c = self.take_conn(pool)?;
-        let listing = self.list_on(&mut c, true)?;
-        let names = Names::new(&listing);
-        c.send(&Request::ListAndGet { keep_alive: ka }, Expect::ListAndGet)?;
-        let mut summary = Summary::default();
-        let got = self.receive_packets(&mut c, ingest, &names, &mut summary, progress)?;
-        let got: std::collections::HashSet<u64> = got.into_iter().collect();
-        summary
-            .missing
-            .extend(listing.iter().map(|l| l.id).filter(|id| !got.contains(id)));
-        self.give_back(pool, c);
-        Ok(summary)
+        c.machine.push(Job::List);
+        c.machine.push(Job::ListAndGet);
+        self.run_packets(ingest, c, true, pool, stop)
     }
 
-    /// Reads one packet response to its end, saving each packet. Returns the ids received.
-    fn receive_packets(
+    /// Runs a queued LIST and packet response on `c`, saving every packet. The progress total
+    /// is the answer's packet count, and with `whole_catalog` (LIST_AND_GET) the listed bytes.
+    fn run_packets(
         &self,
-        c: &mut Conn,
         ingest: &IngestDir,
-        names: &Names,
-        summary: &mut Summary,
-        progress: &Progress,
-    ) -> Result<Vec<u64>, ClientError> {
-        let mut got = Vec::new();
-        let mut cur: Option<Incoming> = None;
-        let verbose = self.opts.verbose;
-        let done = c.pump(&mut |ev| {
-            match ev {
-                Event::PacketHeader { flags, len, id } => {
-                    summary.wire_bytes += len as u64;
-                    cur = Some(Incoming::start(ingest, names, flags, len, id)?);
+        mut c: Conn,
+        whole_catalog: bool,
+        pool: &mut Vec<Conn>,
+        stop: &AtomicBool,
+    ) -> Result<Summary, ClientError> {
+        let mut rx = self.receiver(ingest);
+        let progress = &self.progress;
+        let mut listed_bytes = 0;
+        let r = c.run(stop, &mut |ev, input| {
+            match &ev {
+                Event::Listing(l) if whole_catalog => {
+                    listed_bytes = l.entries().iter().map(|e| u64::from(e.size)).sum();
                 }
-                Event::Data(d) => {
-                    if let Some(p) = cur.as_mut() {
-                        p.data(d);
-                    }
+                Event::Packets { count } => {
+                    progress.add_total_items(u64::from(*count));
+                    progress.add_total_bytes(listed_bytes);
                 }
-                Event::PacketEnd => {
-                    if let Some(p) = cur.take() {
-                        got.push(p.id);
-                        let (id, bytes) = (p.id, p.expected_size());
-                        match p.finish() {
-                            Ok(saved) => {
-                                if verbose {
-                                    eprintln!(
-                                        "jtp: {} {} ({} bytes, {})",
-                                        hex::encode_u64(saved.id),
-                                        saved.name,
-                                        saved.size,
-                                        saved.outcome
-                                    );
-                                }
-                                summary.bytes += saved.size;
-                                summary.images += 1;
-                                progress.images.fetch_add(1, Ordering::Relaxed);
-                                progress.bytes.fetch_add(saved.size, Ordering::Relaxed);
-                                summary.saved.push(saved);
-                            }
-                            Err(Failure::Corrupt(why)) => {
-                                eprintln!(
-                                    "jtp: {}: corrupt ({why}); not written",
-                                    hex::encode_u64(id)
-                                );
-                                summary.corrupt.push(id);
-                            }
-                            Err(Failure::Local(why)) => {
-                                eprintln!("jtp: {}: cannot save: {why}", hex::encode_u64(id));
-                                summary
-                                    .failed
-                                    .push(format!("{}: {why}", hex::encode_u64(id)));
-                                let _ = bytes;
-                            }
-                        }
-                    }
-                }
-                Event::ResponseEnd | Event::Cancelled => return Ok(true),
                 _ => {}
             }
-            Ok(false)
+            rx.on_event(ev, input)
         })?;
-        if !done {
-            return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+        if r == Stopped::Interrupted {
+            rx.summary.cancelled = true;
+            c.close();
+        } else {
+            self.give_back(pool, c);
         }
-        Ok(got)
+        Ok(rx.summary)
     }
 
-    /// `--watch`: prints each event through `on_event` until `stop` is set, then CANCELs.
+    /// `--watch`: hands each event to `on_event` until `stop` is set, then CANCELs.
     pub fn watch(
         &self,
         stop: &AtomicBool,
         on_event: &mut dyn FnMut(&Listed),
     ) -> Result<(), ClientError> {
         let mut c = self.connect()?;
-        c.send(&Request::Watch, Expect::Watch)?;
-        c.stream
-            .set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut cancelling = false;
+        c.machine.push(Job::Watch);
+        c.transmit()?;
+        // Silence is normal while subscribed: wake up now and then to look at `stop`.
+        c.stream.set_read_timeout(Some(WATCH_POLL))?;
+        let mut cancel_deadline: Option<Instant> = None;
+        let mut start = 0;
+        let mut end = 0;
         loop {
-            if stop.load(Ordering::SeqCst) && !cancelling {
-                cancelling = true;
+            if cancel_deadline.is_none() && stop.load(Ordering::SeqCst) {
+                cancel_deadline = Some(Instant::now() + WATCH_CANCEL_WAIT);
                 c.stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-                c.stream.write_all(&[3, 0])?;
-                c.stream.flush()?;
+                c.machine.cancel();
+                c.transmit()?;
             }
-            let r = c.pump(&mut |ev| match ev {
-                Event::Watch {
-                    id,
-                    flags,
-                    name,
-                    size,
-                } => {
-                    on_event(&Listed {
-                        id,
-                        ftype: flags & 7,
-                        name: String::from_utf8_lossy(name).into_owned(),
-                        size,
-                    });
-                    Ok(false)
-                }
-                Event::Cancelled => Ok(true),
-                _ => Ok(false),
-            });
-            match r {
-                Ok(true) => return Ok(()),
-                Ok(false) => return Ok(()),
-                Err(ClientError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if cancelling {
-                        // Waited briefly for JTPC; good enough.
+            loop {
+                let step = c.machine.handle_input(&c.buf[start..end], Instant::now())?;
+                start += step.consumed;
+                match step.event {
+                    Some(Event::Watch(l)) => on_event(&l),
+                    Some(Event::Cancelled) => {
+                        c.close();
                         return Ok(());
                     }
+                    Some(_) => {}
+                    None => break,
                 }
-                Err(e) => return Err(e),
+            }
+            if cancel_deadline.is_some_and(|d| Instant::now() >= d) {
+                // Waited briefly for JTPC; good enough.
+                return Ok(());
+            }
+            start = 0;
+            end = 0;
+            match c.stream.read(&mut c.buf) {
+                // The server ended the subscription.
+                Ok(0) => return Ok(()),
+                Ok(n) => end = n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(ClientError::Io(e)),
             }
         }
     }
 }
 
-/// Records the ids of `asked` that did not arrive.
-fn note_missing(summary: &mut Summary, asked: &[u64], got: Vec<u64>) {
-    let got: std::collections::HashSet<u64> = got.into_iter().collect();
-    summary
-        .missing
-        .extend(asked.iter().filter(|id| !got.contains(id)));
+/// Which images a GET pass fetches.
+enum Want {
+    All,
+    Ids(Vec<u64>),
+    /// Every listed image but these (`--batch` above [`MAX_BATCH_HAVE`] local files).
+    AllBut(HashSet<u64>),
 }
 
-fn merge(total: &mut Summary, s: Summary) {
-    total.saved.extend(s.saved);
-    total.corrupt.extend(s.corrupt);
-    total.missing.extend(s.missing);
-    total.failed.extend(s.failed);
-    total.wire_bytes += s.wire_bytes;
-    total.bytes += s.bytes;
-    total.images += s.images;
-    total.cancelled |= s.cancelled;
+/// Saves the packets of one connection's answers and keeps their account.
+struct Receiver<'a> {
+    ingest: &'a IngestDir,
+    progress: &'a Progress,
+    verbose: bool,
+    summary: Summary,
+    current: Option<Incoming>,
 }
 
-/// Names and sizes from the LIST, by id.
-struct Names {
-    by_id: HashMap<u64, (String, u32)>,
-}
-
-impl Names {
-    fn new(listing: &[Listed]) -> Names {
-        Names {
-            by_id: listing
-                .iter()
-                .map(|l| (l.id, (l.name.clone(), l.size)))
-                .collect(),
+impl Receiver<'_> {
+    fn on_event(&mut self, ev: Event, input: &[u8]) -> Result<(), ClientError> {
+        match ev {
+            Event::Packet(p) => {
+                self.summary.wire_bytes += u64::from(p.len);
+                self.current = Some(Incoming::start(self.ingest, p)?);
+            }
+            Event::Data(range) => {
+                if let Some(p) = self.current.as_mut() {
+                    p.data(&input[range], self.progress);
+                }
+            }
+            Event::PacketEnd => {
+                if let Some(p) = self.current.take() {
+                    self.finish(p);
+                }
+            }
+            Event::Done(Done::Get { missing } | Done::ListAndGet { missing }) => {
+                self.summary.missing.extend(missing);
+            }
+            Event::Packets { .. }
+            | Event::Done(Done::Batch)
+            | Event::Listing(_)
+            | Event::Cancelled
+            | Event::Watch(_) => {}
         }
+        Ok(())
     }
 
-    /// The safe local name for `id` (jtp.md 5.2 rule 2).
-    fn local_name(&self, id: u64, flags: u8) -> String {
-        let ext = FileType::from_bits(flags).ext();
-        let fallback = || format!("output_{}.{ext}", hex::encode_u64(id));
-        match self.by_id.get(&id) {
-            Some((name, _)) => match names::sanitize_basename(name, 255) {
-                Some(n) if n.contains('.') => n,
-                Some(n) => format!("{n}.{ext}"),
-                None => fallback(),
-            },
-            None => fallback(),
+    fn finish(&mut self, p: Incoming) {
+        let id = p.id;
+        match p.finish() {
+            Ok(saved) => {
+                if self.verbose {
+                    eprintln!(
+                        "jtp: {} {} ({} bytes, {})",
+                        hex::encode_u64(saved.id),
+                        saved.name,
+                        saved.size,
+                        saved.outcome
+                    );
+                }
+                self.summary.bytes += saved.size;
+                self.summary.images += 1;
+                self.progress.add_items(1);
+                self.summary.saved.push(saved);
+            }
+            Err(Failure::Corrupt(why)) => {
+                eprintln!("jtp: {}: corrupt ({why}); not written", hex::encode_u64(id));
+                self.summary.corrupt.push(id);
+            }
+            Err(Failure::Local(why)) => {
+                eprintln!("jtp: {}: cannot save: {why}", hex::encode_u64(id));
+                self.summary
+                    .failed
+                    .push(format!("{}: {why}", hex::encode_u64(id)));
+            }
         }
-    }
-
-    fn size(&self, id: u64) -> Option<u32> {
-        self.by_id.get(&id).map(|(_, s)| *s)
     }
 }
 
@@ -838,49 +893,29 @@ enum Failure {
     Local(String),
 }
 
-/// A packet being received.
+/// A packet being received: its sink, and its inflater when compressed.
 struct Incoming {
     id: u64,
     name: String,
     sink: Option<StreamSink>,
     inflater: Option<Inflater>,
-    listed_size: Option<u32>,
     corrupt: Option<String>,
     local_error: Option<String>,
 }
 
 impl Incoming {
-    fn start(
-        ingest: &IngestDir,
-        names: &Names,
-        flags: u8,
-        len: u32,
-        id: u64,
-    ) -> Result<Incoming, ClientError> {
-        let listed_size = names.size(id);
-        let name = names.local_name(id, flags);
-        let compressed = flags & FLAG_ZSTD != 0;
-        let mut corrupt = None;
-        if !compressed {
-            if let Some(s) = listed_size {
-                if s != len {
-                    corrupt = Some(format!("length {len} differs from the listed size {s}"));
-                }
-            }
-        }
-        let inflater = if compressed {
-            let cap = listed_size.unwrap_or(u32::MAX) as u64;
-            Some(Inflater::new(cap).map_err(|e| ClientError::Local(format!("zstd: {e}")))?)
+    fn start(ingest: &IngestDir, p: PacketStart) -> Result<Incoming, ClientError> {
+        let corrupt = p.defect.map(|d| d.to_string());
+        let inflater = if p.is_compressed() {
+            Some(
+                Inflater::new(p.max_size())
+                    .map_err(|e| ClientError::Local(format!("zstd: {e}")))?,
+            )
         } else {
             None
         };
-        let hint = if compressed {
-            listed_size.map(u64::from)
-        } else {
-            Some(len as u64)
-        };
         let (sink, local_error) = if corrupt.is_none() {
-            match ingest.begin_stream_xxh64(hint) {
+            match ingest.begin_stream_xxh64(p.expected_size()) {
                 Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(e.to_string())),
             }
@@ -888,21 +923,16 @@ impl Incoming {
             (None, None)
         };
         Ok(Incoming {
-            id,
-            name,
+            id: p.id,
+            name: p.name,
             sink,
             inflater,
-            listed_size,
             corrupt,
             local_error,
         })
     }
 
-    fn expected_size(&self) -> Option<u32> {
-        self.listed_size
-    }
-
-    fn data(&mut self, d: &[u8]) {
+    fn data(&mut self, d: &[u8], progress: &Progress) {
         if self.corrupt.is_some() || self.local_error.is_some() {
             return;
         }
@@ -911,9 +941,15 @@ impl Incoming {
         };
         let r = match self.inflater.as_mut() {
             Some(inf) => inf
-                .feed(d, &mut |out| sink.write_all(out))
+                .feed(d, &mut |out| {
+                    progress.add_bytes(out.len() as u64);
+                    sink.write_all(out)
+                })
                 .map_err(|e| Failure::Corrupt(e.to_string())),
-            None => sink.write_all(d).map_err(|e| Failure::Local(e.to_string())),
+            None => {
+                progress.add_bytes(d.len() as u64);
+                sink.write_all(d).map_err(|e| Failure::Local(e.to_string()))
+            }
         };
         match r {
             Ok(()) => {}
@@ -956,8 +992,8 @@ impl Incoming {
 }
 
 /// xxHash64 of every regular, non-dot file directly in `dir` (streamed, never loaded whole).
-fn local_ids(dir: &Path) -> io::Result<HashMap<u64, PathBuf>> {
-    let mut out = HashMap::new();
+fn local_ids(dir: &Path) -> io::Result<HashSet<u64>> {
+    let mut out = HashSet::new();
     let mut buf = vec![0u8; 1 << 20];
     for e in std::fs::read_dir(dir)? {
         let e = e?;
@@ -973,31 +1009,9 @@ fn local_ids(dir: &Path) -> io::Result<HashMap<u64, PathBuf>> {
             }
             std::hash::Hasher::write(&mut h, &buf[..n]);
         }
-        out.insert(std::hash::Hasher::finish(&h), e.path());
+        out.insert(std::hash::Hasher::finish(&h));
     }
     Ok(out)
-}
-
-/// A progress line on stderr, ten times a second, until the returned flag is set.
-fn spawn_progress(p: Arc<Progress>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    let h = std::thread::spawn(move || {
-        let start = Instant::now();
-        while !d.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-            let secs = start.elapsed().as_secs_f64().max(1e-3);
-            let bytes = p.bytes.load(Ordering::Relaxed);
-            eprint!(
-                "\r\x1b[K{} images  {:.1} MB  {:.1} MB/s",
-                p.images.load(Ordering::Relaxed),
-                bytes as f64 / 1e6,
-                bytes as f64 / 1e6 / secs
-            );
-        }
-        eprint!("\r\x1b[K");
-    });
-    (done, h)
 }
 
 #[cfg(test)]
@@ -1019,30 +1033,16 @@ mod tests {
     }
 
     #[test]
-    fn j40_hostile_names_reduce_or_fall_back() {
-        let listing: Vec<Listed> = [
-            "../x.png", "a/b.png", "..", ".", "", "a\0b.png", ".ferry", "noext",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Listed {
-            id: i as u64,
-            ftype: 0,
-            name: n.to_string(),
-            size: 1,
-        })
-        .collect();
-        let names = Names::new(&listing);
-        let got: Vec<String> = (0..8).map(|i| names.local_name(i, 0)).collect();
-        assert_eq!(got[0], "x.png");
-        assert_eq!(got[1], "b.png");
-        for (i, g) in got.iter().enumerate().take(7).skip(2) {
-            assert_eq!(g, &format!("output_{}.png", hex::encode_u64(i as u64)));
-        }
-        assert_eq!(got[7], "noext.png");
-        assert_eq!(
-            names.local_name(99, 3),
-            format!("output_{}.bmp", hex::encode_u64(99))
+    fn timeouts_read_as_timed_out_not_eagain() {
+        let e = io_error(
+            io::Error::from(io::ErrorKind::WouldBlock),
+            Duration::from_secs(30),
         );
+        assert_eq!(e.to_string(), "timed out after 30 s");
+        let e = io_error(
+            io::Error::from(io::ErrorKind::TimedOut),
+            Duration::from_millis(1500),
+        );
+        assert_eq!(e.to_string(), "timed out after 1.5 s");
     }
 }

@@ -44,13 +44,14 @@ use std::fs;
 use std::hash::Hasher;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{CatalogHandle, CatalogOptions, FileStamp};
+use crate::driver::progress::Progress;
 use plan::{Fetch, LocalFile};
 use source::{Attempt, Remote, Staged};
 
@@ -156,17 +157,9 @@ impl Report {
     }
 }
 
-/// Live counters for a progress line.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub files_total: AtomicU64,
-    pub files_done: AtomicU64,
-    pub bytes_total: AtomicU64,
-    pub bytes_done: AtomicU64,
-}
-
 /// Runs one sync. `stop` (Ctrl-C) ends fetching after the batches in flight; what arrived is
-/// still placed.
+/// still placed. `progress` gets the fetch plan's totals, each content as it is verified, and
+/// the bytes as they arrive (the client's own counters forwarded ten times a second).
 pub fn run(
     opts: &SyncOptions,
     progress: &Progress,
@@ -252,12 +245,8 @@ pub fn run(
         local.iter().map(|l| (l.file.name.as_str(), l)).collect();
 
     // 1. Fetch.
-    progress
-        .files_total
-        .store(plan.fetch.len() as u64, Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(plan.fetch_bytes(), Ordering::Relaxed);
+    progress.add_total_items(plan.fetch.len() as u64);
+    progress.add_total_bytes(plan.fetch_bytes());
     let fetched = fetch_all(
         &remote,
         remote.workers(&opts.connect),
@@ -509,13 +498,25 @@ fn actions(plan: &Plan) -> Vec<Action> {
 /// retry rules are tested without a network).
 trait Fetcher: Sync {
     fn attempt(&self, items: &[&Fetch], into: &Path, stop: &AtomicBool) -> Attempt;
+
+    /// File bytes the client received so far, over all attempts (for the progress line).
+    fn bytes_received(&self) -> u64 {
+        0
+    }
 }
 
 impl Fetcher for Remote {
     fn attempt(&self, items: &[&Fetch], into: &Path, stop: &AtomicBool) -> Attempt {
         self.fetch(items, into, stop)
     }
+
+    fn bytes_received(&self) -> u64 {
+        self.progress().snapshot().bytes
+    }
 }
+
+/// How often the client's byte counter is forwarded to the run's progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Fetches every batch (`workers` at once, each tried `1 + retries` times); per id, where it
 /// is or why not.
@@ -531,19 +532,42 @@ fn fetch_all<F: Fetcher>(
     let workers = workers.clamp(1, batches.len().max(1));
     let queue: Mutex<VecDeque<Vec<&Fetch>>> = Mutex::new(batches.into());
     let results: Mutex<HashMap<ContentId, Result<Staged, String>>> = Mutex::new(HashMap::new());
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if stop.load(Ordering::SeqCst) {
+        // Forwards the client's byte counter until every worker is done (the channel closes).
+        s.spawn(|| {
+            let mut forwarded = remote.bytes_received();
+            loop {
+                let finished = !matches!(
+                    done_rx.recv_timeout(PROGRESS_EVERY),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                );
+                let now = remote.bytes_received();
+                progress.add_bytes(now.saturating_sub(forwarded));
+                forwarded = forwarded.max(now);
+                if finished {
                     return;
                 }
-                let Some(batch) = lock(&queue).pop_front() else {
-                    return;
-                };
-                let done = fetch_batch(remote, batch, into, retries, progress, stop);
-                lock(&results).extend(done);
-            });
+            }
+        });
+        let workers: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Some(batch) = lock(&queue).pop_front() else {
+                        return;
+                    };
+                    let done = fetch_batch(remote, batch, into, retries, progress, stop);
+                    lock(&results).extend(done);
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        drop(done_tx);
     });
     results.into_inner().unwrap_or_else(|p| p.into_inner())
 }
@@ -579,8 +603,7 @@ fn fetch_batch<F: Fetcher>(
         let mut rest = Vec::new();
         for f in batch {
             if let Some(s) = got.get(&f.id) {
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
-                progress.bytes_done.fetch_add(f.size, Ordering::Relaxed);
+                progress.add_items(1);
                 // The hash the client did not check is read back now, by this worker, while
                 // the file is in the page cache and other workers keep the network busy.
                 let full = complete_hashes(s).map(|(sha, x)| Staged {

@@ -198,6 +198,14 @@ impl Remote {
         }
     }
 
+    /// The client's transfer counters.
+    pub fn progress(&self) -> std::sync::Arc<crate::driver::progress::Progress> {
+        match self {
+            Remote::Tej(c) => c.progress(),
+            Remote::Jtp(c) => c.progress(),
+        }
+    }
+
     /// Fetch workers that run at once: TEJ uses one connection per worker; the JTP client
     /// spreads one call over its own connections.
     pub fn workers(&self, c: &Connect) -> usize {
@@ -377,7 +385,7 @@ fn tej_error(e: tej::ClientError) -> SyncError {
     use tej::ClientError as E;
     let msg = format!("tej: {e}");
     match e {
-        E::Connect(_) | E::Io(_) => SyncError::Network(msg),
+        E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed => SyncError::Network(msg),
         E::Frame(_) | E::Peer(_) | E::Mismatch(_) => SyncError::Protocol(msg),
         E::Local(_) => SyncError::Local(msg),
     }
@@ -387,7 +395,7 @@ fn jtp_error(e: jtp::ClientError) -> SyncError {
     use jtp::ClientError as E;
     let msg = format!("jtp: {e}");
     match e {
-        E::Connect(_) | E::Io(_) => SyncError::Network(msg),
+        E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed { .. } => SyncError::Network(msg),
         E::Protocol(_) | E::Server { .. } => SyncError::Protocol(msg),
         E::Local(_) => SyncError::Local(msg),
     }

@@ -192,8 +192,7 @@ fn fetch_all_spreads_batches_over_workers_and_reports_every_id() {
     let stop = AtomicBool::new(false);
     let r = fetch_all(&s, 3, batches, Path::new("."), 0, &p, &stop);
     assert_eq!(r.len(), 10);
-    assert_eq!(p.files_done.load(Ordering::SeqCst), 10);
-    assert_eq!(p.bytes_done.load(Ordering::SeqCst), 100);
+    assert_eq!(p.snapshot().items, 10);
 }
 
 #[test]

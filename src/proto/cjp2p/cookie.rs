@@ -32,26 +32,13 @@ impl std::fmt::Debug for CookieJar {
     }
 }
 
-fn compute(secret: &[u8; 32], ip: IpAddr) -> [u8; COOKIE_LEN] {
+/// The cookie text; `ip` is canonical (IPv4-mapped IPv6 as IPv4, spec 2), so both forms of an
+/// address get the same cookie.
+fn compute(secret: &[u8; 32], ip: IpAddr) -> String {
     let mut h = Sha256::new();
     h.update(secret);
     h.update(ip.to_string().as_bytes());
-    let d = h.finalize();
-    let mut out = [0u8; COOKIE_LEN];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in 0..4 {
-        out[2 * i] = HEX[(d[i] >> 4) as usize];
-        out[2 * i + 1] = HEX[(d[i] & 15) as usize];
-    }
-    out
-}
-
-/// Canonical IP: IPv4-mapped IPv6 becomes IPv4 (spec 2), so both forms get the same cookie.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+    crate::wire::hex::short(&h.finalize())
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -73,18 +60,16 @@ impl CookieJar {
 
     /// Ferry's cookie for `ip` under the current secret.
     pub fn cookie(&self, ip: IpAddr) -> String {
-        let c = compute(&self.current, canonical(ip));
-        // Hex digits only.
-        String::from_utf8(c.to_vec()).expect("ascii")
+        compute(&self.current, ip.to_canonical())
     }
 
     /// Whether `s` is ferry's current or previous cookie for `ip` (constant-time compare).
     pub fn is_valid(&self, ip: IpAddr, s: &str) -> bool {
-        let ip = canonical(ip);
-        let cur = ct_eq(&compute(&self.current, ip), s.as_bytes());
+        let ip = ip.to_canonical();
+        let cur = ct_eq(compute(&self.current, ip).as_bytes(), s.as_bytes());
         let prev = self
             .previous
-            .is_some_and(|p| ct_eq(&compute(&p, ip), s.as_bytes()));
+            .is_some_and(|p| ct_eq(compute(&p, ip).as_bytes(), s.as_bytes()));
         cur | prev
     }
 
@@ -138,10 +123,7 @@ mod tests {
         h.update([7u8; 32]);
         h.update(b"192.0.2.1");
         let d = h.finalize();
-        assert_eq!(
-            c,
-            format!("{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
-        );
+        assert_eq!(c, crate::wire::hex::short(&d));
         // Mapped form shares the cookie; another secret or IP differs.
         assert_eq!(j.cookie("::ffff:192.0.2.1".parse().unwrap()), c);
         assert_ne!(j.cookie("192.0.2.2".parse().unwrap()), c);

@@ -36,4 +36,8 @@ pub const DEFAULT_PORT: u16 = 24254;
 pub mod cookie;
 pub mod download;
 pub mod node;
+#[cfg(test)]
+mod swarm;
+#[cfg(test)]
+mod testpeer;
 pub mod wire;

@@ -1,6 +1,8 @@
 //! JTP, the image-catalog protocol (jtp.md): pure codecs, no I/O.
 //!
 //! - [`wire`]: magics, varints, image ids, the flags byte.
+//! - [`client`]: the client connection machine (request sequencing, pipelining policy, packet
+//!   bookkeeping) on top of the response decoder.
 //! - [`request`]: requests, encoded by the client and decoded incrementally by the server.
 //! - [`response`]: responses, encoded by the server and decoded incrementally by the client.
 //! - [`zstd_frame`]: one-frame compression and the client's bounded inflater.
@@ -70,6 +72,7 @@ pub const ALPN: &[u8] = b"jtp/1";
 /// JTP's default TCP port, used when an address names none.
 pub const DEFAULT_PORT: u16 = 8443;
 
+pub mod client;
 pub mod request;
 pub mod response;
 pub mod server;

@@ -1,5 +1,7 @@
 //! TEJ protocol v1 (tej.md): pure codecs, no I/O.
 //!
+//! - [`client`]: the client machines (send and its acknowledgement, get and its manifest check,
+//!   list paging).
 //! - [`frame`]: the frame encoders, [`frame::Limits`] and the incremental [`frame::Decoder`]
 //!   (read with [`crate::wire::Cursor`]; a field split across reads waits in a
 //!   [`crate::wire::Stash`], file data is never copied).
@@ -67,5 +69,6 @@
 /// ALPN id for ferry-to-ferry TEJ over TLS.
 pub const ALPN: &[u8] = b"tej/1";
 
+pub mod client;
 pub mod frame;
 pub mod messages;

@@ -1,0 +1,219 @@
+//! The sources of a download: sources named for it (the user's peers, holders it knows),
+//! `MaybeTheyHaveSome` hints on probation (one request, dropped after 2 s of silence, not taken
+//! again for a minute once dropped), whether each is ferry (its request length), and removal,
+//! which sends a source's ranges in flight back to the front of the missing set.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::source::{Source, Standing};
+use super::MAX_BURST;
+use super::{block_len, Download, FORGET_DEAD_HINT_AFTER, INITIAL_CWND, INITIAL_SSTHRESH};
+use crate::transport::canonical_addr;
+
+impl Download {
+    /// Adds a source named for the download (or updates whether it is ferry). Ignored beyond
+    /// `max_sources`. `ferry_max_length`: the peer's announced largest reply, if it is ferry.
+    pub fn add_source(&mut self, now: Instant, addr: SocketAddr, ferry_max_length: Option<u32>) {
+        let addr = canonical_addr(addr);
+        if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
+            s.is_hint = false;
+        } else {
+            self.push_source(now, addr, false);
+        }
+        self.set_ferry(addr, ferry_max_length);
+    }
+
+    /// Adds a source learnt from a `MaybeTheyHaveSome` hint: on probation (one request, dropped
+    /// if silent for 2 s) until it delivers. False when ignored: already a source, too many
+    /// sources, or a hint that was dropped for silence in the last minute.
+    pub fn add_hint(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        ferry_max_length: Option<u32>,
+    ) -> bool {
+        let addr = canonical_addr(addr);
+        self.dead_hints
+            .retain(|_, t| now.saturating_duration_since(*t) < FORGET_DEAD_HINT_AFTER);
+        if self.dead_hints.contains_key(&addr) || self.sources.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        if !self.push_source(now, addr, true) {
+            return false;
+        }
+        self.set_ferry(addr, ferry_max_length);
+        true
+    }
+
+    /// The source is (or is not) a ferry peer announcing `max_length`: its request length
+    /// follows. Its requests in flight and its congestion state are kept.
+    pub fn set_ferry(&mut self, addr: SocketAddr, ferry_max_length: Option<u32>) {
+        let addr = canonical_addr(addr);
+        let block = match ferry_max_length {
+            Some(m) => block_len(self.cfg.ferry_block.min(m)),
+            None => block_len(self.cfg.ref_block),
+        };
+        if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
+            s.is_ferry = ferry_max_length.is_some();
+            s.block = block;
+        }
+    }
+
+    pub(super) fn push_source(&mut self, now: Instant, addr: SocketAddr, is_hint: bool) -> bool {
+        if self.sources.len() >= self.cfg.max_sources {
+            return false;
+        }
+        self.next_source_id += 1;
+        self.sources.push(Source {
+            id: self.next_source_id,
+            addr,
+            is_ferry: false,
+            is_hint,
+            standing: Standing::Fresh,
+            has_answered: false,
+            block: block_len(self.cfg.ref_block),
+            cwnd: INITIAL_CWND.min(self.cfg.max_window.max(1)),
+            ssthresh: INITIAL_SSTHRESH,
+            ca_acked: 0,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            backoff: 0,
+            last_decrease: None,
+            undo: None,
+            tokens: MAX_BURST,
+            refilled: now,
+            last_sent: None,
+            silent_since: None,
+            reqs: HashMap::new(),
+            delivered: 0,
+            live: 0,
+            live_bytes: 0,
+            handshake_live: 0,
+        });
+        true
+    }
+
+    /// Seeds a source's RTT from the peer table (spec 6.3) when it has no sample of its own.
+    pub fn set_initial_rtt(&mut self, addr: SocketAddr, rtt: Duration) {
+        let addr = canonical_addr(addr);
+        if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
+            if s.srtt.is_none() {
+                s.on_rtt_sample(rtt);
+            }
+        }
+    }
+
+    /// Removes a source; its ranges in flight go back to the front of the missing set.
+    pub fn remove_source(&mut self, addr: SocketAddr) {
+        let addr = canonical_addr(addr);
+        if let Some(si) = self.sources.iter().position(|s| s.addr == addr) {
+            self.remove_source_at(si);
+        }
+    }
+
+    pub fn sources(&self) -> Vec<SocketAddr> {
+        self.sources.iter().map(|s| s.addr).collect()
+    }
+
+    /// Whether `addr` is a source of this download.
+    pub fn has_source(&self, addr: SocketAddr) -> bool {
+        let addr = canonical_addr(addr);
+        self.sources.iter().any(|s| s.addr == addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::*;
+
+    #[test]
+    fn removed_source_ranges_go_to_another_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        let first = drain(&mut dl, t0);
+        assert_eq!(first.len(), 4);
+        dl.add_source(t0, addr(2), None);
+        dl.remove_source(addr(1));
+        let second = drain(&mut dl, t0);
+        let offs: Vec<_> = second.iter().map(|r| (r.to, r.offset)).collect();
+        let want: Vec<_> = first.iter().map(|r| (addr(2), r.offset)).collect();
+        assert_eq!(offs, want);
+    }
+
+    #[test]
+    fn sources_are_capped_and_ipv4_mapped_addresses_normalised() {
+        let t0 = Instant::now();
+        let cfg = DownloadConfig {
+            max_sources: 2,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), cfg, None);
+        dl.add_source(t0, "[::ffff:127.0.0.1]:1".parse().unwrap(), None);
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        dl.add_source(t0, addr(3), None);
+        assert_eq!(dl.sources(), vec![addr(1), addr(2)]);
+    }
+
+    #[test]
+    fn hints_are_added_once_and_dead_ones_stay_out_for_a_minute() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        assert!(!dl.add_hint(t0, addr(1), None), "already a source");
+        assert!(dl.add_hint(t0, addr(2), None));
+        assert!(!dl.add_hint(t0, addr(2), None));
+        // One request, and no second one while it stays silent.
+        let reqs = drain(&mut dl, t0);
+        assert_eq!(reqs.iter().filter(|r| r.to == addr(2)).count(), 1);
+        let mut now = t0;
+        while now < t0 + 2100 * MS {
+            now += 50 * MS;
+            dl.handle_timeout(now);
+            let reqs = drain(&mut dl, now);
+            assert!(reqs.iter().all(|r| r.to != addr(2)), "{reqs:?}");
+        }
+        assert!(!dl.has_source(addr(2)), "dropped after 2 s of silence");
+        assert!(!dl.add_hint(now + 59 * 1000 * MS, addr(2), None));
+        assert!(dl.add_hint(now + 61 * 1000 * MS, addr(2), None));
+    }
+
+    #[test]
+    fn a_hint_that_answers_becomes_an_ordinary_source() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        assert!(dl.add_hint(t0, addr(2), Some(40960)));
+        let r = dl.poll_request(t0).unwrap();
+        assert_eq!(r.length, 32768);
+        assert!(dl.poll_request(t0).is_none());
+        answer_all(&mut dl, t0 + 10 * MS, &[r], 1 << 20);
+        let st = dl.stats();
+        assert_eq!(st.sources[0].standing, Standing::Active);
+        assert!(drain(&mut dl, t0 + 10 * MS).len() > 1);
+        dl.handle_timeout(t0 + 5000 * MS);
+        assert!(
+            dl.has_source(addr(2)),
+            "an answering hint is not dropped at 2 s"
+        );
+    }
+
+    #[test]
+    fn set_ferry_changes_the_block_size_and_keeps_requests_in_flight() {
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let sent = drain(&mut dl, t0);
+        dl.set_ferry(a, Some(40960));
+        assert_eq!(dl.stats().sources[0].in_flight, sent.len());
+        answer_all(&mut dl, t0 + MS, &sent, 1 << 20);
+        let next = dl.poll_request(t0 + MS).unwrap();
+        assert!(next.length > 4096, "{next:?}");
+        assert_eq!(
+            (next.offset + u64::from(next.length)) % 32768,
+            0,
+            "{next:?}"
+        );
+    }
+}

@@ -1,0 +1,1597 @@
+//! The JTP client connection as a pure state machine: which request goes out next, what the
+//! answer means, and when the connection may carry another request.
+//!
+//! One [`Connection`] per socket. The driver queues work with [`Connection::push`] (LIST, a
+//! GET_BY_ID chunk, BATCH, LIST_AND_GET, WATCH), writes whatever [`Connection::poll_transmit`]
+//! hands out, feeds what it reads to [`Connection::handle_input`] and acts on the [`Event`]s.
+//! Packet data never passes through the machine as a copy: [`Event::Data`] names a range of the
+//! input the driver just offered, and the driver moves those bytes (borrowed) into its ingest
+//! sink or inflater. Time comes in as arguments; the machine reads no clock, touches no socket
+//! and no file. Framing checks (magics, counts against [`ResponseLimits`], packet flag bits,
+//! `JTPD` ids a subsequence of the request) are the [`ResponseDecoder`]'s; this machine adds the
+//! request sequencing, the per-request bookkeeping (which ids did not come), the local name and
+//! size checks of each packet (jtp.md 5.2) and the reuse rules below.
+//!
+//! ```text
+//!              poll_transmit: a request with bit 0 set (-k, or another queued behind it)
+//!     ┌─────────── Open ◄──────────────────────────────────────────────┐
+//!     │             │  │  its answer ends (Pipelined: up to `depth` in  │
+//!     │             │  └─ flight; Sequential: one, and none before the ─┘
+//!     │             │     quiet period after a GET_BY_ID answer ends)
+//!     │             │ poll_transmit: the last request, bit 0 clear
+//!     │             ▼
+//!     │           Last ──its answer ends──► Closed (the server closes)
+//!     │ poll_transmit: WATCH
+//!     ▼
+//!   Watching ──JTPW──► Watching ──cancel(): 03 00 out ... JTPC──► Open
+//!
+//!   JTPE at any frame boundary, a framing error, EOF inside a frame: Failed
+//! ```
+//!
+//! ## Pipelining and the reference server's habit
+//!
+//! The reference server (jtp.md section 7, bug 3) checks for CANCEL after every packet of a
+//! GET_BY_ID answer, the last one included: it reads one byte if one has arrived (within about
+//! a millisecond) and silently drops it unless it is `03`. A request that is already on its way
+//! then loses its first byte and the connection is desynchronised. So a connection runs under a
+//! [`Policy`]:
+//!
+//! - [`Policy::Pipelined`]: the peer is *known* to follow jtp.md 3.3 and 3.5 (it never eats
+//!   pipelined input). The driver knows this only when the TLS handshake selected ALPN `jtp/1`:
+//!   ferry's server selects it, the reference configures no ALPN. Up to `depth` requests are in
+//!   flight, so the server prepares the next answer while this side writes files.
+//! - [`Policy::Sequential`] (every other peer, plain TCP included): one request at a time, and
+//!   after a GET_BY_ID answer with packets the next request on the connection waits for a quiet
+//!   period that outlasts the server's last check. The machine judges it from the answer
+//!   itself: a server that waits `w` after each packet took at least `(M - 1) w` between the
+//!   request and the end of an `M`-packet answer. An answer paced at [`WAITING_PACE`] or slower
+//!   per packet while moving less than [`WAITING_RATE`] bytes per second comes from such a
+//!   waiting server; after it, and after any one-packet answer (no pace to judge), the next
+//!   request waits [`QUIET_AFTER_WAITING_SERVER`], which also covers a busy machine that runs
+//!   the server's check late. Any other answer gets [`QUIET_PACE_FACTOR`] times its per-packet pace
+//!   (at most [`MAX_QUIET`]): against ferry's own server that is tens of microseconds per
+//!   image, so the pause costs little. LIST, BATCH and LIST_AND_GET answers need none (the
+//!   reference checks only during GET_BY_ID).
+//!
+//! Out of scope: sockets, timeouts on reads and writes, files, hashing and decompression (the
+//! driver and [`crate::ingest`]), and how a transfer is split over connections (the driver).
+//!
+//! A LIST on a keep-alive connection, with exact bytes:
+//!
+//! ```
+//! use std::time::Instant;
+//! use ferry::proto::jtp::client::{Connection, Event, Job, Policy};
+//! use ferry::proto::jtp::response::{put_entry, put_list_header};
+//!
+//! let now = Instant::now();
+//! let mut c = Connection::new(Policy::Sequential, true);
+//! c.push(Job::List);
+//! assert_eq!(c.poll_transmit(now), Some(&[0x01, 0x01][..]));
+//! assert_eq!(c.poll_transmit(now), None);
+//!
+//! let mut reply = Vec::new();
+//! put_list_header(1, &mut reply);
+//! put_entry(0x84fe30f5845a521f, 0, "alpha.png", 9332, &mut reply);
+//! let step = c.handle_input(&reply, now).unwrap();
+//! assert_eq!(step.consumed, reply.len());
+//! let Some(Event::Listing(listing)) = step.event else { panic!() };
+//! assert_eq!(listing.entries()[0].name, "alpha.png");
+//! assert!(c.is_reusable());
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::request::Request;
+use super::response::{Event as Decoded, Expect, ResponseDecoder, ResponseError, ResponseLimits};
+use super::wire::{FileType, FLAGS_TYPE, FLAG_ZSTD};
+use crate::names;
+use crate::wire::hex;
+
+/// Most ids in one GET_BY_ID (its count is one byte).
+pub const MAX_IDS_PER_GET: usize = 255;
+/// Requests a [`Policy::Pipelined`] connection keeps in flight by default.
+pub const PIPELINE_DEPTH: usize = 4;
+/// The quiet period is this many times the per-packet pace of the last GET_BY_ID answer.
+pub const QUIET_PACE_FACTOR: u32 = 4;
+/// The quiet period after the answer of a server that waits between packets (and after a
+/// one-packet answer, which shows no pace): long enough that the reference server's check,
+/// about a millisecond after its last packet, has run even on a busy machine.
+pub const QUIET_AFTER_WAITING_SERVER: Duration = Duration::from_millis(50);
+/// The longest quiet period.
+pub const MAX_QUIET: Duration = QUIET_AFTER_WAITING_SERVER;
+/// An answer paced at least this slowly per packet...
+pub const WAITING_PACE: Duration = Duration::from_micros(500);
+/// ...while moving fewer bytes per second than this comes from a server that waits between
+/// packets (the reference waits about 1 ms after each, whatever its size), not from one that is
+/// busy sending large ones.
+pub const WAITING_RATE: u64 = 100_000_000;
+/// Entries preallocated at most for a LIST, whatever count the wire announces (jtp.md 5.2).
+const MAX_PREALLOC_ENTRIES: usize = 4096;
+/// Longest local name (bytes) before the fallback name is used.
+const MAX_LOCAL_NAME: usize = 255;
+
+/// One catalog entry as listed by the server.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    #[serde(serialize_with = "ser_hex")]
+    pub id: u64,
+    /// The file type (flags bits 0-2).
+    #[serde(rename = "type")]
+    pub ftype: u8,
+    /// As sent, decoded lossily (not yet a safe local name: see [`Listing::local_name`]).
+    pub name: String,
+    /// The original size.
+    pub size: u32,
+}
+
+fn ser_hex<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode_u64(*id))
+}
+
+impl Listed {
+    fn from_wire(id: u64, flags: u8, name: &[u8], size: u32) -> Listed {
+        Listed {
+            id,
+            ftype: flags & FLAGS_TYPE,
+            name: String::from_utf8_lossy(name).into_owned(),
+            size,
+        }
+    }
+}
+
+/// A LIST answer: the entries in catalog order, and an index by id (the first entry wins when
+/// a server lists an id twice).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    entries: Vec<Listed>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl Listing {
+    pub fn new(entries: Vec<Listed>) -> Listing {
+        let mut by_id = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_id.entry(e.id).or_insert(i);
+        }
+        Listing { entries, by_id }
+    }
+
+    pub fn entries(&self) -> &[Listed] {
+        &self.entries
+    }
+
+    pub fn into_entries(self) -> Vec<Listed> {
+        self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Listed> {
+        self.by_id.get(&id).map(|&i| &self.entries[i])
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// The ids in catalog order.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().map(|e| e.id)
+    }
+
+    /// The safe local name for `id` received with packet flags `flags` (jtp.md 5.2 rule 2): the
+    /// listed name reduced to a safe basename, with `.<ext>` appended when it has no dot; an id
+    /// missing from the LIST, or a name that reduces to nothing, gets `output_<id>.<ext>`.
+    pub fn local_name(&self, id: u64, flags: u8) -> String {
+        let ext = FileType::from_bits(flags).ext();
+        let fallback = || format!("output_{}.{ext}", hex::encode_u64(id));
+        match self.get(id) {
+            Some(l) => match names::sanitize_basename(&l.name, MAX_LOCAL_NAME) {
+                Some(n) if n.contains('.') => n,
+                Some(n) => format!("{n}.{ext}"),
+                None => fallback(),
+            },
+            None => fallback(),
+        }
+    }
+}
+
+/// One request a connection is asked to make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// LIST.
+    List,
+    /// GET_BY_ID of at most [`MAX_IDS_PER_GET`] ids (more is a caller bug: it panics).
+    Get(Vec<u64>),
+    /// BATCH with the ids the client already holds.
+    Batch(Vec<u64>),
+    /// LIST_AND_GET.
+    ListAndGet,
+    /// WATCH: events until [`Connection::cancel`].
+    Watch,
+}
+
+/// How requests may share the connection (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The peer is known to follow jtp.md 3.3 and 3.5: up to `depth` requests in flight.
+    Pipelined { depth: usize },
+    /// Any other peer: one request at a time, a quiet period after each GET_BY_ID answer.
+    Sequential,
+}
+
+/// A packet begins; `Data` events for its `len` bytes follow, then [`Event::PacketEnd`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketStart {
+    pub id: u64,
+    pub flags: u8,
+    /// Bytes of data on the wire.
+    pub len: u32,
+    /// The original size as listed, when the id was in the LIST.
+    pub listed_size: Option<u32>,
+    /// Where to save it: a safe local name ([`Listing::local_name`]).
+    pub name: String,
+    /// Set when the packet is corrupt whatever its bytes: its data is to be read and dropped
+    /// (the framing is intact, so the stream stays in step).
+    pub defect: Option<Defect>,
+}
+
+impl PacketStart {
+    /// The data is one zstd frame (flags bit 3).
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_ZSTD != 0
+    }
+
+    /// Most bytes the data may stand for once decompressed: the listed size, else the largest
+    /// size the wire can list (jtp.md 3.8).
+    pub fn max_size(&self) -> u64 {
+        u64::from(self.listed_size.unwrap_or(u32::MAX))
+    }
+
+    /// The size of the file this packet makes, when known before its data arrives.
+    pub fn expected_size(&self) -> Option<u64> {
+        if self.is_compressed() {
+            self.listed_size.map(u64::from)
+        } else {
+            Some(u64::from(self.len))
+        }
+    }
+}
+
+/// Why a packet is corrupt before any of its data is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// A raw packet whose Length differs from the size the LIST gave for its id.
+    LengthNotListedSize { len: u32, listed: u32 },
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Defect::LengthNotListedSize { len, listed } => {
+                write!(f, "length {len} differs from the listed size {listed}")
+            }
+        }
+    }
+}
+
+/// A packet response answered in full (or cut short by `JTPC`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// GET_BY_ID: the ids asked for that the server did not send, in request order.
+    Get { missing: Vec<u64> },
+    /// BATCH (the server alone knows what was missing).
+    Batch,
+    /// LIST_AND_GET: the listed ids that did not come (none without a listing).
+    ListAndGet { missing: Vec<u64> },
+}
+
+/// What the driver must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A LIST was answered in full. The connection keeps it too, for the names and sizes of
+    /// the packets that follow.
+    Listing(Arc<Listing>),
+    /// A packet response begins with this many packets (a bound for progress displays).
+    Packets { count: u32 },
+    /// A packet begins.
+    Packet(PacketStart),
+    /// This range of the input given to this call is data of the current packet.
+    Data(Range<usize>),
+    /// The current packet's last byte was delivered.
+    PacketEnd,
+    /// A packet response ended.
+    Done(Done),
+    /// `JTPC`: a CANCEL was acknowledged (a WATCH ends here).
+    Cancelled,
+    /// A `JTPW` event.
+    Watch(Listed),
+}
+
+/// One call's outcome: how many input bytes were taken, and what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the input taken (whatever the event; data ranges lie within them).
+    pub consumed: usize,
+    /// `None`: every byte offered was taken and more input is needed.
+    pub event: Option<Event>,
+}
+
+/// Why the connection cannot go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The server broke the framing rules (jtp.md 5.2 rule 7).
+    Protocol(ResponseError),
+    /// The server answered with `JTPE` (and closes).
+    Server { code: u8, message: String },
+    /// The server closed while an answer was due (`inside_frame`: in the middle of one).
+    Closed { inside_frame: bool },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Protocol(ResponseError::MaybeOlderServer) => {
+                f.write_str("protocol: unexpected reply; the server may speak an older JTP")
+            }
+            Error::Protocol(e) => write!(f, "protocol: {e}"),
+            Error::Server { code, message } => write!(f, "error {code}: {message}"),
+            Error::Closed { inside_frame: true } => f.write_str("connection closed inside a frame"),
+            Error::Closed {
+                inside_frame: false,
+            } => f.write_str("connection closed before the answer"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Requests may go out under the policy.
+    Open,
+    /// The last request sent had the keep-alive bit clear: nothing may follow it.
+    Last,
+    /// Subscribed to WATCH; `cancel_sent` once `03 00` went out.
+    Watching { cancel_sent: bool },
+    /// The server closes (its last answer is complete).
+    Closed,
+    /// `JTPE`, a framing error or EOF inside a frame.
+    Failed,
+}
+
+/// A request sent whose answer is not complete.
+#[derive(Debug)]
+enum InFlight {
+    List {
+        entries: Vec<Listed>,
+    },
+    Get {
+        ids: Vec<u64>,
+        /// Index in `ids` after the last packet received (packets are a subsequence).
+        next: usize,
+        missing: Vec<u64>,
+        packets: u32,
+        /// Bytes of packet data announced.
+        bytes: u64,
+        sent_at: Instant,
+    },
+    Batch,
+    ListAndGet {
+        /// Listing indexes received (sized once a packet arrives with a listing known).
+        seen: Vec<bool>,
+    },
+    Watch,
+}
+
+/// The client side of one JTP connection (see the module doc).
+#[derive(Debug)]
+pub struct Connection {
+    decoder: ResponseDecoder,
+    policy: Policy,
+    keep_alive: bool,
+    state: State,
+    queue: VecDeque<Job>,
+    in_flight: VecDeque<InFlight>,
+    listing: Option<Arc<Listing>>,
+    /// Inside a packet's data.
+    in_packet: bool,
+    /// Bytes of the answer at the front of `in_flight` have arrived.
+    mid_answer: bool,
+    /// No request before this instant (the quiet period after a GET_BY_ID answer).
+    quiet_until: Option<Instant>,
+    /// `03 00` is due (WATCH cancel).
+    cancel_due: bool,
+    transmit: Vec<u8>,
+}
+
+impl Connection {
+    /// A fresh connection. `keep_alive`: every request sets bit 0 (`-k`); without it only a
+    /// request with another one queued behind it does, so the last request closes.
+    pub fn new(policy: Policy, keep_alive: bool) -> Connection {
+        Connection::with_limits(policy, keep_alive, ResponseLimits::default())
+    }
+
+    pub fn with_limits(policy: Policy, keep_alive: bool, limits: ResponseLimits) -> Connection {
+        Connection {
+            decoder: ResponseDecoder::new(limits),
+            policy,
+            keep_alive,
+            state: State::Open,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            listing: None,
+            in_packet: false,
+            mid_answer: false,
+            quiet_until: None,
+            cancel_due: false,
+            transmit: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Names and sizes for the packets that follow (from a LIST, possibly on another
+    /// connection).
+    pub fn set_listing(&mut self, listing: Arc<Listing>) {
+        self.listing = Some(listing);
+    }
+
+    /// Queues a request; it goes out through [`poll_transmit`](Self::poll_transmit).
+    ///
+    /// # Panics
+    /// A GET of more than [`MAX_IDS_PER_GET`] ids.
+    pub fn push(&mut self, job: Job) {
+        if let Job::Get(ids) = &job {
+            assert!(
+                ids.len() <= MAX_IDS_PER_GET,
+                "GET_BY_ID carries at most 255 ids"
+            );
+        }
+        self.queue.push_back(job);
+    }
+
+    /// Asks to end a WATCH: `03 00` goes out next; the answer is [`Event::Cancelled`].
+    pub fn cancel(&mut self) {
+        if let State::Watching { cancel_sent: false } = self.state {
+            self.cancel_due = true;
+        }
+    }
+
+    /// The next request to write whole, if one may go out at `now`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        self.transmit.clear();
+        match self.state {
+            State::Watching { cancel_sent: false } if self.cancel_due => {
+                self.cancel_due = false;
+                self.state = State::Watching { cancel_sent: true };
+                Request::Cancel.encode(&mut self.transmit);
+                return Some(&self.transmit);
+            }
+            State::Open => {}
+            State::Watching { .. } | State::Last | State::Closed | State::Failed => return None,
+        }
+        if self.queue.is_empty() {
+            return None;
+        }
+        let may_send = match self.policy {
+            Policy::Pipelined { depth } => self.in_flight.len() < depth.max(1),
+            Policy::Sequential => {
+                self.in_flight.is_empty() && self.quiet_until.is_none_or(|t| now >= t)
+            }
+        };
+        if !may_send {
+            return None;
+        }
+        self.quiet_until = None;
+        let job = self.queue.pop_front()?;
+        let keep_alive = self.keep_alive || !self.queue.is_empty();
+        let (request, expect, in_flight) = match job {
+            Job::List => (
+                Request::List { keep_alive },
+                Expect::List,
+                InFlight::List {
+                    entries: Vec::new(),
+                },
+            ),
+            Job::Get(ids) => (
+                Request::GetById {
+                    keep_alive,
+                    ids: ids.clone(),
+                },
+                Expect::Get {
+                    requested: ids.clone(),
+                },
+                InFlight::Get {
+                    ids,
+                    next: 0,
+                    missing: Vec::new(),
+                    packets: 0,
+                    bytes: 0,
+                    sent_at: now,
+                },
+            ),
+            Job::Batch(have) => (
+                Request::Batch { keep_alive, have },
+                Expect::Batch,
+                InFlight::Batch,
+            ),
+            Job::ListAndGet => (
+                Request::ListAndGet { keep_alive },
+                Expect::ListAndGet,
+                InFlight::ListAndGet { seen: Vec::new() },
+            ),
+            Job::Watch => (Request::Watch, Expect::Watch, InFlight::Watch),
+        };
+        request.encode(&mut self.transmit);
+        self.decoder.expect(expect);
+        self.state = match in_flight {
+            InFlight::Watch => State::Watching { cancel_sent: false },
+            _ if keep_alive => State::Open,
+            _ => State::Last,
+        };
+        self.in_flight.push_back(in_flight);
+        Some(&self.transmit)
+    }
+
+    /// When a queued request is held back by the quiet period: the instant it may go out.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Open if !self.queue.is_empty() && self.in_flight.is_empty() => self.quiet_until,
+            _ => None,
+        }
+    }
+
+    /// True when nothing is queued and no answer is outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_empty() && !self.cancel_due
+    }
+
+    /// True when an answer is outstanding (the driver must read).
+    pub fn is_awaiting(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// True when the connection may carry another request: open, idle, at a frame boundary.
+    pub fn is_reusable(&self) -> bool {
+        self.state == State::Open && self.is_idle() && self.decoder.is_idle()
+    }
+
+    /// True once the connection can do nothing more (closed by the server, or failed).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Closed | State::Failed)
+    }
+
+    /// Decodes from `input` until an event or until every byte is taken (see [`Step`]).
+    /// `now` dates packet and answer ends (for the quiet period). After an error every further
+    /// call fails.
+    pub fn handle_input(&mut self, input: &[u8], now: Instant) -> Result<Step, Error> {
+        let mut consumed = 0;
+        loop {
+            let (used, r) = self.decoder.decode(&input[consumed..]);
+            let at = consumed;
+            consumed += used;
+            if used > 0 && !self.in_flight.is_empty() {
+                self.mid_answer = true;
+            }
+            let ev = match r {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    return Ok(Step {
+                        consumed,
+                        event: None,
+                    })
+                }
+                Err(e) => {
+                    self.state = State::Failed;
+                    return Err(Error::Protocol(e));
+                }
+            };
+            let event = match ev {
+                Decoded::ListStart { count } => {
+                    if let Some(InFlight::List { entries }) = self.in_flight.front_mut() {
+                        entries.reserve((count as usize).min(MAX_PREALLOC_ENTRIES));
+                    }
+                    None
+                }
+                Decoded::Entry {
+                    id,
+                    flags,
+                    name,
+                    size,
+                } => {
+                    if let Some(InFlight::List { entries }) = self.in_flight.front_mut() {
+                        entries.push(Listed::from_wire(id, flags, name, size));
+                    }
+                    None
+                }
+                Decoded::PacketsStart { count, .. } => Some(Event::Packets { count }),
+                Decoded::PacketHeader { flags, len, id } => {
+                    self.in_packet = true;
+                    Some(Event::Packet(self.packet_start(flags, len, id)))
+                }
+                Decoded::Data(d) => Some(Event::Data(at..at + d.len())),
+                Decoded::PacketEnd => {
+                    self.in_packet = false;
+                    Some(Event::PacketEnd)
+                }
+                Decoded::ResponseEnd => self.response_end(now),
+                Decoded::Cancelled => Some(self.cancelled()),
+                Decoded::Watch {
+                    id,
+                    flags,
+                    name,
+                    size,
+                } => Some(Event::Watch(Listed::from_wire(id, flags, name, size))),
+                Decoded::ServerError { code, message } => {
+                    self.state = State::Failed;
+                    self.queue.clear();
+                    self.in_flight.clear();
+                    return Err(Error::Server { code, message });
+                }
+            };
+            if let Some(event) = event {
+                return Ok(Step {
+                    consumed,
+                    event: Some(event),
+                });
+            }
+        }
+    }
+
+    /// The server closed its side. Clean when nothing was due; an error otherwise.
+    pub fn handle_eof(&mut self) -> Result<(), Error> {
+        let clean = self.decoder.is_idle() && self.in_flight.is_empty();
+        if clean {
+            self.state = match self.state {
+                State::Failed => State::Failed,
+                _ => State::Closed,
+            };
+            return Ok(());
+        }
+        self.state = State::Failed;
+        Err(Error::Closed {
+            inside_frame: self.mid_answer,
+        })
+    }
+
+    fn packet_start(&mut self, flags: u8, len: u32, id: u64) -> PacketStart {
+        let listing = self.listing.as_deref();
+        let listed_size = listing.and_then(|l| l.get(id)).map(|l| l.size);
+        match self.in_flight.front_mut() {
+            Some(InFlight::Get {
+                ids,
+                next,
+                missing,
+                packets,
+                bytes,
+                ..
+            }) => {
+                // The decoder has checked that `id` comes later in the request.
+                let skip = ids[*next..].iter().position(|&r| r == id).unwrap_or(0);
+                missing.extend_from_slice(&ids[*next..*next + skip]);
+                *next = (*next + skip + 1).min(ids.len());
+                *packets += 1;
+                *bytes += u64::from(len);
+            }
+            Some(InFlight::ListAndGet { seen }) => {
+                if let Some(l) = listing {
+                    // The listing may have arrived after the request went out (pipelined).
+                    seen.resize(l.len(), false);
+                    if let Some(i) = l.index_of(id) {
+                        seen[i] = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let compressed = flags & FLAG_ZSTD != 0;
+        let defect = match listed_size {
+            Some(listed) if !compressed && listed != len => {
+                Some(Defect::LengthNotListedSize { len, listed })
+            }
+            _ => None,
+        };
+        let name = match listing {
+            Some(l) => l.local_name(id, flags),
+            None => Listing::default().local_name(id, flags),
+        };
+        PacketStart {
+            id,
+            flags,
+            len,
+            listed_size,
+            name,
+            defect,
+        }
+    }
+
+    fn response_end(&mut self, now: Instant) -> Option<Event> {
+        self.mid_answer = false;
+        let done = self.in_flight.pop_front()?;
+        if self.in_flight.is_empty() && self.state == State::Last {
+            self.state = State::Closed;
+        }
+        Some(match done {
+            InFlight::List { entries } => {
+                let listing = Arc::new(Listing::new(entries));
+                self.listing = Some(listing.clone());
+                Event::Listing(listing)
+            }
+            InFlight::Get {
+                ids,
+                next,
+                mut missing,
+                packets,
+                bytes,
+                sent_at,
+            } => {
+                missing.extend_from_slice(&ids[next.min(ids.len())..]);
+                if self.policy == Policy::Sequential {
+                    self.quiet_until =
+                        quiet_period(packets, bytes, now.saturating_duration_since(sent_at))
+                            .map(|q| now + q);
+                }
+                Event::Done(Done::Get { missing })
+            }
+            InFlight::Batch => Event::Done(Done::Batch),
+            InFlight::ListAndGet { seen } => Event::Done(Done::ListAndGet {
+                missing: self.unseen(&seen),
+            }),
+            // The decoder never ends a WATCH with ResponseEnd; keep it subscribed.
+            InFlight::Watch => {
+                self.in_flight.push_front(InFlight::Watch);
+                return None;
+            }
+        })
+    }
+
+    fn unseen(&self, seen: &[bool]) -> Vec<u64> {
+        match &self.listing {
+            Some(l) => l
+                .entries()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !seen.get(*i).copied().unwrap_or(false))
+                .map(|(_, e)| e.id)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `JTPC`: ends a WATCH, or cuts the answer in progress short (what did not come is not
+    /// reported: the caller asked for the cut).
+    fn cancelled(&mut self) -> Event {
+        self.in_packet = false;
+        self.mid_answer = false;
+        if let State::Watching { .. } = self.state {
+            self.state = State::Open;
+            self.cancel_due = false;
+        }
+        match self.in_flight.front() {
+            Some(InFlight::List { .. }) | None => {}
+            Some(_) => {
+                self.in_flight.pop_front();
+                if self.in_flight.is_empty() && self.state == State::Last {
+                    self.state = State::Closed;
+                }
+            }
+        }
+        Event::Cancelled
+    }
+}
+
+/// The pause after an `M`-packet GET_BY_ID answer of `bytes` bytes that took `took` from the
+/// request to its last byte, from a peer not known to be safe (module doc).
+fn quiet_period(packets: u32, bytes: u64, took: Duration) -> Option<Duration> {
+    match packets {
+        0 => None,
+        1 => Some(QUIET_AFTER_WAITING_SERVER),
+        m => {
+            let pace = took / (m - 1);
+            let rate = (bytes as f64 / took.as_secs_f64().max(1e-9)) as u64;
+            if pace >= WAITING_PACE && rate < WAITING_RATE {
+                return Some(QUIET_AFTER_WAITING_SERVER);
+            }
+            Some(pace.saturating_mul(QUIET_PACE_FACTOR).min(MAX_QUIET))
+        }
+    }
+}
+
+/// Splits `ids` into at most `workers` contiguous ranges of near-equal length, in order.
+pub fn split_ranges(ids: &[u64], workers: usize) -> Vec<&[u64]> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let workers = workers.clamp(1, ids.len());
+    let per = ids.len().div_ceil(workers);
+    ids.chunks(per).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::jtp::request::RequestLimits;
+    use crate::proto::jtp::response::{
+        put_entry, put_error, put_get_header, put_list_header, put_packet_header,
+        put_packets_header, put_watch_event,
+    };
+    use crate::proto::jtp::server as srv;
+    use crate::proto::jtp::wire::{MAGIC_BATCH, MAGIC_LIST_AND_GET};
+
+    const A: u64 = 0x84fe30f5845a521f;
+    const B: u64 = 0x6532b96544f38db1;
+    const C: u64 = 0x0000_0000_0000_00cc;
+    const D: u64 = 0x0000_0000_0000_00dd;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn list_reply(entries: &[(u64, u8, &str, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_list_header(entries.len() as u32, &mut v);
+        for (id, flags, name, size) in entries {
+            put_entry(*id, *flags, name, *size, &mut v);
+        }
+        v
+    }
+
+    fn packet(flags: u8, id: u64, data: &[u8], out: &mut Vec<u8>) {
+        put_packet_header(flags, data.len() as u32, id, out);
+        out.extend_from_slice(data);
+    }
+
+    fn get_reply(packets: &[(u8, u64, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_get_header(packets.len() as u8, &mut v);
+        for (f, id, d) in packets {
+            packet(*f, *id, d, &mut v);
+        }
+        v
+    }
+
+    /// What a driver sees, with data gathered per packet.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Ev(Event),
+        Data(Vec<u8>),
+    }
+
+    /// Feeds `input` in pieces of `piece` bytes (0: whole) at `now`, as a driver would.
+    fn feed(c: &mut Connection, input: &[u8], piece: usize, now: Instant) -> Vec<Seen> {
+        let mut seen: Vec<Seen> = Vec::new();
+        let piece = if piece == 0 {
+            input.len().max(1)
+        } else {
+            piece
+        };
+        let mut chunks: Vec<&[u8]> = input.chunks(piece).collect();
+        chunks.push(&[]);
+        for chunk in chunks {
+            let mut at = 0;
+            loop {
+                let step = c.handle_input(&chunk[at..], now).expect("no error");
+                let here = &chunk[at..];
+                at += step.consumed;
+                match step.event {
+                    None => break,
+                    Some(Event::Data(r)) => match seen.last_mut() {
+                        Some(Seen::Data(d)) => d.extend_from_slice(&here[r]),
+                        _ => seen.push(Seen::Data(here[r].to_vec())),
+                    },
+                    Some(ev) => seen.push(Seen::Ev(ev)),
+                }
+            }
+            assert_eq!(at, chunk.len(), "every byte offered is taken");
+        }
+        seen
+    }
+
+    fn packet_start(c: &Connection, flags: u8, len: u32, id: u64) -> PacketStart {
+        let listing = c.listing.clone().unwrap_or_default();
+        let listed_size = listing.get(id).map(|l| l.size);
+        PacketStart {
+            id,
+            flags,
+            len,
+            listed_size,
+            name: listing.local_name(id, flags),
+            defect: None,
+        }
+    }
+
+    #[test]
+    fn list_then_get_on_one_connection_with_exact_bytes() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::List);
+        c.push(Job::Get(vec![A, B]));
+        assert_eq!(c.poll_transmit(t), Some(&[0x01, 0x01][..]));
+        assert_eq!(c.poll_transmit(t), None, "one request at a time");
+        let list = list_reply(&[(A, 0, "alpha.png", 3), (B, 0, "beta.png", 2)]);
+        let seen = feed(&mut c, &list, 0, t);
+        let Seen::Ev(Event::Listing(l)) = &seen[0] else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(l.entries()[1].name, "beta.png");
+        let mut get = vec![0x00, 0x01, 0x02];
+        get.extend_from_slice(&A.to_be_bytes());
+        get.extend_from_slice(&B.to_be_bytes());
+        assert_eq!(
+            c.poll_transmit(t),
+            Some(&get[..]),
+            "no quiet period after LIST"
+        );
+        let reply = get_reply(&[(0, A, b"aaa"), (0, B, b"bb")]);
+        assert_eq!(
+            reply[..8],
+            [0x4a, 0x54, 0x50, 0x44, 0x02, 0x00, 0x03, 0x84],
+            "JTPD, M = 2, then A's flags and length"
+        );
+        let seen = feed(&mut c, &reply, 0, t);
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Ev(Event::Packets { count: 2 }),
+                Seen::Ev(Event::Packet(packet_start(&c, 0, 3, A))),
+                Seen::Data(b"aaa".to_vec()),
+                Seen::Ev(Event::PacketEnd),
+                Seen::Ev(Event::Packet(packet_start(&c, 0, 2, B))),
+                Seen::Data(b"bb".to_vec()),
+                Seen::Ev(Event::PacketEnd),
+                Seen::Ev(Event::Done(Done::Get { missing: vec![] })),
+            ]
+        );
+        let Seen::Ev(Event::Packet(p)) = &seen[1] else {
+            panic!()
+        };
+        assert_eq!(p.name, "alpha.png");
+        assert!(c.is_idle() && c.is_reusable());
+        assert!(c.poll_timeout().is_none(), "nothing queued");
+    }
+
+    #[test]
+    fn keep_alive_bit_is_set_only_when_kept_or_followed() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, false);
+        c.push(Job::List);
+        c.push(Job::ListAndGet);
+        assert_eq!(c.poll_transmit(t), Some(&[0x01, 0x01][..]));
+        feed(&mut c, &list_reply(&[]), 0, t);
+        assert_eq!(c.poll_transmit(t), Some(&[0x05, 0x00][..]));
+        let mut lag = Vec::new();
+        put_packets_header(MAGIC_LIST_AND_GET, 0, &mut lag);
+        let seen = feed(&mut c, &lag, 0, t);
+        assert_eq!(
+            seen.last(),
+            Some(&Seen::Ev(Event::Done(Done::ListAndGet { missing: vec![] })))
+        );
+        assert!(
+            c.is_finished() && !c.is_reusable(),
+            "bit 0 clear: the server closes"
+        );
+        c.push(Job::List);
+        assert_eq!(
+            c.poll_transmit(t),
+            None,
+            "nothing goes out after the last request"
+        );
+        assert!(c.handle_eof().is_ok());
+
+        // A single request without keep-alive; BATCH and WATCH encodings.
+        let mut c = Connection::new(Policy::Sequential, false);
+        c.push(Job::Batch(vec![A]));
+        let mut batch = vec![0x02, 0x00, 0x01];
+        batch.extend_from_slice(&A.to_be_bytes());
+        assert_eq!(c.poll_transmit(t), Some(&batch[..]));
+        let mut c = Connection::new(Policy::Sequential, false);
+        c.push(Job::Watch);
+        assert_eq!(c.poll_transmit(t), Some(&[0x04, 0x00][..]));
+    }
+
+    #[test]
+    fn sequential_waits_out_a_quiet_period_measured_from_the_get_answer() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Get(vec![A, B, C]));
+        c.push(Job::Get(vec![D]));
+        c.push(Job::Get(vec![C]));
+        c.push(Job::List);
+        assert!(c.poll_transmit(t).is_some());
+        // Three 1-byte packets over 20 ms: a waiting server (10 ms per packet, 150 bytes/s).
+        let reply = get_reply(&[(0, A, b"a"), (0, B, b"b"), (0, C, b"c")]);
+        feed(&mut c, &reply, 0, t + ms(20));
+        assert_eq!(c.poll_transmit(t + ms(20)), None);
+        assert_eq!(c.poll_timeout(), Some(t + ms(70)));
+        assert_eq!(c.poll_transmit(t + ms(69)), None);
+        assert!(c.poll_transmit(t + ms(70)).is_some());
+        assert_eq!(c.poll_timeout(), None, "awaiting an answer");
+        // One packet: no pace to judge, the same pause.
+        feed(&mut c, &get_reply(&[(0, D, b"d")]), 0, t + ms(71));
+        let after = t + ms(71) + QUIET_AFTER_WAITING_SERVER;
+        assert_eq!(c.poll_timeout(), Some(after));
+        assert!(c.poll_transmit(after).is_some());
+        // No packet: no CANCEL check ran, no pause.
+        let seen = feed(&mut c, &get_reply(&[]), 0, after + ms(1));
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Ev(Event::Packets { count: 0 }),
+                Seen::Ev(Event::Done(Done::Get { missing: vec![C] }))
+            ]
+        );
+        assert_eq!(c.poll_transmit(after + ms(1)), Some(&[0x01, 0x01][..]));
+        // A fast server (ferry's: 255 small images in 8 ms) costs four times its pace.
+        let q = quiet_period(255, 255 * 50_000, ms(8)).unwrap();
+        assert!(q < Duration::from_micros(130), "{q:?}");
+        // Large images sent slowly per packet but fast in bytes: not a waiting server.
+        let q = quiet_period(255, 255 << 20, ms(254)).unwrap();
+        assert_eq!(q, ms(4));
+        // The reference: about 1 ms per small packet.
+        assert_eq!(
+            quiet_period(45, 45 * 60, ms(50)),
+            Some(QUIET_AFTER_WAITING_SERVER)
+        );
+        assert_eq!(
+            quiet_period(2, 1 << 30, Duration::from_secs(5)),
+            Some(MAX_QUIET)
+        );
+        assert_eq!(quiet_period(0, 0, ms(5)), None);
+    }
+
+    #[test]
+    fn pipelined_keeps_up_to_depth_in_flight_and_never_pauses() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Pipelined { depth: 4 }, true);
+        for id in [A, B, C, D, A, B] {
+            c.push(Job::Get(vec![id]));
+        }
+        let mut sent = 0;
+        while c.poll_transmit(t).is_some() {
+            sent += 1;
+        }
+        assert_eq!(sent, 4);
+        feed(&mut c, &get_reply(&[(0, A, b"x")]), 0, t);
+        assert!(
+            c.poll_transmit(t).is_some(),
+            "no quiet period for a safe peer"
+        );
+        assert!(c.poll_transmit(t).is_none());
+    }
+
+    #[test]
+    fn get_reports_the_ids_that_did_not_come_in_request_order() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, false);
+        c.push(Job::Get(vec![A, B, C, D]));
+        c.poll_transmit(t);
+        let seen = feed(&mut c, &get_reply(&[(0, B, b""), (0, D, b"d")]), 0, t);
+        assert_eq!(
+            seen.last(),
+            Some(&Seen::Ev(Event::Done(Done::Get {
+                missing: vec![A, C]
+            })))
+        );
+    }
+
+    #[test]
+    fn list_and_get_reports_listed_ids_that_did_not_come_and_names_strangers() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Pipelined { depth: 4 }, false);
+        c.push(Job::List);
+        c.push(Job::ListAndGet);
+        assert!(c.poll_transmit(t).is_some());
+        assert!(
+            c.poll_transmit(t).is_some(),
+            "both go out at once to a safe peer"
+        );
+        let mut input = list_reply(&[(A, 0, "a.png", 1), (B, 4, "b", 1)]);
+        put_packets_header(MAGIC_LIST_AND_GET, 2, &mut input);
+        packet(4, B, b"b", &mut input);
+        packet(1, C, b"c", &mut input);
+        let seen = feed(&mut c, &input, 0, t);
+        let names: Vec<&str> = seen
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Ev(Event::Packet(p)) => Some(p.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["b.gif", "output_00000000000000cc.jpg"]);
+        assert_eq!(
+            seen.last(),
+            Some(&Seen::Ev(Event::Done(Done::ListAndGet {
+                missing: vec![A]
+            })))
+        );
+    }
+
+    #[test]
+    fn raw_length_other_than_the_listed_size_is_a_defect_and_the_stream_stays_in_step() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.set_listing(Arc::new(Listing::new(vec![
+            Listed {
+                id: A,
+                ftype: 0,
+                name: "a.png".into(),
+                size: 2,
+            },
+            Listed {
+                id: B,
+                ftype: 3,
+                name: "b.bmp".into(),
+                size: 1000,
+            },
+        ])));
+        c.push(Job::Get(vec![A, B]));
+        c.poll_transmit(t);
+        let seen = feed(
+            &mut c,
+            &get_reply(&[(0, A, b"aaa"), (3 | FLAG_ZSTD, B, b"zz")]),
+            0,
+            t,
+        );
+        let Seen::Ev(Event::Packet(a)) = &seen[1] else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(
+            a.defect,
+            Some(Defect::LengthNotListedSize { len: 3, listed: 2 })
+        );
+        assert_eq!(
+            a.defect.unwrap().to_string(),
+            "length 3 differs from the listed size 2"
+        );
+        let Seen::Ev(Event::Packet(b)) = &seen[4] else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(b.defect, None, "a compressed Length may differ");
+        assert!(b.is_compressed());
+        assert_eq!((b.max_size(), b.expected_size()), (1000, Some(1000)));
+        assert_eq!(seen[5], Seen::Data(b"zz".to_vec()));
+    }
+
+    #[test]
+    fn jtpe_is_the_servers_error_and_ends_the_connection() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::List);
+        c.poll_transmit(t);
+        let mut e = Vec::new();
+        put_error(5, "too many requests", &mut e);
+        assert_eq!(
+            c.handle_input(&e, t),
+            Err(Error::Server {
+                code: 5,
+                message: "too many requests".into()
+            })
+        );
+        assert!(c.is_finished());
+        assert_eq!(
+            Error::Server {
+                code: 5,
+                message: "x".into()
+            }
+            .to_string(),
+            "error 5: x"
+        );
+    }
+
+    #[test]
+    fn eof_is_clean_only_between_answers() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        assert_eq!(c.handle_eof(), Ok(()));
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::List);
+        c.poll_transmit(t);
+        assert_eq!(
+            c.handle_eof(),
+            Err(Error::Closed {
+                inside_frame: false
+            })
+        );
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Get(vec![A]));
+        c.poll_transmit(t);
+        let reply = get_reply(&[(0, A, b"aaaa")]);
+        feed(&mut c, &reply[..reply.len() - 1], 0, t);
+        let e = c.handle_eof().unwrap_err();
+        assert_eq!(e, Error::Closed { inside_frame: true });
+        assert_eq!(e.to_string(), "connection closed inside a frame");
+    }
+
+    /// Feeds `input` until the machine fails; panics if it does not.
+    fn first_error(c: &mut Connection, input: &[u8], t: Instant) -> Error {
+        let mut at = 0;
+        loop {
+            match c.handle_input(&input[at..], t) {
+                Err(e) => return e,
+                Ok(Step { event: None, .. }) => panic!("no error in {input:02x?}"),
+                Ok(step) => at += step.consumed,
+            }
+        }
+    }
+
+    #[test]
+    fn framing_errors_are_protocol_errors() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Get(vec![A]));
+        c.poll_transmit(t);
+        // A packet flags byte where JTPD was expected: an older server.
+        let mut older = Vec::new();
+        packet(0, A, b"a", &mut older);
+        assert_eq!(
+            first_error(&mut c, &older, t),
+            Error::Protocol(ResponseError::MaybeOlderServer)
+        );
+        assert!(c.is_finished());
+        // An id that was not asked for.
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Get(vec![A]));
+        c.poll_transmit(t);
+        assert_eq!(
+            first_error(&mut c, &get_reply(&[(0, B, b"b")]), t),
+            Error::Protocol(ResponseError::NotASubsequence(B))
+        );
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn watch_events_then_cancel_sends_03_00_and_jtpc_reopens() {
+        let t = Instant::now();
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Watch);
+        assert_eq!(c.poll_transmit(t), Some(&[0x04, 0x00][..]));
+        let mut ev = Vec::new();
+        put_watch_event(0xef46db3751d8e999, 4, "caf\u{e9}.gif", 0, &mut ev);
+        assert_eq!(
+            ev,
+            b"JTPW\xef\x46\xdb\x37\x51\xd8\xe9\x99\x04\x00\x09caf\xc3\xa9.gif\x00"
+        );
+        let seen = feed(&mut c, &ev, 1, t);
+        assert_eq!(
+            seen,
+            vec![Seen::Ev(Event::Watch(Listed {
+                id: 0xef46db3751d8e999,
+                ftype: 4,
+                name: "caf\u{e9}.gif".into(),
+                size: 0
+            }))]
+        );
+        assert_eq!(c.poll_transmit(t), None);
+        c.cancel();
+        assert_eq!(c.poll_transmit(t), Some(&[0x03, 0x00][..]));
+        assert_eq!(c.poll_transmit(t), None, "one CANCEL");
+        assert_eq!(
+            feed(&mut c, b"JTPC", 0, t),
+            vec![Seen::Ev(Event::Cancelled)]
+        );
+        assert!(c.is_reusable());
+    }
+
+    /// LIST, GET with packets (one of them empty) and a BATCH on one connection: the same
+    /// events whole, one byte at a time and split at every offset (STYLE 19).
+    #[test]
+    fn split_anywhere_gives_the_same_events() {
+        let mut input = list_reply(&[(A, 0, "a.png", 5), (B, 0, "b.png", 0)]);
+        let get = get_reply(&[(0, A, b"hello"), (0, B, b"")]);
+        input.extend_from_slice(&get);
+        put_packets_header(MAGIC_BATCH, 1, &mut input);
+        packet(0, A, b"hello", &mut input);
+        let run = |pieces: &[&[u8]]| -> Vec<Seen> {
+            let t = Instant::now();
+            let mut c = Connection::new(Policy::Pipelined { depth: 4 }, true);
+            c.push(Job::List);
+            c.push(Job::Get(vec![A, B]));
+            c.push(Job::Batch(vec![]));
+            while c.poll_transmit(t).is_some() {}
+            let mut seen = Vec::new();
+            for p in pieces {
+                for s in feed(&mut c, p, 0, t) {
+                    match (seen.last_mut(), s) {
+                        (Some(Seen::Data(d)), Seen::Data(more)) => d.extend(more),
+                        (_, s) => seen.push(s),
+                    }
+                }
+            }
+            assert!(c.is_reusable());
+            seen
+        };
+        let whole = run(&[&input]);
+        assert_eq!(whole.len(), 13, "{whole:?}");
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&bytes), whole, "one byte at a time");
+        for at in 0..=input.len() {
+            let (a, b) = input.split_at(at);
+            assert_eq!(run(&[a, b]), whole, "split at {at}");
+        }
+    }
+
+    /// Truncations of a real transcript and seeded random bytes, in every expectation.
+    #[test]
+    fn never_panics_on_any_input() {
+        let mut transcript = list_reply(&[(A, 0, "a.png", 5)]);
+        transcript.extend(get_reply(&[(0, A, b"hello")]));
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut inputs: Vec<Vec<u8>> = (0..=transcript.len())
+            .map(|n| transcript[..n].to_vec())
+            .collect();
+        for _ in 0..300 {
+            let len = (rnd() % 64) as usize;
+            let mut v: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            if rnd() % 2 == 0 {
+                v.splice(0..0, *b"JTP");
+            }
+            inputs.push(v);
+        }
+        let jobs = [
+            Job::List,
+            Job::Get(vec![A, B]),
+            Job::Batch(vec![]),
+            Job::ListAndGet,
+            Job::Watch,
+        ];
+        for input in &inputs {
+            for job in &jobs {
+                let t = Instant::now();
+                let mut c = Connection::new(Policy::Sequential, true);
+                c.push(job.clone());
+                c.poll_transmit(t);
+                let mut at = 0;
+                while at <= input.len() {
+                    match c.handle_input(&input[at..], t) {
+                        Ok(Step { consumed, event }) => {
+                            at += consumed;
+                            if event.is_none() {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = c.handle_eof();
+            }
+        }
+    }
+
+    /// The server side of the in-memory pair: ferry's server machine, or a server with the
+    /// reference's habit of reading (and dropping) one byte after every GET_BY_ID packet.
+    struct Server {
+        conn: srv::Connection,
+        images: Vec<(u64, &'static str, &'static [u8])>,
+        reference_habit: bool,
+        /// Client bytes not yet read by the server.
+        pending: VecDeque<u8>,
+        dropped: usize,
+        requests: Vec<Request>,
+    }
+
+    impl Server {
+        fn new(reference_habit: bool) -> Server {
+            Server {
+                conn: srv::Connection::new(
+                    RequestLimits {
+                        max_have: 1_000_000,
+                    },
+                    64 * 1024,
+                    false,
+                ),
+                images: vec![
+                    (A, "a.png", b"alpha"),
+                    (B, "b.png", b"beta"),
+                    (C, "c.png", b""),
+                    (D, "d.png", b"delta!"),
+                ],
+                reference_habit,
+                pending: VecDeque::new(),
+                dropped: 0,
+                requests: Vec::new(),
+            }
+        }
+
+        /// Serves every complete request received so far; returns the bytes sent back.
+        fn serve(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            loop {
+                // Read one request's bytes, no more: what follows stays unread, as in a socket.
+                let ev = loop {
+                    if let Some(ev) = self.conn.poll_event() {
+                        break ev;
+                    }
+                    match self.pending.pop_front() {
+                        Some(b) => self.conn.handle_input(&[b]),
+                        None => return out,
+                    }
+                };
+                let srv::Event::Request(req) = ev else {
+                    panic!("unexpected {ev:?}");
+                };
+                self.requests.push(req.clone());
+                let keep_alive = req.keep_alive();
+                match req {
+                    Request::List { .. } => {
+                        put_list_header(self.images.len() as u32, &mut out);
+                        for (id, name, data) in &self.images {
+                            put_entry(*id, 0, name, data.len() as u32, &mut out);
+                        }
+                    }
+                    Request::GetById { ids, .. } => {
+                        let found: Vec<_> = ids
+                            .iter()
+                            .filter_map(|id| self.images.iter().find(|i| i.0 == *id))
+                            .copied()
+                            .collect();
+                        put_get_header(found.len() as u8, &mut out);
+                        for (id, _, data) in found {
+                            packet(0, id, data, &mut out);
+                            // What arrived while the answer was being sent.
+                            if self.reference_habit && self.pending.pop_front().is_some() {
+                                self.dropped += 1;
+                            }
+                        }
+                    }
+                    Request::ListAndGet { .. } => {
+                        put_packets_header(MAGIC_LIST_AND_GET, self.images.len() as u32, &mut out);
+                        for (id, _, data) in &self.images {
+                            packet(0, *id, data, &mut out);
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+                self.conn.response_done(keep_alive);
+                if self.conn.is_finished() {
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Runs `jobs` through a client and a server until the client is idle; the server answers
+    /// whatever the client has sent each round, so pipelined requests are in flight together.
+    fn pair(policy: Policy, reference_habit: bool, jobs: Vec<Job>) -> (Vec<Seen>, Server) {
+        let mut t = Instant::now();
+        let mut client = Connection::new(policy, true);
+        let mut server = Server::new(reference_habit);
+        for j in jobs {
+            client.push(j);
+        }
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            while let Some(b) = client.poll_transmit(t) {
+                server.pending.extend(b.iter().copied());
+            }
+            let answer = server.serve();
+            seen.extend(feed(&mut client, &answer, 7, t));
+            if client.is_idle() {
+                return (seen, server);
+            }
+            // Time passes (quiet periods end).
+            t += ms(10);
+        }
+        panic!(
+            "the pair did not finish; the server got {:?}",
+            server.requests
+        );
+    }
+
+    #[test]
+    fn pair_with_ferrys_server_pipelined_and_sequential() {
+        let jobs = vec![
+            Job::List,
+            Job::Get(vec![A, B]),
+            Job::Get(vec![C, D, 0x1234]),
+            Job::ListAndGet,
+        ];
+        let (pipelined, s1) = pair(Policy::Pipelined { depth: 4 }, false, jobs.clone());
+        let (sequential, s2) = pair(Policy::Sequential, false, jobs);
+        assert_eq!(pipelined, sequential);
+        assert_eq!(s1.requests, s2.requests);
+        assert_eq!(s1.requests.len(), 4);
+        let done: Vec<&Seen> = pipelined
+            .iter()
+            .filter(|s| matches!(s, Seen::Ev(Event::Done(_))))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                &Seen::Ev(Event::Done(Done::Get { missing: vec![] })),
+                &Seen::Ev(Event::Done(Done::Get {
+                    missing: vec![0x1234]
+                })),
+                &Seen::Ev(Event::Done(Done::ListAndGet { missing: vec![] })),
+            ]
+        );
+        assert!(pipelined.contains(&Seen::Data(b"delta!".to_vec())));
+    }
+
+    /// The reference's habit costs nothing to a sequential client, and would eat the first bytes
+    /// of requests pipelined behind a GET_BY_ID (which is why only known-safe peers get them).
+    #[test]
+    fn pair_with_the_reference_habit_sequential_loses_nothing() {
+        let jobs = vec![
+            Job::List,
+            Job::Get(vec![A, B, D]),
+            Job::Get(vec![C]),
+            Job::List,
+        ];
+        let (_, s) = pair(Policy::Sequential, true, jobs.clone());
+        assert_eq!(s.dropped, 0);
+        assert_eq!(s.requests.len(), 4);
+
+        let mut client = Connection::new(Policy::Pipelined { depth: 4 }, true);
+        let mut server = Server::new(true);
+        for j in jobs.into_iter().skip(1) {
+            client.push(j);
+        }
+        let t = Instant::now();
+        while let Some(b) = client.poll_transmit(t) {
+            server.pending.extend(b.iter().copied());
+        }
+        server.serve();
+        assert!(server.dropped > 0, "pipelined bytes were eaten");
+    }
+
+    #[test]
+    fn ranges_are_contiguous_and_cover_every_id() {
+        let ids: Vec<u64> = (0..300).collect();
+        let r = split_ranges(&ids, 4);
+        assert_eq!(
+            r.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [75, 75, 75, 75]
+        );
+        assert_eq!(r.concat(), ids);
+        assert_eq!(split_ranges(&ids[..3], 32).len(), 3);
+        assert!(split_ranges(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn j40_hostile_names_reduce_or_fall_back() {
+        let listing = Listing::new(
+            [
+                "../x.png", "a/b.png", "..", ".", "", "a\0b.png", ".ferry", "noext",
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Listed {
+                id: i as u64,
+                ftype: 0,
+                name: n.to_string(),
+                size: 1,
+            })
+            .collect(),
+        );
+        let got: Vec<String> = (0..8).map(|i| listing.local_name(i, 0)).collect();
+        assert_eq!(got[0], "x.png");
+        assert_eq!(got[1], "b.png");
+        for (i, g) in got.iter().enumerate().take(7).skip(2) {
+            assert_eq!(g, &format!("output_{}.png", hex::encode_u64(i as u64)));
+        }
+        assert_eq!(got[7], "noext.png");
+        assert_eq!(
+            listing.local_name(99, 3),
+            format!("output_{}.bmp", hex::encode_u64(99))
+        );
+    }
+}
