@@ -471,3 +471,28 @@ fn cjp2p_download_from_three_sources_over_lossy_links_completes_verified() {
     let got = out.join(&sha);
     assert_eq!(fixtures::hex(&fixtures::sha256_file(&got)), sha);
 }
+
+#[test]
+fn readme_shows_the_haproxy_configuration_the_tests_use() {
+    let ip = |o| std::net::Ipv4Addr::new(net::SUBNET[0], net::SUBNET[1], net::SUBNET[2], o);
+    let cfg = tools::haproxy_config(
+        ip(20),
+        &[("m1", ip(11)), ("m2", ip(12))],
+        &[
+            tools::Service {
+                name: "tej",
+                port: deploy::TEJ_PORT,
+            },
+            tools::Service {
+                name: "jtp",
+                port: deploy::JTP_PORT,
+            },
+        ],
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```haproxy\n{cfg}```")),
+        "README's HAProxy block differs from the tests' configuration:\n{cfg}"
+    );
+}
