@@ -11,5 +11,18 @@ if [ "$(id -u)" != 0 ]; then
     echo "bench-hosts: needs root (network namespaces)" >&2
     exit 2
 fi
+# The hosts' folders live in the run's scratch folder under $TMPDIR. By default that is
+# /dev/shm when it has room (8 GiB): rsync and ferry then race on the same memory file system,
+# not on a disk that other work on the machine may be flushing. BENCH_HOSTS_TMP overrides.
+if [ -z "${BENCH_HOSTS_TMP:-}" ]; then
+    free_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kb" ] && [ "$free_kb" -gt $((8 * 1024 * 1024)) ]; then
+        BENCH_HOSTS_TMP=/dev/shm
+    else
+        BENCH_HOSTS_TMP=/tmp
+    fi
+fi
+export TMPDIR="$BENCH_HOSTS_TMP"
+echo "bench-hosts: data under $TMPDIR" >&2
 exec cargo test --release --quiet --test hosts -- --ignored --exact bench::bench_hosts \
     --nocapture --test-threads=1

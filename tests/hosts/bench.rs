@@ -49,6 +49,42 @@ fn timed(net: &Net, host: &str, argv: &[&str]) -> (Duration, Output) {
     (took, out)
 }
 
+/// CPU seconds (user + system, its reaped children included) of process `pid` so far.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Fields 14-17 of stat(5) (utime, stime, cutime, cstime), counted from the state field (3).
+    let ticks: f64 = fields.get(11..15).map_or(0.0, |v| v.iter().sum());
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Like [`timed`], also giving the command's own CPU seconds (user + system, from GNU time).
+fn timed_cpu(net: &Net, host: &str, argv: &[&str]) -> (Duration, Output, f64) {
+    let file = net.dir(host, "logs").join("time.out");
+    let mut wrapped = vec!["/usr/bin/time", "-f", "%U %S", "-o", s(&file)];
+    wrapped.extend_from_slice(argv);
+    let (t, out) = timed(net, host, &wrapped);
+    let cpu = std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .last()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(f64::NAN);
+    (t, out, cpu)
+}
+
 /// Bytes through `host`'s eth0 (both directions) while `f` runs, and `f`'s result.
 fn on_wire<T>(net: &Net, host: &str, f: impl FnOnce() -> T) -> (u64, T) {
     let (rx0, tx0) = net.eth0_bytes(host);
@@ -137,24 +173,57 @@ fn rsync_daemon(net: &Net, dir: &Path) -> Proc {
     p
 }
 
-fn rsync(net: &Net, dest: &Path, delete: bool) -> Duration {
+/// One run of a tool: wall time, CPU seconds of the client and of the server for it.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    wall: Duration,
+    client_cpu: f64,
+    server_cpu: f64,
+}
+
+impl Run {
+    fn cpu(&self) -> f64 {
+        self.client_cpu + self.server_cpu
+    }
+}
+
+/// `rsync -a [--delete] rsync://origin/share/ DEST` on m1; `daemon` is the rsync daemon (its
+/// children's CPU is the server side).
+fn rsync(net: &Net, daemon: &Proc, dest: &Path, delete: bool) -> Run {
     let src = format!("rsync://{}/share/", net.ip("origin"));
     let mut argv = vec!["rsync", "-a"];
     if delete {
         argv.push("--delete");
     }
     argv.extend_from_slice(&[&src, s(dest)]);
-    timed(net, "m1", &argv).0
+    let before = cpu_of(daemon.pid());
+    let (wall, _, client_cpu) = timed_cpu(net, "m1", &argv);
+    // The daemon reaps its connection's child shortly after the client is done.
+    std::thread::sleep(Duration::from_millis(200));
+    Run {
+        wall,
+        client_cpu,
+        server_cpu: cpu_of(daemon.pid()) - before,
+    }
 }
 
-fn ferry_sync(net: &Net, host: &str, dest: &Path, delete: bool) -> (Duration, Value) {
+fn ferry_sync(net: &Net, host: &str, server: &Proc, dest: &Path, delete: bool) -> (Run, Value) {
     let url = format!("tej://{}:{TEJ_PORT}", net.ip("origin"));
     let mut argv = vec![FERRY, "sync", &url, s(dest), "--json"];
     if delete {
         argv.push("--delete");
     }
-    let (t, out) = timed(net, host, &argv);
-    (t, serde_json::from_slice(&out.stdout).expect("sync --json"))
+    let before = cpu_of(server.pid());
+    let (wall, out, client_cpu) = timed_cpu(net, host, &argv);
+    let run = Run {
+        wall,
+        client_cpu,
+        server_cpu: cpu_of(server.pid()) - before,
+    };
+    (
+        run,
+        serde_json::from_slice(&out.stdout).expect("sync --json"),
+    )
 }
 
 /// Waits until origin's server lists exactly the files of its folder.
@@ -191,49 +260,64 @@ fn bench_hosts() {
         mb(total),
         secs(t.elapsed())
     ));
-    let _origin = deploy::serve(&net, "origin", &share);
-    let _rsyncd = rsync_daemon(&net, &share);
+    let origin = deploy::serve(&net, "origin", &share);
+    let rsyncd = rsync_daemon(&net, &share);
     wait_origin_serves(&net, &share);
 
-    // Rows 1: first sync, best of two each, alternating.
+    // Row 1: first sync, best of two each, alternating.
     let m1_ferry = net.dir("m1", "ferry");
     let m1_rsync = net.dir("m1", "rsync");
-    let (mut f_times, mut r_times, mut f_bytes, mut r_bytes) = (vec![], vec![], 0, 0);
+    let (mut f_runs, mut r_runs, mut f_bytes, mut r_bytes) = (vec![], vec![], 0, 0);
     for round in 0..2 {
         for d in [&m1_ferry, &m1_rsync] {
             let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir_all(d).unwrap();
         }
-        let (b, (t, j)) = on_wire(&net, "m1", || ferry_sync(&net, "m1", &m1_ferry, true));
+        let (b, (run, j)) = on_wire(&net, "m1", || {
+            ferry_sync(&net, "m1", &origin, &m1_ferry, true)
+        });
         assert_eq!(j["failed"], 0, "{j}");
-        f_times.push(secs(t));
+        f_runs.push(run);
         f_bytes = b;
-        let (b, t) = on_wire(&net, "m1", || rsync(&net, &m1_rsync, true));
-        r_times.push(secs(t));
+        let (b, run) = on_wire(&net, "m1", || rsync(&net, &rsyncd, &m1_rsync, true));
+        r_runs.push(run);
         r_bytes = b;
         say(&format!(
-            "first sync round {round}: ferry {:.2} s, rsync {:.2} s",
-            f_times[round], r_times[round]
+            "first sync round {round}: ferry {:.2} s ({:.2} CPU s), rsync {:.2} s ({:.2} CPU s)",
+            secs(f_runs[round].wall),
+            f_runs[round].cpu(),
+            secs(r_runs[round].wall),
+            r_runs[round].cpu()
         ));
     }
     assert_eq!(fixtures::tree(&m1_ferry), fixtures::tree(&share));
-    let (fb, fm) = best_median(&f_times);
-    let (rb, rm) = best_median(&r_times);
+    let walls = |v: &[Run]| v.iter().map(|r| secs(r.wall)).collect::<Vec<f64>>();
+    let cpus = |v: &[Run]| best_median(&v.iter().map(Run::cpu).collect::<Vec<f64>>()).0;
+    let (fb, fm) = best_median(&walls(&f_runs));
+    let (rb, rm) = best_median(&walls(&r_runs));
     rows.push(Row {
         name: format!(
-            "first sync, {files} files (1-100 KB) + {big_mib} MiB, origin -> m1 (best / median of 2)"
+            "first sync, {files} files (1-100 KB) + {big_mib} MiB, origin -> m1 (best / median of 2; CPU s of client + server)"
         ),
-        ferry: format!("{fb:.2} s / {fm:.2} s ({:.0} MB on the wire)", mb(f_bytes)),
+        ferry: format!(
+            "{fb:.2} s / {fm:.2} s ({:.0} MB on the wire; {:.2} CPU s)",
+            mb(f_bytes),
+            cpus(&f_runs)
+        ),
         peer: format!(
-            "rsync -a from an rsync daemon: {rb:.2} s / {rm:.2} s ({:.0} MB on the wire)",
-            mb(r_bytes)
+            "rsync -a from an rsync daemon: {rb:.2} s / {rm:.2} s ({:.0} MB on the wire; {:.2} CPU s)",
+            mb(r_bytes),
+            cpus(&r_runs)
         ),
         target: "ferry faster than rsync".into(),
         verdict: verdict(fb < rb),
     });
     raw.insert(
         "first_sync".into(),
-        json!({"ferry_s": f_times, "rsync_s": r_times, "ferry_wire_bytes": f_bytes, "rsync_wire_bytes": r_bytes, "payload_bytes": total}),
+        json!({"ferry_s": walls(&f_runs), "rsync_s": walls(&r_runs),
+               "ferry_cpu_s": f_runs.iter().map(Run::cpu).collect::<Vec<_>>(),
+               "rsync_cpu_s": r_runs.iter().map(Run::cpu).collect::<Vec<_>>(),
+               "ferry_wire_bytes": f_bytes, "rsync_wire_bytes": r_bytes, "payload_bytes": total}),
     );
 
     // Row 2: 1 % of the files rewritten with new content, 1 % renamed.
@@ -253,8 +337,10 @@ fn bench_hosts() {
         .unwrap();
     }
     wait_origin_serves(&net, &share);
-    let (f_b, (f_t, j)) = on_wire(&net, "m1", || ferry_sync(&net, "m1", &m1_ferry, true));
-    let (r_b, r_t) = on_wire(&net, "m1", || rsync(&net, &m1_rsync, true));
+    let (f_b, (f_run, j)) = on_wire(&net, "m1", || {
+        ferry_sync(&net, "m1", &origin, &m1_ferry, true)
+    });
+    let (r_b, r_run) = on_wire(&net, "m1", || rsync(&net, &rsyncd, &m1_rsync, true));
     assert_eq!(j["failed"], 0, "{j}");
     assert_eq!(fixtures::tree(&m1_ferry), fixtures::tree(&share));
     assert_eq!(fixtures::tree(&m1_rsync), fixtures::tree(&share));
@@ -265,23 +351,27 @@ fn bench_hosts() {
             mb(changed)
         ),
         ferry: format!(
-            "{:.2} s, {:.1} MB on the wire ({} fetched, {} moved)",
-            secs(f_t),
+            "{:.2} s, {:.1} MB on the wire ({} fetched, {} moved; {:.2} CPU s)",
+            secs(f_run.wall),
             mb(f_b),
             j["fetched"],
-            j["moved"]
+            j["moved"],
+            f_run.cpu()
         ),
         peer: format!(
-            "rsync -a --delete: {:.2} s, {:.1} MB on the wire",
-            secs(r_t),
-            mb(r_b)
+            "rsync -a --delete: {:.2} s, {:.1} MB on the wire ({:.2} CPU s)",
+            secs(r_run.wall),
+            mb(r_b),
+            r_run.cpu()
         ),
         target: "ferry faster than rsync, bytes within 1.2x of rsync's".into(),
-        verdict: verdict(f_t < r_t && (f_b as f64) <= 1.2 * r_b as f64),
+        verdict: verdict(f_run.wall < r_run.wall && (f_b as f64) <= 1.2 * r_b as f64),
     });
     raw.insert(
         "second_sync".into(),
-        json!({"ferry_s": secs(f_t), "rsync_s": secs(r_t), "ferry_wire_bytes": f_b, "rsync_wire_bytes": r_b, "changed_bytes": changed, "ferry": j}),
+        json!({"ferry_s": secs(f_run.wall), "rsync_s": secs(r_run.wall),
+               "ferry_cpu_s": f_run.cpu(), "rsync_cpu_s": r_run.cpu(),
+               "ferry_wire_bytes": f_b, "rsync_wire_bytes": r_b, "changed_bytes": changed, "ferry": j}),
     );
 
     // Row 3: nothing changed (the cron case).
@@ -289,11 +379,11 @@ fn bench_hosts() {
     let mut r_nc = Vec::new();
     let mut own = Vec::new();
     for _ in 0..5 {
-        let (t, j) = ferry_sync(&net, "m1", &m1_ferry, true);
+        let (run, j) = ferry_sync(&net, "m1", &origin, &m1_ferry, true);
         assert_eq!(j["fetched"], 0);
-        f_nc.push(secs(t));
+        f_nc.push(secs(run.wall));
         own.push(j["seconds"].as_f64().unwrap_or(0.0));
-        r_nc.push(secs(rsync(&net, &m1_rsync, true)));
+        r_nc.push(secs(rsync(&net, &rsyncd, &m1_rsync, true).wall));
     }
     let (fb, fm) = best_median(&f_nc);
     let (rb, rm) = best_median(&r_nc);
@@ -315,8 +405,8 @@ fn bench_hosts() {
 
     // Rows 4 and 5: the mirrors behind HAProxy. m2 gets its mirror by sync too.
     let m2_dir = net.dir("m2", "mirror");
-    let (t, _) = ferry_sync(&net, "m2", &m2_dir, true);
-    say(&format!("m2 mirrored in {:.1} s", secs(t)));
+    let (run, _) = ferry_sync(&net, "m2", &origin, &m2_dir, true);
+    say(&format!("m2 mirrored in {:.1} s", secs(run.wall)));
     let _m1 = deploy::serve(&net, "m1", &m1_ferry);
     let _m2 = deploy::serve(&net, "m2", &m2_dir);
     let cfg_path = net.dir("lb", "etc").join("haproxy.cfg");
