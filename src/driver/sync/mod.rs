@@ -192,18 +192,55 @@ pub fn run(
     };
 
     // The listing and the local scan take about as long as each other: do them at once.
+    let verbose = opts.connect.verbose;
     let (listing, local) = std::thread::scope(|s| {
-        let listing = s.spawn(|| remote.list());
+        let listing = s.spawn(|| {
+            let t = Instant::now();
+            let r = remote.list();
+            (r, t.elapsed())
+        });
+        let t = Instant::now();
         let local = open_local(opts);
-        let listing = listing
-            .join()
-            .unwrap_or_else(|_| Err(SyncError::Local("sync: the listing thread panicked".into())));
-        (listing, local)
+        let scanned = t.elapsed();
+        let listing = listing.join().unwrap_or_else(|_| {
+            (
+                Err(SyncError::Local("sync: the listing thread panicked".into())),
+                Duration::ZERO,
+            )
+        });
+        (listing, (local, scanned))
     });
+    let ((listing, listed_in), (local, scanned_in)) = (listing, local);
     let remote_files = listing?;
     let (catalog, local) = local?;
     let local_files: Vec<LocalFile> = local.iter().map(|l| l.file.clone()).collect();
     let plan = plan::plan(&remote_files, &local_files, opts.delete);
+    if verbose {
+        let hashed = catalog.as_ref().map_or(0, |c| c.last_report().hashed);
+        eprintln!(
+            "sync: source lists {} files ({:.3} s); {} has {} ({:.3} s, {hashed} hashed); \
+             plan: {} unchanged, {} to fetch ({:.1} MB), {} to place from local files, {} to \
+             delete, {} refused",
+            remote_files.len(),
+            listed_in.as_secs_f64(),
+            opts.dir.display(),
+            local_files.len(),
+            scanned_in.as_secs_f64(),
+            plan.unchanged,
+            plan.fetch.len(),
+            plan.fetch_bytes() as f64 / 1e6,
+            plan.reuse.len(),
+            plan.delete.len(),
+            plan.rejected.len()
+        );
+    }
+    let mut phase = Instant::now();
+    let mut lap = |what: &str| {
+        if verbose {
+            eprintln!("sync: {what} in {:.3} s", phase.elapsed().as_secs_f64());
+        }
+        phase = Instant::now();
+    };
 
     let mut report = Report {
         unchanged: plan.unchanged,
@@ -269,6 +306,7 @@ pub fn run(
         }
     }
     report.interrupted = stop.load(Ordering::SeqCst);
+    lap("fetched");
 
     // 2. Hold every local donor before any name is replaced: a donor's own name may be about to
     //    receive other content.
@@ -333,6 +371,8 @@ pub fn run(
         }
     }
 
+    lap("held and placed");
+
     // 4. Delete.
     for name in &plan.delete {
         let path = opts.dir.join(name);
@@ -364,8 +404,11 @@ pub fn run(
         }
     }
 
+    lap("deleted");
+
     // 5. Record: the next run then finds every file in the index and reads none of them.
     record(&catalog, &placed);
+    lap("recorded");
     work.clear();
     drop(lock);
     report.failed = report.failures.len();
@@ -401,13 +444,9 @@ fn open_local(opts: &SyncOptions) -> Result<LocalScan, SyncError> {
     if opts.dry_run && !opts.dir.exists() {
         return Ok((None, Vec::new()));
     }
-    let cat = CatalogHandle::open(
-        &opts.dir,
-        CatalogOptions {
-            verbose: opts.connect.verbose,
-        },
-    )
-    .map_err(|e| SyncError::Local(format!("sync: {e}")))?;
+    // The catalog's own verbose log names every file it publishes: far too much for a mirror.
+    let cat = CatalogHandle::open(&opts.dir, CatalogOptions { verbose: false })
+        .map_err(|e| SyncError::Local(format!("sync: {e}")))?;
     let snap = cat.snapshot();
     let local = snap
         .entries()
