@@ -686,9 +686,24 @@ fn bench_hosts() {
     drop(net);
 
     let load1 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cmd = |argv: &[&str]| {
+        std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
     let mut md = String::new();
     md.push_str(&format!(
-        "- load average at start / end: {} / {}\n\n",
+        "- date: {}\n- kernel (uname -r): {}\n- git commit: {}\n- data under: {}\n",
+        cmd(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        cmd(&["uname", "-r"]),
+        cmd(&["git", "rev-parse", "--short=12", "HEAD"]),
+        std::env::temp_dir().display()
+    ));
+    md.push_str(&format!(
+        "- 1-minute load average at start / end: {} / {} (2 cores; other work on the machine lowers every number)\n\n",
         load0.split_whitespace().next().unwrap_or("?"),
         load1.split_whitespace().next().unwrap_or("?")
     ));
