@@ -48,24 +48,30 @@ pub fn write_file_atomic(path: &Path, seed: u64, len: u64) {
 }
 
 pub fn sha256_file(p: &Path) -> [u8; 32] {
-    let mut f = std::fs::File::open(p).unwrap();
+    try_sha256_file(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// SHA-256 of a file that may vanish meanwhile (a folder being synced).
+pub fn try_sha256_file(p: &Path) -> std::io::Result<[u8; 32]> {
+    let mut f = std::fs::File::open(p)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).unwrap();
+        let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    h.finalize().into()
+    Ok(h.finalize().into())
 }
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Every regular, non-dot file of `dir` with its SHA-256, sorted by name.
+/// Every regular, non-dot file of `dir` with its SHA-256, sorted by name. A file that vanishes
+/// while it is read (the folder is being synced) is left out: callers compare and poll.
 pub fn tree(dir: &Path) -> Vec<(String, [u8; 32])> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -73,9 +79,9 @@ pub fn tree(dir: &Path) -> Vec<(String, [u8; 32])> {
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
-        .map(|n| {
-            let h = sha256_file(&dir.join(&n));
-            (n, h)
+        .filter_map(|n| {
+            let h = try_sha256_file(&dir.join(&n)).ok()?;
+            Some((n, h))
         })
         .collect();
     v.sort();

@@ -362,8 +362,16 @@ fn a_change_on_origin_reaches_both_mirrors_and_the_client_through_lb() {
         period.as_secs_f64()
     );
 
-    // Each mirror fetched only the new content; the rename was done locally.
+    // Each mirror fetched only the new content; the rename was done locally. (The run that
+    // placed the files writes its summary after placing them: wait for a run with nothing left
+    // to do after it.)
     for (log, before) in d.sync_logs.iter().zip(&runs_before) {
+        let settled = fixtures::wait_until(Duration::from_secs(30), || {
+            deploy::sync_runs(log)[*before..]
+                .iter()
+                .any(|r| r["unchanged"] == 31 && r["fetched"] == 0 && r["moved"] == 0)
+        });
+        assert!(settled.is_some(), "{:?}", deploy::sync_runs(log));
         let runs = deploy::sync_runs(log);
         let after = &runs[*before..];
         let sum = |k: &str| {
@@ -374,7 +382,10 @@ fn a_change_on_origin_reaches_both_mirrors_and_the_client_through_lb() {
         };
         assert_eq!(sum("bytes"), 5000 + 7000 + 3000, "{after:?}");
         assert_eq!(sum("moved"), 1, "{after:?}");
-        assert_eq!(sum("deleted"), 1, "{after:?}");
+        // 1, or 2 when a run listed origin between the halves of the rename (a live catalog
+        // drops a name at once and publishes the new one once it settled): the content then
+        // waited in the mirror's attic and was moved back, still without a transfer.
+        assert!((1..=2).contains(&sum("deleted")), "{after:?}");
         assert_eq!(sum("failed"), 0, "{after:?}");
     }
 

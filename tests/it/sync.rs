@@ -574,3 +574,46 @@ fn sync_retries_a_batch_after_a_cut_connection() {
     assert_eq!(n(&summary(&o), "failed"), 10);
     assert!(tree(dst2.path()).is_empty());
 }
+
+#[test]
+fn sync_a_rename_seen_as_delete_then_add_over_two_runs_costs_no_transfer() {
+    let src = TempDir::new("attic-src");
+    let dst = TempDir::new("attic-dst");
+    let aside = TempDir::new("attic-aside");
+    std::fs::write(src.join("a.bin"), pseudo_random(5, 200_000)).unwrap();
+    std::fs::write(src.join("keep.txt"), b"keep").unwrap();
+    let srv = tej_serve(src.path());
+    let url = format!("tej://{}", srv.addr("tej"));
+    ok(&sync(&url, dst.path(), &["--delete"]));
+
+    // A run catches the source between the two halves of a rename.
+    std::fs::rename(src.join("a.bin"), aside.join("a.bin")).unwrap();
+    rescan(&srv, 1);
+    let j = ok(&sync(&url, dst.path(), &["--delete"]));
+    assert_eq!(n(&j, "deleted"), 1);
+    assert!(!dst.join("a.bin").exists());
+
+    std::fs::rename(aside.join("a.bin"), src.join("b.bin")).unwrap();
+    rescan(&srv, 2);
+    let dry = ferry(&["sync", &url, s(dst.path()), "--delete", "-n"], T);
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("move    .ferry/attic/"),
+        "{}",
+        String::from_utf8_lossy(&dry.stdout)
+    );
+    let j = ok(&sync(&url, dst.path(), &["--delete"]));
+    assert_eq!(n(&j, "moved"), 1, "{j}");
+    assert_eq!(n(&j, "fetched"), 0, "{j}");
+    assert_eq!(n(&j, "bytes"), 0, "{j}");
+    assert_eq!(tree(dst.path()), tree(src.path()));
+
+    // What nobody asked for again is gone after one more run.
+    std::fs::remove_file(src.join("keep.txt")).unwrap();
+    rescan(&srv, 1);
+    ok(&sync(&url, dst.path(), &["--delete"]));
+    ok(&sync(&url, dst.path(), &["--delete"]));
+    let attic: Vec<_> = std::fs::read_dir(dst.join(".ferry/attic"))
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(attic.is_empty(), "{attic:?}");
+}

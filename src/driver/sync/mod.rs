@@ -14,7 +14,8 @@
 //!   2 hold    each local file whose content is wanted elsewhere: renamed (its name is
 //!             released) or hard-linked into DIR/.ferry/sync/held/, before anything is replaced
 //!   3 place   rename(2) over DIR/<name> (a link first for every extra name of one content)
-//!   4 delete  with --delete: names the source no longer lists (regular files only)
+//!   4 delete  with --delete: names the source no longer lists (regular files only), kept in
+//!             DIR/.ferry/attic/ until the end of the next run (see [`attic`])
 //!   5 record  the new files in the catalog's index with the hashes already known
 //! ```
 //!
@@ -31,6 +32,7 @@
 //! Out of scope: modes, owners and times (the protocols carry none; files get the time they
 //! arrive), sub-folders (the catalog is flat), and the command line's output.
 
+mod attic;
 mod lock;
 pub mod plan;
 mod source;
@@ -52,6 +54,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{CatalogHandle, CatalogOptions, FileStamp};
 use crate::driver::progress::Progress;
+use attic::Attic;
 use plan::{Fetch, LocalFile};
 use source::{Attempt, Remote, Staged};
 
@@ -214,7 +217,9 @@ pub fn run(
     let remote_files = listing?;
     let (catalog, local) = local?;
     let local_files: Vec<LocalFile> = local.iter().map(|l| l.file.clone()).collect();
-    let plan = plan::plan(&remote_files, &local_files, opts.delete);
+    // Files earlier runs deleted, kept one run for content the source only moved.
+    let mut attic = Attic::load(&state);
+    let plan = plan::plan(&remote_files, &local_files, &attic.spares(), opts.delete);
     if verbose {
         let hashed = catalog.as_ref().map_or(0, |c| c.last_report().hashed);
         eprintln!(
@@ -310,15 +315,30 @@ pub fn run(
 
     // 2. Hold every local donor before any name is replaced: a donor's own name may be about to
     //    receive other content.
+    let spares: HashMap<String, LocalFile> = attic
+        .spares()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
     for (i, r) in plan.reuse.iter().enumerate() {
         let held = work.held.join(i.to_string());
-        let donor = local_by_name.get(r.from.as_str()).copied();
-        match hold(&opts.dir, &r.from, &held, r.take, donor) {
+        let got = if r.spare {
+            attic.take(&r.from, &held).and_then(|()| {
+                spares
+                    .get(&r.from)
+                    .cloned()
+                    .ok_or_else(|| io::Error::other("gone"))
+            })
+        } else {
+            let donor = local_by_name.get(r.from.as_str()).copied();
+            hold(&opts.dir, &r.from, &held, r.take, donor).map(|l| l.file.clone())
+        };
+        match got {
             Ok(l) => ready.push(Ready {
                 staged: Staged {
                     path: held,
-                    sha256: Some(l.file.sha256),
-                    xxh64: Some(l.file.xxh64),
+                    sha256: Some(l.sha256),
+                    xxh64: Some(l.xxh64),
                 },
                 names: r.names.clone(),
                 how: if r.take { How::Moved } else { How::Linked },
@@ -373,18 +393,20 @@ pub fn run(
 
     lap("held and placed");
 
-    // 4. Delete.
+    // 4. Delete: into the attic when the catalog's hashes still describe the file.
     for name in &plan.delete {
         let path = opts.dir.join(name);
         match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => match fs::remove_file(&path) {
-                Ok(()) => report.deleted += 1,
-                Err(e) => fail_all(
-                    &mut report,
-                    std::slice::from_ref(name),
-                    &format!("delete: {e}"),
-                ),
-            },
+            Ok(m) if m.is_file() => {
+                match remove(&mut attic, &path, &m, local_by_name.get(name.as_str())) {
+                    Ok(()) => report.deleted += 1,
+                    Err(e) => fail_all(
+                        &mut report,
+                        std::slice::from_ref(name),
+                        &format!("delete: {e}"),
+                    ),
+                }
+            }
             // Not a regular file (a symlink the catalog follows): never removed.
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => report.deleted += 1,
@@ -408,6 +430,12 @@ pub fn run(
 
     // 5. Record: the next run then finds every file in the index and reads none of them.
     record(&catalog, &placed);
+    if let Err(e) = attic.finish() {
+        eprintln!(
+            "sync: attic {}: {e}",
+            state.join(attic::ATTIC_DIR).display()
+        );
+    }
     lap("recorded");
     work.clear();
     drop(lock);
@@ -513,15 +541,20 @@ fn actions(plan: &Plan) -> Vec<Action> {
         }
     }
     for r in &plan.reuse {
+        let from = if r.spare {
+            format!(".ferry/{}/{}", attic::ATTIC_DIR, r.from)
+        } else {
+            r.from.clone()
+        };
         for n in &r.names {
             v.push(if r.take {
                 Action::Move {
-                    from: r.from.clone(),
+                    from: from.clone(),
                     name: n.clone(),
                 }
             } else {
                 Action::Link {
-                    from: r.from.clone(),
+                    from: from.clone(),
                     name: n.clone(),
                 }
             });
@@ -722,6 +755,21 @@ fn hold<'a>(
         fs::hard_link(&src, held)?;
     }
     Ok(l)
+}
+
+/// Removes a file `--delete` wants gone: kept in the attic for one run when it is still the
+/// file the catalog hashed, else simply unlinked.
+fn remove(attic: &mut Attic, path: &Path, m: &fs::Metadata, l: Option<&&Local>) -> io::Result<()> {
+    let now = FileStamp::from_metadata(m);
+    match l {
+        Some(l)
+            if (now.dev, now.ino, now.size, now.mtime_ns)
+                == (l.stamp.dev, l.stamp.ino, l.stamp.size, l.stamp.mtime_ns) =>
+        {
+            attic.keep(path, &l.file.sha256, l.file.xxh64)
+        }
+        _ => fs::remove_file(path),
+    }
 }
 
 /// The (sha256, xxh64) of a staged file: what the client verified, plus the other hash read

@@ -9,6 +9,10 @@
 //!   else hard-linked, so a rename on the source costs no transfer. Only content no local file
 //!   holds is **fetched**, once however many names want it.
 //!
+//! Spares (files an earlier run deleted, kept for one run: see `attic`) are donors too, after
+//! released local files and before links, so a rename the source was caught in the middle of
+//! still costs no transfer.
+//!
 //! With `delete`, local names the source no longer lists and that were not renamed away are
 //! **deleted**. Names the source lists but that are not safe here (a `/`, a control character,
 //! a leading dot, `.ferry`, more than 255 bytes) are **rejected**: never fetched, counted as
@@ -79,9 +83,11 @@ pub struct Fetch {
 pub struct Reuse {
     pub id: ContentId,
     pub size: u64,
-    /// The local file that holds it.
+    /// The local file that holds it (a name in DIR, or a spare's key).
     pub from: String,
-    /// `from`'s own name is released: move it rather than link it.
+    /// `from` is a spare (a file an earlier run deleted), not a name in DIR.
+    pub spare: bool,
+    /// `from`'s own name is released: move it rather than link it (always, for a spare).
     pub take: bool,
     /// Names it goes to, in byte order (at least one; never `from` itself).
     pub names: Vec<String>,
@@ -128,7 +134,8 @@ pub fn refuse_name(name: &str) -> Option<&'static str> {
 }
 
 /// Decides the run. `remote` may come in any order; a name listed twice keeps its first entry.
-pub fn plan(remote: &[RemoteFile], local: &[LocalFile], delete: bool) -> Plan {
+/// `spare` are files outside DIR that may be moved in (the attic).
+pub fn plan(remote: &[RemoteFile], local: &[LocalFile], spare: &[LocalFile], delete: bool) -> Plan {
     let mut out = Plan::default();
     let mut wanted: BTreeMap<String, &RemoteFile> = BTreeMap::new();
     for r in remote {
@@ -159,38 +166,59 @@ pub fn plan(remote: &[RemoteFile], local: &[LocalFile], delete: bool) -> Plan {
         Some(r) => l.id_like(&r.id) != r.id || l.size != r.size,
         None => delete,
     };
+    let kind = wanted.values().next().map(|r| r.id);
     let mut holders: HashMap<ContentId, Vec<&LocalFile>> = HashMap::new();
-    if let Some(kind) = wanted.values().next().map(|r| r.id) {
+    let mut spares: HashMap<ContentId, &LocalFile> = HashMap::new();
+    if let Some(kind) = kind {
         for l in local {
             holders.entry(l.id_like(&kind)).or_default().push(l);
+        }
+        for l in spare {
+            spares.entry(l.id_like(&kind)).or_insert(l);
         }
     }
     let mut taken: HashSet<&str> = HashSet::new();
     for (id, (size, names)) in needed {
         let donors = holders.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         let donors: Vec<&&LocalFile> = donors.iter().filter(|l| l.size == size).collect();
-        // Prefer moving a file whose name is released; then link from any holder. Ties go to
-        // the smallest name, so the plan does not depend on the listing order.
+        // Prefer moving a file whose name is released, then a spare, then linking from any
+        // holder. Ties go to the smallest name, so the plan does not depend on listing order.
         let released = donors
             .iter()
             .filter(|l| is_released(l))
             .min_by(|a, b| a.name.cmp(&b.name));
         let any = donors.iter().min_by(|a, b| a.name.cmp(&b.name));
-        match released.or(any) {
-            Some(d) => {
-                let take = is_released(d);
-                if take {
-                    taken.insert(d.name.as_str());
-                }
-                out.reuse.push(Reuse {
-                    id,
-                    size,
-                    from: d.name.clone(),
-                    take,
-                    names,
-                });
-            }
-            None => out.fetch.push(Fetch { id, size, names }),
+        let spare = spares.get(&id).filter(|l| l.size == size);
+        if let Some(d) = released {
+            taken.insert(d.name.as_str());
+            out.reuse.push(Reuse {
+                id,
+                size,
+                from: d.name.clone(),
+                spare: false,
+                take: true,
+                names,
+            });
+        } else if let Some(s) = spare {
+            out.reuse.push(Reuse {
+                id,
+                size,
+                from: s.name.clone(),
+                spare: true,
+                take: true,
+                names,
+            });
+        } else if let Some(d) = any {
+            out.reuse.push(Reuse {
+                id,
+                size,
+                from: d.name.clone(),
+                spare: false,
+                take: false,
+                names,
+            });
+        } else {
+            out.fetch.push(Fetch { id, size, names });
         }
     }
 
@@ -237,7 +265,7 @@ mod tests {
 
     #[test]
     fn an_empty_folder_fetches_everything_once_per_content() {
-        let p = plan(&[r("a", 1), r("b", 2), r("c", 1)], &[], false);
+        let p = plan(&[r("a", 1), r("b", 2), r("c", 1)], &[], &[], false);
         assert_eq!(p.unchanged, 0);
         assert_eq!(
             p.fetch,
@@ -260,14 +288,14 @@ mod tests {
 
     #[test]
     fn a_matching_folder_is_a_noop() {
-        let p = plan(&[r("a", 1), r("b", 2)], &[l("a", 1), l("b", 2)], true);
+        let p = plan(&[r("a", 1), r("b", 2)], &[l("a", 1), l("b", 2)], &[], true);
         assert!(p.is_noop());
         assert_eq!(p.unchanged, 2);
     }
 
     #[test]
     fn a_changed_file_is_fetched_and_replaces_the_old_one() {
-        let p = plan(&[r("a", 3)], &[l("a", 1)], false);
+        let p = plan(&[r("a", 3)], &[l("a", 1)], &[], false);
         assert_eq!(p.fetch.len(), 1);
         assert_eq!(p.fetch[0].names, names(&["a"]));
         assert!(p.delete.is_empty());
@@ -275,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_rename_on_the_source_moves_the_local_file_with_delete() {
-        let p = plan(&[r("new", 1)], &[l("old", 1)], true);
+        let p = plan(&[r("new", 1)], &[l("old", 1)], &[], true);
         assert!(p.fetch.is_empty());
         assert_eq!(
             p.reuse,
@@ -283,6 +311,7 @@ mod tests {
                 id: sha(1),
                 size: 10,
                 from: "old".into(),
+                spare: false,
                 take: true,
                 names: names(&["new"])
             }]
@@ -293,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_rename_without_delete_links_and_keeps_the_old_name() {
-        let p = plan(&[r("new", 1)], &[l("old", 1)], false);
+        let p = plan(&[r("new", 1)], &[l("old", 1)], &[], false);
         assert_eq!(p.reuse.len(), 1);
         assert!(!p.reuse[0].take);
         assert!(p.delete.is_empty());
@@ -301,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_copy_on_the_source_links_from_a_file_that_stays() {
-        let p = plan(&[r("a", 1), r("b", 1)], &[l("a", 1)], true);
+        let p = plan(&[r("a", 1), r("b", 1)], &[l("a", 1)], &[], true);
         assert_eq!(p.unchanged, 1);
         assert_eq!(p.reuse[0].from, "a");
         assert!(!p.reuse[0].take);
@@ -310,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_swap_of_two_names_moves_both_without_a_transfer() {
-        let p = plan(&[r("a", 2), r("b", 1)], &[l("a", 1), l("b", 2)], false);
+        let p = plan(&[r("a", 2), r("b", 1)], &[l("a", 1), l("b", 2)], &[], false);
         assert!(p.fetch.is_empty());
         assert_eq!(p.reuse.len(), 2);
         assert!(p.reuse.iter().all(|u| u.take));
@@ -322,6 +351,7 @@ mod tests {
         let p = plan(
             &[r("keep", 1), r("new", 1)],
             &[l("keep", 1), l("gone", 1)],
+            &[],
             true,
         );
         assert_eq!(p.reuse[0].from, "gone");
@@ -331,9 +361,9 @@ mod tests {
 
     #[test]
     fn delete_removes_only_what_the_source_no_longer_lists() {
-        let p = plan(&[r("a", 1)], &[l("a", 1), l("b", 2), l("c", 3)], true);
+        let p = plan(&[r("a", 1)], &[l("a", 1), l("b", 2), l("c", 3)], &[], true);
         assert_eq!(p.delete, names(&["b", "c"]));
-        let p = plan(&[r("a", 1)], &[l("a", 1), l("b", 2)], false);
+        let p = plan(&[r("a", 1)], &[l("a", 1), l("b", 2)], &[], false);
         assert!(p.delete.is_empty());
         assert!(p.is_noop());
     }
@@ -342,7 +372,7 @@ mod tests {
     fn a_same_hash_with_another_size_is_not_reused() {
         let mut other = l("x", 1);
         other.size = 11;
-        let p = plan(&[r("a", 1)], &[other], false);
+        let p = plan(&[r("a", 1)], &[other], &[], false);
         assert_eq!(p.fetch.len(), 1);
     }
 
@@ -352,7 +382,7 @@ mod tests {
             "../x", "a/b", "", ".", "..", ".ferry", ".FERRY", ".hidden", "nul\0", "tab\t",
         ];
         let remote: Vec<RemoteFile> = bad.iter().map(|n| r(n, 1)).collect();
-        let p = plan(&remote, &[], true);
+        let p = plan(&remote, &[], &[], true);
         assert_eq!(p.rejected.len(), bad.len());
         assert!(p.fetch.is_empty());
         assert!(!p.is_noop());
@@ -364,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_name_listed_twice_keeps_its_first_entry() {
-        let p = plan(&[r("a", 1), r("a", 2)], &[], false);
+        let p = plan(&[r("a", 1), r("a", 2)], &[], &[], false);
         assert_eq!(p.fetch.len(), 1);
         assert_eq!(p.fetch[0].id, sha(1));
     }
@@ -376,9 +406,9 @@ mod tests {
             size: 10,
             id: ContentId::Xxh64(1000),
         }];
-        let p = plan(&remote, &[l("img.png", 1)], true);
+        let p = plan(&remote, &[l("img.png", 1)], &[], true);
         assert!(p.is_noop());
-        let p = plan(&remote, &[l("other.png", 1)], true);
+        let p = plan(&remote, &[l("other.png", 1)], &[], true);
         assert_eq!(p.reuse.len(), 1);
         assert!(p.reuse[0].take);
     }
@@ -387,11 +417,34 @@ mod tests {
     fn the_plan_does_not_depend_on_listing_order() {
         let remote = [r("a", 1), r("b", 2), r("c", 3), r("d", 1)];
         let local = [l("x", 1), l("y", 2), l("b", 9)];
-        let p1 = plan(&remote, &local, true);
+        let p1 = plan(&remote, &local, &[], true);
         let mut rev = remote.to_vec();
         rev.reverse();
         let mut lrev = local.to_vec();
         lrev.reverse();
-        assert_eq!(p1, plan(&rev, &lrev, true));
+        assert_eq!(p1, plan(&rev, &lrev, &[], true));
+    }
+
+    #[test]
+    fn a_spare_is_moved_in_before_a_link_and_after_a_released_file() {
+        let spare = [l("attic-key", 1)];
+        // Only the spare holds it.
+        let p = plan(&[r("new", 1)], &[], &spare, true);
+        assert!(p.fetch.is_empty());
+        assert_eq!(p.reuse[0].from, "attic-key");
+        assert!(p.reuse[0].spare && p.reuse[0].take);
+        // A file that stays holds it too: the spare is still preferred (a link would keep
+        // both, the spare is gone after this run anyway).
+        let p = plan(&[r("keep", 1), r("new", 1)], &[l("keep", 1)], &spare, true);
+        assert!(p.reuse[0].spare);
+        // A released local file comes first.
+        let p = plan(&[r("new", 1)], &[l("gone", 1)], &spare, true);
+        assert_eq!(p.reuse[0].from, "gone");
+        assert!(!p.reuse[0].spare);
+        // A spare of another size is not the content.
+        let mut odd = l("k", 1);
+        odd.size = 3;
+        let p = plan(&[r("new", 1)], &[], &[odd], true);
+        assert_eq!(p.fetch.len(), 1);
     }
 }
