@@ -28,11 +28,14 @@ fmt-check:
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# A test CA and a localhost/127.0.0.1/::1 certificate for the tests.
+# A test CA and a localhost/127.0.0.1/::1 certificate for the tests, written by a ferry binary
+# that is built anyway: the release one when `make run` made it, else the debug one, which
+# `cargo test` reuses (no build of its own).
 certs: certs/ca.pem
 
 certs/ca.pem:
-	$(CARGO) run --quiet -- certs --out certs
+	@if [ -x target/release/ferry ]; then ./target/release/ferry certs --out certs; \
+	else $(CARGO) build --quiet && ./target/debug/ferry certs --out certs; fi
 
 # Python virtual environment for interop tests (pinned packages from PyPI).
 venv: $(VENV)/.done

@@ -7,7 +7,8 @@
 //! - 2: usage or local error (bad flags, unreadable folder or certificate, cannot bind);
 //! - 3: network error (connect, TLS handshake, connection lost);
 //! - 4: the peer refused or broke the protocol (an error frame, bad framing);
-//! - 130: interrupted by Ctrl-C before the work was done.
+//! - 130: interrupted by Ctrl-C (or SIGTERM) before the work was done; a client's
+//!   temporaries are removed first (a second Ctrl-C exits at once; the next run cleans up).
 
 mod cli;
 
@@ -70,7 +71,14 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("ferry: {}", f.message);
+            // A message may quote a peer (an error frame's text): never let it drive the
+            // terminal or forge a line.
+            let message = if f.message.chars().any(char::is_control) {
+                ferry::names::printable(&f.message)
+            } else {
+                f.message.as_str().into()
+            };
+            eprintln!("ferry: {message}");
             ExitCode::from(f.code)
         }
     }

@@ -8,7 +8,9 @@
 //!   repaired; a name is either acceptable as sent or rejected.
 //!
 //! [`with_tag`] and [`with_number`] build the alternative names used when a final name is already
-//! taken by different content (the no-clobber rule). Everything here is pure: no I/O.
+//! taken by different content (the no-clobber rule). [`printable`] is for the other direction:
+//! showing a peer's name (or message) to a person without letting it forge lines or drive the
+//! terminal. Everything here is pure: no I/O.
 //! Choosing *which* alternative is free is the job of [`crate::ingest`].
 
 use unicode_normalization::UnicodeNormalization;
@@ -65,6 +67,39 @@ pub fn accept_exact(raw: &[u8], max_bytes: usize) -> Option<&str> {
         return None;
     }
     Some(name)
+}
+
+/// `text` as it may be shown on a terminal: every control character (C0 with newline, tab and
+/// ESC, DEL, C1), every bidirectional override or isolate (which reorder what is shown) and the
+/// backslash itself are written as escapes (`\n`, `\t`, `\r`, `\\`, `\x1b`, `\u{202e}`), so
+/// text from a peer can neither forge a row of output nor send the terminal an escape sequence.
+/// Text that needs nothing is returned as is. For human output only: JSON output has its own
+/// escaping.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn is_risky(c: char) -> bool {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(is_risky) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x80 && is_risky(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if is_risky(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `"<stem>.<tag>.<ext>"` (or `"<name>.<tag>"` without an extension) for the no-clobber rule.
@@ -228,6 +263,24 @@ mod tests {
         assert_eq!(accept_exact(b"a\xc2\x85", 255), None);
         assert_eq!(accept_exact(b"a\xff", 255), None);
         assert_eq!(accept_exact(b"abcd", 3), None);
+    }
+
+    #[test]
+    fn printable_escapes_what_could_forge_output_or_drive_a_terminal() {
+        assert!(matches!(
+            printable("café.png"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("a\nFAKE  row"), "a\\nFAKE  row");
+        assert_eq!(printable("\x1b]0;pwned\x07x"), "\\x1b]0;pwned\\x07x");
+        assert_eq!(printable("\x1b[2J"), "\\x1b[2J");
+        assert_eq!(printable("del\x7f c1\u{9b}31m"), "del\\x7f c1\\u{9b}31m");
+        assert_eq!(printable("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        assert_eq!(printable("a\\nb\tc\r"), "a\\\\nb\\tc\\r");
+        for c in (0u32..0x20).chain(0x7f..0xa0) {
+            let s = char::from_u32(c).unwrap().to_string();
+            assert!(!printable(&s).chars().any(char::is_control), "{c:#x}");
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) struct Cjp2pNodeArgs {
     /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
     /// nothing); the folder is followed live by default, SIGHUP rescans
     #[argh(option)]
+    watch_interval: Option<u64>,
+    /// alias of --watch-interval
+    #[argh(option)]
     watch: Option<u64>,
     /// do not follow the folder live (no inotify)
     #[argh(switch)]
@@ -217,7 +220,9 @@ fn cjp2p_node(a: Cjp2pNodeArgs) -> Result<u8, Failure> {
         .unwrap_or_else(|| format!("[::]:{}", cjp2p_driver::DEFAULT_PORT));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let (cat, watcher) = open_catalog(&dir, a.verbose, Follow::new(a.no_follow, a.watch))?;
+    report_as_json(a.json);
+    let follow = Follow::new(a.no_follow, either(a.watch_interval, a.watch));
+    let (cat, watcher) = open_catalog(&dir, a.verbose, follow)?;
     let peers = parse_peers(&a.peer)?;
     let node = start_node(
         &bind,

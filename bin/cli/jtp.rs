@@ -2,15 +2,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
 
 use ferry::config::JtpConfig;
-use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode};
+use ferry::driver::jtp::client::{Client, ClientError, ClientOptions, Mode, Summary};
 use ferry::driver::jtp::server::JtpService;
+use ferry::proto::jtp::wire::FileType;
 use ferry::proto::jtp::ALPN as ALPN_JTP;
 use ferry::server::{self, ServerBuilder, Shutdown};
 use ferry::wire::hex;
@@ -103,10 +104,10 @@ pub(crate) struct JtpServeArgs {
     /// WATCH is enabled whenever the folder is followed, which is the default
     #[argh(switch)]
     watch: bool,
-    /// rescan interval in seconds (implies --watch; minimum 1)
+    /// also rescan the whole folder every SECONDS (implies --watch; minimum 1)
     #[argh(option)]
     watch_interval: Option<u64>,
-    /// do not follow the folder live (no inotify); WATCH then needs --watch
+    /// do not follow the folder live (no inotify); WATCH then needs --watch or --watch-interval
     #[argh(switch)]
     no_follow: bool,
     /// seconds without progress on a read or write (default 30)
@@ -115,10 +116,10 @@ pub(crate) struct JtpServeArgs {
     /// most concurrent connections (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
-    /// log on stderr
+    /// log connections (peer, requests, bytes, outcome) and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// print the listening line as JSON
+    /// print the listening line (stdout) and the start-up report (stderr) as JSON objects
     #[argh(switch)]
     json: bool,
 }
@@ -212,13 +213,16 @@ pub(crate) struct JtpListArgs {
     /// TLS (the default)
     #[argh(switch)]
     tls: bool,
+    /// alias of --tls
+    #[argh(switch)]
+    secure: bool,
     /// plain TCP
     #[argh(switch)]
     no_tls: bool,
     /// alias of --no-tls
     #[argh(switch)]
     plain: bool,
-    /// trust anchors (PEM)
+    /// trust anchors (PEM) for the server certificate; default: Mozilla roots
     #[argh(option)]
     cert: Option<PathBuf>,
     /// TLS name to verify and send (default: host of --addr)
@@ -252,6 +256,7 @@ fn jtp_serve(a: JtpServeArgs) -> Result<u8, Failure> {
         _ => None,
     };
     let follow = Follow::new(a.no_follow, watch);
+    report_as_json(a.json);
     let verbose = a.verbose;
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
@@ -296,8 +301,20 @@ pub(crate) fn client_options(
     }
 }
 
+/// The type bits of a listing as a word: `png`, `jpeg`, `webp`, `bmp`, `gif` or `other`.
+fn type_word(bits: u8) -> &'static str {
+    match FileType::from_bits(bits) {
+        FileType::Png => "png",
+        FileType::Jpeg => "jpeg",
+        FileType::Webp => "webp",
+        FileType::Bmp => "bmp",
+        FileType::Gif => "gif",
+        FileType::Other => "other",
+    }
+}
+
 pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
-    let _ = a.tls;
+    let _ = (a.tls, a.secure);
     let target = match a.target {
         Some(t) if t.starts_with("jtp://") => Some(t),
         Some(t) => return Err(local(format!("unexpected argument {t:?}"))),
@@ -311,7 +328,9 @@ pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
         a.server_name,
         a.io_timeout,
     );
-    let list = Client::new(opts)?.list()?;
+    let client = Client::new(opts)?;
+    on_interrupt(OnInterrupt::Exit("jtp list"));
+    let list = client.list()?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default());
@@ -319,19 +338,19 @@ pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
         for l in &list {
             let _ = writeln!(
                 out,
-                "{}  {}  {:>10}  {}",
+                "{}  {:<5}  {:>10}  {}",
                 hex::encode_u64(l.id),
-                l.ftype,
+                type_word(l.ftype),
                 l.size,
-                l.name
+                shown(&l.name)
             );
         }
     }
-    Ok(if list.is_empty() {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    if list.is_empty() {
+        eprintln!("jtp: no files");
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(EXIT_OK)
 }
 
 pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
@@ -364,14 +383,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     opts.durable = a.fsync;
     let client = Client::new(opts)?;
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let s = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if s.swap(true, Ordering::SeqCst) {
-                std::process::exit(EXIT_INTERRUPTED as i32);
-            }
-        });
-    }
+    on_interrupt(OnInterrupt::Stop(stop.clone()));
     if a.watch {
         let json = a.json;
         client.watch(&stop, &mut |l| {
@@ -385,7 +397,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
                     hex::encode_u64(l.id),
                     l.ftype,
                     l.size,
-                    l.name
+                    shown(&l.name)
                 );
             }
             let _ = out.flush();
@@ -425,7 +437,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
             if s.missing.is_empty() {
                 String::new()
             } else {
-                format!(", {} missing", s.missing.len())
+                format!(", {} missing: {}", s.missing.len(), missing_list(&s))
             },
         );
     }
@@ -447,7 +459,7 @@ fn get_with_retries(
     mode: Mode,
     stop: &AtomicBool,
     retries: u32,
-) -> Result<ferry::driver::jtp::client::Summary, ClientError> {
+) -> Result<Summary, ClientError> {
     let mut pause = Duration::from_millis(200);
     let mut attempt = 0;
     loop {
@@ -466,4 +478,25 @@ fn get_with_retries(
             r => return r,
         }
     }
+}
+
+/// Most missing images named in the summary line.
+const MAX_NAMED_MISSING: usize = 10;
+
+/// `6532b96544f38db1 (beta.png), 00000000000000cc` for the first few missing ids, with the
+/// listed name when the LIST had one (escaped: it comes from the server).
+fn missing_list(s: &Summary) -> String {
+    let mut out: Vec<String> = s
+        .missing
+        .iter()
+        .take(MAX_NAMED_MISSING)
+        .map(|id| match s.missing_names.get(id) {
+            Some(name) => format!("{} ({})", hex::encode_u64(*id), shown(name)),
+            None => hex::encode_u64(*id),
+        })
+        .collect();
+    if s.missing.len() > MAX_NAMED_MISSING {
+        out.push(format!("and {} more", s.missing.len() - MAX_NAMED_MISSING));
+    }
+    out.join(", ")
 }

@@ -3,8 +3,10 @@
 //! material, listening lines, SIGHUP rescans). One module per protocol holds that protocol's
 //! commands.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,44 @@ pub(crate) fn local(message: impl std::fmt::Display) -> Failure {
     }
 }
 
+/// How a client command takes Ctrl-C (SIGINT, SIGTERM).
+pub(crate) enum OnInterrupt {
+    /// Nothing to clean up (a listing, a send whose partial frame the server throws away):
+    /// say so and exit 130 at once.
+    Exit(&'static str),
+    /// Set this flag: the command stops within a second, removes its temporaries and exits 130
+    /// (or, for `--watch`, 0). A second Ctrl-C exits at once; the temporaries it leaves are
+    /// removed by the next run into the same folder.
+    Stop(Arc<AtomicBool>),
+}
+
+/// Installs the Ctrl-C behaviour of a client command (once per process).
+pub(crate) fn on_interrupt(how: OnInterrupt) {
+    let _ = match how {
+        OnInterrupt::Exit(what) => ctrlc::set_handler(move || {
+            use std::io::IsTerminal;
+            // A progress line may be on the terminal: start on a clean line.
+            let clear = if std::io::stderr().is_terminal() {
+                "\r\x1b[K"
+            } else {
+                ""
+            };
+            eprintln!("{clear}ferry: {what}: interrupted");
+            std::process::exit(EXIT_INTERRUPTED as i32);
+        }),
+        OnInterrupt::Stop(flag) => ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED as i32);
+            }
+        }),
+    };
+}
+
+/// Text from a peer (a name, a message) made safe to show: see [`ferry::names::printable`].
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    ferry::names::printable(text)
+}
+
 pub(crate) fn either<T>(a: Option<T>, b: Option<T>) -> Option<T> {
     a.or(b)
 }
@@ -66,8 +106,9 @@ pub(crate) fn tls_source(
 }
 
 /// How a serving command's catalog follows its folder: live by inotify unless `--no-follow`,
-/// plus a whole-folder rescan every `--watch SECS` (the polling fallback for file systems whose
-/// changes inotify does not see). SIGHUP rescans in every case.
+/// plus a whole-folder rescan every `--watch-interval SECS` (alias `--watch SECS`; the polling
+/// fallback for file systems whose changes inotify does not see). SIGHUP rescans in every
+/// case.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Follow {
     pub(crate) live: bool,
@@ -94,6 +135,21 @@ impl Follow {
     }
 }
 
+/// Whether a serving command's start-up report (catalog, TLS certificate) is printed as JSON
+/// objects (`--json`); see [`report_as_json`].
+static JSON_REPORT: AtomicBool = AtomicBool::new(false);
+
+/// `--json` of a serving command: its start-up report lines go to stderr as JSON objects,
+/// `{"event":"catalog",...}` and `{"event":"tls",...}`, while stdout keeps only the
+/// `{"event":"listening",...}` objects that scripts and tests wait for.
+pub(crate) fn report_as_json(on: bool) {
+    JSON_REPORT.store(on, Ordering::Relaxed);
+}
+
+fn is_json_report() -> bool {
+    JSON_REPORT.load(Ordering::Relaxed)
+}
+
 /// Opens the served folder's catalog and starts following it (the watch is in place before
 /// the first scan, so nothing that arrives meanwhile is missed).
 pub(crate) fn open_catalog(
@@ -113,19 +169,39 @@ pub(crate) fn open_catalog(
         (CatalogHandle::open(dir, opts).map_err(local)?, None)
     };
     let r = cat.last_report();
-    eprintln!(
-        "ferry: catalog {}: {} files ({} hashed, {} from the index) in {:.2} s{}",
-        dir.display(),
-        r.files,
-        r.hashed,
-        r.reused,
-        r.elapsed.as_secs_f64(),
-        match &watcher {
-            Some(g) if g.is_live() => "; following it live",
-            Some(_) => "; rescanning it periodically",
-            None => "",
-        }
-    );
+    let follow = match &watcher {
+        Some(g) if g.is_live() => "live",
+        Some(_) => "rescan",
+        None => "off",
+    };
+    if is_json_report() {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "catalog",
+                "dir": dir.display().to_string(),
+                "files": r.files,
+                "hashed": r.hashed,
+                "reused": r.reused,
+                "seconds": r.elapsed.as_secs_f64(),
+                "follow": follow,
+            })
+        );
+    } else {
+        eprintln!(
+            "ferry: catalog {}: {} files ({} hashed, {} from the index) in {:.2} s{}",
+            dir.display(),
+            r.files,
+            r.hashed,
+            r.reused,
+            r.elapsed.as_secs_f64(),
+            match follow {
+                "live" => "; following it live",
+                "rescan" => "; rescanning it periodically",
+                _ => "",
+            }
+        );
+    }
     Ok((cat, watcher))
 }
 
@@ -142,11 +218,24 @@ pub(crate) fn load_tls(
         TlsSource::SelfSigned => {
             let (tls, fp, generated) =
                 TlsServer::self_signed(&cat.state_dir(), &[alpn]).map_err(local)?;
-            eprintln!(
-                "ferry: tls certificate {} sha256 {fp}{}",
-                cat.state_dir().join("tls/cert.pem").display(),
-                if generated { " (generated)" } else { "" }
-            );
+            let cert = cat.state_dir().join("tls/cert.pem");
+            if is_json_report() {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "tls",
+                        "cert": cert.display().to_string(),
+                        "sha256": fp,
+                        "generated": generated,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "ferry: tls certificate {} sha256 {fp}{}",
+                    cert.display(),
+                    if generated { " (generated)" } else { "" }
+                );
+            }
             Ok(Some(tls))
         }
     }

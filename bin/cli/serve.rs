@@ -48,6 +48,9 @@ pub(crate) struct ServeArgs {
     /// also rescan the whole folder every SECONDS: the polling fallback where inotify sees
     /// nothing (network file systems); the folder is followed live by default, SIGHUP rescans
     #[argh(option)]
+    watch_interval: Option<u64>,
+    /// alias of --watch-interval
+    #[argh(option)]
     watch: Option<u64>,
     /// do not follow the folder (no inotify, no JTP WATCH): serve what the start-up scan found,
     /// until SIGHUP or --watch rescans
@@ -63,7 +66,7 @@ pub(crate) struct ServeArgs {
     /// log connections and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// print listening lines and the startup report as JSON objects
+    /// print listening lines (stdout) and the start-up report (stderr) as JSON objects
     #[argh(switch)]
     json: bool,
 }
@@ -72,7 +75,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
     let dir = a.dir.unwrap_or_else(|| PathBuf::from("share"));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let follow = Follow::new(a.no_follow, a.watch);
+    let follow = Follow::new(a.no_follow, either(a.watch_interval, a.watch));
+    report_as_json(a.json);
     let (cat, watcher) = open_catalog(&dir, a.verbose, follow)?;
     let cfg = JtpConfig {
         bind: a.jtp_bind.clone(),

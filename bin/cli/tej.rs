@@ -79,9 +79,12 @@ pub(crate) struct TejServeArgs {
     /// also rescan the whole folder every SECONDS (polling fallback where inotify sees
     /// nothing); the folder is followed live by default, SIGHUP rescans
     #[argh(option)]
+    watch_interval: Option<u64>,
+    /// alias of --watch-interval
+    #[argh(option)]
     watch: Option<u64>,
     /// do not follow the folder live (no inotify): files put there by other means are served
-    /// after SIGHUP or a --watch rescan
+    /// after SIGHUP or a --watch-interval rescan
     #[argh(switch)]
     no_follow: bool,
     /// most concurrent connections (default 1024)
@@ -90,7 +93,7 @@ pub(crate) struct TejServeArgs {
     /// log frames, messages and stored files on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
-    /// print the listening line as JSON
+    /// print the listening line (stdout) and the start-up report (stderr) as JSON objects
     #[argh(switch)]
     json: bool,
 }
@@ -108,7 +111,8 @@ pub(crate) struct TejSendArgs {
     /// message sent with the files
     #[argh(option)]
     message: Option<String>,
-    /// custom status 0..127 (default 0, deliver: acknowledged)
+    /// frame status: 0 (deliver, acknowledged; the default) or 7..127 (an application's frame,
+    /// not acknowledged); 1..6 are TEJ's own and refused
     #[argh(option, default = "0")]
     status: u8,
     /// seconds to wait for the acknowledgement (default 60)
@@ -205,7 +209,9 @@ fn tej_serve(a: TejServeArgs) -> Result<u8, Failure> {
     let dir = a.root.unwrap_or_else(|| PathBuf::from("share"));
     let shutdown = Shutdown::new();
     server::install_signal_handlers(&shutdown).map_err(local)?;
-    let (cat, watcher) = open_catalog(&dir, a.verbose, Follow::new(a.no_follow, a.watch))?;
+    report_as_json(a.json);
+    let follow = Follow::new(a.no_follow, either(a.watch_interval, a.watch));
+    let (cat, watcher) = open_catalog(&dir, a.verbose, follow)?;
     let tls_src = tls_source(!a.tls, a.cert, a.key)?;
     let tls = load_tls(&tls_src, &cat, ALPN_TEJ)?;
     let cfg = TejConfig {
@@ -240,8 +246,14 @@ impl From<tej_client::ClientError> for Failure {
         use tej_client::ClientError as E;
         let code = match &e {
             E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed => EXIT_NETWORK,
-            E::Frame(_) | E::Peer(_) | E::Mismatch(_) => EXIT_PROTOCOL,
+            E::Frame(_)
+            | E::Peer(_)
+            | E::Mismatch(_)
+            | E::UnsafeName(_)
+            | E::Unrequested(_)
+            | E::ServerSpeaksTls => EXIT_PROTOCOL,
             E::Local(_) => EXIT_LOCAL,
+            E::Interrupted => EXIT_INTERRUPTED,
         };
         Failure {
             code,
@@ -268,15 +280,13 @@ pub(crate) fn tej_options(
 }
 
 pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
-    if a.status > 127 {
-        return Err(local(
-            "--status must be 0..127 (the top bit is the frame marker)",
-        ));
-    }
+    tej_client::check_status(a.status).map_err(|e| local(format!("--status: {e}")))?;
     let mut opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
     opts.ack_timeout = Duration::from_secs(a.ack_timeout);
     opts.verbose = a.verbose;
     let client = tej_client::Client::new(opts)?;
+    // The server throws a partial frame away: nothing here to clean up.
+    on_interrupt(OnInterrupt::Exit("tej send"));
     let message = a.message.unwrap_or_default();
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
     let sent = client.send(&a.files, message.as_bytes(), a.status);
@@ -293,9 +303,16 @@ pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
             r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
             r.outcome
         );
+        for f in &r.files {
+            match &f.stored_as {
+                Some(at) => eprintln!("tej: {} -> {}", shown(&f.name), shown(at)),
+                None if r.outcome == "confirmed" => eprintln!("tej: {}", shown(&f.name)),
+                None => {}
+            }
+        }
         if r.outcome == "refused" || r.outcome == "mismatch" {
             if let Some(reply) = &r.reply {
-                eprintln!("tej: reply: {reply}");
+                eprintln!("tej: reply: {}", shown(&reply.to_string()));
             }
         }
     }
@@ -313,6 +330,7 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
     }
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
     let client = tej_client::Client::new(opts)?;
+    on_interrupt(OnInterrupt::Stop(client.stop_flag()));
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
     let got = get_with_retries(&client, &a.out, &a.items, a.retries);
     drawer.finish();
@@ -321,7 +339,12 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
         println!("{}", serde_json::to_string(&stored).unwrap_or_default());
     } else {
         for s in &stored {
-            eprintln!("tej: {} ({} bytes, sha256 {})", s.name, s.size, s.sha256);
+            eprintln!(
+                "tej: {} ({} bytes, sha256 {})",
+                shown(&s.name),
+                s.size,
+                shown(&s.sha256)
+            );
         }
     }
     Ok(EXIT_OK)
@@ -329,20 +352,28 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
 
 pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
     let opts = tej_options(a.addr, a.tls, a.cert, a.server_name, a.io_timeout);
-    let all = tej_client::Client::new(opts)?.list()?;
+    let client = tej_client::Client::new(opts)?;
+    on_interrupt(OnInterrupt::Exit("tej list"));
+    let all = client.list()?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&all).unwrap_or_default());
     } else {
         for e in &all {
-            let _ = writeln!(out, "{}  {:>12}  {}", e.sha256, e.size, e.name);
+            let _ = writeln!(
+                out,
+                "{}  {:>12}  {}",
+                shown(&e.sha256),
+                e.size,
+                shown(&e.name)
+            );
         }
     }
-    Ok(if all.is_empty() {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    if all.is_empty() {
+        eprintln!("tej: no files");
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(EXIT_OK)
 }
 
 /// [`tej_client::Client::get`] asked again after a connection failure, up to `retries` times,

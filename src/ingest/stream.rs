@@ -1,6 +1,10 @@
 //! Streaming ingest: one exclusive temporary, written front to back through a fixed buffer with
 //! running SHA-256 and xxHash64, verified and published at the end, removed on any other end.
 //!
+//! An announced size is never taken on trust: the space is checked against what the file system
+//! has free (ENOSPC before any byte), then preallocated a step ([`PREALLOCATE_STEP`]) at a time
+//! as the bytes arrive, so a peer that declares 64 GiB and sends nothing holds one step of disk.
+//!
 //! A file that fits the buffer and was not preallocated never needs its temporary if the same
 //! bytes are already under its final name: the temporary is created at the first flush, and
 //! `commit` first compares the buffer with the existing file. Receiving files that are already
@@ -27,6 +31,8 @@ const BUFFER_BYTES: usize = 256 * 1024;
 const MIN_PREALLOCATE: u64 = 1024 * 1024;
 /// Pieces at least this large skip the buffer.
 const DIRECT_WRITE_BYTES: usize = 64 * 1024;
+/// Preallocation runs this far ahead of the bytes written, never further than the announced size.
+const PREALLOCATE_STEP: u64 = 64 * 1024 * 1024;
 
 /// A file being received front to back. Dropping it without [`commit`](Self::commit) removes the
 /// temporary.
@@ -41,8 +47,12 @@ pub struct StreamSink {
     sha: Option<Sha256>,
     xxh: XxHash64,
     written: u64,
-    /// File length set by fallocate; trimmed back to `written` at commit.
+    /// Bytes of `written` that reached the file (the rest is in `buf`).
+    flushed: u64,
+    /// File length set by fallocate so far; trimmed back to `written` at commit.
     allocated: u64,
+    /// How far preallocation may go (the announced size); 0 when the file is not preallocated.
+    prealloc_to: u64,
     /// A write failed: the file no longer matches the hashes, so it can only be aborted.
     failed: bool,
 }
@@ -61,18 +71,23 @@ impl StreamSink {
             sha: with_sha256.then(Sha256::new),
             xxh: XxHash64::with_seed(0),
             written: 0,
+            flushed: 0,
             allocated: 0,
+            prealloc_to: 0,
             failed: false,
         };
         // Small files are not worth a fallocate(2): it costs as much as their write. Large
-        // ones get their temporary and their space now, so ENOSPC comes before any byte; on
-        // tmpfs the free space is only checked (preallocating there clears RAM pages that the
-        // writes overwrite anyway).
+        // ones get their temporary and their first step of space now, after a check that the
+        // whole size fits, so ENOSPC comes before any byte; on tmpfs the free space is only
+        // checked (preallocating there clears RAM pages that the writes overwrite anyway).
         if let Some(len) = size_hint.filter(|&n| n >= MIN_PREALLOCATE) {
             if sink.dir.reserve_space(len)? == Reserve::Preallocate {
+                if sink.dir.available_bytes().is_ok_and(|free| free < len) {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                sink.prealloc_to = len;
                 // On error the sink is dropped, which removes the temporary.
-                let file = sink.create_temp()?;
-                sink.allocated = preallocate(file, len)?;
+                sink.make_room(1)?;
             }
         }
         let cap = size_hint.map_or(BUFFER_BYTES, |n| n.min(BUFFER_BYTES as u64) as usize);
@@ -104,6 +119,33 @@ impl StreamSink {
         Ok(self.file.as_mut().expect("just created"))
     }
 
+    /// Makes sure the file is preallocated up to `end` bytes (within the announced size): the
+    /// next step is taken once the writes reach the space already taken.
+    fn make_room(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.allocated || self.allocated >= self.prealloc_to {
+            return Ok(());
+        }
+        let to = end
+            .max(self.allocated.saturating_add(PREALLOCATE_STEP))
+            .min(self.prealloc_to);
+        let file = self.create_temp()?;
+        match preallocate(file, to)? {
+            // The file system cannot preallocate: the writes alone take the space from now on.
+            0 => self.prealloc_to = 0,
+            n => self.allocated = n,
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at the end of the file, its space taken first.
+    fn write_file(&mut self, data: &[u8]) -> io::Result<()> {
+        let end = self.flushed + data.len() as u64;
+        self.make_room(end)?;
+        self.create_temp()?.write_all(data)?;
+        self.flushed = end;
+        Ok(())
+    }
+
     /// Appends `data` (buffered; hashes are updated at once). After an error the sink can only
     /// be aborted: `commit` refuses it.
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
@@ -133,7 +175,7 @@ impl StreamSink {
         }
         self.flush_buf()?;
         if data.len() >= DIRECT_WRITE_BYTES {
-            self.file_mut()?.write_all(data)
+            self.write_file(data)
         } else {
             self.buf.extend_from_slice(data);
             Ok(())
@@ -242,15 +284,11 @@ impl StreamSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.create_temp()?;
-        let file = self.file.as_mut().ok_or_else(gone)?;
-        let r = file.write_all(&self.buf);
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write_file(&buf);
+        self.buf = buf;
         self.buf.clear();
         r
-    }
-
-    fn file_mut(&mut self) -> io::Result<&mut File> {
-        self.create_temp()
     }
 }
 
@@ -475,6 +513,52 @@ mod tests {
             "{e}"
         );
         assert_eq!(list(&t.0), Vec::<String>::new());
+    }
+
+    /// Bytes the file system holds for the only temporary in `dir`.
+    fn temp_disk_bytes(dir: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let names = list(dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        fs::metadata(dir.join(&names[0])).unwrap().blocks() * 512
+    }
+
+    /// Issue 15 item 12: a client preallocated whatever size a hostile peer declared (64 GiB
+    /// over TEJ, 4 GiB over JTP) before any byte arrived. Now one step at a time, as bytes come.
+    #[test]
+    fn preallocation_runs_a_step_ahead_of_the_bytes_never_to_the_declared_size() {
+        let t = TempDir::new("stream-steps");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        if dir.work_on_tmpfs() {
+            panic!("this test needs a temporary folder that is not tmpfs");
+        }
+        let declared = 4 * PREALLOCATE_STEP;
+        let mut s = dir.begin_stream(Some(declared)).unwrap();
+        let held = temp_disk_bytes(&t.0);
+        assert!(
+            held <= PREALLOCATE_STEP,
+            "{held} bytes held before any byte arrived"
+        );
+        // Bytes within the first step take no more; past it, the next step.
+        let piece = vec![1u8; 1 << 20];
+        for _ in 0..(PREALLOCATE_STEP >> 20) + 1 {
+            s.write_all(&piece).unwrap();
+        }
+        let held = temp_disk_bytes(&t.0);
+        assert!(
+            held > PREALLOCATE_STEP && held <= 2 * PREALLOCATE_STEP + (1 << 20),
+            "{held} bytes held after {} written",
+            s.written()
+        );
+        // Whatever was taken ahead is given back at commit.
+        let c = s.commit("steps.bin", Expect::Nothing).unwrap();
+        assert_eq!(c.size, PREALLOCATE_STEP + (1 << 20));
+        assert_eq!(fs::metadata(&c.path).unwrap().len(), c.size);
+        // A declared size the file system cannot hold is refused before any byte.
+        let free = dir.available_bytes().unwrap();
+        let e = dir.begin_stream(Some(free + (1 << 40))).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert_eq!(list(&t.0), ["steps.bin"]);
     }
 
     #[test]

@@ -443,6 +443,43 @@ impl fmt::Display for TransportError {
     }
 }
 
+/// What a failed client connection most likely means, so that a client's error message can say
+/// what to do about it (each client names its own flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientHint {
+    /// The TLS handshake met bytes that are not TLS: the server speaks plain TCP.
+    PeerIsPlain,
+    /// The server's certificate chains to no trusted root (a `ferry serve` certificate is
+    /// self-signed): the client needs `--cert`.
+    UnknownIssuer,
+    /// The server's certificate does not name the host asked for.
+    WrongName,
+}
+
+impl TransportError {
+    /// The likely cause of a failed client connection, when the error shows one.
+    pub fn client_hint(&self) -> Option<ClientHint> {
+        use rustls::CertificateError as C;
+        let TransportError::Handshake { error, .. } = self else {
+            return None;
+        };
+        match error {
+            rustls::Error::InvalidMessage(_) => Some(ClientHint::PeerIsPlain),
+            rustls::Error::InvalidCertificate(C::UnknownIssuer) => Some(ClientHint::UnknownIssuer),
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => Some(ClientHint::WrongName),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `first`, the first bytes a plain-TCP client read, open a TLS record (handshake `16
+/// 03 0x` or alert `15 03 0x`): what a TLS server sends a client that does not speak TLS.
+pub fn is_tls_record(first: &[u8]) -> bool {
+    matches!(first, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
+}
+
 impl std::error::Error for TransportError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -623,6 +660,32 @@ pub(crate) mod tests {
         s.set_read_timeout(Some(T)).unwrap();
         s.set_write_timeout(Some(T)).unwrap();
         s
+    }
+
+    #[test]
+    fn tls_records_are_told_from_other_first_bytes() {
+        // A rustls server's alert to a client that sent a JTP LIST; a ServerHello.
+        assert!(is_tls_record(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]));
+        assert!(is_tls_record(&[0x16, 0x03, 0x01]));
+        assert!(!is_tls_record(b"JTPL"));
+        assert!(!is_tls_record(&[0x81, 0x01]));
+        assert!(!is_tls_record(&[0x15, 0x03]));
+        assert!(!is_tls_record(&[0x15, 0x03, 0x05]));
+    }
+
+    #[test]
+    fn handshake_errors_carry_a_hint_for_the_client() {
+        let hs = |error| TransportError::Handshake {
+            peer: "127.0.0.1:1".into(),
+            error,
+        };
+        let bad = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert_eq!(hs(bad).client_hint(), Some(ClientHint::PeerIsPlain));
+        let issuer = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(hs(issuer).client_hint(), Some(ClientHint::UnknownIssuer));
+        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(hs(name).client_hint(), Some(ClientHint::WrongName));
+        assert_eq!(TransportError::Timeout("tls handshake").client_hint(), None);
     }
 
     /// Handshakes a server and a client over loopback; returns both results.

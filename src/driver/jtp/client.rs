@@ -19,8 +19,17 @@
 //! content; nothing is allocated from a wire count or length; compressed packets inflate into
 //! a bounded output.
 //!
+//! Against a hostile server, beyond the rules above: a packet for an id the LIST did not name
+//! may make at most the largest listed size ([`Listing::cap_for`]); a zstd window is at most
+//! 8 MiB; disk space is taken 64 MiB ahead of the bytes, never the whole announced size.
+//!
 //! Progress is counted into a [`Progress`] ([`Client::progress`]) as bytes arrive; this module
-//! never draws it.
+//! never draws it. Reads wait at most `READ_SLICE` (200 ms) at a time (the io timeout is counted across
+//! them), so the stop flag given to [`Client::get`] ends every worker within a fraction of a
+//! second, even mid-image against a silent server; a run's temporaries go with it, and those
+//! that dead processes left in the output folder are removed before it starts.
+//! [`Summary::cancelled`] means the run was cut short: a stop that comes after the last pass
+//! completed changes nothing.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -38,7 +47,7 @@ use crate::proto::jtp::client::{
 use crate::proto::jtp::response::ResponseError;
 use crate::proto::jtp::zstd_frame::Inflater;
 use crate::proto::jtp::{ALPN as ALPN_JTP, DEFAULT_PORT};
-use crate::transport::{self, Stream, TlsClient, TransportError};
+use crate::transport::{self, ClientHint, Stream, TlsClient, TransportError};
 use crate::wire::hex;
 
 pub use crate::proto::jtp::client::{Listed, MAX_IDS_PER_GET};
@@ -53,6 +62,10 @@ const WATCH_POLL: Duration = Duration::from_millis(200);
 const WATCH_CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// How long a connection lingers on close, discarding input (jtp.md 3.1).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
+/// Longest a read waits before the stop flag is looked at again (the io timeout is counted
+/// across such waits): Ctrl-C stops every worker within this, whichever thread the signal
+/// reached, even when a server stalls mid-image.
+const READ_SLICE: Duration = Duration::from_millis(200);
 
 /// Client settings (the reference client's flags, plus ferry's).
 #[derive(Clone, Debug)]
@@ -117,16 +130,31 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Connect(
-                e @ TransportError::Handshake {
-                    error: rustls::Error::InvalidMessage(_),
-                    ..
-                },
-            ) => write!(
-                f,
-                "connect: {e} (the server may speak plain TCP: try --no-tls)"
-            ),
-            ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::Connect(e) => {
+                write!(f, "connect: {e}")?;
+                match e.client_hint() {
+                    Some(ClientHint::PeerIsPlain) => {
+                        f.write_str(" (the server may speak plain TCP: try --no-tls)")
+                    }
+                    Some(ClientHint::UnknownIssuer) => f.write_str(
+                        " (the server's certificate is not signed by an authority you trust: \
+                         pass --cert PEM with it; a ferry server that generated its own \
+                         certificate keeps it in DIR/.ferry/tls/cert.pem)",
+                    ),
+                    Some(ClientHint::WrongName) => f.write_str(
+                        " (the certificate does not name that host: pass --server-name with a \
+                         name it does)",
+                    ),
+                    None => Ok(()),
+                }
+            }
+            ClientError::Protocol(ResponseError::UnknownMagic(m))
+                if transport::is_tls_record(m) =>
+            {
+                f.write_str(
+                    "the server speaks TLS: drop --no-tls (and pass --cert if it is self-signed)",
+                )
+            }
             ClientError::Io(e) => write!(f, "i/o: {e}"),
             ClientError::TimedOut(d) => write!(f, "timed out after {} s", d.as_secs_f64()),
             ClientError::Closed { .. } | ClientError::Protocol(_) | ClientError::Server { .. } => {
@@ -196,6 +224,9 @@ pub struct Summary {
     /// Ids asked for that the server did not send.
     #[serde(serialize_with = "ser_hex_vec")]
     pub missing: Vec<u64>,
+    /// The listed name of each missing id the LIST named (as sent: escape before showing).
+    #[serde(skip)]
+    pub missing_names: std::collections::HashMap<u64, String>,
     /// Packets received whose file could not be written locally.
     pub failed: Vec<String>,
     /// Payload bytes received (on the wire).
@@ -204,7 +235,7 @@ pub struct Summary {
     pub bytes: u64,
     pub images: u64,
     pub seconds: f64,
-    /// The transfer was cancelled (Ctrl-C).
+    /// The transfer was cut short (Ctrl-C): a pass or a repeat was left undone.
     pub cancelled: bool,
 }
 
@@ -234,6 +265,7 @@ impl Summary {
         self.saved.extend(s.saved);
         self.corrupt.extend(s.corrupt);
         self.missing.extend(s.missing);
+        self.missing_names.extend(s.missing_names);
         self.failed.extend(s.failed);
         self.wire_bytes += s.wire_bytes;
         self.bytes += s.bytes;
@@ -299,8 +331,8 @@ struct Conn {
 }
 
 impl Conn {
-    /// Writes whatever the machine wants sent now.
-    fn transmit(&mut self) -> Result<(), ClientError> {
+    /// Writes whatever the machine wants sent now; true when something went out.
+    fn transmit(&mut self) -> Result<bool, ClientError> {
         let Conn {
             stream, machine, ..
         } = self;
@@ -316,7 +348,7 @@ impl Conn {
                 return Err(self.after_write_error(e));
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// A write failed: the server may have said why before closing (a `JTPE`, as the rate
@@ -345,8 +377,11 @@ impl Conn {
         on_event: &mut OnEvent<'_>,
     ) -> Result<Stopped, ClientError> {
         let (mut start, mut end) = (0usize, 0usize);
+        let mut last_progress = Instant::now();
         loop {
-            self.transmit()?;
+            if self.transmit()? {
+                last_progress = Instant::now();
+            }
             // Decode everything buffered; events that need no input come out here too.
             loop {
                 let step = self
@@ -388,11 +423,25 @@ impl Conn {
             end = 0;
             let n = match self.stream.read(&mut self.buf) {
                 Ok(n) => n,
-                // A signal (Ctrl-C) interrupted a read with a timeout, which the kernel does not
-                // restart: look at the stop flag.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A read waits at most READ_SLICE, and a signal (Ctrl-C) interrupts a read with
+                // a timeout, which the kernel does not restart: look at the stop flag, and at
+                // how long the server has been silent.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if last_progress.elapsed() >= self.io_timeout {
+                        return Err(ClientError::TimedOut(self.io_timeout));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(io_error(e, self.io_timeout)),
             };
+            last_progress = Instant::now();
             if n == 0 {
                 self.machine.handle_eof()?;
                 return Ok(Stopped::Idle);
@@ -428,8 +477,12 @@ impl Client {
     pub fn new(opts: ClientOptions) -> Result<Client, ClientError> {
         let (addr, host) = normalize_addr(&opts.addr);
         let server_name = opts.server_name.clone().unwrap_or(host);
+        // An unreadable or unusable --cert file is a local error, not a network one.
         let tls = if opts.tls {
-            Some(TlsClient::new(opts.cert.as_deref(), &[ALPN_JTP]).map_err(ClientError::Connect)?)
+            Some(
+                TlsClient::new(opts.cert.as_deref(), &[ALPN_JTP])
+                    .map_err(|e| ClientError::Local(format!("--cert: {e}")))?,
+            )
         } else {
             None
         };
@@ -458,7 +511,7 @@ impl Client {
                 .map_err(ClientError::Connect)?,
             None => Stream::Tcp(tcp),
         };
-        stream.set_read_timeout(Some(self.opts.io_timeout))?;
+        stream.set_read_timeout(Some(READ_SLICE.min(self.opts.io_timeout)))?;
         stream.set_write_timeout(Some(self.opts.io_timeout))?;
         // Only a server that selected `jtp/1` is known to leave pipelined input alone (the
         // reference configures no ALPN and eats bytes that arrive during GET_BY_ID answers).
@@ -539,11 +592,14 @@ impl Client {
         let mut ingest = IngestDir::new(out, out)
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
         ingest.set_durable(self.opts.durable);
+        // Temporaries of earlier runs that were killed (or stopped by a second Ctrl-C).
+        crate::driver::clean_stale_temporaries(&ingest);
         let started = Instant::now();
         let mut summary = Summary::default();
         let mut pool: Vec<Conn> = Vec::new();
         let mut result = Ok(());
-        for _ in 0..self.opts.repeat.max(1) {
+        let passes = self.opts.repeat.max(1);
+        for pass in 0..passes {
             let want = match &ids {
                 Some(ids) => Want::Ids(ids.clone()),
                 None => Want::All,
@@ -560,8 +616,10 @@ impl Client {
                     break;
                 }
             }
+            // A pass that ended whole was not cut short by a Ctrl-C that came late in it;
+            // the passes still to come are.
             if stop.load(Ordering::SeqCst) {
-                summary.cancelled = true;
+                summary.cancelled |= pass + 1 < passes;
                 break;
             }
         }
@@ -579,6 +637,7 @@ impl Client {
             verbose: self.opts.verbose,
             summary: Summary::default(),
             current: None,
+            listing: None,
         }
     }
 
@@ -648,6 +707,7 @@ impl Client {
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
         let mut rx = self.receiver(ingest);
+        rx.listing = Some(listing.clone());
         if self.opts.keep_alive {
             let mut c = match conn.take() {
                 Some(c) => c,
@@ -825,6 +885,8 @@ struct Receiver<'a> {
     verbose: bool,
     summary: Summary,
     current: Option<Incoming>,
+    /// The LIST of this pass (for the names of missing ids).
+    listing: Option<Arc<Listing>>,
 }
 
 impl Receiver<'_> {
@@ -845,11 +907,18 @@ impl Receiver<'_> {
                 }
             }
             Event::Done(Done::Get { missing } | Done::ListAndGet { missing }) => {
+                if let Some(l) = &self.listing {
+                    for id in &missing {
+                        if let Some(e) = l.get(*id) {
+                            self.summary.missing_names.insert(*id, e.name.clone());
+                        }
+                    }
+                }
                 self.summary.missing.extend(missing);
             }
+            Event::Listing(l) => self.listing = Some(l),
             Event::Packets { .. }
             | Event::Done(Done::Batch)
-            | Event::Listing(_)
             | Event::Cancelled
             | Event::Watch(_) => {}
         }
@@ -864,7 +933,7 @@ impl Receiver<'_> {
                     eprintln!(
                         "jtp: {} {} ({} bytes, {})",
                         hex::encode_u64(saved.id),
-                        saved.name,
+                        crate::names::printable(&saved.name),
                         saved.size,
                         saved.outcome
                     );

@@ -194,10 +194,20 @@ impl Service for JtpService {
             rbuf: vec![0u8; 16 * 1024],
             started: Instant::now(),
             body_started: None,
+            packets: 0,
+            payload: 0,
         };
+        self.log(&c.peer, format_args!("connected"));
         let result = c.run();
-        if let Err(e) = &result {
-            self.log(&c.peer, format_args!("{e}"));
+        let totals = format!(
+            "{} requests, {} packets, {} bytes of image data",
+            c.machine.requests(),
+            c.packets,
+            c.payload
+        );
+        match &result {
+            Ok(()) => self.log(&c.peer, format_args!("closed after {totals}")),
+            Err(e) => self.log(&c.peer, format_args!("failed after {totals}: {e}")),
         }
         // An error mid-response means the stream is out of step: cut it. Otherwise close in
         // order (flush, close_notify, FIN, drain) so the last response is not lost to an RST.
@@ -219,6 +229,9 @@ struct ConnDriver<'a> {
     rbuf: Vec<u8>,
     started: Instant,
     body_started: Option<Instant>,
+    /// Packets and image bytes sent so far on this connection (for `-v`).
+    packets: u64,
+    payload: u64,
 }
 
 /// How a blocking read for the next request ended.
@@ -314,7 +327,10 @@ impl ConnDriver<'_> {
                 response::put_cancel(&mut self.out);
                 self.flush()
             }
-            Event::StartWatch => self.watch(),
+            Event::StartWatch => {
+                self.svc.log(&self.peer, format_args!("WATCH"));
+                self.watch()
+            }
             Event::Request(req) => {
                 // Further requests on a keep-alive connection count against the rate limit
                 // (the first was counted with the connection).
@@ -327,7 +343,27 @@ impl ConnDriver<'_> {
                     }
                 }
                 let keep_alive = req.keep_alive();
+                // Described only for -v: the view is a lock and a snapshot away.
+                let what = self
+                    .svc
+                    .cfg
+                    .verbose
+                    .then(|| describe(&req, &self.svc.view()));
+                let is_list = matches!(req, Request::List { .. });
+                let (packets, payload) = (self.packets, self.payload);
                 self.respond(req)?;
+                match what {
+                    Some(what) if is_list => self.svc.log(&self.peer, format_args!("{what}")),
+                    Some(what) => self.svc.log(
+                        &self.peer,
+                        format_args!(
+                            "{what}: {} packets, {} bytes",
+                            self.packets - packets,
+                            self.payload - payload
+                        ),
+                    ),
+                    None => {}
+                }
                 self.machine.response_done(keep_alive);
                 Ok(())
             }
@@ -407,7 +443,9 @@ impl ConnDriver<'_> {
     }
 
     fn send_packet(&mut self, item: &Item, file: &MappedFile) -> Result<(), ConnError> {
+        self.packets += 1;
         if let Some(frame) = self.svc.compressed_form(item, file) {
+            self.payload += frame.len() as u64;
             response::put_packet_header(
                 item.flags() | FLAG_ZSTD,
                 frame.len() as u32,
@@ -417,6 +455,7 @@ impl ConnDriver<'_> {
             self.out.extend_from_slice(&frame);
             return self.maybe_flush();
         }
+        self.payload += file.len();
         response::put_packet_header(item.flags(), file.len() as u32, item.id, &mut self.out);
         bulk::send_file(&mut self.stream, &mut self.out, file).map_err(|e| match e {
             bulk::SendError::FileChanged => ConnError::FileChanged(item.entry.name.clone()),
@@ -493,6 +532,25 @@ impl ConnDriver<'_> {
                 self.flush()?;
             }
         }
+    }
+}
+
+/// A request as `-v` logs it: `LIST (12 entries)`, `GET_BY_ID of 3 ids`, `BATCH (have 10)`.
+fn describe(req: &Request, view: &View) -> String {
+    let ka = |k: bool| if k { ", keep-alive" } else { "" };
+    match req {
+        Request::List { keep_alive } => {
+            format!("LIST ({} entries{})", view.items.len(), ka(*keep_alive))
+        }
+        Request::GetById { keep_alive, ids } => {
+            format!("GET_BY_ID of {} ids{}", ids.len(), ka(*keep_alive))
+        }
+        Request::Batch { keep_alive, have } => {
+            format!("BATCH (have {}{})", have.len(), ka(*keep_alive))
+        }
+        Request::ListAndGet { keep_alive } => format!("LIST_AND_GET{}", ka(*keep_alive)),
+        Request::Cancel => "CANCEL".into(),
+        Request::Watch => "WATCH".into(),
     }
 }
 

@@ -386,8 +386,14 @@ fn tej_error(e: tej::ClientError) -> SyncError {
     let msg = format!("tej: {e}");
     match e {
         E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed => SyncError::Network(msg),
-        E::Frame(_) | E::Peer(_) | E::Mismatch(_) => SyncError::Protocol(msg),
-        E::Local(_) => SyncError::Local(msg),
+        E::Frame(_)
+        | E::Peer(_)
+        | E::Mismatch(_)
+        | E::UnsafeName(_)
+        | E::Unrequested(_)
+        | E::ServerSpeaksTls => SyncError::Protocol(msg),
+        // The sync never sets the client's stop flag; should it ever be, the run is local.
+        E::Local(_) | E::Interrupted => SyncError::Local(msg),
     }
 }
 

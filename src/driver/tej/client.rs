@@ -10,10 +10,26 @@
 //! - `list`: listing pages until the [`Lister`] has seen the last.
 //!
 //! Progress is counted into a [`Progress`] ([`Client::progress`]) as file bytes move.
+//!
+//! Stopping and waiting: reads wait at most `READ_SLICE` (200 ms) at a time (the io timeout is counted
+//! across them), so a set [`Client::stop_flag`] ends `get`, `send` and `list` within a fraction
+//! of a second with [`ClientError::Interrupted`], whichever thread the signal reached; the
+//! ingest temporaries of an interrupted `get` are removed as it returns. Before `get` writes
+//! into its output folder it removes the temporaries processes that no longer run left there
+//! ([`crate::ingest::IngestDir::clean_stale`]).
+//!
+//! What a hostile server can do to `get`: send files that were not asked for or under unsafe
+//! names (refused at their header by the machine, nothing written: [`ClientError::Unrequested`],
+//! [`ClientError::UnsafeName`]), announce sizes it never sends (space is taken 64 MiB ahead of
+//! the bytes, see [`crate::ingest::StreamSink`]), put text in names and messages (the command
+//! line escapes it). A plain-TCP client that reads a TLS record first says so
+//! ([`ClientError::ServerSpeaksTls`]); handshake failures carry a hint
+//! ([`crate::transport::ClientHint`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +37,14 @@ use sha2::{Digest, Sha256};
 
 use crate::driver::progress::Progress;
 use crate::ingest::{Collision, Expect, IngestDir, StreamSink};
+use crate::names;
 use crate::proto::tej::client::{
     self as machine, GetEvent, Getter, Lister, SendEvent, SendOutcome, Sender, Step, Transmit,
 };
 use crate::proto::tej::frame::FrameError;
 use crate::proto::tej::messages::ManifestEntry;
 use crate::proto::tej::ALPN as ALPN_TEJ;
-use crate::transport::{self, Stream, TlsClient, TransportError};
+use crate::transport::{self, ClientHint, Stream, TlsClient, TransportError};
 use crate::wire::hex;
 
 /// Pieces files are read and sent in, and the read buffer.
@@ -36,6 +53,9 @@ const CHUNK: usize = 256 * 1024;
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 /// How long `send` looks for the peer's error frame after a write failed.
 const WRITE_FAILED_WAIT: Duration = Duration::from_secs(2);
+/// Longest a read waits before the stop flag is looked at again (the io timeout is counted
+/// across such waits): Ctrl-C is seen within this, whichever thread the signal reached.
+const READ_SLICE: Duration = Duration::from_millis(200);
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -79,20 +99,56 @@ pub enum ClientError {
     Peer(String),
     /// The answer did not match what was asked or sent.
     Mismatch(String),
+    /// The answer carried a file under a name ferry never stores (as sent, lossily).
+    UnsafeName(String),
+    /// The answer carried a file that was not asked for (its name as sent, lossily).
+    Unrequested(String),
+    /// A plain-TCP client read a TLS record: the server speaks TLS.
+    ServerSpeaksTls,
+    /// A local problem (a file to send, the output folder, a certificate file, a flag).
     Local(String),
+    /// The stop flag was set ([`Client::stop_flag`], Ctrl-C); temporaries are gone.
+    Interrupted,
 }
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::Connect(e) => {
+                write!(f, "connect: {e}")?;
+                match e.client_hint() {
+                    Some(ClientHint::PeerIsPlain) => {
+                        f.write_str(" (the server speaks plain TCP: drop --tls)")
+                    }
+                    Some(ClientHint::UnknownIssuer) => f.write_str(
+                        " (the server's certificate is not signed by an authority you trust: \
+                         pass --cert PEM with it; a ferry server that generated its own \
+                         certificate keeps it in DIR/.ferry/tls/cert.pem)",
+                    ),
+                    Some(ClientHint::WrongName) => f.write_str(
+                        " (the certificate does not name that host: pass --server-name with a \
+                         name it does)",
+                    ),
+                    None => Ok(()),
+                }
+            }
             ClientError::Io(e) => write!(f, "i/o: {e}"),
             ClientError::TimedOut(d) => write!(f, "timed out after {} s", d.as_secs_f64()),
             ClientError::Closed => write!(f, "{}", machine::Error::Closed),
             ClientError::Frame(e) => write!(f, "{}", machine::Error::Frame(*e)),
             ClientError::Peer(m) => write!(f, "peer error: {m}"),
             ClientError::Mismatch(m) => write!(f, "mismatch: {m}"),
+            ClientError::UnsafeName(n) => {
+                write!(f, "{}", machine::Error::UnsafeName(n.clone()))
+            }
+            ClientError::Unrequested(n) => {
+                write!(f, "{}", machine::Error::Unrequested(n.clone()))
+            }
+            ClientError::ServerSpeaksTls => {
+                f.write_str("the server speaks TLS: add --tls (and --cert if it is self-signed)")
+            }
             ClientError::Local(m) => write!(f, "{m}"),
+            ClientError::Interrupted => f.write_str("interrupted"),
         }
     }
 }
@@ -112,6 +168,8 @@ impl From<machine::Error> for ClientError {
             machine::Error::Peer(m) => ClientError::Peer(m),
             machine::Error::Mismatch(m) => ClientError::Mismatch(m),
             machine::Error::Closed => ClientError::Closed,
+            machine::Error::UnsafeName(n) => ClientError::UnsafeName(n),
+            machine::Error::Unrequested(n) => ClientError::Unrequested(n),
         }
     }
 }
@@ -122,6 +180,11 @@ pub struct Sent {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+    /// Where the server says it stored the file (the acknowledgement's `stored_as`): the
+    /// catalog path now serving it, which differs from `name` when that was taken. Not in the
+    /// JSON report, whose `reply` carries the whole acknowledgement.
+    #[serde(skip)]
+    pub stored_as: Option<String>,
 }
 
 /// How a send ended.
@@ -226,13 +289,32 @@ struct Conn {
     io_timeout: Duration,
     /// The read timeout in force.
     read_timeout: Duration,
+    /// Set by Ctrl-C: reads end within [`READ_SLICE`], writes at their next piece.
+    stop: Arc<AtomicBool>,
+    /// Bytes read so far (the first ones tell a TLS server from a TEJ one).
+    received: u64,
 }
 
 impl Conn {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| io_error(e, self.io_timeout))
+    fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Writes all of `bytes`; a signal that interrupts a blocked write is a chance to stop.
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
+        while !bytes.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(ClientError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if self.is_stopped() {
+                        return Err(ClientError::Interrupted);
+                    }
+                }
+                Err(e) => return Err(io_error(e, self.io_timeout)),
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ClientError> {
@@ -242,7 +324,7 @@ impl Conn {
     }
 
     fn set_read_timeout(&mut self, d: Duration) -> Result<(), ClientError> {
-        let d = d.max(Duration::from_millis(1));
+        let d = d.clamp(Duration::from_millis(1), READ_SLICE);
         if d != self.read_timeout {
             self.stream.set_read_timeout(Some(d))?;
             self.read_timeout = d;
@@ -250,16 +332,34 @@ impl Conn {
         Ok(())
     }
 
+    /// A machine error, or what it means when the first bytes were a TLS record.
+    fn judge(&self, e: machine::Error) -> ClientError {
+        let first = &self.buf[..self.end.min(3)];
+        match e {
+            machine::Error::Frame(FrameError::BadFrame(_))
+                if self.received == self.end as u64 && transport::is_tls_record(first) =>
+            {
+                ClientError::ServerSpeaksTls
+            }
+            e => e.into(),
+        }
+    }
+
     /// Reads and feeds `m` until it is finished, handing each event to `on_event` with the
-    /// input it refers to (data ranges index that slice).
+    /// input it refers to (data ranges index that slice). Reads wait at most [`READ_SLICE`] at
+    /// a time; `io_timeout` without a byte (outside the machine's own deadline) is a timeout.
     fn run<M: Machine>(
         &mut self,
         m: &mut M,
         on_event: &mut OnEvent<'_, M>,
     ) -> Result<(), ClientError> {
+        let mut last_progress = Instant::now();
         loop {
             while !m.finished() {
-                let step = m.input(&self.buf[self.start..self.end])?;
+                let step = match m.input(&self.buf[self.start..self.end]) {
+                    Ok(step) => step,
+                    Err(e) => return Err(self.judge(e)),
+                };
                 let input = &self.buf[self.start..self.end];
                 self.start += step.consumed;
                 match step.event {
@@ -270,48 +370,67 @@ impl Conn {
             if m.finished() {
                 return Ok(());
             }
+            if self.is_stopped() {
+                return Err(ClientError::Interrupted);
+            }
             // Whatever the machine wants sent before the answer can come (a request, the next
             // page's request).
             let mut wrote = false;
             while let Some(b) = m.poll_bytes() {
-                self.stream
-                    .write_all(b)
-                    .map_err(|e| io_error(e, self.io_timeout))?;
+                self.write(b)?;
                 wrote = true;
             }
             if wrote {
                 self.flush()?;
+                last_progress = Instant::now();
             }
+            let now = Instant::now();
             let deadline = m.deadline();
             match deadline {
                 Some(d) => {
-                    let now = Instant::now();
                     if now >= d {
                         m.timeout(now);
                         continue;
                     }
                     self.set_read_timeout(d - now)?;
                 }
-                None => self.set_read_timeout(self.io_timeout)?,
+                None => {
+                    let left = self.io_timeout.saturating_sub(now - last_progress);
+                    if left.is_zero() {
+                        return Err(ClientError::TimedOut(self.io_timeout));
+                    }
+                    self.set_read_timeout(left)?;
+                }
             }
             // Everything offered was taken (the machines keep split fields): read afresh.
             self.start = 0;
             self.end = 0;
             match self.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    m.eof()?;
+                    m.eof().map_err(|e| self.judge(e))?;
                     return Ok(());
                 }
-                Ok(n) => self.end = n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(n) => {
+                    self.end = n;
+                    self.received += n as u64;
+                    last_progress = Instant::now();
+                }
                 Err(e)
-                    if deadline.is_some()
-                        && matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) =>
                 {
-                    m.timeout(Instant::now());
+                    // The machine's deadline, the stop flag and the io timeout are all looked
+                    // at on the next turn.
+                    if let Some(d) = deadline {
+                        let now = Instant::now();
+                        if now >= d {
+                            m.timeout(now);
+                        }
+                    }
                 }
                 Err(e) => return Err(io_error(e, self.io_timeout)),
             }
@@ -321,6 +440,41 @@ impl Conn {
     fn close(self) {
         self.stream.close_gracefully(CLOSE_LINGER);
     }
+}
+
+/// Custom statuses a sender may use (tej.md 3): 0 (deliver, acknowledged) and 7..=127
+/// (application); 1 to 6 are the protocol's own frames, which a server never stores.
+pub fn check_status(status: u8) -> Result<(), ClientError> {
+    match status {
+        0 | 7..=127 => Ok(()),
+        1..=6 => Err(ClientError::Local(format!(
+            "status {status} is TEJ's own (1 acknowledgement, 2 ping, 3 error, 4 request, 5 list, \
+             6 listing): nothing would be stored; use 0 (deliver) or 7..127 (application)"
+        ))),
+        _ => Err(ClientError::Local(format!(
+            "status {status} is over 127 (the top bit is the frame marker)"
+        ))),
+    }
+}
+
+/// The acknowledgement's `stored_as` per file, in frame order (`None` where absent).
+fn stored_as(reply: &[u8]) -> Vec<Option<String>> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(reply) else {
+        return Vec::new();
+    };
+    v.get("files")
+        .and_then(|f| f.as_array())
+        .map(|files| {
+            files
+                .iter()
+                .map(|f| {
+                    f.get("stored_as")
+                        .and_then(|s| s.as_str())
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The peer closed or reset the connection (as it does after an error frame).
@@ -345,16 +499,21 @@ pub struct Client {
     tls: Option<TlsClient>,
     host: String,
     progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Client {
+    /// A client for `opts`. An unreadable or unusable `--cert` file is a local error.
     pub fn new(opts: ClientOptions) -> Result<Client, ClientError> {
         let host = match opts.addr.rsplit_once(':') {
             Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
             None => opts.addr.clone(),
         };
         let tls = if opts.tls {
-            Some(TlsClient::new(opts.cert.as_deref(), &[ALPN_TEJ]).map_err(ClientError::Connect)?)
+            Some(
+                TlsClient::new(opts.cert.as_deref(), &[ALPN_TEJ])
+                    .map_err(|e| ClientError::Local(format!("--cert: {e}")))?,
+            )
         } else {
             None
         };
@@ -363,12 +522,19 @@ impl Client {
             tls,
             host,
             progress: Arc::new(Progress::new()),
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The counters `send` and `get` update as file bytes move.
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// Set it (from a Ctrl-C handler) to stop: a running call ends within a fraction of a
+    /// second with [`ClientError::Interrupted`], its temporaries removed.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     fn connect(&self) -> Result<Conn, ClientError> {
@@ -383,7 +549,8 @@ impl Client {
             }
             None => Stream::Tcp(tcp),
         };
-        stream.set_read_timeout(Some(self.opts.io_timeout))?;
+        let slice = READ_SLICE.min(self.opts.io_timeout);
+        stream.set_read_timeout(Some(slice))?;
         stream.set_write_timeout(Some(self.opts.io_timeout))?;
         Ok(Conn {
             stream,
@@ -391,7 +558,9 @@ impl Client {
             start: 0,
             end: 0,
             io_timeout: self.opts.io_timeout,
-            read_timeout: self.opts.io_timeout,
+            read_timeout: slice,
+            stop: self.stop.clone(),
+            received: 0,
         })
     }
 
@@ -403,6 +572,7 @@ impl Client {
         message: &[u8],
         status: u8,
     ) -> Result<SendReport, ClientError> {
+        check_status(status)?;
         let started = Instant::now();
         let mut files = Vec::new();
         let mut opened = Vec::new();
@@ -416,14 +586,17 @@ impl Client {
             }
             let f =
                 File::open(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-            let size = f.metadata()?.len();
-            files.push((name.to_string(), size));
+            let meta = f
+                .metadata()
+                .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
+            if !meta.is_file() {
+                return Err(ClientError::Local(format!(
+                    "{}: not a regular file (tej send sends files, not folders)",
+                    p.display()
+                )));
+            }
+            files.push((name.to_string(), meta.len()));
             opened.push(f);
-        }
-        if status > 127 {
-            return Err(ClientError::Local(format!(
-                "status {status} is over 127 (the top bit is the frame marker)"
-            )));
         }
         self.progress.add_total_items(files.len() as u64);
         self.progress
@@ -450,7 +623,7 @@ impl Client {
                 if verbose {
                     eprintln!(
                         "tej: frame status {status} while waiting: {}",
-                        String::from_utf8_lossy(&message)
+                        names::printable(&String::from_utf8_lossy(&message))
                     );
                 }
             }
@@ -458,14 +631,20 @@ impl Client {
         })?;
         let outcome = m.outcome().cloned().unwrap_or(SendOutcome::Unconfirmed);
         if let (SendOutcome::Mismatch { why, .. }, true) = (&outcome, verbose) {
-            eprintln!("tej: acknowledgement does not confirm: {why}");
+            eprintln!(
+                "tej: acknowledgement does not confirm: {}",
+                names::printable(why)
+            );
         }
+        let stored = outcome.reply().map(stored_as).unwrap_or_default();
         let files = m
             .sent()
-            .map(|(name, size, sha256)| Sent {
+            .enumerate()
+            .map(|(i, (name, size, sha256))| Sent {
                 name: name.to_owned(),
                 size,
                 sha256: sha256.to_owned(),
+                stored_as: stored.get(i).cloned().flatten(),
             })
             .collect();
         c.close();
@@ -549,6 +728,9 @@ impl Client {
         let mut ingest = IngestDir::new(out, out)
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
         ingest.set_durable(false);
+        // Temporaries of earlier runs that were killed (or stopped by a second Ctrl-C): only
+        // those of processes that no longer run.
+        crate::driver::clean_stale_temporaries(&ingest);
         self.progress.add_total_items(items.len() as u64);
         let mut c = self.connect()?;
         let mut m = Getter::new(items);

@@ -113,6 +113,10 @@ pub const WAITING_RATE: u64 = 100_000_000;
 const MAX_PREALLOC_ENTRIES: usize = 4096;
 /// Longest local name (bytes) before the fallback name is used.
 const MAX_LOCAL_NAME: usize = 255;
+/// The least an id missing from the LIST may make (its cap is otherwise the largest listed
+/// size): room for an image added to a small catalog after the LIST, while a packet the LIST
+/// gave no reason to expect can never put gigabytes on disk.
+pub const MIN_UNLISTED_CAP: u32 = 16 << 20;
 
 /// One catalog entry as listed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -149,6 +153,8 @@ impl Listed {
 pub struct Listing {
     entries: Vec<Listed>,
     by_id: HashMap<u64, usize>,
+    /// The largest size listed (0 for an empty listing).
+    largest: u32,
 }
 
 impl Listing {
@@ -157,7 +163,20 @@ impl Listing {
         for (i, e) in entries.iter().enumerate() {
             by_id.entry(e.id).or_insert(i);
         }
-        Listing { entries, by_id }
+        let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
+        Listing {
+            entries,
+            by_id,
+            largest,
+        }
+    }
+
+    /// Most bytes a packet for `id` may make: its listed size, or for an id this listing does
+    /// not name (an image added after the LIST, or a hostile server's) the largest size it
+    /// lists, but at least [`MIN_UNLISTED_CAP`].
+    pub fn cap_for(&self, id: u64) -> u32 {
+        self.get(id)
+            .map_or(self.largest.max(MIN_UNLISTED_CAP), |l| l.size)
     }
 
     pub fn entries(&self) -> &[Listed] {
@@ -239,6 +258,10 @@ pub struct PacketStart {
     pub len: u32,
     /// The original size as listed, when the id was in the LIST.
     pub listed_size: Option<u32>,
+    /// Most bytes the packet may make ([`Listing::cap_for`]; without any LIST, the largest
+    /// size the wire can list). Raw data longer than this, or a frame inflating past it, is
+    /// corrupt: an id missing from the LIST never puts gigabytes on disk.
+    pub cap: u32,
     /// Where to save it: a safe local name ([`Listing::local_name`]).
     pub name: String,
     /// Set when the packet is corrupt whatever its bytes: its data is to be read and dropped
@@ -252,10 +275,9 @@ impl PacketStart {
         self.flags & FLAG_ZSTD != 0
     }
 
-    /// Most bytes the data may stand for once decompressed: the listed size, else the largest
-    /// size the wire can list (jtp.md 3.8).
+    /// Most bytes the data may stand for once decompressed ([`cap`](Self::cap)).
     pub fn max_size(&self) -> u64 {
-        u64::from(self.listed_size.unwrap_or(u32::MAX))
+        u64::from(self.cap)
     }
 
     /// The size of the file this packet makes, when known before its data arrives.
@@ -273,6 +295,8 @@ impl PacketStart {
 pub enum Defect {
     /// A raw packet whose Length differs from the size the LIST gave for its id.
     LengthNotListedSize { len: u32, listed: u32 },
+    /// A raw packet for an id the LIST did not name, longer than any image it listed.
+    LargerThanListed { len: u32, largest: u32 },
 }
 
 impl fmt::Display for Defect {
@@ -281,6 +305,10 @@ impl fmt::Display for Defect {
             Defect::LengthNotListedSize { len, listed } => {
                 write!(f, "length {len} differs from the listed size {listed}")
             }
+            Defect::LargerThanListed { len, largest } => write!(
+                f,
+                "length {len} of an unlisted id is larger than any listed image ({largest})"
+            ),
         }
     }
 }
@@ -698,9 +726,13 @@ impl Connection {
             _ => {}
         }
         let compressed = flags & FLAG_ZSTD != 0;
+        let cap = listing.map_or(u32::MAX, |l| l.cap_for(id));
         let defect = match listed_size {
             Some(listed) if !compressed && listed != len => {
                 Some(Defect::LengthNotListedSize { len, listed })
+            }
+            None if !compressed && len > cap => {
+                Some(Defect::LargerThanListed { len, largest: cap })
             }
             _ => None,
         };
@@ -713,6 +745,7 @@ impl Connection {
             flags,
             len,
             listed_size,
+            cap,
             name,
             defect,
         }
@@ -908,6 +941,7 @@ mod tests {
             flags,
             len,
             listed_size,
+            cap: c.listing.as_ref().map_or(u32::MAX, |l| l.cap_for(id)),
             name: listing.local_name(id, flags),
             defect: None,
         }
@@ -1163,6 +1197,79 @@ mod tests {
         assert!(b.is_compressed());
         assert_eq!((b.max_size(), b.expected_size()), (1000, Some(1000)));
         assert_eq!(seen[5], Seen::Data(b"zz".to_vec()));
+    }
+
+    /// Issue 15 item 10: an id the LIST did not name could put up to 4 GiB on disk before its
+    /// id check failed. Its output is now capped at the largest listed size (at least
+    /// [`MIN_UNLISTED_CAP`]).
+    #[test]
+    fn an_unlisted_id_is_capped_at_the_largest_listed_size() {
+        let t = Instant::now();
+        let listed = |size| Listed {
+            id: A,
+            ftype: 0,
+            name: "a.png".into(),
+            size,
+        };
+        let big = MIN_UNLISTED_CAP + 1000;
+        for (largest, cap) in [(4, MIN_UNLISTED_CAP), (big, big)] {
+            let mut c = Connection::new(Policy::Sequential, true);
+            c.set_listing(Arc::new(Listing::new(vec![listed(largest)])));
+            c.push(Job::Get(vec![C, D]));
+            c.poll_transmit(t);
+            // Headers only: the events come before the data.
+            let mut reply = Vec::new();
+            put_get_header(2, &mut reply);
+            put_packet_header(0, cap + 1, C, &mut reply);
+            let seen = feed(&mut c, &reply, 0, t);
+            let Seen::Ev(Event::Packet(p)) = &seen[1] else {
+                panic!("{seen:?}")
+            };
+            assert_eq!((p.listed_size, p.cap), (None, cap));
+            assert_eq!(
+                p.defect,
+                Some(Defect::LargerThanListed {
+                    len: cap + 1,
+                    largest: cap
+                })
+            );
+            assert_eq!(
+                p.defect.unwrap().to_string(),
+                format!(
+                    "length {} of an unlisted id is larger than any listed image ({cap})",
+                    cap + 1
+                )
+            );
+            // A compressed one inflates into at most that many bytes; within the cap a raw one
+            // is fine.
+            let mut c = Connection::new(Policy::Sequential, true);
+            c.set_listing(Arc::new(Listing::new(vec![listed(largest)])));
+            c.push(Job::Get(vec![C, D]));
+            c.poll_transmit(t);
+            let mut reply = Vec::new();
+            put_get_header(2, &mut reply);
+            put_packet_header(3 | FLAG_ZSTD, 9, C, &mut reply);
+            reply.extend_from_slice(b"zzzzzzzzz");
+            put_packet_header(0, cap, D, &mut reply);
+            let seen = feed(&mut c, &reply, 0, t);
+            let Seen::Ev(Event::Packet(z)) = &seen[1] else {
+                panic!("{seen:?}")
+            };
+            assert_eq!(
+                (z.defect, z.max_size(), z.expected_size()),
+                (None, u64::from(cap), None)
+            );
+            let Seen::Ev(Event::Packet(r)) = &seen[4] else {
+                panic!("{seen:?}")
+            };
+            assert_eq!(r.defect, None);
+        }
+        // Without any LIST nothing caps it (a driver always lists first).
+        let mut c = Connection::new(Policy::Sequential, true);
+        c.push(Job::Get(vec![C]));
+        c.poll_transmit(t);
+        let seen = feed(&mut c, &get_reply(&[(0, C, b"ccccc")]), 0, t);
+        assert!(matches!(&seen[1], Seen::Ev(Event::Packet(p)) if p.cap == u32::MAX));
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //!
 //! [`compress`] makes exactly one standard frame with a window of at most 8 MiB. [`Inflater`] is
 //! the client's streaming, bounded decoder: output is capped at the expected size, frames without a
-//! content-size field are accepted, and a second frame or trailing bytes are rejected. It holds one
-//! fixed 128 KiB output buffer whatever the input claims. No I/O here: the caller moves the bytes.
+//! content-size field are accepted, a frame asking for a window over 8 MiB is refused (jtp.md
+//! 3.8: the decoder's window buffer is allocated from the frame header, so this bounds it), and
+//! a second frame or trailing bytes are rejected. It holds one fixed 128 KiB output buffer
+//! whatever the input claims. No I/O here: the caller moves the bytes.
 
 use std::fmt;
 use std::io;
 
-use zstd::zstd_safe::{self, CParameter, DCtx, InBuffer, OutBuffer};
+use zstd::zstd_safe::{self, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 
-/// Window log the compressor never exceeds: 2^23 = 8 MiB (jtp.md 3.8).
+/// Window log the compressor never exceeds and the inflater accepts at most: 2^23 = 8 MiB
+/// (jtp.md 3.8). Standard levels up to 19 stay within it.
 pub const MAX_WINDOW_LOG: u32 = 23;
 
 /// Size of the inflater's output buffer.
@@ -86,10 +89,14 @@ pub struct Inflater {
 
 impl Inflater {
     /// A decoder whose output is capped at `max_out` bytes (the LIST Size when known, else
-    /// 4 GiB - 1). The window limit stays at the library default (128 MiB at most).
+    /// the cap the caller chose) and whose window is at most 2^[`MAX_WINDOW_LOG`] bytes: a
+    /// frame that asks for more is corrupt before any window memory is taken (without the
+    /// limit an 11 KB frame made the decoder take 132 MiB).
     pub fn new(max_out: u64) -> io::Result<Inflater> {
-        let dctx = DCtx::try_create()
+        let mut dctx = DCtx::try_create()
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "zstd: no context"))?;
+        dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+            .map_err(zstd_err)?;
         Ok(Inflater {
             dctx,
             buf: vec![0; OUT_CHUNK],
@@ -245,6 +252,35 @@ mod tests {
             inflate_all(&frame, data.len() as u64, 1 << 16).unwrap(),
             data
         );
+    }
+
+    /// A frame header asking for `window_descriptor`'s window, then one raw last block of `x`.
+    fn frame_with_window(window_descriptor: u8) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, window_descriptor];
+        f.extend_from_slice(&[0x09, 0x00, 0x00, b'x']);
+        f
+    }
+
+    /// Issue 15 item 10: the decoder's window came from the frame header (up to 128 MiB for an
+    /// 11 KB frame, per connection). It is capped at 8 MiB as jtp.md 3.8 says.
+    #[test]
+    fn j43_a_window_over_8_mib_is_refused_before_it_is_allocated() {
+        // Exponent 13: 2^23 = 8 MiB, accepted.
+        assert_eq!(
+            inflate_all(&frame_with_window(13 << 3), 10, 16).unwrap(),
+            b"x"
+        );
+        // 8 MiB + 1/8: over.
+        for wd in [(13 << 3) | 1, 14 << 3, 17 << 3, 31 << 3] {
+            let r = inflate_all(&frame_with_window(wd), 10, 16);
+            assert!(matches!(r, Err(InflateError::Corrupt(_))), "{wd:#x}: {r:?}");
+        }
+        // A single-segment frame's window is its content size: 1 GiB is refused too.
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0xa0];
+        f.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        f.extend_from_slice(&[0x09, 0x00, 0x00, b'x']);
+        let r = inflate_all(&f, u64::from(u32::MAX), 16);
+        assert!(matches!(r, Err(InflateError::Corrupt(_))), "{r:?}");
     }
 
     #[test]

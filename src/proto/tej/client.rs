@@ -18,7 +18,10 @@
 //!                     └─ack_timeout or EOF─► Unconfirmed
 //!          a write fails: AwaitAck (briefly) for the error frame that explains it
 //! Getter:  Request ─► Awaiting ─status 0─► files ─FrameEnd─► manifest checked ─► Verified
-//!                        │ (pings, other statuses: skipped)   └─ mismatch ─► Err(Mismatch)
+//!                        │ (pings, other statuses: skipped) │ └─ mismatch ─► Err(Mismatch)
+//!                        │                                  └─ a file not asked for, or an
+//!                        │                   unsafe or dot name, at its header ─► Err(Unrequested
+//!                        │                                                     | UnsafeName)
 //!                        └─status 3─► Err(Peer)
 //! Lister:  Request(after) ─► Awaiting ─status 6─► page checked ─next─► Request(next)
 //!                                 │                        └─null─► Done(entries)
@@ -105,6 +108,12 @@ pub enum Error {
     Mismatch(String),
     /// The peer closed inside a frame, or before the answer.
     Closed,
+    /// The answer carries a file under a name ferry never stores (a path, a dot-file, a
+    /// control character, `.ferry`): the name as sent, lossily.
+    UnsafeName(String),
+    /// The answer carries a file that was not asked for (another name, or more files than
+    /// items): its name as sent, lossily.
+    Unrequested(String),
 }
 
 impl fmt::Display for Error {
@@ -114,6 +123,16 @@ impl fmt::Display for Error {
             Error::Peer(m) => write!(f, "peer error: {m}"),
             Error::Mismatch(m) => write!(f, "mismatch: {m}"),
             Error::Closed => f.write_str("connection closed before the answer was complete"),
+            // `{:?}` escapes control characters: the name comes from the peer.
+            Error::UnsafeName(n) => write!(
+                f,
+                "refused: the server sent a file named {n:?}, which ferry never stores \
+                 (a path, a dot-file or a control character); nothing was written"
+            ),
+            Error::Unrequested(n) => write!(
+                f,
+                "refused: the server sent {n:?}, which was not asked for; nothing was written"
+            ),
         }
     }
 }
@@ -123,9 +142,10 @@ impl std::error::Error for Error {}
 /// A frame read off the connection, as the machines see it.
 #[derive(Debug)]
 enum Inbound {
-    /// A file begins: its name when safe to store under (tej.md section 5), and its size.
+    /// A file begins: its name (`Ok` when safe to store under, tej.md section 5; `Err` with the
+    /// name as sent, lossily, when not), and its size.
     FileStart {
-        name: Option<String>,
+        name: Result<String, String>,
         size: u64,
     },
     /// This range of the input is data of the current file.
@@ -174,7 +194,8 @@ impl Reader {
                 }) => Inbound::FileStart {
                     name: name_ok
                         .then(|| names::accept_exact(name, MAX_NAME).map(str::to_owned))
-                        .flatten(),
+                        .flatten()
+                        .ok_or_else(|| String::from_utf8_lossy(name).into_owned()),
                     size,
                 },
                 Some(Decoded::FileData(d)) => Inbound::FileData(at..at + d.len()),
@@ -543,16 +564,43 @@ enum GetState {
 /// One file of the answer as received.
 #[derive(Debug)]
 struct Received {
-    name: Option<String>,
+    name: String,
     size: u64,
     sha256: Option<String>,
 }
 
+/// What one requested item allows the answer to carry at its position (tej.md 3.4: files in
+/// request order, under their base names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Wanted {
+    /// A SHA-256 id (64 lowercase hex): any safe name, but these bytes.
+    Sha256(String),
+    /// A name or catalog path: the file comes under this base name.
+    Name(String),
+}
+
+impl Wanted {
+    fn of(item: &str) -> Wanted {
+        if item.len() == 64 && item.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Wanted::Sha256(item.to_owned())
+        } else {
+            let base = item.rsplit('/').next().unwrap_or(item);
+            Wanted::Name(base.to_owned())
+        }
+    }
+}
+
 /// `tej get`: one request (status 4), its answer streamed into the driver's temporaries and
 /// verified against the manifest before anything is committed (tej.md 3.4, T31).
+///
+/// Only what was asked for is accepted (the JTP client's rule too): file `i` of the answer must
+/// carry item `i`'s base name (any name for a SHA-256 item, whose bytes the manifest then
+/// pins), and no name that is unsafe or starts with a dot is ever accepted. A file that breaks
+/// this fails the get at its header, before the driver writes any byte of it.
 #[derive(Debug)]
 pub struct Getter {
     request: Vec<u8>,
+    wanted: Vec<Wanted>,
     state: GetState,
     reader: Reader,
     files: Vec<Received>,
@@ -566,6 +614,7 @@ impl Getter {
                 get: items.to_vec(),
             }
             .to_frame(),
+            wanted: items.iter().map(|i| Wanted::of(i)).collect(),
             state: GetState::Request,
             reader: Reader::new(),
             files: Vec::new(),
@@ -607,6 +656,13 @@ impl Getter {
             let receiving = self.state == GetState::Receiving;
             let event = match ev {
                 Inbound::FileStart { name, size } if receiving => {
+                    let name = match self.admit(name) {
+                        Ok(name) => name,
+                        Err(e) => {
+                            self.state = GetState::Done;
+                            return Err(e);
+                        }
+                    };
                     self.files.push(Received {
                         name,
                         size,
@@ -628,6 +684,20 @@ impl Getter {
                     event: Some(event),
                 });
             }
+        }
+    }
+
+    /// The next file of the answer may be stored only under a safe name that is not a dot-file
+    /// and only if it is what the next item asked for.
+    fn admit(&self, name: Result<String, String>) -> Result<String, Error> {
+        let name = match name {
+            Ok(n) if !n.starts_with('.') => n,
+            Ok(n) | Err(n) => return Err(Error::UnsafeName(n)),
+        };
+        match self.wanted.get(self.files.len()) {
+            Some(Wanted::Sha256(_)) => Ok(name),
+            Some(Wanted::Name(want)) if *want == name => Ok(name),
+            Some(Wanted::Name(_)) | None => Err(Error::Unrequested(name)),
         }
     }
 
@@ -660,15 +730,21 @@ impl Getter {
                 manifest.files.len()
             )));
         }
-        for (got, m) in self.files.iter().zip(&manifest.files) {
-            if got.name.as_deref() != Some(m.name.as_str())
+        for ((got, m), want) in self.files.iter().zip(&manifest.files).zip(&self.wanted) {
+            if got.name != m.name
                 || got.size != m.size
                 || got.sha256.as_deref() != Some(m.sha256.as_str())
             {
+                // `got.name` passed `admit`: safe to show, unlike the manifest's.
                 return Err(Error::Mismatch(format!(
                     "{}: received bytes do not match the manifest",
-                    m.name
+                    got.name
                 )));
+            }
+            if let Wanted::Sha256(id) = want {
+                if *id != m.sha256 {
+                    return Err(Error::Unrequested(m.name.clone()));
+                }
             }
         }
         Ok(manifest.files)
@@ -1158,19 +1234,11 @@ mod tests {
                 ),
             ),
             (
-                "../x: received bytes do not match the manifest",
+                "1 files received, manifest lists 2",
                 frame(
                     0,
-                    &[("../x", b"AAAA")],
-                    manifest("../x", 4, SHA_A).as_bytes(),
-                ),
-            ),
-            (
-                "2 files received, manifest lists 1",
-                frame(
-                    0,
-                    &[("a.txt", b"AAAA"), ("b.txt", b"B")],
-                    manifest("a.txt", 4, SHA_A).as_bytes(),
+                    &[("a.txt", b"AAAA")],
+                    br#"{"files":[{"name":"a.txt","size":4,"sha256":"x"},{"name":"b","size":0,"sha256":"y"}]}"#,
                 ),
             ),
             (
@@ -1185,6 +1253,87 @@ mod tests {
                 Err(Error::Mismatch(want.into()))
             );
         }
+    }
+
+    /// Issue 15 item 8: a hostile server answered `tej get photo.png` with `.bashrc` and
+    /// `unrequested.sh`, and both were written. Now the first file that is not what was asked
+    /// for fails the get at its header: no `FileStart`, so the driver writes nothing.
+    #[test]
+    fn files_not_asked_for_or_under_unsafe_names_are_refused_at_their_header() {
+        let manifest = br#"{"files":[]}"#;
+        let cases: Vec<(&str, Error)> = vec![
+            (".bashrc", Error::UnsafeName(".bashrc".into())),
+            ("../x", Error::UnsafeName("../x".into())),
+            (".ferry", Error::UnsafeName(".ferry".into())),
+            (
+                "a\x1b]0;pwned\x07",
+                Error::UnsafeName("a\x1b]0;pwned\x07".into()),
+            ),
+            (
+                "unrequested.sh",
+                Error::Unrequested("unrequested.sh".into()),
+            ),
+            ("A.TXT", Error::Unrequested("A.TXT".into())),
+        ];
+        for (name, want) in cases {
+            for piece in [0, 1, 3] {
+                let mut g = getter();
+                let answer = frame(0, &[(name, b"#!/bin/sh")], manifest);
+                assert_eq!(
+                    feed_getter(&mut g, &answer, piece),
+                    Err(want.clone()),
+                    "{name:?} piece {piece}"
+                );
+                assert!(g.is_finished());
+            }
+        }
+        // The first file is fine, a second one was never asked for.
+        let mut g = getter();
+        let answer = frame(0, &[("a.txt", b"AAAA"), ("b.txt", b"B")], manifest);
+        let got = feed_getter(&mut g, &answer, 0);
+        assert_eq!(got, Err(Error::Unrequested("b.txt".into())));
+        // The message says what happened, with the name escaped.
+        let e = Error::UnsafeName("a\x1b]0;x\x07\n".into()).to_string();
+        assert!(!e.chars().any(char::is_control), "{e}");
+        assert!(
+            e.starts_with("refused: the server sent a file named \"a\\u{1b}]0;x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_catalog_path_comes_under_its_base_name_and_a_sha256_under_any_safe_name() {
+        let answer = |name: &str| {
+            frame(
+                0,
+                &[(name, b"AAAA")],
+                format!(r#"{{"files":[{{"name":"{name}","size":4,"sha256":"{SHA_A}"}}]}}"#)
+                    .as_bytes(),
+            )
+        };
+        let mut g = Getter::new(&["sub/dir/a.txt".to_string()]);
+        g.poll_transmit();
+        let got = feed_getter(&mut g, &answer("a.txt"), 0).unwrap();
+        assert!(matches!(got.last(), Some(Got::Verified(_))), "{got:?}");
+        let mut g = Getter::new(&[SHA_A.to_string()]);
+        g.poll_transmit();
+        let got = feed_getter(&mut g, &answer("whatever.bin"), 0).unwrap();
+        assert!(matches!(got.last(), Some(Got::Verified(_))), "{got:?}");
+        // Asked by id, the manifest must name that id.
+        let other = "0".repeat(64);
+        let mut g = Getter::new(&[other]);
+        g.poll_transmit();
+        assert_eq!(
+            feed_getter(&mut g, &answer("whatever.bin"), 0),
+            Err(Error::Unrequested("whatever.bin".into()))
+        );
+        // Still no dot-files, even asked by id.
+        let mut g = Getter::new(&[SHA_A.to_string()]);
+        g.poll_transmit();
+        assert_eq!(
+            feed_getter(&mut g, &answer(".profile"), 0),
+            Err(Error::UnsafeName(".profile".into()))
+        );
     }
 
     #[test]

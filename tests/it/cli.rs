@@ -1,0 +1,844 @@
+//! What a user of the command line sees, across protocols (issue 12): `--help` and the README
+//! agree on every flag of every command; errors say their cause and get the documented exit
+//! code; `serve --json` reports in JSON; `-v` logs JTP connections; one shape of
+//! `--watch-interval`; empty listings say so; reruns clean what killed runs left.
+//!
+//! Protocol-specific client behaviour (hostile servers, Ctrl-C mid-transfer) is tested in
+//! `jtp_client.rs` and `tej.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::harness::{ferry, Server, TempDir};
+
+const T: Duration = Duration::from_secs(60);
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// `--help` and the README's flag tables.
+
+/// The text of `ferry ARGS... --help`.
+fn help(args: &[&str]) -> String {
+    let mut a = args.to_vec();
+    a.push("--help");
+    let o = ferry(&a, T);
+    assert!(o.status.success(), "ferry {a:?}: {}", err(&o));
+    out(&o)
+}
+
+/// The lines of the `title:` section of a help text (up to the next blank line).
+fn help_section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// Every command that takes flags (`["jtp", "get"]`, `["serve"]`, ...), found by walking the
+/// `Commands:` sections of `--help` from `ferry --help` down: commands added later are covered
+/// without touching this test.
+fn leaf_commands() -> Vec<Vec<String>> {
+    let mut leaves = Vec::new();
+    let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(path) = todo.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let text = help(&args);
+        let subs: Vec<String> = help_section(&text, "Commands:")
+            .iter()
+            // A command line is indented by two spaces; its description's continuation more.
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        if subs.is_empty() {
+            leaves.push(path);
+        } else {
+            for sub in subs {
+                let mut p = path.clone();
+                p.push(sub);
+                todo.push(p);
+            }
+        }
+    }
+    leaves.sort();
+    leaves
+}
+
+/// The flags `--help` lists for a command (`--help` itself left out), short and long forms.
+fn help_flags(cmd: &[String]) -> BTreeSet<String> {
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let text = help(&args);
+    let mut flags = BTreeSet::new();
+    for line in help_section(&text, "Options:") {
+        if !line.starts_with("  -") {
+            continue;
+        }
+        // `  -v, --verbose     log ...`, `  --max-connections most ...`
+        for tok in line.split_whitespace() {
+            let tok = tok.trim_end_matches(',');
+            if !tok.starts_with('-') {
+                break;
+            }
+            if tok != "--help" {
+                flags.insert(tok.to_owned());
+            }
+        }
+    }
+    flags
+}
+
+/// The flags of the README's flag tables (tables whose first header cell starts with "flag"),
+/// per command of the `###` section they sit in. A heading names its commands in code spans
+/// (`` `ferry jtp get --addr ...` ``); a table applies to every command its heading names.
+fn readme_flags(readme: &str, known: &[Vec<String>]) -> BTreeMap<Vec<String>, BTreeSet<String>> {
+    let mut tables: BTreeMap<Vec<String>, BTreeSet<String>> = BTreeMap::new();
+    let mut current: Vec<Vec<String>> = Vec::new();
+    let mut in_flag_table = false;
+    for line in readme.lines() {
+        if line.starts_with('#') {
+            current = if line.starts_with("### ") {
+                heading_commands(line, known)
+            } else {
+                Vec::new()
+            };
+            in_flag_table = false;
+            continue;
+        }
+        if !line.starts_with('|') {
+            in_flag_table = false;
+            continue;
+        }
+        let first = line.trim_start_matches('|').split('|').next().unwrap_or("");
+        if !in_flag_table {
+            // A table's header row decides what it is.
+            in_flag_table = first.trim().to_lowercase().starts_with("flag");
+            continue;
+        }
+        if first.trim_start().starts_with("---") {
+            continue;
+        }
+        for span in first.split('`').skip(1).step_by(2) {
+            for tok in span.split_whitespace() {
+                let tok = tok.trim_end_matches([',', ')']);
+                if tok.starts_with('-') && tok.len() > 1 {
+                    for cmd in &current {
+                        tables
+                            .entry(cmd.clone())
+                            .or_default()
+                            .insert(tok.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    tables
+}
+
+/// The commands a `###` heading names: in each code span starting `ferry `, the longest run of
+/// words that is a known command.
+fn heading_commands(line: &str, known: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut cmds = Vec::new();
+    for span in line.split('`').skip(1).step_by(2) {
+        let Some(rest) = span.strip_prefix("ferry ") else {
+            continue;
+        };
+        let words: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+        for n in (1..=words.len()).rev() {
+            if known.iter().any(|k| k[..] == words[..n]) {
+                cmds.push(words[..n].to_vec());
+                break;
+            }
+        }
+    }
+    cmds
+}
+
+/// Issue 12: the README and `--help` disagreed (`jtp list` had no `--secure`, `jtp get --output`
+/// was undocumented). Every flag `--help` prints for a command is in the README's flag table
+/// for it, and every flag there is one `--help` prints; aliases are flags like any other.
+#[test]
+fn help_and_readme_list_the_same_flags_for_every_command() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let commands = leaf_commands();
+    for must in [
+        &["jtp", "get"][..],
+        &["tej", "send"],
+        &["serve"],
+        &["certs"],
+    ] {
+        assert!(
+            commands.iter().any(|c| c[..] == *must),
+            "{must:?} not found in {commands:?}"
+        );
+    }
+    let tables = readme_flags(&readme, &commands);
+    let mut problems = Vec::new();
+    for cmd in &commands {
+        let name = format!("ferry {}", cmd.join(" "));
+        let help = help_flags(cmd);
+        let Some(doc) = tables.get(cmd) else {
+            problems.push(format!(
+                "{name}: no README flag table (a `### \\`{name} ...\\`` section with a \
+                 `| flag ... |` table); --help lists {help:?}"
+            ));
+            continue;
+        };
+        let undocumented: Vec<_> = help.difference(doc).collect();
+        let unknown: Vec<_> = doc.difference(&help).collect();
+        if !undocumented.is_empty() {
+            problems.push(format!(
+                "{name}: in --help, not in the README: {undocumented:?}"
+            ));
+        }
+        if !unknown.is_empty() {
+            problems.push(format!("{name}: in the README, not in --help: {unknown:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_flag_parsers_read_argh_help_and_readme_tables() {
+    let known = vec![
+        vec!["jtp".to_string(), "get".to_string()],
+        vec!["tej".to_string(), "get".to_string()],
+        vec!["tej".to_string(), "list".to_string()],
+    ];
+    let readme = "\
+### `ferry jtp get --addr HOST:PORT [ID...]`
+
+| flag (aliases) | default | meaning |
+|---|---|---|
+| `--tls` (`--secure`), `--no-tls` (`--plain`) | TLS | with `--cert` |
+| `-p N`, `--parallel N` | 1 | |
+
+| code | meaning |
+|---|---|
+| `--not-a-flag-table` | |
+
+### `ferry tej get ...` and `ferry tej list ...`
+
+| flag | default |
+|---|---|
+| `--cert PEM --key PEM` | |
+";
+    let t = readme_flags(readme, &known);
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        t[&known[0]],
+        set(&[
+            "--tls",
+            "--secure",
+            "--no-tls",
+            "--plain",
+            "-p",
+            "--parallel"
+        ])
+    );
+    assert_eq!(t[&known[1]], set(&["--cert", "--key"]));
+    assert_eq!(t[&known[2]], set(&["--cert", "--key"]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors that hide their cause.
+
+/// A served folder with one small file.
+fn share_with_a_file() -> TempDir {
+    let d = TempDir::new("cli-share");
+    std::fs::write(d.join("hello.png"), b"\x89PNG not really").unwrap();
+    d
+}
+
+/// Issue 12: an unreadable or garbage `--cert` file exited 3 (network) though nothing touched
+/// the network. It is a local error: exit 2, naming the file.
+#[test]
+fn a_certificate_file_that_cannot_be_used_is_a_local_error_exit_2() {
+    let d = TempDir::new("cli-badcert");
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "this is not PEM\n").unwrap();
+    let missing = d.join("missing.pem");
+    let outdir = d.join("out");
+    for cert in [&garbage, &missing] {
+        let runs: Vec<Vec<&str>> = vec![
+            vec!["jtp", "list", "--addr", "127.0.0.1:9", "--cert", s(cert)],
+            vec!["jtp", "get", "--addr", "127.0.0.1:9", "--cert", s(cert)],
+            vec![
+                "tej",
+                "list",
+                "--addr",
+                "127.0.0.1:9",
+                "--tls",
+                "--cert",
+                s(cert),
+            ],
+            vec![
+                "tej",
+                "get",
+                "--addr",
+                "127.0.0.1:9",
+                "--tls",
+                "--cert",
+                s(cert),
+                "x",
+            ],
+            vec![
+                "tej",
+                "send",
+                "--addr",
+                "127.0.0.1:9",
+                "--tls",
+                "--cert",
+                s(cert),
+            ],
+        ];
+        for mut args in runs {
+            if args[1] == "get" {
+                args.extend(["--out", s(&outdir)]);
+            }
+            let o = ferry(&args, T);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+            assert!(err(&o).contains(s(cert)), "{args:?}: {}", err(&o));
+        }
+    }
+}
+
+/// Issue 12: a plain client against a TLS server said "unknown magic 15030300". It says the
+/// server speaks TLS and which flag to change.
+#[test]
+fn a_plain_client_meeting_a_tls_server_is_told_so() {
+    let share = share_with_a_file();
+    let jtp = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let o = ferry(&["jtp", "list", "--no-tls", "--addr", &jtp.addr("jtp")], T);
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(
+        err(&o).contains("the server speaks TLS: drop --no-tls"),
+        "{}",
+        err(&o)
+    );
+    assert!(!err(&o).contains("magic"), "{}", err(&o));
+
+    let share = share_with_a_file();
+    let tej = Server::start(
+        &[
+            "tej",
+            "serve",
+            "--root",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--tls",
+        ],
+        1,
+    );
+    let o = ferry(&["tej", "list", "--addr", &tej.addr("tej")], T);
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(
+        err(&o).contains("the server speaks TLS: add --tls"),
+        "{}",
+        err(&o)
+    );
+}
+
+/// Issue 12: a TLS client meeting `ferry serve`'s generated (self-signed) certificate got only
+/// "invalid peer certificate: UnknownIssuer". It is told to pass `--cert`, and where ferry
+/// keeps that certificate; with it, the same command works.
+#[test]
+fn an_unknown_issuer_is_told_to_pass_cert() {
+    let share = share_with_a_file();
+    let jtp = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let addr = jtp.addr("jtp");
+    let o = ferry(&["jtp", "list", "--addr", &addr], T);
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(err(&o).contains("pass --cert"), "{}", err(&o));
+    assert!(err(&o).contains("DIR/.ferry/tls/cert.pem"), "{}", err(&o));
+    let cert = share.join(".ferry/tls/cert.pem");
+    let o = ferry(
+        &[
+            "jtp",
+            "list",
+            "--addr",
+            &addr,
+            "--cert",
+            s(&cert),
+            "--server-name",
+            "localhost",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+
+    let share = share_with_a_file();
+    let tej = Server::start(
+        &[
+            "tej",
+            "serve",
+            "--root",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--tls",
+        ],
+        1,
+    );
+    let o = ferry(&["tej", "list", "--tls", "--addr", &tej.addr("tej")], T);
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(err(&o).contains("pass --cert"), "{}", err(&o));
+}
+
+/// Issue 12: `tej send` of a folder failed with "Is a directory" and exit 3, and `--status
+/// 1..6` exited 0 with nothing stored. Both are usage errors (exit 2) before any connection.
+#[test]
+fn tej_send_of_a_folder_or_with_a_reserved_status_is_a_usage_error() {
+    let d = TempDir::new("cli-senddir");
+    let f = d.join("a.txt");
+    std::fs::write(&f, b"a").unwrap();
+    // Port 9 (discard) is never reached: the checks come first.
+    let o = ferry(&["tej", "send", "--addr", "127.0.0.1:9", s(d.path())], T);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("not a regular file"), "{}", err(&o));
+    for status in ["1", "2", "3", "4", "5", "6"] {
+        let o = ferry(
+            &[
+                "tej",
+                "send",
+                "--addr",
+                "127.0.0.1:9",
+                "--status",
+                status,
+                s(&f),
+            ],
+            T,
+        );
+        assert_eq!(o.status.code(), Some(2), "--status {status}: {}", err(&o));
+        assert!(err(&o).contains("7..127"), "{}", err(&o));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small lies.
+
+/// Issue 12: `tej send` printed only "confirmed". It says where each file was stored.
+#[test]
+fn tej_send_says_where_each_file_was_stored() {
+    let share = TempDir::new("cli-stored");
+    std::fs::write(share.join("hello.txt"), b"already here").unwrap();
+    let src = TempDir::new("cli-storedsrc");
+    std::fs::write(src.join("hello.txt"), b"hello").unwrap();
+    let tej = Server::start(
+        &[
+            "tej",
+            "serve",
+            "--root",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let o = ferry(
+        &[
+            "tej",
+            "send",
+            "--addr",
+            &tej.addr("tej"),
+            s(&src.join("hello.txt")),
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains("tej: hello.txt -> hello-1.txt"),
+        "{}",
+        err(&o)
+    );
+}
+
+/// Issue 12: an empty catalog made `jtp list` and `tej list` exit 1 without a word.
+#[test]
+fn an_empty_listing_says_no_files() {
+    let empty = TempDir::new("cli-empty");
+    let srv = Server::start(
+        &[
+            "serve",
+            s(empty.path()),
+            "--no-tls",
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+        ],
+        3,
+    );
+    let o = ferry(&["jtp", "list", "--no-tls", "--addr", &srv.addr("jtp")], T);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("no files"), "{}", err(&o));
+    assert!(out(&o).is_empty());
+    let o = ferry(&["tej", "list", "--addr", &srv.addr("tej")], T);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("no files"), "{}", err(&o));
+}
+
+/// Issue 12: `jtp list` printed the type as a number and had no `--secure`.
+#[test]
+fn jtp_list_prints_type_words_and_takes_secure() {
+    let share = TempDir::new("cli-types");
+    for (name, data) in [
+        ("a.png", &b"png"[..]),
+        ("b.jpg", b"jpeg"),
+        ("c.webp", b"webp"),
+        ("d.bmp", b"bmp"),
+        ("e.gif", b"gif"),
+    ] {
+        std::fs::write(share.join(name), data).unwrap();
+    }
+    let jtp = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let cert = share.join(".ferry/tls/cert.pem");
+    let o = ferry(
+        &[
+            "jtp",
+            "list",
+            "--secure",
+            "--addr",
+            &jtp.addr("jtp"),
+            "--cert",
+            s(&cert),
+            "--server-name",
+            "localhost",
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let mut types: Vec<(String, String)> = out(&o)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[3].to_owned(), f[1].to_owned())
+        })
+        .collect();
+    types.sort();
+    let want: Vec<(String, String)> = [
+        ("a.png", "png"),
+        ("b.jpg", "jpeg"),
+        ("c.webp", "webp"),
+        ("d.bmp", "bmp"),
+        ("e.gif", "gif"),
+    ]
+    .iter()
+    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(types, want);
+}
+
+/// Issue 12: `serve --json` kept the catalog report and the TLS fingerprint as text. They are
+/// JSON objects on stderr; stdout carries only the listening objects.
+#[test]
+fn serve_json_prints_the_startup_report_as_json() {
+    let share = share_with_a_file();
+    let srv = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--json",
+        ],
+        0,
+    );
+    // The harness waits for text listening lines; with --json stdout holds a JSON object
+    // instead, and the report comes on stderr.
+    let deadline = Instant::now() + T;
+    let lines = loop {
+        let text = srv.stderr_text();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let objs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let catalog = objs
+        .iter()
+        .find(|o| o["event"] == "catalog")
+        .expect("catalog");
+    assert_eq!(catalog["files"], 1);
+    assert_eq!(catalog["follow"], "live");
+    let tls = objs.iter().find(|o| o["event"] == "tls").expect("tls");
+    assert_eq!(tls["generated"], true);
+    assert_eq!(tls["sha256"].as_str().unwrap().len(), 95);
+    assert!(tls["cert"]
+        .as_str()
+        .unwrap()
+        .ends_with(".ferry/tls/cert.pem"));
+}
+
+/// Issue 12: `ferry serve --watch SECS` took a number while `ferry jtp serve --watch` is a
+/// switch. `--watch-interval SECS` works on every folder server (`--watch SECS` stays an alias
+/// where it was a number), and a rescan at that interval finds a file inotify never saw.
+#[test]
+fn watch_interval_is_one_shape_on_every_server() {
+    let share = TempDir::new("cli-watch");
+    let runs: Vec<(Vec<&str>, usize)> = vec![
+        (
+            vec![
+                "serve",
+                "--watch-interval",
+                "1",
+                "--no-tls",
+                "--jtp-bind",
+                "127.0.0.1:0",
+                "--tej-bind",
+                "127.0.0.1:0",
+                "--cjp2p-bind",
+                "127.0.0.1:0",
+            ],
+            3,
+        ),
+        (
+            vec![
+                "jtp",
+                "serve",
+                "--watch-interval",
+                "1",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            1,
+        ),
+        (vec!["jtp", "serve", "--watch", "--bind", "127.0.0.1:0"], 1),
+        (
+            vec![
+                "tej",
+                "serve",
+                "--watch-interval",
+                "1",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            1,
+        ),
+        (
+            vec!["tej", "serve", "--watch", "1", "--bind", "127.0.0.1:0"],
+            1,
+        ),
+        (
+            vec![
+                "cjp2p",
+                "node",
+                "--watch-interval",
+                "1",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            1,
+        ),
+    ];
+    for (mut args, n) in runs {
+        match args[0] {
+            "serve" => args.insert(1, s(share.path())),
+            "jtp" => args.extend(["--images", s(share.path())]),
+            _ => args.extend(["--root", s(share.path())]),
+        }
+        let srv = Server::start(&args, n);
+        assert_eq!(srv.listening.len(), n, "{args:?}");
+    }
+    // Not followed live: only the rescan every second can find the new file.
+    let tej = Server::start(
+        &[
+            "tej",
+            "serve",
+            "--root",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-follow",
+            "--watch-interval",
+            "1",
+        ],
+        1,
+    );
+    std::fs::write(share.join("late.txt"), b"late").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = ferry(&["tej", "list", "--addr", &tej.addr("tej")], T);
+        if out(&o).contains("late.txt") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rescan never found late.txt");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 12: `-v` on JTP logged no connections. It logs each connection, each request with
+/// its packets and bytes, and how the connection ended.
+#[test]
+fn jtp_serve_v_logs_connections_requests_bytes_and_outcome() {
+    let share = TempDir::new("cli-jtpv");
+    std::fs::write(share.join("a.png"), vec![7u8; 1000]).unwrap();
+    std::fs::write(share.join("b.gif"), vec![8u8; 500]).unwrap();
+    let srv = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-tls",
+            "-v",
+        ],
+        1,
+    );
+    let got = TempDir::new("cli-jtpvout");
+    let o = ferry(
+        &[
+            "jtp",
+            "get",
+            "--no-tls",
+            "-k",
+            "--addr",
+            &srv.addr("jtp"),
+            "--out",
+            s(got.path()),
+        ],
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = srv.stderr_text();
+        if log.contains("closed after") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("jtp: 127.0.0.1:"))
+        .collect();
+    let has = |what: &str| lines.iter().any(|l| l.contains(what));
+    assert!(has(": connected"), "{log}");
+    assert!(has(": LIST (2 entries, keep-alive)"), "{log}");
+    assert!(
+        has(": GET_BY_ID of 2 ids, keep-alive: 2 packets, 1500 bytes"),
+        "{log}"
+    );
+    assert!(
+        has(": closed after 2 requests, 2 packets, 1500 bytes of image data"),
+        "{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts that leave litter: the rerun cleans.
+
+/// Issue 12: temporaries a killed client left were never removed (`IngestDir::clean_stale`
+/// had no caller). `jtp get` and `tej get` remove those of processes that no longer run, and
+/// leave those of live ones alone.
+#[test]
+fn a_rerun_removes_the_temporaries_of_dead_runs_only() {
+    let share = share_with_a_file();
+    let srv = Server::start(
+        &[
+            "serve",
+            s(share.path()),
+            "--no-tls",
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+        ],
+        3,
+    );
+    let runs: Vec<Vec<String>> = vec![
+        vec![
+            "jtp".into(),
+            "get".into(),
+            "--no-tls".into(),
+            "--addr".into(),
+            srv.addr("jtp"),
+        ],
+        vec![
+            "tej".into(),
+            "get".into(),
+            "--addr".into(),
+            srv.addr("tej"),
+            "hello.png".into(),
+        ],
+    ];
+    for run in runs {
+        let got = TempDir::new("cli-stale");
+        // pid 2147483647 cannot exist; pid 1 always runs.
+        let dead = got.join(".ferry-0badc0de-2147483647-7.part");
+        let live = got.join(".ferry-0badc0de-1-7.part");
+        std::fs::write(&dead, vec![0u8; 4096]).unwrap();
+        std::fs::write(&live, b"x").unwrap();
+        let mut args: Vec<&str> = run.iter().map(String::as_str).collect();
+        args.extend(["--out", s(got.path())]);
+        let o = ferry(&args, T);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", err(&o));
+        assert!(
+            !dead.exists(),
+            "{args:?}: the dead run's temporary is still there"
+        );
+        assert!(
+            live.exists(),
+            "{args:?}: a live process's temporary was removed"
+        );
+        assert!(err(&o).contains("removed 1 temporary file"), "{}", err(&o));
+        assert!(got.join("hello.png").exists());
+    }
+}
