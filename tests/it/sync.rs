@@ -617,3 +617,20 @@ fn sync_a_rename_seen_as_delete_then_add_over_two_runs_costs_no_transfer() {
         .unwrap_or_default();
     assert!(attic.is_empty(), "{attic:?}");
 }
+
+#[test]
+fn sync_into_a_symlinked_folder_works_and_into_a_file_is_a_local_error() {
+    let src = TempDir::new("sync-src");
+    let dst = TempDir::new("sync-dst");
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    let srv = tej_serve(src.path());
+    let url = format!("tej://{}", srv.addr("tej"));
+    std::fs::create_dir(dst.join("real")).unwrap();
+    std::os::unix::fs::symlink(dst.join("real"), dst.join("link")).unwrap();
+    ok(&sync(&url, &dst.join("link"), &[]));
+    assert_eq!(std::fs::read(dst.join("real/a.txt")).unwrap(), b"a");
+    std::fs::write(dst.join("file"), b"x").unwrap();
+    let o = ferry(&["sync", &url, s(&dst.join("file"))], T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a folder"));
+}

@@ -174,7 +174,8 @@ pub fn run(
     let lock = if opts.dry_run {
         None
     } else {
-        if let Ok(m) = fs::symlink_metadata(&opts.dir) {
+        // A symlink to a folder is a folder here (mirrors often live behind one).
+        if let Ok(m) = fs::metadata(&opts.dir) {
             if !m.is_dir() {
                 return Err(SyncError::Local(format!(
                     "sync: {} is not a folder",
