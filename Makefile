@@ -4,7 +4,7 @@ SHARE ?= share
 VENV := target/venv
 PY := $(VENV)/bin/python
 
-.PHONY: build release run test unit fmt fmt-check lint doc certs bench venv mutants clean fuzz fuzz-long fuzz-merge fuzz-seeds
+.PHONY: build release run test unit fmt fmt-check lint doc certs bench bench-hosts venv mutants clean fuzz fuzz-long fuzz-merge fuzz-seeds
 
 build:
 	$(CARGO) build --release
@@ -79,6 +79,11 @@ fuzz-seeds:
 MUTANTS ?=
 mutants:
 	bash tests/mutants.sh $(MUTANTS)
+
+# Multi-host benchmarks (root): ferry sync against rsync, HAProxy, CJP2P sources, on network
+# namespaces; one table, also in target/bench/hosts.md.
+bench-hosts: certs
+	bash benches/bench_hosts.sh
 
 clean:
 	$(CARGO) clean

@@ -22,6 +22,7 @@ use cli::filestorage::FilestorageArgs;
 use cli::folder::{CertsArgs, IndexArgs};
 use cli::jtp::JtpArgs;
 use cli::serve::ServeArgs;
+use cli::sync::SyncArgs;
 use cli::tej::TejArgs;
 use cli::{EXIT_LOCAL, EXIT_OK};
 
@@ -41,6 +42,7 @@ enum Cmd {
     Cjp2p(Cjp2pArgs),
     Fastdp(FastdpArgs),
     Filestorage(FilestorageArgs),
+    Sync(SyncArgs),
     Index(IndexArgs),
     Certs(CertsArgs),
 }
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Cjp2p(a) => cli::cjp2p::run(a),
         Cmd::Fastdp(a) => cli::fastdp::run(a),
         Cmd::Filestorage(a) => cli::filestorage::run(a),
+        Cmd::Sync(a) => cli::sync::run(a),
         Cmd::Index(a) => cli::folder::index(a),
         Cmd::Certs(a) => cli::folder::certs(a),
     };

@@ -192,6 +192,10 @@ pub(crate) struct JtpGetArgs {
     /// fsync every file before renaming it into place
     #[argh(switch)]
     fsync: bool,
+    /// on a connection failure, ask again up to N times (default 0): complete files are kept,
+    /// and with --batch only what is still missing is sent again
+    #[argh(option, default = "0")]
+    retries: u32,
     /// log each image on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -416,7 +420,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     };
     let wanted = (!ids.is_empty()).then_some(ids);
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Images, a.json);
-    let got = client.get(&out, wanted, mode, &stop);
+    let got = get_with_retries(&client, &out, wanted, mode, &stop, a.retries);
     drawer.finish();
     let s = got?;
     if a.json {
@@ -450,6 +454,36 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     } else {
         EXIT_OK
     })
+}
+
+/// [`Client::get`] asked again after a connection failure, up to `retries` times, with a growing
+/// pause. Images already complete in `out` are recognised and kept, not written twice.
+fn get_with_retries(
+    client: &Client,
+    out: &std::path::Path,
+    ids: Option<Vec<u64>>,
+    mode: Mode,
+    stop: &AtomicBool,
+    retries: u32,
+) -> Result<Summary, ClientError> {
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match client.get(out, ids.clone(), mode, stop) {
+            Err(
+                e @ (ClientError::Connect(_)
+                | ClientError::Io(_)
+                | ClientError::TimedOut(_)
+                | ClientError::Closed { .. }),
+            ) if attempt < retries && !stop.load(Ordering::SeqCst) => {
+                attempt += 1;
+                eprintln!("jtp: {e}; asking again ({attempt} of {retries})");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Most missing images named in the summary line.

@@ -23,6 +23,7 @@ pub(crate) mod folder;
 pub(crate) mod jtp;
 pub(crate) mod progress;
 pub(crate) mod serve;
+pub(crate) mod sync;
 pub(crate) mod tej;
 
 pub(crate) const EXIT_OK: u8 = 0;

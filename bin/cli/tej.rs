@@ -175,6 +175,10 @@ pub(crate) struct TejGetArgs {
     /// seconds without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
+    /// on a connection failure, ask again up to N times (default 0); nothing is committed
+    /// until one answer verifies whole
+    #[argh(option, default = "0")]
+    retries: u32,
     /// print JSON
     #[argh(switch)]
     json: bool,
@@ -348,7 +352,7 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
     let client = tej_client::Client::new(opts)?;
     on_interrupt(OnInterrupt::Stop(client.stop_flag()));
     let drawer = progress::Drawer::start(client.progress(), progress::Unit::Files, a.json);
-    let got = client.get(&a.out, &a.items);
+    let got = get_with_retries(&client, &a.out, &a.items, a.retries);
     drawer.finish();
     let stored = got?;
     if a.json {
@@ -390,4 +394,31 @@ pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
         return Ok(EXIT_PARTIAL);
     }
     Ok(EXIT_OK)
+}
+
+/// [`tej_client::Client::get`] asked again after a connection failure, up to `retries` times,
+/// with a growing pause (an answer commits nothing unless it verifies whole, so asking again is
+/// always safe).
+fn get_with_retries(
+    client: &tej_client::Client,
+    out: &std::path::Path,
+    items: &[String],
+    retries: u32,
+) -> Result<Vec<ferry::proto::tej::messages::ManifestEntry>, tej_client::ClientError> {
+    use tej_client::ClientError as E;
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match client.get(out, items) {
+            Err(e @ (E::Connect(_) | E::Io(_) | E::TimedOut(_) | E::Closed))
+                if attempt < retries =>
+            {
+                attempt += 1;
+                eprintln!("tej: {e}; asking again ({attempt} of {retries})");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod fastdp;
 pub mod filestorage;
 pub mod jtp;
 pub mod progress;
+pub mod sync;
 pub mod tej;
 
 /// Removes the streaming temporaries (`.ferry-*.part`) that processes which no longer run left in

@@ -16,4 +16,5 @@ mod jtp_server;
 mod security;
 mod server_core;
 mod server_limits;
+mod sync;
 mod tej;
