@@ -20,6 +20,8 @@ use crate::FERRY;
 pub const TEJ_PORT: u16 = 8000;
 pub const JTP_PORT: u16 = 8443;
 pub const CJP2P_PORT: u16 = 24254;
+pub const FASTDP_PORT: u16 = 5423;
+pub const FILESTORAGE_PORT: u16 = 9000;
 pub const MIRRORS: [&str; 2] = ["m1", "m2"];
 
 /// The test certificates (`make certs`).
@@ -55,13 +57,22 @@ pub fn serve(net: &Net, host: &str, dir: &std::path::Path) -> Proc {
             &format!("{ip}:{TEJ_PORT}"),
             "--cjp2p-bind",
             &format!("{ip}:{CJP2P_PORT}"),
+            "--fastdp-bind",
+            &format!("{ip}:{FASTDP_PORT}"),
+            // Plain filestorage carries a bearer token: the host's own loopback only.
+            "--filestorage-bind",
+            &format!("127.0.0.1:{FILESTORAGE_PORT}"),
+            // Hosts share one file system: each its own libIPC run folder.
+            "--filestorage-unix",
+            s(&net.dir(host, "run").join("filestorage")),
             "--cert",
             s(&c.join("cert.pem")),
             "--key",
             s(&c.join("key.pem")),
         ],
     );
-    p.listening(3, Duration::from_secs(60));
+    // JTP, TEJ, CJP2P, FastDP, filestorage over TCP and over its Unix socket.
+    p.listening(6, Duration::from_secs(60));
     p
 }
 
