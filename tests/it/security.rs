@@ -61,7 +61,7 @@ fn eventually<R>(what: &str, mut attempt: impl FnMut() -> Result<R, String>) -> 
     }
 }
 
-/// `ferry serve DIR EXTRA...` on loopback port 0 for all three protocols.
+/// `ferry serve DIR EXTRA...` on loopback port 0 for JTP, TEJ and CJP2P.
 fn serve_all(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "serve",
@@ -72,6 +72,14 @@ fn serve_all(dir: &Path, extra: &[&str]) -> Server {
         "127.0.0.1:0",
         "--cjp2p-bind",
         "127.0.0.1:0",
+        // FastDP and filestorage listen on fixed defaults (5423, 9000, a Unix socket with a
+        // lock): off, so parallel tests do not fight over them.
+        "--fastdp-bind",
+        "off",
+        "--filestorage-bind",
+        "off",
+        "--filestorage-unix",
+        "off",
     ];
     args.extend_from_slice(extra);
     Server::start(&args, 3)

@@ -3854,9 +3854,11 @@ fn refusal_error_frames_reach_a_sender_that_is_still_writing() {
     // too-large: a file over --max-file-size, its data already on the way.
     let f = refusal(file_header(b"big.bin", 5_000_001), &s);
     assert_error(&f, "too-large");
-    // internal: the work folder is taken away, so the temporary cannot be made part-way.
+    // internal: the work folder is deleted (the server holds it open as a descriptor, and
+    // nothing can be created in a deleted folder, root or not), so the temporary cannot be
+    // made part-way; a file takes its name so that no path leads to a folder either.
     let ing = ingest_dir(dir.path());
-    std::fs::rename(&ing, ing.with_extension("moved")).unwrap();
+    std::fs::remove_dir_all(&ing).unwrap();
     std::fs::write(&ing, b"not a folder").unwrap();
     let f = refusal(file_header(b"mid.bin", 600_000), &s);
     let j = assert_error(&f, "internal");
