@@ -2305,7 +2305,7 @@ fn j27_two_subscribers_both_get_the_event() {
     for c in &mut subs {
         c.write_all(&[0x04, 0x00]).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1000));
     let d = pseudo_random(23, 777);
     replace(dir.path(), "new.webp", &d);
     let ev = watch_event("new.webp", &d);
