@@ -92,9 +92,14 @@ struct ServeArgs {
     /// allow plain TCP on a non-loopback address (the JWT is a bearer token)
     #[argh(switch)]
     plain_remote: bool,
-    /// most connections over all endpoints together (default 1024)
-    #[argh(option, default = "1024")]
+    /// most connections over all endpoints together (default: what the open-file limit
+    /// allows, at most 1024)
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent TCP and TLS connections from one IP address (default a quarter of
+    /// --max-connections)
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// seconds a frame may take once started, and a write without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
@@ -341,6 +346,8 @@ pub(crate) struct Endpoints {
     pub(crate) quota_file: Option<PathBuf>,
     pub(crate) legacy_ipc: bool,
     pub(crate) max_connections: usize,
+    /// Connections from one IP address (TCP and TLS; the Unix socket's peers have none).
+    pub(crate) max_per_ip: usize,
     pub(crate) io_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) preamble_timeout: Duration,
@@ -363,6 +370,7 @@ impl Endpoints {
             quota_file: None,
             legacy_ipc: false,
             max_connections: 1024,
+            max_per_ip: 256,
             io_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             preamble_timeout: Duration::from_secs(10),
@@ -462,7 +470,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
     };
     let service: Arc<dyn Service> =
         Arc::new(FilestorageService::new(store.clone(), config, e.verbose));
-    let budget = ConnectionBudget::new(e.max_connections);
+    let budget = ConnectionBudget::with_max_per_ip(e.max_connections, e.max_per_ip);
     let mut listeners = Vec::new();
     if let Some(path) = &e.unix {
         let mut lock = path.as_os_str().to_owned();
@@ -528,6 +536,7 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         quota_file: a.quota_file.clone(),
         legacy_ipc: a.legacy_ipc,
         max_connections: a.max_connections,
+        max_per_ip: super::tej::max_per_ip(a.max_per_ip, a.max_connections),
         io_timeout: secs(a.io_timeout),
         idle_timeout: secs(a.idle_timeout),
         preamble_timeout: secs(a.preamble_timeout),
