@@ -11,6 +11,7 @@ use argh::FromArgs;
 
 use ferry::catalog::CatalogHandle;
 use ferry::config::TlsSource;
+use ferry::dir::Dir;
 use ferry::driver::filestorage::client::{self as fs_client, ClientError, ClientOptions, Endpoint};
 use ferry::driver::filestorage::store::Sweeper;
 use ferry::driver::filestorage::{
@@ -428,7 +429,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
             QuotaConfig::parse(&bytes).map_err(|err| local(format!("{}: {err}", p.display())))?
         }
     };
-    let store_dir = fs::store_dir(&cat.state_dir());
+    let store_dir = fs::open_store_dir(cat.state()).map_err(local)?;
     let key = fs::load_key(&store_dir, e.jwt_key_file.as_deref()).map_err(local)?;
     let tls = match &e.tls {
         None => None,
@@ -555,10 +556,16 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
 
 fn token_cmd(a: TokenArgs) -> Result<u8, Failure> {
     let key = match &a.jwt_key_file {
-        Some(k) => fs::load_key(Path::new("."), Some(k)),
+        Some(k) => fs::load_key(&Dir::open(Path::new(".")).map_err(local)?, Some(k)),
         None => {
+            // The store's key, reached from the folder's descriptor through private folders
+            // only (as the server reaches it), created with them if missing.
             let root = a.root.clone().unwrap_or_else(|| PathBuf::from("share"));
-            fs::load_key(&fs::store_dir(&root.join(".ferry")), None)
+            let store = Dir::create_all(&root)
+                .and_then(|d| d.private_subdir(".ferry", true))
+                .and_then(|d| fs::open_store_dir(&d))
+                .map_err(local)?;
+            fs::load_key(&store, None)
         }
     }
     .map_err(local)?;

@@ -1042,3 +1042,73 @@ fn fastdp_listeners_cap_connections_per_address() {
     // filestorage: the tcpd preamble, then nothing; a refused peer is closed without a byte.
     caps_per_address(&all.addr("filestorage"), <[u8]>::is_empty, b"filestorage");
 }
+
+#[test]
+fn filestorage_store_goes_to_the_opened_state_folder_not_through_a_swapped_in_link() {
+    let root = TempDir::new("sec-fs-swap");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let s = Server::start(
+        &[
+            "filestorage",
+            "serve",
+            "--root",
+            p(&share),
+            "--no-unix",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let addr = s.addr("filestorage");
+    let o = ferry(
+        &[
+            "filestorage",
+            "token",
+            "--uid",
+            "1000",
+            "--login",
+            "u",
+            "--root",
+            p(&share),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    // The attacker's tree has every folder of the store, so a path that re-resolves .ferry
+    // would write there.
+    let evil = swap_state_folder(
+        root.path(),
+        &share,
+        &[
+            "filestorage/objects",
+            "filestorage/records",
+            "filestorage/partial",
+            "filestorage/by-owner",
+            "filestorage/by-tag",
+        ],
+    );
+    let data = pseudo_random(8, 150_000);
+    let file = root.join("up.bin");
+    std::fs::write(&file, &data).unwrap();
+    let o = ferry(
+        &[
+            "filestorage",
+            "put",
+            "--addr",
+            &addr,
+            "--token",
+            &token,
+            "--tag",
+            "public",
+            p(&file),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_under(&evil), Vec::<PathBuf>::new(), "written through the link");
+    let store = share.join("ferry-state-moved/filestorage");
+    assert!(store.join(format!("objects/{}", hex(&sha(&data)))).is_file());
+    assert_eq!(sha256_file(&share.join("up.bin")), sha(&data), "published");
+}
