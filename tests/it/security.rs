@@ -1112,3 +1112,44 @@ fn filestorage_store_goes_to_the_opened_state_folder_not_through_a_swapped_in_li
     assert!(store.join(format!("objects/{}", hex(&sha(&data)))).is_file());
     assert_eq!(sha256_file(&share.join("up.bin")), sha(&data), "published");
 }
+
+#[test]
+fn sync_never_writes_through_planted_state_links_and_refuses_a_shared_state_folder() {
+    let root = TempDir::new("sec-sync");
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random(9, 10_000)).unwrap();
+    let srv = Server::start(
+        &["tej", "serve", "--bind", "127.0.0.1:0", "--root", p(&src)],
+        1,
+    );
+    let url = format!("tej://{}", srv.addr("tej"));
+    let dst = root.join("dst");
+    let attic = dst.join(".ferry/attic");
+    std::fs::create_dir_all(&attic).unwrap();
+    for d in [dst.join(".ferry"), attic.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // A file only here, so --delete keeps it in the attic and the manifest is written.
+    std::fs::write(dst.join("gone.bin"), b"delete me").unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    symlink(&victim, attic.join(".manifest.json.tmp")).unwrap();
+    let o = ferry(&["sync", &url, p(&dst), "--delete"], T);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(dst.join("a.bin").is_file() && !dst.join("gone.bin").exists());
+    assert!(std::fs::symlink_metadata(attic.join("manifest.json"))
+        .unwrap()
+        .is_file());
+
+    // A DIR/.ferry others may write into is refused before anything is written there.
+    let dst2 = root.join("dst2");
+    std::fs::create_dir_all(dst2.join(".ferry")).unwrap();
+    std::fs::set_permissions(dst2.join(".ferry"), std::fs::Permissions::from_mode(0o777))
+        .unwrap();
+    let o = ferry(&["sync", &url, p(&dst2)], T);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(dst2.join(".ferry")).unwrap().count(), 0);
+}

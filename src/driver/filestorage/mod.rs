@@ -135,33 +135,10 @@ fn write_new_key(store: &Dir, name: &OsStr, contents: &[u8]) -> io::Result<()> {
     store.sync()
 }
 
-/// A path that reaches the folder open as `dir` through its descriptor
-/// (`/proc/self/fd/<fd>`): the kernel resolves it to that very folder, whatever has been
-/// renamed or linked in place of its name since, so path-based operations below it cannot be
-/// redirected by swapping a component above it (issue 15 item 3; below it, every folder is
-/// the store's own, private). Falls back to the folder's own path where `/proc` is not
-/// mounted, after checking it still names the same folder.
+/// A path that reaches the folder open as `dir` through its descriptor: see
+/// [`Dir::anchored_path`].
 pub fn anchored_path(dir: &Dir) -> io::Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let st = dir.stat()?;
-    let same = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (st.dev(), st.ino()))
-    };
-    let proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if same(&proc) {
-        return Ok(proc);
-    }
-    if same(dir.path()) {
-        return Ok(dir.path().to_path_buf());
-    }
-    Err(io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!(
-            "{} no longer names the folder ferry opened, and /proc is not mounted: refusing \
-             to use it",
-            dir.path().display()
-        ),
-    ))
+    dir.anchored_path()
 }
 
 /// Fills `buf` from the kernel's random source.
