@@ -780,9 +780,19 @@ fn fastdp_push_state_goes_to_the_opened_state_folder_not_through_a_swapped_in_li
     eventually("the upload in the folder", || {
         std::fs::read(share.join("up.bin"))
             .map_err(|e| e.to_string())
-            .and_then(|b| if b == data { Ok(()) } else { Err("differs".into()) })
+            .and_then(|b| {
+                if b == data {
+                    Ok(())
+                } else {
+                    Err("differs".into())
+                }
+            })
     });
-    assert_eq!(files_under(&evil), Vec::<PathBuf>::new(), "written through the link");
+    assert_eq!(
+        files_under(&evil),
+        Vec::<PathBuf>::new(),
+        "written through the link"
+    );
     let done = files_under(&share.join("ferry-state-moved/ingest/fastdp"));
     assert!(
         done.iter().any(|f| f.to_string_lossy().ends_with(".done")),
@@ -902,7 +912,15 @@ fn fastdp_get_refuses_a_name_it_did_not_ask_for_and_any_dotfile() {
         let out = root.path().join(format!("out-{offered}"));
         let o = ferry_cached(
             &[
-                "fastdp", "get", "--addr", &addr, "--out", p(&out), "--retries", "1", asked,
+                "fastdp",
+                "get",
+                "--addr",
+                &addr,
+                "--out",
+                p(&out),
+                "--retries",
+                "1",
+                asked,
             ],
             &root.join("cache"),
         );
@@ -963,7 +981,11 @@ fn caps_per_address(addr: &str, refused: impl Fn(&[u8]) -> bool, greeting: &[u8]
     // Let in: the service waits for more (a read times out) or greets; never a refusal.
     let mut b = [0u8; 64];
     match other.read(&mut b) {
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
         Ok(n) if n > 0 && !refused(&b[..n]) => {}
         r => panic!("another address was not let in: {r:?} {:02x?}", &b[..]),
     }
@@ -1107,9 +1129,15 @@ fn filestorage_store_goes_to_the_opened_state_folder_not_through_a_swapped_in_li
         T,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(files_under(&evil), Vec::<PathBuf>::new(), "written through the link");
+    assert_eq!(
+        files_under(&evil),
+        Vec::<PathBuf>::new(),
+        "written through the link"
+    );
     let store = share.join("ferry-state-moved/filestorage");
-    assert!(store.join(format!("objects/{}", hex(&sha(&data)))).is_file());
+    assert!(store
+        .join(format!("objects/{}", hex(&sha(&data))))
+        .is_file());
     assert_eq!(sha256_file(&share.join("up.bin")), sha(&data), "published");
 }
 
@@ -1146,8 +1174,7 @@ fn sync_never_writes_through_planted_state_links_and_refuses_a_shared_state_fold
     // A DIR/.ferry others may write into is refused before anything is written there.
     let dst2 = root.join("dst2");
     std::fs::create_dir_all(dst2.join(".ferry")).unwrap();
-    std::fs::set_permissions(dst2.join(".ferry"), std::fs::Permissions::from_mode(0o777))
-        .unwrap();
+    std::fs::set_permissions(dst2.join(".ferry"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let o = ferry(&["sync", &url, p(&dst2)], T);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));

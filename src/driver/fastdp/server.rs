@@ -41,8 +41,8 @@ use super::state::{self, StateFile};
 use crate::catalog::{CatalogHandle, Entry, MappedFile};
 use crate::dir::Dir;
 use crate::ingest::{
-    ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink, TransferError,
-    TransferRegistry, TransferSpec, TransferState,
+    ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink,
+    TransferError, TransferRegistry, TransferSpec, TransferState,
 };
 use crate::proto::fastdp::connection::{Event, SendChunk};
 use crate::proto::fastdp::crc::Crc32c;

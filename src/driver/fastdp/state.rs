@@ -358,10 +358,10 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-    use std::path::PathBuf;
     use crate::proto::fastdp::frame::Compress;
     use crate::proto::fastdp::messages::Checksum;
+    use std::fs;
+    use std::path::PathBuf;
 
     fn header(id: &str, size: u64) -> Header {
         Header::new(

@@ -100,7 +100,8 @@ pub fn load_key(store: &Dir, key_file: Option<&Path>) -> Result<JwtKey, StoreErr
                     write_new_key(store, name, &contents)
                         .map_err(io_err(format!("write {}", p.display())))?;
                     // Another process may have won the race: read what is there.
-                    let b = read_key(store, name).map_err(io_err(format!("read {}", p.display())))?;
+                    let b =
+                        read_key(store, name).map_err(io_err(format!("read {}", p.display())))?;
                     (p, b)
                 }
                 Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),

@@ -11,9 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::disk;
-use crate::dir::Dir;
 use super::recover::take_store_lock;
 use super::store::{io_err, StoreError};
+use crate::dir::Dir;
 use crate::proto::filestorage::ids::Uuid;
 use crate::proto::filestorage::store::records::Record;
 use crate::wire::hex;

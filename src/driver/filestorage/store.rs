@@ -1203,11 +1203,7 @@ impl Store {
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(record.id, record.clone());
-                    return Some(Registration {
-                        path,
-                        xxh,
-                        sha,
-                    });
+                    return Some(Registration { path, xxh, sha });
                 }
                 Ok(false) | Err(_) => {
                     if fresh {
