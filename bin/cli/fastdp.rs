@@ -86,9 +86,14 @@ pub(crate) struct FastdpServeArgs {
     /// do not follow the folder live (no inotify)
     #[argh(switch)]
     no_follow: bool,
-    /// most concurrent connections (default 1024); beyond: 503
-    #[argh(option, default = "1024")]
+    /// most concurrent connections (default: what the open-file limit allows, at most 1024);
+    /// beyond: 503
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent connections from one IP address (default a quarter of
+    /// --max-connections); beyond: 503, while other addresses are still served
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// log transfers and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -215,7 +220,8 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
     let l = bind(
         "fastdp",
         &a.bind,
-        tcp_listener(&a.bind, None, &limits, a.verbose),
+        tcp_listener(&a.bind, None, &limits, a.verbose)
+            .max_per_ip(super::tej::max_per_ip(a.max_per_ip, a.max_connections)),
     )?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, svc);
     run_servers(builder, shutdown, cat, watcher, a.verbose, a.json)

@@ -29,6 +29,7 @@
 //!
 //! Out of scope: printing (the CLI draws progress from [`Progress`]), the server.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -42,6 +43,7 @@ use sha2::{Digest, Sha256};
 use super::link::{Got, Link, Wake, Wakers};
 use super::receive::{commit_once, ChunkSink, LocalError, MemoryCrcs};
 use crate::catalog::FileStamp;
+use crate::dir::Dir;
 use crate::ingest::{
     Attachment, Expect, IngestDir, IngestError, Publisher, TransferError, TransferRegistry,
     TransferSpec,
@@ -412,24 +414,56 @@ fn record_path(opts: &ClientOptions, file: &Path, compress: Compress) -> PathBuf
     resume_dir(opts, file).join(format!("push-{key}.json"))
 }
 
+/// Largest resume record read.
+const MAX_RECORD: u64 = 64 * 1024;
+
+/// A push's resume record (in the user's cache folder, named on no command line but theirs).
+/// Never through a link: read `O_NOFOLLOW | O_NONBLOCK` as a regular file.
 fn read_record<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
-    let bytes = std::fs::read(p).ok()?;
-    if bytes.len() > 64 * 1024 {
+    let dir = Dir::open(p.parent()?).ok()?;
+    read_record_at(&dir, p.file_name()?)
+}
+
+/// The resume record `name` in `dir`, read `O_NOFOLLOW | O_NONBLOCK` as a regular file.
+fn read_record_at<T: serde::de::DeserializeOwned>(dir: &Dir, name: &OsStr) -> Option<T> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    dir.open_read(name)
+        .ok()?
+        .take(MAX_RECORD + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_RECORD {
         return None;
     }
     serde_json::from_slice(&bytes).ok()
 }
 
 fn write_record<T: serde::Serialize>(p: &Path, rec: &T) -> io::Result<()> {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = p.with_extension("json.new");
+    let (Some(d), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(io::Error::other("resume record without a folder"));
+    };
+    std::fs::create_dir_all(d)?;
+    write_record_at(&Dir::open(d)?, name, rec)
+}
+
+/// Replaces the record `name` in `dir` through the folder's descriptor: the temporary is
+/// created `O_EXCL | O_NOFOLLOW` (a planted link there is removed, never written through),
+/// then renamed over the record.
+fn write_record_at<T: serde::Serialize>(dir: &Dir, name: &OsStr, rec: &T) -> io::Result<()> {
+    let mut tmp = name.to_owned();
+    tmp.push(".new");
     let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, p)
+    let _ = dir.remove_file(&tmp);
+    let mut f = dir.create_new(&tmp, 0o600)?;
+    let r = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| dir.rename(&tmp, dir, name));
+    if r.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    r
 }
 
 /// SHA-256 of the open file, read with pread in 1 MiB pieces.
@@ -829,7 +863,9 @@ struct PullState {
 struct PullShared<'a> {
     opts: &'a ClientOptions,
     registry: &'a Arc<TransferRegistry>,
-    rec_path: &'a Path,
+    /// The output folder's work folder (its descriptor) and the resume record's name there.
+    work: &'a Dir,
+    rec_name: &'a OsStr,
     target: &'a PullTarget,
     target_text: &'a str,
     tid: TransferId,
@@ -854,15 +890,18 @@ pub fn pull(
     let ingest =
         IngestDir::new(out, &work).map_err(|e| local(format!("{}: {e}", out.display())))?;
     let registry = TransferRegistry::new(Publisher::without_catalog(ingest));
+    // The record lives in the work folder, reached only through its descriptor (checked
+    // private when ingest opened it), never by path (issue 15 item 3).
+    let work = registry.publisher().ingest().work_dir();
     let mut key = Sha256::new();
     key.update(opts.addr.as_bytes());
     key.update([0]);
     key.update(target_text.as_bytes());
-    let rec_path = work.join(format!("pull-{}.json", hex::encode(&key.finalize()[..16])));
+    let rec_name = OsString::from(format!("pull-{}.json", hex::encode(&key.finalize()[..16])));
     let mut tries = 0;
     loop {
         tries += 1;
-        let record: Option<PullRecord> = read_record(&rec_path);
+        let record: Option<PullRecord> = read_record_at(work, &rec_name);
         let tid = record
             .as_ref()
             .and_then(|r| TransferId::parse(&r.transfer_id))
@@ -873,7 +912,8 @@ pub fn pull(
                 size: r.size,
                 block_size: r.one_chunk,
                 expect: Expect::Sha256(Checksum::parse(&r.checksum)?.0),
-                preallocate: r.size > 0,
+                // Sparse: space is taken as chunks arrive (issue 15 item 12).
+                preallocate: false,
             };
             registry.attach(&r.transfer_id, spec, 64).ok().map(Arc::new)
         });
@@ -893,7 +933,8 @@ pub fn pull(
         let sh = PullShared {
             opts,
             registry: &registry,
-            rec_path: &rec_path,
+            work,
+            rec_name: &rec_name,
             target: &target,
             target_text,
             tid,
@@ -928,7 +969,7 @@ pub fn pull(
         match outcome {
             Some(Ok(path)) => {
                 drop(attachment);
-                let _ = std::fs::remove_file(&rec_path);
+                let _ = work.remove_file(&rec_name);
                 let rec = rec.ok_or_else(|| local("pull finished without parameters"))?;
                 return Ok(PullReport {
                     target: target_text.to_owned(),
@@ -952,12 +993,12 @@ pub fn pull(
                 if restart.load(Ordering::SeqCst) && tries < 2 {
                     // The file changed on the server: the partial file is useless (3).
                     let _ = registry.discard(tid.as_str());
-                    let _ = std::fs::remove_file(&rec_path);
+                    let _ = work.remove_file(&rec_name);
                     continue;
                 }
                 if matches!(e, ClientError::Refused(_)) {
                     let _ = registry.discard(tid.as_str());
-                    let _ = std::fs::remove_file(&rec_path);
+                    let _ = work.remove_file(&rec_name);
                 }
                 return Err(e);
             }
@@ -1016,6 +1057,7 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     if let Some(a) = &st.attachment {
         return Ok(Arc::clone(a));
     }
+    check_reply(sh, r)?;
     let rec = PullRecord {
         target: sh.target_text.to_owned(),
         addr: sh.opts.addr.clone(),
@@ -1027,15 +1069,16 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     };
     if st.record.is_none() {
         let _ = sh.registry.discard(sh.tid.as_str());
-        write_record(sh.rec_path, &rec).map_err(|e| Fail::Final(local(e)))?;
+        write_record_at(sh.work, sh.rec_name, &rec).map_err(|e| Fail::Final(local(e)))?;
         st.record = Some(rec);
     }
     let spec = TransferSpec {
         size: r.full_size,
         block_size: r.one_chunk,
         expect: Expect::Sha256(r.checksum.0),
-        // fallocate(2) refuses a length of 0.
-        preallocate: r.full_size > 0,
+        // Sparse, filled as chunks arrive: a size a hostile server declares is checked against
+        // the free space above, never preallocated (issue 15 item 12).
+        preallocate: false,
     };
     let att = sh
         .registry
@@ -1051,6 +1094,41 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     sh.held.store(have_of(&att).count(), Ordering::SeqCst);
     st.attachment = Some(Arc::clone(&att));
     Ok(att)
+}
+
+/// What a server's reply may make this client write (issue 15 items 8 and 12): the name asked
+/// for (a SHA-256 request takes the server's name, but never a dotfile), and a size that fits
+/// the output folder's free space.
+fn check_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<(), Fail> {
+    let refuse = |why: String| Err(Fail::Final(ClientError::Refused(why)));
+    if let PullTarget::Name(asked) = sh.target {
+        if r.file_name != *asked {
+            return refuse(format!(
+                "server offered {:?} for {:?}: not the name asked for",
+                crate::names::printable(&r.file_name),
+                crate::names::printable(asked)
+            ));
+        }
+    }
+    if r.file_name.starts_with('.') {
+        return refuse(format!(
+            "server offered the dotfile {:?}: refused",
+            crate::names::printable(&r.file_name)
+        ));
+    }
+    let free = sh
+        .registry
+        .publisher()
+        .ingest()
+        .available_bytes()
+        .unwrap_or(u64::MAX);
+    if r.full_size > free {
+        return Err(Fail::Final(local(format!(
+            "{} bytes offered, {free} bytes free in the output folder",
+            r.full_size
+        ))));
+    }
+    Ok(())
 }
 
 fn have_of(t: &crate::ingest::Transfer) -> Have {

@@ -28,9 +28,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,9 +39,10 @@ use super::link::{Got, Link, Wake, Wakers};
 use super::receive::{ChunkSink, LocalError};
 use super::state::{self, StateFile};
 use crate::catalog::{CatalogHandle, Entry, MappedFile};
+use crate::dir::Dir;
 use crate::ingest::{
-    Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink, TransferError,
-    TransferRegistry, TransferSpec, TransferState,
+    ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink,
+    TransferError, TransferRegistry, TransferSpec, TransferState,
 };
 use crate::proto::fastdp::connection::{Event, SendChunk};
 use crate::proto::fastdp::crc::Crc32c;
@@ -137,7 +137,6 @@ struct PullSlot {
 struct Inner {
     catalog: Arc<CatalogHandle>,
     registry: Arc<TransferRegistry>,
-    work: PathBuf,
     cfg: FastdpConfig,
     push: Mutex<HashMap<TransferId, PushShared>>,
     pull: Mutex<HashMap<TransferId, PullSlot>>,
@@ -159,14 +158,16 @@ impl FastdpService {
     /// transfers within retention are kept for resume, expired ones and orphans deleted, and a
     /// thread repeats that sweep hourly for as long as the service lives.
     pub fn new(catalog: Arc<CatalogHandle>, cfg: FastdpConfig) -> io::Result<FastdpService> {
-        let work = catalog.state_dir().join("ingest").join("fastdp");
-        let ingest = IngestDir::new(catalog.root(), &work)?;
+        // Publishing goes through the catalog's root descriptor, the work folder is reached
+        // from its `.ferry` descriptor (issue 15 item 3), and every transfer takes its space
+        // from the process-wide ledger, leaving `disk_reserve` free (item 5).
+        let mut ingest = IngestDir::for_catalog(&catalog, "fastdp")?;
+        ingest.set_disk_reserve(cfg.disk_reserve);
         let _ = ingest.clean_stale();
         let registry = TransferRegistry::new(Publisher::new(ingest, catalog.clone()));
         let inner = Arc::new(Inner {
             catalog,
             registry,
-            work,
             cfg,
             push: Mutex::new(HashMap::new()),
             pull: Mutex::new(HashMap::new()),
@@ -187,9 +188,9 @@ impl FastdpService {
         Ok(FastdpService { inner, stop })
     }
 
-    /// The ingest work folder (transfers and their state).
+    /// The ingest work folder (transfers and their state), for messages.
     pub fn work_dir(&self) -> &Path {
-        &self.inner.work
+        self.inner.work().path()
     }
 }
 
@@ -270,15 +271,28 @@ impl Inner {
                 .discard(id.as_str())
                 .map_err(|e| io::Error::other(e.to_string()))
         };
-        state::sweep(&self.work, self.cfg.retention, &in_use, &discard)
+        state::sweep(self.work(), self.cfg.retention, &in_use, &discard)
     }
 
+    /// The ingest work folder `.ferry/ingest/fastdp/`, opened once from the catalog's `.ferry`
+    /// descriptor and checked private: every `.state`, `.done` and 1.1.0 temporary is reached
+    /// through it, never by path.
+    fn work(&self) -> &Dir {
+        self.registry.publisher().ingest().work_dir()
+    }
+
+    /// Bytes a new transfer may take: free space less what other transfers of the process
+    /// (every protocol) were promised and not yet given ([`ledger`]), less `disk_reserve`.
     fn free_space(&self) -> u64 {
-        self.registry
-            .publisher()
-            .ingest()
+        let ingest = self.registry.publisher().ingest();
+        let promised = ingest
+            .work_dir()
+            .stat()
+            .map_or(0, |st| ledger::promised(st.dev()));
+        ingest
             .available_bytes()
             .unwrap_or(u64::MAX)
+            .saturating_sub(promised)
             .saturating_sub(self.cfg.disk_reserve)
     }
 }
@@ -452,7 +466,7 @@ impl Conn<'_> {
         let mut map = lock(&inner.push);
         // A completion record answers first: the transfer may still be in the map while its
         // last connections finish, and its part is gone.
-        if let Some(done) = state::read_done(&inner.work, &id) {
+        if let Some(done) = state::read_done(inner.work(), &id) {
             if !done.header.same_parameters(h) {
                 return Err(mismatch());
             }
@@ -498,7 +512,7 @@ impl Conn<'_> {
                 format!("{} transfers at once already", inner.cfg.max_transfers),
             ));
         }
-        let stored = StateFile::open(&inner.work, &id).map_err(internal)?;
+        let stored = StateFile::open(inner.work(), &id).map_err(internal)?;
         let (att, st) = match stored {
             Some((st, stored)) => {
                 if !stored.same_parameters(h) {
@@ -524,7 +538,7 @@ impl Conn<'_> {
                     .registry
                     .attach(id.as_str(), spec, max)
                     .map_err(|e| transfer_error(e, max))?;
-                match StateFile::create(&inner.work, h) {
+                match StateFile::create(inner.work(), h) {
                     Ok(st) => (att, st),
                     Err(e) => {
                         drop(att);
@@ -692,13 +706,13 @@ impl Conn<'_> {
                     header: h.clone(),
                     file_name: name.clone(),
                 };
-                if let Err(e) = state::write_done(&inner.work, &done) {
+                if let Err(e) = state::write_done(inner.work(), &done) {
                     self.log(format_args!(
                         "push {}: completion record: {e}",
                         h.transfer_id
                     ));
                 }
-                let _ = std::fs::remove_file(state::state_path(&inner.work, &h.transfer_id));
+                state::remove_state(inner.work(), &h.transfer_id);
                 let secs = started.elapsed().as_secs_f64();
                 self.log(format_args!(
                     "push {}: stored {name:?} ({} bytes, {:?}) in {secs:.2} s",
@@ -708,7 +722,7 @@ impl Conn<'_> {
                 Ok(())
             }
             Err(TransferError::Failed(e)) if matches!(*e, IngestError::Mismatch { .. }) => {
-                let _ = std::fs::remove_file(state::state_path(&inner.work, &h.transfer_id));
+                state::remove_state(inner.work(), &h.transfer_id);
                 self.log(format_args!("push {}: {e}", h.transfer_id));
                 self.conn.fail(err(
                     ErrorCode::ChecksumMismatch,
@@ -1105,7 +1119,7 @@ impl Conn<'_> {
                     return self.finish();
                 }
             },
-            _ => match unnamed_temp(ingest.work()) {
+            _ => match unnamed_temp(ingest.work_dir()) {
                 Ok(f) => V110Target::Compressed {
                     file: f,
                     sha: Sha256::new(),
@@ -1298,15 +1312,17 @@ fn space_or(e: &io::Error, other: V110Error) -> V110Error {
     }
 }
 
-/// A temporary file without a name in `dir` (`O_TMPFILE`): it vanishes with its descriptor,
-/// so a failure or a crash leaves nothing to clean. Where the file system lacks `O_TMPFILE`,
-/// a named file is created and unlinked at once.
-fn unnamed_temp(dir: &Path) -> io::Result<File> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: open(2) with a NUL-terminated path and constant flags; the result is checked.
+/// A temporary file without a name in the folder `dir` (`O_TMPFILE` relative to its
+/// descriptor, never by path): it vanishes with its descriptor, so a failure or a crash leaves
+/// nothing to clean. Where the file system lacks `O_TMPFILE`, a named file is created
+/// `O_EXCL | O_NOFOLLOW` and unlinked at once.
+fn unnamed_temp(dir: &Dir) -> io::Result<File> {
+    // SAFETY: openat(2) on a folder descriptor we hold, a NUL-terminated name and constant
+    // flags; the result is checked.
     let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
             libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
             0o600,
         )
@@ -1315,22 +1331,15 @@ fn unnamed_temp(dir: &Path) -> io::Result<File> {
         // SAFETY: `fd` is a fresh descriptor owned by nothing else.
         return Ok(unsafe { File::from_raw_fd(fd) });
     }
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(format!(
+    let name = std::ffi::OsString::from(format!(
         "v110-{}-{}.tmp",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
+    let f = dir.create_new(&name, 0o600)?;
+    dir.remove_file(&name)?;
     Ok(f)
 }
 

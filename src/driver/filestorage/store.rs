@@ -293,8 +293,15 @@ struct CatalogView {
 /// The store (see the module doc). Open it with [`Store::open`], which recovers before anything
 /// is served.
 pub struct Store {
+    /// The served folder, anchored at the catalog root's descriptor
+    /// ([`super::anchored_path`]): publishing links into it.
     pub(super) root: PathBuf,
+    /// The store folder, anchored at [`store_dir`](Self::store_dir)'s descriptor: every store
+    /// file is reached below it, never through `.ferry/` by name.
     pub(super) dir: PathBuf,
+    /// `.ferry/filestorage`, opened once from the catalog's `.ferry` descriptor and checked
+    /// private; kept open for as long as `dir` points through it.
+    pub(super) store_dir: crate::dir::Dir,
     pub(super) catalog: Arc<CatalogHandle>,
     pub(super) opts: StoreOptions,
     pub(super) ingest: IngestDir,
@@ -318,7 +325,9 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.store_dir.path())
+            .finish()
     }
 }
 
@@ -327,6 +336,7 @@ impl Store {
     pub(super) fn assemble(
         root: PathBuf,
         dir: PathBuf,
+        store_dir: crate::dir::Dir,
         catalog: Arc<CatalogHandle>,
         opts: StoreOptions,
         ingest: IngestDir,
@@ -335,6 +345,7 @@ impl Store {
         Store {
             root,
             dir,
+            store_dir,
             catalog,
             opts,
             ingest,
@@ -357,9 +368,9 @@ impl Store {
         }
     }
 
-    /// The store folder, `<root>/.ferry/filestorage`.
+    /// The store folder, `<root>/.ferry/filestorage` (for messages).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.store_dir.path()
     }
 
     pub(super) fn objects_dir(&self) -> PathBuf {
@@ -1176,13 +1187,14 @@ impl Store {
             let placed = match fs::hard_link(&object, &dest) {
                 Ok(()) => disk::sync_dir(&self.root).map(|()| true),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    holds_content(&dest, &object, record.size, &sha)
+                    holds_content(self.catalog.root_dir(), &name, &object, record.size, &sha)
                 }
                 // Another file system or no links allowed: a copy through ingest.
                 Err(_) => self.publish_copy(&object, &name, sha).map(|n| n == name),
             };
             match placed {
                 Ok(true) => {
+                    let path = self.catalog.root().join(&name);
                     record.published = Some(name);
                     if let Err(e) = self.write_record(record) {
                         self.log(format_args!("record {}: {e}", record.id));
@@ -1191,11 +1203,7 @@ impl Store {
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(record.id, record.clone());
-                    return Some(Registration {
-                        path: dest,
-                        xxh,
-                        sha,
-                    });
+                    return Some(Registration { path, xxh, sha });
                 }
                 Ok(false) | Err(_) => {
                     if fresh {
@@ -1524,19 +1532,34 @@ pub(super) fn tagged_name(name: &str, tag: &str) -> String {
     }
 }
 
-/// Whether `path` already holds the object's content: the object itself (same inode), or a
-/// regular file of the same size and SHA-256.
-fn holds_content(path: &Path, object: &Path, size: u64, sha: &[u8; 32]) -> io::Result<bool> {
-    let m = fs::symlink_metadata(path)?;
-    if !m.is_file() || m.len() != size {
+/// Whether `name` in the served folder already holds the object's content: the object itself
+/// (same inode), or a regular file of the same size and SHA-256. Opened through the folder's
+/// descriptor `O_NOFOLLOW | O_NONBLOCK` and checked on the descriptor, so a link or a FIFO
+/// swapped in there is neither followed nor waited on (issue 15 items 2 and 7).
+fn holds_content(
+    root: &crate::dir::Dir,
+    name: &str,
+    object: &Path,
+    size: u64,
+    sha: &[u8; 32],
+) -> io::Result<bool> {
+    let f = match root.open_read(std::ffi::OsStr::new(name)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    if m.len() != size {
         return Ok(false);
     }
     let o = fs::metadata(object)?;
     if (m.dev(), m.ino()) == (o.dev(), o.ino()) {
         return Ok(true);
     }
-    let (theirs, _, _) = disk::hash_path(path)?;
-    Ok(&theirs == sha)
+    let mut h = FileHash::new(false);
+    h.read_from(&f, size)?;
+    Ok(&h.finish().0 == sha)
 }
 
 #[cfg(test)]
