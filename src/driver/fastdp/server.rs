@@ -81,6 +81,9 @@ pub struct FastdpConfig {
     pub max_file_size: u64,
     /// Space left free on the folder's file system (`no-space`). Default 64 MiB.
     pub disk_reserve: u64,
+    /// Space one peer address may hold granted and not yet written over all the transfers it
+    /// opened (`no-space`). Default 1 GiB, as TEJ's.
+    pub max_peer_reserve: u64,
     /// `MaxConnections` per transfer (`too-many-connections`). Default 8.
     pub max_connections: u32,
     /// Transfers open at once, push and pull (`busy`). Default 64.
@@ -102,6 +105,7 @@ impl Default for FastdpConfig {
             limits: Limits::default(),
             max_file_size: 64 << 30,
             disk_reserve: 64 << 20,
+            max_peer_reserve: 1 << 30,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_transfers: 64,
             retention: Duration::from_secs(24 * 3600),
@@ -235,9 +239,14 @@ impl Service for FastdpService {
 
     fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx) {
         let _ = ctx;
+        // Space is charged per peer address, over all the transfers it opens.
+        let owner = peer
+            .ip()
+            .map_or_else(|| peer.to_string(), |ip| ip.to_string());
         let mut c = Conn {
             inner: &self.inner,
             peer: peer.to_string(),
+            owner,
             link: Link::new(stream),
             conn: ServerConnection::new(
                 Instant::now(),
@@ -351,6 +360,8 @@ type ConnError = String;
 struct Conn<'a> {
     inner: &'a Arc<Inner>,
     peer: String,
+    /// Whom the space of the transfers this connection opens is charged to (its address).
+    owner: String,
     link: Link,
     conn: ServerConnection,
 }
@@ -489,6 +500,9 @@ impl Conn<'_> {
             preallocate: h.full_size > 0,
         };
         let max = inner.cfg.max_connections as usize;
+        // Whoever opens (or resumes) the transfer holds its space, a step at a time, up to
+        // `max_peer_reserve` over all its transfers (issue 15 item 5).
+        let owner = Some((self.owner.as_str(), inner.cfg.max_peer_reserve));
         if let Some(s) = map.get(&id) {
             if !s.header.same_parameters(h) {
                 return Err(mismatch());
@@ -520,7 +534,7 @@ impl Conn<'_> {
                 }
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
                 (att, st)
             }
@@ -532,11 +546,23 @@ impl Conn<'_> {
                         format!("FullSize {} over the {} bytes free", h.full_size, free),
                     ));
                 }
+                let held = ledger::held_by(&self.owner);
+                let first_step = h.full_size.min(ledger::STEP);
+                if held.saturating_add(first_step) > inner.cfg.max_peer_reserve {
+                    return Err(err(
+                        ErrorCode::NoSpace,
+                        format!(
+                            "this address already holds {held} bytes of space not yet written, \
+                             at most {} over its transfers",
+                            inner.cfg.max_peer_reserve
+                        ),
+                    ));
+                }
                 // A leftover part without its state is not this transfer's.
                 let _ = inner.registry.discard(id.as_str());
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
                 match StateFile::create(inner.work(), h) {
                     Ok(st) => (att, st),
@@ -1106,7 +1132,9 @@ impl Conn<'_> {
             return self.finish();
         }
         let publisher = inner.registry.publisher().clone();
-        let ingest = publisher.ingest().clone();
+        let ingest = publisher
+            .ingest()
+            .for_owner(&self.owner, inner.cfg.max_peer_reserve);
         // `None` goes straight into the stream that is committed; the compressed forms go
         // into an unnamed temporary first (hashed), then decoded into the stream.
         let mut target = match h.compress {
