@@ -44,6 +44,7 @@ use crate::ingest::{
     ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink,
     TransferError, TransferRegistry, TransferSpec, TransferState,
 };
+use crate::proto::budget::{Grant, MemoryBudget};
 use crate::proto::fastdp::connection::{Event, SendChunk};
 use crate::proto::fastdp::crc::Crc32c;
 use crate::proto::fastdp::frame::{Compress, Geometry};
@@ -69,6 +70,22 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const PIECE: usize = 256 * 1024;
 /// zstd level of pull chunks (zstd's default).
 const ZSTD_LEVEL: i32 = 3;
+/// Bytes of per-chunk bookkeeping (a push's block bitmaps, a pull's plan) all open transfers
+/// may hold at once: a transfer whose bookkeeping does not fit is refused `busy`. A push of
+/// 64 GiB in chunks of 4096 bytes needs 6 MiB (three bitmaps of 16 Mi chunks); one in the
+/// default chunks of 4 MiB, 6 KiB.
+const MAX_BOOKKEEPING: u64 = 64 << 20;
+
+/// Bookkeeping bytes of a push of `full_chunk` chunks: the part's written and durable bitmaps
+/// and a sync batch's copy (ingest's part), one bit per chunk each.
+fn push_bookkeeping(full_chunk: u32) -> u64 {
+    3 * u64::from(full_chunk).div_ceil(8)
+}
+
+/// Bookkeeping bytes of a pull of `full_chunk` chunks: the plan's done bitmap.
+fn pull_bookkeeping(full_chunk: u32) -> u64 {
+    u64::from(full_chunk).div_ceil(64) * 8
+}
 
 /// FastDP server settings (fastdp.md 2.12, 4.1).
 #[derive(Clone, Debug)]
@@ -120,10 +137,14 @@ struct PushShared {
     header: Header,
     state: Arc<StateFile>,
     conns: usize,
+    /// Its bookkeeping's share of [`MAX_BOOKKEEPING`], given back when it leaves the map.
+    _books: Grant,
 }
 
 /// A pull in progress (or finished less than [`PULL_LINGER`] ago).
 struct PullShared {
+    /// Its plan's share of [`MAX_BOOKKEEPING`].
+    _books: Grant,
     entry: Arc<Entry>,
     file: Arc<MappedFile>,
     geometry: Geometry,
@@ -144,6 +165,8 @@ struct Inner {
     cfg: FastdpConfig,
     push: Mutex<HashMap<TransferId, PushShared>>,
     pull: Mutex<HashMap<TransferId, PullSlot>>,
+    /// [`MAX_BOOKKEEPING`] over every open transfer.
+    books: MemoryBudget,
 }
 
 /// The FastDP service: one per folder, shared by its listeners' workers.
@@ -175,6 +198,7 @@ impl FastdpService {
             cfg,
             push: Mutex::new(HashMap::new()),
             pull: Mutex::new(HashMap::new()),
+            books: MemoryBudget::new(MAX_BOOKKEEPING),
         });
         let s = inner.sweep();
         if inner.cfg.verbose && (s.kept + s.deleted + s.forgotten) > 0 {
@@ -526,6 +550,15 @@ impl Conn<'_> {
                 format!("{} transfers at once already", inner.cfg.max_transfers),
             ));
         }
+        let books = inner
+            .books
+            .try_grant(push_bookkeeping(h.full_chunk))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Busy,
+                    "the chunk bookkeeping of the transfers open now is at its limit",
+                )
+            })?;
         let stored = StateFile::open(inner.work(), &id).map_err(internal)?;
         let (att, st) = match stored {
             Some((st, stored)) => {
@@ -581,6 +614,7 @@ impl Conn<'_> {
                 header: h.clone(),
                 state: Arc::clone(&st),
                 conns: 1,
+                _books: books,
             },
         );
         let guard = PushGuard { inner, id };
@@ -878,7 +912,17 @@ impl Conn<'_> {
                         "Have past the file's end",
                     ));
                 }
+                let books = inner
+                    .books
+                    .try_grant(pull_bookkeeping(geometry.full_chunk()))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::Busy,
+                            "the chunk bookkeeping of the transfers open now is at its limit",
+                        )
+                    })?;
                 let shared = Arc::new(PullShared {
+                    _books: books,
                     entry: entry.clone(),
                     file,
                     geometry,
@@ -1414,5 +1458,27 @@ fn transfer_error(e: TransferError, max: usize) -> ErrorMsg {
             err(ErrorCode::NoSpace, "no space left for the file")
         }
         other => internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bookkeeping_of_open_transfers_is_bounded_server_wide() {
+        // 64 GiB in chunks of 4096 bytes: 16 Mi chunks, three bitmaps of 2 MiB.
+        let worst = push_bookkeeping(((64u64 << 30) / 4096) as u32);
+        assert_eq!(worst, 6 << 20);
+        // The default chunk of a 64 GiB file (4 MiB): 6 KiB.
+        assert_eq!(push_bookkeeping(16_384), 6 << 10);
+        assert_eq!(pull_bookkeeping(16 << 20), 2 << 20);
+        // 64 transfers of the worst shape would hold 384 MiB; the budget takes ten.
+        let books = MemoryBudget::new(MAX_BOOKKEEPING);
+        let held: Vec<Grant> = std::iter::from_fn(|| books.try_grant(worst)).collect();
+        assert_eq!(held.len(), 10);
+        assert_eq!(books.in_use(), 60 << 20);
+        drop(held);
+        assert_eq!(books.in_use(), 0);
     }
 }
