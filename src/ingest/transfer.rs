@@ -370,17 +370,12 @@ impl Transfer {
             Some((who, max)) => publisher.ingest().for_owner(who, max),
             None => publisher.ingest().clone(),
         };
-        let part = Part::open(
-            dir,
-            id,
-            spec.size,
-            spec.block_size,
-            spec.preallocate,
-        )
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => TransferError::Locked { id: id.to_owned() },
-            _ => e.into(),
-        })?;
+        let part = Part::open(dir, id, spec.size, spec.block_size, spec.preallocate).map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::WouldBlock => TransferError::Locked { id: id.to_owned() },
+                _ => e.into(),
+            },
+        )?;
         Ok(Transfer {
             id: id.to_owned(),
             spec,

@@ -1527,7 +1527,10 @@ fn f26_issue15_a_header_takes_one_step_of_space_and_one_address_at_most_its_cap(
             break;
         }
         assert_eq!(r["Code"], "no-space", "{r}");
-        assert!(Instant::now() < deadline, "the closed transfer's space never came back");
+        assert!(
+            Instant::now() < deadline,
+            "the closed transfer's space never came back"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
