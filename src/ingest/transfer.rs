@@ -366,16 +366,21 @@ impl Transfer {
                 return Err(mismatch());
             }
         }
-        let dir = match owner {
+        let owner_ingest = match owner {
             Some((who, max)) => publisher.ingest().for_owner(who, max),
             None => publisher.ingest().clone(),
         };
-        let part = Part::open(dir, id, spec.size, spec.block_size, spec.preallocate).map_err(
-            |e| match e.kind() {
-                std::io::ErrorKind::WouldBlock => TransferError::Locked { id: id.to_owned() },
-                _ => e.into(),
-            },
-        )?;
+        let part = Part::open(
+            owner_ingest,
+            id,
+            spec.size,
+            spec.block_size,
+            spec.preallocate,
+        )
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => TransferError::Locked { id: id.to_owned() },
+            _ => e.into(),
+        })?;
         Ok(Transfer {
             id: id.to_owned(),
             spec,
