@@ -36,8 +36,9 @@ Rows (see the table's notes for how each number is made):
      resume after killing the sender once half the file is durable; RssAnon of both sides.
   10. hostile memory (row group `hostile-memory`): the server's RssAnon while 1,000 connections
      at once each send the largest message or request the limits allow (a 16 MiB TEJ deliver
-     message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids), and again once
-     they closed and the idle workers retired.
+     message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids, a FastDP 8 KiB HTTP
+     head and 64 KiB push header declaring 64 GiB in 4096-byte chunks, a filestorage frame of
+     99,992 bytes), and again once they closed and the idle workers retired.
   11. filestorage (row group `filestorage`): put of one 1 GiB file over loopback TCP and over the
      Unix socket (64 KiB chunks, window 32, Oks only once durable), the seed's shape (1000-byte
      chunks, lockstep) on 64 MiB, 10,000 files of 1 KiB in one command (every one complete and
@@ -1672,6 +1673,9 @@ def bench_fastdp(res, ferry):
 HM_CONNS = 1000
 HM_MESSAGE = 16 * MIB  # TEJ's default --max-message
 HM_HAVE = 1_000_000  # JTP's BATCH HaveCount limit
+HM_FASTDP_HEAD = 8192  # FastDP's MAX_HEAD
+HM_JMSG = 65_536  # FastDP's MAX_JMSG
+HM_FS_FRAME = 99_992  # filestorage's frame MAX_LEN
 
 
 def _hm_payloads():
@@ -1683,10 +1687,33 @@ def _hm_payloads():
     get_body = b'{"get":[]}' + b" " * (HM_MESSAGE - 10)
     ids = b"".join(i.to_bytes(8, "big") for i in range(HM_HAVE))
     varint = bytes([0xc0, 0x84, 0x3d])  # 1,000,000
+    # FastDP: the largest HTTP head (8,192 bytes with its empty line), then the largest JMSG
+    # (65,536 bytes): a push header padded with spaces, declaring 64 GiB in 4096-byte chunks.
+    req = (b"GET /fastdp-endpoint HTTP/1.1\r\nHost: x\r\nUpgrade: fastdp\r\n"
+           b"Connection: Upgrade\r\nSec-FastDP-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-FastDP-Version: 1.2.0\r\n")
+    pad = HM_FASTDP_HEAD - len(req) - len(b"X-Pad: \r\n\r\n")
+    fdp_head = req + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+    size = 64 * GIB
+    hdr = json.dumps({
+        "OneChunk": 4096, "FullChunk": size // 4096, "FullSize": size, "DPVersion": "1.2.0",
+        "CompressType": "None", "FileName": "big.bin",
+        "TransferId": "3d0f6c1a-5b7e-4e21-9a51-000000000001",
+        "Checksum": "sha256:" + "0" * 64}).encode()
+    hdr += b" " * (HM_JMSG - len(hdr))
+    fdp_body = len(hdr).to_bytes(4, "big") + hdr
+    # filestorage: the tcpd preamble, then the largest frame (99,992 bytes): a QUERY whose
+    # JSON is padded with spaces (its token is no good: an Error reply).
+    query = (b'{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"x.y.z",'
+             b'"tags":["public"]}')
+    query += b" " * (HM_FS_FRAME - 1 - len(query))
+    fs_body = HM_FS_FRAME.to_bytes(4, "big") + b"\x04" + query
     return [
         ("TEJ deliver frame with a 16 MiB message", "tej", deliver, b"m" * HM_MESSAGE),
         ("TEJ request with a 16 MiB message", "tej", request, get_body),
         ("JTP BATCH of 1,000,000 ids (8 MB)", "jtp", b"\x02\x00" + varint, ids),
+        ("FastDP 8 KiB head and 64 KiB push header", "fastdp", fdp_head, fdp_body),
+        ("filestorage 99,992-byte frame", "filestorage", b"filestorage", fs_body),
     ]
 
 
@@ -1694,6 +1721,25 @@ def _hm_reply(proto, sock):
     """What the server answered: 'ok' (an acknowledgement, answer or BATCH reply), 'busy' or
     something else (as text)."""
     f = sock.makefile("rb")
+    if proto == "fastdp":
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            b = f.read(1)
+            if not b:
+                return "closed"
+            head += b
+        if b" 503 " in head.split(b"\r\n")[0]:
+            return "busy"
+        n = int.from_bytes(_read_exact(f, 4), "big")
+        m = json.loads(_read_exact(f, n))
+        return m.get("Code") or m.get("Type", "?")
+    if proto == "filestorage":
+        if _read_exact(f, 2) != b"ok":
+            return "no preamble"
+        n = int.from_bytes(_read_exact(f, 4), "big")
+        body = _read_exact(f, n)
+        m = json.loads(body[1:])
+        return m.get("reason", m.get("response", "?")).split(":")[0]
     if proto == "jtp":
         magic = _read_exact(f, 4)
         if magic == b"JTPB":
@@ -1713,6 +1759,17 @@ def _hm_serve(ferry, proto, folder):
     common = ["--max-connections", str(HM_CONNS + 100), "--max-per-ip", str(HM_CONNS + 100)]
     if proto == "tej":
         cmd = [ferry, "tej", "serve", "--bind", "127.0.0.1:0", "--root", folder]
+    elif proto == "fastdp":
+        cmd = [ferry, "fastdp", "serve", "--bind", "127.0.0.1:0", "--root", folder,
+               "--head-timeout", "120", "--io-timeout", "120"]
+    elif proto == "filestorage":
+        run = fresh_out("hostile-fs-run")
+        key = os.path.join(run, "key")
+        with open(key, "wb") as f:
+            f.write(b"k3y\n")
+        cmd = [ferry, "filestorage", "serve", "--root", folder, "--rundir", run, "--no-unix",
+               "--bind", "127.0.0.1:0", "--jwt-key-file", key, "--io-timeout", "120",
+               "--preamble-timeout", "120"]
     else:
         cmd = [ferry, "jtp", "serve", "--bind", "127.0.0.1:0", "--images", folder, "--no-tls",
                "--io-timeout", "120"]
@@ -1722,8 +1779,9 @@ def _hm_serve(ferry, proto, folder):
 
 
 def bench_hostile_memory(res, ferry):
-    """Row 9: RssAnon of `ferry tej serve` and `ferry jtp serve` under 1,000 hostile
-    connections at once, and after they closed."""
+    """Row 9: RssAnon of `ferry tej serve`, `ferry jtp serve`, `ferry fastdp serve` and
+    `ferry filestorage serve` under 1,000 hostile connections at once, and after they
+    closed."""
     _raise_nofile()
     folder = fresh_out("hostile-share")
     with open(os.path.join(folder, "img.png"), "wb") as f:
@@ -2003,8 +2061,8 @@ ROW_GROUPS = {
         (bench_server_core_latency, bench_server_core_idle_cpu),
     ),
     "hostile-memory": (
-        "server RssAnon with 1,000 connections each sending the largest TEJ message or JTP "
-        "BATCH, and after they closed",
+        "server RssAnon with 1,000 connections each sending the largest TEJ message, JTP "
+        "BATCH, FastDP head and header, or filestorage frame, and after they closed",
         (bench_hostile_memory,),
     ),
     "filestorage": (

@@ -49,6 +49,10 @@ pub(crate) struct FastdpServeArgs {
     /// bytes kept free on the folder's file system (default 64 MiB)
     #[argh(option, default = "64 << 20")]
     disk_reserve: u64,
+    /// bytes one address may hold granted and not yet written over the transfers it opened
+    /// (default 1 GiB)
+    #[argh(option, default = "1 << 30")]
+    max_peer_reserve: u64,
     /// connections per transfer, MaxConnections (default 8)
     #[argh(option, default = "8")]
     transfer_connections: u32,
@@ -202,6 +206,7 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
         },
         max_file_size: a.max_file_size,
         disk_reserve: a.disk_reserve,
+        max_peer_reserve: a.max_peer_reserve,
         max_connections: a.transfer_connections,
         max_transfers: a.max_transfers,
         retention: Duration::from_secs(a.retention),

@@ -81,6 +81,10 @@ struct ServeArgs {
     /// per-uid quotas: {"default":{...},"uids":{"1002":{...}}}
     #[argh(option)]
     quota_file: Option<PathBuf>,
+    /// bytes kept free on the folder's file system, counting what unfinished uploads of every
+    /// protocol were promised (default 64 MiB)
+    #[argh(option, default = "64 << 20")]
+    disk_reserve: u64,
     /// also accept the legacy C libIPC frame (T, LEN, UTYPE, JSON)
     #[argh(switch)]
     legacy_ipc: bool,
@@ -345,6 +349,8 @@ pub(crate) struct Endpoints {
     pub(crate) plain_remote: bool,
     pub(crate) jwt_key_file: Option<PathBuf>,
     pub(crate) quota_file: Option<PathBuf>,
+    /// Bytes kept free on the file system, counting every promise of the process.
+    pub(crate) disk_reserve: u64,
     pub(crate) legacy_ipc: bool,
     pub(crate) max_connections: usize,
     /// Connections from one IP address (TCP and TLS; the Unix socket's peers have none).
@@ -369,6 +375,7 @@ impl Endpoints {
             plain_remote: false,
             jwt_key_file: None,
             quota_file: None,
+            disk_reserve: 64 << 20,
             legacy_ipc: false,
             max_connections: 1024,
             max_per_ip: 256,
@@ -452,6 +459,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
         cat.clone(),
         StoreOptions {
             quotas,
+            disk_reserve: e.disk_reserve,
             retention: e.retention,
             sweep_every: e.sweep_every,
             verbose: e.verbose,
@@ -535,6 +543,7 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         plain_remote: a.plain_remote,
         jwt_key_file: a.jwt_key_file.clone(),
         quota_file: a.quota_file.clone(),
+        disk_reserve: a.disk_reserve,
         legacy_ipc: a.legacy_ipc,
         max_connections: a.max_connections,
         max_per_ip: super::tej::max_per_ip(a.max_per_ip, a.max_connections),

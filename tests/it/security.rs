@@ -1188,3 +1188,202 @@ fn sync_never_writes_through_planted_state_links_and_refuses_a_shared_state_fold
     assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(dst2.join(".ferry")).unwrap().count(), 0);
 }
+
+// -------------------------------------------------------------------------------------------
+// Disk space promised across protocols (issue 15 item 5)
+// -------------------------------------------------------------------------------------------
+
+/// Bytes an unprivileged process may still write on the file system of `dir` (`df`'s avail).
+fn free_bytes(dir: &Path) -> u64 {
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail", p(dir)])
+        .output()
+        .expect("df");
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df said {text:?}"))
+}
+
+/// A filestorage AUTHENTICATION over TCP (preamble first) for one file of `size` bytes;
+/// returns the reply's JSON.
+fn filestorage_auth(addr: &str, token: &str, fid: &str, size: u64) -> Value {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"filestorage").unwrap();
+    let mut ok = [0u8; 2];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    let json = format!(
+        r#"{{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"{token}","files":[{{"name":"big.bin","size":{size}}}],"fid":"{fid}","tags":[]}}"#
+    );
+    let mut frame = ((json.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(json.as_bytes());
+    s.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(body[0], 2, "a RESPONSE");
+    serde_json::from_slice(&body[1..]).unwrap()
+}
+
+/// A FastDP push header declaring `size` bytes on a fresh connection; returns its reply.
+fn fastdp_declare(addr: &str, size: u64) -> Value {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(
+        format!(
+            "GET /fastdp-endpoint HTTP/1.1\r\nHost: {addr}\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-FastDP-Version: 1.2.0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "no upgrade");
+    }
+    let one_chunk = 4u64 << 20;
+    let h = serde_json::json!({
+        "OneChunk": one_chunk,
+        "FullChunk": size.div_ceil(one_chunk),
+        "FullSize": size,
+        "DPVersion": "1.2.0",
+        "CompressType": "None",
+        "FileName": "declared.bin",
+        "TransferId": "3d0f6c1a-5b7e-4e21-9a51-00000000f5f5",
+        "Checksum": format!("sha256:{}", hex(&sha(b"never sent"))),
+    })
+    .to_string();
+    s.write_all(&(h.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(h.as_bytes()).unwrap();
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// filestorage's partial transfers are promised in the process-wide ledger: a FastDP push in
+/// the same `ferry serve` that would fit the free space, but not the free space less what
+/// filestorage's unfinished (sparse) uploads were promised, is refused with `no-space`.
+#[test]
+fn filestorage_partial_transfers_are_promised_to_fastdp_in_the_same_server() {
+    const GIB: u64 = 1 << 30;
+    let root = TempDir::new("sec-fs-ledger");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let free = free_bytes(&share);
+    // Half the free space in uids of 1 GiB each (the default quota), at least 3 GiB.
+    let k = (free / 2 / GIB).min(64);
+    assert!(
+        k >= 3,
+        "this test needs at least 6 GiB free on {}, found {free}",
+        share.display()
+    );
+    let s = Server::start(
+        &[
+            "serve",
+            p(&share),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+            "--fastdp-bind",
+            "127.0.0.1:0",
+            "--filestorage-bind",
+            "127.0.0.1:0",
+            "--filestorage-unix",
+            "off",
+        ],
+        5,
+    );
+    let fs_addr = s.addr("filestorage");
+    for uid in 0..k {
+        let o = ferry(
+            &[
+                "filestorage",
+                "token",
+                "--uid",
+                &(1000 + uid).to_string(),
+                "--login",
+                "u",
+                "--root",
+                p(&share),
+            ],
+            T,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let fid = format!("00000000-0000-4000-8000-{uid:012}");
+        let r = filestorage_auth(&fs_addr, &token, &fid, GIB);
+        assert_eq!(r["response"], "Ok", "uid {uid}: {r}");
+    }
+    // Fits the free space with k - 2 GiB to spare; not once k GiB are promised.
+    let declared = free - (k - 2) * GIB;
+    let r = fastdp_declare(&s.addr("fastdp"), declared);
+    assert_eq!(r["Code"], "no-space", "{r}");
+}
+
+/// `filestorage serve --disk-reserve` keeps that much free: a file that fits the disk but not
+/// the disk less the reserve is refused (`quota-exceeded: disk`).
+#[test]
+fn filestorage_serve_keeps_its_disk_reserve_free() {
+    let root = TempDir::new("sec-fs-reserve");
+    let share = root.join("share");
+    let run = root.join("run");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let key = root.join("key");
+    std::fs::write(&key, b"k3y\n").unwrap();
+    let reserve = (1u64 << 60).to_string();
+    let s = Server::start(
+        &[
+            "filestorage",
+            "serve",
+            "--root",
+            p(&share),
+            "--rundir",
+            p(&run),
+            "--no-unix",
+            "--bind",
+            "127.0.0.1:0",
+            "--jwt-key-file",
+            p(&key),
+            "--disk-reserve",
+            &reserve,
+        ],
+        1,
+    );
+    let o = ferry(
+        &[
+            "filestorage",
+            "token",
+            "--uid",
+            "7",
+            "--login",
+            "u",
+            "--jwt-key-file",
+            p(&key),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let r = filestorage_auth(
+        &s.addr("filestorage"),
+        &token,
+        "00000000-0000-4000-8000-000000000007",
+        1000,
+    );
+    assert_eq!(r["reason"], "quota-exceeded: disk", "{r}");
+}

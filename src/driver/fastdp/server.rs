@@ -44,6 +44,7 @@ use crate::ingest::{
     ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink,
     TransferError, TransferRegistry, TransferSpec, TransferState,
 };
+use crate::proto::budget::{Grant, MemoryBudget};
 use crate::proto::fastdp::connection::{Event, SendChunk};
 use crate::proto::fastdp::crc::Crc32c;
 use crate::proto::fastdp::frame::{Compress, Geometry};
@@ -69,6 +70,22 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const PIECE: usize = 256 * 1024;
 /// zstd level of pull chunks (zstd's default).
 const ZSTD_LEVEL: i32 = 3;
+/// Bytes of per-chunk bookkeeping (a push's block bitmaps, a pull's plan) all open transfers
+/// may hold at once: a transfer whose bookkeeping does not fit is refused `busy`. A push of
+/// 64 GiB in chunks of 4096 bytes needs 6 MiB (three bitmaps of 16 Mi chunks); one in the
+/// default chunks of 4 MiB, 6 KiB.
+const MAX_BOOKKEEPING: u64 = 64 << 20;
+
+/// Bookkeeping bytes of a push of `full_chunk` chunks: the part's written and durable bitmaps
+/// and a sync batch's copy (ingest's part), one bit per chunk each.
+fn push_bookkeeping(full_chunk: u32) -> u64 {
+    3 * u64::from(full_chunk).div_ceil(8)
+}
+
+/// Bookkeeping bytes of a pull of `full_chunk` chunks: the plan's done bitmap.
+fn pull_bookkeeping(full_chunk: u32) -> u64 {
+    u64::from(full_chunk).div_ceil(64) * 8
+}
 
 /// FastDP server settings (fastdp.md 2.12, 4.1).
 #[derive(Clone, Debug)]
@@ -81,6 +98,9 @@ pub struct FastdpConfig {
     pub max_file_size: u64,
     /// Space left free on the folder's file system (`no-space`). Default 64 MiB.
     pub disk_reserve: u64,
+    /// Space one peer address may hold granted and not yet written over all the transfers it
+    /// opened (`no-space`). Default 1 GiB, as TEJ's.
+    pub max_peer_reserve: u64,
     /// `MaxConnections` per transfer (`too-many-connections`). Default 8.
     pub max_connections: u32,
     /// Transfers open at once, push and pull (`busy`). Default 64.
@@ -102,6 +122,7 @@ impl Default for FastdpConfig {
             limits: Limits::default(),
             max_file_size: 64 << 30,
             disk_reserve: 64 << 20,
+            max_peer_reserve: 1 << 30,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_transfers: 64,
             retention: Duration::from_secs(24 * 3600),
@@ -116,10 +137,14 @@ struct PushShared {
     header: Header,
     state: Arc<StateFile>,
     conns: usize,
+    /// Its bookkeeping's share of [`MAX_BOOKKEEPING`], given back when it leaves the map.
+    _books: Grant,
 }
 
 /// A pull in progress (or finished less than [`PULL_LINGER`] ago).
 struct PullShared {
+    /// Its plan's share of [`MAX_BOOKKEEPING`].
+    _books: Grant,
     entry: Arc<Entry>,
     file: Arc<MappedFile>,
     geometry: Geometry,
@@ -140,6 +165,8 @@ struct Inner {
     cfg: FastdpConfig,
     push: Mutex<HashMap<TransferId, PushShared>>,
     pull: Mutex<HashMap<TransferId, PullSlot>>,
+    /// [`MAX_BOOKKEEPING`] over every open transfer.
+    books: MemoryBudget,
 }
 
 /// The FastDP service: one per folder, shared by its listeners' workers.
@@ -171,6 +198,7 @@ impl FastdpService {
             cfg,
             push: Mutex::new(HashMap::new()),
             pull: Mutex::new(HashMap::new()),
+            books: MemoryBudget::new(MAX_BOOKKEEPING),
         });
         let s = inner.sweep();
         if inner.cfg.verbose && (s.kept + s.deleted + s.forgotten) > 0 {
@@ -235,9 +263,14 @@ impl Service for FastdpService {
 
     fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx) {
         let _ = ctx;
+        // Space is charged per peer address, over all the transfers it opens.
+        let owner = peer
+            .ip()
+            .map_or_else(|| peer.to_string(), |ip| ip.to_string());
         let mut c = Conn {
             inner: &self.inner,
             peer: peer.to_string(),
+            owner,
             link: Link::new(stream),
             conn: ServerConnection::new(
                 Instant::now(),
@@ -351,6 +384,8 @@ type ConnError = String;
 struct Conn<'a> {
     inner: &'a Arc<Inner>,
     peer: String,
+    /// Whom the space of the transfers this connection opens is charged to (its address).
+    owner: String,
     link: Link,
     conn: ServerConnection,
 }
@@ -489,6 +524,9 @@ impl Conn<'_> {
             preallocate: h.full_size > 0,
         };
         let max = inner.cfg.max_connections as usize;
+        // Whoever opens (or resumes) the transfer holds its space, a step at a time, up to
+        // `max_peer_reserve` over all its transfers (issue 15 item 5).
+        let owner = Some((self.owner.as_str(), inner.cfg.max_peer_reserve));
         if let Some(s) = map.get(&id) {
             if !s.header.same_parameters(h) {
                 return Err(mismatch());
@@ -512,6 +550,15 @@ impl Conn<'_> {
                 format!("{} transfers at once already", inner.cfg.max_transfers),
             ));
         }
+        let books = inner
+            .books
+            .try_grant(push_bookkeeping(h.full_chunk))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Busy,
+                    "the chunk bookkeeping of the transfers open now is at its limit",
+                )
+            })?;
         let stored = StateFile::open(inner.work(), &id).map_err(internal)?;
         let (att, st) = match stored {
             Some((st, stored)) => {
@@ -520,7 +567,7 @@ impl Conn<'_> {
                 }
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
                 (att, st)
             }
@@ -532,11 +579,23 @@ impl Conn<'_> {
                         format!("FullSize {} over the {} bytes free", h.full_size, free),
                     ));
                 }
+                let held = ledger::held_by(&self.owner);
+                let first_step = h.full_size.min(ledger::STEP);
+                if held.saturating_add(first_step) > inner.cfg.max_peer_reserve {
+                    return Err(err(
+                        ErrorCode::NoSpace,
+                        format!(
+                            "this address already holds {held} bytes of space not yet written, \
+                             at most {} over its transfers",
+                            inner.cfg.max_peer_reserve
+                        ),
+                    ));
+                }
                 // A leftover part without its state is not this transfer's.
                 let _ = inner.registry.discard(id.as_str());
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
                 match StateFile::create(inner.work(), h) {
                     Ok(st) => (att, st),
@@ -555,6 +614,7 @@ impl Conn<'_> {
                 header: h.clone(),
                 state: Arc::clone(&st),
                 conns: 1,
+                _books: books,
             },
         );
         let guard = PushGuard { inner, id };
@@ -852,7 +912,17 @@ impl Conn<'_> {
                         "Have past the file's end",
                     ));
                 }
+                let books = inner
+                    .books
+                    .try_grant(pull_bookkeeping(geometry.full_chunk()))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::Busy,
+                            "the chunk bookkeeping of the transfers open now is at its limit",
+                        )
+                    })?;
                 let shared = Arc::new(PullShared {
+                    _books: books,
                     entry: entry.clone(),
                     file,
                     geometry,
@@ -1106,7 +1176,9 @@ impl Conn<'_> {
             return self.finish();
         }
         let publisher = inner.registry.publisher().clone();
-        let ingest = publisher.ingest().clone();
+        let ingest = publisher
+            .ingest()
+            .for_owner(&self.owner, inner.cfg.max_peer_reserve);
         // `None` goes straight into the stream that is committed; the compressed forms go
         // into an unnamed temporary first (hashed), then decoded into the stream.
         let mut target = match h.compress {
@@ -1386,5 +1458,27 @@ fn transfer_error(e: TransferError, max: usize) -> ErrorMsg {
             err(ErrorCode::NoSpace, "no space left for the file")
         }
         other => internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bookkeeping_of_open_transfers_is_bounded_server_wide() {
+        // 64 GiB in chunks of 4096 bytes: 16 Mi chunks, three bitmaps of 2 MiB.
+        let worst = push_bookkeeping(((64u64 << 30) / 4096) as u32);
+        assert_eq!(worst, 6 << 20);
+        // The default chunk of a 64 GiB file (4 MiB): 6 KiB.
+        assert_eq!(push_bookkeeping(16_384), 6 << 10);
+        assert_eq!(pull_bookkeeping(16 << 20), 2 << 20);
+        // 64 transfers of the worst shape would hold 384 MiB; the budget takes ten.
+        let books = MemoryBudget::new(MAX_BOOKKEEPING);
+        let held: Vec<Grant> = std::iter::from_fn(|| books.try_grant(worst)).collect();
+        assert_eq!(held.len(), 10);
+        assert_eq!(books.in_use(), 60 << 20);
+        drop(held);
+        assert_eq!(books.in_use(), 0);
     }
 }

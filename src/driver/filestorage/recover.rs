@@ -231,7 +231,7 @@ impl Store {
                     .sum::<u64>()
             })
             .sum();
-        self.add_unwritten(unwritten);
+        g.promise = Some(self.promise_recovered(unwritten));
         drop(g);
         lock(&self.partials).insert(fid, Arc::new(p));
         Ok(())

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::disk::{self, FileHash};
 use crate::catalog::CatalogHandle;
-use crate::ingest::{Collision, Expect, IngestDir, Publisher};
+use crate::ingest::{ledger, Collision, Expect, IngestDir, Publisher};
 use crate::proto::filestorage::ids::{store_id, Uuid};
 use crate::proto::filestorage::json::FileSpec;
 use crate::proto::filestorage::reason::{Code, Reason};
@@ -57,7 +57,7 @@ use crate::proto::filestorage::store::auth::{
 };
 use crate::proto::filestorage::store::index::{fetch_range, Entry, Index, QueryPage, QuerySpec};
 use crate::proto::filestorage::store::journal::JournalRecord;
-use crate::proto::filestorage::store::missing::{chunk_count, chunk_len, MissingSet};
+use crate::proto::filestorage::store::missing::{chunk_count, MissingSet};
 use crate::proto::filestorage::store::names::{MAX_NAME, MAX_TAGS, PUBLIC};
 use crate::proto::filestorage::store::quota::{QuotaConfig, Reservation, UidLedger};
 use crate::proto::filestorage::store::records::{PartialState, Record};
@@ -73,6 +73,9 @@ const VIEW_REBUILD_EVERY: Duration = Duration::from_millis(250);
 pub struct StoreOptions {
     /// Per-uid limits (`--quota-file`; built-in defaults of spec 7.4 otherwise).
     pub quotas: QuotaConfig,
+    /// Bytes kept free on the store's file system, counting what every unfinished upload of
+    /// the process was promised ([`ledger`]): 64 MiB.
+    pub disk_reserve: u64,
     /// A partial transfer untouched this long is deleted and its reservation freed: 24 h.
     pub retention: Duration,
     /// How often the retention sweep runs (it also runs at start): 10 min.
@@ -85,6 +88,7 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             quotas: QuotaConfig::default(),
+            disk_reserve: 64 << 20,
             retention: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(600),
             verbose: false,
@@ -180,6 +184,10 @@ pub(super) struct PartialInner {
     pub active: usize,
     /// Unix seconds of the last accepted chunk or AUTHENTICATION.
     pub touched: u64,
+    /// The bytes still to be written, promised in the process-wide [`ledger`] (parts are
+    /// sparse): shrinks as chunks become held, given back whole when the partial goes
+    /// (completion, retention, a failed creation), by its drop: exactly once.
+    pub promise: Option<ledger::Promise>,
 }
 
 impl Partial {
@@ -317,8 +325,8 @@ pub struct Store {
     pub(super) objects: Mutex<HashMap<[u8; 32], ObjectStamp>>,
     pub(super) partials: Mutex<HashMap<Uuid, Arc<Partial>>>,
     pub(super) ledgers: Mutex<HashMap<u32, Arc<Mutex<UidLedger>>>>,
-    /// Bytes reserved by partial transfers and not yet written (parts are sparse).
-    pub(super) unwritten: AtomicU64,
+    /// st_dev of the store: the key of its file system in the process-wide [`ledger`].
+    pub(super) dev: u64,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
@@ -342,15 +350,16 @@ impl Store {
         ingest: IngestDir,
         lock_file: File,
     ) -> Store {
+        let dev = store_dir.stat().map_or(0, |st| st.dev());
         Store {
             root,
             dir,
-            store_dir,
             catalog,
             opts,
             ingest,
             _lock: lock_file,
             index: RwLock::new(Index::new()),
+            store_dir,
             view: Mutex::new(CatalogView {
                 generation: None,
                 published_seen: 0,
@@ -362,7 +371,7 @@ impl Store {
             objects: Mutex::new(HashMap::new()),
             partials: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
-            unwritten: AtomicU64::new(0),
+            dev,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         }
@@ -415,23 +424,23 @@ impl Store {
         lock(&self.partials).len()
     }
 
-    /// Free space for a new reservation: the file system's, less what partial transfers
-    /// reserved and have not written yet.
+    /// The file system's free space now (statvfs).
+    fn statvfs_free(&self) -> u64 {
+        self.ingest.available_bytes().unwrap_or(0)
+    }
+
+    /// Free space for a new reservation: the file system's, less what every unfinished upload
+    /// of the process (this store's partial transfers, TEJ, FastDP) was promised and has not
+    /// written yet, less `disk_reserve`.
     fn free_bytes(&self) -> u64 {
-        let free = self.ingest.available_bytes().unwrap_or(0);
-        free.saturating_sub(self.unwritten.load(Ordering::SeqCst))
+        self.statvfs_free()
+            .saturating_sub(ledger::promised(self.dev))
+            .saturating_sub(self.opts.disk_reserve)
     }
 
-    pub(super) fn add_unwritten(&self, n: u64) {
-        self.unwritten.fetch_add(n, Ordering::SeqCst);
-    }
-
-    pub(super) fn sub_unwritten(&self, n: u64) {
-        let _ = self
-            .unwritten
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(n))
-            });
+    /// Promises `bytes` still to be written by a partial found at start (admitted before).
+    pub(super) fn promise_recovered(&self, bytes: u64) -> ledger::Promise {
+        ledger::Promise::unchecked(self.dev, bytes)
     }
 
     // ------------------------------------------------------------------ AUTHENTICATION
@@ -541,6 +550,23 @@ impl Store {
             missing: batch.missing.clone(),
             touched: now,
         };
+        // The bytes to receive are promised in the process-wide ledger, so that TEJ and FastDP
+        // see them: checked again there, atomically with every other promise.
+        let promise = match has_transfer.then(|| {
+            ledger::Promise::admit(
+                self.dev,
+                self.opts.disk_reserve,
+                receive,
+                self.statvfs_free(),
+            )
+        }) {
+            Some(Err(_)) => {
+                lock(&self.ledger(call.uid)).release(reservation);
+                return Err(Reason::with_detail(Code::QuotaExceeded, "disk"));
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         // Empty files are stored at once (spec 4.2), before the partial state: a crash between
         // the two leaves records a later AUTHENTICATION finds complete, and nothing else.
         let mut stored = 0;
@@ -576,7 +602,7 @@ impl Store {
             Ok(j) => j,
             Err(e) => return fail(stored, format_args!("create partial state: {e}")),
         };
-        self.add_unwritten(receive);
+        g.promise = promise;
         let n = call.files.len();
         let public = batch.tags.iter().any(|t| t == PUBLIC);
         g.parts = vec![None; n];
@@ -739,13 +765,16 @@ impl Store {
                 outcomes.push(WriteOutcome::Failed(storage_error()));
                 continue;
             }
-            let Some(state) = g.state.as_mut() else {
+            let gi = &mut *g;
+            let Some(state) = gi.state.as_mut() else {
                 outcomes.push(WriteOutcome::Failed(storage_error()));
                 continue;
             };
             let removed = state.missing.remove(file as usize, n);
             if removed {
-                self.sub_unwritten(len);
+                if let Some(p) = gi.promise.as_mut() {
+                    p.landed(len);
+                }
             }
             if removed && state.missing.is_file_complete(file as usize) {
                 completing.push((outcomes.len(), file));
@@ -840,7 +869,9 @@ impl Store {
         let nb = chunk_count(size, state.chunk_size);
         state.missing.reset_file(file as usize, nb);
         let public = state.tags.iter().any(|t| t == PUBLIC);
-        self.add_unwritten(size);
+        if let Some(p) = g.promise.as_mut() {
+            p.add(size);
+        }
         if let Some(h) = g.hashes.get_mut(file as usize) {
             *h = Some(FileHash::new(public));
         }
@@ -1262,6 +1293,7 @@ impl Store {
         g.deleted = true;
         g.journal = None;
         g.parts.clear();
+        g.promise = None;
         lock(&self.partials).remove(&p.fid);
         if let Some(s) = &g.state {
             lock(&self.ledger(s.uid)).finish_transfer();
@@ -1316,21 +1348,11 @@ impl Store {
             }
         }
         drop(records);
-        let unwritten: u64 = state
-            .missing
-            .ranges()
-            .map(|r| {
-                let size = state.files[r.file as usize].size;
-                (r.first..r.end)
-                    .map(|n| chunk_len(size, state.chunk_size, n).unwrap_or(0))
-                    .sum::<u64>()
-            })
-            .sum();
-        self.sub_unwritten(unwritten);
         lock(&self.ledger(state.uid)).release(remaining);
         g.deleted = true;
         g.journal = None;
         g.parts.clear();
+        g.promise = None;
         lock(&self.partials).remove(&p.fid);
         self.log(format_args!(
             "retention: partial transfer {} deleted",
