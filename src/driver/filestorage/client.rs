@@ -4,14 +4,14 @@
 //! fetched file appears only once its SHA-256 matches the record's.
 //!
 //! ```text
-//!  put:  hash the files ─► fid per batch of ≤ 1024 files (derived: rerunning resumes)
-//!         ─► connect ─► Put machine: AUTHENTICATION, window of TRANSFERs (pread, base64),
-//!            Oks ─► done
+//!  put:  hash the files (large ones with a reading thread) ─► fid per batch of ≤ 1024 files
+//!         (derived: rerunning resumes) ─► connect ─► Put machine: AUTHENTICATION, window
+//!         of TRANSFERs (pread, base64), Oks ─► done
 //!              └─ connection lost (any hop): reconnect with backoff, AUTHENTICATION again
 //!                 with the same fid, only the chunks `missing` lists
-//!  fetch: QUERY just below the id (finds its name, size, SHA-256) ─► pipelined FETCHes into an
-//!         ingest stream ─► verified commit (never replaces a file); a lost connection resumes
-//!         at the next byte
+//!  fetch: QUERY just below the id (finds its name, size, SHA-256) ─► pipelined FETCHes, the
+//!         bytes handed to a writing thread (ingest stream: hash, write) ─► verified commit
+//!         (never replaces a file); a lost connection resumes at the next byte
 //! ```
 //!
 //! Out of scope: the wire (the machines), argument parsing and exit codes (the CLI).
