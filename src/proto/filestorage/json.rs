@@ -1809,9 +1809,8 @@ mod tests {
             format!(r#"{{{mid},"response":"Ok","data":"wMHCww==","eof":true}} x"#),
             format!(r#"{{{mid},"response":"Ok","data":"wMHCww==","eof":1}}"#),
             format!(r#"{{{mid},"response":"Ok","reason":"x","data":"wMHCww==","eof":true}}"#),
-            format!(
-                r#"{{"message-id":"00000000-0000-0000-0000-000000000000","response":"Ok","data":"QUJD"}}"#
-            ),
+            r#"{"message-id":"00000000-0000-0000-0000-000000000000","response":"Ok","data":"QUJD"}"#
+                .to_string(),
             format!(r#"[{{{mid},"response":"Ok","data":"wMHCww==","eof":true}}]"#),
         ];
         let mut fast_taken = 0;
