@@ -1944,6 +1944,13 @@ def _fs_put_runs(ferry, label, via, src, size, extra):
 def bench_filestorage(res, ferry):
     big = _fs_source("fs-1g.bin", FS_BIG, 91)
     seed = _fs_source("fs-64m.bin", FS_SEED, 92)
+    # The steps every put pays per byte, measured in the same run: the client's SHA-256 pass and
+    # the server's (both sides hash every byte), and the server's writes into /dev/shm.
+    machine = bench_machine_ceiling(res, [SHM])
+    res.row("machine: SHA-256, one core, in memory / 1 GiB written into /dev/shm, 1 MiB "
+            "write(2) (best of 3)", "(reference)",
+            f"machine_ceiling: {fmt(machine.get('sha256_gbps'), 'GB/s')} / "
+            f"{fmt(machine.get('write_gbps', {}).get(SHM), 'GB/s')}", "-", "-")
     rows = {}
     for via in ("tcp", "unix"):
         rows[via] = _fs_put_runs(ferry, f"1g-{via}", via, big, FS_BIG,
@@ -1971,6 +1978,14 @@ def bench_filestorage(res, ferry):
     res.row("RssAnon max, filestorage put 1 GiB (ferry filestorage serve / put)",
             f"{s_rss:.1f} MiB / {c_rss:.1f} MiB", "-", "< 64 MiB each",
             verdict(s_rss < 64 and c_rss < 64))
+    for via in ("tcp", "unix", "seed"):
+        per_gib = GIB / (FS_BIG if via != "seed" else FS_SEED)
+        res.diagnostics.append(
+            f"filestorage put {via}, CPU seconds per GiB (median): client "
+            f"{statistics.median(r['client_cpu'] for r in rows[via]) * per_gib:.2f}, server "
+            f"{statistics.median(r['server_cpu'] for r in rows[via]) * per_gib:.2f}; the client's "
+            f"SHA-256 pass before the first byte "
+            f"{statistics.median(r['hash_s'] for r in rows[via]) * per_gib:.2f} s wall per GiB")
     best = min(rows["tcp"], key=lambda r: r["wall"])
     res.diagnostics.append(
         f"filestorage put 1 GiB TCP, best run: {best['wall']:.2f} s wall, of which "
@@ -2020,27 +2035,35 @@ def bench_filestorage_small(res, ferry):
 
 def bench_filestorage_fetch(res, ferry, big):
     s, tcp, unix, token, root = _fs_serve(ferry, "fetch")
-    rates = []
+    rates, cpus = [], []
     try:
         _, out = run([ferry, "filestorage", "put", "--addr", tcp, "--token", token, "--json",
                       big], timeout=600)
         fid = json.loads(out)["files"][0]["id"]
         for i in range(RUNS):
             dest = fresh_out("fs-fetch-out")
+            s0, c0 = process_cpu(s.pid), children_cpu()
             wall, out = run([ferry, "filestorage", "fetch", fid, "--addr", tcp, "--token", token,
                              "--out", dest, "--json"], timeout=600)
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
             got = json.loads(out)
             if got["size"] != FS_BIG:
                 raise CommandFailed(f"filestorage fetch: {out[:200]!r}")
             rates.append(FS_BIG / wall / 1e6)
+            cpus.append((client_cpu, server_cpu))
             say(f"filestorage fetch 1 GiB run {i + 1}: {FS_BIG / wall / 1e6:.0f} MB/s "
-                f"({wall:.2f} s, verified)")
+                f"({wall:.2f} s, verified); cpu s client {client_cpu:.2f}, server "
+                f"{server_cpu:.2f}")
             shutil.rmtree(dest, ignore_errors=True)
     finally:
         s.stop()
         shutil.rmtree(root, ignore_errors=True)
-    res.raw["filestorage_fetch"] = rates
+    res.raw["filestorage_fetch"] = {"mbps": rates, "cpu_client_server": cpus}
     b, m = best_median(rates)
+    res.diagnostics.append(
+        "filestorage fetch 1 GiB, CPU seconds per GiB (median): client "
+        f"{statistics.median(c for c, _ in cpus):.2f} (two threads: receive and decode; "
+        f"SHA-256 and write), server {statistics.median(v for _, v in cpus):.2f}")
     res.row("filestorage fetch, 1 GiB in 64 KiB FETCHes over loopback TCP, verified before it "
             "appears (best / median)", f"{b:.0f} MB/s / {m:.0f} MB/s", "-", ">= 400 MB/s",
             verdict(b >= 400))

@@ -951,6 +951,18 @@ impl Store {
                 }
             }
         }
+        // Files of this group with the same content share one object: the first made it, the
+        // others found it. Were that first one to fail later, removing "its" object would take
+        // the others' with it, so no file of such a set removes it (recovery deletes objects no
+        // record references).
+        for i in 0..linked.len() {
+            if linked[i + 1..].iter().any(|l| l.2 == linked[i].2) {
+                let sha = linked[i].2;
+                for l in linked.iter_mut().filter(|l| l.2 == sha) {
+                    l.4 = false;
+                }
+            }
+        }
         // 2. The objects exist durably.
         if !linked.is_empty() {
             if let Err(e) = disk::sync_dir(&self.objects_dir()) {
