@@ -20,8 +20,8 @@ use twox_hash::XxHash64;
 
 /// Bytes hashed per read; also how far the prefix must grow before the thread is woken.
 pub(super) const CHUNK: u64 = 1 << 20;
-/// Bytes per pread: small enough that the hashes read them back from the cache the copy just
-/// filled (a 1 MiB buffer spills out of it, and the copy then costs about twice as much).
+/// Bytes per pread: small enough that the hashes read them back from the CPU cache the copy
+/// just filled rather than from memory.
 const READ_PIECE: u64 = 256 << 10;
 /// The thread also wakes on its own this often (a missed wake-up only costs this much).
 const IDLE_WAKE: Duration = Duration::from_millis(100);

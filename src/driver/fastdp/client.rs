@@ -3,9 +3,11 @@
 //! into a shared `.part`), both resumable and retried with backoff (fastdp.md 2.7-2.10, 3).
 //!
 //! ```text
-//!  push: hash (or the resume record's / the folder index's SHA-256) ─► resume record
+//!  push: hash (one pread pass: SHA-256 and every chunk's CRC-32C; or the resume record's /
+//!        the folder index's SHA-256) ─► resume record
 //!        ─► N connection threads: handshake, header, Have merged into the plan
-//!             └─ loop: chunk from the plan (pread, CRC-32C, zstd) ─► Acks applied to the
+//!             └─ loop: chunk from the plan (plain: CRC from the hash pass or a pread pass,
+//!                bytes by sendfile(2); zstd: pread, CRC-32C, compress) ─► Acks applied to the
 //!                plan (a wrong CRC re-queues the chunk, every idle connection is woken)
 //!        ─► plan complete: final FIN on every connection ─► Complete ─► record deleted
 //!  pull: first connection learns the parameters (record written, `.part` attached)
@@ -1396,7 +1398,11 @@ mod tests {
             let bytes = &data[..len];
             let f = temp_file(bytes);
             let (sha, crcs) = hash_file(&f, len as u64, chunk).unwrap();
-            assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(bytes)), "{len} / {chunk}");
+            assert_eq!(
+                sha,
+                <[u8; 32]>::from(Sha256::digest(bytes)),
+                "{len} / {chunk}"
+            );
             let want: Vec<u32> = bytes.chunks(chunk as usize).map(crc32c).collect();
             assert_eq!(crcs, want, "{len} / {chunk}");
             let mut buf = vec![0u8; 1000];
