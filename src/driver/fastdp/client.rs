@@ -3,9 +3,11 @@
 //! into a shared `.part`), both resumable and retried with backoff (fastdp.md 2.7-2.10, 3).
 //!
 //! ```text
-//!  push: hash (or the resume record's / the folder index's SHA-256) ─► resume record
+//!  push: hash (one pread pass: SHA-256 and every chunk's CRC-32C; or the resume record's /
+//!        the folder index's SHA-256) ─► resume record
 //!        ─► N connection threads: handshake, header, Have merged into the plan
-//!             └─ loop: chunk from the plan (pread, CRC-32C, zstd) ─► Acks applied to the
+//!             └─ loop: chunk from the plan (plain: CRC from the hash pass or a pread pass,
+//!                bytes by sendfile(2); zstd: pread, CRC-32C, compress) ─► Acks applied to the
 //!                plan (a wrong CRC re-queues the chunk, every idle connection is woken)
 //!        ─► plan complete: final FIN on every connection ─► Complete ─► record deleted
 //!  pull: first connection learns the parameters (record written, `.part` attached)
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::link::{Got, Link, Wake, Wakers};
-use super::receive::{commit_once, ChunkSink, LocalError, MemoryCrcs};
+use super::receive::{commit_once, ChunkSink, LocalError, MemoryCrcs, WriteGate};
 use crate::catalog::FileStamp;
 use crate::dir::Dir;
 use crate::ingest::{
@@ -50,7 +52,7 @@ use crate::ingest::{
 };
 use crate::proto::fastdp::client::{ClientConfig, PullClient, PushClient};
 use crate::proto::fastdp::connection::Event;
-use crate::proto::fastdp::crc::crc32c;
+use crate::proto::fastdp::crc::{crc32c, Crc32c};
 use crate::proto::fastdp::frame::Compress;
 use crate::proto::fastdp::http::{key_from_random, ResponseError, DEFAULT_PATH};
 use crate::proto::fastdp::messages::{
@@ -466,18 +468,34 @@ fn write_record_at<T: serde::Serialize>(dir: &Dir, name: &OsStr, rec: &T) -> io:
     r
 }
 
-/// SHA-256 of the open file, read with pread in 1 MiB pieces.
-fn hash_file(f: &File, size: u64) -> io::Result<[u8; 32]> {
+/// Bytes read per pread while hashing: small enough that SHA-256 reads them back from the
+/// cache the copy just filled, and a divisor of every chunk size of 1.2's policy.
+const HASH_PIECE: usize = 256 << 10;
+
+/// SHA-256 of the open file and the CRC-32C of each `one_chunk`-byte chunk, in one pass of
+/// pread in [`HASH_PIECE`]s: the send pass then needs no read of its own (the kernel sends the
+/// chunks from the file's pages) and no second CRC.
+fn hash_file(f: &File, size: u64, one_chunk: u32) -> io::Result<([u8; 32], Vec<u32>)> {
+    let chunk = u64::from(one_chunk.max(1));
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut crcs = Vec::with_capacity(usize::try_from(size.div_ceil(chunk)).unwrap_or(0));
+    let mut crc = Crc32c::new();
+    let mut buf = vec![0u8; HASH_PIECE];
     let mut at = 0u64;
     while at < size {
-        let n = ((size - at) as usize).min(buf.len());
+        // Never past the end of the current chunk: each CRC covers exactly one chunk.
+        let to_chunk_end = chunk - at % chunk;
+        let n = ((size - at).min(to_chunk_end) as usize).min(buf.len());
         f.read_exact_at(&mut buf[..n], at)?;
         h.update(&buf[..n]);
+        crc.update(&buf[..n]);
         at += n as u64;
+        if at % chunk == 0 || at == size {
+            crcs.push(crc.value());
+            crc = Crc32c::new();
+        }
     }
-    Ok(h.finalize().into())
+    Ok((h.finalize().into(), crcs))
 }
 
 /// Uploads `path` (fastdp.md 2); `progress` is called as chunks are acknowledged.
@@ -512,6 +530,9 @@ pub fn push(
             && r.addr == opts.addr
     });
     let mut hash_seconds = 0.0;
+    // CRC-32C of every chunk, when the hash pass computed them (else each chunk is read and
+    // summed as it is sent).
+    let mut crcs: Option<Vec<u32>> = None;
     let (tid, checksum) = match reuse.as_ref().and_then(|r| {
         Some((
             TransferId::parse(&r.transfer_id)?,
@@ -524,8 +545,9 @@ pub fn push(
             let sha = match crate::catalog::indexed_sha256(path) {
                 Some(s) => s,
                 None => {
-                    let s = hash_file(&file, size).map_err(local)?;
+                    let (s, c) = hash_file(&file, size, one_chunk_for(size)).map_err(local)?;
                     hash_seconds = t.elapsed().as_secs_f64();
+                    crcs = Some(c);
                     s
                 }
             };
@@ -572,6 +594,7 @@ pub fn push(
         opts,
         header: &header,
         file: &file,
+        crcs: crcs.as_deref(),
         stamp,
         run: &run,
         plan: &plan,
@@ -633,6 +656,8 @@ struct PushShared<'a> {
     opts: &'a ClientOptions,
     header: &'a Header,
     file: &'a File,
+    /// CRC-32C of every chunk, from the hash pass: such chunks (plain) go out with sendfile(2).
+    crcs: Option<&'a [u32]>,
     stamp: FileStamp,
     run: &'a Run,
     plan: &'a Mutex<Option<SendPlan>>,
@@ -784,6 +809,30 @@ fn push_loop(
                 return Err(Fail::Final(local("the file changed while it was sent")));
             }
             let len = sc.len as usize;
+            if let (Some(fd), Compress::None) = (link.stream.plain_fd(), sh.header.compress) {
+                // The CRC from the hash pass, else from a pread pass over the chunk in small
+                // pieces; the bytes then go out with sendfile(2), never copied by us.
+                let crc = match sh.crcs.and_then(|c| c.get(sc.chunk as usize)).copied() {
+                    Some(crc) => crc,
+                    None => {
+                        buf.resize(HASH_PIECE.min(len.max(1)), 0);
+                        crc_of_range(sh.file, sc.offset, len, &mut buf)
+                            .map_err(|e| Fail::Final(local(e)))?
+                    }
+                };
+                let head = c.begin_chunk(sc.chunk, sc.len);
+                if let Some(p) = lock(sh.plan).as_mut() {
+                    p.sent(sc.chunk, crc);
+                }
+                link.write_all(&head).map_err(io)?;
+                send_range(sh.file, fd, sc.offset, len)?;
+                sh.run.wire_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                match link.try_read().map_err(io)? {
+                    Got::Eof => c.handle_eof(Instant::now()),
+                    Got::Data | Got::Nothing => {}
+                }
+                continue;
+            }
             buf.resize(len, 0);
             sh.file
                 .read_exact_at(&mut buf, sc.offset)
@@ -831,6 +880,49 @@ fn push_loop(
     }
 }
 
+/// CRC-32C of bytes `offset..offset + len` of `file`, read with pread in `buf`-sized pieces.
+fn crc_of_range(file: &File, offset: u64, len: usize, buf: &mut [u8]) -> io::Result<u32> {
+    let mut crc = Crc32c::new();
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        file.read_exact_at(&mut buf[..n], offset + done as u64)?;
+        crc.update(&buf[..n]);
+        done += n;
+    }
+    Ok(crc.value())
+}
+
+/// Sends bytes `offset..offset + len` of `file` to the socket `fd` with sendfile(2): the kernel
+/// hands the file's cached pages to TCP, nothing is read into userspace (the CRC came from the
+/// hash pass). A file cut short meanwhile is final; a socket error or timeout is retried.
+fn send_range(file: &File, fd: std::os::fd::RawFd, offset: u64, len: usize) -> Result<(), Fail> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| Fail::Final(local("chunk offset out of range")))?;
+    let end = offset + len as u64;
+    loop {
+        let left = end.saturating_sub(off as u64) as usize;
+        if left == 0 {
+            return Ok(());
+        }
+        // SAFETY: sendfile(2) on two descriptors we hold open; `off` is a live off_t the
+        // kernel advances by what it sent. No memory of ours is read or written but `off`.
+        let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, left) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(Fail::Final(local("the file changed while it was sent")));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(retry(format!("connection: {e}")));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pull
 // ---------------------------------------------------------------------------------------------
@@ -872,6 +964,7 @@ struct PullShared<'a> {
     run: &'a Run,
     state: &'a Mutex<PullState>,
     crcs: &'a MemoryCrcs,
+    gate: &'a WriteGate,
     progress: &'a (dyn Fn(Progress) + Sync),
     held: &'a AtomicU64,
     restart: &'a AtomicBool,
@@ -923,6 +1016,7 @@ pub fn pull(
             attachment,
         });
         let crcs = MemoryCrcs::default();
+        let gate = WriteGate::default();
         let held = AtomicU64::new(
             lock(&state)
                 .attachment
@@ -941,6 +1035,7 @@ pub fn pull(
             run: &run,
             state: &state,
             crcs: &crcs,
+            gate: &gate,
             progress,
             held: &held,
             restart: &restart,
@@ -1190,7 +1285,7 @@ fn pull_loop(
         }
     };
     let g = reply.geometry();
-    let mut sink = ChunkSink::new(&att, sh.crcs, g, reply.compress);
+    let mut sink = ChunkSink::new(&att, sh.crcs, sh.gate, g, reply.compress);
     let local_fail = |e: LocalError| Fail::Final(local(e));
     loop {
         // A deadline that passed while chunks kept arriving (the 250 ms Ack) fires now.
@@ -1341,5 +1436,84 @@ fn pull_loop(
             Got::Eof => c.handle_eof(Instant::now()),
             Got::Nothing => c.handle_timeout(Instant::now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(data: &[u8]) -> File {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-fastdp-client-{}-{}",
+            std::process::id(),
+            hex::encode(&random_bytes::<8>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f.bin");
+        std::fs::write(&p, data).unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        f
+    }
+
+    /// The one hash pass gives the whole-file SHA-256 and, per chunk, the CRC-32C the send pass
+    /// then trusts: chunks smaller than, equal to and larger than a read piece, with a short
+    /// tail and with an exact multiple.
+    #[test]
+    fn hash_pass_gives_sha256_and_one_crc_per_chunk() {
+        let data: Vec<u8> = (0..(3 * HASH_PIECE + 12_345) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for (len, chunk) in [
+            (data.len(), 4096u32),
+            (data.len(), HASH_PIECE as u32),
+            (data.len(), 4 * HASH_PIECE as u32),
+            (2 * HASH_PIECE, HASH_PIECE as u32),
+            (0, 262_144),
+            (1, 262_144),
+        ] {
+            let bytes = &data[..len];
+            let f = temp_file(bytes);
+            let (sha, crcs) = hash_file(&f, len as u64, chunk).unwrap();
+            assert_eq!(
+                sha,
+                <[u8; 32]>::from(Sha256::digest(bytes)),
+                "{len} / {chunk}"
+            );
+            let want: Vec<u32> = bytes.chunks(chunk as usize).map(crc32c).collect();
+            assert_eq!(crcs, want, "{len} / {chunk}");
+            let mut buf = vec![0u8; 1000];
+            for (i, c) in want.iter().enumerate() {
+                let at = i * chunk as usize;
+                let n = (len - at).min(chunk as usize);
+                assert_eq!(crc_of_range(&f, at as u64, n, &mut buf).unwrap(), *c);
+            }
+        }
+    }
+
+    /// sendfile(2) of a range puts exactly those bytes on the socket; a range past the end of
+    /// a file that shrank is final (not retried forever).
+    #[test]
+    fn send_range_sends_the_bytes_of_the_range_and_a_short_file_is_final() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let f = temp_file(&data);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut rx, _) = l.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert!(send_range(&f, tx.as_raw_fd(), 1000, 200_000).is_ok());
+        let short = send_range(&f, tx.as_raw_fd(), 250_000, 60_000);
+        assert!(matches!(short, Err(Fail::Final(_))));
+        drop(tx);
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..200_000], &data[1000..201_000]);
+        assert_eq!(&got[200_000..], &data[250_000..]);
     }
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::link::{Got, Link, Wake, Wakers};
-use super::receive::{ChunkSink, LocalError};
+use super::receive::{ChunkSink, LocalError, WriteGate};
 use super::state::{self, StateFile};
 use crate::catalog::{CatalogHandle, Entry, MappedFile};
 use crate::dir::Dir;
@@ -136,6 +136,7 @@ impl Default for FastdpConfig {
 struct PushShared {
     header: Header,
     state: Arc<StateFile>,
+    gate: Arc<WriteGate>,
     conns: usize,
     /// Its bookkeeping's share of [`MAX_BOOKKEEPING`], given back when it leaves the map.
     _books: Grant,
@@ -613,6 +614,7 @@ impl Conn<'_> {
             PushShared {
                 header: h.clone(),
                 state: Arc::clone(&st),
+                gate: Arc::default(),
                 conns: 1,
                 _books: books,
             },
@@ -662,7 +664,11 @@ impl Conn<'_> {
         att: &Attachment,
         st: &StateFile,
     ) -> Result<(), ConnError> {
-        let mut sink = ChunkSink::new(att, st, h.geometry(), h.compress);
+        let gate = lock(&inner.push)
+            .get(&h.transfer_id)
+            .map(|s| Arc::clone(&s.gate))
+            .unwrap_or_default();
+        let mut sink = ChunkSink::new(att, st, &gate, h.geometry(), h.compress);
         let started = Instant::now();
         loop {
             fire_due(&mut self.conn);
