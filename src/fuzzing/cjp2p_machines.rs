@@ -5,7 +5,8 @@
 //! Node invariants: every datagram sent parses, fits its limit (`control_max`, or `content_max`
 //! with `Content`), echoes at most one offer, carries `eof` on every `Content` and only the
 //! store's true bytes, and goes to no forbidden address; the replies to an unverified datagram
-//! total at most twice its size (28 header bytes counted per datagram); `Content` reaches the
+//! total at most twice its size (28 header bytes counted per datagram) and a dropped one gets
+//! none; `Content` reaches the
 //! driver only for an id being downloaded and only from a verified datagram.
 //!
 //! Downloader invariants: every request is a block-aligned range of at most 40,960 bytes to a
@@ -261,6 +262,9 @@ pub fn cjp2p_node_machine(data: &[u8]) {
                     if dest == to {
                         reply += d.len() + HEADER_BYTES;
                     }
+                }
+                if !unverified && !verified {
+                    assert_eq!(reply, 0, "a reply to a datagram that was dropped");
                 }
                 if unverified {
                     assert!(
