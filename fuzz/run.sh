@@ -7,7 +7,8 @@
 #
 # New corpus entries go to fuzz/target/corpus/<target>/ (git-ignored), seeded from the committed
 # fuzz/corpus/<target>/, so a run never bloats the repository. FUZZ_MERGE=1 (`make fuzz-merge`)
-# instead adds to fuzz/corpus/<target>/ only the inputs of a past run that reach new coverage.
+# instead adds to fuzz/corpus/<target>/ only the inputs of a past run that reach new coverage,
+# leaving out those over FUZZ_MERGE_MAX_BYTES (default 1024) so that the repository stays small.
 #
 # FUZZ_BIN=<dir> runs the binaries already built in <dir> (a copy of
 # target/x86_64-unknown-linux-gnu/release) without building: a long run then goes on unaffected
@@ -54,6 +55,9 @@ if [ "${FUZZ_MERGE:-0}" = 1 ]; then
         # The greedy set cover keeps few inputs for the same coverage: the corpus stays small.
         fuzz_cmd "$t" "corpus/$t" "target/corpus/$t" -set_cover_merge=1
         "${cmd[@]}" >"target/logs/$t.merge.log" 2>&1 || { tail "target/logs/$t.merge.log" >&2; exit 1; }
+        # libFuzzer names the inputs it adds by their SHA-1; seeds and named inputs stay.
+        find "corpus/$t" -type f -size +"${FUZZ_MERGE_MAX_BYTES:-1024}"c \
+            -regextype posix-extended -regex '.*/[0-9a-f]{40}' -delete
         echo "$t: $(ls "corpus/$t" | wc -l) files, $(du -sh "corpus/$t" | cut -f1)"
     done
     exit 0
