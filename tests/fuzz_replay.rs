@@ -101,4 +101,10 @@ replay_tests! {
     filestorage_token
     filestorage_server_machine
     filestorage_client_machines
+    jtp_client_machine
+    tej_server_machine
+    tej_client_machines
+    cjp2p_node_machine
+    cjp2p_download_machine
+    catalog_index
 }

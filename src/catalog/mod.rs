@@ -46,7 +46,7 @@
 //! taken from; a refusal also asks the follower to look at that name again, so a change no
 //! event announced (a hard link made in another folder moves the ctime) is caught too.
 
-mod index;
+pub(crate) mod index;
 mod inotify;
 mod live;
 pub mod mapped;

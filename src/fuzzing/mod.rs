@@ -25,24 +25,28 @@
 //! end give zeros), so every byte string is a valid input and the fuzzer steers both the
 //! parameters and the payload. Machine targets read the whole input as a script of operations.
 //!
-//! Out of scope: sockets, files and clocks (the machines under test have none either). The
-//! CJP2P node and downloader, the catalog index and the JTP/TEJ client and TEJ server machines
-//! get their targets once their rewrites land.
+//! Out of scope: sockets, files and clocks (the machines under test have none either).
 
 mod alloc;
+mod catalog;
 mod cjp2p;
+mod cjp2p_machines;
 mod fastdp;
 mod fastdp_machines;
 mod filestorage;
 mod filestorage_machines;
 mod jtp;
+mod jtp_client;
 #[cfg(test)]
 mod seeds;
 mod tej;
+mod tej_machines;
 mod wire;
 
 pub use alloc::{is_counting, CountingAlloc};
+pub use catalog::catalog_index;
 pub use cjp2p::cjp2p_datagram;
+pub use cjp2p_machines::{cjp2p_download_machine, cjp2p_node_machine};
 pub use fastdp::{
     fastdp_chunk_stream, fastdp_http_head, fastdp_jmsg, fastdp_v110_decoders, fastdp_zstd_chunk,
 };
@@ -52,7 +56,9 @@ pub use fastdp_machines::{
 pub use filestorage::{filestorage_frame, filestorage_json, filestorage_token};
 pub use filestorage_machines::{filestorage_client_machines, filestorage_server_machine};
 pub use jtp::{jtp_request, jtp_response, jtp_server_machine};
+pub use jtp_client::jtp_client_machine;
 pub use tej::tej_frame;
+pub use tej_machines::{tej_client_machines, tej_server_machine};
 pub use wire::wire_frame;
 
 /// A fuzz target: panics when an invariant breaks on `data`.
@@ -79,6 +85,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("filestorage_token", filestorage_token),
     ("filestorage_server_machine", filestorage_server_machine),
     ("filestorage_client_machines", filestorage_client_machines),
+    ("jtp_client_machine", jtp_client_machine),
+    ("tej_server_machine", tej_server_machine),
+    ("tej_client_machines", tej_client_machines),
+    ("cjp2p_node_machine", cjp2p_node_machine),
+    ("cjp2p_download_machine", cjp2p_download_machine),
+    ("catalog_index", catalog_index),
 ];
 
 /// Most events a decoder may return in a row without consuming a byte: more means it spins.

@@ -537,6 +537,193 @@ fn filestorage_client_scripts() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// JTP client ops: 0 push, 1 poll, 2 raw, 3 answer, 4 clock, 5 cancel, 6 EOF, 7 listing.
+fn jtp_client_scripts() -> Vec<(&'static str, Vec<u8>)> {
+    let mut list = Vec::new();
+    put_list_header(1, &mut list);
+    put_entry(0x84fe30f5845a521f, 0, "alpha.png", 9332, &mut list);
+    vec![
+        // LIST answered (two entries), then a GET of ids 2 and 3 answered with both packets.
+        (
+            "list-then-get",
+            vec![
+                0, 1, 0, 0, 0, 1, 0, 2, 1, 3, 0, 0, 10, 1, 3, 1, 20, 1, 4, 0, 100, 3, 1, 1, 0, 5,
+                8, 3, 1,
+            ],
+        ),
+        // Pipelined, no keep-alive: BATCH and LIST_AND_GET queued, sent, answered.
+        (
+            "pipelined",
+            vec![1, 0, 0, 2, 1, 1, 0, 3, 1, 3, 1, 0, 0, 4, 3, 0],
+        ),
+        // WATCH, an event, cancel, JTPC.
+        ("watch", vec![0, 1, 0, 4, 1, 3, 1, 2, 1, 7, 5, 1, 3, 0]),
+        (
+            "raw-list",
+            cat(&[&[0, 1, 0, 0, 1, 2, list.len() as u8], &list]),
+        ),
+        ("error", vec![0, 1, 0, 0, 1, 3, 2, 1, 6]),
+    ]
+}
+
+/// TEJ server ops: 0 raw, 1 frame, 2 clock, 3 EOF, 4 fail next, 5 drain.
+fn tej_server_scripts() -> Vec<(&'static str, Vec<u8>)> {
+    let file_only = unhex(VECTORS[3].hex);
+    vec![
+        // A deliver frame with one file "a.txt" of 4 bytes, empty message, fed whole.
+        (
+            "deliver",
+            cat(&[&[0, 0, 1, 0, 1, 0, 4], b"AAAA", &[2, 0, 5]]),
+        ),
+        // A request for b.bin and a catalog id, split after 5 bytes.
+        ("request", vec![0, 0, 1, 4, 0, 0, 2, 1, 3, 5, 5]),
+        // A list request, no after, limit 2.
+        ("list", vec![0, 0, 1, 5, 0, 1, 0, 1, 2, 0, 5]),
+        (
+            "vector-file-only",
+            cat(&[&[0, 0, 0, file_only.len() as u8], &file_only, &[0, 5]]),
+        ),
+        // The store fails the open: no-space.
+        (
+            "open-fails",
+            cat(&[&[0, 0, 4, 1, 1, 0, 1, 0, 2], b"hi", &[2, 0, 5]]),
+        ),
+        // Small limits, idle, then a ping and a timeout.
+        (
+            "small-limits-timeout",
+            vec![3, 16, 0, 64, 0, 64, 4, 1, 7, 0, 2, 0, 2, 2, 0x01, 0x00, 5],
+        ),
+        ("eof-inside-frame", vec![0, 0, 0, 3, 0x80, 1, 0, 3, 5]),
+    ]
+}
+
+/// TEJ client machines: 0 sender, 1 getter, 2 lister, then each one's ops.
+fn tej_client_scripts() -> Vec<(&'static str, Vec<u8>)> {
+    let ack = crate::proto::tej::frame::vectors::bytes("ferry_ack_file_only");
+    vec![
+        // Send one file of 4 bytes; the acknowledgement matches.
+        ("send-confirmed", vec![0, 1, 1, 4, 0, 4, 1, 0, 0, 1]),
+        // The acknowledgement says another size for file 1.
+        ("send-mismatch", vec![0, 1, 2, 4, 9, 0, 4, 1, 0, 1, 1]),
+        (
+            "send-raw-ack",
+            cat(&[&[0, 1, 1, 4, 0, 4, 0, ack.len() as u8], &ack]),
+        ),
+        // Get b.bin: one file of 3 bytes under its name, the manifest right.
+        ("get", cat(&[&[1, 1, 1, 1, 1, 1, 1, 3], b"xyz", &[1, 0, 1]])),
+        ("get-error", vec![1, 1, 1, 1, 3, 1]),
+        // Two listing pages: next "a.txt", then null.
+        ("list", vec![2, 1, 2, 1, 0, 1, 0, 1, 1, 2, 0, 0, 1]),
+    ]
+}
+
+/// CJP2P node ops: 0 raw, 1 scripted, 2 clock, 3 own request, 4 download, 5 peer.
+fn cjp2p_node_scripts() -> Vec<(&'static str, Vec<u8>)> {
+    let every = cjp2p_datagrams().remove(0).1;
+    let every = &every[2..];
+    vec![
+        // A verified request for the 9,000-byte file, and for peers.
+        ("verified-content", vec![0, 1, 0, 1, 2, 0, 3, 0, 0, 1]),
+        // The same unverified: a teaser and the handshake, within 2x.
+        (
+            "unverified-content",
+            vec![0, 1, 1, 0, 2, 0, 3, 0, 0, 10, 0, 0, 0, 1],
+        ),
+        (
+            "raw-every-message",
+            cat(&[&[0, 0, 0], &(every.len() as u16).to_be_bytes(), every]),
+        ),
+        // Download the 4,096-byte file: ask, get content back verified.
+        (
+            "download",
+            vec![
+                0, 4, 2, 1, 3, 0, 0, 2, 0, 0, 0x10, 0, 1, 0, 1, 1, 9, 2, 0, 0, 4, b'a', b'b', b'c',
+                b'd', 1, 0x10, 0,
+            ],
+        ),
+        ("clock", vec![2, 5, 0, 2, 2, 0x0e, 0x10, 2, 1, 40]),
+        ("client-role", vec![1, 1, 2, 0, 2, 0, 1, 0, 0, 5]),
+    ]
+}
+
+/// CJP2P download: setup, then 0 add, 1 poll, 2 answer, 3 hostile, 4 clock, 5 store, 6
+/// refused, 7 other.
+fn cjp2p_download_scripts() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        // 3 blocks, one source; poll, answer three times in full, store: complete.
+        (
+            "three-blocks",
+            vec![
+                2, 3, 7, 1, 3, 8, 0, 0, 0, 0, 0, 1, 2, 0, 0, 2, 1, 2, 0, 0, 2, 5, 1, 2, 0, 0, 2, 5,
+            ],
+        ),
+        // Unknown eof: teaser, then a lying eof, timeouts.
+        (
+            "teaser-and-lies",
+            vec![
+                1, 0x30, 0x01, 3, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 2, 0, 2, 5, 2, 0, 0, 1, 9, 4, 0x03,
+                0xe8, 1,
+            ],
+        ),
+        (
+            "empty-file",
+            vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 0, 0, 2, 5],
+        ),
+        (
+            "resume",
+            vec![2, 9, 3, 1, 1, 4, 1, 1, 0, 0, 0, 1, 2, 0, 0, 2, 5, 7, 3],
+        ),
+        (
+            "hostile",
+            vec![
+                3, 0, 1, 0, 0, 3, 1, 2, 1, 0, 0x10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5,
+            ],
+        ),
+    ]
+}
+
+/// Catalog index and journal: mode 0 raw (both decoders), 1 index with its checksum fixed,
+/// 2/3 journal records framed and summed by the target.
+fn catalog_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::catalog::index::{encode, IndexRecord, JournalOp};
+    use crate::catalog::FileStamp;
+    use std::ffi::OsString;
+    let rec = IndexRecord {
+        stamp: FileStamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: -5,
+        },
+        xxh64: 6,
+        sha256: [7; 32],
+    };
+    let names = [OsString::from("a.png"), OsString::from("b")];
+    let index = encode(names.iter().map(|n| (n.as_os_str(), &rec)));
+    let mut journal = b"FERRYJNL\x01\x00\x00\x00".to_vec();
+    JournalOp::Put(OsString::from("c.jpg"), rec).encode(&mut journal);
+    JournalOp::Remove(OsString::from("a.png")).encode(&mut journal);
+    let torn = journal[..journal.len() - 3].to_vec();
+    vec![
+        ("index", cat(&[&[0], &index])),
+        ("journal", cat(&[&[0], &journal])),
+        ("journal-torn", cat(&[&[0], &torn])),
+        ("index-body", cat(&[&[1], &index[8..index.len() - 8]])),
+        (
+            "index-count-too-large",
+            cat(&[&[0x31], &index[20..index.len() - 8]]),
+        ),
+        (
+            "journal-records",
+            vec![
+                2, 0, 3, b'a', b'b', b'c', 1, 1, b'x', 2, 4, 0, 0, 0, 0, 0x81, 0,
+            ],
+        ),
+        ("journal-torn-record", vec![3, 0x41, 2, b'z', b'z', 5]),
+    ]
+}
+
 /// Every seed, by target.
 pub(crate) fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -613,6 +800,12 @@ pub(crate) fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     add("filestorage_token", filestorage_tokens());
     add("filestorage_server_machine", filestorage_server_scripts());
     add("filestorage_client_machines", filestorage_client_scripts());
+    add("jtp_client_machine", jtp_client_scripts());
+    add("tej_server_machine", tej_server_scripts());
+    add("tej_client_machines", tej_client_scripts());
+    add("cjp2p_node_machine", cjp2p_node_scripts());
+    add("cjp2p_download_machine", cjp2p_download_scripts());
+    add("catalog_index", catalog_seeds());
     out
 }
 

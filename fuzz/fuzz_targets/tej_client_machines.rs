@@ -1,0 +1,4 @@
+#![no_main]
+#[global_allocator]
+static ALLOC: ferry::fuzzing::CountingAlloc = ferry::fuzzing::CountingAlloc;
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry::fuzzing::tej_client_machines(data));
