@@ -84,6 +84,7 @@ mod roster;
 mod schedule;
 #[cfg(test)]
 mod sim;
+mod size;
 mod source;
 mod stats;
 #[cfg(test)]
@@ -505,6 +506,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(100_000));
         dl.add_source(t0, addr(1), Some(40960));
+        dl.grown(addr(1));
         let reqs = drain(&mut dl, t0);
         let got: Vec<_> = reqs.iter().map(|r| (r.offset, r.length)).collect();
         assert_eq!(
@@ -518,6 +520,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
         dl.add_source(t0, addr(1), Some(10000));
+        dl.grown(addr(1));
         let r = dl.poll_request(t0).unwrap();
         assert_eq!((r.offset, r.length), (0, 8192));
         let r = dl.poll_request(t0).unwrap();
@@ -530,6 +533,7 @@ mod tests {
         let mut dl = Download::new(id(), DownloadConfig::default(), None);
         dl.add_source(t0, addr(1), None);
         dl.add_source(t0, addr(2), Some(40960));
+        dl.grown(addr(2));
         let got: Vec<_> = drain(&mut dl, t0)
             .iter()
             .map(|r| (r.to, r.offset, r.length))
