@@ -84,9 +84,9 @@ impl Download {
             src.on_late_reply();
         }
         let reqs = &src.reqs;
-        let older = |size: u32| {
+        let older = || {
             reqs.values()
-                .any(|r| r.expired_at.is_none() && r.size == size && r.sent < req.sent)
+                .any(|r| r.expired_at.is_none() && r.sent < req.sent)
         };
         src.size.on_reply(now, req.size, !was_live, older);
         src.delivered += len;

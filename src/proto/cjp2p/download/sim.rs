@@ -782,11 +782,12 @@ fn share_at_least(out: &Outcome, len: u32) -> f64 {
 }
 
 /// Three ferry sources 20 ms away over 1500-byte links with 1 % fragment loss and a
-/// reassembly queue of 1800 fragments (about Linux's 4 MiB): the hosts test, simulated.
+/// reassembly queue of 1000 fragments (Linux's 4 MiB at about 4 KiB of memory per fragment):
+/// the hosts bench, simulated.
 fn fragmenting_wan(seed: u64) -> Net {
     Net {
         rng: Rng(seed),
-        frags: Some(Frags::new(10_000, 1800)),
+        frags: Some(Frags::new(10_000, 1000)),
         delay: (20, 21),
         ..clean()
     }
@@ -799,7 +800,7 @@ fn fragmenting_wan(seed: u64) -> Net {
 /// queue never fills and the download finishes at the speed of small requests.
 #[test]
 fn over_lossy_fragmenting_links_request_sizes_stay_small_and_the_reassembly_queue_never_fills() {
-    let eof = 8 << 20;
+    let eof = 16 << 20;
     for seed in [1, 0x5eed, 0xdead_beef] {
         let mut dl = Download::new(id(), DownloadConfig::default(), None);
         let mut servers = [
@@ -861,7 +862,7 @@ fn on_a_clean_fast_path_requests_grow_to_32k_at_once() {
     );
     assert!(out.stores.iter().all(|&n| n == 1));
     assert!(
-        share_at_least(&out, 32768) > 0.97,
+        share_at_least(&out, 32768) > 0.95,
         "{:?}",
         out.requested_by_len
     );
@@ -869,7 +870,7 @@ fn on_a_clean_fast_path_requests_grow_to_32k_at_once() {
 }
 
 /// A path with 1 % fragment loss but a large reassembly queue, and a path whose loss does not
-/// depend on the size at all (5 % of datagrams): in the first, large answers are lost more
+/// depend on the size at all (2 % of datagrams): in the first, large answers are lost more
 /// often than small ones and the size comes down; in the second, shrinking does not help, so
 /// the size is tried larger again and stays larger. (Per seed the counts are small, a few
 /// losses per decision, so the comparison is over several seeds.)
@@ -904,7 +905,7 @@ fn the_size_comes_down_only_when_large_answers_are_lost_more_often() {
         frag_share += share_at_least(&out, 16384) / seeds.len() as f64;
         let mut flat = Net {
             rng: Rng(seed),
-            loss: 5,
+            loss: 2,
             delay: (5, 6),
             ..clean()
         };

@@ -12,16 +12,16 @@
 //! the loss that matters is the fragments', not the MTU's).
 //!
 //! ```text
-//!               8 clean replies in a row at start-up; after a shrink, 64 outcomes (doubling
-//!               with each further shrink); and no request of the size sent before the last
-//!               one answered still in flight
+//!               8 clean replies in a row until the first loss; after it, 64 outcomes (doubling
+//!               with each shrink) losing under 2.5 %; and no request of the size sent
+//!               before the last one answered still in flight
 //!   size S ───────────────────────────────────────────────> 2S (up to the ceiling)
 //!     ^  │
 //!     │  │ >= 2 confirmed losses, >= 5 % of the outcomes at S, more than 1.3x
 //!     │  │ (+1 point) the loss seen at S/2, and (if S was itself reached by
-//!     │  │ shrinking) at least 64 outcomes at S
+//!     │  │ shrinking) at least 256 outcomes at S
 //!     │  v
-//!   S/2 (down to MIN_SIZE)  ── 64 outcomes at S/2 lose at least 3/4 as often as S did:
+//!   S/2 (down to MIN_SIZE)  ── 256 outcomes at S/2 lose at least 9/10 as often as S did:
 //!                              the loss does not depend on the size; back to S
 //! ```
 //!
@@ -39,10 +39,10 @@ use super::BLOCK;
 /// Smallest request size: one block of the bitmaps, the reference node's size. Its answer is a
 /// 4-fragment datagram on a 1500-byte path.
 pub(super) const MIN_SIZE: u32 = BLOCK as u32;
-/// Clean replies in a row needed to double the size while no loss has shrunk it yet.
+/// Clean replies in a row needed to double the size while no loss has been seen yet.
 const GROW_FIRST: u32 = 8;
-/// Outcomes at a size needed to try the larger size again after a shrink for loss; doubles
-/// with every further shrink, up to [`MAX_GROW_AFTER`].
+/// Outcomes at a size needed to try the larger size once a loss has been seen; doubles with
+/// every shrink, up to [`MAX_GROW_AFTER`].
 const GROW_AFTER_LOSS: u32 = 64;
 const MAX_GROW_AFTER: u32 = 4096;
 /// Losses (confirmed) at a size before it may be judged lossy.
@@ -50,7 +50,7 @@ const MIN_LOSSES: u32 = 2;
 /// Loss fraction of the outcomes at a size above which it is halved.
 const SHRINK_LOSS: f64 = 0.05;
 /// Outcomes at a size reached by shrinking before it is judged whether the shrink helped.
-const JUDGE_AFTER: u32 = 64;
+const JUDGE_AFTER: u32 = 256;
 
 /// Lost and answered requests of one size.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -93,6 +93,11 @@ pub(super) struct Sizer {
     above: Option<Tally>,
     /// Shrinks for loss, for logs and tests.
     shrinks: u32,
+    /// No loss confirmed yet: the size doubles on clean replies alone (start-up, as TCP's slow
+    /// start ends at the first loss).
+    is_starting: bool,
+    /// A request of an earlier size expired during start-up (ends it once confirmed).
+    lost_before: bool,
 }
 
 impl Sizer {
@@ -111,6 +116,8 @@ impl Sizer {
             below: None,
             above: None,
             shrinks: 0,
+            is_starting: true,
+            lost_before: false,
         }
     }
 
@@ -136,14 +143,14 @@ impl Sizer {
     }
 
     /// A request sent at size `size` was answered with data (`late`: after it had expired).
-    /// `has_older_in_flight`: whether a request sent at the current size before the answered
-    /// one is still unanswered (asked only when the size is about to grow).
+    /// `has_older_in_flight`: whether a request sent before the answered one (at any size) is
+    /// still unanswered (asked only when the size is about to grow).
     pub(super) fn on_reply(
         &mut self,
         now: Instant,
         size: u32,
         late: bool,
-        has_older_in_flight: impl FnOnce(u32) -> bool,
+        has_older_in_flight: impl FnOnce() -> bool,
     ) {
         if late {
             // A spurious timeout (the RTO was short, or this process was not scheduled for a
@@ -167,15 +174,18 @@ impl Sizer {
         // A hole behind the clean replies may be a loss whose timer has not fired yet: losses
         // are known one RTO late, answers at once, and growing on answers alone would walk the
         // size up a lossy path in a few RTTs, well before its first loss is counted.
-        // Before any shrink (start-up) the size grows on clean replies only. After one, it
-        // tries the larger size again after `grow_after` outcomes, clean or not: whether that
-        // size loses clearly more often than this one decides, so a loss that does not depend
-        // on the size (congestion) cannot hold the size down.
-        let due = match self.shrinks {
-            0 => self.clean >= self.grow_after,
-            _ => self.tally.total() >= self.grow_after,
+        // Until the first loss (start-up) the size grows on clean replies only. After it, the
+        // larger size is tried after `grow_after` outcomes, clean or not: whether that size
+        // loses clearly more often than this one decides, so a loss that does not depend on the
+        // size (congestion) cannot hold the size down.
+        // A size that itself loses more than half the shrink threshold is not tried larger:
+        // every lost answer leaves its other fragments in the reassembly queue for 30 s, so on a
+        // lossy path the queue's budget, not the delivery rate, is what bounds the size.
+        let due = match self.is_starting {
+            true => self.clean >= self.grow_after,
+            false => self.tally.total() >= self.grow_after && self.tally.loss() * 2.0 < SHRINK_LOSS,
         };
-        if self.block < self.ceiling && due && !has_older_in_flight(self.block) {
+        if self.block < self.ceiling && due && !has_older_in_flight() {
             self.below = Some(self.tally);
             self.above = None;
             let up = (self.block * 2).min(self.ceiling);
@@ -188,22 +198,36 @@ impl Sizer {
         if size == self.block {
             self.suspect += 1;
             self.clean = 0;
+        } else if self.is_starting {
+            // A smaller request of the start-up, lost: start-up ends here too (the size walked
+            // up faster than losses are known).
+            self.lost_before = true;
+            self.clean = 0;
         }
     }
 
     /// The source answered: the requests at the current size that expired before were lost.
     fn confirm(&mut self, now: Instant) {
+        if std::mem::take(&mut self.lost_before) && self.is_starting {
+            self.is_starting = false;
+            self.grow_after = GROW_AFTER_LOSS;
+        }
         if self.suspect == 0 {
             return;
         }
         self.tally.lost += std::mem::take(&mut self.suspect);
+        if self.is_starting {
+            self.is_starting = false;
+            self.grow_after = GROW_AFTER_LOSS;
+        }
         let t = self.tally;
         if let Some(a) = self.above {
             if t.total() < JUDGE_AFTER {
                 // Reached by shrinking: judged once it has enough outcomes, not before.
                 return;
             }
-            if t.lost >= MIN_LOSSES && t.loss() * 4.0 >= a.loss() * 3.0 {
+            // Halving the size nearly halves the loss of fragments; 9/10 leaves room for noise.
+            if t.lost >= MIN_LOSSES && t.loss() * 10.0 >= a.loss() * 9.0 {
                 // Half the size lost about as often: the loss does not depend on the size
                 // (congestion, not fragments). Back up, and from there shrink only for loss
                 // clearly beyond what this size saw.
@@ -219,10 +243,9 @@ impl Sizer {
         {
             self.above = Some(t);
             self.below = None;
-            self.grow_after = if self.shrinks == 0 {
-                GROW_AFTER_LOSS
-            } else {
-                (self.grow_after * 2).clamp(GROW_AFTER_LOSS, MAX_GROW_AFTER)
+            self.grow_after = match self.shrinks {
+                0 => GROW_AFTER_LOSS,
+                _ => (self.grow_after * 2).clamp(GROW_AFTER_LOSS, MAX_GROW_AFTER),
             };
             self.shrinks += 1;
             let down = (self.block / 2 / MIN_SIZE).max(1) * MIN_SIZE;
@@ -257,7 +280,7 @@ mod tests {
     fn replies(s: &mut Sizer, now: Instant, n: u32) {
         for _ in 0..n {
             let b = s.block();
-            s.on_reply(now, b, false, |_| false);
+            s.on_reply(now, b, false, || false);
         }
     }
 
@@ -267,10 +290,7 @@ mod tests {
         let mut s = Sizer::new(t0, 32768);
         assert_eq!(s.block(), 4096);
         for _ in 0..20 {
-            s.on_reply(t0, 4096, false, |size| {
-                assert_eq!(size, 4096);
-                true
-            });
+            s.on_reply(t0, 4096, false, || true);
         }
         assert_eq!(s.block(), 4096, "an older request is still in flight");
         replies(&mut s, t0, 1);
@@ -336,8 +356,8 @@ mod tests {
         s.set_block(t0, 32768);
         s.on_expired(32768);
         s.on_expired(32768);
-        s.on_reply(t0, 32768, true, |_| false);
-        s.on_reply(t0, 32768, true, |_| false);
+        s.on_reply(t0, 32768, true, || false);
+        s.on_reply(t0, 32768, true, || false);
         assert_eq!(s.block(), 32768);
         assert_eq!(s.tally, Tally { ok: 2, lost: 0 });
     }
@@ -355,7 +375,7 @@ mod tests {
         replies(&mut s, t0, 1);
         assert_eq!(s.block(), 16384);
         // ... and 10 % at 16 KiB: size-independent loss, back to 32 KiB.
-        for _ in 0..7 {
+        for _ in 0..26 {
             replies(&mut s, t0, 9);
             s.on_expired(16384);
         }
@@ -408,7 +428,7 @@ mod tests {
             let b = s.block();
             s.on_expired(b);
             s.on_expired(b);
-            s.on_reply(t0, b, false, |_| false);
+            s.on_reply(t0, b, false, || false);
         }
         assert_eq!(s.block(), 4096);
     }
