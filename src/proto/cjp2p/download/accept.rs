@@ -88,7 +88,7 @@ impl Download {
             reqs.values()
                 .any(|r| r.expired_at.is_none() && r.sent < req.sent)
         };
-        src.size.on_reply(now, req.size, !was_live, older);
+        src.size.on_reply(req.size, !was_live, older);
         src.delivered += len;
         if len >= BLOCK && len < u64::from(req.len) && end < e {
             // It answers less than asked: that is its largest answer.

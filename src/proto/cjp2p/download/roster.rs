@@ -74,7 +74,7 @@ impl Download {
             is_hint,
             standing: Standing::Fresh,
             has_answered: false,
-            size: Sizer::new(now, block_len(self.cfg.ref_block)),
+            size: Sizer::new(block_len(self.cfg.ref_block)),
             cwnd: INITIAL_CWND.min(self.cfg.max_window.max(1)),
             ssthresh: INITIAL_SSTHRESH,
             ca_acked: 0,

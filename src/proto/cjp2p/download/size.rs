@@ -13,8 +13,8 @@
 //!
 //! ```text
 //!               8 clean replies in a row until the first loss; after it, 64 outcomes (doubling
-//!               with each shrink) losing under 2.5 %; and no request of the size sent
-//!               before the last one answered still in flight
+//!               with each shrink) losing under 2.5 %; and no request sent before the
+//!               last one answered still in flight
 //!   size S ───────────────────────────────────────────────> 2S (up to the ceiling)
 //!     ^  │
 //!     │  │ >= 2 confirmed losses, >= 5 % of the outcomes at S, more than 1.3x
@@ -31,8 +31,6 @@
 //! Only outcomes of requests sent at the current size count. An expired request is a loss only
 //! once the source answers something afterwards ("confirmed"): a source that went silent loses
 //! everything in flight, which says nothing about sizes.
-
-use std::time::Instant;
 
 use super::BLOCK;
 
@@ -78,8 +76,6 @@ pub(super) struct Sizer {
     block: u32,
     /// Largest size: the configured request length, capped by what the peer answers.
     ceiling: u32,
-    /// When `block` was last set.
-    since: Instant,
     /// Outcomes of requests sent at `block` since it was set.
     tally: Tally,
     /// Requests sent at `block` that expired and are not yet known to be lost.
@@ -103,12 +99,11 @@ pub(super) struct Sizer {
 impl Sizer {
     /// A source whose requests may be `ceiling` bytes (rounded to a multiple of 4096 by the
     /// caller), starting small.
-    pub(super) fn new(now: Instant, ceiling: u32) -> Sizer {
+    pub(super) fn new(ceiling: u32) -> Sizer {
         let ceiling = ceiling.max(MIN_SIZE);
         Sizer {
             block: MIN_SIZE,
             ceiling,
-            since: now,
             tally: Tally::default(),
             suspect: 0,
             clean: 0,
@@ -137,8 +132,7 @@ impl Sizer {
     pub(super) fn set_ceiling(&mut self, ceiling: u32) {
         self.ceiling = ceiling.max(MIN_SIZE);
         if self.block > self.ceiling {
-            let since = self.since;
-            self.set_block(since, self.ceiling);
+            self.set_block(self.ceiling);
         }
     }
 
@@ -147,7 +141,6 @@ impl Sizer {
     /// still unanswered (asked only when the size is about to grow).
     pub(super) fn on_reply(
         &mut self,
-        now: Instant,
         size: u32,
         late: bool,
         has_older_in_flight: impl FnOnce() -> bool,
@@ -164,23 +157,23 @@ impl Sizer {
             }
         } else {
             // A fresh answer proves the source alive: what expired before it was lost.
-            self.confirm(now);
+            self.confirm();
         }
         if size != self.block {
             return;
         }
         self.tally.ok += 1;
         self.clean += 1;
-        // A hole behind the clean replies may be a loss whose timer has not fired yet: losses
-        // are known one RTO late, answers at once, and growing on answers alone would walk the
-        // size up a lossy path in a few RTTs, well before its first loss is counted.
         // Until the first loss (start-up) the size grows on clean replies only. After it, the
         // larger size is tried after `grow_after` outcomes, clean or not: whether that size
         // loses clearly more often than this one decides, so a loss that does not depend on the
-        // size (congestion) cannot hold the size down.
-        // A size that itself loses more than half the shrink threshold is not tried larger:
-        // every lost answer leaves its other fragments in the reassembly queue for 30 s, so on a
-        // lossy path the queue's budget, not the delivery rate, is what bounds the size.
+        // size (congestion) cannot hold the size down. But a size that itself loses more than
+        // half the shrink threshold is not tried larger: every lost answer leaves its other
+        // fragments in the reassembly queue for 30 s, so on a lossy path the queue's budget,
+        // not the delivery rate, is what bounds the size.
+        // And never over a hole: an older request still in flight may be a loss whose timer
+        // has not fired yet (losses are known one RTO late, answers at once; growing on answers
+        // alone would walk the size up a lossy path well before its first loss is counted).
         let due = match self.is_starting {
             true => self.clean >= self.grow_after,
             false => self.tally.total() >= self.grow_after && self.tally.loss() * 2.0 < SHRINK_LOSS,
@@ -189,7 +182,7 @@ impl Sizer {
             self.below = Some(self.tally);
             self.above = None;
             let up = (self.block * 2).min(self.ceiling);
-            self.set_block(now, up);
+            self.set_block(up);
         }
     }
 
@@ -207,7 +200,7 @@ impl Sizer {
     }
 
     /// The source answered: the requests at the current size that expired before were lost.
-    fn confirm(&mut self, now: Instant) {
+    fn confirm(&mut self) {
         if std::mem::take(&mut self.lost_before) && self.is_starting {
             self.is_starting = false;
             self.grow_after = GROW_AFTER_LOSS;
@@ -234,7 +227,7 @@ impl Sizer {
                 self.below = Some(t);
                 self.above = None;
                 let up = (self.block * 2).min(self.ceiling);
-                self.set_block(now, up);
+                self.set_block(up);
                 return;
             }
         }
@@ -249,20 +242,18 @@ impl Sizer {
             };
             self.shrinks += 1;
             let down = (self.block / 2 / MIN_SIZE).max(1) * MIN_SIZE;
-            self.set_block(now, down);
+            self.set_block(down);
         }
     }
 
     /// Test shortcut: the size a source reaches on a clean path.
     #[cfg(test)]
     pub(super) fn grow_to_ceiling(&mut self) {
-        let since = self.since;
-        self.set_block(since, self.ceiling);
+        self.set_block(self.ceiling);
     }
 
-    fn set_block(&mut self, now: Instant, block: u32) {
+    fn set_block(&mut self, block: u32) {
         self.block = block;
-        self.since = now;
         self.tally = Tally::default();
         self.suspect = 0;
         self.clean = 0;
@@ -273,162 +264,176 @@ impl Sizer {
 mod tests {
     use super::*;
 
-    const RTO: Duration = Duration::from_millis(100);
-    const MS: Duration = Duration::from_millis(1);
-    use std::time::Duration;
-
-    fn replies(s: &mut Sizer, now: Instant, n: u32) {
+    fn replies(s: &mut Sizer, n: u32) {
         for _ in 0..n {
             let b = s.block();
-            s.on_reply(now, b, false, || false);
+            s.on_reply(b, false, || false);
         }
     }
 
     #[test]
     fn starts_at_4096_and_doubles_after_8_clean_replies_with_no_hole_behind_them() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
+        let mut s = Sizer::new(32768);
         assert_eq!(s.block(), 4096);
         for _ in 0..20 {
-            s.on_reply(t0, 4096, false, || true);
+            s.on_reply(4096, false, || true);
         }
         assert_eq!(s.block(), 4096, "an older request is still in flight");
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 8192);
-        replies(&mut s, t0, 7);
+        replies(&mut s, 7);
         assert_eq!(s.block(), 8192);
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 16384);
-        replies(&mut s, t0, 8);
-        replies(&mut s, t0, 100);
+        replies(&mut s, 8);
+        replies(&mut s, 100);
         assert_eq!(s.block(), 32768, "never above the ceiling");
         assert_eq!(s.shrinks(), 0);
     }
 
     #[test]
     fn a_ceiling_of_40960_halves_to_whole_blocks() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 40960);
-        s.set_block(t0, 40960);
+        let mut s = Sizer::new(40960);
+        s.set_block(40960);
         for _ in 0..3 {
             s.on_expired(40960);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 20480);
     }
 
     #[test]
     fn losses_at_a_large_size_halve_it_and_only_once_confirmed() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
-        s.set_block(t0, 32768);
-        replies(&mut s, t0, 10);
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
+        replies(&mut s, 10);
         s.on_expired(32768);
         s.on_expired(32768);
         s.on_expired(32768);
         assert_eq!(s.block(), 32768, "a silent source proves nothing");
-        replies(&mut s, t0 + MS, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 16384);
         assert_eq!(s.shrinks(), 1);
         // Requests of the old size expiring later do not count at the new one.
         s.on_expired(32768);
-        replies(&mut s, t0 + 2 * MS, 1);
+        replies(&mut s, 1);
         assert_eq!(s.tally, Tally { ok: 1, lost: 0 });
     }
 
     #[test]
     fn one_loss_in_many_keeps_the_size() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
-        s.set_block(t0, 32768);
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
         for _ in 0..4 {
-            replies(&mut s, t0, 100);
+            replies(&mut s, 100);
             s.on_expired(32768);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 32768, "4 losses in 401: 1 %");
     }
 
     #[test]
     fn a_late_reply_is_not_a_loss() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
-        s.set_block(t0, 32768);
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
         s.on_expired(32768);
         s.on_expired(32768);
-        s.on_reply(t0, 32768, true, || false);
-        s.on_reply(t0, 32768, true, || false);
+        s.on_reply(32768, true, || false);
+        s.on_reply(32768, true, || false);
         assert_eq!(s.block(), 32768);
         assert_eq!(s.tally, Tally { ok: 2, lost: 0 });
     }
 
     #[test]
     fn a_shrink_that_does_not_help_is_undone() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
-        s.set_block(t0, 32768);
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
         // 10 % loss at 32 KiB...
         for _ in 0..2 {
-            replies(&mut s, t0, 9);
+            replies(&mut s, 9);
             s.on_expired(32768);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 16384);
         // ... and 10 % at 16 KiB: size-independent loss, back to 32 KiB.
         for _ in 0..26 {
-            replies(&mut s, t0, 9);
+            replies(&mut s, 9);
             s.on_expired(16384);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 32768);
         // From there only loss clearly beyond 16 KiB's shrinks it again: 10 % does not.
         for _ in 0..4 {
-            replies(&mut s, t0, 9);
+            replies(&mut s, 9);
             s.on_expired(32768);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 32768);
         // 30 % does.
         for _ in 0..20 {
             s.on_expired(32768);
         }
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 16384);
     }
 
     #[test]
     fn after_a_shrink_growth_needs_64_clean_replies_then_more_after_each_failed_try() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 8192);
-        s.set_block(t0, 8192);
+        let mut s = Sizer::new(8192);
+        s.set_block(8192);
         s.on_expired(8192);
         s.on_expired(8192);
-        replies(&mut s, t0, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 4096);
-        replies(&mut s, t0 + RTO, 63);
+        replies(&mut s, 63);
         assert_eq!(s.block(), 4096);
-        replies(&mut s, t0 + RTO, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 8192);
         // The try fails: 128 clean replies needed next time.
         s.on_expired(8192);
         s.on_expired(8192);
-        replies(&mut s, t0 + RTO, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 4096);
-        replies(&mut s, t0 + 3 * RTO, 127);
+        replies(&mut s, 127);
         assert_eq!(s.block(), 4096);
-        replies(&mut s, t0 + 3 * RTO, 1);
+        replies(&mut s, 1);
         assert_eq!(s.block(), 8192);
     }
 
     #[test]
+    fn a_loss_at_a_smaller_size_ends_the_start_up_too() {
+        let mut s = Sizer::new(32768);
+        replies(&mut s, 8);
+        assert_eq!(s.block(), 8192);
+        // A 4096-byte request of the start-up expired; the next answer confirms it.
+        s.on_expired(4096);
+        replies(&mut s, 1);
+        replies(&mut s, 62);
+        assert_eq!(s.block(), 8192, "64 outcomes now, not 8 clean replies");
+        replies(&mut s, 1);
+        assert_eq!(s.block(), 16384);
+    }
+
+    #[test]
+    fn a_size_losing_2_5_percent_or_more_is_not_tried_larger() {
+        let mut s = Sizer::new(8192);
+        // 1 loss in 40 (2.5 %) at 4096, for ever: never 8192.
+        for _ in 0..20 {
+            s.on_expired(4096);
+            replies(&mut s, 39);
+        }
+        assert_eq!(s.block(), 4096);
+        assert_eq!(s.tally, Tally { ok: 780, lost: 20 });
+    }
+
+    #[test]
     fn never_below_4096() {
-        let t0 = Instant::now();
-        let mut s = Sizer::new(t0, 32768);
+        let mut s = Sizer::new(32768);
         for _ in 0..10 {
             let b = s.block();
             s.on_expired(b);
             s.on_expired(b);
-            s.on_reply(t0, b, false, || false);
+            s.on_reply(b, false, || false);
         }
         assert_eq!(s.block(), 4096);
     }
