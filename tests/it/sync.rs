@@ -410,6 +410,74 @@ fn sync_jtp_mirrors_the_images_by_their_ids_and_renames_locally() {
     assert_eq!(tree(dst.path()), want);
 }
 
+/// A TEJ sync indexes every fetched file with the xxHash64 taken while it was received (no
+/// read-back): a JTP server started on the mirror lists, from that index alone, the ids of the
+/// bytes on disk.
+#[test]
+fn sync_tej_indexes_fetched_files_with_their_xxh64_taken_on_the_way_in() {
+    let src = TempDir::new("sync-xxh-src");
+    let dst = TempDir::new("sync-xxh-dst");
+    let mut want = Vec::new();
+    for i in 0..8u64 {
+        let data = pseudo_random(100 + i, 300 + i as usize * 5000);
+        let name = format!("img{i}.png");
+        std::fs::write(src.join(&name), &data).unwrap();
+        want.push((
+            name,
+            format!("{:016x}", twox_hash::XxHash64::oneshot(0, &data)),
+        ));
+    }
+    let big = pseudo_random(7, 3 << 20);
+    std::fs::write(src.join("big.png"), &big).unwrap();
+    want.push((
+        "big.png".into(),
+        format!("{:016x}", twox_hash::XxHash64::oneshot(0, &big)),
+    ));
+    want.sort();
+    let srv = tej_serve(src.path());
+    let mirror = dst.join("mirror");
+    let j = ok(&sync(&format!("tej://{}", srv.addr("tej")), &mirror, &[]));
+    assert_eq!(n(&j, "fetched"), 9);
+    let jtp = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(&mirror),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+        1,
+    );
+    let o = ferry(
+        &[
+            "jtp",
+            "list",
+            "--addr",
+            &jtp.addr("jtp"),
+            "--no-tls",
+            "--json",
+        ],
+        T,
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let mut got: Vec<(String, String)> = listed
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    let idx = ferry(&["index", s(&mirror), "--json"], T);
+    let idx: Value = serde_json::from_slice(&idx.stdout).unwrap();
+    assert_eq!(idx["hashed"], 0, "the ids came from the index: {idx}");
+}
+
 #[test]
 fn sync_progress_stays_off_a_pipe() {
     let src = TempDir::new("sync-src");

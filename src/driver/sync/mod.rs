@@ -700,8 +700,9 @@ fn fetch_batch<F: Fetcher>(
         for f in batch {
             if let Some(s) = got.get(&f.id) {
                 progress.add_items(1);
-                // The hash the client did not check is read back now, by this worker, while
-                // the file is in the page cache and other workers keep the network busy.
+                // The hash the client did not take (JTP: SHA-256; TEJ takes both on the way in)
+                // is read back now, by this worker, while the file is in the page cache and
+                // other workers keep the network busy.
                 let full = complete_hashes(s).map(|(sha, x)| Staged {
                     path: s.path.clone(),
                     sha256: Some(sha),

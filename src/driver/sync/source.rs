@@ -280,18 +280,19 @@ impl Remote {
         match self {
             Remote::Tej(c) => {
                 let want: Vec<String> = items.iter().map(|f| f.id.to_string()).collect();
-                match c.get(into, &want) {
+                match c.get_hashed(into, &want) {
                     Ok(entries) => Attempt {
                         staged: entries
                             .into_iter()
-                            .filter_map(|e| {
+                            .filter_map(|(e, xxh64)| {
                                 let sha = hex::parse_sha256(&e.sha256)?;
+                                // Both hashes were taken on the way in: nothing is read back.
                                 Some((
                                     ContentId::Sha256(sha),
                                     Staged {
                                         path: into.join(&e.name),
                                         sha256: Some(sha),
-                                        xxh64: None,
+                                        xxh64: Some(xxh64),
                                     },
                                 ))
                             })

@@ -725,6 +725,20 @@ impl Client {
     /// Asks for `items` (names or SHA-256 hex) and stores them in `out` once the manifest
     /// confirms every one; on any mismatch nothing is committed (tej.md T31).
     pub fn get(&self, out: &Path, items: &[String]) -> Result<Vec<ManifestEntry>, ClientError> {
+        Ok(self
+            .get_hashed(out, items)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// [`get`](Self::get), with each stored file's xxHash64 (seed 0), computed while it was
+    /// received: a catalog can index the file without reading it back (`ferry sync`).
+    pub fn get_hashed(
+        &self,
+        out: &Path,
+        items: &[String],
+    ) -> Result<Vec<(ManifestEntry, u64)>, ClientError> {
         let mut ingest = IngestDir::new(out, out)
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
         ingest.set_durable(false);
@@ -774,11 +788,14 @@ impl Client {
             let committed = sink
                 .commit_with(&e.name, Expect::Sha256(want), Collision::Numbered)
                 .map_err(|e| ClientError::Local(e.to_string()))?;
-            stored.push(ManifestEntry {
-                name: committed.name,
-                size: committed.size,
-                sha256: e.sha256,
-            });
+            stored.push((
+                ManifestEntry {
+                    name: committed.name,
+                    size: committed.size,
+                    sha256: e.sha256,
+                },
+                committed.xxh64,
+            ));
         }
         c.close();
         Ok(stored)

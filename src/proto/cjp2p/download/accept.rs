@@ -83,9 +83,17 @@ impl Download {
         if !was_live {
             src.on_late_reply();
         }
+        let reqs = &src.reqs;
+        let older = || {
+            reqs.values()
+                .any(|r| r.expired_at.is_none() && r.sent < req.sent)
+        };
+        src.size.on_reply(req.size, !was_live, older);
         src.delivered += len;
         if len >= BLOCK && len < u64::from(req.len) && end < e {
-            src.block = src.block.min(block_len(data_len as u32));
+            // It answers less than asked: that is its largest answer.
+            let cap = src.size.ceiling().min(block_len(data_len as u32));
+            src.size.set_ceiling(cap);
         }
         if self.blocks.is_none() {
             // This request was never counted: the blocks did not exist when it was sent.
@@ -418,6 +426,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
         dl.add_source(t0, addr(1), Some(40960));
+        dl.grown(addr(1));
         let r = dl.poll_request(t0).unwrap();
         assert_eq!((r.offset, r.length), (0, 32768));
         let got = dl.on_content(t0 + MS, addr(1), 0, 8192, Some(1 << 20));
@@ -441,6 +450,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
         dl.add_source(t0, addr(1), Some(40960));
+        dl.grown(addr(1));
         dl.add_source(t0, addr(2), None);
         let r = dl.poll_request(t0).unwrap();
         assert_eq!((r.to, r.offset, r.length), (addr(1), 0, 32768));

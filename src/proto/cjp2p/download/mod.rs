@@ -69,8 +69,14 @@
 //! assert!(dl.is_complete());
 //! ```
 //!
+//! Request sizes: toward a ferry source up to `ferry_block` (32 KiB), but each source starts at
+//! 4096 bytes and its size grows while answers arrive cleanly and halves when large answers are
+//! lost more often than smaller ones were (`size`: a 32 KiB answer is 30 IP fragments on a
+//! 1500-byte path, and at 1 % loss their leftovers fill the kernel's reassembly queue).
+//!
 //! The parts: `blocks` (the bitmaps), `roster` (the sources: named, hints on probation),
-//! `source` (one source's standing, window, pacing, RTT and RTO), `schedule` (who may send,
+//! `source` (one source's standing, window, pacing, RTT and RTO), `size` (its request size),
+//! `schedule` (who may send,
 //! which range, endgame copies, expiry), `accept` (which `Content` is kept), `stats`
 //! (counters); `sim` runs the downloader on a simulated lossy network.
 
@@ -84,6 +90,7 @@ mod roster;
 mod schedule;
 #[cfg(test)]
 mod sim;
+mod size;
 mod source;
 mod stats;
 #[cfg(test)]
@@ -145,8 +152,9 @@ pub struct DownloadConfig {
     /// Request length toward sources not known to be ferry. Rounded down to a multiple of 4096,
     /// at least 4096. Default 4096.
     pub ref_block: u32,
-    /// Request length toward ferry sources (further capped by their `max_length`). Multiple of
-    /// 4096, at most 40960. Default 32768.
+    /// Largest request toward ferry sources (further capped by their `max_length`); each
+    /// source's size starts at 4096 and adapts up to it (see the module doc). Multiple of 4096,
+    /// at most 40960. Default 32768.
     pub ferry_block: u32,
     /// Most requests in flight per source. Default 256.
     pub max_window: u32,
@@ -505,6 +513,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(100_000));
         dl.add_source(t0, addr(1), Some(40960));
+        dl.grown(addr(1));
         let reqs = drain(&mut dl, t0);
         let got: Vec<_> = reqs.iter().map(|r| (r.offset, r.length)).collect();
         assert_eq!(
@@ -518,6 +527,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
         dl.add_source(t0, addr(1), Some(10000));
+        dl.grown(addr(1));
         let r = dl.poll_request(t0).unwrap();
         assert_eq!((r.offset, r.length), (0, 8192));
         let r = dl.poll_request(t0).unwrap();
@@ -530,6 +540,7 @@ mod tests {
         let mut dl = Download::new(id(), DownloadConfig::default(), None);
         dl.add_source(t0, addr(1), None);
         dl.add_source(t0, addr(2), Some(40960));
+        dl.grown(addr(2));
         let got: Vec<_> = drain(&mut dl, t0)
             .iter()
             .map(|r| (r.to, r.offset, r.length))

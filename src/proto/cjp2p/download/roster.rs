@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::size::Sizer;
 use super::source::{Source, Standing};
 use super::MAX_BURST;
 use super::{block_len, Download, FORGET_DEAD_HINT_AFTER, INITIAL_CWND, INITIAL_SSTHRESH};
@@ -57,7 +58,7 @@ impl Download {
         };
         if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
             s.is_ferry = ferry_max_length.is_some();
-            s.block = block;
+            s.size.set_ceiling(block);
         }
     }
 
@@ -73,7 +74,7 @@ impl Download {
             is_hint,
             standing: Standing::Fresh,
             has_answered: false,
-            block: block_len(self.cfg.ref_block),
+            size: Sizer::new(block_len(self.cfg.ref_block)),
             cwnd: INITIAL_CWND.min(self.cfg.max_window.max(1)),
             ssthresh: INITIAL_SSTHRESH,
             ca_acked: 0,
@@ -187,6 +188,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
         assert!(dl.add_hint(t0, addr(2), Some(40960)));
+        dl.grown(addr(2));
         let r = dl.poll_request(t0).unwrap();
         assert_eq!(r.length, 32768);
         assert!(dl.poll_request(t0).is_none());
@@ -201,19 +203,32 @@ mod tests {
         );
     }
 
+    /// Becoming ferry raises the source's largest request to 32 KiB (the size then grows to it
+    /// as clean answers come, see `size`); requests in flight are kept.
     #[test]
     fn set_ferry_changes_the_block_size_and_keeps_requests_in_flight() {
-        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let (mut dl, t0, a) = one_source(Some(4 << 20));
         let sent = drain(&mut dl, t0);
         dl.set_ferry(a, Some(40960));
         assert_eq!(dl.stats().sources[0].in_flight, sent.len());
-        answer_all(&mut dl, t0 + MS, &sent, 1 << 20);
-        let next = dl.poll_request(t0 + MS).unwrap();
-        assert!(next.length > 4096, "{next:?}");
-        assert_eq!(
-            (next.offset + u64::from(next.length)) % 32768,
-            0,
-            "{next:?}"
-        );
+        let mut now = t0 + MS;
+        answer_all(&mut dl, now, &sent, 4 << 20);
+        let mut biggest = 0;
+        while !dl.is_complete() && biggest < 32768 {
+            let reqs = drain(&mut dl, now);
+            for r in &reqs {
+                // Toward ferry, a request of a full size ends on a multiple of that size.
+                let size = dl.stats().sources[0].block_size.max(r.length);
+                assert_eq!(
+                    (r.offset + u64::from(r.length)) % u64::from(size),
+                    0,
+                    "{r:?}"
+                );
+                biggest = biggest.max(r.length);
+            }
+            now += 5 * MS;
+            answer_all(&mut dl, now, &reqs, 4 << 20);
+        }
+        assert_eq!(biggest, 32768);
     }
 }

@@ -17,7 +17,7 @@ impl Download {
             return false;
         }
         let in_flight: u64 = self.sources.iter().map(|s| s.live_bytes).sum();
-        if in_flight + u64::from(s.block) > self.cfg.max_bytes_in_flight && in_flight > 0 {
+        if in_flight + u64::from(s.size.block()) > self.cfg.max_bytes_in_flight && in_flight > 0 {
             return false;
         }
         if s.is_suspended(now) && s.last_sent.is_some_and(|t| now < t + SUSPENDED_INTERVAL) {
@@ -41,7 +41,7 @@ impl Download {
 
     /// `(offset, length, is_retransmit, is_endgame_copy)` for source `si`.
     pub(super) fn pick_work(&mut self, si: usize, now: Instant) -> Option<(u64, u32, bool, bool)> {
-        let src_block = self.sources[si].block;
+        let src_block = self.sources[si].size.block();
         let is_ferry = self.sources[si].is_ferry;
         let Some(b) = self.blocks.as_ref() else {
             let again = self.sources[si].reqs.contains_key(&0);
@@ -119,7 +119,7 @@ impl Download {
         }
         let initial = self.cfg.initial_rto;
         let b = self.blocks.as_ref()?;
-        let per = u64::from(me.block) / BLOCK;
+        let per = u64::from(me.size.block()) / BLOCK;
         let copyable = |i: u64| !b.accepted.get(i) && usize::from(b.copies(i)) < MAX_COPIES;
         let mut best: Option<(Instant, u64, u64)> = None;
         for (ti, t) in self.sources.iter().enumerate() {
@@ -191,6 +191,7 @@ impl Download {
             is_retransmitted: again,
             expired_at: None,
             in_handshake: s.standing == Standing::Handshaking,
+            size: s.size.block(),
         };
         s.reqs.insert(offset, req);
         s.add_live(&req);
@@ -222,6 +223,7 @@ impl Download {
             }
         }
         let s = &mut self.sources[si];
+        s.size.on_expired(req.size);
         let forget = now + LATE_REPLY_GRACE;
         s.reqs.insert(
             offset,
@@ -342,6 +344,7 @@ mod tests {
         let t0 = Instant::now();
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
         dl.add_source(t0, addr(1), Some(40960));
+        dl.grown(addr(1));
         dl.add_source(t0, addr(2), None);
         let first = drain(&mut dl, t0);
         answer_all(&mut dl, t0 + MS, &first, eof);
@@ -433,6 +436,7 @@ mod tests {
         // The rest goes to the reference and to a ferry source that joined and never answers;
         // the reference delivers its part.
         dl.add_source(now, addr(1), Some(40960));
+        dl.grown(addr(1));
         let held = drain(&mut dl, now);
         let silent: Vec<&Request> = held.iter().filter(|r| r.to == addr(1)).collect();
         assert!(silent.iter().any(|r| r.length > 4096), "{held:?}");

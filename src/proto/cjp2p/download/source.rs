@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::size::Sizer;
 use super::{MAX_BACKOFF_RTO, MAX_BURST, MAX_RTO, MIN_RTO, SUSPEND_AFTER};
 
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,8 @@ pub(super) struct Req {
     pub(super) expired_at: Option<Instant>,
     /// Sent while the source was Handshaking: only one such request is in flight at a time.
     pub(super) in_handshake: bool,
+    /// The source's request size when it was sent (the `Sizer` counts outcomes per size).
+    pub(super) size: u32,
 }
 
 /// How far a source is trusted (see the module doc).
@@ -78,8 +81,8 @@ pub(super) struct Source {
     pub(super) standing: Standing,
     /// It has answered something (data, a teaser, a refused reply).
     pub(super) has_answered: bool,
-    /// Current request length in bytes (multiple of 4096).
-    pub(super) block: u32,
+    /// Current request length in bytes (multiple of 4096) and what it is based on.
+    pub(super) size: Sizer,
     pub(super) cwnd: u32,
     pub(super) ssthresh: u32,
     /// Replies counted toward the next +1 in congestion avoidance.

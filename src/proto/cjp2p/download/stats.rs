@@ -40,7 +40,10 @@ pub struct SourceStats {
     pub standing: Standing,
     /// Bytes of replies accepted from it.
     pub delivered: u64,
+    /// Its current request size (grows while answers arrive cleanly; see `size`).
     pub block_size: u32,
+    /// Times its request size was halved because large answers went missing.
+    pub size_shrinks: u32,
     pub cwnd: u32,
     pub ssthresh: u32,
     pub srtt: Option<Duration>,
@@ -64,7 +67,8 @@ impl Download {
                 is_hint: s.is_hint,
                 standing: s.standing,
                 delivered: s.delivered,
-                block_size: s.block,
+                block_size: s.size.block(),
+                size_shrinks: s.size.shrinks(),
                 cwnd: s.cwnd,
                 ssthresh: s.ssthresh,
                 srtt: s.srtt,

@@ -24,6 +24,15 @@ pub(super) fn one_source(eof: Option<u64>) -> (Download, Instant, SocketAddr) {
     (dl, t0, addr(1))
 }
 
+impl Download {
+    /// The source's request size as if it had grown to its ceiling on a clean path (tests of
+    /// what happens to large requests need not first walk the size up).
+    pub(super) fn grown(&mut self, addr: SocketAddr) {
+        let s = self.sources.iter_mut().find(|s| s.addr == addr).unwrap();
+        s.size.grow_to_ceiling();
+    }
+}
+
 pub(super) fn drain(dl: &mut Download, now: Instant) -> Vec<Request> {
     std::iter::from_fn(|| dl.poll_request(now)).collect()
 }
