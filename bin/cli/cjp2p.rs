@@ -96,8 +96,8 @@ pub(crate) struct Cjp2pGetArgs {
     /// with --block-list: the SHA-256 the assembled file must have
     #[argh(option)]
     file_id: Option<String>,
-    /// request size toward ferry peers, a multiple of 4096 up to 40960 (default 32768; 4096
-    /// requests as the reference node does)
+    /// largest request size toward ferry peers (it adapts per source from 4096), a multiple of
+    /// 4096 up to 40960 (default 32768; 4096 requests as the reference node does)
     #[argh(option, default = "32768")]
     block_size: u32,
     /// log on stderr
