@@ -275,6 +275,8 @@ mod tests {
         assert_eq!(printable("\x1b]0;pwned\x07x"), "\\x1b]0;pwned\\x07x");
         assert_eq!(printable("\x1b[2J"), "\\x1b[2J");
         assert_eq!(printable("del\x7f c1\u{9b}31m"), "del\\x7f c1\\u{9b}31m");
+        // The first C1 control, just past ASCII, takes the \u{..} form.
+        assert_eq!(printable("\u{80}"), "\\u{80}");
         assert_eq!(printable("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
         assert_eq!(printable("a\\nb\tc\r"), "a\\\\nb\\tc\\r");
         for c in (0u32..0x20).chain(0x7f..0xa0) {
