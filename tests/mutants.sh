@@ -5,6 +5,9 @@
 #
 #   bash tests/mutants.sh [MODULE...]     (default: every module below; `make mutants
 #                                          MUTANTS="wire names"` picks some)
+#   MUTANTS_SHARD=0/8 bash tests/mutants.sh ...   a round-robin sample: every 8th mutant
+#   MUTANTS_RETEST=1 bash tests/mutants.sh ...    only the mutants the last run missed (after a
+#                                                 test was added), results in MODULE/retest
 #
 # Each module is run alone, niced, one job, with the tests that can see its bugs (the filter
 # column): unit tests, which see almost everything here and run in seconds. Results go to
@@ -63,29 +66,54 @@ for m in $modules; do
     fi
     IFS='|' read -r _ files filters <<<"$row"
     # --in-place is one job by nature (no --jobs): one mutant at a time.
-    args=(mutants --dir "$copy" --in-place --no-shuffle --timeout 120
-          --build-timeout 900 $shard --cargo-arg=--lib --output "$PWD/target/mutants/$m")
+    # The test timeout scales with the baseline's test time (cargo-mutants' default), never
+    # below 40 s: the machine is shared, and a mutant that loops costs the whole timeout.
+    args=(mutants --dir "$copy" --in-place --no-shuffle --minimum-test-timeout 40
+          --build-timeout 900 --cargo-arg=--lib)
+    [ -n "${MUTANTS_RETEST:-}" ] || args+=($shard)
     for f in $files; do args+=(--file "$f"); done
+    out="target/mutants/$m"
+    if [ -n "${MUTANTS_RETEST:-}" ]; then
+        missed="$out/mutants.out/missed.txt"
+        if [ ! -s "$missed" ]; then
+            echo "== $m: nothing missed to test again"
+            continue
+        fi
+        # Each missed mutant by its exact name (line:column, operator, function).
+        while IFS= read -r name; do
+            args+=(--re "^$(printf '%s' "$name" | sed 's/[][\\.*^$+?(){}|]/\\&/g')\$")
+        done <"$missed"
+        out="$out/retest"
+    else
+        rm -rf "$out/retest"
+        echo "${MUTANTS_SHARD:-full}" >"$out.shard"
+    fi
+    args+=(--output "$PWD/$out")
     args+=(--cargo-test-arg=--)
     for t in $filters; do args+=("--cargo-test-arg=$t"); done
     echo "== $m: $files; tests: $filters"
-    echo "${MUTANTS_SHARD:-full}" >"target/mutants/$m.shard"
     start=$(date +%s)
-    nice -n 19 cargo "${args[@]}" >"target/mutants/$m.log" 2>&1
+    nice -n 19 cargo "${args[@]}" >"$out.log" 2>&1
     rc=$?
     # 0: all caught, 2: some missed, 3: some timed out; anything else means no result.
-    case $rc in 0|2|3) ;; *) echo "   cargo mutants failed ($rc): see target/mutants/$m.log" >&2 ;; esac
-    echo "   $(( ($(date +%s) - start) / 60 )) min; log target/mutants/$m.log"
+    case $rc in 0|2|3) ;; *) echo "   cargo mutants failed ($rc): see $out.log" >&2 ;; esac
+    echo "   $(( ($(date +%s) - start) / 60 )) min; log $out.log"
 done
 
 echo
-printf '%-18s %7s %7s %9s %8s %9s\n' module caught missed unviable timeout caught%
+printf '%-18s %-11s %7s %7s %9s %8s %8s\n' module sample caught missed unviable timeout caught%
 for m in $all; do
     d="target/mutants/$m/mutants.out"
     [ -d "$d" ] || { printf '%-18s %s\n' "$m" "not run"; continue; }
-    n() { cat "$d/$1.txt" 2>/dev/null | grep -c .; }
-    c=$(n caught) mi=$(n missed) u=$(n unviable) t=$(n timeout)
+    n() { cat "$1/$2.txt" 2>/dev/null | grep -c .; }
+    c=$(n "$d" caught) mi=$(n "$d" missed) u=$(n "$d" unviable) t=$(n "$d" timeout)
+    r="target/mutants/$m/retest/mutants.out"
+    if [ -d "$r" ]; then
+        # A retest re-ran exactly the missed ones: those now caught move over.
+        c=$((c + $(n "$r" caught))) t=$((t + $(n "$r" timeout))) mi=$(n "$r" missed)
+    fi
     viable=$((c + mi + t))
     pct=$([ "$viable" -gt 0 ] && echo "$(( (100 * (c + t)) / viable ))" || echo -)
-    printf '%-18s %7s %7s %9s %8s %9s\n' "$m" "$c" "$mi" "$u" "$t" "$pct"
+    sample=$(cat "target/mutants/$m.shard" 2>/dev/null || echo "?")
+    printf '%-18s %-11s %7s %7s %9s %8s %8s\n' "$m" "$sample" "$c" "$mi" "$u" "$t" "$pct"
 done
