@@ -438,10 +438,14 @@ mod tests {
         r.write_block(0, b"hello").unwrap();
         let c = r.commit("a", Expect::Nothing).unwrap();
         assert_eq!(c.outcome, Outcome::AlreadyPresent);
+        assert_eq!(c.inode, None, "the file there is not ours");
         let mut r = dir.begin_resumable("k", 5, 4096).unwrap();
         r.write_block(0, b"world").unwrap();
         let c = r.commit("a", Expect::Nothing).unwrap();
         assert_eq!(c.outcome, Outcome::Renamed);
+        let m = fs::metadata(&c.path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(c.inode, Some((m.dev(), m.ino())), "our own inode");
         assert_eq!(fs::read(t.0.join("a")).unwrap(), b"hello");
         assert_eq!(fs::read(&c.path).unwrap(), b"world");
         assert_eq!(list(dir.work()), Vec::<String>::new());
