@@ -97,6 +97,19 @@ fn known_hash_vectors() {
     assert!(snap.by_xxh64(1).is_none());
     assert!(snap.by_sha256(&[0; 32]).is_none());
     assert!(snap.by_name("nope").is_none());
+    // Debug shows the hashes in hex, as the logs and the CLI do, and a catalog by its size.
+    let shown = format!("{empty:?}");
+    assert!(shown.starts_with("Entry { name: \"empty.png\", path: "), "{shown}");
+    assert!(
+        shown.contains("size: 0,")
+            && shown.contains("xxh64: \"ef46db3751d8e999\"")
+            && shown.contains(&format!("sha256: \"{}\"", empty.sha256_hex())),
+        "{shown}"
+    );
+    assert_eq!(
+        format!("{snap:?}"),
+        format!("Catalog {{ generation: {}, len: 2 }}", snap.generation())
+    );
 }
 
 #[test]
