@@ -581,6 +581,15 @@ fn watcher_rescans_and_stops_on_drop() {
     drop(guard);
     // No thread keeps the handle alive.
     assert_eq!(Arc::strong_count(&h), 1);
+    // And a watcher whose catalog is gone ends by itself, which its guard reports.
+    let guard = h.spawn_watcher(Duration::from_millis(10));
+    assert!(guard.is_running());
+    drop(h);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while guard.is_running() {
+        assert!(std::time::Instant::now() < deadline, "the watcher outlived its catalog");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
