@@ -1179,3 +1179,10 @@ fn names_of_an_inode_follow_links_and_unlinks() {
     assert!(names(&st).is_empty());
     assert!(st.inodes.is_empty() && st.more_inodes.is_empty());
 }
+
+#[test]
+fn hash_errors_display_what_happened() {
+    assert_eq!(HashError::Changed.to_string(), "changed while hashing");
+    let eio = || io::Error::from_raw_os_error(libc::EIO);
+    assert_eq!(HashError::Io(eio()).to_string(), eio().to_string());
+}
