@@ -21,6 +21,9 @@
 # incremental build of the library carries over from one module and one mutant to the next),
 # mutated there in place and restored after each mutant; target/mutants-target holds its build.
 set -u
+# No pathname expansion: the file globs in the table are cargo-mutants' to match (with `**`
+# reaching into subfolders), not the shell's.
+set -f
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo-mutants >/dev/null 2>&1; then
