@@ -99,7 +99,10 @@ fn known_hash_vectors() {
     assert!(snap.by_name("nope").is_none());
     // Debug shows the hashes in hex, as the logs and the CLI do, and a catalog by its size.
     let shown = format!("{empty:?}");
-    assert!(shown.starts_with("Entry { name: \"empty.png\", path: "), "{shown}");
+    assert!(
+        shown.starts_with("Entry { name: \"empty.png\", path: "),
+        "{shown}"
+    );
     assert!(
         shown.contains("size: 0,")
             && shown.contains("xxh64: \"ef46db3751d8e999\"")
@@ -587,7 +590,10 @@ fn watcher_rescans_and_stops_on_drop() {
     drop(h);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while guard.is_running() {
-        assert!(std::time::Instant::now() < deadline, "the watcher outlived its catalog");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher outlived its catalog"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -464,9 +464,15 @@ mod tests {
         // The next names this process will try: taken. (Sinks of tests running alongside may
         // use some of them first; the ones left still collide.)
         let last = super::super::next_temp_name();
-        let (stem, n) = last.strip_suffix(".part").unwrap().rsplit_once('-').unwrap();
+        let (stem, n) = last
+            .strip_suffix(".part")
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap();
         let n: u64 = n.parse().unwrap();
-        let taken: Vec<String> = (n + 1..=n + 15).map(|k| format!("{stem}-{k}.part")).collect();
+        let taken: Vec<String> = (n + 1..=n + 15)
+            .map(|k| format!("{stem}-{k}.part"))
+            .collect();
         for name in &taken {
             fs::write(t.0.join(name), b"theirs").unwrap();
         }

@@ -121,7 +121,10 @@ mod tests {
         let id = twox_hash::XxHash64::oneshot(0, b"same");
         assert_eq!(view.get(id).map(|i| i.entry.name.as_str()), Some("a.PNG"));
         assert!(view.contains(id) && !view.contains(id ^ 1));
-        assert_eq!(view.items[1].flags(), FileType::from_name("c.jpg").unwrap() as u8);
+        assert_eq!(
+            view.items[1].flags(),
+            FileType::from_name("c.jpg").unwrap() as u8
+        );
         let only = View::build(&cat, Some("C."));
         assert_eq!(only.items.len(), 1);
         assert_eq!(only.items[0].entry.name, "c.jpg");

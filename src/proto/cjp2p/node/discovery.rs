@@ -202,14 +202,17 @@ mod tests {
             id_hex(&id),
             list.join(",")
         );
+        // Holders released to the driver, as a count, and every one of them in `chosen`.
+        let chosen = std::cell::RefCell::new(Vec::<SocketAddr>::new());
         let holders = |n: &mut Node| -> usize {
-            events(n)
-                .into_iter()
-                .map(|e| match e {
-                    NodeEvent::Holders { peers, .. } => peers.len(),
-                    _ => 0,
-                })
-                .sum()
+            let mut chosen = chosen.borrow_mut();
+            let before = chosen.len();
+            for e in events(n) {
+                if let NodeEvent::Holders { peers, .. } = e {
+                    chosen.extend(peers);
+                }
+            }
+            chosen.len() - before
         };
         // Not downloading / not asked: ignored.
         n.handle_datagram(
@@ -244,6 +247,13 @@ mod tests {
         assert_eq!(holders(&mut n), 4, "8 per message in all");
         n.handle_timeout(now + Duration::from_secs(2));
         assert_eq!(holders(&mut n), 0);
+        // The 8 are drawn at random from all 200, not the first 8 the peer chose to list.
+        let first_8: Vec<SocketAddr> = (1..=8)
+            .map(|j| sa(&format!("203.0.0.{}:1", j + 1)))
+            .collect();
+        let chosen = chosen.borrow().clone();
+        assert_eq!(chosen.len(), 8);
+        assert!(chosen.iter().any(|a| !first_8.contains(a)), "{chosen:?}");
         // Asked over 30 s ago: ignored.
         n.handle_datagram(
             now + Duration::from_secs(31),

@@ -354,7 +354,10 @@ fn f34_zip_stored_deflated_zip64_and_descriptor_decode_split_anywhere() {
     let zeros = vec![0u8; 1 << 20];
     let z = zip(&zeros, one());
     assert!(z.len() < 4096);
-    assert_eq!(decode(V110Compress::Zip, &z, z.len(), 1 << 30).unwrap(), zeros);
+    assert_eq!(
+        decode(V110Compress::Zip, &z, z.len(), 1 << 30).unwrap(),
+        zeros
+    );
 }
 
 #[test]
