@@ -190,6 +190,23 @@ mod tests {
     use crate::proto::cjp2p::wire::*;
 
     #[test]
+    fn holders_of_one_id_do_not_push_out_another_id() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        let (one, two) = ([7u8; 32], [8u8; 32]);
+        n.add_holder(one, sa("203.0.113.1:5"));
+        n.add_holder(two, sa("203.0.113.2:5"));
+        n.add_holder(one, sa("203.0.113.3:5"));
+        let d = cookie_dg(&n, "192.0.2.1", &send_content_el(&one, 0, 4096));
+        n.handle_datagram(now, sa(A), d.as_bytes(), &Store::default());
+        let out = drain(&mut n);
+        assert!(msgs(&out[0].1).contains(&Message::MaybeTheyHaveSome {
+            id: one,
+            peers: vec![sa("203.0.113.1:5"), sa("203.0.113.3:5")]
+        }));
+    }
+
+    #[test]
     fn c41_maybe_they_have_some_caps() {
         let now = Instant::now();
         let mut n = node(now, 1);
