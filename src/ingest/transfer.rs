@@ -955,7 +955,8 @@ mod tests {
     fn a_block_replaced_while_a_sync_runs_is_left_out_of_that_sync() {
         let (_t, reg) = setup("shared-replace-mid-sync");
         let data = content(3 * BS as usize, 9);
-        let a = reg.attach("midsync", spec_for(&data), 8).unwrap();
+        let spec = spec_for(&data);
+        let a = reg.attach("midsync", spec, 8).unwrap();
         a.write_blocks(0, &data, Rewrite::Keep).unwrap();
         let (open_gate, gate) = std::sync::mpsc::channel();
         *a.probe().gate.lock().unwrap() = Some(gate);
@@ -973,6 +974,11 @@ mod tests {
             sync.join().unwrap();
         });
         assert!(!a.is_durable(1) && !a.is_written(1));
+        assert_eq!(a.durable_ranges(4), [0..1, 2..3]);
+        // What the bitmap on disk says: killed now, the torn block 1 is not claimed.
+        a.probe().crash.store(true, SeqCst);
+        drop(a);
+        let a = reg.attach("midsync", spec, 8).unwrap();
         assert_eq!(a.durable_ranges(4), [0..1, 2..3]);
     }
 
