@@ -36,8 +36,9 @@ Rows (see the table's notes for how each number is made):
      resume after killing the sender once half the file is durable; RssAnon of both sides.
   10. hostile memory (row group `hostile-memory`): the server's RssAnon while 1,000 connections
      at once each send the largest message or request the limits allow (a 16 MiB TEJ deliver
-     message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids), and again once
-     they closed and the idle workers retired.
+     message, a 16 MiB TEJ request message, a JTP BATCH of 1,000,000 ids, a FastDP 8 KiB HTTP
+     head and 64 KiB push header declaring 64 GiB in 4096-byte chunks, a filestorage frame of
+     99,992 bytes), and again once they closed and the idle workers retired.
   11. filestorage (row group `filestorage`): put of one 1 GiB file over loopback TCP and over the
      Unix socket (64 KiB chunks, window 32, Oks only once durable), the seed's shape (1000-byte
      chunks, lockstep) on 64 MiB, 10,000 files of 1 KiB in one command (every one complete and
@@ -1672,6 +1673,9 @@ def bench_fastdp(res, ferry):
 HM_CONNS = 1000
 HM_MESSAGE = 16 * MIB  # TEJ's default --max-message
 HM_HAVE = 1_000_000  # JTP's BATCH HaveCount limit
+HM_FASTDP_HEAD = 8192  # FastDP's MAX_HEAD
+HM_JMSG = 65_536  # FastDP's MAX_JMSG
+HM_FS_FRAME = 99_992  # filestorage's frame MAX_LEN
 
 
 def _hm_payloads():
@@ -1683,10 +1687,33 @@ def _hm_payloads():
     get_body = b'{"get":[]}' + b" " * (HM_MESSAGE - 10)
     ids = b"".join(i.to_bytes(8, "big") for i in range(HM_HAVE))
     varint = bytes([0xc0, 0x84, 0x3d])  # 1,000,000
+    # FastDP: the largest HTTP head (8,192 bytes with its empty line), then the largest JMSG
+    # (65,536 bytes): a push header padded with spaces, declaring 64 GiB in 4096-byte chunks.
+    req = (b"GET /fastdp-endpoint HTTP/1.1\r\nHost: x\r\nUpgrade: fastdp\r\n"
+           b"Connection: Upgrade\r\nSec-FastDP-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-FastDP-Version: 1.2.0\r\n")
+    pad = HM_FASTDP_HEAD - len(req) - len(b"X-Pad: \r\n\r\n")
+    fdp_head = req + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+    size = 64 * GIB
+    hdr = json.dumps({
+        "OneChunk": 4096, "FullChunk": size // 4096, "FullSize": size, "DPVersion": "1.2.0",
+        "CompressType": "None", "FileName": "big.bin",
+        "TransferId": "3d0f6c1a-5b7e-4e21-9a51-000000000001",
+        "Checksum": "sha256:" + "0" * 64}).encode()
+    hdr += b" " * (HM_JMSG - len(hdr))
+    fdp_body = len(hdr).to_bytes(4, "big") + hdr
+    # filestorage: the tcpd preamble, then the largest frame (99,992 bytes): a QUERY whose
+    # JSON is padded with spaces (its token is no good: an Error reply).
+    query = (b'{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"x.y.z",'
+             b'"tags":["public"]}')
+    query += b" " * (HM_FS_FRAME - 1 - len(query))
+    fs_body = HM_FS_FRAME.to_bytes(4, "big") + b"\x04" + query
     return [
         ("TEJ deliver frame with a 16 MiB message", "tej", deliver, b"m" * HM_MESSAGE),
         ("TEJ request with a 16 MiB message", "tej", request, get_body),
         ("JTP BATCH of 1,000,000 ids (8 MB)", "jtp", b"\x02\x00" + varint, ids),
+        ("FastDP 8 KiB head and 64 KiB push header", "fastdp", fdp_head, fdp_body),
+        ("filestorage 99,992-byte frame", "filestorage", b"filestorage", fs_body),
     ]
 
 
@@ -1694,6 +1721,25 @@ def _hm_reply(proto, sock):
     """What the server answered: 'ok' (an acknowledgement, answer or BATCH reply), 'busy' or
     something else (as text)."""
     f = sock.makefile("rb")
+    if proto == "fastdp":
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            b = f.read(1)
+            if not b:
+                return "closed"
+            head += b
+        if b" 503 " in head.split(b"\r\n")[0]:
+            return "busy"
+        n = int.from_bytes(_read_exact(f, 4), "big")
+        m = json.loads(_read_exact(f, n))
+        return m.get("Code") or m.get("Type", "?")
+    if proto == "filestorage":
+        if _read_exact(f, 2) != b"ok":
+            return "no preamble"
+        n = int.from_bytes(_read_exact(f, 4), "big")
+        body = _read_exact(f, n)
+        m = json.loads(body[1:])
+        return m.get("reason", m.get("response", "?")).split(":")[0]
     if proto == "jtp":
         magic = _read_exact(f, 4)
         if magic == b"JTPB":
@@ -1713,6 +1759,17 @@ def _hm_serve(ferry, proto, folder):
     common = ["--max-connections", str(HM_CONNS + 100), "--max-per-ip", str(HM_CONNS + 100)]
     if proto == "tej":
         cmd = [ferry, "tej", "serve", "--bind", "127.0.0.1:0", "--root", folder]
+    elif proto == "fastdp":
+        cmd = [ferry, "fastdp", "serve", "--bind", "127.0.0.1:0", "--root", folder,
+               "--head-timeout", "120", "--io-timeout", "120"]
+    elif proto == "filestorage":
+        run = fresh_out("hostile-fs-run")
+        key = os.path.join(run, "key")
+        with open(key, "wb") as f:
+            f.write(b"k3y\n")
+        cmd = [ferry, "filestorage", "serve", "--root", folder, "--rundir", run, "--no-unix",
+               "--bind", "127.0.0.1:0", "--jwt-key-file", key, "--io-timeout", "120",
+               "--preamble-timeout", "120"]
     else:
         cmd = [ferry, "jtp", "serve", "--bind", "127.0.0.1:0", "--images", folder, "--no-tls",
                "--io-timeout", "120"]
@@ -1722,8 +1779,9 @@ def _hm_serve(ferry, proto, folder):
 
 
 def bench_hostile_memory(res, ferry):
-    """Row 9: RssAnon of `ferry tej serve` and `ferry jtp serve` under 1,000 hostile
-    connections at once, and after they closed."""
+    """Row 9: RssAnon of `ferry tej serve`, `ferry jtp serve`, `ferry fastdp serve` and
+    `ferry filestorage serve` under 1,000 hostile connections at once, and after they
+    closed."""
     _raise_nofile()
     folder = fresh_out("hostile-share")
     with open(os.path.join(folder, "img.png"), "wb") as f:
@@ -1886,6 +1944,13 @@ def _fs_put_runs(ferry, label, via, src, size, extra):
 def bench_filestorage(res, ferry):
     big = _fs_source("fs-1g.bin", FS_BIG, 91)
     seed = _fs_source("fs-64m.bin", FS_SEED, 92)
+    # The steps every put pays per byte, measured in the same run: the client's SHA-256 pass and
+    # the server's (both sides hash every byte), and the server's writes into /dev/shm.
+    machine = bench_machine_ceiling(res, [SHM])
+    res.row("machine: SHA-256, one core, in memory / 1 GiB written into /dev/shm, 1 MiB "
+            "write(2) (best of 3)", "(reference)",
+            f"machine_ceiling: {fmt(machine.get('sha256_gbps'), 'GB/s')} / "
+            f"{fmt(machine.get('write_gbps', {}).get(SHM), 'GB/s')}", "-", "-")
     rows = {}
     for via in ("tcp", "unix"):
         rows[via] = _fs_put_runs(ferry, f"1g-{via}", via, big, FS_BIG,
@@ -1913,6 +1978,14 @@ def bench_filestorage(res, ferry):
     res.row("RssAnon max, filestorage put 1 GiB (ferry filestorage serve / put)",
             f"{s_rss:.1f} MiB / {c_rss:.1f} MiB", "-", "< 64 MiB each",
             verdict(s_rss < 64 and c_rss < 64))
+    for via in ("tcp", "unix", "seed"):
+        per_gib = GIB / (FS_BIG if via != "seed" else FS_SEED)
+        res.diagnostics.append(
+            f"filestorage put {via}, CPU seconds per GiB (median): client "
+            f"{statistics.median(r['client_cpu'] for r in rows[via]) * per_gib:.2f}, server "
+            f"{statistics.median(r['server_cpu'] for r in rows[via]) * per_gib:.2f}; the client's "
+            f"SHA-256 pass before the first byte "
+            f"{statistics.median(r['hash_s'] for r in rows[via]) * per_gib:.2f} s wall per GiB")
     best = min(rows["tcp"], key=lambda r: r["wall"])
     res.diagnostics.append(
         f"filestorage put 1 GiB TCP, best run: {best['wall']:.2f} s wall, of which "
@@ -1962,27 +2035,35 @@ def bench_filestorage_small(res, ferry):
 
 def bench_filestorage_fetch(res, ferry, big):
     s, tcp, unix, token, root = _fs_serve(ferry, "fetch")
-    rates = []
+    rates, cpus = [], []
     try:
         _, out = run([ferry, "filestorage", "put", "--addr", tcp, "--token", token, "--json",
                       big], timeout=600)
         fid = json.loads(out)["files"][0]["id"]
         for i in range(RUNS):
             dest = fresh_out("fs-fetch-out")
+            s0, c0 = process_cpu(s.pid), children_cpu()
             wall, out = run([ferry, "filestorage", "fetch", fid, "--addr", tcp, "--token", token,
                              "--out", dest, "--json"], timeout=600)
+            client_cpu, server_cpu = children_cpu() - c0, process_cpu(s.pid) - s0
             got = json.loads(out)
             if got["size"] != FS_BIG:
                 raise CommandFailed(f"filestorage fetch: {out[:200]!r}")
             rates.append(FS_BIG / wall / 1e6)
+            cpus.append((client_cpu, server_cpu))
             say(f"filestorage fetch 1 GiB run {i + 1}: {FS_BIG / wall / 1e6:.0f} MB/s "
-                f"({wall:.2f} s, verified)")
+                f"({wall:.2f} s, verified); cpu s client {client_cpu:.2f}, server "
+                f"{server_cpu:.2f}")
             shutil.rmtree(dest, ignore_errors=True)
     finally:
         s.stop()
         shutil.rmtree(root, ignore_errors=True)
-    res.raw["filestorage_fetch"] = rates
+    res.raw["filestorage_fetch"] = {"mbps": rates, "cpu_client_server": cpus}
     b, m = best_median(rates)
+    res.diagnostics.append(
+        "filestorage fetch 1 GiB, CPU seconds per GiB (median): client "
+        f"{statistics.median(c for c, _ in cpus):.2f} (two threads: receive and decode; "
+        f"SHA-256 and write), server {statistics.median(v for _, v in cpus):.2f}")
     res.row("filestorage fetch, 1 GiB in 64 KiB FETCHes over loopback TCP, verified before it "
             "appears (best / median)", f"{b:.0f} MB/s / {m:.0f} MB/s", "-", ">= 400 MB/s",
             verdict(b >= 400))
@@ -2003,8 +2084,8 @@ ROW_GROUPS = {
         (bench_server_core_latency, bench_server_core_idle_cpu),
     ),
     "hostile-memory": (
-        "server RssAnon with 1,000 connections each sending the largest TEJ message or JTP "
-        "BATCH, and after they closed",
+        "server RssAnon with 1,000 connections each sending the largest TEJ message, JTP "
+        "BATCH, FastDP head and header, or filestorage frame, and after they closed",
         (bench_hostile_memory,),
     ),
     "filestorage": (

@@ -336,6 +336,36 @@ impl Dir {
         self.fd.as_raw_fd()
     }
 
+    /// A path that reaches this folder through its descriptor (`/proc/self/fd/<fd>`): the
+    /// kernel resolves it to this very folder, whatever has been renamed or linked in place of
+    /// its name since, so path-based code below it cannot be redirected by swapping a
+    /// component above it (a served folder's `.ferry`, say). For code that works by path in
+    /// folders of its own below a private one (the filestorage store, `ferry sync`'s state).
+    /// Where `/proc` is not mounted, the folder's own path, after checking it still names
+    /// this folder.
+    pub fn anchored_path(&self) -> io::Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let st = self.stat()?;
+        let same = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (st.dev(), st.ino()))
+        };
+        let proc = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        if same(&proc) {
+            return Ok(proc);
+        }
+        if same(&self.path) {
+            return Ok(self.path.clone());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} no longer names the folder ferry opened, and /proc is not mounted: \
+                 refusing to use it",
+                self.path.display()
+            ),
+        ))
+    }
+
     /// `fstat` of the folder itself.
     pub fn stat(&self) -> io::Result<Stat> {
         fstat(self.fd.as_raw_fd())
@@ -950,6 +980,21 @@ mod tests {
         assert_eq!(std::fs::read(t.0.join("victim")).unwrap(), b"keep");
         let f = d.open_state_file(OsStr::new("new"), 0o600, true).unwrap();
         assert!(fstat(f.as_raw_fd()).unwrap().is_file());
+    }
+
+    #[test]
+    fn an_anchored_path_keeps_reaching_the_opened_folder_after_a_swap() {
+        let t = Tmp::new("anchor");
+        let r = t.root();
+        std::fs::create_dir(r.join("state")).unwrap();
+        std::fs::create_dir(t.0.join("evil")).unwrap();
+        let d = Dir::open(&r.join("state")).unwrap();
+        let a = d.anchored_path().unwrap();
+        std::fs::rename(r.join("state"), r.join("moved")).unwrap();
+        symlink(t.0.join("evil"), r.join("state")).unwrap();
+        std::fs::write(a.join("f"), "x").unwrap();
+        assert_eq!(std::fs::read(r.join("moved/f")).unwrap(), b"x");
+        assert!(!t.0.join("evil/f").exists());
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub(crate) struct FastdpServeArgs {
     /// bytes kept free on the folder's file system (default 64 MiB)
     #[argh(option, default = "64 << 20")]
     disk_reserve: u64,
+    /// bytes one address may hold granted and not yet written over the transfers it opened
+    /// (default 1 GiB)
+    #[argh(option, default = "1 << 30")]
+    max_peer_reserve: u64,
     /// connections per transfer, MaxConnections (default 8)
     #[argh(option, default = "8")]
     transfer_connections: u32,
@@ -86,9 +90,14 @@ pub(crate) struct FastdpServeArgs {
     /// do not follow the folder live (no inotify)
     #[argh(switch)]
     no_follow: bool,
-    /// most concurrent connections (default 1024); beyond: 503
-    #[argh(option, default = "1024")]
+    /// most concurrent connections (default: what the open-file limit allows, at most 1024);
+    /// beyond: 503
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent connections from one IP address (default a quarter of
+    /// --max-connections); beyond: 503, while other addresses are still served
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// log transfers and errors on stderr
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -197,6 +206,7 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
         },
         max_file_size: a.max_file_size,
         disk_reserve: a.disk_reserve,
+        max_peer_reserve: a.max_peer_reserve,
         max_connections: a.transfer_connections,
         max_transfers: a.max_transfers,
         retention: Duration::from_secs(a.retention),
@@ -215,7 +225,8 @@ fn serve(a: FastdpServeArgs) -> Result<u8, Failure> {
     let l = bind(
         "fastdp",
         &a.bind,
-        tcp_listener(&a.bind, None, &limits, a.verbose),
+        tcp_listener(&a.bind, None, &limits, a.verbose)
+            .max_per_ip(super::tej::max_per_ip(a.max_per_ip, a.max_connections)),
     )?;
     let builder = ServerBuilder::new(limits.shutdown_grace, shutdown.clone()).listener(l, svc);
     run_servers(builder, shutdown, cat, watcher, a.verbose, a.json)

@@ -11,6 +11,7 @@ use argh::FromArgs;
 
 use ferry::catalog::CatalogHandle;
 use ferry::config::TlsSource;
+use ferry::dir::Dir;
 use ferry::driver::filestorage::client::{self as fs_client, ClientError, ClientOptions, Endpoint};
 use ferry::driver::filestorage::store::Sweeper;
 use ferry::driver::filestorage::{
@@ -80,6 +81,10 @@ struct ServeArgs {
     /// per-uid quotas: {"default":{...},"uids":{"1002":{...}}}
     #[argh(option)]
     quota_file: Option<PathBuf>,
+    /// bytes kept free on the folder's file system, counting what unfinished uploads of every
+    /// protocol were promised (default 64 MiB)
+    #[argh(option, default = "64 << 20")]
+    disk_reserve: u64,
     /// also accept the legacy C libIPC frame (T, LEN, UTYPE, JSON)
     #[argh(switch)]
     legacy_ipc: bool,
@@ -92,9 +97,14 @@ struct ServeArgs {
     /// allow plain TCP on a non-loopback address (the JWT is a bearer token)
     #[argh(switch)]
     plain_remote: bool,
-    /// most connections over all endpoints together (default 1024)
-    #[argh(option, default = "1024")]
+    /// most connections over all endpoints together (default: what the open-file limit
+    /// allows, at most 1024)
+    #[argh(option, default = "default_max_connections(1)")]
     max_connections: usize,
+    /// most concurrent TCP and TLS connections from one IP address (default a quarter of
+    /// --max-connections)
+    #[argh(option)]
+    max_per_ip: Option<usize>,
     /// seconds a frame may take once started, and a write without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
@@ -339,8 +349,12 @@ pub(crate) struct Endpoints {
     pub(crate) plain_remote: bool,
     pub(crate) jwt_key_file: Option<PathBuf>,
     pub(crate) quota_file: Option<PathBuf>,
+    /// Bytes kept free on the file system, counting every promise of the process.
+    pub(crate) disk_reserve: u64,
     pub(crate) legacy_ipc: bool,
     pub(crate) max_connections: usize,
+    /// Connections from one IP address (TCP and TLS; the Unix socket's peers have none).
+    pub(crate) max_per_ip: usize,
     pub(crate) io_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) preamble_timeout: Duration,
@@ -361,8 +375,10 @@ impl Endpoints {
             plain_remote: false,
             jwt_key_file: None,
             quota_file: None,
+            disk_reserve: 64 << 20,
             legacy_ipc: false,
             max_connections: 1024,
+            max_per_ip: 256,
             io_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             preamble_timeout: Duration::from_secs(10),
@@ -420,7 +436,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
             QuotaConfig::parse(&bytes).map_err(|err| local(format!("{}: {err}", p.display())))?
         }
     };
-    let store_dir = fs::store_dir(&cat.state_dir());
+    let store_dir = fs::open_store_dir(cat.state()).map_err(local)?;
     let key = fs::load_key(&store_dir, e.jwt_key_file.as_deref()).map_err(local)?;
     let tls = match &e.tls {
         None => None,
@@ -443,6 +459,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
         cat.clone(),
         StoreOptions {
             quotas,
+            disk_reserve: e.disk_reserve,
             retention: e.retention,
             sweep_every: e.sweep_every,
             verbose: e.verbose,
@@ -462,7 +479,7 @@ pub(crate) fn endpoints(e: &Endpoints, cat: &Arc<CatalogHandle>) -> Result<Bound
     };
     let service: Arc<dyn Service> =
         Arc::new(FilestorageService::new(store.clone(), config, e.verbose));
-    let budget = ConnectionBudget::new(e.max_connections);
+    let budget = ConnectionBudget::with_max_per_ip(e.max_connections, e.max_per_ip);
     let mut listeners = Vec::new();
     if let Some(path) = &e.unix {
         let mut lock = path.as_os_str().to_owned();
@@ -526,8 +543,10 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         plain_remote: a.plain_remote,
         jwt_key_file: a.jwt_key_file.clone(),
         quota_file: a.quota_file.clone(),
+        disk_reserve: a.disk_reserve,
         legacy_ipc: a.legacy_ipc,
         max_connections: a.max_connections,
+        max_per_ip: super::tej::max_per_ip(a.max_per_ip, a.max_connections),
         io_timeout: secs(a.io_timeout),
         idle_timeout: secs(a.idle_timeout),
         preamble_timeout: secs(a.preamble_timeout),
@@ -546,10 +565,16 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
 
 fn token_cmd(a: TokenArgs) -> Result<u8, Failure> {
     let key = match &a.jwt_key_file {
-        Some(k) => fs::load_key(Path::new("."), Some(k)),
+        Some(k) => fs::load_key(&Dir::open(Path::new(".")).map_err(local)?, Some(k)),
         None => {
+            // The store's key, reached from the folder's descriptor through private folders
+            // only (as the server reaches it), created with them if missing.
             let root = a.root.clone().unwrap_or_else(|| PathBuf::from("share"));
-            fs::load_key(&fs::store_dir(&root.join(".ferry")), None)
+            let store = Dir::create_all(&root)
+                .and_then(|d| d.private_subdir(".ferry", true))
+                .and_then(|d| fs::open_store_dir(&d))
+                .map_err(local)?;
+            fs::load_key(&store, None)
         }
     }
     .map_err(local)?;

@@ -69,9 +69,10 @@ pub(crate) struct ServeArgs {
     /// until SIGHUP or --watch rescans
     #[argh(switch)]
     no_follow: bool,
-    /// most concurrent connections per listener (JTP and TEJ each; default: what the open-file
-    /// limit allows, at most 1024; see the README)
-    #[argh(option, default = "default_max_connections(2)")]
+    /// most concurrent connections per listener (JTP, TEJ and FastDP each, filestorage's
+    /// endpoints together; default: what the open-file limit allows, at most 1024; see the
+    /// README)
+    #[argh(option, default = "default_max_connections(4)")]
     max_connections: usize,
     /// most concurrent connections from one IP address per listener (default a quarter of
     /// --max-connections)
@@ -132,13 +133,14 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
             verbose: a.verbose,
             ..Default::default()
         };
-        let fl = tcp_listener(&a.fastdp_bind, None, &limits, a.verbose);
+        let fl = tcp_listener(&a.fastdp_bind, None, &limits, a.verbose).max_per_ip(per_ip);
         let svc = super::fastdp::service(cat.clone(), cfg)?;
         builder = builder.listener(bind("fastdp", &a.fastdp_bind, fl)?, svc);
     }
     let mut fs_endpoints = super::filestorage::Endpoints::defaults(a.verbose);
     (fs_endpoints.max_connections, fs_endpoints.io_timeout) =
         (a.max_connections, limits.io_timeout);
+    fs_endpoints.max_per_ip = per_ip;
     fs_endpoints.tcp = Some(a.filestorage_bind.clone()).filter(|b| b != "off");
     match a.filestorage_unix.as_deref() {
         Some("off") => fs_endpoints.unix = None,

@@ -29,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 /// How far ahead of its write position a transfer takes its space.
@@ -208,6 +209,152 @@ impl Drop for Reservation {
     }
 }
 
+/// Space of a part that many writers fill in any order (FastDP pushes): a [`Reservation`]
+/// counted in bytes of blocks written or being written (the *demand*), not in positions, so a
+/// peer that writes its chunks out of order or far apart holds no more than one that writes
+/// them in order.
+///
+/// The hot path is one atomic load and compare per claim ([`charge`](Self::charge)); a step
+/// (statvfs, the book's lock, a preallocation) is taken only when the demand passes what was
+/// granted, once per [`STEP`] of data.
+///
+/// ```text
+///   demand = bytes of blocks written or claimed (a replaced block is counted once)
+///   charge(demand): demand <= limit ? ok : step
+///   step: wrote(demand so far) ; ensure(demand) ; preallocate(the new step) ; allocated(st_blocks)
+///         limit = base + granted
+/// ```
+#[derive(Debug)]
+pub(crate) struct Stepped {
+    /// Demand that may be reached without a step (base + granted).
+    limit: AtomicU64,
+    slow: Mutex<SteppedInner>,
+}
+
+#[derive(Debug)]
+struct SteppedInner {
+    res: Reservation,
+    /// Demand when the part was opened (blocks already held then): the reservation counts
+    /// from there.
+    base: u64,
+    /// Written bytes reported to the reservation.
+    reported: u64,
+    /// Bytes the file had allocated when it was opened.
+    alloc_base: u64,
+}
+
+impl Stepped {
+    /// Wraps an admitted reservation of a part whose held blocks make `base` bytes and whose
+    /// file has `alloc_base` bytes allocated.
+    pub fn new(res: Reservation, base: u64, alloc_base: u64) -> Stepped {
+        Stepped {
+            limit: AtomicU64::new(base),
+            slow: Mutex::new(SteppedInner {
+                res,
+                base,
+                reported: 0,
+                alloc_base,
+            }),
+        }
+    }
+
+    /// Makes sure a demand of `demand` bytes (this claim's `bytes` included) is granted.
+    /// `free` is asked only for a step; `step(len)` preallocates the new step (`len` bytes
+    /// from where the claim writes) and returns the bytes the file has allocated now (its
+    /// growth since it was opened is what statvfs already sees). `ENOSPC` / `EDQUOT` when the
+    /// step cannot be had.
+    pub fn charge(
+        &self,
+        demand: u64,
+        bytes: u64,
+        free: impl FnOnce() -> io::Result<u64>,
+        step: impl FnOnce(u64) -> io::Result<u64>,
+    ) -> io::Result<()> {
+        if demand <= self.limit.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut s = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
+        if demand <= self.limit.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let written = demand.saturating_sub(bytes).saturating_sub(s.base);
+        if written > s.reported {
+            let more = written - s.reported;
+            s.res.wrote(more);
+            s.reported = written;
+        }
+        let before = s.res.granted();
+        let end = demand - s.base;
+        s.res.ensure(end, free)?;
+        let granted = s.res.granted();
+        let allocated = step(granted - before)?;
+        let grown = allocated.saturating_sub(s.alloc_base);
+        s.res.allocated(grown);
+        self.limit.store(s.base + granted, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// A fixed amount promised on a file system (filestorage's unwritten bytes of a partial
+/// transfer, whose parts are sparse): admitted against the free space like a
+/// [`Reservation`], shrunk as bytes land, given back whole when dropped, exactly once.
+#[derive(Debug)]
+pub struct Promise {
+    dev: u64,
+    bytes: u64,
+}
+
+impl Promise {
+    /// Promises `bytes` on `dev` when `free` minus what is promised there minus `disk_reserve`
+    /// covers them; `ENOSPC` otherwise (nothing taken).
+    pub fn admit(dev: u64, disk_reserve: u64, bytes: u64, free: u64) -> io::Result<Promise> {
+        let mut b = book();
+        let promised = b.promised.get(&dev).copied().unwrap_or(0);
+        if free.saturating_sub(promised).saturating_sub(disk_reserve) < bytes {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if bytes > 0 {
+            *b.promised.entry(dev).or_insert(0) += bytes;
+        }
+        Ok(Promise { dev, bytes })
+    }
+
+    /// Promises `bytes` without a check (state found at start, which was admitted before).
+    pub fn unchecked(dev: u64, bytes: u64) -> Promise {
+        if bytes > 0 {
+            *book().promised.entry(dev).or_insert(0) += bytes;
+        }
+        Promise { dev, bytes }
+    }
+
+    /// Bytes still promised.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// `n` of the promised bytes reached the disk.
+    pub fn landed(&mut self, n: u64) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        take(&mut book().promised, &self.dev, n);
+    }
+
+    /// `n` more bytes are to come again (a file started over), without a check: they were
+    /// admitted once.
+    pub fn add(&mut self, n: u64) {
+        if n > 0 {
+            self.bytes += n;
+            *book().promised.entry(self.dev).or_insert(0) += n;
+        }
+    }
+}
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        take(&mut book().promised, &self.dev, self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +441,91 @@ mod tests {
         drop(r1);
         drop(r2);
         assert_eq!(held_by(&owner), 0);
+    }
+
+    #[test]
+    fn stepped_space_takes_a_step_ahead_of_the_demand_whatever_the_order() {
+        let a = account(5, 0, Some(("stepper", 3 * STEP)));
+        let (dev, owner) = (a.dev, a.owner.clone().unwrap().0);
+        let len = 100 * STEP;
+        let res = Reservation::admit(a, len, u64::MAX / 2).unwrap();
+        let s = Stepped::new(res, 0, 0);
+        let free = || Ok(u64::MAX / 2);
+        // The first claim takes one step, preallocated: nothing stays promised, one step held.
+        let mut asked = Vec::new();
+        s.charge(4096, 4096, free, |n| {
+            asked.push(n);
+            Ok(n)
+        })
+        .unwrap();
+        assert_eq!(asked, [STEP]);
+        assert_eq!((promised(dev), held_by(&owner)), (0, STEP));
+        // Claims within the step cost no step, wherever they write.
+        s.charge(STEP, 4096, free, |_| panic!("no step due"))
+            .unwrap();
+        // Past it: one more step from what was written, no more.
+        s.charge(STEP + 4096, 4096, free, |n| {
+            assert_eq!(n, STEP);
+            Ok(2 * STEP)
+        })
+        .unwrap();
+        // Granted two steps, one written: one held.
+        assert_eq!(held_by(&owner), STEP);
+        drop(s);
+        assert_eq!((promised(dev), held_by(&owner)), (0, 0));
+    }
+
+    #[test]
+    fn stepped_space_without_preallocation_stays_promised_and_counts_the_owner_cap() {
+        let a = account(6, 0, Some(("trickler", 2 * STEP)));
+        let (dev, owner) = (a.dev, a.owner.clone().unwrap().0);
+        let free = || Ok(u64::MAX / 2);
+        let s1 = Stepped::new(
+            Reservation::admit(a.clone(), 64 * STEP, u64::MAX / 2).unwrap(),
+            0,
+            0,
+        );
+        // tmpfs: nothing allocated, the step stays promised.
+        s1.charge(1, 1, free, |_| Ok(0)).unwrap();
+        assert_eq!(promised(dev), STEP);
+        let s2 = Stepped::new(
+            Reservation::admit(a.clone(), 64 * STEP, u64::MAX / 2).unwrap(),
+            0,
+            0,
+        );
+        s2.charge(1, 1, free, |_| Ok(0)).unwrap();
+        let s3 = Stepped::new(
+            Reservation::admit(a, 64 * STEP, u64::MAX / 2).unwrap(),
+            0,
+            0,
+        );
+        let e = s3.charge(1, 1, free, |_| Ok(0)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+        assert_eq!(held_by(&owner), 2 * STEP);
+        drop((s1, s2, s3));
+        assert_eq!((promised(dev), held_by(&owner)), (0, 0));
+    }
+
+    #[test]
+    fn a_promise_is_admitted_shrinks_as_bytes_land_and_is_given_back_once() {
+        let dev = u64::MAX - 7;
+        let mut p = Promise::admit(dev, 10, 60, 100).unwrap();
+        assert_eq!(promised(dev), 60);
+        // 100 free - 60 promised - 10 reserve = 30.
+        let e = Promise::admit(dev, 10, 31, 100).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let q = Promise::admit(dev, 10, 30, 100).unwrap();
+        p.landed(25);
+        assert_eq!((p.bytes(), promised(dev)), (35, 65));
+        p.add(5);
+        p.landed(1000);
+        assert_eq!((p.bytes(), promised(dev)), (0, 30));
+        drop(p);
+        drop(q);
+        assert_eq!(promised(dev), 0);
+        let r = Promise::unchecked(dev, 1 << 50);
+        assert_eq!(promised(dev), 1 << 50);
+        drop(r);
+        assert_eq!(promised(dev), 0);
     }
 }

@@ -49,7 +49,7 @@ use sha2::Digest;
 
 use super::prefix_hash::{HashState, PrefixHasher};
 use super::publish::publish;
-use super::stream::preallocate;
+use super::stream::preallocate_range;
 use super::{check, is_plain_name, tag_for, Reserve, MAX_KEY_BYTES, PART_SUFFIX};
 use super::{Collision, Committed, Expect, IngestDir, IngestError};
 
@@ -440,6 +440,9 @@ pub(super) struct Part {
     bitmap: Mutex<Option<File>>,
     group: Mutex<Group>,
     group_done: Condvar,
+    /// Disk space of a part opened with `stepped` ([`Part::open`]): admitted for the whole
+    /// size, taken a step ahead of the blocks written.
+    space: Option<super::ledger::Stepped>,
     #[cfg(test)]
     pub probe: Probe,
 }
@@ -463,14 +466,16 @@ impl Part {
     /// through a link (a regular file of ours with one link, or an error that says what is
     /// there: [`Dir::open_state_file`](crate::dir::Dir::open_state_file)). A bitmap
     /// that does not match restarts from zero; so does a new transfer, whose part is sized
-    /// sparse, or reserved when `preallocate` is set ([`IngestDir::reserve_space`]; then a
-    /// refusal leaves no file behind).
+    /// sparse. With `stepped` the part takes its disk space through the ledger
+    /// ([`IngestDir::reserve_space`]): admitted for what is still missing, then taken (and
+    /// preallocated) a step ahead of the blocks written ([`ledger::Stepped`](super::ledger));
+    /// a new part that is refused leaves no file behind.
     pub fn open(
         dir: IngestDir,
         key: &str,
         size: u64,
         block_size: u32,
-        preallocate: bool,
+        stepped: bool,
     ) -> io::Result<Part> {
         check_key(key)?;
         let geo = Geometry::new(size, block_size)?;
@@ -489,6 +494,7 @@ impl Part {
             bitmap: Mutex::new(None),
             group: Mutex::new(Group::default()),
             group_done: Condvar::new(),
+            space: None,
             #[cfg(test)]
             probe: Probe::default(),
         };
@@ -500,12 +506,15 @@ impl Part {
                 st.durable.clone_from(&bits);
                 st.written = bits;
                 st.advance_prefix(geo);
+                if stepped {
+                    part.take_space()?;
+                }
             }
             None => {
                 // A new transfer that cannot get its space leaves nothing behind.
                 let made = part
                     .reset()
-                    .and_then(|()| if preallocate { part.reserve() } else { Ok(()) });
+                    .and_then(|()| if stepped { part.take_space() } else { Ok(()) });
                 if let Err(e) = made {
                     part.discard();
                     return Err(e);
@@ -515,15 +524,71 @@ impl Part {
         Ok(part)
     }
 
-    /// Admitted by the ledger for the whole size, then preallocated at once (FastDP 4.1 wants
-    /// a full disk refused before any byte), so nothing stays promised; on tmpfs the part
-    /// stays sparse and the admission is the check.
-    fn reserve(&self) -> io::Result<()> {
-        let _admitted = self.dir.reserve_space(self.geo.size)?;
-        if self.dir.reserve_kind() == Reserve::Preallocate {
-            preallocate(&self.file, self.geo.size)?;
+    /// Admitted by the ledger for what is still missing (a full disk is refused before any
+    /// byte, FastDP 4.1), then the first step taken: granted, and preallocated from the first
+    /// missing block where fallocate(2) works (tmpfs: only counted). Issue 15 item 5: the
+    /// whole declared size is never taken at once.
+    fn take_space(&mut self) -> io::Result<()> {
+        let geo = self.geo;
+        let (held, first_missing) = {
+            let st = self.state_mut();
+            (st.received, st.prefix_blocks)
+        };
+        let base = held.saturating_mul(u64::from(geo.block_size)).min(geo.size);
+        let res = self.dir.reserve_space(geo.size - base)?;
+        let alloc_base = allocated_bytes(&self.file)?;
+        self.space = Some(super::ledger::Stepped::new(res, base, alloc_base));
+        if base < geo.size {
+            self.charge(base + 1, 1, geo.offset(first_missing))?;
         }
         Ok(())
+    }
+
+    /// Charges a demand of `demand` bytes (blocks written or claimed, this claim's `bytes`
+    /// included) to the part's space: one atomic compare, unless a step is due; the step is
+    /// preallocated from `offset` (where this claim writes).
+    fn charge(&self, demand: u64, bytes: u64, offset: u64) -> io::Result<()> {
+        let Some(space) = &self.space else {
+            return Ok(());
+        };
+        let preallocate = self.dir.reserve_kind() == Reserve::Preallocate;
+        space.charge(
+            demand,
+            bytes,
+            || self.dir.free_for_ledger(),
+            |len| {
+                let len = len.min(self.geo.size.saturating_sub(offset));
+                if preallocate && len > 0 {
+                    preallocate_range(&self.file, offset, len)?;
+                }
+                allocated_bytes(&self.file)
+            },
+        )
+    }
+
+    /// Demand of the blocks written or claimed now, in bytes ([`ledger::Stepped`]).
+    fn demand(&self, st: &State) -> u64 {
+        let busy: u64 = st.busy.iter().map(|r| r.end - r.start).sum();
+        (st.received + busy)
+            .saturating_mul(u64::from(self.geo.block_size))
+            .min(self.geo.size)
+    }
+
+    /// Charges a fresh claim of `runs` (see [`charge`](Self::charge)); on refusal the runs
+    /// are released and stay missing.
+    fn charge_claim(&self, demand: u64, runs: &[Range<u64>]) -> io::Result<()> {
+        let Some(first) = runs.first() else {
+            return Ok(());
+        };
+        let bytes = runs.iter().map(|r| self.geo.run_bytes(r)).sum();
+        let r = self.charge(demand, bytes, self.geo.offset(first.start));
+        if r.is_err() {
+            let mut st = self.state();
+            for run in runs {
+                st.release(run);
+            }
+        }
+        r
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -614,6 +679,9 @@ impl Part {
                 }
             }
             st.busy.extend(runs.iter().cloned());
+            let demand = self.demand(&st);
+            drop(st);
+            self.charge_claim(demand, &runs)?;
             return Ok(Claimed::Runs(runs));
         }
         let mut on_disk = false;
@@ -629,6 +697,7 @@ impl Part {
         }
         st.prefix_blocks = st.prefix_blocks.min(run.start);
         st.busy.push(run.clone());
+        let demand = self.demand(&st);
         // The hasher may be reading these bytes: stop it before any is rewritten.
         let stale = if self.geo.offset(run.start) < st.frozen() {
             st.hasher.take()
@@ -644,7 +713,9 @@ impl Part {
                 return Err(e);
             }
         }
-        Ok(Claimed::Runs(vec![run]))
+        let runs = vec![run];
+        self.charge_claim(demand, &runs)?;
+        Ok(Claimed::Runs(runs))
     }
 
     /// Clears the durable bits of `run` on disk (and syncs the bitmap). Waits for a sync that
@@ -1105,6 +1176,12 @@ fn flock(file: &File) -> io::Result<()> {
             _ => return Err(e),
         }
     }
+}
+
+/// Bytes `file` has allocated on disk (`st_blocks`), what statvfs counts as used.
+fn allocated_bytes(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.blocks().saturating_mul(512))
 }
 
 fn check_key(key: &str) -> io::Result<()> {

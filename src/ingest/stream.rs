@@ -346,19 +346,9 @@ fn gone() -> io::Error {
     io::Error::other("ingest: stream already finished")
 }
 
-/// Reserves `len` bytes for `file` (its length becomes `len`). Returns the new length, or 0 where
-/// the file system cannot preallocate; `ENOSPC` and other errors are returned.
-pub(super) fn preallocate(file: &File, len: u64) -> io::Result<u64> {
-    Ok(if preallocate_range(file, 0, len)? {
-        len
-    } else {
-        0
-    })
-}
-
 /// Reserves bytes `offset..offset + len` of `file` (its length grows to cover them). False where
 /// the file system cannot preallocate; `ENOSPC` and other errors are returned.
-fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+pub(super) fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Result<bool> {
     if len == 0 {
         return Ok(true);
     }

@@ -22,9 +22,10 @@
 //! ```
 //!
 //! Out of scope: protocol state (FastDP's `.state`, filestorage's journal and records), which
-//! blocks to ask for, retention of finished ids, and disk reservations across transfers (a new
-//! transfer takes its space in
-//! [`IngestDir::reserve_space`](super::IngestDir::reserve_space), where accounting belongs).
+//! blocks to ask for, retention of finished ids, and disk reservations across transfers (a
+//! transfer with [`TransferSpec::preallocate`] takes its space in
+//! [`IngestDir::reserve_space`](super::IngestDir::reserve_space), where accounting belongs,
+//! step by step as its part fills).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,8 +47,10 @@ pub struct TransferSpec {
     pub block_size: u32,
     /// What the whole file must hash to before it is published.
     pub expect: Expect,
-    /// Reserve the whole size when the transfer is created (FastDP 4.1), so a full disk is
-    /// refused before any byte arrives; otherwise the part is sparse.
+    /// Take disk space through the ledger (FastDP 4.1): the transfer is admitted for its whole
+    /// size, so a full disk is refused before any byte arrives, then takes (and preallocates)
+    /// its space a step ahead of the blocks written, never the whole size at once (issue 15
+    /// item 5). Otherwise the part is sparse and unaccounted.
     pub preallocate: bool,
 }
 
@@ -199,6 +202,22 @@ impl TransferRegistry {
         spec: TransferSpec,
         max_connections: usize,
     ) -> Result<Attachment, TransferError> {
+        self.attach_as(id, spec, max_connections, None)
+    }
+
+    /// [`attach`](Self::attach) on behalf of `owner` (a peer's address, and the most space it
+    /// may hold granted and not yet written over all its transfers: [`IngestDir::for_owner`]).
+    /// The owner counts only when this call opens the transfer: its space is charged to
+    /// whoever opened it.
+    ///
+    /// [`IngestDir::for_owner`]: super::IngestDir::for_owner
+    pub fn attach_as(
+        self: &Arc<Self>,
+        id: &str,
+        spec: TransferSpec,
+        max_connections: usize,
+        owner: Option<(&str, u64)>,
+    ) -> Result<Attachment, TransferError> {
         let mut slots = lock(&self.slots);
         loop {
             match slots.get(id) {
@@ -232,7 +251,7 @@ impl TransferRegistry {
         }
         slots.insert(id.to_owned(), Slot::Opening);
         drop(slots);
-        let opened = Transfer::open(self.publisher.clone(), id, spec);
+        let opened = Transfer::open(self.publisher.clone(), id, spec, owner);
         let mut slots = lock(&self.slots);
         self.settled.notify_all();
         match opened {
@@ -335,15 +354,24 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    fn open(publisher: Publisher, id: &str, spec: TransferSpec) -> Result<Transfer, TransferError> {
+    fn open(
+        publisher: Publisher,
+        id: &str,
+        spec: TransferSpec,
+        owner: Option<(&str, u64)>,
+    ) -> Result<Transfer, TransferError> {
         let mismatch = || TransferError::ParameterMismatch { id: id.to_owned() };
         if let Some(on_disk) = publisher.ingest().peek_resumable(id) {
             if on_disk != (spec.size, spec.block_size) {
                 return Err(mismatch());
             }
         }
+        let owner_ingest = match owner {
+            Some((who, max)) => publisher.ingest().for_owner(who, max),
+            None => publisher.ingest().clone(),
+        };
         let part = Part::open(
-            publisher.ingest().clone(),
+            owner_ingest,
             id,
             spec.size,
             spec.block_size,

@@ -1467,6 +1467,74 @@ fn f25_f39_row_a_1_tib_file_is_too_large_and_one_over_the_free_space_no_space() 
     assert_serves(&addr, &t);
 }
 
+/// Bytes `path` has allocated on disk.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A push header for `size` bytes of nothing in particular (the bytes never come).
+fn declared(size: u64, n: u64) -> Value {
+    let one_chunk = 4u64 << 20;
+    json!({
+        "OneChunk": one_chunk,
+        "FullChunk": size.div_ceil(one_chunk),
+        "FullSize": size,
+        "DPVersion": "1.2.0",
+        "CompressType": "None",
+        "FileName": format!("declared-{n}.bin"),
+        "TransferId": tid(0x5e_0000 + n),
+        "Checksum": format!("sha256:{}", sha(b"never sent")),
+    })
+}
+
+/// Issue 15 item 5 (which wins over F26's full preallocation): a 27-byte header reserves one
+/// step (64 MiB) of a 4 GiB FullSize, not the whole of it, and one address may hold at most
+/// `--max-peer-reserve` of such space over its transfers; a transfer that goes gives it back.
+#[test]
+fn f26_issue15_a_header_takes_one_step_of_space_and_one_address_at_most_its_cap() {
+    const STEP: u64 = 64 << 20;
+    let t = TempDir::new("fdp-steps");
+    let root = t.join("share");
+    let cap = (3 * STEP + (1 << 20)).to_string();
+    let srv = serve(&root, &["--max-peer-reserve", &cap]);
+    let addr = srv.addr("fastdp");
+    let size = 4u64 << 30;
+    let mut open = Vec::new();
+    for n in 0..3 {
+        let (s, r) = open_push(&addr, &declared(size, n));
+        assert_eq!(r["Type"], "Header", "transfer {n}: {r}");
+        let part = work_dir(&root).join(format!("{}.part", tid(0x5e_0000 + n)));
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), size);
+        let a = allocated(&part);
+        assert!(
+            a <= STEP + (1 << 20),
+            "transfer {n}: {a} bytes allocated for a header, more than one step"
+        );
+        open.push(s);
+    }
+    // A fourth transfer from the same address would hold more than the cap.
+    let (mut s, r) = open_push(&addr, &declared(size, 3));
+    assert_eq!(r["Code"], "no-space", "{r}");
+    assert!(read_all(&mut s).is_empty());
+    // The first one's peer goes: its transfer closes and gives its step back.
+    drop(open.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, r) = open_push(&addr, &declared(size, 4));
+        if r["Type"] == "Header" {
+            drop(s);
+            break;
+        }
+        assert_eq!(r["Code"], "no-space", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed transfer's space never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn f29_f39_row_a_silent_peer_and_a_trickling_peer_get_timeout() {
     let t = TempDir::new("fdp-r18");

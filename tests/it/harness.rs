@@ -55,8 +55,20 @@ impl Server {
     /// because a server prints them only once its first scan has hashed the folder, and a test
     /// folder holding a 4 GiB sparse file takes a minute of a busy machine: how long start-up
     /// takes is measured by `make bench`, never asserted here.
+    ///
+    /// `ferry serve` also listens for FastDP and filestorage on fixed defaults (port 5423, port
+    /// 9000, a Unix socket with a lock file); tests run in parallel, so unless the test names
+    /// those flags itself they are turned off here.
     pub fn start(args: &[&str], expect: usize) -> Server {
-        Server::start_program(FERRY, args, expect)
+        let mut args = args.to_vec();
+        if args.first() == Some(&"serve") {
+            for flag in ["--fastdp-bind", "--filestorage-bind", "--filestorage-unix"] {
+                if !args.contains(&flag) {
+                    args.extend([flag, "off"]);
+                }
+            }
+        }
+        Server::start_program(FERRY, &args, expect)
     }
 
     /// As [`start`](Self::start) for a program that ends up running ferry (a wrapper that

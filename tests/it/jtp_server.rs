@@ -980,8 +980,8 @@ fn j19_client_that_stops_reading_is_dropped_others_served() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Still not reading until the server has given up on this client (io-timeout 2 s): its
-    // log names the connection's i/o error.
-    let gave_up = format!("jtp: {me}: i/o");
+    // log ends the connection with its i/o error (`jtp: PEER: failed after ...: i/o: ...`).
+    let gave_up = format!("jtp: {me}: failed after");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.stderr_text().contains(&gave_up) {
         assert!(
@@ -991,6 +991,9 @@ fn j19_client_that_stops_reading_is_dropped_others_served() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let log = s.stderr_text();
+    let line = log.lines().find(|l| l.contains(&gave_up)).unwrap();
+    assert!(line.contains("i/o: timed out"), "{line}");
     let (rest, end) = read_until_end(&mut c);
     let total = 4096 + rest.len();
     let full = 5 + 1 + varint(64 << 20).len() + 8 + (64 << 20);
@@ -2302,7 +2305,7 @@ fn j27_two_subscribers_both_get_the_event() {
     for c in &mut subs {
         c.write_all(&[0x04, 0x00]).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1000));
     let d = pseudo_random(23, 777);
     replace(dir.path(), "new.webp", &d);
     let ev = watch_event("new.webp", &d);

@@ -61,7 +61,7 @@ fn eventually<R>(what: &str, mut attempt: impl FnMut() -> Result<R, String>) -> 
     }
 }
 
-/// `ferry serve DIR EXTRA...` on loopback port 0 for all three protocols.
+/// `ferry serve DIR EXTRA...` on loopback port 0 for JTP, TEJ and CJP2P.
 fn serve_all(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "serve",
@@ -72,6 +72,14 @@ fn serve_all(dir: &Path, extra: &[&str]) -> Server {
         "127.0.0.1:0",
         "--cjp2p-bind",
         "127.0.0.1:0",
+        // FastDP and filestorage listen on fixed defaults (5423, 9000, a Unix socket with a
+        // lock): off, so parallel tests do not fight over them.
+        "--fastdp-bind",
+        "off",
+        "--filestorage-bind",
+        "off",
+        "--filestorage-unix",
+        "off",
     ];
     args.extend_from_slice(extra);
     Server::start(&args, 3)
@@ -688,4 +696,694 @@ fn a_rate_limited_tls_peer_is_counted_before_any_tls_work() {
     let o = ferry(&["jtp", "list", "--addr", &addr, "--cert", p(&cert)], T);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("too many requests"), "{}", stderr(&o));
+}
+
+// -------------------------------------------------------------------------------------------
+// FastDP, filestorage and sync (issue 15 on the protocols that came after it)
+// -------------------------------------------------------------------------------------------
+
+/// `ferry ARGS` with `XDG_CACHE_HOME=cache` (FastDP's push resume records), killed after `T`.
+fn ferry_cached(args: &[&str], cache: &Path) -> Output {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let deadline = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every regular file or link under `dir` (folders themselves are not listed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Swaps `share/.ferry` for a link to a folder tree of the attacker's (with the subfolders
+/// `dirs`, private, so that a path that re-resolves `.ferry` would find them), keeping the real
+/// one aside. Returns the attacker's folder.
+fn swap_state_folder(root: &Path, share: &Path, dirs: &[&str]) -> PathBuf {
+    let evil = root.join("evil");
+    for d in dirs {
+        std::fs::create_dir_all(evil.join(d)).unwrap();
+    }
+    for d in std::iter::once(evil.clone()).chain(dirs.iter().map(|d| evil.join(d))) {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::rename(share.join(".ferry"), share.join("ferry-state-moved")).unwrap();
+    symlink(&evil, share.join(".ferry")).unwrap();
+    evil
+}
+
+#[test]
+fn fastdp_push_state_goes_to_the_opened_state_folder_not_through_a_swapped_in_link() {
+    let root = TempDir::new("sec-fdp-swap");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let s = Server::start(
+        &[
+            "fastdp",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            p(&share),
+            "--disk-reserve",
+            "0",
+        ],
+        1,
+    );
+    let addr = s.addr("fastdp");
+    // While it runs, a user who may write into share/ swaps .ferry for a link to a tree of
+    // theirs: the server keeps using the folder it opened and checked.
+    let evil = swap_state_folder(root.path(), &share, &["ingest/fastdp"]);
+    let data = pseudo_random(6, 300_000);
+    let file = root.join("up.bin");
+    std::fs::write(&file, &data).unwrap();
+    let o = ferry_cached(
+        &["fastdp", "send", "--addr", &addr, p(&file)],
+        &root.join("cache"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually("the upload in the folder", || {
+        std::fs::read(share.join("up.bin"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                if b == data {
+                    Ok(())
+                } else {
+                    Err("differs".into())
+                }
+            })
+    });
+    assert_eq!(
+        files_under(&evil),
+        Vec::<PathBuf>::new(),
+        "written through the link"
+    );
+    let done = files_under(&share.join("ferry-state-moved/ingest/fastdp"));
+    assert!(
+        done.iter().any(|f| f.to_string_lossy().ends_with(".done")),
+        "the completion record is in the opened folder: {done:?}"
+    );
+}
+
+#[test]
+fn fastdp_get_never_writes_through_a_planted_resume_record_link() {
+    let root = TempDir::new("sec-fdp-rec");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let data = pseudo_random(7, 200_000);
+    std::fs::write(share.join("d.bin"), &data).unwrap();
+    let s = Server::start(
+        &[
+            "fastdp",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            p(&share),
+        ],
+        1,
+    );
+    let addr = s.addr("fastdp");
+    let out = root.join("out");
+    let work = out.join(".ferry/fastdp");
+    std::fs::create_dir_all(&work).unwrap();
+    for d in [out.join(".ferry"), work.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // The record's name is predictable (addr and target): its temporary is planted as a link.
+    let mut key = Sha256::new();
+    key.update(addr.as_bytes());
+    key.update([0]);
+    key.update(b"d.bin");
+    let name = format!("pull-{}.json.new", hex(&key.finalize()[..16]));
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    symlink(&victim, work.join(&name)).unwrap();
+    let o = ferry_cached(
+        &["fastdp", "get", "--addr", &addr, "--out", p(&out), "d.bin"],
+        &root.join("cache"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert_eq!(sha256_file(&out.join("d.bin")), sha(&data));
+}
+
+/// A hostile FastDP server: upgrades every connection, reads the pull request and answers it
+/// with a header offering `name` (the real sizes of `data`), then closes.
+fn hostile_fastdp(name: &'static str, data: &'static [u8]) -> (String, Arc<AtomicBool>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        while !stop2.load(Ordering::SeqCst) {
+            let Ok((s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = answer_pull(s, name, data);
+        }
+    });
+    (addr, stop)
+}
+
+fn answer_pull(mut s: std::net::TcpStream, name: &str, data: &[u8]) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(T))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut key = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if let Some(k) = line.strip_prefix("Sec-FastDP-Key: ") {
+            key = k.trim().to_owned();
+        }
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: {key}\r\nSec-FastDP-Version: 1.2.0\r\n\r\n").as_bytes())?;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut req)?;
+    let req: Value = serde_json::from_slice(&req)?;
+    let reply = serde_json::json!({
+        "Type": "Header",
+        "Mode": "Pull",
+        "OneChunk": 262_144,
+        "FullChunk": (data.len() as u64).div_ceil(262_144),
+        "FullSize": data.len(),
+        "DPVersion": "1.2.0",
+        "CompressType": "None",
+        "FileName": name,
+        "TransferId": req["TransferId"],
+        "Checksum": format!("sha256:{}", hex(&sha(data))),
+        "MaxConnections": 1,
+    });
+    let body = reply.to_string().into_bytes();
+    s.write_all(&(body.len() as u32).to_be_bytes())?;
+    s.write_all(&body)?;
+    Ok(())
+}
+
+#[test]
+fn fastdp_get_refuses_a_name_it_did_not_ask_for_and_any_dotfile() {
+    static DATA: &[u8] = b"#!/bin/sh\necho owned\n";
+    let root = TempDir::new("sec-fdp-name");
+    for (asked, offered) in [("photo.png", ".bashrc"), ("photo.png", "other.png")] {
+        let (addr, stop) = hostile_fastdp(offered, DATA);
+        let out = root.path().join(format!("out-{offered}"));
+        let o = ferry_cached(
+            &[
+                "fastdp",
+                "get",
+                "--addr",
+                &addr,
+                "--out",
+                p(&out),
+                "--retries",
+                "1",
+                asked,
+            ],
+            &root.join("cache"),
+        );
+        stop.store(true, Ordering::SeqCst);
+        assert!(!o.status.success(), "{offered}: accepted");
+        assert!(
+            stderr(&o).contains("not the name asked for"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!out.join(offered).exists());
+    }
+    // By SHA-256 the server's name is taken, but never a dotfile.
+    let (addr, stop) = hostile_fastdp(".profile", DATA);
+    let out = root.join("out-sha");
+    let o = ferry_cached(
+        &[
+            "fastdp",
+            "get",
+            "--addr",
+            &addr,
+            "--out",
+            p(&out),
+            "--retries",
+            "1",
+            &hex(&sha(DATA)),
+        ],
+        &root.join("cache"),
+    );
+    stop.store(true, Ordering::SeqCst);
+    assert!(!o.status.success(), "dotfile accepted");
+    assert!(stderr(&o).contains("dotfile"), "{}", stderr(&o));
+    assert!(!out.join(".profile").exists());
+}
+
+/// `addr`'s listener lets two connections from 127.0.0.1 in (with `--max-connections 8`) and
+/// refuses a third at once, while 127.0.0.2 is still let in; `refused` says how a refusal
+/// looks.
+fn caps_per_address(addr: &str, refused: impl Fn(&[u8]) -> bool, greeting: &[u8]) {
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = connect_from([127, 0, 0, 1], addr);
+            c.write_all(greeting).unwrap();
+            c
+        })
+        .collect();
+    // The listener counts connections at accept, in order: give it the two first.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect_from([127, 0, 0, 1], addr);
+    let mut got = Vec::new();
+    let _ = third.read_to_end(&mut got);
+    assert!(refused(&got), "third from one address: {got:02x?}");
+    let mut other = connect_from([127, 0, 0, 2], addr);
+    other
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    other.write_all(greeting).unwrap();
+    // Let in: the service waits for more (a read times out) or greets; never a refusal.
+    let mut b = [0u8; 64];
+    match other.read(&mut b) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Ok(n) if n > 0 && !refused(&b[..n]) => {}
+        r => panic!("another address was not let in: {r:?} {:02x?}", &b[..]),
+    }
+    drop(held);
+}
+
+/// A TCP connection to `addr` from the loopback address `src`.
+fn connect_from(src: [u8; 4], addr: &str) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let dst: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address");
+    let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr_in values live across
+    // each call; the descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = sin(src, 0);
+        let r = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "bind {src:?}: {}", std::io::Error::last_os_error());
+        let remote = sin(dst.ip().octets(), dst.port());
+        let r = libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        stream.set_read_timeout(Some(T)).unwrap();
+        stream
+    }
+}
+
+#[test]
+fn fastdp_listeners_cap_connections_per_address() {
+    let share = TempDir::new("sec-fdp-perip");
+    let s = Server::start(
+        &[
+            "fastdp",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--root",
+            p(share.path()),
+            "--max-connections",
+            "8",
+        ],
+        1,
+    );
+    caps_per_address(&s.addr("fastdp"), |b| b.starts_with(b"HTTP/1.1 503"), b"");
+    let all = Server::start(
+        &[
+            "serve",
+            p(share.path()),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+            "--fastdp-bind",
+            "127.0.0.1:0",
+            "--filestorage-bind",
+            "127.0.0.1:0",
+            "--filestorage-unix",
+            "off",
+            "--max-connections",
+            "8",
+        ],
+        5,
+    );
+    caps_per_address(&all.addr("fastdp"), |b| b.starts_with(b"HTTP/1.1 503"), b"");
+    // filestorage: the tcpd preamble, then nothing; a refused peer is closed without a byte.
+    caps_per_address(&all.addr("filestorage"), <[u8]>::is_empty, b"filestorage");
+}
+
+#[test]
+fn filestorage_store_goes_to_the_opened_state_folder_not_through_a_swapped_in_link() {
+    let root = TempDir::new("sec-fs-swap");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let s = Server::start(
+        &[
+            "filestorage",
+            "serve",
+            "--root",
+            p(&share),
+            "--no-unix",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let addr = s.addr("filestorage");
+    let o = ferry(
+        &[
+            "filestorage",
+            "token",
+            "--uid",
+            "1000",
+            "--login",
+            "u",
+            "--root",
+            p(&share),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    // The attacker's tree has every folder of the store, so a path that re-resolves .ferry
+    // would write there.
+    let evil = swap_state_folder(
+        root.path(),
+        &share,
+        &[
+            "filestorage/objects",
+            "filestorage/records",
+            "filestorage/partial",
+            "filestorage/by-owner",
+            "filestorage/by-tag",
+        ],
+    );
+    let data = pseudo_random(8, 150_000);
+    let file = root.join("up.bin");
+    std::fs::write(&file, &data).unwrap();
+    let o = ferry(
+        &[
+            "filestorage",
+            "put",
+            "--addr",
+            &addr,
+            "--token",
+            &token,
+            "--tag",
+            "public",
+            p(&file),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        files_under(&evil),
+        Vec::<PathBuf>::new(),
+        "written through the link"
+    );
+    let store = share.join("ferry-state-moved/filestorage");
+    assert!(store
+        .join(format!("objects/{}", hex(&sha(&data))))
+        .is_file());
+    assert_eq!(sha256_file(&share.join("up.bin")), sha(&data), "published");
+}
+
+#[test]
+fn sync_never_writes_through_planted_state_links_and_refuses_a_shared_state_folder() {
+    let root = TempDir::new("sec-sync");
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), pseudo_random(9, 10_000)).unwrap();
+    let srv = Server::start(
+        &["tej", "serve", "--bind", "127.0.0.1:0", "--root", p(&src)],
+        1,
+    );
+    let url = format!("tej://{}", srv.addr("tej"));
+    let dst = root.join("dst");
+    let attic = dst.join(".ferry/attic");
+    std::fs::create_dir_all(&attic).unwrap();
+    for d in [dst.join(".ferry"), attic.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // A file only here, so --delete keeps it in the attic and the manifest is written.
+    std::fs::write(dst.join("gone.bin"), b"delete me").unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    symlink(&victim, attic.join(".manifest.json.tmp")).unwrap();
+    let o = ferry(&["sync", &url, p(&dst), "--delete"], T);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(dst.join("a.bin").is_file() && !dst.join("gone.bin").exists());
+    assert!(std::fs::symlink_metadata(attic.join("manifest.json"))
+        .unwrap()
+        .is_file());
+
+    // A DIR/.ferry others may write into is refused before anything is written there.
+    let dst2 = root.join("dst2");
+    std::fs::create_dir_all(dst2.join(".ferry")).unwrap();
+    std::fs::set_permissions(dst2.join(".ferry"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = ferry(&["sync", &url, p(&dst2)], T);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("chmod go-w"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(dst2.join(".ferry")).unwrap().count(), 0);
+}
+
+// -------------------------------------------------------------------------------------------
+// Disk space promised across protocols (issue 15 item 5)
+// -------------------------------------------------------------------------------------------
+
+/// Bytes an unprivileged process may still write on the file system of `dir` (`df`'s avail).
+fn free_bytes(dir: &Path) -> u64 {
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail", p(dir)])
+        .output()
+        .expect("df");
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df said {text:?}"))
+}
+
+/// A filestorage AUTHENTICATION over TCP (preamble first) for one file of `size` bytes;
+/// returns the reply's JSON.
+fn filestorage_auth(addr: &str, token: &str, fid: &str, size: u64) -> Value {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"filestorage").unwrap();
+    let mut ok = [0u8; 2];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    let json = format!(
+        r#"{{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","token":"{token}","files":[{{"name":"big.bin","size":{size}}}],"fid":"{fid}","tags":[]}}"#
+    );
+    let mut frame = ((json.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(json.as_bytes());
+    s.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(body[0], 2, "a RESPONSE");
+    serde_json::from_slice(&body[1..]).unwrap()
+}
+
+/// A FastDP push header declaring `size` bytes on a fresh connection; returns its reply.
+fn fastdp_declare(addr: &str, size: u64) -> Value {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(
+        format!(
+            "GET /fastdp-endpoint HTTP/1.1\r\nHost: {addr}\r\nUpgrade: fastdp\r\nConnection: Upgrade\r\nSec-FastDP-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-FastDP-Version: 1.2.0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "no upgrade");
+    }
+    let one_chunk = 4u64 << 20;
+    let h = serde_json::json!({
+        "OneChunk": one_chunk,
+        "FullChunk": size.div_ceil(one_chunk),
+        "FullSize": size,
+        "DPVersion": "1.2.0",
+        "CompressType": "None",
+        "FileName": "declared.bin",
+        "TransferId": "3d0f6c1a-5b7e-4e21-9a51-00000000f5f5",
+        "Checksum": format!("sha256:{}", hex(&sha(b"never sent"))),
+    })
+    .to_string();
+    s.write_all(&(h.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(h.as_bytes()).unwrap();
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// filestorage's partial transfers are promised in the process-wide ledger: a FastDP push in
+/// the same `ferry serve` that would fit the free space, but not the free space less what
+/// filestorage's unfinished (sparse) uploads were promised, is refused with `no-space`.
+#[test]
+fn filestorage_partial_transfers_are_promised_to_fastdp_in_the_same_server() {
+    const GIB: u64 = 1 << 30;
+    let root = TempDir::new("sec-fs-ledger");
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let free = free_bytes(&share);
+    // Half the free space in uids of 1 GiB each (the default quota), at least 3 GiB.
+    let k = (free / 2 / GIB).min(64);
+    assert!(
+        k >= 3,
+        "this test needs at least 6 GiB free on {}, found {free}",
+        share.display()
+    );
+    let s = Server::start(
+        &[
+            "serve",
+            p(&share),
+            "--jtp-bind",
+            "127.0.0.1:0",
+            "--tej-bind",
+            "127.0.0.1:0",
+            "--cjp2p-bind",
+            "127.0.0.1:0",
+            "--fastdp-bind",
+            "127.0.0.1:0",
+            "--filestorage-bind",
+            "127.0.0.1:0",
+            "--filestorage-unix",
+            "off",
+        ],
+        5,
+    );
+    let fs_addr = s.addr("filestorage");
+    for uid in 0..k {
+        let o = ferry(
+            &[
+                "filestorage",
+                "token",
+                "--uid",
+                &(1000 + uid).to_string(),
+                "--login",
+                "u",
+                "--root",
+                p(&share),
+            ],
+            T,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let fid = format!("00000000-0000-4000-8000-{uid:012}");
+        let r = filestorage_auth(&fs_addr, &token, &fid, GIB);
+        assert_eq!(r["response"], "Ok", "uid {uid}: {r}");
+    }
+    // Fits the free space with k - 2 GiB to spare; not once k GiB are promised.
+    let declared = free - (k - 2) * GIB;
+    let r = fastdp_declare(&s.addr("fastdp"), declared);
+    assert_eq!(r["Code"], "no-space", "{r}");
+}
+
+/// `filestorage serve --disk-reserve` keeps that much free: a file that fits the disk but not
+/// the disk less the reserve is refused (`quota-exceeded: disk`).
+#[test]
+fn filestorage_serve_keeps_its_disk_reserve_free() {
+    let root = TempDir::new("sec-fs-reserve");
+    let share = root.join("share");
+    let run = root.join("run");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let key = root.join("key");
+    std::fs::write(&key, b"k3y\n").unwrap();
+    let reserve = (1u64 << 60).to_string();
+    let s = Server::start(
+        &[
+            "filestorage",
+            "serve",
+            "--root",
+            p(&share),
+            "--rundir",
+            p(&run),
+            "--no-unix",
+            "--bind",
+            "127.0.0.1:0",
+            "--jwt-key-file",
+            p(&key),
+            "--disk-reserve",
+            &reserve,
+        ],
+        1,
+    );
+    let o = ferry(
+        &[
+            "filestorage",
+            "token",
+            "--uid",
+            "7",
+            "--login",
+            "u",
+            "--jwt-key-file",
+            p(&key),
+        ],
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let r = filestorage_auth(
+        &s.addr("filestorage"),
+        &token,
+        "00000000-0000-4000-8000-000000000007",
+        1000,
+    );
+    assert_eq!(r["reason"], "quota-exceeded: disk", "{r}");
 }

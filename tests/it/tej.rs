@@ -2902,8 +2902,11 @@ fn t31_a_catalog_file_changed_in_place_while_sent_never_completes_with_wrong_byt
 fn table_a_peer_that_never_reads_does_not_hold_up_others_and_is_closed_by_the_write_timeout() {
     let dir = TempDir::new("tej-noread");
     std::fs::write(dir.join("big.bin"), pseudo_random(3105, 64 << 20)).unwrap();
-    let s = serve(dir.path(), &[]);
+    // A 2 s write timeout (the default is 30 s), logged with -v, so the test waits for the
+    // server's word instead of sleeping past the default.
+    let s = serve(dir.path(), &["--io-timeout", "2", "-v"]);
     let mut lazy = connect(&s);
+    let me = lazy.local_addr().unwrap();
     lazy.write_all(&frame(4, &[], b"{\"get\":[\"big.bin\"]}"))
         .unwrap();
     // Meanwhile other connections are served at once.
@@ -2916,8 +2919,20 @@ fn table_a_peer_that_never_reads_does_not_hold_up_others_and_is_closed_by_the_wr
         expect_ack(&mut c, &ack_json(&[(&name, &[k; 10], Some(&name))], 0));
     }
     assert!(t0.elapsed() < Duration::from_secs(5));
-    // The write timeout (30 s without write progress) closes the lazy one.
-    std::thread::sleep(Duration::from_secs(36));
+    // The write timeout (2 s without write progress) closes the lazy one: its log line says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gave_up = |log: &str| {
+        log.lines()
+            .any(|l| l.starts_with(&format!("tej: {me}: ")) && l.contains("timed out"))
+    };
+    while !gave_up(&s.stderr_text()) {
+        assert!(
+            Instant::now() < deadline,
+            "no write timeout for {me} within 60 s:\n{}",
+            s.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     lazy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0usize;
@@ -2934,7 +2949,7 @@ fn table_a_peer_that_never_reads_does_not_hold_up_others_and_is_closed_by_the_wr
     };
     assert!(
         ended,
-        "connection still open 36 s after the peer stopped reading ({total} bytes were read after the pause)"
+        "connection still open after the write timeout ({total} bytes were read after the pause)"
     );
     assert!(
         total < 64 << 20,
@@ -3854,9 +3869,11 @@ fn refusal_error_frames_reach_a_sender_that_is_still_writing() {
     // too-large: a file over --max-file-size, its data already on the way.
     let f = refusal(file_header(b"big.bin", 5_000_001), &s);
     assert_error(&f, "too-large");
-    // internal: the work folder is taken away, so the temporary cannot be made part-way.
+    // internal: the work folder is deleted (the server holds it open as a descriptor, and
+    // nothing can be created in a deleted folder, root or not), so the temporary cannot be
+    // made part-way; a file takes its name so that no path leads to a folder either.
     let ing = ingest_dir(dir.path());
-    std::fs::rename(&ing, ing.with_extension("moved")).unwrap();
+    std::fs::remove_dir_all(&ing).unwrap();
     std::fs::write(&ing, b"not a folder").unwrap();
     let f = refusal(file_header(b"mid.bin", 600_000), &s);
     let j = assert_error(&f, "internal");

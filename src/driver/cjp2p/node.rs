@@ -303,8 +303,13 @@ struct Active {
     /// attempt asks one of them alone, in turn (cjp2p.md 6.6), so an honest source can finish
     /// a file that a corrupt one spoiled.
     delivered: HashMap<SocketAddr, u64>,
-    /// The sources that delivered the first failed attempt, tried alone one by one.
+    /// After a failed whole-file check: the sources still to be tried alone, one by one (every
+    /// source the download knew, those that delivered first: one that delivered nothing may
+    /// simply have been slow to answer, and may be the honest one).
     suspects: Vec<SocketAddr>,
+    /// The source this attempt asked alone, if any: a failed check then convicts it, and it is
+    /// not asked again.
+    alone: Option<SocketAddr>,
     last_flush: Instant,
     /// Bitmap flushes so far, and the bytes received at the last one.
     flushes: u32,
@@ -547,6 +552,7 @@ impl Loop {
                         tries: 0,
                         delivered: HashMap::new(),
                         suspects: Vec::new(),
+                        alone: None,
                         last_flush: now,
                         flushes: 0,
                         flushed_bytes: 0,
@@ -848,12 +854,24 @@ impl Loop {
                     let _ = part.clear();
                     a.part = Some(part);
                     a.dl.restart_after_mismatch();
-                    if a.suspects.is_empty() {
-                        a.suspects = a.delivered.keys().copied().collect();
-                        a.suspects.sort();
+                    if a.tries == 1 {
+                        let mut delivered: Vec<SocketAddr> = a.delivered.keys().copied().collect();
+                        delivered.sort();
+                        let mut silent: Vec<SocketAddr> =
+                            a.dl.sources()
+                                .into_iter()
+                                .filter(|s| !a.delivered.contains_key(s))
+                                .collect();
+                        silent.sort();
+                        a.suspects = delivered.into_iter().chain(silent).collect();
+                    }
+                    if let Some(bad) = a.alone.take() {
+                        a.suspects.retain(|s| *s != bad);
                     }
                     if !a.suspects.is_empty() {
-                        let pick = a.suspects[(a.tries as usize - 1) % a.suspects.len()];
+                        let pick = a.suspects[0];
+                        a.suspects.rotate_left(1);
+                        a.alone = Some(pick);
                         for s in a.dl.sources() {
                             a.dl.remove_source(s);
                         }

@@ -3,9 +3,11 @@
 //! into a shared `.part`), both resumable and retried with backoff (fastdp.md 2.7-2.10, 3).
 //!
 //! ```text
-//!  push: hash (or the resume record's / the folder index's SHA-256) ─► resume record
+//!  push: hash (one pread pass: SHA-256 and every chunk's CRC-32C; or the resume record's /
+//!        the folder index's SHA-256) ─► resume record
 //!        ─► N connection threads: handshake, header, Have merged into the plan
-//!             └─ loop: chunk from the plan (pread, CRC-32C, zstd) ─► Acks applied to the
+//!             └─ loop: chunk from the plan (plain: CRC from the hash pass or a pread pass,
+//!                bytes by sendfile(2); zstd: pread, CRC-32C, compress) ─► Acks applied to the
 //!                plan (a wrong CRC re-queues the chunk, every idle connection is woken)
 //!        ─► plan complete: final FIN on every connection ─► Complete ─► record deleted
 //!  pull: first connection learns the parameters (record written, `.part` attached)
@@ -29,6 +31,7 @@
 //!
 //! Out of scope: printing (the CLI draws progress from [`Progress`]), the server.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -40,15 +43,16 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::link::{Got, Link, Wake, Wakers};
-use super::receive::{commit_once, ChunkSink, LocalError, MemoryCrcs};
+use super::receive::{commit_once, ChunkSink, LocalError, MemoryCrcs, WriteGate};
 use crate::catalog::FileStamp;
+use crate::dir::Dir;
 use crate::ingest::{
     Attachment, Expect, IngestDir, IngestError, Publisher, TransferError, TransferRegistry,
     TransferSpec,
 };
 use crate::proto::fastdp::client::{ClientConfig, PullClient, PushClient};
 use crate::proto::fastdp::connection::Event;
-use crate::proto::fastdp::crc::crc32c;
+use crate::proto::fastdp::crc::{crc32c, Crc32c};
 use crate::proto::fastdp::frame::Compress;
 use crate::proto::fastdp::http::{key_from_random, ResponseError, DEFAULT_PATH};
 use crate::proto::fastdp::messages::{
@@ -412,38 +416,86 @@ fn record_path(opts: &ClientOptions, file: &Path, compress: Compress) -> PathBuf
     resume_dir(opts, file).join(format!("push-{key}.json"))
 }
 
+/// Largest resume record read.
+const MAX_RECORD: u64 = 64 * 1024;
+
+/// A push's resume record (in the user's cache folder, named on no command line but theirs).
+/// Never through a link: read `O_NOFOLLOW | O_NONBLOCK` as a regular file.
 fn read_record<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
-    let bytes = std::fs::read(p).ok()?;
-    if bytes.len() > 64 * 1024 {
+    let dir = Dir::open(p.parent()?).ok()?;
+    read_record_at(&dir, p.file_name()?)
+}
+
+/// The resume record `name` in `dir`, read `O_NOFOLLOW | O_NONBLOCK` as a regular file.
+fn read_record_at<T: serde::de::DeserializeOwned>(dir: &Dir, name: &OsStr) -> Option<T> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    dir.open_read(name)
+        .ok()?
+        .take(MAX_RECORD + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_RECORD {
         return None;
     }
     serde_json::from_slice(&bytes).ok()
 }
 
 fn write_record<T: serde::Serialize>(p: &Path, rec: &T) -> io::Result<()> {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = p.with_extension("json.new");
-    let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, p)
+    let (Some(d), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(io::Error::other("resume record without a folder"));
+    };
+    std::fs::create_dir_all(d)?;
+    write_record_at(&Dir::open(d)?, name, rec)
 }
 
-/// SHA-256 of the open file, read with pread in 1 MiB pieces.
-fn hash_file(f: &File, size: u64) -> io::Result<[u8; 32]> {
+/// Replaces the record `name` in `dir` through the folder's descriptor: the temporary is
+/// created `O_EXCL | O_NOFOLLOW` (a planted link there is removed, never written through),
+/// then renamed over the record.
+fn write_record_at<T: serde::Serialize>(dir: &Dir, name: &OsStr, rec: &T) -> io::Result<()> {
+    let mut tmp = name.to_owned();
+    tmp.push(".new");
+    let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
+    let _ = dir.remove_file(&tmp);
+    let mut f = dir.create_new(&tmp, 0o600)?;
+    let r = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| dir.rename(&tmp, dir, name));
+    if r.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    r
+}
+
+/// Bytes read per pread while hashing: small enough that SHA-256 reads them back from the
+/// cache the copy just filled, and a divisor of every chunk size of 1.2's policy.
+const HASH_PIECE: usize = 256 << 10;
+
+/// SHA-256 of the open file and the CRC-32C of each `one_chunk`-byte chunk, in one pass of
+/// pread in [`HASH_PIECE`]s: the send pass then needs no read of its own (the kernel sends the
+/// chunks from the file's pages) and no second CRC.
+fn hash_file(f: &File, size: u64, one_chunk: u32) -> io::Result<([u8; 32], Vec<u32>)> {
+    let chunk = u64::from(one_chunk.max(1));
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut crcs = Vec::with_capacity(usize::try_from(size.div_ceil(chunk)).unwrap_or(0));
+    let mut crc = Crc32c::new();
+    let mut buf = vec![0u8; HASH_PIECE];
     let mut at = 0u64;
     while at < size {
-        let n = ((size - at) as usize).min(buf.len());
+        // Never past the end of the current chunk: each CRC covers exactly one chunk.
+        let to_chunk_end = chunk - at % chunk;
+        let n = ((size - at).min(to_chunk_end) as usize).min(buf.len());
         f.read_exact_at(&mut buf[..n], at)?;
         h.update(&buf[..n]);
+        crc.update(&buf[..n]);
         at += n as u64;
+        if at % chunk == 0 || at == size {
+            crcs.push(crc.value());
+            crc = Crc32c::new();
+        }
     }
-    Ok(h.finalize().into())
+    Ok((h.finalize().into(), crcs))
 }
 
 /// Uploads `path` (fastdp.md 2); `progress` is called as chunks are acknowledged.
@@ -478,6 +530,9 @@ pub fn push(
             && r.addr == opts.addr
     });
     let mut hash_seconds = 0.0;
+    // CRC-32C of every chunk, when the hash pass computed them (else each chunk is read and
+    // summed as it is sent).
+    let mut crcs: Option<Vec<u32>> = None;
     let (tid, checksum) = match reuse.as_ref().and_then(|r| {
         Some((
             TransferId::parse(&r.transfer_id)?,
@@ -490,8 +545,9 @@ pub fn push(
             let sha = match crate::catalog::indexed_sha256(path) {
                 Some(s) => s,
                 None => {
-                    let s = hash_file(&file, size).map_err(local)?;
+                    let (s, c) = hash_file(&file, size, one_chunk_for(size)).map_err(local)?;
                     hash_seconds = t.elapsed().as_secs_f64();
+                    crcs = Some(c);
                     s
                 }
             };
@@ -538,6 +594,7 @@ pub fn push(
         opts,
         header: &header,
         file: &file,
+        crcs: crcs.as_deref(),
         stamp,
         run: &run,
         plan: &plan,
@@ -599,6 +656,8 @@ struct PushShared<'a> {
     opts: &'a ClientOptions,
     header: &'a Header,
     file: &'a File,
+    /// CRC-32C of every chunk, from the hash pass: such chunks (plain) go out with sendfile(2).
+    crcs: Option<&'a [u32]>,
     stamp: FileStamp,
     run: &'a Run,
     plan: &'a Mutex<Option<SendPlan>>,
@@ -750,6 +809,30 @@ fn push_loop(
                 return Err(Fail::Final(local("the file changed while it was sent")));
             }
             let len = sc.len as usize;
+            if let (Some(fd), Compress::None) = (link.stream.plain_fd(), sh.header.compress) {
+                // The CRC from the hash pass, else from a pread pass over the chunk in small
+                // pieces; the bytes then go out with sendfile(2), never copied by us.
+                let crc = match sh.crcs.and_then(|c| c.get(sc.chunk as usize)).copied() {
+                    Some(crc) => crc,
+                    None => {
+                        buf.resize(HASH_PIECE.min(len.max(1)), 0);
+                        crc_of_range(sh.file, sc.offset, len, &mut buf)
+                            .map_err(|e| Fail::Final(local(e)))?
+                    }
+                };
+                let head = c.begin_chunk(sc.chunk, sc.len);
+                if let Some(p) = lock(sh.plan).as_mut() {
+                    p.sent(sc.chunk, crc);
+                }
+                link.write_all(&head).map_err(io)?;
+                send_range(sh.file, fd, sc.offset, len)?;
+                sh.run.wire_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                match link.try_read().map_err(io)? {
+                    Got::Eof => c.handle_eof(Instant::now()),
+                    Got::Data | Got::Nothing => {}
+                }
+                continue;
+            }
             buf.resize(len, 0);
             sh.file
                 .read_exact_at(&mut buf, sc.offset)
@@ -797,6 +880,49 @@ fn push_loop(
     }
 }
 
+/// CRC-32C of bytes `offset..offset + len` of `file`, read with pread in `buf`-sized pieces.
+fn crc_of_range(file: &File, offset: u64, len: usize, buf: &mut [u8]) -> io::Result<u32> {
+    let mut crc = Crc32c::new();
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        file.read_exact_at(&mut buf[..n], offset + done as u64)?;
+        crc.update(&buf[..n]);
+        done += n;
+    }
+    Ok(crc.value())
+}
+
+/// Sends bytes `offset..offset + len` of `file` to the socket `fd` with sendfile(2): the kernel
+/// hands the file's cached pages to TCP, nothing is read into userspace (the CRC came from the
+/// hash pass). A file cut short meanwhile is final; a socket error or timeout is retried.
+fn send_range(file: &File, fd: std::os::fd::RawFd, offset: u64, len: usize) -> Result<(), Fail> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| Fail::Final(local("chunk offset out of range")))?;
+    let end = offset + len as u64;
+    loop {
+        let left = end.saturating_sub(off as u64) as usize;
+        if left == 0 {
+            return Ok(());
+        }
+        // SAFETY: sendfile(2) on two descriptors we hold open; `off` is a live off_t the
+        // kernel advances by what it sent. No memory of ours is read or written but `off`.
+        let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, left) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(Fail::Final(local("the file changed while it was sent")));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(retry(format!("connection: {e}")));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pull
 // ---------------------------------------------------------------------------------------------
@@ -829,13 +955,16 @@ struct PullState {
 struct PullShared<'a> {
     opts: &'a ClientOptions,
     registry: &'a Arc<TransferRegistry>,
-    rec_path: &'a Path,
+    /// The output folder's work folder (its descriptor) and the resume record's name there.
+    work: &'a Dir,
+    rec_name: &'a OsStr,
     target: &'a PullTarget,
     target_text: &'a str,
     tid: TransferId,
     run: &'a Run,
     state: &'a Mutex<PullState>,
     crcs: &'a MemoryCrcs,
+    gate: &'a WriteGate,
     progress: &'a (dyn Fn(Progress) + Sync),
     held: &'a AtomicU64,
     restart: &'a AtomicBool,
@@ -854,15 +983,18 @@ pub fn pull(
     let ingest =
         IngestDir::new(out, &work).map_err(|e| local(format!("{}: {e}", out.display())))?;
     let registry = TransferRegistry::new(Publisher::without_catalog(ingest));
+    // The record lives in the work folder, reached only through its descriptor (checked
+    // private when ingest opened it), never by path (issue 15 item 3).
+    let work = registry.publisher().ingest().work_dir();
     let mut key = Sha256::new();
     key.update(opts.addr.as_bytes());
     key.update([0]);
     key.update(target_text.as_bytes());
-    let rec_path = work.join(format!("pull-{}.json", hex::encode(&key.finalize()[..16])));
+    let rec_name = OsString::from(format!("pull-{}.json", hex::encode(&key.finalize()[..16])));
     let mut tries = 0;
     loop {
         tries += 1;
-        let record: Option<PullRecord> = read_record(&rec_path);
+        let record: Option<PullRecord> = read_record_at(work, &rec_name);
         let tid = record
             .as_ref()
             .and_then(|r| TransferId::parse(&r.transfer_id))
@@ -873,7 +1005,8 @@ pub fn pull(
                 size: r.size,
                 block_size: r.one_chunk,
                 expect: Expect::Sha256(Checksum::parse(&r.checksum)?.0),
-                preallocate: r.size > 0,
+                // Sparse: space is taken as chunks arrive (issue 15 item 12).
+                preallocate: false,
             };
             registry.attach(&r.transfer_id, spec, 64).ok().map(Arc::new)
         });
@@ -883,6 +1016,7 @@ pub fn pull(
             attachment,
         });
         let crcs = MemoryCrcs::default();
+        let gate = WriteGate::default();
         let held = AtomicU64::new(
             lock(&state)
                 .attachment
@@ -893,13 +1027,15 @@ pub fn pull(
         let sh = PullShared {
             opts,
             registry: &registry,
-            rec_path: &rec_path,
+            work,
+            rec_name: &rec_name,
             target: &target,
             target_text,
             tid,
             run: &run,
             state: &state,
             crcs: &crcs,
+            gate: &gate,
             progress,
             held: &held,
             restart: &restart,
@@ -928,7 +1064,7 @@ pub fn pull(
         match outcome {
             Some(Ok(path)) => {
                 drop(attachment);
-                let _ = std::fs::remove_file(&rec_path);
+                let _ = work.remove_file(&rec_name);
                 let rec = rec.ok_or_else(|| local("pull finished without parameters"))?;
                 return Ok(PullReport {
                     target: target_text.to_owned(),
@@ -952,12 +1088,12 @@ pub fn pull(
                 if restart.load(Ordering::SeqCst) && tries < 2 {
                     // The file changed on the server: the partial file is useless (3).
                     let _ = registry.discard(tid.as_str());
-                    let _ = std::fs::remove_file(&rec_path);
+                    let _ = work.remove_file(&rec_name);
                     continue;
                 }
                 if matches!(e, ClientError::Refused(_)) {
                     let _ = registry.discard(tid.as_str());
-                    let _ = std::fs::remove_file(&rec_path);
+                    let _ = work.remove_file(&rec_name);
                 }
                 return Err(e);
             }
@@ -1016,6 +1152,7 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     if let Some(a) = &st.attachment {
         return Ok(Arc::clone(a));
     }
+    check_reply(sh, r)?;
     let rec = PullRecord {
         target: sh.target_text.to_owned(),
         addr: sh.opts.addr.clone(),
@@ -1027,15 +1164,16 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     };
     if st.record.is_none() {
         let _ = sh.registry.discard(sh.tid.as_str());
-        write_record(sh.rec_path, &rec).map_err(|e| Fail::Final(local(e)))?;
+        write_record_at(sh.work, sh.rec_name, &rec).map_err(|e| Fail::Final(local(e)))?;
         st.record = Some(rec);
     }
     let spec = TransferSpec {
         size: r.full_size,
         block_size: r.one_chunk,
         expect: Expect::Sha256(r.checksum.0),
-        // fallocate(2) refuses a length of 0.
-        preallocate: r.full_size > 0,
+        // Sparse, filled as chunks arrive: a size a hostile server declares is checked against
+        // the free space above, never preallocated (issue 15 item 12).
+        preallocate: false,
     };
     let att = sh
         .registry
@@ -1051,6 +1189,41 @@ fn accept_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<Arc<Attachment>, F
     sh.held.store(have_of(&att).count(), Ordering::SeqCst);
     st.attachment = Some(Arc::clone(&att));
     Ok(att)
+}
+
+/// What a server's reply may make this client write (issue 15 items 8 and 12): the name asked
+/// for (a SHA-256 request takes the server's name, but never a dotfile), and a size that fits
+/// the output folder's free space.
+fn check_reply(sh: &PullShared<'_>, r: &PullReply) -> Result<(), Fail> {
+    let refuse = |why: String| Err(Fail::Final(ClientError::Refused(why)));
+    if let PullTarget::Name(asked) = sh.target {
+        if r.file_name != *asked {
+            return refuse(format!(
+                "server offered {:?} for {:?}: not the name asked for",
+                crate::names::printable(&r.file_name),
+                crate::names::printable(asked)
+            ));
+        }
+    }
+    if r.file_name.starts_with('.') {
+        return refuse(format!(
+            "server offered the dotfile {:?}: refused",
+            crate::names::printable(&r.file_name)
+        ));
+    }
+    let free = sh
+        .registry
+        .publisher()
+        .ingest()
+        .available_bytes()
+        .unwrap_or(u64::MAX);
+    if r.full_size > free {
+        return Err(Fail::Final(local(format!(
+            "{} bytes offered, {free} bytes free in the output folder",
+            r.full_size
+        ))));
+    }
+    Ok(())
 }
 
 fn have_of(t: &crate::ingest::Transfer) -> Have {
@@ -1112,7 +1285,7 @@ fn pull_loop(
         }
     };
     let g = reply.geometry();
-    let mut sink = ChunkSink::new(&att, sh.crcs, g, reply.compress);
+    let mut sink = ChunkSink::new(&att, sh.crcs, sh.gate, g, reply.compress);
     let local_fail = |e: LocalError| Fail::Final(local(e));
     loop {
         // A deadline that passed while chunks kept arriving (the 250 ms Ack) fires now.
@@ -1263,5 +1436,84 @@ fn pull_loop(
             Got::Eof => c.handle_eof(Instant::now()),
             Got::Nothing => c.handle_timeout(Instant::now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(data: &[u8]) -> File {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-fastdp-client-{}-{}",
+            std::process::id(),
+            hex::encode(&random_bytes::<8>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f.bin");
+        std::fs::write(&p, data).unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        f
+    }
+
+    /// The one hash pass gives the whole-file SHA-256 and, per chunk, the CRC-32C the send pass
+    /// then trusts: chunks smaller than, equal to and larger than a read piece, with a short
+    /// tail and with an exact multiple.
+    #[test]
+    fn hash_pass_gives_sha256_and_one_crc_per_chunk() {
+        let data: Vec<u8> = (0..(3 * HASH_PIECE + 12_345) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for (len, chunk) in [
+            (data.len(), 4096u32),
+            (data.len(), HASH_PIECE as u32),
+            (data.len(), 4 * HASH_PIECE as u32),
+            (2 * HASH_PIECE, HASH_PIECE as u32),
+            (0, 262_144),
+            (1, 262_144),
+        ] {
+            let bytes = &data[..len];
+            let f = temp_file(bytes);
+            let (sha, crcs) = hash_file(&f, len as u64, chunk).unwrap();
+            assert_eq!(
+                sha,
+                <[u8; 32]>::from(Sha256::digest(bytes)),
+                "{len} / {chunk}"
+            );
+            let want: Vec<u32> = bytes.chunks(chunk as usize).map(crc32c).collect();
+            assert_eq!(crcs, want, "{len} / {chunk}");
+            let mut buf = vec![0u8; 1000];
+            for (i, c) in want.iter().enumerate() {
+                let at = i * chunk as usize;
+                let n = (len - at).min(chunk as usize);
+                assert_eq!(crc_of_range(&f, at as u64, n, &mut buf).unwrap(), *c);
+            }
+        }
+    }
+
+    /// sendfile(2) of a range puts exactly those bytes on the socket; a range past the end of
+    /// a file that shrank is final (not retried forever).
+    #[test]
+    fn send_range_sends_the_bytes_of_the_range_and_a_short_file_is_final() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let f = temp_file(&data);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut rx, _) = l.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert!(send_range(&f, tx.as_raw_fd(), 1000, 200_000).is_ok());
+        let short = send_range(&f, tx.as_raw_fd(), 250_000, 60_000);
+        assert!(matches!(short, Err(Fail::Final(_))));
+        drop(tx);
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..200_000], &data[1000..201_000]);
+        assert_eq!(&got[200_000..], &data[250_000..]);
     }
 }

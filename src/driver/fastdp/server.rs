@@ -28,22 +28,23 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::link::{Got, Link, Wake, Wakers};
-use super::receive::{ChunkSink, LocalError};
+use super::receive::{ChunkSink, LocalError, WriteGate};
 use super::state::{self, StateFile};
 use crate::catalog::{CatalogHandle, Entry, MappedFile};
+use crate::dir::Dir;
 use crate::ingest::{
-    Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink, TransferError,
-    TransferRegistry, TransferSpec, TransferState,
+    ledger, Attachment, Collision, Expect, IngestDir, IngestError, Publisher, StreamSink,
+    TransferError, TransferRegistry, TransferSpec, TransferState,
 };
+use crate::proto::budget::{Grant, MemoryBudget};
 use crate::proto::fastdp::connection::{Event, SendChunk};
 use crate::proto::fastdp::crc::Crc32c;
 use crate::proto::fastdp::frame::{Compress, Geometry};
@@ -69,6 +70,22 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const PIECE: usize = 256 * 1024;
 /// zstd level of pull chunks (zstd's default).
 const ZSTD_LEVEL: i32 = 3;
+/// Bytes of per-chunk bookkeeping (a push's block bitmaps, a pull's plan) all open transfers
+/// may hold at once: a transfer whose bookkeeping does not fit is refused `busy`. A push of
+/// 64 GiB in chunks of 4096 bytes needs 6 MiB (three bitmaps of 16 Mi chunks); one in the
+/// default chunks of 4 MiB, 6 KiB.
+const MAX_BOOKKEEPING: u64 = 64 << 20;
+
+/// Bookkeeping bytes of a push of `full_chunk` chunks: the part's written and durable bitmaps
+/// and a sync batch's copy (ingest's part), one bit per chunk each.
+fn push_bookkeeping(full_chunk: u32) -> u64 {
+    3 * u64::from(full_chunk).div_ceil(8)
+}
+
+/// Bookkeeping bytes of a pull of `full_chunk` chunks: the plan's done bitmap.
+fn pull_bookkeeping(full_chunk: u32) -> u64 {
+    u64::from(full_chunk).div_ceil(64) * 8
+}
 
 /// FastDP server settings (fastdp.md 2.12, 4.1).
 #[derive(Clone, Debug)]
@@ -81,6 +98,9 @@ pub struct FastdpConfig {
     pub max_file_size: u64,
     /// Space left free on the folder's file system (`no-space`). Default 64 MiB.
     pub disk_reserve: u64,
+    /// Space one peer address may hold granted and not yet written over all the transfers it
+    /// opened (`no-space`). Default 1 GiB, as TEJ's.
+    pub max_peer_reserve: u64,
     /// `MaxConnections` per transfer (`too-many-connections`). Default 8.
     pub max_connections: u32,
     /// Transfers open at once, push and pull (`busy`). Default 64.
@@ -102,6 +122,7 @@ impl Default for FastdpConfig {
             limits: Limits::default(),
             max_file_size: 64 << 30,
             disk_reserve: 64 << 20,
+            max_peer_reserve: 1 << 30,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_transfers: 64,
             retention: Duration::from_secs(24 * 3600),
@@ -115,11 +136,16 @@ impl Default for FastdpConfig {
 struct PushShared {
     header: Header,
     state: Arc<StateFile>,
+    gate: Arc<WriteGate>,
     conns: usize,
+    /// Its bookkeeping's share of [`MAX_BOOKKEEPING`], given back when it leaves the map.
+    _books: Grant,
 }
 
 /// A pull in progress (or finished less than [`PULL_LINGER`] ago).
 struct PullShared {
+    /// Its plan's share of [`MAX_BOOKKEEPING`].
+    _books: Grant,
     entry: Arc<Entry>,
     file: Arc<MappedFile>,
     geometry: Geometry,
@@ -137,10 +163,11 @@ struct PullSlot {
 struct Inner {
     catalog: Arc<CatalogHandle>,
     registry: Arc<TransferRegistry>,
-    work: PathBuf,
     cfg: FastdpConfig,
     push: Mutex<HashMap<TransferId, PushShared>>,
     pull: Mutex<HashMap<TransferId, PullSlot>>,
+    /// [`MAX_BOOKKEEPING`] over every open transfer.
+    books: MemoryBudget,
 }
 
 /// The FastDP service: one per folder, shared by its listeners' workers.
@@ -159,17 +186,20 @@ impl FastdpService {
     /// transfers within retention are kept for resume, expired ones and orphans deleted, and a
     /// thread repeats that sweep hourly for as long as the service lives.
     pub fn new(catalog: Arc<CatalogHandle>, cfg: FastdpConfig) -> io::Result<FastdpService> {
-        let work = catalog.state_dir().join("ingest").join("fastdp");
-        let ingest = IngestDir::new(catalog.root(), &work)?;
+        // Publishing goes through the catalog's root descriptor, the work folder is reached
+        // from its `.ferry` descriptor (issue 15 item 3), and every transfer takes its space
+        // from the process-wide ledger, leaving `disk_reserve` free (item 5).
+        let mut ingest = IngestDir::for_catalog(&catalog, "fastdp")?;
+        ingest.set_disk_reserve(cfg.disk_reserve);
         let _ = ingest.clean_stale();
         let registry = TransferRegistry::new(Publisher::new(ingest, catalog.clone()));
         let inner = Arc::new(Inner {
             catalog,
             registry,
-            work,
             cfg,
             push: Mutex::new(HashMap::new()),
             pull: Mutex::new(HashMap::new()),
+            books: MemoryBudget::new(MAX_BOOKKEEPING),
         });
         let s = inner.sweep();
         if inner.cfg.verbose && (s.kept + s.deleted + s.forgotten) > 0 {
@@ -187,9 +217,9 @@ impl FastdpService {
         Ok(FastdpService { inner, stop })
     }
 
-    /// The ingest work folder (transfers and their state).
+    /// The ingest work folder (transfers and their state), for messages.
     pub fn work_dir(&self) -> &Path {
-        &self.inner.work
+        self.inner.work().path()
     }
 }
 
@@ -234,9 +264,14 @@ impl Service for FastdpService {
 
     fn serve(&self, stream: Stream, peer: &Peer, ctx: &ConnCtx) {
         let _ = ctx;
+        // Space is charged per peer address, over all the transfers it opens.
+        let owner = peer
+            .ip()
+            .map_or_else(|| peer.to_string(), |ip| ip.to_string());
         let mut c = Conn {
             inner: &self.inner,
             peer: peer.to_string(),
+            owner,
             link: Link::new(stream),
             conn: ServerConnection::new(
                 Instant::now(),
@@ -270,15 +305,28 @@ impl Inner {
                 .discard(id.as_str())
                 .map_err(|e| io::Error::other(e.to_string()))
         };
-        state::sweep(&self.work, self.cfg.retention, &in_use, &discard)
+        state::sweep(self.work(), self.cfg.retention, &in_use, &discard)
     }
 
+    /// The ingest work folder `.ferry/ingest/fastdp/`, opened once from the catalog's `.ferry`
+    /// descriptor and checked private: every `.state`, `.done` and 1.1.0 temporary is reached
+    /// through it, never by path.
+    fn work(&self) -> &Dir {
+        self.registry.publisher().ingest().work_dir()
+    }
+
+    /// Bytes a new transfer may take: free space less what other transfers of the process
+    /// (every protocol) were promised and not yet given ([`ledger`]), less `disk_reserve`.
     fn free_space(&self) -> u64 {
-        self.registry
-            .publisher()
-            .ingest()
+        let ingest = self.registry.publisher().ingest();
+        let promised = ingest
+            .work_dir()
+            .stat()
+            .map_or(0, |st| ledger::promised(st.dev()));
+        ingest
             .available_bytes()
             .unwrap_or(u64::MAX)
+            .saturating_sub(promised)
             .saturating_sub(self.cfg.disk_reserve)
     }
 }
@@ -337,6 +385,8 @@ type ConnError = String;
 struct Conn<'a> {
     inner: &'a Arc<Inner>,
     peer: String,
+    /// Whom the space of the transfers this connection opens is charged to (its address).
+    owner: String,
     link: Link,
     conn: ServerConnection,
 }
@@ -452,7 +502,7 @@ impl Conn<'_> {
         let mut map = lock(&inner.push);
         // A completion record answers first: the transfer may still be in the map while its
         // last connections finish, and its part is gone.
-        if let Some(done) = state::read_done(&inner.work, &id) {
+        if let Some(done) = state::read_done(inner.work(), &id) {
             if !done.header.same_parameters(h) {
                 return Err(mismatch());
             }
@@ -475,6 +525,9 @@ impl Conn<'_> {
             preallocate: h.full_size > 0,
         };
         let max = inner.cfg.max_connections as usize;
+        // Whoever opens (or resumes) the transfer holds its space, a step at a time, up to
+        // `max_peer_reserve` over all its transfers (issue 15 item 5).
+        let owner = Some((self.owner.as_str(), inner.cfg.max_peer_reserve));
         if let Some(s) = map.get(&id) {
             if !s.header.same_parameters(h) {
                 return Err(mismatch());
@@ -498,7 +551,16 @@ impl Conn<'_> {
                 format!("{} transfers at once already", inner.cfg.max_transfers),
             ));
         }
-        let stored = StateFile::open(&inner.work, &id).map_err(internal)?;
+        let books = inner
+            .books
+            .try_grant(push_bookkeeping(h.full_chunk))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Busy,
+                    "the chunk bookkeeping of the transfers open now is at its limit",
+                )
+            })?;
+        let stored = StateFile::open(inner.work(), &id).map_err(internal)?;
         let (att, st) = match stored {
             Some((st, stored)) => {
                 if !stored.same_parameters(h) {
@@ -506,7 +568,7 @@ impl Conn<'_> {
                 }
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
                 (att, st)
             }
@@ -518,13 +580,25 @@ impl Conn<'_> {
                         format!("FullSize {} over the {} bytes free", h.full_size, free),
                     ));
                 }
+                let held = ledger::held_by(&self.owner);
+                let first_step = h.full_size.min(ledger::STEP);
+                if held.saturating_add(first_step) > inner.cfg.max_peer_reserve {
+                    return Err(err(
+                        ErrorCode::NoSpace,
+                        format!(
+                            "this address already holds {held} bytes of space not yet written, \
+                             at most {} over its transfers",
+                            inner.cfg.max_peer_reserve
+                        ),
+                    ));
+                }
                 // A leftover part without its state is not this transfer's.
                 let _ = inner.registry.discard(id.as_str());
                 let att = inner
                     .registry
-                    .attach(id.as_str(), spec, max)
+                    .attach_as(id.as_str(), spec, max, owner)
                     .map_err(|e| transfer_error(e, max))?;
-                match StateFile::create(&inner.work, h) {
+                match StateFile::create(inner.work(), h) {
                     Ok(st) => (att, st),
                     Err(e) => {
                         drop(att);
@@ -540,7 +614,9 @@ impl Conn<'_> {
             PushShared {
                 header: h.clone(),
                 state: Arc::clone(&st),
+                gate: Arc::default(),
                 conns: 1,
+                _books: books,
             },
         );
         let guard = PushGuard { inner, id };
@@ -588,7 +664,11 @@ impl Conn<'_> {
         att: &Attachment,
         st: &StateFile,
     ) -> Result<(), ConnError> {
-        let mut sink = ChunkSink::new(att, st, h.geometry(), h.compress);
+        let gate = lock(&inner.push)
+            .get(&h.transfer_id)
+            .map(|s| Arc::clone(&s.gate))
+            .unwrap_or_default();
+        let mut sink = ChunkSink::new(att, st, &gate, h.geometry(), h.compress);
         let started = Instant::now();
         loop {
             fire_due(&mut self.conn);
@@ -692,13 +772,13 @@ impl Conn<'_> {
                     header: h.clone(),
                     file_name: name.clone(),
                 };
-                if let Err(e) = state::write_done(&inner.work, &done) {
+                if let Err(e) = state::write_done(inner.work(), &done) {
                     self.log(format_args!(
                         "push {}: completion record: {e}",
                         h.transfer_id
                     ));
                 }
-                let _ = std::fs::remove_file(state::state_path(&inner.work, &h.transfer_id));
+                state::remove_state(inner.work(), &h.transfer_id);
                 let secs = started.elapsed().as_secs_f64();
                 self.log(format_args!(
                     "push {}: stored {name:?} ({} bytes, {:?}) in {secs:.2} s",
@@ -708,7 +788,7 @@ impl Conn<'_> {
                 Ok(())
             }
             Err(TransferError::Failed(e)) if matches!(*e, IngestError::Mismatch { .. }) => {
-                let _ = std::fs::remove_file(state::state_path(&inner.work, &h.transfer_id));
+                state::remove_state(inner.work(), &h.transfer_id);
                 self.log(format_args!("push {}: {e}", h.transfer_id));
                 self.conn.fail(err(
                     ErrorCode::ChecksumMismatch,
@@ -838,7 +918,17 @@ impl Conn<'_> {
                         "Have past the file's end",
                     ));
                 }
+                let books = inner
+                    .books
+                    .try_grant(pull_bookkeeping(geometry.full_chunk()))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::Busy,
+                            "the chunk bookkeeping of the transfers open now is at its limit",
+                        )
+                    })?;
                 let shared = Arc::new(PullShared {
+                    _books: books,
                     entry: entry.clone(),
                     file,
                     geometry,
@@ -1092,7 +1182,9 @@ impl Conn<'_> {
             return self.finish();
         }
         let publisher = inner.registry.publisher().clone();
-        let ingest = publisher.ingest().clone();
+        let ingest = publisher
+            .ingest()
+            .for_owner(&self.owner, inner.cfg.max_peer_reserve);
         // `None` goes straight into the stream that is committed; the compressed forms go
         // into an unnamed temporary first (hashed), then decoded into the stream.
         let mut target = match h.compress {
@@ -1105,7 +1197,7 @@ impl Conn<'_> {
                     return self.finish();
                 }
             },
-            _ => match unnamed_temp(ingest.work()) {
+            _ => match unnamed_temp(ingest.work_dir()) {
                 Ok(f) => V110Target::Compressed {
                     file: f,
                     sha: Sha256::new(),
@@ -1298,15 +1390,17 @@ fn space_or(e: &io::Error, other: V110Error) -> V110Error {
     }
 }
 
-/// A temporary file without a name in `dir` (`O_TMPFILE`): it vanishes with its descriptor,
-/// so a failure or a crash leaves nothing to clean. Where the file system lacks `O_TMPFILE`,
-/// a named file is created and unlinked at once.
-fn unnamed_temp(dir: &Path) -> io::Result<File> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: open(2) with a NUL-terminated path and constant flags; the result is checked.
+/// A temporary file without a name in the folder `dir` (`O_TMPFILE` relative to its
+/// descriptor, never by path): it vanishes with its descriptor, so a failure or a crash leaves
+/// nothing to clean. Where the file system lacks `O_TMPFILE`, a named file is created
+/// `O_EXCL | O_NOFOLLOW` and unlinked at once.
+fn unnamed_temp(dir: &Dir) -> io::Result<File> {
+    // SAFETY: openat(2) on a folder descriptor we hold, a NUL-terminated name and constant
+    // flags; the result is checked.
     let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
             libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
             0o600,
         )
@@ -1315,22 +1409,15 @@ fn unnamed_temp(dir: &Path) -> io::Result<File> {
         // SAFETY: `fd` is a fresh descriptor owned by nothing else.
         return Ok(unsafe { File::from_raw_fd(fd) });
     }
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(format!(
+    let name = std::ffi::OsString::from(format!(
         "v110-{}-{}.tmp",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
+    let f = dir.create_new(&name, 0o600)?;
+    dir.remove_file(&name)?;
     Ok(f)
 }
 
@@ -1377,5 +1464,27 @@ fn transfer_error(e: TransferError, max: usize) -> ErrorMsg {
             err(ErrorCode::NoSpace, "no space left for the file")
         }
         other => internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bookkeeping_of_open_transfers_is_bounded_server_wide() {
+        // 64 GiB in chunks of 4096 bytes: 16 Mi chunks, three bitmaps of 2 MiB.
+        let worst = push_bookkeeping(((64u64 << 30) / 4096) as u32);
+        assert_eq!(worst, 6 << 20);
+        // The default chunk of a 64 GiB file (4 MiB): 6 KiB.
+        assert_eq!(push_bookkeeping(16_384), 6 << 10);
+        assert_eq!(pull_bookkeeping(16 << 20), 2 << 20);
+        // 64 transfers of the worst shape would hold 384 MiB; the budget takes ten.
+        let books = MemoryBudget::new(MAX_BOOKKEEPING);
+        let held: Vec<Grant> = std::iter::from_fn(|| books.try_grant(worst)).collect();
+        assert_eq!(held.len(), 10);
+        assert_eq!(books.in_use(), 60 << 20);
+        drop(held);
+        assert_eq!(books.in_use(), 0);
     }
 }

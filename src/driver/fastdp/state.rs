@@ -24,15 +24,22 @@
 //! completion; a header for that TransferId within retention is answered with every chunk held
 //! and its FIN with `Complete`.
 //!
+//! Every file here is reached through the work folder's descriptor (a [`Dir`] opened once and
+//! checked private by ingest), never by a path that a local user could redirect by swapping
+//! `.ferry/` for a link: new files are created `O_CREAT | O_EXCL | O_NOFOLLOW`, a `.state` is
+//! reopened `O_NOFOLLOW` and must be a regular file of ours with one link, a `.done` is read
+//! `O_NOFOLLOW | O_NONBLOCK` and must be a regular file (issue 15 item 3).
+//!
 //! Out of scope: the transfers themselves (registry), the protocol (machines).
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::dir::Dir;
 use crate::proto::fastdp::frame::MAX_JMSG;
 use crate::proto::fastdp::messages::{parse_request, Header, Request, TransferId};
 
@@ -74,32 +81,29 @@ pub struct StateFile {
     bits: Mutex<()>,
 }
 
-pub fn state_path(work: &Path, id: &TransferId) -> PathBuf {
-    work.join(format!("{id}.state"))
+/// The name of `id`'s `.state` in the work folder.
+pub fn state_name(id: &TransferId) -> OsString {
+    OsString::from(format!("{id}.state"))
 }
 
-pub fn done_path(work: &Path, id: &TransferId) -> PathBuf {
-    work.join(format!("{id}.done"))
+/// The name of `id`'s `.done` in the work folder.
+pub fn done_name(id: &TransferId) -> OsString {
+    OsString::from(format!("{id}.done"))
 }
 
-fn open_rw(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(create)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)
+/// Removes `id`'s `.state` (a missing one is fine).
+pub fn remove_state(work: &Dir, id: &TransferId) {
+    let _ = work.remove_file(&state_name(id));
 }
 
 impl StateFile {
     /// Creates the `.state` of a new transfer (no bit set) and syncs it.
-    pub fn create(work: &Path, header: &Header) -> io::Result<StateFile> {
-        let path = state_path(work, &header.transfer_id);
-        let _ = fs::remove_file(&path);
+    pub fn create(work: &Dir, header: &Header) -> io::Result<StateFile> {
+        let name = state_name(&header.transfer_id);
+        let _ = work.remove_file(&name);
         let json = header.encode();
         let layout = Layout::new(json.len(), header.full_chunk);
-        let file = open_rw(&path, true)?;
+        let file = work.create_new(&name, 0o600)?;
         let mut head = Vec::with_capacity(HEAD + json.len());
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&(json.len() as u32).to_le_bytes());
@@ -110,7 +114,7 @@ impl StateFile {
             .and_then(|()| file.write_all_at(&head, 0))
             .and_then(|()| file.sync_all());
         if let Err(e) = made {
-            let _ = fs::remove_file(&path);
+            let _ = work.remove_file(&name);
             return Err(e);
         }
         Ok(StateFile {
@@ -122,12 +126,12 @@ impl StateFile {
 
     /// Opens an existing `.state` and returns it with its header; `Ok(None)` if it is missing
     /// or not a valid state file.
-    pub fn open(work: &Path, id: &TransferId) -> io::Result<Option<(StateFile, Header)>> {
-        let path = state_path(work, id);
-        let file = match open_rw(&path, false) {
+    pub fn open(work: &Dir, id: &TransferId) -> io::Result<Option<(StateFile, Header)>> {
+        // Not a regular file of ours with one link (a link, a FIFO, someone else's): not valid.
+        let file = match work.open_state_file(&state_name(id), 0o600, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
             Err(e) => return Err(e),
         };
         let Some((header, layout)) = read_header(&file)? else {
@@ -226,7 +230,7 @@ pub struct Done {
 }
 
 /// Records a completion (written to a temporary name, synced, renamed into place).
-pub fn write_done(work: &Path, done: &Done) -> io::Result<()> {
+pub fn write_done(work: &Dir, done: &Done) -> io::Result<()> {
     // Every connection of a transfer reports the same completion: the first one writes it.
     static WRITING: Mutex<()> = Mutex::new(());
     let _g = WRITING.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,27 +244,23 @@ pub fn write_done(work: &Path, done: &Done) -> io::Result<()> {
         "Header": header,
         "FileName": done.file_name,
     });
-    let tmp = work.join(format!("{id}.done.new"));
-    let _ = fs::remove_file(&tmp);
-    let f = open_rw(&tmp, true)?;
+    let tmp = OsString::from(format!("{id}.done.new"));
+    let _ = work.remove_file(&tmp);
+    let f = work.create_new(&tmp, 0o600)?;
     let bytes = serde_json::to_vec(&body).map_err(io::Error::other)?;
     let r = f
         .write_all_at(&bytes, 0)
         .and_then(|()| f.sync_all())
-        .and_then(|()| fs::rename(&tmp, done_path(work, &id)));
+        .and_then(|()| work.rename(&tmp, work, &done_name(&id)));
     if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = work.remove_file(&tmp);
     }
     r
 }
 
 /// Reads the completion record of `id`, if there is a valid one.
-pub fn read_done(work: &Path, id: &TransferId) -> Option<Done> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(done_path(work, id))
-        .ok()?;
+pub fn read_done(work: &Dir, id: &TransferId) -> Option<Done> {
+    let f: File = work.open_read(&done_name(id)).ok()?;
     let mut bytes = Vec::new();
     f.take(MAX_DONE).read_to_end(&mut bytes).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
@@ -283,25 +283,27 @@ pub struct Sweep {
     pub forgotten: usize,
 }
 
-/// The ids of the files in `work` with `suffix`.
-fn ids_with(work: &Path, suffix: &str) -> Vec<(TransferId, PathBuf)> {
-    let Ok(rd) = fs::read_dir(work) else {
+/// The ids of the files in `work` with `suffix`, with their names.
+fn ids_with(work: &Dir, suffix: &str) -> Vec<(TransferId, OsString)> {
+    let Ok(names) = work.names() else {
         return Vec::new();
     };
-    rd.flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let id = name.to_str()?.strip_suffix(suffix)?;
-            Some((TransferId::parse(id)?, e.path()))
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let id = TransferId::parse(name.to_str()?.strip_suffix(suffix)?)?;
+            Some((id, name))
         })
         .collect()
 }
 
-fn is_expired(path: &Path, retention: Duration, now: SystemTime) -> bool {
-    fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .map(|t| now.duration_since(t).unwrap_or_default() > retention)
-        .unwrap_or(true)
+fn is_expired(work: &Dir, name: &OsStr, retention: Duration, now: SystemTime) -> bool {
+    let Ok(st) = work.stat_at(name) else {
+        return true;
+    };
+    let mtime = std::time::UNIX_EPOCH
+        + Duration::from_nanos(u64::try_from(st.mtime_ns()).unwrap_or_default());
+    now.duration_since(mtime).unwrap_or_default() > retention
 }
 
 /// Deletes expired state (start and hourly, fastdp.md 4.1): `.state` files idle longer than
@@ -309,46 +311,46 @@ fn is_expired(path: &Path, retention: Duration, now: SystemTime) -> bool {
 /// `.part` files without a valid `.state`, and `.done` records older than `retention`.
 /// `in_use` says whether a transfer is attached now (never touched).
 pub fn sweep(
-    work: &Path,
+    work: &Dir,
     retention: Duration,
     in_use: &dyn Fn(&TransferId) -> bool,
     discard: &dyn Fn(&TransferId) -> io::Result<()>,
 ) -> Sweep {
     let now = SystemTime::now();
     let mut s = Sweep::default();
-    for (id, path) in ids_with(work, ".state") {
+    for (id, name) in ids_with(work, ".state") {
         if in_use(&id) {
             s.kept += 1;
             continue;
         }
         let valid = StateFile::open(work, &id).ok().flatten().is_some();
-        if valid && !is_expired(&path, retention, now) {
+        if valid && !is_expired(work, &name, retention, now) {
             s.kept += 1;
             continue;
         }
         if discard(&id).is_ok() {
-            let _ = fs::remove_file(&path);
+            let _ = work.remove_file(&name);
             s.deleted += 1;
         }
     }
     for suffix in [".part", ".bitmap"] {
         for (id, _) in ids_with(work, suffix) {
-            if !in_use(&id) && !state_path(work, &id).exists() && discard(&id).is_ok() {
+            if !in_use(&id) && work.stat_at(&state_name(&id)).is_err() && discard(&id).is_ok() {
                 s.deleted += 1;
             }
         }
     }
-    for (id, path) in ids_with(work, ".done") {
-        if is_expired(&path, retention, now) {
-            let _ = fs::remove_file(&path);
+    for (id, name) in ids_with(work, ".done") {
+        if is_expired(work, &name, retention, now) {
+            let _ = work.remove_file(&name);
             s.forgotten += 1;
         } else if read_done(work, &id).is_none() {
-            let _ = fs::remove_file(&path);
+            let _ = work.remove_file(&name);
         }
     }
     // Leftover temporaries of completion records.
-    for (_, path) in ids_with(work, ".done.new") {
-        let _ = fs::remove_file(path);
+    for (_, name) in ids_with(work, ".done.new") {
+        let _ = work.remove_file(&name);
     }
     s
 }
@@ -358,6 +360,8 @@ mod tests {
     use super::*;
     use crate::proto::fastdp::frame::Compress;
     use crate::proto::fastdp::messages::Checksum;
+    use std::fs;
+    use std::path::PathBuf;
 
     fn header(id: &str, size: u64) -> Header {
         Header::new(
@@ -371,18 +375,20 @@ mod tests {
         .unwrap()
     }
 
-    fn temp(tag: &str) -> PathBuf {
+    /// A fresh folder (its path, and its descriptor as the service holds it).
+    fn temp(tag: &str) -> (PathBuf, Dir) {
         let p = std::env::temp_dir().join(format!("ferry-fdpstate-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
-        p
+        let d = Dir::open(&p).unwrap();
+        (p, d)
     }
 
     const ID: &str = "3d0f6c1a-5b7e-4e21-9a51-7f2c0e9b4d10";
 
     #[test]
     fn state_file_keeps_every_header_field_bits_and_crcs_across_a_reopen() {
-        let w = temp("reopen");
+        let (p, w) = temp("reopen");
         let mut h = header(ID, 4096 * 20 + 5);
         h.reconnect_bytes = Some(1 << 20);
         let s = StateFile::create(&w, &h).unwrap();
@@ -397,27 +403,27 @@ mod tests {
         assert!(s.has_bit(3).unwrap() && s.has_bit(20).unwrap() && !s.has_bit(4).unwrap());
         s.set_bits(&[3], false, false).unwrap();
         assert!(!s.has_bit(3).unwrap());
-        let _ = fs::remove_dir_all(&w);
+        let _ = fs::remove_dir_all(&p);
     }
 
     #[test]
     fn a_damaged_state_file_is_not_valid() {
-        let w = temp("bad");
+        let (dir, w) = temp("bad");
         let h = header(ID, 10_000);
         drop(StateFile::create(&w, &h).unwrap());
-        let p = state_path(&w, &h.transfer_id);
+        let p = dir.join(state_name(&h.transfer_id));
         let mut bytes = fs::read(&p).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&p, &bytes).unwrap();
         assert!(StateFile::open(&w, &h.transfer_id).unwrap().is_none());
         fs::write(&p, b"FDPSTAT1\xff\xff\xff\xff").unwrap();
         assert!(StateFile::open(&w, &h.transfer_id).unwrap().is_none());
-        let _ = fs::remove_dir_all(&w);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn f24_done_records_and_retention_sweep() {
-        let w = temp("sweep");
+        let (p, w) = temp("sweep");
         let h = header(ID, 10_000);
         let d = Done {
             header: h.clone(),
@@ -428,11 +434,11 @@ mod tests {
         // A partial transfer within retention is kept; a .part without a .state goes.
         drop(StateFile::create(&w, &h).unwrap());
         let other = TransferId::parse("9b2e4f60-1c3d-4a5b-8e7f-0a1b2c3d4e5f").unwrap();
-        fs::write(w.join(format!("{other}.part")), b"x").unwrap();
+        fs::write(p.join(format!("{other}.part")), b"x").unwrap();
         let discarded = Mutex::new(Vec::new());
         let discard = |id: &TransferId| {
             discarded.lock().unwrap().push(*id);
-            let _ = fs::remove_file(w.join(format!("{id}.part")));
+            let _ = fs::remove_file(p.join(format!("{id}.part")));
             Ok(())
         };
         let s = sweep(&w, Duration::from_secs(3600), &|_| false, &discard);
@@ -443,7 +449,37 @@ mod tests {
         let s = sweep(&w, Duration::ZERO, &|_| false, &discard);
         assert_eq!((s.kept, s.deleted, s.forgotten), (0, 1, 1));
         assert!(read_done(&w, &h.transfer_id).is_none());
-        assert!(!state_path(&w, &h.transfer_id).exists());
-        let _ = fs::remove_dir_all(&w);
+        assert!(!p.join(state_name(&h.transfer_id)).exists());
+        let _ = fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn planted_state_and_done_links_are_never_followed() {
+        let (p, w) = temp("links");
+        let victim = p.with_extension("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let h = header(ID, 10_000);
+        let id = h.transfer_id;
+        for name in [
+            state_name(&id),
+            done_name(&id),
+            OsString::from(format!("{id}.done.new")),
+        ] {
+            std::os::unix::fs::symlink(&victim, p.join(name)).unwrap();
+        }
+        // A planted .state link is no valid state; a new one replaces the link, not its target.
+        assert!(StateFile::open(&w, &id).unwrap().is_none());
+        assert!(read_done(&w, &id).is_none());
+        drop(StateFile::create(&w, &h).unwrap());
+        let d = Done {
+            header: h.clone(),
+            file_name: "a.bin".into(),
+        };
+        write_done(&w, &d).unwrap();
+        assert_eq!(read_done(&w, &id), Some(d));
+        assert!(StateFile::open(&w, &id).unwrap().is_some());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        let _ = fs::remove_dir_all(&p);
+        let _ = fs::remove_file(&victim);
     }
 }

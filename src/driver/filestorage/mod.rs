@@ -29,10 +29,11 @@ mod remove;
 pub mod server;
 pub mod store;
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::dir::Dir;
 use crate::proto::filestorage::token::JwtKey;
 
 pub use remove::{remove, Removed};
@@ -66,10 +67,21 @@ pub fn store_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("filestorage")
 }
 
+/// The store folder of a served folder, `<root>/.ferry/filestorage`, opened from the
+/// catalog's `.ferry` descriptor (never by path), created 0700 if missing and checked private
+/// (ours, writable by nobody else): whoever could swap it could plant the JWT key.
+pub fn open_store_dir(state: &Dir) -> io::Result<Dir> {
+    state.private_subdir("filestorage", true)
+}
+
+/// Largest key file read.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
 /// The JWT key (spec 5): the bytes of `key_file` with one trailing `\n` removed, or the key
 /// generated on first use into `<store>/jwt.key` (32 random bytes as 64 hex digits and `\n`,
-/// mode 0600). An empty key is an error: the server must not start with it.
-pub fn load_key(store: &Path, key_file: Option<&Path>) -> Result<JwtKey, StoreError> {
+/// mode 0600), read and created through the store folder's descriptor without following a
+/// link. An empty key is an error: the server must not start with it.
+pub fn load_key(store: &Dir, key_file: Option<&Path>) -> Result<JwtKey, StoreError> {
     let io_err = |what: String| move |source| StoreError::Io { what, source };
     let (path, bytes) = match key_file {
         Some(p) => (
@@ -77,19 +89,19 @@ pub fn load_key(store: &Path, key_file: Option<&Path>) -> Result<JwtKey, StoreEr
             std::fs::read(p).map_err(io_err(format!("read {}", p.display())))?,
         ),
         None => {
-            let p = store.join("jwt.key");
-            std::fs::create_dir_all(store)
-                .map_err(io_err(format!("create {}", store.display())))?;
-            match std::fs::read(&p) {
+            let name = OsStr::new("jwt.key");
+            let p = store.join(name);
+            match read_key(store, name) {
                 Ok(b) => (p, b),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let mut random = [0u8; 32];
                     fill_random(&mut random).map_err(io_err("read /dev/urandom".into()))?;
                     let contents = JwtKey::generated_file_contents(&random);
-                    write_new_key(&p, &contents)
+                    write_new_key(store, name, &contents)
                         .map_err(io_err(format!("write {}", p.display())))?;
                     // Another process may have won the race: read what is there.
-                    let b = std::fs::read(&p).map_err(io_err(format!("read {}", p.display())))?;
+                    let b =
+                        read_key(store, name).map_err(io_err(format!("read {}", p.display())))?;
                     (p, b)
                 }
                 Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
@@ -99,25 +111,35 @@ pub fn load_key(store: &Path, key_file: Option<&Path>) -> Result<JwtKey, StoreEr
     JwtKey::from_file_bytes(&bytes).map_err(|_| StoreError::EmptyKey(path))
 }
 
-/// Creates the key file 0600 with `contents`, durably; an existing file is left alone.
-fn write_new_key(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// The key file `name` of the store: `O_NOFOLLOW | O_NONBLOCK`, a regular file, bounded.
+fn read_key(store: &Dir, name: &OsStr) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    store
+        .open_read(name)?
+        .take(MAX_KEY_FILE)
+        .read_to_end(&mut b)?;
+    Ok(b)
+}
+
+/// Creates the key file 0600 with `contents` (`O_EXCL | O_NOFOLLOW`), durably; an existing
+/// file is left alone.
+fn write_new_key(store: &Dir, name: &OsStr, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let mut f = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    let mut f = match store.create_new(name, 0o600) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     };
     f.write_all(contents)?;
     f.sync_all()?;
-    if let Some(dir) = path.parent() {
-        disk::sync_dir(dir)?;
-    }
-    Ok(())
+    store.sync()
+}
+
+/// A path that reaches the folder open as `dir` through its descriptor: see
+/// [`Dir::anchored_path`].
+pub fn anchored_path(dir: &Dir) -> io::Result<PathBuf> {
+    dir.anchored_path()
 }
 
 /// Fills `buf` from the kernel's random source.

@@ -41,9 +41,16 @@ impl Store {
     /// takes its lock, and recovers it (see the module doc). Fails if another process holds
     /// the store.
     pub fn open(catalog: Arc<CatalogHandle>, opts: StoreOptions) -> Result<Arc<Store>, StoreError> {
-        let root = catalog.root().to_path_buf();
-        let dir = super::store_dir(&catalog.state_dir());
-        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        // The store folder is opened from the catalog's `.ferry` descriptor and checked
+        // private; every path below is anchored at its descriptor, and publishing at the
+        // catalog root's (issue 15 item 3).
+        let shown = super::store_dir(&catalog.state_dir());
+        let store_dir = super::open_store_dir(catalog.state())
+            .map_err(io_err(format!("open {}", shown.display())))?;
+        let dir = super::anchored_path(&store_dir)
+            .map_err(io_err(format!("open {}", shown.display())))?;
+        let root = super::anchored_path(catalog.root_dir())
+            .map_err(io_err(format!("open {}", catalog.root().display())))?;
         let lock_file = take_store_lock(&dir)?;
         for sub in ["objects", "records", "by-owner", "by-tag", "partial"] {
             let d = dir.join(sub);
@@ -51,7 +58,7 @@ impl Store {
         }
         let ingest =
             IngestDir::new(&root, &dir).map_err(io_err(format!("ingest {}", dir.display())))?;
-        let store = Store::assemble(root, dir, catalog, opts, ingest, lock_file);
+        let store = Store::assemble(root, dir, store_dir, catalog, opts, ingest, lock_file);
         store.recover(super::unix_now().max(0) as u64)?;
         Ok(Arc::new(store))
     }
@@ -94,7 +101,7 @@ impl Store {
         if self.opts.verbose || swept > 0 {
             eprintln!(
                 "filestorage: store {}: {records} files, {partials} partial transfers{}",
-                self.dir.display(),
+                self.store_dir.path().display(),
                 if swept > 0 {
                     format!(" ({swept} expired)")
                 } else {
@@ -224,7 +231,7 @@ impl Store {
                     .sum::<u64>()
             })
             .sum();
-        self.add_unwritten(unwritten);
+        g.promise = Some(self.promise_recovered(unwritten));
         drop(g);
         lock(&self.partials).insert(fid, Arc::new(p));
         Ok(())

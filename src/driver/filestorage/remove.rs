@@ -13,6 +13,7 @@ use std::path::Path;
 use super::disk;
 use super::recover::take_store_lock;
 use super::store::{io_err, StoreError};
+use crate::dir::Dir;
 use crate::proto::filestorage::ids::Uuid;
 use crate::proto::filestorage::store::records::Record;
 use crate::wire::hex;
@@ -29,11 +30,25 @@ pub struct Removed {
 
 /// Removes the stored file `id` from the store of the served folder `root` (state folder
 /// `state_dir`).
+///
+/// The store and the served folder are opened once and reached through their descriptors
+/// ([`super::anchored_path`]): `.ferry` and `.ferry/filestorage` must be private, so a user
+/// who can write into the served folder cannot redirect what `rm` removes.
 pub fn remove(root: &Path, state_dir: &Path, id: Uuid) -> Result<Removed, StoreError> {
-    let dir = super::store_dir(state_dir);
-    if !dir.is_dir() {
-        return Err(StoreError::NotFound(id));
-    }
+    let open = |what: &Path| io_err(format!("open {}", what.display()));
+    let root_dir = Dir::open(root).map_err(open(root))?;
+    let store = match root_dir.private_subdir(".ferry", false) {
+        Ok(state) => state.private_subdir("filestorage", false),
+        Err(e) => Err(e),
+    };
+    let store = match store {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(id)),
+        Err(e) => return Err(open(&super::store_dir(state_dir))(e)),
+    };
+    let dir = super::anchored_path(&store).map_err(open(store.path()))?;
+    let root = super::anchored_path(&root_dir).map_err(open(root))?;
+    let root = root.as_path();
     let _lock = take_store_lock(&dir)?;
     let records_dir = dir.join("records");
     let path = records_dir.join(format!("{id}.json"));

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::disk::{self, FileHash};
 use crate::catalog::CatalogHandle;
-use crate::ingest::{Collision, Expect, IngestDir, Publisher};
+use crate::ingest::{ledger, Collision, Expect, IngestDir, Publisher};
 use crate::proto::filestorage::ids::{store_id, Uuid};
 use crate::proto::filestorage::json::FileSpec;
 use crate::proto::filestorage::reason::{Code, Reason};
@@ -57,7 +57,7 @@ use crate::proto::filestorage::store::auth::{
 };
 use crate::proto::filestorage::store::index::{fetch_range, Entry, Index, QueryPage, QuerySpec};
 use crate::proto::filestorage::store::journal::JournalRecord;
-use crate::proto::filestorage::store::missing::{chunk_count, chunk_len, MissingSet};
+use crate::proto::filestorage::store::missing::{chunk_count, MissingSet};
 use crate::proto::filestorage::store::names::{MAX_NAME, MAX_TAGS, PUBLIC};
 use crate::proto::filestorage::store::quota::{QuotaConfig, Reservation, UidLedger};
 use crate::proto::filestorage::store::records::{PartialState, Record};
@@ -73,6 +73,9 @@ const VIEW_REBUILD_EVERY: Duration = Duration::from_millis(250);
 pub struct StoreOptions {
     /// Per-uid limits (`--quota-file`; built-in defaults of spec 7.4 otherwise).
     pub quotas: QuotaConfig,
+    /// Bytes kept free on the store's file system, counting what every unfinished upload of
+    /// the process was promised ([`ledger`]): 64 MiB.
+    pub disk_reserve: u64,
     /// A partial transfer untouched this long is deleted and its reservation freed: 24 h.
     pub retention: Duration,
     /// How often the retention sweep runs (it also runs at start): 10 min.
@@ -85,6 +88,7 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             quotas: QuotaConfig::default(),
+            disk_reserve: 64 << 20,
             retention: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(600),
             verbose: false,
@@ -180,6 +184,10 @@ pub(super) struct PartialInner {
     pub active: usize,
     /// Unix seconds of the last accepted chunk or AUTHENTICATION.
     pub touched: u64,
+    /// The bytes still to be written, promised in the process-wide [`ledger`] (parts are
+    /// sparse): shrinks as chunks become held, given back whole when the partial goes
+    /// (completion, retention, a failed creation), by its drop: exactly once.
+    pub promise: Option<ledger::Promise>,
 }
 
 impl Partial {
@@ -293,8 +301,15 @@ struct CatalogView {
 /// The store (see the module doc). Open it with [`Store::open`], which recovers before anything
 /// is served.
 pub struct Store {
+    /// The served folder, anchored at the catalog root's descriptor
+    /// ([`super::anchored_path`]): publishing links into it.
     pub(super) root: PathBuf,
+    /// The store folder, anchored at [`store_dir`](Self::store_dir)'s descriptor: every store
+    /// file is reached below it, never through `.ferry/` by name.
     pub(super) dir: PathBuf,
+    /// `.ferry/filestorage`, opened once from the catalog's `.ferry` descriptor and checked
+    /// private; kept open for as long as `dir` points through it.
+    pub(super) store_dir: crate::dir::Dir,
     pub(super) catalog: Arc<CatalogHandle>,
     pub(super) opts: StoreOptions,
     pub(super) ingest: IngestDir,
@@ -310,15 +325,17 @@ pub struct Store {
     pub(super) objects: Mutex<HashMap<[u8; 32], ObjectStamp>>,
     pub(super) partials: Mutex<HashMap<Uuid, Arc<Partial>>>,
     pub(super) ledgers: Mutex<HashMap<u32, Arc<Mutex<UidLedger>>>>,
-    /// Bytes reserved by partial transfers and not yet written (parts are sparse).
-    pub(super) unwritten: AtomicU64,
+    /// st_dev of the store: the key of its file system in the process-wide [`ledger`].
+    pub(super) dev: u64,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.store_dir.path())
+            .finish()
     }
 }
 
@@ -327,11 +344,13 @@ impl Store {
     pub(super) fn assemble(
         root: PathBuf,
         dir: PathBuf,
+        store_dir: crate::dir::Dir,
         catalog: Arc<CatalogHandle>,
         opts: StoreOptions,
         ingest: IngestDir,
         lock_file: File,
     ) -> Store {
+        let dev = store_dir.stat().map_or(0, |st| st.dev());
         Store {
             root,
             dir,
@@ -340,6 +359,7 @@ impl Store {
             ingest,
             _lock: lock_file,
             index: RwLock::new(Index::new()),
+            store_dir,
             view: Mutex::new(CatalogView {
                 generation: None,
                 published_seen: 0,
@@ -351,15 +371,15 @@ impl Store {
             objects: Mutex::new(HashMap::new()),
             partials: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
-            unwritten: AtomicU64::new(0),
+            dev,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         }
     }
 
-    /// The store folder, `<root>/.ferry/filestorage`.
+    /// The store folder, `<root>/.ferry/filestorage` (for messages).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.store_dir.path()
     }
 
     pub(super) fn objects_dir(&self) -> PathBuf {
@@ -404,23 +424,23 @@ impl Store {
         lock(&self.partials).len()
     }
 
-    /// Free space for a new reservation: the file system's, less what partial transfers
-    /// reserved and have not written yet.
+    /// The file system's free space now (statvfs).
+    fn statvfs_free(&self) -> u64 {
+        self.ingest.available_bytes().unwrap_or(0)
+    }
+
+    /// Free space for a new reservation: the file system's, less what every unfinished upload
+    /// of the process (this store's partial transfers, TEJ, FastDP) was promised and has not
+    /// written yet, less `disk_reserve`.
     fn free_bytes(&self) -> u64 {
-        let free = self.ingest.available_bytes().unwrap_or(0);
-        free.saturating_sub(self.unwritten.load(Ordering::SeqCst))
+        self.statvfs_free()
+            .saturating_sub(ledger::promised(self.dev))
+            .saturating_sub(self.opts.disk_reserve)
     }
 
-    pub(super) fn add_unwritten(&self, n: u64) {
-        self.unwritten.fetch_add(n, Ordering::SeqCst);
-    }
-
-    pub(super) fn sub_unwritten(&self, n: u64) {
-        let _ = self
-            .unwritten
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(n))
-            });
+    /// Promises `bytes` still to be written by a partial found at start (admitted before).
+    pub(super) fn promise_recovered(&self, bytes: u64) -> ledger::Promise {
+        ledger::Promise::unchecked(self.dev, bytes)
     }
 
     // ------------------------------------------------------------------ AUTHENTICATION
@@ -530,6 +550,23 @@ impl Store {
             missing: batch.missing.clone(),
             touched: now,
         };
+        // The bytes to receive are promised in the process-wide ledger, so that TEJ and FastDP
+        // see them: checked again there, atomically with every other promise.
+        let promise = match has_transfer.then(|| {
+            ledger::Promise::admit(
+                self.dev,
+                self.opts.disk_reserve,
+                receive,
+                self.statvfs_free(),
+            )
+        }) {
+            Some(Err(_)) => {
+                lock(&self.ledger(call.uid)).release(reservation);
+                return Err(Reason::with_detail(Code::QuotaExceeded, "disk"));
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         // Empty files are stored at once (spec 4.2), before the partial state: a crash between
         // the two leaves records a later AUTHENTICATION finds complete, and nothing else.
         let mut stored = 0;
@@ -565,7 +602,7 @@ impl Store {
             Ok(j) => j,
             Err(e) => return fail(stored, format_args!("create partial state: {e}")),
         };
-        self.add_unwritten(receive);
+        g.promise = promise;
         let n = call.files.len();
         let public = batch.tags.iter().any(|t| t == PUBLIC);
         g.parts = vec![None; n];
@@ -728,13 +765,16 @@ impl Store {
                 outcomes.push(WriteOutcome::Failed(storage_error()));
                 continue;
             }
-            let Some(state) = g.state.as_mut() else {
+            let gi = &mut *g;
+            let Some(state) = gi.state.as_mut() else {
                 outcomes.push(WriteOutcome::Failed(storage_error()));
                 continue;
             };
             let removed = state.missing.remove(file as usize, n);
             if removed {
-                self.sub_unwritten(len);
+                if let Some(p) = gi.promise.as_mut() {
+                    p.landed(len);
+                }
             }
             if removed && state.missing.is_file_complete(file as usize) {
                 completing.push((outcomes.len(), file));
@@ -829,7 +869,9 @@ impl Store {
         let nb = chunk_count(size, state.chunk_size);
         state.missing.reset_file(file as usize, nb);
         let public = state.tags.iter().any(|t| t == PUBLIC);
-        self.add_unwritten(size);
+        if let Some(p) = g.promise.as_mut() {
+            p.add(size);
+        }
         if let Some(h) = g.hashes.get_mut(file as usize) {
             *h = Some(FileHash::new(public));
         }
@@ -906,6 +948,18 @@ impl Store {
                 Err(e) => {
                     self.log(format_args!("{}: object of file {file}: {e}", p.fid));
                     results[k] = Some(fail(g, file, None));
+                }
+            }
+        }
+        // Files of this group with the same content share one object: the first made it, the
+        // others found it. Were that first one to fail later, removing "its" object would take
+        // the others' with it, so no file of such a set removes it (recovery deletes objects no
+        // record references).
+        for i in 0..linked.len() {
+            if linked[i + 1..].iter().any(|l| l.2 == linked[i].2) {
+                let sha = linked[i].2;
+                for l in linked.iter_mut().filter(|l| l.2 == sha) {
+                    l.4 = false;
                 }
             }
         }
@@ -1176,13 +1230,14 @@ impl Store {
             let placed = match fs::hard_link(&object, &dest) {
                 Ok(()) => disk::sync_dir(&self.root).map(|()| true),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    holds_content(&dest, &object, record.size, &sha)
+                    holds_content(self.catalog.root_dir(), &name, &object, record.size, &sha)
                 }
                 // Another file system or no links allowed: a copy through ingest.
                 Err(_) => self.publish_copy(&object, &name, sha).map(|n| n == name),
             };
             match placed {
                 Ok(true) => {
+                    let path = self.catalog.root().join(&name);
                     record.published = Some(name);
                     if let Err(e) = self.write_record(record) {
                         self.log(format_args!("record {}: {e}", record.id));
@@ -1191,11 +1246,7 @@ impl Store {
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(record.id, record.clone());
-                    return Some(Registration {
-                        path: dest,
-                        xxh,
-                        sha,
-                    });
+                    return Some(Registration { path, xxh, sha });
                 }
                 Ok(false) | Err(_) => {
                     if fresh {
@@ -1254,6 +1305,7 @@ impl Store {
         g.deleted = true;
         g.journal = None;
         g.parts.clear();
+        g.promise = None;
         lock(&self.partials).remove(&p.fid);
         if let Some(s) = &g.state {
             lock(&self.ledger(s.uid)).finish_transfer();
@@ -1308,21 +1360,11 @@ impl Store {
             }
         }
         drop(records);
-        let unwritten: u64 = state
-            .missing
-            .ranges()
-            .map(|r| {
-                let size = state.files[r.file as usize].size;
-                (r.first..r.end)
-                    .map(|n| chunk_len(size, state.chunk_size, n).unwrap_or(0))
-                    .sum::<u64>()
-            })
-            .sum();
-        self.sub_unwritten(unwritten);
         lock(&self.ledger(state.uid)).release(remaining);
         g.deleted = true;
         g.journal = None;
         g.parts.clear();
+        g.promise = None;
         lock(&self.partials).remove(&p.fid);
         self.log(format_args!(
             "retention: partial transfer {} deleted",
@@ -1524,19 +1566,34 @@ pub(super) fn tagged_name(name: &str, tag: &str) -> String {
     }
 }
 
-/// Whether `path` already holds the object's content: the object itself (same inode), or a
-/// regular file of the same size and SHA-256.
-fn holds_content(path: &Path, object: &Path, size: u64, sha: &[u8; 32]) -> io::Result<bool> {
-    let m = fs::symlink_metadata(path)?;
-    if !m.is_file() || m.len() != size {
+/// Whether `name` in the served folder already holds the object's content: the object itself
+/// (same inode), or a regular file of the same size and SHA-256. Opened through the folder's
+/// descriptor `O_NOFOLLOW | O_NONBLOCK` and checked on the descriptor, so a link or a FIFO
+/// swapped in there is neither followed nor waited on (issue 15 items 2 and 7).
+fn holds_content(
+    root: &crate::dir::Dir,
+    name: &str,
+    object: &Path,
+    size: u64,
+    sha: &[u8; 32],
+) -> io::Result<bool> {
+    let f = match root.open_read(std::ffi::OsStr::new(name)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    if m.len() != size {
         return Ok(false);
     }
     let o = fs::metadata(object)?;
     if (m.dev(), m.ino()) == (o.dev(), o.ino()) {
         return Ok(true);
     }
-    let (theirs, _, _) = disk::hash_path(path)?;
-    Ok(&theirs == sha)
+    let mut h = FileHash::new(false);
+    h.read_from(&f, size)?;
+    Ok(&h.finish().0 == sha)
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::plan::LocalFile;
@@ -171,14 +172,30 @@ impl Attic {
             };
         }
         let body = serde_json::to_vec(&Manifest { files: self.new }).map_err(io::Error::other)?;
+        // A new temporary, never through a link left there (`O_EXCL | O_NOFOLLOW`).
         let tmp = self.dir.join(format!(".{MANIFEST}.tmp"));
-        fs::write(&tmp, body)?;
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        drop(f);
         fs::rename(&tmp, self.dir.join(MANIFEST))
     }
 }
 
 fn read_manifest(path: &Path) -> Option<Manifest> {
-    let f = fs::File::open(path).ok()?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
     if f.metadata().ok()?.len() > MAX_MANIFEST_BYTES {
         return None;
     }

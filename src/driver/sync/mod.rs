@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{CatalogHandle, CatalogOptions, FileStamp};
+use crate::dir::Dir;
 use crate::driver::progress::Progress;
 use attic::Attic;
 use plan::{Fetch, LocalFile};
@@ -170,8 +171,20 @@ pub fn run(
 ) -> Result<Report, SyncError> {
     let started = Instant::now();
     let remote = Remote::new(&opts.source, &opts.connect)?;
-    let state = opts.dir.join(".ferry");
+    let mut state = opts.dir.join(".ferry");
+    // `DIR/.ferry` is opened once without following a link and must be private (ours,
+    // writable by nobody else); the lock, the attic and the working folders are reached
+    // through a path anchored at that descriptor, so a user who can write into DIR cannot
+    // swap `.ferry` to redirect them (issue 15 item 3). Held for the whole run.
+    let mut _state_dir = None;
     let lock = if opts.dry_run {
+        // Reads only: the attic, if there is a private `.ferry` to read it from.
+        if let Ok(d) = Dir::open(&opts.dir).and_then(|d| d.private_subdir(".ferry", false)) {
+            if let Ok(a) = d.anchored_path() {
+                state = a;
+                _state_dir = Some(d);
+            }
+        }
         None
     } else {
         // A symlink to a folder is a folder here (mirrors often live behind one).
@@ -183,6 +196,13 @@ pub fn run(
                 )));
             }
         }
+        let d = Dir::create_all(&opts.dir)
+            .and_then(|d| d.private_subdir(".ferry", true))
+            .map_err(|e| SyncError::Local(format!("sync: {e}")))?;
+        state = d
+            .anchored_path()
+            .map_err(|e| SyncError::Local(format!("sync: {e}")))?;
+        _state_dir = Some(d);
         Some(SyncLock::acquire(&state).map_err(|e| match e {
             LockError::Held { pid } => SyncError::Busy {
                 dir: opts.dir.clone(),
@@ -190,7 +210,7 @@ pub fn run(
             },
             LockError::Io(e) => SyncError::Local(format!(
                 "sync: lock {}: {e}",
-                state.join(lock::LOCK_FILE).display()
+                opts.dir.join(".ferry").join(lock::LOCK_FILE).display()
             )),
         })?)
     };

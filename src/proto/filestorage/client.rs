@@ -418,6 +418,13 @@ impl Put {
         &self.complete
     }
 
+    /// Whether another TRANSFER may go before a reply comes: sending, and the window not
+    /// full. A driver uses it to read replies early only when that can let it send sooner.
+    pub fn has_window_room(&self) -> bool {
+        self.state == PutState::Sending
+            && self.in_flight.len() + self.reading < self.window as usize
+    }
+
     /// Most TRANSFERs that were unanswered at once.
     pub fn peak_in_flight(&self) -> usize {
         self.peak_in_flight

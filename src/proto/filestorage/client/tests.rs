@@ -272,6 +272,7 @@ fn s24_window_32_with_65536_byte_chunks() {
         4
     );
     assert_eq!(put.peak_in_flight(), 32);
+    assert!(!put.has_window_room(), "done: nothing more to send");
     assert_stored(&store, &sources);
     let lens = frame_lens(&link.c2s);
     let transfers: Vec<usize> = lens
@@ -671,4 +672,30 @@ fn client_machines_never_panic_on_random_replies() {
         f.handle_input(&input);
         while f.poll_event().is_some() {}
     }
+}
+
+/// The driver reads replies early only while the window has room: none before the
+/// AUTHENTICATION's Ok, room for two TRANSFERs with window 2, none once both are out, room again
+/// after an Ok.
+#[test]
+fn has_window_room_only_while_sending_below_the_window() {
+    let mut put = notes_put(first_id());
+    put.config.window = 2;
+    let mut out = Vec::new();
+    put.poll_transmit(&mut out);
+    assert!(!put.has_window_room(), "AUTHENTICATION unanswered");
+    let replies = testdata::server_frames_4_5();
+    put.handle_input(&replies[0]);
+    assert!(put.has_window_room());
+    let notes = testdata::notes();
+    for _ in 0..2 {
+        let Some(PutEvent::ReadChunk(c)) = put.poll_event() else {
+            panic!("a chunk to read");
+        };
+        put.send_chunk(c, &notes[c.offset as usize..(c.offset + c.len) as usize]);
+    }
+    assert!(!put.has_window_room(), "two TRANSFERs unanswered, window 2");
+    assert_eq!(put.poll_event(), None);
+    put.handle_input(&replies[1]);
+    assert!(put.has_window_room(), "one Ok back");
 }
