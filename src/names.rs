@@ -307,6 +307,11 @@ mod tests {
         assert!(tagged.len() <= MAX_NAME_BYTES, "{}", tagged.len());
         assert!(tagged.ends_with(".01234567.png"));
         assert!(tagged.starts_with("é"));
+        // The cut falls inside an "é" (byte 242 of "a" + 130 x "é"): it moves back to 241.
+        let name = "a".to_string() + &"é".repeat(130) + ".png";
+        let tagged = with_tag(&name, "01234567");
+        assert_eq!(tagged.len(), 241 + ".01234567.png".len());
+        assert_eq!(tagged, "a".to_string() + &"é".repeat(120) + ".01234567.png");
     }
 
     /// Mutation testing found the extension's dot left out of the length: an ASCII stem (no

@@ -578,6 +578,7 @@ fn watcher_rescans_and_stops_on_drop() {
     let g = h.snapshot().generation();
     let guard = h.spawn_watcher(Duration::from_millis(10));
     assert!(guard.is_running());
+    assert!(!guard.is_live(), "polling only, no inotify");
     dir.write("w.png", b"w");
     let snap = h.wait_for_change(g, Duration::from_secs(30));
     assert_eq!(names(&snap), ["w.png"]);
