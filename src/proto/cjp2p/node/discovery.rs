@@ -207,6 +207,18 @@ mod tests {
     }
 
     #[test]
+    fn holder_ids_are_bounded() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        for k in 0..=MAX_HOLDER_IDS as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&k.to_be_bytes());
+            n.add_holder(id, sa("203.0.113.1:5"));
+        }
+        assert_eq!(n.holders.len(), MAX_HOLDER_IDS);
+    }
+
+    #[test]
     fn c41_maybe_they_have_some_caps() {
         let now = Instant::now();
         let mut n = node(now, 1);
@@ -264,13 +276,14 @@ mod tests {
         assert_eq!(holders(&mut n), 4, "8 per message in all");
         n.handle_timeout(now + Duration::from_secs(2));
         assert_eq!(holders(&mut n), 0);
-        // The 8 are drawn at random from all 200, not the first 8 the peer chose to list.
-        let first_8: Vec<SocketAddr> = (1..=8)
-            .map(|j| sa(&format!("203.0.0.{}:1", j + 1)))
+        // The 8 are drawn at random from all 200, not from the first few the peer chose to
+        // list (8 of 200 all within the first 16: a chance of about 2 in 10^10).
+        let first_16: Vec<SocketAddr> = (1..=16)
+            .map(|j| sa(&format!("203.0.{}.{}:1", j / 100, j % 100 + 1)))
             .collect();
         let chosen = chosen.borrow().clone();
         assert_eq!(chosen.len(), 8);
-        assert!(chosen.iter().any(|a| !first_8.contains(a)), "{chosen:?}");
+        assert!(chosen.iter().any(|a| !first_16.contains(a)), "{chosen:?}");
         // Asked over 30 s ago: ignored.
         n.handle_datagram(
             now + Duration::from_secs(31),
