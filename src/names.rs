@@ -275,6 +275,8 @@ mod tests {
         assert_eq!(printable("\x1b]0;pwned\x07x"), "\\x1b]0;pwned\\x07x");
         assert_eq!(printable("\x1b[2J"), "\\x1b[2J");
         assert_eq!(printable("del\x7f c1\u{9b}31m"), "del\\x7f c1\\u{9b}31m");
+        // The first C1 control, just past ASCII, takes the \u{..} form.
+        assert_eq!(printable("\u{80}"), "\\u{80}");
         assert_eq!(printable("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
         assert_eq!(printable("a\\nb\tc\r"), "a\\\\nb\\tc\\r");
         for c in (0u32..0x20).chain(0x7f..0xa0) {
@@ -305,6 +307,11 @@ mod tests {
         assert!(tagged.len() <= MAX_NAME_BYTES, "{}", tagged.len());
         assert!(tagged.ends_with(".01234567.png"));
         assert!(tagged.starts_with("é"));
+        // The cut falls inside an "é" (byte 242 of "a" + 130 x "é"): it moves back to 241.
+        let name = "a".to_string() + &"é".repeat(130) + ".png";
+        let tagged = with_tag(&name, "01234567");
+        assert_eq!(tagged.len(), 241 + ".01234567.png".len());
+        assert_eq!(tagged, "a".to_string() + &"é".repeat(120) + ".01234567.png");
     }
 
     /// Mutation testing found the extension's dot left out of the length: an ASCII stem (no

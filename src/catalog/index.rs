@@ -921,6 +921,18 @@ mod tests {
         drop(j);
         let (_, got, _) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
         assert!(got.is_empty());
+        // A journal over the size limit (sparse: no disk used) is not read, only emptied.
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_len(MAX_INDEX_BYTES + 1).unwrap();
+        drop(f);
+        let (_, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(
+            warn.as_deref(),
+            Some("index: file of 1073741825 bytes is too large")
+        );
+        let emptied = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(emptied, JOURNAL_HEADER_LEN as u64, "emptied to its header");
         // A foreign file under the name is emptied, not trusted.
         std::fs::write(&path, b"garbage that is not a journal").unwrap();
         let (_, got, warn) = Journal::open(&Dir::open(&dir).unwrap()).unwrap();

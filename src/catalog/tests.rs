@@ -97,6 +97,22 @@ fn known_hash_vectors() {
     assert!(snap.by_xxh64(1).is_none());
     assert!(snap.by_sha256(&[0; 32]).is_none());
     assert!(snap.by_name("nope").is_none());
+    // Debug shows the hashes in hex, as the logs and the CLI do, and a catalog by its size.
+    let shown = format!("{empty:?}");
+    assert!(
+        shown.starts_with("Entry { name: \"empty.png\", path: "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("size: 0,")
+            && shown.contains("xxh64: \"ef46db3751d8e999\"")
+            && shown.contains(&format!("sha256: \"{}\"", empty.sha256_hex())),
+        "{shown}"
+    );
+    assert_eq!(
+        format!("{snap:?}"),
+        format!("Catalog {{ generation: {}, len: 2 }}", snap.generation())
+    );
 }
 
 #[test]
@@ -562,12 +578,25 @@ fn watcher_rescans_and_stops_on_drop() {
     let g = h.snapshot().generation();
     let guard = h.spawn_watcher(Duration::from_millis(10));
     assert!(guard.is_running());
+    assert!(!guard.is_live(), "polling only, no inotify");
     dir.write("w.png", b"w");
     let snap = h.wait_for_change(g, Duration::from_secs(30));
     assert_eq!(names(&snap), ["w.png"]);
     drop(guard);
     // No thread keeps the handle alive.
     assert_eq!(Arc::strong_count(&h), 1);
+    // And a watcher whose catalog is gone ends by itself, which its guard reports.
+    let guard = h.spawn_watcher(Duration::from_millis(10));
+    assert!(guard.is_running());
+    drop(h);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while guard.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher outlived its catalog"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -1156,4 +1185,11 @@ fn names_of_an_inode_follow_links_and_unlinks() {
     st.unlink(&b);
     assert!(names(&st).is_empty());
     assert!(st.inodes.is_empty() && st.more_inodes.is_empty());
+}
+
+#[test]
+fn hash_errors_display_what_happened() {
+    assert_eq!(HashError::Changed.to_string(), "changed while hashing");
+    let eio = || io::Error::from_raw_os_error(libc::EIO);
+    assert_eq!(HashError::Io(eio()).to_string(), eio().to_string());
 }

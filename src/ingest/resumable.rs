@@ -430,6 +430,28 @@ mod tests {
         assert_eq!(fs::read(t.0.join("a")).unwrap(), data);
     }
 
+    /// A link planted on the bitmap's name is refused, not taken for a missing bitmap (which
+    /// would start over) nor followed.
+    #[test]
+    fn a_link_planted_on_the_bitmap_is_an_error() {
+        let (t, dir) = setup("res-link");
+        let mut r = dir.begin_resumable("k", 5, 4096).unwrap();
+        r.write_block(0, b"hello").unwrap();
+        r.flush().unwrap();
+        drop(r);
+        let work = dir.work();
+        let bitmap = list(work)
+            .into_iter()
+            .find(|n| n.ends_with(".bitmap"))
+            .expect("a bitmap after a flush");
+        fs::remove_file(work.join(&bitmap)).unwrap();
+        let outside = t.0.join("outside");
+        fs::write(&outside, b"not a bitmap").unwrap();
+        std::os::unix::fs::symlink(&outside, work.join(&bitmap)).unwrap();
+        assert!(dir.begin_resumable("k", 5, 4096).is_err());
+        assert_eq!(fs::read(&outside).unwrap(), b"not a bitmap");
+    }
+
     #[test]
     fn commit_respects_no_clobber() {
         let (t, dir) = setup("res-clobber");
@@ -438,10 +460,14 @@ mod tests {
         r.write_block(0, b"hello").unwrap();
         let c = r.commit("a", Expect::Nothing).unwrap();
         assert_eq!(c.outcome, Outcome::AlreadyPresent);
+        assert_eq!(c.inode, None, "the file there is not ours");
         let mut r = dir.begin_resumable("k", 5, 4096).unwrap();
         r.write_block(0, b"world").unwrap();
         let c = r.commit("a", Expect::Nothing).unwrap();
         assert_eq!(c.outcome, Outcome::Renamed);
+        let m = fs::metadata(&c.path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(c.inode, Some((m.dev(), m.ino())), "our own inode");
         assert_eq!(fs::read(t.0.join("a")).unwrap(), b"hello");
         assert_eq!(fs::read(&c.path).unwrap(), b"world");
         assert_eq!(list(dir.work()), Vec::<String>::new());

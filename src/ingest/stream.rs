@@ -445,6 +445,36 @@ mod tests {
         assert_eq!(list(&t.0), Vec::<String>::new());
     }
 
+    /// Another process (or a planted link) on the temporary's name costs a retry, not the
+    /// upload, and what is there is left alone.
+    #[test]
+    fn temporary_names_already_taken_cost_a_retry() {
+        let t = TempDir::new("stream-taken");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        // The next names this process will try: taken. (Sinks of tests running alongside may
+        // use some of them first; the ones left still collide.)
+        let last = super::super::next_temp_name();
+        let (stem, n) = last
+            .strip_suffix(".part")
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap();
+        let n: u64 = n.parse().unwrap();
+        let taken: Vec<String> = (n + 1..=n + 15)
+            .map(|k| format!("{stem}-{k}.part"))
+            .collect();
+        for name in &taken {
+            fs::write(t.0.join(name), b"theirs").unwrap();
+        }
+        let mut s = dir.begin_stream(Some(1 << 20)).unwrap();
+        s.write_all(&[7; 1000]).unwrap();
+        let c = s.commit("mine.bin", Expect::Nothing).unwrap();
+        assert_eq!(fs::read(&c.path).unwrap(), [7; 1000]);
+        for name in &taken {
+            assert_eq!(fs::read(t.0.join(name)).unwrap(), b"theirs", "{name}");
+        }
+    }
+
     #[test]
     fn drop_and_abort_leave_nothing() {
         let t = TempDir::new("stream-drop");

@@ -144,6 +144,10 @@ mod tests {
         assert_eq!(c.u32_le(), None);
         assert_eq!(c.remaining(), 2);
         assert_eq!(c.expect_empty(), Err(Trailing { extra: 2 }));
+        assert_eq!(
+            Trailing { extra: 2 }.to_string(),
+            "2 unexpected bytes after the end"
+        );
         assert_eq!(c.peek(2), Some(&[10u8, 11][..]));
         assert_eq!(c.take(2), Some(&[10u8, 11][..]));
         assert!(c.is_empty() && c.expect_empty().is_ok());

@@ -285,6 +285,7 @@ mod tests {
     #[test]
     fn minimum_is_checked() {
         let mut acc = FrameAccumulator::new(65536).with_min(1);
+        assert_eq!(acc.max(), 65536, "the minimum leaves the maximum alone");
         acc.extend(&[0, 0, 0, 0]);
         assert_eq!(
             acc.next_frame(),

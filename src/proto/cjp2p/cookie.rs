@@ -112,6 +112,8 @@ mod tests {
         let now = Instant::now();
         let rot = Duration::from_secs(3600);
         let mut j = CookieJar::new([7; 32], now, rot);
+        // Debug output (logs) never shows a secret.
+        assert_eq!(format!("{j:?}"), "CookieJar { generation: 0, .. }");
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let c = j.cookie(ip);
         assert_eq!(c.len(), 8);

@@ -728,6 +728,15 @@ mod tests {
         );
         assert!(d.is_between_frames());
         assert_eq!(d.frame_remaining(), None);
+        // A control frame counts down its body; half a header counts the header's rest.
+        let mut c = Vec::new();
+        put_control(br#"{"Error":"x"}"#, &mut c);
+        assert_eq!(d.decode(&c[..3]), (3, Ok(None)));
+        assert_eq!(d.frame_remaining(), Some(5));
+        assert_eq!(d.decode(&c[3..8]), (5, Ok(None)));
+        assert_eq!(d.frame_remaining(), Some(13));
+        assert_eq!(d.decode(&c[8..12]), (4, Ok(None)));
+        assert_eq!(d.frame_remaining(), Some(9));
     }
 
     #[test]

@@ -1537,6 +1537,16 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     let r = c.handle_input(t0, &reply);
     assert_eq!(r.consumed, reply.len());
     assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
+    // A bad chunk while receiving is told to the server (Error bad-chunk naming it), not only
+    // reported here.
+    c.chunk_failed(2, "crc mismatch");
+    let told = c.poll_transmit().expect("an Error JMSG to the server");
+    let text = String::from_utf8_lossy(&told);
+    assert!(
+        text.contains(r#""bad-chunk""#) && text.contains("chunk 2: crc mismatch"),
+        "{text}"
+    );
+    assert!(matches!(c.poll_event(), Some(Event::Failed(e)) if e.chunk == Some(2)));
     // A reply for other parameters (the catalog file changed under the same name) is refused
     // by the client; the server's own refusal is parameter-mismatch, final.
     let (mut c, mut s, p) = open(&request);

@@ -1703,6 +1703,11 @@ mod tests {
             panic!()
         };
         assert_eq!(f.results.unwrap().len(), sent);
+        // Appended after bytes already in the buffer (replies queued before it), the limit
+        // counts only this reply's JSON: the same results go in.
+        let mut queued = vec![0u8; 50_000];
+        let again = encode_ok_query(&mut queued, &mid(1), &results, false, 99_991);
+        assert_eq!((again, &queued[50_000..]), (sent, &out[..]));
         out.clear();
         assert_eq!(encode_ok_query(&mut out, &mid(1), &[], false, 99_991), 0);
         assert!(out.ends_with(b"\"results\":[],\"more\":false}"));

@@ -357,6 +357,11 @@ pub(crate) mod tests {
             (r#"{"login":7,"uid":1002}"#, "login"),
             (r#"{"login":"karchnu","uid":1002,"exp":1.5}"#, "exp"),
             (r#"{"login":"karchnu","uid":1002,"exp":"1"}"#, "exp"),
+            // One past the integers JSON numbers hold exactly (2^53), the limit of json::MAX_INT.
+            (
+                r#"{"login":"karchnu","uid":1002,"exp":9007199254740992}"#,
+                "exp",
+            ),
             (r#"{"login":"karchnu","uid":1002,"nbf":-5}"#, "nbf"),
             (
                 r#"{"login":"karchnu","uid":1002,"uid":1003}"#,

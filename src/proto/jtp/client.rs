@@ -961,6 +961,7 @@ mod tests {
             panic!("{seen:?}")
         };
         assert_eq!(l.entries()[1].name, "beta.png");
+        assert_eq!(l.ids().collect::<Vec<_>>(), [A, B], "catalog order");
         let mut get = vec![0x00, 0x01, 0x02];
         get.extend_from_slice(&A.to_be_bytes());
         get.extend_from_slice(&B.to_be_bytes());
@@ -1278,6 +1279,7 @@ mod tests {
         let mut c = Connection::new(Policy::Sequential, true);
         c.push(Job::List);
         c.poll_transmit(t);
+        assert!(!c.is_finished(), "waiting for the answer");
         let mut e = Vec::new();
         put_error(5, "too many requests", &mut e);
         assert_eq!(

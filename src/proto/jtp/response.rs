@@ -1286,6 +1286,20 @@ mod tests {
             (evs, err),
             (vec![], Some(ResponseError::TooManyPackets(10_000_001)))
         );
+        // Exactly the limit is accepted, for JTPB as for JTPL.
+        let (evs, err) = first_error(Expect::Batch, &hex("4a545042 80ade204"));
+        assert_eq!(
+            (evs, err),
+            (vec![Ev::PacketsStart(MAGIC_BATCH, 10_000_000)], None)
+        );
+    }
+
+    /// The stash gathers a split packet header by `frame_need`, the fewest bytes the frame can
+    /// have: flags, a varint cut after one byte (so at least one more), then the 8-byte id.
+    #[test]
+    fn frame_need_of_a_packet_header_cut_in_its_length_is_exact() {
+        assert_eq!(frame_need(Ctx::Packet, &[0x00, 0x80]), Ok(1 + 2 + 8));
+        assert_eq!(frame_need(Ctx::Packet, &[0x00, 0x80, 0x80]), Ok(1 + 3 + 8));
     }
 
     #[test]

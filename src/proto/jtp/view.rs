@@ -94,3 +94,40 @@ impl View {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{CatalogHandle, CatalogOptions};
+    use crate::ingest::test_dir::TempDir;
+
+    #[test]
+    fn one_item_per_id_the_first_by_name_and_only_images_filtered_by_only() {
+        let t = TempDir::new("jtp-view");
+        for (name, bytes) in [
+            ("b.png", &b"same"[..]),
+            ("a.PNG", b"same"),
+            ("c.jpg", b"other"),
+            ("notes.txt", b"text"),
+        ] {
+            std::fs::write(t.0.join(name), bytes).unwrap();
+        }
+        let cat = CatalogHandle::open(&t.0, CatalogOptions::default())
+            .unwrap()
+            .snapshot();
+        let view = View::build(&cat, None);
+        let names: Vec<&str> = view.items.iter().map(|i| i.entry.name.as_str()).collect();
+        assert_eq!(names, ["a.PNG", "c.jpg"], "b.png repeats a.PNG's id");
+        let id = twox_hash::XxHash64::oneshot(0, b"same");
+        assert_eq!(view.get(id).map(|i| i.entry.name.as_str()), Some("a.PNG"));
+        assert!(view.contains(id) && !view.contains(id ^ 1));
+        assert_eq!(
+            view.items[1].flags(),
+            FileType::from_name("c.jpg").unwrap() as u8
+        );
+        let only = View::build(&cat, Some("C."));
+        assert_eq!(only.items.len(), 1);
+        assert_eq!(only.items[0].entry.name, "c.jpg");
+        assert!(View::excluded(&cat).is_empty());
+    }
+}

@@ -1209,6 +1209,7 @@ mod tests {
         ];
         for piece in [0, 1, 2, 7, 100] {
             let mut g = getter();
+            assert!(!g.is_finished(), "the answer is still to come");
             assert_eq!(
                 feed_getter(&mut g, &stream, piece).unwrap(),
                 want,
@@ -1371,6 +1372,7 @@ mod tests {
         let mut l = Lister::new();
         let mut requests = Vec::new();
         for page in pages {
+            assert!(!l.is_finished(), "a page is still to come");
             match l.poll_transmit() {
                 Some(Transmit::Bytes(b)) => requests.push(b.to_vec()),
                 other => panic!("{other:?}"),

@@ -448,5 +448,10 @@ mod tests {
             Some(1 << 20),
         );
         assert_eq!(dl.stats().sources[0].rto, 2000 * MS);
+        // RFC 6298 from the first sample R: SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR.
+        let (mut dl, t0, a) = one_source(Some(1 << 20));
+        let r = dl.poll_request(t0).unwrap();
+        dl.on_content(t0 + 100 * MS, a, r.offset, 4096, Some(1 << 20));
+        assert_eq!(dl.stats().sources[0].rto, 300 * MS);
     }
 }

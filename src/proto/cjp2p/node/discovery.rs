@@ -190,6 +190,35 @@ mod tests {
     use crate::proto::cjp2p::wire::*;
 
     #[test]
+    fn holders_of_one_id_do_not_push_out_another_id() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        let (one, two) = ([7u8; 32], [8u8; 32]);
+        n.add_holder(one, sa("203.0.113.1:5"));
+        n.add_holder(two, sa("203.0.113.2:5"));
+        n.add_holder(one, sa("203.0.113.3:5"));
+        let d = cookie_dg(&n, "192.0.2.1", &send_content_el(&one, 0, 4096));
+        n.handle_datagram(now, sa(A), d.as_bytes(), &Store::default());
+        let out = drain(&mut n);
+        assert!(msgs(&out[0].1).contains(&Message::MaybeTheyHaveSome {
+            id: one,
+            peers: vec![sa("203.0.113.1:5"), sa("203.0.113.3:5")]
+        }));
+    }
+
+    #[test]
+    fn holder_ids_are_bounded() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        for k in 0..=MAX_HOLDER_IDS as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&k.to_be_bytes());
+            n.add_holder(id, sa("203.0.113.1:5"));
+        }
+        assert_eq!(n.holders.len(), MAX_HOLDER_IDS);
+    }
+
+    #[test]
     fn c41_maybe_they_have_some_caps() {
         let now = Instant::now();
         let mut n = node(now, 1);
@@ -202,14 +231,17 @@ mod tests {
             id_hex(&id),
             list.join(",")
         );
+        // Holders released to the driver, as a count, and every one of them in `chosen`.
+        let chosen = std::cell::RefCell::new(Vec::<SocketAddr>::new());
         let holders = |n: &mut Node| -> usize {
-            events(n)
-                .into_iter()
-                .map(|e| match e {
-                    NodeEvent::Holders { peers, .. } => peers.len(),
-                    _ => 0,
-                })
-                .sum()
+            let mut chosen = chosen.borrow_mut();
+            let before = chosen.len();
+            for e in events(n) {
+                if let NodeEvent::Holders { peers, .. } = e {
+                    chosen.extend(peers);
+                }
+            }
+            chosen.len() - before
         };
         // Not downloading / not asked: ignored.
         n.handle_datagram(
@@ -244,6 +276,14 @@ mod tests {
         assert_eq!(holders(&mut n), 4, "8 per message in all");
         n.handle_timeout(now + Duration::from_secs(2));
         assert_eq!(holders(&mut n), 0);
+        // The 8 are drawn at random from all 200, not from the first few the peer chose to
+        // list (8 of 200 all within the first 16: a chance of about 2 in 10^10).
+        let first_16: Vec<SocketAddr> = (1..=16)
+            .map(|j| sa(&format!("203.0.{}.{}:1", j / 100, j % 100 + 1)))
+            .collect();
+        let chosen = chosen.borrow().clone();
+        assert_eq!(chosen.len(), 8);
+        assert!(chosen.iter().any(|a| !first_16.contains(a)), "{chosen:?}");
         // Asked over 30 s ago: ignored.
         n.handle_datagram(
             now + Duration::from_secs(31),

@@ -225,6 +225,24 @@ mod tests {
     use crate::proto::cjp2p::wire::*;
 
     #[test]
+    fn returned_messages_we_did_not_ask_for_are_counted_as_ignored() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        let s = Store::default();
+        let before = n.stats().ignored_messages;
+        for el in [
+            r#"{"ReturnedMessage":{"pad":"no cookie"}}"#,
+            r#"{"ReturnedMessage":{"cookie":"0.5"}}"#,
+        ] {
+            n.handle_datagram(now, sa(A), cookie_dg(&n, "192.0.2.1", el).as_bytes(), &s);
+        }
+        assert_eq!(n.stats().ignored_messages, before + 2);
+        assert!(!events(&mut n)
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Rtt { .. })));
+    }
+
+    #[test]
     fn c18_peers_answer_strict_and_filtered() {
         let now = Instant::now();
         let mut n = node(now, 1);

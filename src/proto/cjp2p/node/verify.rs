@@ -320,6 +320,55 @@ mod tests {
         }
     }
 
+    /// Requests batched to a ferry peer that has not yet confirmed our offer carry the offer
+    /// (and FerryHello) too; the batch is cut exactly where the next request would not fit.
+    #[test]
+    fn batched_requests_with_the_offer_attached_fill_each_datagram() {
+        let now = Instant::now();
+        let (id, data) = file(100_000, 5);
+        let mut sides = [
+            Side {
+                addr: sa("10.0.0.1:24254"),
+                node: node(now, 1),
+                store: Store::default(),
+            },
+            Side {
+                addr: sa("10.0.0.2:24254"),
+                node: node(now, 2),
+                store: Store(vec![(id, data)]),
+            },
+        ];
+        let b = sides[1].addr;
+        sides[0].node.set_downloading(id, true);
+        sides[0].node.request_content(now, b, &id, 0, 4096);
+        pump(now, &mut sides);
+        let a = &mut sides[0].node;
+        assert_eq!(a.ferry_max_length(b), Some(40960));
+        assert!(!a.is_confirmed(b), "the offer still goes along");
+        for k in 0..300u64 {
+            a.request_content(now, b, &id, 10_000 + k, 1);
+        }
+        let out = drain(a);
+        let max = a.control_max(b);
+        let longest = Message::PleaseSendContent {
+            id,
+            offset: 10_299,
+            length: 1,
+        }
+        .encoded_len()
+            + 1;
+        assert!(out.len() >= 2, "{} datagrams", out.len());
+        for (to, d) in &out[..out.len() - 1] {
+            assert_eq!(*to, b);
+            assert!(text(d).contains("PleaseAlwaysReturnThisMessage"));
+            assert!(
+                d.len() <= max && d.len() + longest > max,
+                "{} bytes of {max}: room for one more",
+                d.len()
+            );
+        }
+    }
+
     #[test]
     fn stale_cookie_after_rotation_reverified_in_one_round_trip() {
         let now = Instant::now();

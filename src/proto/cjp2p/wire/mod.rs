@@ -456,6 +456,11 @@ mod tests {
         // Brackets inside strings do not count.
         let s = format!("[\"{}\"]", "[".repeat(500));
         assert!(parse_datagram(s.as_bytes()).is_ok());
+        // (The fast path may take that one: the depth check itself, strings with escapes too.)
+        assert_eq!(check_depth(s.as_bytes()), Ok(()));
+        let escaped = format!("[\"\\\"{}\"]", "{".repeat(500));
+        assert_eq!(check_depth(escaped.as_bytes()), Ok(()));
+        assert_eq!(check_depth(deep.as_bytes()), Err(DatagramError::TooDeep));
         assert!(DatagramError::TooDeep
             .to_string()
             .starts_with("cjp2p datagram: "));

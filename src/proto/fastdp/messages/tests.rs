@@ -686,6 +686,11 @@ fn f33_v110_header_rules() {
     assert_eq!(with("a.txt", "../a.txt"), Err(BadFileName));
     assert_eq!(with("a.txt", ".ferry"), Err(BadFileName));
     assert!(matches!(V110Header::parse(b"null"), Err(BadHeader(_))));
+    assert_eq!(BadFileName.to_string(), "1.1.0 header: bad FileName");
+    assert_eq!(
+        BadHeader("OneChunk out of range").to_string(),
+        "1.1.0 header: OneChunk out of range"
+    );
 }
 
 #[test]

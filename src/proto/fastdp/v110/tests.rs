@@ -349,6 +349,15 @@ fn f34_zip_stored_deflated_zip64_and_descriptor_decode_split_anywhere() {
     }
     let empty = zip(b"", one());
     assert_eq!(decode(V110Compress::Zip, &empty, 10, 0).unwrap(), b"");
+    // Input that inflates to many output buffers at once: the inflater keeps emptying its
+    // buffer after the input is used up, until the stream ends.
+    let zeros = vec![0u8; 1 << 20];
+    let z = zip(&zeros, one());
+    assert!(z.len() < 4096);
+    assert_eq!(
+        decode(V110Compress::Zip, &z, z.len(), 1 << 30).unwrap(),
+        zeros
+    );
 }
 
 #[test]

@@ -770,6 +770,12 @@ fn t14_the_item_cap_is_checked_while_parsing_before_the_rest_is_read() {
     );
     assert!(parse_request(b"{\"get\":[],\"get\":[]}", max).is_err());
     assert!(parse_request(b"{\"get\":[1]}", max).is_err());
+    // Not an object: the error says what a request is.
+    let e = parse_request(b"[\"a\"]", max).unwrap_err();
+    assert!(
+        e.starts_with("request: ") && e.contains("an object with a \"get\" array of strings"),
+        "{e}"
+    );
     // Through the machine: max_files items is the cap.
     let cfg = Config {
         limits: Limits {
@@ -1022,4 +1028,13 @@ fn a_frame_with_a_changed_version_is_reported_as_sent() {
         files: 0
     }));
     assert!(h.out.is_empty());
+}
+
+#[test]
+fn debug_shows_the_state_not_the_bytes() {
+    let h = Harness::new(Config::default(), t0());
+    assert_eq!(
+        format!("{:?}", h.conn),
+        "Connection { frame: None, awaiting: None, transmits: 0, finished: false, .. }"
+    );
 }
