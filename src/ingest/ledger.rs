@@ -297,7 +297,7 @@ impl Stepped {
 
 /// A fixed amount promised on a file system (filestorage's unwritten bytes of a partial
 /// transfer, whose parts are sparse): admitted against the free space like a
-/// [`Reservation`], shrunk as bytes land, given back whole when dropped, exactly once.
+/// `Reservation`, shrunk as bytes land, given back whole when dropped, exactly once.
 #[derive(Debug)]
 pub struct Promise {
     dev: u64,

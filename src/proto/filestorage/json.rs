@@ -770,7 +770,7 @@ pub struct OkFields<'a> {
 /// to an unreadable request).
 ///
 /// A FETCH reply's `data` (nearly all of its bytes) skips the JSON parser's string scan as a
-/// TRANSFER's does ([`lift_data`]); the result is the strict parse's either way.
+/// TRANSFER's does (`lift_data`); the result is the strict parse's either way.
 pub fn parse_response(json: &[u8]) -> Result<Response<'_>, Malformed> {
     if let Some(r) = response_fast(json) {
         return Ok(r);
