@@ -370,6 +370,7 @@ impl ListenSocket {
             ListenSocket::Unix { listener, .. } => {
                 let (s, _) = listener.accept()?;
                 s.set_nonblocking(false)?;
+                crate::transport::size_unix_buffers(&s);
                 Ok((RawConn::Unix(s), Peer::Unix))
             }
         }

@@ -479,6 +479,31 @@ impl TransportError {
 
 /// Whether `first`, the first bytes a plain-TCP client read, open a TLS record (handshake `16
 /// 03 0x` or alert `15 03 0x`): what a TLS server sends a client that does not speak TLS.
+/// Socket buffer asked for on Unix stream sockets (both directions). The kernel's default
+/// (`net.core.wmem_default`, about 208 KiB) is far below what loopback TCP autotunes to, so a
+/// peer with a window of writes in flight (filestorage: 32 TRANSFERs of 64 KiB) blocked on a
+/// full Unix socket where the same transfer over TCP did not. The kernel caps it at
+/// `net.core.wmem_max`/`rmem_max`; failures are ignored (the default then stays).
+pub const UNIX_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UNIX_SOCKET_BUFFER`] bytes of send and receive buffer on a Unix stream socket.
+pub fn size_unix_buffers(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let v = UNIX_SOCKET_BUFFER as libc::c_int;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads one c_int from a valid pointer; the fd is open for the call.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 pub fn is_tls_record(first: &[u8]) -> bool {
     matches!(first, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
 }

@@ -134,6 +134,7 @@ pub fn connect(opts: &ClientOptions) -> Result<Stream, ClientError> {
         Endpoint::Unix(path) => {
             let s = UnixStream::connect(path)
                 .map_err(|e| ClientError::Network(format!("connect {}: {e}", path.display())))?;
+            crate::transport::size_unix_buffers(&s);
             s.set_read_timeout(Some(t))
                 .and_then(|()| s.set_write_timeout(Some(t)))
                 .map_err(|e| ClientError::Network(e.to_string()))?;
