@@ -1,0 +1,582 @@
+use super::super::test_dir::{list, TempDir};
+use super::super::{IngestDir, Listed, Outcome};
+use super::*;
+use crate::catalog::{CatalogHandle, CatalogOptions};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering::SeqCst;
+
+const BS: u32 = 4096;
+
+fn content(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 4099) as u8 ^ salt).collect()
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn spec_for(data: &[u8]) -> TransferSpec {
+    TransferSpec {
+        size: data.len() as u64,
+        block_size: BS,
+        expect: Expect::Sha256(sha(data)),
+        preallocate: false,
+    }
+}
+
+/// A registry publishing into a catalog folder.
+fn setup(what: &str) -> (TempDir, Arc<TransferRegistry>) {
+    let t = TempDir::new(what);
+    let catalog = CatalogHandle::open(&t.0, CatalogOptions::default()).unwrap();
+    let work = catalog.state_dir().join("ingest").join("shared");
+    let ingest = IngestDir::new(catalog.root(), &work).unwrap();
+    (t, TransferRegistry::new(Publisher::new(ingest, catalog)))
+}
+
+fn block(data: &[u8], i: u64) -> &[u8] {
+    let s = i as usize * BS as usize;
+    &data[s..(s + BS as usize).min(data.len())]
+}
+
+/// Every block of `data` written from `threads` threads, each over its own order and
+/// mixing single blocks, runs and pieces, then committed by all of them at once.
+fn fill_from_threads(threads: u64, overlap: bool) {
+    let (t, reg) = setup(&format!("shared-fill-{threads}-{overlap}"));
+    // A short tail block, and enough blocks for every thread to meet the others.
+    let data = Arc::new(content(97 * BS as usize + 1234, threads as u8));
+    let blocks = (data.len() as u64).div_ceil(u64::from(BS));
+    let spec = spec_for(&data);
+    let handles: Vec<_> = (0..threads)
+        .map(|n| {
+            let (reg, data) = (Arc::clone(&reg), Arc::clone(&data));
+            std::thread::spawn(move || {
+                let a = reg.attach("fill", spec, 8).unwrap();
+                // Interleaved: thread n takes blocks n, n+threads, ...; overlapping: every
+                // thread writes every block, starting at a different place.
+                let mine: Vec<u64> = if overlap {
+                    (0..blocks).map(|k| (k + n * 13) % blocks).collect()
+                } else {
+                    (n..blocks).step_by(threads as usize).collect()
+                };
+                let rewrite = if n % 2 == 0 {
+                    Rewrite::Keep
+                } else {
+                    Rewrite::Replace
+                };
+                for (k, &i) in mine.iter().enumerate() {
+                    match k % 3 {
+                        // A run of two blocks when the next one is ours too.
+                        0 if mine.get(k + 1) == Some(&(i + 1)) => {
+                            let end = ((i + 2) * u64::from(BS)).min(data.len() as u64);
+                            let run = &data[(i * u64::from(BS)) as usize..end as usize];
+                            let _ = a.write_blocks(i, run, rewrite).unwrap();
+                        }
+                        1 => match a.claim(i, rewrite).unwrap() {
+                            Claim::Write(mut w) => {
+                                let b = block(&data, i);
+                                let cut = b.len() / 3;
+                                w.write(&b[..cut]).unwrap();
+                                w.write(&b[cut..]).unwrap();
+                                w.finish().unwrap();
+                            }
+                            Claim::Held | Claim::Busy => {}
+                        },
+                        _ => {
+                            let _ = a.write_blocks(i, block(&data, i), rewrite).unwrap();
+                        }
+                    }
+                    if k % 16 == 15 {
+                        a.sync().unwrap();
+                    }
+                }
+                a.sync().unwrap();
+                // A block skipped as busy may still be missing: another thread is on it.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !a.is_complete() {
+                    assert!(Instant::now() < deadline, "{:?}", a.missing_ranges(8));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let p = a.commit("shared.bin", Collision::Numbered).unwrap();
+                assert!(matches!(a.state(), TransferState::Completed(_)));
+                p
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // One publication for all, served under the hash it was verified with.
+    for p in &outcomes {
+        assert!(Arc::ptr_eq(p, &outcomes[0]));
+    }
+    let c = &outcomes[0].committed;
+    assert_eq!(c.outcome, Outcome::Created);
+    assert_eq!(c.sha256, Some(sha(&data)));
+    assert_eq!(std::fs::read(t.0.join("shared.bin")).unwrap(), *data);
+    assert_eq!(outcomes[0].entry().unwrap().sha256, sha(&data));
+    assert!(!reg.is_open("fill"));
+    let work = reg.publisher().ingest().work().to_path_buf();
+    assert_eq!(list(&work), Vec::<String>::new());
+}
+
+#[test]
+fn two_threads_fill_one_transfer_in_interleaved_blocks() {
+    fill_from_threads(2, false);
+}
+
+#[test]
+fn two_threads_fill_one_transfer_in_overlapping_blocks() {
+    fill_from_threads(2, true);
+}
+
+#[test]
+fn eight_threads_fill_one_transfer_in_interleaved_blocks() {
+    fill_from_threads(8, false);
+}
+
+#[test]
+fn eight_threads_fill_one_transfer_in_overlapping_blocks() {
+    fill_from_threads(8, true);
+}
+
+#[test]
+fn a_crash_keeps_exactly_the_synced_blocks() {
+    let (_t, reg) = setup("shared-crash");
+    let data = content(20 * BS as usize + 5, 1);
+    let spec = spec_for(&data);
+    let a = reg.attach("crash", spec, 8).unwrap();
+    let b = reg.attach("crash", spec, 8).unwrap();
+    for i in [0, 1, 2, 7, 20] {
+        a.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+    }
+    b.sync().unwrap();
+    for i in [3, 8, 9] {
+        b.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+    }
+    assert!(a.is_durable(7) && !a.is_durable(8) && a.is_written(8));
+    assert_eq!(a.durable_ranges(10), [0..3, 7..8, 20..21]);
+    // Killed: no final sync.
+    a.probe().crash.store(true, SeqCst);
+    drop(a);
+    drop(b);
+    assert!(!reg.is_open("crash"));
+    let a = reg.attach("crash", spec, 8).unwrap();
+    assert_eq!(a.durable_ranges(10), [0..3, 7..8, 20..21]);
+    assert_eq!(a.missing_ranges(10), [3..7, 8..20]);
+    assert_eq!(a.received(), 5);
+    // A clean close keeps written blocks too.
+    a.write_blocks(3, block(&data, 3), Rewrite::Keep).unwrap();
+    drop(a);
+    let a = reg.attach("crash", spec, 8).unwrap();
+    assert!(a.is_durable(3));
+    for r in a.missing_ranges(100) {
+        for i in r {
+            a.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+        }
+    }
+    let p = a.commit("crash.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
+#[test]
+fn durability_is_never_reported_before_its_fdatasync() {
+    let (_t, reg) = setup("shared-order");
+    let data = Arc::new(content(64 * BS as usize, 2));
+    let spec = spec_for(&data);
+    let hold = reg.attach("order", spec, 8).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|n| {
+            let (reg, data) = (Arc::clone(&reg), Arc::clone(&data));
+            std::thread::spawn(move || {
+                let a = reg.attach("order", spec, 8).unwrap();
+                let mut pending: Vec<(u64, u64)> = Vec::new();
+                for i in (n..64).step_by(4) {
+                    a.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+                    // Syncs begun before this point may not cover the block.
+                    pending.push((i, a.probe().part_syncs_begun.load(SeqCst)));
+                    if i % 3 == 0 {
+                        a.sync().unwrap();
+                    }
+                    let mut ids: Vec<u64> = pending.iter().map(|p| p.0).collect();
+                    let acked = a.take_durable(&mut ids);
+                    let done = a.probe().part_syncs_done.load(SeqCst);
+                    for i in &acked {
+                        let begun = pending.iter().find(|p| p.0 == *i).unwrap().1;
+                        assert!(done > begun, "block {i} reported durable before a sync");
+                    }
+                    pending.retain(|p| !acked.contains(&p.0));
+                }
+                a.sync().unwrap();
+                let mut ids: Vec<u64> = pending.iter().map(|p| p.0).collect();
+                assert_eq!(a.take_durable(&mut ids).len(), pending.len());
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(hold.durable_ranges(4), vec![0..64]);
+}
+
+#[test]
+fn a_failed_fdatasync_reports_nothing_durable_and_poisons_the_transfer() {
+    let (_t, reg) = setup("shared-eio");
+    let data = content(8 * BS as usize, 3);
+    let spec = spec_for(&data);
+    let a = reg.attach("eio", spec, 8).unwrap();
+    a.write_blocks(0, block(&data, 0), Rewrite::Keep).unwrap();
+    a.sync().unwrap();
+    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
+    a.probe().fail_part_syncs.store(1, SeqCst);
+    let e = a.sync().unwrap_err();
+    assert!(e.to_string().contains("Input/output error"), "{e}");
+    assert!(a.is_durable(0) && !a.is_durable(1));
+    // The kernel may have dropped the pages: no later sync may claim them.
+    let e = a.sync().unwrap_err();
+    assert!(e.to_string().contains("no longer trusted"), "{e}");
+    a.probe().crash.store(true, SeqCst);
+    drop(a);
+    let a = reg.attach("eio", spec, 8).unwrap();
+    assert_eq!(a.durable_ranges(8), vec![0..1]);
+}
+
+#[test]
+fn concurrent_syncs_share_one_fdatasync() {
+    let (_t, reg) = setup("shared-group");
+    let data = Arc::new(content(8 * BS as usize, 4));
+    let spec = spec_for(&data);
+    let first = reg.attach("group", spec, 8).unwrap();
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    *first.probe().gate.lock().unwrap() = Some(gate);
+    first
+        .write_blocks(0, block(&data, 0), Rewrite::Keep)
+        .unwrap();
+    std::thread::scope(|s| {
+        // Held inside its fdatasync until the others wait behind it.
+        let leader = s.spawn(|| first.sync().unwrap());
+        while first.probe().part_syncs_begun.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let others: Vec<_> = (1..8u64)
+            .map(|i| {
+                let (reg, data) = (Arc::clone(&reg), Arc::clone(&data));
+                s.spawn(move || {
+                    let a = reg.attach("group", spec, 8).unwrap();
+                    a.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+                    a.sync().unwrap();
+                    assert!(a.is_durable(i));
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first.probe().sync_waits.load(SeqCst) < 7 {
+            assert!(Instant::now() < deadline, "writers never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        open_gate.send(()).unwrap();
+        leader.join().unwrap();
+        for o in others {
+            o.join().unwrap();
+        }
+    });
+    // The leader's own sync, then one for the seven that waited behind it.
+    assert_eq!(first.probe().part_syncs_done.load(SeqCst), 2);
+    assert_eq!(first.durable_ranges(8), vec![0..8]);
+}
+
+/// A replacement claimed while a sync is between its batch and its fdatasync takes its
+/// block out of that batch: the old copy was synced, the new one is not written yet.
+#[test]
+fn a_block_replaced_while_a_sync_runs_is_left_out_of_that_sync() {
+    let (_t, reg) = setup("shared-replace-mid-sync");
+    let data = content(3 * BS as usize, 9);
+    let spec = spec_for(&data);
+    let a = reg.attach("midsync", spec, 8).unwrap();
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    *a.probe().gate.lock().unwrap() = Some(gate);
+    std::thread::scope(|s| {
+        let sync = s.spawn(|| a.sync().unwrap());
+        while a.probe().part_syncs_begun.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let Claim::Write(mut w) = a.claim(1, Rewrite::Replace).unwrap() else {
+            panic!("replace claims a written block");
+        };
+        w.write(&block(&data, 1)[..10]).unwrap();
+        drop(w);
+        open_gate.send(()).unwrap();
+        sync.join().unwrap();
+    });
+    assert!(!a.is_durable(1) && !a.is_written(1));
+    assert_eq!(a.durable_ranges(4), [0..1, 2..3]);
+    // What the bitmap on disk says: killed now, the torn block 1 is not claimed.
+    a.probe().crash.store(true, SeqCst);
+    drop(a);
+    let a = reg.attach("midsync", spec, 8).unwrap();
+    assert_eq!(a.durable_ranges(4), [0..1, 2..3]);
+}
+
+#[test]
+fn joining_checks_parameters_and_the_connection_cap() {
+    let (_t, reg) = setup("shared-join");
+    let data = content(10_000, 5);
+    let spec = spec_for(&data);
+    let held: Vec<_> = (0..8)
+        .map(|_| reg.attach("join", spec, 8).unwrap())
+        .collect();
+    assert_eq!(held[0].connections(), 8);
+    let e = reg.attach("join", spec, 8).unwrap_err();
+    assert!(
+        matches!(e, TransferError::TooManyConnections { max: 8 }),
+        "{e}"
+    );
+    for other in [
+        TransferSpec {
+            size: 10_001,
+            ..spec
+        },
+        TransferSpec {
+            block_size: 8192,
+            ..spec
+        },
+        TransferSpec {
+            expect: Expect::Sha256([0; 32]),
+            ..spec
+        },
+    ] {
+        let e = reg.attach("join", other, 8).unwrap_err();
+        assert!(matches!(e, TransferError::ParameterMismatch { .. }), "{e}");
+    }
+    assert!(matches!(
+        reg.discard("join"),
+        Err(TransferError::InUse { .. })
+    ));
+    drop(held);
+    // Left on disk with another size: still a mismatch, until discarded.
+    let e = reg
+        .attach("join", TransferSpec { size: 5, ..spec }, 8)
+        .unwrap_err();
+    assert!(matches!(e, TransferError::ParameterMismatch { .. }), "{e}");
+    reg.discard("join").unwrap();
+    let a = reg
+        .attach("join", TransferSpec { size: 5, ..spec }, 8)
+        .unwrap();
+    assert_eq!(a.blocks(), 1);
+    assert_eq!(a.block_len(0), 5);
+    // Another process's lock on a part is reported as such.
+    drop(a);
+    let other = reg
+        .publisher()
+        .ingest()
+        .begin_resumable("join", 5, BS)
+        .unwrap();
+    let e = reg
+        .attach("join", TransferSpec { size: 5, ..spec }, 8)
+        .unwrap_err();
+    assert!(matches!(e, TransferError::Locked { .. }), "{e}");
+    drop(other);
+    for id in ["", "../x", "a.b"] {
+        let e = reg.attach(id, spec, 8).unwrap_err();
+        assert!(matches!(e, TransferError::Ingest(_)), "{e}");
+        assert!(!reg.is_open(id));
+    }
+}
+
+#[test]
+fn claims_exclude_each_other_and_an_unfinished_block_stays_missing() {
+    let (_t, reg) = setup("shared-claim");
+    let data = content(4 * BS as usize, 6);
+    let spec = spec_for(&data);
+    let a = reg.attach("claim", spec, 8).unwrap();
+    let b = reg.attach("claim", spec, 8).unwrap();
+    let Claim::Write(mut w) = a.claim(1, Rewrite::Replace).unwrap() else {
+        panic!("block 1 is free");
+    };
+    assert!(matches!(b.claim(1, Rewrite::Replace).unwrap(), Claim::Busy));
+    let run = &data[..3 * BS as usize];
+    assert_eq!(b.write_blocks(0, run, Rewrite::Keep).unwrap(), Wrote::Busy);
+    assert!(w.write(&vec![0; BS as usize + 1]).is_err());
+    w.write(&block(&data, 1)[..100]).unwrap();
+    assert!(w.finish().is_err()); // not written to its end: stays missing
+    assert!(!a.is_written(1));
+    let Claim::Write(mut w) = b.claim(1, Rewrite::Keep).unwrap() else {
+        panic!("block 1 is free again");
+    };
+    w.write(&block(&data, 1)[..100]).unwrap();
+    drop(w); // a connection cut mid-chunk
+    assert!(!a.is_written(1));
+    assert_eq!(
+        b.write_blocks(0, run, Rewrite::Keep).unwrap(),
+        Wrote::Stored { blocks: 3 }
+    );
+    // Keep: a held block keeps its first copy.
+    assert!(matches!(b.claim(1, Rewrite::Keep).unwrap(), Claim::Held));
+    assert_eq!(
+        a.write_blocks(0, &vec![9; BS as usize], Rewrite::Keep)
+            .unwrap(),
+        Wrote::Stored { blocks: 0 }
+    );
+    assert!(a.claim(4, Rewrite::Keep).is_err());
+    assert!(a.write_blocks(3, &[1; 10], Rewrite::Keep).is_err());
+    a.write_blocks(3, block(&data, 3), Rewrite::Keep).unwrap();
+    let p = a.commit("claim.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+    // Completed: late copies are held, never written.
+    assert!(matches!(b.claim(0, Rewrite::Replace).unwrap(), Claim::Held));
+}
+
+#[test]
+fn a_replacement_clears_the_durable_bit_before_its_first_byte() {
+    let (_t, reg) = setup("shared-replace");
+    let data = content(3 * BS as usize, 7);
+    let spec = spec_for(&data);
+    let a = reg.attach("replace", spec, 8).unwrap();
+    a.write_blocks(0, &vec![0xee; 3 * BS as usize], Rewrite::Keep)
+        .unwrap();
+    a.sync().unwrap();
+    assert_eq!(a.durable_ranges(4), vec![0..3]);
+    let Claim::Write(mut w) = a.claim(1, Rewrite::Replace).unwrap() else {
+        panic!("replace claims a held block");
+    };
+    assert!(!a.is_durable(1) && !a.is_written(1));
+    w.write(&block(&data, 1)[..10]).unwrap();
+    // Killed mid-rewrite: the torn block is not claimed on disk.
+    a.probe().crash.store(true, SeqCst);
+    drop(w);
+    drop(a);
+    let a = reg.attach("replace", spec, 8).unwrap();
+    assert_eq!(a.durable_ranges(4), [0..1, 2..3]);
+    for i in 0..3 {
+        a.write_blocks(i, block(&data, i), Rewrite::Replace)
+            .unwrap();
+    }
+    let p = a.commit("replace.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
+#[test]
+fn background_hash_restarts_when_a_hashed_block_is_replaced() {
+    let (_t, reg) = setup("shared-bghash");
+    // Three hashing chunks and a tail.
+    let data = content(3 * (1 << 20) + 777, 8);
+    let blocks = (data.len() as u64).div_ceil(u64::from(BS));
+    let a = reg.attach("bg", spec_for(&data), 8).unwrap();
+    a.hash_in_background().unwrap();
+    a.hash_in_background().unwrap();
+    let bad = [0, 5, 300, blocks - 1];
+    for i in 0..blocks {
+        let b = block(&data, i);
+        let copy = if bad.contains(&i) {
+            vec![0x11; b.len()]
+        } else {
+            b.to_vec()
+        };
+        a.write_blocks(i, &copy, Rewrite::Keep).unwrap();
+    }
+    // The wrong copies are replaced, in the hashed prefix and past it, out of order.
+    for i in [300, 0, blocks - 1, 5] {
+        assert_eq!(
+            a.write_blocks(i, block(&data, i), Rewrite::Replace)
+                .unwrap(),
+            Wrote::Stored { blocks: 1 }
+        );
+    }
+    let p = a.commit("bg.bin", Collision::Tagged).unwrap();
+    assert_eq!(p.committed.sha256, Some(sha(&data)));
+}
+
+#[test]
+fn a_mismatch_fails_every_attachment_and_deletes_the_part() {
+    let (t, reg) = setup("shared-mismatch");
+    let data = content(2 * BS as usize, 9);
+    let spec = TransferSpec {
+        expect: Expect::Sha256([0x42; 32]),
+        ..spec_for(&data)
+    };
+    let a = reg.attach("bad", spec, 8).unwrap();
+    let b = reg.attach("bad", spec, 8).unwrap();
+    let e = a.commit("bad.bin", Collision::Tagged).unwrap_err();
+    assert!(matches!(e, TransferError::Incomplete { missing: 2 }), "{e}");
+    assert!(matches!(a.state(), TransferState::Open));
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    let e = a.commit("bad.bin", Collision::Tagged).unwrap_err();
+    let TransferError::Failed(why) = e else {
+        panic!("{e}");
+    };
+    assert!(matches!(*why, IngestError::Mismatch { .. }), "{why}");
+    assert!(matches!(
+        b.wait_outcome(Duration::from_secs(5)),
+        TransferState::Failed(_)
+    ));
+    assert!(matches!(
+        b.commit("bad.bin", Collision::Tagged),
+        Err(TransferError::Failed(_))
+    ));
+    assert!(matches!(b.claim(0, Rewrite::Replace).unwrap(), Claim::Busy));
+    assert_eq!(list(&t.0), [".ferry"]);
+    drop((a, b));
+    // Attached again: from nothing.
+    let a = reg.attach("bad", spec, 8).unwrap();
+    assert_eq!(a.received(), 0);
+}
+
+#[test]
+fn an_empty_transfer_completes_at_once() {
+    let (t, reg) = setup("shared-empty");
+    let spec = spec_for(b"");
+    let a = reg.attach("empty", spec, 1).unwrap();
+    assert_eq!(a.blocks(), 0);
+    assert!(a.is_complete());
+    assert_eq!(a.durable_ranges(1), Vec::<Range<u64>>::new());
+    let p = a.commit("empty.txt", Collision::Numbered).unwrap();
+    assert!(matches!(p.listed, Listed::Entry(_)));
+    assert_eq!(std::fs::read(t.0.join("empty.txt")).unwrap(), b"");
+}
+
+#[test]
+fn a_new_transfer_is_preallocated_or_refused_before_any_byte() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, reg) = setup("shared-prealloc");
+    let spec = TransferSpec {
+        size: 8 << 20,
+        block_size: 1 << 20,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach("big", spec, 1).unwrap();
+    let part = reg.publisher().ingest().work().join("big.part");
+    let m = std::fs::metadata(&part).unwrap();
+    assert_eq!(m.len(), 8 << 20);
+    assert!(m.blocks() * 512 >= 8 << 20, "{} blocks", m.blocks());
+    drop(a);
+    // A petabyte fits no disk here: refused, nothing left behind.
+    let huge = TransferSpec {
+        size: 1 << 50,
+        block_size: 1 << 31,
+        ..spec
+    };
+    let e = reg.attach("huge", huge, 1).unwrap_err();
+    assert!(
+        matches!(e, TransferError::Ingest(IngestError::NoSpace))
+            || e.to_string().contains("too large"),
+        "{e}"
+    );
+    let work = reg.publisher().ingest().work().to_path_buf();
+    assert_eq!(list(&work), ["big.bitmap", "big.part"]);
+}
+
+#[test]
+fn error_display_is_lowercase_and_prefixed() {
+    let errs = [
+        TransferError::ParameterMismatch { id: "x".into() },
+        TransferError::TooManyConnections { max: 8 },
+        TransferError::Locked { id: "x".into() },
+        TransferError::Incomplete { missing: 1 },
+        TransferError::Failed(Arc::new(IngestError::NoSpace)),
+        TransferError::InUse { id: "x".into() },
+        TransferError::Ingest(IngestError::BadName),
+    ];
+    for e in errs {
+        let s = e.to_string();
+        assert!(s.starts_with("transfer: "), "{s}");
+    }
+}
