@@ -1584,6 +1584,29 @@ def bench_fastdp(res, ferry):
     sha = machine.get("sha256_gbps")
     res.row("machine: SHA-256, one core, in memory (best of 3)", "(reference)",
             f"machine_ceiling: {fmt(sha, 'GB/s')}", "-", "-")
+    # The bound this machine puts on any push into /dev/shm, from rows measured here: CPU
+    # seconds per GB that every byte costs whoever implements it (the receiver's SHA-256 and the
+    # catalog's xxHash64, its write(2) into /dev/shm, loopback TCP at one core per side at the
+    # ceiling rate), spread perfectly over the machine's cores, and never faster than one core
+    # of SHA-256. A push that hashes first adds the sender's SHA-256 pass before its header.
+    try:
+        tcp = max(bench_tcp_ceiling(res))
+        wr = machine.get("write_gbps", {}).get(SHM)
+        xxh = machine.get("xxh64_gbps")
+        cores = os.cpu_count() or 1
+        per_gb = 1 / sha + 1 / xxh + 1 / wr + 2 / tcp
+        known = min(cores / per_gb, sha)
+        first = 1 / (1 / sha + 1 / known)
+        res.raw["fastdp_bound"] = {"cpu_s_per_gb": per_gb, "hash_known_gbps": known,
+                                   "hash_first_gbps": first, "tcp_gbps": tcp}
+        res.row(f"machine: bound on a 1 GiB push into /dev/shm on {cores} cores (CPU s per GB: "
+                f"SHA-256 {1 / sha:.2f} + xxHash64 {1 / xxh:.2f} + write {1 / wr:.2f} + loopback "
+                f"TCP both sides {2 / tcp:.2f} = {per_gb:.2f}, perfectly overlapped; hash known / "
+                f"sender hashes first)", "(reference)",
+                f"{fmt(known, 'GB/s')} ({known / sha:.2f}x SHA-256) / {fmt(first, 'GB/s')} "
+                f"({first / sha:.2f}x)", "-", "-")
+    except CommandFailed as e:
+        res.error("FastDP push bound (loopback TCP ceiling)", e)
     # The Python 1.1.0 pair first: the 5x target compares with it.
     pair = _fdp_v110_pair(rnd)
     pb, pm = best_median([r["gbps"] for r in pair])
@@ -2069,7 +2092,25 @@ def bench_filestorage_fetch(res, ferry, big):
             verdict(b >= 400))
 
 
+def bench_cjp2p_group(res, ferry):
+    """The CJP2P rows alone (`--only cjp2p`): one source, two sources, the same runs and rows
+    as in a full run (the 256 MiB data set is made if missing)."""
+    cj = ensure_data()[3]
+    cjp, two = {}, []
+    try:
+        cjp = bench_cjp2p(res, ferry, cj)
+    except CommandFailed as e:
+        res.error("256 MiB, CJP2P", e)
+    try:
+        two = bench_cjp2p_two(res, ferry, cj)
+    except CommandFailed as e:
+        res.error("256 MiB, CJP2P from two ferry nodes at once", e)
+    cjp2p_rows(res, cjp, two)
+
+
 # Row groups `--only` can name, in the order a full run runs them after the other rows.
+# ("cjp2p" is part of the main rows in a full run; it is here so it can run alone.)
+MAIN_ROW_GROUPS = ("cjp2p",)
 ROW_GROUPS = {
     "uploads": (
         "10,000 files of 1 KiB uploaded one by one over TEJ into 100,000 files and into none",
@@ -2087,6 +2128,10 @@ ROW_GROUPS = {
         "server RssAnon with 1,000 connections each sending the largest TEJ message, JTP "
         "BATCH, FastDP head and header, or filestorage frame, and after they closed",
         (bench_hostile_memory,),
+    ),
+    "cjp2p": (
+        "CJP2P 256 MiB from one ferry node (32 KiB and 4096-byte requests) and from two",
+        (bench_cjp2p_group,),
     ),
     "filestorage": (
         "put of 1 GiB over TCP and the Unix socket, the seed's lockstep shape, 10,000 small "
@@ -2415,7 +2460,7 @@ def main(argv=None):
                     "< 64 MiB each", verdict(srv < 64 and cli < 64))
 
     # 7, 8: the row groups (incremental catalog, server core) ------------------------------
-    run_groups(res, ferry, ROW_GROUPS)
+    run_groups(res, ferry, [g for g in ROW_GROUPS if g not in MAIN_ROW_GROUPS])
 
     return finish(env, res, t_start)
 

@@ -68,15 +68,16 @@ mod resumable;
 mod stream;
 mod transfer;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::catalog::CatalogHandle;
+use crate::catalog::{CatalogHandle, FileStamp};
 use crate::dir::Dir;
+use prefix_hash::HashState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -241,7 +242,15 @@ struct Paths {
     work_on_tmpfs: bool,
     /// st_dev of the work folder: the ledger's key for its file system.
     dev: u64,
+    /// Background hashes of parts closed unfinished, by part name, with the part's stamp at
+    /// close: a part reopened in this process (a FastDP connection recycled every 500 MB, a
+    /// reconnect) goes on hashing from there instead of reading its prefix back from zero.
+    /// Used only while the part's stamp is unchanged; at most [`MAX_STASHED`] entries.
+    hash_stash: std::sync::Mutex<std::collections::HashMap<OsString, (FileStamp, HashState)>>,
 }
+
+/// Hash states kept for closed parts (a few hundred bytes each).
+const MAX_STASHED: usize = 256;
 
 impl IngestDir {
     /// `dest`: the folder final files land in. `work`: the folder for temporaries/partials, on the
@@ -327,6 +336,7 @@ impl IngestDir {
                 dest_dir,
                 work_dir,
                 dev: w.dev(),
+                hash_stash: Default::default(),
             }),
             durable: true,
             disk_reserve: 0,
@@ -384,6 +394,42 @@ impl IngestDir {
     /// The working folder's descriptor: every temporary, part and bitmap is reached through it.
     pub fn work_dir(&self) -> &Dir {
         &self.inner.work_dir
+    }
+
+    /// Keeps the background hash of the part `name` (open as `file`, all writes done) for a
+    /// reopen in this process.
+    fn stash_hash(&self, name: &OsStr, file: &File, st: HashState) {
+        let Ok(m) = file.metadata() else { return };
+        let mut stash = self
+            .inner
+            .hash_stash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stash.len() >= MAX_STASHED && !stash.contains_key(name) {
+            stash.clear();
+        }
+        stash.insert(name.to_owned(), (FileStamp::from_metadata(&m), st));
+    }
+
+    /// Takes the hash kept for the part `name` if `file` still has the stamp it had at close.
+    fn take_stashed_hash(&self, name: &OsStr, file: &File) -> Option<HashState> {
+        let (stamp, st) = self
+            .inner
+            .hash_stash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)?;
+        let now = FileStamp::from_metadata(&file.metadata().ok()?);
+        (now == stamp).then_some(st)
+    }
+
+    /// Forgets the hash kept for the part `name` (its bytes are being discarded).
+    fn forget_stashed_hash(&self, name: &OsStr) {
+        self.inner
+            .hash_stash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
     }
 
     /// Whether temporaries live on tmpfs: streams are not preallocated there (the space is

@@ -47,7 +47,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use sha2::Digest;
 
-use super::prefix_hash::{HashState, PrefixHasher};
+use super::prefix_hash::{HashState, Piece, PrefixHasher};
 use super::publish::publish;
 use super::stream::preallocate_range;
 use super::{check, is_plain_name, tag_for, Reserve, MAX_KEY_BYTES, PART_SUFFIX};
@@ -280,8 +280,9 @@ impl State {
         }
     }
 
-    /// Marks the blocks of `run` written (their bytes are in the part).
-    fn mark_written(&mut self, geo: Geometry, run: Range<u64>) {
+    /// Marks the blocks of `run` written (their bytes are in the part). `piece`: the bytes
+    /// just written, for the hasher (see [`Piece`]).
+    fn mark_written(&mut self, geo: Geometry, run: Range<u64>, piece: Option<Piece<'_>>) {
         let start = run.start;
         for i in run {
             if put(&mut self.written, i, true) {
@@ -294,12 +295,14 @@ impl State {
             }
         }
         if start <= self.prefix_blocks {
-            self.advance_prefix(geo);
+            self.advance_prefix(geo, piece);
+        } else if let (Some(h), Some(piece)) = (self.hasher.as_mut(), piece) {
+            h.keep(piece);
         }
     }
 
     /// Moves the stored prefix over every written block after it and tells the hasher.
-    fn advance_prefix(&mut self, geo: Geometry) {
+    fn advance_prefix(&mut self, geo: Geometry, piece: Option<Piece<'_>>) {
         let mut i = self.prefix_blocks;
         while i < geo.blocks {
             let byte = (i / 8) as usize;
@@ -315,7 +318,7 @@ impl State {
         self.prefix_blocks = i;
         let bytes = geo.prefix_bytes(i);
         if let Some(h) = self.hasher.as_mut() {
-            h.advance(bytes);
+            h.advance(bytes, piece);
         }
     }
 
@@ -505,7 +508,7 @@ impl Part {
                 st.received = bits.iter().map(|b| u64::from(b.count_ones())).sum();
                 st.durable.clone_from(&bits);
                 st.written = bits;
-                st.advance_prefix(geo);
+                st.advance_prefix(geo, None);
                 if stepped {
                     part.take_space()?;
                 }
@@ -644,7 +647,7 @@ impl Part {
             ));
         }
         self.file.write_all_at(data, offset)?;
-        st.mark_written(geo, first..first + n);
+        st.mark_written(geo, first..first + n, Some(Piece::Borrowed(offset, data)));
         Ok(())
     }
 
@@ -697,6 +700,11 @@ impl Part {
         }
         st.prefix_blocks = st.prefix_blocks.min(run.start);
         st.busy.push(run.clone());
+        let bytes =
+            self.geo.offset(run.start)..self.geo.offset(run.start) + self.geo.run_bytes(&run);
+        if let Some(h) = st.hasher.as_mut() {
+            h.forget(bytes);
+        }
         let demand = self.demand(&st);
         // The hasher may be reading these bytes: stop it before any is rewritten.
         let stale = if self.geo.offset(run.start) < st.frozen() {
@@ -746,18 +754,42 @@ impl Part {
         self.file.write_all_at(data, offset)
     }
 
-    /// A claimed run was written whole: its blocks become written. Hashing stopped by a
-    /// replacement starts again from the new prefix.
-    pub fn finish(&self, runs: &[Range<u64>]) {
+    /// Claimed runs were written whole: their blocks become written. Hashing stopped by a
+    /// replacement starts again from the new prefix. Each run comes with the bytes written
+    /// into it if the caller still has them (see [`Piece`]: the hasher may take a copy of them
+    /// instead of reading them back).
+    pub(super) fn finish_with<'a>(
+        &self,
+        runs: impl IntoIterator<Item = (Range<u64>, Option<Piece<'a>>)>,
+    ) {
         let mut st = self.state();
-        for r in runs {
-            st.release(r);
-            st.mark_written(self.geo, r.clone());
+        for (r, piece) in runs {
+            st.release(&r);
+            let piece = piece.filter(|_| st.hasher.is_some());
+            st.mark_written(self.geo, r, piece);
         }
         if st.wants_hasher && st.hasher.is_none() {
             // Without a hasher the commit hashes everything itself: nothing is lost.
             let _ = self.start_hasher_locked(&mut st);
         }
+    }
+
+    /// A buffer to copy claimed `run` into as it is written, when a background hasher runs
+    /// and the run starts at most a few blocks past the stored prefix: its bytes are then
+    /// likely to join the prefix when finished, and the copy spares the hasher reading them
+    /// back (runs of at most 1 MiB, so the copies stay within the hasher's budget).
+    pub(super) fn copy_buffer_for(&self, run: &Range<u64>) -> Option<Vec<u8>> {
+        const AHEAD: u64 = 8;
+        let len = self.geo.run_bytes(run);
+        if len > 1 << 20 {
+            return None;
+        }
+        let st = self.state();
+        let h = st
+            .hasher
+            .as_ref()
+            .filter(|_| run.start <= st.prefix_blocks + AHEAD)?;
+        Some(h.buffer(len as usize))
     }
 
     /// A claimed run was not written whole: its blocks stay missing.
@@ -799,7 +831,8 @@ impl Part {
         }
         let file = self.file.try_clone()?;
         let prefix = self.geo.prefix_bytes(st.prefix_blocks);
-        st.hasher = Some(PrefixHasher::start(file, self.geo.size, prefix)?);
+        let from = self.dir.take_stashed_hash(&self.part_name, &self.file);
+        st.hasher = Some(PrefixHasher::start(file, self.geo.size, prefix, from)?);
         Ok(())
     }
 
@@ -1022,6 +1055,7 @@ impl Part {
             st.hasher.take()
         };
         drop(hasher);
+        self.dir.forget_stashed_hash(&self.part_name);
         let _ = self.dir.work_dir().remove_file(&self.bitmap_name);
         let _ = self.dir.work_dir().remove_file(&self.part_name);
     }
@@ -1103,6 +1137,7 @@ impl Part {
     /// A failed sync is forgotten: the part's old bytes are gone.
     pub fn reset(&mut self) -> io::Result<()> {
         let geo = self.geo;
+        self.dir.forget_stashed_hash(&self.part_name);
         let st = self.state_mut();
         debug_assert!(st.busy.is_empty(), "reset with writers at work");
         // The hasher read data that is about to be discarded: start it again from zero.
@@ -1151,7 +1186,14 @@ impl Drop for Part {
             return;
         }
         if !self.state_mut().finished {
-            let _ = self.sync();
+            let synced = self.sync();
+            // Kept for a reopen in this process (after the sync: the stamp is the final one).
+            let hasher = self.state_mut().hasher.take();
+            if let Some(st) = hasher.and_then(PrefixHasher::finish) {
+                if synced.is_ok() {
+                    self.dir.stash_hash(&self.part_name, &self.file, st);
+                }
+            }
         }
     }
 }

@@ -6,12 +6,22 @@
 //!
 //! The thread only ever reads bytes below the prefix it was told about, and the writer refuses
 //! to rewrite those bytes while a hasher runs, so what is hashed is what gets published.
+//!
+//! Hand-off: a writer whose write made the prefix grow over the bytes it just wrote (the
+//! common, in-order case) passes a copy of them along with the new prefix, and the thread
+//! hashes that copy instead of reading the bytes back from the part. A copy is only ever of
+//! bytes inside the prefix, so it equals what the part holds there. Reading back costs a cold
+//! kernel copy per byte (about a third of the thread's time); the copy made here is of bytes
+//! the writer just touched. At most [`HANDED_MAX`] bytes wait; beyond that, and for bytes that
+//! were not handed over (out-of-order writes), the thread reads the part as before.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,6 +33,13 @@ pub(super) const CHUNK: u64 = 1 << 20;
 /// Bytes per pread: small enough that the hashes read them back from the CPU cache the copy
 /// just filled rather than from memory.
 const READ_PIECE: u64 = 256 << 10;
+/// Bytes of handed-over copies that may wait for the thread (per part; the server's memory
+/// budget counts on it).
+const HANDED_MAX: usize = 8 << 20;
+/// Handed-over bytes after which the thread is woken.
+const HANDED_WAKE: usize = 256 << 10;
+/// Bytes of spare copy buffers kept for reuse.
+const SPARE_MAX: usize = 2 << 20;
 /// The thread also wakes on its own this often (a missed wake-up only costs this much).
 const IDLE_WAKE: Duration = Duration::from_millis(100);
 
@@ -43,15 +60,39 @@ impl HashState {
         }
     }
 
+    /// Feeds the bytes that follow the hashed ones.
+    fn update(&mut self, data: &[u8]) {
+        self.sha.update(data);
+        std::hash::Hasher::write(&mut self.xxh, data);
+        self.hashed += data.len() as u64;
+    }
+
+    /// Feeds a copy of the part's bytes at `offset` (inside the prefix): the bytes between
+    /// what is hashed and `offset` are read from `file` first; bytes already hashed are skipped.
+    fn hash_copy(
+        &mut self,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if end <= self.hashed {
+            return Ok(());
+        }
+        self.hash_to(file, offset, buf)?;
+        let skip = (self.hashed - offset) as usize;
+        self.update(&data[skip..]);
+        Ok(())
+    }
+
     /// Reads `[hashed, upto)` of `file` in [`READ_PIECE`] pieces into the hashes.
     pub fn hash_to(&mut self, file: &File, upto: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         while self.hashed < upto {
             let n = (upto - self.hashed).min(READ_PIECE) as usize;
             buf.resize(n, 0);
             file.read_exact_at(&mut buf[..n], self.hashed)?;
-            self.sha.update(&buf[..n]);
-            std::hash::Hasher::write(&mut self.xxh, &buf[..n]);
-            self.hashed += n as u64;
+            self.update(&buf[..n]);
         }
         Ok(())
     }
@@ -62,6 +103,65 @@ struct Shared {
     /// Bytes at the start of the part that are written (the stored prefix).
     prefix: AtomicU64,
     stop: AtomicBool,
+    /// Set with `stop` by [`PrefixHasher::finish`]: hash the waiting copies before returning.
+    drain: AtomicBool,
+    handed: Mutex<Handed>,
+    /// Bytes the thread read back from the part (the rest came as copies).
+    read_back: AtomicU64,
+}
+
+/// Copies of prefix bytes waiting for the thread, oldest first, and spare buffers.
+#[derive(Debug, Default)]
+struct Handed {
+    queue: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Shared {
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pop(&self) -> Option<(u64, Vec<u8>)> {
+        let mut h = self.handed();
+        let piece = h.queue.pop_front()?;
+        h.bytes -= piece.1.len();
+        Some(piece)
+    }
+
+    /// Of `advanced` bytes hashed for a copy of `len` bytes, those beyond `len` were read.
+    fn count_read_back(&self, advanced: u64, len: usize) {
+        let read = advanced.saturating_sub(len as u64);
+        self.read_back.fetch_add(read, Ordering::Relaxed);
+    }
+
+    fn recycle(&self, mut buf: Vec<u8>) {
+        let mut h = self.handed();
+        let kept: usize = h.spare.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= SPARE_MAX {
+            buf.clear();
+            h.spare.push(buf);
+        }
+    }
+}
+
+/// Bytes a writer just wrote at an offset of the part, handed to [`PrefixHasher::advance`].
+#[derive(Debug)]
+pub(super) enum Piece<'a> {
+    /// Copied if the hasher takes them.
+    Borrowed(u64, &'a [u8]),
+    /// A copy the writer made already.
+    Owned(u64, Vec<u8>),
+}
+
+impl Piece<'_> {
+    fn range(&self) -> (u64, usize) {
+        match self {
+            Piece::Borrowed(at, d) => (*at, d.len()),
+            Piece::Owned(at, d) => (*at, d.len()),
+        }
+    }
 }
 
 /// The background hasher of one part.
@@ -72,25 +172,48 @@ pub(super) struct PrefixHasher {
     /// Prefix last published to the thread, and when it last was woken for it.
     told: u64,
     woken: u64,
+    /// Bytes handed over since the thread was last woken.
+    handed_unwoken: usize,
+    /// Copies of blocks written past the prefix, by offset, handed over once the prefix
+    /// covers them (out of order: several connections, several sources). They count against
+    /// [`HANDED_MAX`] with the queue; a rewrite of their bytes drops them first
+    /// ([`forget`](Self::forget)).
+    early: BTreeMap<u64, Vec<u8>>,
+    early_bytes: usize,
     size: u64,
 }
 
 impl PrefixHasher {
-    /// Starts hashing `file` (a handle of its own) up to `prefix` bytes now written.
-    pub fn start(file: File, size: u64, prefix: u64) -> io::Result<PrefixHasher> {
+    /// Starts hashing `file` (a handle of its own) up to `prefix` bytes now written, going on
+    /// from `from` (the hash of its first bytes, at most `prefix` of them) if given.
+    pub fn start(
+        file: File,
+        size: u64,
+        prefix: u64,
+        from: Option<HashState>,
+    ) -> io::Result<PrefixHasher> {
+        let from = from
+            .filter(|st| st.hashed <= prefix)
+            .unwrap_or_else(HashState::new);
         let shared = Arc::new(Shared {
             prefix: AtomicU64::new(prefix),
             stop: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            handed: Mutex::new(Handed::default()),
+            read_back: AtomicU64::new(0),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ingest-hash".into())
-            .spawn(move || run(&file, size, &s))?;
+            .spawn(move || run(&file, size, &s, from))?;
         Ok(PrefixHasher {
             shared,
             thread: Some(thread),
             told: prefix,
             woken: prefix,
+            handed_unwoken: 0,
+            early: BTreeMap::new(),
+            early_bytes: 0,
             size,
         })
     }
@@ -101,25 +224,110 @@ impl PrefixHasher {
         self.told
     }
 
-    /// The stored prefix grew to `prefix` bytes.
-    pub fn advance(&mut self, prefix: u64) {
+    /// The stored prefix grew to `prefix` bytes. `piece`: bytes just written; a copy of them
+    /// goes to the thread once they lie inside the prefix, if the copies waiting leave room.
+    pub fn advance(&mut self, prefix: u64, piece: Option<Piece<'_>>) {
+        if let Some(piece) = piece {
+            self.keep(piece);
+        }
         if prefix <= self.told {
             return;
         }
+        // Copies now inside the prefix, in order, queued before the prefix is published: a
+        // thread that sees the new prefix also finds them.
+        let mut queued = 0;
+        {
+            let mut h = self.shared.handed();
+            while let Some(entry) = self.early.first_entry() {
+                let (at, len) = (*entry.key(), entry.get().len());
+                if at + len as u64 > prefix {
+                    break;
+                }
+                let copy = entry.remove();
+                self.early_bytes -= len;
+                h.bytes += len;
+                h.queue.push_back((at, copy));
+                queued += len;
+            }
+        }
+        self.handed_unwoken += queued;
         self.told = prefix;
         self.shared.prefix.store(prefix, Ordering::Release);
-        if prefix - self.woken >= CHUNK || prefix == self.size {
+        if prefix - self.woken >= CHUNK || prefix == self.size || self.handed_unwoken >= HANDED_WAKE
+        {
             self.woken = prefix;
+            self.handed_unwoken = 0;
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
         }
     }
 
-    /// Stops the thread (within one chunk) and returns what it hashed (None if it failed: start
-    /// over).
+    /// Keeps a copy of bytes just written at or past the prefix, until the prefix covers them
+    /// (within the budget; otherwise the thread reads them back).
+    pub fn keep(&mut self, piece: Piece<'_>) {
+        let (at, len) = piece.range();
+        let waiting = self.shared.handed().bytes;
+        if len == 0 || at < self.told || waiting + self.early_bytes + len > HANDED_MAX {
+            if let Piece::Owned(_, v) = piece {
+                self.shared.recycle(v);
+            }
+            return;
+        }
+        self.forget(at..at + len as u64);
+        let copy = match piece {
+            Piece::Owned(_, v) => v,
+            Piece::Borrowed(_, d) => {
+                let mut v = self.buffer(d.len());
+                v.extend_from_slice(d);
+                v
+            }
+        };
+        self.early_bytes += len;
+        self.early.insert(at, copy);
+    }
+
+    /// Drops the kept copies that overlap bytes `range` of the part: they are about to be
+    /// rewritten.
+    pub fn forget(&mut self, range: Range<u64>) {
+        if self.early.is_empty() {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .early
+            .range(..range.end)
+            .filter(|(at, v)| **at + v.len() as u64 > range.start)
+            .map(|(at, _)| *at)
+            .collect();
+        for at in stale {
+            if let Some(v) = self.early.remove(&at) {
+                self.early_bytes -= v.len();
+                self.shared.recycle(v);
+            }
+        }
+    }
+
+    /// An empty buffer of at least `len` bytes' capacity for a copy to hand over later (a
+    /// spare one when there is one).
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut h = self.shared.handed();
+        match h.spare.iter().position(|b| b.capacity() >= len) {
+            Some(k) => h.spare.swap_remove(k),
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Stops the thread once it has hashed the copies handed to it (a chunk it is reading is
+    /// finished first) and returns what it hashed (None if it failed: start over).
     pub fn finish(mut self) -> Option<HashState> {
+        self.shared.drain.store(true, Ordering::Release);
         self.stop_thread()
+    }
+
+    /// Bytes the thread has read back from the part so far.
+    #[cfg(test)]
+    pub fn read_back(&self) -> u64 {
+        self.shared.read_back.load(Ordering::Acquire)
     }
 
     fn stop_thread(&mut self) -> Option<HashState> {
@@ -136,8 +344,8 @@ impl Drop for PrefixHasher {
     }
 }
 
-fn run(file: &File, size: u64, s: &Shared) -> io::Result<HashState> {
-    let mut st = HashState::new();
+fn run(file: &File, size: u64, s: &Shared, from: HashState) -> io::Result<HashState> {
+    let mut st = from;
     let mut buf = Vec::new();
     loop {
         let prefix = s.prefix.load(Ordering::Acquire).min(size);
@@ -150,12 +358,197 @@ fn run(file: &File, size: u64, s: &Shared) -> io::Result<HashState> {
         // A stop is seen between chunks: whoever stops the thread hashes the rest itself, or
         // is about to rewrite bytes the thread would read in vain.
         if s.stop.load(Ordering::Acquire) {
+            if s.drain.load(Ordering::Acquire) {
+                while let Some((at, data)) = s.pop() {
+                    let before = st.hashed;
+                    st.hash_copy(file, at, &data, &mut buf)?;
+                    s.count_read_back(st.hashed - before, data.len());
+                }
+            }
             return Ok(st);
         }
+        // Copies first: they cover the prefix up to at least what was loaded above, unless
+        // some were not handed over, which the reads below then fill in.
+        if let Some((at, data)) = s.pop() {
+            let before = st.hashed;
+            st.hash_copy(file, at, &data, &mut buf)?;
+            s.count_read_back(st.hashed - before, data.len());
+            s.recycle(data);
+            continue;
+        }
         if upto > st.hashed {
+            let before = st.hashed;
             st.hash_to(file, upto.min(st.hashed + CHUNK), &mut buf)?;
+            s.read_back.fetch_add(st.hashed - before, Ordering::Relaxed);
             continue;
         }
         std::thread::park_timeout(IDLE_WAKE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 + i / 4093) as u8).collect()
+    }
+
+    fn temp_file(tag: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("ferry-prefix-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("part");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        (dir, File::open(&path).unwrap())
+    }
+
+    fn digest(st: &HashState) -> ([u8; 32], u64) {
+        (
+            st.sha.clone().finalize().into(),
+            std::hash::Hasher::finish(&st.xxh),
+        )
+    }
+
+    fn expected(bytes: &[u8]) -> ([u8; 32], u64) {
+        let mut st = HashState::new();
+        st.update(bytes);
+        digest(&st)
+    }
+
+    /// In-order pieces handed over with the prefix are hashed from the copies: nothing is read
+    /// back from the part, and the digest is that of the bytes.
+    #[test]
+    fn in_order_pieces_are_hashed_without_reading_back() {
+        let bytes = data(3 * CHUNK as usize + 12_345);
+        let (dir, file) = temp_file("inorder", &bytes);
+        let mut h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
+        for (k, piece) in bytes.chunks(32 << 10).enumerate() {
+            let at = (k * (32 << 10)) as u64;
+            h.advance(at + piece.len() as u64, Some(Piece::Borrowed(at, piece)));
+        }
+        let read_back = h.read_back();
+        let st = h.finish().unwrap();
+        assert_eq!(st.hashed, bytes.len() as u64);
+        assert_eq!(digest(&st), expected(&bytes));
+        assert_eq!(read_back, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Gaps between pieces (bytes written out of order, a piece not handed over, an owned copy,
+    /// a piece overlapping what is hashed, one outside the prefix) are read from the part;
+    /// the digest is still exactly that of the part.
+    #[test]
+    fn gaps_between_pieces_are_read_back_and_the_digest_is_exact() {
+        let bytes = data(2 * CHUNK as usize + 777);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("gaps", &bytes);
+        let mut h = PrefixHasher::start(file, size, 4096, None).unwrap();
+        // [0, 4096) was the prefix at start: read back. Then a prefix jump with no piece.
+        h.advance(100_000, None);
+        // A piece overlapping the hashed region and one that ends past the new prefix (not
+        // taken: a copy is only ever of prefix bytes).
+        h.advance(
+            150_000,
+            Some(Piece::Owned(90_000, bytes[90_000..150_000].to_vec())),
+        );
+        h.advance(
+            160_000,
+            Some(Piece::Borrowed(155_000, &bytes[155_000..170_000])),
+        );
+        h.advance(
+            size,
+            Some(Piece::Borrowed(size - 777, &bytes[size as usize - 777..])),
+        );
+        let st = h.finish().unwrap();
+        assert_eq!(st.hashed, size);
+        assert_eq!(digest(&st), expected(&bytes));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// More waiting copies than [`HANDED_MAX`] allows are not queued: the thread (or, as in
+    /// a commit, whoever finishes it) reads those bytes back instead, and the digest is exact.
+    #[test]
+    fn copies_past_the_cap_fall_back_to_reading() {
+        let n = HANDED_MAX + 3 * (1 << 20) + 5;
+        let bytes = data(n);
+        let (dir, file) = temp_file("cap", &bytes);
+        let mut h = PrefixHasher::start(file, n as u64, 0, None).unwrap();
+        // One large piece at a time, faster than the thread can keep up with at first.
+        for (k, piece) in bytes.chunks(4 << 20).enumerate() {
+            let at = (k * (4 << 20)) as u64;
+            h.advance(at + piece.len() as u64, Some(Piece::Borrowed(at, piece)));
+        }
+        let mut st = h.finish().unwrap();
+        // What the commit does after stopping the thread: the rest is read here.
+        let file = File::open(dir.join("part")).unwrap();
+        st.hash_to(&file, n as u64, &mut Vec::new()).unwrap();
+        assert_eq!(digest(&st), expected(&bytes));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Blocks finished out of order (several connections) are kept until the prefix covers
+    /// them and then hashed from the copies: nothing is read back.
+    #[test]
+    fn out_of_order_pieces_are_kept_until_the_prefix_covers_them() {
+        let block = 1 << 20;
+        let bytes = data(6 * block + 99);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("early", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        let piece = |k: usize| {
+            let end = ((k + 1) * block).min(bytes.len());
+            Piece::Borrowed((k * block) as u64, &bytes[k * block..end])
+        };
+        // Blocks 1 and 2 finish before 0; 4 and 6 before 3 and 5.
+        h.keep(piece(1));
+        h.keep(piece(2));
+        h.advance(3 * block as u64, Some(piece(0)));
+        h.keep(piece(4));
+        h.keep(piece(6));
+        h.advance(5 * block as u64, Some(piece(3)));
+        h.advance(size, Some(piece(5)));
+        let read_back = h.read_back();
+        let st = h.finish().unwrap();
+        assert_eq!(digest(&st), expected(&bytes));
+        assert_eq!(read_back, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A kept copy of bytes that are then rewritten is forgotten: the digest is of the bytes
+    /// the part holds, read back, never of the old copy.
+    #[test]
+    fn forgotten_copies_are_never_hashed() {
+        let mut bytes = data(3 * 4096);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("forget", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        let old = bytes[4096..8192].to_vec();
+        h.keep(Piece::Owned(4096, old));
+        // Block 1 is rewritten with other bytes, and this writer keeps no copy of them.
+        h.forget(5000..5001);
+        for b in &mut bytes[4096..8192] {
+            *b ^= 0xff;
+        }
+        std::fs::write(dir.join("part"), &bytes).unwrap();
+        h.advance(size, Some(Piece::Borrowed(0, &bytes[..4096])));
+        let mut st = h.finish().unwrap();
+        let file = File::open(dir.join("part")).unwrap();
+        st.hash_to(&file, size, &mut Vec::new()).unwrap();
+        assert_eq!(digest(&st), expected(&bytes));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A hasher dropped (a rewrite is coming) stops without hashing its waiting copies.
+    #[test]
+    fn drop_stops_without_draining() {
+        let bytes = data(1 << 20);
+        let (dir, file) = temp_file("drop", &bytes);
+        let mut h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
+        h.advance(1 << 19, Some(Piece::Borrowed(0, &bytes[..1 << 19])));
+        drop(h);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -35,6 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::part::{Claimed, Part};
+use super::prefix_hash::Piece;
 use super::publisher::{Publication, Publisher};
 use super::{Collision, Expect, IngestError, Rewrite};
 
@@ -433,6 +434,7 @@ impl Transfer {
                     offset: self.part.geometry().offset(i),
                     len: self.block_len(i),
                     pos: 0,
+                    copy: self.part.copy_buffer_for(&run),
                     run: Some(run),
                 }),
                 None => Claim::Held,
@@ -464,18 +466,24 @@ impl Transfer {
             }
         };
         let base = geo.offset(first);
-        for run in &runs {
+        let piece = |run: &Range<u64>| {
             let at = geo.offset(run.start);
             let start = (at - base) as usize;
-            let piece = &data[start..start + geo.run_bytes(run) as usize];
-            if let Err(e) = self.part.write_at(piece, at) {
+            (at, &data[start..start + geo.run_bytes(run) as usize])
+        };
+        for run in &runs {
+            let (at, bytes) = piece(run);
+            if let Err(e) = self.part.write_at(bytes, at) {
                 for r in &runs {
                     self.part.release(r);
                 }
                 return Err(e.into());
             }
         }
-        self.part.finish(&runs);
+        self.part.finish_with(runs.iter().map(|r| {
+            let (at, bytes) = piece(r);
+            (r.clone(), Some(Piece::Borrowed(at, bytes)))
+        }));
         let blocks = runs.iter().map(|r| r.end - r.start).sum();
         Ok(Wrote::Stored { blocks })
     }
@@ -637,6 +645,9 @@ pub struct BlockWriter<'t> {
     pos: u64,
     /// The claimed run; None once finished.
     run: Option<Range<u64>>,
+    /// A copy of what was written, for the background hasher, when the block is likely to
+    /// extend the hashed prefix once finished (it then needs no reading back).
+    copy: Option<Vec<u8>>,
 }
 
 impl BlockWriter<'_> {
@@ -663,6 +674,9 @@ impl BlockWriter<'_> {
         }
         self.transfer.part.write_at(data, self.offset + self.pos)?;
         self.pos += data.len() as u64;
+        if let Some(c) = self.copy.as_mut() {
+            c.extend_from_slice(data);
+        }
         Ok(())
     }
 
@@ -673,7 +687,8 @@ impl BlockWriter<'_> {
             return Err(invalid("ingest: block not written to its end"));
         }
         if let Some(run) = self.run.take() {
-            self.transfer.part.finish(&[run]);
+            let piece = self.copy.take().map(|c| Piece::Owned(self.offset, c));
+            self.transfer.part.finish_with([(run, piece)]);
         }
         Ok(())
     }

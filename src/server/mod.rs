@@ -47,7 +47,7 @@ pub use listener::{
 };
 pub use pool::{CORE_WORKERS, RETIRE_AFTER};
 pub use setup::{PreambleError, SetupError};
-pub use shutdown::Shutdown;
+pub use shutdown::{Shutdown, WakeFd};
 pub use signals::{install_signal_handlers, take_rescan_request};
 
 pub use crate::transport::Peer;
@@ -60,7 +60,6 @@ use std::time::{Duration, Instant};
 
 use listener::{Budget, ListenSocket, RawConn};
 use pool::{ConnSlot, Job, Pool};
-use shutdown::WakeFd;
 
 use crate::transport::Stream;
 

@@ -70,7 +70,7 @@ impl Shutdown {
 
     /// Adds a wake fd that [`trigger`](Self::trigger) will write; woken at once if the flag is
     /// already set.
-    pub(super) fn register(&self, w: Arc<WakeFd>) {
+    pub(crate) fn register(&self, w: Arc<WakeFd>) {
         let mut wakers = self.0.wakers.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_triggered() {
             w.wake();
@@ -78,18 +78,20 @@ impl Shutdown {
         wakers.push(w);
     }
 
-    pub(super) fn unregister(&self, w: &Arc<WakeFd>) {
+    pub(crate) fn unregister(&self, w: &Arc<WakeFd>) {
         let mut wakers = self.0.wakers.lock().unwrap_or_else(|e| e.into_inner());
         wakers.retain(|x| !Arc::ptr_eq(x, w));
     }
 }
 
-/// An eventfd that becomes readable, for good, once woken: every thread polling it wakes (no one
-/// reads it, so the readiness is level-triggered for all of them).
-pub(super) struct WakeFd(OwnedFd);
+/// An eventfd that becomes readable once woken: every thread polling it wakes (readiness is
+/// level-triggered until [`clear`](Self::clear), which the listeners never call, so for them
+/// it stays readable for good; an event loop that is woken for more than its end clears it).
+#[derive(Debug)]
+pub struct WakeFd(OwnedFd);
 
 impl WakeFd {
-    pub(super) fn new() -> io::Result<WakeFd> {
+    pub fn new() -> io::Result<WakeFd> {
         // SAFETY: eventfd(2) takes no pointers; a non-negative result is a new fd we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -99,15 +101,23 @@ impl WakeFd {
         Ok(WakeFd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    pub(super) fn wake(&self) {
+    pub fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live local to an eventfd we own. A full counter
         // (EAGAIN) still leaves it readable, which is all that matters.
         unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
-    pub(super) fn raw_fd(&self) -> RawFd {
+    pub fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+
+    /// Makes it unreadable again (until the next [`wake`](Self::wake)).
+    pub fn clear(&self) {
+        let mut n = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live local from an eventfd we own; EAGAIN (not
+        // woken) leaves it as it is.
+        unsafe { libc::read(self.0.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
     }
 }
 

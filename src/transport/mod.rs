@@ -548,6 +548,27 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     n > 0
 }
 
+/// As [`wait_readable`], also returning early when `wake` (an eventfd another thread writes)
+/// is readable. True when `fd` is readable.
+pub fn wait_readable_or_woken(fd: RawFd, wake: RawFd, timeout: Duration) -> bool {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `p` is a valid array of two pollfds for the duration of the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    n > 0 && p[0].revents != 0
+}
+
 /// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
 /// order), returning a socket whose read and write timeouts are set to `timeout`.
 pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, TransportError> {

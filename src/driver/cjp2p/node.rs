@@ -34,7 +34,7 @@ use crate::ingest::{Expect, IngestDir, IngestError, Resumable};
 use crate::proto::cjp2p::download::{Accept, Download, DownloadConfig};
 use crate::proto::cjp2p::node::{ContentStore, Node, NodeConfig, NodeEvent, NodeStats};
 pub use crate::proto::cjp2p::DEFAULT_PORT;
-use crate::server::Shutdown;
+use crate::server::{Shutdown, WakeFd};
 use crate::transport;
 
 /// Requested SO_RCVBUF and SO_SNDBUF.
@@ -149,6 +149,8 @@ pub struct NodeHandle {
     pub local_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     stop: Arc<AtomicBool>,
+    /// Wakes the node thread out of its poll(2): a command was sent, or it must stop.
+    wake: Arc<WakeFd>,
     thread: Option<JoinHandle<()>>,
     /// Bytes the kernel granted for the socket buffers.
     pub sockbuf: usize,
@@ -187,6 +189,8 @@ impl NodeHandle {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let wake = Arc::new(WakeFd::new()?);
+        let wake2 = wake.clone();
         let mut secret = [0u8; 32];
         getrandom(&mut secret)?;
         let thread = std::thread::Builder::new()
@@ -212,13 +216,17 @@ impl NodeHandle {
                     list_waiters: Vec::new(),
                     last_report: Instant::now(),
                     reported: NodeStats::default(),
+                    wake: wake2,
                 };
+                shutdown.register(lp.wake.clone());
                 lp.run(rx, &stop2, &shutdown);
+                shutdown.unregister(&lp.wake);
             })?;
         Ok(NodeHandle {
             local_addr,
             commands: tx,
             stop,
+            wake,
             thread: Some(thread),
             sockbuf: granted,
         })
@@ -245,7 +253,7 @@ impl NodeHandle {
         dest: Option<PathBuf>,
     ) -> mpsc::Receiver<Outcome> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::Download {
+        self.send(Command::Download {
             id,
             sources,
             name,
@@ -263,20 +271,26 @@ impl NodeHandle {
         limit: Duration,
     ) -> mpsc::Receiver<Option<Vec<SocketAddr>>> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::Peers(peer, limit, tx));
+        self.send(Command::Peers(peer, limit, tx));
         rx
     }
 
     /// Asks `peer` for its content list; `None` when it answered nothing within `limit`.
     pub fn list_of(&self, peer: SocketAddr, limit: Duration) -> mpsc::Receiver<Option<Listing>> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::List(peer, limit, tx));
+        self.send(Command::List(peer, limit, tx));
         rx
+    }
+
+    /// Queues a command and wakes the node thread for it.
+    fn send(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+        self.wake.wake();
     }
 
     pub fn progress(&self) -> Vec<Progress> {
         let (tx, rx) = mpsc::channel();
-        let _ = self.commands.send(Command::Progress(tx));
+        self.send(Command::Progress(tx));
         rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
     }
 }
@@ -284,6 +298,7 @@ impl NodeHandle {
 impl Drop for NodeHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -352,6 +367,9 @@ struct Loop {
     /// `-v`: when the activity and counters were last printed, and the counters then.
     last_report: Instant,
     reported: NodeStats,
+    /// Readable when the loop has more to do than its socket says: a command, a finished
+    /// whole-file check, a stop.
+    wake: Arc<WakeFd>,
 }
 
 impl Loop {
@@ -367,6 +385,9 @@ impl Loop {
             return;
         }
         while !stop.load(Ordering::SeqCst) && !shutdown.is_triggered() {
+            // Cleared before the work it announces is looked at: a wake after this is seen
+            // by the next wait.
+            self.wake.clear();
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
             }
@@ -391,8 +412,9 @@ impl Loop {
                     wait = wait.min(t.saturating_duration_since(now));
                 }
             }
-            transport::wait_readable(
+            transport::wait_readable_or_woken(
                 std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+                self.wake.raw_fd(),
                 wait.max(Duration::from_millis(1)),
             );
             // Drain everything that has arrived before doing the bookkeeping again.
@@ -803,6 +825,7 @@ impl Loop {
             None => Publisher::without_catalog(a.ingest.clone()),
         };
         let (tx, rx) = mpsc::channel();
+        let wake = self.wake.clone();
         std::thread::spawn(move || {
             let _ = tx.send(publisher.publish_resumable(
                 part,
@@ -810,6 +833,7 @@ impl Loop {
                 Expect::Sha256(id),
                 Collision::Tagged,
             ));
+            wake.wake();
         });
         self.verifying.push((id, rx));
     }
