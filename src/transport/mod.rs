@@ -569,6 +569,40 @@ pub fn wait_readable_or_woken(fd: RawFd, wake: RawFd, timeout: Duration) -> bool
     n > 0 && p[0].revents != 0
 }
 
+/// The MTU of the route to `dest` as the kernel knows it (a UDP socket connected to it, never
+/// sent on, asked for `IP_MTU` / `IPV6_MTU`): 1500 on most links, 65,536 on loopback. None when
+/// there is no route or the kernel does not say.
+pub fn path_mtu(dest: SocketAddr) -> Option<u32> {
+    let dest = canonical_addr(dest);
+    let (bind, level, opt): (SocketAddr, _, _) = match dest {
+        SocketAddr::V4(_) => (
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+        ),
+        SocketAddr::V6(_) => (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU,
+        ),
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.connect(dest).ok()?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mtu`, a live local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && mtu > 0).then_some(mtu as u32)
+}
+
 /// TCP connect to "host:port" with a timeout per address (resolves, tries each address in
 /// order), returning a socket whose read and write timeouts are set to `timeout`.
 pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
@@ -686,6 +720,25 @@ pub(crate) mod tests {
 
     const ALPN: &[&[u8]] = &[b"jtp/1"];
     const T: Duration = Duration::from_secs(5);
+
+    /// The route to loopback has loopback's MTU (65,536 unless changed, 65,535 for IPv4; at
+    /// least IPv6's minimum), for both families; nothing is sent.
+    #[test]
+    fn path_mtu_of_loopback_is_the_loopback_mtu() {
+        let lo = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let v4 = path_mtu("127.0.0.1:9".parse().unwrap()).expect("an MTU toward 127.0.0.1");
+        assert!(v4 >= 1280, "{v4}");
+        if let Some(lo) = lo {
+            // An IPv4 packet is at most 65,535 bytes, whatever the device allows.
+            assert_eq!(v4, lo.min(65_535));
+        }
+        // ::1 exists only where IPv6 is on; when it is, the answer is loopback's too.
+        if let Some(v6) = path_mtu("[::1]:9".parse().unwrap()) {
+            assert!(v6 >= 1280, "{v6}");
+        }
+    }
 
     /// A fresh directory under the system temp dir, unique per process and call.
     pub(crate) fn temp_dir(name: &str) -> PathBuf {

@@ -560,6 +560,7 @@ impl Loop {
                     }
                 }
                 for s in sources {
+                    limit_to_path(&mut dl, s);
                     dl.add_source(now, s, self.node.ferry_max_length(s));
                 }
                 self.node.set_downloading(id, true);
@@ -677,6 +678,7 @@ impl Loop {
                     // On probation: one request each, dropped after 2 s of silence.
                     if let Some(a) = self.downloads.get_mut(&id) {
                         for p in peers {
+                            limit_to_path(&mut a.dl, p);
                             a.dl.add_hint(now, p, self.node.ferry_max_length(p));
                         }
                     }
@@ -899,6 +901,7 @@ impl Loop {
                         for s in a.dl.sources() {
                             a.dl.remove_source(s);
                         }
+                        limit_to_path(&mut a.dl, pick);
                         a.dl.add_source(Instant::now(), pick, self.node.ferry_max_length(pick));
                         eprintln!("cjp2p: {}: trying {pick} alone", hex(&id));
                     }
@@ -951,6 +954,14 @@ fn open_part(ingest: &IngestDir, key: &str, size: u64) -> io::Result<Resumable> 
         eprintln!("cjp2p: {key}: hashing at the end instead: {e}");
     }
     Ok(p)
+}
+
+/// Tells a download the MTU of the path to a source, so that its answers stay a few IP
+/// fragments long (a 1500-byte path: 4096-byte requests; loopback: no limit).
+fn limit_to_path(dl: &mut Download, addr: SocketAddr) {
+    if let Some(mtu) = transport::path_mtu(addr) {
+        dl.set_path_mtu(addr, mtu);
+    }
 }
 
 /// On a dual-stack socket, IPv4 destinations go out as IPv4-mapped IPv6: the inverse of

@@ -145,6 +145,8 @@ const FORGET_DEAD_HINT_AFTER: Duration = Duration::from_secs(60);
 const MAX_DEAD_HINTS: usize = 256;
 /// Most copies of one range in flight during the endgame.
 const MAX_COPIES: usize = 2;
+/// Addresses whose path limit is remembered.
+const MAX_PATH_LIMITS: usize = 1024;
 
 /// Downloader settings (spec 1.4). Plain data.
 #[derive(Clone, Debug)]
@@ -257,6 +259,9 @@ pub struct Download {
     last_poll: Option<Instant>,
     /// Hints dropped for silence, and when: later hints naming them are ignored for a while.
     dead_hints: HashMap<SocketAddr, Instant>,
+    /// Largest request toward an address whose path fragments large answers
+    /// ([`set_path_limit`](Self::set_path_limit)); at most [`MAX_PATH_LIMITS`] entries.
+    path_limits: HashMap<SocketAddr, u32>,
     stats: DownloadStats,
 }
 
@@ -280,6 +285,7 @@ impl Download {
             timers: BTreeSet::new(),
             last_poll: None,
             dead_hints: HashMap::new(),
+            path_limits: HashMap::new(),
             stats: DownloadStats::default(),
         }
     }

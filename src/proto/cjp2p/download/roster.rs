@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::size::Sizer;
+use super::size::{request_limit_for_mtu, Sizer};
 use super::source::{Source, Standing};
 use super::MAX_BURST;
+use super::MAX_PATH_LIMITS;
 use super::{block_len, Download, FORGET_DEAD_HINT_AFTER, INITIAL_CWND, INITIAL_SSTHRESH};
 use crate::transport::canonical_addr;
 
@@ -48,16 +49,43 @@ impl Download {
         true
     }
 
+    /// The path to `addr` has `mtu`-byte packets (the driver asks the kernel): requests to it
+    /// stay small enough that an answer is at most a few IP fragments
+    /// ([`request_limit_for_mtu`]), now and for a source added later. A lost fragment costs
+    /// the whole answer and leaves its siblings in the receiver's reassembly queue for 30 s,
+    /// so on a 1500-byte path a lossy link is not given the chance to fill that queue.
+    pub fn set_path_mtu(&mut self, addr: SocketAddr, mtu: u32) {
+        let addr = canonical_addr(addr);
+        if self.path_limits.len() >= MAX_PATH_LIMITS && !self.path_limits.contains_key(&addr) {
+            self.path_limits.clear();
+        }
+        self.path_limits.insert(addr, request_limit_for_mtu(mtu));
+        if let Some(s) = self.sources.iter().find(|s| s.addr == addr) {
+            let is_ferry = s.is_ferry;
+            let ceiling = s.size.ceiling();
+            self.apply_ceiling(addr, is_ferry, ceiling);
+        }
+    }
+
     /// The source is (or is not) a ferry peer announcing `max_length`: its request length
-    /// follows. Its requests in flight and its congestion state are kept.
+    /// follows (within the path's limit). Its requests in flight and its congestion state are
+    /// kept.
     pub fn set_ferry(&mut self, addr: SocketAddr, ferry_max_length: Option<u32>) {
         let addr = canonical_addr(addr);
         let block = match ferry_max_length {
             Some(m) => block_len(self.cfg.ferry_block.min(m)),
             None => block_len(self.cfg.ref_block),
         };
+        self.apply_ceiling(addr, ferry_max_length.is_some(), block);
+    }
+
+    fn apply_ceiling(&mut self, addr: SocketAddr, is_ferry: bool, block: u32) {
+        let block = match self.path_limits.get(&addr) {
+            Some(&limit) => block.min(limit),
+            None => block,
+        };
         if let Some(s) = self.sources.iter_mut().find(|s| s.addr == addr) {
-            s.is_ferry = ferry_max_length.is_some();
+            s.is_ferry = is_ferry;
             s.size.set_ceiling(block);
         }
     }
@@ -158,6 +186,49 @@ mod tests {
         dl.add_source(t0, addr(2), None);
         dl.add_source(t0, addr(3), None);
         assert_eq!(dl.sources(), vec![addr(1), addr(2)]);
+    }
+
+    fn ceiling_of(dl: &Download, a: SocketAddr) -> u32 {
+        dl.sources
+            .iter()
+            .find(|s| s.addr == a)
+            .unwrap()
+            .size
+            .ceiling()
+    }
+
+    /// Issue 14 (CJP2P over 20 ms / 1 % loss links): a 1500-byte path keeps requests at 4096
+    /// bytes (4 fragments an answer) whether the limit comes before or after the source and
+    /// its ferry announcement; loopback keeps ferry's 32 KiB; a 9000-byte path 24 KiB.
+    #[test]
+    fn the_path_mtu_caps_the_request_size_of_a_source() {
+        use super::super::size::request_limit_for_mtu;
+        assert_eq!(request_limit_for_mtu(1500), 4096);
+        assert_eq!(request_limit_for_mtu(1280), 4096);
+        assert_eq!(request_limit_for_mtu(9000), 24576);
+        assert!(request_limit_for_mtu(65536) >= 40960);
+        assert_eq!(request_limit_for_mtu(0), 4096);
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        // Limit first, then a ferry source.
+        dl.set_path_mtu(addr(1), 1500);
+        dl.add_source(t0, addr(1), Some(32768));
+        assert_eq!(ceiling_of(&dl, addr(1)), 4096);
+        // A ferry source first, then its limit; a later announcement stays within it.
+        dl.add_source(t0, addr(2), Some(32768));
+        assert_eq!(ceiling_of(&dl, addr(2)), 32768);
+        dl.set_path_mtu(addr(2), 9000);
+        assert_eq!(ceiling_of(&dl, addr(2)), 24576);
+        dl.set_ferry(addr(2), Some(40960));
+        assert_eq!(ceiling_of(&dl, addr(2)), 24576);
+        // Loopback: no limit below the configured size.
+        dl.add_source(t0, addr(3), Some(32768));
+        dl.set_path_mtu(addr(3), 65536);
+        assert_eq!(ceiling_of(&dl, addr(3)), 32768);
+        // Hints too.
+        dl.set_path_mtu(addr(4), 1500);
+        assert!(dl.add_hint(t0, addr(4), Some(32768)));
+        assert_eq!(ceiling_of(&dl, addr(4)), 4096);
     }
 
     #[test]

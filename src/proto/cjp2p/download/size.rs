@@ -37,6 +37,23 @@ use super::BLOCK;
 /// Smallest request size: one block of the bitmaps, the reference node's size. Its answer is a
 /// 4-fragment datagram on a 1500-byte path.
 pub(super) const MIN_SIZE: u32 = BLOCK as u32;
+/// IP fragments an answer may take on a path ([`request_limit_for_mtu`]): a 4096-byte answer
+/// is 4 on a 1500-byte path.
+const MAX_FRAGMENTS: u32 = 4;
+/// Bytes of an answer besides its base64 data (JSON keys, id, offset), rounded up.
+const ANSWER_OVERHEAD: u32 = 300;
+
+/// Largest request (a multiple of 4096, at least [`MIN_SIZE`]) whose answer fits in
+/// [`MAX_FRAGMENTS`] IP fragments on a path of `mtu`-byte packets (IPv6 and UDP headers
+/// counted, base64 is 4 bytes per 3): 4096 on a 1500-byte path, 24 KiB on a 9000-byte one,
+/// no limit worth having on loopback (65,536).
+pub fn request_limit_for_mtu(mtu: u32) -> u32 {
+    let per_fragment = mtu.saturating_sub(48);
+    let encoded = (MAX_FRAGMENTS * per_fragment).saturating_sub(ANSWER_OVERHEAD);
+    let data = encoded / 4 * 3;
+    (data / MIN_SIZE * MIN_SIZE).max(MIN_SIZE)
+}
+
 /// Clean replies in a row needed to double the size while no loss has been seen yet.
 const GROW_FIRST: u32 = 8;
 /// Outcomes at a size needed to try the larger size once a loss has been seen; doubles with
