@@ -2093,9 +2093,13 @@ def bench_filestorage_fetch(res, ferry, big):
 
 
 def bench_cjp2p_group(res, ferry):
-    """The CJP2P rows alone (`--only cjp2p`): one source, two sources, the same runs and rows
-    as in a full run (the 256 MiB data set is made if missing)."""
-    cj = ensure_data()[3]
+    """The CJP2P rows alone (`--only cjp2p`): the same runs and rows as in a full run (the
+    256 MiB data set is made if missing)."""
+    cjp2p_all(res, ferry, ensure_data()[3])
+
+
+def cjp2p_all(res, ferry, cj):
+    """CJP2P from one source and from two, and their rows."""
     cjp, two = {}, []
     try:
         cjp = bench_cjp2p(res, ferry, cj)
@@ -2395,16 +2399,7 @@ def main(argv=None):
                 f"{b['server_cpu']:.2f} (a side near its wall time is the bottleneck)")
 
     # 1c. CJP2P: 256 MiB ferry node -> ferry get over UDP loopback ---------------------------
-    cjp, two = {}, []
-    try:
-        cjp = bench_cjp2p(res, ferry, cj)
-    except CommandFailed as e:
-        res.error("256 MiB, CJP2P", e)
-    try:
-        two = bench_cjp2p_two(res, ferry, cj)
-    except CommandFailed as e:
-        res.error("256 MiB, CJP2P from two ferry nodes at once", e)
-    cjp2p_rows(res, cjp, two)
+    cjp2p_all(res, ferry, cj)
 
     # 2. 1000 small images ----------------------------------------------------------------
     curl_small = None
