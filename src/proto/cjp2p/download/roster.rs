@@ -51,7 +51,7 @@ impl Download {
 
     /// The path to `addr` has `mtu`-byte packets (the driver asks the kernel): requests to it
     /// stay small enough that an answer is at most a few IP fragments
-    /// ([`request_limit_for_mtu`]), now and for a source added later. A lost fragment costs
+    /// (`size::request_limit_for_mtu`), now and for a source added later. A lost fragment costs
     /// the whole answer and leaves its siblings in the receiver's reassembly queue for 30 s,
     /// so on a 1500-byte path a lossy link is not given the chance to fill that queue.
     pub fn set_path_mtu(&mut self, addr: SocketAddr, mtu: u32) {
