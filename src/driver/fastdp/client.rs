@@ -1273,6 +1273,7 @@ fn pull_loop(
         }
         if let Some(r) = accepted {
             let att = accept_reply(sh, &r)?;
+            link.enlarge();
             break (att, r);
         }
         if c.is_finished() {

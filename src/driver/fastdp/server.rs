@@ -482,6 +482,7 @@ impl Conn<'_> {
                 ));
                 self.conn.accept_push(now, have, inner.cfg.max_connections);
                 let _ = att.hash_in_background();
+                self.link.enlarge();
                 let r = self.receive_push(&inner, &h, &att, &st);
                 // The attachment goes before the guard: the last connection out closes the
                 // part before the transfer leaves the map.
