@@ -909,6 +909,47 @@ fn f30_keepalive_acks_every_10_s_while_verifying() {
     assert!(m.is_finished());
 }
 
+/// A stored chunk is acknowledged within `ack_delay` (250 ms) even when nothing else arrives:
+/// the receiver's next deadline is the Ack's while none is outstanding, and only the read
+/// deadline while one is (F13; a mutant that swapped the two was not caught before).
+#[test]
+fn f13_a_stored_chunk_sets_the_ack_deadline_unless_an_ack_is_outstanding() {
+    let t0 = Instant::now();
+    let data = vec![7u8; 3 * 4096];
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    let c = &mut PushClient::new(t0, &client_cfg(), header_for(&data, 4096, Compress::None));
+    m.handle_input(t0, &c.poll_transmit().unwrap());
+    let back = m.poll_transmit().unwrap();
+    assert_eq!(c.handle_input(t0, &back), back.len());
+    let hdr = c.poll_transmit().unwrap();
+    let mut pos = 0;
+    while pos < hdr.len() {
+        pos += m.handle_input(t0, &hdr[pos..]).consumed;
+    }
+    assert!(matches!(m.poll_event(), Some(Event::PushHeader(_))));
+    m.accept_push(t0, Have::new(), 8);
+    m.poll_transmit().unwrap();
+    let read_deadline = m.poll_timeout().unwrap();
+    let delay = ServerConfig::default().limits.ack_delay;
+    assert!(read_deadline > t0 + delay);
+    m.chunk_stored(t0, 0, false);
+    assert_eq!(
+        m.poll_event(),
+        None,
+        "one chunk of three: the Ack waits for its batch"
+    );
+    assert_eq!(m.poll_timeout(), Some(t0 + delay));
+    m.handle_timeout(t0 + delay);
+    assert_eq!(m.poll_event(), Some(Event::AckDue(vec![0])));
+    // The Ack is outstanding (the driver is making chunk 0 durable): another stored chunk does
+    // not bring the Ack's deadline back until it is answered.
+    m.chunk_stored(t0 + delay, 1, false);
+    assert_eq!(m.poll_timeout(), Some(read_deadline));
+    m.ack(&[(0, crc32c(&data[..4096]))]);
+    assert!(m.poll_transmit().is_some(), "the Ack of chunk 0");
+    assert_eq!(m.poll_timeout(), Some(t0 + delay * 2));
+}
+
 #[test]
 fn f3_handshake_timeout_gives_408_and_header_timeout_gives_timeout() {
     let t0 = Instant::now();
@@ -1784,6 +1825,11 @@ fn v110_timeouts_and_truncated_header_get_their_error_lines() {
     assert!(matches!(m.poll_event(), Some(Event::V110Header(_))));
     m.accept_v110(t0);
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    // Not before the deadline (a mutant that fired at every tick was not caught before).
+    m.handle_timeout(t0 + Duration::from_secs(59));
+    assert_eq!(m.poll_transmit(), None);
+    assert_eq!(m.poll_event(), None);
+    assert!(!m.is_finished());
     m.handle_timeout(t0 + Duration::from_secs(60));
     assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
     assert_eq!(m.poll_event(), Some(Event::V110Failed(V110Error::Timeout)));
@@ -1801,6 +1847,11 @@ fn v110_timeouts_and_truncated_header_get_their_error_lines() {
     m.poll_event();
     m.accept_v110(t0);
     assert_eq!(m.poll_event(), Some(Event::V110Received));
+    // Received: the driver is committing; no read deadline fires however long that takes.
+    assert_eq!(m.poll_timeout(), None);
+    m.handle_timeout(t0 + Duration::from_secs(600));
+    assert_eq!(m.poll_transmit(), None);
+    assert_eq!(m.poll_event(), None);
     m.v110_done(Err(V110Error::DecompressionFailed));
     assert_eq!(
         m.poll_transmit().unwrap(),

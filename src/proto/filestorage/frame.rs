@@ -566,6 +566,23 @@ mod tests {
         assert_eq!(&out[..6], [2, 0, 0, 0, 0x5d, 2]);
     }
 
+    /// A legacy head whose length is over the limit wants nothing more, as soon as the length
+    /// is known (5 bytes) and with more bytes behind it: the next `next_frame` refuses it.
+    #[test]
+    fn legacy_head_with_an_oversized_length_wants_nothing_more() {
+        let too_long = (LEGACY_MAX_JSON + 1).to_be_bytes();
+        for extra in [&[][..], &[2u8][..], &[2u8, 0, 0, 0][..]] {
+            let mut dec = FrameDecoder::new(true);
+            dec.extend(&[1]);
+            dec.extend(&too_long);
+            dec.extend(extra);
+            assert_eq!(dec.framing(), Some(Framing::Legacy));
+            assert_eq!(dec.wanted(), 0, "{} bytes after the length", extra.len());
+            assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { .. })));
+            assert_eq!(dec.wanted(), 0);
+        }
+    }
+
     #[test]
     fn s2_eof_inside_a_frame_is_visible() {
         let t = transcript();

@@ -488,5 +488,17 @@ mod tests {
         assert!(matches!(&got[0], Message::Peers(p) if p.len() == n));
         let mut b = DatagramBuilder::new(20);
         assert_eq!(b.push_list(&ListParts::peers(&peers)), None);
+        // An empty list is written whole; a non-empty one of which no entry fits is not
+        // written as an empty one (that would tell the peer "none"), even where the empty
+        // list would fit.
+        let mut b = DatagramBuilder::new(200);
+        assert_eq!(b.push_list(&ListParts::peers(&[])), Some(0));
+        let got = one(std::str::from_utf8(&b.finish()).unwrap());
+        assert!(matches!(&got[0], Message::Peers(p) if p.is_empty()));
+        let empty_len = ListParts::peers(&[]).len_with(0);
+        let mut b = DatagramBuilder::new(empty_len + 3);
+        assert!(b.room() >= empty_len);
+        assert_eq!(b.push_list(&ListParts::peers(&peers)), None);
+        assert!(b.is_empty());
     }
 }
