@@ -651,6 +651,12 @@ impl Part {
         Ok(())
     }
 
+    /// Where the running background hasher started (bytes already hashed), if one runs.
+    #[cfg(test)]
+    pub(super) fn hasher_started_at(&self) -> Option<u64> {
+        self.state().hasher.as_ref().map(PrefixHasher::started_at)
+    }
+
     /// Claims blocks `run` for a shared writer. `Keep`: only the blocks not written are
     /// claimed (as runs). `Replace`: the whole run, its written blocks becoming missing (their
     /// durable bits cleared on disk before this returns); if the background hasher may have
@@ -1066,6 +1072,7 @@ impl Part {
         check_key(key)?;
         let part_name = OsString::from(format!("{key}{PART_SUFFIX}"));
         let bitmap_name = OsString::from(format!("{key}.bitmap"));
+        dir.forget_stashed_hash(&part_name);
         let work = dir.work_dir();
         match work.open_read(&part_name) {
             Ok(f) => {

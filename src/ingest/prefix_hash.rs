@@ -181,6 +181,8 @@ pub(super) struct PrefixHasher {
     early: BTreeMap<u64, Vec<u8>>,
     early_bytes: usize,
     size: u64,
+    #[cfg(test)]
+    started_at: u64,
 }
 
 impl PrefixHasher {
@@ -195,6 +197,8 @@ impl PrefixHasher {
         let from = from
             .filter(|st| st.hashed <= prefix)
             .unwrap_or_else(HashState::new);
+        #[cfg(test)]
+        let started_at = from.hashed;
         let shared = Arc::new(Shared {
             prefix: AtomicU64::new(prefix),
             stop: AtomicBool::new(false),
@@ -215,6 +219,8 @@ impl PrefixHasher {
             early: BTreeMap::new(),
             early_bytes: 0,
             size,
+            #[cfg(test)]
+            started_at,
         })
     }
 
@@ -322,6 +328,12 @@ impl PrefixHasher {
     pub fn finish(mut self) -> Option<HashState> {
         self.shared.drain.store(true, Ordering::Release);
         self.stop_thread()
+    }
+
+    /// Bytes hashed already when the thread started (a hash kept from an earlier opening).
+    #[cfg(test)]
+    pub fn started_at(&self) -> u64 {
+        self.started_at
     }
 
     /// Bytes the thread has read back from the part so far.

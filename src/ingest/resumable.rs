@@ -227,6 +227,62 @@ mod tests {
         assert_eq!(c.sha256, Some(sha(&other)));
     }
 
+    /// A part closed unfinished leaves its background hash with its IngestDir: reopened in the
+    /// same process (FastDP recycles a connection every 500 MB) the hasher goes on from there,
+    /// and the digest is right; a part changed on disk meanwhile, or reset, starts from zero.
+    #[test]
+    fn background_hash_survives_a_close_and_reopen_in_the_process() {
+        let (_t, dir) = setup("res-bgkeep");
+        let data = content(3 * (1 << 20) + 100);
+        let blocks = (data.len() as u64).div_ceil(4096);
+        let half = blocks / 2;
+        let mut r = dir
+            .begin_resumable("keep", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        write_in(&mut r, &data, 0..half);
+        drop(r);
+        let mut r = dir
+            .begin_resumable("keep", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        assert_eq!(
+            r.part.hasher_started_at(),
+            Some(half * 4096),
+            "went on where it stopped"
+        );
+        write_in(&mut r, &data, half..blocks);
+        let c = r.commit("keep.bin", Expect::Sha256(sha(&data))).unwrap();
+        assert_eq!(c.sha256, Some(sha(&data)));
+        // Changed on disk while closed: the kept hash is not used, the digest is still exact.
+        let mut r = dir
+            .begin_resumable("touched", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        write_in(&mut r, &data, 0..half);
+        drop(r);
+        let part = _t.0.join(".ferry/ingest").join("touched.part");
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+            // The same bytes written again: the content is equal, the stamp is not.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            f.write_all_at(&data[..4096], 0).unwrap();
+        }
+        let mut r = dir
+            .begin_resumable("touched", data.len() as u64, 4096)
+            .unwrap();
+        r.hash_in_background().unwrap();
+        assert_eq!(
+            r.part.hasher_started_at(),
+            Some(0),
+            "stamp changed: from zero"
+        );
+        write_in(&mut r, &data, half..blocks);
+        let c = r.commit("touched.bin", Expect::Sha256(sha(&data))).unwrap();
+        assert_eq!(c.sha256, Some(sha(&data)));
+    }
+
     #[test]
     fn background_hash_after_resume_covers_blocks_written_before() {
         let (_t, dir) = setup("res-bgresume");
