@@ -273,6 +273,10 @@ impl PrefixHasher {
     /// (within the budget; otherwise the thread reads them back).
     pub fn keep(&mut self, piece: Piece<'_>) {
         let (at, len) = piece.range();
+        if at >= self.told {
+            // Whatever was kept for these bytes is stale now, whether this copy is kept or not.
+            self.forget(at..at + len as u64);
+        }
         let waiting = self.shared.handed().bytes;
         if len == 0 || at < self.told || waiting + self.early_bytes + len > HANDED_MAX {
             if let Piece::Owned(_, v) = piece {
@@ -280,7 +284,6 @@ impl PrefixHasher {
             }
             return;
         }
-        self.forget(at..at + len as u64);
         let copy = match piece {
             Piece::Owned(_, v) => v,
             Piece::Borrowed(_, d) => {
@@ -546,6 +549,39 @@ mod tests {
         }
         std::fs::write(dir.join("part"), &bytes).unwrap();
         h.advance(size, Some(Piece::Borrowed(0, &bytes[..4096])));
+        let mut st = h.finish().unwrap();
+        let file = File::open(dir.join("part")).unwrap();
+        st.hash_to(&file, size, &mut Vec::new()).unwrap();
+        assert_eq!(digest(&st), expected(&bytes));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Bytes rewritten past the prefix by their one owner whose new copy does not fit in the
+    /// budget: the old copy must not survive to be hashed (the owner calls no `forget`).
+    #[test]
+    fn a_rewrite_whose_copy_is_refused_still_drops_the_old_copy() {
+        let block = 1 << 20;
+        let mut bytes = data(HANDED_MAX + 3 * block);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("stale", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        // Block 1 kept with its first bytes, then the budget filled with blocks 2.. .
+        h.keep(Piece::Owned(block as u64, bytes[block..2 * block].to_vec()));
+        let mut k = 2;
+        while h.early_bytes + block <= HANDED_MAX {
+            h.keep(Piece::Borrowed(
+                (k * block) as u64,
+                &bytes[k * block..(k + 1) * block],
+            ));
+            k += 1;
+        }
+        // Block 1 rewritten: its new copy does not fit.
+        for b in &mut bytes[block..2 * block] {
+            *b = b.wrapping_add(1);
+        }
+        std::fs::write(dir.join("part"), &bytes).unwrap();
+        h.keep(Piece::Borrowed(block as u64, &bytes[block..2 * block]));
+        h.advance(size, Some(Piece::Borrowed(0, &bytes[..block])));
         let mut st = h.finish().unwrap();
         let file = File::open(dir.join("part")).unwrap();
         st.hash_to(&file, size, &mut Vec::new()).unwrap();
