@@ -484,6 +484,54 @@ fn background_hash_restarts_when_a_hashed_block_is_replaced() {
     assert_eq!(p.committed.sha256, Some(sha(&data)));
 }
 
+/// A block claimed to be written in pieces gets a copy for the background hasher when it
+/// starts at most 8 blocks past the hashed prefix (it will soon join it), not further out,
+/// and never without a hasher.
+#[test]
+fn a_claimed_block_near_the_hashed_prefix_is_copied_for_the_hasher() {
+    let (_t, reg) = setup("shared-copy");
+    let data = content(64 * BS as usize, 10);
+    let a = reg.attach("copy", spec_for(&data), 8).unwrap();
+    // Dropped unfinished, the writer leaves its block missing.
+    let copied = |i: u64| match a.claim(i, Rewrite::Keep).unwrap() {
+        Claim::Write(w) => w.copy.is_some(),
+        _ => panic!("block {i} not claimed"),
+    };
+    assert!(!copied(0), "a copy with no hasher to take it");
+    a.hash_in_background().unwrap();
+    assert!(copied(0) && copied(8));
+    assert!(!copied(9) && !copied(40));
+    assert_eq!(a.received(), 0);
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    let p = a.commit("copy.bin", Collision::Tagged).unwrap();
+    assert_eq!(p.committed.sha256, Some(sha(&data)));
+}
+
+/// `Keep` over a run with a block already held writes the blocks on either side of it, each
+/// run exactly, and leaves the held one alone.
+#[test]
+fn keep_writes_around_blocks_already_held() {
+    let (_t, reg) = setup("shared-keep-around");
+    let data = content(8 * BS as usize, 11);
+    let a = reg.attach("around", spec_for(&data), 8).unwrap();
+    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
+    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    // Blocks 0..8 in one call, other bytes where 1 and 5 are held.
+    let mut run = data.clone();
+    for i in [1, 5] {
+        let s = i * BS as usize;
+        run[s..s + BS as usize].fill(0xee);
+    }
+    assert_eq!(
+        a.write_blocks(0, &run, Rewrite::Keep).unwrap(),
+        Wrote::Stored { blocks: 6 }
+    );
+    assert!((0..8).all(|i| a.is_written(i)));
+    assert_eq!(a.missing_ranges(10), []);
+    let p = a.commit("around.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
 #[test]
 fn a_mismatch_fails_every_attachment_and_deletes_the_part() {
     let (t, reg) = setup("shared-mismatch");
