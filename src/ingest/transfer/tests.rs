@@ -46,11 +46,16 @@ fn fill_from_threads(threads: u64, overlap: bool) {
     let data = Arc::new(content(97 * BS as usize + 1234, threads as u8));
     let blocks = (data.len() as u64).div_ceil(u64::from(BS));
     let spec = spec_for(&data);
+    // Every thread attaches before any writes: a thread that finished and committed alone
+    // would close the transfer, and a late one would start another.
+    let attached = Arc::new(std::sync::Barrier::new(threads as usize));
     let handles: Vec<_> = (0..threads)
         .map(|n| {
             let (reg, data) = (Arc::clone(&reg), Arc::clone(&data));
+            let attached = Arc::clone(&attached);
             std::thread::spawn(move || {
                 let a = reg.attach("fill", spec, 8).unwrap();
+                attached.wait();
                 // Interleaved: thread n takes blocks n, n+threads, ...; overlapping: every
                 // thread writes every block, starting at a different place.
                 let mine: Vec<u64> = if overlap {
@@ -90,13 +95,20 @@ fn fill_from_threads(threads: u64, overlap: bool) {
                     }
                 }
                 a.sync().unwrap();
-                // A block skipped as busy may still be missing: another thread is on it.
+                // A block skipped as busy may still be missing: another thread is on it. Seen
+                // complete, a block can still go missing again before the commit: a thread
+                // replacing blocks (`Rewrite::Replace`) clears each while it writes it.
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while !a.is_complete() {
-                    assert!(Instant::now() < deadline, "{:?}", a.missing_ranges(8));
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                let p = a.commit("shared.bin", Collision::Numbered).unwrap();
+                let p = loop {
+                    match a.commit("shared.bin", Collision::Numbered) {
+                        Ok(p) => break p,
+                        Err(TransferError::Incomplete { .. }) => {
+                            assert!(Instant::now() < deadline, "{:?}", a.missing_ranges(8));
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("commit: {e}"),
+                    }
+                };
                 assert!(matches!(a.state(), TransferState::Completed(_)));
                 p
             })
