@@ -208,11 +208,31 @@ pub fn hash_file(root: &Root<'_>, c: &Candidate, buf: &mut [u8]) -> Result<Hashe
     if stamp != c.stamp {
         return Err(HashError::Changed);
     }
+    let (total, xxh64, sha256) = read_hashed(&mut file, stamp.size, buf)?;
+    let after = file.metadata().map_err(HashError::Io)?;
+    if total != stamp.size || FileStamp::from_metadata(&after) != stamp {
+        return Err(HashError::Changed);
+    }
+    Ok(Hashes {
+        stamp,
+        xxh64,
+        sha256,
+    })
+}
+
+/// Reads `r` to its end through `buf`, hashing as it goes: (bytes read, xxHash64, SHA-256).
+/// More than `limit` bytes is a change; EINTR is retried, any other read error ends it. (Its
+/// own function so that a test can feed it read errors a regular file will not produce.)
+fn read_hashed(
+    r: &mut impl Read,
+    limit: u64,
+    buf: &mut [u8],
+) -> Result<(u64, u64, [u8; 32]), HashError> {
     let mut xxh = twox_hash::XxHash64::with_seed(0);
     let mut sha = Sha256::new();
     let mut total = 0u64;
     loop {
-        let n = match file.read(buf) {
+        let n = match r.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -221,19 +241,11 @@ pub fn hash_file(root: &Root<'_>, c: &Candidate, buf: &mut [u8]) -> Result<Hashe
         xxh.write(&buf[..n]);
         sha.update(&buf[..n]);
         total += n as u64;
-        if total > stamp.size {
+        if total > limit {
             return Err(HashError::Changed);
         }
     }
-    let after = file.metadata().map_err(HashError::Io)?;
-    if total != stamp.size || FileStamp::from_metadata(&after) != stamp {
-        return Err(HashError::Changed);
-    }
-    Ok(Hashes {
-        stamp,
-        xxh64: xxh.finish(),
-        sha256: sha.finalize().into(),
-    })
+    Ok((total, xxh.finish(), sha.finalize().into()))
 }
 
 /// Hashes every candidate ([`hash_file`]), on up to `available_parallelism()` threads; results
@@ -302,6 +314,47 @@ mod tests {
         };
         let c = classify(&root, OsStr::new(name)).unwrap();
         hash_file(&root, &c, buf)
+    }
+
+    /// A reader that plays back `script`, one entry per `read`, then reports the end.
+    struct Script(std::collections::VecDeque<io::Result<&'static [u8]>>);
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Ok(b)) => {
+                    buf[..b.len()].copy_from_slice(b);
+                    Ok(b.len())
+                }
+                Some(Err(e)) => Err(e),
+            }
+        }
+    }
+
+    /// An interrupted read is tried again; any other read error ends the hash with that error
+    /// (never retried into a digest of the bytes around it); more bytes than the stamp said is
+    /// a change.
+    #[test]
+    fn read_errors_interrupted_retried_others_fail() {
+        let eintr = || io::Error::from(io::ErrorKind::Interrupted);
+        let eio = || io::Error::from_raw_os_error(5);
+        let mut buf = [0u8; 8];
+        let mut s = Script([Err(eintr()), Ok(&b"ab"[..]), Err(eintr()), Ok(b"c")].into());
+        let (n, xxh, sha) = read_hashed(&mut s, 3, &mut buf).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(xxh, twox_hash::XxHash64::oneshot(0, b"abc"));
+        assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(b"abc")));
+        let mut s = Script([Ok(&b"ab"[..]), Err(eio()), Ok(b"c")].into());
+        match read_hashed(&mut s, 3, &mut buf) {
+            Err(HashError::Io(e)) => assert_eq!(e.raw_os_error(), Some(5)),
+            other => panic!("{other:?}"),
+        }
+        let mut s = Script([Ok(&b"ab"[..]), Ok(b"cd")].into());
+        assert!(matches!(
+            read_hashed(&mut s, 3, &mut buf),
+            Err(HashError::Changed)
+        ));
     }
 
     #[test]

@@ -222,6 +222,22 @@ fn warm_reopen_hashes_nothing() {
     assert_eq!(ids, again);
 }
 
+/// Files added while no server ran are hashed by the next start, which compacts them into
+/// the index (the journal holds nothing then): the start after that hashes nothing.
+#[test]
+fn changes_found_at_a_warm_start_are_saved_in_the_index() {
+    let dir = TempDir::new("warm-change");
+    dir.write("a.png", b"a");
+    drop(open(&dir));
+    dir.write("b.png", b"b");
+    dir.write("c.png", b"c");
+    let h = open(&dir);
+    assert_eq!(h.last_report().hashed, 2);
+    drop(h);
+    let r = open(&dir).last_report();
+    assert_eq!((r.files, r.hashed, r.reused), (3, 0, 3));
+}
+
 #[test]
 fn corrupt_or_foreign_index_is_ignored_and_rewritten() {
     let dir = TempDir::new("corrupt");

@@ -720,6 +720,23 @@ mod tests {
         assert_eq!(parse_temp_name(".ferry-ab-12-7.part"), Some(("ab", 12)));
     }
 
+    /// A folder for an owner charges that owner's cap (past it, `EDQUOT`); the folder it was
+    /// made from charges no owner.
+    #[test]
+    fn a_folder_for_an_owner_is_held_to_its_cap() {
+        let t = TempDir::new("owner-cap");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let roomy = || Ok(1 << 40);
+        let mut r = dir
+            .for_owner("owner-cap-test", 100)
+            .reserve_space(1000)
+            .unwrap();
+        let e = r.ensure(1000, roomy).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+        let mut r = dir.reserve_space(1000).unwrap();
+        r.ensure(1000, roomy).unwrap();
+    }
+
     #[test]
     fn clean_stale_removes_only_dead_temporaries() {
         let t = TempDir::new("stale");

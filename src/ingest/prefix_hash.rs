@@ -544,6 +544,8 @@ mod tests {
         h.keep(Piece::Owned(4096, old));
         // Block 1 is rewritten with other bytes, and this writer keeps no copy of them.
         h.forget(5000..5001);
+        // Its bytes are back in the budget of copies, or rewrites would use it up.
+        assert_eq!((h.early.len(), h.early_bytes), (0, 0));
         for b in &mut bytes[4096..8192] {
             *b ^= 0xff;
         }

@@ -318,6 +318,7 @@ mod tests {
             .begin_resumable("abc123", data.len() as u64, 100)
             .unwrap();
         assert_eq!(r.blocks(), 11);
+        assert_eq!(r.block_size(), 100);
         assert_eq!(r.missing().count(), 11);
         for i in [0u64, 3, 4, 10] {
             let s = (i * 100) as usize;
@@ -420,6 +421,28 @@ mod tests {
         // The short last block.
         r.write_block(2, &[5; 50]).unwrap();
         assert_eq!(r.missing().collect::<Vec<_>>(), [0, 1]);
+    }
+
+    /// `missing` steps over a fully written byte of the bitmap (8 blocks) at once, at the
+    /// start, in the middle and at the end, and still names every block around them.
+    #[test]
+    fn missing_steps_over_whole_written_bytes_of_the_bitmap() {
+        let (_t, dir) = setup("res-missing-bytes");
+        let data = content(27 * 10);
+        let mut r = dir.begin_resumable("m", data.len() as u64, 10).unwrap();
+        // Blocks 0..8 and 16..24 (two whole bytes), 9, and 26 (the last byte's only other).
+        r.write_blocks(0, &data[..80]).unwrap();
+        r.write_blocks(16, &data[160..240]).unwrap();
+        r.write_block(9, &data[90..100]).unwrap();
+        r.write_block(26, &data[260..]).unwrap();
+        assert_eq!(
+            r.missing().collect::<Vec<_>>(),
+            [8, 10, 11, 12, 13, 14, 15, 24, 25]
+        );
+        r.write_blocks(8, &data[80..160]).unwrap();
+        r.write_blocks(24, &data[240..260]).unwrap();
+        assert_eq!(r.missing().count(), 0);
+        assert!(r.is_complete());
     }
 
     #[test]

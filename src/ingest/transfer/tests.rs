@@ -46,11 +46,16 @@ fn fill_from_threads(threads: u64, overlap: bool) {
     let data = Arc::new(content(97 * BS as usize + 1234, threads as u8));
     let blocks = (data.len() as u64).div_ceil(u64::from(BS));
     let spec = spec_for(&data);
+    // Every thread attaches before any writes: a thread that finished and committed alone
+    // would close the transfer, and a late one would start another.
+    let attached = Arc::new(std::sync::Barrier::new(threads as usize));
     let handles: Vec<_> = (0..threads)
         .map(|n| {
             let (reg, data) = (Arc::clone(&reg), Arc::clone(&data));
+            let attached = Arc::clone(&attached);
             std::thread::spawn(move || {
                 let a = reg.attach("fill", spec, 8).unwrap();
+                attached.wait();
                 // Interleaved: thread n takes blocks n, n+threads, ...; overlapping: every
                 // thread writes every block, starting at a different place.
                 let mine: Vec<u64> = if overlap {
@@ -90,13 +95,20 @@ fn fill_from_threads(threads: u64, overlap: bool) {
                     }
                 }
                 a.sync().unwrap();
-                // A block skipped as busy may still be missing: another thread is on it.
+                // A block skipped as busy may still be missing: another thread is on it. Seen
+                // complete, a block can still go missing again before the commit: a thread
+                // replacing blocks (`Rewrite::Replace`) clears each while it writes it.
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while !a.is_complete() {
-                    assert!(Instant::now() < deadline, "{:?}", a.missing_ranges(8));
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                let p = a.commit("shared.bin", Collision::Numbered).unwrap();
+                let p = loop {
+                    match a.commit("shared.bin", Collision::Numbered) {
+                        Ok(p) => break p,
+                        Err(TransferError::Incomplete { .. }) => {
+                            assert!(Instant::now() < deadline, "{:?}", a.missing_ranges(8));
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("commit: {e}"),
+                    }
+                };
                 assert!(matches!(a.state(), TransferState::Completed(_)));
                 p
             })
@@ -482,6 +494,54 @@ fn background_hash_restarts_when_a_hashed_block_is_replaced() {
     }
     let p = a.commit("bg.bin", Collision::Tagged).unwrap();
     assert_eq!(p.committed.sha256, Some(sha(&data)));
+}
+
+/// A block claimed to be written in pieces gets a copy for the background hasher when it
+/// starts at most 8 blocks past the hashed prefix (it will soon join it), not further out,
+/// and never without a hasher.
+#[test]
+fn a_claimed_block_near_the_hashed_prefix_is_copied_for_the_hasher() {
+    let (_t, reg) = setup("shared-copy");
+    let data = content(64 * BS as usize, 10);
+    let a = reg.attach("copy", spec_for(&data), 8).unwrap();
+    // Dropped unfinished, the writer leaves its block missing.
+    let copied = |i: u64| match a.claim(i, Rewrite::Keep).unwrap() {
+        Claim::Write(w) => w.copy.is_some(),
+        _ => panic!("block {i} not claimed"),
+    };
+    assert!(!copied(0), "a copy with no hasher to take it");
+    a.hash_in_background().unwrap();
+    assert!(copied(0) && copied(8));
+    assert!(!copied(9) && !copied(40));
+    assert_eq!(a.received(), 0);
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    let p = a.commit("copy.bin", Collision::Tagged).unwrap();
+    assert_eq!(p.committed.sha256, Some(sha(&data)));
+}
+
+/// `Keep` over a run with a block already held writes the blocks on either side of it, each
+/// run exactly, and leaves the held one alone.
+#[test]
+fn keep_writes_around_blocks_already_held() {
+    let (_t, reg) = setup("shared-keep-around");
+    let data = content(8 * BS as usize, 11);
+    let a = reg.attach("around", spec_for(&data), 8).unwrap();
+    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
+    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    // Blocks 0..8 in one call, other bytes where 1 and 5 are held.
+    let mut run = data.clone();
+    for i in [1, 5] {
+        let s = i * BS as usize;
+        run[s..s + BS as usize].fill(0xee);
+    }
+    assert_eq!(
+        a.write_blocks(0, &run, Rewrite::Keep).unwrap(),
+        Wrote::Stored { blocks: 6 }
+    );
+    assert!((0..8).all(|i| a.is_written(i)));
+    assert_eq!(a.missing_ranges(10), []);
+    let p = a.commit("around.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
 #[test]

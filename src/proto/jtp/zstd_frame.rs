@@ -190,6 +190,7 @@ mod tests {
                 got.extend_from_slice(b);
                 Ok(())
             })?;
+            assert_eq!(inf.total_out(), got.len() as u64);
         }
         let n = inf.finish()?;
         assert_eq!(n, got.len() as u64);

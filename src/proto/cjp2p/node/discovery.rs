@@ -206,6 +206,49 @@ mod tests {
         }));
     }
 
+    /// A `ContentList` is taken (an event, its ids' holders) only from a peer asked for one
+    /// in the last 10 s, in a verified datagram; unasked, unverified or late: ignored, counted.
+    #[test]
+    fn content_lists_only_when_asked_and_verified() {
+        let now = Instant::now();
+        let mut n = node(now, 1);
+        let s = Store::default();
+        let id = [5u8; 32];
+        let el = format!(r#"{{"ContentList":{{"results":[["{}",5]]}}}}"#, id_hex(&id));
+        let lists = |n: &mut Node| -> Vec<(SocketAddr, Vec<(Id, u64)>)> {
+            events(n)
+                .into_iter()
+                .filter_map(|e| match e {
+                    NodeEvent::ContentList { from, results } => Some((from, results)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let ignored = |n: &Node| n.stats().ignored_messages;
+        // Verified, never asked.
+        n.handle_datagram(now, sa(A), cookie_dg(&n, "192.0.2.1", &el).as_bytes(), &s);
+        assert_eq!((lists(&mut n), ignored(&n)), (vec![], 1));
+        n.request_list(now, sa(A));
+        drain(&mut n);
+        // Asked, not verified.
+        n.handle_datagram(now, sa(A), format!("[{el}]").as_bytes(), &s);
+        drain(&mut n);
+        assert_eq!((lists(&mut n), ignored(&n)), (vec![], 2));
+        assert!(!n.holders.contains_key(&id));
+        // Asked and verified.
+        n.handle_datagram(now, sa(A), cookie_dg(&n, "192.0.2.1", &el).as_bytes(), &s);
+        drain(&mut n);
+        assert_eq!(
+            (lists(&mut n), ignored(&n)),
+            (vec![(sa(A), vec![(id, 5)])], 2)
+        );
+        assert!(n.holders.contains_key(&id));
+        // Asked too long ago.
+        let late = now + SOLICITED_FOR + Duration::from_secs(1);
+        n.handle_datagram(late, sa(A), cookie_dg(&n, "192.0.2.1", &el).as_bytes(), &s);
+        assert_eq!((lists(&mut n), ignored(&n)), (vec![], 3));
+    }
+
     #[test]
     fn holder_ids_are_bounded() {
         let now = Instant::now();
