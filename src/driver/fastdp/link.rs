@@ -66,7 +66,7 @@ impl Link {
         }
     }
 
-    /// Moves to a [`DATA_READ_BUF`] buffer for bulk data, if fewer than [`MAX_ENLARGED`]
+    /// Moves to a [`DATA_READ_BUF`] buffer for bulk data, if fewer than `MAX_ENLARGED` (32)
     /// links of the process hold one (the bytes pending are kept). True when it did.
     pub fn enlarge(&mut self) -> bool {
         if self.enlarged.is_some() {
