@@ -433,6 +433,17 @@ mod tests {
         digest(&st)
     }
 
+    /// Stops `h` and hashes the rest of the part in `dir` as a commit does after stopping the
+    /// thread; the digest must be that of `bytes`. Removes `dir`.
+    fn finish_as_a_commit_does(h: PrefixHasher, dir: &std::path::Path, bytes: &[u8]) {
+        let mut st = h.finish().unwrap();
+        let file = File::open(dir.join("part")).unwrap();
+        st.hash_to(&file, bytes.len() as u64, &mut Vec::new())
+            .unwrap();
+        assert_eq!(digest(&st), expected(bytes));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// In-order pieces handed over with the prefix are hashed from the copies: nothing is read
     /// back from the part, and the digest is that of the bytes.
     #[test]
@@ -496,12 +507,7 @@ mod tests {
             let at = (k * (4 << 20)) as u64;
             h.advance(at + piece.len() as u64, Some(Piece::Borrowed(at, piece)));
         }
-        let mut st = h.finish().unwrap();
-        // What the commit does after stopping the thread: the rest is read here.
-        let file = File::open(dir.join("part")).unwrap();
-        st.hash_to(&file, n as u64, &mut Vec::new()).unwrap();
-        assert_eq!(digest(&st), expected(&bytes));
-        let _ = std::fs::remove_dir_all(dir);
+        finish_as_a_commit_does(h, &dir, &bytes);
     }
 
     /// Blocks finished out of order (several connections) are kept until the prefix covers
@@ -551,11 +557,7 @@ mod tests {
         }
         std::fs::write(dir.join("part"), &bytes).unwrap();
         h.advance(size, Some(Piece::Borrowed(0, &bytes[..4096])));
-        let mut st = h.finish().unwrap();
-        let file = File::open(dir.join("part")).unwrap();
-        st.hash_to(&file, size, &mut Vec::new()).unwrap();
-        assert_eq!(digest(&st), expected(&bytes));
-        let _ = std::fs::remove_dir_all(dir);
+        finish_as_a_commit_does(h, &dir, &bytes);
     }
 
     /// Bytes rewritten past the prefix by their one owner whose new copy does not fit in the
@@ -584,11 +586,7 @@ mod tests {
         std::fs::write(dir.join("part"), &bytes).unwrap();
         h.keep(Piece::Borrowed(block as u64, &bytes[block..2 * block]));
         h.advance(size, Some(Piece::Borrowed(0, &bytes[..block])));
-        let mut st = h.finish().unwrap();
-        let file = File::open(dir.join("part")).unwrap();
-        st.hash_to(&file, size, &mut Vec::new()).unwrap();
-        assert_eq!(digest(&st), expected(&bytes));
-        let _ = std::fs::remove_dir_all(dir);
+        finish_as_a_commit_does(h, &dir, &bytes);
     }
 
     /// A hasher dropped (a rewrite is coming) stops without hashing its waiting copies.

@@ -870,12 +870,11 @@ fn f29_silent_and_trickling_peers_get_timeout_and_a_close() {
     assert_eq!(t.unwrap().held[0], None);
 }
 
-#[test]
-fn f30_keepalive_acks_every_10_s_while_verifying() {
-    let h = header_for(b"", 4096, Compress::None);
-    let t0 = Instant::now();
+/// A server connection whose push of `data` (in `chunk`-byte chunks) was accepted at `t0`,
+/// holding nothing, its reply taken.
+fn accepted_push(t0: Instant, data: &[u8], chunk: u32) -> ServerConnection {
     let mut m = ServerConnection::new(t0, ServerConfig::default());
-    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    let mut c = PushClient::new(t0, &client_cfg(), header_for(data, chunk, Compress::None));
     let req = c.poll_transmit().unwrap();
     assert_eq!(m.handle_input(t0, &req).consumed, req.len());
     let back = m.poll_transmit().unwrap();
@@ -888,6 +887,13 @@ fn f30_keepalive_acks_every_10_s_while_verifying() {
     assert!(matches!(m.poll_event(), Some(Event::PushHeader(_))));
     m.accept_push(t0, Have::new(), 8);
     m.poll_transmit().unwrap();
+    m
+}
+
+#[test]
+fn f30_keepalive_acks_every_10_s_while_verifying() {
+    let t0 = Instant::now();
+    let mut m = accepted_push(t0, b"", 4096);
     m.handle_input(t0, &super::frame::FIN);
     assert_eq!(m.poll_event(), Some(Event::FinReceived(vec![])));
     m.answer_fin(t0, &[], true);
@@ -916,19 +922,7 @@ fn f30_keepalive_acks_every_10_s_while_verifying() {
 fn f13_a_stored_chunk_sets_the_ack_deadline_unless_an_ack_is_outstanding() {
     let t0 = Instant::now();
     let data = vec![7u8; 3 * 4096];
-    let mut m = ServerConnection::new(t0, ServerConfig::default());
-    let c = &mut PushClient::new(t0, &client_cfg(), header_for(&data, 4096, Compress::None));
-    m.handle_input(t0, &c.poll_transmit().unwrap());
-    let back = m.poll_transmit().unwrap();
-    assert_eq!(c.handle_input(t0, &back), back.len());
-    let hdr = c.poll_transmit().unwrap();
-    let mut pos = 0;
-    while pos < hdr.len() {
-        pos += m.handle_input(t0, &hdr[pos..]).consumed;
-    }
-    assert!(matches!(m.poll_event(), Some(Event::PushHeader(_))));
-    m.accept_push(t0, Have::new(), 8);
-    m.poll_transmit().unwrap();
+    let mut m = accepted_push(t0, &data, 4096);
     let read_deadline = m.poll_timeout().unwrap();
     let delay = ServerConfig::default().limits.ack_delay;
     assert!(read_deadline > t0 + delay);
