@@ -588,15 +588,4 @@ mod tests {
         h.advance(size, Some(Piece::Borrowed(0, &bytes[..block])));
         finish_as_a_commit_does(h, &dir, &bytes);
     }
-
-    /// A hasher dropped (a rewrite is coming) stops without hashing its waiting copies.
-    #[test]
-    fn drop_stops_without_draining() {
-        let bytes = data(1 << 20);
-        let (dir, file) = temp_file("drop", &bytes);
-        let mut h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
-        h.advance(1 << 19, Some(Piece::Borrowed(0, &bytes[..1 << 19])));
-        drop(h);
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
