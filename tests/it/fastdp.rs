@@ -2073,3 +2073,33 @@ fn f25_disk_full_on_a_small_tmpfs_gives_no_space_and_nothing_half_written() {
     assert_eq!(sha256_file(&share.join("a.bin")), sha256_file(&a));
     assert_serves(&addr, &t);
 }
+
+/// An address that does not resolve (a typo, a missing port, or a flag taken as the address)
+/// fails at once with exit 3 and says what it wanted, for send and get: no silent retries.
+#[test]
+fn an_address_that_does_not_resolve_fails_at_once_with_exit_3() {
+    let t = TempDir::new("fdp-badaddr");
+    let p = t.join("x.bin");
+    std::fs::write(&p, b"x").unwrap();
+    for addr in ["--out", "no-port-here", "host.invalid:5423"] {
+        let started = Instant::now();
+        let o = send(addr, &p, &t.join("c"), &[]);
+        assert_eq!(o.status.code(), Some(3), "send {addr}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("resolve {addr}")),
+            "{}",
+            text(&o)
+        );
+        let o = get(addr, "x.bin", &t.join("out"), &[]);
+        assert_eq!(o.status.code(), Some(3), "get {addr}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("resolve {addr}")),
+            "{}",
+            text(&o)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{addr}: retried"
+        );
+    }
+}

@@ -34,6 +34,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
+use std::net::ToSocketAddrs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -255,6 +256,23 @@ fn machine_failure(e: ErrorMsg, handshake: Option<&ResponseError>) -> Fail {
             retry(e.to_string())
         }
         Some(h) => Fail::Final(ClientError::Refused(h.to_string())),
+    }
+}
+
+/// Resolves the server address once before a transfer starts, so that a typo or a missing
+/// port fails at once (exit 3) instead of after minutes of silent retries; once a transfer is
+/// under way, a failed lookup on a reconnect is retried like any other network failure.
+fn check_address(addr: &str) -> Result<(), ClientError> {
+    let resolved = addr.to_socket_addrs().map(|mut a| a.next().is_some());
+    match resolved {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ClientError::Network(format!(
+            "tcp: resolve {addr}: no addresses"
+        ))),
+        Err(e) => Err(ClientError::Network(format!(
+            "tcp: resolve {addr}: {} (want HOST:PORT)",
+            e.to_string().to_lowercase()
+        ))),
     }
 }
 
@@ -505,6 +523,7 @@ pub fn push(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<PushReport, ClientError> {
     let started = Instant::now();
+    check_address(&opts.addr)?;
     let file = File::open(path).map_err(|e| local(format!("{}: {e}", path.display())))?;
     let meta = file.metadata().map_err(local)?;
     if !meta.is_file() {
@@ -978,6 +997,7 @@ pub fn pull(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<PullReport, ClientError> {
     let started = Instant::now();
+    check_address(&opts.addr)?;
     let target = pull_target(target_text);
     let work = out.join(".ferry").join("fastdp");
     let ingest =
