@@ -134,7 +134,7 @@ pub(crate) struct FastdpSendArgs {
     /// attempts in a row without progress before giving up (default 8)
     #[argh(option, default = "8")]
     retries: u32,
-    /// log retries and CRC repairs on stderr
+    /// log every retry and CRC repair on stderr (the first retry after progress is always said)
     #[argh(switch, short = 'v')]
     verbose: bool,
     /// print one JSON object per file
@@ -167,7 +167,7 @@ pub(crate) struct FastdpGetArgs {
     /// attempts in a row without progress before giving up (default 8)
     #[argh(option, default = "8")]
     retries: u32,
-    /// log retries on stderr
+    /// log every retry on stderr (the first retry after progress is always said)
     #[argh(switch, short = 'v')]
     verbose: bool,
     /// print one JSON object per file

@@ -2103,3 +2103,21 @@ fn an_address_that_does_not_resolve_fails_at_once_with_exit_3() {
         );
     }
 }
+
+/// A server that is down: the first retry is said on stderr without --verbose (no minutes of
+/// silence), and the client gives up with exit 3 once its attempts are spent.
+#[test]
+fn a_server_that_is_down_is_said_at_the_first_retry() {
+    let t = TempDir::new("fdp-down");
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let p = t.join("x.bin");
+    std::fs::write(&p, b"x").unwrap();
+    let o = send(&addr, &p, &t.join("c"), &["--retries", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("retrying in").count(), 1, "{err}");
+    assert!(err.contains("giving up after 2 attempts"), "{err}");
+}

@@ -372,8 +372,15 @@ fn run_slot(
                 }
                 run.retries.fetch_add(1, Ordering::Relaxed);
                 let d = backoff.next_delay(u32::from_le_bytes(random_bytes::<4>()));
-                if opts.verbose {
-                    eprintln!("fastdp: {why}; retrying in {:.1} s", d.as_secs_f64());
+                // The first failure of a streak is always said (once per transfer, by the
+                // first slot), so that a server that is down is not minutes of silence; the
+                // rest with --verbose.
+                if opts.verbose || (first && fruitless == 1) {
+                    eprintln!(
+                        "fastdp: {why}; retrying in {:.1} s (at most {} attempts without progress)",
+                        d.as_secs_f64(),
+                        opts.max_retries
+                    );
                 }
                 run.sleep(d);
             }
