@@ -300,6 +300,18 @@ fn link_refused(path: &Path, e: io::Error) -> io::Error {
     }
 }
 
+/// `mkdir -p`, saying "not a directory" where `path` (or a folder above it) is something
+/// else: the system's "File exists" reads as if all were well.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().recursive(true).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "exists and is not a directory",
+        )),
+        r => r,
+    }
+}
+
 impl Dir {
     /// Opens the folder at `path` (links in `path` are followed: the caller named it).
     pub fn open(path: &Path) -> io::Result<Dir> {
@@ -318,7 +330,7 @@ impl Dir {
 
     /// Creates `path` and its missing parents (default mode), then opens it.
     pub fn create_all(path: &Path) -> io::Result<Dir> {
-        std::fs::DirBuilder::new().recursive(true).create(path)?;
+        create_dir_all(path)?;
         Dir::open(path)
     }
 

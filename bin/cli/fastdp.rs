@@ -392,7 +392,13 @@ fn send(a: FastdpSendArgs) -> Result<u8, Failure> {
         };
         if let Err(e) = r {
             let fail = Failure::from(e);
-            eprintln!("ferry: {}: {}", f.display(), fail.message);
+            // Named once: local errors name the file already, network ones do not.
+            let path = f.display().to_string();
+            if fail.message.contains(&path) {
+                eprintln!("ferry: {}", fail.message);
+            } else {
+                eprintln!("ferry: {path}: {}", fail.message);
+            }
             worst = worst.max(fail.code);
         }
     }
@@ -434,7 +440,7 @@ fn get(a: FastdpGetArgs) -> Result<u8, Failure> {
         a.retries,
         a.verbose,
     );
-    std::fs::create_dir_all(&a.out).map_err(|e| local(format!("{}: {e}", a.out.display())))?;
+    ferry::dir::create_dir_all(&a.out).map_err(|e| local(format!("{}: {e}", a.out.display())))?;
     let mut worst = EXIT_OK;
     for item in &a.items {
         let line = ProgressLine::new(item, a.json);

@@ -177,7 +177,7 @@ impl CatalogHandle {
         opts: CatalogOptions,
         follow: FollowOptions,
     ) -> Result<(Arc<CatalogHandle>, WatcherGuard), CatalogError> {
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        crate::dir::create_dir_all(root).map_err(io_err(root))?;
         let watch = follow.inotify.then(|| Watch::start(root));
         let handle = CatalogHandle::open(root, opts)?;
         // The watch went by path: it must be on the folder the catalog opened.

@@ -317,6 +317,34 @@ fn a_certificate_file_that_cannot_be_used_is_a_local_error_exit_2() {
     }
 }
 
+/// A folder flag naming a file said "File exists (os error 17)", which reads as if all were
+/// well: every server's root and every client's output folder now say "not a directory", exit 2.
+#[test]
+fn a_folder_flag_naming_a_file_says_not_a_directory_exit_2() {
+    let d = TempDir::new("cli-notdir");
+    let file = d.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let f = s(&file);
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["tej", "serve", "--bind", "127.0.0.1:0", "--root", f],
+        vec!["fastdp", "serve", "--bind", "127.0.0.1:0", "--root", f],
+        vec!["fastdp", "get", "--addr", "127.0.0.1:9", "--out", f, "x"],
+        vec!["tej", "get", "--addr", "127.0.0.1:9", "--out", f, "x"],
+        vec!["jtp", "get", "--addr", "127.0.0.1:9", "--out", f],
+    ];
+    for args in runs {
+        let o = ferry(&args, T);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains("not a directory"), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains(f), "{args:?}: {}", err(&o));
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the file is left alone"
+    );
+}
+
 /// Issue 12: a plain client against a TLS server said "unknown magic 15030300". It says the
 /// server speaks TLS and which flag to change.
 #[test]

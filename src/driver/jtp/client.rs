@@ -587,7 +587,7 @@ impl Client {
         mode: Mode,
         stop: &AtomicBool,
     ) -> Result<Summary, ClientError> {
-        std::fs::create_dir_all(out)
+        crate::dir::create_dir_all(out)
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
         let mut ingest = IngestDir::new(out, out)
             .map_err(|e| ClientError::Local(format!("output {}: {e}", out.display())))?;
