@@ -300,6 +300,34 @@ fn link_refused(path: &Path, e: io::Error) -> io::Error {
     }
 }
 
+/// Opens a file the user named to send it: `O_NONBLOCK` so that a FIFO (or a device that
+/// blocks) is refused at once instead of hanging the command, then the type is checked on the
+/// descriptor. Anything but a regular file is `InvalidInput`, "not a regular file". Links are
+/// followed: the path is the user's own choice, not a peer's.
+pub fn open_file_to_send(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    // Reads of a regular file never block; the flag is cleared so that nothing relies on it.
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe {
+        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok((file, meta))
+}
+
 /// `mkdir -p`, saying "not a directory" where `path` (or a folder above it) is something
 /// else: the system's "File exists" reads as if all were well.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {

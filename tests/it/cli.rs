@@ -345,6 +345,48 @@ fn a_folder_flag_naming_a_file_says_not_a_directory_exit_2() {
     );
 }
 
+/// A FIFO named as the file to send hung `tej send` and `fastdp send` (with or without
+/// `--v1`) in open(2) until a writer came: every sender now refuses anything but a regular
+/// file at once, exit 2, before touching the network.
+#[test]
+fn a_fifo_to_send_is_refused_at_once_not_waited_on() {
+    let d = TempDir::new("cli-fifo");
+    let fifo = d.join("pipe");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let f = s(&fifo);
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJsb2dpbiI6InUifQ.c2ln";
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["tej", "send", "--addr", "127.0.0.1:9", f],
+        vec!["fastdp", "send", "--addr", "127.0.0.1:9", f],
+        vec!["fastdp", "send", "--v1", "--addr", "127.0.0.1:9", f],
+        vec![
+            "filestorage",
+            "put",
+            "--addr",
+            "127.0.0.1:9",
+            "--token",
+            token,
+            f,
+        ],
+    ];
+    for args in runs {
+        let started = Instant::now();
+        let o = ferry(&args, T);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+        assert!(
+            err(&o).contains("not a regular file"),
+            "{args:?}: {}",
+            err(&o)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{args:?} waited"
+        );
+    }
+}
+
 /// Issue 12: a plain client against a TLS server said "unknown magic 15030300". It says the
 /// server speaks TLS and which flag to change.
 #[test]

@@ -531,11 +531,8 @@ pub fn push(
 ) -> Result<PushReport, ClientError> {
     let started = Instant::now();
     check_address(&opts.addr)?;
-    let file = File::open(path).map_err(|e| local(format!("{}: {e}", path.display())))?;
-    let meta = file.metadata().map_err(local)?;
-    if !meta.is_file() {
-        return Err(local(format!("{}: not a regular file", path.display())));
-    }
+    let (file, meta) = crate::dir::open_file_to_send(path)
+        .map_err(|e| local(format!("{}: {e}", path.display())))?;
     let stamp = FileStamp::from_metadata(&meta);
     let size = meta.len();
     let name = path

@@ -361,8 +361,9 @@ pub fn send_v110(
     kind: V110Compress,
 ) -> Result<V110Report, ClientError> {
     let started = Instant::now();
-    let src = File::open(path).map_err(|e| local(format!("{}: {e}", path.display())))?;
-    let size = src.metadata().map_err(local)?.len();
+    let (src, meta) = crate::dir::open_file_to_send(path)
+        .map_err(|e| local(format!("{}: {e}", path.display())))?;
+    let size = meta.len();
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

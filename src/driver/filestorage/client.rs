@@ -456,11 +456,7 @@ fn open_source(path: &Path) -> Result<Source, ClientError> {
                 .into(),
         ));
     }
-    let file = File::open(path).map_err(|e| local(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| local(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(local("not a regular file".into()));
-    }
+    let (file, meta) = crate::dir::open_file_to_send(path).map_err(|e| local(e.to_string()))?;
     let (sha256, size) = if meta.len() >= HASH_THREAD_MIN {
         hash_with_reader(&file)
     } else {

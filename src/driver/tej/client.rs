@@ -584,17 +584,14 @@ impl Client {
             if name.len() > usize::from(u16::MAX) {
                 return Err(ClientError::Local(format!("{name}: name too long")));
             }
-            let f =
-                File::open(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-            let meta = f
-                .metadata()
-                .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-            if !meta.is_file() {
-                return Err(ClientError::Local(format!(
-                    "{}: not a regular file (tej send sends files, not folders)",
-                    p.display()
-                )));
-            }
+            let (f, meta) = crate::dir::open_file_to_send(p).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::InvalidInput {
+                    " (tej send sends files, not folders)"
+                } else {
+                    ""
+                };
+                ClientError::Local(format!("{}: {e}{hint}", p.display()))
+            })?;
             files.push((name.to_string(), meta.len()));
             opened.push(f);
         }
