@@ -10,6 +10,7 @@
 //! - 130: interrupted by Ctrl-C (or SIGTERM) before the work was done; a client's
 //!   temporaries are removed first (a second Ctrl-C exits at once; the next run cleans up).
 
+#[macro_use]
 mod cli;
 
 use std::process::ExitCode;
@@ -27,7 +28,8 @@ use cli::tej::TejArgs;
 use cli::{EXIT_LOCAL, EXIT_OK};
 
 #[derive(FromArgs)]
-/// ferry: fast, safe file transfer (JTP, and more protocols to come) over one shared catalog.
+/// ferry: fast, safe file transfer (JTP, TEJ, CJP2P, FastDP, filestorage) over one shared
+/// catalog.
 struct Cli {
     #[argh(subcommand)]
     cmd: Cmd,
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(early) => {
             return if early.status.is_ok() {
-                println!("{}", early.output);
+                out!("{}", early.output);
                 ExitCode::from(EXIT_OK)
             } else {
                 eprintln!("{}", early.output);

@@ -305,7 +305,7 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
         if let Some((path, size, how)) = from_output_folder(&a.out, &id, &name)? {
             let secs = started.elapsed().as_secs_f64();
             if a.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"id": a.id, "path": path, "size": size, "seconds": secs, "verified": true, "local": how})
                 );
@@ -331,7 +331,7 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
         return match r {
             Ok(f) => {
                 if a.json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"id": cjp2p_driver::hex(&f.sha256), "list": a.id, "blocks": f.blocks, "path": f.path, "size": f.size, "seconds": secs, "verified": true})
                     );
@@ -407,7 +407,7 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
     match outcome {
         Outcome::Done { path, size } => {
             if a.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"id": a.id, "path": path, "size": size, "seconds": secs, "verified": true})
                 );
@@ -425,7 +425,7 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
         }
         Outcome::Failed(why) => {
             if a.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"id": a.id, "error": why, "seconds": secs, "verified": false})
                 );
@@ -437,7 +437,7 @@ pub(crate) fn cjp2p_get(a: Cjp2pGetArgs) -> Result<u8, Failure> {
         }
         Outcome::LocalError(why) => {
             if a.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"id": a.id, "error": why, "seconds": secs, "verified": false})
                 );
@@ -539,14 +539,14 @@ pub(crate) fn cjp2p_peers(a: Cjp2pPeersArgs) -> Result<u8, Failure> {
     let peer = parse_peers(std::slice::from_ref(&a.peer))?[0];
     let peers = answer_of(peer, a.timeout, |n, limit| n.peers_of(peer, limit))?;
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(&peers.iter().map(|p| p.to_string()).collect::<Vec<_>>())
                 .unwrap_or_default()
         );
     } else {
         for p in &peers {
-            println!("{p}");
+            out!("{p}");
         }
     }
     Ok(if peers.is_empty() {
@@ -564,10 +564,10 @@ pub(crate) fn cjp2p_list(a: Cjp2pListArgs) -> Result<u8, Failure> {
             .iter()
             .map(|(id, size)| serde_json::json!([cjp2p_driver::hex(id), size]))
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        out!("{}", serde_json::Value::Array(v));
     } else {
         for (id, size) in &list {
-            println!("{}  {size:>12}", cjp2p_driver::hex(id));
+            out!("{}  {size:>12}", cjp2p_driver::hex(id));
         }
     }
     Ok(if list.is_empty() {

@@ -320,6 +320,9 @@ fn send(a: FastdpSendArgs) -> Result<u8, Failure> {
     if a.files.is_empty() {
         return Err(local("name at least one file to send"));
     }
+    // Nothing of ours to remove: the server keeps what it acknowledged for the rerun, and a
+    // 1.1.0 compressed form is an unnamed temporary.
+    on_interrupt(OnInterrupt::Exit("fastdp send"));
     let v1_kind = if a.v1 {
         Some(match a.compress.as_deref().unwrap_or("None") {
             "None" => V110Compress::None,
@@ -413,7 +416,7 @@ fn label(p: &Path) -> String {
 
 fn report_json_or<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce() -> String) {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        out!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         eprintln!("{}", text());
     }
@@ -423,6 +426,8 @@ fn get(a: FastdpGetArgs) -> Result<u8, Failure> {
     if a.items.is_empty() {
         return Err(local("name at least one file (name or SHA-256)"));
     }
+    // The partial download under OUT/.ferry/fastdp is the resume state: the rerun continues it.
+    on_interrupt(OnInterrupt::Exit("fastdp get"));
     let compress = match a.compress.as_str() {
         "none" => Compress::None,
         "zstd" => Compress::Zstd,

@@ -586,7 +586,7 @@ fn token_cmd(a: TokenArgs) -> Result<u8, Failure> {
     }
     let exp = a.ttl.map(|t| (ferry_now() as u64).saturating_add(t));
     let t = token::mint(&key, a.uid, &a.login, exp);
-    println!("{t}");
+    out!("{t}");
     Ok(EXIT_OK)
 }
 
@@ -671,6 +671,8 @@ impl From<ClientError> for Failure {
 }
 
 fn put(a: PutArgs) -> Result<u8, Failure> {
+    // The server keeps what it stored for the rerun.
+    on_interrupt(OnInterrupt::Exit("filestorage put"));
     let token = token_of(a.token)?;
     let opts = client_options(
         a.addr,
@@ -727,6 +729,7 @@ fn put(a: PutArgs) -> Result<u8, Failure> {
 }
 
 fn query(a: QueryArgs) -> Result<u8, Failure> {
+    on_interrupt(OnInterrupt::Exit("filestorage query"));
     let token = token_of(a.token)?;
     let opts = client_options(
         a.addr,
@@ -777,6 +780,8 @@ fn query(a: QueryArgs) -> Result<u8, Failure> {
 }
 
 fn fetch(a: FetchArgs) -> Result<u8, Failure> {
+    // A streaming temporary left in OUT is removed by the next fetch into it.
+    on_interrupt(OnInterrupt::Exit("filestorage fetch"));
     let token = token_of(a.token)?;
     let id: Uuid = a.id.parse().map_err(|_| local("the id must be a UUID"))?;
     let opts = client_options(
@@ -792,9 +797,9 @@ fn fetch(a: FetchArgs) -> Result<u8, Failure> {
     )?;
     let f = fs_client::fetch(&opts, &token, id, &a.out)?;
     if a.json {
-        println!("{}", serde_json::to_string(&f).unwrap_or_default());
+        out!("{}", serde_json::to_string(&f).unwrap_or_default());
     } else {
-        println!("{}", f.path.display());
+        out!("{}", f.path.display());
         eprintln!(
             "filestorage: {} ({} bytes, sha256 {}) in {:.2} s",
             f.name, f.size, f.sha256, f.seconds
@@ -809,7 +814,7 @@ fn rm(a: RmArgs) -> Result<u8, Failure> {
     match fs::remove(&root, &root.join(".ferry"), id) {
         Ok(r) => {
             if a.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "id": id.to_string(),

@@ -35,7 +35,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<u8, Failure> {
     let cat = CatalogHandle::open(&dir, CatalogOptions::default()).map_err(local)?;
     let r = cat.last_report();
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "files": r.files, "hashed": r.hashed, "reused": r.reused,
@@ -43,7 +43,7 @@ pub(crate) fn index(a: IndexArgs) -> Result<u8, Failure> {
             })
         );
     } else {
-        println!(
+        out!(
             "{} files: {} hashed, {} from the index, {} skipped, {:.3} s",
             r.files,
             r.hashed,

@@ -424,7 +424,7 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     drawer.finish();
     let s = got?;
     if a.json {
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        out!("{}", serde_json::to_string(&s).unwrap_or_default());
     } else {
         let mb = s.bytes as f64 / 1e6;
         eprintln!(

@@ -16,6 +16,16 @@ use ferry::config::{Limits, TlsSource};
 use ferry::server::{self, Listener, ListenerConfig, ServerBuilder, Shutdown};
 use ferry::transport::TlsServer;
 
+/// `println!` for the command's output on stdout, except that a reader gone away (`ferry tej
+/// list | head -1`) ends the command quietly with status 141, as death by SIGPIPE would,
+/// instead of a panic: Rust ignores SIGPIPE, and `println!` panics on EPIPE. (SIGPIPE is not
+/// restored instead: servers write to sockets with sendfile(2), which would then kill them.)
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 pub(crate) mod cjp2p;
 pub(crate) mod fastdp;
 pub(crate) mod filestorage;
@@ -27,6 +37,26 @@ pub(crate) mod sync;
 pub(crate) mod tej;
 
 pub(crate) const EXIT_OK: u8 = 0;
+
+/// What a process killed by SIGPIPE reports to its shell (128 + 13).
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// One line of output on stdout (see `out!`).
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_fmt(args).and_then(|()| o.write_all(b"\n"));
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(EXIT_BROKEN_PIPE)
+        }
+        // Any other failure to write the output is the command's failure to do its job.
+        Err(e) => {
+            eprintln!("ferry: stdout: {e}");
+            std::process::exit(i32::from(EXIT_LOCAL))
+        }
+        Ok(()) => {}
+    }
+}
 
 pub(crate) const EXIT_PARTIAL: u8 = 1;
 

@@ -133,7 +133,7 @@ fn failure(e: SyncError) -> Failure {
 
 fn print_report(r: &Report, dir: &std::path::Path, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        out!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
     }
     if r.dry_run {

@@ -313,7 +313,7 @@ pub(crate) fn tej_send(a: TejSendArgs) -> Result<u8, Failure> {
     drawer.finish();
     let r = sent?;
     if a.json {
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        out!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         eprintln!(
             "tej: {} files, {:.1} MB in {:.2} s ({:.1} MB/s): {}",
@@ -356,7 +356,7 @@ pub(crate) fn tej_get(a: TejGetArgs) -> Result<u8, Failure> {
     drawer.finish();
     let stored = got?;
     if a.json {
-        println!("{}", serde_json::to_string(&stored).unwrap_or_default());
+        out!("{}", serde_json::to_string(&stored).unwrap_or_default());
     } else {
         for s in &stored {
             eprintln!(

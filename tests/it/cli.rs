@@ -387,6 +387,147 @@ fn a_fifo_to_send_is_refused_at_once_not_waited_on() {
     }
 }
 
+/// `fastdp send`, `fastdp get` and `filestorage put`/`query`/`fetch` had no Ctrl-C handling:
+/// SIGTERM killed them (status 143, nothing said) where the README promises exit 130 for
+/// Ctrl-C or SIGTERM. Each, waiting on a server that accepted and says nothing, now exits 130
+/// at once, saying so.
+#[test]
+fn fastdp_and_filestorage_clients_exit_130_on_sigterm() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::process::{Command, Stdio};
+    let d = TempDir::new("cli-sigterm");
+    let file = d.join("x.bin");
+    std::fs::write(&file, b"hello").unwrap();
+    let out = d.join("out");
+    // Accepts and holds every connection, answering nothing.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming() {
+            let Ok(c) = c else { break };
+            held.push(c);
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJsb2dpbiI6InUifQ.c2ln";
+    let id = "01234567-89ab-4def-8123-456789abcdef";
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "fastdp send",
+            vec!["fastdp", "send", "--addr", &addr, s(&file)],
+        ),
+        (
+            "fastdp get",
+            vec!["fastdp", "get", "--addr", &addr, "--out", s(&out), "x.bin"],
+        ),
+        (
+            "filestorage put",
+            vec![
+                "filestorage",
+                "put",
+                "--addr",
+                &addr,
+                "--token",
+                token,
+                s(&file),
+            ],
+        ),
+        (
+            "filestorage query",
+            vec!["filestorage", "query", "--addr", &addr, "--token", token],
+        ),
+        (
+            "filestorage fetch",
+            vec![
+                "filestorage",
+                "fetch",
+                "--addr",
+                &addr,
+                "--token",
+                token,
+                "--out",
+                s(&out),
+                id,
+            ],
+        ),
+    ];
+    for (what, args) in runs {
+        let mut child = Command::new(crate::harness::FERRY)
+            .args(&args)
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Connected: the command now waits for an answer that never comes.
+        if rx.recv_timeout(T).is_err() {
+            let _ = child.kill();
+            panic!("{what}: never connected");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{what}: still running 10 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert_eq!(st.code(), Some(130), "{what}: {err}");
+        assert!(
+            err.contains(&format!("{what}: interrupted")),
+            "{what}: {err}"
+        );
+    }
+}
+
+/// `ferry ... --help | head -1` (or any output into a reader that went away) panicked with
+/// "failed printing to stdout: Broken pipe" and a backtrace: output now ends quietly with the
+/// status death by SIGPIPE gives (141), nothing on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_with_141() {
+    use std::os::fd::FromRawFd;
+    use std::process::{Command, Stdio};
+    let d = TempDir::new("cli-epipe");
+    std::fs::write(d.join("a.bin"), b"a").unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["filestorage", "fetch", "--help"],
+        vec!["index", s(d.path()), "--json"],
+    ];
+    for args in cases {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe(2) fills two descriptors we then own; the read end is closed at once,
+        // so the first write to the other fails with EPIPE.
+        let w = unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            libc::close(fds[0]);
+            std::fs::File::from_raw_fd(fds[1])
+        };
+        let o = Command::new(crate::harness::FERRY)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", err(&o));
+        assert!(!err(&o).contains("panicked"), "{args:?}: {}", err(&o));
+    }
+}
+
 /// Issue 12: a plain client against a TLS server said "unknown magic 15030300". It says the
 /// server speaks TLS and which flag to change.
 #[test]

@@ -769,6 +769,8 @@ pub fn fetch(
     }
     let ingest = IngestDir::new(out, out)
         .map_err(|e| ClientError::Local(format!("{}: {e}", out.display())))?;
+    // An interrupted fetch exits at once: its temporary goes here, at the next one.
+    crate::driver::clean_stale_temporaries(&ingest);
     let sink = ingest
         .begin_stream(Some(entry.size))
         .map_err(|e| ClientError::Local(format!("{}: {e}", out.display())))?;
