@@ -9,6 +9,7 @@
 //! - 4: the peer refused or broke the protocol (an error frame, bad framing);
 //! - 130: interrupted by Ctrl-C (or SIGTERM) before the work was done; a client's
 //!   temporaries are removed first (a second Ctrl-C exits at once; the next run cleans up).
+//! - 141: the reader of stdout went away (as death by SIGPIPE reports it).
 
 #[macro_use]
 mod cli;
