@@ -32,6 +32,13 @@ pub(crate) struct CertsArgs {
 
 pub(crate) fn index(a: IndexArgs) -> Result<u8, Failure> {
     let dir = a.dir.unwrap_or_else(|| PathBuf::from("share"));
+    // Indexing is of a folder that exists: a mistyped path in a cron job is an error, not a
+    // new empty folder indexed as "0 files".
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(local(format!("{}: not a directory", dir.display()))),
+        Err(e) => return Err(local(format!("{}: {e}", dir.display()))),
+    }
     let cat = CatalogHandle::open(&dir, CatalogOptions::default()).map_err(local)?;
     let r = cat.last_report();
     if a.json {

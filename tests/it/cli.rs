@@ -494,6 +494,18 @@ fn fastdp_and_filestorage_clients_exit_130_on_sigterm() {
     }
 }
 
+/// `ferry index` of a mistyped path created the folder and reported "0 files", exit 0: it is
+/// now exit 2 naming the path, and nothing is created.
+#[test]
+fn index_of_a_missing_folder_is_an_error_and_creates_nothing() {
+    let d = TempDir::new("cli-index-missing");
+    let missing = d.join("no-such-folder");
+    let o = ferry(&["index", s(&missing)], T);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains(s(&missing)), "{}", err(&o));
+    assert!(!missing.exists(), "the folder was created");
+}
+
 /// `ferry ... --help | head -1` (or any output into a reader that went away) panicked with
 /// "failed printing to stdout: Broken pipe" and a backtrace: output now ends quietly with the
 /// status death by SIGPIPE gives (141), nothing on stderr.

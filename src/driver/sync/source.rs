@@ -61,7 +61,10 @@ impl Source {
                  server's tej:// port, or fetch one id with `ferry cjp2p get` (which resumes)",
             )),
             "fastdp" | "filestorage" => Err(usage("this protocol cannot list its catalog yet")),
-            other => Err(usage(&format!("unknown scheme {other:?} (tej, jtp)"))),
+            other => Err(usage(&format!(
+                "unknown scheme {other:?} (sync reads tej:// and jtp://; cjp2p://, fastdp:// \
+                 and filestorage:// are refused with the reason)"
+            ))),
         }
     }
 
