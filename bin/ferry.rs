@@ -30,7 +30,7 @@ use cli::{EXIT_LOCAL, EXIT_OK};
 
 #[derive(FromArgs)]
 /// ferry: fast, safe file transfer (JTP, TEJ, CJP2P, FastDP, filestorage) over one shared
-/// catalog.
+/// catalog. `ferry --version` prints the version.
 struct Cli {
     #[argh(subcommand)]
     cmd: Cmd,
@@ -53,6 +53,11 @@ enum Cmd {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    // argh has no version flag: `ferry --version` (or `-V`) alone, for bug reports and scripts.
+    if matches!(strs.get(1..), Some(["--version"] | ["-V"])) {
+        out!("ferry {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::from(EXIT_OK);
+    }
     let cli = match Cli::from_args(&strs[..1], &strs[1..]) {
         Ok(c) => c,
         Err(early) => {

@@ -494,6 +494,20 @@ fn fastdp_and_filestorage_clients_exit_130_on_sigterm() {
     }
 }
 
+/// `ferry --version` and `-V` print the crate's version, exit 0.
+#[test]
+fn version_flag_prints_the_version() {
+    for flag in ["--version", "-V"] {
+        let o = ferry(&[flag], T);
+        assert!(o.status.success(), "{flag}: {}", err(&o));
+        assert_eq!(
+            out(&o),
+            format!("ferry {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+}
+
 /// `ferry index` of a mistyped path created the folder and reported "0 files", exit 0: it is
 /// now exit 2 naming the path, and nothing is created.
 #[test]
