@@ -9,7 +9,8 @@
 //!
 //! `cjp2p://` is refused with the reason: a CJP2P `ContentList` gives a few ids per request with
 //! no names and no end, so no complete listing exists to mirror (CJP2P can resume, but only
-//! `ferry cjp2p get` of a known id uses that). FastDP and filestorage cannot list yet.
+//! `ferry cjp2p get` of a known id uses that). FastDP has no listing; filestorage lists one
+//! user's uploads, not a folder, and sync does not mirror those.
 //!
 //! Out of scope: the protocols themselves. This module only calls the clients' public API.
 
@@ -60,7 +61,16 @@ impl Source {
                  no end marker), so there is nothing complete to mirror; sync from the same \
                  server's tej:// port, or fetch one id with `ferry cjp2p get` (which resumes)",
             )),
-            "fastdp" | "filestorage" => Err(usage("this protocol cannot list its catalog yet")),
+            "fastdp" => Err(usage(
+                "FastDP cannot list (it has push and pull of one file, no listing request); \
+                 pull a file by name or SHA-256 with `ferry fastdp get` (which resumes), or sync \
+                 from the same server's tej:// port",
+            )),
+            "filestorage" => Err(usage(
+                "filestorage does not list a folder, only one user's uploads (`ferry filestorage \
+                 query`), and sync does not mirror those; fetch one by id with `ferry \
+                 filestorage fetch`, or sync from the same server's tej:// port",
+            )),
             other => Err(usage(&format!(
                 "unknown scheme {other:?} (sync reads tej:// and jtp://; cjp2p://, fastdp:// \
                  and filestorage:// are refused with the reason)"
@@ -447,9 +457,19 @@ mod tests {
                 "{bad}"
             );
         }
-        match Source::parse("cjp2p://h:24254") {
-            Err(SyncError::Usage(m)) => assert!(m.contains("cannot list"), "{m}"),
-            other => panic!("{other:?}"),
+        for (url, why) in [
+            ("cjp2p://h:24254", "cannot list"),
+            ("fastdp://h", "ferry fastdp get"),
+            (
+                "filestorage://h",
+                "ferry \
+                 filestorage fetch",
+            ),
+        ] {
+            match Source::parse(url) {
+                Err(SyncError::Usage(m)) => assert!(m.contains(why), "{url}: {m}"),
+                other => panic!("{url}: {other:?}"),
+            }
         }
     }
 
