@@ -460,11 +460,7 @@ mod tests {
         for (url, why) in [
             ("cjp2p://h:24254", "cannot list"),
             ("fastdp://h", "ferry fastdp get"),
-            (
-                "filestorage://h",
-                "ferry \
-                 filestorage fetch",
-            ),
+            ("filestorage://h", "filestorage fetch"),
         ] {
             match Source::parse(url) {
                 Err(SyncError::Usage(m)) => assert!(m.contains(why), "{url}: {m}"),
