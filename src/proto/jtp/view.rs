@@ -11,6 +11,11 @@ use std::sync::Arc;
 use super::wire::FileType;
 use crate::catalog::{Catalog, Entry};
 
+/// Whether a name of `len` bytes fits the wire's u16 name length (jtp.md 3.10).
+fn name_fits(len: usize) -> bool {
+    len <= usize::from(u16::MAX)
+}
+
 /// One image as JTP serves it.
 #[derive(Clone)]
 pub struct Item {
@@ -52,7 +57,7 @@ impl View {
             let Ok(size) = u32::try_from(e.size) else {
                 continue;
             };
-            if e.name.len() > u16::MAX as usize || by_id.contains_key(&e.xxh64) {
+            if !name_fits(e.name.len()) || by_id.contains_key(&e.xxh64) {
                 continue;
             }
             by_id.insert(e.xxh64, items.len());
@@ -85,7 +90,7 @@ impl View {
             .filter_map(|e| {
                 if e.size > u32::MAX as u64 {
                     Some((e.name.clone(), "4 GiB or larger"))
-                } else if e.name.len() > u16::MAX as usize {
+                } else if !name_fits(e.name.len()) {
                     Some((e.name.clone(), "name over 65,535 bytes"))
                 } else {
                     None
@@ -100,6 +105,17 @@ mod tests {
     use super::*;
     use crate::catalog::{CatalogHandle, CatalogOptions};
     use crate::ingest::test_dir::TempDir;
+
+    /// Names up to 65,535 bytes are served, longer ones are not (a catalog path that long
+    /// needs some 260 nested folders, so the bound is checked on its own).
+    #[test]
+    fn names_fit_up_to_65535_bytes() {
+        assert!(name_fits(0));
+        assert!(name_fits(65_534));
+        assert!(name_fits(65_535));
+        assert!(!name_fits(65_536));
+        assert!(!name_fits(usize::MAX));
+    }
 
     #[test]
     fn one_item_per_id_the_first_by_name_and_only_images_filtered_by_only() {
