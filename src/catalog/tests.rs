@@ -601,6 +601,11 @@ fn watcher_rescans_and_stops_on_drop() {
     drop(guard);
     // No thread keeps the handle alive.
     assert_eq!(Arc::strong_count(&h), 1);
+    // The thread is stopped, not left running: a file added now stays out (a 10 ms poller
+    // would have published it many times over).
+    dir.write("late.png", b"late");
+    let_follower_settle();
+    assert_eq!(names(&h.snapshot()), ["w.png"]);
     // And a watcher whose catalog is gone ends by itself, which its guard reports.
     let guard = h.spawn_watcher(Duration::from_millis(10));
     assert!(guard.is_running());

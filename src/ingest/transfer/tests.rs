@@ -436,6 +436,37 @@ fn claims_exclude_each_other_and_an_unfinished_block_stays_missing() {
     assert!(matches!(b.claim(0, Rewrite::Replace).unwrap(), Claim::Held));
 }
 
+/// `is_complete` tells a driver to commit (FastDP's last Ack, filestorage's reply): it must
+/// not say so while a block is missing, nor while a replaced block is being rewritten.
+#[test]
+fn complete_only_while_every_block_is_written() {
+    let (_t, reg) = setup("shared-complete");
+    let data = content(3 * BS as usize + 7, 2);
+    let a = reg.attach("complete", spec_for(&data), 8).unwrap();
+    assert_eq!((a.received(), a.blocks()), (0, 4));
+    assert!(!a.is_complete());
+    let three = &data[..3 * BS as usize];
+    assert_eq!(
+        a.write_blocks(0, three, Rewrite::Keep).unwrap(),
+        Wrote::Stored { blocks: 3 }
+    );
+    assert_eq!(a.received(), 3);
+    assert!(!a.is_complete());
+    a.write_blocks(3, block(&data, 3), Rewrite::Keep).unwrap();
+    assert_eq!(a.received(), 4);
+    assert!(a.is_complete());
+    // A replacement takes its block out until it is written whole again.
+    let Claim::Write(mut w) = a.claim(1, Rewrite::Replace).unwrap() else {
+        panic!("block 1 can be replaced");
+    };
+    assert!(!a.is_complete());
+    w.write(block(&data, 1)).unwrap();
+    w.finish().unwrap();
+    assert!(a.is_complete());
+    let p = a.commit("complete.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
 #[test]
 fn a_replacement_clears_the_durable_bit_before_its_first_byte() {
     let (_t, reg) = setup("shared-replace");

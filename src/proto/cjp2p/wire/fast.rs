@@ -251,6 +251,38 @@ mod tests {
         assert!(same(&deep).is_none());
     }
 
+    /// `uint` takes exactly JSON's canonical unsigned integers that fit a u64, 0 included (the
+    /// first block's offset and the empty file's eof: refused here, every such `Content`
+    /// would leave the fast decoder for `serde_json`, which the datagram tests cannot see).
+    #[test]
+    fn uint_takes_canonical_integers_zero_included() {
+        use super::uint;
+        let ok: [(&[u8], u64, &[u8]); 6] = [
+            (b"0", 0, b""),
+            (b"0,", 0, b","),
+            (b"0}}", 0, b"}}"),
+            (b"7,", 7, b","),
+            (b"4096,", 4096, b","),
+            (b"18446744073709551615}", u64::MAX, b"}"),
+        ];
+        for (text, v, rest) in ok {
+            assert_eq!(uint(text), Some((v, rest)), "{text:?}");
+        }
+        for text in [
+            &b""[..],
+            b",",
+            b"-0",
+            b"00",
+            b"01",
+            b"0.0",
+            b"0e1",
+            b"1E3",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(uint(text), None, "{text:?}");
+        }
+    }
+
     #[test]
     fn never_panics_and_never_disagrees_on_truncations_and_mutations() {
         let c = content_el(4096, &[9; 100], Some(8192));
