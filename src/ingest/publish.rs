@@ -347,4 +347,21 @@ mod tests {
         assert_eq!(p.name, "r-2.txt");
         assert_eq!(p.outcome, Outcome::Renamed);
     }
+
+    /// A file that ends before the size compared (it shrank while being compared) is other
+    /// content, not an error that fails the publish (mutation sample E: the end-of-file arm's
+    /// `==` as `!=` turned it into an error and every other read error into "different").
+    #[test]
+    fn a_file_that_ends_early_is_other_content_not_an_error() {
+        let t = TempDir::new("ends-early");
+        let d = Dir::open(&t.0).unwrap();
+        fs::write(t.0.join("theirs"), b"abcdef").unwrap();
+        fs::write(t.0.join("ours"), b"abc").unwrap();
+        assert!(!has_content(&d, os("theirs"), &d, os("ours"), 6).unwrap());
+        fs::write(t.0.join("ours"), b"abcdef").unwrap();
+        assert!(has_content(&d, os("theirs"), &d, os("ours"), 6).unwrap());
+        // Ours missing is the caller's error to see, not "different".
+        let e = has_content(&d, os("theirs"), &d, os("gone"), 6).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
 }

@@ -475,6 +475,35 @@ mod tests {
         }
     }
 
+    /// The retries on taken names are bounded: with every next name taken, making the
+    /// temporary fails with `AlreadyExists` after 16 retries instead of walking the names for as long as they
+    /// are taken (mutation sample E: `&&` as `||` retried every AlreadyExists, and so stayed
+    /// green in the test above).
+    #[test]
+    fn retries_on_taken_temporary_names_are_bounded() {
+        let t = TempDir::new("stream-all-taken");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let last = super::super::next_temp_name();
+        let (stem, n) = last
+            .strip_suffix(".part")
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap();
+        let n: u64 = n.parse().unwrap();
+        // Far more than twice 17 names: sinks of tests running alongside take some first.
+        for k in n + 1..=n + 1000 {
+            fs::write(t.0.join(format!("{stem}-{k}.part")), b"").unwrap();
+        }
+        // A sink told its size makes its temporary at once; one that is not, at its first
+        // large write.
+        let e = dir.begin_stream(Some(1 << 20)).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        let mut s = dir.begin_stream(None).unwrap();
+        let e = s.write_all(&vec![7; 4 << 20]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(list(&t.0).len(), 1000);
+    }
+
     #[test]
     fn drop_and_abort_leave_nothing() {
         let t = TempDir::new("stream-drop");

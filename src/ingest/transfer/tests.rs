@@ -437,7 +437,9 @@ fn claims_exclude_each_other_and_an_unfinished_block_stays_missing() {
 }
 
 /// `is_complete` tells a driver to commit (FastDP's last Ack, filestorage's reply): it must
-/// not say so while a block is missing, nor while a replaced block is being rewritten.
+/// not say so while a block is missing, nor while a replaced block is being rewritten. A
+/// commit before then says how many blocks are still missing (mutation sample E: `blocks -
+/// received` as `+` stayed green while every test committed with nothing received).
 #[test]
 fn complete_only_while_every_block_is_written() {
     let (_t, reg) = setup("shared-complete");
@@ -452,6 +454,9 @@ fn complete_only_while_every_block_is_written() {
     );
     assert_eq!(a.received(), 3);
     assert!(!a.is_complete());
+    // A commit now counts the blocks still missing (4 - 3), not the blocks it holds.
+    let e = a.commit("complete.bin", Collision::Tagged).unwrap_err();
+    assert!(matches!(e, TransferError::Incomplete { missing: 1 }), "{e}");
     a.write_blocks(3, block(&data, 3), Rewrite::Keep).unwrap();
     assert_eq!(a.received(), 4);
     assert!(a.is_complete());

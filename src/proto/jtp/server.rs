@@ -469,10 +469,24 @@ mod tests {
         assert!(matches!(c.poll_event(), Some(Event::Fail { code: 4, .. })));
     }
 
+    /// First request, part of one, the response, between requests, and part of the next
+    /// (mutation sample E: a partial second request reported as `Idle` stayed green, so it
+    /// would have waited for the keep-alive timeout instead of the body deadline).
     #[test]
     fn phases_follow_the_request() {
         let mut c = conn(false);
         assert_eq!(c.phase(), Phase::First);
+        c.handle_input(&[1]);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.phase(), Phase::Body);
+        c.handle_input(&[1]);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: true }))
+        );
+        assert_eq!(c.phase(), Phase::Responding);
+        c.response_done(true);
+        assert_eq!(c.phase(), Phase::Idle);
         c.handle_input(&[0, 0, 5]);
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.phase(), Phase::Body);
