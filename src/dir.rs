@@ -304,12 +304,23 @@ fn link_refused(path: &Path, e: io::Error) -> io::Error {
 /// blocks) is refused at once instead of hanging the command, then the type is checked on the
 /// descriptor. Anything but a regular file is `InvalidInput`, "not a regular file". Links are
 /// followed: the path is the user's own choice, not a peer's.
+///
+/// A file under another process's write lease (Samba's oplocks, an NFS server's delegations)
+/// refuses a non-blocking open with `EWOULDBLOCK` while the lease is broken; that file is
+/// opened again blocking, waiting for the break as a plain open would (a FIFO never answers a
+/// non-blocking read-only open so).
 pub fn open_file_to_send(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)?;
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let file = match open(libc::O_NONBLOCK) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => open(0)?,
+        r => r?,
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
@@ -966,6 +977,56 @@ mod tests {
         }
         let e = d.open_read(OsStr::new("pipe")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// A file to send under another open's write lease (Samba oplocks, NFS delegations) is
+    /// waited for, as a plain open waits, not refused with "Resource temporarily unavailable"
+    /// (the non-blocking open that refuses FIFOs gets EWOULDBLOCK while the lease breaks).
+    #[test]
+    fn a_file_under_a_write_lease_is_opened_once_the_lease_is_given_up() {
+        let t = Tmp::new("lease");
+        let path = t.root().join("leased.bin");
+        std::fs::write(&path, b"leased").unwrap();
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fd = holder.as_raw_fd();
+        // SAFETY: fcntl on a descriptor the test owns. The break is announced with SIGWINCH,
+        // which is ignored by default (SIGIO, the default, would end the test process).
+        unsafe {
+            // F_SETSIG (fcntl.h; not in the libc crate for this target).
+            const F_SETSIG: libc::c_int = 10;
+            assert_eq!(libc::fcntl(fd, F_SETSIG, libc::SIGWINCH), 0);
+            let r = libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK);
+            assert_eq!(
+                r,
+                0,
+                "this test needs file leases (sysctl fs.leases-enable) on {}: {}",
+                path.display(),
+                io::Error::last_os_error()
+            );
+        }
+        let p = path.clone();
+        let opener = std::thread::spawn(move || open_file_to_send(&p));
+        // The opener's open starts the break; the holder then gives the lease up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // SAFETY: as above.
+        while unsafe { libc::fcntl(fd, libc::F_GETLEASE) } == libc::F_WRLCK
+            && !opener.is_finished()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        let (mut f, meta) = opener.join().unwrap().unwrap();
+        assert_eq!(meta.len(), 6);
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "leased");
+        drop(holder);
     }
 
     #[test]
