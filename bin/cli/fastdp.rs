@@ -131,7 +131,7 @@ pub(crate) struct FastdpSendArgs {
     /// seconds for a connect or a write without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
-    /// attempts in a row without progress before giving up (default 8)
+    /// retries in a row without progress before giving up (default 8: nine attempts)
     #[argh(option, default = "8")]
     retries: u32,
     /// log every retry and CRC repair on stderr (the first retry after progress is always said)
@@ -164,7 +164,7 @@ pub(crate) struct FastdpGetArgs {
     /// seconds for a connect or a write without progress (default 30)
     #[argh(option, default = "30")]
     io_timeout: u64,
-    /// attempts in a row without progress before giving up (default 8)
+    /// retries in a row without progress before giving up (default 8: nine attempts)
     #[argh(option, default = "8")]
     retries: u32,
     /// log every retry on stderr (the first retry after progress is always said)
@@ -445,6 +445,8 @@ fn get(a: FastdpGetArgs) -> Result<u8, Failure> {
         a.retries,
         a.verbose,
     );
+    // A mistyped address fails before the output folder is made.
+    fdp::check_address(&opts.addr)?;
     ferry::dir::create_dir_all(&a.out).map_err(|e| local(format!("{}: {e}", a.out.display())))?;
     let mut worst = EXIT_OK;
     for item in &a.items {

@@ -2090,6 +2090,14 @@ fn an_address_that_does_not_resolve_fails_at_once_with_exit_3() {
             "{}",
             text(&o)
         );
+        // The form is hinted at only when the port is missing.
+        let hinted = !addr.ends_with(":5423");
+        assert_eq!(
+            text(&o).contains("(want HOST:PORT)"),
+            hinted,
+            "{}",
+            text(&o)
+        );
         let o = get(addr, "x.bin", &t.join("out"), &[]);
         assert_eq!(o.status.code(), Some(3), "get {addr}: {}", text(&o));
         assert!(
@@ -2097,6 +2105,7 @@ fn an_address_that_does_not_resolve_fails_at_once_with_exit_3() {
             "{}",
             text(&o)
         );
+        assert!(!t.join("out").exists(), "get {addr} made its output folder");
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{addr}: retried"
@@ -2119,5 +2128,7 @@ fn a_server_that_is_down_is_said_at_the_first_retry() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("retrying in").count(), 1, "{err}");
+    // --retries 1: one retry, two attempts.
+    assert!(err.contains("(at most 1 retry without progress)"), "{err}");
     assert!(err.contains("giving up after 2 attempts"), "{err}");
 }

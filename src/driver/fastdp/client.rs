@@ -33,7 +33,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -262,15 +262,22 @@ fn machine_failure(e: ErrorMsg, handshake: Option<&ResponseError>) -> Fail {
 /// Resolves the server address once before a transfer starts, so that a typo or a missing
 /// port fails at once (exit 3) instead of after minutes of silent retries; once a transfer is
 /// under way, a failed lookup on a reconnect is retried like any other network failure.
-fn check_address(addr: &str) -> Result<(), ClientError> {
+/// (`ferry fastdp get` calls it first too, before it creates its output folder.)
+pub fn check_address(addr: &str) -> Result<(), ClientError> {
     let resolved = addr.to_socket_addrs().map(|mut a| a.next().is_some());
+    // The form is only hinted at when the port is missing or not a number: a well-formed
+    // address whose host does not resolve is a name problem, not a form problem.
+    let has_port = addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let hint = if has_port { "" } else { " (want HOST:PORT)" };
     match resolved {
         Ok(true) => Ok(()),
         Ok(false) => Err(ClientError::Network(format!(
-            "tcp: resolve {addr}: no addresses"
+            "tcp: resolve {addr}: no addresses{hint}"
         ))),
         Err(e) => Err(ClientError::Network(format!(
-            "tcp: resolve {addr}: {} (want HOST:PORT)",
+            "tcp: resolve {addr}: {}{hint}",
             e.to_string().to_lowercase()
         ))),
     }
@@ -376,10 +383,17 @@ fn run_slot(
                 // first slot), so that a server that is down is not minutes of silence; the
                 // rest with --verbose.
                 if opts.verbose || (first && fruitless == 1) {
+                    // On a clean line: a progress line may be on the terminal.
+                    let clear = if std::io::stderr().is_terminal() {
+                        "\r\x1b[K"
+                    } else {
+                        ""
+                    };
                     eprintln!(
-                        "fastdp: {why}; retrying in {:.1} s (at most {} attempts without progress)",
+                        "{clear}fastdp: {why}; retrying in {:.1} s (at most {} {} without progress)",
                         d.as_secs_f64(),
-                        opts.max_retries
+                        opts.max_retries,
+                        if opts.max_retries == 1 { "retry" } else { "retries" }
                     );
                 }
                 run.sleep(d);
