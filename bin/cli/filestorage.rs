@@ -1,7 +1,6 @@
 //! `ferry filestorage serve | token | put | query | fetch | rm`, and the filestorage endpoints
 //! `ferry serve` adds ([`endpoints`]).
 
-use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -208,7 +207,7 @@ struct PutArgs {
     #[argh(
         option,
         default = "10",
-        description = "attempts without progress before giving up (default 10)"
+        description = "retries without progress before giving up (default 10: eleven attempts)"
     )]
     retries: u32,
     #[argh(switch, short = 'v', description = "log reconnections")]
@@ -257,7 +256,7 @@ struct QueryArgs {
     #[argh(
         option,
         default = "10",
-        description = "attempts without progress (default 10)"
+        description = "retries without progress before giving up (default 10)"
     )]
     retries: u32,
     #[argh(switch, description = "print JSON")]
@@ -304,7 +303,7 @@ struct FetchArgs {
     #[argh(
         option,
         default = "10",
-        description = "attempts without progress (default 10)"
+        description = "retries without progress before giving up (default 10)"
     )]
     retries: u32,
     #[argh(switch, short = 'v', description = "log reconnections")]
@@ -703,12 +702,11 @@ fn put(a: PutArgs) -> Result<u8, Failure> {
         },
         &a.files,
     )?;
-    let mut out = std::io::stdout().lock();
     if a.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
+        out!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         for f in &r.files {
-            let _ = writeln!(out, "{}  {:>12}  {}", f.id, f.size, f.name);
+            out!("{}  {:>12}  {}", f.id, f.size, f.name);
         }
         eprintln!(
             "filestorage: {} files, {:.1} MB in {:.2} s ({:.1} MB/s; hashing {:.2} s){}",
@@ -724,7 +722,6 @@ fn put(a: PutArgs) -> Result<u8, Failure> {
             }
         );
     }
-    let _ = out.flush();
     Ok(EXIT_OK)
 }
 
@@ -743,7 +740,6 @@ fn query(a: QueryArgs) -> Result<u8, Failure> {
         false,
     )?;
     let results = fs_client::query(&opts, &token, &a.tag, a.name.as_deref(), None, None)?;
-    let mut out = std::io::stdout().lock();
     if a.json {
         let v: Vec<_> = results
             .iter()
@@ -757,11 +753,10 @@ fn query(a: QueryArgs) -> Result<u8, Failure> {
                 })
             })
             .collect();
-        let _ = writeln!(out, "{}", serde_json::Value::Array(v));
+        out!("{}", serde_json::Value::Array(v));
     } else {
         for r in &results {
-            let _ = writeln!(
-                out,
+            out!(
                 "{}  {:>12}  {}  {}  [{}]",
                 r.id,
                 r.size,
@@ -771,7 +766,6 @@ fn query(a: QueryArgs) -> Result<u8, Failure> {
             );
         }
     }
-    let _ = out.flush();
     Ok(if results.is_empty() {
         EXIT_PARTIAL
     } else {
@@ -780,8 +774,12 @@ fn query(a: QueryArgs) -> Result<u8, Failure> {
 }
 
 fn fetch(a: FetchArgs) -> Result<u8, Failure> {
-    // A streaming temporary left in OUT is removed by the next fetch into it.
-    on_interrupt(OnInterrupt::Exit("filestorage fetch"));
+    // The streaming temporary in OUT is removed before exiting (one a second signal or a
+    // SIGKILL leaves is removed by the next fetch into OUT).
+    on_interrupt(OnInterrupt::ExitRemovingTemporaries(
+        "filestorage fetch",
+        a.out.clone(),
+    ));
     let token = token_of(a.token)?;
     let id: Uuid = a.id.parse().map_err(|_| local("the id must be a UUID"))?;
     let opts = client_options(

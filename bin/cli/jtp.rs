@@ -1,6 +1,5 @@
 //! `ferry jtp serve | get | list`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -337,13 +336,11 @@ pub(crate) fn jtp_list(a: JtpListArgs) -> Result<u8, Failure> {
     let client = Client::new(opts)?;
     on_interrupt(OnInterrupt::Exit("jtp list"));
     let list = client.list()?;
-    let mut out = std::io::stdout().lock();
     if a.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default());
+        out!("{}", serde_json::to_string(&list).unwrap_or_default());
     } else {
         for l in &list {
-            let _ = writeln!(
-                out,
+            out!(
                 "{}  {:<5}  {:>10}  {}",
                 hex::encode_u64(l.id),
                 type_word(l.ftype),
@@ -393,12 +390,10 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
     if a.watch {
         let json = a.json;
         client.watch(&stop, &mut |l| {
-            let mut out = std::io::stdout().lock();
             if json {
-                let _ = writeln!(out, "{}", serde_json::to_string(l).unwrap_or_default());
+                out!("{}", serde_json::to_string(l).unwrap_or_default());
             } else {
-                let _ = writeln!(
-                    out,
+                out!(
                     "NEW  id={} type={} size={} name={}",
                     hex::encode_u64(l.id),
                     l.ftype,
@@ -406,7 +401,6 @@ pub(crate) fn jtp_get(a: JtpGetArgs) -> Result<u8, Failure> {
                     shown(&l.name)
                 );
             }
-            let _ = out.flush();
         })?;
         return Ok(EXIT_OK);
     }

@@ -86,6 +86,9 @@ pub(crate) enum OnInterrupt {
     /// Nothing to clean up (a listing, a send whose partial frame the server throws away):
     /// say so and exit 130 at once.
     Exit(&'static str),
+    /// As `Exit`, after removing this process's streaming temporaries in the folder (a
+    /// preallocated file as large as the one being fetched would stay until the next run).
+    ExitRemovingTemporaries(&'static str, PathBuf),
     /// Set this flag: the command stops within a second, removes its temporaries and exits 130
     /// (or, for `--watch`, 0). A second Ctrl-C exits at once; the temporaries it leaves are
     /// removed by the next run into the same folder.
@@ -95,16 +98,15 @@ pub(crate) enum OnInterrupt {
 /// Installs the Ctrl-C behaviour of a client command (once per process).
 pub(crate) fn on_interrupt(how: OnInterrupt) {
     let _ = match how {
-        OnInterrupt::Exit(what) => ctrlc::set_handler(move || {
-            use std::io::IsTerminal;
-            // A progress line may be on the terminal: start on a clean line.
-            let clear = if std::io::stderr().is_terminal() {
-                "\r\x1b[K"
-            } else {
-                ""
-            };
-            eprintln!("{clear}ferry: {what}: interrupted");
-            std::process::exit(EXIT_INTERRUPTED as i32);
+        OnInterrupt::Exit(what) => ctrlc::set_handler(move || interrupted(what)),
+        OnInterrupt::ExitRemovingTemporaries(what, folder) => ctrlc::set_handler(move || {
+            if let Err(e) = ferry::ingest::remove_own_temporaries(&folder) {
+                eprintln!(
+                    "ferry: {what}: removing temporaries in {}: {e}",
+                    folder.display()
+                );
+            }
+            interrupted(what);
         }),
         OnInterrupt::Stop(flag) => ctrlc::set_handler(move || {
             if flag.swap(true, Ordering::SeqCst) {
@@ -112,6 +114,19 @@ pub(crate) fn on_interrupt(how: OnInterrupt) {
             }
         }),
     };
+}
+
+/// Says the command was interrupted and exits 130.
+fn interrupted(what: &str) -> ! {
+    use std::io::IsTerminal;
+    // A progress line may be on the terminal: start on a clean line.
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[K"
+    } else {
+        ""
+    };
+    eprintln!("{clear}ferry: {what}: interrupted");
+    std::process::exit(EXIT_INTERRUPTED as i32);
 }
 
 /// Text from a peer (a name, a message) made safe to show: see [`ferry::names::printable`].
@@ -364,6 +379,8 @@ pub(crate) fn spawn_rescanner(
     })
 }
 
+/// A server's ready line. Unlike `out!`, a stdout that is gone is ignored: a server started
+/// with its output into a pipe that was closed keeps serving.
 pub(crate) fn print_listening(proto: &str, addr: &str, json: bool) {
     let mut out = std::io::stdout().lock();
     if json {

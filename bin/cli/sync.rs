@@ -1,7 +1,6 @@
 //! `ferry sync SOURCE DIR`: the command line over [`ferry::driver::sync`]: flags, the progress
 //! line (on a terminal only), the summary, and the exit code.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,14 +136,13 @@ fn print_report(r: &Report, dir: &std::path::Path, json: bool) {
         return;
     }
     if r.dry_run {
-        let mut out = std::io::stdout().lock();
         for a in &r.actions {
-            let _ = match a {
-                Action::Fetch { name, size } => writeln!(out, "fetch   {name}  ({size} bytes)"),
-                Action::Move { from, name } => writeln!(out, "move    {from} -> {name}"),
-                Action::Link { from, name } => writeln!(out, "link    {from} -> {name}"),
-                Action::Delete { name } => writeln!(out, "delete  {name}"),
-            };
+            match a {
+                Action::Fetch { name, size } => out!("fetch   {name}  ({size} bytes)"),
+                Action::Move { from, name } => out!("move    {from} -> {name}"),
+                Action::Link { from, name } => out!("link    {from} -> {name}"),
+                Action::Delete { name } => out!("delete  {name}"),
+            }
         }
     }
     for f in &r.failures {

@@ -1,6 +1,5 @@
 //! `ferry tej serve | send | get | list`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -375,18 +374,11 @@ pub(crate) fn tej_list(a: TejListArgs) -> Result<u8, Failure> {
     let client = tej_client::Client::new(opts)?;
     on_interrupt(OnInterrupt::Exit("tej list"));
     let all = client.list()?;
-    let mut out = std::io::stdout().lock();
     if a.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(&all).unwrap_or_default());
+        out!("{}", serde_json::to_string(&all).unwrap_or_default());
     } else {
         for e in &all {
-            let _ = writeln!(
-                out,
-                "{}  {:>12}  {}",
-                shown(&e.sha256),
-                e.size,
-                shown(&e.name)
-            );
+            out!("{}  {:>12}  {}", shown(&e.sha256), e.size, shown(&e.name));
         }
     }
     if all.is_empty() {

@@ -591,6 +591,29 @@ fn process_id() -> u32 {
     *PID.get_or_init(std::process::id)
 }
 
+/// Removes this process's own streaming temporaries in `folder` (not resumable partials,
+/// not other processes' files): a client stopped by a signal calls it before it exits, so that
+/// nothing half-written stays behind. Returns how many were removed.
+pub fn remove_own_temporaries(folder: &Path) -> io::Result<usize> {
+    let (me, tag) = (process_id(), process_tag());
+    let dir = Dir::open(folder)?;
+    let mut removed = 0;
+    for name in dir.names()? {
+        let ours = name
+            .to_str()
+            .and_then(parse_temp_name)
+            .is_some_and(|(t, pid)| pid == me && t == tag);
+        if ours && dir.stat_at(&name).is_ok_and(|st| st.is_file()) {
+            match dir.remove_file(&name) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Parses `.ferry-<hex tag>-<pid>-<counter>.part` into (tag, pid).
 fn parse_temp_name(name: &str) -> Option<(&str, u32)> {
     let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(PART_SUFFIX)?;
@@ -759,6 +782,30 @@ mod tests {
         assert!(left.contains(&".ferry-abcd-1-3.part".to_owned()));
         live.abort();
         assert_eq!(list(&t.0).len(), 3);
+    }
+
+    /// What a client stopped by a signal removes: its own temporaries only, even one being
+    /// written; other processes' temporaries, partials and user files stay.
+    #[test]
+    fn remove_own_temporaries_takes_only_ours() {
+        let t = TempDir::new("own-temps");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let me = std::process::id();
+        fs::write(t.0.join(format!(".ferry-00000000-{me}-0.part")), b"x").unwrap();
+        fs::write(t.0.join(".ferry-abcd-1-3.part"), b"x").unwrap();
+        fs::write(t.0.join("0123.part"), b"x").unwrap();
+        fs::write(t.0.join("photo.png"), b"x").unwrap();
+        let mut live = dir.begin_stream(Some(1 << 20)).unwrap();
+        live.write_all(&[1; 4096]).unwrap();
+        assert_eq!(list(&t.0).len(), 5);
+        assert_eq!(remove_own_temporaries(&t.0).unwrap(), 1);
+        let left = list(&t.0);
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left
+            .iter()
+            .all(|n| !n.starts_with(&format!(".ferry-{}-", process_tag()))));
+        assert_eq!(remove_own_temporaries(&t.0).unwrap(), 0);
+        drop(live);
     }
 
     #[test]

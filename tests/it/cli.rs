@@ -522,16 +522,45 @@ fn index_of_a_missing_folder_is_an_error_and_creates_nothing() {
 
 /// `ferry ... --help | head -1` (or any output into a reader that went away) panicked with
 /// "failed printing to stdout: Broken pipe" and a backtrace: output now ends quietly with the
-/// status death by SIGPIPE gives (141), nothing on stderr.
+/// status death by SIGPIPE gives (141), nothing on stderr. Listings too (`tej list` and `jtp
+/// list` ignored the error and exited 0, as if the whole listing had been read).
 #[test]
 fn output_into_a_closed_pipe_ends_quietly_with_141() {
     use std::os::fd::FromRawFd;
     use std::process::{Command, Stdio};
     let d = TempDir::new("cli-epipe");
     std::fs::write(d.join("a.bin"), b"a").unwrap();
+    let share = share_with_a_file();
+    let tej = Server::start(
+        &[
+            "tej",
+            "serve",
+            "--root",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let jtp = Server::start(
+        &[
+            "jtp",
+            "serve",
+            "--images",
+            s(share.path()),
+            "--bind",
+            "127.0.0.1:0",
+            "--no-tls",
+        ],
+        1,
+    );
+    let (tej_addr, jtp_addr) = (tej.addr("tej"), jtp.addr("jtp"));
     let cases: Vec<Vec<&str>> = vec![
         vec!["filestorage", "fetch", "--help"],
         vec!["index", s(d.path()), "--json"],
+        vec!["tej", "list", "--addr", &tej_addr],
+        vec!["tej", "list", "--addr", &tej_addr, "--json"],
+        vec!["jtp", "list", "--no-tls", "--addr", &jtp_addr],
     ];
     for args in cases {
         let mut fds = [0i32; 2];

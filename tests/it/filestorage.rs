@@ -2508,6 +2508,97 @@ fn s39_a_relay_cuts_the_client_mid_transfer_it_resumes_with_only_the_missing_chu
     );
 }
 
+/// A relay that forwards everything the client sends but only the first `limit` bytes the
+/// server answers, then holds both connections open: a transfer stalls mid-way.
+fn stalling_relay(server: String, limit: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(client) = client else { break };
+            let up = tcp_connect(&server);
+            let (mut c_in, mut u_out) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut u_in, mut c_out) = (up, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut u_out);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut left = limit;
+                while left > 0 {
+                    match u_in.read(&mut buf[..left.min(64 * 1024)]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if c_out.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                            left -= n;
+                        }
+                    }
+                }
+                // Stalled: keep both ends open until the test is over.
+                std::thread::sleep(Duration::from_secs(120));
+                drop((u_in, c_out));
+            });
+        }
+    });
+    addr
+}
+
+/// SIGTERM in the middle of `filestorage fetch` exits 130 and leaves nothing in OUT: the
+/// streaming temporary (preallocated to the whole file's size) used to stay until the next
+/// fetch into the same folder.
+#[test]
+fn a_fetch_stopped_by_sigterm_leaves_no_temporary() {
+    let fs = Fs::start(&[]);
+    let src = TempDir::new("fs-term");
+    let data = pseudo_random(41, 8 << 20);
+    std::fs::write(src.join("t.bin"), &data).unwrap();
+    let o = ferry_token(
+        &[
+            "filestorage",
+            "put",
+            "--addr",
+            &fs.tcp_addr(),
+            "--json",
+            src.join("t.bin").to_str().unwrap(),
+        ],
+        TOKEN_A,
+        T,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["files"][0]["id"].as_str().unwrap().to_owned();
+    let relay = stalling_relay(fs.tcp_addr(), 2 << 20);
+    let out = TempDir::new("fs-term-out");
+    let mut child = Command::new(FERRY)
+        .args(["filestorage", "fetch", &id, "--addr", &relay, "--out"])
+        .arg(out.path())
+        .env("FERRY_TOKEN", TOKEN_A)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let names = || -> Vec<String> {
+        std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    wait_for("the fetch's temporary", T, || {
+        names().iter().any(|n| n.starts_with(".ferry-"))
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(names(), Vec::<String>::new(), "{err}");
+}
+
 #[test]
 fn put_is_stateless_a_rerun_sends_only_what_is_missing_and_rm_deletes() {
     let fs = Fs::start(&[]);
