@@ -238,6 +238,32 @@ fn changes_found_at_a_warm_start_are_saved_in_the_index() {
     assert_eq!((r.files, r.hashed, r.reused), (3, 0, 3));
 }
 
+/// A failed index write is retried at the next change, however small. A clean start's
+/// records go only to the index, not the journal, so until the index is written they are
+/// saved nowhere and the next start hashes everything again (mutation sample F: `needs_save
+/// ||` as `&&` left the retry to the compaction threshold).
+#[test]
+fn a_failed_index_write_is_retried_at_the_next_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("save-retry");
+    dir.write("a.png", b"a");
+    dir.write("b.png", b"b");
+    // The index's place is taken by a folder that is not empty: the rename onto it fails.
+    let state = dir.path().join(".ferry");
+    let index = state.join("index");
+    std::fs::create_dir_all(index.join("blocker")).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let h = open(&dir);
+    assert_eq!(h.last_report().hashed, 2);
+    assert!(index.is_dir(), "the index was written after all");
+    std::fs::remove_dir_all(&index).unwrap();
+    dir.write("c.png", b"c");
+    h.rescan().unwrap();
+    drop(h);
+    let r = open(&dir).last_report();
+    assert_eq!((r.files, r.hashed, r.reused), (3, 0, 3));
+}
+
 #[test]
 fn corrupt_or_foreign_index_is_ignored_and_rewritten() {
     let dir = TempDir::new("corrupt");

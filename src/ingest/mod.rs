@@ -908,6 +908,13 @@ mod tests {
         }
         let e: IngestError = io::Error::from_raw_os_error(libc::ENOSPC).into();
         assert!(matches!(e, IngestError::NoSpace));
+        // The I/O error is the source a caller's chain walks to (mutation sample F: `source`
+        // returning None stayed green); the others have none.
+        use std::error::Error;
+        let e = IngestError::Io(io::Error::from_raw_os_error(libc::EACCES));
+        let src = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(src.and_then(io::Error::raw_os_error), Some(libc::EACCES));
+        assert!(IngestError::NoSpace.source().is_none());
     }
 
     #[test]

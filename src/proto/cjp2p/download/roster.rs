@@ -221,6 +221,10 @@ mod tests {
         assert_eq!(ceiling_of(&dl, addr(2)), 24576);
         dl.set_ferry(addr(2), Some(40960));
         assert_eq!(ceiling_of(&dl, addr(2)), 24576);
+        // Learning another path's limit keeps the first one's (mutation sample F: `&&` as
+        // `||` emptied the table at every new address): a later announcement stays within it.
+        dl.set_ferry(addr(1), Some(40960));
+        assert_eq!(ceiling_of(&dl, addr(1)), 4096);
         // Loopback: no limit below the configured size.
         dl.add_source(t0, addr(3), Some(32768));
         dl.set_path_mtu(addr(3), 65536);
