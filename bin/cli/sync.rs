@@ -64,6 +64,20 @@ pub(crate) struct SyncArgs {
 }
 
 pub(crate) fn run(a: SyncArgs) -> Result<u8, Failure> {
+    let json = a.json;
+    let r = sync_once(a);
+    // A script reading --json gets one JSON document whatever happened, a run that could not
+    // be done too (the message also goes to stderr, as for every command).
+    if let (true, Err(f)) = (json, &r) {
+        out!(
+            "{}",
+            serde_json::json!({"error": f.message, "exit": f.code})
+        );
+    }
+    r
+}
+
+fn sync_once(a: SyncArgs) -> Result<u8, Failure> {
     let source = Source::parse(&a.source).map_err(failure)?;
     if a.tls && a.no_tls {
         return Err(local("--tls and --no-tls exclude each other"));

@@ -90,6 +90,24 @@ const REBUILD_MIN_CHANGES: usize = 1024;
 /// Names waiting for a drift re-check, at most; more are dropped (a full scan catches them).
 const MAX_DRIFT: usize = 4096;
 
+/// What a file must still be for known hashes to be registered for it: its inode, and with
+/// `size_mtime` its size and modification time too.
+#[derive(Clone, Copy, Debug)]
+struct Same {
+    dev: u64,
+    ino: u64,
+    size_mtime: Option<(u64, i128)>,
+}
+
+impl Same {
+    fn matches(&self, now: &FileStamp) -> bool {
+        (self.dev, self.ino) == (now.dev, now.ino)
+            && self
+                .size_mtime
+                .is_none_or(|(size, mtime)| (size, mtime) == (now.size, now.mtime_ns))
+    }
+}
+
 /// One served file: its identity and its hashes. It holds no descriptor: [`Entry::open`]
 /// opens the file when bytes are wanted.
 pub struct Entry {
@@ -1139,14 +1157,46 @@ impl CatalogHandle {
         xxh64: u64,
         sha256: [u8; 32],
     ) -> Result<Arc<Entry>, CatalogError> {
-        self.add_file_inner(path, Some((xxh64, sha256)), Some(inode))
+        let (dev, ino) = inode;
+        self.add_file_inner(
+            path,
+            Some((xxh64, sha256)),
+            Some(Same {
+                dev,
+                ino,
+                size_mtime: None,
+            }),
+        )
+    }
+
+    /// [`add_ingested_file`](Self::add_ingested_file) for a file that must still be the one
+    /// the hashes were taken of: the same inode, size and modification time as `was` (its
+    /// change time may differ: a rename or a new link changes it). A file written in place
+    /// since, or another file renamed over the name, is [`CatalogError::Changed`] and gets no
+    /// hashes. (`ferry sync` records the files it placed and the local copies it linked so.)
+    pub fn add_unchanged_file(
+        &self,
+        path: &Path,
+        was: &FileStamp,
+        xxh64: u64,
+        sha256: [u8; 32],
+    ) -> Result<Arc<Entry>, CatalogError> {
+        self.add_file_inner(
+            path,
+            Some((xxh64, sha256)),
+            Some(Same {
+                dev: was.dev,
+                ino: was.ino,
+                size_mtime: Some((was.size, was.mtime_ns)),
+            }),
+        )
     }
 
     fn add_file_inner(
         &self,
         path: &Path,
         known: Option<(u64, [u8; 32])>,
-        inode: Option<(u64, u64)>,
+        same: Option<Same>,
     ) -> Result<Arc<Entry>, CatalogError> {
         let not_in_root = || CatalogError::NotInRoot {
             path: path.to_owned(),
@@ -1167,7 +1217,7 @@ impl CatalogHandle {
                 reason,
             }
         })?;
-        if inode.is_some_and(|i| i != (c.stamp.dev, c.stamp.ino)) {
+        if same.is_some_and(|w| !w.matches(&c.stamp)) {
             return Err(CatalogError::Changed {
                 path: path.to_owned(),
             });

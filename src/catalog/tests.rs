@@ -577,6 +577,38 @@ fn add_published_file_registers_hashes_only_for_the_published_inode() {
     assert_eq!(e.sha256, planted);
 }
 
+/// `add_unchanged_file` registers known hashes only for the very file they were taken of: the
+/// same inode, size and modification time (a new link, which changes only the change time,
+/// is fine). A file written in place since keeps its inode but gets no hashes; the next scan
+/// hashes it. (Review finding: `ferry sync` recorded a local copy's hashes for a file
+/// rewritten during the run, and every later run trusted them.)
+#[test]
+fn add_unchanged_file_registers_hashes_only_for_the_unchanged_file() {
+    use crate::catalog::FileStamp;
+    let dir = TempDir::new("addsame");
+    let h = open(&dir);
+    let p = dir.write("kept.bin", b"original");
+    let was = FileStamp::from_metadata(&std::fs::symlink_metadata(&p).unwrap());
+    let sha: [u8; 32] = sha2::Sha256::digest(b"original").into();
+    // A hard link changes the change time only.
+    std::fs::hard_link(&p, dir.path().join(".held")).unwrap();
+    let e = h
+        .add_unchanged_file(&p, &was, xxh(b"original"), sha)
+        .unwrap();
+    assert_eq!(e.sha256, sha);
+    // Written in place, same size, same inode: refused.
+    let_clock_tick();
+    std::fs::write(&p, b"ORIGINAL").unwrap();
+    assert!(matches!(
+        h.add_unchanged_file(&p, &was, xxh(b"original"), sha),
+        Err(CatalogError::Changed { .. })
+    ));
+    let r = h.rescan().unwrap();
+    assert_eq!(r.hashed, 1);
+    let now = h.snapshot().by_file_name("kept.bin").unwrap().sha256;
+    assert_eq!(now, <[u8; 32]>::from(sha2::Sha256::digest(b"ORIGINAL")));
+}
+
 #[test]
 fn add_file_refuses_outside_and_excluded_paths() {
     let dir = TempDir::new("addbad");

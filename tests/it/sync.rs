@@ -218,6 +218,38 @@ fn sync_delete_touches_only_regular_non_dot_files_directly_in_dir() {
     assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"a");
 }
 
+/// A symlink in DIR is neither a donor nor deleted, and the dry run says what the run does.
+/// (Review finding: with `alias -> a.bin` and the source adding `c.bin` with a's content,
+/// every `--delete` run failed `c.bin` with "local copy alias: not a regular file", and the
+/// dry run listed `delete alias`, which the run never did.)
+#[test]
+fn sync_never_plans_on_a_symlink_in_dir() {
+    let src = TempDir::new("sync-src");
+    let dst = TempDir::new("sync-dst");
+    std::fs::write(src.join("a.bin"), b"same bytes").unwrap();
+    std::fs::write(src.join("c.bin"), b"same bytes").unwrap();
+    let srv = tej_serve(src.path());
+    let url = format!("tej://{}", srv.addr("tej"));
+    std::fs::write(dst.join("a.bin"), b"same bytes").unwrap();
+    std::os::unix::fs::symlink("a.bin", dst.join("alias")).unwrap();
+    let dry = ok(&sync(&url, dst.path(), &["--delete", "--dry-run"]));
+    let actions = dry["actions"]
+        .as_array()
+        .expect("a dry run lists its actions");
+    assert_eq!(actions.len(), 1, "{dry}");
+    assert!(!dry["actions"].to_string().contains("alias"), "{dry}");
+    assert_eq!(n(&dry, "deleted"), 0, "{dry}");
+    let j = ok(&sync(&url, dst.path(), &["--delete"]));
+    assert_eq!((n(&j, "linked"), n(&j, "deleted")), (1, 0), "{j}");
+    let c = std::fs::symlink_metadata(dst.join("c.bin")).unwrap();
+    assert!(c.file_type().is_file());
+    assert_eq!(std::fs::read(dst.join("c.bin")).unwrap(), b"same bytes");
+    assert!(std::fs::symlink_metadata(dst.join("alias"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
 #[test]
 fn sync_an_overlapping_run_exits_at_once_naming_the_holder() {
     let src = TempDir::new("sync-src");
@@ -258,6 +290,12 @@ fn sync_exit_codes_for_bad_sources() {
         let o = ferry(&["sync", url, s(dst.path())], T);
         assert_eq!(o.status.code(), Some(code), "{url}");
         assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{url}");
+        // With --json, stdout is one JSON document even so: the error and the exit code.
+        let o = ferry(&["sync", url, s(dst.path()), "--json"], T);
+        assert_eq!(o.status.code(), Some(code), "{url}");
+        let j: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+        assert_eq!(j["exit"], code, "{j}");
+        assert!(j["error"].as_str().unwrap().contains(says), "{j}");
     }
     // Network: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -641,6 +679,40 @@ fn sync_retries_a_batch_after_a_cut_connection() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(n(&summary(&o), "failed"), 10);
     assert!(tree(dst2.path()).is_empty());
+}
+
+/// A local file whose content the source moved to another name, while its own name gets new
+/// content, is moved only if that new content came: when the fetch fails, the name keeps the
+/// old file (linked to the new name) instead of disappearing until a later run. (Review
+/// finding: a rotated `app.log` vanished from the mirror when its new version failed.)
+#[test]
+fn sync_a_name_keeps_its_old_file_when_its_new_content_does_not_come() {
+    let src = TempDir::new("rotate-src");
+    let dst = TempDir::new("rotate-dst");
+    std::fs::write(src.join("app.log"), b"new lines").unwrap();
+    std::fs::write(src.join("app.log.1"), b"old lines").unwrap();
+    std::fs::write(dst.join("app.log"), b"old lines").unwrap();
+    let srv = tej_serve(src.path());
+    // Connection 0 lists; connection 1, the fetch of the new app.log, is cut.
+    let relay = cutting_relay(srv.addr("tej"), &[1]);
+    let o = sync(&format!("tej://{relay}"), dst.path(), &["--retries", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let j = summary(&o);
+    assert_eq!(
+        (n(&j, "failed"), n(&j, "linked"), n(&j, "moved")),
+        (1, 1, 0),
+        "{j}"
+    );
+    assert_eq!(std::fs::read(dst.join("app.log")).unwrap(), b"old lines");
+    assert_eq!(std::fs::read(dst.join("app.log.1")).unwrap(), b"old lines");
+    // The next run completes it.
+    let j = ok(&sync(
+        &format!("tej://{}", srv.addr("tej")),
+        dst.path(),
+        &[],
+    ));
+    assert_eq!(n(&j, "fetched"), 1, "{j}");
+    assert_eq!(std::fs::read(dst.join("app.log")).unwrap(), b"new lines");
 }
 
 #[test]

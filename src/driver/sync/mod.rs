@@ -320,6 +320,8 @@ pub fn run(
         stop,
     );
     let mut ready: Vec<Ready> = Vec::new();
+    // Names whose new content did not come: what they hold now stays under them.
+    let mut not_ready: HashSet<&str> = HashSet::new();
     for f in &plan.fetch {
         match fetched.get(&f.id) {
             Some(Ok(s)) => ready.push(Ready {
@@ -327,8 +329,14 @@ pub fn run(
                 names: f.names.clone(),
                 how: How::Fetched { size: f.size },
             }),
-            Some(Err(e)) => fail_all(&mut report, &f.names, e),
-            None => fail_all(&mut report, &f.names, "not fetched (interrupted)"),
+            Some(Err(e)) => {
+                fail_all(&mut report, &f.names, e);
+                not_ready.extend(f.names.iter().map(String::as_str));
+            }
+            None => {
+                fail_all(&mut report, &f.names, "not fetched (interrupted)");
+                not_ready.extend(f.names.iter().map(String::as_str));
+            }
         }
     }
     report.interrupted = stop.load(Ordering::SeqCst);
@@ -341,8 +349,14 @@ pub fn run(
         .into_iter()
         .map(|l| (l.name.clone(), l))
         .collect();
+    // Local copies that stay where they are (linked from): recorded again at the end, each
+    // only if it is still the file whose hashes the catalog had.
+    let mut kept_donors: Vec<(PathBuf, FileStamp, u64, [u8; 32])> = Vec::new();
     for (i, r) in plan.reuse.iter().enumerate() {
         let held = work.held.join(i.to_string());
+        // A donor whose own name was to receive content that did not come is linked, not
+        // moved: its name keeps the old file rather than none.
+        let take = r.take && (r.spare || !not_ready.contains(r.from.as_str()));
         let got = if r.spare {
             attic.take(&r.from, &held).and_then(|()| {
                 spares
@@ -352,7 +366,17 @@ pub fn run(
             })
         } else {
             let donor = local_by_name.get(r.from.as_str()).copied();
-            hold(&opts.dir, &r.from, &held, r.take, donor).map(|l| l.file.clone())
+            hold(&opts.dir, &r.from, &held, take, donor).map(|l| {
+                if !take {
+                    kept_donors.push((
+                        opts.dir.join(&r.from),
+                        l.stamp,
+                        l.file.xxh64,
+                        l.file.sha256,
+                    ));
+                }
+                l.file.clone()
+            })
         };
         match got {
             Ok(l) => ready.push(Ready {
@@ -362,7 +386,7 @@ pub fn run(
                     xxh64: Some(l.xxh64),
                 },
                 names: r.names.clone(),
-                how: if r.take { How::Moved } else { How::Linked },
+                how: if take { How::Moved } else { How::Linked },
             }),
             Err(e) => fail_all(
                 &mut report,
@@ -373,10 +397,19 @@ pub fn run(
     }
 
     // 3. Place.
-    let mut placed: Vec<(PathBuf, u64, [u8; 32])> = Vec::new();
+    let mut placed: Vec<(PathBuf, FileStamp, u64, [u8; 32])> = Vec::new();
     for r in ready {
         let (sha256, xxh64) = match complete_hashes(&r.staged) {
             Ok(h) => h,
+            Err(e) => {
+                fail_all(&mut report, &r.names, &format!("reading it back: {e}"));
+                continue;
+            }
+        };
+        // The staged file's stamp: every name it goes to is this inode, and the hashes are
+        // recorded only for a name that still holds it unchanged.
+        let stamp = match fs::symlink_metadata(&r.staged.path) {
+            Ok(m) => FileStamp::from_metadata(&m),
             Err(e) => {
                 fail_all(&mut report, &r.names, &format!("reading it back: {e}"));
                 continue;
@@ -395,7 +428,7 @@ pub fn run(
                         How::Moved => report.moved += 1,
                         How::Linked => report.linked += 1,
                     }
-                    placed.push((dest, xxh64, sha256));
+                    placed.push((dest, stamp, xxh64, sha256));
                 }
                 Err(e) => fail_all(
                     &mut report,
@@ -405,12 +438,9 @@ pub fn run(
             }
         }
     }
-    // A donor that was linked (it stays) has a new ctime: record it again too.
-    for r in plan.reuse.iter().filter(|r| !r.take) {
-        if let Some(l) = local_by_name.get(r.from.as_str()) {
-            placed.push((opts.dir.join(&r.from), l.file.xxh64, l.file.sha256));
-        }
-    }
+    // A donor that was linked (it stays) has a new ctime: record it again too, if its hold
+    // found it unchanged (a donor refused as changed gets no hashes).
+    placed.extend(kept_donors);
 
     lap("held and placed");
 
@@ -497,8 +527,13 @@ fn open_local(opts: &SyncOptions) -> Result<LocalScan, SyncError> {
     let cat = CatalogHandle::open(&opts.dir, CatalogOptions { verbose: false })
         .map_err(|e| SyncError::Local(format!("sync: {e}")))?;
     let snap = cat.snapshot();
+    // Only regular files directly in DIR are the mirror's: the catalog also serves symlinks
+    // that resolve inside DIR, but sync neither moves, links from nor deletes one (a plan
+    // built on one could never be carried out, and the dry run would say otherwise). A name
+    // the source lists that is such a link here is replaced by a regular file.
     let local = snap
         .entries()
+        .filter(|e| fs::symlink_metadata(&e.path).is_ok_and(|m| m.file_type().is_file()))
         .map(|e| Local {
             file: LocalFile {
                 name: e.file_name().to_string(),
@@ -697,6 +732,7 @@ fn fetch_batch<F: Fetcher>(
         let got: HashMap<ContentId, Staged> = a.staged.into_iter().collect();
         let gone: HashSet<ContentId> = a.gone.into_iter().collect();
         let mut rest = Vec::new();
+        let mut went_away = 0;
         for f in batch {
             if let Some(s) = got.get(&f.id) {
                 progress.add_items(1);
@@ -713,6 +749,7 @@ fn fetch_batch<F: Fetcher>(
                     full.map_err(|e| format!("reading {} back: {e}", s.path.display())),
                 ));
             } else if gone.contains(&f.id) {
+                went_away += 1;
                 out.push((
                     f.id,
                     Err("the source no longer has this content (changed since the listing)".into()),
@@ -725,8 +762,10 @@ fn fetch_batch<F: Fetcher>(
         if batch.is_empty() {
             break;
         }
-        // Ids that went away cost no attempt: the rest was not even sent, ask again at once.
-        if a.error.is_none() && !gone.is_empty() {
+        // Ids of this batch that went away cost no attempt: the rest was not even sent, ask
+        // again at once. (Ids the source says are gone but were not asked for do not count: a
+        // source that keeps saying so would hold the run forever.)
+        if a.error.is_none() && went_away > 0 {
             continue;
         }
         attempts_left -= 1;
@@ -779,8 +818,9 @@ fn hold<'a>(
     Ok(l)
 }
 
-/// Removes a file `--delete` wants gone: kept in the attic for one run when it is still the
-/// file the catalog hashed, else simply unlinked.
+/// Removes a file `--delete` wants gone, into the attic for one run, when it is still the file
+/// the catalog hashed. A file changed since the scan (written meanwhile, or another file now
+/// under the name) is left alone and reported: what `--delete` decided was about another file.
 fn remove(attic: &mut Attic, path: &Path, m: &fs::Metadata, l: Option<&&Local>) -> io::Result<()> {
     let now = FileStamp::from_metadata(m);
     match l {
@@ -790,7 +830,9 @@ fn remove(attic: &mut Attic, path: &Path, m: &fs::Metadata, l: Option<&&Local>) 
         {
             attic.keep(path, &l.file.sha256, l.file.xxh64)
         }
-        _ => fs::remove_file(path),
+        _ => Err(io::Error::other(
+            "changed since it was scanned: left in place (the next run decides again)",
+        )),
     }
 }
 
@@ -847,10 +889,13 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Tells the catalog about placed files with their known hashes (one journal record each, no
 /// read of the file), so the next run's scan finds them in the index.
-fn record(catalog: &CatalogHandle, placed: &[(PathBuf, u64, [u8; 32])]) {
-    for (path, xxh64, sha256) in placed {
-        if let Err(e) = catalog.add_ingested_file(path, *xxh64, *sha256) {
-            eprintln!("sync: updating the index: {e}");
+/// A file changed since (written in place, or another renamed over it) gets no hashes: the
+/// next scan hashes it.
+fn record(catalog: &CatalogHandle, placed: &[(PathBuf, FileStamp, u64, [u8; 32])]) {
+    for (path, was, xxh64, sha256) in placed {
+        match catalog.add_unchanged_file(path, was, *xxh64, *sha256) {
+            Ok(_) | Err(crate::catalog::CatalogError::Changed { .. }) => {}
+            Err(e) => eprintln!("sync: updating the index: {e}"),
         }
     }
 }
