@@ -2508,6 +2508,61 @@ fn s39_a_relay_cuts_the_client_mid_transfer_it_resumes_with_only_the_missing_chu
     );
 }
 
+/// A resume AUTHENTICATION counts for retention by touching the batch's journal (what the
+/// retention sweep and a restart read), not by rewriting `state.json`: a peer resuming in a
+/// loop made the server rewrite the whole state, with three fsyncs, every time (review
+/// finding; megabytes each for a large file with many holes).
+#[test]
+fn resumes_touch_the_journal_and_never_rewrite_the_state() {
+    use std::os::unix::fs::MetadataExt;
+    let fs = Fs::start(&[]);
+    let data = pseudo_random(44, 4 * 65_536);
+    let files = format!(r#"[{{"name":"r.bin","size":{}}}]"#, data.len());
+    let mut c = fs.unix();
+    assert_eq!(
+        outcome(&c.auth(&files, FID, r#"["r"]"#, r#","chunk-size":65536"#)),
+        "Ok"
+    );
+    for n in [0u64, 2] {
+        let lo = n as usize * 65_536;
+        assert_eq!(
+            outcome(&c.transfer(FID, 0, n, &data[lo..lo + 65_536])),
+            "Ok"
+        );
+    }
+    drop(c);
+    let partial = fs.store().join("partial").join(FID);
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+    };
+    let state = stamp(&partial.join("state.json"));
+    let journal = partial.join("journal");
+    // The journal's mtime is set to "now" at each resume: start from an old one.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .append(true)
+        .open(&journal)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    for _ in 0..20 {
+        let mut c = fs.unix();
+        let r = c.auth(&files, FID, r#"["r"]"#, r#","chunk-size":65536"#);
+        assert_eq!(missing(&r), [(0, 1, 2), (0, 3, 4)], "{r}");
+    }
+    assert_eq!(
+        stamp(&partial.join("state.json")),
+        state,
+        "state.json rewritten"
+    );
+    let touched = std::fs::metadata(&journal).unwrap().modified().unwrap();
+    assert!(
+        touched > old + Duration::from_secs(3000),
+        "the journal was not touched"
+    );
+}
+
 /// A relay that forwards everything the client sends but only the first `limit` bytes the
 /// server answers, then holds both connections open: a transfer stalls mid-way.
 fn stalling_relay(server: String, limit: usize) -> String {

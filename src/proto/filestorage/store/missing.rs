@@ -1,6 +1,8 @@
 //! The missing chunks of a batch (spec 4.2 `missing`, 7.1 `state.json`): per file, sorted,
 //! disjoint, merged half-open ranges of chunk numbers.
 
+use std::collections::BTreeMap;
+
 use crate::proto::filestorage::json::ChunkRange;
 
 /// `nb(i) = ceil(size / chunk_size)`: how many chunks a file of `size` bytes has.
@@ -19,8 +21,11 @@ pub fn chunk_len(size: u64, chunk_size: u32, n: u64) -> Option<u64> {
 /// Which chunks of every file of a batch are still missing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingSet {
-    /// Per file: sorted, disjoint, non-touching `[first, end)` ranges.
-    files: Vec<Vec<(u64, u64)>>,
+    /// Per file: disjoint, non-touching `[first, end)` ranges, `first -> end`. A map, not a
+    /// sorted list: a peer that sends every other chunk in descending order splits a range
+    /// at each one, which costs a list a shift of every later range (quadratic in the file's
+    /// chunks), the map a logarithmic insert.
+    files: Vec<BTreeMap<u64, u64>>,
     missing: u64,
 }
 
@@ -39,9 +44,15 @@ impl std::error::Error for BadRanges {}
 impl MissingSet {
     /// Every chunk of files with these chunk counts missing.
     pub fn all(chunk_counts: &[u64]) -> MissingSet {
-        let files: Vec<Vec<(u64, u64)>> = chunk_counts
+        let files: Vec<BTreeMap<u64, u64>> = chunk_counts
             .iter()
-            .map(|&nb| if nb == 0 { vec![] } else { vec![(0, nb)] })
+            .map(|&nb| {
+                if nb == 0 {
+                    BTreeMap::new()
+                } else {
+                    BTreeMap::from([(0, nb)])
+                }
+            })
             .collect();
         MissingSet {
             missing: chunk_counts.iter().sum(),
@@ -52,7 +63,7 @@ impl MissingSet {
     /// Nothing missing in `files` files.
     pub fn none(files: usize) -> MissingSet {
         MissingSet {
-            files: vec![Vec::new(); files],
+            files: vec![BTreeMap::new(); files],
             missing: 0,
         }
     }
@@ -77,9 +88,13 @@ impl MissingSet {
             }
             prev = Some(r);
             let list = &mut set.files[r.file as usize];
-            match list.last_mut() {
-                Some(last) if last.1 == r.first => last.1 = r.end,
-                _ => list.push((r.first, r.end)),
+            match list.last_entry() {
+                Some(mut last) if *last.get() == r.first => {
+                    last.insert(r.end);
+                }
+                _ => {
+                    list.insert(r.first, r.end);
+                }
             }
             set.missing += r.end - r.first;
         }
@@ -106,11 +121,13 @@ impl MissingSet {
         self.files.get(file).is_none_or(|l| l.is_empty())
     }
 
-    /// The index of the range of `file` holding `n`, if any.
-    fn find(list: &[(u64, u64)], n: u64) -> Option<usize> {
-        // The first range ending after n; it holds n when it starts at or before it.
-        let i = list.partition_point(|&(_, end)| end <= n);
-        list.get(i).filter(|&&(first, _)| first <= n).map(|_| i)
+    /// The range of `file` holding `n`, if any.
+    fn find(list: &BTreeMap<u64, u64>, n: u64) -> Option<(u64, u64)> {
+        // The last range starting at or before n; it holds n when it ends after it.
+        list.range(..=n)
+            .next_back()
+            .filter(|&(_, &end)| end > n)
+            .map(|(&first, &end)| (first, end))
     }
 
     /// Whether chunk `n` of `file` is missing.
@@ -125,20 +142,16 @@ impl MissingSet {
         let Some(list) = self.files.get_mut(file) else {
             return false;
         };
-        let Some(i) = Self::find(list, n) else {
+        let Some((first, end)) = Self::find(list, n) else {
             return false;
         };
-        let (first, end) = list[i];
-        match (first == n, end == n + 1) {
-            (true, true) => {
-                list.remove(i);
-            }
-            (true, false) => list[i].0 = n + 1,
-            (false, true) => list[i].1 = n,
-            (false, false) => {
-                list[i].1 = n;
-                list.insert(i + 1, (n + 1, end));
-            }
+        if first == n {
+            list.remove(&first);
+        } else {
+            list.insert(first, n);
+        }
+        if end > n + 1 {
+            list.insert(n + 1, end);
         }
         self.missing -= 1;
         true
@@ -150,9 +163,9 @@ impl MissingSet {
             let had: u64 = list.iter().map(|(a, b)| b - a).sum();
             self.missing = self.missing - had + chunk_count;
             *list = if chunk_count == 0 {
-                vec![]
+                BTreeMap::new()
             } else {
-                vec![(0, chunk_count)]
+                BTreeMap::from([(0, chunk_count)])
             };
         }
     }
@@ -160,7 +173,7 @@ impl MissingSet {
     /// Every range, by file then chunk.
     pub fn ranges(&self) -> impl Iterator<Item = ChunkRange> + '_ {
         self.files.iter().enumerate().flat_map(|(file, list)| {
-            list.iter().map(move |&(first, end)| ChunkRange {
+            list.iter().map(move |(&first, &end)| ChunkRange {
                 file: file as u32,
                 first,
                 end,
@@ -229,6 +242,35 @@ mod tests {
         }
         assert!(m.is_empty());
         assert_eq!(m.page(10), (vec![], false));
+    }
+
+    /// Every other chunk received in descending order splits the remaining range each time
+    /// (review finding: each split shifted every later range of a sorted list, quadratic in
+    /// the file's chunks, under the transfer's lock; the map inserts in logarithmic time).
+    /// The ranges stay exact whatever the order.
+    #[test]
+    fn s15_holes_made_in_descending_order_stay_exact() {
+        let n = 200_000u64;
+        let mut m = MissingSet::all(&[n]);
+        for c in (0..n).rev().step_by(2) {
+            assert!(m.remove(0, c));
+        }
+        assert_eq!(m.missing_chunks(), n / 2);
+        let ranges: Vec<ChunkRange> = m.ranges().collect();
+        assert_eq!(ranges.len(), (n / 2) as usize);
+        assert_eq!(ranges[0], r(0, 0, 1));
+        assert_eq!(ranges[ranges.len() - 1], r(0, n - 2, n - 1));
+        assert!(ranges
+            .iter()
+            .all(|x| x.end == x.first + 1 && x.first % 2 == 0));
+        // Replays change nothing; filling the holes from the middle out empties it.
+        assert!(!m.remove(0, n - 1));
+        let mut order: Vec<u64> = (0..n).step_by(2).collect();
+        order.sort_by_key(|c| c.abs_diff(n / 2));
+        for c in order {
+            assert!(m.remove(0, c), "{c}");
+        }
+        assert!(m.is_empty());
     }
 
     #[test]
