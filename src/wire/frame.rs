@@ -293,6 +293,14 @@ mod tests {
         );
         assert_eq!(frame_len(&[0, 0, 1], 1, 9), Ok(None));
         assert_eq!(frame_len(&[0, 0, 0, 5, 9], 1, 9), Ok(Some(5)));
+        // Both bounds are inclusive (sample F: `len > max` as `>=` refused a frame of exactly
+        // the maximum).
+        assert_eq!(frame_len(&[0, 0, 0, 9], 1, 9), Ok(Some(9)));
+        assert_eq!(frame_len(&[0, 0, 0, 1], 1, 9), Ok(Some(1)));
+        assert_eq!(
+            frame_len(&[0, 0, 0, 10], 1, 9),
+            Err(FrameError::TooLarge { len: 10, max: 9 })
+        );
     }
 
     /// Found by fuzzing (wire_frame): a reader that takes exactly one frame per read, as

@@ -476,6 +476,8 @@ mod tests {
     fn phases_follow_the_request() {
         let mut c = conn(false);
         assert_eq!(c.phase(), Phase::First);
+        // Not finished until it is (sample F: `is_finished` returning true stayed green).
+        assert!(!c.is_finished());
         c.handle_input(&[1]);
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.phase(), Phase::Body);

@@ -1117,6 +1117,8 @@ fn group_commit_answers_out_of_order_replies_in_order() {
         tickets.push(ticket);
     }
     assert_eq!(c.writes_waiting(), 3);
+    // No timeout while the server owes replies (mutation sample F: `||` as `&&` armed one).
+    assert_eq!(c.poll_timeout(), None);
     let mut out = Vec::new();
     assert_eq!(
         c.poll_transmit(&mut out),
