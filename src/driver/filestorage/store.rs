@@ -753,7 +753,19 @@ impl Store {
         }
         if !journal.is_empty() {
             let r = match g.journal.as_mut() {
-                Some(j) => std::io::Write::write_all(j, &journal).and_then(|()| j.sync_data()),
+                Some(j) => {
+                    // A write cut short (ENOSPC, EIO) must not leave a torn record: every later
+                    // record would be misread, and a restart would stop replaying there. The
+                    // journal goes back to its length before this write.
+                    let before = j.metadata().map(|m| m.len());
+                    let r = std::io::Write::write_all(j, &journal).and_then(|()| j.sync_data());
+                    if r.is_err() {
+                        if let Ok(len) = before {
+                            let _ = j.set_len(len);
+                        }
+                    }
+                    r
+                }
                 None => Err(io::Error::other("journal closed")),
             };
             if let Err(e) = r {
@@ -907,18 +919,18 @@ impl Store {
         };
         let (tags, uid) = (state.tags.clone(), state.uid);
         let public = tags.iter().any(|t| t == PUBLIC);
-        // A file whose completion failed after its part was linked or gone.
-        let fail = |g: &mut PartialInner, file: u32, sha: Option<[u8; 32]>| {
-            if let Some(sha) = sha {
-                let _ = fs::remove_file(self.object_path(&sha));
-            }
+        // A file whose completion failed after its part was linked or gone. An object made for
+        // it is not removed: another batch may have found it and recorded its file on it
+        // meanwhile (objects are shared by content); one no record references is removed by
+        // the next start's cleanup.
+        let fail = |g: &mut PartialInner, file: u32| {
             self.drop_part(p, g, file);
             self.reset_file(p, g, file);
             Err(storage_error())
         };
         // 1. Hash, compare, make the part the object (0444, a link).
-        // (index in `files`, its spec, SHA-256, xxHash64 when public, object made now)
-        type Linked = (usize, FileSpec, [u8; 32], Option<u64>, bool);
+        // (index in `files`, its spec, SHA-256, xxHash64 when public)
+        type Linked = (usize, FileSpec, [u8; 32], Option<u64>);
         let mut linked: Vec<Linked> = Vec::new();
         for (k, &file) in files.iter().enumerate() {
             let Some(spec) = g.state.as_ref().map(|s| s.files[file as usize].clone()) else {
@@ -942,7 +954,7 @@ impl Store {
                 Ok(v) => v,
                 Err(e) => {
                     self.log(format_args!("{}: hash part {file}: {e}", p.fid));
-                    results[k] = Some(fail(g, file, None));
+                    results[k] = Some(fail(g, file));
                     continue;
                 }
             };
@@ -953,22 +965,10 @@ impl Store {
                 continue;
             }
             match self.link_object_unsynced(&part, &part_path(&p.dir, file), &sha) {
-                Ok(created) => linked.push((k, spec, sha, xxh, created)),
+                Ok(_) => linked.push((k, spec, sha, xxh)),
                 Err(e) => {
                     self.log(format_args!("{}: object of file {file}: {e}", p.fid));
-                    results[k] = Some(fail(g, file, None));
-                }
-            }
-        }
-        // Files of this group with the same content share one object: the first made it, the
-        // others found it. Were that first one to fail later, removing "its" object would take
-        // the others' with it, so no file of such a set removes it (recovery deletes objects no
-        // record references).
-        for i in 0..linked.len() {
-            if linked[i + 1..].iter().any(|l| l.2 == linked[i].2) {
-                let sha = linked[i].2;
-                for l in linked.iter_mut().filter(|l| l.2 == sha) {
-                    l.4 = false;
+                    results[k] = Some(fail(g, file));
                 }
             }
         }
@@ -976,14 +976,14 @@ impl Store {
         if !linked.is_empty() {
             if let Err(e) = disk::sync_dir(&self.objects_dir()) {
                 self.log(format_args!("{}: sync objects: {e}", p.fid));
-                for (k, _, sha, _, created) in linked.drain(..) {
-                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                for (k, ..) in linked.drain(..) {
+                    results[k] = Some(fail(g, files[k]));
                 }
             }
         }
         // 3. The records: the commit points, durable together.
         let mut recorded = Vec::new();
-        for (k, spec, sha, xxh, created) in linked {
+        for (k, spec, sha, xxh) in linked {
             let record = Record {
                 id: store_id(&p.fid, u64::from(files[k])),
                 owner: uid,
@@ -997,25 +997,25 @@ impl Store {
                 published: None,
             };
             match self.write_record_unsynced(&record) {
-                Ok(()) => recorded.push((k, record, xxh, created)),
+                Ok(()) => recorded.push((k, record, xxh)),
                 Err(e) => {
                     self.log(format_args!("{}: record of file {}: {e}", p.fid, files[k]));
-                    results[k] = Some(fail(g, files[k], created.then_some(sha)));
+                    results[k] = Some(fail(g, files[k]));
                 }
             }
         }
         if !recorded.is_empty() {
             if let Err(e) = disk::sync_dir(&self.records_dir()) {
                 self.log(format_args!("{}: sync records: {e}", p.fid));
-                for (k, record, _, created) in recorded.drain(..) {
+                for (k, record, _) in recorded.drain(..) {
                     let _ = fs::remove_file(self.records_dir().join(format!("{}.json", record.id)));
-                    results[k] = Some(fail(g, files[k], created.then_some(record.sha256)));
+                    results[k] = Some(fail(g, files[k]));
                 }
             }
         }
         // 4. Markers, visibility, publication; then the part goes and the reservation becomes
         // usage.
-        for (k, mut record, xxh, _) in recorded {
+        for (k, mut record, xxh) in recorded {
             let registration = match self.finish_record(&mut record, xxh, true) {
                 Ok(r) => r,
                 Err(e) => {
