@@ -429,13 +429,14 @@ impl Store {
         self.ingest.available_bytes().unwrap_or(0)
     }
 
-    /// Free space for a new reservation: the file system's, less what every unfinished upload
-    /// of the process (this store's partial transfers, TEJ, FastDP) was promised and has not
-    /// written yet, less `disk_reserve`.
+    /// Free space for spec 7.4's `min_free` check: the file system's, less what every
+    /// unfinished upload of the process (this store's partial transfers, TEJ, FastDP) was
+    /// promised and has not written yet. `disk_reserve` is not taken off here: the ledger's
+    /// promise checks it on its own, so a batch needs `min_free` left after it (the spec's
+    /// rule) and `disk_reserve` left after every promise (ferry's), not both added up.
     fn free_bytes(&self) -> u64 {
         self.statvfs_free()
             .saturating_sub(ledger::promised(self.dev))
-            .saturating_sub(self.opts.disk_reserve)
     }
 
     /// Promises `bytes` still to be written by a partial found at start (admitted before).
