@@ -530,23 +530,28 @@ mod tests {
     }
 
     /// A step taken while part of the last one is still unwritten adds only its new bytes to
-    /// the owner's count (mutation sample F: `h1 - h0` as `h1 + h0` counted the unwritten rest
-    /// of the first step again, so an owner hit its cap early and the book drifted).
+    /// the owner's count and to the device's promises (mutation sample F: `p1 - p0` as `+`
+    /// promised the unwritten rest of the first step again, so other uploads were refused
+    /// space that was free; `h1 - h0` as `+` did the same to the owner's cap).
     #[test]
     fn a_step_before_the_last_is_written_holds_only_the_new_bytes() {
         let a = account(8, 0, Some(("halfway", 10 * STEP)));
-        let owner = a.owner.clone().unwrap().0;
+        let (dev, owner) = (a.dev, a.owner.clone().unwrap().0);
         let free = || Ok(u64::MAX / 2);
         let mut r = Reservation::admit(a, 4 * STEP, u64::MAX / 2).unwrap();
         r.ensure(1, free).unwrap();
-        assert_eq!((r.granted(), held_by(&owner)), (STEP, STEP));
+        // Nothing preallocated (tmpfs): what is granted and not written stays promised too.
+        assert_eq!(
+            (r.granted(), held_by(&owner), promised(dev)),
+            (STEP, STEP, STEP)
+        );
         r.wrote(STEP / 2);
-        assert_eq!(held_by(&owner), STEP / 2);
+        assert_eq!((held_by(&owner), promised(dev)), (STEP / 2, STEP / 2));
         // Half a step written: the next step reaches a step past it.
         r.ensure(STEP + 1, free).unwrap();
         assert_eq!(r.granted(), STEP + STEP / 2);
-        assert_eq!(held_by(&owner), STEP);
+        assert_eq!((held_by(&owner), promised(dev)), (STEP, STEP));
         drop(r);
-        assert_eq!(held_by(&owner), 0);
+        assert_eq!((held_by(&owner), promised(dev)), (0, 0));
     }
 }
