@@ -265,7 +265,13 @@ impl Store {
             }
             match self.complete_recovered(p, g, i as u32, now) {
                 Ok(()) => completed += 1,
-                Err(e) => eprintln!("filestorage: recovery: {} file {i}: {e}", p.fid),
+                Err(e) => {
+                    // Not stored: every chunk is missing again, so the resume asks for them
+                    // (a file left "all held" without a record read as stored to the client).
+                    eprintln!("filestorage: recovery: {} file {i}: {e}", p.fid);
+                    self.drop_part(p, g, i as u32);
+                    self.reset_file(p, g, i as u32);
+                }
             }
         }
         completed

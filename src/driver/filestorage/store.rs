@@ -883,7 +883,7 @@ impl Store {
     }
 
     /// Every chunk of `file` missing again (digest mismatch, or a completion that failed).
-    fn reset_file(&self, p: &Partial, g: &mut PartialInner, file: u32) {
+    pub(super) fn reset_file(&self, p: &Partial, g: &mut PartialInner, file: u32) {
         let Some(state) = g.state.as_mut() else {
             return;
         };
@@ -1049,7 +1049,7 @@ impl Store {
     }
 
     /// Closes and deletes the part of `file` (its bytes live on in the object, if linked).
-    fn drop_part(&self, p: &Partial, g: &mut PartialInner, file: u32) {
+    pub(super) fn drop_part(&self, p: &Partial, g: &mut PartialInner, file: u32) {
         if let Some(slot) = g.parts.get_mut(file as usize) {
             *slot = None;
         }
