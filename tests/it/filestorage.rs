@@ -2193,6 +2193,50 @@ fn s36_public_files_are_published_and_served_by_the_other_protocols() {
     assert_eq!(listed.iter().filter(|n| **n == "notes.txt").count(), 2);
 }
 
+/// A public file is published as a link to its object, so a file edited in place in the
+/// served folder changes the object: FETCH refuses it from then on (`storage-error`), and
+/// the next upload of the same content replaces the object with its verified bytes, after
+/// which every record of that content serves them again. (Review finding: the re-upload
+/// took the edited object for that content and recorded its stamp as good.)
+#[test]
+fn s22_an_object_edited_through_its_published_link_is_replaced_by_the_next_upload() {
+    use std::os::unix::fs::FileExt;
+    let fs = Fs::start(&[]);
+    let data = pseudo_random(45, 3000);
+    let files = r#"[{"name":"pub.bin","size":3000}]"#;
+    let mut c = fs.unix();
+    let fid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let up = |c: &mut Raw, f: &str| {
+        assert_eq!(
+            outcome(&c.auth(files, f, r#"["public"]"#, r#","chunk-size":65536"#)),
+            "Ok"
+        );
+        let r = c.transfer(f, 0, 0, &data);
+        r["id"].as_str().expect("stored").to_string()
+    };
+    let id = up(&mut c, &fid(1));
+    let published = fs.root.join("pub.bin");
+    wait_for("the published file", T, || published.exists());
+    // Edited in place, same size (root may write the 0444 file).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&published)
+        .unwrap()
+        .write_all_at(b"EDITED", 0)
+        .unwrap();
+    let r = c.fetch(TOKEN_A, &id, 0, 3000);
+    assert_eq!(outcome(&r), "storage-error", "{r}");
+    // The same content again: the object is the verified bytes once more, for both records.
+    let id2 = up(&mut c, &fid(2));
+    for i in [&id, &id2] {
+        let r = c.fetch(TOKEN_A, i, 0, 3000);
+        let same = r["data"].as_str() == Some(b64(&data).as_str());
+        assert!(same, "{i}: {} not the stored bytes", outcome(&r));
+    }
+    let object = fs.store().join("objects").join(sha_hex(&data));
+    assert_eq!(std::fs::read(object).unwrap(), data);
+}
+
 #[test]
 fn s37_catalog_files_are_public_entries_and_fetch_byte_identical() {
     let fs = Fs::start(&[]);

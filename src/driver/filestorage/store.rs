@@ -1065,15 +1065,36 @@ impl Store {
     }
 
     /// [`link_object`](Self::link_object) without syncing the objects folder.
+    ///
+    /// An existing object is kept only while it is still what was stored (its stamp as this
+    /// process knows it). A published file is a link to its object, so a file edited in place
+    /// in the served folder changes the object too: FETCH then refuses it (`storage-error`),
+    /// and the next upload of the same content replaces it with its verified part instead of
+    /// taking the edited bytes for that content (and recording their stamp as good).
     fn link_object_unsynced(&self, part: &File, path: &Path, sha: &[u8; 32]) -> io::Result<bool> {
         part.set_permissions(fs::Permissions::from_mode(0o444))?;
         let object = self.object_path(sha);
-        let created = match fs::hard_link(path, &object) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        match fs::hard_link(path, &object) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
-        };
-        Ok(created)
+        }
+        let known = lock(&self.objects).get(sha).copied();
+        let now = fs::symlink_metadata(&object).map(|m| (m.is_file(), ObjectStamp::of(&m)));
+        if let (Some(known), Ok((true, now))) = (known, now) {
+            if known == now {
+                return Ok(false);
+            }
+        }
+        self.log(format_args!(
+            "object {}: changed since it was stored (or unknown): replaced by a verified copy",
+            hex::encode(sha)
+        ));
+        let tmp = object.with_extension("new");
+        let _ = fs::remove_file(&tmp);
+        fs::hard_link(path, &tmp)?;
+        fs::rename(&tmp, &object)?;
+        Ok(true)
     }
 
     /// Stores an empty file of a new batch at once: the empty object, its record, markers,
