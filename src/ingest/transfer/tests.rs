@@ -575,6 +575,9 @@ fn keep_writes_around_blocks_already_held() {
         Wrote::Stored { blocks: 6 }
     );
     assert!((0..8).all(|i| a.is_written(i)));
+    // Past the last block (the bitmap's bytes end exactly there): not written, no panic
+    // (mutation sample G: the byte bound `<` as `<=` indexed past the bitmap).
+    assert!(!a.is_written(8) && !a.is_durable(8) && !a.is_written(u64::MAX));
     assert_eq!(a.missing_ranges(10), []);
     let p = a.commit("around.bin", Collision::Tagged).unwrap();
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
@@ -626,6 +629,39 @@ fn an_empty_transfer_completes_at_once() {
     let p = a.commit("empty.txt", Collision::Numbered).unwrap();
     assert!(matches!(p.listed, Listed::Entry(_)));
     assert_eq!(std::fs::read(t.0.join("empty.txt")).unwrap(), b"");
+}
+
+/// A claim that takes the transfer past its granted space takes the next step: here, with
+/// preallocation, the part's allocated size grows when the block is claimed, before any of
+/// its bytes arrive (mutation sample G: `charge_claim` doing nothing left every block past
+/// the first step unreserved, so a full disk showed up mid-write instead of at the claim, and
+/// an owner's cap was never charged past it).
+#[test]
+fn a_claim_past_the_granted_space_takes_the_next_step() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, reg) = setup("shared-claim-step");
+    let block = 64u64 << 20;
+    let spec = TransferSpec {
+        size: 4 * block,
+        block_size: block as u32,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach("claim-step", spec, 2).unwrap();
+    let part = reg.publisher().ingest().work().join("claim-step.part");
+    let allocated = || std::fs::metadata(&part).unwrap().blocks() * 512;
+    // The first step (64 MiB) at attach.
+    assert!((block..2 * block).contains(&allocated()), "{}", allocated());
+    let Claim::Write(w0) = a.claim(0, Rewrite::Keep).unwrap() else {
+        panic!("block 0 can be claimed");
+    };
+    assert!(allocated() < 2 * block, "{}", allocated());
+    let Claim::Write(w1) = a.claim(1, Rewrite::Keep).unwrap() else {
+        panic!("block 1 can be claimed");
+    };
+    assert!(allocated() >= 2 * block, "{}", allocated());
+    drop((w0, w1));
+    assert_eq!(a.missing_ranges(10), [0..4]);
 }
 
 #[test]
