@@ -165,6 +165,12 @@ fn a_crash_keeps_exactly_the_synced_blocks() {
     }
     assert!(a.is_durable(7) && !a.is_durable(8) && a.is_written(8));
     assert_eq!(a.durable_ranges(10), [0..3, 7..8, 20..21]);
+    // A connection's pending blocks: the durable ones move out to be acknowledged, the rest
+    // stay pending (mutation sample G: `delete !` kept the durable ones pending and dropped
+    // the others unacknowledged).
+    let mut pending = vec![3, 7, 8, 20];
+    assert_eq!(a.take_durable(&mut pending), [7, 20]);
+    assert_eq!(pending, [3, 8]);
     // Killed: no final sync.
     a.probe().crash.store(true, SeqCst);
     drop(a);
