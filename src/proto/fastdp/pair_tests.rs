@@ -576,6 +576,38 @@ fn f14_a_chunk_corrupted_on_the_wire_is_repaired_before_the_whole_file_check() {
     }
 }
 
+/// A push connection's chunks sent and not acknowledged are what `in_flight` hands back to
+/// the shared plan when the connection ends, so that another connection sends them again
+/// (mutation sample G: an empty list stayed green; the chunks would have stayed "in flight"
+/// in the plan, and the transfer would never complete).
+#[test]
+fn f16_a_cut_connection_gives_its_unacknowledged_chunks_back_to_the_plan() {
+    let src = data(3 * 4096, 5);
+    let h = header_for(&src, 4096, Compress::None);
+    let now = Instant::now();
+    let mut t: Option<FakeTransfer> = None;
+    let mut s = ServerSide::new(now, 0);
+    let mut c = PushSide::new(now, &h);
+    let mut plan = SendPlan::new(3, &Have::new());
+    let hello = c.m.poll_transmit().unwrap();
+    s.feed(now, &hello, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let hdr = c.m.poll_transmit().unwrap();
+    s.feed(now, &hdr, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let mut zstd = ChunkCompressor::new(3).unwrap();
+    let _wire = c.produce(now, &mut plan, &src, &h, &mut |_, _| {}, &mut zstd);
+    assert_eq!(c.chunks_sent, [0, 1, 2]);
+    assert!(!plan.has_unsent());
+    // The connection is cut before any Ack.
+    let mut in_flight = c.m.in_flight().to_vec();
+    in_flight.sort_unstable();
+    assert_eq!(in_flight, [0, 1, 2]);
+    plan.release(c.m.in_flight());
+    assert!(plan.has_unsent(), "the chunks go back to the plan");
+    assert_eq!(plan.take_next(), Some(0));
+}
+
 #[test]
 fn f15_duplicates_are_not_errors_and_a_cut_off_copy_leaves_the_chunk_missing() {
     let src = data(3 * 4096, 4);
