@@ -451,6 +451,9 @@ fn eof_is_clean_only_between_answers() {
     let mut c = Connection::new(Policy::Sequential, true);
     c.push(Job::List);
     c.poll_transmit(t);
+    // A read that brought nothing is not the start of an answer (mutation sample G: `&&` as
+    // `||` took any call with a request in flight for one).
+    assert_eq!(c.handle_input(&[], t).unwrap().consumed, 0);
     assert_eq!(
         c.handle_eof(),
         Err(Error::Closed {
