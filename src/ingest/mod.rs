@@ -488,26 +488,13 @@ impl IngestDir {
     pub fn clean_stale(&self) -> io::Result<usize> {
         let me = std::process::id();
         let tag = process_tag();
-        let mut removed = 0;
-        let work = self.work_dir();
-        for name in work.names()? {
-            let Some((t, pid)) = name.to_str().and_then(parse_temp_name) else {
-                continue;
-            };
-            let stale = if pid == me {
+        remove_temporaries(self.work_dir(), |t, pid| {
+            if pid == me {
                 t != tag
             } else {
                 !is_pid_alive(pid)
-            };
-            if stale && work.stat_at(&name).is_ok_and(|st| st.is_file()) {
-                match work.remove_file(&name) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
             }
-        }
-        Ok(removed)
+        })
     }
 
     /// Streaming ingest (TEJ, JTP client): a fresh exclusive temp file, preallocated with
@@ -596,14 +583,19 @@ fn process_id() -> u32 {
 /// nothing half-written stays behind. Returns how many were removed.
 pub fn remove_own_temporaries(folder: &Path) -> io::Result<usize> {
     let (me, tag) = (process_id(), process_tag());
-    let dir = Dir::open(folder)?;
+    remove_temporaries(&Dir::open(folder)?, |t, pid| pid == me && t == tag)
+}
+
+/// Removes the streaming temporaries (regular files named by [`next_temp_name`]) in `dir` whose
+/// (tag, pid) `doomed` picks; how many went.
+fn remove_temporaries(dir: &Dir, doomed: impl Fn(&str, u32) -> bool) -> io::Result<usize> {
     let mut removed = 0;
     for name in dir.names()? {
-        let ours = name
+        let picked = name
             .to_str()
             .and_then(parse_temp_name)
-            .is_some_and(|(t, pid)| pid == me && t == tag);
-        if ours && dir.stat_at(&name).is_ok_and(|st| st.is_file()) {
+            .is_some_and(|(t, pid)| doomed(t, pid));
+        if picked && dir.stat_at(&name).is_ok_and(|st| st.is_file()) {
             match dir.remove_file(&name) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -385,6 +385,20 @@ mod tests {
         Sha256::digest(data).into()
     }
 
+    /// The `n` temporary names this process will try next (the counter moves on by one).
+    fn next_temp_names(n: u64) -> Vec<String> {
+        let last = super::super::next_temp_name();
+        let (stem, k) = last
+            .strip_suffix(".part")
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap();
+        let k: u64 = k.parse().unwrap();
+        (k + 1..=k + n)
+            .map(|i| format!("{stem}-{i}.part"))
+            .collect()
+    }
+
     #[test]
     fn commit_success() {
         let t = TempDir::new("stream-ok");
@@ -453,16 +467,7 @@ mod tests {
         let dir = IngestDir::new(&t.0, &t.0).unwrap();
         // The next names this process will try: taken. (Sinks of tests running alongside may
         // use some of them first; the ones left still collide.)
-        let last = super::super::next_temp_name();
-        let (stem, n) = last
-            .strip_suffix(".part")
-            .unwrap()
-            .rsplit_once('-')
-            .unwrap();
-        let n: u64 = n.parse().unwrap();
-        let taken: Vec<String> = (n + 1..=n + 15)
-            .map(|k| format!("{stem}-{k}.part"))
-            .collect();
+        let taken = next_temp_names(15);
         for name in &taken {
             fs::write(t.0.join(name), b"theirs").unwrap();
         }
@@ -483,16 +488,9 @@ mod tests {
     fn retries_on_taken_temporary_names_are_bounded() {
         let t = TempDir::new("stream-all-taken");
         let dir = IngestDir::new(&t.0, &t.0).unwrap();
-        let last = super::super::next_temp_name();
-        let (stem, n) = last
-            .strip_suffix(".part")
-            .unwrap()
-            .rsplit_once('-')
-            .unwrap();
-        let n: u64 = n.parse().unwrap();
         // Far more than twice 17 names: sinks of tests running alongside take some first.
-        for k in n + 1..=n + 1000 {
-            fs::write(t.0.join(format!("{stem}-{k}.part")), b"").unwrap();
+        for name in next_temp_names(1000) {
+            fs::write(t.0.join(name), b"").unwrap();
         }
         // A sink told its size makes its temporary at once; one that is not, at its first
         // large write.

@@ -258,6 +258,20 @@ fn the_flag_parsers_read_argh_help_and_readme_tables() {
 // Errors that hide their cause.
 
 /// A served folder with one small file.
+/// `ferry tej serve ARGS...`, ready (its listening line read).
+fn serve_tej(args: &[&str]) -> Server {
+    let mut all = vec!["tej", "serve"];
+    all.extend_from_slice(args);
+    Server::start(&all, 1)
+}
+
+/// `ferry jtp serve ARGS...`, ready.
+fn serve_jtp(args: &[&str]) -> Server {
+    let mut all = vec!["jtp", "serve"];
+    all.extend_from_slice(args);
+    Server::start(&all, 1)
+}
+
 fn share_with_a_file() -> TempDir {
     let d = TempDir::new("cli-share");
     std::fs::write(d.join("hello.png"), b"\x89PNG not really").unwrap();
@@ -531,29 +545,14 @@ fn output_into_a_closed_pipe_ends_quietly_with_141() {
     let d = TempDir::new("cli-epipe");
     std::fs::write(d.join("a.bin"), b"a").unwrap();
     let share = share_with_a_file();
-    let tej = Server::start(
-        &[
-            "tej",
-            "serve",
-            "--root",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
-    let jtp = Server::start(
-        &[
-            "jtp",
-            "serve",
-            "--images",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-            "--no-tls",
-        ],
-        1,
-    );
+    let tej = serve_tej(&["--root", s(share.path()), "--bind", "127.0.0.1:0"]);
+    let jtp = serve_jtp(&[
+        "--images",
+        s(share.path()),
+        "--bind",
+        "127.0.0.1:0",
+        "--no-tls",
+    ]);
     let (tej_addr, jtp_addr) = (tej.addr("tej"), jtp.addr("jtp"));
     let cases: Vec<Vec<&str>> = vec![
         vec!["filestorage", "fetch", "--help"],
@@ -588,17 +587,7 @@ fn output_into_a_closed_pipe_ends_quietly_with_141() {
 #[test]
 fn a_plain_client_meeting_a_tls_server_is_told_so() {
     let share = share_with_a_file();
-    let jtp = Server::start(
-        &[
-            "jtp",
-            "serve",
-            "--images",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let jtp = serve_jtp(&["--images", s(share.path()), "--bind", "127.0.0.1:0"]);
     let o = ferry(&["jtp", "list", "--no-tls", "--addr", &jtp.addr("jtp")], T);
     assert_eq!(o.status.code(), Some(4), "{}", err(&o));
     assert!(
@@ -609,18 +598,7 @@ fn a_plain_client_meeting_a_tls_server_is_told_so() {
     assert!(!err(&o).contains("magic"), "{}", err(&o));
 
     let share = share_with_a_file();
-    let tej = Server::start(
-        &[
-            "tej",
-            "serve",
-            "--root",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-            "--tls",
-        ],
-        1,
-    );
+    let tej = serve_tej(&["--root", s(share.path()), "--bind", "127.0.0.1:0", "--tls"]);
     let o = ferry(&["tej", "list", "--addr", &tej.addr("tej")], T);
     assert_eq!(o.status.code(), Some(4), "{}", err(&o));
     assert!(
@@ -636,17 +614,7 @@ fn a_plain_client_meeting_a_tls_server_is_told_so() {
 #[test]
 fn an_unknown_issuer_is_told_to_pass_cert() {
     let share = share_with_a_file();
-    let jtp = Server::start(
-        &[
-            "jtp",
-            "serve",
-            "--images",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let jtp = serve_jtp(&["--images", s(share.path()), "--bind", "127.0.0.1:0"]);
     let addr = jtp.addr("jtp");
     let o = ferry(&["jtp", "list", "--addr", &addr], T);
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));
@@ -669,18 +637,7 @@ fn an_unknown_issuer_is_told_to_pass_cert() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
 
     let share = share_with_a_file();
-    let tej = Server::start(
-        &[
-            "tej",
-            "serve",
-            "--root",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-            "--tls",
-        ],
-        1,
-    );
+    let tej = serve_tej(&["--root", s(share.path()), "--bind", "127.0.0.1:0", "--tls"]);
     let o = ferry(&["tej", "list", "--tls", "--addr", &tej.addr("tej")], T);
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));
     assert!(err(&o).contains("pass --cert"), "{}", err(&o));
@@ -725,17 +682,7 @@ fn tej_send_says_where_each_file_was_stored() {
     std::fs::write(share.join("hello.txt"), b"already here").unwrap();
     let src = TempDir::new("cli-storedsrc");
     std::fs::write(src.join("hello.txt"), b"hello").unwrap();
-    let tej = Server::start(
-        &[
-            "tej",
-            "serve",
-            "--root",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let tej = serve_tej(&["--root", s(share.path()), "--bind", "127.0.0.1:0"]);
     let o = ferry(
         &[
             "tej",
@@ -794,17 +741,7 @@ fn jtp_list_prints_type_words_and_takes_secure() {
     ] {
         std::fs::write(share.join(name), data).unwrap();
     }
-    let jtp = Server::start(
-        &[
-            "jtp",
-            "serve",
-            "--images",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let jtp = serve_jtp(&["--images", s(share.path()), "--bind", "127.0.0.1:0"]);
     let cert = share.join(".ferry/tls/cert.pem");
     let o = ferry(
         &[
@@ -960,20 +897,15 @@ fn watch_interval_is_one_shape_on_every_server() {
         assert_eq!(srv.listening.len(), n, "{args:?}");
     }
     // Not followed live: only the rescan every second can find the new file.
-    let tej = Server::start(
-        &[
-            "tej",
-            "serve",
-            "--root",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-            "--no-follow",
-            "--watch-interval",
-            "1",
-        ],
-        1,
-    );
+    let tej = serve_tej(&[
+        "--root",
+        s(share.path()),
+        "--bind",
+        "127.0.0.1:0",
+        "--no-follow",
+        "--watch-interval",
+        "1",
+    ]);
     std::fs::write(share.join("late.txt"), b"late").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -993,19 +925,14 @@ fn jtp_serve_v_logs_connections_requests_bytes_and_outcome() {
     let share = TempDir::new("cli-jtpv");
     std::fs::write(share.join("a.png"), vec![7u8; 1000]).unwrap();
     std::fs::write(share.join("b.gif"), vec![8u8; 500]).unwrap();
-    let srv = Server::start(
-        &[
-            "jtp",
-            "serve",
-            "--images",
-            s(share.path()),
-            "--bind",
-            "127.0.0.1:0",
-            "--no-tls",
-            "-v",
-        ],
-        1,
-    );
+    let srv = serve_jtp(&[
+        "--images",
+        s(share.path()),
+        "--bind",
+        "127.0.0.1:0",
+        "--no-tls",
+        "-v",
+    ]);
     let got = TempDir::new("cli-jtpvout");
     let o = ferry(
         &[

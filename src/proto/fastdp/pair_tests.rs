@@ -576,6 +576,26 @@ fn f14_a_chunk_corrupted_on_the_wire_is_repaired_before_the_whole_file_check() {
     }
 }
 
+/// One push connection and its server through the Upgrade and the header: (server, client,
+/// the plan of `chunks` chunks, the server's transfer).
+fn handshake(
+    now: Instant,
+    h: &Header,
+    chunks: u32,
+) -> (ServerSide, PushSide, SendPlan, Option<FakeTransfer>) {
+    let mut t: Option<FakeTransfer> = None;
+    let mut s = ServerSide::new(now, 0);
+    let mut c = PushSide::new(now, h);
+    let mut plan = SendPlan::new(chunks, &Have::new());
+    let hello = c.m.poll_transmit().unwrap();
+    s.feed(now, &hello, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let hdr = c.m.poll_transmit().unwrap();
+    s.feed(now, &hdr, &mut t);
+    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    (s, c, plan, t)
+}
+
 /// A push connection's chunks sent and not acknowledged are what `in_flight` hands back to
 /// the shared plan when the connection ends, so that another connection sends them again
 /// (mutation sample G: an empty list stayed green; the chunks would have stayed "in flight"
@@ -585,16 +605,7 @@ fn f16_a_cut_connection_gives_its_unacknowledged_chunks_back_to_the_plan() {
     let src = data(3 * 4096, 5);
     let h = header_for(&src, 4096, Compress::None);
     let now = Instant::now();
-    let mut t: Option<FakeTransfer> = None;
-    let mut s = ServerSide::new(now, 0);
-    let mut c = PushSide::new(now, &h);
-    let mut plan = SendPlan::new(3, &Have::new());
-    let hello = c.m.poll_transmit().unwrap();
-    s.feed(now, &hello, &mut t);
-    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
-    let hdr = c.m.poll_transmit().unwrap();
-    s.feed(now, &hdr, &mut t);
-    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let (_s, mut c, mut plan, _t) = handshake(now, &h, 3);
     let mut zstd = ChunkCompressor::new(3).unwrap();
     let _wire = c.produce(now, &mut plan, &src, &h, &mut |_, _| {}, &mut zstd);
     assert_eq!(c.chunks_sent, [0, 1, 2]);
@@ -613,16 +624,7 @@ fn f15_duplicates_are_not_errors_and_a_cut_off_copy_leaves_the_chunk_missing() {
     let src = data(3 * 4096, 4);
     let h = header_for(&src, 4096, Compress::None);
     let now = Instant::now();
-    let mut t: Option<FakeTransfer> = None;
-    let mut s = ServerSide::new(now, 0);
-    let mut c = PushSide::new(now, &h);
-    let mut plan = SendPlan::new(3, &Have::new());
-    let hello = c.m.poll_transmit().unwrap();
-    s.feed(now, &hello, &mut t);
-    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
-    let hdr = c.m.poll_transmit().unwrap();
-    s.feed(now, &hdr, &mut t);
-    c.feed(now, &s.m.poll_transmit().unwrap(), &mut plan);
+    let (mut s, c, _plan, mut t) = handshake(now, &h, 3);
     assert!(matches!(c.events.last(), Some(Event::PushAccepted { .. })));
     // Chunk 1 twice (the second copy different), then half of chunk 0.
     let frame = |n: u32, body: &[u8]| {
