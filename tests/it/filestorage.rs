@@ -1643,6 +1643,64 @@ fn s21_s23_each_completion_step_recovers_to_whole_or_nothing() {
     assert!(store.join(format!("records/{id}.json")).exists());
 }
 
+/// S23: a part whose file is gone or cut at a restart (a crash before its directory entry was
+/// durable, or a hand in the store) is not counted as holding the chunks its journal names:
+/// recovery asks for the whole file again instead of completing it from zeros, and the batch
+/// then completes with the right bytes.
+#[test]
+fn s23_a_lost_part_is_asked_for_again_at_restart() {
+    let root = TempDir::new("fs-s23lost");
+    let run = TempDir::new("fs-s23lostrun");
+    let a = pseudo_random(231, 200_000);
+    let b = pseudo_random(232, 200_000);
+    let files = format!(
+        r#"[{{"name":"a.bin","size":{}}},{{"name":"b.bin","size":{}}}]"#,
+        a.len(),
+        b.len()
+    );
+    let mut fs = Fs::start_in(root.path(), run.path(), &["--no-tcp"]);
+    let mut c = fs.unix();
+    let tags = r#"["lost","public"]"#;
+    assert_eq!(
+        outcome(&c.auth(&files, FID, tags, r#","chunk-size":65536"#)),
+        "Ok"
+    );
+    for (file, data) in [(0u64, &a), (1, &b)] {
+        for n in 0..3u64 {
+            let lo = n as usize * 65_536;
+            assert_eq!(
+                outcome(&c.transfer(FID, file, n, &data[lo..lo + 65_536])),
+                "Ok"
+            );
+        }
+    }
+    let partial = fs.store().join("partial").join(FID);
+    drop(c);
+    fs.kill9();
+    // File 0's part gone, file 1's cut short.
+    std::fs::remove_file(partial.join("0.part")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(partial.join("1.part"))
+        .unwrap()
+        .set_len(100_000)
+        .unwrap();
+    let fs = Fs::start_in(root.path(), run.path(), &["--no-tcp"]);
+    let mut c = fs.unix();
+    let r = c.auth(&files, FID, tags, r#","chunk-size":65536"#);
+    assert_eq!(missing(&r), [(0, 0, 4), (1, 0, 4)], "{r}");
+    for (file, data) in [(0u64, &a), (1, &b)] {
+        for n in 0..4u64 {
+            let lo = n as usize * 65_536;
+            let hi = (lo + 65_536).min(data.len());
+            let r = c.transfer(FID, file, n, &data[lo..hi]);
+            assert_eq!(outcome(&r), "Ok", "{r}");
+        }
+    }
+    assert_eq!(std::fs::read(fs.root.join("a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(fs.root.join("b.bin")).unwrap(), b);
+}
+
 /// Files completed by one group commit (commit 1bbd32d: linked, recorded and synced together):
 /// four one-chunk files sent in one write, two pairs of them with the same bytes, complete each
 /// with its own record, the pairs share one object each, and all of it survives a restart

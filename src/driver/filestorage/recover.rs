@@ -193,11 +193,34 @@ impl Store {
         }
         let n = state.files.len();
         let counts = state.chunk_counts();
+        // A journal naming chunks of a part that is gone or cut (its directory entry was not
+        // durable at a crash, or a hand in the store) must not count them as held: the file
+        // would complete from zeros, fail its digest and leave the client guessing. The whole
+        // file is asked for again instead.
+        for (i, spec) in state.files.clone().iter().enumerate() {
+            if spec.size == 0 || state.missing.missing_in_file(i) == counts[i] {
+                continue;
+            }
+            let len = fs::symlink_metadata(part_path(&dir, i as u32))
+                .ok()
+                .filter(|m| m.file_type().is_file())
+                .map(|m| m.len());
+            if len != Some(spec.size) {
+                eprintln!(
+                    "filestorage: recovery: {fid} file {i}: part {}; every chunk asked for again",
+                    len.map_or_else(
+                        || "missing".to_string(),
+                        |l| format!("of {l} bytes, not {}", spec.size)
+                    )
+                );
+                state.missing.reset_file(i, counts[i]);
+            }
+        }
         let public = state.tags.iter().any(|t| t == PUBLIC);
         let hashes: Vec<Option<FileHash>> = (0..n)
             .map(|i| {
                 // A file with no chunk held yet can be hashed in order as it arrives.
-                let held = counts[i] - missing_of(&state, i);
+                let held = counts[i] - state.missing.missing_in_file(i);
                 (held == 0).then(|| FileHash::new(public))
             })
             .collect();
@@ -448,16 +471,6 @@ impl Store {
             lock(&self.ledger(state.uid)).add_reservation(r);
         }
     }
-}
-
-/// Chunks of file `i` still missing.
-fn missing_of(state: &PartialState, i: usize) -> u64 {
-    state
-        .missing
-        .ranges()
-        .filter(|r| r.file as usize == i)
-        .map(|r| r.end - r.first)
-        .sum()
 }
 
 /// Deletes the store's temporaries (`.tmp-*`) left in `dir` by a crash.

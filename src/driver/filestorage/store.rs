@@ -188,6 +188,10 @@ pub(super) struct PartialInner {
     /// sparse): shrinks as chunks become held, given back whole when the partial goes
     /// (completion, retention, a failed creation), by its drop: exactly once.
     pub promise: Option<ledger::Promise>,
+    /// Parts created in this folder, and how many of those creations a directory fsync has
+    /// made durable: a chunk is journaled (and acknowledged) only once its part's name is.
+    pub parts_created: u64,
+    pub parts_dir_synced: u64,
 }
 
 impl Partial {
@@ -215,7 +219,10 @@ impl Partial {
             .and_then(|s| s.files.get(file as usize))
             .map(|f| f.size)
             .ok_or_else(|| io::Error::other("no such file"))?;
-        let f = open_part(&self.dir, file, size)?;
+        let (f, created) = open_part(&self.dir, file, size)?;
+        if created {
+            g.parts_created += 1;
+        }
         let f = Arc::new(f);
         if g.parts.len() <= file as usize {
             g.parts.resize(file as usize + 1, None);
@@ -225,20 +232,28 @@ impl Partial {
     }
 }
 
-/// `<dir>/<file>.part`, read-write, created 0600 and sized (sparse) to `size` if new.
-pub(super) fn open_part(dir: &Path, file: u32, size: u64) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(part_path(dir, file))?;
+/// `<dir>/<file>.part`, read-write, created 0600 and sized (sparse) to `size` if new; `true`
+/// when this call created it (its name is not durable until the folder is synced).
+pub(super) fn open_part(dir: &Path, file: u32, size: u64) -> io::Result<(File, bool)> {
+    let path = part_path(dir, file);
+    let open = |create_new: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create_new)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let (f, created) = match open(false) {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (open(true)?, true),
+        Err(e) => return Err(e),
+    };
     if f.metadata()?.len() != size {
         f.set_len(size)?;
     }
-    Ok(f)
+    Ok((f, created))
 }
 
 pub(super) fn part_path(dir: &Path, file: u32) -> PathBuf {
@@ -727,14 +742,30 @@ impl Store {
         let mut files: Vec<u32> = leaders.iter().map(|l| l.0).collect();
         files.sort_unstable();
         files.dedup();
-        let parts: Vec<(u32, Option<Arc<File>>)> = {
+        let (parts, created): (Vec<_>, _) = {
             let g = lock(&p.inner);
-            files
+            let parts: Vec<(u32, Option<Arc<File>>)> = files
                 .iter()
                 .map(|&f| (f, g.parts.get(f as usize).cloned().flatten()))
-                .collect()
+                .collect();
+            let created = (g.parts_created > g.parts_dir_synced).then_some(g.parts_created);
+            (parts, created)
         };
         let mut failed: HashSet<u32> = HashSet::new();
+        // A part created since the folder was last synced: its name must be durable before
+        // any of its chunks is journaled, or a crash could keep the record and lose the file.
+        if let Some(created) = created {
+            match disk::sync_dir(&p.dir) {
+                Ok(()) => {
+                    let mut g = lock(&p.inner);
+                    g.parts_dir_synced = g.parts_dir_synced.max(created);
+                }
+                Err(e) => {
+                    self.log(format_args!("{}: sync partial folder: {e}", p.fid));
+                    failed.extend(files.iter().copied());
+                }
+            }
+        }
         for (file, part) in &parts {
             let r = match part {
                 Some(f) => f.sync_data(),

@@ -116,6 +116,13 @@ impl MissingSet {
         self.missing == 0
     }
 
+    /// Chunks of file `file` missing (0 for a file not in the batch).
+    pub fn missing_in_file(&self, file: usize) -> u64 {
+        self.files
+            .get(file)
+            .map_or(0, |l| l.iter().map(|(a, b)| b - a).sum())
+    }
+
     /// True when file `file` has every chunk (or does not exist).
     pub fn is_file_complete(&self, file: usize) -> bool {
         self.files.get(file).is_none_or(|l| l.is_empty())
@@ -229,6 +236,11 @@ mod tests {
             [r(0, 0, 3), r(2, 1, 2), r(2, 3, 4)]
         );
         assert!(m.contains(2, 1) && !m.contains(2, 2) && m.contains(2, 3) && !m.contains(2, 4));
+        assert_eq!(
+            [0, 1, 2, 9].map(|f| m.missing_in_file(f)),
+            [3, 0, 2, 0],
+            "per file, two ranges summed"
+        );
         for n in 0..3 {
             assert!(m.remove(0, n));
         }
