@@ -60,8 +60,56 @@ if [ ! -d "$shared/specs" ]; then
 fi
 ln -sfn "$shared" target/shared
 copy="$PWD/target/mutants-src"
-# Not -a: a file rsync changes must get a new mtime, or cargo keeps the build of the old one.
-rsync -rl --checksum --delete --exclude /target --exclude /.git --exclude /fuzz/target ./ "$copy/"
+# Mirror the tree by content (Python 3 is on every machine `make test` runs on; rsync is not):
+# a file whose bytes differ is rewritten and gets a new mtime, so cargo rebuilds it; an
+# unchanged file keeps its mtime, so the incremental build carries over; files gone from the
+# tree are removed from the copy. Symbolic links are copied as links.
+python3 - "$copy" <<'PY'
+import os, shutil, sys
+dst = sys.argv[1]
+skip = {"target", ".git", "fuzz/target"}
+seen = set()
+for root, dirs, files in os.walk(".", followlinks=False):
+    rel = os.path.relpath(root, ".")
+    dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in skip]
+    os.makedirs(os.path.join(dst, rel), exist_ok=True)
+    seen.add(os.path.normpath(rel))
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        src, out = os.path.join(root, name), os.path.join(dst, rel, name)
+        seen.add(os.path.normpath(os.path.join(rel, name)))
+        if os.path.islink(src):
+            if not os.path.islink(out) or os.readlink(out) != os.readlink(src):
+                if os.path.lexists(out):
+                    shutil.rmtree(out) if os.path.isdir(out) and not os.path.islink(out) else os.remove(out)
+                os.symlink(os.readlink(src), out)
+            continue
+        with open(src, "rb") as f:
+            data = f.read()
+        try:
+            with open(out, "rb") as f:
+                same = f.read() == data
+        except OSError:
+            same = False
+        if not same:
+            if os.path.islink(out):
+                os.remove(out)
+            with open(out, "wb") as f:
+                f.write(data)
+            shutil.copymode(src, out)
+for root, dirs, files in os.walk(dst, topdown=False):
+    rel = os.path.normpath(os.path.relpath(root, dst))
+    if rel.split(os.sep)[0] in ("target",) or rel.startswith(os.path.join("fuzz", "target")):
+        continue
+    for name in files + dirs:
+        p = os.path.normpath(os.path.join(rel, name))
+        if p in skip or p in seen:
+            continue
+        full = os.path.join(root, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)
+PY
 
 for m in $modules; do
     row=$(echo "$table" | awk -F'|' -v m="$m" '$1 == m')
