@@ -517,7 +517,12 @@ mod tests {
         let q = Promise::admit(dev, 10, 30, 100).unwrap();
         p.landed(25);
         assert_eq!((p.bytes(), promised(dev)), (35, 65));
+        // A file started over: its bytes are promised again (mutation sample H: `n > 0` as
+        // `n == 0` added nothing, so a restarted file's space was promised to others too).
         p.add(5);
+        assert_eq!((p.bytes(), promised(dev)), (40, 70));
+        p.add(0);
+        assert_eq!((p.bytes(), promised(dev)), (40, 70));
         p.landed(1000);
         assert_eq!((p.bytes(), promised(dev)), (0, 30));
         drop(p);

@@ -631,7 +631,13 @@ fn is_pid_alive(pid: u32) -> bool {
     }
     // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    alive_after_kill0(r, io::Error::last_os_error().raw_os_error())
+}
+
+/// What `kill(pid, 0)` returning `r` (and `errno`) says: only ESRCH means no such process; a
+/// process of another user (EPERM) is alive, and its temporaries are not ours to remove.
+fn alive_after_kill0(r: libc::c_int, errno: Option<i32>) -> bool {
+    r == 0 || errno != Some(libc::ESRCH)
 }
 
 use crate::wire::hex::encode as hex;
@@ -774,6 +780,21 @@ mod tests {
         assert!(left.contains(&".ferry-abcd-1-3.part".to_owned()));
         live.abort();
         assert_eq!(list(&t.0).len(), 3);
+    }
+
+    /// A process signal 0 may not reach (another user's, EPERM) is alive: its temporaries stay
+    /// (mutation sample H: `||` as `&&` took it for dead; tests run as root, for whom every
+    /// `kill` succeeds, so the reading of the result is checked on its own).
+    #[test]
+    fn only_esrch_means_a_process_is_gone() {
+        assert!(alive_after_kill0(0, None));
+        assert!(
+            alive_after_kill0(0, Some(libc::ESRCH)),
+            "errno is stale after success"
+        );
+        assert!(alive_after_kill0(-1, Some(libc::EPERM)));
+        assert!(!alive_after_kill0(-1, Some(libc::ESRCH)));
+        assert!(is_pid_alive(std::process::id()) && !is_pid_alive(i32::MAX as u32));
     }
 
     /// What a client stopped by a signal removes: its own temporaries only, even one being

@@ -526,10 +526,19 @@ mod tests {
         // Blocks 1 and 2 finish before 0; 4 and 6 before 3 and 5.
         h.keep(piece(1));
         h.keep(piece(2));
+        assert_eq!(h.early_bytes, 2 * block);
         h.advance(3 * block as u64, Some(piece(0)));
+        // Copies handed to the thread leave the budget of kept ones (mutation sample H:
+        // `-=` as `/=` kept them counted, and later copies were refused and read back).
+        assert_eq!((h.early.len(), h.early_bytes), (0, 0));
         h.keep(piece(4));
         h.keep(piece(6));
         h.advance(5 * block as u64, Some(piece(3)));
+        assert_eq!(
+            (h.early.len(), h.early_bytes),
+            (1, 99),
+            "the tail block, kept"
+        );
         h.advance(size, Some(piece(5)));
         let read_back = h.read_back();
         let st = h.finish().unwrap();

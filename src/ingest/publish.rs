@@ -141,24 +141,27 @@ fn has_content(dest: &Dir, name: &OsStr, work: &Dir, ours: &OsStr, size: u64) ->
     let mut off = 0u64;
     while off < size {
         let n = (size - off).min(chunk as u64) as usize;
-        // Either file ending early (it shrank meanwhile) means different content.
-        match (
+        let read = both_read(
             theirs.read_exact_at(&mut a[..n], off),
             ours.read_exact_at(&mut b[..n], off),
-        ) {
-            (Ok(()), Ok(())) => {}
-            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Ok(false)
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(e),
-        }
-        if a[..n] != b[..n] {
+        )?;
+        if !read || a[..n] != b[..n] {
             return Ok(false);
         }
         off += n as u64;
     }
     // Grown meanwhile: not the same file any more.
     Ok(!has_more(&theirs, size)?)
+}
+
+/// The two reads of one piece of a comparison: `Ok(true)` both read, `Ok(false)` either file
+/// ended early (it shrank meanwhile: different content), any other error the comparison's.
+fn both_read(theirs: io::Result<()>, ours: io::Result<()>) -> io::Result<bool> {
+    match (theirs, ours) {
+        (Ok(()), Ok(())) => Ok(true),
+        (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }
 
 /// True if `dir/name` is a regular file (not followed through a symlink, a FIFO never opened
@@ -363,5 +366,21 @@ mod tests {
         // Ours missing is the caller's error to see, not "different".
         let e = has_content(&d, os("theirs"), &d, os("gone"), 6).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// Any read error but an early end fails the comparison (and the publish) instead of
+    /// passing for other content, which would publish under another name beside a file that
+    /// may hold the same bytes (mutation sample H: the end-of-file guard as `true`). EIO
+    /// cannot be had from a test file system, so the rule is checked on its own.
+    #[test]
+    fn a_read_error_other_than_an_early_end_fails_the_comparison() {
+        let eof = || Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        let eio = || Err(io::Error::from_raw_os_error(libc::EIO));
+        assert!(both_read(Ok(()), Ok(())).unwrap());
+        assert!(!both_read(eof(), Ok(())).unwrap());
+        assert!(!both_read(Ok(()), eof()).unwrap());
+        for (a, b) in [(eio(), Ok(())), (Ok(()), eio()), (eio(), eio())] {
+            assert_eq!(both_read(a, b).unwrap_err().raw_os_error(), Some(libc::EIO));
+        }
     }
 }

@@ -589,6 +589,26 @@ fn keep_writes_around_blocks_already_held() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
+/// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
+/// same bytes in six writes instead of three).
+#[test]
+fn keep_claims_maximal_runs_around_held_blocks() {
+    let (_t, reg) = setup("shared-keep-runs");
+    let data = content(8 * BS as usize, 12);
+    let a = reg.attach("runs", spec_for(&data), 8).unwrap();
+    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
+    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    let Claimed::Runs(runs) = a.part.claim(0..8, Rewrite::Keep).unwrap() else {
+        panic!("not claimed");
+    };
+    assert_eq!(runs, [0..1, 2..5, 6..8]);
+    for r in &runs {
+        a.part.release(r);
+    }
+    assert_eq!(a.missing_ranges(10), [0..1, 2..5, 6..8]);
+}
+
 #[test]
 fn a_mismatch_fails_every_attachment_and_deletes_the_part() {
     let (t, reg) = setup("shared-mismatch");
