@@ -235,6 +235,30 @@ mod tests {
         assert_eq!(ceiling_of(&dl, addr(4)), 4096);
     }
 
+    /// The table of path limits is bounded: full, a new address starts it afresh, and a new
+    /// limit for an address already in it changes that entry only (mutation sample H: `delete
+    /// !` grew the table past its bound with every new address and emptied it at every update).
+    #[test]
+    fn path_limits_stay_bounded_and_an_update_keeps_the_others() {
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        let a = |i: usize| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 4000));
+        for i in 0..MAX_PATH_LIMITS {
+            dl.set_path_mtu(a(i), 1500);
+        }
+        assert_eq!(dl.path_limits.len(), MAX_PATH_LIMITS);
+        dl.set_path_mtu(a(7), 9000);
+        assert_eq!(
+            dl.path_limits.len(),
+            MAX_PATH_LIMITS,
+            "an update clears nothing"
+        );
+        assert_eq!(dl.path_limits[&a(0)], 4096);
+        assert_eq!(dl.path_limits[&a(7)], 24576);
+        dl.set_path_mtu(a(MAX_PATH_LIMITS), 1500);
+        assert_eq!(dl.path_limits.len(), 1, "full: a new address starts afresh");
+        assert_eq!(dl.path_limits[&a(MAX_PATH_LIMITS)], 4096);
+    }
+
     #[test]
     fn hints_are_added_once_and_dead_ones_stay_out_for_a_minute() {
         let t0 = Instant::now();
