@@ -223,6 +223,10 @@ mod tests {
         let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
         r.clear().unwrap();
         write_in(&mut r, &other, 0..10);
+        // The owner still asked for background hashing: it starts again from zero at the
+        // next run, rather than leaving the whole file to the commit (the struct-field
+        // mutant of `Part::reset` that dropped `wants_hasher`).
+        assert_eq!(r.part.hasher_started_at(), Some(0));
         let c = r.commit("other.bin", Expect::Sha256(sha(&other))).unwrap();
         assert_eq!(c.sha256, Some(sha(&other)));
     }
