@@ -324,6 +324,39 @@ mod tests {
         assert_eq!(frames.len(), 4);
     }
 
+    /// `wanted` counts from the frame after the one last returned, while earlier frames are
+    /// still in the buffer (mutation sample H: `start + returned` as `-` read a length out of
+    /// an earlier frame's body).
+    #[test]
+    fn wanted_counts_from_the_frame_after_those_returned() {
+        let mut t = Vec::new();
+        put_frame(&[0u8; 30], &mut t);
+        put_frame(&[1u8; 10], &mut t);
+        put_frame(&[2u8; 100], &mut t);
+        t.truncate(t.len() - 95);
+        let mut acc = FrameAccumulator::new(1000);
+        acc.extend(&t);
+        assert_eq!(acc.next_frame().unwrap().map(<[u8]>::len), Some(30));
+        assert_eq!(acc.next_frame().unwrap().map(<[u8]>::len), Some(10));
+        // The third frame's header and 5 of its 100 bytes are here.
+        assert_eq!(acc.wanted(), 95);
+        assert_eq!(acc.buffered(), 9);
+    }
+
+    /// A buffer grown by one large frame is given back once it is empty, so an idle connection
+    /// holds no more than 64 KiB (mutation sample H: `>` as `==` never gave it back).
+    #[test]
+    fn a_buffer_grown_by_a_large_frame_is_given_back_when_empty() {
+        let mut acc = FrameAccumulator::new(1 << 20);
+        let mut t = Vec::new();
+        put_frame(&vec![9u8; 1 << 20], &mut t);
+        acc.extend(&t);
+        assert!(acc.buf.capacity() > SHRINK_ABOVE);
+        assert_eq!(acc.next_frame().unwrap().map(<[u8]>::len), Some(1 << 20));
+        assert_eq!(acc.next_frame(), Ok(None));
+        assert!(acc.buf.capacity() <= SHRINK_ABOVE, "{}", acc.buf.capacity());
+    }
+
     #[test]
     fn never_panics_on_random_input() {
         let mut x = 0x2545_f491_4f6c_dd1du64;

@@ -606,6 +606,20 @@ fn internal_when_a_write_or_the_commit_fails_and_the_open_file_is_dropped() {
     assert!(h.store.committed.is_empty());
 }
 
+/// A file whose data is read and discarded (a name that is not stored) is not an open file:
+/// the driver keeps its small read buffer and opens nothing (mutation sample H: `&&` as `||`
+/// called every discarded file open).
+#[test]
+fn a_discarded_file_is_not_an_open_file() {
+    let mut f = frame(0, &[(".hidden", &[5; 100])], b"");
+    f.truncate(f.len() - 8 - 40);
+    let now = t0();
+    let mut h = Harness::new(Config::default(), now);
+    h.feed(now, &f);
+    assert!(!h.conn.has_open_file() && !h.conn.is_storing());
+    assert!(h.steps.is_empty(), "{:?}", h.steps);
+}
+
 #[test]
 fn truncated_on_eof_inside_a_frame_and_a_clean_end_between_frames() {
     let mut f = frame(0, &[("first.txt", b"1st"), ("second.bin", &[9; 100])], b"");
