@@ -61,6 +61,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
+#[cfg(test)]
+thread_local! {
+    /// The inodes of the folders this thread synced with [`Dir::sync`], for tests of what a
+    /// commit makes durable (a missing fsync shows nowhere short of a power cut).
+    pub(crate) static SYNCED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Most symlinks one resolution follows (Linux's own limit is 40 as well).
 pub const MAX_LINKS: u32 = 40;
 /// Most folders below the root one resolution may stand in at once (each holds an `O_PATH`
@@ -651,6 +658,10 @@ impl Dir {
 
     /// fsync(2) of the folder: makes renames into and out of it durable.
     pub fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Ok(st) = fstat(self.fd.as_raw_fd()) {
+            SYNCED.with(|s| s.borrow_mut().push(st.ino()));
+        }
         // SAFETY: fsync acts only on the descriptor.
         cvt(unsafe { libc::fsync(self.fd.as_raw_fd()) })
     }

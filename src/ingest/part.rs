@@ -1254,3 +1254,37 @@ fn invalid(msg: &'static str) -> io::Error {
 pub(super) fn finished() -> io::Error {
     io::Error::other("ingest: transfer already committed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run reaching past the file's last block is refused as out of range, whatever its
+    /// length (mutation sample H: `blocks - first` as `+` let it through to the length check,
+    /// which refused it for another reason, "wrong length").
+    #[test]
+    fn runs_past_the_last_block_are_out_of_range() {
+        let geo = Geometry::new(4 * 4096 - 100, 4096).unwrap();
+        assert_eq!(geo.run_len(0, 4 * 4096 - 100).unwrap(), 4);
+        assert_eq!(geo.run_len(3, 4096 - 100).unwrap(), 1);
+        for (first, len) in [(3, 2 * 4096), (2, 3 * 4096), (4, 1), (u64::MAX, 1)] {
+            let e = geo.run_len(first, len).unwrap_err();
+            assert!(e.to_string().contains("out of range"), "{first} {len}: {e}");
+        }
+        let e = geo.run_len(3, 4096).unwrap_err();
+        assert!(e.to_string().contains("wrong length"), "{e}");
+    }
+
+    /// A batch answers for the blocks of its own bytes only: a block in the byte just past
+    /// them is not held, and asking is no index panic (mutation sample H: `<` as `<=`).
+    #[test]
+    fn a_batch_holds_only_the_blocks_of_its_bytes() {
+        let b = Batch {
+            lo: 1,
+            bits: vec![0b0000_0101],
+            sealed: true,
+        };
+        let held: Vec<u64> = (0..24).filter(|&i| b.holds(i)).collect();
+        assert_eq!(held, [8, 10]);
+    }
+}

@@ -420,6 +420,33 @@ mod tests {
         assert_eq!(list(&t.0), ["hi.txt"]);
     }
 
+    /// A durable commit that renames a file into the folder fsyncs the folder (the name would
+    /// not survive a power cut otherwise); one that finds the bytes already there, or a folder
+    /// that is not durable, does not (mutation sample H: `!=` as `==` synced only when nothing
+    /// was renamed; `&&` as `||` synced in both other cases).
+    #[test]
+    fn a_durable_commit_syncs_the_folder_it_renamed_into_and_only_then() {
+        use crate::dir::SYNCED;
+        use std::os::unix::fs::MetadataExt;
+        let t = TempDir::new("stream-sync");
+        let work = t.0.join(".ferry/ingest");
+        let mut dir = IngestDir::new(&t.0, &work).unwrap();
+        let dest = fs::metadata(&t.0).unwrap().ino();
+        let commit = |dir: &IngestDir, name: &str| {
+            SYNCED.with(|s| s.borrow_mut().clear());
+            let mut s = dir.begin_stream(None).unwrap();
+            s.write_all(b"abc").unwrap();
+            let c = s
+                .commit(name, Expect::Xxh64(XxHash64::oneshot(0, b"abc")))
+                .unwrap();
+            (c.outcome, SYNCED.with(|s| s.borrow().contains(&dest)))
+        };
+        assert_eq!(commit(&dir, "a.bin"), (Outcome::Created, true));
+        assert_eq!(commit(&dir, "a.bin"), (Outcome::AlreadyPresent, false));
+        dir.set_durable(false);
+        assert_eq!(commit(&dir, "b.bin"), (Outcome::Created, false));
+    }
+
     #[test]
     fn commit_with_xxh64_and_separate_work_dir() {
         let t = TempDir::new("stream-work");
