@@ -439,12 +439,29 @@ mod tests {
             let c = s
                 .commit(name, Expect::Xxh64(XxHash64::oneshot(0, b"abc")))
                 .unwrap();
-            (c.outcome, SYNCED.with(|s| s.borrow().contains(&dest)))
+            (
+                c.outcome,
+                SYNCED.with(|s| s.borrow().contains(&dest)),
+                c.inode,
+            )
         };
-        assert_eq!(commit(&dir, "a.bin"), (Outcome::Created, true));
-        assert_eq!(commit(&dir, "a.bin"), (Outcome::AlreadyPresent, false));
+        let ino = |name: &str| {
+            let m = fs::metadata(t.0.join(name)).unwrap();
+            Some((m.dev(), m.ino()))
+        };
+        let created = commit(&dir, "a.bin");
+        assert_eq!(created, (Outcome::Created, true, ino("a.bin")));
+        // Nothing renamed: no inode of ours to register (mutation sample H: `!=` as `==`
+        // gave the inode of the removed temporary, and none for a created file).
+        assert_eq!(
+            commit(&dir, "a.bin"),
+            (Outcome::AlreadyPresent, false, None)
+        );
         dir.set_durable(false);
-        assert_eq!(commit(&dir, "b.bin"), (Outcome::Created, false));
+        assert_eq!(
+            commit(&dir, "b.bin"),
+            (Outcome::Created, false, ino("b.bin"))
+        );
     }
 
     #[test]

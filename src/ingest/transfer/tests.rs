@@ -589,6 +589,32 @@ fn keep_writes_around_blocks_already_held() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// A block written in pieces takes no more than what is left of it: a piece past the block's
+/// end is refused and writes nothing, whatever was written before (mutation sample H: `len -
+/// pos` as `+` let a second piece run into the next block's bytes).
+#[test]
+fn a_block_writer_refuses_pieces_past_the_block() {
+    let (_t, reg) = setup("shared-pieces");
+    let data = content(3 * BS as usize, 13);
+    let a = reg.attach("pieces", spec_for(&data), 8).unwrap();
+    a.write_blocks(2, block(&data, 2), Rewrite::Keep).unwrap();
+    let Claim::Write(mut w) = a.claim(1, Rewrite::Keep).unwrap() else {
+        panic!("block 1 is missing");
+    };
+    w.write(&block(&data, 1)[..3000]).unwrap();
+    let e = w.write(&[0xee; 2000]).unwrap_err();
+    assert!(
+        e.to_string().contains("more bytes than the block holds"),
+        "{e}"
+    );
+    assert_eq!(w.written(), 3000);
+    w.write(&block(&data, 1)[3000..]).unwrap();
+    w.finish().unwrap();
+    a.write_blocks(0, block(&data, 0), Rewrite::Keep).unwrap();
+    let p = a.commit("pieces.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
