@@ -547,6 +547,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A spare buffer is reused only when it can hold the copy without growing (mutation sample
+    /// H: `>=` as `<` handed out a spare too small, which the copy then reallocated).
+    #[test]
+    fn spare_buffers_are_reused_only_when_large_enough() {
+        let bytes = data(4096);
+        let (dir, file) = temp_file("spares", &bytes);
+        let h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
+        h.shared.recycle(Vec::with_capacity(10));
+        h.shared.recycle(Vec::with_capacity(5000));
+        let b = h.buffer(1000);
+        assert!(b.is_empty() && b.capacity() >= 1000, "{}", b.capacity());
+        assert_eq!(h.shared.handed().spare.len(), 1, "one spare taken");
+        assert!(h.buffer(20_000).capacity() >= 20_000);
+        drop(h);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A kept copy of bytes that are then rewritten is forgotten: the digest is of the bytes
     /// the part holds, read back, never of the old copy.
     #[test]
