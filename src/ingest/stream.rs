@@ -695,7 +695,7 @@ mod tests {
         // the file then held just its bytes).
         let held = temp_disk_bytes(&t.0);
         assert!(
-            held >= 2 * PREALLOCATE_STEP && held <= 2 * PREALLOCATE_STEP + (1 << 20),
+            (2 * PREALLOCATE_STEP..=2 * PREALLOCATE_STEP + (1 << 20)).contains(&held),
             "{held} bytes held after {} written",
             s.written()
         );
