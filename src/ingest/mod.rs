@@ -782,6 +782,23 @@ mod tests {
         assert_eq!(list(&t.0).len(), 3);
     }
 
+    /// A full disk, a full quota and an error that only says "storage full" are all `NoSpace`
+    /// (the protocols answer it with their no-space codes); other errors stay I/O errors
+    /// (mutation shard 11/40: `||` as `&&` left EDQUOT, whose kind is not StorageFull, an
+    /// I/O error).
+    #[test]
+    fn a_full_disk_or_quota_is_no_space() {
+        for e in [
+            io::Error::from_raw_os_error(libc::ENOSPC),
+            io::Error::from_raw_os_error(libc::EDQUOT),
+            io::Error::from(io::ErrorKind::StorageFull),
+        ] {
+            assert!(matches!(IngestError::from(e), IngestError::NoSpace));
+        }
+        let e = IngestError::from(io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(e, IngestError::Io(_)), "{e}");
+    }
+
     /// A process signal 0 may not reach (another user's, EPERM) is alive: its temporaries stay
     /// (mutation sample H: `||` as `&&` took it for dead; tests run as root, for whom every
     /// `kill` succeeds, so the reading of the result is checked on its own).
