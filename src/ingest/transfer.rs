@@ -393,10 +393,6 @@ impl Transfer {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     pub fn spec(&self) -> TransferSpec {
         self.spec
     }
