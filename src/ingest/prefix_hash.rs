@@ -547,6 +547,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A hasher dropped unfinished (a transfer closed or cut) stops its thread (mutation shard
+    /// 15/40: an empty `drop` left the thread parked in its loop for good, one per transfer).
+    #[test]
+    fn a_dropped_hasher_stops_its_thread() {
+        let bytes = data(3 * 4096);
+        let (dir, file) = temp_file("dropped", &bytes);
+        let h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
+        let shared = Arc::downgrade(&h.shared);
+        drop(h);
+        assert!(
+            shared.upgrade().is_none(),
+            "the thread still holds the hasher's state"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A spare buffer is reused only when it can hold the copy without growing (mutation sample
     /// H: `>=` as `<` handed out a spare too small, which the copy then reallocated).
     #[test]

@@ -328,6 +328,11 @@ mod tests {
             candidate(Collision::Numbered, "README", "", Some(&h), 1000).unwrap(),
             "5a".repeat(32)
         );
+        // A leading dot starts a name, not an extension, as for the numbered names (mutation
+        // shard 15/40: the guard `i > 0` as `true` kept the whole name as the "extension").
+        let dot = |n| candidate(Collision::Numbered, ".profile", "", Some(&h), n).unwrap();
+        assert_eq!(dot(1), ".profile-1");
+        assert_eq!(dot(1000), "5a".repeat(32));
     }
 
     #[test]
