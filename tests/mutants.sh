@@ -9,7 +9,9 @@
 #                                          MUTANTS="wire names"` picks some)
 #   MUTANTS_SHARD=0/8 bash tests/mutants.sh ...   a round-robin sample: every 8th mutant
 #   MUTANTS_RETEST=1 bash tests/mutants.sh ...    only the mutants the last run missed (after a
-#                                                 test was added), results in MODULE/retest
+#                                                 test was added; found again by file, operator
+#                                                 and function if the code moved), results in
+#                                                 MODULE/retest
 #
 # Each module is run alone, niced, one job, with the tests that can see its bugs (the filter
 # column): unit tests, which see almost everything here and run in seconds. Results go to
@@ -132,13 +134,44 @@ for m in $modules; do
             echo "== $m: nothing missed to test again"
             continue
         fi
-        # Each missed mutant by its exact name (line:column, operator, function).
+        # Each missed mutant by its exact name (line:column, operator, function). A test added
+        # since may have moved the code: a name no longer in today's list is found again by
+        # its file, operator and function when exactly one mutant matches; one that matches
+        # nothing (excluded since, or its code changed) is said and left out.
+        flags=()
+        for f in $files; do flags+=(--file "$f"); done
+        (cd "$copy" && cargo mutants --list "${flags[@]}" 2>/dev/null) >"$out.list"
+        python3 - "$missed" "$out.list" >"$out.retest-names" <<'PY'
+import re, sys
+missed = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
+now = [l.rstrip("\n") for l in open(sys.argv[2]) if l.strip()]
+key = lambda n: re.sub(r"^([^:]+):\d+:\d+: ", r"\1: ", n)
+by_key = {}
+for n in now:
+    by_key.setdefault(key(n), []).append(n)
+for m in missed:
+    if m in now:
+        print(m)
+        continue
+    found = by_key.get(key(m), [])
+    if len(found) == 1:
+        print(found[0])
+        print(f"   moved: {m} -> {found[0]}", file=sys.stderr)
+    elif not found:
+        print(f"   gone (excluded since, or its code changed): {m}", file=sys.stderr)
+    else:
+        print(f"   several after a move, not retested: {m}", file=sys.stderr)
+PY
+        if [ ! -s "$out.retest-names" ]; then
+            echo "== $m: nothing missed is left to test again"
+            continue
+        fi
         while IFS= read -r name; do
             args+=(--re "^$(printf '%s' "$name" | sed 's/[][\\.*^$+?(){}|]/\\&/g')\$")
-        done <"$missed"
+        done <"$out.retest-names"
         out="$out/retest"
     else
-        rm -rf "$out/retest"
+        rm -rf "$out/retest" "$out.retest-names"
         echo "${MUTANTS_SHARD:-full}" >"$out.shard"
     fi
     args+=(--output "$PWD/$out")
@@ -165,7 +198,9 @@ for m in $all; do
         # A retest re-ran the missed ones: those now caught move over. (cargo-mutants 27.1
         # applies no name filter to struct-field mutants, so a retest may run others too:
         # only the names from missed.txt count.)
-        again() { grep -Fxf "$d/missed.txt" "$r/$1.txt" 2>/dev/null | grep -c .; }
+        names="target/mutants/$m.retest-names"
+        [ -f "$names" ] || names="$d/missed.txt"
+        again() { grep -Fxf "$names" "$r/$1.txt" 2>/dev/null | grep -c .; }
         c=$((c + $(again caught))) t=$((t + $(again timeout))) mi=$(again missed)
     fi
     viable=$((c + mi + t))

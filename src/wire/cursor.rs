@@ -143,6 +143,10 @@ mod tests {
         // Two bytes left: a u32 is "need more", and the position does not move.
         assert_eq!(c.u32_le(), None);
         assert_eq!(c.remaining(), 2);
+        assert!(
+            !c.is_empty(),
+            "two bytes left (full run of wire: `true` stayed green)"
+        );
         assert_eq!(c.expect_empty(), Err(Trailing { extra: 2 }));
         assert_eq!(
             Trailing { extra: 2 }.to_string(),

@@ -272,6 +272,12 @@ mod tests {
         assert_eq!(acc.buffered(), 4, "no body byte was kept");
         assert!(acc.next_frame().is_err(), "the failure sticks");
         assert!(!acc.is_between_frames());
+        // Without a `next_frame` between two reads: the second is dropped all the same (full
+        // run of wire: `||` as `&&` looked at the header only once a failure was recorded).
+        let mut acc = FrameAccumulator::new(8);
+        acc.extend(&[0, 0, 0, 9]);
+        acc.extend(&[1u8; 9]);
+        assert_eq!(acc.buffered(), 4, "no body byte was kept");
         // Refused as soon as the header is whole, even inside one larger read.
         let mut acc = FrameAccumulator::new(8);
         acc.extend(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
