@@ -212,6 +212,12 @@ mod tests {
         }
     }
 
+    fn acc_with(bytes: &[u8]) -> FrameAccumulator {
+        let mut acc = FrameAccumulator::new(1 << 20);
+        acc.extend(bytes);
+        acc
+    }
+
     /// Feeds `t` cut at `cuts` and returns every frame seen.
     fn feed(t: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, FrameAccumulator) {
         let mut acc = FrameAccumulator::new(1000);
@@ -249,6 +255,12 @@ mod tests {
         let mut acc = FrameAccumulator::new(10);
         acc.extend(b"\0\0\0\x01a\0\0");
         assert_eq!(acc.next_frame(), Ok(Some(&b"a"[..])));
+        // While the frame is still lent out, it is not counted nor handed back again (full run
+        // of wire: `- returned` as `+`, and `start + returned` as `-` or `*` in take_buffered).
+        assert_eq!(acc.buffered(), 2);
+        let mut again = acc_with(b"\0\0\0\x01a\0\0");
+        assert_eq!(again.next_frame(), Ok(Some(&b"a"[..])));
+        assert_eq!(again.take_buffered(), b"\0\0");
         assert_eq!(acc.next_frame(), Ok(None));
         assert_eq!(acc.buffered(), 2);
         assert!(!acc.is_between_frames());
@@ -347,6 +359,25 @@ mod tests {
         // The third frame's header and 5 of its 100 bytes are here.
         assert_eq!(acc.wanted(), 95);
         assert_eq!(acc.buffered(), 9);
+    }
+
+    /// A large frame that arrives in pieces is kept whole between them: only an empty buffer is
+    /// given back (full run of wire: `is_empty() &&` as `||` dropped a partial frame's bytes
+    /// once the buffer passed 64 KiB).
+    #[test]
+    fn a_large_frame_in_pieces_is_not_given_back_half_way() {
+        let mut t = Vec::new();
+        let body: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        put_frame(&body, &mut t);
+        let mut acc = FrameAccumulator::new(1 << 20);
+        for piece in t.chunks(100_000) {
+            acc.extend(piece);
+            if let Some(f) = acc.next_frame().unwrap() {
+                assert_eq!(f, &body[..]);
+                return;
+            }
+        }
+        panic!("the frame never came whole");
     }
 
     /// A buffer grown by one large frame is given back once it is empty, so an idle connection

@@ -374,11 +374,18 @@ mod tests {
                 assert_eq!(field.len(), 1 << 20);
             }
             assert!(s.capacity() <= (i + 1) * 4096 * 2 && s.capacity() <= 1 << 20);
+            // It holds what it was given (full run of wire: `capacity` as 0 met every bound).
+            assert!(
+                s.capacity() >= s.held().len(),
+                "{} < {}",
+                s.capacity(),
+                s.held().len()
+            );
             if s.capacity() != last {
                 grew += 1;
                 last = s.capacity();
             }
         }
-        assert!(grew <= 10, "{grew} reallocations");
+        assert!((2..=10).contains(&grew), "{grew} reallocations");
     }
 }
