@@ -135,9 +135,11 @@ for m in $modules; do
             continue
         fi
         # Each missed mutant by its exact name (line:column, operator, function). A test added
-        # since may have moved the code: a name no longer in today's list is found again by
-        # its file, operator and function when exactly one mutant matches; one that matches
-        # nothing (excluded since, or its code changed) is said and left out.
+        # since may have moved the code down or up: a name no longer in today's list is found
+        # again by its file, column, operator and function when exactly one mutant matches (the
+        # column too, or an excluded mutant would be taken for another of the same operator in
+        # the same function); one that matches nothing (excluded since, or its code changed)
+        # is said and left out.
         flags=()
         for f in $files; do flags+=(--file "$f"); done
         (cd "$copy" && cargo mutants --list "${flags[@]}" 2>/dev/null) >"$out.list"
@@ -145,7 +147,7 @@ for m in $modules; do
 import re, sys
 missed = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
 now = [l.rstrip("\n") for l in open(sys.argv[2]) if l.strip()]
-key = lambda n: re.sub(r"^([^:]+):\d+:\d+: ", r"\1: ", n)
+key = lambda n: re.sub(r"^([^:]+):\d+:(\d+): ", r"\1:\2: ", n)
 by_key = {}
 for n in now:
     by_key.setdefault(key(n), []).append(n)
