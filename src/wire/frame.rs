@@ -359,6 +359,16 @@ mod tests {
         // The third frame's header and 5 of its 100 bytes are here.
         assert_eq!(acc.wanted(), 95);
         assert_eq!(acc.buffered(), 9);
+        // Small frames first, so the spent bytes stay in front (no compaction yet): `buffered`
+        // counts neither them nor the frame lent out (full run of wire: `len - start` as `+`).
+        let mut t = Vec::new();
+        put_frame(b"a", &mut t);
+        put_frame(b"b", &mut t);
+        put_frame(&[2u8; 100], &mut t);
+        let mut acc = acc_with(&t);
+        assert_eq!(acc.next_frame(), Ok(Some(&b"a"[..])));
+        assert_eq!(acc.next_frame(), Ok(Some(&b"b"[..])));
+        assert_eq!((acc.start, acc.buffered()), (5, 104));
     }
 
     /// A large frame that arrives in pieces is kept whole between them: only an empty buffer is
