@@ -33,6 +33,16 @@ fn setup(what: &str) -> (TempDir, Arc<TransferRegistry>) {
     (t, TransferRegistry::new(Publisher::new(ingest, catalog)))
 }
 
+/// A transfer of 8 blocks of which blocks 1 and 5 are held.
+fn eight_blocks_with_1_and_5_held(id: &str, salt: u8) -> (TempDir, Vec<u8>, Attachment) {
+    let (t, reg) = setup(&format!("shared-keep-{id}"));
+    let data = content(8 * BS as usize, salt);
+    let a = reg.attach(id, spec_for(&data), 8).unwrap();
+    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
+    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    (t, data, a)
+}
+
 fn block(data: &[u8], i: u64) -> &[u8] {
     let s = i as usize * BS as usize;
     &data[s..(s + BS as usize).min(data.len())]
@@ -565,11 +575,7 @@ fn a_claimed_block_near_the_hashed_prefix_is_copied_for_the_hasher() {
 /// run exactly, and leaves the held one alone.
 #[test]
 fn keep_writes_around_blocks_already_held() {
-    let (_t, reg) = setup("shared-keep-around");
-    let data = content(8 * BS as usize, 11);
-    let a = reg.attach("around", spec_for(&data), 8).unwrap();
-    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
-    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    let (_t, data, a) = eight_blocks_with_1_and_5_held("around", 11);
     // Blocks 0..8 in one call, other bytes where 1 and 5 are held.
     let mut run = data.clone();
     for i in [1, 5] {
@@ -620,11 +626,7 @@ fn a_block_writer_refuses_pieces_past_the_block() {
 /// same bytes in six writes instead of three).
 #[test]
 fn keep_claims_maximal_runs_around_held_blocks() {
-    let (_t, reg) = setup("shared-keep-runs");
-    let data = content(8 * BS as usize, 12);
-    let a = reg.attach("runs", spec_for(&data), 8).unwrap();
-    a.write_blocks(1, block(&data, 1), Rewrite::Keep).unwrap();
-    a.write_blocks(5, block(&data, 5), Rewrite::Keep).unwrap();
+    let (_t, _, a) = eight_blocks_with_1_and_5_held("runs", 12);
     let Claimed::Runs(runs) = a.part.claim(0..8, Rewrite::Keep).unwrap() else {
         panic!("not claimed");
     };
