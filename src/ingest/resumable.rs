@@ -322,6 +322,8 @@ mod tests {
             .begin_resumable("abc123", data.len() as u64, 100)
             .unwrap();
         assert_eq!(r.blocks(), 11);
+        // Mutation shard 16/40: `is_complete` as `true` stayed green.
+        assert!(!r.is_complete());
         assert_eq!(r.block_size(), 100);
         assert_eq!(r.missing().count(), 11);
         for i in [0u64, 3, 4, 10] {

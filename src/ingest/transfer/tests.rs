@@ -385,6 +385,10 @@ fn joining_checks_parameters_and_the_connection_cap() {
         .unwrap_err();
     assert!(matches!(e, TransferError::ParameterMismatch { .. }), "{e}");
     reg.discard("join").unwrap();
+    // Nothing on disk any more (or ever): discarding is fine (mutation shard 16/40: the
+    // NotFound guard of `Part::remove` as `false` made it an error).
+    reg.discard("join").unwrap();
+    reg.discard("never-there").unwrap();
     let a = reg
         .attach("join", TransferSpec { size: 5, ..spec }, 8)
         .unwrap();
@@ -765,4 +769,16 @@ fn error_display_is_lowercase_and_prefixed() {
         let s = e.to_string();
         assert!(s.starts_with("transfer: "), "{s}");
     }
+    // The ingest error behind a failed or refused transfer is its source (mutation shard
+    // 16/40: `source` as None stayed green).
+    use std::error::Error;
+    let failed = TransferError::Failed(Arc::new(IngestError::NoSpace));
+    let ingest = TransferError::Ingest(IngestError::BadName);
+    for (e, inner) in [
+        (failed, IngestError::NoSpace),
+        (ingest, IngestError::BadName),
+    ] {
+        assert_eq!(e.source().map(ToString::to_string), Some(inner.to_string()));
+    }
+    assert!(TransferError::Incomplete { missing: 1 }.source().is_none());
 }
