@@ -1205,26 +1205,22 @@ impl Drop for Part {
     }
 }
 
-/// Takes an exclusive `flock` on the part so two transfers never share it.
+/// Takes an exclusive `flock` on the part so two transfers never share it. Non-blocking, so
+/// never interrupted by a signal (EINTR comes only while waiting for a lock): no retry loop.
 fn flock(file: &File) -> io::Result<()> {
-    loop {
-        // SAFETY: flock only acts on the descriptor, which `file` keeps open for the call.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "ingest: transfer already in progress",
-                ))
-            }
-            _ => return Err(e),
-        }
+    // SAFETY: flock only acts on the descriptor, which `file` keeps open for the call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(());
     }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "ingest: transfer already in progress",
+        ));
+    }
+    Err(e)
 }
 
 /// Bytes `file` has allocated on disk (`st_blocks`), what statvfs counts as used.

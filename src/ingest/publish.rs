@@ -156,6 +156,7 @@ fn has_content(dest: &Dir, name: &OsStr, work: &Dir, ours: &OsStr, size: u64) ->
 
 /// The two reads of one piece of a comparison: `Ok(true)` both read, `Ok(false)` either file
 /// ended early (it shrank meanwhile: different content), any other error the comparison's.
+/// Every read of a comparison goes through here (one file's alone with `Ok(())` as the other).
 fn both_read(theirs: io::Result<()>, ours: io::Result<()>) -> io::Result<bool> {
     match (theirs, ours) {
         (Ok(()), Ok(())) => Ok(true),
@@ -181,10 +182,8 @@ pub(super) fn holds_bytes(dir: &Dir, name: &OsStr, data: &[u8]) -> io::Result<bo
     }
     BUF.with_borrow_mut(|buf| {
         buf.resize(data.len(), 0);
-        match theirs.read_exact_at(buf, 0) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
+        if !both_read(theirs.read_exact_at(buf, 0), Ok(()))? {
+            return Ok(false);
         }
         Ok(*buf == *data && !has_more(&theirs, data.len() as u64)?)
     })
@@ -192,11 +191,7 @@ pub(super) fn holds_bytes(dir: &Dir, name: &OsStr, data: &[u8]) -> io::Result<bo
 
 /// Whether `f` holds a byte at `len`: a file that grew past the length it was compared at.
 fn has_more(f: &File, len: u64) -> io::Result<bool> {
-    match f.read_exact_at(&mut [0u8; 1], len) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
-    }
+    both_read(f.read_exact_at(&mut [0u8; 1], len), Ok(()))
 }
 
 #[cfg(test)]
