@@ -625,6 +625,23 @@ fn a_block_writer_refuses_pieces_past_the_block() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// A part closed for verification starts no background hasher: the commit hashes what is left
+/// itself (mutation shard 17/40: `finished || !accepting` as `&&` started one on a closed part,
+/// reading the whole file a second time beside the commit).
+#[test]
+fn a_part_closed_for_verification_starts_no_hasher() {
+    let (_t, reg) = setup("shared-closed-hasher");
+    let data = content(2 * BS as usize, 14);
+    let a = reg.attach("closed", spec_for(&data), 8).unwrap();
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    let running = a.part.hasher_started_at();
+    a.part.close_if_complete().unwrap();
+    a.part.hash_in_background().unwrap();
+    assert_eq!(a.part.hasher_started_at(), running);
+    let p = a.commit("closed.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
