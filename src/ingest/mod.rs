@@ -845,6 +845,23 @@ mod tests {
         assert!(dir.available_bytes().unwrap() > 0);
     }
 
+    /// The disk reserve set on a folder holds for it and its later clones, and a file that
+    /// would eat into it is refused before its first byte (mutation shards 18-19/40: a
+    /// `set_disk_reserve` that did nothing, and `disk_reserve` as 0, stayed green here; the
+    /// servers' tests of `--disk-reserve` are integration tests).
+    #[test]
+    fn the_disk_reserve_holds_for_the_folder_and_its_clones() {
+        let t = TempDir::new("reserve");
+        let mut dir = IngestDir::new(&t.0, &t.0).unwrap();
+        assert_eq!(dir.disk_reserve(), 0);
+        let free = dir.available_bytes().unwrap();
+        dir.set_disk_reserve(free);
+        let clone = dir.clone();
+        assert_eq!((dir.disk_reserve(), clone.disk_reserve()), (free, free));
+        let e = clone.begin_stream(Some(64 << 20)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+
     #[test]
     fn work_dir_is_private_and_created() {
         let t = TempDir::new("mkwork");

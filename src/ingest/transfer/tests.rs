@@ -625,6 +625,19 @@ fn a_block_writer_refuses_pieces_past_the_block() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// A part's Debug names its file and geometry (mutation shard 18/40: an empty `fmt`).
+#[test]
+fn a_part_debug_names_its_file_and_geometry() {
+    let (_t, reg) = setup("shared-debug");
+    let data = content(BS as usize, 15);
+    let a = reg.attach("dbg", spec_for(&data), 8).unwrap();
+    let d = format!("{:?}", a.part);
+    assert!(
+        d.starts_with("Part {") && d.contains("dbg") && d.contains("block_size: 4096"),
+        "{d}"
+    );
+}
+
 /// A part closed for verification starts no background hasher: the commit hashes what is left
 /// itself (mutation shard 17/40: `finished || !accepting` as `&&` started one on a closed part,
 /// reading the whole file a second time beside the commit).
