@@ -368,6 +368,18 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
+    /// `has_more` sees a byte past the length compared, and only then (mutation shard 19/40:
+    /// `Ok(false)` stayed green: the lengths are compared first, so only a file growing during
+    /// the comparison reaches it).
+    #[test]
+    fn has_more_sees_a_byte_past_the_length() {
+        let t = TempDir::new("has-more");
+        fs::write(t.0.join("f"), b"0123456789").unwrap();
+        let f = File::open(t.0.join("f")).unwrap();
+        assert!(has_more(&f, 5).unwrap() && has_more(&f, 9).unwrap());
+        assert!(!has_more(&f, 10).unwrap() && !has_more(&f, 11).unwrap());
+    }
+
     /// Any read error but an early end fails the comparison (and the publish) instead of
     /// passing for other content, which would publish under another name beside a file that
     /// may hold the same bytes (mutation sample H: the end-of-file guard as `true`). EIO

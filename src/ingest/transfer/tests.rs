@@ -389,6 +389,12 @@ fn joining_checks_parameters_and_the_connection_cap() {
     // NotFound guard of `Part::remove` as `false` made it an error).
     reg.discard("join").unwrap();
     reg.discard("never-there").unwrap();
+    // A bitmap that cannot be removed (here a folder under its name) fails the discard rather
+    // than passing for gone (mutation shard 19/40: its error guard as `false`).
+    let bitmap = reg.publisher.ingest().work().join("stuck.bitmap");
+    std::fs::create_dir(&bitmap).unwrap();
+    assert!(reg.discard("stuck").is_err());
+    std::fs::remove_dir(&bitmap).unwrap();
     let a = reg
         .attach("join", TransferSpec { size: 5, ..spec }, 8)
         .unwrap();
