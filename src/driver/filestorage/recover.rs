@@ -197,23 +197,24 @@ impl Store {
         // durable at a crash, or a hand in the store) must not count them as held: the file
         // would complete from zeros, fail its digest and leave the client guessing. The whole
         // file is asked for again instead.
-        for (i, spec) in state.files.clone().iter().enumerate() {
-            if spec.size == 0 || state.missing.missing_in_file(i) == counts[i] {
+        for (i, &count) in counts.iter().enumerate() {
+            let size = state.files[i].size;
+            if size == 0 || state.missing.missing_in_file(i) == count {
                 continue;
             }
             let len = fs::symlink_metadata(part_path(&dir, i as u32))
                 .ok()
                 .filter(|m| m.file_type().is_file())
                 .map(|m| m.len());
-            if len != Some(spec.size) {
+            if len != Some(size) {
                 eprintln!(
                     "filestorage: recovery: {fid} file {i}: part {}; every chunk asked for again",
                     len.map_or_else(
                         || "missing".to_string(),
-                        |l| format!("of {l} bytes, not {}", spec.size)
+                        |l| format!("of {l} bytes, not {size}")
                     )
                 );
-                state.missing.reset_file(i, counts[i]);
+                state.missing.reset_file(i, count);
             }
         }
         let public = state.tags.iter().any(|t| t == PUBLIC);
