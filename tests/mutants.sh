@@ -8,6 +8,14 @@
 #   bash tests/mutants.sh [MODULE...]     (default: every module below; `make mutants
 #                                          MUTANTS="wire names"` picks some)
 #   MUTANTS_SHARD=0/8 bash tests/mutants.sh ...   a round-robin sample: every 8th mutant
+#   MUTANTS_FILES="src/ingest/part.rs" bash tests/mutants.sh ingest
+#                                                 only these files of the module (a part of a
+#                                                 long run that can be done and kept alone:
+#                                                 results in target/mutants/MODULE.parts/FILE;
+#                                                 the table sums a module's parts)
+#   MUTANTS_SLOT=2 bash tests/mutants.sh ...      a second run beside the first (its own copy
+#                                                 and build folder; two fit two cores)
+#   MUTANTS_MIN_TIMEOUT=20 ...                    the least test timeout, seconds (default 40)
 #   MUTANTS_RETEST=1 bash tests/mutants.sh ...    only the mutants the last run missed (after a
 #                                                 test was added; found again by file, operator
 #                                                 and function if the code moved), results in
@@ -48,7 +56,8 @@ catalog|src/catalog/**|catalog::
 
 all=$(echo "$table" | awk -F'|' 'NF == 3 {print $1}')
 modules=${*:-$all}
-export CARGO_TARGET_DIR="$PWD/target/mutants-target"
+slot=${MUTANTS_SLOT:-}
+export CARGO_TARGET_DIR="$PWD/target/mutants-target$slot"
 # No debug info: every mutant relinks the test binary, and nothing here needs a debugger.
 export CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0
 # MUTANTS_SHARD=0/4 tests every fourth mutant of each module (a sample, when time is short).
@@ -61,7 +70,7 @@ if [ ! -d "$shared/specs" ]; then
     exit 2
 fi
 ln -sfn "$shared" target/shared
-copy="$PWD/target/mutants-src"
+copy="$PWD/target/mutants-src$slot"
 # Mirror the tree by content (Python 3 is on every machine `make test` runs on; rsync is not):
 # a file whose bytes differ is rewritten and gets a new mtime, so cargo rebuilds it; an
 # unchanged file keeps its mtime, so the incremental build carries over; files gone from the
@@ -120,14 +129,28 @@ for m in $modules; do
         exit 2
     fi
     IFS='|' read -r _ files filters <<<"$row"
+    out="target/mutants/$m"
+    if [ -n "${MUTANTS_FILES:-}" ]; then
+        # A part: these files only, each of which must be one of the module's (by its globs).
+        for f in $MUTANTS_FILES; do
+            ok=$(python3 -c 'import fnmatch,sys; f=sys.argv[1]; print(any(fnmatch.fnmatch(f, g.replace("**","*")) for g in sys.argv[2:]))' "$f" $files)
+            if [ "$ok" != True ]; then
+                echo "mutants: $f is not a file of module $m ($files)" >&2
+                exit 2
+            fi
+        done
+        files=$MUTANTS_FILES
+        out="target/mutants/$m.parts/$(echo $files | tr ' /' '+_')"
+        mkdir -p "$(dirname "$out")"
+    fi
     # --in-place is one job by nature (no --jobs): one mutant at a time.
     # The test timeout scales with the baseline's test time (cargo-mutants' default), never
     # below 40 s: the machine is shared, and a mutant that loops costs the whole timeout.
-    args=(mutants --dir "$copy" --in-place --no-shuffle --minimum-test-timeout 40
+    args=(mutants --dir "$copy" --in-place --no-shuffle
+          --minimum-test-timeout "${MUTANTS_MIN_TIMEOUT:-40}"
           --build-timeout 900 --cargo-arg=--lib)
     [ -n "${MUTANTS_RETEST:-}" ] || args+=($shard)
     for f in $files; do args+=(--file "$f"); done
-    out="target/mutants/$m"
     if [ -n "${MUTANTS_RETEST:-}" ]; then
         missed="$out/mutants.out/missed.txt"
         if [ ! -s "$missed" ]; then
@@ -188,25 +211,46 @@ PY
     echo "   $(( ($(date +%s) - start) / 60 )) min; log $out.log"
 done
 
-echo
-printf '%-18s %-11s %7s %7s %9s %8s %8s\n' module sample caught missed unviable timeout caught%
-for m in $all; do
-    d="target/mutants/$m/mutants.out"
-    [ -d "$d" ] || { printf '%-18s %s\n' "$m" "not run"; continue; }
+# Counts of one run's folder (a module's, or a part's): caught missed unviable timeout.
+counts() {
+    local base=$1 d="$1/mutants.out" r="$1/retest/mutants.out" names
     n() { cat "$1/$2.txt" 2>/dev/null | grep -c .; }
+    local c mi u t
     c=$(n "$d" caught) mi=$(n "$d" missed) u=$(n "$d" unviable) t=$(n "$d" timeout)
-    r="target/mutants/$m/retest/mutants.out"
     if [ -d "$r" ]; then
         # A retest re-ran the missed ones: those now caught move over. (cargo-mutants 27.1
         # applies no name filter to struct-field mutants, so a retest may run others too:
         # only the names from missed.txt count.)
-        names="target/mutants/$m.retest-names"
+        names="$base.retest-names"
         [ -f "$names" ] || names="$d/missed.txt"
         again() { grep -Fxf "$names" "$r/$1.txt" 2>/dev/null | grep -c .; }
         c=$((c + $(again caught))) t=$((t + $(again timeout))) mi=$(again missed)
     fi
+    echo "$c $mi $u $t"
+}
+
+set +f   # the parts' folders below are the shell's to list
+echo
+printf '%-18s %-11s %7s %7s %9s %8s %8s\n' module sample caught missed unviable timeout caught%
+for m in $all; do
+    runs=() sample=""
+    if [ -d "target/mutants/$m/mutants.out" ]; then
+        runs+=("target/mutants/$m")
+        sample=$(cat "target/mutants/$m.shard" 2>/dev/null || echo "?")
+    fi
+    parts=0
+    for p in "target/mutants/$m.parts"/*; do
+        [ -d "$p/mutants.out" ] || continue
+        runs+=("$p") parts=$((parts + 1))
+    done
+    [ ${#runs[@]} -gt 0 ] || { printf '%-18s %s\n' "$m" "not run"; continue; }
+    [ $parts -eq 0 ] || sample="${sample:+$sample+}$parts parts"
+    c=0 mi=0 u=0 t=0
+    for run in "${runs[@]}"; do
+        read -r a b e f <<<"$(counts "$run")"
+        c=$((c + a)) mi=$((mi + b)) u=$((u + e)) t=$((t + f))
+    done
     viable=$((c + mi + t))
     pct=$([ "$viable" -gt 0 ] && echo "$(( (100 * (c + t)) / viable ))" || echo -)
-    sample=$(cat "target/mutants/$m.shard" 2>/dev/null || echo "?")
     printf '%-18s %-11s %7s %7s %9s %8s %8s\n' "$m" "$sample" "$c" "$mi" "$u" "$t" "$pct"
 done
