@@ -162,6 +162,12 @@ impl Reservation {
         self.settle(|r| r.written = r.written.saturating_add(n));
     }
 
+    /// Bytes this reservation holds promised in the book (granted, not yet on disk).
+    #[cfg(test)]
+    pub(crate) fn promised_bytes(&self) -> u64 {
+        self.counts().0
+    }
+
     /// (promised, held) as this reservation counts them in the book.
     fn counts(&self) -> (u64, u64) {
         let on_disk = self.allocated.max(self.written).min(self.granted);
@@ -292,6 +298,13 @@ impl Stepped {
         s.res.allocated(grown);
         self.limit.store(s.base + granted, Ordering::Release);
         Ok(())
+    }
+
+    /// Bytes the reservation holds promised in the book.
+    #[cfg(test)]
+    pub(crate) fn promised_bytes(&self) -> u64 {
+        let s = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
+        s.res.promised_bytes()
     }
 }
 

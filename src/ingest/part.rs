@@ -306,6 +306,14 @@ impl Part {
         r
     }
 
+    /// Bytes the part's space holds promised in the ledger (`None`: not stepped).
+    #[cfg(test)]
+    pub(super) fn space_promised(&self) -> Option<u64> {
+        self.space
+            .as_ref()
+            .map(super::ledger::Stepped::promised_bytes)
+    }
+
     pub fn geometry(&self) -> Geometry {
         self.geo
     }

@@ -627,6 +627,11 @@ impl Transfer {
     pub(super) fn probe(&self) -> &super::part::Probe {
         &self.part.probe
     }
+
+    #[cfg(test)]
+    pub(super) fn space_promised(&self) -> Option<u64> {
+        self.part.space_promised()
+    }
 }
 
 /// Writes one claimed block in pieces, front to back, at its offset in the part.

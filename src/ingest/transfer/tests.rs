@@ -758,6 +758,39 @@ fn a_claim_past_the_granted_space_takes_the_next_step() {
     assert_eq!(a.missing_ranges(10), vec![0..4]);
 }
 
+/// A preallocated step is on disk, so the ledger stops counting it as promised: statvfs already
+/// sees it as used, and counting it twice would refuse other transfers space that is there
+/// (mutation sample K: `allocated_bytes` as `Ok(0)` or `Ok(1)` left every step promised).
+#[test]
+fn a_preallocated_step_is_no_longer_promised() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, reg) = setup("shared-promised");
+    let block = 64u64 << 20;
+    let spec = TransferSpec {
+        size: 4 * block,
+        block_size: block as u32,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach("promised", spec, 2).unwrap();
+    let part = reg.publisher().ingest().work().join("promised.part");
+    let allocated = std::fs::metadata(&part).unwrap().blocks() * 512;
+    assert!(
+        allocated >= block,
+        "the first step is preallocated: {allocated}"
+    );
+    assert_eq!(a.space_promised(), Some(0));
+    // The next step, taken by a claim, is preallocated and settled the same way.
+    let Claim::Write(w0) = a.claim(0, Rewrite::Keep).unwrap() else {
+        panic!("block 0 can be claimed");
+    };
+    let Claim::Write(w1) = a.claim(1, Rewrite::Keep).unwrap() else {
+        panic!("block 1 can be claimed");
+    };
+    assert_eq!(a.space_promised(), Some(0));
+    drop((w0, w1));
+}
+
 #[test]
 fn a_new_transfer_is_preallocated_or_refused_before_any_byte() {
     use std::os::unix::fs::MetadataExt;
