@@ -649,6 +649,16 @@ mod tests {
             decode(b"FERRYIDX"),
             Err(IndexError::TooShort { len: 8 })
         ));
+        // Shorter than a header and a trailer: too short, whatever the bytes say (not a
+        // checksum taken over part of the header).
+        let b = sample();
+        for n in 8..HEADER_LEN + TRAILER_LEN {
+            assert!(
+                matches!(decode(&b[..n]), Err(IndexError::TooShort { len }) if len == n),
+                "{n} bytes: {:?}",
+                decode(&b[..n])
+            );
+        }
     }
 
     #[test]
@@ -854,6 +864,29 @@ mod tests {
             JournalStop::Torn { at: 12 }.to_string(),
             "journal: torn record at byte 12"
         );
+    }
+
+    /// The journal's length bound is exact: a record of the longest name a u16 gives (the
+    /// largest record there can be) is read, and a length one byte longer is a bad record
+    /// (corruption) even when its bytes are not there, not a torn tail (a write cut short).
+    #[test]
+    fn journal_length_bound_is_the_largest_record() {
+        let longest = JournalOp::Put(OsString::from_vec(vec![b'n'; u16::MAX as usize]), rec(4));
+        let b = journal_bytes(std::slice::from_ref(&longest));
+        assert_eq!(b.len(), JOURNAL_HEADER_LEN + 4 + MAX_JOURNAL_BODY + 8);
+        let r = decode_journal(&b).unwrap();
+        assert_eq!((r.ops, r.stop), (vec![longest], None));
+        let header = &b[..JOURNAL_HEADER_LEN];
+        let at = JOURNAL_HEADER_LEN;
+        for (len, stop) in [
+            (1 + 98 + 65_535, JournalStop::Torn { at }),
+            (1 + 98 + 65_536, JournalStop::BadRecord { at }),
+        ] {
+            let cut = [header, &u32::to_le_bytes(len)[..], &[0u8; 100][..]].concat();
+            let r = decode_journal(&cut).unwrap();
+            assert_eq!((r.ops.len(), r.valid_len), (0, at));
+            assert_eq!(r.stop, Some(stop), "length {len}");
+        }
     }
 
     #[test]
