@@ -741,6 +741,40 @@ mod tests {
         assert_eq!(parse_temp_name(".ferry-ab-12-7.part"), Some(("ab", 12)));
     }
 
+    /// The stash of background hashes (kept for a reopen in this process) holds many parts at
+    /// once, stays bounded (the next new name past [`MAX_STASHED`] empties it; a name already
+    /// there is only replaced), and forgets a part whose bytes are discarded.
+    #[test]
+    fn the_hash_stash_holds_many_parts_bounded_and_forgets_discarded_ones() {
+        use super::prefix_hash::HashState;
+        let t = TempDir::new("hash-stash");
+        let dir = IngestDir::new(&t.0, &t.0).unwrap();
+        let file = File::create(t.0.join("p")).unwrap();
+        let name = |i: usize| OsString::from(format!("p{i}.part"));
+        let stash = |i: usize| {
+            let mut st = HashState::new();
+            st.hashed = i as u64;
+            dir.stash_hash(&name(i), &file, st);
+        };
+        let take = |i: usize| dir.take_stashed_hash(&name(i), &file).map(|st| st.hashed);
+        stash(1);
+        stash(2);
+        assert_eq!((take(1), take(2)), (Some(1), Some(2)));
+        for i in 0..MAX_STASHED {
+            stash(i);
+        }
+        // Full: a name already kept is replaced, nothing else is dropped.
+        stash(5);
+        assert_eq!(take(0), Some(0));
+        stash(0);
+        // A new name past the bound: the stash starts over with it.
+        stash(MAX_STASHED);
+        assert_eq!((take(0), take(MAX_STASHED)), (None, Some(MAX_STASHED as u64)));
+        stash(7);
+        dir.forget_stashed_hash(&name(7));
+        assert_eq!(take(7), None);
+    }
+
     /// A folder for an owner charges that owner's cap (past it, `EDQUOT`); the folder it was
     /// made from charges no owner.
     #[test]
