@@ -488,13 +488,15 @@ impl IngestDir {
     pub fn clean_stale(&self) -> io::Result<usize> {
         let me = std::process::id();
         let tag = process_tag();
-        remove_temporaries(self.work_dir(), |t, pid| {
+        let dir = self.work_dir();
+        let doomed = |t: &str, pid| {
             if pid == me {
                 t != tag
             } else {
                 !is_pid_alive(pid)
             }
-        })
+        };
+        remove_temporaries(dir, doomed, |name| dir.remove_file(name))
     }
 
     /// Streaming ingest (TEJ, JTP client): a fresh exclusive temp file, preallocated with
@@ -583,12 +585,22 @@ fn process_id() -> u32 {
 /// nothing half-written stays behind. Returns how many were removed.
 pub fn remove_own_temporaries(folder: &Path) -> io::Result<usize> {
     let (me, tag) = (process_id(), process_tag());
-    remove_temporaries(&Dir::open(folder)?, |t, pid| pid == me && t == tag)
+    let dir = Dir::open(folder)?;
+    remove_temporaries(
+        &dir,
+        |t, pid| pid == me && t == tag,
+        |name| dir.remove_file(name),
+    )
 }
 
-/// Removes the streaming temporaries (regular files named by [`next_temp_name`]) in `dir` whose
-/// (tag, pid) `doomed` picks; how many went.
-fn remove_temporaries(dir: &Dir, doomed: impl Fn(&str, u32) -> bool) -> io::Result<usize> {
+/// Removes (with `remove`) the streaming temporaries (regular files named by
+/// [`next_temp_name`]) in `dir` whose (tag, pid) `doomed` picks; how many went. One gone
+/// meanwhile (another cleaner got there first) is skipped; any other error stops.
+fn remove_temporaries(
+    dir: &Dir,
+    doomed: impl Fn(&str, u32) -> bool,
+    remove: impl Fn(&OsStr) -> io::Result<()>,
+) -> io::Result<usize> {
     let mut removed = 0;
     for name in dir.names()? {
         let picked = name
@@ -596,7 +608,7 @@ fn remove_temporaries(dir: &Dir, doomed: impl Fn(&str, u32) -> bool) -> io::Resu
             .and_then(parse_temp_name)
             .is_some_and(|(t, pid)| doomed(t, pid));
         if picked && dir.stat_at(&name).is_ok_and(|st| st.is_file()) {
-            match dir.remove_file(&name) {
+            match remove(&name) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -739,6 +751,33 @@ mod tests {
         assert_eq!(parse_temp_name(".ferry-ab-1-2-3.part"), None);
         assert_eq!(parse_temp_name("0123abcd.part"), None);
         assert_eq!(parse_temp_name(".ferry-ab-12-7.part"), Some(("ab", 12)));
+        assert_eq!(parse_temp_name(".ferry-ab-12-7x.part"), None);
+        assert_eq!(parse_temp_name(".ferry-ab-12-.part"), None);
+    }
+
+    /// Two cleaners at once: a temporary the other one removed first is skipped, not an
+    /// error; any other failure to remove one is said (mutation run: the `NotFound` guard
+    /// forced either way was missed).
+    #[test]
+    fn a_temporary_removed_meanwhile_is_skipped_other_failures_are_errors() {
+        let t = TempDir::new("temps-race");
+        let dir = Dir::open(&t.0).unwrap();
+        for n in 0..3 {
+            fs::write(t.0.join(format!(".ferry-abcd-1-{n}.part")), b"x").unwrap();
+        }
+        let all = |_: &str, _| true;
+        let gone = |name: &OsStr| {
+            if name == ".ferry-abcd-1-1.part" {
+                Err(io::Error::from(io::ErrorKind::NotFound))
+            } else {
+                dir.remove_file(name)
+            }
+        };
+        assert_eq!(remove_temporaries(&dir, all, gone).unwrap(), 2);
+        fs::write(t.0.join(".ferry-abcd-1-4.part"), b"x").unwrap();
+        let denied = |_: &OsStr| Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        let e = remove_temporaries(&dir, all, denied).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
     }
 
     /// The stash of background hashes (kept for a reopen in this process) holds many parts at
@@ -769,7 +808,10 @@ mod tests {
         stash(0);
         // A new name past the bound: the stash starts over with it.
         stash(MAX_STASHED);
-        assert_eq!((take(0), take(MAX_STASHED)), (None, Some(MAX_STASHED as u64)));
+        assert_eq!(
+            (take(0), take(MAX_STASHED)),
+            (None, Some(MAX_STASHED as u64))
+        );
         stash(7);
         dir.forget_stashed_hash(&name(7));
         assert_eq!(take(7), None);
