@@ -242,15 +242,20 @@ pub fn decode(bytes: &[u8]) -> Result<Index, IndexError> {
 /// Reads a whole state file of at most [`MAX_INDEX_BYTES`] from the state folder, without
 /// following a symlink (and without blocking on a FIFO).
 fn read_state_file(state: &Dir, name: &str) -> Result<Vec<u8>, IndexError> {
+    read_bounded(state, name, MAX_INDEX_BYTES)
+}
+
+/// [`read_state_file`] of at most `max` bytes.
+fn read_bounded(state: &Dir, name: &str, max: u64) -> Result<Vec<u8>, IndexError> {
     let mut f = state.open_read(OsStr::new(name)).map_err(IndexError::Io)?;
     let len = f.metadata().map_err(IndexError::Io)?.len();
-    if len > MAX_INDEX_BYTES {
+    if len > max {
         return Err(IndexError::TooLarge { len });
     }
     let mut bytes = Vec::new();
     // `take` bounds the read should the file grow after the length was taken.
     (&mut f)
-        .take(MAX_INDEX_BYTES)
+        .take(max)
         .read_to_end(&mut bytes)
         .map_err(IndexError::Io)?;
     Ok(bytes)
@@ -270,14 +275,25 @@ const SAVE_TRIES: u32 = 16;
 /// ever opened), then renames it over the index.
 pub fn save(state: &Dir, index: &Index) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let bytes = encode(index.iter().map(|(k, v)| (k.as_os_str(), v)));
-    let mut tries = 0;
-    let (tmp, mut f) = loop {
-        let tmp = OsString::from(format!(
+    save_named(state, index, || {
+        OsString::from(format!(
             ".{INDEX_FILE}.tmp.{}.{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        ))
+    })
+}
+
+/// [`save`] through the temporary names `next_tmp` gives, one per try.
+fn save_named(
+    state: &Dir,
+    index: &Index,
+    mut next_tmp: impl FnMut() -> OsString,
+) -> io::Result<()> {
+    let bytes = encode(index.iter().map(|(k, v)| (k.as_os_str(), v)));
+    let mut tries = 0;
+    let (tmp, mut f) = loop {
+        let tmp = next_tmp();
         match state.create_new(&tmp, 0o600) {
             Ok(f) => break (tmp, f),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries + 1 < SAVE_TRIES => {
@@ -707,6 +723,68 @@ mod tests {
             decode(&reseal(body)),
             Err(IndexError::TrailingBytes { extra: 1 })
         ));
+    }
+
+    fn scratch(what: &str) -> (std::path::PathBuf, Dir) {
+        let p = std::env::temp_dir().join(format!("ferry-index-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        let d = Dir::open(&p).unwrap();
+        (p, d)
+    }
+
+    /// A state file is read whole up to its bound; one byte past it is refused by its length,
+    /// before any of it is read.
+    #[test]
+    fn a_state_file_is_read_up_to_its_bound_and_refused_past_it() {
+        let (p, dir) = scratch("bound");
+        std::fs::write(p.join("f"), [7u8; 10]).unwrap();
+        assert_eq!(read_bounded(&dir, "f", 10).unwrap(), [7u8; 10]);
+        assert!(matches!(
+            read_bounded(&dir, "f", 9),
+            Err(IndexError::TooLarge { len: 10 })
+        ));
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    /// A save whose temporary name is taken tries the next one, up to [`SAVE_TRIES`] names,
+    /// then fails with `AlreadyExists`; any other error fails at once. The names taken are
+    /// left alone.
+    #[test]
+    fn save_tries_the_next_name_when_one_is_taken_then_gives_up() {
+        let (p, dir) = scratch("save");
+        let mut idx = Index::new();
+        idx.insert(OsString::from("a"), rec(1));
+        let names = |prefix: &'static str, calls: &'static AtomicU64| {
+            move || {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                assert!(n <= u64::from(SAVE_TRIES), "tried past SAVE_TRIES");
+                OsString::from(format!("{prefix}{n}"))
+            }
+        };
+        for n in 0..3 {
+            std::fs::write(p.join(format!("t{n}")), b"taken").unwrap();
+        }
+        static A: AtomicU64 = AtomicU64::new(0);
+        save_named(&dir, &idx, names("t", &A)).unwrap();
+        assert_eq!(A.load(Ordering::Relaxed), 4);
+        assert_eq!(load(&dir).unwrap(), idx);
+        assert_eq!(std::fs::read(p.join("t2")).unwrap(), b"taken");
+        assert!(!p.join("t3").exists());
+        for n in 0..SAVE_TRIES {
+            std::fs::write(p.join(format!("u{n}")), b"taken").unwrap();
+        }
+        static B: AtomicU64 = AtomicU64::new(0);
+        let e = save_named(&dir, &Index::new(), names("u", &B)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(B.load(Ordering::Relaxed), u64::from(SAVE_TRIES));
+        static C: AtomicU64 = AtomicU64::new(0);
+        let e = save_named(&dir, &Index::new(), names("missing/", &C)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(C.load(Ordering::Relaxed), 1);
+        // Nothing failed has touched the index.
+        assert_eq!(load(&dir).unwrap(), idx);
+        std::fs::remove_dir_all(&p).unwrap();
     }
 
     #[test]
