@@ -28,6 +28,7 @@ mod recover;
 mod remove;
 pub mod server;
 pub mod store;
+mod transfer;
 
 use std::ffi::OsStr;
 use std::io;
