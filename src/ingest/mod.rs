@@ -755,6 +755,27 @@ mod tests {
         assert_eq!(parse_temp_name(".ferry-ab-12-.part"), None);
     }
 
+    /// A work folder named through `dest/..` is not inside `dest`: it is made by its path (and
+    /// must be private), not walked component by component from `dest` (mutation run:
+    /// `is_plain_path` always true walked into `..` and panicked).
+    #[test]
+    fn a_work_folder_named_through_dotdot_is_made_by_its_path() {
+        let t = TempDir::new("work-dotdot");
+        let dest = t.0.join("dest");
+        let work = dest.join("..").join("work");
+        let dir = IngestDir::new(&dest, &work).unwrap();
+        let m = fs::metadata(t.0.join("work")).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777,
+            0o700
+        );
+        let mut s = dir.begin_stream(None).unwrap();
+        s.write_all(&[7u8; 1 << 20]).unwrap(); // past the memory buffer: on disk
+        assert_eq!(list(&t.0.join("work")).len(), 1);
+        assert!(list(&dest).is_empty());
+    }
+
     /// Two cleaners at once: a temporary the other one removed first is skipped, not an
     /// error; any other failure to remove one is said (mutation run: the `NotFound` guard
     /// forced either way was missed).
