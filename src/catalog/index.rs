@@ -483,16 +483,24 @@ impl Journal {
     /// is cut off (and reported), so the next append is reachable; a journal with a bad header
     /// is emptied (and the error reported).
     pub fn open(state: &Dir) -> io::Result<(Journal, Vec<JournalOp>, Option<String>)> {
+        Journal::open_bounded(state, MAX_INDEX_BYTES)
+    }
+
+    /// [`open`](Self::open) of a journal read only if at most `max` bytes long.
+    fn open_bounded(
+        state: &Dir,
+        max: u64,
+    ) -> io::Result<(Journal, Vec<JournalOp>, Option<String>)> {
         let mut file = state.open_state_file(OsStr::new(JOURNAL_FILE), 0o600, true)?;
         let meta = file.metadata()?;
         let (read, warning) = if meta.len() == 0 {
             (None, None)
-        } else if meta.len() > MAX_INDEX_BYTES {
+        } else if meta.len() > max {
             let e = IndexError::TooLarge { len: meta.len() };
             (None, Some(e.to_string()))
         } else {
             let mut bytes = Vec::new();
-            (&mut file).take(MAX_INDEX_BYTES).read_to_end(&mut bytes)?;
+            (&mut file).take(max).read_to_end(&mut bytes)?;
             match decode_journal(&bytes) {
                 Ok(r) => {
                     let warning = r.stop.map(|s| s.to_string());
@@ -1054,6 +1062,26 @@ mod tests {
             b"FERRYJNL\x01\0\0\0".to_vec()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The journal's size bound is exact: a journal of exactly the bound is read, one byte
+    /// shorter a bound and it is refused (and emptied).
+    #[test]
+    fn a_journal_of_exactly_the_bound_is_read() {
+        let (p, dir) = scratch("journal-bound");
+        let (mut j, _, _) = Journal::open(&dir).unwrap();
+        j.append(&ops()).unwrap();
+        drop(j);
+        let len = std::fs::metadata(p.join(JOURNAL_FILE)).unwrap().len();
+        let (_, got, warn) = Journal::open_bounded(&dir, len).unwrap();
+        assert_eq!((got, warn), (ops(), None));
+        let (_, got, warn) = Journal::open_bounded(&dir, len - 1).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(
+            warn,
+            Some(format!("index: file of {len} bytes is too large"))
+        );
+        std::fs::remove_dir_all(&p).unwrap();
     }
 
     #[test]
