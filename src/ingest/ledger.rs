@@ -547,6 +547,35 @@ mod tests {
         assert_eq!(promised(dev), 0);
     }
 
+    /// A reopened part's space counts from its base (the blocks it already held): a claim
+    /// just past the base takes one step, not the base again; and each step reports to the
+    /// reservation only the bytes written since the last one (mutation run: `demand - base`
+    /// as `+` took the whole rest at once; `written - reported` as `+` reported bytes twice,
+    /// so the owner was held for less than was granted).
+    #[test]
+    fn stepped_space_counts_from_its_base_and_reports_each_byte_once() {
+        let a = account(9, 0, Some(("based", 100 * STEP)));
+        let (dev, owner) = (a.dev, a.owner.clone().unwrap().0);
+        let free = || Ok(u64::MAX / 2);
+        let base = 2 * STEP;
+        let s = Stepped::new(
+            Reservation::admit(a, 4 * STEP, u64::MAX / 2).unwrap(),
+            base,
+            0,
+        );
+        let counts = || (promised(dev), held_by(&owner));
+        s.charge(base + 1, 1, free, |_| Ok(0)).unwrap();
+        assert_eq!(counts(), (STEP, STEP));
+        // One step written, the next claimed: a second step.
+        s.charge(base + STEP + 4096, 4096, free, |_| Ok(0)).unwrap();
+        assert_eq!(counts(), (STEP, STEP));
+        // Two written, the next claimed: a third; the first step's bytes are not counted again.
+        s.charge(base + 2 * STEP + 4096, 4096, free, |_| Ok(0)).unwrap();
+        assert_eq!(counts(), (STEP, STEP));
+        drop(s);
+        assert_eq!(counts(), (0, 0));
+    }
+
     /// A step taken while part of the last one is still unwritten adds only its new bytes to
     /// the owner's count and to the device's promises (mutation sample F: `p1 - p0` as `+`
     /// promised the unwritten rest of the first step again, so other uploads were refused
