@@ -1272,3 +1272,33 @@ fn hash_errors_display_what_happened() {
     let eio = || io::Error::from_raw_os_error(libc::EIO);
     assert_eq!(HashError::Io(eio()).to_string(), eio().to_string());
 }
+
+/// A sender pushing a file from a served folder takes its SHA-256 from the folder's index,
+/// journal included, while the file's stamp still matches the record; a file changed since, a
+/// name the index lacks, or a folder with no index gives `None` (mutation run: none of
+/// `indexed_sha256`'s answers was checked from the catalog's side).
+#[test]
+fn indexed_sha256_is_the_record_while_the_file_is_unchanged() {
+    let dir = TempDir::new("indexed-sha");
+    let a = dir.write("a.bin", b"first");
+    let h = open(&dir);
+    // Added while serving: recorded in the journal, not the index.
+    let b = dir.write("b.bin", b"second");
+    h.add_ingested_file(&b, xxh(b"second"), [7; 32]).unwrap();
+    drop(h);
+    let sha = |bytes: &[u8]| <[u8; 32]>::from(sha2::Sha256::digest(bytes));
+    assert_eq!(crate::catalog::indexed_sha256(&a), Some(sha(b"first")));
+    assert_eq!(crate::catalog::indexed_sha256(&b), Some([7; 32]));
+    assert_eq!(
+        crate::catalog::indexed_sha256(&dir.path().join("c.bin")),
+        None
+    );
+    let_clock_tick();
+    std::fs::write(&a, b"firsT").unwrap();
+    assert_eq!(crate::catalog::indexed_sha256(&a), None);
+    let bare = TempDir::new("indexed-sha-none");
+    assert_eq!(
+        crate::catalog::indexed_sha256(&bare.write("a.bin", b"first")),
+        None
+    );
+}

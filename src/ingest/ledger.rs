@@ -570,7 +570,8 @@ mod tests {
         s.charge(base + STEP + 4096, 4096, free, |_| Ok(0)).unwrap();
         assert_eq!(counts(), (STEP, STEP));
         // Two written, the next claimed: a third; the first step's bytes are not counted again.
-        s.charge(base + 2 * STEP + 4096, 4096, free, |_| Ok(0)).unwrap();
+        s.charge(base + 2 * STEP + 4096, 4096, free, |_| Ok(0))
+            .unwrap();
         assert_eq!(counts(), (STEP, STEP));
         drop(s);
         assert_eq!(counts(), (0, 0));
