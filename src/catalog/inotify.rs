@@ -260,4 +260,15 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A watch the kernel refuses is an error, not a descriptor (mutation run: `wd < 0` as
+    /// `== 0` returned -1 as a watch).
+    #[test]
+    fn a_missing_path_cannot_be_watched() {
+        let ino = Inotify::new().unwrap();
+        let missing =
+            std::env::temp_dir().join(format!("ferry-inotify-none-{}", std::process::id()));
+        let e = ino.add_watch(&missing, IN_CLOSE_WRITE).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
 }
