@@ -164,6 +164,28 @@ mod tests {
         drop(r);
         assert_eq!(dir.peek_resumable("abc"), Some((10_000, 4096)));
         assert_eq!(dir.peek_resumable("../abc"), None);
+        // The longest key is peeked; a key begin_resumable would refuse is refused here even
+        // with a good bitmap under its name (mutation run: the key checks' operators).
+        let work = t.0.join("work");
+        let good = fs::read(work.join("abc.bitmap")).unwrap();
+        let longest = "k".repeat(crate::ingest::MAX_KEY_BYTES);
+        drop(dir.begin_resumable(&longest, 20_000, 4096).unwrap());
+        assert_eq!(dir.peek_resumable(&longest), Some((20_000, 4096)));
+        for key in [
+            "k".repeat(crate::ingest::MAX_KEY_BYTES + 1),
+            "a.b".into(),
+            String::new(),
+        ] {
+            fs::write(work.join(format!("{key}.bitmap")), &good).unwrap();
+            assert_eq!(dir.peek_resumable(&key), None, "{key}");
+        }
+        // A bitmap of another version, or of 0-byte blocks, is no earlier transfer.
+        for (at, value) in [(8, 2u8), (12, 0)] {
+            let mut bad = good.clone();
+            bad[at..at + 4].copy_from_slice(&u32::from(value).to_le_bytes());
+            fs::write(work.join("abc.bitmap"), &bad).unwrap();
+            assert_eq!(dir.peek_resumable("abc"), None, "byte {at}");
+        }
     }
 
     /// Writes blocks `order` of `data` (4096-byte blocks) with one `write_blocks` each.

@@ -791,6 +791,36 @@ fn a_preallocated_step_is_no_longer_promised() {
     drop((w0, w1));
 }
 
+/// A part reopened with blocks held takes space only for what is still missing: the bytes
+/// of its missing last block, and nothing once every block is held. (What it had allocated
+/// before is its base, so space preallocated by an earlier run is promised again until it is
+/// written: conservative, never short.) Mutation run: `size - base` as `+` reserved the held
+/// bytes again; `base < size` as `<=` took a step for a part with nothing missing.
+#[test]
+fn a_reopened_part_takes_space_only_for_what_is_missing() {
+    let (_t, reg) = setup("shared-reopen-space");
+    let data = content(2 * BS as usize + 100, 3);
+    let spec = TransferSpec {
+        preallocate: true,
+        ..spec_for(&data)
+    };
+    let a = reg.attach("reopen-space", spec, 1).unwrap();
+    for i in 0..2 {
+        a.write_blocks(i, block(&data, i), Rewrite::Keep).unwrap();
+    }
+    a.sync().unwrap();
+    drop(a);
+    let a = reg.attach("reopen-space", spec, 1).unwrap();
+    assert_eq!(a.durable_ranges(8), vec![0..2]);
+    assert_eq!(a.space_promised(), Some(100));
+    a.write_blocks(2, block(&data, 2), Rewrite::Keep).unwrap();
+    a.sync().unwrap();
+    drop(a);
+    let a = reg.attach("reopen-space", spec, 1).unwrap();
+    assert!(a.is_complete());
+    assert_eq!(a.space_promised(), Some(0));
+}
+
 #[test]
 fn a_new_transfer_is_preallocated_or_refused_before_any_byte() {
     use std::os::unix::fs::MetadataExt;
