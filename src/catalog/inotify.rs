@@ -63,21 +63,20 @@ impl Inotify {
         Ok(wd)
     }
 
-    /// Reads queued events into `buf`; `Ok(0)` when none are queued.
+    /// Reads queued events into `buf`; `Ok(0)` when none are queued. The descriptor is
+    /// non-blocking, so a read never waits and is never interrupted by a signal (EINTR comes
+    /// only while waiting): no retry loop.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(e),
-            }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
         }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(0);
+        }
+        Err(e)
     }
 }
 
@@ -259,6 +258,36 @@ mod tests {
             (wd, IN_CLOSE_WRITE, Some(OsStr::new("f.bin")))
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The descriptor handed out is the inotify instance's (mutation run: `as_raw_fd` as 0
+    /// left the watcher polling standard input).
+    #[test]
+    fn the_raw_descriptor_is_the_inotify_instance() {
+        let ino = Inotify::new().unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", ino.as_raw_fd())).unwrap();
+        assert_eq!(link.to_str(), Some("anon_inode:inotify"));
+    }
+
+    /// `wait_readable` says which descriptors are readable and, without a timeout, waits for
+    /// one; a timeout with nothing readable is `[false]`, not an error left over from an
+    /// earlier call's errno (mutation run: its result as all true, `-1` as `1` ms, `rc < 0` as
+    /// `== 0`).
+    #[test]
+    fn wait_readable_waits_for_readable_or_the_timeout() {
+        let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = (rx.as_raw_fd(), tx.as_raw_fd());
+        // SAFETY: closing -1 only sets errno (EBADF), which a timeout must not report.
+        unsafe { libc::close(-1) };
+        let quiet = wait_readable([a, b], Some(Duration::from_millis(20))).unwrap();
+        assert_eq!(quiet, [false, false]);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::io::Write::write_all(&mut tx, b"x").unwrap();
+            tx
+        });
+        assert_eq!(wait_readable([a], None).unwrap(), [true]);
+        drop(writer.join().unwrap());
     }
 
     /// A watch the kernel refuses is an error, not a descriptor (mutation run: `wd < 0` as
