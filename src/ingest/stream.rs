@@ -375,7 +375,7 @@ pub(super) fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Resul
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_dir::{list, TempDir};
+    use super::super::test_dir::{list, tmpfs_for, TempDir};
     use super::super::Outcome;
     use super::*;
     use std::fs;
@@ -724,50 +724,6 @@ mod tests {
         let e = dir.begin_stream(Some(free + (1 << 40))).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
         assert_eq!(list(&t.0), ["steps.bin"]);
-    }
-
-    /// Set in the child run of [`tmpfs_for`] to the tmpfs mounted for it.
-    const TMPFS_ENV: &str = "FERRY_TEST_TMPFS";
-
-    /// A tmpfs folder for the test named `test`: `/dev/shm` when it is one. Otherwise the test
-    /// runs again, alone, in a private mount namespace with a tmpfs mounted for it
-    /// (`unshare -rm`, root in CI), and `None` is returned once that run has passed. Fails,
-    /// saying why, when neither is possible: never a silent pass.
-    fn tmpfs_for(test: &str) -> Option<std::path::PathBuf> {
-        use super::super::TMPFS_MAGIC;
-        let statfs_type =
-            |p: &std::path::Path| crate::dir::Dir::open(p).and_then(|d| d.fs_type()).ok();
-        if let Some(d) = std::env::var_os(TMPFS_ENV) {
-            let d = std::path::PathBuf::from(d);
-            assert_eq!(statfs_type(&d), Some(TMPFS_MAGIC), "{}", d.display());
-            return Some(d);
-        }
-        let shm = std::path::Path::new("/dev/shm");
-        if statfs_type(shm) == Some(TMPFS_MAGIC) {
-            return Some(shm.to_path_buf());
-        }
-        let mnt = TempDir::new("tmpfs-mount");
-        let o = std::process::Command::new("unshare")
-            .args(["-rm", "sh", "-c"])
-            .arg(
-                "mount -t tmpfs -o size=64m ferry-test \"$FERRY_TEST_TMPFS\" && exec \"$0\" \"$@\"",
-            )
-            .arg(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(TMPFS_ENV, &mnt.0)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("/dev/shm is not tmpfs and unshare cannot run to mount one: {e}")
-            });
-        let out = String::from_utf8_lossy(&o.stdout);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            o.status.success() && out.contains("1 passed"),
-            "/dev/shm is not tmpfs; in a private mount namespace with a tmpfs (unshare -rm) \
-             {test} failed or could not start:\n{err}\n{out}"
-        );
-        None
     }
 
     #[test]

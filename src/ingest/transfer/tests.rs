@@ -758,6 +758,64 @@ fn a_claim_past_the_granted_space_takes_the_next_step() {
     assert_eq!(a.missing_ranges(10), vec![0..4]);
 }
 
+/// A claim is charged its own blocks, wherever they lie: a claim of the third block alone
+/// fits in the first step (mutation run: `end - start` as `+` counted a run by where it lies,
+/// so a claim far into the file took the whole file's space at once).
+#[test]
+fn a_claim_is_charged_its_own_blocks_wherever_they_lie() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, reg) = setup("shared-claim-own");
+    let block = 64u64 << 20;
+    let spec = TransferSpec {
+        size: 4 * block,
+        block_size: block as u32,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach("claim-own", spec, 2).unwrap();
+    let part = reg.publisher().ingest().work().join("claim-own.part");
+    let allocated = || std::fs::metadata(&part).unwrap().blocks() * 512;
+    let Claim::Write(w) = a.claim(2, Rewrite::Keep).unwrap() else {
+        panic!("block 2 can be claimed");
+    };
+    assert!(allocated() < 2 * block, "{}", allocated());
+    drop(w);
+}
+
+/// On tmpfs a transfer's steps are only checked against the free space, never preallocated:
+/// fallocate there would take memory for blocks not yet sent (mutation run: `preallocate &&
+/// len > 0` as `||` preallocated every step on tmpfs too).
+#[test]
+fn on_tmpfs_a_transfers_steps_are_checked_not_preallocated() {
+    use std::os::unix::fs::MetadataExt;
+    let name = "ingest::transfer::tests::on_tmpfs_a_transfers_steps_are_checked_not_preallocated";
+    let Some(shm) = super::super::test_dir::tmpfs_for(name) else {
+        return; // it ran, and passed, on a tmpfs mounted for it
+    };
+    let t = TempDir(shm.join(format!("ferry-test-transfer-tmpfs-{}", std::process::id())));
+    std::fs::create_dir_all(&t.0).unwrap();
+    let catalog = CatalogHandle::open(&t.0, CatalogOptions::default()).unwrap();
+    let work = catalog.state_dir().join("ingest").join("shared");
+    let ingest = IngestDir::new(catalog.root(), &work).unwrap();
+    assert!(ingest.work_on_tmpfs());
+    let reg = TransferRegistry::new(Publisher::new(ingest, catalog));
+    let spec = TransferSpec {
+        size: 4 << 20,
+        block_size: 1 << 20,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach("shm", spec, 1).unwrap();
+    let Claim::Write(w) = a.claim(0, Rewrite::Keep).unwrap() else {
+        panic!("block 0 can be claimed");
+    };
+    let part = reg.publisher().ingest().work().join("shm.part");
+    assert_eq!(std::fs::metadata(&part).unwrap().blocks(), 0);
+    // Granted (the whole 4 MiB: less than a step), promised, not allocated.
+    assert_eq!(a.space_promised(), Some(4 << 20));
+    drop(w);
+}
+
 /// A preallocated step is on disk, so the ledger stops counting it as promised: statvfs already
 /// sees it as used, and counting it twice would refuse other transfers space that is there
 /// (mutation sample K: `allocated_bytes` as `Ok(0)` or `Ok(1)` left every step promised).
