@@ -105,6 +105,8 @@ struct Control {
     stop: AtomicBool,
     /// Test hook: behave as if the kernel reported `IN_Q_OVERFLOW`.
     overflow: AtomicBool,
+    /// The root is watched by inotify now (set by the thread).
+    watching: AtomicBool,
     wake: Wake,
 }
 
@@ -127,6 +129,14 @@ impl WatcherGuard {
     /// Whether the folder is followed by inotify (false: polling only).
     pub fn is_live(&self) -> bool {
         self.live
+    }
+
+    /// Whether inotify watches the folder now: false while it is lost (deleted, moved away,
+    /// unmounted) until it comes back, and for a polling-only follower.
+    pub fn is_watching(&self) -> bool {
+        self.control
+            .as_ref()
+            .is_some_and(|c| c.watching.load(Ordering::SeqCst))
     }
 
     /// Makes the follower act as if the kernel's event queue overflowed (a full rescan).
@@ -250,6 +260,7 @@ impl CatalogHandle {
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
             overflow: AtomicBool::new(false),
+            watching: AtomicBool::new(watch.is_some()),
             wake: Wake(Arc::new(tx)),
         });
         *lock(&self.shared.drift.wake) = Some(control.wake.clone());
@@ -529,6 +540,7 @@ impl Follower {
 
     fn lose_root(&mut self, why: &str, now: Instant) {
         if self.watch.take().is_some() {
+            self.control.watching.store(false, Ordering::SeqCst);
             eprintln!(
                 "catalog: the served folder {} was {why}; its files stay listed until they \
                  fail to open; watching for it to come back",
@@ -560,6 +572,7 @@ impl Follower {
             Ok(w) => {
                 eprintln!("catalog: watching {} again", self.root.display());
                 self.watch = Some(w);
+                self.control.watching.store(true, Ordering::SeqCst);
                 self.rewatch_at = None;
                 self.writing.clear();
                 self.rescan = true;

@@ -965,6 +965,36 @@ fn let_follower_settle() {
     std::thread::sleep(live::SETTLE * 4);
 }
 
+/// The served folder moved away is lost to inotify (its files stay listed), and watched again
+/// once it is back where it was: a file written then is published (mutation run: the mask
+/// without `IN_MOVE_SELF` kept watching a folder moved elsewhere as if nothing happened).
+#[test]
+fn live_root_moved_away_is_lost_then_watched_again_when_back() {
+    let dir = TempDir::new("live-moved");
+    dir.write("a.png", b"a");
+    let h = open(&dir);
+    let g = follow(&h);
+    assert!(g.is_watching());
+    let away = dir.path().with_extension("away");
+    std::fs::rename(dir.path(), &away).unwrap();
+    let until = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.is_watching() != want {
+            assert!(Instant::now() < deadline, "is_watching never became {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until(false);
+    assert!(h.snapshot().by_file_name("a.png").is_some());
+    std::fs::rename(&away, dir.path()).unwrap();
+    until(true);
+    dir.write("b.png", b"b");
+    wait_until(&h, "b.png is published", |c| {
+        c.by_file_name("b.png").is_some()
+    });
+    assert!(!h.spawn_watcher(Duration::from_secs(60)).is_watching());
+}
+
 #[test]
 fn live_close_after_write_is_published() {
     let dir = TempDir::new("live-close");
