@@ -661,6 +661,25 @@ fn a_part_closed_for_verification_starts_no_hasher() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// A part closed for verification takes no more claims, not even a `Replace` of a block it
+/// holds: the bytes being verified stay what they are (mutation run: `finished ||
+/// !accepting` as `&&` in `claim` let a replacement reopen a block under the commit).
+#[test]
+fn a_part_closed_for_verification_takes_no_claim() {
+    let (_t, reg) = setup("shared-closed-claim");
+    let data = content(2 * BS as usize, 15);
+    let a = reg.attach("closed-claim", spec_for(&data), 8).unwrap();
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    a.part.close_if_complete().unwrap();
+    assert!(matches!(
+        a.part.claim(0..1, Rewrite::Replace).unwrap(),
+        Claimed::Closed
+    ));
+    assert_eq!(a.missing_ranges(10), Vec::<Range<u64>>::new());
+    let p = a.commit("closed-claim.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
