@@ -680,6 +680,34 @@ fn a_part_closed_for_verification_takes_no_claim() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
 }
 
+/// Claims of adjacent runs do not overlap: a run that ends where a busy one starts, or starts
+/// where it ends, is granted; one that shares a block is busy (mutation run: `r.start <
+/// run.end` as `<=` took a run ending at a busy one for an overlap).
+#[test]
+fn adjacent_claims_are_granted_overlapping_ones_are_busy() {
+    let (_t, reg) = setup("shared-adjacent");
+    let data = content(8 * BS as usize, 16);
+    let a = reg.attach("adjacent", spec_for(&data), 8).unwrap();
+    let Claimed::Runs(mid) = a.part.claim(3..5, Rewrite::Keep).unwrap() else {
+        panic!("3..5 not claimed");
+    };
+    for (run, busy) in [(1..3, false), (5..7, false), (2..4, true), (4..6, true)] {
+        match a.part.claim(run.clone(), Rewrite::Keep).unwrap() {
+            Claimed::Runs(r) => {
+                assert!(!busy, "{run:?} overlaps 3..5");
+                for x in &r {
+                    a.part.release(x);
+                }
+            }
+            Claimed::Busy => assert!(busy, "{run:?} does not overlap 3..5"),
+            Claimed::Closed => panic!("closed"),
+        }
+    }
+    for r in &mid {
+        a.part.release(r);
+    }
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
