@@ -708,6 +708,63 @@ fn adjacent_claims_are_granted_overlapping_ones_are_busy() {
     }
 }
 
+/// A short last block replaced while the background hasher holds a copy of its old byte:
+/// the new byte is what gets hashed, and the commit's digest is of the new bytes.
+#[test]
+fn a_replaced_short_last_block_is_hashed_with_its_new_bytes() {
+    let (_t, reg) = setup("shared-replace-tail");
+    let data = content(2 * BS as usize + 1, 17);
+    let last = *data.last().unwrap();
+    let a = reg.attach("tail", spec_for(&data), 8).unwrap();
+    a.part.hash_in_background().unwrap();
+    a.write_blocks(2, &[last ^ 0xff], Rewrite::Keep).unwrap();
+    a.write_blocks(2, &[last], Rewrite::Replace).unwrap();
+    a.write_blocks(0, &data[..2 * BS as usize], Rewrite::Keep)
+        .unwrap();
+    let p = a.commit("tail.bin", Collision::Tagged).unwrap();
+    assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
+}
+
+/// Replacing the last block of a part whose blocks fill whole bitmap bytes clears its durable
+/// bit on disk without reaching past the bitmap (mutation run: the last byte index as `(end +
+/// 1) / 8 + 1` or `end / 8 + 1` read past it).
+#[test]
+fn replacing_the_last_durable_block_clears_its_bit_on_disk() {
+    let (_t, reg) = setup("shared-replace-last");
+    let data = content(8 * BS as usize, 18);
+    let spec = spec_for(&data);
+    let a = reg.attach("last", spec, 8).unwrap();
+    a.write_blocks(0, &data, Rewrite::Keep).unwrap();
+    a.sync().unwrap();
+    assert_eq!(a.durable_ranges(8), vec![0..8]);
+    let Claim::Write(w) = a.claim(7, Rewrite::Replace).unwrap() else {
+        panic!("block 7 can be claimed for a replacement");
+    };
+    drop(w);
+    a.probe().crash.store(true, SeqCst);
+    drop(a);
+    let a = reg.attach("last", spec, 8).unwrap();
+    assert_eq!(a.durable_ranges(8), vec![0..7]);
+}
+
+/// A copy buffer goes with a run of at most 1 MiB, never more (the copies stay within the
+/// hasher's budget); mutation run: `len > 1 MiB` as `==` or `>=`.
+#[test]
+fn copy_buffers_go_with_runs_of_at_most_one_mib() {
+    let (_t, reg) = setup("shared-copy-budget");
+    let data = content(300 * BS as usize, 19);
+    let a = reg.attach("budget", spec_for(&data), 8).unwrap();
+    a.part.hash_in_background().unwrap();
+    let mib = (1 << 20) / u64::from(BS);
+    assert_eq!(
+        a.part
+            .copy_buffer_for(&(0..mib))
+            .map(|b| b.capacity() >= 1 << 20),
+        Some(true)
+    );
+    assert!(a.part.copy_buffer_for(&(0..mib + 1)).is_none());
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
