@@ -346,8 +346,13 @@ impl Follower {
                 .chain(self.rewatch_at)
                 .min();
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ino_fd = self.watch.as_ref().map_or(-1, |w| w.ino.as_raw_fd());
-            if let Err(e) = inotify::wait_readable([ino_fd, self.rx.as_raw_fd()], timeout) {
+            // The inotify instance, while the root is watched, and the wake-up socket.
+            let rx = self.rx.as_raw_fd();
+            let waited = match &self.watch {
+                Some(w) => inotify::wait_readable([w.ino.as_raw_fd(), rx], timeout).map(drop),
+                None => inotify::wait_readable([rx], timeout).map(drop),
+            };
+            if let Err(e) = waited {
                 // poll(2) itself failing is not expected; do not spin on it.
                 self.log_error(format!("catalog: waiting for changes: {e}"));
                 std::thread::sleep(Duration::from_millis(100));

@@ -645,6 +645,24 @@ fn add_file_refuses_outside_and_excluded_paths() {
     assert!(h.snapshot().is_empty());
 }
 
+/// A polling follower rescans once per interval, the first time one interval after it
+/// starts: not at once, and not back to back (mutation run: `now + poll` as `-` for the
+/// first or the next poll rescanned at once, or in a loop).
+#[test]
+fn polls_come_one_interval_apart() {
+    let dir = TempDir::new("poll-interval");
+    let h = open(&dir);
+    assert_eq!(h.full_scans(), 1);
+    let guard = h.spawn_watcher(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(h.full_scans(), 1, "no rescan before the first interval");
+    std::thread::sleep(Duration::from_millis(1000));
+    let scans = h.full_scans();
+    drop(guard);
+    // Two or three intervals passed (1.2 s of 400 ms; a loaded machine may lag one).
+    assert!((2..=4).contains(&scans), "{scans} scans");
+}
+
 #[test]
 fn watcher_rescans_and_stops_on_drop() {
     let dir = TempDir::new("watch");
