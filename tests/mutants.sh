@@ -174,16 +174,29 @@ key = lambda n: re.sub(r"^([^:]+):\d+:(\d+): ", r"\1:\2: ", n)
 by_key = {}
 for n in now:
     by_key.setdefault(key(n), []).append(n)
+line = lambda n: int(n.split(":")[1])
+path = lambda n: n.split(":")[0]
+shifts = {}  # file -> [(old line, new line)] of the mutants found again without doubt
+several = []
 for m in missed:
-    if m in now:
-        print(m)
-        continue
-    found = by_key.get(key(m), [])
+    found = [m] if m in now else by_key.get(key(m), [])
     if len(found) == 1:
         print(found[0])
-        print(f"   moved: {m} -> {found[0]}", file=sys.stderr)
+        shifts.setdefault(path(m), []).append((line(m), line(found[0])))
+        if found[0] != m:
+            print(f"   moved: {m} -> {found[0]}", file=sys.stderr)
     elif not found:
         print(f"   gone (excluded since, or its code changed): {m}", file=sys.stderr)
+    else:
+        several.append((m, found))
+# Several of the same file, column, operator and function (the lines of one condition): the
+# one whose line moved as much as the nearest mutant found without doubt.
+for m, found in several:
+    near = sorted(shifts.get(path(m), []), key=lambda s: abs(s[0] - line(m)))
+    pick = [f for f in found if near and line(f) == line(m) + near[0][1] - near[0][0]]
+    if len(pick) == 1:
+        print(pick[0])
+        print(f"   moved as its neighbour: {m} -> {pick[0]}", file=sys.stderr)
     else:
         print(f"   several after a move, not retested: {m}", file=sys.stderr)
 PY
