@@ -1054,6 +1054,26 @@ fn live_file_held_open_is_not_published_until_closed() {
     );
 }
 
+/// A file just created and still open is waited for even before its first write: not
+/// published empty (mutation run: the bound on names tracked as being written, `len <
+/// MAX_WRITING` as `==` or `>`, left every new file untracked until it was written).
+#[test]
+fn live_file_created_and_open_is_not_published_before_its_first_write() {
+    use std::io::Write;
+    let dir = TempDir::new("live-created");
+    let h = open(&dir);
+    let _g = follow(&h);
+    let mut f = std::fs::File::create(dir.path().join("new.bin")).unwrap();
+    let_follower_settle();
+    assert!(h.snapshot().by_file_name("new.bin").is_none());
+    f.write_all(b"bytes").unwrap();
+    drop(f);
+    let snap = wait_until(&h, "new.bin is published after close", |c| {
+        c.by_file_name("new.bin").is_some()
+    });
+    assert_eq!(snap.by_file_name("new.bin").unwrap().xxh64, xxh(b"bytes"));
+}
+
 #[test]
 fn live_rewrite_in_place_retires_then_publishes_the_new_bytes() {
     use std::io::Write;

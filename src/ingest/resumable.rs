@@ -188,6 +188,23 @@ mod tests {
         }
     }
 
+    /// Removing a transfer whose part name is taken by something that cannot be opened as
+    /// ours (a symbolic link) is an error, and its bitmap stays (mutation run: the `NotFound`
+    /// guard forced true ignored every error and went on to delete the bitmap).
+    #[test]
+    fn removing_a_transfer_whose_part_is_a_link_is_an_error() {
+        let (t, dir) = setup("remove-link");
+        let work = t.0.join(".ferry/ingest");
+        std::os::unix::fs::symlink("/etc/hostname", work.join("k.part")).unwrap();
+        fs::write(work.join("k.bitmap"), b"bits").unwrap();
+        assert!(Part::remove(&dir, "k").is_err());
+        assert!(work.join("k.bitmap").exists());
+        fs::remove_file(work.join("k.part")).unwrap();
+        Part::remove(&dir, "k").unwrap();
+        assert!(!work.join("k.bitmap").exists());
+        Part::remove(&dir, "k").unwrap();
+    }
+
     /// Writes blocks `order` of `data` (4096-byte blocks) with one `write_blocks` each.
     fn write_in(r: &mut Resumable, data: &[u8], order: impl IntoIterator<Item = u64>) {
         for i in order {
