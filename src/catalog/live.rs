@@ -42,7 +42,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -107,6 +107,8 @@ struct Control {
     overflow: AtomicBool,
     /// The root is watched by inotify now (set by the thread).
     watching: AtomicBool,
+    /// Times the thread looked for a lost root again.
+    rewatch_tries: AtomicU64,
     wake: Wake,
 }
 
@@ -137,6 +139,14 @@ impl WatcherGuard {
         self.control
             .as_ref()
             .is_some_and(|c| c.watching.load(Ordering::SeqCst))
+    }
+
+    /// Times the follower looked for a lost folder again (one every 2 s while it is lost).
+    #[cfg(test)]
+    pub(super) fn rewatch_tries(&self) -> u64 {
+        self.control
+            .as_ref()
+            .map_or(0, |c| c.rewatch_tries.load(Ordering::Relaxed))
     }
 
     /// Makes the follower act as if the kernel's event queue overflowed (a full rescan).
@@ -261,6 +271,7 @@ impl CatalogHandle {
             stop: AtomicBool::new(false),
             overflow: AtomicBool::new(false),
             watching: AtomicBool::new(watch.is_some()),
+            rewatch_tries: AtomicU64::new(0),
             wake: Wake(Arc::new(tx)),
         });
         *lock(&self.shared.drift.wake) = Some(control.wake.clone());
@@ -556,6 +567,7 @@ impl Follower {
     }
 
     fn try_rewatch(&mut self, now: Instant) {
+        self.control.rewatch_tries.fetch_add(1, Ordering::Relaxed);
         // The catalog keeps serving the folder it opened at start (its descriptor); a new
         // folder under the same path is not that folder, so it is not watched in its place.
         let same = self

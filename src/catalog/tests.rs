@@ -1013,6 +1013,35 @@ fn live_root_moved_away_is_lost_then_watched_again_when_back() {
     assert!(!h.spawn_watcher(Duration::from_secs(60)).is_watching());
 }
 
+/// A lost folder is looked for again every 2 s, the first time 2 s after the loss, not in a
+/// loop, whether it is missing or another folder now stands at its path (mutation run: each
+/// `now + REWATCH` as `-` looked at once, or in a busy loop).
+#[test]
+fn a_lost_folder_is_looked_for_every_two_seconds() {
+    let dir = TempDir::new("live-lost");
+    let h = open(&dir);
+    let g = follow(&h);
+    let away = dir.path().with_extension("gone");
+    std::fs::rename(dir.path(), &away).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.is_watching() {
+        assert!(Instant::now() < deadline, "the move was never noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first look 2 s after the loss, the next 2 s later: one in 3 s.
+    std::thread::sleep(Duration::from_millis(3000));
+    let missing = g.rewatch_tries();
+    assert_eq!(missing, 1, "looks in the 3 s after the loss");
+    // Another folder at the path: not ours, looked at again on the same cadence.
+    std::fs::create_dir(dir.path()).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let other = g.rewatch_tries() - missing;
+    assert!((1..=2).contains(&other), "{other} looks in 2.5 s");
+    assert!(!g.is_watching());
+    drop(g);
+    std::fs::remove_dir_all(&away).unwrap();
+}
+
 #[test]
 fn live_close_after_write_is_published() {
     let dir = TempDir::new("live-close");
