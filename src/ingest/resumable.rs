@@ -606,6 +606,8 @@ mod tests {
         let r = dir.begin_resumable("k", 10, 4).unwrap();
         let e = dir.begin_resumable("k", 10, 4).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // Said as what it is, not as the raw errno.
+        assert_eq!(e.to_string(), "ingest: transfer already in progress");
         drop(r);
         dir.begin_resumable("k", 10, 4).unwrap();
     }
