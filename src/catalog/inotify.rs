@@ -290,6 +290,43 @@ mod tests {
         drop(writer.join().unwrap());
     }
 
+    /// A signal that interrupts the wait is a wake with nothing readable, not an error
+    /// (mutation run: the EINTR test as `!=` returned EINTR as an error, and any other error
+    /// as nothing readable).
+    #[test]
+    fn a_signal_during_the_wait_is_a_wake_with_nothing_readable() {
+        extern "C" fn ignore(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, installed without SA_RESTART (poll(2) is never
+        // restarted anyway); SIGUSR1 is used by nothing else in this process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+        let (quiet, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = quiet.as_raw_fd();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            wait_readable([fd], None)
+        });
+        let thread = rx.recv().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Signalled until the wait returns (a signal before poll(2) began is missed).
+        while !waiter.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the wait never returned"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: the thread is joinable and not yet joined, so its id is still valid.
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        }
+        assert_eq!(waiter.join().unwrap().unwrap(), [false]);
+    }
+
     /// A watch the kernel refuses is an error, not a descriptor (mutation run: `wd < 0` as
     /// `== 0` returned -1 as a watch).
     #[test]
