@@ -109,6 +109,8 @@ struct Control {
     watching: AtomicBool,
     /// Times the thread looked for a lost root again.
     rewatch_tries: AtomicU64,
+    /// Times the thread woke (each turn of its loop).
+    turns: AtomicU64,
     wake: Wake,
 }
 
@@ -147,6 +149,14 @@ impl WatcherGuard {
         self.control
             .as_ref()
             .map_or(0, |c| c.rewatch_tries.load(Ordering::Relaxed))
+    }
+
+    /// Times the follower woke so far.
+    #[cfg(test)]
+    pub(super) fn turns(&self) -> u64 {
+        self.control
+            .as_ref()
+            .map_or(0, |c| c.turns.load(Ordering::Relaxed))
     }
 
     /// Makes the follower act as if the kernel's event queue overflowed (a full rescan).
@@ -272,6 +282,7 @@ impl CatalogHandle {
             overflow: AtomicBool::new(false),
             watching: AtomicBool::new(watch.is_some()),
             rewatch_tries: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             wake: Wake(Arc::new(tx)),
         });
         *lock(&self.shared.drift.wake) = Some(control.wake.clone());
@@ -371,6 +382,7 @@ impl Follower {
             if self.control.stop.load(Ordering::SeqCst) {
                 return;
             }
+            self.control.turns.fetch_add(1, Ordering::Relaxed);
             self.drain_wakes();
             if self.control.overflow.swap(false, Ordering::SeqCst) {
                 self.writing.clear();

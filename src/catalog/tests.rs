@@ -1042,6 +1042,44 @@ fn a_lost_folder_is_looked_for_every_two_seconds() {
     std::fs::remove_dir_all(&away).unwrap();
 }
 
+/// A follower woken once goes back to sleep: the wake-up bytes are drained, not left to wake
+/// it again at once (mutation run: `drain_wakes` doing nothing spun the thread).
+#[test]
+fn a_woken_follower_sleeps_again() {
+    let dir = TempDir::new("live-wake");
+    let h = open(&dir);
+    let g = follow(&h);
+    g.simulate_overflow();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.full_scans() < 2 {
+        assert!(Instant::now() < deadline, "the wake was never acted on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = g.turns();
+    std::thread::sleep(Duration::from_millis(500));
+    let turns = g.turns() - before;
+    assert!(turns <= 5, "{turns} wake-ups in 500 ms with nothing to do");
+}
+
+/// A name an event points at is looked at twice, a settle time apart, before it is hashed and
+/// published: a file still changing without events (written through a mapping, say) is not
+/// taken between two looks a moment apart (mutation run: `now + SETTLE` as `-` looked again
+/// at once).
+#[test]
+fn a_name_is_published_only_after_two_looks_a_settle_time_apart() {
+    let dir = TempDir::new("live-settle");
+    let h = open(&dir);
+    let _g = follow(&h);
+    dir.write(".incoming", b"settled bytes");
+    let t0 = Instant::now();
+    std::fs::rename(dir.path().join(".incoming"), dir.path().join("s.png")).unwrap();
+    wait_until(&h, "s.png is published", |c| {
+        c.by_file_name("s.png").is_some()
+    });
+    let took = t0.elapsed();
+    assert!(took >= live::SETTLE, "published {took:?} after its event");
+}
+
 #[test]
 fn live_close_after_write_is_published() {
     let dir = TempDir::new("live-close");
