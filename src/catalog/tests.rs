@@ -1437,3 +1437,29 @@ fn indexed_sha256_is_the_record_while_the_file_is_unchanged() {
         None
     );
 }
+
+/// `is_current` (what a JTP response counts before it opens anything) says whether the file
+/// under an entry's name is still the version hashed: true for an unchanged file or a link to
+/// an unchanged target, false once either changed or the name is gone or is a folder now
+/// (mutation run: none of its answers was checked by a catalog test).
+#[test]
+fn is_current_says_whether_the_name_still_holds_the_hashed_version() {
+    let dir = TempDir::new("is-current");
+    dir.write("f.png", b"file");
+    dir.write("t.png", b"target");
+    dir.write("d.png", b"becomes a folder");
+    std::os::unix::fs::symlink("t.png", dir.path().join("l.png")).unwrap();
+    let h = open(&dir);
+    let snap = h.snapshot();
+    let entry = |name: &str| Arc::clone(snap.by_file_name(name).unwrap());
+    let (f, l, d) = (entry("f.png"), entry("l.png"), entry("d.png"));
+    assert!(f.is_current() && l.is_current() && d.is_current());
+    let_clock_tick();
+    dir.write("f.png", b"file, rewritten");
+    dir.write("t.png", b"target, rewritten");
+    std::fs::remove_file(dir.path().join("d.png")).unwrap();
+    std::fs::create_dir(dir.path().join("d.png")).unwrap();
+    assert!(!f.is_current() && !l.is_current() && !d.is_current());
+    std::fs::remove_dir(dir.path().join("d.png")).unwrap();
+    assert!(!d.is_current());
+}
