@@ -1463,3 +1463,18 @@ fn is_current_says_whether_the_name_still_holds_the_hashed_version() {
     std::fs::remove_dir(dir.path().join("d.png")).unwrap();
     assert!(!d.is_current());
 }
+
+/// Names whose opens failed are kept for the follower at most MAX_DRIFT at a time, each once
+/// (mutation run: the bound's `||` as `&&` kept every name past it).
+#[test]
+fn drift_is_bounded_and_deduplicated() {
+    let d = Drift::default();
+    for i in 0..MAX_DRIFT + 10 {
+        d.report(OsStr::new(&format!("n{i}")));
+    }
+    d.report(OsStr::new("n0"));
+    let names = d.take();
+    assert_eq!(names.len(), MAX_DRIFT);
+    assert!(names.contains(OsStr::new("n0")) && !names.contains(OsStr::new("n5000")));
+    assert!(d.take().is_empty());
+}
