@@ -1478,3 +1478,26 @@ fn drift_is_bounded_and_deduplicated() {
     assert!(names.contains(OsStr::new("n0")) && !names.contains(OsStr::new("n5000")));
     assert!(d.take().is_empty());
 }
+
+/// A catalog opened through a path with a linked folder in it recognises absolute link targets
+/// written through that path as inside the folder (mutation run: the path as given was never
+/// added beside the canonical one when `!` was deleted); its Debug names it.
+#[test]
+fn absolute_link_targets_through_the_given_path_are_inside() {
+    let real = TempDir::new("via-link");
+    let via = real.path().with_extension("via");
+    std::os::unix::fs::symlink(real.path(), &via).unwrap();
+    real.write("t.png", b"target");
+    std::os::unix::fs::symlink(via.join("t.png"), real.path().join("a.png")).unwrap();
+    let h = CatalogHandle::open(&via, CatalogOptions::default()).unwrap();
+    let snap = h.snapshot();
+    assert_eq!(names(&snap), ["a.png", "t.png"]);
+    assert_eq!(snap.by_file_name("a.png").unwrap().xxh64, xxh(b"target"));
+    let shown = format!("{h:?}");
+    assert!(
+        shown.starts_with("CatalogHandle {") && shown.contains("generation"),
+        "{shown}"
+    );
+    drop(h);
+    std::fs::remove_file(&via).unwrap();
+}
