@@ -332,6 +332,23 @@ mod tests {
         assert!(e.to_string().contains("wrong length"), "{e}");
     }
 
+    /// The stored prefix moves over every written block from the start, whichever order they
+    /// came in, and no further (mutation run: `start <= prefix` as `>` moved it only for runs
+    /// past it, so it stayed at 0).
+    #[test]
+    fn the_prefix_moves_over_the_written_blocks_from_the_start() {
+        let geo = Geometry::new(20 * 4096, 4096).unwrap();
+        let mut st = State::new(geo);
+        st.mark_written(geo, 0..2, None);
+        assert_eq!(st.prefix_blocks, 2);
+        st.mark_written(geo, 5..17, None);
+        assert_eq!(st.prefix_blocks, 2);
+        st.mark_written(geo, 2..5, None);
+        assert_eq!(st.prefix_blocks, 17);
+        st.mark_written(geo, 17..20, None);
+        assert_eq!(st.prefix_blocks, 20);
+    }
+
     /// A batch answers for the blocks of its own bytes only: a block in the byte just past
     /// them is not held, and asking is no index panic (mutation sample H: `<` as `<=`).
     #[test]
