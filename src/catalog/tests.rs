@@ -1501,3 +1501,25 @@ fn absolute_link_targets_through_the_given_path_are_inside() {
     drop(h);
     std::fs::remove_file(&via).unwrap();
 }
+
+/// A file deleted while no ferry ran leaves the index at the next start: the index holds
+/// exactly what the catalog lists (mutation run: the test for records to remove, `saved +
+/// puts > listed`, as `<`, `==` or `*` left the deleted file's record in the index).
+#[test]
+fn a_file_deleted_while_stopped_leaves_the_index() {
+    let dir = TempDir::new("index-removal");
+    dir.write("a.png", b"a");
+    dir.write("b.png", b"b");
+    drop(open(&dir));
+    std::fs::remove_file(dir.path().join("b.png")).unwrap();
+    drop(open(&dir));
+    let state = crate::dir::Dir::open(&dir.path().join(STATE_DIR)).unwrap();
+    let mut idx = index::load(&state).unwrap();
+    let (_, ops, _) = index::Journal::open(&state).unwrap();
+    for op in ops {
+        op.apply(&mut idx);
+    }
+    let mut names: Vec<_> = idx.keys().map(|k| k.to_str().unwrap().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["a.png"]);
+}

@@ -765,6 +765,16 @@ fn copy_buffers_go_with_runs_of_at_most_one_mib() {
     assert!(a.part.copy_buffer_for(&(0..mib + 1)).is_none());
 }
 
+/// Missing ranges are listed up to the limit asked, the run open at the file's end included
+/// (mutation run: `len < limit` as `<=` there gave one range more than asked).
+#[test]
+fn missing_ranges_stop_at_the_limit() {
+    let (_t, _, a) = eight_blocks_with_1_and_5_held("limit", 13);
+    assert_eq!(a.missing_ranges(3), [0..1, 2..5, 6..8]);
+    assert_eq!(a.missing_ranges(2), [0..1, 2..5]);
+    assert_eq!(a.missing_ranges(1), [0..1]);
+}
+
 /// `Keep` claims the blocks not yet written as maximal runs, each written with one `pwrite`
 /// (mutation sample H: the guard that extends a run as `false` claimed every block alone: the
 /// same bytes in six writes instead of three).
