@@ -1523,3 +1523,31 @@ fn a_file_deleted_while_stopped_leaves_the_index() {
     names.sort();
     assert_eq!(names, ["a.png"]);
 }
+
+/// A change made against an entry that has been replaced since loses the race: it is handed
+/// back, not applied over the newer entry (mutation run: the race test's `||` as `&&`
+/// applied it when the name was not otherwise touched).
+#[test]
+fn a_change_against_a_replaced_entry_loses_the_race() {
+    let dir = TempDir::new("publish-race");
+    dir.write("a.png", b"first");
+    let h = open(&dir);
+    let old = Arc::clone(h.snapshot().by_file_name("a.png").unwrap());
+    let_clock_tick();
+    dir.write("a.png", b"second");
+    h.rescan().unwrap();
+    let stale = Change {
+        name: OsString::from("a.png"),
+        expected: Some(old),
+        new: None,
+    };
+    let (applied, lost) = {
+        let mut st = lock(&h.state);
+        h.publish(&mut st, vec![stale], false)
+    };
+    assert_eq!((applied, lost.len()), (0, 1));
+    assert_eq!(
+        h.snapshot().by_file_name("a.png").unwrap().xxh64,
+        xxh(b"second")
+    );
+}
