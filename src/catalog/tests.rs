@@ -1103,7 +1103,9 @@ fn live_file_held_open_is_not_published_until_closed() {
     let _g = follow(&h);
     let mut f = std::fs::File::create(dir.path().join("big.bin")).unwrap();
     f.write_all(b"first half, ").unwrap();
-    let_follower_settle();
+    // Long enough for the two looks and the hash of a file taken for finished, even on a
+    // loaded machine (the mutation runs' two parallel builds kept 400 ms from telling).
+    std::thread::sleep(live::SETTLE * 15);
     assert!(h.snapshot().by_file_name("big.bin").is_none());
     f.write_all(b"second half").unwrap();
     // A metadata change while it is open publishes nothing either.
