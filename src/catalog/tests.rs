@@ -1553,3 +1553,40 @@ fn a_change_against_a_replaced_entry_loses_the_race() {
         xxh(b"second")
     );
 }
+
+/// The journal is folded into the index once it holds more records than the compaction bound
+/// (4,096, or half the index): it never grows without end while a server runs (mutation run:
+/// `journal + unsaved > bound` as `*`, as `==`, or joined to the unsaved test with `&&`
+/// never compacted it).
+#[test]
+fn the_journal_is_compacted_past_its_bound() {
+    let dir = TempDir::new("compact");
+    let h = open(&dir);
+    let n = COMPACT_MIN_RECORDS as usize + 100;
+    for i in 0..n {
+        let bytes = format!("file {i}");
+        let p = dir.write(&format!("f{i:05}.bin"), bytes.as_bytes());
+        h.add_ingested_file(&p, xxh(bytes.as_bytes()), [1; 32]).unwrap();
+    }
+    assert_eq!(h.snapshot().len(), n);
+    let state = crate::dir::Dir::open(&dir.path().join(STATE_DIR)).unwrap();
+    let (_, ops, _) = index::Journal::open(&state).unwrap();
+    assert!(ops.len() < 200, "{} records left in the journal", ops.len());
+    assert!(index::load(&state).unwrap().len() > COMPACT_MIN_RECORDS as usize);
+}
+
+/// A change big enough to rebuild the tree publishes the next generation, like a patch does
+/// (mutation run: the rebuilt catalog's `generation + 1` as `-` or `*`).
+#[test]
+fn a_rebuild_publishes_the_next_generation() {
+    let dir = TempDir::new("rebuild-generation");
+    let h = open(&dir);
+    let before = h.snapshot().generation();
+    for i in 0..REBUILD_MIN_CHANGES + 10 {
+        dir.write(&format!("g{i:05}.bin"), format!("{i}").as_bytes());
+    }
+    h.rescan().unwrap();
+    let after = h.snapshot();
+    assert_eq!(after.len(), REBUILD_MIN_CHANGES + 10);
+    assert_eq!(after.generation(), before + 1);
+}
