@@ -1566,7 +1566,8 @@ fn the_journal_is_compacted_past_its_bound() {
     for i in 0..n {
         let bytes = format!("file {i}");
         let p = dir.write(&format!("f{i:05}.bin"), bytes.as_bytes());
-        h.add_ingested_file(&p, xxh(bytes.as_bytes()), [1; 32]).unwrap();
+        h.add_ingested_file(&p, xxh(bytes.as_bytes()), [1; 32])
+            .unwrap();
     }
     assert_eq!(h.snapshot().len(), n);
     let state = crate::dir::Dir::open(&dir.path().join(STATE_DIR)).unwrap();
