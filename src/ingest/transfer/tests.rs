@@ -839,6 +839,27 @@ fn an_empty_transfer_completes_at_once() {
     assert_eq!(std::fs::read(t.0.join("empty.txt")).unwrap(), b"");
 }
 
+/// Blocks of the transfers that take their space in steps (one step: 64 MiB).
+const BIG_BLOCK: u64 = 64 << 20;
+
+/// A transfer `id` of four 64 MiB blocks, preallocated step by step, and a look at how many
+/// bytes its part has allocated on disk.
+fn four_big_blocks(id: &str) -> (TempDir, Attachment, impl Fn() -> u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (t, reg) = setup(&format!("shared-{id}"));
+    let spec = TransferSpec {
+        size: 4 * BIG_BLOCK,
+        block_size: BIG_BLOCK as u32,
+        expect: Expect::Nothing,
+        preallocate: true,
+    };
+    let a = reg.attach(id, spec, 2).unwrap();
+    let part = reg.publisher().ingest().work().join(format!("{id}.part"));
+    (t, a, move || {
+        std::fs::metadata(&part).unwrap().blocks() * 512
+    })
+}
+
 /// A claim that takes the transfer past its granted space takes the next step: here, with
 /// preallocation, the part's allocated size grows when the block is claimed, before any of
 /// its bytes arrive (mutation sample G: `charge_claim` doing nothing left every block past
@@ -846,18 +867,8 @@ fn an_empty_transfer_completes_at_once() {
 /// an owner's cap was never charged past it).
 #[test]
 fn a_claim_past_the_granted_space_takes_the_next_step() {
-    use std::os::unix::fs::MetadataExt;
-    let (_t, reg) = setup("shared-claim-step");
-    let block = 64u64 << 20;
-    let spec = TransferSpec {
-        size: 4 * block,
-        block_size: block as u32,
-        expect: Expect::Nothing,
-        preallocate: true,
-    };
-    let a = reg.attach("claim-step", spec, 2).unwrap();
-    let part = reg.publisher().ingest().work().join("claim-step.part");
-    let allocated = || std::fs::metadata(&part).unwrap().blocks() * 512;
+    let (_t, a, allocated) = four_big_blocks("claim-step");
+    let block = BIG_BLOCK;
     // The first step (64 MiB) at attach.
     assert!((block..2 * block).contains(&allocated()), "{}", allocated());
     let Claim::Write(w0) = a.claim(0, Rewrite::Keep).unwrap() else {
@@ -877,18 +888,8 @@ fn a_claim_past_the_granted_space_takes_the_next_step() {
 /// so a claim far into the file took the whole file's space at once).
 #[test]
 fn a_claim_is_charged_its_own_blocks_wherever_they_lie() {
-    use std::os::unix::fs::MetadataExt;
-    let (_t, reg) = setup("shared-claim-own");
-    let block = 64u64 << 20;
-    let spec = TransferSpec {
-        size: 4 * block,
-        block_size: block as u32,
-        expect: Expect::Nothing,
-        preallocate: true,
-    };
-    let a = reg.attach("claim-own", spec, 2).unwrap();
-    let part = reg.publisher().ingest().work().join("claim-own.part");
-    let allocated = || std::fs::metadata(&part).unwrap().blocks() * 512;
+    let (_t, a, allocated) = four_big_blocks("claim-own");
+    let block = BIG_BLOCK;
     let Claim::Write(w) = a.claim(2, Rewrite::Keep).unwrap() else {
         panic!("block 2 can be claimed");
     };
@@ -935,18 +936,9 @@ fn on_tmpfs_a_transfers_steps_are_checked_not_preallocated() {
 /// (mutation sample K: `allocated_bytes` as `Ok(0)` or `Ok(1)` left every step promised).
 #[test]
 fn a_preallocated_step_is_no_longer_promised() {
-    use std::os::unix::fs::MetadataExt;
-    let (_t, reg) = setup("shared-promised");
-    let block = 64u64 << 20;
-    let spec = TransferSpec {
-        size: 4 * block,
-        block_size: block as u32,
-        expect: Expect::Nothing,
-        preallocate: true,
-    };
-    let a = reg.attach("promised", spec, 2).unwrap();
-    let part = reg.publisher().ingest().work().join("promised.part");
-    let allocated = std::fs::metadata(&part).unwrap().blocks() * 512;
+    let (_t, a, allocated) = four_big_blocks("promised");
+    let block = BIG_BLOCK;
+    let allocated = allocated();
     assert!(
         allocated >= block,
         "the first step is preallocated: {allocated}"
