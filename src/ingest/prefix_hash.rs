@@ -494,6 +494,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// What the thread reads back to reach a copy (the bytes between what it hashed and the
+    /// copy's offset) counts as read back, like its whole-chunk reads: a copy of the last
+    /// 100 bytes, with nothing hashed yet, leaves every other byte read back (mutation run:
+    /// `count_read_back` doing nothing left the gap before a copy uncounted).
+    #[test]
+    fn bytes_read_to_reach_a_copy_count_as_read_back() {
+        let bytes = data(2 * CHUNK as usize + 500);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("reach", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        h.advance(
+            size,
+            Some(Piece::Borrowed(size - 100, &bytes[size as usize - 100..])),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while h.read_back() != size - 100 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read back {} of {}",
+                h.read_back(),
+                size - 100
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        finish_as_a_commit_does(h, &dir, &bytes);
+    }
+
     /// More waiting copies than [`HANDED_MAX`] allows are not queued: the thread (or, as in
     /// a commit, whoever finishes it) reads those bytes back instead, and the digest is exact.
     #[test]
