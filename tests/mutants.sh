@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make mutants`: mutation testing (cargo-mutants) over the code whose tests must catch a wrong
 # byte: the decoders and machines (src/proto, src/wire), names, ingest and catalog. Not part of
-# `make test`: it rebuilds the library once per mutant, about 20 s a mutant on two shared
-# cores, so the ~6,800 mutants of these modules take days; a sample (MUTANTS_SHARD) fits in
+# `make test`: it rebuilds the library once per mutant; two runs side by side (MUTANTS_SLOT)
+# did about 9 mutants a minute here, so the ~7,000 mutants of these modules would take about
+# 13 hours (estimated): run them in parts (MUTANTS_FILES); a sample (MUTANTS_SHARD) fits in
 # minutes per module.
 #
 #   bash tests/mutants.sh [MODULE...]     (default: every module below; `make mutants
