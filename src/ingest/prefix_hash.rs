@@ -607,6 +607,55 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A copy taken from the queue leaves the budget of waiting ones by its length (whole run,
+    /// ingest prefix_hash part: `pop`'s `-=` as `+=` or `/=` miscounted it, so the budget
+    /// refused copies it had room for, or took more than [`HANDED_MAX`]).
+    #[test]
+    fn a_popped_copy_leaves_the_budget_of_waiting_ones() {
+        let shared = Shared {
+            prefix: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            handed: Mutex::new(Handed::default()),
+            read_back: AtomicU64::new(0),
+        };
+        {
+            let mut h = shared.handed();
+            h.queue.push_back((0, vec![1; 1000]));
+            h.queue.push_back((1000, vec![2; 3000]));
+            h.bytes = 4000;
+        }
+        assert_eq!(shared.pop().map(|(at, v)| (at, v.len())), Some((0, 1000)));
+        assert_eq!(shared.handed().bytes, 3000);
+        assert_eq!(
+            shared.pop().map(|(at, v)| (at, v.len())),
+            Some((1000, 3000))
+        );
+        assert_eq!(shared.handed().bytes, 0);
+        assert!(shared.pop().is_none());
+    }
+
+    /// Spare buffers are kept up to [`SPARE_MAX`] bytes of capacity in all (whole run, ingest
+    /// prefix_hash part: `kept + capacity` as `kept * capacity` kept one 1 MiB spare, not two).
+    #[test]
+    fn spare_buffers_are_kept_up_to_their_budget() {
+        let bytes = data(4096);
+        let (dir, file) = temp_file("spare-cap", &bytes);
+        let h = PrefixHasher::start(file, bytes.len() as u64, 0, None).unwrap();
+        let half = SPARE_MAX / 2;
+        for _ in 0..3 {
+            h.shared.recycle(Vec::with_capacity(half));
+        }
+        let kept: Vec<usize> = h.shared.handed().spare.iter().map(Vec::capacity).collect();
+        assert_eq!(
+            kept,
+            vec![half, half],
+            "two halves fill the budget; the third is dropped"
+        );
+        drop(h);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A kept copy of bytes that are then rewritten is forgotten: the digest is of the bytes
     /// the part holds, read back, never of the old copy.
     #[test]
