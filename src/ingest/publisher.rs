@@ -205,6 +205,31 @@ mod tests {
         assert_eq!(got.entry().unwrap().sha256, sha);
     }
 
+    /// A file renamed over the published name between the commit and its registration is not
+    /// taken for it: the hashes computed on the way in belong to ingest's own inode only (whole
+    /// run, ingest publisher part: without the arm for that inode the catalog hashed and served
+    /// whatever was at the name).
+    #[test]
+    fn a_file_renamed_over_the_name_before_listing_is_not_served() {
+        let (t, p) = setup("pub-swapped");
+        let mut s = p.ingest().begin_stream(Some(5)).unwrap();
+        s.write_all(b"hello").unwrap();
+        let committed = s
+            .commit_with("a.bin", Expect::Nothing, Collision::Numbered)
+            .unwrap();
+        assert!(committed.inode.is_some() && committed.sha256.is_some());
+        std::fs::write(t.0.join(".planted"), b"planted").unwrap();
+        std::fs::rename(t.0.join(".planted"), t.0.join("a.bin")).unwrap();
+        let got = p.list(committed);
+        assert!(matches!(got.listed, Listed::Refused(_)), "{:?}", got.listed);
+        assert!(p
+            .catalog()
+            .unwrap()
+            .snapshot()
+            .by_file_name("a.bin")
+            .is_none());
+    }
+
     #[test]
     fn without_a_catalog_nothing_is_registered() {
         let t = TempDir::new("pub-none");

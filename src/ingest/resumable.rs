@@ -361,6 +361,8 @@ mod tests {
             .begin_resumable("abc123", data.len() as u64, 100)
             .unwrap();
         assert_eq!(r.blocks(), 11);
+        // Whole run, ingest publisher/resumable part: `size` as 0 or 1 stayed green.
+        assert_eq!(r.size(), data.len() as u64);
         // Mutation shard 16/40: `is_complete` as `true` stayed green.
         assert!(!r.is_complete());
         assert_eq!(r.block_size(), 100);
