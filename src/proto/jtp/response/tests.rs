@@ -459,6 +459,19 @@ fn frame_need_of_a_packet_header_cut_in_its_length_is_exact() {
     assert_eq!(frame_need(Ctx::Packet, &[0x00, 0x80, 0x80]), Ok(1 + 3 + 8));
 }
 
+/// An entry cut inside its name needs the rest of the name and one byte of Size at least
+/// (whole run, proto-jtp response part: `len + 1` as `len * 1` asked one byte too few, so the
+/// stash gathered the name and then had to ask again).
+#[test]
+fn frame_need_of_an_entry_cut_in_its_name_is_exact() {
+    // id (8), flags (1), NameLen 5, then 2 of the 5 name bytes.
+    let cut = hex("0000000000000007 00 0005 6162");
+    assert_eq!(frame_need(Ctx::Entry, &cut), Ok(8 + 1 + 2 + 5 + 1));
+    // The whole name, Size missing: one byte of it at least.
+    let named = hex("0000000000000007 00 0005 6162636465");
+    assert_eq!(frame_need(Ctx::Entry, &named), Ok(8 + 1 + 2 + 5 + 1));
+}
+
 #[test]
 fn j42_huge_packet_length_just_streams() {
     let mut d = ResponseDecoder::new(ResponseLimits::default());
