@@ -381,12 +381,29 @@ pub(super) fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Resul
         if r == 0 {
             return Ok(true);
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(false),
-            _ => return Err(e),
+        match after_failed_fallocate(io::Error::last_os_error()) {
+            Fallocated::Retry => continue,
+            Fallocated::Unsupported => return Ok(false),
+            Fallocated::Failed(e) => return Err(e),
         }
+    }
+}
+
+/// What a failed `fallocate(2)` means for [`preallocate_range`].
+#[derive(Debug)]
+enum Fallocated {
+    /// Interrupted by a signal: call it again.
+    Retry,
+    /// The file system cannot preallocate: go on without.
+    Unsupported,
+    Failed(io::Error),
+}
+
+fn after_failed_fallocate(e: io::Error) -> Fallocated {
+    match e.raw_os_error() {
+        Some(libc::EINTR) => Fallocated::Retry,
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Fallocated::Unsupported,
+        _ => Fallocated::Failed(e),
     }
 }
 
@@ -647,6 +664,24 @@ mod tests {
         s.write_all(&data[404_000..]).unwrap();
         let c = s.commit("b.bin", Expect::Sha256(sha(&data))).unwrap();
         assert_eq!(fs::read(&c.path).unwrap(), data);
+    }
+
+    /// A failed fallocate is retried when a signal interrupted it, skipped where the file
+    /// system cannot preallocate, and an error otherwise (whole run, ingest stream part: either
+    /// arm deleted made an interrupted or unsupported preallocation fail the upload; no file
+    /// system a test can write here lacks fallocate, so the mapping is tested alone).
+    #[test]
+    fn a_failed_fallocate_is_retried_skipped_or_an_error() {
+        let of = |errno| after_failed_fallocate(io::Error::from_raw_os_error(errno));
+        assert!(matches!(of(libc::EINTR), Fallocated::Retry));
+        assert!(matches!(of(libc::EOPNOTSUPP), Fallocated::Unsupported));
+        assert!(matches!(of(libc::ENOSYS), Fallocated::Unsupported));
+        for errno in [libc::ENOSPC, libc::EFBIG, libc::EIO, libc::EBADF] {
+            match of(errno) {
+                Fallocated::Failed(e) => assert_eq!(e.raw_os_error(), Some(errno)),
+                other => panic!("{errno}: {other:?}"),
+            }
+        }
     }
 
     #[test]

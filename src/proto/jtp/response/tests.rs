@@ -600,6 +600,13 @@ fn errors_per_variant() {
             "4a54504c 00",
             ResponseError::Unexpected("frame during watch"),
         ),
+        // A watch event while no WATCH was sent (whole run, proto-jtp response part: without
+        // its arm the error said only "frame").
+        (
+            Expect::Idle,
+            "4a545057 0000000000000001 00 0001 61 05",
+            ResponseError::Unexpected("frame between responses"),
+        ),
     ];
     for (exp, bytes, want) in cases {
         let (_, err) = first_error(exp.clone(), &hex(bytes));
