@@ -524,6 +524,13 @@ fn jtpd_ids_must_be_a_subsequence() {
     put_packet_header(0, 0, 1, &mut t);
     let (_, err) = first_error(Expect::Get { requested: req }, &t);
     assert_eq!(err, Some(ResponseError::NotASubsequence(1)));
+    // An id asked once comes once at most (whole run, proto-jtp response part: the match
+    // position `i + 1` as `i * 1` let the same packet come again).
+    let mut t = hex("4a545044 02");
+    put_packet_header(0, 0, 5, &mut t);
+    put_packet_header(0, 0, 5, &mut t);
+    let (_, err) = first_error(Expect::Get { requested: vec![5, 6] }, &t);
+    assert_eq!(err, Some(ResponseError::NotASubsequence(5)));
 }
 
 #[test]
