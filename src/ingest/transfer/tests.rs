@@ -378,7 +378,10 @@ fn joining_checks_parameters_and_the_connection_cap() {
         reg.discard("join"),
         Err(TransferError::InUse { .. })
     ));
+    // Whole run, ingest transfer part: `is_open` as `false` stayed green.
+    assert!(reg.is_open("join"));
     drop(held);
+    assert!(!reg.is_open("join"));
     // Left on disk with another size: still a mismatch, until discarded.
     let e = reg
         .attach("join", TransferSpec { size: 5, ..spec }, 8)
@@ -410,6 +413,10 @@ fn joining_checks_parameters_and_the_connection_cap() {
     let e = reg
         .attach("join", TransferSpec { size: 5, ..spec }, 8)
         .unwrap_err();
+    assert!(matches!(e, TransferError::Locked { .. }), "{e}");
+    // Nor can it be discarded meanwhile: Locked too, not an I/O error (whole run, ingest
+    // transfer part: the WouldBlock arm of `discard` deleted).
+    let e = reg.discard("join").unwrap_err();
     assert!(matches!(e, TransferError::Locked { .. }), "{e}");
     drop(other);
     for id in ["", "../x", "a.b"] {
