@@ -297,6 +297,28 @@ fn list_and_get_reports_listed_ids_that_did_not_come_and_names_strangers() {
     );
 }
 
+/// A listing counts its entries and finds them by id, the first of a repeated id (whole run,
+/// proto-jtp client part: `is_empty` as `true` or `false`, `into_entries` as empty stayed
+/// green).
+#[test]
+fn a_listing_counts_and_finds_its_entries() {
+    let empty = Listing::new(vec![]);
+    assert!(empty.is_empty() && empty.len() == 0 && empty.get(A).is_none());
+    let named = |id, name: &str| Listed {
+        id,
+        ftype: 0,
+        name: name.into(),
+        size: 1,
+    };
+    let l = Listing::new(vec![named(A, "a"), named(B, "b"), named(A, "again")]);
+    assert!(!l.is_empty());
+    assert_eq!(l.len(), 3);
+    assert_eq!(l.get(A).map(|e| e.name.as_str()), Some("a"));
+    assert_eq!(l.get(B).map(|e| e.name.as_str()), Some("b"));
+    let names: Vec<String> = l.into_entries().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["a", "b", "again"]);
+}
+
 #[test]
 fn raw_length_other_than_the_listed_size_is_a_defect_and_the_stream_stays_in_step() {
     let t = Instant::now();

@@ -529,7 +529,12 @@ fn jtpd_ids_must_be_a_subsequence() {
     let mut t = hex("4a545044 02");
     put_packet_header(0, 0, 5, &mut t);
     put_packet_header(0, 0, 5, &mut t);
-    let (_, err) = first_error(Expect::Get { requested: vec![5, 6] }, &t);
+    let (_, err) = first_error(
+        Expect::Get {
+            requested: vec![5, 6],
+        },
+        &t,
+    );
     assert_eq!(err, Some(ResponseError::NotASubsequence(5)));
 }
 
