@@ -467,6 +467,12 @@ fn claims_exclude_each_other_and_an_unfinished_block_stays_missing() {
     assert_eq!(std::fs::read(&p.committed.path).unwrap(), data);
     // Completed: late copies are held, never written.
     assert!(matches!(b.claim(0, Rewrite::Replace).unwrap(), Claim::Held));
+    // And so are late runs: stored already, not busy (whole run, ingest transfer part: the
+    // Held arm of `write_blocks` on a closed part deleted made them Busy).
+    assert_eq!(
+        b.write_blocks(0, run, Rewrite::Replace).unwrap(),
+        Wrote::Stored { blocks: 0 }
+    );
 }
 
 /// `is_complete` tells a driver to commit (FastDP's last Ack, filestorage's reply): it must

@@ -337,8 +337,12 @@ fn raw_length_other_than_the_listed_size_is_a_defect_and_the_stream_stays_in_ste
             size: 1000,
         },
     ])));
+    // Whole run, proto-jtp client part: `is_awaiting` as `true`, `false` or without its `!`,
+    // and `is_compressed` as `true` (or its `&` as `|` or `^`) stayed green.
+    assert!(!c.is_awaiting());
     c.push(Job::Get(vec![A, B]));
     c.poll_transmit(t);
+    assert!(c.is_awaiting());
     let seen = feed(
         &mut c,
         &get_reply(&[(0, A, b"aaa"), (3 | FLAG_ZSTD, B, b"zz")]),
@@ -356,6 +360,8 @@ fn raw_length_other_than_the_listed_size_is_a_defect_and_the_stream_stays_in_ste
         a.defect.unwrap().to_string(),
         "length 3 differs from the listed size 2"
     );
+    assert!(!a.is_compressed());
+    assert!(!c.is_awaiting(), "the reply is whole");
     let Seen::Ev(Event::Packet(b)) = &seen[4] else {
         panic!("{seen:?}")
     };
