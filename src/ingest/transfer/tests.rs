@@ -446,6 +446,9 @@ fn claims_exclude_each_other_and_an_unfinished_block_stays_missing() {
     let Claim::Write(mut w) = b.claim(1, Rewrite::Keep).unwrap() else {
         panic!("block 1 is free again");
     };
+    // Whole run, ingest transfer part: `len` as 0 or 1, `is_empty` as either or its `==` as
+    // `!=` stayed green.
+    assert_eq!((w.len(), w.is_empty()), (u64::from(BS), false));
     w.write(&block(&data, 1)[..100]).unwrap();
     drop(w); // a connection cut mid-chunk
     assert!(!a.is_written(1));
@@ -1057,4 +1060,36 @@ fn error_display_is_lowercase_and_prefixed() {
         assert_eq!(e.source().map(ToString::to_string), Some(inner.to_string()));
     }
     assert!(TransferError::Incomplete { missing: 1 }.source().is_none());
+}
+
+/// A connection waiting for another's verification waits for its outcome, up to the timeout
+/// (whole run, ingest transfer part: the deadline `now + timeout` as `now - timeout` returned
+/// `Verifying` at once).
+#[test]
+fn waiting_for_a_verification_waits_for_its_outcome() {
+    let (_t, reg) = setup("shared-wait");
+    let data = content(10, 4);
+    let a = reg.attach("wait", spec_for(&data), 8).unwrap();
+    *lock(&a.phase) = TransferState::Verifying;
+    let t0 = Instant::now();
+    assert!(matches!(
+        a.wait_outcome(Duration::from_millis(200)),
+        TransferState::Verifying
+    ));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t0.elapsed()
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            *lock(&a.phase) = TransferState::Open;
+            a.phase_changed.notify_all();
+        });
+        assert!(matches!(
+            a.wait_outcome(Duration::from_secs(30)),
+            TransferState::Open
+        ));
+    });
 }

@@ -496,6 +496,11 @@ fn eof_is_clean_only_between_answers() {
     let e = c.handle_eof().unwrap_err();
     assert_eq!(e, Error::Closed { inside_frame: true });
     assert_eq!(e.to_string(), "connection closed inside a frame");
+    // Nothing asked, but the server closed inside a frame it began (the start of a JTPC):
+    // not clean either (whole run, proto-jtp client part: `&&` as `||` took it for clean).
+    let mut c = Connection::new(Policy::Sequential, true);
+    assert_eq!(c.handle_input(b"JT", t).unwrap().consumed, 2);
+    assert!(c.handle_eof().is_err());
 }
 
 /// Feeds `input` until the machine fails; panics if it does not.
