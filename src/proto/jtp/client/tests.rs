@@ -230,6 +230,26 @@ fn sequential_waits_out_a_quiet_period_measured_from_the_get_answer() {
     assert_eq!(quiet_period(0, 0, ms(5)), None);
 }
 
+/// The pause after a GET answer counts the bytes of its packets: large images sent slowly per
+/// packet but fast in bytes are not a waiting server (whole run, proto-jtp client part: the
+/// byte count's `+=` as `*=` stayed 0, and every such answer cost the waiting server's 50 ms).
+#[test]
+fn sequential_pause_counts_the_answers_bytes() {
+    let t = Instant::now();
+    let mut c = Connection::new(Policy::Sequential, true);
+    c.push(Job::Get(vec![A, B, C]));
+    c.push(Job::Get(vec![D]));
+    assert!(c.poll_transmit(t).is_some());
+    // Three 1 MiB packets over 20 ms: 10 ms per packet, but 157 MB/s.
+    let big = vec![7u8; 1 << 20];
+    let reply = get_reply(&[(0, A, &big), (0, B, &big), (0, C, &big)]);
+    feed(&mut c, &reply, 0, t + ms(20));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(t + ms(20) + ms(10) * QUIET_PACE_FACTOR)
+    );
+}
+
 #[test]
 fn pipelined_keeps_up_to_depth_in_flight_and_never_pauses() {
     let t = Instant::now();
