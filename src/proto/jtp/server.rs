@@ -574,6 +574,63 @@ mod tests {
         assert_eq!((have_set_bytes(0), have_set_bytes(1)), (0, 8));
     }
 
+    /// Only a BATCH's count is charged: the rest of another request whose bytes happen to look
+    /// like a BATCH header (a GET_BY_ID's id `02 00 05 ...`) is read on, not charged (whole
+    /// run, proto-jtp server part: the mid-request check's `||` as `&&` refused it as busy).
+    #[test]
+    fn only_a_batch_count_is_charged_not_bytes_that_look_like_one() {
+        let budget = MemoryBudget::new(8);
+        let mut c = conn(false).with_have_budget(budget.clone());
+        let mut req = Vec::new();
+        Request::GetById {
+            keep_alive: true,
+            ids: vec![0x0200_0500_0000_0000],
+        }
+        .encode(&mut req);
+        c.handle_input(&req[..3]);
+        assert_eq!(c.poll_event(), None);
+        c.handle_input(&req[3..]);
+        assert!(matches!(
+            c.poll_event(),
+            Some(Event::Request(Request::GetById { .. }))
+        ));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    /// Reserved flags make a BATCH malformed whatever its count: JTPE 2, never "busy" for a
+    /// count over the budget (whole run, proto-jtp server part: the flags guard as `true`
+    /// charged the count first and answered code 3).
+    #[test]
+    fn a_batch_with_reserved_flags_is_malformed_not_busy() {
+        let budget = MemoryBudget::new(8);
+        let mut c = conn(false).with_have_budget(budget.clone());
+        c.handle_input(&[0x02, 0x02, 0x05]);
+        assert!(matches!(c.poll_event(), Some(Event::Fail { code: 2, .. })));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    /// The driver reads what fits the input buffer; the peer's EOF is kept; requests are
+    /// counted, CANCEL included (whole run, proto-jtp server part: `input_room`, `handle_eof`,
+    /// `has_peer_eof` and `requests` replaced by constants stayed green).
+    #[test]
+    fn input_room_eof_and_the_request_count() {
+        let mut c = conn(false);
+        assert_eq!(c.input_room(), 64 * 1024);
+        c.handle_input(&[1]);
+        assert_eq!(c.input_room(), 64 * 1024 - 1);
+        c.handle_input(&[1]);
+        assert_eq!(c.input_room(), 64 * 1024 - 2);
+        assert!(matches!(c.poll_event(), Some(Event::Request(_))));
+        assert_eq!(c.requests(), 1);
+        c.response_done(true);
+        c.handle_input(&[3, 0]);
+        assert_eq!(c.poll_event(), Some(Event::Cancelled));
+        assert_eq!(c.requests(), 2);
+        assert!(!c.has_peer_eof());
+        c.handle_eof();
+        assert!(c.has_peer_eof());
+    }
+
     #[test]
     fn a_closed_connection_gives_its_have_set_back() {
         let budget = MemoryBudget::new(1 << 20);

@@ -228,6 +228,13 @@ fn sequential_waits_out_a_quiet_period_measured_from_the_get_answer() {
         Some(MAX_QUIET)
     );
     assert_eq!(quiet_period(0, 0, ms(5)), None);
+    // Exactly WAITING_RATE is not below it (whole run, proto-jtp client part: `<` as `<=`);
+    // 7.8125 ms is exact in binary, so the rate is exactly 10^8 bytes/s.
+    let took = Duration::from_nanos(7_812_500);
+    assert_eq!(
+        quiet_period(2, WAITING_RATE * 7_812_500 / 1_000_000_000, took),
+        Some(took * QUIET_PACE_FACTOR)
+    );
 }
 
 /// The pause after a GET answer counts the bytes of its packets: large images sent slowly per
