@@ -631,6 +631,31 @@ mod tests {
         assert!(c.has_peer_eof());
     }
 
+    /// Watch input is judged only while watching, and no input is no violation (whole run,
+    /// proto-jtp server part: the guard's `||` as `&&` closed a quiet watcher and judged a
+    /// pipelined request as watch input); a closed machine decodes nothing more (`close` as
+    /// a no-op stayed green).
+    #[test]
+    fn watch_input_is_judged_only_while_watching_and_close_stops_decoding() {
+        let mut c = conn(true);
+        c.handle_input(&[4, 1]);
+        assert_eq!(c.poll_event(), Some(Event::StartWatch));
+        assert_eq!(c.poll_watch_input(), WatchInput::None);
+        assert!(!c.is_finished(), "a quiet watcher stays");
+        let mut c = conn(true);
+        c.handle_input(&[1, 1]);
+        assert_eq!(c.poll_watch_input(), WatchInput::None);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Request(Request::List { keep_alive: true }))
+        );
+        let mut c = conn(false);
+        c.handle_input(&[1, 1]);
+        c.close();
+        assert!(c.is_finished());
+        assert_eq!(c.poll_event(), None);
+    }
+
     #[test]
     fn a_closed_connection_gives_its_have_set_back() {
         let budget = MemoryBudget::new(1 << 20);
