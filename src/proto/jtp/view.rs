@@ -145,5 +145,43 @@ mod tests {
         assert_eq!(only.items.len(), 1);
         assert_eq!(only.items[0].entry.name, "c.jpg");
         assert!(View::excluded(&cat).is_empty());
+        // Whole run, proto-jtp view part: `flags` as 1 stayed green (c.jpg's type is 1).
+        assert_eq!(view.items[0].flags(), FileType::Png as u8);
+    }
+
+    /// Images of 4 GiB or more are left out of the view and named for the log; one byte less
+    /// is served (whole run, proto-jtp view part: `excluded` as empty, `>` as `==` or `>=`
+    /// stayed green: no test folder holds such a file, so the entries are made up).
+    #[test]
+    fn images_of_4_gib_or_more_are_excluded_and_named() {
+        let t = TempDir::new("jtp-view-big");
+        std::fs::write(t.0.join("c.jpg"), b"jpeg").unwrap();
+        let cat = CatalogHandle::open(&t.0, CatalogOptions::default())
+            .unwrap()
+            .snapshot();
+        let e = cat.entries().next().unwrap().clone();
+        let max = u64::from(u32::MAX);
+        let cat = Catalog::of_entries_for_test(vec![
+            e.renamed_for_test("fits.png", max),
+            e.renamed_for_test("over.png", max + 1),
+            e.renamed_for_test("huge.gif", 1 << 40),
+            e.renamed_for_test("huge.txt", 1 << 40),
+        ]);
+        let view = View::build(&cat, None);
+        let served: Vec<(&str, u32)> = view
+            .items
+            .iter()
+            .map(|i| (i.entry.name.as_str(), i.size))
+            .collect();
+        assert_eq!(served, [("fits.png", u32::MAX)]);
+        let mut excluded = View::excluded(&cat);
+        excluded.sort();
+        assert_eq!(
+            excluded,
+            [
+                ("huge.gif".to_owned(), "4 GiB or larger"),
+                ("over.png".to_owned(), "4 GiB or larger")
+            ]
+        );
     }
 }
