@@ -330,7 +330,7 @@ fn list_and_get_reports_listed_ids_that_did_not_come_and_names_strangers() {
 #[test]
 fn a_listing_counts_and_finds_its_entries() {
     let empty = Listing::new(vec![]);
-    assert!(empty.is_empty() && empty.len() == 0 && empty.get(A).is_none());
+    assert!(empty.is_empty() && empty.get(A).is_none());
     let named = |id, name: &str| Listed {
         id,
         ftype: 0,
