@@ -635,6 +635,23 @@ mod tests {
         assert!(shared.pop().is_none());
     }
 
+    /// Bytes behind the published prefix are not kept: the thread hashes them from what it
+    /// was handed or reads them back (whole run, ingest prefix_hash part: the budget check's
+    /// `||` as `&&` kept such a copy within the budget, held until the next advance).
+    #[test]
+    fn pieces_behind_the_prefix_are_not_kept() {
+        let bytes = data(3 * 4096);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("behind", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        h.advance(8192, None);
+        h.keep(Piece::Borrowed(4096, &bytes[4096..8192]));
+        h.keep(Piece::Owned(0, bytes[..4096].to_vec()));
+        assert_eq!((h.early.len(), h.early_bytes), (0, 0));
+        h.advance(size, Some(Piece::Borrowed(8192, &bytes[8192..])));
+        finish_as_a_commit_does(h, &dir, &bytes);
+    }
+
     /// Spare buffers are kept up to [`SPARE_MAX`] bytes of capacity in all (whole run, ingest
     /// prefix_hash part: `kept + capacity` as `kept * capacity` kept one 1 MiB spare, not two).
     #[test]
