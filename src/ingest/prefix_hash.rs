@@ -108,6 +108,9 @@ struct Shared {
     handed: Mutex<Handed>,
     /// Bytes the thread read back from the part (the rest came as copies).
     read_back: AtomicU64,
+    /// Rounds of the thread's loop (a thread with nothing to do must sleep, not spin).
+    #[cfg(test)]
+    rounds: AtomicU64,
 }
 
 /// Copies of prefix bytes waiting for the thread, oldest first, and spare buffers.
@@ -205,6 +208,8 @@ impl PrefixHasher {
             drain: AtomicBool::new(false),
             handed: Mutex::new(Handed::default()),
             read_back: AtomicU64::new(0),
+            #[cfg(test)]
+            rounds: AtomicU64::new(0),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -363,6 +368,8 @@ fn run(file: &File, size: u64, s: &Shared, from: HashState) -> io::Result<HashSt
     let mut st = from;
     let mut buf = Vec::new();
     loop {
+        #[cfg(test)]
+        s.rounds.fetch_add(1, Ordering::Relaxed);
         let prefix = s.prefix.load(Ordering::Acquire).min(size);
         // Whole chunks while the prefix grows; the tail once it is complete.
         let upto = if prefix == size || prefix <= st.hashed {
@@ -618,6 +625,7 @@ mod tests {
             drain: AtomicBool::new(false),
             handed: Mutex::new(Handed::default()),
             read_back: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
         };
         {
             let mut h = shared.handed();
@@ -650,6 +658,101 @@ mod tests {
         assert_eq!((h.early.len(), h.early_bytes), (0, 0));
         h.advance(size, Some(Piece::Borrowed(8192, &bytes[8192..])));
         finish_as_a_commit_does(h, &dir, &bytes);
+    }
+
+    /// Writes `bytes[range]` into the part in `dir` (bytes past the prefix are written after
+    /// the hasher started, as a transfer writes them).
+    fn write_part(dir: &std::path::Path, bytes: &[u8], range: Range<usize>) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("part"))
+            .unwrap();
+        f.write_all_at(&bytes[range.clone()], range.start as u64)
+            .unwrap();
+    }
+
+    /// Waits until the hasher has read `want` bytes back, then checks it read no more, and
+    /// that with nothing to do its thread sleeps (whole run, ingest prefix_hash part: `upto >
+    /// hashed` as `>=` spun a core while a transfer waited for its next bytes).
+    fn read_back_settles_at(h: &PrefixHasher, want: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while h.read_back() < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read back {}",
+                h.read_back()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(IDLE_WAKE);
+        let rounds = h.shared.rounds.load(Ordering::Relaxed);
+        std::thread::sleep(3 * IDLE_WAKE);
+        assert_eq!(h.read_back(), want);
+        // Idle wake-ups every IDLE_WAKE, and a late one on a loaded machine, at most.
+        let idle = h.shared.rounds.load(Ordering::Relaxed) - rounds;
+        assert!(idle <= 10, "{idle} rounds of an idle thread");
+    }
+
+    /// While the prefix grows the thread reads whole chunks of it, never past it; once the
+    /// part is complete it reads the tail too; what it reads back is counted exactly (whole
+    /// run, ingest prefix_hash part: `run`'s bound on what to read, the chunk step and the
+    /// count were all free to change, since every test's part held its final bytes from the
+    /// start and a read past the prefix went unseen).
+    #[test]
+    fn the_thread_reads_whole_chunks_of_a_growing_prefix_then_the_tail() {
+        let c = CHUNK as usize;
+        let bytes = data(3 * c + c / 4);
+        let size = bytes.len() as u64;
+        // The part starts as zeros, and is filled as the prefix grows.
+        let (dir, file) = temp_file("grows", &vec![0; bytes.len()]);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        write_part(&dir, &bytes, 0..c + c / 2);
+        h.advance((c + c / 2) as u64, None);
+        // One whole chunk, not the half after it.
+        read_back_settles_at(&h, CHUNK);
+        // A copy past what was read: the gap before it is read back, the copy is not.
+        write_part(&dir, &bytes, c + c / 2..2 * c + c / 2);
+        let piece = &bytes[c + c / 2..2 * c + c / 2];
+        h.advance(
+            (2 * c + c / 2) as u64,
+            Some(Piece::Borrowed((c + c / 2) as u64, piece)),
+        );
+        read_back_settles_at(&h, CHUNK + CHUNK / 2);
+        // Complete: the tail, shorter than a chunk, is read too.
+        write_part(&dir, &bytes, 2 * c + c / 2..bytes.len());
+        h.advance(size, None);
+        read_back_settles_at(&h, size - CHUNK);
+        finish_as_a_commit_does(h, &dir, &bytes);
+    }
+
+    /// Copies still waiting when the hasher is finished are hashed by the thread before it
+    /// returns, and the gap before them is counted as read back (whole run, ingest
+    /// prefix_hash part: the drain's count with `+` for `-` went unnoticed).
+    #[test]
+    fn copies_waiting_at_finish_are_drained_and_counted() {
+        let c = CHUNK as usize;
+        let bytes = data(2 * c + c / 2);
+        let size = bytes.len() as u64;
+        let (dir, file) = temp_file("drain", &bytes);
+        let mut h = PrefixHasher::start(file, size, 0, None).unwrap();
+        h.advance(CHUNK, None);
+        read_back_settles_at(&h, CHUNK);
+        // Queued behind the parked thread's back, then finished at once: the drain takes it.
+        {
+            let mut handed = h.shared.handed();
+            handed
+                .queue
+                .push_back(((c + c / 2) as u64, bytes[c + c / 2..].to_vec()));
+            handed.bytes += c;
+        }
+        h.shared.prefix.store(size, Ordering::Release);
+        let shared = Arc::clone(&h.shared);
+        let st = h.finish().unwrap();
+        assert_eq!(st.hashed, size);
+        assert_eq!(digest(&st), expected(&bytes));
+        assert_eq!(shared.read_back.load(Ordering::Acquire), CHUNK + CHUNK / 2);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Spare buffers are kept up to [`SPARE_MAX`] bytes of capacity in all (whole run, ingest
