@@ -336,6 +336,47 @@ mod tests {
         assert_eq!(list(&t.0), ["x.abcd0123.png", "x.png"]);
     }
 
+    /// The same bytes over more than one read of the comparison, the last one short, are found
+    /// present (whole run, ingest publish part: the piece length's `size - off` as `+` read
+    /// past the end and called them different, so a second copy was made).
+    #[test]
+    fn the_same_bytes_over_several_reads_are_present() {
+        let t = TempDir::new("publish-same-big");
+        let data: Vec<u8> = (0..HASH_CHUNK + 4097).map(|i| (i % 253) as u8).collect();
+        fs::write(t.0.join("big.bin"), &data).unwrap();
+        fs::write(t.0.join(".tmp"), &data).unwrap();
+        let p = publish_in(
+            &t.0,
+            ".tmp",
+            "big.bin",
+            data.len() as u64,
+            None,
+            "tag",
+            Collision::Numbered,
+        )
+        .unwrap();
+        assert_eq!(p.outcome, Outcome::AlreadyPresent);
+        assert_eq!(list(&t.0), ["big.bin"]);
+    }
+
+    /// A name that is not there is NotFound (a candidate that vanished: the caller tries it
+    /// again); a link, a folder or a FIFO are no file of ours, and a regular file opens (whole
+    /// run, ingest publish part: the NotFound guard as `false` took a vanished name for other
+    /// bytes and moved on to the next name).
+    #[test]
+    fn open_existing_tells_a_missing_name_from_other_things() {
+        let t = TempDir::new("publish-open");
+        let d = Dir::open(&t.0).unwrap();
+        let e = open_existing(&d, os("missing")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        fs::write(t.0.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(t.0.join("file"), t.0.join("link")).unwrap();
+        fs::create_dir(t.0.join("folder")).unwrap();
+        assert!(open_existing(&d, os("file")).unwrap().is_some());
+        assert!(open_existing(&d, os("link")).unwrap().is_none());
+        assert!(open_existing(&d, os("folder")).unwrap().is_none());
+    }
+
     #[test]
     fn symlink_to_identical_file_is_not_reused() {
         let t = TempDir::new("symlink");
