@@ -941,6 +941,41 @@ fn merged(evs: Vec<Ev>) -> Vec<Ev> {
     out
 }
 
+/// The longest entry header (L, a 65,535-byte name, F) split byte by byte is gathered whole
+/// even when messages are limited to a few bytes, so that the entry bound alone sizes the
+/// stash (whole run, proto-tej frame part: MAX_ENTRY_HEADER's `+ 8` as `- 8` stayed green, the
+/// 16 MiB message bound hiding it).
+#[test]
+fn the_longest_entry_header_fits_the_stash_whatever_the_message_limit() {
+    let limits = Limits {
+        max_message: 4,
+        ..Limits::default()
+    };
+    let name = vec![b'n'; 65_535];
+    let mut input = header(0, 1);
+    input.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    input.extend_from_slice(&name);
+    input.extend_from_slice(&2u64.to_be_bytes());
+    input.extend_from_slice(b"ok");
+    put_message(b"hi", &mut input);
+    let evs = feed(&mut Decoder::new(limits), input.chunks(1));
+    assert_eq!(evs, whole(&input, limits));
+    assert_eq!(
+        evs[1],
+        Ev::File {
+            index: 0,
+            name,
+            name_ok: false,
+            size: 2
+        }
+    );
+    // The decoder says which limits it checks, and whether it streams messages (the whole
+    // run's `limits` as a default and `streams_messages` as `true` stayed green).
+    let d = Decoder::new(limits);
+    assert_eq!(d.limits().max_message, 4);
+    assert!(!d.streams_messages());
+}
+
 #[test]
 fn t2_streamed_messages_give_the_same_frames_split_anywhere_and_hold_nothing() {
     let limits = Limits::default();
