@@ -17,6 +17,8 @@
 #   MUTANTS_SLOT=2 bash tests/mutants.sh ...      a second run beside the first (its own copy
 #                                                 and build folder; two fit two cores)
 #   MUTANTS_MIN_TIMEOUT=20 ...                    the least test timeout, seconds (default 40)
+#   MUTANTS_TIMEOUT=25 ...                        a fixed test timeout, seconds (default: scaled
+#                                                 from the unmutated run, at least the above)
 #   MUTANTS_RETEST=1 bash tests/mutants.sh ...    only the mutants the last run missed (after a
 #                                                 test was added; found again by file, operator
 #                                                 and function if the code moved), results in
@@ -150,6 +152,9 @@ for m in $modules; do
     args=(mutants --dir "$copy" --in-place --no-shuffle
           --minimum-test-timeout "${MUTANTS_MIN_TIMEOUT:-40}"
           --build-timeout 900 --cargo-arg=--lib)
+    # MUTANTS_TIMEOUT: a fixed test timeout instead of one scaled from the baseline (catalog
+    # tests take 10 s and wait out deadlines under a mutant: 54 s per timeout otherwise).
+    [ -z "${MUTANTS_TIMEOUT:-}" ] || args+=(--timeout "$MUTANTS_TIMEOUT")
     [ -n "${MUTANTS_RETEST:-}" ] || args+=($shard)
     for f in $files; do args+=(--file "$f"); done
     if [ -n "${MUTANTS_RETEST:-}" ]; then
