@@ -98,7 +98,10 @@ pub(super) fn publish(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        match after_look(has_content(dest, os(&candidate), work, src, size), races) {
+        match after_look(
+            has_content(dest, os(&candidate), work, src, size),
+            &mut races,
+        ) {
             Look::Present => {
                 work.remove_file(src)?;
                 return Ok(Published {
@@ -108,7 +111,7 @@ pub(super) fn publish(
                 });
             }
             Look::NextName => attempt += 1,
-            Look::SameName => races += 1,
+            Look::SameName => {}
             Look::Failed(e) => return Err(e.into()),
         }
     }
@@ -129,11 +132,15 @@ enum Look {
     Failed(io::Error),
 }
 
-fn after_look(compared: io::Result<bool>, races: u32) -> Look {
+/// `races` counts the vanished names tried again for this candidate.
+fn after_look(compared: io::Result<bool>, races: &mut u32) -> Look {
     match compared {
         Ok(true) => Look::Present,
         Ok(false) => Look::NextName,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && races < MAX_RACES => Look::SameName,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && *races < MAX_RACES => {
+            *races += 1;
+            Look::SameName
+        }
         Err(e) => Look::Failed(e),
     }
 }
@@ -264,13 +271,16 @@ mod tests {
     #[test]
     fn a_compared_name_decides_the_next_step() {
         let gone = || Err(io::Error::from(io::ErrorKind::NotFound));
-        assert!(matches!(after_look(Ok(true), 0), Look::Present));
-        assert!(matches!(after_look(Ok(false), 0), Look::NextName));
-        assert!(matches!(after_look(gone(), 0), Look::SameName));
-        assert!(matches!(after_look(gone(), MAX_RACES - 1), Look::SameName));
-        assert!(matches!(after_look(gone(), MAX_RACES), Look::Failed(_)));
+        let mut races = 0;
+        assert!(matches!(after_look(Ok(true), &mut races), Look::Present));
+        assert!(matches!(after_look(Ok(false), &mut races), Look::NextName));
+        for _ in 0..MAX_RACES {
+            assert!(matches!(after_look(gone(), &mut races), Look::SameName));
+        }
+        assert_eq!(races, MAX_RACES);
+        assert!(matches!(after_look(gone(), &mut races), Look::Failed(_)));
         let denied = || Err(io::Error::from(io::ErrorKind::PermissionDenied));
-        assert!(matches!(after_look(denied(), 0), Look::Failed(_)));
+        assert!(matches!(after_look(denied(), &mut 0), Look::Failed(_)));
     }
 
     #[test]
