@@ -188,8 +188,27 @@ fn t11_no_reply_in_time_or_a_close_is_unconfirmed_and_statuses_1_to_127_expect_n
     sent_frame(&mut s, &[]);
     assert!(s.is_sending());
     s.handle_written(now);
+    // Whole run, proto-tej client part: `is_sending` as `true` stayed green.
+    assert!(!s.is_sending());
     assert_eq!(s.outcome(), Some(&SendOutcome::Unconfirmed));
     assert_eq!(s.poll_timeout(), None);
+}
+
+/// A requested item is a SHA-256 id only if it is 64 lowercase hex digits; anything else is a
+/// name, whose file comes under its base name (whole run, proto-tej client part: `&&` as `||`
+/// took a short hex name such as `cafe` for an id).
+#[test]
+fn t31_an_item_is_an_id_only_as_64_lowercase_hex_digits() {
+    assert_eq!(Wanted::of(SHA_A), Wanted::Sha256(SHA_A.into()));
+    assert_eq!(Wanted::of("cafe"), Wanted::Name("cafe".into()));
+    assert_eq!(
+        Wanted::of("photos/cafe.png"),
+        Wanted::Name("cafe.png".into())
+    );
+    let upper = SHA_A.to_ascii_uppercase();
+    assert_eq!(Wanted::of(&upper), Wanted::Name(upper.clone()));
+    let not_hex = "g".repeat(64);
+    assert_eq!(Wanted::of(&not_hex), Wanted::Name(not_hex.clone()));
 }
 
 #[test]
