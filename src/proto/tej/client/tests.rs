@@ -349,6 +349,24 @@ fn t31_an_answer_that_differs_from_its_manifest_is_a_mismatch() {
                 manifest("a.txt", 4, SHA_A).as_bytes(),
             ),
         ),
+        // The same bytes under another name, or with another size (whole run, proto-tej
+        // client part: the first `||` as `&&` let each one alone through).
+        (
+            "a.txt: received bytes do not match the manifest",
+            frame(
+                0,
+                &[("a.txt", b"AAAA")],
+                manifest("b.txt", 4, SHA_A).as_bytes(),
+            ),
+        ),
+        (
+            "a.txt: received bytes do not match the manifest",
+            frame(
+                0,
+                &[("a.txt", b"AAAA")],
+                manifest("a.txt", 5, SHA_A).as_bytes(),
+            ),
+        ),
         (
             "1 files received, manifest lists 2",
             frame(
