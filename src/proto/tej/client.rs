@@ -784,6 +784,8 @@ pub struct Lister {
     reader: Reader,
     entries: Vec<ManifestEntry>,
     out: Vec<u8>,
+    /// Most entries taken in all ([`MAX_LISTED`]; smaller in tests).
+    max_listed: usize,
 }
 
 impl Default for Lister {
@@ -799,6 +801,7 @@ impl Lister {
             reader: Reader::new(),
             entries: Vec::new(),
             out: Vec::new(),
+            max_listed: MAX_LISTED,
         }
     }
 
@@ -860,9 +863,10 @@ impl Lister {
         let page = Listing::from_json(&self.reader.message)
             .ok_or_else(|| Error::Mismatch("listing is not JSON".into()))?;
         self.entries.extend(page.files);
-        if self.entries.len() > MAX_LISTED {
+        if self.entries.len() > self.max_listed {
             return Err(Error::Mismatch(format!(
-                "listing goes past {MAX_LISTED} entries"
+                "listing goes past {} entries",
+                self.max_listed
             )));
         }
         match page.next {

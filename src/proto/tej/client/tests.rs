@@ -501,7 +501,10 @@ fn listing(names: &[&str], next: Option<&str>) -> Vec<u8> {
 
 /// Runs a lister against pages; returns the requests it sent, or its error.
 fn list(pages: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Vec<String>), Error> {
-    let mut l = Lister::new();
+    list_with(Lister::new(), pages)
+}
+
+fn list_with(mut l: Lister, pages: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Vec<String>), Error> {
     let mut requests = Vec::new();
     for page in pages {
         assert!(!l.is_finished(), "a page is still to come");
@@ -517,10 +520,40 @@ fn list(pages: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Vec<String>), Error> {
         }
     }
     assert!(l.is_finished());
-    Ok((
-        requests,
-        l.into_entries().into_iter().map(|e| e.name).collect(),
-    ))
+    // A finished listing ends cleanly at EOF, and shows what it took (whole run, proto-tej
+    // client part: the Done arm of `handle_eof` deleted, `entries` as empty or one default
+    // entry stayed green).
+    assert_eq!(l.handle_eof(), Ok(()));
+    let shown: Vec<String> = l.entries().iter().map(|e| e.name.clone()).collect();
+    let names: Vec<String> = l.into_entries().into_iter().map(|e| e.name).collect();
+    assert_eq!(shown, names);
+    Ok((requests, names))
+}
+
+/// Each page's `next` must move past the one before, over several pages, and the entries
+/// are bounded in all, the bound itself allowed (whole run, proto-tej client part: `n > after`
+/// as `<` and the bound's `>` as `==` or `>=` stayed green; the bound is 10,000,000 entries, so
+/// a smaller one is set here).
+#[test]
+fn t15_every_next_moves_forward_and_the_entries_are_bounded() {
+    let pages = [
+        listing(&["a"], Some("a")),
+        listing(&["b"], Some("b")),
+        listing(&["c"], None),
+    ];
+    let (requests, names) = list(&pages).unwrap();
+    assert_eq!(requests[2], frame(5, &[], br#"{"after":"b"}"#));
+    assert_eq!(names, ["a", "b", "c"]);
+    let bounded = |max| {
+        let mut l = Lister::new();
+        l.max_listed = max;
+        list_with(l, &pages)
+    };
+    assert_eq!(bounded(3).unwrap().1, ["a", "b", "c"]);
+    assert_eq!(
+        bounded(2),
+        Err(Error::Mismatch("listing goes past 2 entries".into()))
+    );
 }
 
 #[test]
