@@ -628,6 +628,8 @@ fn truncated_on_eof_inside_a_frame_and_a_clean_end_between_frames() {
     let mut h = Harness::new(Config::default(), now);
     h.feed(now, &f);
     assert!(h.conn.has_open_file());
+    // Whole run, proto-tej server part: `is_storing` as `false` stayed green.
+    assert!(h.conn.is_storing());
     h.eof();
     let j = assert_closed_with(&h, "truncated");
     assert_eq!(j["files"][0]["stored_as"], "first.txt");
