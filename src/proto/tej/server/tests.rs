@@ -511,9 +511,21 @@ fn assert_closed_with(h: &Harness, code: &str) -> serde_json::Value {
 fn t4_a_status_byte_without_the_top_bit_is_bad_frame() {
     let mut f = bytes("file_only");
     f[0] = 0x00;
-    let h = run(&f, Config::default());
+    let mut h = run(&f, Config::default());
     assert_closed_with(&h, "bad-frame");
     assert!(h.steps.is_empty());
+    // A finished connection takes nothing more, a valid frame neither, whether it closed on
+    // a bad frame or at the peer's EOF between frames (whole run, proto-tej server part: the
+    // guard's `||` as `&&` went on decoding after the close).
+    let good = bytes("file_only");
+    let mut closed = Harness::new(Config::default(), t0());
+    closed.eof();
+    assert!(closed.conn.is_finished());
+    for h in [&mut h, &mut closed] {
+        let (n, step) = h.conn.handle_input(t0(), &good, &mut h.cat);
+        assert_eq!(n, 0);
+        assert!(step.is_none());
+    }
 }
 
 #[test]
