@@ -306,6 +306,8 @@ fn t8_file_only_is_stored_and_acknowledged_with_exactly_the_ack_vector() {
     assert_eq!(h.store.committed, [("a.txt".to_string(), b"AAAA".to_vec())]);
     assert_eq!(h.out, bytes("ferry_ack_file_only"));
     assert!(!h.conn.is_finished() && h.conn.is_between_frames());
+    // An empty message is no message event (whole run, proto-tej server part: `> 0` as `>=`).
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Message { .. })));
 }
 
 #[test]
@@ -438,6 +440,16 @@ fn t17_acks_pings_errors_and_listings_are_not_answered_and_their_files_not_store
             .count(),
         4
     );
+    // Their messages are not an application's, nor are they application frames (whole run,
+    // proto-tej server part: `stores() && message_len > 0` as `||`, and the application
+    // guard `s > LISTING` as `true` or `>=`, reported them).
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::Message { .. } | Event::Application { .. })),
+        "{:?}",
+        h.events
+    );
 }
 
 #[test]
@@ -550,6 +562,9 @@ fn t13_the_tej_protoc_nonascii_name_is_too_large_and_nothing_is_opened() {
     let j = assert_closed_with(&h, "too-large");
     assert!(j["detail"].as_str().unwrap().contains("max_file_size"));
     assert!(h.steps.is_empty());
+    // Nothing was stored before the error: no `files` list (whole run, proto-tej server part:
+    // `DELIVER && !entries.is_empty()` as `||` sent an empty one).
+    assert!(j.get("files").is_none(), "{j}");
     // The vector of the error frame, but for its free detail text.
     let want = decode_all(&bytes("ferry_error_too_large"));
     assert_eq!(json(&want[0].1)["error"], j["error"]);
@@ -681,12 +696,34 @@ fn bad_request_not_found_and_ambiguous_keep_the_connection_open() {
         assert_error(r.last().unwrap(), code);
         assert!(!h.conn.is_finished());
     }
+    // What was wrong is said (whole run, proto-tej server part: the items' `expecting` as
+    // empty stayed green).
+    h.feed(now, &frame(4, &[], b"{\"get\":\"a.txt\"}"));
+    let j = assert_error(h.replies().last().unwrap(), "bad-request");
+    let detail = j["detail"].as_str().unwrap();
+    assert!(detail.contains("expected an array of strings"), "{detail}");
     h.feed(
         now,
         &frame(4, &[], b"{\"get\":[\"nope\",\"a.txt\",\"also-nope\"]}"),
     );
     let j = assert_error(h.replies().last().unwrap(), "not-found");
     assert_eq!(j["missing"], serde_json::json!(["nope", "also-nope"]));
+    // Counted over every item asked (the whole run's `+` as `*` said "2 of 2").
+    assert_eq!(j["detail"], "2 of 3 items not found");
+    // Ten ambiguous items are named, the rest counted (the whole run's `-` as `+` or `/`).
+    for k in 0..12 {
+        for (disk, bytes) in [(format!("dup{k}\u{301}"), b"1"), (format!("dup{k}x"), b"2")] {
+            h.cat
+                .files
+                .push((disk, format!("dup{k}\u{e9}"), bytes.to_vec()));
+        }
+    }
+    let items: Vec<String> = (0..12).map(|k| format!("dup{k}\u{e9}")).collect();
+    let request = serde_json::json!({ "get": items }).to_string();
+    h.feed(now, &frame(4, &[], request.as_bytes()));
+    let j = assert_error(h.replies().last().unwrap(), "ambiguous");
+    let detail = j["detail"].as_str().unwrap();
+    assert!(detail.ends_with("dup9\u{e9} and 2 more"), "{detail}");
     // A list request that is not the JSON described.
     h.feed(now, &frame(5, &[], b"{\"after\":7}"));
     assert_error(h.replies().last().unwrap(), "bad-request");
