@@ -441,6 +441,54 @@ mod tests {
         }
     }
 
+    /// After a legacy frame: a closing byte or a refused type wants nothing more, and the
+    /// connection is not between frames (whole run, proto-filestorage frame part: `wanted`'s
+    /// `(Some(0), _)` arm deleted or its `failed || closing` as `&&` asked for 5 more bytes).
+    #[test]
+    fn s7_a_legacy_close_or_refused_type_wants_nothing_more() {
+        let mut one = Vec::new();
+        put_frame(&mut one, Framing::Legacy, 3, b"{}");
+        for (tail, closes) in [(0u8, true), (7, false)] {
+            let mut dec = FrameDecoder::new(true);
+            dec.extend(&one);
+            assert!(matches!(dec.next_frame(), Ok(Some(Decoded::Frame(_)))));
+            dec.extend(&[tail]);
+            if closes {
+                assert_eq!(dec.wanted(), 0, "a close wants nothing");
+                assert_eq!(dec.next_frame(), Ok(Some(Decoded::PeerClosing)));
+            } else {
+                assert_eq!(dec.next_frame(), Err(FrameError::LegacyType { t: 7 }));
+            }
+            assert_eq!(dec.wanted(), 0);
+            assert!(!dec.is_between_frames());
+        }
+    }
+
+    /// A legacy frame larger than 64 KiB arriving in pieces is kept whole, and its buffer is
+    /// given back once it is read (whole run, proto-filestorage frame part: `compact`'s
+    /// `is_empty() && capacity > 64 KiB` as `||` threw away the half received; as `<` or `==`
+    /// the big buffer stayed).
+    #[test]
+    fn a_large_legacy_frame_in_pieces_is_kept_then_its_buffer_given_back() {
+        let json = format!("{{\"pad\":\"{}\"}}", "x".repeat(90_000));
+        let mut f = Vec::new();
+        put_frame(&mut f, Framing::Legacy, 2, json.as_bytes());
+        let mut dec = FrameDecoder::new(true);
+        let (a, b) = f.split_at(70_000);
+        dec.extend(a);
+        assert_eq!(dec.next_frame(), Ok(None));
+        dec.extend(b);
+        assert_eq!(
+            dec.next_frame(),
+            Ok(Some(Decoded::Frame(Frame {
+                utype: 2,
+                json: json.as_bytes()
+            })))
+        );
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert_eq!(dec.legacy.buf.capacity(), 0, "the buffer is given back");
+    }
+
     #[test]
     fn s3_length_bounds_and_nil_replies() {
         let mut dec = FrameDecoder::new(false);
