@@ -356,6 +356,9 @@ mod tests {
         // proto-filestorage ids part: `as_bytes` as zeros or ones stayed green).
         let b: [u8; 16] = std::array::from_fn(|i| i as u8 * 17);
         assert_eq!(Uuid::from_bytes(b).as_bytes(), &b);
+        // And text that is not one says so (its Display as empty stayed green).
+        let e = "not-a-uuid".parse::<Uuid>().unwrap_err();
+        assert_eq!(e.to_string(), "uuid: not the 36-character hyphenated form");
         let lower = u(FID);
         assert_eq!(u("0B6E3C1E-2F4D-4A7B-8C9D-112233445566"), lower);
         assert_eq!(u("0b6E3c1E-2f4D-4a7B-8c9D-112233445566"), lower);
