@@ -429,8 +429,17 @@ fn put_fails_on_refusal_and_on_protocol_errors() {
         })]
     );
     assert!(put.is_finished());
-    // A reply to another message, a reply that is not a RESPONSE, junk.
+    // A reply to another message, a reply that is not a RESPONSE (also one carrying a valid
+    // answer: the whole run's type guard as `false` took it), junk, an empty missing range
+    // (`first < end` as `<=` let [0,2,2] through).
+    let mut typed_3 = testdata::server_frames_4_5()[0].clone();
+    typed_3[4] = 3;
     for reply in [
+        typed_3,
+        testdata::frame(
+            2,
+            r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000001","response":"Ok","missing":[[0,2,2]],"chunk-size":1000,"window":32}"#,
+        ),
         testdata::frame(
             2,
             r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000009","response":"Ok","missing":[],"chunk-size":1000,"window":1}"#,
@@ -465,6 +474,19 @@ fn put_fails_on_refusal_and_on_protocol_errors() {
         );
         assert!(put.is_finished());
     }
+    // What a failure says (the whole run's Display as empty stayed green).
+    assert_eq!(
+        ClientError::Refused {
+            request: "authentication",
+            reason: "quota-exceeded: bytes".into()
+        }
+        .to_string(),
+        "filestorage: authentication refused: quota-exceeded: bytes"
+    );
+    assert_eq!(
+        ClientError::Protocol("complete").to_string(),
+        "filestorage: server broke the protocol: complete"
+    );
     // The source changed size under the driver.
     let mut put = notes_put(first_id());
     put.handle_input(&testdata::server_frames_4_5()[0]);

@@ -402,6 +402,25 @@ fn s5_unreadable_message_id_gives_none() {
     let mut bad = format!("{{{M},\"token\":\"").into_bytes();
     bad.extend_from_slice(&[0xff, b'"', b'}']);
     assert_eq!(parse_object(&bad), Err(JsonError::Syntax));
+    // Each error says what it is (whole run, proto-filestorage json part: Display as empty).
+    let said: Vec<String> = [
+        JsonError::Syntax,
+        JsonError::DuplicateKey,
+        JsonError::TooDeep,
+        JsonError::NotObject,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        said,
+        [
+            "json: invalid",
+            "json: duplicate key",
+            "json: nesting deeper than 32",
+            "json: not an object"
+        ]
+    );
     let trailing = format!("{{{M}}}x");
     assert_eq!(parse_object(trailing.as_bytes()), Err(JsonError::Syntax));
     assert_eq!(
