@@ -409,6 +409,50 @@ fn s15_more_ranges_are_fetched_by_asking_again() {
     assert_eq!(store.records.len(), 1);
 }
 
+/// A `complete` reply must name the file the chunk was of and its id; either one wrong is a
+/// protocol error, the right pair completes the put (whole run, proto-filestorage client part:
+/// the guard as `true`, or its `&&` as `||`, took a wrong id for the file's).
+#[test]
+fn a_complete_reply_must_name_the_file_and_its_id() {
+    let wrong_id = "00000000-0000-5000-8000-000000000000";
+    let wrong_file = format!(
+        r#"{{"message-id":"1a2b3c4d-0000-4000-8000-000000000004","response":"Ok","complete":1,"id":"{}"}}"#,
+        testdata::NOTES_ID
+    );
+    let wrong = format!(
+        r#"{{"message-id":"1a2b3c4d-0000-4000-8000-000000000004","response":"Ok","complete":0,"id":"{wrong_id}"}}"#
+    );
+    for (last, fails) in [
+        (None, false),
+        (Some(testdata::frame(2, &wrong)), true),
+        (Some(testdata::frame(2, &wrong_file)), true),
+    ] {
+        let mut frames = testdata::server_frames_4_5();
+        if let Some(f) = last {
+            *frames.last_mut().unwrap() = f;
+        }
+        let mut put = notes_put(first_id());
+        let mut events = Vec::new();
+        for f in &frames {
+            let mut out = Vec::new();
+            put.poll_transmit(&mut out);
+            put.handle_input(f);
+            while let Some(ev) = put.poll_event() {
+                match ev {
+                    PutEvent::ReadChunk(c) => {
+                        let src = testdata::notes();
+                        put.send_chunk(c, &src[c.offset as usize..(c.offset + c.len) as usize]);
+                    }
+                    other => events.push(other),
+                }
+            }
+        }
+        let failed = events.contains(&PutEvent::Failed(ClientError::Protocol("complete")));
+        assert_eq!(failed, fails, "{events:?}");
+        assert!(put.is_finished(), "{events:?}");
+    }
+}
+
 #[test]
 fn put_fails_on_refusal_and_on_protocol_errors() {
     let mut store = MemStore::new();
