@@ -402,6 +402,25 @@ fn s5_unreadable_message_id_gives_none() {
     let mut bad = format!("{{{M},\"token\":\"").into_bytes();
     bad.extend_from_slice(&[0xff, b'"', b'}']);
     assert_eq!(parse_object(&bad), Err(JsonError::Syntax));
+    // An object knows whether it is empty; a message id gives back its UUID and shows it;
+    // a malformed request says what is wrong (whole run, proto-filestorage json part:
+    // `is_empty` as false, `uuid` as the nil one, `Debug` and `Display` as empty).
+    assert!(parse_object(b"{}").unwrap().is_empty());
+    assert!(!parse_object(format!("{{{M}}}").as_bytes())
+        .unwrap()
+        .is_empty());
+    let id = Uuid::from_bytes([0x5a; 16]);
+    let m = MessageId::from_uuid(id);
+    assert_eq!(m.uuid(), id);
+    assert_eq!(
+        format!("{m:?}"),
+        "MessageId(5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a)"
+    );
+    let bad = Malformed {
+        message_id: None,
+        what: "chunk-size",
+    };
+    assert_eq!(bad.to_string(), "malformed: chunk-size");
     // Each error says what it is (whole run, proto-filestorage json part: Display as empty).
     let said: Vec<String> = [
         JsonError::Syntax,
