@@ -22,7 +22,7 @@ pub fn frame(utype: u8, json: &str) -> Vec<u8> {
     f
 }
 
-fn transfer_json(n: usize) -> String {
+pub fn transfer_json(n: usize) -> String {
     const CHUNKS: [&str; 3] = [
         "d85e0a50-7da3-591d-88ef-fd94e7421ed5",
         "ae972e88-9fac-5a70-85bf-4e8c43db00f7",

@@ -402,6 +402,21 @@ fn s5_unreadable_message_id_gives_none() {
     let mut bad = format!("{{{M},\"token\":\"").into_bytes();
     bad.extend_from_slice(&[0xff, b'"', b'}']);
     assert_eq!(parse_object(&bad), Err(JsonError::Syntax));
+    // A TRANSFER's JSON under another request type is read as that type, never as a
+    // TRANSFER (whole run, proto-filestorage json part: the fast path's `utype == TRANSFER`
+    // as `!=` took it for one).
+    let t = crate::proto::filestorage::testdata::transfer_json(0);
+    assert!(matches!(
+        parse_request(utype::TRANSFER, t.as_bytes(), 1024),
+        Some(Ok(Request::Transfer(_)))
+    ));
+    for other in [utype::AUTHENTICATION, utype::QUERY, utype::FETCH] {
+        let got = parse_request(other, t.as_bytes(), 1024);
+        assert!(
+            !matches!(got, Some(Ok(Request::Transfer(_)))),
+            "{other}: {got:?}"
+        );
+    }
     // An object knows whether it is empty; a message id gives back its UUID and shows it;
     // a malformed request says what is wrong (whole run, proto-filestorage json part:
     // `is_empty` as false, `uuid` as the nil one, `Debug` and `Display` as empty).
