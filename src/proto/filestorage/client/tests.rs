@@ -453,6 +453,80 @@ fn a_complete_reply_must_name_the_file_and_its_id() {
     }
 }
 
+/// Chunks handed to the driver but not yet sent hold the round open: their replies may come
+/// back first, and no new AUTHENTICATION goes out meanwhile; the window counts them; a chunk
+/// sent twice is ignored (whole run, proto-filestorage client part: `reading > 0` as `<`
+/// started the next round early; the window sums `in_flight + reading` as `-` underflowed;
+/// `send_chunk`'s guard with `&&` took a chunk nobody asked for).
+#[test]
+fn chunks_being_read_hold_the_round_open() {
+    let frames = testdata::server_frames_4_5();
+    let src = testdata::notes();
+    let bytes_of = |c: ChunkRef| src[c.offset as usize..(c.offset + c.len) as usize].to_vec();
+    let mut put = notes_put(first_id());
+    let mut out = Vec::new();
+    put.poll_transmit(&mut out);
+    put.handle_input(&frames[0]);
+    let mut asked = Vec::new();
+    while let Some(ev) = put.poll_event() {
+        let PutEvent::ReadChunk(c) = ev else {
+            panic!("{ev:?}")
+        };
+        asked.push(c);
+    }
+    assert_eq!(asked.len(), 3);
+    assert!(put.has_window_room(), "3 of a window of 32");
+    put.send_chunk(asked[0], &bytes_of(asked[0]));
+    put.send_chunk(asked[1], &bytes_of(asked[1]));
+    out.clear();
+    put.poll_transmit(&mut out);
+    assert_eq!(frame_lens(&out).len(), 2, "two TRANSFERs");
+    put.handle_input(&frames[1]);
+    put.handle_input(&frames[2]);
+    assert_eq!(put.poll_event(), None);
+    out.clear();
+    put.poll_transmit(&mut out);
+    assert!(out.is_empty(), "no new round while chunk 2 is being read");
+    put.send_chunk(asked[2], &bytes_of(asked[2]));
+    // The same chunk again, nobody asking: ignored.
+    put.send_chunk(asked[2], &bytes_of(asked[2]));
+    out.clear();
+    put.poll_transmit(&mut out);
+    assert_eq!(frame_lens(&out).len(), 1, "one TRANSFER");
+    put.handle_input(&frames[3]);
+    assert!(matches!(
+        put.poll_event(),
+        Some(PutEvent::FileComplete { file: 0, .. })
+    ));
+    assert_eq!(put.poll_event(), Some(PutEvent::Done));
+
+    // Every chunk answered but the file's completion not seen (another connection finished
+    // it): not done, AUTHENTICATION again to learn where it stands (the whole run's
+    // `!more && all complete` as `||` said Done).
+    let mut put = notes_put(first_id());
+    put.poll_transmit(&mut out);
+    put.handle_input(&frames[0]);
+    while let Some(PutEvent::ReadChunk(c)) = put.poll_event() {
+        put.send_chunk(c, &bytes_of(c));
+    }
+    put.handle_input(&frames[1]);
+    put.handle_input(&frames[2]);
+    put.handle_input(&testdata::frame(
+        2,
+        r#"{"message-id":"1a2b3c4d-0000-4000-8000-000000000004","response":"Ok"}"#,
+    ));
+    assert_eq!(put.poll_event(), None);
+    assert!(!put.is_finished());
+    out.clear();
+    put.poll_transmit(&mut out);
+    let sent = frame_lens(&out);
+    assert_eq!(
+        sent.last().map(|f| f.0),
+        Some(1),
+        "an AUTHENTICATION last: {sent:?}"
+    );
+}
+
 #[test]
 fn put_fails_on_refusal_and_on_protocol_errors() {
     let mut store = MemStore::new();
