@@ -506,6 +506,26 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// [`create_new`](Self::create_new) on the first free name `next` gives, trying at most
+    /// `tries` names (a temporary another process, a stale leftover or a planted link holds);
+    /// a taken last name is `AlreadyExists`, any other error ends it at once.
+    pub fn create_first_free(
+        &self,
+        mode: u32,
+        tries: u32,
+        mut next: impl FnMut() -> OsString,
+    ) -> io::Result<(OsString, File)> {
+        let mut tried = 1;
+        loop {
+            let name = next();
+            match self.create_new(&name, mode) {
+                Ok(f) => return Ok((name, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tried < tries => tried += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Opens the state file `name` read-write without following a link, creating it with
     /// `mode` if `create` and it is missing, and checks what was opened: a regular file with
     /// one link, owned by the user running ferry. For files that are reopened (journals,
@@ -1134,5 +1154,57 @@ mod tests {
         o.remove_file(OsStr::new("c")).unwrap();
         d.sync().unwrap();
         assert!(d.statvfs().is_ok() && d.fs_type().is_ok());
+    }
+    /// Exactly `tries` names are tried: a free one after `tries - 1` taken ones is created,
+    /// one more taken name is `AlreadyExists`, any other error ends the tries at once, and
+    /// what is there is left alone (written for ingest's temporaries in the whole mutation
+    /// run: their own tests share the process's names with tests running alongside, so
+    /// `== AlreadyExists` as `!=` and the bound's `<` as `<=` could slip past them).
+    #[test]
+    fn create_first_free_tries_a_bounded_number_of_names() {
+        const TRIES: u32 = 17;
+        let t = Tmp::new("first-free");
+        let root = t.0.join("root");
+        let dir = Dir::open(&root).unwrap();
+        let names = |n: u32| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        for name in names(TRIES) {
+            std::fs::write(root.join(name), b"theirs").unwrap();
+        }
+        let counter = |start: u32| {
+            let mut k = start;
+            move || {
+                k += 1;
+                OsString::from(format!("t{}", k - 1))
+            }
+        };
+        // From t1: TRIES - 1 names taken (t1..=t16), the next one (t17) is free.
+        let (name, _) = dir.create_first_free(0o666, TRIES, counter(1)).unwrap();
+        assert_eq!(name, OsString::from(format!("t{}", TRIES)));
+        // From t0: one more taken name than the retries allow (t17, made above, is taken too).
+        let mut tried = 0;
+        let e = dir
+            .create_first_free(0o666, TRIES, || {
+                tried += 1;
+                OsString::from(format!("t{}", tried - 1))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(tried, TRIES);
+        // Another error (a name with a missing folder in it) is not retried.
+        let mut tried = 0;
+        let e = dir
+            .create_first_free(0o666, TRIES, || {
+                tried += 1;
+                OsString::from("no-such-folder/x")
+            })
+            .unwrap_err();
+        assert_eq!((e.kind(), tried), (io::ErrorKind::NotFound, 1), "{e}");
+        for name in names(TRIES) {
+            assert_eq!(
+                std::fs::read(root.join(&name)).unwrap(),
+                b"theirs",
+                "{name}"
+            );
+        }
     }
 }

@@ -285,23 +285,9 @@ pub fn save(state: &Dir, index: &Index) -> io::Result<()> {
 }
 
 /// [`save`] through the temporary names `next_tmp` gives, one per try.
-fn save_named(
-    state: &Dir,
-    index: &Index,
-    mut next_tmp: impl FnMut() -> OsString,
-) -> io::Result<()> {
+fn save_named(state: &Dir, index: &Index, next_tmp: impl FnMut() -> OsString) -> io::Result<()> {
     let bytes = encode(index.iter().map(|(k, v)| (k.as_os_str(), v)));
-    let mut tries = 0;
-    let (tmp, mut f) = loop {
-        let tmp = next_tmp();
-        match state.create_new(&tmp, 0o600) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries + 1 < SAVE_TRIES => {
-                tries += 1
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let (tmp, mut f) = state.create_first_free(0o600, SAVE_TRIES, next_tmp)?;
     let result = f
         .write_all(&bytes)
         .and_then(|()| state.rename(&tmp, state, OsStr::new(INDEX_FILE)));

@@ -41,26 +41,6 @@ const PREALLOCATE_STEP: u64 = super::ledger::STEP;
 /// before giving up with `AlreadyExists`.
 const TEMP_RETRIES: u32 = 16;
 
-/// Creates the first free name `next` gives in `dir` (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode
-/// 0666 less the umask), trying at most `1 + TEMP_RETRIES` names; any error but a taken name
-/// ends it at once.
-fn create_exclusive(
-    dir: &crate::dir::Dir,
-    mut next: impl FnMut() -> OsString,
-) -> io::Result<(OsString, File)> {
-    let mut tries = 0;
-    loop {
-        let name = next();
-        match dir.create_new(&name, 0o666) {
-            Ok(f) => return Ok((name, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < TEMP_RETRIES => {
-                tries += 1
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// A file being received front to back. Dropping it without [`commit`](Self::commit) removes the
 /// temporary.
 pub struct StreamSink {
@@ -180,7 +160,11 @@ impl StreamSink {
     fn create_temp(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
             let (name, file) =
-                create_exclusive(self.dir.work_dir(), || OsString::from(next_temp_name()))?;
+                self.dir
+                    .work_dir()
+                    .create_first_free(0o666, 1 + TEMP_RETRIES, || {
+                        OsString::from(next_temp_name())
+                    })?;
             self.path = Some(self.dir.work().join(&name));
             self.temp = Some(name);
             self.file = Some(file);
@@ -594,50 +578,6 @@ mod tests {
         let e = s.write_all(&vec![7; 4 << 20]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(list(&t.0).len(), 1000);
-    }
-
-    /// Exactly [`TEMP_RETRIES`] taken names are retried past, one more is `AlreadyExists`, and
-    /// any other error ends the tries at once; what is there is left alone (whole run, ingest
-    /// stream part: the two tests above share the process's names with tests running
-    /// alongside, so `== AlreadyExists` as `!=` and `tries < 16` as `<=` could slip past them).
-    #[test]
-    fn exclusive_creation_retries_taken_names_a_bounded_number_of_times() {
-        let t = TempDir::new("stream-exclusive");
-        let dir = crate::dir::Dir::open(&t.0).unwrap();
-        let names = |n: u32| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
-        for name in names(TEMP_RETRIES + 1) {
-            fs::write(t.0.join(name), b"theirs").unwrap();
-        }
-        let counter = |start: u32| {
-            let mut k = start;
-            move || {
-                k += 1;
-                OsString::from(format!("t{}", k - 1))
-            }
-        };
-        // From t1: TEMP_RETRIES names taken (t1..=t16), the next one (t17) is free.
-        let (name, _) = create_exclusive(&dir, counter(1)).unwrap();
-        assert_eq!(name, OsString::from(format!("t{}", TEMP_RETRIES + 1)));
-        // From t0: one more taken name than the retries allow (t17, made above, is taken too).
-        let mut tried = 0;
-        let e = create_exclusive(&dir, || {
-            tried += 1;
-            OsString::from(format!("t{}", tried - 1))
-        })
-        .unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
-        assert_eq!(tried, TEMP_RETRIES + 1);
-        // Another error (a name with a missing folder in it) is not retried.
-        let mut tried = 0;
-        let e = create_exclusive(&dir, || {
-            tried += 1;
-            OsString::from("no-such-folder/x")
-        })
-        .unwrap_err();
-        assert_eq!((e.kind(), tried), (io::ErrorKind::NotFound, 1), "{e}");
-        for name in names(TEMP_RETRIES + 1) {
-            assert_eq!(fs::read(t.0.join(&name)).unwrap(), b"theirs", "{name}");
-        }
     }
 
     /// Pieces under [`DIRECT_WRITE_BYTES`] are gathered in the buffer even once the temporary
