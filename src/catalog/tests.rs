@@ -505,15 +505,19 @@ fn wait_for_change_wakes_on_swap_and_times_out_otherwise() {
         g
     );
 
+    // No deadline (Duration::MAX): woken by the rescan's new generation. The wait runs on a
+    // thread of its own so that a wait never woken fails this test in seconds, not hangs it.
     let h2 = Arc::clone(&h);
-    let root = dir.path().to_owned();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(root.join("new.png"), b"new").unwrap();
-        h2.rescan().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h2.wait_for_change(g, Duration::MAX));
     });
-    let snap = h.wait_for_change(g, Duration::MAX);
-    t.join().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    dir.write("new.png", b"new");
+    h.rescan().unwrap();
+    let snap = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the new generation wakes the wait");
     assert!(snap.generation() > g);
     assert_eq!(names(&snap), ["new.png"]);
 }
@@ -672,7 +676,7 @@ fn watcher_rescans_and_stops_on_drop() {
     assert!(guard.is_running());
     assert!(!guard.is_live(), "polling only, no inotify");
     dir.write("w.png", b"w");
-    let snap = h.wait_for_change(g, Duration::from_secs(30));
+    let snap = h.wait_for_change(g, Duration::from_secs(10));
     assert_eq!(names(&snap), ["w.png"]);
     drop(guard);
     // No thread keeps the handle alive.
@@ -686,7 +690,7 @@ fn watcher_rescans_and_stops_on_drop() {
     let guard = h.spawn_watcher(Duration::from_millis(10));
     assert!(guard.is_running());
     drop(h);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while guard.is_running() {
         assert!(
             std::time::Instant::now() < deadline,

@@ -824,4 +824,6 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
+mod input_tests;
+#[cfg(test)]
 pub(crate) mod tests;

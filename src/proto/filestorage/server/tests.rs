@@ -263,7 +263,7 @@ pub(crate) fn config(legacy: bool) -> Arc<ServerConfig> {
     })
 }
 
-fn conn() -> Connection {
+pub(super) fn conn() -> Connection {
     Connection::new(config(false), t0(), NOW)
 }
 
@@ -290,7 +290,7 @@ fn reasons(bytes: &[u8]) -> Vec<String> {
     replies(bytes).into_iter().map(|(_, r)| r).collect()
 }
 
-fn mid(n: u32) -> String {
+pub(super) fn mid(n: u32) -> String {
     format!("1a2b3c4d-0000-4000-8000-{n:012}")
 }
 
