@@ -268,7 +268,7 @@ pub(super) fn conn() -> Connection {
 }
 
 /// Splits server output into (message-id text, body) pairs.
-fn replies(bytes: &[u8]) -> Vec<(String, String)> {
+pub(super) fn replies(bytes: &[u8]) -> Vec<(String, String)> {
     let mut dec = FrameDecoder::new(false);
     dec.extend(bytes);
     let mut v = Vec::new();
@@ -286,7 +286,7 @@ fn replies(bytes: &[u8]) -> Vec<(String, String)> {
     v
 }
 
-fn reasons(bytes: &[u8]) -> Vec<String> {
+pub(super) fn reasons(bytes: &[u8]) -> Vec<String> {
     replies(bytes).into_iter().map(|(_, r)| r).collect()
 }
 
@@ -294,14 +294,14 @@ pub(super) fn mid(n: u32) -> String {
     format!("1a2b3c4d-0000-4000-8000-{n:012}")
 }
 
-fn auth_json(n: u32, files: &str, tags: &str, extra: &str) -> String {
+pub(super) fn auth_json(n: u32, files: &str, tags: &str, extra: &str) -> String {
     format!(
         r#"{{"message-id":"{}","token":"{TOKEN_A}","files":{files},"fid":"{FID}","tags":{tags}{extra}}}"#,
         mid(n)
     )
 }
 
-fn transfer_json(n: u32, fid: &str, file: u64, chunk: u64, data: &[u8]) -> String {
+pub(super) fn transfer_json(n: u32, fid: &str, file: u64, chunk: u64, data: &[u8]) -> String {
     let fid: Uuid = fid.parse().unwrap();
     let mut b64 = Vec::new();
     base64::encode_append(data, &mut b64);
@@ -313,7 +313,7 @@ fn transfer_json(n: u32, fid: &str, file: u64, chunk: u64, data: &[u8]) -> Strin
     )
 }
 
-const NOTES_FILES: &str = r#"[{"name":"notes.txt","size":2500}]"#;
+pub(super) const NOTES_FILES: &str = r#"[{"name":"notes.txt","size":2500}]"#;
 
 #[test]
 fn s1_s6_transcripts_of_4_5_and_6_byte_for_byte() {
@@ -647,7 +647,7 @@ fn s15_a_hundred_thousand_holes_page_at_2048_within_the_frame_limit() {
     assert!(missing.windows(2).all(|w| w[0].end < w[1].first));
 }
 
-fn notes_conn(store: &mut MemStore) -> Connection {
+pub(super) fn notes_conn(store: &mut MemStore) -> Connection {
     let (c, r, _) = authed(store, NOTES_FILES, "");
     assert_eq!(r[0].1, "Ok");
     c
