@@ -303,6 +303,24 @@ mod tests {
         assert_eq!(r.tags, ["2024", "work"]);
     }
 
+    /// S33: without tags a uid sees its own files and the public ones merged in id order, its
+    /// own past the last public one included (mutation run: those were never reached).
+    #[test]
+    fn s33_own_and_public_files_merge_in_id_order() {
+        let mut ix = Index::new();
+        assert!(ix.is_empty());
+        ix = index();
+        ix.insert(entry(11, 1002, "d", &["work"]));
+        ix.insert(entry(12, 1002, "e", &[]));
+        assert!(!ix.is_empty());
+        assert_eq!(
+            ids(&ix.query(1002, &q(&[], None, None), 10)),
+            [3, 5, 7, 9, 11, 12]
+        );
+        let p = ix.query(1002, &q(&[], None, Some(id(9))), 1);
+        assert_eq!((ids(&p), p.more), (vec![11], true));
+    }
+
     #[test]
     fn s35_another_uids_private_file_is_like_an_unknown_id() {
         let ix = index();

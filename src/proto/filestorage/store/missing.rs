@@ -101,11 +101,6 @@ impl MissingSet {
         Ok(set)
     }
 
-    /// Files in the batch.
-    pub fn file_count(&self) -> usize {
-        self.files.len()
-    }
-
     /// Chunks missing in all.
     pub fn missing_chunks(&self) -> u64 {
         self.missing
@@ -327,6 +322,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert_eq!(
+            BadRanges.to_string(),
+            "missing ranges: out of order or out of bounds"
+        );
         assert_eq!(
             MissingSet::from_ranges(&counts, &[]).unwrap(),
             MissingSet::none(2)
