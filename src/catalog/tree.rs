@@ -554,5 +554,14 @@ mod tests {
         assert_eq!(it.next(), None);
         assert!(T::default().iter().next().is_none());
         assert!(T::default().iter().nth(3).is_none());
+        // nth to the last item, and to exactly one past it.
+        assert_eq!(t.iter().nth(999), items.last());
+        let mut it = t.iter();
+        assert_eq!(it.nth(1000), None);
+        assert_eq!((it.len(), it.next()), (0, None));
+        let mut it = t.iter();
+        it.next();
+        assert_eq!(it.nth(999), None);
+        assert_eq!((it.len(), it.next()), (0, None));
     }
 }

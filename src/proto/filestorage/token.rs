@@ -584,5 +584,31 @@ pub(crate) mod tests {
         assert_eq!(unverified_login(A).as_deref(), Some("karchnu"));
         assert_eq!(unverified_login("x").as_deref(), None);
         assert_eq!(unverified_login("a.!!.c").as_deref(), None);
+        let token = |json: &str| {
+            let mut body = Vec::new();
+            base64::encode_url_append(json.as_bytes(), &mut body);
+            (
+                body.len(),
+                format!("h.{}.s", String::from_utf8(body).unwrap()),
+            )
+        };
+        assert_eq!(
+            unverified_login(&token(r#"{"login":""}"#).1),
+            None,
+            "an empty login"
+        );
+        // A payload of exactly MAX_TOKEN base64 characters is read; one longer is not.
+        let padded = |n: usize| format!(r#"{{"login":"x","p":"{}"}}"#, "a".repeat(n));
+        let at_max = padded(MAX_TOKEN / 4 * 3 - 20);
+        assert_eq!(token(&at_max).0, MAX_TOKEN);
+        assert_eq!(unverified_login(&token(&at_max).1).as_deref(), Some("x"));
+        let over = padded(MAX_TOKEN / 4 * 3 - 17);
+        assert!(token(&over).0 > MAX_TOKEN);
+        assert_eq!(unverified_login(&token(&over).1), None);
+    }
+
+    #[test]
+    fn key_error_text() {
+        assert_eq!(KeyError::Empty.to_string(), "jwt key: empty");
     }
 }

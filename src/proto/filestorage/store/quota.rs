@@ -451,6 +451,22 @@ mod tests {
         assert_eq!(c.limits_for(1002).max_bytes, 5000, "inherits default");
         assert_eq!(c.limits_for(1), &c.default);
         assert_eq!(QuotaConfig::parse(b"{}").unwrap(), QuotaConfig::default());
+        // Every key is read, up to the largest exact JSON integer.
+        let c = QuotaConfig::parse(
+            br#"{"default":{"max_file_size":1,"max_bytes":2,"max_files":3,"max_transfers":4,"min_free":9007199254740991}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.default,
+            QuotaLimits {
+                max_file_size: 1,
+                max_bytes: 2,
+                max_files: 3,
+                max_transfers: 4,
+                min_free: MAX_INT,
+            }
+        );
+        assert!(QuotaConfig::parse(br#"{"default":{"min_free":9007199254740992}}"#).is_err());
         for bad in [
             &br#"{"default":{"max_byte":1}}"#[..],
             br#"{"default":{"max_bytes":1.5}}"#,

@@ -267,6 +267,17 @@ mod tests {
                 "tags",
             ),
             (r#""chunk-size":1000"#, r#""chunk-size":999"#, "chunk-size"),
+            (r#""uid":1002"#, r#""uid":2147483648"#, "uid"),
+            (
+                r#""tags":["2024","work"]"#,
+                r#""tags":["work","work"]"#,
+                "tags",
+            ),
+            (
+                r#""missing":[[0,0,1],[0,2,3]]"#,
+                r#""missing":[[0,0,1,7],[0,2,3]]"#,
+                "missing",
+            ),
             (r#""uid":1002"#, r#""uid":1002,"uid":1003"#, "json"),
             (r#""touched":1750000000"#, r#""touched":1.5"#, "touched"),
         ] {
@@ -277,6 +288,11 @@ mod tests {
                 "{to}"
             );
         }
+        let top = text.replace(r#""uid":1002"#, r#""uid":2147483647"#);
+        assert_eq!(
+            PartialState::decode(top.as_bytes()).unwrap().uid,
+            (1 << 31) - 1
+        );
     }
 
     #[test]
@@ -313,6 +329,24 @@ mod tests {
         r.encode(&mut out);
         assert_eq!(Record::decode(&out), Err(BadStoreJson { what: "id" }));
         assert_eq!(Record::decode(b"{}"), Err(BadStoreJson { what: "id" }));
+        // The largest owner (2^31 - 1) is read, one more is not; tags must be strictly sorted.
+        r.file = 0;
+        out.clear();
+        r.encode(&mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        let top = text.replace(r#""owner":1002"#, r#""owner":2147483647"#);
+        assert_eq!(Record::decode(top.as_bytes()).unwrap().owner, (1 << 31) - 1);
+        for (from, to, what) in [
+            (r#""owner":1002"#, r#""owner":2147483648"#, "owner"),
+            (r#"["2024","public"]"#, r#"["2024","2024"]"#, "tags"),
+        ] {
+            let t = text.replace(from, to);
+            assert_eq!(
+                Record::decode(t.as_bytes()),
+                Err(BadStoreJson { what }),
+                "{to}"
+            );
+        }
         assert_eq!(
             BadStoreJson { what: "id" }.to_string(),
             "store json: bad id"
