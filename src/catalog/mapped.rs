@@ -479,6 +479,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_descriptor_length_and_stamp() {
+        let path = temp_file("debug", b"abc");
+        let m = MappedFile::open(&path).unwrap();
+        let text = format!("{m:?}");
+        assert!(text.starts_with("MappedFile { fd: "), "{text}");
+        assert!(text.contains(", len: 3, stamp: "), "{text}");
+        cleanup(&path);
+    }
+
+    #[test]
     fn is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<MappedFile>();
