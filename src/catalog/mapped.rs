@@ -478,6 +478,33 @@ mod tests {
         cleanup(&path);
     }
 
+    /// The unlinked-inode exception is for unlinked inodes only: a file still named whose
+    /// ctime alone moved (a new hard link, a chmod) may have been rewritten through any name.
+    #[test]
+    fn a_named_file_whose_ctime_moved_is_changed() {
+        let path = temp_file("ctime", b"same bytes");
+        let m = MappedFile::open(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::hard_link(&path, path.with_extension("link")).unwrap();
+        assert!(!m.is_unchanged());
+        cleanup(&path);
+    }
+
+    #[test]
+    fn drop_unmaps() {
+        let path = temp_file("unmap", b"mapped until dropped");
+        let m = MappedFile::open(&path).unwrap();
+        let (a, _b) = socketpair();
+        assert_eq!(m.send_to(a.as_raw_fd(), 0, 6).unwrap(), 6);
+        assert!(m.is_mapped());
+        let name = path.to_str().unwrap().to_owned();
+        let maps = || std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps().contains(&name));
+        drop(m);
+        assert!(!maps().contains(&name), "still mapped after drop");
+        cleanup(&path);
+    }
+
     #[test]
     fn debug_shows_descriptor_length_and_stamp() {
         let path = temp_file("debug", b"abc");
