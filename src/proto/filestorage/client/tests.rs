@@ -839,3 +839,51 @@ fn has_window_room_only_while_sending_below_the_window() {
     put.handle_input(&replies[1]);
     assert!(put.has_window_room(), "one Ok back");
 }
+
+fn fetch_config(size: Option<u64>, length: u64, window: u32) -> FetchConfig {
+    FetchConfig {
+        token: TOKEN_A.into(),
+        id: NOTES_ID.parse().unwrap(),
+        size,
+        start: 0,
+        length,
+        window,
+    }
+}
+
+/// S34: with the size known, FETCHes go `window` deep and none asks at or past the end.
+#[test]
+fn s34_fetches_fill_the_window_and_stop_at_the_end() {
+    let mut f = FetchClient::new(fetch_config(Some(10_000), 1000, 3), first_id());
+    let mut out = Vec::new();
+    f.poll_transmit(&mut out);
+    assert_eq!(frame_lens(&out).len(), 3, "window 3");
+    let mut f = FetchClient::new(fetch_config(Some(2000), 1000, 8), first_id());
+    let mut out = Vec::new();
+    f.poll_transmit(&mut out);
+    assert_eq!(
+        frame_lens(&out).len(),
+        2,
+        "2,000 bytes are two FETCHes of 1,000"
+    );
+}
+
+/// S34: with the size unknown, a reply short of `length` must say `eof`.
+#[test]
+fn s34_a_short_reply_without_eof_is_a_protocol_error() {
+    let ids = || MessageIds::random([2; 16]);
+    let mut f = FetchClient::new(fetch_config(None, 1000, 1), ids());
+    let mut out = Vec::new();
+    f.poll_transmit(&mut out);
+    assert_eq!(frame_lens(&out).len(), 1);
+    let mid = MessageId::from_uuid(ids().next_id());
+    let mut reply = Vec::new();
+    frame_with(&mut reply, utype::RESPONSE, |out| {
+        crate::proto::filestorage::json::encode_ok_fetch(out, &mid, &[7; 10], false)
+    });
+    f.handle_input(&reply);
+    assert_eq!(
+        f.poll_event(),
+        Some(FetchEvent::Failed(ClientError::Protocol("fetch length")))
+    );
+}
