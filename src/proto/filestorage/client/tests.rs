@@ -887,3 +887,22 @@ fn s34_a_short_reply_without_eof_is_a_protocol_error() {
         Some(FetchEvent::Failed(ClientError::Protocol("fetch length")))
     );
 }
+
+/// S34: with the size known, a reply of the right length must also say `eof` exactly at the end.
+#[test]
+fn s34_a_reply_of_the_right_length_with_a_wrong_eof_is_a_protocol_error() {
+    let ids = || MessageIds::random([3; 16]);
+    let mut f = FetchClient::new(fetch_config(Some(2000), 1000, 1), ids());
+    let mut out = Vec::new();
+    f.poll_transmit(&mut out);
+    let mid = MessageId::from_uuid(ids().next_id());
+    let mut reply = Vec::new();
+    frame_with(&mut reply, utype::RESPONSE, |out| {
+        crate::proto::filestorage::json::encode_ok_fetch(out, &mid, &[7; 1000], true)
+    });
+    f.handle_input(&reply);
+    assert_eq!(
+        f.poll_event(),
+        Some(FetchEvent::Failed(ClientError::Protocol("fetch length")))
+    );
+}
