@@ -144,4 +144,30 @@ mod tests {
         let never = CookieJar::new([7; 32], now, Duration::ZERO);
         assert_eq!(never.poll_timeout(), None);
     }
+
+    /// C11: rotations come one period apart, counted from the rotation, and are numbered.
+    #[test]
+    fn c11_rotations_are_one_period_apart_and_counted() {
+        let now = Instant::now();
+        let rot = Duration::from_secs(3600);
+        let mut j = CookieJar::new([7; 32], now, rot);
+        assert_eq!(j.poll_timeout(), Some(now + rot));
+        assert!(j.handle_timeout(now + rot + Duration::from_secs(5)));
+        assert_eq!(
+            j.poll_timeout(),
+            Some(now + rot * 2 + Duration::from_secs(5))
+        );
+        assert_eq!(format!("{j:?}"), "CookieJar { generation: 1, .. }");
+        j.rotate_now();
+        assert_eq!(format!("{j:?}"), "CookieJar { generation: 2, .. }");
+    }
+
+    /// The compare sees every differing byte: two differences that cancel out under XOR are
+    /// still a difference.
+    #[test]
+    fn ct_eq_sees_every_difference() {
+        assert!(ct_eq(b"abcd", b"abcd"));
+        assert!(!ct_eq(b"ab", b"ba"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
 }
