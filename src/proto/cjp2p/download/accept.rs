@@ -246,6 +246,21 @@ mod tests {
         assert!(dl.sources().is_empty());
     }
 
+    /// C33: an eof of exactly max_eof is taken, one byte more is not.
+    #[test]
+    fn c33_eof_of_exactly_max_eof_is_taken() {
+        let max = DownloadConfig::default().max_eof;
+        let (mut dl, t0, a) = one_source(None);
+        dl.poll_request(t0).unwrap();
+        let got = dl.on_content(t0 + MS, a, 0, 4096, Some(max + 1));
+        assert_eq!(got, Accept::DropSource("eof above max_eof"));
+        let (mut dl, t0, a) = one_source(None);
+        dl.poll_request(t0).unwrap();
+        let got = dl.on_content(t0 + MS, a, 0, 4096, Some(max));
+        assert!(!matches!(got, Accept::DropSource(_)), "{got:?}");
+        assert_eq!(dl.eof(), Some(max));
+    }
+
     #[test]
     fn reference_crash_eof_2_pow_50_refused_without_a_bitmap() {
         // Section 9: the reference created a 32 GiB sparse bitmap for this first reply.
