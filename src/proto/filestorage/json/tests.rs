@@ -631,6 +631,11 @@ fn transfer_fast_path_agrees_with_the_strict_parser() {
         format!(r#"{{"data":"AAECAw==",{mid},{chunk},"file":0,"n":0}}"#),
         format!(r#"{{{mid},"x":{{"data":"QUJD"}},{chunk},"data":"AAECAw==","file":0,"n":0}}"#),
         format!(r#"{{{mid},"x":"\"data\":\"QUJD",{chunk},"data":"AAECAw==","file":0,"n":0}}"#),
+        // A closing brace inside a string is not the object's end: the nested `data` after
+        // it is not the top-level one.
+        format!(
+            r#"{{{mid},"z":"}}","x":{{"data":"QUJD"}},{chunk},"data":"AAECAw==","file":0,"n":0}}"#
+        ),
         format!(r#"{{{mid},{chunk},"data":"AAECAw==","data":"AAECAw==","file":0,"n":0}}"#),
         format!(r#"{{{mid},{chunk},"data":"AA\nECAw==","file":0,"n":0}}"#),
         format!(r#"{{{mid},{chunk},"data" : "AAECAw==","file":0,"n":0}}"#),
@@ -657,7 +662,7 @@ fn transfer_fast_path_agrees_with_the_strict_parser() {
         }
     }
     assert_eq!(
-        fast_taken, 5,
+        fast_taken, 6,
         "the compact well-formed cases take the fast path"
     );
     // Truncations never panic and agree too.
