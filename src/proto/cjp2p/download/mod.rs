@@ -495,7 +495,10 @@ mod tests {
         let (mut dl, t0, a) = one_source(Some(100_000));
         let mut now = t0;
         let mut seen = Vec::new();
+        let mut rounds = 0;
         while !dl.is_complete() {
+            rounds += 1;
+            assert!(rounds < 10_000, "no progress");
             let reqs = drain(&mut dl, now);
             for r in &reqs {
                 assert_eq!(r.offset % 4096, 0);
@@ -614,7 +617,10 @@ mod tests {
         dl.add_source(t0, addr(1), None);
         let mut now = t0;
         let mut asked = Vec::new();
+        let mut rounds = 0;
         while !dl.is_complete() {
+            rounds += 1;
+            assert!(rounds < 10_000, "no progress");
             let reqs = drain(&mut dl, now);
             asked.extend(reqs.iter().map(|r| r.offset / 4096));
             now += 10 * MS;
@@ -633,7 +639,10 @@ mod tests {
         dl.add_source(t0, addr(2), None);
         let eof = 3 * 4096;
         let mut now = t0;
+        let mut rounds = 0;
         while !dl.is_complete() {
+            rounds += 1;
+            assert!(rounds < 10_000, "no progress");
             let reqs = drain(&mut dl, now);
             now += 10 * MS;
             answer_all(&mut dl, now, &reqs, eof);

@@ -311,7 +311,10 @@ mod tests {
         let mut now = t0;
         let mut max_cwnd = 0;
         let mut grew = false;
+        let mut rounds = 0;
         while !dl.is_complete() {
+            rounds += 1;
+            assert!(rounds < 10_000, "no progress");
             let before = dl.stats().sources[0].cwnd;
             let reqs = drain(&mut dl, now);
             assert!(reqs.len() <= 16);
