@@ -515,6 +515,11 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..25).map(|i| i * 4096).collect::<Vec<_>>());
         assert_eq!(dl.received_bytes(), 100_000);
+        assert_eq!(
+            dl.stats().sources[0].delivered,
+            100_000,
+            "counted per source"
+        );
     }
 
     #[test]
