@@ -590,6 +590,39 @@ fn query_reply_stops_before_the_frame_limit() {
     assert!(out.ends_with(b"\"results\":[],\"more\":false}"));
 }
 
+/// A reply of exactly `max_json` bytes is sent whole; one byte less leaves the last result out.
+#[test]
+fn query_reply_of_exactly_the_limit_is_kept_whole() {
+    let r = QueryResult {
+        id: Uuid::NIL,
+        name: "a.txt".into(),
+        size: 5,
+        sha256: [1; 32],
+        tags: vec!["work".into()],
+    };
+    let results = vec![r; 3];
+    let mut out = Vec::new();
+    assert_eq!(
+        encode_ok_query(&mut out, &mid(1), &results, false, usize::MAX),
+        3
+    );
+    let whole = out.len();
+    out.clear();
+    assert_eq!(
+        encode_ok_query(&mut out, &mid(1), &results, false, whole),
+        3
+    );
+    assert_eq!(out.len(), whole);
+    assert!(out.ends_with(b"],\"more\":false}"));
+    out.clear();
+    assert_eq!(
+        encode_ok_query(&mut out, &mid(1), &results, false, whole - 1),
+        2
+    );
+    assert!(out.len() < whole);
+    assert!(out.ends_with(b"],\"more\":true}"));
+}
+
 #[test]
 fn never_panics_on_truncations_and_random_bytes() {
     let fixtures: Vec<Vec<u8>> = vec![
