@@ -381,6 +381,36 @@ mod tests {
         assert_eq!(st.sources[0].ssthresh, (cwnd / 2).max(2));
     }
 
+    /// A spurious timeout is undone: when every expired request is answered late (within the
+    /// grace), the window is what it was before the decrease; a live answer does not count.
+    #[test]
+    fn c27_a_window_lost_then_answered_late_is_restored() {
+        let eof = 64 << 20;
+        let (mut dl, t0, _) = one_source(Some(eof));
+        let mut now = t0;
+        for _ in 0..6 {
+            let reqs = drain(&mut dl, now);
+            now += 10 * MS;
+            answer_all(&mut dl, now, &reqs, eof);
+        }
+        let cwnd = dl.stats().sources[0].cwnd;
+        let mut lost = Vec::new();
+        for _ in 0..20 {
+            lost.extend(drain(&mut dl, now));
+            now += MS;
+        }
+        let due = dl.poll_timeout().unwrap();
+        now = now.max(due) + 20 * MS;
+        dl.handle_timeout(now);
+        assert_eq!(dl.stats().sources[0].cwnd, (cwnd / 2).max(2));
+        // All but one answered late: the decrease stands so far.
+        now += 10 * MS;
+        answer_all(&mut dl, now, &lost[1..], eof);
+        assert!(dl.stats().sources[0].cwnd < cwnd);
+        answer_all(&mut dl, now, &lost[..1], eof);
+        assert!(dl.stats().sources[0].cwnd >= cwnd, "undone");
+    }
+
     #[test]
     fn bytes_in_flight_stay_within_max_bytes_in_flight() {
         let t0 = Instant::now();
