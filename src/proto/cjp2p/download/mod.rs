@@ -612,6 +612,27 @@ mod tests {
         assert!(sends.iter().all(|(_, r)| r.to == a));
     }
 
+    /// C31: a resume's eof is taken up to max_eof, never above it, and 0 only for the empty
+    /// file's id.
+    #[test]
+    fn c31_resume_takes_an_eof_up_to_max_eof_and_0_only_for_the_empty_file() {
+        let cfg = DownloadConfig {
+            max_eof: 1 << 20,
+            ..DownloadConfig::default()
+        };
+        let none = |_| false;
+        let mut dl = Download::new(id(), cfg.clone(), None);
+        dl.resume((1 << 20) + 1, &none);
+        assert_eq!(dl.eof(), None, "above max_eof");
+        dl.resume(0, &none);
+        assert_eq!(dl.eof(), None, "0 for a file that is not empty");
+        dl.resume(1 << 20, &none);
+        assert_eq!(dl.eof(), Some(1 << 20));
+        let mut dl = Download::new(EMPTY_ID, cfg, None);
+        dl.resume(0, &none);
+        assert_eq!(dl.eof(), Some(0));
+    }
+
     #[test]
     fn c31_resume_with_half_the_blocks_requests_only_the_others() {
         let t0 = Instant::now();
