@@ -628,6 +628,11 @@ mod tests {
         assert_eq!(dl.eof(), None, "0 for a file that is not empty");
         dl.resume(1 << 20, &none);
         assert_eq!(dl.eof(), Some(1 << 20));
+        // Another eof contradicts the known one: ignored; the same one adds its blocks.
+        dl.resume(8192, &|_| true);
+        assert_eq!((dl.eof(), dl.received_bytes()), (Some(1 << 20), 0));
+        dl.resume(1 << 20, &|i| i == 0);
+        assert_eq!(dl.received_bytes(), 4096);
         let mut dl = Download::new(EMPTY_ID, cfg, None);
         dl.resume(0, &none);
         assert_eq!(dl.eof(), Some(0));
