@@ -520,6 +520,11 @@ mod tests {
             100_000,
             "counted per source"
         );
+        assert_eq!(
+            dl.stats().requests_sent,
+            25,
+            "one request per block, none again"
+        );
     }
 
     #[test]
