@@ -241,6 +241,8 @@ mod tests {
         dl.poll_request(t0).unwrap();
         let got = dl.on_content(t0 + MS, a, 0, 4096, Some(1 << 50));
         assert!(matches!(got, Accept::DropSource(_)));
+        let st = dl.stats();
+        assert_eq!((st.dropped, st.sources_dropped), (1, 1), "counted");
         assert!(dl.blocks.is_none());
         assert_eq!(dl.eof(), None);
         assert!(dl.sources().is_empty());
