@@ -61,14 +61,7 @@ fn a_whole_frame_read_is_not_timed_as_one_still_arriving() {
         panic!("a query")
     };
     assert_eq!(c.poll_timeout(), None, "a reply is owed");
-    c.handle_answer(
-        ticket,
-        Answer::Query(Ok(QueryPage {
-            results: vec![],
-            more: false,
-        })),
-    )
-    .unwrap();
+    c.handle_answer(ticket, no_results()).unwrap();
     // The frame is whole: no io timeout runs from its first byte, only the idle one.
     assert_eq!(c.poll_timeout(), Some(t0() + limits.idle_timeout));
 }
@@ -83,6 +76,14 @@ fn answer_errors_name_the_request() {
         AnswerError::WrongKind(8).to_string(),
         "filestorage: wrong answer for request 8"
     );
+}
+
+/// A QUERY's answer with nothing found.
+fn no_results() -> Answer<'static> {
+    Answer::Query(Ok(QueryPage {
+        results: vec![],
+        more: false,
+    }))
 }
 
 fn stored() -> Answer<'static> {
@@ -127,17 +128,13 @@ fn tickets_are_never_reused_and_an_answered_one_is_refused() {
         Err(AnswerError::UnknownTicket(q + 1)),
         "a ticket not yet given"
     );
-    let page = || QueryPage {
-        results: vec![],
-        more: false,
-    };
-    c.handle_answer(q, Answer::Query(Ok(page()))).unwrap();
+    c.handle_answer(q, no_results()).unwrap();
     c.handle_input(&query(5), t0(), NOW);
     let Some(Event::Query { ticket: r, .. }) = c.poll_event() else {
         panic!("a query")
     };
     assert!(r > q, "ticket {r} after {q}");
-    c.handle_answer(r, Answer::Query(Ok(page()))).unwrap();
+    c.handle_answer(r, no_results()).unwrap();
     let mut out = Vec::new();
     c.poll_transmit(&mut out);
     assert_eq!(reasons(&out), ["Ok", "Ok", "Ok", "Ok"]);
@@ -267,14 +264,7 @@ fn idle_only_between_frames_with_nothing_owed_or_unsent() {
         panic!("a query")
     };
     assert!(!c.is_idle(), "a reply owed");
-    c.handle_answer(
-        ticket,
-        Answer::Query(Ok(QueryPage {
-            results: vec![],
-            more: false,
-        })),
-    )
-    .unwrap();
+    c.handle_answer(ticket, no_results()).unwrap();
     assert!(!c.is_idle(), "a reply not yet sent");
     let mut out = Vec::new();
     c.poll_transmit(&mut out);
