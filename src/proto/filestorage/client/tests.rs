@@ -851,6 +851,16 @@ fn fetch_config(size: Option<u64>, length: u64, window: u32) -> FetchConfig {
     }
 }
 
+/// A server's Ok reply to the FETCH of message id `mid`: `data`, and whether it ends the file.
+fn fetch_reply(mid: Uuid, data: &[u8], eof: bool) -> Vec<u8> {
+    let mid = MessageId::from_uuid(mid);
+    let mut reply = Vec::new();
+    frame_with(&mut reply, utype::RESPONSE, |out| {
+        crate::proto::filestorage::json::encode_ok_fetch(out, &mid, data, eof)
+    });
+    reply
+}
+
 /// S34: with the size known, FETCHes go `window` deep and none asks at or past the end.
 #[test]
 fn s34_fetches_fill_the_window_and_stop_at_the_end() {
@@ -876,12 +886,7 @@ fn s34_a_short_reply_without_eof_is_a_protocol_error() {
     let mut out = Vec::new();
     f.poll_transmit(&mut out);
     assert_eq!(frame_lens(&out).len(), 1);
-    let mid = MessageId::from_uuid(ids().next_id());
-    let mut reply = Vec::new();
-    frame_with(&mut reply, utype::RESPONSE, |out| {
-        crate::proto::filestorage::json::encode_ok_fetch(out, &mid, &[7; 10], false)
-    });
-    f.handle_input(&reply);
+    f.handle_input(&fetch_reply(ids().next_id(), &[7; 10], false));
     assert_eq!(
         f.poll_event(),
         Some(FetchEvent::Failed(ClientError::Protocol("fetch length")))
@@ -895,12 +900,7 @@ fn s34_a_reply_of_the_right_length_with_a_wrong_eof_is_a_protocol_error() {
     let mut f = FetchClient::new(fetch_config(Some(2000), 1000, 1), ids());
     let mut out = Vec::new();
     f.poll_transmit(&mut out);
-    let mid = MessageId::from_uuid(ids().next_id());
-    let mut reply = Vec::new();
-    frame_with(&mut reply, utype::RESPONSE, |out| {
-        crate::proto::filestorage::json::encode_ok_fetch(out, &mid, &[7; 1000], true)
-    });
-    f.handle_input(&reply);
+    f.handle_input(&fetch_reply(ids().next_id(), &[7; 1000], true));
     assert_eq!(
         f.poll_event(),
         Some(FetchEvent::Failed(ClientError::Protocol("fetch length")))
