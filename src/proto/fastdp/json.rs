@@ -248,6 +248,8 @@ mod tests {
             ("123456789012345678901", FieldError::OutOfRange("k")),
             ("-1", FieldError::Mistyped("k")),
             ("-0", FieldError::Mistyped("k")),
+            ("+1", FieldError::Mistyped("k")),
+            ("", FieldError::Mistyped("k")),
             ("1.0", FieldError::Mistyped("k")),
             ("1e3", FieldError::Mistyped("k")),
             ("01", FieldError::Mistyped("k")),

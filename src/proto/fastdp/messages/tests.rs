@@ -162,6 +162,10 @@ fn f31_error_codes_and_their_finality() {
         assert!(!ErrorCode::parse(c).is_final(), "{c}");
         assert_eq!(ErrorCode::parse(c).as_str(), c);
     }
+    // Shown to users (in logs and errors) as its wire text.
+    for c in finals.iter().chain(&others) {
+        assert_eq!(ErrorCode::parse(c).to_string(), *c);
+    }
     assert_eq!(ErrorCode::ALL.len(), finals.len() + others.len());
 }
 
