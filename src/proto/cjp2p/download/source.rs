@@ -351,6 +351,13 @@ mod tests {
         let slot = dl.poll_timeout().unwrap();
         assert!(slot > now && slot < now + 2 * MS, "{:?}", slot - now);
         assert!(dl.poll_request(now).is_none());
+        // Polled halfway, the bucket holds part of a token and the slot stays where it was:
+        // it is what the missing part takes to refill.
+        let half = now + (slot - now) / 2;
+        assert!(dl.poll_request(half).is_none());
+        let again = dl.poll_timeout().unwrap();
+        let moved = again.max(slot) - again.min(slot);
+        assert!(moved < Duration::from_micros(5), "{moved:?}");
         assert!(dl.poll_request(slot).is_some());
     }
 
