@@ -586,35 +586,51 @@ mod tests {
         assert_eq!(dl.stats().dup_replies, 1);
     }
 
+    /// With the default RTO a request expires well within the 2 s: the suspended source sends
+    /// as soon as its 2 s are up. With an RTO over 2 s its request is still in flight then, the
+    /// slot passes unused and poll_timeout must not report it again (a spin).
     #[test]
     fn silent_source_is_suspended_after_8s_and_dropped_after_30s() {
-        let (mut dl, t0, a) = one_source(Some(1 << 20));
-        let mut now = t0;
-        let mut sends = Vec::new();
-        while now < t0 + Duration::from_secs(40) {
-            while let Some(r) = dl.poll_request(now) {
-                sends.push((now, r));
+        for (rto, at_the_slot) in [(250 * MS, true), (Duration::from_secs(3), false)] {
+            let t0 = Instant::now();
+            let cfg = DownloadConfig {
+                initial_rto: rto,
+                ..DownloadConfig::default()
+            };
+            let mut dl = Download::new(id(), cfg, Some(1 << 20));
+            let a = addr(1);
+            dl.add_source(t0, a, None);
+            let mut now = t0;
+            let mut sends = Vec::new();
+            while now < t0 + Duration::from_secs(40) {
+                while let Some(r) = dl.poll_request(now) {
+                    sends.push((now, r));
+                }
+                let Some(due) = dl.poll_timeout() else { break };
+                assert!(due > now, "poll_timeout must not spin (rto {rto:?})");
+                now = due;
+                dl.handle_timeout(now);
             }
-            let Some(due) = dl.poll_timeout() else { break };
-            assert!(due > now, "poll_timeout must not spin");
-            now = due;
-            dl.handle_timeout(now);
+            assert!(dl.sources().is_empty(), "dropped");
+            assert_eq!(dl.stats().sources_dropped, 1);
+            let last = sends.last().unwrap().0;
+            assert!(last < t0 + Duration::from_secs(30));
+            // After 8 s of silence: at most one request per 2 s ...
+            let late: Vec<_> = sends.iter().filter(|(t, _)| *t >= t0 + 8500 * MS).collect();
+            assert!(!late.is_empty());
+            for w in late.windows(2) {
+                let gap = w[1].0 - w[0].0;
+                assert!(gap >= SUSPENDED_INTERVAL, "{gap:?}");
+                // ... and that one as soon as its 2 s are up: poll_timeout reports the slot.
+                if at_the_slot {
+                    assert!(gap < SUSPENDED_INTERVAL + 10 * MS, "{gap:?}");
+                }
+            }
+            if at_the_slot {
+                assert!(late.len() >= 9, "{} requests after 8.5 s", late.len());
+            }
+            assert!(sends.iter().all(|(_, r)| r.to == a));
         }
-        assert!(dl.sources().is_empty(), "dropped");
-        assert_eq!(dl.stats().sources_dropped, 1);
-        let last = sends.last().unwrap().0;
-        assert!(last < t0 + Duration::from_secs(30));
-        // After 8 s of silence: at most one request per 2 s.
-        let late: Vec<_> = sends.iter().filter(|(t, _)| *t >= t0 + 8500 * MS).collect();
-        assert!(!late.is_empty());
-        for w in late.windows(2) {
-            assert!(
-                w[1].0 - w[0].0 >= SUSPENDED_INTERVAL,
-                "{:?}",
-                w[1].0 - w[0].0
-            );
-        }
-        assert!(sends.iter().all(|(_, r)| r.to == a));
     }
 
     /// C31: a resume's eof is taken up to max_eof, never above it, and 0 only for the empty
