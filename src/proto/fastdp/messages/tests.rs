@@ -589,6 +589,11 @@ fn ack_limits_and_splitting() {
 fn transfer_ids_and_checksums() {
     let t = TransferId::from_random([0xff; 16]);
     assert_eq!(t.as_str(), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    // Logs and errors show them as their wire text.
+    assert_eq!(t.to_string(), t.as_str());
+    assert_eq!(format!("{t:?}"), format!("TransferId({})", t.as_str()));
+    let c = Checksum(EMPTY_SHA256);
+    assert_eq!(format!("{c:?}"), c.to_text());
     assert_eq!(
         TransferId::from_random([0; 16]).as_str(),
         "00000000-0000-4000-8000-000000000000"
