@@ -435,6 +435,7 @@ mod tests {
             Accept::Store { offset: 0, len: 0 }
         );
         assert!(dl.is_complete());
+        assert_eq!(dl.received_bytes(), 0, "no blocks, no last block to trim");
         assert_eq!(dl.poll_request(t0), None);
     }
 

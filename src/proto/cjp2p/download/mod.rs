@@ -666,6 +666,13 @@ mod tests {
         let eof = 64 * 4096 + 100;
         dl.resume(eof, &|i| i % 2 == 0);
         assert_eq!(dl.received_bytes(), 33 * 4096 - 4096 + 100);
+        // Blocks 0..=64: the even ones held; none past the last.
+        assert!(dl.has_block(0) && !dl.has_block(1) && dl.has_block(64));
+        assert!(!dl.has_block(65) && !dl.has_block(66) && !dl.has_block(u64::MAX));
+        // 64 whole blocks fill the bitmap's one word: block 64 is past it, and not held.
+        let mut whole = Download::new(id(), DownloadConfig::default(), None);
+        whole.resume(64 * 4096, &|_| true);
+        assert!(whole.is_complete() && whole.has_block(63) && !whole.has_block(64));
         dl.add_source(t0, addr(1), None);
         let mut now = t0;
         let mut asked = Vec::new();
