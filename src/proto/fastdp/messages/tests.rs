@@ -538,11 +538,16 @@ fn have_ranges_are_half_open_sorted_merged_and_capped() {
     assert!(parse_have(&o, 10).is_err());
     let o = Object::parse(br#"{"Have":[[0,4294967296]]}"#).unwrap();
     assert!(parse_have(&o, u32::MAX).is_err());
-    let many: Vec<String> = (0..2049)
-        .map(|i| format!("[{},{}]", 2 * i, 2 * i + 1))
-        .collect();
-    let o = Object::parse(format!(r#"{{"Have":[{}]}}"#, many.join(",")).as_bytes()).unwrap();
-    assert!(parse_have(&o, 10_000).is_err());
+    // Exactly 2,048 ranges are taken; one more is refused.
+    let ranges = |n: u64| {
+        let many: Vec<String> = (0..n)
+            .map(|i| format!("[{},{}]", 2 * i, 2 * i + 1))
+            .collect();
+        Object::parse(format!(r#"{{"Have":[{}]}}"#, many.join(",")).as_bytes()).unwrap()
+    };
+    let most = parse_have(&ranges(2048), 10_000).unwrap();
+    assert_eq!(most.ranges().len(), MAX_HAVE_RANGES);
+    assert!(parse_have(&ranges(2049), 10_000).is_err());
 }
 
 #[test]
