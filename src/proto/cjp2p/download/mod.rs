@@ -718,6 +718,7 @@ mod tests {
         let r = dl.poll_request(now).unwrap();
         assert_eq!((r.offset, r.length), (0, 4096));
         assert_eq!(dl.stats().restarts, 1);
+        assert_eq!(dl.stats().sources_dropped, 1, "the eof's source");
         // A preset eof (block list) survives a restart.
         let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
         dl.restart_after_mismatch();
