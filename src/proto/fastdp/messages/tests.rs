@@ -247,10 +247,14 @@ fn pull_request_rules() {
             .code(),
         ErrorCode::UnsupportedCompression
     );
-    assert_eq!(
-        p(r#","FileName":"a","Have":[[0,2]]"#),
-        Err(HeaderError::ResumeFields)
-    );
+    // A resume (Have) needs both OneChunk and Checksum: either alone is refused.
+    for partial in [
+        r#","FileName":"a","Have":[[0,2]]"#.to_string(),
+        r#","FileName":"a","Have":[[0,2]],"OneChunk":4096"#.to_string(),
+        format!(r#","FileName":"a","Have":[[0,2]],"Checksum":"sha256:{AAAA_SHA}""#),
+    ] {
+        assert_eq!(p(&partial), Err(HeaderError::ResumeFields), "{partial}");
+    }
     let resume = format!(
         r#","FileName":"a","Have":[[3,4],[0,2],[2,3]],"OneChunk":4096,"Checksum":"sha256:{AAAA_SHA}""#
     );
@@ -434,6 +438,26 @@ fn f6_header_validation() {
     for (json, code) in codes {
         assert_eq!(parse_request(&json).unwrap_err().code(), code);
     }
+    // FullChunk up to 4,294,967,294 (chunk ids stay below u32::MAX); one more is refused.
+    let sized = |chunks: u64| {
+        let mut o: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(HEADER_213).unwrap();
+        o.insert("FullSize".into(), (chunks * 4096).into());
+        o.insert("FullChunk".into(), chunks.into());
+        serde_json::to_vec(&o).unwrap()
+    };
+    let most = u64::from(MAX_FULL_CHUNK);
+    let Ok(Request::Push(h)) = parse_request(&sized(most)) else {
+        panic!("{most} chunks refused")
+    };
+    assert_eq!(h.full_chunk, MAX_FULL_CHUNK);
+    assert_eq!(
+        parse_request(&sized(most + 1)),
+        Err(E::FullChunk {
+            got: most + 1,
+            expected: most + 1
+        })
+    );
 }
 
 #[test]
@@ -588,6 +612,39 @@ fn ack_limits_and_splitting() {
         parse_message(br#"{"Type":"Complete","FileName":"a","Checksum":"md5:00"}"#),
         Err(MessageError::BadChecksum)
     );
+    // What a peer is told (in its Error message) and what the log says.
+    for (e, text) in [
+        (
+            MessageError::Field(FieldError::NotObject),
+            "message: not a UTF-8 JSON object",
+        ),
+        (
+            MessageError::Field(FieldError::Missing("Chunks")),
+            "message: Chunks missing",
+        ),
+        (
+            MessageError::Field(FieldError::Mistyped("Chunks")),
+            "message: Chunks mistyped",
+        ),
+        (
+            MessageError::Field(FieldError::OutOfRange("Chunks")),
+            "message: Chunks out of range",
+        ),
+        (
+            MessageError::UnexpectedType("Header".into()),
+            "message: unexpected Type \"Header\"",
+        ),
+        (
+            MessageError::TooManyEntries(2049),
+            "message: Ack with 2049 entries, at most 2048",
+        ),
+        (
+            MessageError::BadChecksum,
+            "message: Complete with a malformed Checksum",
+        ),
+    ] {
+        assert_eq!(e.to_string(), text);
+    }
 }
 
 #[test]
