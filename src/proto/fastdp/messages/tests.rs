@@ -131,6 +131,12 @@ fn example_2_8_error_and_2_5_control_frame_bytes() {
         panic!()
     };
     assert_eq!(back.message.len(), MAX_ERROR_MESSAGE);
+    // Byte 1,024 inside a character: cut before it, never after.
+    let odd = ErrorMsg::new(ErrorCode::Internal, format!("a{}", "é".repeat(2000)));
+    let Ok(Message::Error(back)) = parse_message(&Message::Error(odd).encode()) else {
+        panic!()
+    };
+    assert_eq!(back.message.len(), MAX_ERROR_MESSAGE - 1);
 }
 
 #[test]
@@ -750,10 +756,19 @@ fn f33_v110_header_rules() {
         Err(BadHeader(_))
     ));
     assert!(with(AAAA_SHA, &AAAA_SHA.to_uppercase()).is_ok());
-    assert!(matches!(
+    // Each field's fault is named: missing, mistyped, out of range.
+    assert_eq!(
         with(", \"Checksum\"", ", \"Sum\""),
-        Err(BadHeader(_))
-    ));
+        Err(BadHeader("field missing"))
+    );
+    assert_eq!(
+        with("\"FullChunk\": 1", "\"FullChunk\": \"1\""),
+        Err(BadHeader("field mistyped"))
+    );
+    assert_eq!(
+        with("\"FullSize\": 4", "\"FullSize\": 9007199254740992"),
+        Err(BadHeader("integer out of range"))
+    );
     assert_eq!(with("a.txt", "../a.txt"), Err(BadFileName));
     assert_eq!(with("a.txt", ".ferry"), Err(BadFileName));
     assert!(matches!(V110Header::parse(b"null"), Err(BadHeader(_))));
