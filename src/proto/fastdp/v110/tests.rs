@@ -245,6 +245,30 @@ fn error_lines_are_exact() {
         assert_eq!(e.line(), line.as_bytes());
         assert!(e.to_string().ends_with(line));
     }
+    // The decoders' own reasons, as the server logs them.
+    let reasons = [
+        (
+            DecodeError::TooLarge { cap: 9 },
+            "1.1.0 decode: output over 9 bytes",
+        ),
+        (DecodeError::Truncated, "1.1.0 decode: stream truncated"),
+        (
+            DecodeError::Trailing,
+            "1.1.0 decode: bytes after the stream",
+        ),
+        (DecodeError::Zstd("w"), "1.1.0 decode: zstd: w"),
+        (DecodeError::Zip("w"), "1.1.0 decode: zip: w"),
+        (DecodeError::Gzip("w"), "1.1.0 decode: gzip: w"),
+        (DecodeError::Tar("w"), "1.1.0 decode: tar: w"),
+        (DecodeError::Deflate("w".into()), "1.1.0 decode: deflate: w"),
+        (
+            DecodeError::Sink(std::io::Error::other("w")),
+            "1.1.0 decode: writing output: w",
+        ),
+    ];
+    for (e, text) in reasons {
+        assert_eq!(e.to_string(), text);
+    }
 }
 
 #[test]
