@@ -749,6 +749,16 @@ fn f33_v110_header_rules() {
         "\"OneChunk\": 1, \"FullChunk\": 4"
     )
     .is_ok());
+    // FullChunk up to 4,294,967,294; one more is refused even when it is the right count.
+    let chunks = |n: u64| {
+        with(
+            "\"OneChunk\": 262144, \"FullChunk\": 1, \"FullSize\": 4",
+            &format!("\"OneChunk\": 1, \"FullChunk\": {n}, \"FullSize\": {n}"),
+        )
+    };
+    let most = u64::from(MAX_FULL_CHUNK);
+    assert_eq!(chunks(most).map(|h| h.full_chunk), Ok(MAX_FULL_CHUNK));
+    assert_eq!(chunks(most + 1), Err(BadHeader("wrong FullChunk")));
     assert!(matches!(with("1.1.0", "1.2.0"), Err(BadHeader(_))));
     assert!(matches!(with("\"None\"", "\"Rar\""), Err(BadHeader(_))));
     assert!(matches!(
