@@ -59,10 +59,6 @@ impl SendPlan {
         p
     }
 
-    pub fn full_chunk(&self) -> u32 {
-        self.full_chunk
-    }
-
     pub fn is_done(&self, chunk: u32) -> bool {
         chunk < self.full_chunk && self.done[chunk as usize / 64] & (1 << (chunk % 64)) != 0
     }
@@ -284,5 +280,9 @@ mod tests {
         assert_eq!(p.done.len(), 62_500);
         assert_eq!(p.take_next(), Some(3_999_999));
         assert_eq!(p.take_next(), None);
+        // 64 chunks fill one word: chunk 64 is past it, and not done.
+        let whole = SendPlan::new(64, &Have::all(64));
+        assert!(whole.is_complete() && whole.is_done(63) && !whole.is_done(64));
+        assert!(!whole.is_done(u32::MAX));
     }
 }
