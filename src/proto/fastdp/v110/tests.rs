@@ -50,6 +50,8 @@ struct ZipOpts {
     method: Option<u16>,
     members: usize,
     comment: bool,
+    /// An extended-timestamp extra field (0x5455) before any ZIP64 one.
+    timestamp: bool,
 }
 
 /// A zip as Python's zipfile writes one (writestr into a seekable buffer), with variations.
@@ -89,14 +91,15 @@ fn zip(member: &[u8], o: ZipOpts) -> Vec<u8> {
         out.extend_from_slice(&cs.to_le_bytes());
         out.extend_from_slice(&us.to_le_bytes());
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        let extra: Vec<u8> = if o.zip64 {
-            let mut e = vec![1, 0, 16, 0];
-            e.extend_from_slice(&(member.len() as u64).to_le_bytes());
-            e.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            e
-        } else {
-            Vec::new()
-        };
+        let mut extra: Vec<u8> = Vec::new();
+        if o.timestamp {
+            extra.extend_from_slice(&[0x55, 0x54, 5, 0, 1, 0x21, 0x6b, 0x8e, 0x5a]);
+        }
+        if o.zip64 {
+            extra.extend_from_slice(&[1, 0, 16, 0]);
+            extra.extend_from_slice(&(member.len() as u64).to_le_bytes());
+            extra.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        }
         out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
         out.extend_from_slice(name);
         out.extend_from_slice(&extra);
@@ -363,6 +366,11 @@ fn f34_zip_stored_deflated_zip64_and_descriptor_decode_split_anywhere() {
             comment: true,
             ..one()
         },
+        ZipOpts {
+            timestamp: true,
+            zip64: true,
+            ..one()
+        },
     ];
     for (i, o) in variants.into_iter().enumerate() {
         let z = zip(&src, o);
@@ -477,6 +485,11 @@ fn f34_zip_with_zero_or_two_members_encryption_or_another_method_is_refused() {
     assert!(matches!(
         decode(V110Compress::Zip, b"", 64, 1 << 30),
         Err(DecodeError::Zip("empty archive"))
+    ));
+    // Cut inside the first local header: truncated, not empty.
+    assert!(matches!(
+        decode(V110Compress::Zip, &z[..10], 64, 1 << 30),
+        Err(DecodeError::Truncated)
     ));
     // A deflate bomb: 64 MiB of zeros in a small member, capped at 1 MiB.
     let big = vec![0u8; 64 << 20];
