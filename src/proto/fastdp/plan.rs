@@ -241,7 +241,9 @@ mod tests {
         let b = p.take_next().unwrap();
         p.sent(a, 1);
         p.sent(b, 2);
+        assert_eq!(p.in_flight_count(), 2);
         assert_eq!(p.ack(a, 1), AckOutcome::Matched);
+        assert_eq!(p.in_flight_count(), 1);
         p.release(&[a, b]);
         assert_eq!(p.in_flight_count(), 0);
         assert_eq!(p.take_next(), Some(b));

@@ -473,6 +473,11 @@ fn f34_zip_with_zero_or_two_members_encryption_or_another_method_is_refused() {
         decode(V110Compress::Zip, &z, 64, 4999),
         Err(DecodeError::TooLarge { .. })
     ));
+    // The size its local header announces is judged at once, before any data.
+    assert!(matches!(
+        decode(V110Compress::Zip, &z[..40], 64, 4999),
+        Err(DecodeError::TooLarge { cap: 4999 })
+    ));
     assert!(matches!(
         decode(V110Compress::Zip, &z[..z.len() - 3], 64, 1 << 30),
         Err(DecodeError::Truncated)
