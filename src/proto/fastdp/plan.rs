@@ -232,6 +232,16 @@ mod tests {
             AckOutcome::AlreadyDone,
             "a good chunk stays good"
         );
+        // A chunk queued for a re-send that the receiver then reports held is not sent.
+        let mut q = SendPlan::new(3, &Have::new());
+        for _ in 0..3 {
+            let c = q.take_next().unwrap();
+            q.sent(c, 100 + c);
+        }
+        assert!(matches!(q.ack(1, 7), AckOutcome::Mismatch { .. }));
+        q.merge_have(&Have::from_chunks([1]));
+        assert!(!q.has_unsent());
+        assert_eq!(q.take_next(), None);
     }
 
     #[test]
