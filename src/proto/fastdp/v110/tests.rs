@@ -50,8 +50,11 @@ struct ZipOpts {
     method: Option<u16>,
     members: usize,
     comment: bool,
-    /// An extended-timestamp extra field (0x5455) before any ZIP64 one.
+    /// As Info-ZIP writes them: an extended-timestamp extra field (0x5455) before any ZIP64
+    /// one, in the local and the central header, and a member comment.
     timestamp: bool,
+    /// A data descriptor without its optional signature.
+    unsigned_descriptor: bool,
 }
 
 /// A zip as Python's zipfile writes one (writestr into a seekable buffer), with variations.
@@ -105,7 +108,9 @@ fn zip(member: &[u8], o: ZipOpts) -> Vec<u8> {
         out.extend_from_slice(&extra);
         out.extend_from_slice(&body);
         if o.descriptor {
-            out.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
+            if !o.unsigned_descriptor {
+                out.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
+            }
             out.extend_from_slice(&crc.to_le_bytes());
             if o.zip64 {
                 out.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -127,9 +132,17 @@ fn zip(member: &[u8], o: ZipOpts) -> Vec<u8> {
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&(member.len() as u32).to_le_bytes());
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 1]);
+        let (extra, comment): (&[u8], &[u8]) = match o.timestamp {
+            true => (&[0x55, 0x54, 5, 0, 1, 0x21, 0x6b, 0x8e, 0x5a], b"c"),
+            false => (b"", b""),
+        };
+        out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(comment.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x80, 1]);
         out.extend_from_slice(&off.to_le_bytes());
         out.extend_from_slice(name);
+        out.extend_from_slice(extra);
+        out.extend_from_slice(comment);
     }
     let cd_len = out.len() - cd_start;
     if o.zip64 {
@@ -371,6 +384,17 @@ fn f34_zip_stored_deflated_zip64_and_descriptor_decode_split_anywhere() {
             zip64: true,
             ..one()
         },
+        ZipOpts {
+            descriptor: true,
+            unsigned_descriptor: true,
+            ..one()
+        },
+        ZipOpts {
+            descriptor: true,
+            unsigned_descriptor: true,
+            zip64: true,
+            ..one()
+        },
     ];
     for (i, o) in variants.into_iter().enumerate() {
         let z = zip(&src, o);
@@ -472,6 +496,32 @@ fn f34_zip_with_zero_or_two_members_encryption_or_another_method_is_refused() {
     assert!(matches!(
         decode(V110Compress::Zip, &z, 64, 4999),
         Err(DecodeError::TooLarge { .. })
+    ));
+    // Deflate data running past the compressed size its local header gives (a header
+    // patched to 100 bytes less): refused as it happens.
+    let mut short = z.clone();
+    let csize = u32::from_le_bytes(short[18..22].try_into().unwrap());
+    short[18..22].copy_from_slice(&(csize - 100).to_le_bytes());
+    assert!(matches!(
+        decode(V110Compress::Zip, &short, 64, 1 << 30),
+        Err(DecodeError::Zip("deflate data past its compressed size"))
+    ));
+    // A central header that disagrees on the method alone (the CRC agrees).
+    let mut stored = zip(
+        &src,
+        ZipOpts {
+            stored: true,
+            ..one()
+        },
+    );
+    let central = stored.len() - 22 - 51;
+    assert_eq!(&stored[central..central + 4], b"PK\x01\x02");
+    stored[central + 10] = 8;
+    assert!(matches!(
+        decode(V110Compress::Zip, &stored, 64, 1 << 30),
+        Err(DecodeError::Zip(
+            "central directory disagrees with the member"
+        ))
     ));
     // The size its local header announces is judged at once, before any data.
     assert!(matches!(
