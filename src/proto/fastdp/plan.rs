@@ -267,6 +267,11 @@ mod tests {
         assert!(p.is_complete());
         let empty = SendPlan::new(0, &Have::new());
         assert!(empty.is_complete());
+        // Releasing chunks that were never sent queues nothing: each is sent once, in order.
+        let mut fresh = SendPlan::new(4, &Have::new());
+        fresh.release(&[3, 1]);
+        let order: Vec<u32> = std::iter::from_fn(|| fresh.take_next()).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
     }
 
     #[test]

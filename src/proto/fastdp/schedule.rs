@@ -199,6 +199,7 @@ mod tests {
         assert!(highs[0] < Duration::from_millis(1250) && highs[0] > Duration::from_millis(1249));
         assert!(highs.iter().all(|d| *d < Duration::from_secs(60)));
         assert!(highs[8] > Duration::from_millis(59_999));
+        assert_eq!(b.attempts(), 9);
         b.reset();
         assert_eq!(b.attempts(), 0);
         assert_eq!(b.next_delay(1 << 31), Duration::from_millis(1125));
@@ -260,5 +261,11 @@ mod tests {
         assert_eq!(c.deadline(&l), t5 + l.idle, "frame ended: idle rule");
         c.input(t5, 0, Some(5), &l);
         assert_eq!(c.deadline(&l), t5 + l.idle, "no bytes, no change");
+        // A silence that was expected (a phase waiting on this side) ends: the count starts
+        // again from then, and a stall window open before it is gone.
+        c.input(t5, 8, Some(1 << 20), &l);
+        let t6 = t5 + Duration::from_secs(100);
+        c.restart(t6);
+        assert_eq!(c.deadline(&l), t6 + l.idle);
     }
 }
