@@ -479,6 +479,14 @@ fn f34_zip_with_zero_or_two_members_encryption_or_another_method_is_refused() {
             other => panic!("{why}: {other:?}"),
         }
     }
+    // One member listed twice in the central directory.
+    let z = zip(&src, one());
+    let central = z.len() - 22 - 51;
+    let twice = [&z[..central + 51], &z[central..]].concat();
+    assert!(matches!(
+        decode(V110Compress::Zip, &twice, 64, 1 << 30),
+        Err(DecodeError::Zip("more than one member"))
+    ));
     // A flipped data byte breaks the CRC; the cap holds; truncation and trailing bytes fail.
     let mut bad = zip(
         &src,
@@ -591,6 +599,31 @@ fn f34_targz_with_one_file_pax_and_gnu_long_names_decodes_split_anywhere() {
         decode(V110Compress::TarGz, &gzip(&tar_end(empty)), 7, 0).unwrap(),
         b""
     );
+}
+
+/// Tar sizes: octal with spaces and NULs around it, or GNU base-256 (high bit of the first
+/// byte set, the rest of it and the other bytes big-endian).
+#[test]
+fn tar_numbers_octal_and_base_256() {
+    assert_eq!(tar_number(b"00000000644\0").unwrap(), 0o644);
+    assert_eq!(tar_number(b"  17 \0\0\0\0\0\0\0").unwrap(), 0o17);
+    assert_eq!(tar_number(b"\0\0\0\0").unwrap(), 0);
+    let mut big = [0u8; 12];
+    big[0] = 0x80;
+    big[11] = 1;
+    assert_eq!(tar_number(&big).unwrap(), 1);
+    big[7] = 2;
+    assert_eq!(tar_number(&big).unwrap(), (2 << 32) | 1);
+    // The first byte's low bits are the value's top: here 2^88, past 64 bits.
+    big[0] = 0x81;
+    assert!(matches!(
+        tar_number(&big),
+        Err(DecodeError::Tar("size too large"))
+    ));
+    assert!(matches!(
+        tar_number(b"0009\0"),
+        Err(DecodeError::Tar("bad octal number"))
+    ));
 }
 
 #[test]
