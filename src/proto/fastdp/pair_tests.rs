@@ -1006,6 +1006,35 @@ fn f3_handshake_timeout_gives_408_and_header_timeout_gives_timeout() {
     assert!(m.is_finished());
 }
 
+/// F31: the driver fails a push in the middle of a chunk (its disk is full): the chunk is
+/// reported aborted, the Error goes out, and a second failure adds nothing.
+#[test]
+fn f31_a_driver_failure_mid_chunk_aborts_the_chunk_and_says_so_once() {
+    let t0 = Instant::now();
+    let mut m = accepted_push(t0, &data(8192, 2), 4096);
+    let mut part = super::frame::chunk_header(0, 4096).to_vec();
+    part.extend_from_slice(&[7; 100]);
+    let mut pos = 0;
+    while pos < part.len() {
+        pos += m.handle_input(t0, &part[pos..]).consumed;
+    }
+    while m.poll_event().is_some() {}
+    m.fail(ErrorMsg::new(ErrorCode::NoSpace, "disk full"));
+    assert_eq!(m.poll_event(), Some(Event::ChunkAborted { chunk: 0 }));
+    assert!(matches!(m.poll_event(), Some(Event::Failed(e)) if e.code == ErrorCode::NoSpace));
+    let out = m.poll_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&out).contains(r#""Code":"no-space""#));
+    assert!(m.is_finished());
+    // Refused before any transfer, then failed again: one Error only.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.refuse(ErrorMsg::new(ErrorCode::Busy, "later"));
+    assert!(m.poll_transmit().is_some());
+    assert!(matches!(m.poll_event(), Some(Event::Failed(_))));
+    m.fail(ErrorMsg::new(ErrorCode::Internal, "again"));
+    assert_eq!(m.poll_transmit(), None);
+    assert_eq!(m.poll_event(), None);
+}
+
 #[test]
 fn f31_every_error_is_followed_by_a_close() {
     let t0 = Instant::now();
@@ -1423,6 +1452,25 @@ fn f32_f33_v110_sender_bytes_as_cli_py_writes_them() {
         assert!(m.poll_transmit().unwrap().ends_with(want.line()));
         assert!(m.is_finished());
     }
+    // A header the machine takes and the driver refuses (over its size cap): its line.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    let mut input = req.to_vec();
+    super::frame::put_jmsg(&h.encode_python(), &mut input);
+    let mut pos = 0;
+    while pos < input.len() {
+        pos += m.handle_input(t0, &input[pos..]).consumed;
+    }
+    assert!(matches!(m.poll_event(), Some(Event::V110Header(_))));
+    m.refuse_v110(V110Error::FileTooLarge);
+    assert!(m
+        .poll_transmit()
+        .unwrap()
+        .ends_with(b"ERROR: File too large."));
+    assert_eq!(
+        m.poll_event(),
+        Some(Event::V110Failed(V110Error::FileTooLarge))
+    );
+    assert!(m.is_finished());
 }
 
 trait ReplaceAscii {
