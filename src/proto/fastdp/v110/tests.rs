@@ -626,6 +626,25 @@ fn tar_numbers_octal_and_base_256() {
     ));
 }
 
+/// Pax records: `<len> <key>=<value>\n`, the length counting the whole record; a length that
+/// leaves no room for a key or runs past the block is refused.
+#[test]
+fn pax_sizes_and_bad_record_lengths() {
+    assert_eq!(pax_size(b"12 size=100\n").unwrap(), Some(100));
+    assert_eq!(pax_size(b"9 a=bcde\n12 size=100\n").unwrap(), Some(100));
+    assert_eq!(pax_size(b"").unwrap(), None);
+    for bad in [&b"2 "[..], b"1 x", b"99 size=1\n", b"0 ", b"x size=1\n"] {
+        assert!(
+            matches!(
+                pax_size(bad),
+                Err(DecodeError::Tar("bad pax record length"))
+            ),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
 #[test]
 fn f34_targz_refusals() {
     let src = data(3000, 6);
