@@ -1006,6 +1006,21 @@ fn f3_handshake_timeout_gives_408_and_header_timeout_gives_timeout() {
     assert!(m.is_finished());
 }
 
+/// F31: a push chunk whose payload the driver finds bad (a zstd frame breaking 2.6) gets
+/// bad-chunk naming it, and the close.
+#[test]
+fn f31_a_chunk_the_driver_finds_bad_gets_bad_chunk() {
+    let t0 = Instant::now();
+    let mut m = accepted_push(t0, &data(8192, 2), 4096);
+    m.chunk_failed(1, "zstd: corrupted block");
+    let out = m.poll_transmit().unwrap();
+    assert_eq!(
+        &out[4..],
+        br#"{"Type":"Error","Code":"bad-chunk","Message":"chunk 1: zstd: corrupted block","Chunk":1}"#
+    );
+    assert!(m.is_finished());
+}
+
 /// F31: the driver fails a push in the middle of a chunk (its disk is full): the chunk is
 /// reported aborted, the Error goes out, and a second failure adds nothing.
 #[test]
@@ -1651,6 +1666,11 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
         sent.push(k.chunk);
     }
     assert_eq!(sent, [2, 4], "only the chunks missing from Have");
+    assert_eq!(
+        s.in_flight(),
+        &[2, 4],
+        "given back to the plan if the connection ends"
+    );
     let r = c.handle_input(t0, &reply);
     assert_eq!(r.consumed, reply.len());
     assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
@@ -1673,6 +1693,25 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     c.handle_input(t0, &s.poll_transmit().unwrap());
     assert!(matches!(c.poll_event(), Some(Event::Failed(_))));
     assert!(c.is_finished());
+    // F23: the bytes sent count toward ReconnectBytes; past it the server sends a FIN that
+    // is not final, with chunk 4 still to send (on the next connection).
+    let (_, mut s, p) = open(&request);
+    let mut small = reply_for(&p);
+    small.reconnect_bytes = 4096;
+    s.accept_pull(t0, &small);
+    s.poll_transmit().unwrap();
+    let mut plan = SendPlan::new(5, &p.have);
+    let k = s.poll_send(t0, &mut plan).unwrap();
+    assert_eq!(
+        s.begin_chunk(k.chunk, k.len),
+        super::frame::chunk_header(2, 4096)
+    );
+    assert!(
+        s.poll_send(t0, &mut plan).is_none(),
+        "4,096 bytes sent: recycle"
+    );
+    assert_eq!(s.poll_transmit().unwrap(), super::frame::FIN);
+    assert!(plan.has_unsent());
     let (mut c, mut s, _) = open(&request);
     s.refuse(ErrorMsg::new(ErrorCode::ParameterMismatch, "entry changed"));
     c.handle_input(t0, &s.poll_transmit().unwrap());
