@@ -601,6 +601,28 @@ fn f34_targz_with_one_file_pax_and_gnu_long_names_decodes_split_anywhere() {
     );
 }
 
+/// A pax header of exactly 1 MiB (MAX_META) is read; one byte more is refused.
+#[test]
+fn f34_targz_pax_header_up_to_1_mib() {
+    let src = b"hello";
+    for (extra, ok) in [(0, true), (1, false)] {
+        let size = pax_record("size", "5");
+        let want = MAX_META + extra - size.len();
+        let filler = "c".repeat(want - want.to_string().len() - 10);
+        let recs = format!("{size}{want} comment={filler}\n");
+        assert_eq!(recs.len(), MAX_META + extra);
+        let mut t = Vec::new();
+        tar_entry(&mut t, "PaxHeaders/a", recs.as_bytes(), b'x');
+        tar_entry(&mut t, "a.txt", src, b'0');
+        let gz = gzip(&tar_end(t));
+        let got = decode(V110Compress::TarGz, &gz, gz.len(), 1 << 30);
+        match ok {
+            true => assert_eq!(got.unwrap(), src),
+            false => assert!(matches!(got, Err(DecodeError::Tar("pax header too large")))),
+        }
+    }
+}
+
 /// Tar sizes: octal with spaces and NULs around it, or GNU base-256 (high bit of the first
 /// byte set, the rest of it and the other bytes big-endian).
 #[test]
