@@ -984,6 +984,9 @@ fn f3_handshake_timeout_gives_408_and_header_timeout_gives_timeout() {
     let mut m = ServerConnection::new(t0, ServerConfig::default());
     m.handle_input(t0, b"GET /fastdp-endpoint HTTP/1.1\r\n");
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    m.handle_timeout(t0 + Duration::from_secs(9));
+    assert_eq!(m.poll_transmit(), None, "not before the 10 s");
+    assert!(!m.is_finished());
     m.handle_timeout(t0 + Duration::from_secs(10));
     assert_eq!(
         m.poll_transmit().unwrap(),
@@ -1712,6 +1715,18 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     );
     assert_eq!(s.poll_transmit().unwrap(), super::frame::FIN);
     assert!(plan.has_unsent());
+    // F29: a pull client silent for 60 s (no Ack) gets timeout and the close.
+    let (_, mut s, p) = open(&request);
+    s.accept_pull(t0, &reply_for(&p));
+    s.poll_transmit().unwrap();
+    let mut plan = SendPlan::new(5, &p.have);
+    while s.poll_send(t0, &mut plan).is_some() {}
+    s.handle_timeout(t0 + Duration::from_secs(59));
+    assert!(!s.is_finished());
+    s.handle_timeout(t0 + Duration::from_secs(61));
+    let out = s.poll_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&out).contains(r#""Code":"timeout""#));
+    assert!(s.is_finished());
     let (mut c, mut s, _) = open(&request);
     s.refuse(ErrorMsg::new(ErrorCode::ParameterMismatch, "entry changed"));
     c.handle_input(t0, &s.poll_transmit().unwrap());
@@ -1916,9 +1931,34 @@ fn v110_timeouts_and_truncated_header_get_their_error_lines() {
     m.handle_input(t0, req);
     m.poll_transmit();
     m.handle_input(t0, b"\0\0\0\x10{\"One");
+    m.handle_timeout(t0 + Duration::from_secs(9));
+    assert_eq!(m.poll_transmit(), None, "not before the 10 s");
+    assert!(!m.is_finished());
     m.handle_timeout(t0 + Duration::from_secs(10));
     assert_eq!(m.poll_transmit().unwrap(), V110Error::Timeout.line());
     assert!(m.is_finished());
+    // EOF before any header byte: a clean close, no error line.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, req);
+    m.poll_transmit();
+    m.handle_eof(t0);
+    assert_eq!(m.poll_transmit(), None);
+    assert_eq!(m.poll_event(), Some(Event::PeerClosed { clean: true }));
+    assert!(m.is_finished());
+    // EOF during the handshake: before any byte a clean close; inside the head a 400.
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_eof(t0);
+    assert_eq!(m.poll_transmit(), None);
+    assert_eq!(m.poll_event(), Some(Event::PeerClosed { clean: true }));
+    let mut m = ServerConnection::new(t0, ServerConfig::default());
+    m.handle_input(t0, &req[..20]);
+    m.handle_eof(t0);
+    let out = m.poll_transmit().unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     // EOF inside the header.
     let mut m = ServerConnection::new(t0, ServerConfig::default());
     m.handle_input(t0, req);
