@@ -1721,6 +1721,10 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     s.poll_transmit().unwrap();
     let mut plan = SendPlan::new(5, &p.have);
     while s.poll_send(t0, &mut plan).is_some() {}
+    let due = s
+        .poll_timeout()
+        .expect("a pull waiting for Acks has a deadline");
+    assert!(due > t0 + Duration::from_secs(59) && due <= t0 + Duration::from_secs(61));
     s.handle_timeout(t0 + Duration::from_secs(59));
     assert!(!s.is_finished());
     s.handle_timeout(t0 + Duration::from_secs(61));

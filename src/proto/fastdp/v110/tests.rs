@@ -593,6 +593,17 @@ fn f34_targz_with_one_file_pax_and_gnu_long_names_decodes_split_anywhere() {
             assert_eq!(got.unwrap(), src, "{name} piece {piece}");
         }
     }
+    // Without its end blocks a whole file loses nothing; cut inside the next header it is
+    // truncated.
+    let mut endless = Vec::new();
+    tar_entry(&mut endless, "a.txt", &src, b'0');
+    let gz = gzip(&endless);
+    assert_eq!(decode(V110Compress::TarGz, &gz, 333, 1 << 30).unwrap(), src);
+    endless.extend_from_slice(&[0; 100]);
+    assert!(matches!(
+        decode(V110Compress::TarGz, &gzip(&endless), 333, 1 << 30),
+        Err(DecodeError::Truncated)
+    ));
     let mut empty = Vec::new();
     tar_entry(&mut empty, "e", b"", b'0');
     assert_eq!(
