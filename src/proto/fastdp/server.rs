@@ -504,14 +504,4 @@ impl ServerConnection {
             _ => false,
         }
     }
-
-    /// The version agreed at the handshake, once there is one.
-    pub fn version(&self) -> Option<Version> {
-        match &self.state {
-            State::Handshake { .. } | State::Closed => None,
-            State::Header { version, .. } => Some(*version),
-            State::V110(_) | State::Deciding(Pending::V110(_)) => Some(Version::V110),
-            _ => Some(Version::V120),
-        }
-    }
 }
