@@ -799,6 +799,16 @@ mod tests {
             st,
             Status::Complete(Err(Refusal::BadRequest(BadRequest::HeadTooLarge)))
         );
+        // In two pieces: the second is read only up to the 8,192th byte.
+        let mut p = HeadParser::new();
+        let (n, st) = p.feed(&big.as_bytes()[..100], &RequestRules::default());
+        assert_eq!((n, st), (100, Status::Partial));
+        let (n, st) = p.feed(&big.as_bytes()[100..], &RequestRules::default());
+        assert_eq!(n, MAX_HEAD - 100);
+        assert_eq!(
+            st,
+            Status::Complete(Err(Refusal::BadRequest(BadRequest::HeadTooLarge)))
+        );
         // Exactly 8,192 bytes with the final empty line is accepted.
         let base = req(&OK_LINES).len();
         let pad = format!("X: {}", "p".repeat(MAX_HEAD - base - 5));

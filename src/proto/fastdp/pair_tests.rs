@@ -1143,6 +1143,48 @@ fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
         panic!()
     };
     assert!(e.message.contains("426"), "{e}");
+    assert!(
+        matches!(
+            c.handshake_failure(),
+            Some(super::http::ResponseError::Status { code: 426, .. })
+        ),
+        "the driver's exit code is chosen from it"
+    );
+    assert!(c.is_finished());
+    // A slow 101 is timed from its last byte, not from the request.
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    c.poll_transmit();
+    let idle = Limits::default().idle;
+    let t1 = t0 + idle - Duration::from_secs(1);
+    c.handle_input(t1, &resp[..10]);
+    assert_eq!(c.poll_timeout(), Some(t1 + idle));
+    c.handle_timeout(t0 + idle);
+    assert!(!c.is_finished());
+    // A reply header that does not echo the header sent: failed, nothing sent.
+    let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+    c.poll_transmit();
+    c.handle_input(t0, resp);
+    c.poll_transmit();
+    let mut other = h.clone();
+    other.file_name = "b.txt".into();
+    let mut reply = Vec::new();
+    super::frame::put_jmsg(
+        &super::messages::ReplyHeader {
+            header: other,
+            have: Have::new(),
+            max_connections: 8,
+        }
+        .encode(),
+        &mut reply,
+    );
+    let mut pos = 0;
+    while pos < reply.len() {
+        pos += c.handle_input(t0, &reply[pos..]);
+    }
+    let Some(Event::Failed(e)) = c.poll_event() else {
+        panic!("a reply for another header taken")
+    };
+    assert!(e.message.contains("does not echo"), "{e}");
     assert!(c.is_finished());
     // EOF mid-response.
     let mut c = PushClient::new(t0, &client_cfg(), h);

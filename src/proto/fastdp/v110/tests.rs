@@ -23,6 +23,7 @@ fn decode(
             Ok(())
         })?;
         assert!(out.len() as u64 <= cap, "capped");
+        assert_eq!(d.produced(), out.len() as u64);
     }
     let n = d.finish()?;
     assert_eq!(n, out.len() as u64);
