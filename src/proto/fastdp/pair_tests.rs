@@ -1197,6 +1197,80 @@ fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
 
 /// A pull: the server machine as data sender from a "catalog" buffer, the pull client as data
 /// receiver with a fake `.part`.
+/// F29 for the pull client: a slow 101 is timed from its last byte, a silent server times the
+/// handshake out, EOF inside the 101 fails, and a server silent after its reply gets timeout.
+#[test]
+fn f29_pull_client_eof_and_timeouts() {
+    let t0 = Instant::now();
+    let idle = Limits::default().idle;
+    let request = PullRequest {
+        transfer_id: TransferId::parse("9b2e4f60-1c3d-4a5b-8e7f-0a1b2c3d4e5f").unwrap(),
+        target: PullTarget::Name("a.txt".into()),
+        accept_zstd: false,
+        have: Have::new(),
+        one_chunk: None,
+        checksum: None,
+    };
+    let fresh = || {
+        let mut c = PullClient::new(t0, &client_cfg(), request.clone());
+        c.poll_transmit().unwrap();
+        c
+    };
+    let timed_out = |c: &mut PullClient| matches!(c.poll_event(), Some(Event::Failed(e)) if e.code == ErrorCode::Timeout);
+    let mut c = fresh();
+    let t1 = t0 + idle - Duration::from_secs(1);
+    c.handle_input(t1, b"HTTP/1.1 101 ");
+    assert_eq!(c.poll_timeout(), Some(t1 + idle));
+    c.handle_timeout(t0 + idle);
+    assert!(!c.is_finished());
+    c.handle_timeout(t1 + idle);
+    assert!(timed_out(&mut c));
+    assert!(c.is_finished());
+    let mut c = fresh();
+    c.handle_input(t0, b"HTTP/1.1 101 Swi");
+    c.handle_eof(t0);
+    assert!(matches!(c.poll_event(), Some(Event::Failed(_))));
+    assert!(c.handshake_failure().is_some());
+    assert!(c.is_finished());
+    // Accepted, then nothing for 60 s.
+    let mut c = PullClient::new(t0, &client_cfg(), request.clone());
+    let mut s = ServerConnection::new(t0, ServerConfig::default());
+    s.handle_input(t0, &c.poll_transmit().unwrap());
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    let q = c.poll_transmit().unwrap();
+    let mut pos = 0;
+    while pos < q.len() {
+        pos += s.handle_input(t0, &q[pos..]).consumed;
+    }
+    let Some(Event::PullRequest(p)) = s.poll_event() else {
+        panic!()
+    };
+    let src = data(3 * 4096, 9);
+    s.accept_pull(
+        t0,
+        &PullReply {
+            one_chunk: 4096,
+            full_chunk: 3,
+            full_size: src.len() as u64,
+            compress: Compress::None,
+            file_name: "a.txt".into(),
+            transfer_id: p.transfer_id,
+            checksum: sha(&src),
+            have: Have::new(),
+            max_connections: 8,
+            reconnect_bytes: DEFAULT_RECONNECT_BYTES,
+        },
+    );
+    let reply = s.poll_transmit().unwrap();
+    assert_eq!(c.handle_input(t0, &reply).consumed, reply.len());
+    assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
+    c.handle_timeout(t0 + idle - Duration::from_secs(1));
+    assert!(!c.is_finished());
+    c.handle_timeout(t0 + idle);
+    assert!(timed_out(&mut c));
+    assert!(c.is_finished());
+}
+
 #[test]
 fn f37_pull_pair_completes_with_crc_repair() {
     let src = data(5 * 4096 + 9, 12);
