@@ -789,6 +789,27 @@ mod tests {
     }
 
     #[test]
+    fn status_lines_with_and_without_a_reason() {
+        assert_eq!(status_line(b"HTTP/1.1 101"), Ok((101, String::new())));
+        assert_eq!(
+            status_line(b"HTTP/1.1 101 Switching Protocols"),
+            Ok((101, "Switching Protocols".into()))
+        );
+        for bad in [
+            &b"HTTP/1.1 10"[..],
+            b"HTTP/1.1 1011",
+            b"HTTP/1.1 1x1",
+            b"HTTP/1.0 101",
+        ] {
+            assert!(
+                status_line(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn f3_head_over_8192_bytes_is_refused_without_reading_past_it() {
         let filler = format!("X-Pad: {}", "p".repeat(9000));
         let big = with_line(1, &filler);

@@ -945,8 +945,27 @@ fn f30_keepalive_acks_every_10_s_while_verifying() {
     m.handle_timeout(t0 + Duration::from_secs(65));
     assert_eq!(m.poll_transmit().unwrap(), ack);
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(75)));
+    // A tick 3 s late keeps the 10 s rhythm: the next one is still at 85 s.
+    m.handle_timeout(t0 + Duration::from_secs(78));
+    assert_eq!(m.poll_transmit().unwrap(), ack);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(85)));
     m.complete("e", Checksum(super::messages::EMPTY_SHA256));
     assert!(m.is_finished());
+}
+
+/// A push receiver: an empty Ack answer sends nothing; EOF between frames is a clean close
+/// that ends the connection.
+#[test]
+fn f13_f31_push_receiver_empty_ack_and_eof_between_frames() {
+    let t0 = Instant::now();
+    let mut m = accepted_push(t0, &data(8192, 3), 4096);
+    m.ack(&[]);
+    assert_eq!(m.poll_transmit(), None, "no empty Ack while receiving");
+    m.handle_eof(t0);
+    assert_eq!(m.poll_event(), Some(Event::PeerClosed { clean: true }));
+    assert!(m.is_finished());
+    m.ack(&[(0, 1)]);
+    assert_eq!(m.poll_transmit(), None, "nothing after the close");
 }
 
 /// A stored chunk is acknowledged within `ack_delay` (250 ms) even when nothing else arrives:
