@@ -1850,6 +1850,20 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     );
     assert_eq!(s.poll_transmit().unwrap(), super::frame::FIN);
     assert!(plan.has_unsent());
+    // ReconnectBytes 0: never recycled.
+    let (_, mut s, p) = open(&request);
+    let mut never = reply_for(&p);
+    never.reconnect_bytes = 0;
+    s.accept_pull(t0, &never);
+    s.poll_transmit().unwrap();
+    let mut plan = SendPlan::new(5, &p.have);
+    let mut sent = Vec::new();
+    while let Some(k) = s.poll_send(t0, &mut plan) {
+        s.begin_chunk(k.chunk, k.len);
+        sent.push(k.chunk);
+    }
+    assert_eq!(sent, [2, 4]);
+    assert_eq!(s.poll_transmit(), None, "no FIN before the Acks");
     // F29: a pull client silent for 60 s (no Ack) gets timeout and the close.
     let (_, mut s, p) = open(&request);
     s.accept_pull(t0, &reply_for(&p));
