@@ -917,6 +917,9 @@ mod tests {
             let mut r = JmsgReader::new();
             let mut pos = r.feed(&t[..cut]);
             assert!(pos <= cut);
+            if (4..30).contains(&pos) {
+                assert_eq!(r.wanted(), 30 - pos, "cut {cut}");
+            }
             pos += r.feed(&t[pos..]);
             assert_eq!(pos, 30, "nothing past the message is taken (cut {cut})");
             assert_eq!(r.feed(&t[pos..]), 0);

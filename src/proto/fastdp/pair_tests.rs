@@ -1850,6 +1850,9 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     );
     assert_eq!(s.poll_transmit().unwrap(), super::frame::FIN);
     assert!(plan.has_unsent());
+    // The client closes after that FIN: the connection is recycled, not lost.
+    s.handle_eof(t0);
+    assert_eq!(s.poll_event(), Some(Event::Recycle));
     // ReconnectBytes 0: never recycled.
     let (_, mut s, p) = open(&request);
     let mut never = reply_for(&p);
@@ -1880,6 +1883,37 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
     let out = s.poll_transmit().unwrap();
     assert!(String::from_utf8_lossy(&out).contains(r#""Code":"timeout""#));
     assert!(s.is_finished());
+    // An Ack postpones that deadline (an empty read does not) and takes its chunk out of
+    // those in flight; EOF then is an unclean close.
+    let (_, mut s, p) = open(&request);
+    s.accept_pull(t0, &reply_for(&p));
+    s.poll_transmit().unwrap();
+    let mut plan = SendPlan::new(5, &p.have);
+    while s.poll_send(t0, &mut plan).is_some() {}
+    let due = s.poll_timeout().unwrap();
+    let t1 = t0 + Duration::from_secs(30);
+    s.handle_input(t1, &[]);
+    assert_eq!(s.poll_timeout(), Some(due), "no bytes, no postponing");
+    let mut ack = Vec::new();
+    super::messages::put_acks(&[(2, 0)], &mut ack);
+    let mut pos = 0;
+    while pos < ack.len() {
+        pos += s.handle_input(t1, &ack[pos..]).consumed;
+    }
+    assert_eq!(s.in_flight(), &[4]);
+    assert_eq!(s.poll_timeout(), Some(due + Duration::from_secs(30)));
+    while s.poll_event().is_some() {}
+    s.handle_eof(t1);
+    assert_eq!(s.poll_event(), Some(Event::PeerClosed { clean: false }));
+    assert!(s.is_finished());
+    // A server busy sending (chunks left to take) is not timed out by a quiet client.
+    let (_, mut s, p) = open(&request);
+    s.accept_pull(t0, &reply_for(&p));
+    s.poll_transmit().unwrap();
+    let mut plan = SendPlan::new(5, &p.have);
+    assert!(s.poll_send(t0, &mut plan).is_some());
+    s.handle_timeout(t0 + Duration::from_secs(61));
+    assert!(!s.is_finished());
     let (mut c, mut s, _) = open(&request);
     s.refuse(ErrorMsg::new(ErrorCode::ParameterMismatch, "entry changed"));
     c.handle_input(t0, &s.poll_transmit().unwrap());
