@@ -788,6 +788,26 @@ mod tests {
         );
     }
 
+    /// A request line with an empty method, path or version is malformed as a line, whatever
+    /// the other two parts say.
+    #[test]
+    fn f3_request_lines_with_an_empty_part() {
+        let rest = &REQ_120[REQ_120.iter().position(|&b| b == b'\r').unwrap()..];
+        for first in [
+            &b" /fastdp-endpoint HTTP/1.1"[..],
+            b"GET  HTTP/1.1",
+            b"GET /fastdp-endpoint ",
+        ] {
+            let req = [first, rest].concat();
+            assert_eq!(
+                judge(&req),
+                Err(Refusal::BadRequest(BadRequest::RequestLine)),
+                "{}",
+                String::from_utf8_lossy(first)
+            );
+        }
+    }
+
     #[test]
     fn status_lines_with_and_without_a_reason() {
         assert_eq!(status_line(b"HTTP/1.1 101"), Ok((101, String::new())));
