@@ -635,6 +635,7 @@ mod tests {
         );
         assert_eq!(g.offset(2), 8192);
         let exact = Geometry::new(1 << 20, 4 << 20).unwrap();
+        assert_eq!(exact.one_chunk(), 1 << 20);
         assert_eq!(
             exact.full_chunk(),
             4,

@@ -1179,6 +1179,43 @@ fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
     assert_eq!(c.poll_timeout(), Some(t1 + idle));
     c.handle_timeout(t0 + idle);
     assert!(!c.is_finished());
+    c.handle_timeout(t1 + idle);
+    assert!(matches!(c.poll_event(), Some(Event::Failed(e)) if e.code == ErrorCode::Timeout));
+    assert!(c.is_finished());
+    // Accepted and sending: a server silent for 60 s while the client waits for Acks times
+    // it out; an abort sends a control-frame Error.
+    let sending = || {
+        let mut c = PushClient::new(t0, &client_cfg(), h.clone());
+        let mut m = ServerConnection::new(t0, ServerConfig::default());
+        m.handle_input(t0, &c.poll_transmit().unwrap());
+        c.handle_input(t0, &m.poll_transmit().unwrap());
+        let hdr = c.poll_transmit().unwrap();
+        let mut pos = 0;
+        while pos < hdr.len() {
+            pos += m.handle_input(t0, &hdr[pos..]).consumed;
+        }
+        assert!(matches!(m.poll_event(), Some(Event::PushHeader(_))));
+        m.accept_push(t0, Have::new(), 8);
+        let reply = m.poll_transmit().unwrap();
+        let mut pos = 0;
+        while pos < reply.len() {
+            pos += c.handle_input(t0, &reply[pos..]);
+        }
+        assert!(matches!(c.poll_event(), Some(Event::PushAccepted { .. })));
+        c
+    };
+    let mut c = sending();
+    let mut plan = SendPlan::new(1, &Have::new());
+    while c.poll_send(t0, &mut plan).is_some() {}
+    c.handle_timeout(t0 + idle - Duration::from_secs(1));
+    assert!(!c.is_finished());
+    c.handle_timeout(t0 + idle);
+    assert!(matches!(c.poll_event(), Some(Event::Failed(e)) if e.code == ErrorCode::Timeout));
+    let mut c = sending();
+    c.abort(ErrorMsg::new(ErrorCode::Internal, "source file changed"));
+    let out = c.poll_transmit().unwrap();
+    assert_eq!(&out[..4], &[0xff, 0xff, 0xff, 0xfe], "a control frame");
+    assert!(String::from_utf8_lossy(&out).contains("source file changed"));
     // A reply header that does not echo the header sent: failed, nothing sent.
     let mut c = PushClient::new(t0, &client_cfg(), h.clone());
     c.poll_transmit();
