@@ -643,6 +643,7 @@ mod tests {
         );
         assert_eq!(exact.len(3), 1 << 20);
         assert!(Geometry::new(4096, 0).unwrap().is_empty());
+        assert!(!Geometry::new(4096, 1).unwrap().is_empty());
         assert!(Geometry::new(0, 1).is_none());
         assert!(Geometry::new(1, u64::from(MAX_FULL_CHUNK)).is_some());
         assert!(Geometry::new(1, u64::from(MAX_FULL_CHUNK) + 1).is_none());

@@ -415,6 +415,23 @@ mod tests {
         );
     }
 
+    /// RFC 8878 3.1.1.1.2: Window_Size = 2^(10 + Exponent) + 2^(10 + Exponent) / 8 * Mantissa.
+    #[test]
+    fn window_descriptor_exponent_and_mantissa() {
+        // Not single-segment, a 4-byte content size, then the descriptor byte.
+        for (wd, window) in [
+            (0x00u8, 1u64 << 10),
+            (10 << 3, 1 << 20),
+            ((10 << 3) | 3, (1 << 20) + 3 * (1 << 17)),
+            ((13 << 3) | 7, (8 << 20) + 7 * (1 << 20)),
+        ] {
+            let b = [0x28, 0xb5, 0x2f, 0xfd, 0x80, wd, 0, 0x10, 0, 0];
+            let h = parse_frame_header(&b).unwrap().unwrap();
+            assert_eq!((h.len, h.window), (10, window), "descriptor {wd:#04x}");
+            assert_eq!(h.content_size, Some(4096));
+        }
+    }
+
     #[test]
     fn f11_compressor_writes_one_frame_with_content_size() {
         let mut c = ChunkCompressor::new(3).unwrap();
