@@ -718,6 +718,11 @@ mod tests {
         );
         assert_eq!(d.frame_remaining(), Some(4096));
         assert_eq!(d.current_chunk(), Some(1));
+        // Part of the payload read: the rest of it is what remains.
+        let mut part = ChunkDecoder::new(v120(4096, 10_000, Compress::None));
+        assert_eq!(part.decode(&t[..8]).0, 8);
+        assert_eq!(part.decode(&t[8..108]).0, 100);
+        assert_eq!(part.frame_remaining(), Some(3996));
         let (m, r) = d.decode(&t[8..]);
         assert_eq!(m, 4096);
         let Ok(Some(ChunkEvent::Payload { bytes, .. })) = r else {
