@@ -379,6 +379,7 @@ mod tests {
             assert!(out.len() <= expected as usize, "never past len(i)");
             prev = c;
         }
+        assert_eq!(z.produced() as usize, out.len());
         z.finish()?;
         Ok(out)
     }
@@ -481,6 +482,38 @@ mod tests {
         assert_eq!(inflate(&skippable, 4, &[2], 64), Err(E::NotAFrame));
         // Two frames, trailing garbage, a truncated frame.
         let two = [&AAAA[..], &AAAA[..]].concat();
+        // In one call the frame's end and what follows it: refused at once.
+        let mut z = ChunkInflater::new().unwrap();
+        z.begin(4);
+        let mut buf = [0u8; 64];
+        assert_eq!(z.decompress(&two, &mut buf), Err(E::Trailing));
+        // A full chunk asked for more output with no room: the output buffer was empty, not the
+        // chunk too large.
+        let mut z = ChunkInflater::new().unwrap();
+        z.begin(4);
+        let mut pos = 0;
+        loop {
+            let (used, written) = z.decompress(&AAAA[pos..], &mut []).unwrap();
+            assert_eq!(written, 0);
+            if used == 0 {
+                break;
+            }
+            pos += used;
+        }
+        assert!(pos < AAAA.len(), "the data waits for room");
+        assert_eq!(
+            z.decompress(&AAAA[pos..], &mut buf),
+            Ok((AAAA.len() - pos, 4))
+        );
+        // A corrupted block: zstd's own reason.
+        let mut bad = A4096.to_vec();
+        let last = bad.len() - 1;
+        bad[7] ^= 0xff;
+        bad[last] ^= 0x55;
+        match inflate(&bad, 4096, &[], 8192) {
+            Err(E::Corrupt(why)) => assert!(why.len() > 5 && why != "xyzzy", "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(inflate(&two, 4, &[], 64), Err(E::Trailing));
         assert_eq!(inflate(&two, 4, &[13], 64), Err(E::Trailing));
         assert_eq!(
