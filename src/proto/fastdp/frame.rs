@@ -744,6 +744,9 @@ mod tests {
         assert_eq!(d.frame_remaining(), Some(13));
         assert_eq!(d.decode(&c[8..12]), (4, Ok(None)));
         assert_eq!(d.frame_remaining(), Some(9));
+        // The rest of its body with more bytes behind it: only the body is taken.
+        let more = [&c[12..], &b"next"[..]].concat();
+        assert_eq!(d.decode(&more).0, c.len() - 12);
     }
 
     #[test]

@@ -505,6 +505,19 @@ mod tests {
             z.decompress(&AAAA[pos..], &mut buf),
             Ok((AAAA.len() - pos, 4))
         );
+        // Every byte produced but the frame not ended (its checksum cut off): incomplete.
+        let mut cctx = zstd_safe::CCtx::create();
+        cctx.set_parameter(CParameter::ChecksumFlag(true)).unwrap();
+        let mut summed = Vec::with_capacity(64);
+        cctx.compress2(&mut summed, b"AAAA").unwrap();
+        assert_eq!(inflate(&summed, 4, &[], 64).unwrap(), b"AAAA");
+        assert_eq!(
+            inflate(&summed[..summed.len() - 4], 4, &[], 64),
+            Err(E::Incomplete {
+                produced: 4,
+                expected: 4
+            })
+        );
         // A corrupted block: zstd's own reason.
         let mut bad = A4096.to_vec();
         let last = bad.len() - 1;
