@@ -271,15 +271,22 @@ mod tests {
         let reqs = drain(&mut dl, t0);
         assert_eq!(reqs.iter().filter(|r| r.to == addr(2)).count(), 1);
         let mut now = t0;
+        let mut dropped = None;
         while now < t0 + 2100 * MS {
             now += 50 * MS;
             dl.handle_timeout(now);
             let reqs = drain(&mut dl, now);
             assert!(reqs.iter().all(|r| r.to != addr(2)), "{reqs:?}");
+            if dropped.is_none() && !dl.has_source(addr(2)) {
+                dropped = Some(now);
+            }
         }
         assert!(!dl.has_source(addr(2)), "dropped after 2 s of silence");
-        assert!(!dl.add_hint(now + 59 * 1000 * MS, addr(2), None));
-        assert!(dl.add_hint(now + 61 * 1000 * MS, addr(2), None));
+        // Kept out for exactly a minute from its drop.
+        let dropped = dropped.unwrap();
+        let minute = Duration::from_secs(60);
+        assert!(!dl.add_hint(dropped + minute - MS, addr(2), None));
+        assert!(dl.add_hint(dropped + minute, addr(2), None));
     }
 
     #[test]
