@@ -259,6 +259,28 @@ mod tests {
         assert_eq!(dl.path_limits[&a(MAX_PATH_LIMITS)], 4096);
     }
 
+    /// Spec 6.3: a source's RTT is seeded from the peer table only while it has no sample of
+    /// its own, and only for that source.
+    #[test]
+    fn an_initial_rtt_seeds_only_that_source_and_only_once() {
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        dl.set_initial_rtt(addr(1), 80 * MS);
+        dl.set_initial_rtt(addr(1), 300 * MS);
+        let srtt = |dl: &Download, a| {
+            dl.stats()
+                .sources
+                .iter()
+                .find(|s| s.addr == a)
+                .unwrap()
+                .srtt
+        };
+        assert_eq!(srtt(&dl, addr(1)), Some(80 * MS));
+        assert_eq!(srtt(&dl, addr(2)), None);
+    }
+
     #[test]
     fn hints_are_added_once_and_dead_ones_stay_out_for_a_minute() {
         let t0 = Instant::now();

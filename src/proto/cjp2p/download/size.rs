@@ -359,6 +359,17 @@ mod tests {
         s.on_reply(32768, true, || false);
         assert_eq!(s.block(), 32768);
         assert_eq!(s.tally, Tally { ok: 2, lost: 0 });
+        // A fresh answer then confirms nothing lost: both suspects were answered.
+        s.on_reply(32768, false, || false);
+        assert_eq!(s.tally, Tally { ok: 3, lost: 0 });
+        // A late answer at another size clears no suspect at this one.
+        s.on_expired(32768);
+        s.on_reply(16384, true, || false);
+        s.on_reply(32768, false, || false);
+        assert_eq!(s.tally, Tally { ok: 4, lost: 1 });
+        // The same ceiling again changes nothing (the tally stands).
+        s.set_ceiling(32768);
+        assert_eq!((s.block(), s.tally), (32768, Tally { ok: 4, lost: 1 }));
     }
 
     #[test]
