@@ -405,6 +405,36 @@ mod tests {
         assert_eq!(s.block(), 16384);
     }
 
+    /// A size reached by shrinking is judged once it has 256 outcomes: at the 256th, not one
+    /// later.
+    #[test]
+    fn a_shrunk_size_is_judged_at_exactly_256_outcomes() {
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
+        for _ in 0..2 {
+            replies(&mut s, 9);
+            s.on_expired(32768);
+        }
+        replies(&mut s, 1);
+        assert_eq!(s.block(), 16384, "10 % loss at 32 KiB");
+        // 10 % at 16 KiB too, in rounds of 9 answers and a loss; the loss of each round is
+        // confirmed by the next round's first answer.
+        for _ in 0..25 {
+            replies(&mut s, 9);
+            s.on_expired(16384);
+        }
+        replies(&mut s, 5);
+        s.on_expired(16384);
+        assert_eq!(s.tally.total() + s.suspect, 256);
+        assert_eq!(s.block(), 16384, "not judged before its 256th outcome");
+        replies(&mut s, 1);
+        assert_eq!(
+            s.block(),
+            32768,
+            "judged at it: the loss did not depend on the size"
+        );
+    }
+
     #[test]
     fn after_a_shrink_growth_needs_64_clean_replies_then_more_after_each_failed_try() {
         let mut s = Sizer::new(8192);

@@ -439,6 +439,14 @@ mod tests {
             3,
             "expired requests no longer count"
         );
+        // A budget under one request: still one at a time, never none.
+        let tiny = DownloadConfig {
+            max_bytes_in_flight: 1000,
+            ..DownloadConfig::default()
+        };
+        let mut dl = Download::new(id(), tiny, Some(1 << 20));
+        dl.add_source(t0, addr(1), None);
+        assert_eq!(drain(&mut dl, t0).len(), 1);
     }
 
     #[test]
