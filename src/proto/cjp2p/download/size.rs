@@ -397,6 +397,15 @@ mod tests {
         }
         replies(&mut s, 1);
         assert_eq!(s.block(), 32768);
+        // Nor does 13 %: the bar is 1.3 x 16 KiB's 10 % plus 1 %, 14 %.
+        replies(&mut s, 70);
+        for _ in 0..12 {
+            s.on_expired(32768);
+        }
+        replies(&mut s, 1);
+        let loss = f64::from(s.tally.lost) / f64::from(s.tally.total() - 1);
+        assert!((0.125..0.135).contains(&loss), "{loss}");
+        assert_eq!(s.block(), 32768);
         // 30 % does.
         for _ in 0..20 {
             s.on_expired(32768);
