@@ -503,5 +503,8 @@ mod tests {
             s.on_reply(b, false, || false);
         }
         assert_eq!(s.block(), 4096);
+        // At 4096 heavy loss is not a shrink (nothing to halve): counted as none.
+        assert_eq!(s.shrinks(), 0);
+        assert_eq!(s.tally.lost, 20, "the tally is kept, not restarted");
     }
 }
