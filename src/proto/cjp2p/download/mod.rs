@@ -606,6 +606,9 @@ mod tests {
                 while let Some(r) = dl.poll_request(now) {
                     sends.push((now, r));
                 }
+                if let Some(s) = dl.stats().sources.first().filter(|s| s.is_suspended) {
+                    assert!(s.in_flight <= 1, "suspended: one request at a time");
+                }
                 let Some(due) = dl.poll_timeout() else { break };
                 assert!(due > now, "poll_timeout must not spin (rto {rto:?})");
                 now = due;
