@@ -411,6 +411,35 @@ mod tests {
         );
     }
 
+    /// Endgame: a range an active source holds is copied only once that source's RTT estimate
+    /// has passed since it was asked (spec 6.3: "in flight longer than srtt").
+    #[test]
+    fn endgame_waits_for_an_active_holders_rtt() {
+        let eof = 16 * 4096;
+        let t0 = Instant::now();
+        let mut dl = Download::new(id(), DownloadConfig::default(), Some(eof));
+        dl.add_source(t0, addr(1), None);
+        dl.add_source(t0, addr(2), None);
+        let first = drain(&mut dl, t0);
+        let t1 = t0 + MS;
+        answer_all(&mut dl, t1, &first, eof);
+        // Both answered (active, srtt 1 ms); the rest of the file is asked at t1.
+        let rest = drain(&mut dl, t1);
+        assert!(rest.iter().any(|r| r.to == addr(1)), "{rest:?}");
+        let to_2: Vec<Request> = rest.iter().filter(|r| r.to == addr(2)).copied().collect();
+        answer_all(&mut dl, t1, &to_2, eof);
+        // 1 ms later addr(2)'s pacing has refilled, and addr(1)'s srtt (1 ms) has not passed.
+        let soon = drain(&mut dl, t1 + MS);
+        assert_eq!(
+            dl.stats().endgame_copies,
+            0,
+            "copied before its RTT: {soon:?}"
+        );
+        let later = drain(&mut dl, t1 + 100 * MS);
+        assert!(dl.stats().endgame_copies > 0, "{later:?}");
+        assert!(later.iter().all(|r| r.to == addr(2)), "{later:?}");
+    }
+
     /// Endgame: an active reference source copies, 4096 bytes at a time, the blocks of a range
     /// a silent ferry source holds, at once (it does not wait for that source's srtt), and no
     /// block gets more than two copies.
