@@ -1253,6 +1253,24 @@ fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
 
 /// A pull: the server machine as data sender from a "catalog" buffer, the pull client as data
 /// receiver with a fake `.part`.
+/// A pull client and a server connection through the handshake and the request: the client
+/// waiting for the reply, the server holding the request it reported.
+fn open_pull(t0: Instant, request: &PullRequest) -> (PullClient, ServerConnection, PullRequest) {
+    let mut c = PullClient::new(t0, &client_cfg(), request.clone());
+    let mut s = ServerConnection::new(t0, ServerConfig::default());
+    s.handle_input(t0, &c.poll_transmit().unwrap());
+    c.handle_input(t0, &s.poll_transmit().unwrap());
+    let q = c.poll_transmit().unwrap();
+    let mut pos = 0;
+    while pos < q.len() {
+        pos += s.handle_input(t0, &q[pos..]).consumed;
+    }
+    let Some(Event::PullRequest(p)) = s.poll_event() else {
+        panic!()
+    };
+    (c, s, p)
+}
+
 /// F29 for the pull client: a slow 101 is timed from its last byte, a silent server times the
 /// handshake out, EOF inside the 101 fails, and a server silent after its reply gets timeout.
 #[test]
@@ -1289,18 +1307,7 @@ fn f29_pull_client_eof_and_timeouts() {
     assert!(c.handshake_failure().is_some());
     assert!(c.is_finished());
     // Accepted, then nothing for 60 s.
-    let mut c = PullClient::new(t0, &client_cfg(), request.clone());
-    let mut s = ServerConnection::new(t0, ServerConfig::default());
-    s.handle_input(t0, &c.poll_transmit().unwrap());
-    c.handle_input(t0, &s.poll_transmit().unwrap());
-    let q = c.poll_transmit().unwrap();
-    let mut pos = 0;
-    while pos < q.len() {
-        pos += s.handle_input(t0, &q[pos..]).consumed;
-    }
-    let Some(Event::PullRequest(p)) = s.poll_event() else {
-        panic!()
-    };
+    let (mut c, mut s, p) = open_pull(t0, &request);
     let src = data(3 * 4096, 9);
     s.accept_pull(
         t0,
@@ -1816,21 +1823,7 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
         max_connections: 8,
         reconnect_bytes: DEFAULT_RECONNECT_BYTES,
     };
-    let open = |request: &PullRequest| {
-        let mut c = PullClient::new(t0, &client_cfg(), request.clone());
-        let mut s = ServerConnection::new(t0, ServerConfig::default());
-        s.handle_input(t0, &c.poll_transmit().unwrap());
-        c.handle_input(t0, &s.poll_transmit().unwrap());
-        let q = c.poll_transmit().unwrap();
-        let mut pos = 0;
-        while pos < q.len() {
-            pos += s.handle_input(t0, &q[pos..]).consumed;
-        }
-        let Some(Event::PullRequest(p)) = s.poll_event() else {
-            panic!()
-        };
-        (c, s, p)
-    };
+    let open = |request: &PullRequest| open_pull(t0, request);
     let (mut c, mut s, p) = open(&request);
     assert_eq!(p, request);
     s.accept_pull(t0, &reply_for(&p));

@@ -288,6 +288,19 @@ mod tests {
         }
     }
 
+    /// A sizer at 32 KiB that saw 10 % loss there (2 of 20) and shrank to 16 KiB.
+    fn shrunk_from_32k() -> Sizer {
+        let mut s = Sizer::new(32768);
+        s.set_block(32768);
+        for _ in 0..2 {
+            replies(&mut s, 9);
+            s.on_expired(32768);
+        }
+        replies(&mut s, 1);
+        assert_eq!(s.block(), 16384, "10 % loss at 32 KiB");
+        s
+    }
+
     #[test]
     fn starts_at_4096_and_doubles_after_8_clean_replies_with_no_hole_behind_them() {
         let mut s = Sizer::new(32768);
@@ -374,15 +387,8 @@ mod tests {
 
     #[test]
     fn a_shrink_that_does_not_help_is_undone() {
-        let mut s = Sizer::new(32768);
-        s.set_block(32768);
         // 10 % loss at 32 KiB...
-        for _ in 0..2 {
-            replies(&mut s, 9);
-            s.on_expired(32768);
-        }
-        replies(&mut s, 1);
-        assert_eq!(s.block(), 16384);
+        let mut s = shrunk_from_32k();
         // ... and 10 % at 16 KiB: size-independent loss, back to 32 KiB.
         for _ in 0..26 {
             replies(&mut s, 9);
@@ -418,14 +424,7 @@ mod tests {
     /// later.
     #[test]
     fn a_shrunk_size_is_judged_at_exactly_256_outcomes() {
-        let mut s = Sizer::new(32768);
-        s.set_block(32768);
-        for _ in 0..2 {
-            replies(&mut s, 9);
-            s.on_expired(32768);
-        }
-        replies(&mut s, 1);
-        assert_eq!(s.block(), 16384, "10 % loss at 32 KiB");
+        let mut s = shrunk_from_32k();
         // 10 % at 16 KiB too, in rounds of 9 answers and a loss; the loss of each round is
         // confirmed by the next round's first answer.
         for _ in 0..25 {
