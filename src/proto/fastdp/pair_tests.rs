@@ -1251,8 +1251,6 @@ fn f4_push_client_sends_nothing_before_the_whole_101_and_fails_on_426_or_eof() {
     assert_eq!(c.poll_timeout(), None);
 }
 
-/// A pull: the server machine as data sender from a "catalog" buffer, the pull client as data
-/// receiver with a fake `.part`.
 /// A pull client and a server connection through the handshake and the request: the client
 /// waiting for the reply, the server holding the request it reported.
 fn open_pull(t0: Instant, request: &PullRequest) -> (PullClient, ServerConnection, PullRequest) {
@@ -1334,6 +1332,8 @@ fn f29_pull_client_eof_and_timeouts() {
     assert!(c.is_finished());
 }
 
+/// A pull: the server machine as data sender from a "catalog" buffer, the pull client as data
+/// receiver with a fake `.part`.
 #[test]
 fn f37_pull_pair_completes_with_crc_repair() {
     let src = data(5 * 4096 + 9, 12);
