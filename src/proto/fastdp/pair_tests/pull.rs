@@ -20,6 +20,23 @@ fn open_pull(t0: Instant, request: &PullRequest) -> (PullClient, ServerConnectio
     (c, s, p)
 }
 
+/// The server's reply to `p` for `src` as "a.txt" in 4,096-byte chunks, uncompressed, with
+/// the request's Have echoed.
+fn reply_of(src: &[u8], p: &PullRequest) -> PullReply {
+    PullReply {
+        one_chunk: 4096,
+        full_chunk: src.len().div_ceil(4096) as u32,
+        full_size: src.len() as u64,
+        compress: Compress::None,
+        file_name: "a.txt".into(),
+        transfer_id: p.transfer_id,
+        checksum: sha(src),
+        have: p.have.clone(),
+        max_connections: 8,
+        reconnect_bytes: DEFAULT_RECONNECT_BYTES,
+    }
+}
+
 /// F29 for the pull client: a slow 101 is timed from its last byte, a silent server times the
 /// handshake out, EOF inside the 101 fails, and a server silent after its reply gets timeout.
 #[test]
@@ -58,21 +75,7 @@ fn f29_pull_client_eof_and_timeouts() {
     // Accepted, then nothing for 60 s.
     let (mut c, mut s, p) = open_pull(t0, &request);
     let src = data(3 * 4096, 9);
-    s.accept_pull(
-        t0,
-        &PullReply {
-            one_chunk: 4096,
-            full_chunk: 3,
-            full_size: src.len() as u64,
-            compress: Compress::None,
-            file_name: "a.txt".into(),
-            transfer_id: p.transfer_id,
-            checksum: sha(&src),
-            have: Have::new(),
-            max_connections: 8,
-            reconnect_bytes: DEFAULT_RECONNECT_BYTES,
-        },
-    );
+    s.accept_pull(t0, &reply_of(&src, &p));
     let reply = s.poll_transmit().unwrap();
     assert_eq!(c.handle_input(t0, &reply).consumed, reply.len());
     assert!(matches!(c.poll_event(), Some(Event::PullAccepted(_))));
@@ -288,18 +291,7 @@ fn f38_pull_resume_sends_only_missing_chunks_and_checks_the_reply() {
         one_chunk: Some(4096),
         checksum: Some(sha(&src)),
     };
-    let reply_for = |p: &PullRequest| PullReply {
-        one_chunk: 4096,
-        full_chunk: 5,
-        full_size: src.len() as u64,
-        compress: Compress::None,
-        file_name: "a.txt".into(),
-        transfer_id: p.transfer_id,
-        checksum: sha(&src),
-        have: p.have.clone(),
-        max_connections: 8,
-        reconnect_bytes: DEFAULT_RECONNECT_BYTES,
-    };
+    let reply_for = |p: &PullRequest| reply_of(&src, p);
     let open = |request: &PullRequest| open_pull(t0, request);
     let (mut c, mut s, p) = open(&request);
     assert_eq!(p, request);
